@@ -1,0 +1,1 @@
+"""Code shared by master and minion: the wire protocol, crypto, the file model."""

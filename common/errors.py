@@ -1,0 +1,123 @@
+"""The one exception tree of safcm.
+
+Library code raises these; only the command-line front ends map them to exit
+codes and messages. Every error says what happened and, where it can, what to
+do next.
+
+    SafcmError
+    ├── UsageError              bad command-line use (exit code 2)
+    ├── ConfigError             a bad master/minion setting or repository (exit code 2)
+    ├── FileOpError             the file engine refused or failed one file (.path, .reason)
+    │   ├── InvalidPathError        a declared path is not absolute and normalised
+    │   ├── SymlinkInPathError      a component of the path is a symlink
+    │   ├── NonEmptyDirectoryError  a type change would remove a non-empty directory
+    │   └── OwnerLookupError        a user or group name is unknown on the host
+    ├── LockError               another apply holds the host's engine lock
+    ├── KeyFileError            a key file is missing, malformed or readable by others
+    ├── ProtocolError           bytes that are not a valid message of the wire protocol
+    ├── EnvelopeError           a sealed envelope failed to open (opaque on purpose)
+    └── DaemonError             the CLI cannot reach, or was refused by, a daemon
+"""
+
+from __future__ import annotations
+
+
+class SafcmError(Exception):
+    """Base of every error safcm raises on purpose."""
+
+
+class UsageError(SafcmError):
+    """The command line asks for something that cannot be done as written."""
+
+
+class ConfigProblem:
+    """One problem found in a configuration file, with where it is."""
+
+    __slots__ = ("file", "line", "message")
+
+    def __init__(self, file: str, line: int | None, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"ConfigProblem({self.file!r}, {self.line!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConfigProblem):
+            return NotImplemented
+        return (self.file, self.line, self.message) == (other.file, other.line, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.line, self.message))
+
+
+class ConfigError(SafcmError):
+    """A configuration cannot be used. Carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem] | ConfigProblem | str) -> None:
+        if isinstance(problems, str):
+            problems = [ConfigProblem("<config>", None, problems)]
+        elif isinstance(problems, ConfigProblem):
+            problems = [problems]
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class FileOpError(SafcmError):
+    """The file engine could not make one path as declared."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class InvalidPathError(FileOpError):
+    """A declared path is not absolute, not normalised, or contains NUL or '..'."""
+
+
+class SymlinkInPathError(FileOpError):
+    """A directory component of a path is a symlink; nothing is written through it."""
+
+
+class NonEmptyDirectoryError(FileOpError):
+    """A type change would need to remove a non-empty directory."""
+
+
+class OwnerLookupError(FileOpError):
+    """A user or group name does not exist on the host."""
+
+
+class LockError(SafcmError):
+    """The host's engine lock is held by another apply."""
+
+
+class KeyFileError(SafcmError):
+    """A key file cannot be used: missing, malformed, or readable by group or other."""
+
+
+class ProtocolError(SafcmError):
+    """Bytes that are not a valid message: bad msgpack, wrong schema, too large."""
+
+
+class EnvelopeError(SafcmError):
+    """A sealed envelope could not be opened.
+
+    Deliberately opaque: the message never says whether the signature, the
+    recipient, the time window, a replay or the AEAD failed, so a peer cannot
+    probe which check it passed. `.reason` is for the local log only; str()
+    of the error, which is what could ever reach a peer, stays opaque.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        super().__init__("envelope rejected")
+
+
+class DaemonError(SafcmError):
+    """The CLI could not reach a daemon, or the daemon refused the request."""

@@ -1,0 +1,1 @@
+"""safcm master: the daemon, the configuration compiler, key and job stores, the CLI."""

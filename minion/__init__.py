@@ -1,0 +1,1 @@
+"""safcm minion: the daemon on each managed host, and the *at-syscall file engine."""
