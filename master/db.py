@@ -1,0 +1,131 @@
+"""The master's SQLite database: one file in the state directory, WAL mode.
+
+It holds the minion keys (master/keystore.py) and the job history
+(master/jobstore.py). One file keeps backup and restore to one copy, and lets
+a job and its first host rows be committed in one transaction.
+
+The schema is versioned with PRAGMA user_version; each entry of MIGRATIONS
+takes the database one version up, so an old state directory is upgraded in
+place on start-up and never needs a manual step.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+DB_NAME = "master.db"
+# Milliseconds a connection waits for another writer before giving up; the
+# daemon is the only writer, so this only covers a CLI reading during a write.
+BUSY_TIMEOUT_MS = 5000
+
+MIGRATIONS: list[str] = [
+    # 1: keys and job history
+    """
+    CREATE TABLE minions (
+        id          TEXT PRIMARY KEY,
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'accepted', 'rejected')),
+        sign_pub    BLOB NOT NULL,
+        kx_pub      BLOB NOT NULL,
+        fingerprint TEXT NOT NULL,
+        first_seen  REAL NOT NULL,
+        last_seen   REAL,
+        changed     REAL NOT NULL
+    );
+    -- Keys that presented themselves under the id of a known minion.
+    CREATE TABLE refused_keys (
+        id          TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        attempts    INTEGER NOT NULL,
+        first_seen  REAL NOT NULL,
+        last_seen   REAL NOT NULL,
+        PRIMARY KEY (id, fingerprint)
+    );
+    -- jid is time-sortable (common/protocol.py), so the primary key is also
+    -- the time index: newest first is ORDER BY jid DESC, and retention is a
+    -- range delete on it.
+    CREATE TABLE jobs (
+        jid        TEXT PRIMARY KEY,
+        submitted  REAL NOT NULL,
+        deadline   REAL NOT NULL,
+        user       TEXT NOT NULL,
+        target     TEXT NOT NULL,
+        module     TEXT NOT NULL,
+        dry_run    INTEGER NOT NULL,
+        git_commit TEXT
+    );
+    CREATE INDEX jobs_target ON jobs (target, jid);
+    CREATE TABLE job_hosts (
+        jid       TEXT NOT NULL REFERENCES jobs (jid) ON DELETE CASCADE,
+        host      TEXT NOT NULL,
+        state     TEXT NOT NULL
+                  CHECK (state IN ('sent', 'received', 'done', 'no_response')),
+        status    TEXT CHECK (status IN ('ok', 'changed', 'failed')),
+        envelope  BLOB,
+        received  REAL,
+        returned  REAL,
+        changes   INTEGER,
+        result    TEXT,
+        PRIMARY KEY (jid, host)
+    );
+    CREATE INDEX job_hosts_host ON job_hosts (host, jid);
+    CREATE INDEX job_hosts_open ON job_hosts (state) WHERE state IN ('sent', 'received');
+    """,
+]
+
+
+def open_db(state_dir: str) -> sqlite3.Connection:
+    """Open (creating if needed) the master database and bring its schema up to date."""
+    path = os.path.join(state_dir, DB_NAME)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    os.chmod(path, 0o600)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: a commit is on disk before it returns. A result is acknowledged to
+    # the minion only after its commit, and the minion then deletes its copy.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this safcm "
+            f"({len(MIGRATIONS)}); upgrade safcm"
+        )
+    for number in range(version, len(MIGRATIONS)):
+        with transaction(conn):
+            for statement in _statements(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (our migrations have no ';' in literals)."""
+    body = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    return [stmt.strip() for stmt in body.split(";") if stmt.strip()]
+
+
+class transaction:
+    """`with transaction(conn):` runs the block in BEGIN IMMEDIATE ... COMMIT.
+
+    The connection is in autocommit mode (isolation_level=None), so every
+    multi-statement change states its transaction explicitly.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

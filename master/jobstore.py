@@ -1,0 +1,271 @@
+"""The job history: every job, the hosts it went to, and each host's full result.
+
+A job is written, with one row per expected host holding that host's sealed
+envelope, before anything is published (DESIGN section 1, "nothing lost").
+The envelope stays in the row until the minion's receipt arrives, so a
+restarted master re-publishes exactly what it had not yet delivered. A host's
+row then moves through its states:
+
+    sent --receipt--> received --result--> done
+      \\                  \\
+       +--deadline--------+--> no_response --late result--> done
+
+A result that arrives after the deadline is still stored: it is the truth of
+what happened on the host, even if the CLI has stopped waiting.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from master.db import transaction
+
+# Most jobs `jobs list` prints when no --limit is given.
+DEFAULT_LIST_LIMIT = 20
+# Upper bound for --limit, so one request cannot make the daemon build a huge reply.
+MAX_LIST_LIMIT = 10_000
+
+
+class HostState(enum.StrEnum):
+    SENT = "sent"  # envelope published, no receipt yet
+    RECEIVED = "received"  # the minion confirmed receipt, no result yet
+    DONE = "done"  # result stored
+    NO_RESPONSE = "no_response"  # deadline passed without a result
+
+
+class HostStatus(enum.StrEnum):
+    OK = "ok"  # succeeded, nothing changed
+    CHANGED = "changed"  # succeeded and changed something (or would, in a dry run)
+    FAILED = "failed"  # the minion reported a failure
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    jid: str
+    submitted: float  # unix time
+    deadline: float  # unix time after which hosts without result are "no response"
+    user: str
+    target: str
+    module: str
+    dry_run: bool
+    git_commit: str | None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    job: JobRecord
+    hosts: int
+    changed: int
+    ok: int
+    failed: int
+    no_response: int
+    pending: int  # sent or received: neither a result nor the deadline yet
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    host: str
+    state: HostState
+    status: HostStatus | None
+    received: float | None
+    returned: float | None
+    changes: int | None
+    result: dict[str, Any] | None  # the minion's result body, as stored
+
+
+@dataclass(frozen=True)
+class OpenEnvelope:
+    jid: str
+    host: str
+    envelope: bytes
+    deadline: float
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    jid: str
+    host: str
+    status: HostStatus
+    changes: int
+    result: dict[str, Any]
+    returned: float
+
+
+class JobStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def create(self, job: JobRecord, envelopes: dict[str, bytes]) -> None:
+        """Record a job and one sealed envelope per host, in one transaction."""
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO jobs (jid, submitted, deadline, user, target, module, dry_run,"
+                " git_commit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.jid,
+                    job.submitted,
+                    job.deadline,
+                    job.user,
+                    job.target,
+                    job.module,
+                    int(job.dry_run),
+                    job.git_commit,
+                ),
+            )
+            self.conn.executemany(
+                "INSERT INTO job_hosts (jid, host, state, envelope) VALUES (?, ?, 'sent', ?)",
+                [(job.jid, host, envelope) for host, envelope in sorted(envelopes.items())],
+            )
+
+    def last_jid(self) -> str | None:
+        row = self.conn.execute("SELECT max(jid) FROM jobs").fetchone()
+        return row[0]
+
+    def open_envelopes(self, now: float) -> list[OpenEnvelope]:
+        """Envelopes still without receipt whose job has not reached its deadline."""
+        rows = self.conn.execute(
+            "SELECT h.jid, h.host, h.envelope, j.deadline FROM job_hosts h"
+            " JOIN jobs j USING (jid)"
+            " WHERE h.state = 'sent' AND j.deadline > ? ORDER BY h.jid, h.host",
+            (now,),
+        )
+        return [OpenEnvelope(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def host_state(self, jid: str, host: str) -> HostState | None:
+        """The state of (jid, host), or None if that job was never sent to that host."""
+        row = self.conn.execute(
+            "SELECT state FROM job_hosts WHERE jid = ? AND host = ?", (jid, host)
+        ).fetchone()
+        return None if row is None else HostState(row[0])
+
+    def mark_received(self, jid: str, host: str, now: float) -> bool:
+        """Record a receipt; drops the envelope. False if (jid, host) was not waiting for one."""
+        cur = self.conn.execute(
+            "UPDATE job_hosts SET state = 'received', received = ?, envelope = NULL"
+            " WHERE jid = ? AND host = ? AND state = 'sent'",
+            (now, jid, host),
+        )
+        return cur.rowcount == 1
+
+    def store_results(self, results: list[StoredResult]) -> None:
+        """Store results in one transaction (one fsync for a batch of arrivals).
+
+        The caller has checked that each (jid, host) exists and is not done.
+        """
+        with transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE job_hosts SET state = 'done', status = ?, changes = ?, result = ?,"
+                " returned = ?, envelope = NULL WHERE jid = ? AND host = ? AND state != 'done'",
+                [
+                    (
+                        str(r.status),
+                        r.changes,
+                        json.dumps(r.result, separators=(",", ":")),
+                        r.returned,
+                        r.jid,
+                        r.host,
+                    )
+                    for r in results
+                ],
+            )
+
+    def expire(self, now: float) -> list[tuple[str, str]]:
+        """Mark hosts without result past their job's deadline as no response."""
+        with transaction(self.conn):
+            rows = self.conn.execute(
+                "SELECT h.jid, h.host FROM job_hosts h JOIN jobs j USING (jid)"
+                " WHERE h.state IN ('sent', 'received') AND j.deadline <= ?",
+                (now,),
+            ).fetchall()
+            self.conn.executemany(
+                "UPDATE job_hosts SET state = 'no_response', envelope = NULL"
+                " WHERE jid = ? AND host = ?",
+                rows,
+            )
+        return [(r[0], r[1]) for r in rows]
+
+    def purge_before(self, jid: str) -> int:
+        """Delete jobs older than `jid` (jids sort by time); returns how many."""
+        with transaction(self.conn):
+            cur = self.conn.execute("DELETE FROM jobs WHERE jid < ?", (jid,))
+        return cur.rowcount
+
+    def list_jobs(
+        self,
+        *,
+        host: str | None = None,
+        target: str | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+    ) -> list[JobSummary]:
+        """Newest first. `host` keeps jobs that went to that host; `target`, jobs
+        submitted with exactly that target."""
+        where, args = [], []
+        if host is not None:
+            where.append("jid IN (SELECT jid FROM job_hosts WHERE host = ?)")
+            args.append(host)
+        if target is not None:
+            where.append("target = ?")
+            args.append(target)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        limit = max(1, min(limit, MAX_LIST_LIMIT))
+        jobs = self.conn.execute(
+            f"SELECT * FROM jobs {clause} ORDER BY jid DESC LIMIT ?",  # noqa: S608 - fixed clauses
+            (*args, limit),
+        ).fetchall()
+        summaries = []
+        for row in jobs:
+            counts = dict.fromkeys(("changed", "ok", "failed", "no_response", "pending"), 0)
+            for state, status, n in self.conn.execute(
+                "SELECT state, status, count(*) FROM job_hosts WHERE jid = ?"
+                " GROUP BY state, status",
+                (row["jid"],),
+            ):
+                if state == HostState.DONE:
+                    counts[status] += n
+                elif state == HostState.NO_RESPONSE:
+                    counts["no_response"] += n
+                else:
+                    counts["pending"] += n
+            summaries.append(JobSummary(job=_job(row), hosts=sum(counts.values()), **counts))
+        return summaries
+
+    def get_job(self, jid: str) -> JobRecord | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE jid = ?", (jid,)).fetchone()
+        return None if row is None else _job(row)
+
+    def get_hosts(self, jid: str, host: str | None = None) -> list[HostRecord]:
+        if host is None:
+            rows = self.conn.execute("SELECT * FROM job_hosts WHERE jid = ? ORDER BY host", (jid,))
+        else:
+            rows = self.conn.execute(
+                "SELECT * FROM job_hosts WHERE jid = ? AND host = ?", (jid, host)
+            )
+        return [
+            HostRecord(
+                host=r["host"],
+                state=HostState(r["state"]),
+                status=None if r["status"] is None else HostStatus(r["status"]),
+                received=r["received"],
+                returned=r["returned"],
+                changes=r["changes"],
+                result=None if r["result"] is None else json.loads(r["result"]),
+            )
+            for r in rows
+        ]
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        jid=row["jid"],
+        submitted=row["submitted"],
+        deadline=row["deadline"],
+        user=row["user"],
+        target=row["target"],
+        module=row["module"],
+        dry_run=bool(row["dry_run"]),
+        git_commit=row["git_commit"],
+    )

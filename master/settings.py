@@ -1,0 +1,61 @@
+"""master.yaml: the master daemon's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common import settings as s
+from common.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG_PATH = "/etc/safcm/master.yaml"
+
+
+@dataclass(frozen=True)
+class MasterSettings:
+    interface: str = "0.0.0.0"  # noqa: S104 - a master serves remote minions; address the PUB and ROUTER sockets bind to
+    publish_port: int = 4505  # jobs, master -> minions
+    return_port: int = 4506  # enrolment, heartbeats, receipts, results
+    state_dir: str = "/var/lib/safcm-master"  # keys, job history, control socket
+    config_dir: str = "/etc/safcm/config"  # the configuration repository
+    auto_accept: bool = False  # accept every new minion key unseen; only for labs
+    job_timeout: float = 60.0  # seconds a job waits for results before "no response"
+    keep_jobs: float = 90 * 86400.0  # seconds of job history kept
+    admin_group: str | None = None  # besides root, members may use the control socket
+    control_socket: str | None = None  # default: <state_dir>/control.sock
+    log_level: str = "info"
+
+    @property
+    def control_path(self) -> str:
+        return self.control_socket or f"{self.state_dir}/control.sock"
+
+
+_FIELDS = {
+    "interface": s.Field(s.interface, MasterSettings.interface),
+    "publish_port": s.Field(s.port, MasterSettings.publish_port),
+    "return_port": s.Field(s.port, MasterSettings.return_port),
+    "state_dir": s.Field(s.absolute_path, MasterSettings.state_dir),
+    "config_dir": s.Field(s.absolute_path, MasterSettings.config_dir),
+    "auto_accept": s.Field(s.boolean, MasterSettings.auto_accept),
+    "job_timeout": s.Field(s.duration, MasterSettings.job_timeout),
+    "keep_jobs": s.Field(s.duration, MasterSettings.keep_jobs),
+    "admin_group": s.Field(s.group_name, MasterSettings.admin_group),
+    "control_socket": s.Field(s.absolute_path, MasterSettings.control_socket),
+    "log_level": s.Field(s.log_level, MasterSettings.log_level),
+}
+
+
+def load(path: str) -> MasterSettings:
+    """Read master.yaml; raises ConfigError naming every bad or unknown key."""
+    values = s.load_settings(path, _FIELDS)
+    return _build(values, path)
+
+
+def parse(text: str, name: str = "master.yaml") -> MasterSettings:
+    return _build(s.parse_settings(text, _FIELDS, name), name)
+
+
+def _build(values: dict, name: str) -> MasterSettings:
+    settings = MasterSettings(**values)
+    if settings.publish_port == settings.return_port:
+        raise ConfigError(ConfigProblem(name, None, "publish_port and return_port must differ"))
+    return settings

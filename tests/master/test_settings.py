@@ -1,0 +1,62 @@
+"""master.yaml: every key parsed, every bad key or value named with its line."""
+
+import pytest
+
+from common.errors import ConfigError
+from master import settings
+
+
+def test_defaults():
+    s = settings.parse("")
+    assert (s.interface, s.publish_port, s.return_port) == ("0.0.0.0", 4505, 4506)
+    assert s.auto_accept is False
+    assert s.keep_jobs == 90 * 86400
+    assert s.control_path == "/var/lib/safcm-master/control.sock"
+
+
+def test_all_keys():
+    s = settings.parse(
+        "interface: 127.0.0.1\npublish_port: 5505\nreturn_port: 5506\n"
+        "state_dir: /srv/state/\nconfig_dir: /srv/config\nauto_accept: true\n"
+        "job_timeout: 2m\nkeep_jobs: 12h\nadmin_group: wheel\n"
+        "control_socket: /run/safcm.sock\nlog_level: DEBUG\n"
+    )
+    assert s.state_dir == "/srv/state"
+    assert (s.job_timeout, s.keep_jobs) == (120.0, 43200.0)
+    assert s.admin_group == "wheel" and s.control_path == "/run/safcm.sock"
+    assert s.log_level == "debug" and s.auto_accept is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("publish_port: 70000\n", "master.yaml:1: publish_port: must be a TCP port"),
+        ("publish_port: '4505'\n", "publish_port: must be a TCP port"),
+        ("\nauto_accept: yes please\n", "master.yaml:2: auto_accept: must be true or false"),
+        ("job_timeout: soon\n", "job_timeout: must be a duration"),
+        ("job_timeout: 0\n", "job_timeout: must be longer than zero"),
+        ("state_dir: var/lib\n", "state_dir: must be an absolute path"),
+        ("interface: example.org\n", "interface: must be an IP address"),
+        ("admin_group: 'Bad Group'\n", "admin_group: must be a Unix group name"),
+        ("retrun_port: 1\n", "retrun_port: unknown key"),
+        ("publish_port: 1\npublish_port: 2\n", "master.yaml:2: publish_port: duplicate key"),
+        ("publish_port: 4506\n", "publish_port and return_port must differ"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("a: [\n", "invalid YAML"),
+    ],
+)
+def test_bad_settings_are_named(text, message):
+    with pytest.raises(ConfigError) as info:
+        settings.parse(text)
+    assert message in str(info.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        settings.parse("publish_port: x\nreturn_port: y\nfoo: 1\n")
+    assert len(info.value.problems) == 3
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        settings.load(str(tmp_path / "nope.yaml"))

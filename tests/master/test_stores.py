@@ -1,0 +1,167 @@
+"""The master's SQLite stores: job history and minion keys, on a real database file."""
+
+import sqlite3
+
+import pytest
+
+from common.errors import UsageError
+from master.db import DB_NAME, open_db
+from master.jobstore import HostState, HostStatus, JobRecord, JobStore, StoredResult
+from master.keystore import KeyState, KeyStore
+
+
+@pytest.fixture
+def conn(tmp_path):
+    c = open_db(str(tmp_path))
+    yield c
+    c.close()
+
+
+def job(jid, target="web*", deadline=100.0, dry_run=False):
+    return JobRecord(jid, 10.0, deadline, "root", target, "files", dry_run, "abc123")
+
+
+def test_database_is_private_and_wal(tmp_path, conn):
+    assert (tmp_path / DB_NAME).stat().st_mode & 0o777 == 0o600
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+
+
+def test_job_life_cycle(conn):
+    store = JobStore(conn)
+    store.create(job("J1"), {"web1": b"env1", "web2": b"env2", "web3": b"env3"})
+    assert store.last_jid() == "J1"
+    assert [(e.host, e.envelope) for e in store.open_envelopes(now=50)] == [
+        ("web1", b"env1"),
+        ("web2", b"env2"),
+        ("web3", b"env3"),
+    ]
+    assert store.open_envelopes(now=100) == []  # past the deadline: never re-published
+
+    assert store.mark_received("J1", "web1", now=11)
+    assert not store.mark_received("J1", "web1", now=12)  # a second receipt changes nothing
+    assert not store.mark_received("J1", "db1", now=12)  # never sent there
+    assert [e.host for e in store.open_envelopes(now=50)] == ["web2", "web3"]
+    assert store.host_state("J1", "web1") is HostState.RECEIVED
+    assert store.host_state("J1", "db1") is None
+    assert store.host_state("J2", "web1") is None
+
+    body = {"module": "files", "result": {"changes": [{"path": "/etc/motd"}]}}
+    store.store_results([StoredResult("J1", "web1", HostStatus.CHANGED, 1, body, 12.0)])
+    assert store.host_state("J1", "web1") is HostState.DONE
+
+    assert store.expire(now=100) == [("J1", "web2"), ("J1", "web3")]
+    # A late result is still stored; its host is no longer "no response".
+    store.store_results([StoredResult("J1", "web3", HostStatus.OK, 0, {"late": True}, 120.0)])
+
+    hosts = {h.host: h for h in store.get_hosts("J1")}
+    assert hosts["web1"].result == body and hosts["web1"].status is HostStatus.CHANGED
+    assert hosts["web2"].state is HostState.NO_RESPONSE and hosts["web2"].result is None
+    assert hosts["web3"].result == {"late": True}
+    [summary] = store.list_jobs()
+    assert (summary.hosts, summary.changed, summary.ok, summary.no_response) == (3, 1, 1, 1)
+    assert store.get_hosts("J1", "web2")[0].host == "web2"
+
+
+def test_list_filters_and_order(conn):
+    store = JobStore(conn)
+    store.create(job("20260101T000000.000001Z", target="web*"), {"web1": b"", "web2": b""})
+    store.create(job("20260101T000000.000002Z", target="@db"), {"db1": b""})
+    store.create(job("20260101T000000.000003Z", target="web1"), {"web1": b""})
+    jids = [s.job.jid[-3:] for s in store.list_jobs()]
+    assert jids == ["03Z", "02Z", "01Z"]
+    assert [s.job.jid[-3:] for s in store.list_jobs(host="web1")] == ["03Z", "01Z"]
+    assert [s.job.jid[-3:] for s in store.list_jobs(target="@db")] == ["02Z"]
+    assert [s.job.jid[-3:] for s in store.list_jobs(limit=1)] == ["03Z"]
+    assert store.purge_before("20260101T000000.000003Z") == 2
+    assert [s.job.jid[-3:] for s in store.list_jobs()] == ["03Z"]
+    # host rows went with their jobs
+    assert conn.execute("SELECT count(*) FROM job_hosts").fetchone()[0] == 1
+
+
+def test_history_survives_reopen(tmp_path):
+    c = open_db(str(tmp_path))
+    JobStore(c).create(job("J9"), {"web1": b"x"})
+    c.close()
+    c = open_db(str(tmp_path))
+    assert JobStore(c).get_job("J9") == job("J9")
+    c.close()
+
+
+def test_keys(conn):
+    keys = KeyStore(conn)
+    enrol = dict(now=1.0, auto_accept=False)
+    assert keys.enrol("web1", b"s" * 32, b"k" * 32, "FP1", **enrol) is KeyState.PENDING
+    assert keys.enrol("web2", b"t" * 32, b"l" * 32, "FP2", **enrol) is KeyState.PENDING
+    assert keys.accepted("web1") is None
+    # The same keys again: the same state. Other keys for a known id: refused, recorded.
+    assert keys.enrol("web1", b"s" * 32, b"k" * 32, "FP1", **enrol) is KeyState.PENDING
+    assert keys.enrol("web1", b"X" * 32, b"k" * 32, "FPX", **enrol) is None
+    assert keys.enrol("web1", b"X" * 32, b"k" * 32, "FPX", now=2.0, auto_accept=False) is None
+    [refused] = keys.refused()
+    assert (refused.id, refused.fingerprint, refused.attempts) == ("web1", "FPX", 2)
+
+    changed = keys.set_state(["web*"], KeyState.ACCEPTED, now=3.0)
+    assert [k.id for k in changed] == ["web1", "web2"]
+    assert keys.accepted("web1").sign_pub == b"s" * 32
+    assert keys.set_state(["web1"], KeyState.ACCEPTED, now=4.0) == []  # already accepted
+    with pytest.raises(UsageError, match="db9"):
+        keys.set_state(["db9"], KeyState.ACCEPTED, now=4.0)
+    keys.set_state(["web2"], KeyState.REJECTED, now=5.0)
+    assert keys.accepted("web2") is None
+
+    keys.touch("web1", 6.0)
+    keys.flush_last_seen()
+    assert [k.id for k in keys.delete(["web1"])] == ["web1"]
+    assert keys.refused() == []
+    # After delete the id may enrol with new keys, and starts pending again.
+    assert keys.enrol("web1", b"X" * 32, b"k" * 32, "FPX", **enrol) is KeyState.PENDING
+
+    again = KeyStore(conn)  # what a restarted daemon reads back
+    assert {k.id: k.state for k in again.all()} == {
+        "web1": KeyState.PENDING,
+        "web2": KeyState.REJECTED,
+    }
+
+
+def test_auto_accept(conn):
+    keys = KeyStore(conn)
+    assert (
+        keys.enrol("db1", b"a" * 32, b"b" * 32, "F", now=1, auto_accept=True) is KeyState.ACCEPTED
+    )
+
+
+def test_last_seen_is_flushed(conn):
+    keys = KeyStore(conn)
+    keys.enrol("web1", b"s" * 32, b"k" * 32, "F", now=1, auto_accept=True)
+    keys.touch("web1", 42.0)
+    assert conn.execute("SELECT last_seen FROM minions").fetchone()[0] is None
+    keys.flush_last_seen()
+    assert conn.execute("SELECT last_seen FROM minions").fetchone()[0] == 42.0
+
+
+def test_newer_schema_is_refused(tmp_path):
+    c = sqlite3.connect(tmp_path / DB_NAME)
+    c.execute("PRAGMA user_version = 999")
+    c.close()
+    with pytest.raises(RuntimeError, match="newer than this safcm"):
+        open_db(str(tmp_path))
+
+
+def test_unauthenticated_enrolment_is_bounded(conn, monkeypatch):
+    from master import keystore
+
+    monkeypatch.setattr(keystore, "MAX_PENDING_KEYS", 3)
+    keys = KeyStore(conn)
+    for i in range(3):
+        assert (
+            keys.enrol(f"m{i}", bytes([i]) * 32, b"k" * 32, f"F{i}", now=1, auto_accept=False)
+            is KeyState.PENDING
+        )
+    assert keys.enrol("m9", b"9" * 32, b"k" * 32, "F9", now=1, auto_accept=False) is None
+    assert keys.get("m9") is None
+    for i in range(keystore.MAX_REFUSED_PER_ID + 5):
+        keys.enrol("m0", b"%03d" % i * 11, b"k" * 32, f"X{i}", now=10 + i, auto_accept=False)
+    refused = keys.refused()
+    assert len(refused) == keystore.MAX_REFUSED_PER_ID
+    assert refused[-1].fingerprint == f"X{keystore.MAX_REFUSED_PER_ID + 4}"  # newest kept
