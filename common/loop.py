@@ -1,0 +1,142 @@
+"""A small single-threaded event loop over zmq.Poller: readers, timers, signals.
+
+Both daemons are one loop each: every socket is polled, every timeout is a
+timer, and no recv ever blocks. Work that must not stall the loop (applying
+files on the minion) runs in a worker thread that reports back through
+call_soon_threadsafe(), which wakes the poller through a pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+# Longest single poll, in seconds. Timers and wake-ups end a poll early; this
+# only bounds how stale the clock can get if nothing at all happens.
+MAX_POLL_SECONDS = 1.0
+
+
+class Timer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], Any]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._poller = zmq.Poller()
+        self._readers: dict[Any, Callable[[], Any]] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._stopping = False
+        self._pending: list[Callable[[], Any]] = []
+        self._pending_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.add_reader(self._wake_r, self._drain_wake)
+
+    # readers
+
+    def add_reader(self, sock: Any, callback: Callable[[], Any]) -> None:
+        """Call `callback()` whenever `sock` (a zmq socket, a file descriptor or
+        anything with fileno()) is readable."""
+        self._readers[sock] = callback
+        self._poller.register(sock, zmq.POLLIN)
+
+    def remove_reader(self, sock: Any) -> None:
+        if self._readers.pop(sock, None) is not None:
+            self._poller.unregister(sock)
+
+    # timers
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
+        timer = Timer(self.clock() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def call_every(self, interval: float, callback: Callable[[], Any]) -> Timer:
+        """Call `callback` every `interval` seconds until the returned timer is cancelled."""
+        handle = Timer(0.0, callback)
+
+        def tick() -> None:
+            if handle.cancelled:
+                return
+            callback()
+            self.call_later(interval, tick)
+
+        self.call_later(interval, tick)
+        return handle
+
+    def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
+        """Run `callback` in the loop's thread; safe to call from any thread."""
+        with self._pending_lock:
+            self._pending.append(callback)
+        # A full pipe means a wake-up is already pending; that is enough.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"\0")
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for callback in pending:
+            callback()
+
+    # running
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.call_soon_threadsafe(lambda: None)
+
+    def stop_on_signals(self, *signums: int) -> None:
+        """Stop the loop cleanly on these signals (SIGTERM, SIGINT)."""
+        for signum in signums:
+            signal.signal(signum, lambda _n, _f: self.stop())
+
+    def run(self) -> None:
+        self._stopping = False
+        while not self._stopping:
+            self.run_once()
+
+    def run_once(self, max_wait: float = MAX_POLL_SECONDS) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        wait = max_wait
+        if self._timers:
+            wait = min(wait, max(0.0, self._timers[0][0] - now))
+        events = dict(self._poller.poll(int(wait * 1000)))
+        for sock in list(events):
+            callback = self._readers.get(sock)
+            if callback is not None:
+                callback()
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+
+    def close(self) -> None:
+        for sock in list(self._readers):
+            self.remove_reader(sock)
+        os.close(self._wake_r)
+        os.close(self._wake_w)

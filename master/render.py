@@ -1,0 +1,279 @@
+"""Human output of `run` and `jobs`: pure functions from results to text.
+
+Every string that came from a minion (paths, diffs, trigger output, error
+messages, user and group names) passes through escape() before it is
+printed: a managed host is untrusted and must not be able to move the
+cursor, retitle the terminal or hide lines with control sequences.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from common.model import ApplyResult, FileChange, FileState, FileType, TriggerStatus
+from common.text import escape
+
+# Widest a path column is padded to before the details that follow it.
+PATH_COLUMN = 40
+INDENT = "    "
+
+
+def escape_lines(text: str) -> list[str]:
+    return [escape(line) for line in text.splitlines()]
+
+
+def use_colour(stream: TextIO) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set to anything non-empty (no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+@dataclass(frozen=True)
+class Style:
+    colour: bool
+
+    def _sgr(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
+
+    def bold(self, text: str) -> str:
+        return self._sgr("1", text)
+
+    def red(self, text: str) -> str:
+        return self._sgr("31", text)
+
+    def green(self, text: str) -> str:
+        return self._sgr("32", text)
+
+    def yellow(self, text: str) -> str:
+        return self._sgr("33", text)
+
+    def cyan(self, text: str) -> str:
+        return self._sgr("36", text)
+
+    def dim(self, text: str) -> str:
+        return self._sgr("2", text)
+
+
+# Host statuses as the master stores and prints them.
+CHANGED, OK, FAILED, NO_RESPONSE = "changed", "ok", "failed", "no response"
+
+
+def host_heading(host: str, status: str, body: dict[str, Any] | None, style: Style) -> str:
+    dry = bool(body and body.get("dry_run"))
+    words = {
+        CHANGED: style.yellow("would change" if dry else "changed"),
+        OK: style.green("unchanged" if body and body.get("module") == "files" else "ok"),
+        FAILED: style.red("FAILED"),
+        NO_RESPONSE: style.red("no response"),
+    }
+    heading = f"{style.bold(escape(host))}: {words.get(status, escape(status))}"
+    if body and body.get("finished") and body.get("started"):
+        heading += style.dim(f" ({body['finished'] - body['started']:.2f} s)")
+    return heading
+
+
+def render_host(host: str, status: str, body: dict[str, Any] | None, style: Style) -> str:
+    """One host's result: heading, then each change, diffs, triggers and errors."""
+    lines = [host_heading(host, status, body, style)]
+    if body is None:
+        return "\n".join(lines)
+    if body.get("error"):
+        lines.append(f"{INDENT}{style.red('error:')} {escape(body['error'])}")
+    if body.get("module") == "ping" and body.get("ping"):
+        ping = body["ping"]
+        lines.append(
+            f"{INDENT}pong from safcm-minion {escape(str(ping.get('version', '?')))}, "
+            f"up {format_duration(ping.get('uptime', 0))}"
+        )
+    if body.get("files"):
+        lines.extend(render_apply(ApplyResult.from_wire(body["files"]), style))
+    return "\n".join(lines)
+
+
+def render_apply(result: ApplyResult, style: Style) -> list[str]:
+    lines = []
+    for change in result.changes:
+        lines.extend(render_change(change, result.dry_run, style))
+    if result.failure is not None:
+        where = f"{escape(result.failure.path)}: " if result.failure.path else ""
+        lines.append(f"{INDENT}{style.red('failed:')} {where}{escape(result.failure.reason)}")
+    for run in result.triggers:
+        status = {
+            TriggerStatus.OK: style.green("ok"),
+            TriggerStatus.WOULD_RUN: style.yellow("would run"),
+            TriggerStatus.FAILED: style.red(
+                "failed" if run.exit_code is None else f"failed (exit {run.exit_code})"
+            ),
+            TriggerStatus.TIMEOUT: style.red("timed out"),
+        }[run.status]
+        lines.append(f"{INDENT}trigger {style.bold(escape(run.command))}: {status}")
+        lines.extend(f"{INDENT}{INDENT}{line}" for line in escape_lines(run.output))
+    return lines
+
+
+def render_change(change: FileChange, dry_run: bool, style: Style) -> list[str]:
+    path = escape(change.path)
+    new = change.new
+    if change.created:
+        verb = style.green("would create" if dry_run else "created")
+        detail = f"{new.type} {_mode(new)} {_owner(new)}"
+    else:
+        old = change.old
+        replaced = old is not None and old.type != new.type
+        verb = (
+            style.red("would replace" if dry_run else "replaced")
+            if replaced
+            else style.yellow("would change" if dry_run else "changed")
+        )
+        detail = ", ".join(_differences(change))
+    lines = [f"{INDENT}{verb} {path.ljust(PATH_COLUMN)} {detail}".rstrip()]
+    if change.diff:
+        for line in escape_lines(change.diff):
+            lines.append(f"{INDENT}{INDENT}{_diff_line(line, style)}")
+    return lines
+
+
+def _differences(change: FileChange) -> list[str]:
+    old, new = change.old, change.new
+    if old is None:
+        return []
+    parts = []
+    if old.type != new.type:
+        removed = " (old directory removed)" if old.type is FileType.DIR else ""
+        parts.append(f"type {old.type} -> {new.type}{removed}")
+    if old.type == new.type and old.mode != new.mode and new.type is not FileType.SYMLINK:
+        parts.append(f"mode {old.mode:04o} -> {new.mode:04o}")
+    if (old.uid, old.gid) != (new.uid, new.gid):
+        parts.append(f"owner {_owner(old)} -> {_owner(new)}")
+    if change.diff and old.type == new.type:
+        parts.append("target" if new.type is FileType.SYMLINK else "content")
+    return parts
+
+
+def _mode(state: FileState) -> str:
+    return "" if state.type is FileType.SYMLINK else f"{state.mode:04o}"
+
+
+def _owner(state: FileState) -> str:
+    user = escape(state.user) if state.user else str(state.uid)
+    group = escape(state.group) if state.group else str(state.gid)
+    return f"{user}:{group}"
+
+
+def _diff_line(line: str, style: Style) -> str:
+    if line.startswith(("+++", "---")):
+        return style.bold(line)
+    if line.startswith("+"):
+        return style.green(line)
+    if line.startswith("-"):
+        return style.red(line)
+    if line.startswith("@@"):
+        return style.cyan(line)
+    return line
+
+
+@dataclass
+class Tally:
+    """Counts for the summary line of a run or a stored job."""
+
+    targeted: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    no_response: int = 0
+
+    def add(self, status: str) -> None:
+        field = {CHANGED: "changed", OK: "unchanged", FAILED: "failed", NO_RESPONSE: "no_response"}
+        setattr(self, field[status], getattr(self, field[status]) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def render_summary(tally: Tally, style: Style, dry_run: bool = False) -> str:
+    hosts = "host" if tally.targeted == 1 else "hosts"
+    parts = [
+        style.yellow(f"{tally.changed} {'would change' if dry_run else 'changed'}"),
+        style.green(f"{tally.unchanged} unchanged"),
+        (style.red if tally.failed else str)(f"{tally.failed} failed"),
+        (style.red if tally.no_response else str)(f"{tally.no_response} no response"),
+    ]
+    return f"{tally.targeted} {hosts} targeted: " + ", ".join(parts)
+
+
+def render_jobs_table(rows: Iterable[dict[str, Any]], style: Style) -> str:
+    """`jobs list`: one line per job, newest first."""
+    header = [
+        "JID",
+        "SUBMITTED",
+        "USER",
+        "TARGET",
+        "MODULE",
+        "HOSTS",
+        "CHANGED",
+        "FAILED",
+        "NO RESP",
+        "PENDING",
+    ]
+    table = [header]
+    for row in rows:
+        module = row["module"] + (" (dry run)" if row["dry_run"] else "")
+        table.append(
+            [
+                row["jid"],
+                format_time(row["submitted"]),
+                escape(row["user"]),
+                escape(row["target"]),
+                module,
+                str(row["hosts"]),
+                str(row["changed"]),
+                str(row["failed"]),
+                str(row["no_response"]),
+                str(row["pending"]),
+            ]
+        )
+    if len(table) == 1:
+        return "no jobs"
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table
+    ]
+    lines[0] = style.bold(lines[0])
+    return "\n".join(lines)
+
+
+def render_job_header(job: dict[str, Any], style: Style) -> str:
+    commit = job.get("git_commit") or "(not a git repository)"
+    return "\n".join(
+        [
+            f"{style.bold('job')} {job['jid']}",
+            f"  submitted  {format_time(job['submitted'])} by {escape(job['user'])}",
+            f"  target     {escape(job['target'])}",
+            f"  module     {job['module']}{' (dry run)' if job['dry_run'] else ''}",
+            f"  config     {escape(commit)}",
+        ]
+    )
+
+
+def format_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"

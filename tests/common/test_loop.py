@@ -1,0 +1,74 @@
+"""The event loop: timers in order, cancellation, readers, thread wake-ups, signals."""
+
+import os
+import signal
+import threading
+
+import zmq
+
+from common.loop import Loop
+
+
+def test_timers_fire_in_order_and_cancel():
+    loop = Loop()
+    fired = []
+    loop.call_later(0.02, lambda: fired.append("b"))
+    loop.call_later(0.01, lambda: fired.append("a"))
+    cancelled = loop.call_later(0.015, lambda: fired.append("x"))
+    cancelled.cancel()
+    loop.call_later(0.03, loop.stop)
+    loop.run()
+    assert fired == ["a", "b"]
+    loop.close()
+
+
+def test_call_every_until_cancelled():
+    loop = Loop()
+    ticks = []
+    handle = loop.call_every(0.005, lambda: ticks.append(1))
+
+    def enough():
+        if len(ticks) >= 3:
+            handle.cancel()
+            loop.call_later(0.02, loop.stop)
+        else:
+            loop.call_later(0.005, enough)
+
+    enough()
+    loop.run()
+    assert len(ticks) == 3
+    loop.close()
+
+
+def test_reader_and_threadsafe_wakeup():
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://loop-test")
+    b.connect("inproc://loop-test")
+    loop = Loop()
+    got = []
+
+    def on_b():
+        got.append(b.recv())
+        threading.Thread(target=lambda: loop.call_soon_threadsafe(loop.stop)).start()
+
+    loop.add_reader(b, on_b)
+    a.send(b"hello")
+    loop.run()
+    assert got == [b"hello"]
+    loop.close()
+    a.close(0)
+    b.close(0)
+
+
+def test_stop_on_signal():
+    loop = Loop()
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        loop.stop_on_signals(signal.SIGTERM)
+        loop.call_later(0.01, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        loop.call_later(5, lambda: (_ for _ in ()).throw(AssertionError("signal ignored")))
+        loop.run()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        loop.close()
