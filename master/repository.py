@@ -60,6 +60,7 @@ from master.yamlfile import (
     YScalar,
     YSeq,
     describe_mode,
+    kind_of,
     load_yaml_file,
     read_regular_file,
 )
@@ -247,7 +248,7 @@ def load_repository(path: str) -> Repository:
     loader = _Loader(path)
     repo = loader.load()
     if loader.problems:
-        raise ConfigError(loader.problems)
+        raise ConfigError(loader.problems.by_file())
     return repo
 
 
@@ -302,7 +303,7 @@ class _Loader:
             self.problems.add(
                 file,
                 node.line,
-                f"{what} must be {KIND_NAMES[kind]}, not {KIND_NAMES[type(node)]}",
+                f"{what} must be {KIND_NAMES[kind]}, not {kind_of(node)}",
             )
         return False
 
@@ -370,6 +371,7 @@ class _Loader:
                     self.problems.add(
                         HOSTS_FILE, None, "missing; it lists the hosts that can be targeted"
                     )
+                    self.hosts_ok = False
             else:
                 self.hosts_ok = False
             return
@@ -381,10 +383,10 @@ class _Loader:
                 self.problems.add(
                     HOSTS_FILE,
                     item.line,
-                    f"a host must be a mapping like '- name: web1', not {KIND_NAMES[type(item)]}",
+                    f"a host must be a mapping like '- name: web1', not {kind_of(item)}",
                 )
                 continue
-            self._unknown_keys(item, HOST_KEYS, HOSTS_FILE, "a host")
+            self._unknown_keys(item, HOST_KEYS, HOSTS_FILE, "a host entry")
             name_node = next((v for k, v in item.items if k.text == "name"), None)
             if name_node is None:
                 self.problems.add(HOSTS_FILE, item.line, "a host needs a 'name'")
@@ -393,6 +395,8 @@ class _Loader:
                 continue
             name = name_node.text
             reason = check_host_id(name)
+            if name == ALL:
+                reason = "'all' is the implicit group of every host; it cannot be a host id"
             if reason:
                 self.reported_names.add(name)
                 self.problems.add(HOSTS_FILE, name_node.line, reason)
@@ -429,7 +433,7 @@ class _Loader:
                 self.problems.add(
                     GROUPS_FILE,
                     value.line,
-                    f"the members of {name!r} must be a list, not {KIND_NAMES[type(value)]}",
+                    f"the members of {name!r} must be a list, not {kind_of(value)}",
                 )
                 members: list[YScalar] = []
             else:
@@ -590,7 +594,13 @@ class _Loader:
                 continue
             full = os.path.join(self.root, name)
             st = os.lstat(full)
-            if name in known:
+            # With groups.yaml or hosts.yaml broken, the names are not known:
+            # still check every directory that looks like a group's, so that
+            # one run reports its problems too.
+            guessed = not (self.groups_ok and self.hosts_ok) and (
+                stat.S_ISDIR(st.st_mode) and self._looks_like_group_dir(full)
+            )
+            if name in known or guessed:
                 if not stat.S_ISDIR(st.st_mode):
                     self.problems.add(
                         _printable(name),
@@ -816,7 +826,7 @@ class _Loader:
                 self.problems.add(
                     file,
                     item.line,
-                    f"{item.text} is a {raw.type}; only regular files can be templates",
+                    f"{item.text} is {_TYPE_NAMES[raw.type]}; only regular files can be templates",
                 )
                 continue
             template = self._compile_template(raw)
@@ -853,8 +863,7 @@ class _Loader:
                 self.problems.add(
                     file,
                     value.line,
-                    f"the triggers of {key.text} must be a list of commands,"
-                    f" not {KIND_NAMES[type(value)]}",
+                    f"the triggers of {key.text} must be a list of commands, not {kind_of(value)}",
                 )
                 continue
             commands = []
@@ -910,6 +919,9 @@ class _Loader:
                 f"{key.text} does not exist in {group_dir}/{FILES_DIR}/",
             )
         return raw
+
+
+_TYPE_NAMES = {FileType.DIR: "a directory", FileType.SYMLINK: "a symlink"}
 
 
 @dataclass(frozen=True, slots=True)

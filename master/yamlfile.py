@@ -34,6 +34,8 @@ _SCALAR_TAGS = frozenset(
     _STANDARD_TAG_PREFIX + t
     for t in ("str", "int", "float", "bool", "null", "timestamp", "binary", "value", "merge")
 )
+_SEQ_TAG = _STANDARD_TAG_PREFIX + "seq"
+_MAP_TAG = _STANDARD_TAG_PREFIX + "map"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +63,26 @@ YNode = YScalar | YSeq | YMap
 KIND_NAMES = {YScalar: "a single value", YSeq: "a list", YMap: "a mapping"}
 
 
+def kind_of(node: YNode) -> str:
+    """What a node is, for "must be X, not Y" messages."""
+    if isinstance(node, YScalar) and node.text == "":
+        return "an empty value"
+    return KIND_NAMES[type(node)]
+
+
 class Problems(list[ConfigProblem]):
     """The problems found so far in one load or compilation, in the order found."""
 
     def add(self, file: str, line: int | None, message: str) -> None:
         self.append(ConfigProblem(file, line, message))
+
+    def by_file(self) -> list[ConfigProblem]:
+        """The problems grouped by file (in order of each file's first problem),
+        by line within a file; problems on one line keep the order found."""
+        first: dict[str, int] = {}
+        for p in self:
+            first.setdefault(p.file, len(first))
+        return sorted(self, key=lambda p: (first[p.file], p.line or 0))
 
 
 class _MarkedLoader(yaml.SafeLoader):
@@ -85,6 +102,9 @@ def parse_yaml(text: str, file: str, problems: Problems) -> YNode | None:
         mark = e.problem_mark or e.context_mark
         line = None if mark is None else mark.line + 1
         reason = e.problem or e.context or "invalid YAML"
+        if e.problem and e.context and e.context_mark and e.context_mark.line + 1 != line:
+            # "found unexpected end of stream" is more useful with where the quote began.
+            reason += f" ({e.context} at line {e.context_mark.line + 1})"
         problems.add(file, line, f"YAML syntax error: {reason}")
         return None
     except yaml.YAMLError as e:
@@ -97,26 +117,30 @@ def parse_yaml(text: str, file: str, problems: Problems) -> YNode | None:
     return _convert(root, file, problems, set())
 
 
-def _convert(node: yaml.Node, file: str, problems: Problems, stack: set[int]) -> YNode:
+def _convert(node: yaml.Node, file: str, problems: Problems, stack: set[int]) -> YNode | None:
+    """The node as a YNode; None (after a problem) for one that cannot be used at all."""
     line = _line(node)
     if id(node) in stack:
-        # `&a [*a]`: an alias that contains itself would recurse forever.
+        # `&a [*a]`: an alias inside its own anchor would recurse forever.
         problems.add(file, line, "recursive YAML alias")
-        return YScalar("", line)
+        return None
     if isinstance(node, yaml.ScalarNode):
         if node.tag not in _SCALAR_TAGS:
             problems.add(file, line, f"unsupported YAML tag {node.tag!r}")
         return YScalar(node.value, line)
+    if node.tag not in (_SEQ_TAG, _MAP_TAG):
+        problems.add(file, line, f"unsupported YAML tag {node.tag!r}")
     stack.add(id(node))
     try:
         if isinstance(node, yaml.SequenceNode):
-            return YSeq([_convert(n, file, problems, stack) for n in node.value], line)
+            items = [_convert(n, file, problems, stack) for n in node.value]
+            return YSeq([i for i in items if i is not None], line)
         if isinstance(node, yaml.MappingNode):
             return _convert_map(node, file, problems, stack)
     finally:
         stack.discard(id(node))
     problems.add(file, line, f"unsupported YAML node {type(node).__name__}")
-    return YScalar("", line)
+    return None
 
 
 def _convert_map(node: yaml.MappingNode, file: str, problems: Problems, stack: set[int]) -> YMap:
@@ -124,10 +148,10 @@ def _convert_map(node: yaml.MappingNode, file: str, problems: Problems, stack: s
     first_line: dict[str, int] = {}
     for key_node, value_node in node.value:
         key = _convert(key_node, file, problems, stack)
+        if key is None:
+            continue
         if not isinstance(key, YScalar):
-            problems.add(
-                file, key.line, f"a key must be a single value, not {KIND_NAMES[type(key)]}"
-            )
+            problems.add(file, key.line, f"a key must be a single value, not {kind_of(key)}")
             continue
         if key.text in first_line:
             problems.add(
@@ -137,7 +161,9 @@ def _convert_map(node: yaml.MappingNode, file: str, problems: Problems, stack: s
             )
             continue
         first_line[key.text] = key.line
-        items.append((key, _convert(value_node, file, problems, stack)))
+        value = _convert(value_node, file, problems, stack)
+        if value is not None:
+            items.append((key, value))
     return YMap(items, _line(node))
 
 
