@@ -587,13 +587,15 @@ class _Loader:
         known = {ALL, *self.groups, *self.hosts}
         entries: dict[str, dict[str, Entry]] = {}
         triggers: dict[str, dict[str, TriggerEntry]] = {}
-        with os.scandir(self.root) as it:
-            names = sorted(e.name for e in it)
-        for name in names:
+        for name in self._list(self.root, "."):
             if name.startswith(".") or name in (CONFIG_FILE, HOSTS_FILE, GROUPS_FILE):
                 continue
             full = os.path.join(self.root, name)
-            st = os.lstat(full)
+            try:
+                st = os.lstat(full)
+            except OSError as e:
+                self.problems.add(_printable(name), None, f"cannot read: {e.strerror}")
+                continue
             # With groups.yaml or hosts.yaml broken, the names are not known:
             # still check every directory that looks like a group's, so that
             # one run reports its problems too.
@@ -628,15 +630,21 @@ class _Loader:
                 )
         return entries, triggers
 
+    def _list(self, full: str, rel: str) -> list[str]:
+        """The sorted names in a directory of the repository; [] and a problem on error."""
+        try:
+            with os.scandir(full) as it:
+                return sorted(e.name for e in it)
+        except OSError as e:
+            self.problems.add(rel, None, f"cannot list: {e.strerror}")
+            return []
+
     @staticmethod
     def _looks_like_group_dir(full: str) -> bool:
         return any(os.path.lexists(os.path.join(full, n)) for n in GROUP_DIR_ENTRIES)
 
     def _read_group_dir(self, group: str) -> tuple[dict[str, Entry], dict[str, TriggerEntry]]:
-        full = os.path.join(self.root, group)
-        with os.scandir(full) as it:
-            names = sorted(e.name for e in it)
-        for name in names:
+        for name in self._list(os.path.join(self.root, group), group):
             if name not in GROUP_DIR_ENTRIES and not name.startswith("."):
                 self.problems.add(
                     f"{group}/{_printable(name)}",
@@ -669,64 +677,107 @@ class _Loader:
         return entries, triggers
 
     def _scan_files(self, group: str) -> dict[str, _RawFile]:
-        """Walk <group>/files/ without following symlinks; path -> what is there."""
+        """Walk <group>/files/ without following symlinks; path -> what is there.
+
+        The walk goes by directory descriptors (openat, fstatat, readlinkat),
+        as os.fwalk does: no full path is ever built, so a deep tree cannot
+        hit PATH_MAX on the master before check_path() reports the managed
+        path, and nothing is resolved through a symlink. One descriptor is
+        open per level of the directory being read.
+        """
         base_rel = f"{group}/{FILES_DIR}"
         base_full = os.path.join(self.root, base_rel)
         try:
             st = os.lstat(base_full)
+            if not stat.S_ISDIR(st.st_mode):
+                self.problems.add(
+                    base_rel, None, f"must be a directory, not {describe_mode(st.st_mode)}"
+                )
+                return {}
+            base_fd = os.open(base_full, _DIR_FLAGS)
         except FileNotFoundError:
             return {}
-        if not stat.S_ISDIR(st.st_mode):
-            self.problems.add(
-                base_rel, None, f"must be a directory, not {describe_mode(st.st_mode)}"
-            )
+        except OSError as e:
+            self.problems.add(base_rel, None, f"cannot read: {e.strerror}")
             return {}
         tree = {"/": _RawFile(FileType.DIR, False, b"", base_rel)}
-        pending = [("/", base_rel)]
-        while pending:
-            dir_path, dir_rel = pending.pop()
-            with os.scandir(os.path.join(self.root, dir_rel)) as it:
-                found = sorted((e.name, e.stat(follow_symlinks=False)) for e in it)
-            for name, st in found:
-                rel = f"{dir_rel}/{name}"
+        # Each level: its descriptor and the subdirectories still to walk.
+        stack: list[tuple[int, list[tuple[str, str, str]]]] = []
+        try:
+            stack.append((base_fd, self._read_dir(base_fd, "/", base_rel, tree)))
+            while stack:
+                dir_fd, pending = stack[-1]
+                if not pending:
+                    os.close(stack.pop()[0])
+                    continue
+                name, path, rel = pending.pop()
                 try:
-                    name.encode("utf-8")
-                except UnicodeEncodeError:
-                    self.problems.add(
-                        _printable(rel), None, "file name is not valid UTF-8; rename it"
-                    )
+                    child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                except OSError as e:
+                    self.problems.add(rel, None, f"cannot read: {e.strerror}")
                     continue
-                path = f"/{name}" if dir_path == "/" else f"{dir_path}/{name}"
-                try:
-                    check_path(path)
-                except InvalidPathError as e:
-                    self.problems.add(rel, None, e.reason)
-                    continue
-                raw = self._read_tree_entry(rel, st)
-                if raw is None:
-                    continue
-                tree[path] = raw
-                if raw.type is FileType.DIR:
-                    pending.append((path, rel))
+                stack.append((child, []))  # first, so that `finally` closes it
+                stack[-1] = (child, self._read_dir(child, path, rel, tree))
+        finally:
+            for fd, _ in stack:
+                os.close(fd)
         return dict(sorted(tree.items()))
 
-    def _read_tree_entry(self, rel: str, st: os.stat_result) -> _RawFile | None:
-        full = os.path.join(self.root, rel)
+    def _read_dir(
+        self, dir_fd: int, dir_path: str, dir_rel: str, tree: dict[str, _RawFile]
+    ) -> list[tuple[str, str, str]]:
+        """Record one directory's entries in `tree`; its subdirectories, to walk next
+        (in reverse order, so that popping them walks the tree in name order)."""
+        try:
+            with os.scandir(dir_fd) as it:
+                found = sorted((e.name, e.stat(follow_symlinks=False)) for e in it)
+        except OSError as e:
+            self.problems.add(dir_rel, None, f"cannot list: {e.strerror}")
+            return []
+        subdirs = []
+        for name, st in found:
+            rel = f"{dir_rel}/{_printable(name)}"
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                self.problems.add(rel, None, "file name is not valid UTF-8; rename it")
+                continue
+            path = f"/{name}" if dir_path == "/" else f"{dir_path}/{name}"
+            try:
+                check_path(path)
+            except InvalidPathError as e:
+                self.problems.add(rel, None, e.reason)
+                continue
+            raw = self._read_tree_entry(dir_fd, name, rel, st)
+            if raw is None:
+                continue
+            tree[path] = raw
+            if raw.type is FileType.DIR:
+                subdirs.append((name, path, rel))
+        subdirs.reverse()
+        return subdirs
+
+    def _read_tree_entry(
+        self, dir_fd: int, name: str, rel: str, st: os.stat_result
+    ) -> _RawFile | None:
         if stat.S_ISDIR(st.st_mode):
             return _RawFile(FileType.DIR, False, b"", rel)
         if stat.S_ISREG(st.st_mode):
             try:
-                data = read_regular_file(full)
+                data = read_regular_file(name, dir_fd=dir_fd)
             except OSError as e:
                 self.problems.add(rel, None, f"cannot read: {e.strerror or e}")
                 return None
             return _RawFile(FileType.FILE, bool(st.st_mode & EXEC_BITS), data, rel)
         if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(full)
             try:
+                target = os.readlink(name, dir_fd=dir_fd)
                 data = target.encode("utf-8")
             except UnicodeEncodeError:
                 self.problems.add(rel, None, "symlink target is not valid UTF-8")
+                return None
+            except OSError as e:
+                self.problems.add(rel, None, f"cannot read: {e.strerror}")
                 return None
             return _RawFile(FileType.SYMLINK, False, data, rel)
         self.problems.add(
@@ -920,6 +971,9 @@ class _Loader:
             )
         return raw
 
+
+# Open a directory of the repository: never through a symlink, never kept past exec.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _TYPE_NAMES = {FileType.DIR: "a directory", FileType.SYMLINK: "a symlink"}
 

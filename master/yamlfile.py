@@ -167,15 +167,17 @@ def _convert_map(node: yaml.MappingNode, file: str, problems: Problems, stack: s
     return YMap(items, _line(node))
 
 
-def read_regular_file(path: str) -> bytes:
+def read_regular_file(path: str, dir_fd: int | None = None) -> bytes:
     """Read a regular file without following a symlink and without blocking on a FIFO.
 
-    Raises OSError; a file that is not regular (symlink, FIFO, device, socket)
-    raises OSError with a reason the caller reports as is.
+    `path` is relative to `dir_fd` if given. Raises OSError; a file that is
+    not regular (symlink, FIFO, device, socket) raises OSError with a reason
+    the caller reports as is.
     """
     # O_NOFOLLOW: the repository's symlinks are data, never followed.
     # O_NONBLOCK: opening a FIFO must not hang the compiler.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

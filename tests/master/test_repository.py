@@ -1,0 +1,225 @@
+"""Repository cases that git cannot hold (FIFOs, sockets, devices, empty or
+non-UTF-8 names, symlinked group files), made at run time, and the
+Repository API the daemon builds on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+
+import pytest
+
+from common.errors import ConfigError, UnknownGroupError, UnknownHostError
+from common.model import FileType
+from master.compiler import compile_host, compile_hosts, load_repository
+
+
+def write(root, files: dict[str, str | bytes]) -> None:
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            content = content.encode()
+        path.write_bytes(content)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A minimal valid repository: hosts h1 and h2, group web holds h1."""
+    root = tmp_path / "repo"
+    write(
+        root,
+        {
+            "hosts.yaml": "- name: h1\n- name: h2\n",
+            "groups.yaml": "web: [h1]\n",
+            "all/files/etc/motd": "hello\n",
+        },
+    )
+    return root
+
+
+def problems(root) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        r = load_repository(str(root))
+        compile_hosts(r, r.hosts)
+    return [str(p) for p in info.value.problems]
+
+
+def test_special_files_in_files_are_errors_and_never_block(repo):
+    files = repo / "all/files/etc"
+    os.mkfifo(files / "fifo")
+    os.mknod(files / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(files / "sock"))
+    try:
+        assert problems(repo) == [
+            "all/files/etc/fifo: is a FIFO; only regular files, directories and symlinks"
+            " can be managed",
+            "all/files/etc/null: is a character device; only regular files, directories and"
+            " symlinks can be managed",
+            "all/files/etc/sock: is a socket; only regular files, directories and symlinks"
+            " can be managed",
+        ]
+    finally:
+        sock.close()
+
+
+def test_a_fifo_instead_of_a_yaml_file_does_not_block(repo):
+    (repo / "groups.yaml").unlink()
+    os.mkfifo(repo / "groups.yaml")
+    assert problems(repo) == ["groups.yaml: must be a regular file, not a FIFO"]
+
+
+def test_symlinked_repository_files_are_not_followed(repo, tmp_path):
+    outside = tmp_path / "outside"
+    write(outside, {"permissions.yaml": '/etc/motd: "0600"\n', "files/x": "x\n"})
+    (repo / "web").mkdir()
+    (repo / "web/permissions.yaml").symlink_to(outside / "permissions.yaml")
+    (repo / "web/files").symlink_to(outside / "files")
+    (repo / "h1").symlink_to(outside)
+    assert problems(repo) == [
+        "h1: the directory of group or host 'h1' must be a directory, not a symlink",
+        "web/files: must be a directory, not a symlink",
+        "web/permissions.yaml: must be a regular file, not a symlink",
+    ]
+
+
+def test_symlinks_in_files_are_kept_with_their_target(repo):
+    # A symlink to a directory is a symlink: nothing below it is read.
+    (repo / "all/files/etc/real").symlink_to("/etc")
+    (repo / "all/files/etc/rel").symlink_to("../motd")
+    config = compile_host(load_repository(str(repo)), "h2")
+    by_path = {f.spec.path: f.spec for f in config.files}
+    assert by_path["/etc/real"].type is FileType.SYMLINK
+    assert by_path["/etc/real"].data == b"/etc"
+    assert by_path["/etc/rel"].data == b"../motd"
+    assert by_path["/etc/rel"].mode == 0o777
+    assert not any(p.startswith("/etc/real/") for p in by_path)
+
+
+def test_non_utf8_file_names_and_targets_are_errors(repo):
+    files = os.fsencode(repo / "all/files/etc")
+    with open(os.path.join(files, b"caf\xe9"), "wb") as f:
+        f.write(b"x")
+    os.symlink(b"targ\xffet", os.path.join(files, b"link"))
+    assert problems(repo) == [
+        "all/files/etc/caf\\xe9: file name is not valid UTF-8; rename it",
+        "all/files/etc/link: symlink target is not valid UTF-8",
+    ]
+
+
+def test_control_characters_in_names_are_kept(repo):
+    # Legal on Linux; escaped when shown (tests/master/test_show.py).
+    write(repo, {"all/files/etc/new\nline": "x\n"})
+    config = compile_host(load_repository(str(repo)), "h1")
+    assert "/etc/new\nline" in [f.spec.path for f in config.files]
+
+
+def test_an_empty_directory_is_managed(repo):
+    (repo / "all/files/var/empty").mkdir(parents=True)
+    config = compile_host(load_repository(str(repo)), "h1")
+    spec = {f.spec.path: f.spec for f in config.files}["/var/empty"]
+    assert (spec.type, spec.mode, spec.user, spec.group) == (FileType.DIR, 0o755, "root", "root")
+
+
+def test_content_is_read_once_and_shared_between_hosts(repo):
+    r = load_repository(str(repo))
+    # The repository may change or vanish after loading: compiling reads nothing.
+    shutil.rmtree(repo)
+    configs = compile_hosts(r, r.hosts)
+    a = {f.spec.path: f.spec for f in configs["h1"].files}
+    b = {f.spec.path: f.spec for f in configs["h2"].files}
+    assert a["/etc/motd"].data == b"hello\n"
+    assert a["/etc/motd"].data is b["/etc/motd"].data
+
+
+def test_a_conflict_that_several_hosts_share_is_reported_once(tmp_path):
+    root = tmp_path / "repo"
+    write(
+        root,
+        {
+            "hosts.yaml": "- name: h1\n- name: h2\n- name: h3\n",
+            "groups.yaml": "a: [h1, h2, h3]\nb: [h1, h2, h3]\n",
+            "a/files/f": "a\n",
+            "b/files/f": "b\n",
+        },
+    )
+    assert len(problems(root)) == 1
+
+
+def test_compiling_an_unknown_host(repo):
+    r = load_repository(str(repo))
+    with pytest.raises(UnknownHostError) as info:
+        compile_host(r, "nope")
+    assert info.value.name == "nope"
+    assert str(info.value) == "hosts.yaml: unknown host 'nope'"
+    with pytest.raises(ConfigError) as info:
+        compile_hosts(r, ["h1", "nope", "h2", "nope2"])
+    assert [str(p) for p in info.value.problems] == [
+        "hosts.yaml: unknown host 'nope'",
+        "hosts.yaml: unknown host 'nope2'",
+    ]
+
+
+def test_compile_hosts_returns_the_hosts_asked_for_in_order(repo):
+    r = load_repository(str(repo))
+    assert list(compile_hosts(r, ["h2", "h1", "h2"])) == ["h2", "h1"]
+
+
+def test_repository_api(tmp_path):
+    root = tmp_path / "repo"
+    write(
+        root,
+        {
+            "hosts.yaml": "- name: web2\n- name: web1\n- name: db1\n",
+            "groups.yaml": "web: ['web*']\nweb_remove: [web2]\nback: [web, db1]\nnone: []\n",
+            "config.yaml": "group_order: [web, back]\n",
+        },
+    )
+    r = load_repository(str(root))
+    assert r.hosts == ["web2", "web1", "db1"]
+    assert r.members("web") == ["web1"]
+    assert r.members("back") == ["web1", "db1"]  # hosts.yaml order
+    assert r.members("all") == ["web2", "web1", "db1"]
+    assert r.members("none") == []
+    assert r.members("db1") == ["db1"]  # a host is a group of its own
+    assert r.groups_of("web1") == ["all", "web", "back", "web1"]
+    assert r.groups_of("web2") == ["all", "web2"]
+    assert r.has_group("all") and r.has_group("back") and r.has_group("db1")
+    assert not r.has_group("web_remove")
+    assert not r.has_group("nope")
+    assert r.group_names() == ["all", "back", "none", "web"]
+    with pytest.raises(UnknownGroupError) as info:
+        r.members("nope")
+    assert info.value.name == "nope"
+    assert "unknown group 'nope'" in str(info.value)
+    with pytest.raises(UnknownHostError):
+        r.groups_of("nope")
+
+
+def test_repository_is_not_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match="cannot open repository"):
+        load_repository(str(tmp_path / "missing"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="repository is not a directory"):
+        load_repository(str(tmp_path / "file"))
+
+
+def test_a_path_beyond_path_max_is_an_error(repo):
+    # 17 levels of 250 bytes: the path is longer than PATH_MAX (4095 bytes)
+    # while each directory name stays within NAME_MAX. Created with *at calls
+    # relative to an open directory, since the full path is too long for open().
+    fd = os.open(repo / "all/files", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(17):
+            os.mkdir("d" * 250, dir_fd=fd)
+            new = os.open("d" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+    finally:
+        os.close(fd)
+    found = problems(repo)
+    assert len(found) == 1
+    assert found[0].endswith(": path is longer than 4095 bytes")
