@@ -102,7 +102,10 @@ def parse_yaml(text: str, file: str, problems: Problems) -> YNode | None:
         mark = e.problem_mark or e.context_mark
         line = None if mark is None else mark.line + 1
         reason = e.problem or e.context or "invalid YAML"
-        if e.problem and e.context and e.context_mark and e.context_mark.line + 1 != line:
+        if e.problem and e.context and e.problem.startswith("but "):
+            # PyYAML splits "expected a single document, but found another" in two.
+            reason = f"{e.context}, {e.problem}"
+        elif e.problem and e.context and e.context_mark and e.context_mark.line + 1 != line:
             # "found unexpected end of stream" is more useful with where the quote began.
             reason += f" ({e.context} at line {e.context_mark.line + 1})"
         problems.add(file, line, f"YAML syntax error: {reason}")
