@@ -29,9 +29,11 @@ _NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 def escape_text(text: str) -> str:
     """`text` with every character that is not printable written as an escape.
 
-    Control characters (C0, DEL, C1), bidi overrides and other non-printable
-    code points become \\xNN, \\uNNNN or \\UNNNNNNNN; the backslash itself
-    becomes \\\\, so the result is unambiguous. Plain text is returned as is.
+    C0 controls and DEL become \\xNN; other non-printable code points (C1
+    controls, bidi overrides, ...) \\uNNNN or \\UNNNNNNNN; a byte that was
+    not UTF-8 (kept by surrogateescape) \\xNN with NN >= 80; the backslash
+    itself \\\\. So the result is printable and unambiguous: it can be
+    decoded back. Plain text is returned as is.
     """
     if text.isprintable() and "\\" not in text:
         return text
@@ -44,7 +46,7 @@ def escape_text(text: str) -> str:
             out.append(f"\\x{code - 0xDC00:02x}")
         elif ch.isprintable():
             out.append(ch)
-        elif code <= 0xFF:
+        elif code <= 0x7F:
             out.append(f"\\x{code:02x}")
         elif code <= 0xFFFF:
             out.append(f"\\u{code:04x}")
