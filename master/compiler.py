@@ -36,12 +36,14 @@ higher group overrides the file. A trigger path must be provided for every
 host of the group that names it.
 
 Templates are rendered per host; content that is not a template is the very
-bytes object read at load, shared by every host's result.
+bytes object read at load, shared by every host's result. So is the (frozen)
+FileSpec of a path that a host adds nothing to: it was checked once at load.
+A spec with rendered content or triggers is a new one, checked again.
 """
 
 from __future__ import annotations
 
-import posixpath
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -168,35 +170,28 @@ def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
     context = _TemplateContext(repo, host, groups)
     for path, cand in chosen.items():
         entry = cand.entry
-        data = entry.data
+        spec = entry.spec
+        changes: dict[str, object] = {}
         if entry.template is not None:
             rendered = context.render(entry, problems)
             if rendered is None:
                 continue
-            data = rendered
-        owner = entry.owner
-        spec = FileSpec(
-            path=path,
-            type=entry.type,
-            mode=entry.mode,
-            user=owner.user,
-            uid=owner.uid,
-            group=owner.group,
-            gid=owner.gid,
-            data=data,
-            triggers=triggers.get(path, ()),
-        )
-        try:
-            spec.check()
-        except FileOpError as e:
-            problems.add(entry.source, None, e.reason)
-            continue
+            changes["data"] = rendered
+        if path in triggers:
+            changes["triggers"] = triggers[path]
+        if changes:
+            spec = dataclasses.replace(spec, **changes)
+            try:
+                spec.check()
+            except FileOpError as e:
+                problems.add(entry.source, None, e.reason)
+                continue
         files.append(CompiledFile(spec, cand.group, entry.template is not None, entry.source))
     return HostConfig(host=host, groups=groups, files=files)
 
 
 def _same_attributes(a: Entry, b: Entry) -> bool:
-    return a.type is b.type and a.mode == b.mode and a.owner == b.owner
+    return a.spec.type is b.spec.type and a.spec.mode == b.spec.mode and a.owner == b.owner
 
 
 def _pick(
@@ -205,7 +200,7 @@ def _pick(
     """The provider of `path` for `host` (see the module docstring), or None and a problem."""
     if len(cands) == 1:
         return cands[0]
-    if all(c.entry.type is FileType.DIR for c in cands):
+    if all(c.entry.spec.type is FileType.DIR for c in cands):
         explicit = [c for c in cands if c.entry.explicit]
         contenders = explicit or cands
 
@@ -237,9 +232,9 @@ def _pick(
 def _conflict_message(repo: Repository, path: str, unranked: list[_Candidate]) -> str:
     names = [f"{c.group!r}" for c in unranked]
     listed = " and ".join(names) if len(names) == 2 else ", ".join(names[:-1]) + " and " + names[-1]
-    if all(c.entry.type is FileType.DIR for c in unranked):
+    if all(c.entry.spec.type is FileType.DIR for c in unranked):
         attrs = "; ".join(
-            f"{c.group}: {c.entry.mode:04o} {c.entry.owner.describe()}" for c in unranked
+            f"{c.group}: {c.entry.spec.mode:04o} {c.entry.owner.describe()}" for c in unranked
         )
         what = f"directory {path} gets different permissions from groups {listed} ({attrs})"
     else:
@@ -256,17 +251,17 @@ def _check_parents(chosen: dict[str, _Candidate], problems: Problems) -> None:
     for path in list(chosen):
         if path == "/":
             continue
-        parent = chosen.get(posixpath.dirname(path))
-        if parent is None or parent.entry.type is FileType.DIR:
+        parent = chosen.get(path.rpartition("/")[0] or "/")
+        if parent is None or parent.entry.spec.type is FileType.DIR:
             # No parent only if the parent's own conflict was reported already.
             continue
         cand = chosen.pop(path)
         problems.add(
             cand.entry.source,
             None,
-            f"{path} lies below {parent.entry.path}, which group {parent.group!r} provides as a"
-            f" {parent.entry.type} ({parent.entry.source}); rank the groups differently or"
-            " remove one",
+            f"{path} lies below {parent.entry.spec.path}, which group {parent.group!r} provides"
+            f" as a {parent.entry.spec.type} ({parent.entry.source});"
+            " rank the groups differently or remove one",
         )
 
 
@@ -310,7 +305,7 @@ class _TemplateContext:
     def render(self, entry: Entry, problems: Problems) -> bytes | None:
         template = entry.template
         if template is None:
-            return entry.data
+            return entry.spec.data
         try:
             text = template.render(host=self.host, groups=list(self.groups), in_group=self.in_group)
         # A template is the administrator's code: any exception in it (an

@@ -47,11 +47,12 @@ import jinja2.sandbox
 from common.errors import (
     ConfigError,
     ConfigProblem,
+    FileOpError,
     InvalidPathError,
     UnknownGroupError,
     UnknownHostError,
 )
-from common.model import SYMLINK_MODE, FileType, check_path
+from common.model import SYMLINK_MODE, FileSpec, FileType, check_path
 from master.yamlfile import (
     KIND_NAMES,
     Problems,
@@ -124,13 +125,16 @@ class Owner:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One path that one group's files/ tree provides, with its final attributes."""
+    """One path that one group's files/ tree provides, with its final attributes.
 
-    path: str
-    type: FileType
-    mode: int
+    `spec` is what every host gets from this entry, already checked with
+    FileSpec.check() at load: the compiler hands out this very object when
+    the host adds nothing to it, and replaces only the rendered content of a
+    template or the triggers (and checks the result again).
+    """
+
+    spec: FileSpec  # data: file content (a template's source), link target, b"" for a dir
     owner: Owner
-    data: bytes  # file content (the template source for a template), link target, b"" for a dir
     source: str  # repo-relative, e.g. "web/files/etc/motd"; "web/files" for "/"
     explicit: bool  # permissions.yaml names this path
     template: jinja2.Template | None = None
@@ -664,12 +668,24 @@ class _Loader:
                 mode, owner = explicit
             else:
                 mode, owner = _default_mode(raw), self.default_owner
-            entries[path] = Entry(
+            spec = FileSpec(
                 path=path,
                 type=raw.type,
                 mode=mode,
-                owner=owner,
+                user=owner.user,
+                uid=owner.uid,
+                group=owner.group,
+                gid=owner.gid,
                 data=raw.data,
+            )
+            try:
+                spec.check()
+            except FileOpError as e:
+                self.problems.add(raw.source, None, e.reason)
+                continue
+            entries[path] = Entry(
+                spec=spec,
+                owner=owner,
                 source=raw.source,
                 explicit=explicit is not None,
                 template=templates.get(path),
