@@ -81,7 +81,9 @@ class CompiledFile:
     spec: FileSpec
     group: str  # the group (or host) whose entry won
     template: bool  # spec.data is the rendered template
-    source: str | None  # repo-relative source, e.g. "web/files/etc/motd" ("web/files" for "/")
+    # Repo-relative source, e.g. "web/files/etc/motd" ("web/files" for "/"). Always
+    # set: every directory a host gets is a real directory in some group's files/.
+    source: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,22 @@ Groups:
 - Nesting is allowed; a cycle is a problem that shows it ("a -> b -> a").
 - A host id is a group name too, so it may not also be defined in groups.yaml.
 
+Group directories:
+- files/ itself is "/" and is managed like every directory in the tree (as
+  safcm does): 0755 and the default owner unless permissions.yaml names "/",
+  and a trigger on "/" runs after any change. A directory in files/ always
+  gets 0755 by default, whatever its mode in the repository; a regular file
+  0755 if any x bit is set in the repository, else 0644; a symlink 0777.
+- Everything in files/ is managed, dotfiles included (/root/.profile). Next
+  to files/ only the three YAML files may appear (names starting with "." are
+  ignored there), so that a misspelt "permission.yaml" is an error, not a
+  silently ignored file. A top-level directory that looks like a group's but
+  names no group or host is an error too; other top-level entries (README,
+  .git) are ignored.
+- A directory or YAML file of the repository that is a symlink is an error:
+  the repository's own symlinks are never followed. A symlink inside files/
+  is data: it is managed as a symlink with its target.
+
 Priority (used by the compiler to settle a path that several groups provide):
 "all" ranks below every group, a host's own group above every group, and the
 groups listed in config.yaml's group_order rank among themselves in list

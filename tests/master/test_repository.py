@@ -4,12 +4,19 @@ Repository API the daemon builds on."""
 
 from __future__ import annotations
 
+import fnmatch
+import itertools
+import json
 import os
+import pathlib
 import shutil
 import socket
 import stat
+import tempfile
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from common.errors import ConfigError, UnknownGroupError, UnknownHostError
 from common.model import FileType
@@ -223,3 +230,81 @@ def test_a_path_beyond_path_max_is_an_error(repo):
     found = problems(repo)
     assert len(found) == 1
     assert found[0].endswith(": path is longer than 4095 bytes")
+
+
+# --- group resolution against a plain recursive reference ---------------------
+
+HOST_POOL = ["web1", "web2", "db1", "db2", "mail"]
+GLOB_POOL = ["web*", "db?", "*1", "[dm]*"]
+
+
+@st.composite
+def group_graphs(draw):
+    """groups.yaml content: group -> (members, removed), members naming hosts,
+    globs and any group (so cycles happen)."""
+    names = [f"g{i}" for i in range(draw(st.integers(1, 5)))]
+    member = st.sampled_from(HOST_POOL + GLOB_POOL + names + ["all"])
+    graph = {}
+    for name in names:
+        members = draw(st.lists(member, max_size=4, unique=True))
+        removed = draw(st.lists(member, max_size=2, unique=True))
+        graph[name] = (members, removed)
+    return graph
+
+
+def reference_members(graph, name, stack=()):
+    """Hosts of a group, or raise RecursionError on a cycle."""
+    if name == "all":
+        return set(HOST_POOL)
+    if name in stack:
+        raise RecursionError(name)
+
+    def expand(m):
+        if m in graph or m == "all":
+            return reference_members(graph, m, (*stack, name))
+        if any(c in m for c in "*?["):
+            return set(fnmatch.filter(HOST_POOL, m))
+        return {m}
+
+    members, removed = graph[name]
+    hosts = set().union(*(expand(m) for m in members)) if members else set()
+    for m in removed:
+        hosts -= expand(m)
+    return hosts
+
+
+@settings(max_examples=200, deadline=None)
+@given(group_graphs())
+def test_group_resolution_matches_the_reference(graph):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp)
+        (root / "hosts.yaml").write_text("".join(f"- name: {h}\n" for h in HOST_POOL))
+        lines = []
+        for name, (members, removed) in graph.items():
+            lines.append(f"{name}: {json.dumps(members)}\n")
+            if removed:
+                lines.append(f"{name}_remove: {json.dumps(removed)}\n")
+        (root / "groups.yaml").write_text("".join(lines))
+        try:
+            expected = {g: reference_members(graph, g) for g in graph}
+        except RecursionError:
+            expected = None
+        event("cycle" if expected is None else "no cycle")
+        if expected is None:
+            with pytest.raises(ConfigError) as info:
+                load_repository(str(root))
+            assert info.value.problems
+            for problem in info.value.problems:
+                assert problem.message.startswith("group cycle: ")
+                cycle = problem.message.removeprefix("group cycle: ").split(" -> ")
+                assert cycle[0] == cycle[-1]
+                for a, b in itertools.pairwise(cycle):
+                    members, removed = graph[a]
+                    assert b in members or b in removed, (a, b)
+        else:
+            repo = load_repository(str(root))
+            for g, hosts in expected.items():
+                assert repo.members(g) == [h for h in HOST_POOL if h in hosts], g
+            for h in HOST_POOL:
+                inside = sorted(g for g in graph if h in expected[g])
+                assert repo.groups_of(h) == ["all", *inside, h]
