@@ -163,7 +163,7 @@ def show_host(
         config = compile_host(load_repository(repo_dir), host)
     except ConfigError as e:
         print(
-            f"safcm-master: cannot show {escape_text(host)!s}: configuration error"
+            f"safcm-master: cannot show {escape_text(host)}: configuration error"
             f" in {escape_text(repo_dir)}:",
             file=err,
         )

@@ -308,3 +308,19 @@ def test_group_resolution_matches_the_reference(graph):
             for h in HOST_POOL:
                 inside = sorted(g for g in graph if h in expected[g])
                 assert repo.groups_of(h) == ["all", *inside, h]
+
+
+def test_templates_cannot_reach_other_hosts_through_the_context(repo):
+    # in_group is a bound method of an object that holds the repository; the
+    # sandbox must keep a template from walking from it to other hosts' data.
+    write(
+        repo,
+        {
+            "all/files/etc/peek": "{{ in_group.__self__.repo.hosts }}\n",
+            "all/templates.yaml": "- /etc/peek\n",
+        },
+    )
+    found = problems(repo)
+    assert len(found) == 2  # one per host
+    assert found[0].startswith("all/files/etc/peek:1: template error for host h1: ")
+    assert "__self__" in found[0]
