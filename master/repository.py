@@ -348,13 +348,13 @@ class _Loader:
         user, uid = DEFAULT_USER, None
         group, gid = DEFAULT_GROUP, None
         if "default_user" in values:
-            key, value = values["default_user"]
+            _, value = values["default_user"]
             if self._expect(value, YScalar, CONFIG_FILE, "default_user"):
                 parsed = self._owner_token(value, "user", CONFIG_FILE)
                 if parsed is not None:
                     user, uid = parsed
         if "default_group" in values:
-            key, value = values["default_group"]
+            _, value = values["default_group"]
             if self._expect(value, YScalar, CONFIG_FILE, "default_group"):
                 parsed = self._owner_token(value, "group", CONFIG_FILE)
                 if parsed is not None:
