@@ -7,6 +7,8 @@ do next.
     SafcmError
     ├── UsageError              bad command-line use (exit code 2)
     ├── ConfigError             a bad master/minion setting or repository (exit code 2)
+    │   ├── UnknownHostError        a host id that hosts.yaml does not list (.name)
+    │   └── UnknownGroupError       a group that neither groups.yaml nor hosts.yaml defines (.name)
     ├── FileOpError             the file engine refused or failed one file (.path, .reason)
     │   ├── InvalidPathError        a declared path is not absolute and normalised
     │   ├── SymlinkInPathError      a component of the path is a symlink
@@ -66,6 +68,22 @@ class ConfigError(SafcmError):
             problems = [problems]
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UnknownHostError(ConfigError):
+    """A host id that the repository's hosts.yaml does not list."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(ConfigProblem("hosts.yaml", None, f"unknown host {name!r}"))
+
+
+class UnknownGroupError(ConfigError):
+    """A group name that is not "all", a group in groups.yaml, or a host id."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(ConfigProblem("groups.yaml", None, f"unknown group {name!r}"))
 
 
 class FileOpError(SafcmError):

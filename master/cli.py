@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# DESIGN.md section 7: master.yaml's config_dir default.
+DEFAULT_REPO_DIR = "/etc/safcm/config"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keys", help="list, accept, reject or delete minion keys")
     sub.add_parser("run", help="run a module (files, ping) on the targeted minions")
     sub.add_parser("jobs", help="list and show the job history")
-    sub.add_parser("show", help="print a host's compiled file list")
+    show = sub.add_parser(
+        "show",
+        help="print a host's compiled file list, without contacting the host",
+        description="Compile the configuration repository for HOST and print its files.",
+    )
+    show.add_argument("host", metavar="HOST", help="minion id from hosts.yaml")
+    show.add_argument("--json", action="store_true", help="print one JSON document")
+    show.add_argument(
+        "--repo",
+        metavar="DIR",
+        default=DEFAULT_REPO_DIR,
+        help="configuration repository (default: %(default)s)",
+    )
     sub.add_parser("demo", help="run a master and three sandboxed minions on 127.0.0.1")
     return parser
 
@@ -33,6 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "show":
+        # Imported here: the compiler pulls in Jinja2, which other commands do not need.
+        from master.show import show_host
+
+        try:
+            return show_host(args.repo, args.host, as_json=args.json, out=sys.stdout)
+        except BrokenPipeError:
+            # The reader (head, a closed pager) went away. Point stdout at
+            # /dev/null so that the interpreter's final flush stays quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
     print(f"safcm-master: '{args.command}' is not available yet", file=sys.stderr)
     return 2
 

@@ -1,0 +1,337 @@
+"""Compile a loaded repository into each host's exact file list. Pure: no network, no writes.
+
+    repo = load_repository("/etc/safcm/config")         # ConfigError: every problem
+    configs = compile_hosts(repo, ["web1", "db1"])       # ConfigError: every problem, all hosts
+    configs["web1"].specs()                              # list[FileSpec] for the engine
+
+A host gets the files of every group it is in ("all", its groups, its own
+directory). When several of those groups provide the same path, one wins:
+
+1. Regular files and symlinks: the provider that outranks every other one
+   (repository.Repository.outranks: the host's own group beats everything,
+   "all" loses to everything, group_order ranks the groups it lists). If no
+   provider outranks all others, that is a conflict: an error naming the
+   path and the groups that group_order does not rank.
+2. Directories: shipping files under /etc from two groups is normal, and an
+   administrator should not have to rank groups for it. A directory takes
+   its attributes from permissions.yaml where a group names it ("explicit");
+   a group that merely has the directory in its tree (default 0755 and the
+   default owner) does not override an explicit one, whatever its rank.
+   Providers that agree (same mode and owner) never conflict. Providers that
+   disagree are settled by rank as in 1.
+   safcm itself accepts the same directory from several groups only when the
+   attributes are equal; the "explicit beats default" rule is ours, so that a
+   high-priority group that only needs /etc/app to exist does not reset a
+   lower group's "/etc/app: 0750 root adm" to 0755 root root.
+3. The winning entry must not sit below a path whose winner is not a
+   directory (a file from one group over a directory of another).
+
+The group reported as the provider ("group") is the winner; among providers
+that agree it is the one latest in Repository.groups_of() order.
+
+Triggers are not part of the contest: every group of the host that names a
+path in its triggers.yaml adds its commands to that path (in groups_of()
+order, duplicates dropped), so a base group's "reload" still runs when a
+higher group overrides the file. A trigger path must be provided for every
+host of the group that names it.
+
+Templates are rendered per host; content that is not a template is the very
+bytes object read at load, shared by every host's result. So is the (frozen)
+FileSpec of a path that a host adds nothing to: it was checked once at load.
+A spec with rendered content or triggers is a new one, checked again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import jinja2
+
+from common.errors import (
+    ConfigError,
+    ConfigProblem,
+    FileOpError,
+    UnknownHostError,
+)
+from common.model import FileSpec, FileType
+from master.repository import (
+    CONFIG_FILE,
+    Entry,
+    Repository,
+    load_repository,
+)
+from master.yamlfile import Problems
+
+__all__ = [
+    "CompiledFile",
+    "HostConfig",
+    "Repository",
+    "compile_host",
+    "compile_hosts",
+    "load_repository",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledFile:
+    """One file of a host's result, with where it came from (for show and diagnostics)."""
+
+    spec: FileSpec
+    group: str  # the group (or host) whose entry won
+    template: bool  # spec.data is the rendered template
+    # Repo-relative source, e.g. "web/files/etc/motd" ("web/files" for "/"). Always
+    # set: every directory a host gets is a real directory in some group's files/.
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """Everything one host gets: its groups and its files, sorted by path."""
+
+    host: str
+    groups: list[str]  # Repository.groups_of(host): lowest priority first
+    files: list[CompiledFile]
+
+    def specs(self) -> list[FileSpec]:
+        """The list the engine receives, in path order."""
+        return [f.spec for f in self.files]
+
+
+def compile_host(repo: Repository, host: str) -> HostConfig:
+    """Compile one host. Raises UnknownHostError, or ConfigError with every problem."""
+    if not repo.has_host(host):
+        raise UnknownHostError(host)
+    problems = Problems()
+    config = _compile(repo, host, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def compile_hosts(repo: Repository, hosts: Iterable[str]) -> dict[str, HostConfig]:
+    """Compile several hosts; a ConfigError carries every problem of every host.
+
+    Call it before any job exists: either every host compiles or nothing is
+    sent. A problem that several hosts share (a conflict between two groups)
+    is reported once.
+    """
+    results: dict[str, HostConfig] = {}
+    problems: list[ConfigProblem] = []
+    seen: set[ConfigProblem] = set()
+    for host in hosts:
+        if host in results:
+            continue
+        found = Problems()
+        if not repo.has_host(host):
+            found.extend(UnknownHostError(host).problems)
+            config = None
+        else:
+            config = _compile(repo, host, found)
+        for problem in found:
+            if problem not in seen:
+                seen.add(problem)
+                problems.append(problem)
+        if not found and config is not None:
+            results[host] = config
+    if problems:
+        raise ConfigError(problems)
+    return results
+
+
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    group: str
+    entry: Entry
+
+
+class _UnknownGroupInTemplate(Exception):
+    """in_group() was asked about a name the repository does not know."""
+
+
+def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
+    groups = repo.groups_of(host)
+    candidates: dict[str, list[_Candidate]] = {}
+    for group in groups:
+        for path, entry in repo.entries.get(group, {}).items():
+            candidates.setdefault(path, []).append(_Candidate(group, entry))
+
+    chosen: dict[str, _Candidate] = {}
+    for path in sorted(candidates):
+        winner = _pick(repo, host, path, candidates[path], problems)
+        if winner is not None:
+            chosen[path] = winner
+    _check_parents(chosen, problems)
+    triggers = _collect_triggers(repo, host, groups, chosen, problems)
+
+    files = []
+    context = _TemplateContext(repo, host, groups)
+    for path, cand in chosen.items():
+        entry = cand.entry
+        spec = entry.spec
+        changes: dict[str, object] = {}
+        if entry.template is not None:
+            rendered = context.render(entry, problems)
+            if rendered is None:
+                continue
+            changes["data"] = rendered
+        if path in triggers:
+            changes["triggers"] = triggers[path]
+        if changes:
+            spec = dataclasses.replace(spec, **changes)
+            try:
+                spec.check()
+            except FileOpError as e:
+                problems.add(entry.source, None, e.reason)
+                continue
+        files.append(CompiledFile(spec, cand.group, entry.template is not None, entry.source))
+    return HostConfig(host=host, groups=groups, files=files)
+
+
+def _same_attributes(a: Entry, b: Entry) -> bool:
+    return a.spec.type is b.spec.type and a.spec.mode == b.spec.mode and a.owner == b.owner
+
+
+def _pick(
+    repo: Repository, host: str, path: str, cands: list[_Candidate], problems: Problems
+) -> _Candidate | None:
+    """The provider of `path` for `host` (see the module docstring), or None and a problem."""
+    if len(cands) == 1:
+        return cands[0]
+    if all(c.entry.spec.type is FileType.DIR for c in cands):
+        explicit = [c for c in cands if c.entry.explicit]
+        contenders = explicit or cands
+
+        def differ(a: _Candidate, b: _Candidate) -> bool:
+            return not _same_attributes(a.entry, b.entry)
+    else:
+        contenders = cands
+
+        def differ(a: _Candidate, b: _Candidate) -> bool:
+            return True
+
+    # Latest in groups_of() order first: that is where a winner usually is,
+    # and among equal providers it is the one reported.
+    for w in reversed(contenders):
+        if all(
+            repo.outranks(w.group, c.group, host) for c in contenders if c is not w and differ(w, c)
+        ):
+            return w
+    unranked = []
+    for i, a in enumerate(contenders):
+        for b in contenders[i + 1 :]:
+            ranked = repo.outranks(a.group, b.group, host) or repo.outranks(b.group, a.group, host)
+            if differ(a, b) and not ranked:
+                unranked.extend(c for c in (a, b) if c not in unranked)
+    problems.add(unranked[0].entry.source, None, _conflict_message(repo, path, unranked))
+    return None
+
+
+def _conflict_message(repo: Repository, path: str, unranked: list[_Candidate]) -> str:
+    names = [f"{c.group!r}" for c in unranked]
+    listed = " and ".join(names) if len(names) == 2 else ", ".join(names[:-1]) + " and " + names[-1]
+    if all(c.entry.spec.type is FileType.DIR for c in unranked):
+        attrs = "; ".join(
+            f"{c.group}: {c.entry.spec.mode:04o} {c.entry.owner.describe()}" for c in unranked
+        )
+        what = f"directory {path} gets different permissions from groups {listed} ({attrs})"
+    else:
+        what = f"{path} is provided by groups {listed}"
+    if repo.group_order_line is None:
+        where = f"no group_order in {CONFIG_FILE} ranks them"
+    else:
+        where = f"group_order ({CONFIG_FILE}:{repo.group_order_line}) does not rank them"
+    return f"{what}, and {where}; list them in group_order or provide the path from one group only"
+
+
+def _check_parents(chosen: dict[str, _Candidate], problems: Problems) -> None:
+    """Every chosen path must sit in a chosen directory (rule 3)."""
+    for path in list(chosen):
+        if path == "/":
+            continue
+        parent = chosen.get(path.rpartition("/")[0] or "/")
+        if parent is None or parent.entry.spec.type is FileType.DIR:
+            # No parent only if the parent's own conflict was reported already.
+            continue
+        cand = chosen.pop(path)
+        problems.add(
+            cand.entry.source,
+            None,
+            f"{path} lies below {parent.entry.spec.path}, which group {parent.group!r} provides"
+            f" as a {parent.entry.spec.type} ({parent.entry.source});"
+            " rank the groups differently or remove one",
+        )
+
+
+def _collect_triggers(
+    repo: Repository,
+    host: str,
+    groups: list[str],
+    chosen: dict[str, _Candidate],
+    problems: Problems,
+) -> dict[str, tuple[str, ...]]:
+    triggers: dict[str, list[str]] = {}
+    for group in groups:
+        for path, trigger in repo.triggers.get(group, {}).items():
+            if path not in chosen:
+                problems.add(
+                    trigger.file,
+                    trigger.line,
+                    f"{path} has triggers, but host {host} (in group {group!r}) gets no file"
+                    " at that path",
+                )
+                continue
+            commands = triggers.setdefault(path, [])
+            commands.extend(c for c in trigger.commands if c not in commands)
+    return {path: tuple(commands) for path, commands in triggers.items()}
+
+
+class _TemplateContext:
+    """Renders templates for one host: host, groups and in_group(), nothing else."""
+
+    def __init__(self, repo: Repository, host: str, groups: list[str]) -> None:
+        self.repo = repo
+        self.host = host
+        self.groups = groups
+        self.group_set = frozenset(groups)
+
+    def in_group(self, name: object) -> bool:
+        if not isinstance(name, str) or not self.repo.has_group(name):
+            raise _UnknownGroupInTemplate(f"in_group({name!r}): no such group or host")
+        return name in self.group_set
+
+    def render(self, entry: Entry, problems: Problems) -> bytes | None:
+        template = entry.template
+        if template is None:
+            return entry.spec.data
+        try:
+            text = template.render(host=self.host, groups=list(self.groups), in_group=self.in_group)
+        # A template is the administrator's code: any exception in it (an
+        # undefined name, a sandbox refusal, a TypeError in an expression,
+        # an unknown group) is a problem of that template on this host.
+        except Exception as e:
+            if isinstance(e, jinja2.TemplateError | _UnknownGroupInTemplate):
+                reason = str(e)
+            else:
+                reason = f"{type(e).__name__}: {e}"
+            line = _template_line(e, entry.source)
+        else:
+            return text.encode("utf-8")
+        problems.add(entry.source, line, f"template error for host {self.host}: {reason}")
+        return None
+
+
+def _template_line(exc: BaseException, filename: str) -> int | None:
+    """The template line an exception came from: Jinja2 rewrites tracebacks so
+    that template frames carry the template's name and line."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line

@@ -1,0 +1,178 @@
+"""`safcm-master show HOST`: a host's compiled file list, without contacting the host.
+
+Two forms: a table for people (every string from the repository escaped, so a
+file name cannot put control sequences on the terminal) and one JSON
+document (--json) for programs. Formatting is pure (format_table,
+to_document); show_host() only loads, compiles and writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from typing import Any, TextIO
+
+from common.errors import ConfigError
+from common.model import FileType
+from master.compiler import CompiledFile, HostConfig, compile_host, load_repository
+
+EXIT_OK = 0
+EXIT_CONFIG_ERROR = 2  # DESIGN.md section 7: bad usage or a configuration error
+
+# Lone surrogates U+DC80..U+DCFF are how Python keeps undecodable bytes
+# (surrogateescape); they are shown as the byte they stand for.
+_SURROGATE_LOW, _SURROGATE_HIGH = 0xDC80, 0xDCFF
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_text(text: str) -> str:
+    """`text` with every character that is not printable written as an escape.
+
+    C0 controls and DEL become \\xNN; other non-printable code points (C1
+    controls, bidi overrides, ...) \\uNNNN or \\UNNNNNNNN; a byte that was
+    not UTF-8 (kept by surrogateescape) \\xNN with NN >= 80; the backslash
+    itself \\\\. So the result is printable and unambiguous: it can be
+    decoded back. Plain text is returned as is.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif _SURROGATE_LOW <= code <= _SURROGATE_HIGH:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code <= 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _owner(name: str | None, number: int | None) -> str:
+    return name if name is not None else str(number)
+
+
+def _size_or_target(f: CompiledFile) -> str:
+    spec = f.spec
+    if spec.type is FileType.FILE:
+        return str(len(spec.data))
+    if spec.type is FileType.SYMLINK:
+        return "-> " + spec.data.decode("utf-8", "surrogateescape")
+    return ""
+
+
+_HEADER = ("PATH", "TYPE", "MODE", "USER", "GROUP", "SIZE/TARGET", "FROM", "TEMPLATE")
+
+
+def format_table(config: HostConfig) -> str:
+    """The human form: a header line, one row per file, its triggers below it."""
+    rows = []
+    for f in config.files:
+        spec = f.spec
+        rows.append(
+            [
+                escape_text(spec.path),
+                str(spec.type),
+                f"{spec.mode:04o}",
+                escape_text(_owner(spec.user, spec.uid)),
+                escape_text(_owner(spec.group, spec.gid)),
+                escape_text(_size_or_target(f)),
+                escape_text(f.group),
+                "yes" if f.template else "",
+            ]
+        )
+    widths = [max(len(r[i]) for r in [list(_HEADER), *rows]) for i in range(len(_HEADER))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    groups = ", ".join(escape_text(g) for g in config.groups)
+    out = [f"host {escape_text(config.host)}: groups {groups} (lowest priority first)", ""]
+    out.append(line(list(_HEADER)))
+    for f, row in zip(config.files, rows, strict=True):
+        out.append(line(row))
+        out.extend(f"    trigger: {escape_text(c)}" for c in f.spec.triggers)
+    out.append("")
+    out.append(_summary(config))
+    return "\n".join(out) + "\n"
+
+
+def _summary(config: HostConfig) -> str:
+    counts = {t: 0 for t in (FileType.DIR, FileType.FILE, FileType.SYMLINK)}
+    for f in config.files:
+        counts[f.spec.type] += 1
+    templates = sum(1 for f in config.files if f.template)
+    triggered = sum(1 for f in config.files if f.spec.triggers)
+    return (
+        f"{_count(len(config.files), 'path')}: {_count(counts[FileType.DIR], 'directory')},"
+        f" {_count(counts[FileType.FILE], 'file')} ({templates} from templates),"
+        f" {_count(counts[FileType.SYMLINK], 'symlink')}; {triggered} with triggers"
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
+def to_document(config: HostConfig) -> dict[str, Any]:
+    """The --json form: only str, int, bool, None, lists and dicts."""
+    files = []
+    for f in config.files:
+        spec = f.spec
+        is_file = spec.type is FileType.FILE
+        files.append(
+            {
+                "path": spec.path,
+                "type": str(spec.type),
+                "mode": f"{spec.mode:04o}",
+                "user": spec.user,
+                "uid": spec.uid,
+                "group": spec.group,
+                "gid": spec.gid,
+                "size": len(spec.data) if is_file else None,
+                "sha256": hashlib.sha256(spec.data).hexdigest() if is_file else None,
+                "target": spec.data.decode("utf-8") if spec.type is FileType.SYMLINK else None,
+                "provider": f.group,
+                "source": f.source,
+                "template": f.template,
+                "triggers": list(spec.triggers),
+            }
+        )
+    return {"host": config.host, "groups": list(config.groups), "files": files}
+
+
+def show_host(
+    repo_dir: str, host: str, *, as_json: bool, out: TextIO, err: TextIO | None = None
+) -> int:
+    """Print `host`'s compiled files to `out`; the exit code for the CLI.
+
+    A configuration error or an unknown host: every problem on `err`
+    (default stderr), nothing on `out`, exit code 2.
+    """
+    err = sys.stderr if err is None else err
+    try:
+        config = compile_host(load_repository(repo_dir), host)
+    except ConfigError as e:
+        print(
+            f"safcm-master: cannot show {escape_text(host)}: configuration error"
+            f" in {escape_text(repo_dir)}:",
+            file=err,
+        )
+        for problem in e.problems:
+            print(f"  {escape_text(str(problem))}", file=err)
+        return EXIT_CONFIG_ERROR
+    if as_json:
+        json.dump(to_document(config), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(format_table(config))
+    return EXIT_OK

@@ -1,0 +1,209 @@
+"""`safcm-master show HOST`: through the real command line, and its escaping."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from master import cli
+from master.show import escape_text
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "configs" / "repo"
+INVALID_MANY = ROOT / "tests" / "master" / "repos" / "invalid_many" / "repo"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "master.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def rows(table: str) -> dict[str, list[str]]:
+    """The table's file rows, by path, split into columns."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("PATH "))
+    result = {}
+    for line in lines[start + 1 :]:
+        if not line.startswith("/"):
+            continue
+        cells = line.split()
+        result[cells[0]] = cells[1:]
+    return result
+
+
+def test_show_table_through_the_cli():
+    proc = run_cli("show", "web1", "--repo", str(EXAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    out = proc.stdout
+    assert out.startswith("host web1: groups all, monitored, web, web1 (lowest priority first)\n")
+    table = rows(out)
+    # TYPE MODE USER GROUP [SIZE/TARGET] FROM [TEMPLATE]
+    assert table["/srv/www"] == ["dir", "2775", "root", "www-data", "web"]
+    assert table["/srv/www/uploads"] == ["dir", "1777", "root", "root", "web"]
+    assert table["/srv/www/current"] == [
+        "symlink",
+        "0777",
+        "root",
+        "root",
+        "->",
+        "releases/1",
+        "web",
+    ]
+    size = len((EXAMPLE / "web1/files/etc/app/feature-flags.conf").read_bytes())
+    assert table["/etc/app/feature-flags.conf"] == [
+        "file",
+        "0644",
+        "root",
+        "root",
+        str(size),
+        "web1",
+    ]
+    motd = "web1 is managed by safcm: local changes to managed files are overwritten.\n"
+    motd += "Groups: all, monitored, web, web1\n"
+    assert table["/etc/motd"] == ["file", "0644", "root", "root", str(len(motd)), "all", "yes"]
+    assert table["/usr/local/bin/health-check"][:4] == ["file", "0750", "root", "adm"]
+    # Triggers follow their path's row.
+    lines = out.splitlines()
+    i = lines.index(next(line for line in lines if line.startswith("/srv/www ")))
+    assert lines[i + 1] == '    trigger: echo "reload web server"'
+    assert lines[-1] == (
+        "20 paths: 12 directories, 7 files (2 from templates), 1 symlink; 3 with triggers"
+    )
+
+
+def test_show_json_through_the_cli():
+    proc = run_cli("show", "db1", "--json", "--repo", str(EXAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["host"] == "db1"
+    assert doc["groups"] == ["all", "monitored", "db", "db1"]
+    files = {f["path"]: f for f in doc["files"]}
+    assert [f["path"] for f in doc["files"]] == sorted(files)
+    conf = (EXAMPLE / "db/files/etc/db/db.conf").read_bytes()
+    assert files["/etc/db/db.conf"] == {
+        "path": "/etc/db/db.conf",
+        "type": "file",
+        "mode": "0640",
+        "user": "daemon",
+        "uid": None,
+        "group": "adm",
+        "gid": None,
+        "size": len(conf),
+        "sha256": hashlib.sha256(conf).hexdigest(),
+        "target": None,
+        "provider": "db",
+        "source": "db/files/etc/db/db.conf",
+        "template": False,
+        "triggers": ['echo "database configuration changed"'],
+    }
+    assert files["/etc/db"]["uid"] == 1 and files["/etc/db"]["user"] is None
+    assert files["/etc/db"]["gid"] == 4 and files["/etc/db"]["group"] is None
+    assert files["/etc/monitor/agent.conf"]["template"] is True
+    # group_order: db1 is not in web, so monitored's logging.conf is the one it gets.
+    assert files["/etc/app/logging.conf"]["provider"] == "monitored"
+    assert "/srv/www" not in files
+
+
+def test_show_unknown_host_exits_2():
+    proc = run_cli("show", "nope", "--repo", str(EXAMPLE))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "hosts.yaml: unknown host 'nope'" in proc.stderr
+
+
+def test_show_configuration_error_exits_2_with_every_problem():
+    proc = run_cli("show", "web1", "--json", "--repo", str(INVALID_MANY))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    expected = (INVALID_MANY.parent / "errors.txt").read_text().splitlines()
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("safcm-master: cannot show web1: configuration error in ")
+    assert lines[1:] == [f"  {e}" for e in expected]
+
+
+def test_show_missing_repository_exits_2(tmp_path):
+    assert cli.main(["show", "web1", "--repo", str(tmp_path / "none")]) == 2
+
+
+def test_show_in_process(capsys):
+    assert cli.main(["show", "web3", "--repo", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    # web3 is removed from web (web_remove), so it only gets "all".
+    assert set(rows(out)) == {"/", "/etc", "/etc/motd"}
+
+
+def test_show_escapes_control_characters(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    (repo / "all/files/etc").mkdir(parents=True)
+    (repo / "hosts.yaml").write_text("- name: h1\n")
+    (repo / "all/files/etc/evil\x1b[31mred").write_text("x\n")
+    (repo / "all/files/etc/link").symlink_to("bell\x07\\")
+    (repo / "all/triggers.yaml").write_text('/etc/link:\n  - "echo \\e]0;title\\a"\n')
+    assert cli.main(["show", "h1", "--repo", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "/etc/evil\\x1b[31mred " in out
+    assert "-> bell\\x07\\\\ " in out
+    assert "    trigger: echo \\x1b]0;title\\x07\n" in out
+    assert cli.main(["show", "h1", "--json", "--repo", str(repo)]) == 0
+    raw = capsys.readouterr().out
+    assert "\x1b" not in raw and "\x07" not in raw
+    paths = [f["path"] for f in json.loads(raw)["files"]]
+    assert "/etc/evil\x1b[31mred" in paths
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain /etc/motd", "plain /etc/motd"),
+        ("tab\there", "tab\\there"),
+        ("new\nline\r", "new\\nline\\r"),
+        ("esc\x1b[0m", "esc\\x1b[0m"),
+        ("del\x7f c1\x9b", "del\\x7f c1\\u009b"),
+        ("bidi\u202eevil", "bidi\\u202eevil"),
+        ("back\\slash", "back\\\\slash"),
+        ("caf\udce9", "caf\\xe9"),  # an undecodable byte kept by surrogateescape
+        ("café ünïcode", "café ünïcode"),
+    ],
+)
+def test_escape_text(text, shown):
+    assert escape_text(text) == shown
+
+
+_ESCAPE = re.compile(r"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4})|U([0-9a-f]{8})|(.))")
+_NAMED = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\"}
+
+
+def unescape(shown: str) -> str:
+    def one(m: re.Match) -> str:
+        x, u, big, named = m.groups()
+        if x is not None:
+            code = int(x, 16)
+            return chr(code if code < 0x80 else 0xDC00 + code)
+        if named is not None:
+            return _NAMED[named]
+        return chr(int(u or big, 16))
+
+    return _ESCAPE.sub(one, shown)
+
+
+# Surrogates included: they are how undecodable bytes reach this function.
+@given(st.text(alphabet=st.characters(exclude_categories=())))
+def test_escape_text_is_printable_and_unambiguous(text):
+    shown = escape_text(text)
+    assert shown.isprintable()
+    assert unescape(shown) == text
