@@ -56,13 +56,13 @@ from common.errors import (
     UnknownHostError,
 )
 from common.model import FileSpec, FileType
+from common.yamlfile import Problems
 from master.repository import (
     CONFIG_FILE,
     Entry,
     Repository,
     load_repository,
 )
-from master.yamlfile import Problems
 
 __all__ = [
     "CompiledFile",

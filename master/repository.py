@@ -69,7 +69,7 @@ from common.errors import (
     UnknownHostError,
 )
 from common.model import SYMLINK_MODE, FileSpec, FileType, check_path
-from master.yamlfile import (
+from common.yamlfile import (
     KIND_NAMES,
     Problems,
     YMap,

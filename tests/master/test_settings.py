@@ -31,7 +31,9 @@ def test_all_keys():
     ("text", "message"),
     [
         ("publish_port: 70000\n", "master.yaml:1: publish_port: must be a TCP port"),
-        ("publish_port: '4505'\n", "publish_port: must be a TCP port"),
+        ("publish_port: -1\n", "publish_port: must be a TCP port"),
+        ("publish_port: [1]\n", "publish_port: must be a single value, not a list"),
+        ("auto_accept: yes\n", "auto_accept: must be true or false, got 'yes'"),
         ("\nauto_accept: yes please\n", "master.yaml:2: auto_accept: must be true or false"),
         ("job_timeout: soon\n", "job_timeout: must be a duration"),
         ("job_timeout: 0\n", "job_timeout: must be longer than zero"),
@@ -39,10 +41,10 @@ def test_all_keys():
         ("interface: example.org\n", "interface: must be an IP address"),
         ("admin_group: 'Bad Group'\n", "admin_group: must be a Unix group name"),
         ("retrun_port: 1\n", "retrun_port: unknown key"),
-        ("publish_port: 1\npublish_port: 2\n", "master.yaml:2: publish_port: duplicate key"),
+        ("publish_port: 1\npublish_port: 2\n", "master.yaml:2: duplicate key 'publish_port'"),
         ("publish_port: 4506\n", "publish_port and return_port must differ"),
         ("- a\n- b\n", "must be a mapping"),
-        ("a: [\n", "invalid YAML"),
+        ("a: [\n", "YAML syntax error"),
     ],
 )
 def test_bad_settings_are_named(text, message):
@@ -60,3 +62,8 @@ def test_every_problem_is_reported_at_once():
 def test_load_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         settings.load(str(tmp_path / "nope.yaml"))
+
+
+def test_empty_value_keeps_the_default():
+    s = settings.parse("admin_group:\njob_timeout: null\n")
+    assert s.admin_group is None and s.job_timeout == 60

@@ -1,0 +1,92 @@
+"""minion.yaml: the minion daemon's settings."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from common import ids
+from common import settings as s
+from common.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG_PATH = "/etc/safcm/minion.yaml"
+# Default seconds between heartbeats; the master counts three missed ones as
+# disconnected, so this is also how fast presence notices a lost minion.
+HEARTBEAT_INTERVAL = 5.0
+# Default longest run of one trigger command, in seconds.
+TRIGGER_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class MinionSettings:
+    id: str
+    master: str
+    publish_port: int = 4505
+    return_port: int = 4506
+    state_dir: str = "/var/lib/safcm-minion"
+    root: str = "/"
+    master_fingerprint: str | None = None
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    trigger_timeout: float = TRIGGER_TIMEOUT
+    log_level: str = "info"
+
+
+def _minion_id(value: Any) -> str:
+    problem = ids.minion_id_problem(value)
+    if problem is not None:
+        raise s.BadValue(problem)
+    return value
+
+
+def _fingerprint(value: Any) -> str | None:
+    from common.crypto import parse_fingerprint
+
+    if value is None:
+        return None
+    try:
+        return parse_fingerprint(value)
+    except ValueError as e:
+        raise s.BadValue(str(e)) from e
+
+
+def default_id() -> str:
+    """The host's fully qualified name, lowercased, as minion ids are."""
+    return socket.getfqdn().lower().rstrip(".")
+
+
+_FIELDS = {
+    "id": s.Field(_minion_id, None),
+    "master": s.Field(s.host, required=True),
+    "publish_port": s.Field(s.port, MinionSettings.publish_port),
+    "return_port": s.Field(s.port, MinionSettings.return_port),
+    "state_dir": s.Field(s.absolute_path, MinionSettings.state_dir),
+    "root": s.Field(s.absolute_path, MinionSettings.root),
+    "master_fingerprint": s.Field(_fingerprint, None),
+    "heartbeat_interval": s.Field(s.duration, MinionSettings.heartbeat_interval),
+    "trigger_timeout": s.Field(s.duration, MinionSettings.trigger_timeout),
+    "log_level": s.Field(s.log_level, MinionSettings.log_level),
+}
+
+
+def load(path: str) -> MinionSettings:
+    """Read minion.yaml; raises ConfigError naming every bad or unknown key."""
+    return _build(s.load_settings(path, _FIELDS), path)
+
+
+def parse(text: str, name: str = "minion.yaml") -> MinionSettings:
+    return _build(s.parse_settings(text, _FIELDS, name), name)
+
+
+def _build(values: dict[str, Any], name: str) -> MinionSettings:
+    if values["id"] is None:
+        fqdn = default_id()
+        problem = ids.minion_id_problem(fqdn)
+        if problem is not None:
+            raise s.ConfigError(
+                s.ConfigProblem(
+                    name, None, f"id: not set, and the host name cannot be used: {problem}"
+                )
+            )
+        values["id"] = fqdn
+    return MinionSettings(**values)
