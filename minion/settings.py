@@ -83,10 +83,7 @@ def _build(values: dict[str, Any], name: str) -> MinionSettings:
         fqdn = default_id()
         problem = ids.minion_id_problem(fqdn)
         if problem is not None:
-            raise s.ConfigError(
-                s.ConfigProblem(
-                    name, None, f"id: not set, and the host name cannot be used: {problem}"
-                )
-            )
+            message = f"id: not set, and the host name cannot be used: {problem}"
+            raise ConfigError(ConfigProblem(name, None, message))
         values["id"] = fqdn
     return MinionSettings(**values)
