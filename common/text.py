@@ -1,27 +1,53 @@
-"""Text from untrusted peers, made safe to print or log."""
+"""Text from untrusted peers (and odd file names), made safe to print or log.
+
+A managed host is untrusted: a path, a user name, a diff or a trigger's
+output from it must not be able to move the cursor, retitle the terminal,
+hide lines with bidi overrides, or forge an extra log line. Two forms:
+
+- escape(): for names and one-line messages. Every non-printable character
+  becomes an escape and the backslash itself is doubled, so the result is
+  printable and unambiguous (it can be decoded back).
+- escape_content(): for one line of file content or command output, shown
+  line by line. Non-printable characters are escaped but tabs and
+  backslashes stay as they are, so the line still reads like the file.
+"""
 
 from __future__ import annotations
 
+# Code points that surrogateescape uses for bytes that were not UTF-8.
+_SURROGATE_LOW, _SURROGATE_HIGH = 0xDC80, 0xDCFF
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
 
 def escape(text: str) -> str:
-    """Make text safe for a terminal or a log line.
+    """`text` with every character that is not printable written as an escape.
 
-    Every non-printable character (C0 and C1 controls, ESC, DEL, newlines,
-    bidi overrides, ...) becomes a visible escape, so that a managed host can
-    neither move the cursor or retitle the terminal, nor forge extra log
-    lines. Tabs are kept. Split multi-line text into lines first if the line
-    breaks are meant to show.
+    C0 controls and DEL become \\xNN (\\n, \\r, \\t by name); other
+    non-printable code points (C1 controls, bidi overrides, ...) \\uNNNN or
+    \\UNNNNNNNN; a byte that was not UTF-8 (kept by surrogateescape) \\xNN
+    with NN >= 80; the backslash itself \\\\. Plain text is returned as is.
     """
-    if text.isprintable():
+    if text.isprintable() and "\\" not in text:
         return text
-    out = []
-    for ch in text:
-        if ch.isprintable() or ch == "\t":
-            out.append(ch)
-        elif ord(ch) < 0x100:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    return "".join(out)
+    return "".join(_NAMED_ESCAPES.get(ch) or _escape_char(ch) for ch in text)
+
+
+def escape_content(line: str) -> str:
+    """One line of content for display: non-printables escaped, tabs and
+    backslashes kept. Split the text into lines first."""
+    if line.isprintable():
+        return line
+    return "".join(ch if ch == "\t" else _escape_char(ch) for ch in line)
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if _SURROGATE_LOW <= code <= _SURROGATE_HIGH:
+        return f"\\x{code - 0xDC00:02x}"
+    if ch.isprintable():
+        return ch
+    if code <= 0x7F:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from common.model import ApplyResult, FileChange, FileState, FileType, TriggerStatus
-from common.text import escape
+from common.text import escape, escape_content
 
 # Widest a path column is padded to before the details that follow it.
 PATH_COLUMN = 40
@@ -23,7 +23,8 @@ INDENT = "    "
 
 
 def escape_lines(text: str) -> list[str]:
-    return [escape(line) for line in text.splitlines()]
+    """Multi-line content (a diff, a trigger's output) as safe display lines."""
+    return [escape_content(line) for line in text.splitlines()]
 
 
 def use_colour(stream: TextIO) -> bool:

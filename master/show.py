@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from common.errors import ConfigError
 from common.model import FileType
+from common.text import escape
 from master.compiler import CompiledFile, HostConfig, compile_host, load_repository
 
 EXIT_OK = 0
@@ -22,37 +23,6 @@ EXIT_CONFIG_ERROR = 2  # DESIGN.md section 7: bad usage or a configuration error
 
 # Lone surrogates U+DC80..U+DCFF are how Python keeps undecodable bytes
 # (surrogateescape); they are shown as the byte they stand for.
-_SURROGATE_LOW, _SURROGATE_HIGH = 0xDC80, 0xDCFF
-_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def escape_text(text: str) -> str:
-    """`text` with every character that is not printable written as an escape.
-
-    C0 controls and DEL become \\xNN; other non-printable code points (C1
-    controls, bidi overrides, ...) \\uNNNN or \\UNNNNNNNN; a byte that was
-    not UTF-8 (kept by surrogateescape) \\xNN with NN >= 80; the backslash
-    itself \\\\. So the result is printable and unambiguous: it can be
-    decoded back. Plain text is returned as is.
-    """
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in _NAMED_ESCAPES:
-            out.append(_NAMED_ESCAPES[ch])
-        elif _SURROGATE_LOW <= code <= _SURROGATE_HIGH:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch.isprintable():
-            out.append(ch)
-        elif code <= 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif code <= 0xFFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return "".join(out)
 
 
 def _owner(name: str | None, number: int | None) -> str:
@@ -78,13 +48,13 @@ def format_table(config: HostConfig) -> str:
         spec = f.spec
         rows.append(
             [
-                escape_text(spec.path),
+                escape(spec.path),
                 str(spec.type),
                 f"{spec.mode:04o}",
-                escape_text(_owner(spec.user, spec.uid)),
-                escape_text(_owner(spec.group, spec.gid)),
-                escape_text(_size_or_target(f)),
-                escape_text(f.group),
+                escape(_owner(spec.user, spec.uid)),
+                escape(_owner(spec.group, spec.gid)),
+                escape(_size_or_target(f)),
+                escape(f.group),
                 "yes" if f.template else "",
             ]
         )
@@ -93,12 +63,12 @@ def format_table(config: HostConfig) -> str:
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    groups = ", ".join(escape_text(g) for g in config.groups)
-    out = [f"host {escape_text(config.host)}: groups {groups} (lowest priority first)", ""]
+    groups = ", ".join(escape(g) for g in config.groups)
+    out = [f"host {escape(config.host)}: groups {groups} (lowest priority first)", ""]
     out.append(line(list(_HEADER)))
     for f, row in zip(config.files, rows, strict=True):
         out.append(line(row))
-        out.extend(f"    trigger: {escape_text(c)}" for c in f.spec.triggers)
+        out.extend(f"    trigger: {escape(c)}" for c in f.spec.triggers)
     out.append("")
     out.append(_summary(config))
     return "\n".join(out) + "\n"
@@ -163,12 +133,11 @@ def show_host(
         config = compile_host(load_repository(repo_dir), host)
     except ConfigError as e:
         print(
-            f"safcm-master: cannot show {escape_text(host)}: configuration error"
-            f" in {escape_text(repo_dir)}:",
+            f"safcm-master: cannot show {escape(host)}: configuration error in {escape(repo_dir)}:",
             file=err,
         )
         for problem in e.problems:
-            print(f"  {escape_text(str(problem))}", file=err)
+            print(f"  {escape(str(problem))}", file=err)
         return EXIT_CONFIG_ERROR
     if as_json:
         json.dump(to_document(config), out, indent=2)

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.text import escape
 from master import cli
-from master.show import escape_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "configs" / "repo"
@@ -181,7 +181,7 @@ def test_show_escapes_control_characters(tmp_path, capsys):
     ],
 )
 def test_escape_text(text, shown):
-    assert escape_text(text) == shown
+    assert escape(text) == shown
 
 
 _ESCAPE = re.compile(r"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4})|U([0-9a-f]{8})|(.))")
@@ -204,6 +204,6 @@ def unescape(shown: str) -> str:
 # Surrogates included: they are how undecodable bytes reach this function.
 @given(st.text(alphabet=st.characters(exclude_categories=())))
 def test_escape_text_is_printable_and_unambiguous(text):
-    shown = escape_text(text)
+    shown = escape(text)
     assert shown.isprintable()
     assert unescape(shown) == text
