@@ -42,6 +42,7 @@ class Loop:
         self.clock = clock
         self._poller = zmq.Poller()
         self._readers: dict[Any, Callable[[], Any]] = {}
+        self._writers: dict[Any, Callable[[], Any]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._stopping = False
@@ -50,16 +51,34 @@ class Loop:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add_reader(self._wake_r, self._drain_wake)
 
-    # readers
+    # readers and writers
 
     def add_reader(self, sock: Any, callback: Callable[[], Any]) -> None:
         """Call `callback()` whenever `sock` (a zmq socket, a file descriptor or
         anything with fileno()) is readable."""
         self._readers[sock] = callback
-        self._poller.register(sock, zmq.POLLIN)
+        self._register(sock)
 
     def remove_reader(self, sock: Any) -> None:
         if self._readers.pop(sock, None) is not None:
+            self._register(sock)
+
+    def add_writer(self, sock: Any, callback: Callable[[], Any]) -> None:
+        """Call `callback()` whenever `sock` is writable (until remove_writer)."""
+        self._writers[sock] = callback
+        self._register(sock)
+
+    def remove_writer(self, sock: Any) -> None:
+        if self._writers.pop(sock, None) is not None:
+            self._register(sock)
+
+    def _register(self, sock: Any) -> None:
+        flags = (zmq.POLLIN if sock in self._readers else 0) | (
+            zmq.POLLOUT if sock in self._writers else 0
+        )
+        if flags:
+            self._poller.register(sock, flags)
+        else:
             self._poller.unregister(sock)
 
     # timers
@@ -124,11 +143,12 @@ class Loop:
         wait = max_wait
         if self._timers:
             wait = min(wait, max(0.0, self._timers[0][0] - now))
-        events = dict(self._poller.poll(int(wait * 1000)))
-        for sock in list(events):
-            callback = self._readers.get(sock)
-            if callback is not None:
-                callback()
+        for sock, flags in self._poller.poll(int(wait * 1000)):
+            # A callback may have removed this socket or another one; look again.
+            if flags & zmq.POLLIN and sock in self._readers:
+                self._readers[sock]()
+            if flags & zmq.POLLOUT and sock in self._writers:
+                self._writers[sock]()
         now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
@@ -138,5 +158,7 @@ class Loop:
     def close(self) -> None:
         for sock in list(self._readers):
             self.remove_reader(sock)
+        for sock in list(self._writers):
+            self.remove_writer(sock)
         os.close(self._wake_r)
         os.close(self._wake_w)

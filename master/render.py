@@ -66,34 +66,34 @@ CHANGED, OK, FAILED, NO_RESPONSE = "changed", "ok", "failed", "no response"
 
 
 def host_heading(host: str, status: str, body: dict[str, Any] | None, style: Style) -> str:
-    dry = bool(body and body.get("dry_run"))
+    apply = body.get("apply") if body else None
+    dry = bool(apply and apply["dry_run"])
     words = {
         CHANGED: style.yellow("would change" if dry else "changed"),
-        OK: style.green("unchanged" if body and body.get("module") == "files" else "ok"),
+        OK: style.green("unchanged" if apply is not None else "ok"),
         FAILED: style.red("FAILED"),
         NO_RESPONSE: style.red("no response"),
     }
     heading = f"{style.bold(escape(host))}: {words.get(status, escape(status))}"
-    if body and body.get("finished") and body.get("started"):
+    if body:
         heading += style.dim(f" ({body['finished'] - body['started']:.2f} s)")
     return heading
 
 
 def render_host(host: str, status: str, body: dict[str, Any] | None, style: Style) -> str:
-    """One host's result: heading, then each change, diffs, triggers and errors."""
+    """One host's result: heading, then each change, diffs, triggers and errors.
+
+    `body` is the minion's RESULT body (common/protocol.py), None for no response.
+    """
     lines = [host_heading(host, status, body, style)]
     if body is None:
         return "\n".join(lines)
-    if body.get("error"):
+    if body["error"]:
         lines.append(f"{INDENT}{style.red('error:')} {escape(body['error'])}")
-    if body.get("module") == "ping" and body.get("ping"):
-        ping = body["ping"]
-        lines.append(
-            f"{INDENT}pong from safcm-minion {escape(str(ping.get('version', '?')))}, "
-            f"up {format_duration(ping.get('uptime', 0))}"
-        )
-    if body.get("files"):
-        lines.extend(render_apply(ApplyResult.from_wire(body["files"]), style))
+    if body["ping"]:
+        lines.append(f"{INDENT}pong from safcm-minion {escape(body['ping']['version'])}")
+    if body["apply"]:
+        lines.extend(render_apply(ApplyResult.from_wire(body["apply"]), style))
     return "\n".join(lines)
 
 
@@ -247,6 +247,47 @@ def render_jobs_table(rows: Iterable[dict[str, Any]], style: Style) -> str:
     ]
     lines[0] = style.bold(lines[0])
     return "\n".join(lines)
+
+
+def render_keys(body: dict[str, Any], style: Style) -> str:
+    """`keys list`: the master's fingerprint, every minion key, refused keys."""
+    lines = [f"master key fingerprint: {body['master']}", ""]
+    if not body["keys"]:
+        lines.append("no minion keys yet")
+    else:
+        table = [["ID", "STATE", "FINGERPRINT", "PRESENCE"]]
+        for key in body["keys"]:
+            if key["connected"]:
+                presence = "connected"
+            elif key["last_seen"]:
+                presence = f"last seen {format_time(key['last_seen'])}"
+            else:
+                presence = "never seen"
+            table.append([escape(key["id"]), key["state"], key["fingerprint"], presence])
+        lines.extend(_table(table, style))
+    if body.get("refused"):
+        lines += [
+            "",
+            style.red("refused keys: a known id presented another key (an impersonation,"),
+            style.red(
+                "or a reinstalled host: then 'safcm-master keys delete ID' and accept the new key)"
+            ),
+        ]
+        table = [["ID", "FINGERPRINT", "ATTEMPTS", "LAST ATTEMPT"]]
+        for r in body["refused"]:
+            table.append(
+                [escape(r["id"]), r["fingerprint"], str(r["attempts"]), format_time(r["last_seen"])]
+            )
+        lines.extend(_table(table, style))
+    return "\n".join(lines)
+
+
+def _table(rows: list[list[str]], style: Style) -> list[str]:
+    """Rows as aligned columns; the first row is the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines[0] = style.bold(lines[0])
+    return lines
 
 
 def render_job_header(job: dict[str, Any], style: Style) -> str:

@@ -1,9 +1,20 @@
-"""Command line of safcm-minion."""
+"""Command line of safcm-minion.
+
+Exit codes: 0 success, 1 the daemon stopped on an error, 2 bad usage or a
+configuration error (nothing was started).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from common.errors import ConfigError, SafcmError
+from common.text import escape
+from minion.settings import DEFAULT_CONFIG_PATH
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,15 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="safcm-minion",
         description="The safcm minion: applies the master's jobs to this host.",
     )
-    parser.add_argument(
-        "-c",
-        "--config",
-        default="/etc/safcm/minion.yaml",
-        help="minion configuration file (default: %(default)s)",
-    )
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                        help="minion settings (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("daemon", help="run the minion daemon")
-    sub.add_parser("fingerprint", help="print this minion's key fingerprint")
+    sub.add_parser("daemon", help="run the minion daemon (logs to stderr)")
+    sub.add_parser("fingerprint",
+                   help="print this minion's key fingerprint (creating the keys if needed), "
+                        "to compare with 'safcm-master keys list'")
     return parser
 
 
@@ -28,9 +37,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
-    print(f"safcm-minion: '{args.command}' is not available yet", file=sys.stderr)
-    return 2
+        return EXIT_USAGE
+    from minion import settings as minion_settings
+
+    try:
+        settings = minion_settings.load(args.config)
+        if args.command == "fingerprint":
+            from common import keyfile
+            from minion.daemon import KEYS_DIR
+
+            os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+            keys, _ = keyfile.load_or_create(os.path.join(settings.state_dir, KEYS_DIR))
+            print(f"minion {settings.id} key fingerprint: {keys.fingerprint()}")
+            return EXIT_OK
+        from minion import daemon
+
+        return daemon.main(settings)
+    except ConfigError as e:
+        print("safcm-minion: configuration error:", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {escape(str(problem))}", file=sys.stderr)
+        return EXIT_USAGE
+    except SafcmError as e:
+        print(f"safcm-minion: {escape(str(e))}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

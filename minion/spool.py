@@ -1,18 +1,29 @@
-"""The minion's result spool: a result is on disk before it is first sent,
-and stays there until the master confirms it has stored it.
+"""The minion's spool: what it has promised the master, kept on disk.
 
-One file per job, named by its jid (whose grammar admits no '/' or '..'),
-holding the packed result body. Files are written to a temporary name, fsynced,
+- A job is written here when its receipt is sent, and removed when its result
+  is written, so a job acknowledged but not yet applied survives a restart.
+- A result is written here before it is first sent, and removed when the
+  master confirms it has stored it.
+
+One file per item, named by its jid (whose grammar admits no '/' or '..')
+and a suffix for its kind. Files are written to a temporary name, fsynced,
 renamed into place and the directory fsynced, so a crash leaves either no
-result or a whole one; temporaries left by a crash are removed on open.
+file or a whole one; temporaries left by a crash are removed on open.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 
-SUFFIX = ".result"
+from common.ids import check_jid
+
 TMP_PREFIX = ".tmp-"
+
+
+class Kind(enum.StrEnum):
+    JOB = ".job"
+    RESULT = ".result"
 
 
 class Spool:
@@ -27,8 +38,9 @@ class Spool:
     def close(self) -> None:
         os.close(self._dir_fd)
 
-    def put(self, jid: str, data: bytes) -> None:
-        tmp = f"{TMP_PREFIX}{jid}"
+    def put(self, kind: Kind, jid: str, data: bytes) -> None:
+        name = check_jid(jid) + kind
+        tmp = TMP_PREFIX + name
         fd = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -42,28 +54,30 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, jid + SUFFIX, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        os.rename(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         os.fsync(self._dir_fd)
 
-    def get(self, jid: str) -> bytes | None:
+    def get(self, kind: Kind, jid: str) -> bytes | None:
         try:
             fd = os.open(
-                jid + SUFFIX, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd
+                check_jid(jid) + kind,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                dir_fd=self._dir_fd,
             )
         except FileNotFoundError:
             return None
         with os.fdopen(fd, "rb") as f:
             return f.read()
 
-    def remove(self, jid: str) -> bool:
+    def remove(self, kind: Kind, jid: str) -> bool:
         try:
-            os.unlink(jid + SUFFIX, dir_fd=self._dir_fd)
+            os.unlink(check_jid(jid) + kind, dir_fd=self._dir_fd)
         except FileNotFoundError:
             return False
         os.fsync(self._dir_fd)
         return True
 
-    def jids(self) -> list[str]:
-        """Jids with a result waiting, oldest first."""
+    def jids(self, kind: Kind) -> list[str]:
+        """Jids with an item of this kind, oldest first."""
         names = os.listdir(self._dir_fd)
-        return sorted(n[: -len(SUFFIX)] for n in names if n.endswith(SUFFIX))
+        return sorted(n[: -len(kind)] for n in names if n.endswith(kind) and n[0] != ".")

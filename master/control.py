@@ -1,0 +1,344 @@
+"""The master's local control socket: how the CLI reaches the daemon.
+
+An AF_UNIX stream socket carrying the protocol's plain control messages, each
+framed with a 4-byte length (protocol.encode_frame/FrameReader). Two locks on
+the door, both checked: the socket file is 0600 root (0660 root:admin_group
+with an admin group), and every connection's peer credentials (SO_PEERCRED,
+given by the kernel, not by the client) must be root or a member of the
+admin group. The user name recorded for a job comes from those credentials.
+
+The daemon side never blocks: reads are buffered until a frame is whole, and
+writes are queued and flushed when the socket is writable, so a CLI that is
+suspended (Ctrl-Z) or slow cannot stall the master.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from common.errors import DaemonError, ProtocolError
+from common.loop import Loop
+from common.protocol import (
+    Channel,
+    FrameReader,
+    Message,
+    MsgType,
+    decode_plain,
+    encode_frame,
+    encode_plain,
+)
+
+log = logging.getLogger("safcm-master")
+
+# Pending connections the kernel queues for accept().
+LISTEN_BACKLOG = 64
+# Bytes read from a client per readable event.
+READ_CHUNK = 256 * 1024
+# Most bytes queued for a client that does not read; beyond, it is dropped
+# (a job it started goes on; `jobs show` finds its results later).
+MAX_BACKLOG_BYTES = 256 * 1024 * 1024
+# Longest path an AF_UNIX socket can bind to (sun_path is 108 bytes with NUL).
+MAX_SOCKET_PATH = 107
+# Seconds the CLI waits to connect, and for each reply frame by default.
+CONNECT_TIMEOUT = 5.0
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class ControlConnection:
+    """One CLI connected to the daemon."""
+
+    def __init__(self, server: ControlServer, sock: socket.socket, uid: int, user: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.uid = uid
+        self.user = user
+        self.reader = FrameReader()
+        self.out = bytearray()
+        self.closed = False
+        self.close_when_flushed = False
+        self.on_close: list[Callable[[ControlConnection], Any]] = []
+
+    def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        self.out += encode_frame(encode_plain(msg_type, body))
+        if len(self.out) > MAX_BACKLOG_BYTES:
+            log.warning("control: %s does not read its replies; dropping the connection", self.user)
+            self.close()
+            return
+        self._flush()
+
+    def error(self, code: str, message: str, problems: list[dict[str, Any]] | None = None) -> None:
+        """Send an ERROR and close once it is written."""
+        self.send(MsgType.ERROR, {"code": code, "message": message, "problems": problems or []})
+        self.finish()
+
+    def finish(self) -> None:
+        """Close after everything queued has been written."""
+        self.close_when_flushed = True
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.out and not self.closed:
+            try:
+                n = self.sock.send(self.out)
+            except BlockingIOError:
+                self.server.loop.add_writer(self.sock, self._flush)
+                return
+            except OSError:
+                self.close()
+                return
+            del self.out[:n]
+        if not self.closed:
+            self.server.loop.remove_writer(self.sock)
+            if self.close_when_flushed:
+                self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.server.loop.remove_reader(self.sock)
+        self.server.loop.remove_writer(self.sock)
+        self.sock.close()
+        self.server.connections.discard(self)
+        for callback in self.on_close:
+            callback(self)
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        try:
+            frames = self.reader.feed(data)
+            for frame in frames:
+                self.server.handle(self, decode_plain(frame, Channel.CONTROL))
+        except ProtocolError as e:
+            log.warning("control: invalid request from %s: %s", self.user, e)
+            self.error("protocol", f"invalid request: {e}")
+
+
+class ControlServer:
+    def __init__(
+        self,
+        path: str,
+        *,
+        loop: Loop,
+        admin_group: str | None,
+        handle: Callable[[ControlConnection, Message], Any],
+    ) -> None:
+        self.path = path
+        self.loop = loop
+        self.handle = handle
+        self.admin_gid = None if admin_group is None else _group_id(admin_group)
+        self.connections: set[ControlConnection] = set()
+        self.sock = _listen(path, self.admin_gid)
+        loop.add_reader(self.sock, self._accept)
+
+    def close(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
+        self.loop.remove_reader(self.sock)
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.warning("control: accept failed: %s", e)
+                return
+            sock.setblocking(False)
+            _pid, uid, gid = _UCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            )
+            user = _user_name(uid)
+            conn = ControlConnection(self, sock, uid, user)
+            self.connections.add(conn)
+            self.loop.add_reader(sock, conn.on_readable)
+            if not self._allowed(uid, gid):
+                log.warning(
+                    "control: refused %s (uid %d): not root and not in the admin group", user, uid
+                )
+                conn.error(
+                    "permission",
+                    "permission denied: only root"
+                    + ("" if self.admin_gid is None else " and the admin group")
+                    + " may use the master",
+                )
+
+    def _allowed(self, uid: int, gid: int) -> bool:
+        if uid == 0:
+            return True
+        if self.admin_gid is None:
+            return False
+        if gid == self.admin_gid:
+            return True
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            return False
+        return self.admin_gid in os.getgrouplist(entry.pw_name, entry.pw_gid)
+
+
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise DaemonError(f"admin_group {name!r} does not exist on this host") from None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _listen(path: str, admin_gid: int | None) -> socket.socket:
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise DaemonError(
+            f"control socket path {path} is longer than {MAX_SOCKET_PATH} bytes; "
+            "set control_socket to a shorter path"
+        )
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    # The socket file must never exist with looser permissions, not even
+    # between bind() and chmod(): bind under a umask that leaves only the owner.
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as e:
+        sock.close()
+        raise DaemonError(f"cannot create the control socket {path}: {e.strerror}") from e
+    finally:
+        os.umask(old)
+    if admin_gid is not None:
+        os.chown(path, 0, admin_gid)
+        os.chmod(path, 0o660)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale(path: str) -> None:
+    """Remove a control socket left by a master that died; refuse if one still
+    listens, and never remove anything that is not a socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise DaemonError(f"{path} exists and is not a socket; remove it or set control_socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as e:
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise DaemonError(f"cannot check the old control socket {path}: {e.strerror}") from e
+    else:
+        raise DaemonError(f"another master daemon is listening on {path}")
+    finally:
+        probe.close()
+    os.unlink(path)
+
+
+# ---- the CLI's side ----
+
+
+class ControlClient:
+    """A blocking connection from the CLI to the daemon."""
+
+    def __init__(self, path: str, timeout: float = CONNECT_TIMEOUT) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            self.sock.close()
+            raise DaemonError(
+                f"the master daemon is not running (nothing listens on {path}); start it with "
+                "'systemctl start safcm-master' or 'safcm-master daemon'"
+            ) from e
+        except PermissionError as e:
+            self.sock.close()
+            raise DaemonError(
+                f"permission denied on {path}: only root and the admin group may use the master"
+            ) from e
+        except OSError as e:
+            self.sock.close()
+            raise DaemonError(f"cannot reach the master daemon at {path}: {e.strerror}") from e
+        self.reader = FrameReader()
+        self.frames: list[bytes] = []
+
+    def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
+        self.sock.sendall(encode_frame(encode_plain(msg_type, body)))
+
+    def replies(self, timeout: float | None) -> Iterator[Message]:
+        """Yield replies until the daemon closes the connection; `timeout` bounds
+        the wait for each one (None: wait as long as it takes)."""
+        self.sock.settimeout(timeout)
+        while True:
+            while self.frames:
+                yield decode_plain(self.frames.pop(0), Channel.CONTROL)
+            try:
+                data = self.sock.recv(READ_CHUNK)
+            except TimeoutError as e:
+                raise DaemonError("the master daemon did not answer in time") from e
+            if not data:
+                self.reader.eof()
+                return
+            self.frames.extend(self.reader.feed(data))
+
+    def request(self, msg_type: MsgType, body: dict[str, Any], timeout: float = 60) -> Message:
+        """Send one request and return its one reply (an ERROR raises DaemonError)."""
+        self.send(msg_type, body)
+        for reply in self.replies(timeout):
+            raise_for_error(reply)
+            return reply
+        raise DaemonError("the master daemon closed the connection without an answer")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RemoteError(DaemonError):
+    """The daemon answered with an ERROR: code, message, problems."""
+
+    def __init__(self, code: str, message: str, problems: list[dict[str, Any]]) -> None:
+        self.code = code
+        self.problems = problems
+        super().__init__(message)
+
+
+def raise_for_error(msg: Message) -> None:
+    if msg.type is MsgType.ERROR:
+        raise RemoteError(msg.body["code"], msg.body["message"], msg.body["problems"])

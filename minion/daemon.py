@@ -1,0 +1,618 @@
+"""The minion daemon: enrols with the master, heartbeats, receives jobs, applies
+them one at a time, and delivers each result until the master confirms it.
+
+Sockets (both connect out, so a minion behind NAT works):
+
+    SUB     jobs published under this minion's topic (protocol.topic_for)
+    DEALER  enrolment, heartbeats, job receipts and results to the master's
+            ROUTER; enrol replies, heartbeat replies and result receipts back
+
+States:
+
+    enrolling --ENROL_REPLY accepted--> accepted --no reply for LIVENESS
+        ^                                             heartbeats--+
+        +-------- reconnect after a jittered, growing backoff <---+
+
+While enrolling, an ENROL_REQUEST goes out every heartbeat interval; it also
+serves as the "hello" after a reconnect, so a master that was restarted (or
+that deleted and re-learnt our key) tells us our state at once. Enrolment is
+idempotent for a known key, so reconnecting never means re-enrolling.
+
+A job is received, checked, recorded in the seen-jid store, acknowledged, and
+queued. A worker thread applies queued jobs one at a time; each result goes
+to the spool before it is first sent, and is sent again with backoff until
+the master's RESULT_RECEIPT arrives, across restarts of either side.
+
+Minion takes its loop, ZeroMQ context and worker pool from the caller, so one
+process can run many minions on one loop (bench/fanout.py's swarm); main()
+runs exactly one.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from common import codec, keyfile
+from common import log as safcm_log
+from common.crypto import DEFAULT_CLOCK_SKEW, PublicKeys
+from common.errors import EnvelopeError, ProtocolError, SafcmError
+from common.loop import Loop, Timer
+from common.model import FileSpec
+from common.protocol import (
+    ENROL_NONCE_LENGTH,
+    MASTER_ID,
+    MAX_FRAME_BYTES,
+    Channel,
+    Dispatcher,
+    KeyState,
+    Message,
+    Module,
+    MsgType,
+    SeenJids,
+    decode_plain,
+    encode_plain,
+    is_sealed,
+    make_enrol_request,
+    new_jid,
+    open_message_at,
+    seal_message_at,
+    topic_for,
+    verify_enrol_reply,
+)
+from common.version import VERSION
+from minion import fileops, results
+from minion.settings import MinionSettings
+from minion.spool import Kind, Spool
+
+log = logging.getLogger("safcm-minion")
+
+# Heartbeats without any reply after which the master counts as lost and the
+# connection is rebuilt (the zguide's Paranoid Pirate liveness).
+LIVENESS = 3
+# Reconnect backoff, in seconds: starts at the heartbeat interval, doubles per
+# failed attempt up to this, and is jittered by +-BACKOFF_JITTER so a fleet
+# that lost its master does not come back in lockstep.
+BACKOFF_MAX = 60.0
+BACKOFF_JITTER = 0.5
+# Seconds before a result is sent again without a receipt; doubles up to
+# RESULT_RETRY_MAX. The first retry comes soon, since a lost first send is the
+# common case (a master restarting).
+RESULT_RETRY_MIN = 2.0
+RESULT_RETRY_MAX = 30.0
+# Lifetime of our sealed messages, in seconds. Heartbeats and receipts are
+# useless after a minute; a result is re-sealed for every send anyway.
+MESSAGE_TTL = 60
+RESULT_TTL = 300
+# Queued jobs a minion holds at most; more are refused (the master would see
+# no result), which only a runaway master could cause.
+MAX_QUEUED_JOBS = 100
+# Outgoing messages ZeroMQ may queue towards the master while it is away.
+SEND_HWM = 1000
+# How often the seen-jid store drops entries past their expiry, in seconds.
+SEEN_PURGE_INTERVAL = 3600.0
+
+KEYS_DIR = "keys"
+SEEN_DB = "seen.db"
+SPOOL_DIR = "spool"
+MASTER_KEY_FILE = "master.pub"
+
+
+@dataclass
+class Job:
+    jid: str
+    module: str
+    dry_run: bool
+    files: list[FileSpec]
+    deadline: float
+
+
+@dataclass
+class Outgoing:
+    """A spooled result waiting for the master's receipt."""
+
+    next_send: float
+    delay: float
+
+
+class Minion:
+    def __init__(
+        self,
+        settings: MinionSettings,
+        *,
+        loop: Loop,
+        ctx: zmq.Context,
+        worker: concurrent.futures.Executor,
+        clock: Any = time.time,
+    ) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.ctx = ctx
+        self.worker = worker
+        self.clock = clock
+        self.id = settings.id
+        self.interval = settings.heartbeat_interval
+        self.started = clock()
+
+        os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+        self.keys, created = keyfile.load_or_create(os.path.join(settings.state_dir, KEYS_DIR))
+        if created:
+            log.info("%s: created a new key pair, fingerprint %s", self.id, self.keys.fingerprint())
+        self.seen = SeenJids(os.path.join(settings.state_dir, SEEN_DB))
+        self.spool = Spool(os.path.join(settings.state_dir, SPOOL_DIR))
+        self.master_keys = self._load_master_keys()
+
+        self.accepted = False
+        self.key_state: str | None = None
+        self.nonce: bytes | None = None
+        self.last_reply = loop.clock()
+        self.backoff = self.interval
+        self.sub: zmq.Socket | None = None
+        self.dealer: zmq.Socket | None = None
+        self.queue: collections.deque[Job] = collections.deque()
+        self.busy: str | None = None  # jid being applied
+        self.outgoing: dict[str, Outgoing] = {
+            jid: Outgoing(0.0, RESULT_RETRY_MIN) for jid in self.spool.jids(Kind.RESULT)
+        }
+        self._resume_jobs()
+        self.timers: list[Timer] = []
+        self.network = Dispatcher(
+            Channel.NETWORK,
+            {
+                MsgType.ENROL_REPLY: self.on_enrol_reply,
+                MsgType.HEARTBEAT_REPLY: self.on_heartbeat_reply,
+                MsgType.RESULT_RECEIPT: self.on_result_receipt,
+            },
+        )
+        self.published = Dispatcher(Channel.NETWORK, {MsgType.JOB: self.on_job})
+
+    # ---- life cycle ----
+
+    def start(self) -> None:
+        self._connect()
+        self.timers.append(self.loop.call_every(self.interval, self.tick))
+        self.timers.append(self.loop.call_every(SEEN_PURGE_INTERVAL, self._purge_seen))
+        # The first hello goes out at a random point of the first interval, so
+        # minions started together (a fleet reboot) do not all speak at once.
+        self.timers.append(self.loop.call_later(random.uniform(0, self.interval) / 4, self.tick))
+        self._next_job()  # jobs resumed from the spool
+
+    def close(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self._disconnect()
+        self.seen.close()
+        self.spool.close()
+
+    def _connect(self) -> None:
+        s = self.settings
+        host = f"[{s.master}]" if ":" in s.master else s.master
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(self.id))
+        self.sub.connect(f"tcp://{host}:{s.publish_port}")
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.dealer.connect(f"tcp://{host}:{s.return_port}")
+        self.loop.add_reader(self.sub, self.on_sub)
+        self.loop.add_reader(self.dealer, self.on_dealer)
+        self.last_reply = self.loop.clock()
+
+    def _disconnect(self) -> None:
+        for sock in (self.sub, self.dealer):
+            if sock is not None:
+                self.loop.remove_reader(sock)
+                sock.close(0)
+        self.sub = self.dealer = None
+
+    def _reconnect(self) -> None:
+        """The master went quiet: drop both sockets (and whatever they queued),
+        then come back after a jittered backoff (the zguide's Lazy Pirate)."""
+        delay = self.backoff * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
+        log.warning(
+            "%s: no reply from the master for %.0f s; reconnecting in %.1f s",
+            self.id,
+            LIVENESS * self.interval,
+            delay,
+        )
+        self._disconnect()
+        self.accepted = False
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+
+        def again() -> None:
+            self._connect()
+            self.tick()
+
+        self.loop.call_later(delay, again)
+
+    # ---- periodic work ----
+
+    def tick(self) -> None:
+        if self.dealer is None:
+            return  # waiting to reconnect
+        if self.loop.clock() - self.last_reply > LIVENESS * self.interval:
+            self._reconnect()
+            return
+        if self.accepted:
+            self._send_sealed(
+                MsgType.HEARTBEAT,
+                {
+                    "version": VERSION,
+                    "uptime": self.clock() - self.started,
+                    "busy": self.busy,
+                },
+            )
+            self._send_results()
+        else:
+            self._send_enrol_request()
+
+    def _purge_seen(self) -> None:
+        self.seen.purge(self.clock())
+
+    # ---- sending ----
+
+    def _send_enrol_request(self) -> None:
+        self.nonce = os.urandom(ENROL_NONCE_LENGTH)
+        body = make_enrol_request(self.id, self.keys, nonce=self.nonce, now=self.clock())
+        self._send(encode_plain(MsgType.ENROL_REQUEST, body))
+
+    def _send_sealed(
+        self,
+        msg_type: MsgType,
+        body: dict[str, Any],
+        *,
+        jid: str | None = None,
+        ttl: int = MESSAGE_TTL,
+    ) -> None:
+        if self.master_keys is None:
+            return
+        now = self.clock()
+        frame = seal_message_at(
+            msg_type,
+            body,
+            jid=jid or new_jid(now),
+            sender=self.id,
+            sender_keys=self.keys,
+            recipient=MASTER_ID,
+            recipient_keys=self.master_keys,
+            now=now,
+            ttl=ttl,
+        )
+        self._send(frame)
+
+    def _send(self, frame: bytes) -> None:
+        if self.dealer is None:
+            return
+        try:
+            self.dealer.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("%s: send queue to the master is full; dropped one message", self.id)
+
+    def _send_results(self, *, all_now: bool = False) -> None:
+        """Send every spooled result whose retry time has come (or all of them)."""
+        now = self.loop.clock()
+        for jid, out in list(self.outgoing.items()):
+            if not all_now and out.next_send > now:
+                continue
+            data = self.spool.get(Kind.RESULT, jid)
+            if data is None:
+                del self.outgoing[jid]
+                continue
+            try:
+                body = codec.unpack(data, max_depth=16)
+                self._send_sealed(MsgType.RESULT, body, jid=jid, ttl=RESULT_TTL)
+            except (ProtocolError, SafcmError) as e:
+                log.error(
+                    "%s: spooled result of job %s cannot be sent, dropping it: %s", self.id, jid, e
+                )
+                self.spool.remove(Kind.RESULT, jid)
+                del self.outgoing[jid]
+                continue
+            out.next_send = now + out.delay
+            out.delay = min(out.delay * 2, RESULT_RETRY_MAX)
+
+    # ---- receiving ----
+
+    def on_dealer(self) -> None:
+        while self.dealer is not None:
+            try:
+                frames = self.dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 1:
+                log.warning(
+                    "%s: dropped a message of %d frames from the master", self.id, len(frames)
+                )
+                continue
+            self._receive(frames[0], self.network)
+
+    def on_sub(self) -> None:
+        while self.sub is not None:
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                log.warning("%s: dropped a published message of %d frames", self.id, len(frames))
+                continue
+            self._receive(frames[1], self.published)
+
+    def _receive(self, frame: bytes, dispatcher: Dispatcher) -> None:
+        try:
+            if is_sealed(frame):
+                msg = open_message_at(
+                    frame,
+                    me=self.id,
+                    my_keys=self.keys,
+                    sender_keys=self._master_lookup,
+                    now=self.clock(),
+                )
+            else:
+                msg = decode_plain(frame, Channel.NETWORK)
+            dispatcher.dispatch(msg)
+        except EnvelopeError as e:
+            log.warning(
+                "%s: dropped a message that is not from our master for us: %s",
+                self.id,
+                e.reason or e,
+            )
+        except ProtocolError as e:
+            log.warning("%s: dropped an invalid message: %s", self.id, e)
+
+    def _master_lookup(self, sender: str) -> PublicKeys | None:
+        return self.master_keys if sender == MASTER_ID else None
+
+    def _heard_from_master(self) -> None:
+        self.last_reply = self.loop.clock()
+        self.backoff = self.interval
+
+    # ---- handlers ----
+
+    def on_enrol_reply(self, msg: Message) -> None:
+        if self.nonce is None:
+            raise ProtocolError("an enrol reply we did not ask for")
+        pinned = self.settings.master_fingerprint
+        if pinned is None and self.master_keys is not None:
+            pinned = self.master_keys.fingerprint()
+        keys = verify_enrol_reply(msg, minion_id=self.id, nonce=self.nonce, pinned=pinned)
+        self.nonce = None
+        self._heard_from_master()
+        if self.master_keys is None or self.master_keys != keys:
+            self._pin_master_keys(keys, first_use=self.settings.master_fingerprint is None)
+        state = msg.body["state"]
+        if state != self.key_state:
+            if state == KeyState.PENDING:
+                log.info(
+                    "%s: waiting for the administrator to accept our key %s "
+                    "(safcm-master keys accept %s)",
+                    self.id,
+                    self.keys.fingerprint(),
+                    self.id,
+                )
+            elif state == KeyState.REJECTED:
+                log.warning("%s: the master rejected our key %s", self.id, self.keys.fingerprint())
+            else:
+                log.info("%s: accepted by the master %s", self.id, keys.fingerprint())
+            self.key_state = state
+        was_accepted, self.accepted = self.accepted, state == KeyState.ACCEPTED
+        if self.accepted and not was_accepted:
+            self._send_results(all_now=True)
+
+    def on_heartbeat_reply(self, msg: Message) -> None:
+        self._heard_from_master()
+        offset = msg.body["time"] - self.clock()
+        if abs(offset) > MESSAGE_TTL / 2:
+            log.warning("%s: our clock is %+.0f s off the master's", self.id, -offset)
+
+    def on_result_receipt(self, msg: Message) -> None:
+        self._heard_from_master()
+        jid = msg.body["jid"]
+        if self.spool.remove(Kind.RESULT, jid):
+            log.info("%s: the master stored the result of job %s", self.id, jid)
+        self.outgoing.pop(jid, None)
+
+    def on_job(self, msg: Message) -> None:
+        header = msg.header
+        jid = header.jid
+        if self.seen.contains(int(MsgType.JOB), jid):
+            # A re-publish whose receipt got lost, or a replay: never applied
+            # twice; the receipt again stops the master re-publishing.
+            log.info("%s: job %s seen before; not applied again", self.id, jid)
+            self._send_sealed(MsgType.JOB_RECEIPT, {"jid": jid}, jid=jid)
+            return
+        if len(self.queue) >= MAX_QUEUED_JOBS:
+            log.error("%s: %d jobs queued already; refusing job %s", self.id, len(self.queue), jid)
+            return
+        # Seen first, then spooled, then acknowledged: once the master has the
+        # receipt it stops re-publishing, so the job must already be safe here,
+        # and a crash in between must not let a re-publish apply it twice.
+        self.seen.check_and_add(
+            header, keep_until=header.expires_at + DEFAULT_CLOCK_SKEW, now=self.clock()
+        )
+        self.spool.put(Kind.JOB, jid, codec.pack(msg.body))
+        self._send_sealed(MsgType.JOB_RECEIPT, {"jid": jid}, jid=jid)
+        job = _job_from_body(jid, msg.body)
+        log.info(
+            "%s: job %s received (%s%s, %d files)",
+            self.id,
+            jid,
+            job.module,
+            ", dry run" if job.dry_run else "",
+            len(job.files),
+        )
+        self.queue.append(job)
+        self._next_job()
+
+    # ---- applying ----
+
+    def _next_job(self) -> None:
+        if self.busy is not None or not self.queue:
+            return
+        job = self.queue.popleft()
+        self.busy = job.jid
+        future = self.worker.submit(self._run_job, job)
+        future.add_done_callback(
+            lambda f: self.loop.call_soon_threadsafe(lambda: self._job_done(job, f))
+        )
+
+    def _run_job(self, job: Job) -> None:
+        """In a worker thread: apply the job and spool its result."""
+        started = self.clock()
+        if started > job.deadline:
+            body = results.error_result(
+                job.module,
+                "the job's deadline passed before it could start; not applied",
+                started=started,
+                finished=started,
+            )
+        elif job.module == Module.PING:
+            body = results.ping_result(VERSION, started=started, finished=self.clock())
+        else:
+            try:
+                apply = fileops.apply_files(
+                    self.settings.root,
+                    job.files,
+                    dry_run=job.dry_run,
+                    state_dir=self.settings.state_dir,
+                    trigger_timeout=self.settings.trigger_timeout,
+                )
+            except SafcmError as e:  # the lock is held, or the root cannot be opened
+                body = results.error_result(
+                    job.module, str(e), started=started, finished=self.clock()
+                )
+            else:
+                body = results.files_result(apply, started=started, finished=self.clock())
+        self._finish(job.jid, body)
+
+    def _finish(self, jid: str, body: dict[str, Any]) -> None:
+        """Spool the result, then drop the job: a crash between the two finds
+        both, and _resume_jobs() then keeps the result and skips the job."""
+        self.spool.put(Kind.RESULT, jid, results.fit(body))
+        self.spool.remove(Kind.JOB, jid)
+
+    def _resume_jobs(self) -> None:
+        """Queue the jobs a previous run acknowledged but did not finish."""
+        for jid in self.spool.jids(Kind.JOB):
+            if jid in self.outgoing:
+                self.spool.remove(Kind.JOB, jid)  # finished just before a crash
+                continue
+            data = self.spool.get(Kind.JOB, jid)
+            try:
+                job = _job_from_body(jid, codec.unpack(data, max_depth=16))
+            except (ProtocolError, KeyError, TypeError, ValueError) as e:
+                log.error("%s: spooled job %s is unreadable, dropping it: %s", self.id, jid, e)
+                self.spool.remove(Kind.JOB, jid)
+                continue
+            log.info("%s: resuming job %s, received before a restart", self.id, jid)
+            self.queue.append(job)
+
+    def _job_done(self, job: Job, future: concurrent.futures.Future) -> None:
+        self.busy = None
+        error = future.exception()
+        if error is not None:
+            # A bug, not a host problem: report it rather than lose the job.
+            log.error("%s: job %s failed inside the minion", self.id, job.jid, exc_info=error)
+            now = self.clock()
+            body = results.error_result(
+                job.module, f"internal error in the minion: {error!r}", started=now, finished=now
+            )
+            self._finish(job.jid, body)
+        else:
+            log.info("%s: job %s done", self.id, job.jid)
+        self.outgoing[job.jid] = Outgoing(0.0, RESULT_RETRY_MIN)
+        self._send_results()
+        self._next_job()
+
+    # ---- the pinned master key ----
+
+    def _load_master_keys(self) -> PublicKeys | None:
+        path = os.path.join(self.settings.state_dir, MASTER_KEY_FILE)
+        try:
+            with open(path, "rb") as f:
+                keys = PublicKeys.from_wire(codec.unpack(f.read(4096), max_depth=2))
+        except FileNotFoundError:
+            return None
+        except (OSError, ProtocolError, ValueError, KeyError, TypeError) as e:
+            raise SafcmError(
+                f"{path}: unreadable pinned master key ({e}); remove it to "
+                "trust the master again on first use"
+            ) from e
+        pinned = self.settings.master_fingerprint
+        if pinned is not None and not keys.matches(pinned):
+            log.warning(
+                "%s: %s does not match master_fingerprint; it will be replaced by "
+                "the key of a master that matches",
+                self.id,
+                path,
+            )
+            return None
+        return keys
+
+    def _pin_master_keys(self, keys: PublicKeys, *, first_use: bool) -> None:
+        path = os.path.join(self.settings.state_dir, MASTER_KEY_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(codec.pack(keys.to_wire()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.master_keys = keys
+        how = "trusted on first use and pinned" if first_use else "matches master_fingerprint"
+        log.info("%s: master key %s %s", self.id, keys.fingerprint(), how)
+
+
+def _job_from_body(jid: str, body: dict[str, Any]) -> Job:
+    return Job(
+        jid,
+        body["module"],
+        body["dry_run"],
+        [FileSpec.from_wire(f) for f in body["files"]],
+        body["deadline"],
+    )
+
+
+def run(settings: MinionSettings) -> int:
+    """Run one minion until SIGTERM or SIGINT."""
+    ctx = zmq.Context()
+    loop = Loop()
+    loop.stop_on_signals(signal.SIGTERM, signal.SIGINT)
+    # One worker: one job at a time on this host.
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
+    minion = Minion(settings, loop=loop, ctx=ctx, worker=worker)
+    log.info(
+        "%s: starting; master %s ports %d/%d, root %s, key %s",
+        settings.id,
+        settings.master,
+        settings.publish_port,
+        settings.return_port,
+        settings.root,
+        minion.keys.fingerprint(),
+    )
+    minion.start()
+    try:
+        loop.run()
+    finally:
+        log.info("%s: stopping", settings.id)
+        worker.shutdown(wait=True)
+        loop.run_once(0)  # deliver the callbacks of a job that just finished
+        minion.close()
+        loop.close()
+        ctx.term()
+    return 0
+
+
+def main(settings: MinionSettings) -> int:
+    safcm_log.setup(settings.log_level)
+    return run(settings)
