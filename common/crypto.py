@@ -458,7 +458,8 @@ def seal_at(
 ) -> bytes:
     """Encrypt `plaintext` to one recipient and sign it, as issued at `now`.
 
-    The envelope expires `ttl` seconds later (1..MAX_ENVELOPE_TTL). Raises
+    Issued-at is `now` rounded down to the second; the envelope expires `ttl`
+    seconds after that (1..MAX_ENVELOPE_TTL). Raises
     ProtocolError if a header field does not fit its grammar or range.
     """
     if type(ttl) is not int or not 1 <= ttl <= MAX_ENVELOPE_TTL:
