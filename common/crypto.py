@@ -325,14 +325,16 @@ class Header:
 
     def problem(self) -> str | None:
         """Why this header cannot be on the wire, or None."""
-        for name in ("version", "msg_type"):
+        for name, top in (
+            ("version", _U16_MAX),
+            ("msg_type", _U16_MAX),
+            ("issued_at", _U64_MAX),
+            ("expires_at", _U64_MAX),
+        ):
             value = getattr(self, name)
-            if type(value) is not int or not 0 <= value <= _U16_MAX:
-                return f"{name} must be an int in 0..{_U16_MAX}"
-        for name in ("issued_at", "expires_at"):
-            value = getattr(self, name)
-            if type(value) is not int or not 0 <= value <= _U64_MAX:
-                return f"{name} must be an int in 0..{_U64_MAX}"
+            # An IntEnum is an int here; a bool is not.
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+                return f"{name} must be an int in 0..{top}"
         return (
             jid_problem(self.jid)
             or _named("sender", peer_id_problem(self.sender))

@@ -658,10 +658,10 @@ class Message:
 
 
 def _spec_for(raw_type: object) -> MessageSpec:
-    try:
-        return SPECS[MsgType(raw_type)]  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        raise ProtocolError(f"unknown message type {repr(raw_type)[:20]}") from None
+    # type() and not isinstance(): 1.0 and True equal 1, but are not type codes.
+    if type(raw_type) is not int or raw_type not in MsgType._value2member_map_:
+        raise ProtocolError(f"unknown message type {repr(raw_type)[:20]}")
+    return SPECS[MsgType(raw_type)]
 
 
 def _check_version(version: object) -> int:
