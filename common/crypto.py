@@ -99,7 +99,7 @@ FINGERPRINT_PREFIX = "SHA256:"
 _FINGERPRINT_CHARS = 52  # ceil(256 bits / 5 bits per base32 character)
 _FINGERPRINT_GROUP = 4
 _FINGERPRINT_SEPARATORS = re.compile(r"[\s:-]+")
-_BASE32_RE = re.compile(r"[a-z2-7]{52}")
+_BASE32_RE = re.compile(f"[a-z2-7]{{{_FINGERPRINT_CHARS}}}")
 _CONTEXT_RE = re.compile(r"[a-z0-9][a-z0-9 ._-]{0,63}")
 
 
@@ -182,7 +182,10 @@ def parse_fingerprint(text: str) -> str:
 
 
 def fingerprints_match(a: str, b: str) -> bool:
-    """True if two fingerprints name the same keys, however each was spaced or cased."""
+    """True if two fingerprints name the same keys, however each was spaced or cased.
+
+    Raises ConfigError if either is not a fingerprint at all.
+    """
     return hmac.compare_digest(parse_fingerprint(a).encode(), parse_fingerprint(b).encode())
 
 
@@ -205,7 +208,10 @@ class PublicKeys:
         return _format_fingerprint(digest)
 
     def matches(self, fingerprint: str) -> bool:
-        """True if `fingerprint` (in any spacing or case) is this pair's fingerprint."""
+        """True if `fingerprint` (in any spacing or case) is this pair's fingerprint.
+
+        Raises ConfigError if `fingerprint` is not a fingerprint at all.
+        """
         return fingerprints_match(self.fingerprint(), fingerprint)
 
     def check_usable(self) -> None:

@@ -338,13 +338,13 @@ RESULT = Map(
 # ---- cross-field checks: what one field's schema cannot say alone ----
 
 
-def _check_job(body: dict[str, Any], header: Header | None) -> None:
+def _check_job(body: dict[str, Any], jid: str | None) -> None:
     if body["module"] == Module.PING and body["files"]:
         raise ProtocolError("JOB body.files: a ping job carries no files")
 
 
-def _check_receipt(body: dict[str, Any], header: Header | None) -> None:
-    if header is not None and body["jid"] != header.jid:
+def _check_receipt(body: dict[str, Any], jid: str | None) -> None:
+    if jid is not None and body["jid"] != jid:
         raise ProtocolError("body.jid differs from the envelope's jid")
 
 
@@ -370,18 +370,18 @@ def _result_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _check_result(body: dict[str, Any], header: Header | None) -> None:
+def _check_result(body: dict[str, Any], jid: str | None) -> None:
     problem = _result_problem(body)
     if problem is not None:
         raise ProtocolError(f"RESULT body: {problem}")
 
 
-def _check_keys(body: dict[str, Any], header: Header | None) -> None:
+def _check_keys(body: dict[str, Any], jid: str | None) -> None:
     if body["action"] != "list" and not body["ids"]:
         raise ProtocolError(f"KEYS body.ids: {body['action']} needs at least one minion id")
 
 
-def _check_run_host_result(body: dict[str, Any], header: Header | None) -> None:
+def _check_run_host_result(body: dict[str, Any], jid: str | None) -> None:
     result = body["result"]
     if (body["status"] == NO_RESPONSE) != (result is None):
         raise ProtocolError("RUN_HOST_RESULT body: result is missing exactly for no response")
@@ -402,7 +402,9 @@ class MessageSpec:
     sealed: bool  # must travel in an envelope; never accepted plain
     schema: Map
     max_bytes: int  # largest encoded body (sealed) or frame (plain)
-    check: Callable[[dict[str, Any], Header | None], None] | None = None
+    # Cross-field checks, run after the schema: (body, the envelope's jid or
+    # None for a plain message) -> None, or raise ProtocolError.
+    check: Callable[[dict[str, Any], str | None], None] | None = None
 
 
 _SPEC_LIST = [
@@ -673,14 +675,14 @@ def _check_version(version: object) -> int:
     return version
 
 
-def _check_body(spec: MessageSpec, body: Any, header: Header | None) -> None:
+def _check_body(spec: MessageSpec, body: Any, jid: str | None) -> None:
     validate(spec.schema, body, f"{spec.type.name} body")
     if spec.check is not None:
-        spec.check(body, header)
+        spec.check(body, jid)
 
 
-def _pack_body(spec: MessageSpec, body: dict[str, Any]) -> bytes:
-    _check_body(spec, body, None)
+def _pack_body(spec: MessageSpec, body: dict[str, Any], jid: str | None) -> bytes:
+    _check_body(spec, body, jid)
     data = codec.pack(body)
     if len(data) > spec.max_bytes:
         raise ProtocolError(
@@ -760,7 +762,7 @@ def seal_message_at(
     if not spec.sealed:
         raise ProtocolError(f"{msg_type.name} is a plain message; it cannot be sealed")
     return seal_at(
-        _pack_body(spec, body),
+        _pack_body(spec, body, jid),
         version=PROTOCOL_VERSION,
         msg_type=int(msg_type),
         jid=jid,
@@ -830,7 +832,7 @@ def open_message_at(
             f"{spec.type.name} body of {len(opened.plaintext)} bytes exceeds {spec.max_bytes}"
         )
     body = codec.unpack(opened.plaintext, max_depth=MAX_BODY_DEPTH)
-    _check_body(spec, body, header)
+    _check_body(spec, body, header.jid)
     if seen is not None:
         seen.check_and_add(header, keep_until=header.expires_at + skew, now=now)
     return Message(spec.type, body, version=header.version, header=header)

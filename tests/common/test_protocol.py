@@ -480,6 +480,8 @@ def test_a_receipt_must_name_its_envelopes_jid(msg_type):
     frame = seal_raw(msg_type, codec.pack({"jid": other}))
     with pytest.raises(ProtocolError, match="differs from the envelope's jid"):
         open_(frame, msg_type)
+    with pytest.raises(ProtocolError, match="differs from the envelope's jid"):
+        seal(msg_type, {"jid": other}, jid=JID)
 
 
 # ---- fuzzing: structured mutations of valid messages ----
