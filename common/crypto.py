@@ -535,6 +535,10 @@ def open_at(
     id is unknown; it is called with the id before the signature is checked.
     Raises EnvelopeError for every failure.
     """
+    # Fail closed: with a NaN clock every comparison below would be False,
+    # and the time window would let everything through.
+    if not (math.isfinite(now) and math.isfinite(skew) and skew >= 0):
+        raise EnvelopeError(f"cannot judge the time window with now={now!r}, skew={skew!r}")
     header, pos = _parse_unverified_header(frame, max_bytes)
     keys = sender_keys(header.sender)
     if keys is None:

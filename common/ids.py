@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 import re
 
 from common.errors import ProtocolError
@@ -121,6 +122,8 @@ def new_jid(now: float, last: str | None = None) -> str:
     back: it is then `last` plus one microsecond. Jids sort by time as
     strings, because every field has a fixed width.
     """
+    if not isinstance(now, int | float) or not math.isfinite(now):
+        raise ProtocolError(f"time {now!r} cannot be written as a jid")
     us = int(now * _US_PER_S)
     if last is not None:
         us = max(us, _jid_us(check_jid(last)) + 1)

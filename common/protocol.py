@@ -917,7 +917,7 @@ def verify_enrol_request(
     keys = _verify_enrol(msg, MsgType.ENROL_REQUEST)
     keys.check_usable()
     offset = msg.body["issued_at"] - now
-    if abs(offset) > skew:
+    if not abs(offset) <= skew:  # written so that a NaN clock fails closed
         raise ProtocolError(
             f"enrolment of {msg.body['id']!r} is dated {offset:+.0f} s from this clock "
             f"(more than {skew:.0f} s): check the clocks of minion and master"

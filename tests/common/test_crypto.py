@@ -1,6 +1,7 @@
 """Keys, fingerprints, plain signatures and sealed envelopes."""
 
 import copy
+import math
 import pickle
 import struct
 
@@ -390,6 +391,14 @@ def test_skew_is_configurable():
     open_(frame, now=NOW + 70, skew=15)
     _refused(frame, now=NOW - 10, skew=5)
     open_(frame, now=NOW - 10, skew=15)
+
+
+@pytest.mark.parametrize(
+    ("now", "skew"),
+    [(math.nan, 60.0), (math.inf, 60.0), (NOW, math.nan), (NOW, math.inf), (NOW, -1.0)],
+)
+def test_a_clock_that_is_not_a_number_fails_closed(now, skew):
+    assert "time window" in _refused(ENVELOPE, now=now, skew=skew)
 
 
 def test_lifetime_beyond_the_maximum_is_refused_even_if_signed():

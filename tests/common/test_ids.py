@@ -130,6 +130,9 @@ def test_new_jid_refuses_times_it_cannot_write():
         new_jid(-1.0)
     with pytest.raises(ProtocolError):
         new_jid(1e12)
+    for bad in (float("nan"), float("inf"), "now", None):
+        with pytest.raises(ProtocolError, match="cannot be written as a jid"):
+            new_jid(bad)
 
 
 def test_topics_have_fixed_length_and_differ():

@@ -791,6 +791,8 @@ def test_an_enrolment_request_from_a_wrong_clock_is_refused():
     msg = _enrol_request(make_enrol_request("web1", WEB1, nonce=b"n" * 16, now=NOW - 3600))
     with pytest.raises(ProtocolError, match="check the clocks"):
         verify_enrol_request(msg, now=NOW)
+    with pytest.raises(ProtocolError, match="check the clocks"):
+        verify_enrol_request(msg, now=math.nan)
 
 
 def test_an_enrolment_with_an_unusable_key_is_refused():
