@@ -15,13 +15,20 @@ do next.
     │   ├── NonEmptyDirectoryError  a type change would remove a non-empty directory
     │   └── OwnerLookupError        a user or group name is unknown on the host
     ├── LockError               another apply holds the host's engine lock
-    ├── KeyFileError            a key file is missing, malformed or readable by others
+    ├── KeyFileError            a key file is missing, malformed or unsafe (.path, .reason)
     ├── ProtocolError           bytes that are not a valid message of the wire protocol
-    ├── EnvelopeError           a sealed envelope failed to open (opaque on purpose)
+    ├── EnvelopeError           a sealed envelope failed to open (opaque on purpose; .reason)
+    │   └── ReplayError             an authentic envelope whose jid was already seen
+    ├── StoreError              a daemon's state database cannot be opened or written
     └── DaemonError             the CLI cannot reach, or was refused by, a daemon
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.crypto import Header
 
 
 class SafcmError(Exception):
@@ -116,7 +123,16 @@ class LockError(SafcmError):
 
 
 class KeyFileError(SafcmError):
-    """A key file cannot be used: missing, malformed, or readable by group or other."""
+    """A key file cannot be used: missing, malformed, or readable by group or other.
+
+    The message names the file and says what to do, e.g. the chmod to run.
+    It never quotes the file's content.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
 
 
 class ProtocolError(SafcmError):
@@ -135,6 +151,24 @@ class EnvelopeError(SafcmError):
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
         super().__init__("envelope rejected")
+
+
+class ReplayError(EnvelopeError):
+    """An envelope that opened correctly, but whose (type, jid) was already seen.
+
+    Raised only after every check passed, so the envelope is authentic: the
+    daemon may answer it again (e.g. resend a receipt whose first copy was
+    lost) but must not act on it again. `.header` is the verified header.
+    str() stays as opaque as any EnvelopeError.
+    """
+
+    def __init__(self, reason: str, header: Header) -> None:
+        super().__init__(reason)
+        self.header = header
+
+
+class StoreError(SafcmError):
+    """A daemon's state database (seen jids, keys, jobs) cannot be opened or written."""
 
 
 class DaemonError(SafcmError):

@@ -1,0 +1,142 @@
+"""Names on the wire: minion ids, the master's id, job ids and publish topics.
+
+Every name that crosses the wire has a strict grammar, checked on both ends,
+so that no id can ever become a path component that escapes its directory, a
+query fragment or a terminal escape:
+
+    minion id   [a-z0-9][a-z0-9._-]{0,252}    lowercase, DNS-like; also a
+                                               directory name in the config
+                                               repository, so never "." or ".."
+    master id   "@master"                      outside the minion grammar, so a
+                                               minion can never take its name
+    jid         YYYYMMDDTHHMMSS.ffffffZ        UTC, microseconds; made only by
+                                               new_jid(), strictly increasing
+
+Each check comes in two forms: `*_problem(s)` returns the reason a string is
+not valid (or None), for callers that report problems in their own error type
+(the configuration loader, the CLI); `check_*(s)` raises ProtocolError.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+import re
+
+from common.errors import ProtocolError
+
+# Longest minion id, in characters: a DNS name's limit, and below NAME_MAX so
+# the id is always a valid directory name.
+MINION_ID_MAX = 253
+_MINION_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,252}")
+
+# The master's id in envelope headers. It starts with "@", which the minion
+# grammar forbids, so no minion can be confused with the master.
+MASTER_ID = "@master"
+
+# A jid is exactly this long: "20261121T193000.123456Z".
+JID_LENGTH = 23
+_JID_RE = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}Z")
+_JID_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+_US_PER_S = 1_000_000
+# The first and last instant a jid can name (the four-digit years of strftime).
+_JID_MIN = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_JID_MAX = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC)
+
+# Bytes in a publish topic. All topics have the same length, so none is a
+# prefix of another and ZeroMQ's prefix matching is exact matching. 128 bits
+# of SHA-256 make a collision between two minion ids negligible.
+TOPIC_LENGTH = 16
+_TOPIC_LABEL = b"safcm publish topic v1\0"
+
+
+def minion_id_problem(value: object) -> str | None:
+    """Why `value` is not a valid minion id, or None if it is."""
+    if not isinstance(value, str):
+        return f"a minion id must be a string, not {type(value).__name__}"
+    if not value:
+        return "a minion id cannot be empty"
+    if len(value) > MINION_ID_MAX:
+        return f"a minion id is at most {MINION_ID_MAX} characters, this one has {len(value)}"
+    if _MINION_ID_RE.fullmatch(value) is None:
+        return (
+            f"minion id {value!r} is not valid: use lowercase letters, digits, '.', '_' "
+            "and '-', starting with a letter or digit"
+        )
+    return None
+
+
+def check_minion_id(value: object) -> str:
+    """Return `value` if it is a valid minion id; raise ProtocolError otherwise."""
+    problem = minion_id_problem(value)
+    if problem is not None:
+        raise ProtocolError(problem)
+    return value  # type: ignore[return-value]  # checked above
+
+
+def peer_id_problem(value: object) -> str | None:
+    """Why `value` cannot be the sender or recipient of an envelope, or None."""
+    if value == MASTER_ID:
+        return None
+    return minion_id_problem(value)
+
+
+def jid_problem(value: object) -> str | None:
+    """Why `value` is not a valid jid, or None if it is."""
+    if not isinstance(value, str):
+        return f"a jid must be a string, not {type(value).__name__}"
+    if len(value) != JID_LENGTH or _JID_RE.fullmatch(value) is None:
+        return f"jid {value[:64]!r} is not of the form YYYYMMDDTHHMMSS.ffffffZ"
+    try:
+        datetime.datetime.strptime(value, _JID_FORMAT)
+    except ValueError:
+        return f"jid {value!r} is not a real date and time"
+    return None
+
+
+def check_jid(value: object) -> str:
+    """Return `value` if it is a valid jid; raise ProtocolError otherwise."""
+    problem = jid_problem(value)
+    if problem is not None:
+        raise ProtocolError(problem)
+    return value  # type: ignore[return-value]  # checked above
+
+
+def jid_time(jid: str) -> float:
+    """The instant a valid jid names, in seconds since the epoch (UTC)."""
+    return _jid_us(check_jid(jid)) / _US_PER_S
+
+
+def _jid_us(jid: str) -> int:
+    t = datetime.datetime.strptime(jid, _JID_FORMAT).replace(tzinfo=datetime.UTC)
+    delta = t - _JID_MIN
+    return (delta.days * 86400 + delta.seconds) * _US_PER_S + delta.microseconds
+
+
+def new_jid(now: float, last: str | None = None) -> str:
+    """Make the jid for a job created at `now` (seconds since the epoch).
+
+    `last` is the newest jid this master made before. The result is always
+    strictly greater than `last`, also when the clock stands still or steps
+    back: it is then `last` plus one microsecond. Jids sort by time as
+    strings, because every field has a fixed width.
+    """
+    if not isinstance(now, int | float) or not math.isfinite(now):
+        raise ProtocolError(f"time {now!r} cannot be written as a jid")
+    us = int(now * _US_PER_S)
+    if last is not None:
+        us = max(us, _jid_us(check_jid(last)) + 1)
+    try:
+        t = _JID_MIN + datetime.timedelta(microseconds=us)
+    except OverflowError as e:
+        raise ProtocolError(f"time {now!r} cannot be written as a jid") from e
+    if not _JID_MIN <= t <= _JID_MAX:
+        raise ProtocolError(f"time {now!r} cannot be written as a jid")
+    return t.strftime(_JID_FORMAT)
+
+
+def topic_for(minion_id: str) -> bytes:
+    """The publish topic of one minion: TOPIC_LENGTH bytes derived from its id."""
+    check_minion_id(minion_id)
+    return hashlib.sha256(_TOPIC_LABEL + minion_id.encode("ascii")).digest()[:TOPIC_LENGTH]

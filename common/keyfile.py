@@ -1,0 +1,245 @@
+"""A host's private keys on disk: one file, 0600, in a 0700 directory.
+
+NOTE: every access goes through a descriptor of the key directory opened with
+O_NOFOLLOW, and the file is opened relative to it with O_NOFOLLOW too, so a
+symlink planted at either place is refused rather than followed.
+
+The file (KEY_FILE_NAME) is text, so an administrator can see what it is:
+
+    safcm private keys 1
+    ed25519 <base64 of the 32-byte Ed25519 seed>
+    x25519 <base64 of the 32-byte X25519 private key>
+
+Writing is atomic and never replaces an existing key: a temporary file is
+written, fsynced and hard-linked to the final name (link fails if the name
+exists), then the directory is fsynced. A crash leaves either no key file or
+a complete one, plus at worst a stale temporary that the next save removes.
+
+Loading refuses, with a KeyFileError that says the command to run:
+- a key file that group or other can read or write, or that is not a regular file;
+- a key directory that group or other can write (they could swap the file);
+- either one owned by a user other than root or the current user.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import errno
+import os
+import secrets
+import stat
+
+from common.crypto import KeyPair, Secret
+from common.errors import KeyFileError
+
+KEY_FILE_NAME = "private.key"
+_HEADER_LINE = "safcm private keys 1"
+_TEMP_PREFIX = ".private.key.tmp-"
+# Modes of what save_keys() creates: only the owner may read or enter.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+# A key file is about 120 bytes; anything much larger is not one of ours.
+_MAX_KEY_FILE_BYTES = 4096
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted at the key file's name must not hang the daemon.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def encode_key_file(keys: KeyPair) -> bytes:
+    """The content of a key file for `keys`."""
+    sign, kx = keys.private_secrets()
+    lines = [
+        _HEADER_LINE,
+        "ed25519 " + base64.b64encode(sign.reveal()).decode("ascii"),
+        "x25519 " + base64.b64encode(kx.reveal()).decode("ascii"),
+    ]
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def decode_key_file(path: str, data: bytes) -> KeyPair:
+    """Parse the content of a key file; KeyFileError (never quoting it) if malformed."""
+    try:
+        lines = data.decode("ascii").split("\n")
+    except UnicodeDecodeError:
+        raise KeyFileError(path, "not a safcm key file (not ASCII text)") from None
+    if len(lines) != 4 or lines[0] != _HEADER_LINE or lines[3] != "":
+        raise KeyFileError(path, f"not a safcm key file (expected the line {_HEADER_LINE!r})")
+    raw = []
+    for line, label in ((lines[1], "ed25519"), (lines[2], "x25519")):
+        name, _, value = line.partition(" ")
+        if name != label:
+            raise KeyFileError(path, f"malformed key file: expected a line starting {label!r}")
+        try:
+            key = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise KeyFileError(path, f"malformed key file: the {label} key is not base64") from None
+        if len(key) != 32:
+            raise KeyFileError(path, f"malformed key file: the {label} key is not 32 bytes")
+        raw.append(Secret(key))
+    return KeyPair.from_secrets(raw[0], raw[1])
+
+
+def _owner_problem(st: os.stat_result) -> str | None:
+    if st.st_uid not in (0, os.geteuid()):
+        return f"is owned by uid {st.st_uid}, not by root or uid {os.geteuid()}"
+    return None
+
+
+def _open_dir(directory: str) -> int:
+    try:
+        return os.open(directory, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise KeyFileError(directory, "key directory does not exist") from None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise KeyFileError(
+                directory, "key directory is a symlink or not a directory; use a real directory"
+            ) from None
+        raise KeyFileError(directory, f"cannot open key directory: {e.strerror}") from None
+
+
+def _check_dir(directory: str, dir_fd: int) -> None:
+    st = os.fstat(dir_fd)
+    owner = _owner_problem(st)
+    if owner is not None:
+        raise KeyFileError(
+            directory, f"key directory {owner}; run: chown root: {directory} (or remove it)"
+        )
+    if st.st_mode & 0o022:
+        raise KeyFileError(
+            directory,
+            f"key directory is writable by group or other (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 700 {directory}",
+        )
+
+
+def load_keys(directory: str) -> KeyPair:
+    """Load the key pair from `directory`; KeyFileError if missing, unsafe or malformed."""
+    keys = _load(directory)
+    if keys is None:
+        raise KeyFileError(os.path.join(directory, KEY_FILE_NAME), "key file does not exist")
+    return keys
+
+
+def _load(directory: str) -> KeyPair | None:
+    """load_keys(), but None if the directory or the key file does not exist."""
+    path = os.path.join(directory, KEY_FILE_NAME)
+    if not os.path.lexists(directory):
+        return None
+    dir_fd = _open_dir(directory)
+    try:
+        _check_dir(directory, dir_fd)
+        try:
+            fd = os.open(KEY_FILE_NAME, _READ_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise KeyFileError(path, "key file is a symlink; refusing to follow it") from None
+            raise KeyFileError(path, f"cannot open key file: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyFileError(path, "key file is not a regular file")
+            owner = _owner_problem(st)
+            if owner is not None:
+                raise KeyFileError(path, f"key file {owner}; run: chown root: {path}")
+            if st.st_mode & 0o077:
+                raise KeyFileError(
+                    path,
+                    "key file is readable or writable by group or other "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}",
+                )
+            data = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise KeyFileError(path, f"not a safcm key file (larger than {_MAX_KEY_FILE_BYTES} bytes)")
+    return decode_key_file(path, data)
+
+
+def _make_dir(directory: str) -> None:
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, DIR_MODE)
+
+
+def save_keys(directory: str, keys: KeyPair) -> None:
+    """Write `keys` to a new key file in `directory`, creating the directory 0700.
+
+    Never replaces an existing key file (KeyFileError): losing a key means
+    every peer must trust a new one, so that is left to a person.
+    """
+    if not _save(directory, keys):
+        raise KeyFileError(
+            os.path.join(directory, KEY_FILE_NAME),
+            "a key file already exists; refusing to replace it (move it away first)",
+        )
+
+
+def _save(directory: str, keys: KeyPair) -> bool:
+    """save_keys(), but False instead of an error if a key file already exists."""
+    path = os.path.join(directory, KEY_FILE_NAME)
+    try:
+        _make_dir(directory)
+    except OSError as e:
+        raise KeyFileError(directory, f"cannot create key directory: {e.strerror}") from None
+    dir_fd = _open_dir(directory)
+    try:
+        _check_dir(directory, dir_fd)
+        _remove_stale_temporaries(dir_fd)
+        temp = _TEMP_PREFIX + secrets.token_hex(8)
+        try:
+            fd = os.open(temp, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+            try:
+                os.fchmod(fd, FILE_MODE)  # the umask may have taken bits off; never added any
+                os.write(fd, encode_key_file(keys))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # link() fails if the name exists: a key is never replaced, also not
+            # by a concurrent save.
+            os.link(temp, KEY_FILE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise KeyFileError(path, f"cannot write key file: {e.strerror}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=dir_fd)
+        os.fsync(dir_fd)
+        return True
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_stale_temporaries(dir_fd: int) -> None:
+    """Remove temporaries an interrupted save left behind; they hold private keys."""
+    for name in os.listdir(dir_fd):
+        if name.startswith(_TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+
+
+def load_or_create(directory: str) -> tuple[KeyPair, bool]:
+    """Load the key pair in `directory`, or make and save one if there is no key file.
+
+    Returns the pair and whether it was just created (for a log line with
+    its fingerprint). A key file that exists but cannot be used is an error,
+    never a reason to make a new key.
+    """
+    keys = _load(directory)
+    if keys is not None:
+        return keys, False
+    keys = KeyPair.generate()
+    if _save(directory, keys):
+        return keys, True
+    # Another process saved a key between our load and our save: use that one.
+    return load_keys(directory), False

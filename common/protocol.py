@@ -1,0 +1,1054 @@
+"""The wire protocol: every message between master, minions and the CLI.
+
+This module is the one place that defines the wire. It is pure: encode and
+decode turn values into bytes and back, and never touch a socket.
+
+Frames
+------
+Network (ZeroMQ; PUB adds the minion's topic_for() as a first frame):
+
+    sealed message   one envelope (common/crypto.py), whose plaintext is the
+                     msgpack body; type, jid, sender, recipient and times are
+                     in the envelope's signed header
+    plain message    msgpack array [version, type, body]; only enrolment,
+                     the one thing a peer without an accepted key may send
+
+Control (the CLI and the master over a local AF_UNIX stream socket): plain
+messages, each framed as a 4-byte big-endian length and the message
+(encode_frame, FrameReader).
+
+Messages
+--------
+MsgType names every message; SPECS gives each one its channel (network or
+control), whether it must be sealed, its body schema, its size limit and
+any cross-field check. Adding a message type is a change here only: a member
+of MsgType and its MessageSpec in _SPEC_LIST (an import-time check refuses a
+type without a spec).
+
+    type               channel  sealed  direction
+    ENROL_REQUEST      network  no      minion -> master
+    ENROL_REPLY        network  no      master -> minion
+    HEARTBEAT          network  yes     minion -> master
+    HEARTBEAT_REPLY    network  yes     master -> minion
+    JOB                network  yes     master -> minion (published)
+    JOB_RECEIPT        network  yes     minion -> master
+    RESULT             network  yes     minion -> master
+    RESULT_RECEIPT     network  yes     master -> minion
+    RUN, KEYS          control  no      CLI -> master
+    RUN_STARTED, RUN_HOST_RESULT, RUN_DONE, KEYS_REPLY, ERROR
+                       control  no      master -> CLI
+
+Decoding any bytes raises ProtocolError (or, for a sealed message,
+EnvelopeError) and nothing else. The Dispatcher routes a decoded message to
+its handler by an explicit table: a peer that has not proven its key reaches
+ENROL_REQUEST and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from common import codec
+from common.crypto import (
+    DEFAULT_CLOCK_SKEW,
+    MAX_ENVELOPE_BYTES,
+    MAX_ENVELOPE_TTL,
+    SIGNATURE_LENGTH,
+    Header,
+    KeyPair,
+    PublicKeys,
+    fingerprint_problem,
+    is_envelope,
+    open_at,
+    seal_at,
+    sign_plain,
+    verify_plain,
+)
+from common.errors import EnvelopeError, ProtocolError
+from common.ids import (
+    JID_LENGTH,
+    MASTER_ID,
+    MINION_ID_MAX,
+    TOPIC_LENGTH,
+    check_jid,
+    check_minion_id,
+    jid_problem,
+    jid_time,
+    minion_id_problem,
+    new_jid,
+    topic_for,
+)
+from common.model import MODE_MASK, PATH_MAX, FileType, TriggerStatus
+from common.schema import (
+    Bool,
+    Bytes,
+    Float,
+    Int,
+    List,
+    Map,
+    OneOf,
+    Optional,
+    Str,
+    validate,
+)
+from common.seen import SeenJids
+
+# The daemons import the wire from this module only; names from common.ids
+# and common.seen are re-exported here.
+__all__ = [
+    "ENROL_NONCE_LENGTH",
+    "MASTER_ID",
+    "MAX_BODY_DEPTH",
+    "MAX_CONTROL_FRAME_BYTES",
+    "MAX_FILES",
+    "MAX_FILE_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_JOB_BYTES",
+    "MAX_PLAIN_NETWORK_BYTES",
+    "MAX_RESULT_BYTES",
+    "MIN_PROTOCOL_VERSION",
+    "NO_RESPONSE",
+    "PROTOCOL_VERSION",
+    "SPECS",
+    "TOPIC_LENGTH",
+    "Channel",
+    "Dispatcher",
+    "FrameReader",
+    "KeyState",
+    "Message",
+    "MessageSpec",
+    "Module",
+    "MsgType",
+    "ResultStatus",
+    "SeenJids",
+    "check_jid",
+    "check_minion_id",
+    "decode_plain",
+    "encode_frame",
+    "encode_plain",
+    "is_sealed",
+    "jid_problem",
+    "jid_time",
+    "make_enrol_reply",
+    "make_enrol_request",
+    "minion_id_problem",
+    "new_jid",
+    "open_message",
+    "open_message_at",
+    "seal_message",
+    "seal_message_at",
+    "topic_for",
+    "verify_enrol_reply",
+    "verify_enrol_request",
+]
+
+# The version this code speaks, and the oldest it still accepts. A message
+# outside MIN..PROTOCOL_VERSION is refused with a message that says so.
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1
+
+# ---- size limits (bytes unless said otherwise) ----
+
+# The largest job body: a whole host's files. The compiler refuses a host
+# whose configuration would not fit, before anything is sent.
+MAX_JOB_BYTES = 64 * 1024 * 1024
+# The largest result body: every change with its diff, and trigger output.
+# The minion must cap diffs and output so that a result fits.
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+# Every ZeroMQ socket's maximum message size (ZMQ_MAXMSGSIZE): a sealed job.
+MAX_FRAME_BYTES = MAX_ENVELOPE_BYTES
+# A plain message from the network comes from a peer we know nothing about:
+# enrolment is a few hundred bytes, so this bounds all work done for a stranger.
+MAX_PLAIN_NETWORK_BYTES = 4096
+# Heartbeats and receipts are a few dozen bytes.
+MAX_SMALL_BYTES = 4096
+# A control message: a run's host result carries a whole result.
+MAX_CONTROL_FRAME_BYTES = MAX_RESULT_BYTES + 64 * 1024
+# Nesting of a message body: the deepest schema (RUN_HOST_RESULT, down to a
+# change's file state) has 6 levels; a little headroom for new fields.
+MAX_BODY_DEPTH = 8
+
+# Most files in one job, and most changes in one result.
+MAX_FILES = codec.MAX_LIST_ITEMS
+# Largest content of one file. Larger files belong in a package, not here.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+# Longest diff in a change, in characters: both sides of the largest file.
+MAX_DIFF_CHARS = 2 * MAX_FILE_BYTES + 64 * 1024
+# Most trigger commands on one path, and longest command, in characters.
+MAX_TRIGGERS_PER_FILE = 64
+MAX_COMMAND_CHARS = 4096
+# Most trigger runs in one result (each distinct command runs once).
+MAX_TRIGGER_RUNS = 4096
+# Longest captured trigger output in a result, in characters.
+MAX_TRIGGER_OUTPUT_CHARS = 4 * 1024 * 1024
+# Longest user or group name (Linux allows 32; some directories more).
+MAX_NAME_CHARS = 256
+# Longest error message or failure reason, in characters.
+MAX_REASON_CHARS = 64 * 1024
+# Most hosts in one run, one key listing or one request.
+MAX_HOSTS = 65536
+# Longest target expression on the command line, in characters.
+MAX_TARGET_CHARS = 4096
+# Longest version string a daemon reports, in characters.
+MAX_VERSION_CHARS = 64
+# Most problems in one ERROR reply (the rest are summarised in its message).
+MAX_PROBLEMS = 1000
+# A job's timeout, in seconds: at least a second, at most an envelope's life.
+MIN_JOB_TIMEOUT = 1.0
+MAX_JOB_TIMEOUT = float(MAX_ENVELOPE_TTL)
+# Random bytes an enrolment request carries and its reply echoes.
+ENROL_NONCE_LENGTH = 16
+
+# Seconds since the epoch, up to the year 36812: any sane clock fits.
+_TIME = Float(0, 2**40)
+# A duration in seconds: up to about 31 years.
+_DURATION = Float(0, 1e9)
+_UID = Int(0, 2**32 - 1)
+
+
+class Channel(enum.Enum):
+    NETWORK = "network"  # ZeroMQ between master and minions
+    CONTROL = "control"  # the master's local control socket, for the CLI
+
+
+class MsgType(enum.IntEnum):
+    ENROL_REQUEST = 1
+    ENROL_REPLY = 2
+    HEARTBEAT = 3
+    HEARTBEAT_REPLY = 4
+    JOB = 5
+    JOB_RECEIPT = 6
+    RESULT = 7
+    RESULT_RECEIPT = 8
+    # Control: the CLI's requests and the master's replies.
+    RUN = 101
+    KEYS = 102
+    RUN_STARTED = 111
+    RUN_HOST_RESULT = 112
+    RUN_DONE = 113
+    KEYS_REPLY = 114
+    ERROR = 115
+
+
+class Module(enum.StrEnum):
+    FILES = "files"
+    PING = "ping"
+
+
+class KeyState(enum.StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class ResultStatus(enum.StrEnum):
+    OK = "ok"  # the job ran and everything in it succeeded
+    FAILED = "failed"  # the job ran, and a file or a trigger failed
+    ERROR = "error"  # the minion could not run the job at all (see `error`)
+
+
+# In a RUN_HOST_RESULT: a host that never answered has no result.
+NO_RESPONSE = "no response"
+
+# ---- schemas of the shared pieces ----
+
+_MINION_ID = Str(MINION_ID_MAX, min_len=1, problem=minion_id_problem)
+_JID = Str(JID_LENGTH, min_len=JID_LENGTH, problem=jid_problem)
+_PUBLIC_KEYS = Map({"sign": Bytes(32, min_len=32), "kx": Bytes(32, min_len=32)})
+_NONCE = Bytes(ENROL_NONCE_LENGTH, min_len=ENROL_NONCE_LENGTH)
+_SIGNATURE = Bytes(SIGNATURE_LENGTH, min_len=SIGNATURE_LENGTH)
+_PATH = Str(PATH_MAX - 1, min_len=1)
+_NAME = Str(MAX_NAME_CHARS, min_len=1)
+_COMMAND = Str(MAX_COMMAND_CHARS, min_len=1)
+_REASON = Str(MAX_REASON_CHARS)
+_VERSION = Str(MAX_VERSION_CHARS)
+_MODULE = OneOf(Module)
+
+# common/model.py wire forms, field for field.
+FILE_SPEC = Map(
+    {
+        "path": _PATH,
+        "type": OneOf([FileType.FILE, FileType.DIR, FileType.SYMLINK]),
+        "mode": Int(0, MODE_MASK),
+        "user": Optional(_NAME),
+        "uid": Optional(Int(0, 2**32 - 2)),
+        "group": Optional(_NAME),
+        "gid": Optional(Int(0, 2**32 - 2)),
+        "data": Bytes(MAX_FILE_BYTES),
+        "triggers": List(_COMMAND, MAX_TRIGGERS_PER_FILE),
+    }
+)
+FILE_STATE = Map(
+    {
+        "type": OneOf(FileType),
+        "mode": Int(0, MODE_MASK),
+        "uid": _UID,
+        "gid": _UID,
+        "user": Optional(_NAME),
+        "group": Optional(_NAME),
+    }
+)
+FILE_CHANGE = Map(
+    {
+        "path": _PATH,
+        "created": Bool(),
+        "new": FILE_STATE,
+        "old": Optional(FILE_STATE),
+        "diff": Optional(Str(MAX_DIFF_CHARS)),
+    }
+)
+TRIGGER_RUN = Map(
+    {
+        "command": _COMMAND,
+        "status": OneOf(TriggerStatus),
+        "exit_code": Optional(Int(-(2**31), 2**31 - 1)),
+        "output": Str(MAX_TRIGGER_OUTPUT_CHARS),
+        "duration": _DURATION,
+    }
+)
+APPLY_RESULT = Map(
+    {
+        "dry_run": Bool(),
+        "changes": List(FILE_CHANGE, MAX_FILES),
+        "triggers": List(TRIGGER_RUN, MAX_TRIGGER_RUNS),
+        # path is "" when the apply failed before any file
+        "failure": Optional(Map({"path": Str(PATH_MAX - 1), "reason": _REASON})),
+        "duration": _DURATION,
+    }
+)
+PING_RESULT = Map({"version": _VERSION, "time": _TIME})
+
+RESULT = Map(
+    {
+        "module": _MODULE,
+        "status": OneOf(ResultStatus),
+        "started": _TIME,
+        "finished": _TIME,
+        "apply": Optional(APPLY_RESULT),  # module files, unless status is error
+        "ping": Optional(PING_RESULT),  # module ping, unless status is error
+        "error": Optional(_REASON),  # exactly when status is error
+    }
+)
+
+# ---- cross-field checks: what one field's schema cannot say alone ----
+
+
+def _check_job(body: dict[str, Any], jid: str | None) -> None:
+    if body["module"] == Module.PING and body["files"]:
+        raise ProtocolError("JOB body.files: a ping job carries no files")
+
+
+def _check_receipt(body: dict[str, Any], jid: str | None) -> None:
+    if jid is not None and body["jid"] != jid:
+        raise ProtocolError("body.jid differs from the envelope's jid")
+
+
+def _result_problem(body: dict[str, Any]) -> str | None:
+    status, module = body["status"], body["module"]
+    if (status == ResultStatus.ERROR) != (body["error"] is not None):
+        return "error is set exactly when status is error"
+    if body["finished"] < body["started"]:
+        return "finished is before started"
+    expect_apply = status != ResultStatus.ERROR and module == Module.FILES
+    expect_ping = status != ResultStatus.ERROR and module == Module.PING
+    if (body["apply"] is not None) != expect_apply:
+        return "apply is set exactly for a files job that ran"
+    if (body["ping"] is not None) != expect_ping:
+        return "ping is set exactly for a ping job that ran"
+    if expect_apply:
+        apply = body["apply"]
+        ok = apply["failure"] is None and all(
+            t["status"] in (TriggerStatus.OK, TriggerStatus.WOULD_RUN) for t in apply["triggers"]
+        )
+        if ok != (status == ResultStatus.OK):
+            return f"status {status} contradicts the apply result"
+    return None
+
+
+def _check_result(body: dict[str, Any], jid: str | None) -> None:
+    problem = _result_problem(body)
+    if problem is not None:
+        raise ProtocolError(f"RESULT body: {problem}")
+
+
+def _check_keys(body: dict[str, Any], jid: str | None) -> None:
+    if body["action"] != "list" and not body["ids"]:
+        raise ProtocolError(f"KEYS body.ids: {body['action']} needs at least one minion id")
+
+
+def _check_run_host_result(body: dict[str, Any], jid: str | None) -> None:
+    result = body["result"]
+    if (body["status"] == NO_RESPONSE) != (result is None):
+        raise ProtocolError("RUN_HOST_RESULT body: result is missing exactly for no response")
+    if result is not None:
+        problem = _result_problem(result)
+        if problem is not None:
+            raise ProtocolError(f"RUN_HOST_RESULT body.result: {problem}")
+        if result["status"] != body["status"]:
+            raise ProtocolError("RUN_HOST_RESULT body: status differs from result.status")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSpec:
+    """Everything the wire needs to know about one message type."""
+
+    type: MsgType
+    channel: Channel
+    sealed: bool  # must travel in an envelope; never accepted plain
+    schema: Map
+    max_bytes: int  # largest encoded body (sealed) or frame (plain)
+    # Cross-field checks, run after the schema: (body, the envelope's jid or
+    # None for a plain message) -> None, or raise ProtocolError.
+    check: Callable[[dict[str, Any], str | None], None] | None = None
+
+
+_SPEC_LIST = [
+    MessageSpec(
+        MsgType.ENROL_REQUEST,
+        Channel.NETWORK,
+        sealed=False,
+        schema=Map(
+            {
+                "id": _MINION_ID,
+                "keys": _PUBLIC_KEYS,
+                "nonce": _NONCE,
+                "issued_at": _TIME,
+                "sig": _SIGNATURE,
+            }
+        ),
+        max_bytes=MAX_PLAIN_NETWORK_BYTES,
+    ),
+    MessageSpec(
+        MsgType.ENROL_REPLY,
+        Channel.NETWORK,
+        sealed=False,
+        schema=Map(
+            {
+                "id": _MINION_ID,
+                "state": OneOf(KeyState),
+                "keys": _PUBLIC_KEYS,
+                "nonce": _NONCE,
+                "issued_at": _TIME,
+                "sig": _SIGNATURE,
+            }
+        ),
+        max_bytes=MAX_PLAIN_NETWORK_BYTES,
+    ),
+    MessageSpec(
+        MsgType.HEARTBEAT,
+        Channel.NETWORK,
+        sealed=True,
+        schema=Map({"version": _VERSION, "uptime": _DURATION, "busy": Optional(_JID)}),
+        max_bytes=MAX_SMALL_BYTES,
+    ),
+    MessageSpec(
+        MsgType.HEARTBEAT_REPLY,
+        Channel.NETWORK,
+        sealed=True,
+        schema=Map({"time": _TIME}),
+        max_bytes=MAX_SMALL_BYTES,
+    ),
+    MessageSpec(
+        MsgType.JOB,
+        Channel.NETWORK,
+        sealed=True,
+        schema=Map(
+            {
+                "module": _MODULE,
+                "dry_run": Bool(),
+                "files": List(FILE_SPEC, MAX_FILES),
+                "deadline": _TIME,
+            }
+        ),
+        max_bytes=MAX_JOB_BYTES,
+        check=_check_job,
+    ),
+    MessageSpec(
+        MsgType.JOB_RECEIPT,
+        Channel.NETWORK,
+        sealed=True,
+        schema=Map({"jid": _JID}),
+        max_bytes=MAX_SMALL_BYTES,
+        check=_check_receipt,
+    ),
+    MessageSpec(
+        MsgType.RESULT,
+        Channel.NETWORK,
+        sealed=True,
+        schema=RESULT,
+        max_bytes=MAX_RESULT_BYTES,
+        check=_check_result,
+    ),
+    MessageSpec(
+        MsgType.RESULT_RECEIPT,
+        Channel.NETWORK,
+        sealed=True,
+        schema=Map({"jid": _JID}),
+        max_bytes=MAX_SMALL_BYTES,
+        check=_check_receipt,
+    ),
+    MessageSpec(
+        MsgType.RUN,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map(
+            {
+                "target": Str(MAX_TARGET_CHARS, min_len=1),
+                "group": Bool(),  # target names a group (-G/@group), not a glob or list
+                "module": _MODULE,
+                "dry_run": Bool(),
+                "timeout": Optional(Float(MIN_JOB_TIMEOUT, MAX_JOB_TIMEOUT)),  # null: default
+            }
+        ),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+    ),
+    MessageSpec(
+        MsgType.KEYS,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map(
+            {
+                "action": OneOf(["list", "accept", "reject", "delete"]),
+                "ids": List(_MINION_ID, MAX_HOSTS),  # for list: a filter, empty for all
+            }
+        ),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+        check=_check_keys,
+    ),
+    MessageSpec(
+        MsgType.RUN_STARTED,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map({"jid": _JID, "hosts": List(_MINION_ID, MAX_HOSTS)}),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+    ),
+    MessageSpec(
+        MsgType.RUN_HOST_RESULT,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map(
+            {
+                "jid": _JID,
+                "host": _MINION_ID,
+                "status": OneOf([*ResultStatus, NO_RESPONSE]),
+                "result": Optional(RESULT),
+            }
+        ),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+        check=_check_run_host_result,
+    ),
+    MessageSpec(
+        MsgType.RUN_DONE,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map(
+            {
+                "jid": _JID,
+                "summary": Map(
+                    {
+                        "targeted": Int(0, MAX_HOSTS),
+                        "changed": Int(0, MAX_HOSTS),
+                        "failed": Int(0, MAX_HOSTS),
+                        "no_response": Int(0, MAX_HOSTS),
+                    }
+                ),
+            }
+        ),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+    ),
+    MessageSpec(
+        MsgType.KEYS_REPLY,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map(
+            {
+                "keys": List(
+                    Map(
+                        {
+                            "id": _MINION_ID,
+                            "state": OneOf(KeyState),
+                            "fingerprint": Str(128, problem=fingerprint_problem),
+                            "connected": Bool(),
+                            "last_seen": Optional(_TIME),
+                        }
+                    ),
+                    MAX_HOSTS,
+                )
+            }
+        ),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+    ),
+    MessageSpec(
+        MsgType.ERROR,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map(
+            {
+                "code": Str(32, min_len=1, pattern=r"[a-z][a-z_]*"),
+                "message": _REASON,
+                "problems": List(
+                    Map(
+                        {
+                            "file": Str(PATH_MAX - 1),
+                            "line": Optional(Int(1, 2**31 - 1)),
+                            "message": _REASON,
+                        }
+                    ),
+                    MAX_PROBLEMS,
+                ),
+            }
+        ),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+    ),
+]
+
+
+def _build_specs(specs: list[MessageSpec]) -> dict[MsgType, MessageSpec]:
+    """Index the specs by type, refusing a table that contradicts the rules above."""
+    table: dict[MsgType, MessageSpec] = {}
+    for spec in specs:
+        if spec.type in table:
+            raise RuntimeError(f"{spec.type.name} has two specs")
+        if spec.sealed and spec.channel is not Channel.NETWORK:
+            raise RuntimeError(f"{spec.type.name}: only network messages are sealed")
+        if spec.schema.depth > MAX_BODY_DEPTH:
+            raise RuntimeError(f"{spec.type.name}: schema nests deeper than {MAX_BODY_DEPTH}")
+        table[spec.type] = spec
+    missing = [t.name for t in MsgType if t not in table]
+    if missing:
+        raise RuntimeError(f"message types without a spec: {', '.join(missing)}")
+    return table
+
+
+SPECS: Mapping[MsgType, MessageSpec] = _build_specs(_SPEC_LIST)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded, schema-checked message.
+
+    `header` is set exactly when the message came in a sealed envelope that
+    passed every check; only then is the message authenticated, and only
+    then are `sender` and `jid` known.
+    """
+
+    type: MsgType
+    body: dict[str, Any]
+    version: int = PROTOCOL_VERSION
+    header: Header | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.header is not None
+
+    @property
+    def sender(self) -> str | None:
+        return None if self.header is None else self.header.sender
+
+    @property
+    def jid(self) -> str | None:
+        return None if self.header is None else self.header.jid
+
+    @property
+    def spec(self) -> MessageSpec:
+        return SPECS[self.type]
+
+
+def _spec_for(raw_type: object) -> MessageSpec:
+    # type() and not isinstance(): 1.0 and True equal 1, but are not type codes.
+    if type(raw_type) is not int or raw_type not in MsgType._value2member_map_:
+        raise ProtocolError(f"unknown message type {repr(raw_type)[:20]}")
+    return SPECS[MsgType(raw_type)]
+
+
+def _check_version(version: object) -> int:
+    if type(version) is not int or not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {repr(version)[:20]} is not supported; this side speaks "
+            f"{MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION}"
+        )
+    return version
+
+
+def _check_body(spec: MessageSpec, body: Any, jid: str | None) -> None:
+    validate(spec.schema, body, f"{spec.type.name} body")
+    if spec.check is not None:
+        spec.check(body, jid)
+
+
+def _pack_body(spec: MessageSpec, body: dict[str, Any], jid: str | None) -> bytes:
+    _check_body(spec, body, jid)
+    data = codec.pack(body)
+    if len(data) > spec.max_bytes:
+        raise ProtocolError(
+            f"{spec.type.name} body of {len(data)} bytes is larger than {spec.max_bytes}"
+        )
+    return data
+
+
+# ---- plain messages ----
+
+
+def encode_plain(msg_type: MsgType, body: dict[str, Any]) -> bytes:
+    """Encode a plain (unsealed) message; ProtocolError if the body does not fit its schema."""
+    spec = SPECS[msg_type]
+    if spec.sealed:
+        raise ProtocolError(f"{msg_type.name} must be sealed, not sent plain")
+    _check_body(spec, body, None)
+    data = codec.pack([PROTOCOL_VERSION, int(msg_type), body])
+    if len(data) > spec.max_bytes:
+        raise ProtocolError(f"{msg_type.name} of {len(data)} bytes is larger than {spec.max_bytes}")
+    return data
+
+
+def decode_plain(frame: bytes, channel: Channel) -> Message:
+    """Decode a plain message that arrived on `channel`; ProtocolError for anything invalid.
+
+    Sealed types and the other channel's types are refused here: a plain
+    JOB or a RUN from the network never becomes a Message.
+    """
+    limit = MAX_PLAIN_NETWORK_BYTES if channel is Channel.NETWORK else MAX_CONTROL_FRAME_BYTES
+    if not isinstance(frame, bytes):
+        raise ProtocolError(f"expected bytes, got {type(frame).__name__}")
+    if len(frame) > limit:
+        raise ProtocolError(f"plain {channel.value} message of {len(frame)} bytes exceeds {limit}")
+    value = codec.unpack(frame, max_depth=MAX_BODY_DEPTH + 1)
+    if type(value) is not list or len(value) != 3:
+        raise ProtocolError("a plain message is an array of [version, type, body]")
+    version = _check_version(value[0])
+    spec = _spec_for(value[1])
+    if spec.sealed:
+        raise ProtocolError(f"{spec.type.name} arrived unsealed; it must be sealed")
+    if spec.channel is not channel:
+        raise ProtocolError(f"{spec.type.name} is not a {channel.value} message")
+    if len(frame) > spec.max_bytes:
+        raise ProtocolError(f"{spec.type.name} of {len(frame)} bytes exceeds {spec.max_bytes}")
+    _check_body(spec, value[2], None)
+    return Message(spec.type, value[2], version=version)
+
+
+# ---- sealed messages ----
+
+
+def is_sealed(frame: bytes) -> bool:
+    """True if a network frame claims to be an envelope (open it), else decode it plain."""
+    return is_envelope(frame)
+
+
+def seal_message_at(
+    msg_type: MsgType,
+    body: dict[str, Any],
+    *,
+    jid: str,
+    sender: str,
+    sender_keys: KeyPair,
+    recipient: str,
+    recipient_keys: PublicKeys,
+    now: float,
+    ttl: int,
+) -> bytes:
+    """Check `body` against its schema, pack it and seal it to one recipient.
+
+    `jid` is the job's id for job traffic, a fresh new_jid() otherwise. The
+    envelope expires `ttl` seconds after `now`. Raises ProtocolError if the
+    body or a header field is invalid.
+    """
+    spec = SPECS[msg_type]
+    if not spec.sealed:
+        raise ProtocolError(f"{msg_type.name} is a plain message; it cannot be sealed")
+    return seal_at(
+        _pack_body(spec, body, jid),
+        version=PROTOCOL_VERSION,
+        msg_type=int(msg_type),
+        jid=jid,
+        sender=sender,
+        recipient=recipient,
+        sender_keys=sender_keys,
+        recipient_keys=recipient_keys,
+        now=now,
+        ttl=ttl,
+    )
+
+
+def seal_message(
+    msg_type: MsgType,
+    body: dict[str, Any],
+    *,
+    jid: str,
+    sender: str,
+    sender_keys: KeyPair,
+    recipient: str,
+    recipient_keys: PublicKeys,
+    ttl: int,
+) -> bytes:
+    """seal_message_at(), issued now."""
+    return seal_message_at(
+        msg_type,
+        body,
+        jid=jid,
+        sender=sender,
+        sender_keys=sender_keys,
+        recipient=recipient,
+        recipient_keys=recipient_keys,
+        now=time.time(),
+        ttl=ttl,
+    )
+
+
+def open_message_at(
+    frame: bytes,
+    *,
+    me: str,
+    my_keys: KeyPair,
+    sender_keys: Callable[[str], PublicKeys | None],
+    now: float,
+    skew: float = DEFAULT_CLOCK_SKEW,
+    seen: SeenJids | None = None,
+) -> Message:
+    """Open an envelope addressed to `me` and decode its body, judged at `now`.
+
+    Order: the envelope's checks (crypto.open_at: signature first), then the
+    version and type in the verified header, the body's size, msgpack and
+    schema, and last, if `seen` is given, the replay check, which records
+    the (type, jid) until expires-at + skew.
+
+    Raises EnvelopeError if the envelope does not open (opaque), ReplayError
+    (an EnvelopeError) if it opened but was seen before, and ProtocolError
+    if an authentic sender sent a body that is not valid.
+    """
+    opened = open_at(frame, me=me, my_keys=my_keys, sender_keys=sender_keys, now=now, skew=skew)
+    header = opened.header
+    _check_version(header.version)
+    spec = _spec_for(header.msg_type)
+    if not spec.sealed:
+        raise ProtocolError(f"{spec.type.name} is a plain message; it arrived sealed")
+    if len(opened.plaintext) > spec.max_bytes:
+        raise ProtocolError(
+            f"{spec.type.name} body of {len(opened.plaintext)} bytes exceeds {spec.max_bytes}"
+        )
+    body = codec.unpack(opened.plaintext, max_depth=MAX_BODY_DEPTH)
+    _check_body(spec, body, header.jid)
+    if seen is not None:
+        seen.check_and_add(header, keep_until=header.expires_at + skew, now=now)
+    return Message(spec.type, body, version=header.version, header=header)
+
+
+def open_message(
+    frame: bytes,
+    *,
+    me: str,
+    my_keys: KeyPair,
+    sender_keys: Callable[[str], PublicKeys | None],
+    skew: float = DEFAULT_CLOCK_SKEW,
+    seen: SeenJids | None = None,
+) -> Message:
+    """open_message_at(), judged now."""
+    return open_message_at(
+        frame,
+        me=me,
+        my_keys=my_keys,
+        sender_keys=sender_keys,
+        now=time.time(),
+        skew=skew,
+        seen=seen,
+    )
+
+
+# ---- enrolment: plain, but signed (proof that the sender holds its key) ----
+
+_ENROL_CONTEXT = {
+    MsgType.ENROL_REQUEST: "enrol request",
+    MsgType.ENROL_REPLY: "enrol reply",
+}
+
+
+def _enrol_signed_bytes(msg_type: MsgType, version: int, body: dict[str, Any]) -> bytes:
+    unsigned = {k: v for k, v in body.items() if k != "sig"}
+    return codec.canonical_pack([version, int(msg_type), unsigned])
+
+
+def _sign_enrol(msg_type: MsgType, body: dict[str, Any], keys: KeyPair) -> dict[str, Any]:
+    data = _enrol_signed_bytes(msg_type, PROTOCOL_VERSION, body)
+    return {**body, "sig": sign_plain(keys, _ENROL_CONTEXT[msg_type], data)}
+
+
+def _verify_enrol(msg: Message, expected: MsgType) -> PublicKeys:
+    if msg.type is not expected:
+        raise ProtocolError(f"expected {expected.name}, got {msg.type.name}")
+    keys = PublicKeys.from_wire(msg.body["keys"])
+    data = _enrol_signed_bytes(msg.type, msg.version, msg.body)
+    verify_plain(keys, _ENROL_CONTEXT[msg.type], data, msg.body["sig"])
+    return keys
+
+
+def make_enrol_request(
+    minion_id: str, keys: KeyPair, *, nonce: bytes, now: float
+) -> dict[str, Any]:
+    """The body of an ENROL_REQUEST, signed with the minion's own key.
+
+    `nonce` is ENROL_NONCE_LENGTH fresh random bytes (os.urandom); the reply
+    must echo it.
+    """
+    body = {
+        "id": minion_id,
+        "keys": keys.public.to_wire(),
+        "nonce": nonce,
+        "issued_at": float(now),
+    }
+    return _sign_enrol(MsgType.ENROL_REQUEST, body, keys)
+
+
+def verify_enrol_request(
+    msg: Message, *, now: float, skew: float = DEFAULT_CLOCK_SKEW
+) -> PublicKeys:
+    """The minion's public keys, once its request proves it holds them.
+
+    Checks the signature with the keys in the request (proof of possession;
+    whether to trust these keys for this id is the key store's decision),
+    that the keys can be sealed to, and that issued_at is within `skew` of
+    `now`, which catches a minion with a wrong clock at enrolment. Raises
+    EnvelopeError for a bad signature, ProtocolError otherwise.
+    """
+    keys = _verify_enrol(msg, MsgType.ENROL_REQUEST)
+    keys.check_usable()
+    offset = msg.body["issued_at"] - now
+    if not abs(offset) <= skew:  # written so that a NaN clock fails closed
+        raise ProtocolError(
+            f"enrolment of {msg.body['id']!r} is dated {offset:+.0f} s from this clock "
+            f"(more than {skew:.0f} s): check the clocks of minion and master"
+        )
+    return keys
+
+
+def make_enrol_reply(
+    minion_id: str, state: KeyState, master_keys: KeyPair, *, nonce: bytes, now: float
+) -> dict[str, Any]:
+    """The body of an ENROL_REPLY to a request with `nonce`, signed with the master's key."""
+    body = {
+        "id": minion_id,
+        "state": str(state),
+        "keys": master_keys.public.to_wire(),
+        "nonce": nonce,
+        "issued_at": float(now),
+    }
+    return _sign_enrol(MsgType.ENROL_REPLY, body, master_keys)
+
+
+def verify_enrol_reply(
+    msg: Message, *, minion_id: str, nonce: bytes, pinned: str | None
+) -> PublicKeys:
+    """The master's public keys, once the reply proves it answers our request.
+
+    Checks that the reply names us and echoes our request's nonce (so an old
+    reply cannot be replayed), that it is signed with the keys it carries,
+    and that those keys match the `pinned` fingerprint. `pinned=None` means
+    trust on first use: the caller must then pin the returned keys' fingerprint
+    before it believes anything else. Raises EnvelopeError.
+    """
+    keys = _verify_enrol(msg, MsgType.ENROL_REPLY)
+    if msg.body["id"] != minion_id:
+        raise EnvelopeError(f"enrol reply is for {msg.body['id']!r}, not {minion_id!r}")
+    if not hmac.compare_digest(msg.body["nonce"], nonce):
+        raise EnvelopeError("enrol reply does not answer our request (nonce differs)")
+    if pinned is not None and not keys.matches(pinned):
+        raise EnvelopeError(
+            f"master key {keys.fingerprint()} does not match the pinned {pinned}: "
+            "possible impersonation"
+        )
+    return keys
+
+
+# ---- control socket framing ----
+
+# The length prefix of a control frame: 4 bytes, big-endian.
+FRAME_HEADER_BYTES = 4
+
+
+def encode_frame(payload: bytes, *, max_bytes: int = MAX_CONTROL_FRAME_BYTES) -> bytes:
+    """`payload` with its length in front, for the control socket's byte stream."""
+    if len(payload) > max_bytes:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds {max_bytes}")
+    return len(payload).to_bytes(FRAME_HEADER_BYTES, "big") + payload
+
+
+class FrameReader:
+    """Splits a byte stream into frames; refuses a frame longer than `max_bytes`.
+
+    Feed it whatever recv() returned; it returns the frames completed so far.
+    The length is checked as soon as the 4-byte prefix is in, before any of
+    the frame is buffered. At the end of the stream, call eof(): a partial
+    frame is an error there.
+    """
+
+    def __init__(self, max_bytes: int = MAX_CONTROL_FRAME_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._buffer = bytearray()
+        self._need: int | None = None  # payload length of the frame being read
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        frames = []
+        while True:
+            if self._need is None:
+                if len(self._buffer) < FRAME_HEADER_BYTES:
+                    break
+                need = int.from_bytes(self._buffer[:FRAME_HEADER_BYTES], "big")
+                if need > self.max_bytes:
+                    raise ProtocolError(f"frame of {need} bytes exceeds {self.max_bytes}")
+                del self._buffer[:FRAME_HEADER_BYTES]
+                self._need = need
+            if len(self._buffer) < self._need:
+                break
+            frames.append(bytes(self._buffer[: self._need]))
+            del self._buffer[: self._need]
+            self._need = None
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that are not yet part of a complete frame."""
+        return len(self._buffer) + (0 if self._need is None else FRAME_HEADER_BYTES)
+
+    def eof(self) -> None:
+        """Raise ProtocolError if the stream ended inside a frame."""
+        if self.pending:
+            raise ProtocolError(f"stream ended inside a frame ({self.pending} bytes pending)")
+
+
+# ---- dispatch ----
+
+Handler = Callable[[Message], Any]
+
+
+class Dispatcher:
+    """Routes messages to handlers by an explicit table; nothing is looked up by name.
+
+    Only types in `handlers` are reachable, and each only as its spec allows:
+    a sealed type only from an opened envelope (Message.authenticated), and
+    only messages of this dispatcher's channel. With the network table
+    {ENROL_REQUEST: ..., RESULT: ...}, a stranger reaches ENROL_REQUEST only.
+    """
+
+    def __init__(self, channel: Channel, handlers: Mapping[MsgType, Handler]) -> None:
+        for msg_type in handlers:
+            if SPECS[msg_type].channel is not channel:
+                raise ValueError(f"{msg_type.name} is not a {channel.value} message")
+        self.channel = channel
+        self._handlers = dict(handlers)
+
+    def dispatch(self, msg: Message) -> Any:
+        """Call the handler of `msg`; ProtocolError if this side does not accept it."""
+        spec = SPECS[msg.type]
+        handler = self._handlers.get(msg.type)
+        if handler is None or spec.channel is not self.channel:
+            raise ProtocolError(f"{msg.type.name} is not accepted here")
+        if spec.sealed and not msg.authenticated:
+            raise ProtocolError(f"{msg.type.name} from an unauthenticated peer is refused")
+        if not spec.sealed and msg.authenticated:
+            raise ProtocolError(f"{msg.type.name} must come plain, not sealed")
+        return handler(msg)

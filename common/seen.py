@@ -1,0 +1,119 @@
+"""The minion's persistent record of envelopes already accepted, against replays.
+
+Salt's CVE-2022-22936: a captured publish, sent again, ran the old job again.
+Here every accepted envelope's (message type, jid) is recorded in SQLite
+before the daemon acts on it, and a second envelope with the same pair is
+refused with ReplayError, also after a restart.
+
+An entry is kept until `keep_until`, which the caller sets to the envelope's
+expires-at plus the clock skew it opens envelopes with
+(protocol.open_message_at does this). Until then a replay is found here;
+after that the same envelope fails the time window as expired. So purging
+never opens a window for a replay, as long as the skew used for opening is
+never larger than the one used for keep_until.
+
+Durability: WAL with synchronous=FULL, so an accepted jid survives a power
+loss; a replay after a crash must still be refused. One connection, used
+from the thread that opened it (sqlite3's default check).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from common.crypto import Header
+from common.errors import ReplayError, StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (
+    msg_type   INTEGER NOT NULL,
+    jid        TEXT    NOT NULL,
+    keep_until REAL    NOT NULL,
+    PRIMARY KEY (msg_type, jid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_keep_until ON seen (keep_until);
+"""
+# How long, in milliseconds, to wait for a lock held by another connection
+# to the same file before giving up (only one daemon should use it).
+_BUSY_TIMEOUT_MS = 5000
+
+
+class SeenJids:
+    """A persistent set of (message type, jid), each kept until its keep_until time."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open the seen-jid store: {e}") from None
+
+    def check_and_add(self, header: Header, *, keep_until: float, now: float) -> None:
+        """Record an accepted envelope; ReplayError if its (type, jid) is already recorded.
+
+        Entries whose keep_until has passed are purged in the same transaction.
+        """
+        try:
+            with self._transaction():
+                self._db.execute("DELETE FROM seen WHERE keep_until < ?", (now,))
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO seen (msg_type, jid, keep_until) VALUES (?, ?, ?)",
+                    (header.msg_type, header.jid, keep_until),
+                )
+                inserted = cursor.rowcount == 1
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot record jid {header.jid}: {e}") from None
+        if not inserted:
+            raise ReplayError(f"replay of type {header.msg_type} jid {header.jid}", header)
+
+    def contains(self, msg_type: int, jid: str) -> bool:
+        try:
+            row = self._db.execute(
+                "SELECT 1 FROM seen WHERE msg_type = ? AND jid = ?", (msg_type, jid)
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot read the seen-jid store: {e}") from None
+        return row is not None
+
+    def purge(self, now: float) -> int:
+        """Forget entries whose keep_until is before `now`; return how many."""
+        try:
+            with self._transaction():
+                return self._db.execute("DELETE FROM seen WHERE keep_until < ?", (now,)).rowcount
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot purge the seen-jid store: {e}") from None
+
+    def __len__(self) -> int:
+        try:
+            return self._db.execute("SELECT count(*) FROM seen").fetchone()[0]
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot read the seen-jid store: {e}") from None
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SeenJids:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raised."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
