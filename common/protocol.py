@@ -34,8 +34,8 @@ type without a spec).
     JOB_RECEIPT        network  yes     minion -> master
     RESULT             network  yes     minion -> master
     RESULT_RECEIPT     network  yes     master -> minion
-    RUN, KEYS          control  no      CLI -> master
-    RUN_STARTED, RUN_HOST_RESULT, RUN_DONE, KEYS_REPLY, ERROR
+    RUN, KEYS, JOBS    control  no      CLI -> master
+    RUN_STARTED, RUN_HOST_RESULT, RUN_DONE, KEYS_REPLY, JOBS_REPLY, JOB_REPLY, ERROR
                        control  no      master -> CLI
 
 Decoding any bytes raises ProtocolError (or, for a sealed message,
@@ -196,6 +196,11 @@ MAX_HOSTS = 65536
 MAX_TARGET_CHARS = 4096
 # Longest version string a daemon reports, in characters.
 MAX_VERSION_CHARS = 64
+# Most jobs one `jobs list` returns.
+MAX_JOBS_LISTED = 10_000
+# A minion's heartbeat interval, in seconds (minion.yaml heartbeat_interval).
+MIN_HEARTBEAT_INTERVAL = 0.05
+MAX_HEARTBEAT_INTERVAL = 3600.0
 # Most problems in one ERROR reply (the rest are summarised in its message).
 MAX_PROBLEMS = 1000
 # A job's timeout, in seconds: at least a second, at most an envelope's life.
@@ -233,6 +238,9 @@ class MsgType(enum.IntEnum):
     RUN_DONE = 113
     KEYS_REPLY = 114
     ERROR = 115
+    JOBS = 103
+    JOBS_REPLY = 116
+    JOB_REPLY = 117
 
 
 class Module(enum.StrEnum):
@@ -268,6 +276,7 @@ _COMMAND = Str(MAX_COMMAND_CHARS, min_len=1)
 _REASON = Str(MAX_REASON_CHARS)
 _VERSION = Str(MAX_VERSION_CHARS)
 _MODULE = OneOf(Module)
+_FINGERPRINT = Str(128, problem=fingerprint_problem)
 
 # common/model.py wire forms, field for field.
 FILE_SPEC = Map(
@@ -335,6 +344,23 @@ RESULT = Map(
     }
 )
 
+# A job as the history keeps it (JOBS_REPLY, JOB_REPLY).
+_JOB_FIELDS = {
+    "jid": _JID,
+    "submitted": _TIME,
+    "deadline": _TIME,
+    "user": Str(MAX_NAME_CHARS, min_len=1),
+    "target": Str(MAX_TARGET_CHARS, min_len=1),
+    "module": _MODULE,
+    "dry_run": Bool(),
+    "git_commit": Optional(Str(128)),
+}
+# How its hosts fared, counted (JOBS_REPLY).
+_JOB_COUNTS = {
+    name: Int(0, MAX_HOSTS)
+    for name in ("hosts", "changed", "ok", "failed", "no_response", "pending")
+}
+
 # ---- cross-field checks: what one field's schema cannot say alone ----
 
 
@@ -379,6 +405,21 @@ def _check_result(body: dict[str, Any], jid: str | None) -> None:
 def _check_keys(body: dict[str, Any], jid: str | None) -> None:
     if body["action"] != "list" and not body["ids"]:
         raise ProtocolError(f"KEYS body.ids: {body['action']} needs at least one minion id")
+
+
+def _check_jobs(body: dict[str, Any], header: Header | None) -> None:
+    if (body["action"] == "show") != (body["jid"] is not None):
+        raise ProtocolError("JOBS body.jid: set exactly for show")
+    if body["action"] == "show" and body["target"] is not None:
+        raise ProtocolError("JOBS body.target: only list filters by target")
+
+
+def _check_job_reply(body: dict[str, Any], header: Header | None) -> None:
+    for host in body["hosts"]:
+        if host["result"] is not None:
+            problem = _result_problem(host["result"])
+            if problem is not None:
+                raise ProtocolError(f"JOB_REPLY result of {host['host']}: {problem}")
 
 
 def _check_run_host_result(body: dict[str, Any], jid: str | None) -> None:
@@ -443,7 +484,16 @@ _SPEC_LIST = [
         MsgType.HEARTBEAT,
         Channel.NETWORK,
         sealed=True,
-        schema=Map({"version": _VERSION, "uptime": _DURATION, "busy": Optional(_JID)}),
+        schema=Map(
+            {
+                "version": _VERSION,
+                "uptime": _DURATION,
+                "busy": Optional(_JID),  # the job being applied
+                # the minion's heartbeat interval: the master's liveness check
+                # (three missed heartbeats) follows each minion's own setting
+                "interval": Float(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL),
+            }
+        ),
         max_bytes=MAX_SMALL_BYTES,
     ),
     MessageSpec(
@@ -524,7 +574,14 @@ _SPEC_LIST = [
         MsgType.RUN_STARTED,
         Channel.CONTROL,
         sealed=False,
-        schema=Map({"jid": _JID, "hosts": List(_MINION_ID, MAX_HOSTS)}),
+        schema=Map(
+            {
+                "jid": _JID,
+                "hosts": List(_MINION_ID, MAX_HOSTS),
+                # hosts the target matched that the job does not go to, and why
+                "skipped": List(Map({"host": _MINION_ID, "reason": _REASON}), MAX_HOSTS),
+            }
+        ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,
     ),
     MessageSpec(
@@ -553,6 +610,7 @@ _SPEC_LIST = [
                     {
                         "targeted": Int(0, MAX_HOSTS),
                         "changed": Int(0, MAX_HOSTS),
+                        "unchanged": Int(0, MAX_HOSTS),
                         "failed": Int(0, MAX_HOSTS),
                         "no_response": Int(0, MAX_HOSTS),
                     }
@@ -567,21 +625,82 @@ _SPEC_LIST = [
         sealed=False,
         schema=Map(
             {
+                "master": _FINGERPRINT,  # the master's own key, to compare with minions
                 "keys": List(
                     Map(
                         {
                             "id": _MINION_ID,
                             "state": OneOf(KeyState),
-                            "fingerprint": Str(128, problem=fingerprint_problem),
+                            "fingerprint": _FINGERPRINT,
                             "connected": Bool(),
                             "last_seen": Optional(_TIME),
                         }
                     ),
                     MAX_HOSTS,
-                )
+                ),
+                # keys presented under the id of a known minion, and refused
+                "refused": List(
+                    Map(
+                        {
+                            "id": _MINION_ID,
+                            "fingerprint": _FINGERPRINT,
+                            "attempts": Int(1, 2**62),
+                            "last_seen": _TIME,
+                        }
+                    ),
+                    MAX_HOSTS,
+                ),
             }
         ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,
+    ),
+    MessageSpec(
+        MsgType.JOBS,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map(
+            {
+                "action": OneOf(["list", "show"]),
+                "host": Optional(_MINION_ID),  # list: jobs that went there; show: its result
+                "target": Optional(Str(MAX_TARGET_CHARS, min_len=1)),  # list only
+                "limit": Int(1, MAX_JOBS_LISTED),  # list only
+                "jid": Optional(_JID),  # show only
+            }
+        ),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+        check=_check_jobs,
+    ),
+    MessageSpec(
+        MsgType.JOBS_REPLY,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map({"jobs": List(Map({**_JOB_FIELDS, **_JOB_COUNTS}), MAX_JOBS_LISTED)}),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+    ),
+    MessageSpec(
+        MsgType.JOB_REPLY,
+        Channel.CONTROL,
+        sealed=False,
+        schema=Map(
+            {
+                "job": Map(_JOB_FIELDS),
+                "hosts": List(
+                    Map(
+                        {
+                            "host": _MINION_ID,
+                            "state": OneOf(["sent", "received", "done", "no_response"]),
+                            "status": OneOf([*ResultStatus, NO_RESPONSE, "pending"]),
+                            "received": Optional(_TIME),
+                            "returned": Optional(_TIME),
+                            "result": Optional(RESULT),
+                        }
+                    ),
+                    MAX_HOSTS,
+                ),
+            }
+        ),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
+        check=_check_job_reply,
     ),
     MessageSpec(
         MsgType.ERROR,

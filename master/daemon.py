@@ -26,6 +26,7 @@ connected while its heartbeats keep coming, never because of an address.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -291,10 +292,9 @@ class Master:
         self.pending[(jid, host)] = Pending(jid, host, topic_for(host), envelope, deadline)
 
     def _publish(self, item: Pending) -> None:
-        try:
+        # A full subscriber queue drops the message; the next re-publish tries again.
+        with contextlib.suppress(zmq.Again):
             self.xpub.send_multipart([item.topic, item.envelope], zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # a subscriber's queue is full; the next re-publish tries again
         item.next_send = self.loop.clock() + item.delay
         item.delay = min(item.delay * 2, REPUBLISH_MAX)
 

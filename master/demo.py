@@ -26,16 +26,19 @@ from master.sandbox import Sandbox, wait_for
 MINIONS = ("web1", "web2", "db1")
 # Seconds the demo waits for minions to enrol and connect.
 STARTUP_TIMEOUT = 60.0
-EXAMPLE_REPO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "configs", "repo")
+EXAMPLE_REPO = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "repo"
+)
 # The file the demo changes on web1 behind the master's back.
 CHANGED_FILE = "etc/motd"
 
 
 def main(*, keep: bool = False, repo: str = EXAMPLE_REPO) -> int:
     if not os.path.isdir(repo):
-        raise UsageError(f"the example repository {repo} is missing; run the demo from a "
-                         "source checkout of safcm")
+        raise UsageError(
+            f"the example repository {repo} is missing; run the demo from a "
+            "source checkout of safcm"
+        )
     if os.geteuid() != 0:
         raise UsageError("the demo needs root: its minions set file owners")
     base = tempfile.mkdtemp(prefix="safcm-demo-", dir="/tmp")
@@ -52,14 +55,19 @@ def main(*, keep: bool = False, repo: str = EXAMPLE_REPO) -> int:
 
 
 def _walk_through(sb: Sandbox) -> int:
-    step("Start a master and three minions (web1, web2, db1) on 127.0.0.1",
-         f"each minion's root is a directory under {sb.base}/roots")
+    step(
+        "Start a master and three minions (web1, web2, db1) on 127.0.0.1",
+        f"each minion's root is a directory under {sb.base}/roots",
+    )
     sb.start_master()
     for minion in MINIONS:
         sb.add_minion(minion)
         sb.start_minion(minion)
-    wait_for(lambda: _keys_in_state(sb, "pending") >= len(MINIONS), STARTUP_TIMEOUT,
-             "the minions to enrol")
+    wait_for(
+        lambda: _keys_in_state(sb, "pending") >= len(MINIONS),
+        STARTUP_TIMEOUT,
+        "the minions to enrol",
+    )
     show(sb, "keys", "list")
 
     step("Compare fingerprints, then accept the three keys")
@@ -68,8 +76,7 @@ def _walk_through(sb: Sandbox) -> int:
         result = sb.minion_cli(minion, "fingerprint", check=True)
         print(f"  minion {minion} says: {result.stdout.strip()}")
     show(sb, "keys", "accept", *MINIONS)
-    wait_for(lambda: _connected(sb) >= len(MINIONS), STARTUP_TIMEOUT,
-             "the minions to connect")
+    wait_for(lambda: _connected(sb) >= len(MINIONS), STARTUP_TIMEOUT, "the minions to connect")
     show(sb, "keys", "list")
 
     step("What web1 will get, compiled on the master without contacting it")
@@ -81,8 +88,10 @@ def _walk_through(sb: Sandbox) -> int:
     show(sb, "run", "*", "files")
 
     path = os.path.join(sb.root("web1"), CHANGED_FILE)
-    step(f"Someone edits /{CHANGED_FILE} on web1 by hand; a dry run shows the diff "
-         "and changes nothing")
+    step(
+        f"Someone edits /{CHANGED_FILE} on web1 by hand; a dry run shows the diff "
+        "and changes nothing"
+    )
     with open(path, "a") as f:
         f.write("edited by hand on web1\n")
     show(sb, "run", "web1", "files", "--dry-run")
@@ -128,8 +137,10 @@ def _connected(sb: Sandbox) -> int:
 
 def _first_jid(sb: Sandbox) -> str:
     with ControlClient(sb.control_path) as client:
-        jobs = client.request(MsgType.JOBS, {"action": "list", "host": None, "target": None,
-                                             "limit": 100, "jid": None}).body["jobs"]
+        jobs = client.request(
+            MsgType.JOBS,
+            {"action": "list", "host": None, "target": None, "limit": 100, "jid": None},
+        ).body["jobs"]
     return jobs[-1]["jid"]
 
 
@@ -137,7 +148,12 @@ def _git_init(repo: str) -> None:
     """Make the demo's copy of the repository a git repository, if git is installed."""
     if shutil.which("git") is None:
         return
-    env = {**os.environ, "GIT_AUTHOR_NAME": "safcm demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
-           "GIT_COMMITTER_NAME": "safcm demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "safcm demo",
+        "GIT_AUTHOR_EMAIL": "demo@localhost",
+        "GIT_COMMITTER_NAME": "safcm demo",
+        "GIT_COMMITTER_EMAIL": "demo@localhost",
+    }
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "example repository"]):
         subprocess.run(["git", "-C", repo, *args], check=True, env=env, capture_output=True)

@@ -22,13 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="safcm-minion",
         description="The safcm minion: applies the master's jobs to this host.",
     )
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
-                        help="minion settings (default: %(default)s)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG_PATH,
+        metavar="FILE",
+        help="minion settings (default: %(default)s)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("daemon", help="run the minion daemon (logs to stderr)")
-    sub.add_parser("fingerprint",
-                   help="print this minion's key fingerprint (creating the keys if needed), "
-                        "to compare with 'safcm-master keys list'")
+    sub.add_parser(
+        "fingerprint",
+        help="print this minion's key fingerprint (creating the keys if needed), "
+        "to compare with 'safcm-master keys list'",
+    )
     return parser
 
 

@@ -183,7 +183,8 @@ class Minion:
         self.timers.append(self.loop.call_every(SEEN_PURGE_INTERVAL, self._purge_seen))
         # The first hello goes out at a random point of the first interval, so
         # minions started together (a fleet reboot) do not all speak at once.
-        self.timers.append(self.loop.call_later(random.uniform(0, self.interval) / 4, self.tick))
+        first = random.uniform(0, self.interval) / 4  # noqa: S311 - jitter, not a secret
+        self.timers.append(self.loop.call_later(first, self.tick))
         self._next_job()  # jobs resumed from the spool
 
     def close(self) -> None:
@@ -220,7 +221,8 @@ class Minion:
     def _reconnect(self) -> None:
         """The master went quiet: drop both sockets (and whatever they queued),
         then come back after a jittered backoff (the zguide's Lazy Pirate)."""
-        delay = self.backoff * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
+        jitter = random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)  # noqa: S311 - not a secret
+        delay = self.backoff * jitter
         log.warning(
             "%s: no reply from the master for %.0f s; reconnecting in %.1f s",
             self.id,
@@ -252,6 +254,7 @@ class Minion:
                     "version": VERSION,
                     "uptime": self.clock() - self.started,
                     "busy": self.busy,
+                    "interval": self.interval,
                 },
             )
             self._send_results()

@@ -6,6 +6,7 @@ soak run: SAFCM_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/common
 
 from __future__ import annotations
 
+import math
 import os
 import string
 from typing import Any
@@ -74,8 +75,9 @@ def strategy_for(schema: S.Schema) -> st.SearchStrategy[Any]:
     if isinstance(schema, S.Int):
         return st.integers(schema.lo, schema.hi)
     if isinstance(schema, S.Float):
+        # Integers too (the wire accepts them), but only those within a fractional bound.
         return st.floats(schema.lo, schema.hi, allow_nan=False, allow_infinity=False) | st.integers(
-            int(schema.lo), int(schema.hi)
+            math.ceil(schema.lo), math.floor(schema.hi)
         )
     if isinstance(schema, S.Bool):
         return st.booleans()

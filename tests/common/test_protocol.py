@@ -108,7 +108,7 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
     MsgType.ENROL_REPLY: make_enrol_reply(
         "web1", KeyState.PENDING, MASTER, nonce=b"n" * 16, now=NOW
     ),
-    MsgType.HEARTBEAT: {"version": "0.1.0", "uptime": 12.5, "busy": JID},
+    MsgType.HEARTBEAT: {"version": "0.1.0", "uptime": 12.5, "busy": JID, "interval": 5.0},
     MsgType.HEARTBEAT_REPLY: {"time": NOW},
     MsgType.JOB: {
         "module": "files",
@@ -133,13 +133,21 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
         "timeout": None,
     },
     MsgType.KEYS: {"action": "accept", "ids": ["web1", "web2"]},
-    MsgType.RUN_STARTED: {"jid": JID, "hosts": ["web1", "web2"]},
+    MsgType.RUN_STARTED: {
+        "jid": JID,
+        "hosts": ["web1", "web2"],
+        "skipped": [{"host": "web3", "reason": "its key is pending"}],
+    },
     MsgType.RUN_HOST_RESULT: {"jid": JID, "host": "web1", "status": "ok", "result": _RESULT},
     MsgType.RUN_DONE: {
         "jid": JID,
-        "summary": {"targeted": 3, "changed": 1, "failed": 0, "no_response": 1},
+        "summary": {"targeted": 3, "changed": 1, "unchanged": 1, "failed": 0, "no_response": 1},
     },
     MsgType.KEYS_REPLY: {
+        "master": MASTER.fingerprint(),
+        "refused": [
+            {"id": "web1", "fingerprint": WEB2.fingerprint(), "attempts": 3, "last_seen": NOW}
+        ],
         "keys": [
             {
                 "id": "web1",
@@ -148,7 +156,58 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
                 "connected": True,
                 "last_seen": NOW,
             }
+        ],
+    },
+    MsgType.JOBS: {"action": "list", "host": "web1", "target": None, "limit": 20, "jid": None},
+    MsgType.JOBS_REPLY: {
+        "jobs": [
+            {
+                "jid": JID,
+                "submitted": NOW,
+                "deadline": NOW + 60,
+                "user": "root",
+                "target": "web*",
+                "module": "files",
+                "dry_run": False,
+                "git_commit": "0" * 40,
+                "hosts": 3,
+                "changed": 1,
+                "ok": 1,
+                "failed": 0,
+                "no_response": 1,
+                "pending": 0,
+            }
         ]
+    },
+    MsgType.JOB_REPLY: {
+        "job": {
+            "jid": JID,
+            "submitted": NOW,
+            "deadline": NOW + 60,
+            "user": "root",
+            "target": "@web",
+            "module": "files",
+            "dry_run": True,
+            "git_commit": None,
+        },
+        "hosts": [
+            {
+                "host": "web1",
+                "state": "done",
+                "status": "ok",
+                "received": NOW + 1,
+                "returned": NOW + 2,
+                "result": _RESULT,
+            },
+            {
+                "host": "web2",
+                "state": "no_response",
+                "status": "no response",
+                "received": None,
+                "returned": None,
+                "result": None,
+            },
+        ],
     },
     MsgType.ERROR: {
         "code": "config",
@@ -451,6 +510,29 @@ CROSS_FIELD = [
     (
         MsgType.RUN_HOST_RESULT,
         {"jid": JID, "host": "web1", "status": "ok", "result": _result(apply=None)},
+        "apply is set exactly",
+    ),
+    (
+        MsgType.JOBS,
+        {"action": "show", "host": None, "target": None, "limit": 1, "jid": None},
+        "set exactly for show",
+    ),
+    (
+        MsgType.JOBS,
+        {"action": "list", "host": None, "target": None, "limit": 1, "jid": JID},
+        "set exactly for show",
+    ),
+    (
+        MsgType.JOBS,
+        {"action": "show", "host": None, "target": "web*", "limit": 1, "jid": JID},
+        "only list filters by target",
+    ),
+    (
+        MsgType.JOB_REPLY,
+        {
+            **SAMPLES[MsgType.JOB_REPLY],
+            "hosts": [{**SAMPLES[MsgType.JOB_REPLY]["hosts"][0], "result": _result(apply=None)}],
+        },
         "apply is set exactly",
     ),
 ]
