@@ -25,6 +25,14 @@ import zmq
 MAX_POLL_SECONDS = 1.0
 
 
+def _key(sock: Any) -> Any:
+    """What zmq.Poller.poll() reports for `sock`: the socket itself for ZeroMQ
+    sockets, the file descriptor number for everything else."""
+    if isinstance(sock, zmq.Socket | int):
+        return sock
+    return sock.fileno()
+
+
 class Timer:
     __slots__ = ("callback", "cancelled", "when")
 
@@ -56,21 +64,25 @@ class Loop:
     def add_reader(self, sock: Any, callback: Callable[[], Any]) -> None:
         """Call `callback()` whenever `sock` (a zmq socket, a file descriptor or
         anything with fileno()) is readable."""
-        self._readers[sock] = callback
-        self._register(sock)
+        key = _key(sock)
+        self._readers[key] = callback
+        self._register(key)
 
     def remove_reader(self, sock: Any) -> None:
-        if self._readers.pop(sock, None) is not None:
-            self._register(sock)
+        key = _key(sock)
+        if self._readers.pop(key, None) is not None:
+            self._register(key)
 
     def add_writer(self, sock: Any, callback: Callable[[], Any]) -> None:
         """Call `callback()` whenever `sock` is writable (until remove_writer)."""
-        self._writers[sock] = callback
-        self._register(sock)
+        key = _key(sock)
+        self._writers[key] = callback
+        self._register(key)
 
     def remove_writer(self, sock: Any) -> None:
-        if self._writers.pop(sock, None) is not None:
-            self._register(sock)
+        key = _key(sock)
+        if self._writers.pop(key, None) is not None:
+            self._register(key)
 
     def _register(self, sock: Any) -> None:
         flags = (zmq.POLLIN if sock in self._readers else 0) | (

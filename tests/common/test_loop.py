@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import threading
 
 import zmq
@@ -72,3 +73,29 @@ def test_stop_on_signal():
     finally:
         signal.signal(signal.SIGTERM, old)
         loop.close()
+
+
+def test_plain_sockets_as_readers_and_writers():
+    """zmq.Poller reports plain sockets by fd number; the loop must still find them."""
+    a, b = socket.socketpair()
+    loop = Loop()
+    events = []
+
+    def readable():
+        events.append(("read", a.recv(10)))
+        loop.remove_reader(a)
+        loop.add_writer(a, writable)
+
+    def writable():
+        events.append(("write",))
+        loop.remove_writer(a)
+        loop.stop()
+
+    loop.add_reader(a, readable)
+    b.send(b"ping")
+    loop.call_later(5, loop.stop)
+    loop.run()
+    assert events == [("read", b"ping"), ("write",)]
+    loop.close()
+    a.close()
+    b.close()
