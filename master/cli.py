@@ -241,7 +241,9 @@ def run_command(
                         json.dump(document, out, indent=2, sort_keys=True)
                         out.write("\n")
                     else:
-                        print(render.render_summary(tally, style, args.dry_run), file=out)
+                        print(
+                            render.render_summary(tally, style, args.dry_run, args.module), file=out
+                        )
                     return EXIT_OK if tally.failed == tally.no_response == 0 else EXIT_FAILED
         except KeyboardInterrupt:
             progress.clear()
@@ -379,7 +381,7 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         else:
             tally.add(status)
         print(render.render_host(host["host"], status, host["result"], style), file=out)
-    print(render.render_summary(tally, style, job["dry_run"]), file=out)
+    print(render.render_summary(tally, style, job["dry_run"], job["module"]), file=out)
     return EXIT_OK
 
 

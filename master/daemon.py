@@ -136,7 +136,7 @@ class Run:
 class Presence:
     last_seen: float  # monotonic
     interval: float  # the minion's heartbeat interval, seconds
-    last_issued: float  # issued_at of its last heartbeat, to refuse replays
+    last_id: str  # id (a jid) of its last heartbeat; each must be newer: replays are refused
 
 
 class DropLog:
@@ -426,13 +426,12 @@ class Master:
 
     def on_heartbeat(self, msg: Message) -> None:
         minion = msg.sender
-        issued = msg.header.issued_at
         seen = self.presence.get(minion)
-        if seen is not None and issued <= seen.last_issued:
+        if seen is not None and msg.jid <= seen.last_id:
             raise ProtocolError(f"heartbeat of {minion} is not newer than its last (a replay)")
         if seen is None:
             log.info("minion %s is connected (version %s)", minion, msg.body["version"])
-        self.presence[minion] = Presence(self.loop.clock(), msg.body["interval"], issued)
+        self.presence[minion] = Presence(self.loop.clock(), msg.body["interval"], msg.jid)
         self.keystore.touch(minion, self.clock())
         self._reply_sealed(minion, MsgType.HEARTBEAT_REPLY, {"time": self.clock()})
 

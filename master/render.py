@@ -123,7 +123,7 @@ def render_change(change: FileChange, dry_run: bool, style: Style) -> list[str]:
     new = change.new
     if change.created:
         verb = style.green("would create" if dry_run else "created")
-        detail = f"{new.type} {_mode(new)} {_owner(new)}"
+        detail = " ".join(x for x in (str(new.type), _mode(new), _owner(new)) if x)
     else:
         old = change.old
         replaced = old is not None and old.type != new.type
@@ -197,11 +197,11 @@ class Tally:
         return dict(self.__dict__)
 
 
-def render_summary(tally: Tally, style: Style, dry_run: bool = False) -> str:
+def render_summary(tally: Tally, style: Style, dry_run: bool = False, module: str = "files") -> str:
     hosts = "host" if tally.targeted == 1 else "hosts"
     parts = [
         style.yellow(f"{tally.changed} {'would change' if dry_run else 'changed'}"),
-        style.green(f"{tally.unchanged} unchanged"),
+        style.green(f"{tally.unchanged} {'ok' if module == 'ping' else 'unchanged'}"),
         (style.red if tally.failed else str)(f"{tally.failed} failed"),
         (style.red if tally.no_response else str)(f"{tally.no_response} no response"),
     ]

@@ -160,6 +160,9 @@ class Minion:
         self.dealer: zmq.Socket | None = None
         self.queue: collections.deque[Job] = collections.deque()
         self.busy: str | None = None  # jid being applied
+        # Id of our last own message (heartbeats): each is newer than the one
+        # before, which is how the master refuses a replayed heartbeat.
+        self.last_id: str | None = None
         self.outgoing: dict[str, Outgoing] = {
             jid: Outgoing(0.0, RESULT_RETRY_MIN) for jid in self.spool.jids(Kind.RESULT)
         }
@@ -282,10 +285,12 @@ class Minion:
         if self.master_keys is None:
             return
         now = self.clock()
+        if jid is None:
+            jid = self.last_id = new_jid(now, self.last_id)
         frame = seal_message_at(
             msg_type,
             body,
-            jid=jid or new_jid(now),
+            jid=jid,
             sender=self.id,
             sender_keys=self.keys,
             recipient=MASTER_ID,
