@@ -17,7 +17,7 @@ import sys
 from typing import Any, TextIO
 
 from common.errors import ConfigError, DaemonError, SafcmError, UsageError
-from common.protocol import NO_RESPONSE, MsgType
+from common.protocol import NO_RESPONSE, MsgType, jid_problem, minion_id_problem
 from common.text import escape
 from master import render
 from master.control import ControlClient, RemoteError, raise_for_error
@@ -350,6 +350,10 @@ def _master_fingerprint(settings: MasterSettings) -> str:
 
 def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO) -> int:
     style = render.Style(not args.json and render.use_colour(out))
+    if args.host is not None and (problem := minion_id_problem(args.host)):
+        raise UsageError(f"--host: {problem}")
+    if args.action == "show" and (problem := jid_problem(args.jid)):
+        raise UsageError(problem)
     if args.action == "list":
         if args.limit < 1:
             raise UsageError("--limit must be at least 1")

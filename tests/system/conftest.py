@@ -1,0 +1,88 @@
+"""Fixtures for end-to-end tests: real daemons in subprocesses, real sockets on
+127.0.0.1 with free ports, real keys, minion roots under a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from common.protocol import MsgType
+from master.control import ControlClient
+from master.sandbox import Sandbox, wait_for
+
+REPO = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "repo")
+# Heartbeat interval of test minions, in seconds: short, so presence and
+# enrolment settle quickly.
+HEARTBEAT = 0.2
+# Seconds a test waits for daemons to reach a state.
+SETTLE = 30.0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def sandbox(request):
+    base = tempfile.mkdtemp(prefix="safcm-t-", dir="/tmp")
+    sb = Sandbox(base, REPO, heartbeat_interval=HEARTBEAT, job_timeout=20)
+    yield sb
+    sb.close()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for daemon in [sb.master, *sb.minions.values()]:
+            print(f"----- log of {daemon.name}\n{daemon.log_text()[-6000:]}")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def keys(sb: Sandbox) -> dict[str, dict]:
+    """Every minion key the master knows, by id."""
+    with ControlClient(sb.control_path) as client:
+        body = client.request(MsgType.KEYS, {"action": "list", "ids": []}).body
+    return {k["id"]: k for k in body["keys"]}
+
+
+def wait_state(sb: Sandbox, minion: str, state: str, connected: bool | None = None) -> None:
+    def ok():
+        k = keys(sb).get(minion)
+        return k and k["state"] == state and (connected is None or k["connected"] == connected)
+
+    wait_for(ok, SETTLE, f"{minion} to be {state}")
+
+
+def enrol(sb: Sandbox, *minions: str, **settings) -> None:
+    """Start the master if needed, start the minions, accept them, wait until connected."""
+    if not sb.master.running:
+        sb.start_master()
+    for minion in minions:
+        sb.add_minion(minion, **settings)
+        sb.start_minion(minion)
+    for minion in minions:
+        wait_state(sb, minion, "pending")
+    result = sb.cli("keys", "accept", *minions)
+    assert result.returncode == 0, result.stderr
+    for minion in minions:
+        wait_state(sb, minion, "accepted", connected=True)
+
+
+def run_json(sb: Sandbox, *args: str) -> tuple[int, dict]:
+    result = sb.cli("run", *args, "--json")
+    assert result.stdout, f"no output (exit {result.returncode}): {result.stderr}"
+    return result.returncode, json.loads(result.stdout)
+
+
+def jobs_show(sb: Sandbox, jid: str) -> dict:
+    result = sb.cli("jobs", "show", jid, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def changed_paths(doc: dict, host: str) -> list[str]:
+    return [c["path"] for c in doc["hosts"][host]["result"]["apply"]["changes"]]

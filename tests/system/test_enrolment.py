@@ -1,0 +1,125 @@
+"""Enrolment and key management between real daemons."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from common.crypto import KeyPair
+from master.sandbox import wait_for
+from tests.system.conftest import SETTLE, enrol, keys, wait_state
+
+
+def test_pending_accept_reject_delete(sandbox):
+    sandbox.start_master()
+    sandbox.add_minion("web1")
+    sandbox.start_minion("web1")
+    wait_state(sandbox, "web1", "pending")
+    # A pending minion cannot be targeted.
+    result = sandbox.cli("run", "web1", "ping")
+    assert result.returncode == 2
+    assert "matches no accepted minion (web1: its key is pending)" in result.stderr
+
+    listing = sandbox.cli("keys", "list").stdout
+    fingerprint = sandbox.minion_cli("web1", "fingerprint").stdout.split(": ", 1)[1].strip()
+    assert "web1" in listing and "pending" in listing and fingerprint in listing
+    master_fp = sandbox.cli("keys", "fingerprint").stdout.strip()
+    assert master_fp.startswith("master key fingerprint: SHA256:")
+
+    accepted = sandbox.cli("keys", "accept", "web1")
+    assert accepted.returncode == 0 and f"accepted web1 ({fingerprint})" in accepted.stdout
+    wait_state(sandbox, "web1", "accepted", connected=True)
+    assert sandbox.cli("run", "web1", "ping").returncode == 0
+    assert "connected" in sandbox.cli("keys", "list").stdout
+
+    assert sandbox.cli("keys", "reject", "web1").returncode == 0
+    wait_state(sandbox, "web1", "rejected")
+    result = sandbox.cli("run", "web1", "ping")
+    assert result.returncode == 2 and "its key is rejected" in result.stderr
+    wait_for(
+        lambda: "the master rejected our key" in sandbox.minions["web1"].log_text(),
+        SETTLE,
+        "the minion to learn it is rejected",
+    )
+
+    assert sandbox.cli("keys", "delete", "web1").returncode == 0
+    # The minion keeps asking, so it comes back as pending with the same key.
+    wait_state(sandbox, "web1", "pending")
+    assert keys(sandbox)["web1"]["fingerprint"] == fingerprint
+
+    unknown = sandbox.cli("keys", "accept", "nosuch*")
+    assert unknown.returncode == 2 and "no minion key matches: nosuch*" in unknown.stderr
+
+
+def test_changed_key_for_known_id_is_refused(sandbox):
+    enrol(sandbox, "web1")
+    old = keys(sandbox)["web1"]["fingerprint"]
+    sandbox.stop(sandbox.minions["web1"])
+    # The host comes back with other keys: a reinstall, or someone posing as web1.
+    shutil.rmtree(os.path.join(sandbox.minions["web1"].settings["state_dir"], "keys"))
+    sandbox.start_minion("web1")
+    wait_for(
+        lambda: "possible impersonation" in sandbox.master.log_text(),
+        SETTLE,
+        "the master to refuse the new key",
+    )
+    listing = keys(sandbox)
+    assert listing["web1"]["fingerprint"] == old and listing["web1"]["state"] == "accepted"
+    assert not listing["web1"]["connected"]
+    shown = sandbox.cli("keys", "list").stdout
+    assert "refused keys" in shown
+    new = sandbox.minion_cli("web1", "fingerprint").stdout.split(": ", 1)[1].strip()
+    assert new != old and new in shown
+    assert sandbox.cli("run", "web1", "ping", "--timeout", "2").returncode == 1
+
+    # The administrator decides it is a reinstall: delete, then accept the new key.
+    assert sandbox.cli("keys", "delete", "web1").returncode == 0
+    wait_state(sandbox, "web1", "pending")
+    assert keys(sandbox)["web1"]["fingerprint"] == new
+    sandbox.cli("keys", "accept", "web1")
+    wait_state(sandbox, "web1", "accepted", connected=True)
+    assert sandbox.cli("run", "web1", "ping").returncode == 0
+
+
+def test_pinned_minion_refuses_another_master(sandbox):
+    other = KeyPair.generate()
+    sandbox.start_master()
+    sandbox.add_minion("web1", master_fingerprint=other.fingerprint())
+    sandbox.start_minion("web1")
+    wait_state(sandbox, "web1", "pending")
+    sandbox.cli("keys", "accept", "web1")
+    wait_for(
+        lambda: "does not match the pinned" in sandbox.minions["web1"].log_text(),
+        SETTLE,
+        "the minion to refuse the master",
+    )
+    assert not keys(sandbox)["web1"]["connected"]  # it never trusts this master's replies
+    assert not os.path.exists(
+        os.path.join(sandbox.minions["web1"].settings["state_dir"], "master.pub")
+    )
+
+
+def test_trust_on_first_use_then_pinned(sandbox):
+    enrol(sandbox, "web1")
+    pinned = os.path.join(sandbox.minions["web1"].settings["state_dir"], "master.pub")
+    assert os.path.exists(pinned)
+    # The master is replaced by one with other keys (same address and ports).
+    sandbox.stop(sandbox.master)
+    shutil.rmtree(sandbox.master.settings["state_dir"])
+    sandbox.start_master()
+    wait_state(sandbox, "web1", "pending")  # it asks, since enrolment is its hello
+    sandbox.cli("keys", "accept", "web1")
+    wait_for(
+        lambda: "does not match the pinned" in sandbox.minions["web1"].log_text(),
+        SETTLE,
+        "the minion to refuse the new master",
+    )
+    assert not keys(sandbox)["web1"]["connected"]
+
+
+def test_auto_accept_is_explicit(sandbox):
+    sandbox.configure_master(auto_accept=True)
+    sandbox.start_master()
+    sandbox.add_minion("web1")
+    sandbox.start_minion("web1")
+    wait_state(sandbox, "web1", "accepted", connected=True)

@@ -1,0 +1,158 @@
+"""Nothing lost: late minions, dead minions, restarted masters and minions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import yaml
+
+from master.sandbox import wait_for
+from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json, wait_state
+
+
+def start_run(sb, *args: str) -> subprocess.Popen:
+    """`safcm-master run ... --json` in the background."""
+    return subprocess.Popen(
+        [sb.python, "-m", "master.cli", "-c", sb.master.config, "run", *args, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=sb._env(None),
+        cwd=sb._source_dir(),
+    )
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, dict]:
+    out, err = proc.communicate(timeout=120)
+    assert out, err
+    return proc.returncode, json.loads(out)
+
+
+def test_minion_started_after_the_publish_still_applies(sandbox):
+    enrol(sandbox, "web1", "web2")
+    sandbox.stop(sandbox.minions["web2"])
+    proc = start_run(sandbox, "web*", "files", "--timeout", "20")
+    wait_for(
+        lambda: (
+            "received" in sandbox.minions["web1"].log_text().split("done")[-1]
+            or "job" in sandbox.minions["web1"].log_text()
+        ),
+        SETTLE,
+        "web1 to get the job",
+    )
+    time.sleep(1.5)  # the job has been published (and re-published) while web2 was away
+    sandbox.start_minion("web2")
+    code, doc = finish(proc)
+    assert code == 0, doc
+    assert doc["hosts"]["web2"]["status"] == "changed"
+    assert os.path.exists(os.path.join(sandbox.root("web2"), "etc/motd"))
+
+
+def test_stopped_minion_is_no_response(sandbox):
+    enrol(sandbox, "web1", "web2")
+    sandbox.stop(sandbox.minions["web2"])
+    code, doc = run_json(sandbox, "web*", "ping", "--timeout", "2")
+    assert code == 1
+    assert doc["hosts"]["web2"] == {"status": "no response", "result": None}
+    assert doc["summary"]["no_response"] == 1
+    human = sandbox.cli("jobs", "show", doc["jid"])
+    assert "web2: no response" in human.stdout
+    stored = {h["host"]: h for h in jobs_show(sandbox, doc["jid"])["hosts"]}
+    assert stored["web2"]["state"] == "no_response" and stored["web2"]["result"] is None
+    assert stored["web1"]["state"] == "done"
+
+
+def slow_repo(sb) -> None:
+    """Give web1 a trigger that takes a while, so a job is still running on it
+    when the test kills the master."""
+    path = os.path.join(sb.config_dir, "web1", "triggers.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump({"/etc/app/feature-flags.conf": ["sleep 3"]}, f)
+
+
+def test_master_killed_after_sending_then_result_delivered_from_the_spool(sandbox):
+    slow_repo(sandbox)
+    enrol(sandbox, "web1")
+    proc = start_run(sandbox, "web1", "files", "--timeout", "30")
+    wait_for(
+        lambda: (
+            "job" in sandbox.minions["web1"].log_text()
+            and "received" in sandbox.minions["web1"].log_text()
+        ),
+        SETTLE,
+        "web1 to get the job",
+    )
+    sandbox.kill(sandbox.master)
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0  # the CLI lost its daemon
+    spool = os.path.join(sandbox.minions["web1"].settings["state_dir"], "spool")
+    wait_for(
+        lambda: any(n.endswith(".result") for n in os.listdir(spool)),
+        SETTLE,
+        "web1 to spool its result",
+    )
+
+    sandbox.start_master()
+    wait_for(
+        lambda: not any(n.endswith(".result") for n in os.listdir(spool)),
+        SETTLE,
+        "the spooled result to be delivered",
+    )
+    [job] = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
+    [host] = jobs_show(sandbox, job["jid"])["hosts"]
+    assert host["state"] == "done" and host["status"] == "ok"
+    assert any(t["command"] == "sleep 3" for t in host["result"]["apply"]["triggers"])
+
+
+def test_master_restart_republishes_undelivered_envelopes(sandbox):
+    enrol(sandbox, "web1")
+    sandbox.stop(sandbox.minions["web1"])
+    proc = start_run(sandbox, "web1", "ping", "--timeout", "30")
+    wait_for(lambda: "ping on web1" in sandbox.master.log_text(), SETTLE, "the job to start")
+    sandbox.kill(sandbox.master)
+    proc.communicate(timeout=30)
+    sandbox.start_master()
+    sandbox.start_minion("web1")
+    [job] = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
+    wait_for(
+        lambda: jobs_show(sandbox, job["jid"])["hosts"][0]["state"] == "done",
+        SETTLE,
+        "the job to reach web1 after the restart",
+    )
+
+
+def test_restarted_minion_does_not_apply_a_job_twice(sandbox):
+    slow_repo(sandbox)
+    enrol(sandbox, "web1")
+    proc = start_run(sandbox, "web1", "files", "--timeout", "30")
+    log = sandbox.minions["web1"]
+    wait_for(lambda: "received" in log.log_text(), SETTLE, "web1 to get the job")
+    # SIGTERM while the job runs: the minion finishes the apply and stops.
+    sandbox.stop(sandbox.minions["web1"], signal.SIGTERM)
+    sandbox.start_minion("web1")
+    code, doc = finish(proc)
+    assert code == 0, doc
+    text = log.log_text()
+    assert text.count("job " + doc["jid"] + " received") == 1
+    assert text.count("job " + doc["jid"] + " done") == 1
+
+
+def test_history_survives_a_master_restart(sandbox):
+    enrol(sandbox, "web1")
+    _, first = run_json(sandbox, "web1", "files")
+    _, second = run_json(sandbox, "web1", "ping")
+    before = json.loads(sandbox.cli("jobs", "list", "--json").stdout)
+    shown = jobs_show(sandbox, first["jid"])
+    assert sandbox.stop(sandbox.master) == 0  # SIGTERM: a clean stop, exit 0
+    sandbox.start_master()
+    assert json.loads(sandbox.cli("jobs", "list", "--json").stdout) == before
+    assert jobs_show(sandbox, first["jid"]) == shown
+    assert [j["jid"] for j in before["jobs"]] == [second["jid"], first["jid"]]
+    wait_state(sandbox, "web1", "accepted", connected=True)
+    assert keys(sandbox)["web1"]["state"] == "accepted"
+    # The minion reconnects without enrolling again.
+    assert sandbox.minions["web1"].log_text().count("accepted by the master") == 1

@@ -1,0 +1,206 @@
+"""`safcm-master run` against real minions: files on disk, no-op runs, dry runs,
+targets, output and exit codes."""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import os
+import pwd
+import stat
+
+from tests.system.conftest import changed_paths, enrol, jobs_show, run_json
+
+# Created by the example repository's trigger on /etc/app, not by the engine.
+TRIGGER_MADE = {"/etc/app/.restart-requested"}
+
+
+def compiled(sb, host: str) -> dict[str, dict]:
+    result = sb.cli("show", host, "--json")
+    assert result.returncode == 0, result.stderr
+    return {f["path"]: f for f in json.loads(result.stdout)["files"]}
+
+
+def on_disk(root: str) -> set[str]:
+    paths = {"/"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            paths.add("/" + os.path.relpath(os.path.join(dirpath, name), root))
+    return paths
+
+
+def assert_root_matches(sb, host: str) -> None:
+    """Every compiled file is on disk exactly as declared, and nothing else is there."""
+    root = sb.root(host)
+    files = compiled(sb, host)
+    assert on_disk(root) - TRIGGER_MADE == set(files)
+    for path, f in files.items():
+        full = os.path.join(root, path.lstrip("/")) if path != "/" else root
+        st = os.lstat(full)
+        kind = {"file": stat.S_ISREG, "dir": stat.S_ISDIR, "symlink": stat.S_ISLNK}[f["type"]]
+        assert kind(st.st_mode), f"{host}:{path} is not a {f['type']}"
+        uid = f["uid"] if f["uid"] is not None else pwd.getpwnam(f["user"]).pw_uid
+        gid = f["gid"] if f["gid"] is not None else grp.getgrnam(f["group"]).gr_gid
+        assert (st.st_uid, st.st_gid) == (uid, gid), f"{host}:{path} owner"
+        if f["type"] == "symlink":
+            assert os.readlink(full) == f["target"]
+            continue
+        assert stat.S_IMODE(st.st_mode) == int(f["mode"], 8), f"{host}:{path} mode"
+        if f["type"] == "file":
+            with open(full, "rb") as fh:
+                assert hashlib.sha256(fh.read()).hexdigest() == f["sha256"], f"{host}:{path}"
+
+
+def test_files_on_three_minions_then_nothing_changes(sandbox):
+    enrol(sandbox, "web1", "web2", "db1")
+    code, doc = run_json(sandbox, "web*", "files")
+    assert code == 0
+    assert sorted(doc["hosts"]) == ["web1", "web2"]
+    assert doc["skipped"] == [{"host": "web3", "reason": "no key has enrolled"}]
+    assert doc["summary"] == {
+        "targeted": 2,
+        "changed": 2,
+        "unchanged": 0,
+        "failed": 0,
+        "no_response": 0,
+    }
+    for host in ("web1", "web2"):
+        assert_root_matches(sandbox, host)
+        assert doc["hosts"][host]["status"] == "changed"
+        assert set(changed_paths(doc, host)) == set(compiled(sandbox, host))
+    # Special bits and owners really are on disk (assert_root_matches checked
+    # them all; these are the ones the example exists to show).
+    www = os.lstat(os.path.join(sandbox.root("web1"), "srv/www"))
+    assert stat.S_IMODE(www.st_mode) == 0o2775 and www.st_gid == grp.getgrnam("www-data").gr_gid
+    uploads = os.lstat(os.path.join(sandbox.root("web1"), "srv/www/uploads"))
+    assert stat.S_IMODE(uploads.st_mode) == 0o1777
+    with open(os.path.join(sandbox.root("web2"), "etc/motd")) as f:
+        assert "web2" in f.read()
+    assert not os.path.exists(os.path.join(sandbox.root("web2"), "etc/app/feature-flags.conf"))
+    # The host outside the target is untouched.
+    assert os.listdir(sandbox.root("db1")) == []
+    triggers = doc["hosts"]["web1"]["result"]["apply"]["triggers"]
+    assert {t["status"] for t in triggers} == {"ok"}
+    assert any("reload web server" in t["output"] for t in triggers)
+
+    before = {h: os.stat(os.path.join(sandbox.root(h), "etc/motd")) for h in ("web1", "web2")}
+    code, doc = run_json(sandbox, "web*", "files")
+    assert code == 0
+    assert doc["summary"]["unchanged"] == 2 and doc["summary"]["changed"] == 0
+    for host in ("web1", "web2"):
+        assert doc["hosts"][host]["result"]["apply"]["changes"] == []
+        assert doc["hosts"][host]["result"]["apply"]["triggers"] == []
+        after = os.stat(os.path.join(sandbox.root(host), "etc/motd"))
+        assert (after.st_ino, after.st_ctime_ns) == (before[host].st_ino, before[host].st_ctime_ns)
+
+
+def test_dry_run_shows_the_diff_and_writes_nothing(sandbox):
+    enrol(sandbox, "web1")
+    assert run_json(sandbox, "web1", "files")[0] == 0
+    motd = os.path.join(sandbox.root("web1"), "etc/motd")
+    with open(motd, "a") as f:
+        f.write("edited by hand\n")
+    os.chmod(motd, 0o600)
+    os.unlink(os.path.join(sandbox.root("web1"), "etc/app/logging.conf"))
+    with open(motd, "rb") as f:
+        edited = f.read()
+
+    human = sandbox.cli("run", "web1", "files", "--dry-run")
+    assert human.returncode == 0
+    assert "would change /etc/motd" in human.stdout
+    assert "mode 0600 -> 0644" in human.stdout
+    assert "-edited by hand" in human.stdout
+    assert "would create /etc/app/logging.conf" in human.stdout
+    assert "1 would change" in human.stdout
+
+    code, doc = run_json(sandbox, "web1", "files", "--dry-run")
+    apply = doc["hosts"]["web1"]["result"]["apply"]
+    assert apply["dry_run"] is True
+    assert sorted(changed_paths(doc, "web1")) == ["/etc/app/logging.conf", "/etc/motd"]
+    assert {t["status"] for t in apply["triggers"]} == {"would run"}
+    # Nothing was written.
+    with open(motd, "rb") as f:
+        assert f.read() == edited
+    assert stat.S_IMODE(os.stat(motd).st_mode) == 0o600
+    assert not os.path.exists(os.path.join(sandbox.root("web1"), "etc/app/logging.conf"))
+    jobs = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
+    assert [j["dry_run"] for j in jobs] == [True, True, False]
+
+
+def test_ping_group_targets_and_exit_codes(sandbox):
+    enrol(sandbox, "web1", "web2", "db1")
+    code, doc = run_json(sandbox, "-G", "web", "ping")
+    assert code == 0 and sorted(doc["hosts"]) == ["web1", "web2"]
+    assert doc["hosts"]["web1"]["result"]["ping"]["version"]
+    code, doc = run_json(sandbox, "@monitored", "ping")
+    assert code == 0 and sorted(doc["hosts"]) == ["db1", "web1", "web2"]
+    code, doc = run_json(sandbox, "web1,db1", "ping")
+    assert code == 0 and sorted(doc["hosts"]) == ["db1", "web1"]
+
+    for args, message in [
+        (("nosuch*", "ping"), "'nosuch*' matches no host in hosts.yaml"),
+        (("@nosuch", "ping"), "unknown group 'nosuch'"),
+        (("web3", "files"), "matches no accepted minion"),
+    ]:
+        result = sandbox.cli("run", *args)
+        assert result.returncode == 2, result
+        assert message in result.stderr
+    assert sandbox.cli("run", "web1", "nosuchmodule").returncode == 2  # argparse usage error
+
+
+def test_configuration_error_exits_2_before_anything_is_sent(sandbox):
+    enrol(sandbox, "web1")
+    with open(os.path.join(sandbox.config_dir, "web", "permissions.yaml"), "a") as f:
+        f.write('/srv/www/uploads: "9999"\n')
+    result = sandbox.cli("run", "web*", "files")
+    assert result.returncode == 2
+    assert "web/permissions.yaml:" in result.stderr and "invalid mode '9999'" in result.stderr
+    assert json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"] == []
+    assert os.listdir(sandbox.root("web1")) == []
+
+
+def test_human_output_escapes_and_colours(sandbox):
+    enrol(sandbox, "web1")
+    evil = os.path.join(sandbox.config_dir, "web1", "files", "etc", "evil\x1b[2Jname")
+    with open(evil, "w") as f:
+        f.write("x\n")
+    plain = sandbox.cli("run", "web1", "files", env={"NO_COLOR": "1"})
+    assert plain.returncode == 0
+    assert "\x1b" not in plain.stdout
+    assert "evil\\x1b[2Jname" in plain.stdout
+    assert "1 host targeted: 1 changed" in plain.stdout
+
+
+def test_daemon_not_running_is_a_clear_error(sandbox):
+    result = sandbox.cli("run", "*", "ping")
+    assert result.returncode == 2
+    assert "the master daemon is not running" in result.stderr
+
+
+def test_history_shows_runs_with_diffs(sandbox):
+    enrol(sandbox, "web1", "web2")
+    _, first = run_json(sandbox, "web*", "files")
+    motd = os.path.join(sandbox.root("web2"), "etc/motd")
+    with open(motd, "a") as f:
+        f.write("local edit\n")
+    _, second = run_json(sandbox, "web2", "files")
+
+    listing = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
+    assert [j["jid"] for j in listing] == [second["jid"], first["jid"]]
+    assert listing[0]["target"] == "web2" and listing[0]["changed"] == 1
+    assert listing[1]["hosts"] == 2 and listing[1]["user"] == "root"
+    only_web1 = json.loads(sandbox.cli("jobs", "list", "--host", "web1", "--json").stdout)
+    assert [j["jid"] for j in only_web1["jobs"]] == [first["jid"]]
+    by_target = json.loads(sandbox.cli("jobs", "list", "--target", "web*", "--json").stdout)
+    assert [j["jid"] for j in by_target["jobs"]] == [first["jid"]]
+
+    shown = jobs_show(sandbox, second["jid"])
+    [host] = shown["hosts"]
+    assert host["host"] == "web2" and host["state"] == "done"
+    [change] = host["result"]["apply"]["changes"]
+    assert change["path"] == "/etc/motd" and "-local edit" in change["diff"]
+    human = sandbox.cli("jobs", "show", second["jid"]).stdout
+    assert "-local edit" in human and "changed /etc/motd" in human
+    assert sandbox.cli("jobs", "show", "20000101T000000.000000Z").returncode == 2
+    assert sandbox.cli("jobs", "show", "../../etc").returncode == 2
