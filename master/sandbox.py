@@ -112,18 +112,35 @@ class Sandbox:
 
     # master
 
+    def configure_master(self, **settings: object) -> None:
+        """Change master.yaml settings; they take effect at the next start."""
+        self.master.settings.update(settings)
+        self._write_yaml(self.master.config, self.master.settings)
+
+    @property
+    def control_path(self) -> str:
+        return os.path.join(self.master.settings["state_dir"], "control.sock")
+
     def start_master(self) -> None:
         self._start(self.master)
         wait_for(
-            lambda: (
-                os.path.exists(os.path.join(self.master.settings["state_dir"], "control.sock"))
-                or not self.master.running
-            ),
+            lambda: self._control_listens() or not self.master.running,
             30,
             "the master's control socket",
         )
         if not self.master.running:
             raise RuntimeError(f"the master exited at start-up:\n{self.master.log_text()}")
+
+    def _control_listens(self) -> bool:
+        """True once the master accepts connections (a stale socket file does not count)."""
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.control_path)
+        except OSError:
+            return False
+        finally:
+            probe.close()
+        return True
 
     def cli(
         self, *args: str, env: dict | None = None, timeout: float = 120, check: bool = False

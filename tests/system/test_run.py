@@ -114,7 +114,7 @@ def test_dry_run_shows_the_diff_and_writes_nothing(sandbox):
     assert "would create /etc/app/logging.conf" in human.stdout
     assert "1 would change" in human.stdout
 
-    code, doc = run_json(sandbox, "web1", "files", "--dry-run")
+    _, doc = run_json(sandbox, "web1", "files", "--dry-run")
     apply = doc["hosts"]["web1"]["result"]["apply"]
     assert apply["dry_run"] is True
     assert sorted(changed_paths(doc, "web1")) == ["/etc/app/logging.conf", "/etc/motd"]
