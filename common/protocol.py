@@ -277,6 +277,8 @@ _REASON = Str(MAX_REASON_CHARS)
 _VERSION = Str(MAX_VERSION_CHARS)
 _MODULE = OneOf(Module)
 _FINGERPRINT = Str(128, problem=fingerprint_problem)
+# A minion id, or a glob over minion ids: the id grammar plus *, ?, [, ] and !.
+_MINION_PATTERN = Str(MINION_ID_MAX, min_len=1, pattern=r"[a-z0-9._*?\[\]!-]+")
 
 # common/model.py wire forms, field for field.
 FILE_SPEC = Map(
@@ -564,7 +566,8 @@ _SPEC_LIST = [
         schema=Map(
             {
                 "action": OneOf(["list", "accept", "reject", "delete"]),
-                "ids": List(_MINION_ID, MAX_HOSTS),  # for list: a filter, empty for all
+                # minion ids or globs over them ("web*"); for list: a filter, empty for all
+                "ids": List(_MINION_PATTERN, MAX_HOSTS),
             }
         ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from common.errors import ConfigError, DaemonError, SafcmError, UsageError
+from common.errors import ConfigError, DaemonError, ProtocolError, SafcmError, UsageError
 from common.protocol import NO_RESPONSE, MsgType, jid_problem, minion_id_problem
 from common.text import escape
 from master import render
@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in e.problems:
             where = p["file"] if p["line"] is None else f"{p['file']}:{p['line']}"
             print(f"  {escape(where)}: {escape(p['message'])}", file=sys.stderr)
+        return EXIT_USAGE
+    except ProtocolError as e:  # a request this side cannot even encode
+        _error(f"invalid request: {escape(str(e))}")
         return EXIT_USAGE
     except (UsageError, DaemonError) as e:
         _error(escape(str(e)))
