@@ -153,7 +153,7 @@ def test_ping_group_targets_and_exit_codes(sandbox):
 def test_configuration_error_exits_2_before_anything_is_sent(sandbox):
     enrol(sandbox, "web1")
     with open(os.path.join(sandbox.config_dir, "web", "permissions.yaml"), "a") as f:
-        f.write('/srv/www/uploads: "9999"\n')
+        f.write('/srv/www/releases: "9999"\n')
     result = sandbox.cli("run", "web*", "files")
     assert result.returncode == 2
     assert "web/permissions.yaml:" in result.stderr and "invalid mode '9999'" in result.stderr
