@@ -119,7 +119,8 @@ class Sandbox:
 
     @property
     def control_path(self) -> str:
-        return os.path.join(self.master.settings["state_dir"], "control.sock")
+        configured = self.master.settings.get("control_socket")
+        return configured or os.path.join(self.master.settings["state_dir"], "control.sock")
 
     def start_master(self) -> None:
         self._start(self.master)

@@ -1,0 +1,283 @@
+"""Hostile peers at the socket level. Each attack is refused and logged, and the
+daemons go on serving everyone else (checked by a real run afterwards)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+
+import pytest
+import zmq
+
+from common.crypto import KeyPair
+from common.protocol import MsgType, topic_for
+from master.sandbox import wait_for
+from tests.system.conftest import SETTLE, enrol, jobs_show, run_json, wait_state
+from tests.system.fake import FakeMinion, ping_result
+
+
+def still_serving(sb, target: str = "web1") -> None:
+    code, doc = run_json(sb, target, "ping")
+    assert code == 0, doc
+
+
+def logged(daemon, text: str) -> None:
+    wait_for(lambda: text in daemon.log_text(), SETTLE, f"{daemon.name} to log {text!r}")
+
+
+@pytest.fixture
+def fake(sandbox):
+    fakes = []
+
+    def make(minion_id: str, keys: KeyPair | None = None) -> FakeMinion:
+        f = FakeMinion(sandbox, minion_id, keys)
+        fakes.append(f)
+        return f
+
+    yield make
+    for f in fakes:
+        f.close()
+
+
+def test_forged_result_is_refused(sandbox, fake):
+    enrol(sandbox, "web1")
+    _, doc = run_json(sandbox, "web1", "ping")
+    stored = jobs_show(sandbox, doc["jid"])
+    # An attacker claims to be web1 but holds other keys.
+    forger = fake("web1")
+    forger.enrol()  # refused (a known id with another key); it learns the master's keys
+    now = time.time()
+    forger.send_raw(forger.seal(MsgType.RESULT, ping_result(now), jid=doc["jid"]))
+    logged(sandbox.master, "envelope rejected")
+    assert forger.silent()
+    assert jobs_show(sandbox, doc["jid"]) == stored
+    still_serving(sandbox)
+
+
+def test_result_for_a_job_never_sent_to_that_minion(sandbox, fake):
+    enrol(sandbox, "web1")
+    intruder = fake("web3")  # a real, accepted minion of the fleet
+    assert intruder.enrol() == "pending"
+    assert sandbox.cli("keys", "accept", "web3").returncode == 0
+    assert intruder.enrol() == "accepted"
+    _, doc = run_json(sandbox, "web1", "ping")
+    intruder.send_raw(intruder.seal(MsgType.RESULT, ping_result(time.time()), jid=doc["jid"]))
+    logged(sandbox.master, f"result from web3 for job {doc['jid']}, which was never sent to it")
+    assert intruder.silent()  # no receipt for it
+    assert [h["host"] for h in jobs_show(sandbox, doc["jid"])["hosts"]] == ["web1"]
+    still_serving(sandbox)
+
+
+def test_duplicate_result_is_stored_once(sandbox, fake):
+    enrol(sandbox, "web1")
+    web3 = fake("web3")
+    web3.enrol()
+    sandbox.cli("keys", "accept", "web3")
+    assert web3.enrol() == "accepted"
+    web3.heartbeat()
+    assert web3.recv_sealed().type is MsgType.HEARTBEAT_REPLY
+    run = subprocess.Popen(
+        [
+            sandbox.python,
+            "-m",
+            "master.cli",
+            "-c",
+            sandbox.master.config,
+            "run",
+            "web3",
+            "ping",
+            "--json",
+            "--timeout",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=sandbox._env(None),
+        cwd=sandbox._source_dir(),
+    )
+    _frame, job = web3.recv_job(10_000)
+    first = ping_result(time.time())
+    web3.send_raw(web3.seal(MsgType.RESULT, first, jid=job.jid))
+    receipt = web3.recv_sealed()
+    assert receipt.type is MsgType.RESULT_RECEIPT and receipt.body["jid"] == job.jid
+    out, _ = run.communicate(timeout=30)
+    assert json.loads(out)["hosts"]["web3"]["status"] == "ok"
+    # The same result again, and one that says something else: neither is stored.
+    web3.send_raw(web3.seal(MsgType.RESULT, first, jid=job.jid))
+    assert web3.recv_sealed().type is MsgType.RESULT_RECEIPT  # confirmed, so it stops resending
+    other = {**first, "ping": {"version": "changed", "time": time.time()}}
+    web3.send_raw(web3.seal(MsgType.RESULT, other, jid=job.jid))
+    assert web3.recv_sealed().type is MsgType.RESULT_RECEIPT
+    logged(sandbox.master, f"job {job.jid}: duplicate result from web3")
+    [host] = jobs_show(sandbox, job.jid)["hosts"]
+    assert host["result"]["ping"]["version"] == "fake"
+    still_serving(sandbox)
+
+
+def test_unknown_minions_heartbeat_is_dropped(sandbox, fake):
+    enrol(sandbox, "web1")
+    ghost = fake("ghost")
+    ghost.enrol()  # pending: it may ask, but it is not accepted
+    ghost.heartbeat()
+    assert ghost.silent()
+    logged(sandbox.master, "unknown sender 'ghost'")
+    stranger = fake("web2")  # in hosts.yaml, never enrolled
+    stranger.master_keys = ghost.master_keys
+    stranger.heartbeat()
+    assert stranger.silent()
+    logged(sandbox.master, "unknown sender 'web2'")
+    still_serving(sandbox)
+
+
+def test_replayed_heartbeat_is_refused(sandbox, fake):
+    enrol(sandbox, "web1")
+    web3 = fake("web3")
+    web3.enrol()
+    sandbox.cli("keys", "accept", "web3")
+    web3.enrol()
+    frame = web3.seal(
+        MsgType.HEARTBEAT, {"version": "fake", "uptime": 1.0, "busy": None, "interval": 5.0}
+    )
+    web3.send_raw(frame)
+    assert web3.recv_sealed().type is MsgType.HEARTBEAT_REPLY
+    web3.send_raw(frame)
+    assert web3.silent()
+    logged(sandbox.master, "heartbeat of web3 is not newer than its last (a replay)")
+
+
+def test_garbage_frames_do_not_stop_the_master(sandbox, fake):
+    enrol(sandbox, "web1")
+    junk = fake("junk")
+    junk.send_raw(b"")
+    junk.send_raw(os.urandom(100))
+    junk.send_raw(b"SFE1" + os.urandom(300))  # looks like an envelope
+    junk.send_raw(b"\x93\x01\x01\xde\xff\xff")  # msgpack: a huge map header, nothing behind
+    junk.send_raw(b"\x91" * 5000)  # deep nesting, and too big for a plain message
+    junk.send_raw(b"a", b"b", b"c")  # three frames
+    junk.send_raw(b"\xdd\xff\xff\xff\xff")  # an array of four billion items
+    logged(sandbox.master, "dropped a message from")
+    # A message over the socket's maximum size: ZeroMQ drops the peer.
+    big = zmq.Context.instance().socket(zmq.DEALER)
+    big.setsockopt(zmq.LINGER, 0)
+    big.connect(f"tcp://127.0.0.1:{sandbox.master.settings['return_port']}")
+    big.send(b"x" * (65 * 1024 * 1024))
+    time.sleep(0.5)
+    big.close(0)
+    # Plain bytes on the control socket are refused too.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sandbox.control_path)
+        s.sendall(b"\x00\x00\x00\x05hello")
+        s.settimeout(5)
+        assert b"invalid request" in s.recv(4096)
+    assert sandbox.master.running
+    still_serving(sandbox)
+
+
+def capture_jobs(sb, minion: str) -> zmq.Socket:
+    """Subscribe to a minion's topic as anyone can: envelopes are public, sealed bytes."""
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, topic_for(minion))
+    sub.connect(f"tcp://127.0.0.1:{sb.master.settings['publish_port']}")
+    time.sleep(0.3)  # let the subscription reach the publisher
+    return sub
+
+
+def test_replayed_and_misaddressed_envelopes_are_refused_by_the_minion(sandbox):
+    enrol(sandbox, "web1", "web2")
+    spy1, spy2 = capture_jobs(sandbox, "web1"), capture_jobs(sandbox, "web2")
+    _, doc = run_json(sandbox, "web*", "files")
+    assert doc["summary"]["changed"] == 2
+    assert spy1.poll(5000) and spy2.poll(5000)
+    _, envelope1 = spy1.recv_multipart()
+    _, envelope2 = spy2.recv_multipart()
+    spy1.close(0)
+    spy2.close(0)
+
+    # web1 restarts; meanwhile someone takes over the master's publish port and
+    # replays web1's job, and publishes web2's envelope under web1's topic.
+    motd = os.path.join(sandbox.root("web1"), "etc", "motd")
+    os.unlink(motd)
+    sandbox.stop(sandbox.minions["web1"])
+    sandbox.stop(sandbox.master)
+    rogue = zmq.Context.instance().socket(zmq.PUB)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.bind(f"tcp://127.0.0.1:{sandbox.master.settings['publish_port']}")
+    sandbox.start_minion("web1")
+    log = sandbox.minions["web1"]
+    try:
+
+        def replay() -> bool:
+            rogue.send_multipart([topic_for("web1"), envelope1])
+            rogue.send_multipart([topic_for("web1"), envelope2])
+            text = log.log_text()
+            return "seen before; not applied again" in text and "not from our master" in text
+
+        wait_for(replay, SETTLE, "web1 to refuse both envelopes")
+    finally:
+        rogue.close(0)
+    assert not os.path.exists(motd)  # the job was not applied a second time
+    assert "received (files" not in log.log_text().split("starting;")[-1]
+
+    sandbox.start_master()
+    wait_state(sandbox, "web1", "accepted", connected=True)
+    still_serving(sandbox, "web*")
+
+
+def test_control_socket_checks_peer_credentials(sandbox):
+    # Even if the socket file is opened up by mistake, the daemon itself checks
+    # who connects (SO_PEERCRED) and refuses anyone but root and the admin group.
+    short = f"/tmp/safcm-ctl-{os.getpid()}"
+    os.makedirs(short, exist_ok=True)
+    os.chmod(short, 0o755)
+    path = os.path.join(short, "control.sock")
+    sandbox.configure_master(control_socket=path, admin_group="nogroup")
+    try:
+        sandbox.start_master()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660  # root:nogroup, as configured
+        os.chmod(path, 0o666)
+
+        # The sandbox directory is root's alone; give the other users a copy of the settings.
+        config = os.path.join(short, "master.yaml")
+        with open(sandbox.master.config) as src, open(config, "w") as dst:
+            dst.write(src.read())
+        os.chmod(config, 0o644)
+
+        def as_user(user: str, group: str) -> subprocess.CompletedProcess:
+            cmd = [
+                "setpriv",
+                f"--reuid={user}",
+                f"--regid={group}",
+                "--clear-groups",
+                sandbox.python,
+                "-m",
+                "master.cli",
+                "-c",
+                config,
+                "keys",
+                "list",
+            ]
+            return subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                env=sandbox._env(None),
+                cwd=sandbox._source_dir(),
+                timeout=60,
+                check=False,
+            )
+
+        refused = as_user("daemon", "daemon")
+        assert refused.returncode == 2
+        assert "permission denied" in refused.stderr
+        logged(sandbox.master, "control: refused daemon")
+        allowed = as_user("nobody", "nogroup")  # a member of the admin group
+        assert allowed.returncode == 0, allowed.stderr
+        assert "master key fingerprint" in allowed.stdout
+    finally:
+        sandbox.close()
+        subprocess.run(["rm", "-rf", short], check=False)
