@@ -24,7 +24,7 @@ from minion import fileops
 from minion.fileops import Resolve, Temp
 from minion.plan import is_temp_name
 
-from .conftest import Host, force, new_host, open_fds
+from .conftest import Host, new_host, open_fds
 from .tree import (
     CHR,
     FIFO,
