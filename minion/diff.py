@@ -124,7 +124,6 @@ def _mark_no_newline(lines):
 def _cap(text: str) -> str:
     if len(text) <= DIFF_TEXT_MAX:
         return text
-    cut = text.rfind("\n", 0, DIFF_TEXT_MAX) + 1  # end on a whole line if there is one
-    shown = text[:cut] if cut else text[:DIFF_TEXT_MAX] + "\n"
-    hidden = len(text) - (cut or DIFF_TEXT_MAX)
-    return shown + f"[diff truncated: {hidden} of {len(text)} characters not shown]\n"
+    # Whole lines only; the "--- old" header guarantees a line end to cut at.
+    cut = text.rfind("\n", 0, DIFF_TEXT_MAX) + 1
+    return text[:cut] + f"[diff truncated: {len(text) - cut} of {len(text)} characters not shown]\n"
