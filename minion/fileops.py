@@ -93,8 +93,10 @@ TRIGGER_TIMEOUT = triggers.TRIGGER_TIMEOUT
 # open files is 1024; we stay far below it. Directories come in path order,
 # so a small least-recently-used cache hits nearly always.
 DIR_CACHE_MAX = 128
-# How often we look again when what is at a path changes while we read it.
+# How often we look again when what is at a path, or a directory on the way
+# to it, changes while we look.
 OBSERVE_ATTEMPTS = 3
+RESOLVE_ATTEMPTS = 3
 # How many random temporary names we try before giving up; with 64 random
 # bits a second collision means someone is planting names on purpose.
 TEMP_ATTEMPTS = 8
@@ -380,19 +382,28 @@ class _Dirs:
         if fd is not None:
             self._fds.move_to_end(rel)
             return fd
-        if self._resolve is Resolve.OPENAT2:
-            return self._openat2(rel, path)
-        return self._walk(rel, path)
+        for _ in range(RESOLVE_ATTEMPTS):
+            try:
+                if self._resolve is Resolve.OPENAT2:
+                    return self._openat2(rel)
+                return self._walk(rel)
+            except OSError as e:
+                error = _resolve_error(self.rootfd, e, rel, path)
+                if error is not None:
+                    raise error from e
+            # Nothing is wrong when we look again: something moved meanwhile.
+            # Resolve from the root next time, not through what we cached.
+            self.forget(rel.split("/", 1)[0])
+        raise FileOpError(
+            path, f"directory /{rel} kept changing while safcm resolved it; is a program moving it?"
+        )
 
-    def _openat2(self, rel: str, path: str) -> int:
-        try:
-            fd = _openat2_dir(self.rootfd, os.fsencode(rel))
-        except OSError as e:
-            raise _resolve_error(self.rootfd, e, rel, path) from e
+    def _openat2(self, rel: str) -> int:
+        fd = _openat2_dir(self.rootfd, os.fsencode(rel))
         self._fds[rel] = fd
         return fd
 
-    def _walk(self, rel: str, path: str) -> int:
+    def _walk(self, rel: str) -> int:
         parts = rel.split("/")
         # Start from the deepest directory on the way that is already open.
         start, fd = 0, self.rootfd
@@ -402,10 +413,7 @@ class _Dirs:
                 start, fd = i, cached
                 break
         for i in range(start, len(parts)):
-            try:
-                fd = os.open(parts[i], _DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                raise _resolve_error(self.rootfd, e, rel, path) from e
+            fd = os.open(parts[i], _DIR_FLAGS, dir_fd=fd)
             self._fds["/".join(parts[: i + 1])] = fd
         return fd
 
@@ -417,24 +425,26 @@ class _Dirs:
         self._fds[rel] = fd
 
     def forget(self, rel: str) -> None:
-        """Close `rel` and everything below it: that directory is gone."""
+        """Close `rel` and everything below it (gone, or not to be trusted any more)."""
         below = rel + "/"
         for key in [k for k in self._fds if k == rel or k.startswith(below)]:
-            os.close(self._fds.pop(key))
-            self._dirty.discard(key)
+            self._close(key)
 
     def mark_dirty(self, rel: str) -> None:
         self._dirty.add(rel)
 
     def _trim(self) -> None:
         while len(self._fds) > DIR_CACHE_MAX:
-            rel, fd = self._fds.popitem(last=False)
-            try:
-                if rel in self._dirty:
-                    self._dirty.discard(rel)
-                    _fsync_dir(fd, rel)
-            finally:
-                os.close(fd)
+            self._close(next(iter(self._fds)))  # the least recently used
+
+    def _close(self, rel: str) -> None:
+        fd = self._fds.pop(rel)
+        try:
+            if rel in self._dirty:
+                self._dirty.discard(rel)
+                _fsync_dir(fd, rel)  # an fsync of a removed directory is harmless
+        finally:
+            os.close(fd)
 
     def finish(self) -> ApplyFailure | None:
         """fsync every changed directory and close them all; report the first error."""
@@ -459,12 +469,17 @@ def _fsync_dir(fd: int, rel: str) -> None:
         raise FileOpError("/" + rel, f"fsync of the directory failed: {e.strerror}") from e
 
 
-def _resolve_error(rootfd: int, error: OSError, rel: str, path: str) -> FileOpError:
-    """Turn a failed resolution of `rel` into an error naming the bad component."""
+def _resolve_error(rootfd: int, error: OSError, rel: str, path: str) -> FileOpError | None:
+    """Turn a failed resolution of `rel` into an error naming the bad component.
+
+    None if every component looks fine now (it changed while we looked).
+    """
+    if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV, errno.EAGAIN):
+        return FileOpError(path, f"cannot open directory /{rel}: {error.strerror}")
     parts = rel.split("/")
     found = _diagnose(rootfd, parts)
-    if found is None:  # nothing wrong any more: it changed while we looked
-        return FileOpError(path, f"cannot open directory /{rel}: {error.strerror}")
+    if found is None:
+        return None
     i, what = found
     where = "/" + "/".join(parts[: i + 1])
     if what is None:

@@ -110,11 +110,12 @@ def read_tree(root: str) -> dict[str, Entry]:
     return out
 
 
-def snapshot(root: str) -> dict[str, tuple]:
-    """Every entry beneath and including `root` with its inode, times and content.
+def snapshot(root: str, *, ctime: bool = True) -> dict[str, tuple]:
+    """Every entry beneath and including `root` with its inode, ctime and content.
 
     Two equal snapshots mean nothing was written, renamed, chmodded or
-    chowned: any of those changes the inode number or the ctime.
+    chowned: any of those changes the inode number or the ctime. (So does a
+    change in the number of hard links: `ctime=False` leaves it out.)
     """
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -127,7 +128,8 @@ def snapshot(root: str) -> dict[str, tuple]:
                     data = f.read()
             elif stat.S_ISLNK(st.st_mode):
                 data = os.fsencode(os.readlink(p))
-            out[p] = (st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_ctime_ns, data)
+            times = st.st_ctime_ns if ctime else None
+            out[p] = (st.st_mode, st.st_uid, st.st_gid, st.st_ino, times, data)
     return out
 
 
