@@ -377,7 +377,8 @@ class _Dirs:
         """
         if not rel:
             return self.rootfd
-        self._trim()
+        if len(self._fds) > DIR_CACHE_MAX:
+            self._trim()
         fd = self._fds.get(rel)
         if fd is not None:
             self._fds.move_to_end(rel)
@@ -692,13 +693,15 @@ class _Apply:
         descriptor; if what we opened is not what we looked at, it changed
         under us, and we look again.
         """
-        with _doing(spec.path, "reading the old state"):
-            for _ in range(OBSERVE_ATTEMPTS):
-                try:
-                    st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    return None
-                kind = _TYPES.get(stat.S_IFMT(st.st_mode))
+        for _ in range(OBSERVE_ATTEMPTS):
+            try:
+                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                raise FileOpError(spec.path, f"reading the old state: {e.strerror}") from e
+            kind = _TYPES.get(stat.S_IFMT(st.st_mode))
+            try:
                 if kind is FileType.FILE:
                     found = self._observe_file(pfd, base, st, spec)
                 elif kind is FileType.SYMLINK:
@@ -709,8 +712,10 @@ class _Apply:
                     raise FileOpError(spec.path, f"unknown file type {stat.S_IFMT(st.st_mode):#o}")
                 else:
                     found = self._found(st, kind)
-                if found is not None:
-                    return found
+            except OSError as e:
+                raise FileOpError(spec.path, f"reading the old state: {e.strerror}") from e
+            if found is not None:
+                return found
         raise FileOpError(
             spec.path, "it kept changing while safcm read it; is another program writing it?"
         )
@@ -746,7 +751,7 @@ class _Apply:
             # unless it is too large to be diffed anyway.
             size = st.st_size
             same_size = spec.type is FileType.FILE and size == len(spec.data)
-            data = _read_at_most(fd, size + 1) if same_size or size <= DIFF_INPUT_MAX else None
+            data = _read_file(fd, size) if same_size or size <= DIFF_INPUT_MAX else None
         finally:
             os.close(fd)
         return self._found(st, FileType.FILE, size=size, data=data)
@@ -950,18 +955,24 @@ def _token() -> str:
     return secrets.token_hex(TEMP_TOKEN_HEX // 2)
 
 
-def _read_at_most(fd: int, limit: int) -> bytes:
-    """Read until EOF or `limit` bytes, whichever comes first."""
-    chunks = []
-    got = 0
-    while got < limit:
-        chunk = os.read(fd, limit - got)
+def _read_file(fd: int, size: int) -> bytes:
+    """Read a file that fstat says holds `size` bytes: at most `size` + 1 of them.
+
+    One read() usually returns exactly `size` bytes, the whole file. Only a
+    short read (a filesystem may return fewer) makes us read on, to EOF or
+    to `size` + 1 bytes, the one byte that shows the file has grown.
+    """
+    data = os.read(fd, size + 1)
+    if len(data) >= size:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got <= size:
+        chunk = os.read(fd, size + 1 - got)
         if not chunk:
             break
         chunks.append(chunk)
         got += len(chunk)
-    if len(chunks) == 1:
-        return chunks[0]
     return b"".join(chunks)
 
 

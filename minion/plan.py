@@ -67,7 +67,9 @@ def check_specs(files: Sequence[FileSpec]) -> list[FileSpec]:
             continue
         if is_temp_name(spec.path.rsplit("/", 1)[1]):
             raise FileOpError(spec.path, "this name is reserved for safcm's temporary files")
-        for parent in ancestors(spec.path)[:-1]:
+        parent = spec.path
+        while not_dirs and (cut := parent.rfind("/")) > 0:
+            parent = parent[:cut]
             if parent in not_dirs:
                 raise FileOpError(
                     spec.path, f"its parent {parent} is declared as a {_kind(parent, ordered)}"
@@ -99,7 +101,7 @@ class Owner:
     group: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every file, and frozen init is slower
 class Found:
     """What is at a path now, as observed without following a symlink."""
 
@@ -156,16 +158,17 @@ _HAS_DATA = (FileType.FILE, FileType.SYMLINK)
 
 def decide(spec: FileSpec, owner: Owner, found: Found | None) -> Decision:
     """What to do so that `found` (None: nothing there) becomes `spec`."""
+    if found is not None:
+        type_changed = found.type is not spec.type
+        mode_changed = found.mode != spec.mode
+        owner_changed = found.uid != owner.uid or found.gid != owner.gid
+        data_changed = not type_changed and spec.type in _HAS_DATA and found.data != spec.data
+        if not (type_changed or mode_changed or owner_changed or data_changed):
+            return NO_CHANGE
+
     new = FileState(spec.type, spec.mode, owner.uid, owner.gid, owner.user, owner.group)
     if found is None:
         return Decision(FileChange(spec.path, created=True, new=new), _CREATE_STEP[spec.type])
-
-    type_changed = found.type is not spec.type
-    mode_changed = found.mode != spec.mode
-    owner_changed = (found.uid, found.gid) != (owner.uid, owner.gid)
-    data_changed = not type_changed and spec.type in _HAS_DATA and found.data != spec.data
-    if not (type_changed or mode_changed or owner_changed or data_changed):
-        return NO_CHANGE
 
     diff = None
     if found.type in _HAS_DATA and (type_changed or data_changed):
