@@ -27,9 +27,9 @@ How one apply works (apply_files):
    chowned with AT_SYMLINK_NOFOLLOW and renamed. A directory is made 0700,
    opened without following, then chowned and chmodded. A type change removes
    the old file or empty directory; a non-empty directory is never removed.
-5. fsync every directory that was changed, once, at the end. The report is
-   only sent after apply_files returns, so no rename is reported as done
-   before it is durable.
+5. fsync every directory that was changed, once: at the end, or earlier if
+   its descriptor leaves the cache. The report is only sent after
+   apply_files returns, so no rename is reported before it is durable.
 6. If every file succeeded, run the triggers of the changed paths.
 
 What a crash (SIGKILL, power loss) can leave behind: only complete files,

@@ -922,3 +922,42 @@ def test_lock_error_when_the_state_dir_cannot_be_made(host: Host, tmp_path):
     blocker.write_bytes(b"")
     with pytest.raises(LockError, match="cannot open the engine lock"):
         fileops.apply_files(host.root, [], dry_run=False, state_dir=str(blocker / "state"))
+
+
+# ---------------------------------------------------------------------------
+# The order of chown and chmod. Linux keeps a directory's setgid bit across
+# chown, so the final state cannot show the order; a spy that passes every
+# call through records it.
+
+
+def record_metadata_calls(monkeypatch) -> list[tuple]:
+    calls: list[tuple] = []
+    real_fchmod, real_fchown = os.fchmod, os.fchown
+
+    def fchmod(fd, mode):
+        calls.append(("chmod", mode))
+        return real_fchmod(fd, mode)
+
+    def fchown(fd, uid, gid):
+        calls.append(("chown", uid, gid))
+        return real_fchown(fd, uid, gid)
+
+    monkeypatch.setattr(fileops.os, "fchmod", fchmod)
+    monkeypatch.setattr(fileops.os, "fchown", fchown)
+    return calls
+
+
+def test_existing_dir_is_closed_to_group_and_other_before_chown(host: Host, monkeypatch):
+    make(host.root, [D("/d", 0o3775)])
+    calls = record_metadata_calls(monkeypatch)
+    result = host.apply([spec("/d", "dir", 0o2750, user="nobody", group="adm")])
+    assert result.failure is None
+    assert calls == [("chmod", 0o3700), ("chown", 65534, 4), ("chmod", 0o2750)]
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_new_files_and_dirs_are_chowned_before_chmod(host: Host, monkeypatch, kind):
+    calls = record_metadata_calls(monkeypatch)
+    result = host.apply([spec("/x", kind, 0o6750, user="daemon", group="staff")])
+    assert result.failure is None
+    assert calls == [("chown", 1, 50), ("chmod", 0o6750)]
