@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 import threading
 from dataclasses import dataclass, field
 
@@ -150,6 +151,21 @@ CASES = [
         [],
         [spec("/anon", data=b"x", uid=NAMELESS_ID, gid=NAMELESS_ID)],
         [created("/anon", "file", 0o644, NAMELESS_ID, NAMELESS_ID)],
+    ),
+    Case(
+        "create file with the longest name",
+        [],
+        [spec("/" + "n" * 255, data=b"x")],
+        [created("/" + "n" * 255, "file", 0o644)],
+    ),
+    Case(
+        "create file with a non-ASCII name",
+        [D("/d")],
+        [spec("/d/résumé ☃", data=b"x"), spec("/d/\u00e9\u00e9" + "é" * 125, data=b"y")],
+        [
+            created("/d/résumé ☃", "file", 0o644),
+            created("/d/\u00e9\u00e9" + "é" * 125, "file", 0o644),
+        ],
     ),
     # --- update a file ---------------------------------------------------------
     Case(
@@ -961,3 +977,56 @@ def test_new_files_and_dirs_are_chowned_before_chmod(host: Host, monkeypatch, ki
     result = host.apply([spec("/x", kind, 0o6750, user="daemon", group="staff")])
     assert result.failure is None
     assert calls == [("chown", 1, 50), ("chmod", 0o6750)]
+
+
+# ---------------------------------------------------------------------------
+# Real failures while acting: the immutable attribute makes the kernel refuse.
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+FS_IMMUTABLE_FL = 0x10
+
+
+def set_immutable(path: str, on: bool) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 8))[0]
+        flags = flags | FS_IMMUTABLE_FL if on else flags & ~FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("l", flags))
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def immutable():
+    marked = []
+
+    def mark(path):
+        set_immutable(path, True)
+        marked.append(path)
+
+    yield mark
+    for path in reversed(marked):
+        set_immutable(path, False)
+
+
+@pytest.mark.parametrize(
+    ("locked", "reason"),
+    [
+        ("/d/f", "renaming the new version into place: Operation not permitted"),
+        ("/d", "creating a temporary file: Operation not permitted"),
+    ],
+    ids=["file", "directory"],
+)
+def test_a_change_that_fails_is_still_recorded(host: Host, engine_mode, immutable, locked, reason):
+    make(host.root, [D("/d"), F("/d/f", b"old\n")])
+    immutable(host.root + locked)
+    result = host.apply([spec("/d/f", data=b"new\n"), spec("/z", data=b"never")])
+    assert result.changes == [
+        changed(
+            "/d/f", state("file", 0o644), state("file", 0o644), H("@@ -1 +1 @@", "-old", "+new")
+        )
+    ]
+    assert result.failure.path == "/d/f"
+    assert result.failure.reason == reason
+    assert result.triggers == []
+    assert read_tree(host.root) == {"/d": D("/d"), "/d/f": F("/d/f", b"old\n")}
