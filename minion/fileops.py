@@ -535,50 +535,63 @@ class _Names:
     """Resolves declared names to ids and ids to names, once per apply."""
 
     def __init__(self) -> None:
-        self._uid_of: dict[str, int] = {}
-        self._gid_of: dict[str, int] = {}
+        self._owners: dict[tuple, Owner] = {}
         self._user_of: dict[int, str | None] = {}
         self._group_of: dict[int, str | None] = {}
 
     def owner(self, spec: FileSpec) -> Owner:
         """The owner `spec` declares; raises OwnerLookupError for an unknown name."""
+        key = (spec.user, spec.uid, spec.group, spec.gid)
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = self._owners[key] = self._resolve(spec)
+        return owner
+
+    def _resolve(self, spec: FileSpec) -> Owner:
         if spec.user is not None:
-            user, uid = spec.user, self._uid_of.get(spec.user)
-            if uid is None:
-                try:
-                    uid = self._uid_of[user] = pwd.getpwnam(user).pw_uid
-                except KeyError:
-                    raise _unknown(spec.path, "user", user) from None
+            try:
+                uid = pwd.getpwnam(spec.user).pw_uid
+            except KeyError:
+                raise _unknown(spec.path, "user", spec.user) from None
         else:
             uid = spec.uid  # type: ignore[assignment]  # check() ensures one is set
-            user = self.user(uid)
         if spec.group is not None:
-            group, gid = spec.group, self._gid_of.get(spec.group)
-            if gid is None:
-                try:
-                    gid = self._gid_of[group] = grp.getgrnam(group).gr_gid
-                except KeyError:
-                    raise _unknown(spec.path, "group", group) from None
+            try:
+                gid = grp.getgrnam(spec.group).gr_gid
+            except KeyError:
+                raise _unknown(spec.path, "group", spec.group) from None
         else:
             gid = spec.gid  # type: ignore[assignment]
-            group = self.group(gid)
+        # Report the name given, or the one the host knows for the id.
+        user = spec.user if spec.user is not None else self.user(uid)
+        group = spec.group if spec.group is not None else self.group(gid)
         return Owner(uid, gid, user, group)
 
     def user(self, uid: int) -> str | None:
-        if uid not in self._user_of:
-            try:
-                self._user_of[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                self._user_of[uid] = None
-        return self._user_of[uid]
+        """The name the host gives `uid`, or None."""
+        try:
+            return self._user_of[uid]
+        except KeyError:
+            pass
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = None
+        self._user_of[uid] = name
+        return name
 
     def group(self, gid: int) -> str | None:
-        if gid not in self._group_of:
-            try:
-                self._group_of[gid] = grp.getgrgid(gid).gr_name
-            except KeyError:
-                self._group_of[gid] = None
-        return self._group_of[gid]
+        """The name the host gives `gid`, or None."""
+        try:
+            return self._group_of[gid]
+        except KeyError:
+            pass
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            name = None
+        self._group_of[gid] = name
+        return name
 
 
 def _unknown(path: str, kind: str, name: str) -> FileOpError:
@@ -720,18 +733,18 @@ class _Apply:
             spec.path, "it kept changing while safcm read it; is another program writing it?"
         )
 
-    def _found(self, st: os.stat_result, kind: FileType, **more) -> Found:
-        return Found(
-            kind,
-            stat.S_IMODE(st.st_mode),
-            st.st_uid,
-            st.st_gid,
-            self.names.user(st.st_uid),
-            self.names.group(st.st_gid),
-            dev=st.st_dev,
-            ino=st.st_ino,
-            **more,
-        )
+    def _found(
+        self,
+        st: os.stat_result,
+        kind: FileType,
+        size: int = 0,
+        data: bytes | None = None,
+        dir_empty: bool | None = None,
+    ) -> Found:
+        uid, gid = st.st_uid, st.st_gid
+        user, group = self.names.user(uid), self.names.group(gid)
+        mode = st.st_mode & 0o7777
+        return Found(kind, mode, uid, gid, user, group, size, data, dir_empty, st.st_dev, st.st_ino)
 
     def _observe_file(
         self, pfd: int, base: str, st: os.stat_result, spec: FileSpec
@@ -754,7 +767,7 @@ class _Apply:
             data = _read_file(fd, size) if same_size or size <= DIFF_INPUT_MAX else None
         finally:
             os.close(fd)
-        return self._found(st, FileType.FILE, size=size, data=data)
+        return self._found(st, FileType.FILE, size, data)
 
     def _observe_link(self, pfd: int, base: str, st: os.stat_result) -> Found | None:
         try:
@@ -763,7 +776,7 @@ class _Apply:
             if e.errno in (errno.ENOENT, errno.EINVAL):  # no longer a symlink
                 return None
             raise
-        return self._found(st, FileType.SYMLINK, size=len(target), data=target)
+        return self._found(st, FileType.SYMLINK, len(target), target)
 
     def _observe_dir(self, pfd: int, base: str, st: os.stat_result, spec: FileSpec) -> Found | None:
         if spec.type is FileType.DIR:
