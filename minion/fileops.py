@@ -27,6 +27,11 @@ How one apply works (apply_files):
    chowned with AT_SYMLINK_NOFOLLOW and renamed. A directory is made 0700,
    opened without following, then chowned and chmodded. A type change removes
    the old file or empty directory; a non-empty directory is never removed.
+   New file and symlink versions are written by one writer thread, in path
+   order, while the main thread observes and decides the next files, so that
+   the wait for each fsync overlaps with that work (see _Writer). Any other
+   step waits until every earlier write is done; the first failure still
+   stops the apply with nothing after it touched.
 5. fsync every directory that was changed, once: at the end, or earlier if
    its descriptor leaves the cache. The report is only sent after
    apply_files returns, so no rename is reported before it is durable.
@@ -50,11 +55,14 @@ import grp
 import os
 import platform
 import pwd
+import queue
 import secrets
 import stat
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 from common.errors import (
     FileOpError,
@@ -97,6 +105,9 @@ DIR_CACHE_MAX = 128
 # to it, changes while we look.
 OBSERVE_ATTEMPTS = 3
 RESOLVE_ATTEMPTS = 3
+# New file versions queued for the writer thread at most; the main thread
+# waits when it is this far ahead (see _Writer).
+WRITE_QUEUE_MAX = 32
 # How many random temporary names we try before giving up; with 64 random
 # bits a second collision means someone is planting names on purpose.
 TEMP_ATTEMPTS = 8
@@ -333,21 +344,95 @@ def _apply_all(rootfd: int, ordered: list[FileSpec], result: ApplyResult) -> lis
     changed: list[str] = []
     try:
         for spec in ordered:
+            if run.writer.failed is not None:
+                break
             try:
                 if run.one(spec):
                     changed.append(spec.path)
-            except FileOpError as e:
-                reason = e.reason if e.path == spec.path else f"{e.path}: {e.reason}"
-                result.failure = ApplyFailure(spec.path, reason)
+            except _Stopped:
                 break
-            except OSError as e:
-                result.failure = ApplyFailure(spec.path, e.strerror or str(e))
+            except (FileOpError, OSError) as e:
+                result.failure = _failure(spec.path, e)
                 break
     finally:
+        run.writer.close()
+        if run.writer.failed is not None:
+            # A queued write failed: it is the first failing file, since
+            # nothing after it was done. Changes recorded after it were not.
+            index, path, error = run.writer.failed
+            del result.changes[index + 1 :]
+            if not isinstance(error, (FileOpError, OSError)):
+                raise error
+            result.failure = _failure(path, error)
         problem = run.finish()
         if problem is not None and result.failure is None:
             result.failure = problem
     return changed
+
+
+def _failure(path: str, error: FileOpError | OSError) -> ApplyFailure:
+    if isinstance(error, FileOpError):
+        return ApplyFailure(
+            path, error.reason if error.path == path else f"{error.path}: {error.reason}"
+        )
+    return ApplyFailure(path, error.strerror or str(error))
+
+
+class _Stopped(Exception):
+    """A queued write failed; the main thread must not act on any later file."""
+
+
+class _Writer:
+    """Does the write steps of new file and symlink versions on one thread, in order.
+
+    Writing a file ends in fsync, which waits for the disk; meanwhile the
+    main thread observes and decides the next files. One worker keeps the
+    writes in path order, so its first failure is the first failing file:
+    it skips whatever was queued after it, and the main thread calls wait()
+    before any step it does itself (and before it closes a directory
+    descriptor), so nothing after a failed file is ever touched. Each file
+    still goes through exactly the same syscalls, in the same order.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[int, str, Callable[[], None]] | None] = queue.Queue(
+            maxsize=WRITE_QUEUE_MAX
+        )
+        self._thread: threading.Thread | None = None
+        # The first failure: index of its change in the result, path, error.
+        self.failed: tuple[int, str, BaseException] | None = None
+
+    def submit(self, index: int, path: str, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="safcm-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((index, path, job))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                index, path, job = item
+                if self.failed is None:
+                    try:
+                        job()
+                    except BaseException as e:  # handed to the main thread, which raises it
+                        self.failed = (index, path, e)
+            finally:
+                self._queue.task_done()
+
+    def wait(self) -> None:
+        """Return once every queued write is done, or skipped after a failure."""
+        if self._thread is not None:
+            self._queue.join()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 # ---------------------------------------------------------------------------
@@ -363,11 +448,13 @@ class _Dirs:
     descriptor the caller holds stays valid until its next get().
     """
 
-    def __init__(self, rootfd: int, resolve: Resolve) -> None:
+    def __init__(self, rootfd: int, resolve: Resolve, before_close: Callable[[], None]) -> None:
         self.rootfd = rootfd
         self._resolve = resolve
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._dirty: set[str] = set()  # changed since opened: fsync before closing
+        # Called before any descriptor is closed: the writer thread may still use it.
+        self._before_close = before_close
 
     def get(self, rel: str, path: str) -> int:
         """The descriptor of directory `rel`, resolving it if needed.
@@ -428,13 +515,17 @@ class _Dirs:
     def forget(self, rel: str) -> None:
         """Close `rel` and everything below it (gone, or not to be trusted any more)."""
         below = rel + "/"
-        for key in [k for k in self._fds if k == rel or k.startswith(below)]:
+        keys = [k for k in self._fds if k == rel or k.startswith(below)]
+        if keys:
+            self._before_close()
+        for key in keys:
             self._close(key)
 
     def mark_dirty(self, rel: str) -> None:
         self._dirty.add(rel)
 
     def _trim(self) -> None:
+        self._before_close()
         while len(self._fds) > DIR_CACHE_MAX:
             self._close(next(iter(self._fds)))  # the least recently used
 
@@ -618,7 +709,8 @@ class _Apply:
         resolve = FORCE_RESOLVE
         if resolve is None:
             resolve = Resolve.OPENAT2 if openat2_available() else Resolve.WALK
-        self.dirs = _Dirs(rootfd, resolve)
+        self.writer = _Writer()
+        self.dirs = _Dirs(rootfd, resolve, before_close=self.writer.wait)
         self.temp = FORCE_TEMP or Temp.TMPFILE
         self.names = _Names()
         self.result = result
@@ -652,6 +744,15 @@ class _Apply:
             if decision.step is Step.MKDIR:
                 self.pending.add(spec.path)
             return True
+        if decision.step is Step.WRITE and decision.remove is Remove.NOTHING:
+            job = partial(self._write, pfd, rel, base, spec, owner, decision)
+            self.writer.submit(len(self.result.changes) - 1, spec.path, job)
+            return True
+        # Any other step waits until every earlier file is written: should
+        # one have failed, this file and all after it must stay untouched.
+        self.writer.wait()
+        if self.writer.failed is not None:
+            raise _Stopped
         if pfd is None:  # the root directory itself
             self._fix_dir(self.dirs.rootfd, "", spec, owner, decision)
         elif decision.step is Step.FIX_DIR:

@@ -782,7 +782,7 @@ def test_descriptors_are_closed_after_a_failure(host: Host, engine_mode):
 def test_cache_forgets_a_removed_directory(host: Host, resolve_mode):
     make(host.root, [D("/a"), D("/a/b")])
     rootfd = os.open(host.root, os.O_RDONLY | os.O_DIRECTORY)
-    dirs = fileops._Dirs(rootfd, resolve_mode)
+    dirs = fileops._Dirs(rootfd, resolve_mode, before_close=lambda: None)
     try:
         old = os.fstat(dirs.get("a/b", "/a/b/x")).st_ino
         os.rename(host.root + "/a", host.root + "/a-old")
@@ -1030,3 +1030,45 @@ def test_a_change_that_fails_is_still_recorded(host: Host, engine_mode, immutabl
     assert result.failure.reason == reason
     assert result.triggers == []
     assert read_tree(host.root) == {"/d": D("/d"), "/d/f": F("/d/f", b"old\n")}
+
+
+# ---------------------------------------------------------------------------
+# Writes run on a writer thread while the next files are observed. Its first
+# failure must still be the apply's failure, with nothing after it touched.
+
+
+def test_failed_queued_write_stops_every_later_step(host: Host, engine_mode, immutable):
+    make(host.root, [D("/d"), F("/d/f", b"old\n"), D("/e")])
+    immutable(host.root + "/d/f")
+    files = [
+        spec("/d/f", data=b"new\n"),  # queued; its rename fails
+        spec("/d/g", data=b"g"),  # queued behind it: must be skipped
+        spec("/e", "dir", 0o700),  # done by the main thread: must wait, then stop
+        spec("/e/h", data=b"h"),
+    ]
+    result = host.apply(files)
+    assert [c.path for c in result.changes] == ["/d/f"]
+    assert result.failure.path == "/d/f"
+    assert read_tree(host.root) == {"/d": D("/d"), "/d/f": F("/d/f", b"old\n"), "/e": D("/e")}
+
+
+def test_earlier_queued_failure_wins_over_a_later_one(host: Host, engine_mode, immutable):
+    make(host.root, [D("/d"), F("/d/f", b"old\n"), D("/real"), L("/x", b"real")])
+    immutable(host.root + "/d/f")
+    result = host.apply([spec("/d/f", data=b"new\n"), spec("/x/y", data=b"y")])
+    assert [c.path for c in result.changes] == ["/d/f"]
+    assert result.failure.path == "/d/f"
+    assert "Operation not permitted" in result.failure.reason
+
+
+def test_unexpected_error_in_the_writer_is_raised_not_swallowed(host: Host, monkeypatch):
+    def broken(fd, spec, owner):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(fileops, "_fill", broken)
+    fds = open_fds()
+    with pytest.raises(RuntimeError, match="a bug"):
+        host.apply([spec("/a", data=b"a")])
+    assert open_fds() == fds
+    monkeypatch.undo()
+    assert host.apply([spec("/a", data=b"a")], lock_timeout=0).failure is None  # lock released
