@@ -97,7 +97,7 @@ def main() -> None:
         default=os.path.join(REPO, "..", "shared", "bench"),
         help="directory with gen_tree.py, floor.c and its Makefile (default: %(default)s)",
     )
-    parser.add_argument("--reps", type=int, default=7, help="repetitions (default: %(default)s)")
+    parser.add_argument("--reps", type=int, default=9, help="repetitions (default: %(default)s)")
     parser.add_argument("--tree", default="T1000", help="T1000 or T100 (default: %(default)s)")
     parser.add_argument("--dir", default=None, help="work directory (default: a new one in /tmp)")
     parser.add_argument(
@@ -129,20 +129,24 @@ def main() -> None:
         times: dict[str, dict[str, list[float]]] = {
             engine: {w: [] for w in WORKLOADS} for engine in [*ours, *FLOOR_MODES]
         }
-        for _ in range(args.reps):
-            # Interleave the engines, so drift in the machine's speed hits all alike.
-            for engine, mode in FLOOR_MODES.items():
+        engines = [*FLOOR_MODES, *ours]
+        for rep in range(args.reps):
+            # Interleave the engines and rotate their order, so drift in the
+            # machine's speed, and the tail of the I/O of whichever engine ran
+            # just before, hit all of them alike.
+            for engine in engines[rep % len(engines) :] + engines[: rep % len(engines)]:
                 dst = fresh(os.path.join(work, "dst-" + engine))
-                times[engine]["create"].append(run_floor(floor, mode, src["base"], dst))
-                times[engine]["noop"].append(run_floor(floor, mode, src["base"], dst))
-                times[engine]["change10"].append(run_floor(floor, mode, src["change10"], dst))
-            for engine, resolve in ours.items():
-                fileops.FORCE_RESOLVE = resolve
-                dst = fresh(os.path.join(work, "dst-" + engine))
+                if engine in FLOOR_MODES:
+                    mode = FLOOR_MODES[engine]
+                    times[engine]["create"].append(run_floor(floor, mode, src["base"], dst))
+                    times[engine]["noop"].append(run_floor(floor, mode, src["base"], dst))
+                    times[engine]["change10"].append(run_floor(floor, mode, src["change10"], dst))
+                    continue
+                fileops.FORCE_RESOLVE = ours[engine]
                 times[engine]["create"].append(run_ours(dst, specs["base"], state))
                 times[engine]["noop"].append(run_ours(dst, specs["base"], state))
                 times[engine]["change10"].append(run_ours(dst, specs["change10"], state))
-            fileops.FORCE_RESOLVE = None
+                fileops.FORCE_RESOLVE = None
 
         med = {e: {w: statistics.median(t) for w, t in ws.items()} for e, ws in times.items()}
         resolve = "openat2" if fileops.openat2_available() else "walk"
