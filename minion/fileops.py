@@ -349,8 +349,6 @@ def _apply_all(rootfd: int, ordered: list[FileSpec], result: ApplyResult) -> lis
             try:
                 if run.one(spec):
                     changed.append(spec.path)
-            except _Stopped:
-                break
             except (FileOpError, OSError) as e:
                 result.failure = _failure(spec.path, e)
                 break
@@ -376,10 +374,6 @@ def _failure(path: str, error: FileOpError | OSError) -> ApplyFailure:
             path, error.reason if error.path == path else f"{error.path}: {error.reason}"
         )
     return ApplyFailure(path, error.strerror or str(error))
-
-
-class _Stopped(Exception):
-    """A queued write failed; the main thread must not act on any later file."""
 
 
 class _Writer:
@@ -749,10 +743,11 @@ class _Apply:
             self.writer.submit(len(self.result.changes) - 1, spec.path, job)
             return True
         # Any other step waits until every earlier file is written: should
-        # one have failed, this file and all after it must stay untouched.
+        # one have failed, this file and all after it stay untouched (its
+        # change, recorded above, is dropped with the others after the failure).
         self.writer.wait()
         if self.writer.failed is not None:
-            raise _Stopped
+            return True
         if pfd is None:  # the root directory itself
             self._fix_dir(self.dirs.rootfd, "", spec, owner, decision)
         elif decision.step is Step.FIX_DIR:
