@@ -53,11 +53,12 @@ def check_specs(files: Sequence[FileSpec]) -> list[FileSpec]:
     a path whose name is reserved for our temporary files, or a path declared
     below one that is not a directory (it could never be created).
     """
+    for spec in files:
+        spec.check()  # first, so that sorting only ever sees valid paths
     ordered = sorted(files, key=lambda f: f.path)
     seen: set[str] = set()
     not_dirs: set[str] = set()
     for spec in ordered:
-        spec.check()
         if spec.path in seen:
             raise FileOpError(spec.path, "declared more than once")
         seen.add(spec.path)

@@ -582,6 +582,13 @@ CASES = [
         failure=("/.x.safcm-tmp-0123456789abcdef", "reserved"),
     ),
     Case(
+        "invalid: a path that is not a string",
+        [],
+        [spec("/a"), FileSpec(None, FileType.FILE, 0o644, user="root", group="root")],
+        [],
+        failure=("None", "path is empty"),
+    ),
+    Case(
         "invalid: both user and uid",
         [],
         [FileSpec("/a", FileType.FILE, 0o644, user="root", uid=0, group="root")],
