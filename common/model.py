@@ -68,7 +68,9 @@ def check_path(path: str) -> None:
             raise InvalidPathError(path, "path has an empty component ('//' or a trailing '/')")
         if part in (".", ".."):
             raise InvalidPathError(path, f"path has a {part!r} component")
-        if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        # A character takes at most 4 bytes in UTF-8, so only a long
+        # component needs encoding to be measured (this runs for every file).
+        if len(part) > NAME_MAX // 4 and len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
             raise InvalidPathError(path, f"a component is longer than {NAME_MAX} bytes")
 
 

@@ -1,0 +1,129 @@
+"""Unified diffs of file content and symlink targets for the change report.
+
+Pure: bytes in, text out. The engine shows a diff whenever it replaces
+content or a link target that was already there, because replacing destroys
+data and the administrator must be able to see what was lost.
+
+The output reads like `diff -u`: "--- old" / "+++ new" headers, hunks with
+DIFF_CONTEXT lines of context, and a "\\ No newline at end of file" marker
+after a last line that lacks its newline. A side that is not text (it holds a
+NUL byte or is not valid UTF-8) is shown as one line "<binary content, N
+bytes>"; a side larger than DIFF_INPUT_MAX bytes or DIFF_LINES_MAX lines is
+shown as one line that says so; and the diff text is cut at DIFF_TEXT_MAX
+characters. So one huge or binary file cannot make a huge or slow report.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+# Lines of context around each change, as `diff -u` and git use.
+DIFF_CONTEXT = 3
+# Largest side we diff, in bytes, and in lines. difflib's cost grows faster
+# than linearly with the number of lines (many short repeated lines are its
+# worst case); 10000 lines of that kind still diff in about 0.2 s here.
+DIFF_INPUT_MAX = 256 * 1024
+DIFF_LINES_MAX = 10_000
+# Longest diff text we report, in characters. A result travels to the master
+# and into its job history, so one file must not be able to bloat either.
+DIFF_TEXT_MAX = 64 * 1024
+
+NO_NEWLINE = "\\ No newline at end of file\n"
+
+
+def as_text(data: bytes) -> str | None:
+    """`data` as text, or None if it is binary: it has a NUL byte or is not UTF-8."""
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _split(text: str) -> list[str]:
+    """Split on "\\n" only (str.splitlines also splits on \\r, \\f and others)."""
+    lines = text.split("\n")
+    last = lines.pop()
+    out = [line + "\n" for line in lines]
+    if last:
+        out.append(last)  # the last line lacks its newline
+    return out
+
+
+def _side(data: bytes | None, size: int, *, link: bool) -> tuple[list[str], bool]:
+    """Lines for one side, and whether they are a one-line placeholder."""
+    too_large = [f"<content not diffed, {size} bytes: too large to diff>\n"], True
+    if data is None or size > DIFF_INPUT_MAX:
+        return too_large
+    text = as_text(data)
+    if text is None:
+        return [f"<binary content, {size} bytes>\n"], True
+    if link:
+        # A link target is one value, not a text file: show it as one whole
+        # line so every symlink diff does not carry "No newline" markers.
+        return [text + "\n"], False
+    lines = _split(text)
+    if len(lines) > DIFF_LINES_MAX:
+        return too_large
+    return lines, False
+
+
+def unified_diff(
+    old: bytes | None,
+    old_size: int,
+    new: bytes,
+    *,
+    old_link: bool = False,
+    new_link: bool = False,
+) -> str:
+    """The unified diff from `old` to `new`, capped to DIFF_TEXT_MAX characters.
+
+    `old` is None when the old content was not read because it is larger than
+    DIFF_INPUT_MAX; `old_size` is its size in bytes either way. `old_link` and
+    `new_link` say a side is a symlink target rather than file content.
+    """
+    a, a_placeholder = _side(old, old_size, link=old_link)
+    b, b_placeholder = _side(new, len(new), link=new_link)
+    if a_placeholder or b_placeholder:
+        # A placeholder stands for the whole side: never match it line by
+        # line (two binary files of equal size have equal placeholders).
+        text = _whole_hunk(a, b)
+    else:
+        text = "".join(_mark_no_newline(difflib.unified_diff(a, b, "old", "new", n=DIFF_CONTEXT)))
+    return _cap(text)
+
+
+def _whole_hunk(a: list[str], b: list[str]) -> str:
+    """A diff that removes every line of `a` and adds every line of `b`."""
+    parts = ["--- old\n", "+++ new\n", f"@@ -{_range(len(a))} +{_range(len(b))} @@\n"]
+    parts.extend(_mark_no_newline("-" + line for line in a))
+    parts.extend(_mark_no_newline("+" + line for line in b))
+    return "".join(parts)
+
+
+def _range(count: int) -> str:
+    """The "start,count" of a hunk that covers a whole side (diff -u's spelling)."""
+    if count == 0:
+        return "0,0"
+    if count == 1:
+        return "1"
+    return f"1,{count}"
+
+
+def _mark_no_newline(lines):
+    """Yield the diff's lines, adding the marker after a line without newline."""
+    for line in lines:
+        if line.endswith("\n"):
+            yield line
+        else:
+            yield line + "\n"
+            yield NO_NEWLINE
+
+
+def _cap(text: str) -> str:
+    if len(text) <= DIFF_TEXT_MAX:
+        return text
+    # Whole lines only; the "--- old" header guarantees a line end to cut at.
+    cut = text.rfind("\n", 0, DIFF_TEXT_MAX) + 1
+    return text[:cut] + f"[diff truncated: {len(text) - cut} of {len(text)} characters not shown]\n"

@@ -1,0 +1,1094 @@
+"""The file engine: make a host's files exactly as declared, beneath a root.
+
+NOTE: never call a path-based function (open(path), os.stat(path),
+os.rename(a, b), shutil...) on a managed path. Such a call follows a symlink
+in any component, and a user who can write to a directory on the way can
+point it anywhere. Every syscall here is an *at call relative to a directory
+descriptor that was resolved beneath the root without following a symlink.
+
+How one apply works (apply_files):
+
+1. check_specs() (plan.py) checks the whole list before any syscall, and
+   orders it by path, so that parents come before their children.
+2. Take the engine lock (flock on a file in the state directory), so two
+   applies never interleave on one host. It is held through the triggers.
+3. Open the root. For each file: resolve its parent directory (one
+   openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS) call where the kernel has it,
+   else a walk of openat(O_NOFOLLOW|O_DIRECTORY), one component at a time;
+   descriptors are cached for the whole apply), observe what is at the name
+   without following or blocking (a Found), and let plan.decide() compute the
+   change and the steps. The change is recorded before anything is done, so
+   it is reported even when doing it fails. A dry run stops here.
+4. Do the steps. A file's new version is written to an anonymous O_TMPFILE
+   (or, where the filesystem lacks it, a named temporary created with
+   O_EXCL|O_NOFOLLOW, mode 0600), then fchown (before fchmod, because chown
+   clears the setuid and setgid bits), fchmod, fsync, linked to a temporary
+   name and renamed over the target. A symlink is made under a temporary name,
+   chowned with AT_SYMLINK_NOFOLLOW and renamed. A directory is made 0700,
+   opened without following, then chowned and chmodded. A type change removes
+   the old file or empty directory; a non-empty directory is never removed.
+   New file and symlink versions are written by one writer thread, in path
+   order, while the main thread observes and decides the next files, so that
+   the wait for each fsync overlaps with that work (see _Writer). Any other
+   step waits until every earlier write is done; the first failure still
+   stops the apply with nothing after it touched.
+5. fsync every directory that was changed, once: at the end, or earlier if
+   its descriptor leaves the cache. The report is only sent after
+   apply_files returns, so no rename is reported before it is durable.
+6. If every file succeeded, run the triggers of the changed paths.
+
+What a crash (SIGKILL, power loss) can leave behind: only complete files,
+either the old or the new version, and sometimes a temporary file named
+".<name>.safcm-tmp-<hex>" (between linkat and renameat, or for the whole
+write of a named temporary or a temporary symlink). The next apply removes
+such names from every directory it resolves as a parent; see _Apply._clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import errno
+import fcntl
+import grp
+import os
+import platform
+import pwd
+import queue
+import secrets
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+
+from common.errors import (
+    FileOpError,
+    LockError,
+    NonEmptyDirectoryError,
+    OwnerLookupError,
+    SymlinkInPathError,
+)
+from common.model import ApplyFailure, ApplyResult, FileSpec, FileType
+from minion import triggers
+from minion.diff import DIFF_INPUT_MAX
+from minion.plan import (
+    TEMP_MARK,
+    TEMP_TOKEN_HEX,
+    Decision,
+    Found,
+    Owner,
+    Remove,
+    Step,
+    check_specs,
+    decide,
+    is_temp_name,
+    temp_name,
+    trigger_commands,
+)
+
+# Seconds an apply waits for another apply to release the engine lock.
+LOCK_TIMEOUT = 10.0
+# Seconds between attempts to take the lock while waiting.
+LOCK_POLL = 0.05
+# The lock file, in the minion's state directory.
+LOCK_NAME = "fileops.lock"
+# Seconds one trigger may run (see minion/triggers.py).
+TRIGGER_TIMEOUT = triggers.TRIGGER_TIMEOUT
+# Directory descriptors kept open within one apply. The default soft limit on
+# open files is 1024; we stay far below it. Directories come in path order,
+# so a small least-recently-used cache hits nearly always.
+DIR_CACHE_MAX = 128
+# How often we look again when what is at a path, or a directory on the way
+# to it, changes while we look.
+OBSERVE_ATTEMPTS = 3
+RESOLVE_ATTEMPTS = 3
+# New file versions queued for the writer thread at most; the main thread
+# waits when it is this far ahead (see _Writer).
+WRITE_QUEUE_MAX = 32
+# How many random temporary names we try before giving up; with 64 random
+# bits a second collision means someone is planting names on purpose.
+TEMP_ATTEMPTS = 8
+
+# Open a directory we will work in: readable (fsync and listing need a real
+# descriptor, not O_PATH), never through a symlink.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Open an old file to read it: O_NOFOLLOW so the last component is no
+# symlink, O_NONBLOCK so a FIFO swapped in never blocks, O_NOCTTY so a
+# terminal never becomes our controlling terminal.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# Look at a directory without opening it for reading (used to find which
+# component of a path is wrong).
+_LOOK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Create a named temporary: O_EXCL|O_NOFOLLOW, so a planted name or symlink
+# makes us fail instead of writing through it.
+_NAMED_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# An anonymous file in the directory, which gets a name only by linkat, so a
+# crash before that leaves nothing behind.
+_TMPFILE_FLAGS = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+# Mode of a temporary file or new directory until it has its owner: only we
+# can use it meanwhile.
+_PRIVATE_FILE = 0o600
+_PRIVATE_DIR = 0o700
+# O_TMPFILE fails with these where the filesystem does not support it.
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+
+
+class Resolve(enum.Enum):
+    """How a parent directory is resolved beneath the root."""
+
+    OPENAT2 = "openat2"  # one openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS) call
+    WALK = "walk"  # openat(O_NOFOLLOW|O_DIRECTORY), one component at a time
+
+
+class Temp(enum.Enum):
+    """How a new file version gets its temporary name."""
+
+    TMPFILE = "tmpfile"  # O_TMPFILE, linked in with linkat(AT_EMPTY_PATH)
+    TMPFILE_PROC = "tmpfile-proc"  # O_TMPFILE, linked in through /proc/self/fd
+    NAMED = "named"  # a named temporary, O_CREAT|O_EXCL|O_NOFOLLOW
+
+
+# Switches for tests and benchmarks, read at the start of every apply. None
+# means: use the best the kernel and filesystem offer, falling back by itself.
+FORCE_RESOLVE: Resolve | None = None
+FORCE_TEMP: Temp | None = None
+
+
+# ---------------------------------------------------------------------------
+# Syscalls Python's os module lacks: openat2(2) and linkat(2) with
+# AT_EMPTY_PATH. Called through ctypes; both release the GIL.
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_libc.linkat.restype = ctypes.c_int
+
+# openat2 is number 437 in the generic syscall table that these architectures
+# share; others (alpha, mips, ia64) number it differently and use the walk.
+_SYS_OPENAT2 = 437
+_OPENAT2_MACHINES = frozenset(
+    {"x86_64", "aarch64", "arm64", "armv7l", "i386", "i686", "riscv64", "ppc64le", "s390x"}
+)
+# From <linux/openat2.h>.
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_AT_EMPTY_PATH = 0x1000
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+# Resolve a directory strictly beneath the descriptor we start from, and fail
+# (ELOOP) on any symlink, including /proc-style magic links.
+_DIR_HOW = _OpenHow(
+    flags=os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+    mode=0,
+    resolve=_RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS,
+)
+_DIR_HOW_SIZE = ctypes.sizeof(_DIR_HOW)
+_DIR_HOW_REF = ctypes.byref(_DIR_HOW)
+
+
+def _openat2_dir(dirfd: int, path: bytes) -> int:
+    """openat2(dirfd, path, _DIR_HOW); raises OSError."""
+    fd = _libc.syscall(
+        ctypes.c_long(_SYS_OPENAT2),
+        ctypes.c_int(dirfd),
+        ctypes.c_char_p(path),
+        _DIR_HOW_REF,
+        ctypes.c_size_t(_DIR_HOW_SIZE),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+_openat2_works: bool | None = None  # probed once per process
+
+
+def openat2_available() -> bool:
+    """True if this kernel has openat2 and lets us call it (probed once)."""
+    global _openat2_works
+    if _openat2_works is None:
+        _openat2_works = False
+        if platform.machine() in _OPENAT2_MACHINES:
+            fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.close(_openat2_dir(fd, b"."))
+                _openat2_works = True
+            except OSError:
+                # ENOSYS: kernel before 5.6; EPERM: a seccomp filter refuses it.
+                pass
+            finally:
+                os.close(fd)
+    return _openat2_works
+
+
+_empty_path_link_works = True  # until linkat(AT_EMPTY_PATH) says EPERM once
+
+
+def _link_tmpfile(fd: int, dirfd: int, name: str, proc: bool) -> None:
+    """Give the O_TMPFILE `fd` the name `name` in `dirfd`; raises OSError.
+
+    linkat(fd, "", ..., AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH (root has
+    it); without it the kernel says EPERM and we link /proc/self/fd/N instead.
+    """
+    global _empty_path_link_works
+    if not proc and _empty_path_link_works:
+        if _libc.linkat(fd, b"", dirfd, os.fsencode(name), _AT_EMPTY_PATH) == 0:
+            return
+        err = ctypes.get_errno()
+        if err != errno.EPERM:
+            raise OSError(err, os.strerror(err))
+        _empty_path_link_works = False
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dirfd, follow_symlinks=True)
+
+
+# ---------------------------------------------------------------------------
+# The public entry point.
+
+
+def apply_files(
+    root: str,
+    files: Sequence[FileSpec],
+    *,
+    dry_run: bool,
+    state_dir: str,
+    trigger_timeout: float = TRIGGER_TIMEOUT,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> ApplyResult:
+    """Make the files beneath `root` as declared in `files`, and report what changed.
+
+    Stops at the first file that fails and reports it in `.failure`, with
+    every change recorded so far (the failing file's change included). Bad
+    input (a spec that fails its check, a path declared twice, ...) is
+    reported the same way, before any syscall. Triggers run only if every
+    file succeeded; a dry run lists them as "would run" and writes nothing.
+
+    Raises LockError if another apply holds the lock for longer than
+    `lock_timeout` seconds, and FileOpError naming `root` if the root
+    directory cannot be opened at all. Nothing else.
+    """
+    started = time.monotonic()
+    result = ApplyResult(dry_run=dry_run)
+    try:
+        ordered = check_specs(files)
+    except FileOpError as e:
+        result.failure = ApplyFailure(e.path, e.reason)
+        result.duration = time.monotonic() - started
+        return result
+    with _engine_lock(state_dir, lock_timeout):
+        rootfd = _open_root(root)
+        try:
+            changed = _apply_all(rootfd, ordered, result)
+        finally:
+            os.close(rootfd)
+        if result.failure is None:
+            commands = trigger_commands(changed, {spec.path: spec for spec in ordered})
+            if dry_run:
+                result.triggers = triggers.would_run(commands)
+            else:
+                result.triggers = triggers.run_triggers(
+                    commands, root=os.path.abspath(root), timeout=trigger_timeout
+                )
+    result.duration = time.monotonic() - started
+    return result
+
+
+@contextlib.contextmanager
+def _engine_lock(state_dir: str, timeout: float) -> Iterator[None]:
+    """Hold the exclusive engine lock, waiting up to `timeout` seconds for it."""
+    path = os.path.join(state_dir, LOCK_NAME)
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise LockError(f"cannot open the engine lock {path}: {e.strerror}") from e
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LockError(
+                        f"another apply holds the engine lock {path}; "
+                        f"gave up after waiting {timeout:g} s"
+                    ) from None
+                time.sleep(min(LOCK_POLL, left))
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_root(root: str) -> int:
+    # The root itself is the administrator's setting, not a managed path:
+    # it may be reached through a symlink. Nothing beneath it may.
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise FileOpError(root, f"cannot open the root directory: {e.strerror}") from e
+
+
+def _apply_all(rootfd: int, ordered: list[FileSpec], result: ApplyResult) -> list[str]:
+    """Apply every file in order until one fails; return the changed paths."""
+    run = _Apply(rootfd, result)
+    changed: list[str] = []
+    try:
+        for spec in ordered:
+            if run.writer.failed is not None:
+                break
+            try:
+                if run.one(spec):
+                    changed.append(spec.path)
+            except (FileOpError, OSError) as e:
+                result.failure = _failure(spec.path, e)
+                break
+    finally:
+        run.writer.close()
+        if run.writer.failed is not None:
+            # A queued write failed: it is the first failing file, since
+            # nothing after it was done. Changes recorded after it were not.
+            index, path, error = run.writer.failed
+            del result.changes[index + 1 :]
+            if not isinstance(error, (FileOpError, OSError)):
+                raise error
+            result.failure = _failure(path, error)
+        problem = run.finish()
+        if problem is not None and result.failure is None:
+            result.failure = problem
+    return changed
+
+
+def _failure(path: str, error: FileOpError | OSError) -> ApplyFailure:
+    if isinstance(error, FileOpError):
+        return ApplyFailure(
+            path, error.reason if error.path == path else f"{error.path}: {error.reason}"
+        )
+    return ApplyFailure(path, error.strerror or str(error))
+
+
+class _Writer:
+    """Does the write steps of new file and symlink versions on one thread, in order.
+
+    Writing a file ends in fsync, which waits for the disk; meanwhile the
+    main thread observes and decides the next files. One worker keeps the
+    writes in path order, so its first failure is the first failing file:
+    it skips whatever was queued after it, and the main thread calls wait()
+    before any step it does itself (and before it closes a directory
+    descriptor), so nothing after a failed file is ever touched. Each file
+    still goes through exactly the same syscalls, in the same order.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[int, str, Callable[[], None]] | None] = queue.Queue(
+            maxsize=WRITE_QUEUE_MAX
+        )
+        self._thread: threading.Thread | None = None
+        # The first failure: index of its change in the result, path, error.
+        self.failed: tuple[int, str, BaseException] | None = None
+
+    def submit(self, index: int, path: str, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="safcm-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((index, path, job))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                index, path, job = item
+                if self.failed is None:
+                    try:
+                        job()
+                    except BaseException as e:  # handed to the main thread, which raises it
+                        self.failed = (index, path, e)
+            finally:
+                self._queue.task_done()
+
+    def wait(self) -> None:
+        """Return once every queued write is done, or skipped after a failure."""
+        if self._thread is not None:
+            self._queue.join()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+# ---------------------------------------------------------------------------
+# Directory descriptors.
+
+
+class _Dirs:
+    """The directory descriptors of one apply, keyed by path relative to the root.
+
+    "" is the root itself. Every descriptor here was reached from the root
+    without following a symlink. Least recently used ones are closed when more
+    than DIR_CACHE_MAX are open, but only at the start of get(), so a
+    descriptor the caller holds stays valid until its next get().
+    """
+
+    def __init__(self, rootfd: int, resolve: Resolve, before_close: Callable[[], None]) -> None:
+        self.rootfd = rootfd
+        self._resolve = resolve
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._dirty: set[str] = set()  # changed since opened: fsync before closing
+        # Called before any descriptor is closed: the writer thread may still use it.
+        self._before_close = before_close
+
+    def get(self, rel: str, path: str) -> int:
+        """The descriptor of directory `rel`, resolving it if needed.
+
+        Raises SymlinkInPathError or FileOpError (naming `path`, the file we
+        are applying, and the offending component) if it cannot be resolved.
+        """
+        if not rel:
+            return self.rootfd
+        if len(self._fds) > DIR_CACHE_MAX:
+            self._trim()
+        fd = self._fds.get(rel)
+        if fd is not None:
+            self._fds.move_to_end(rel)
+            return fd
+        for _ in range(RESOLVE_ATTEMPTS):
+            try:
+                if self._resolve is Resolve.OPENAT2:
+                    return self._openat2(rel)
+                return self._walk(rel)
+            except OSError as e:
+                error = _resolve_error(self.rootfd, e, rel, path)
+                if error is not None:
+                    raise error from e
+            # Nothing is wrong when we look again: something moved meanwhile.
+            # Resolve from the root next time, not through what we cached.
+            self.forget(rel.split("/", 1)[0])
+        raise FileOpError(
+            path, f"directory /{rel} kept changing while safcm resolved it; is a program moving it?"
+        )
+
+    def _openat2(self, rel: str) -> int:
+        fd = _openat2_dir(self.rootfd, os.fsencode(rel))
+        self._fds[rel] = fd
+        return fd
+
+    def _walk(self, rel: str) -> int:
+        parts = rel.split("/")
+        # Start from the deepest directory on the way that is already open.
+        start, fd = 0, self.rootfd
+        for i in range(len(parts) - 1, 0, -1):
+            cached = self._fds.get("/".join(parts[:i]))
+            if cached is not None:
+                start, fd = i, cached
+                break
+        for i in range(start, len(parts)):
+            fd = os.open(parts[i], _DIR_FLAGS, dir_fd=fd)
+            self._fds["/".join(parts[: i + 1])] = fd
+        return fd
+
+    def adopt(self, rel: str, fd: int) -> None:
+        """Keep `fd`, a directory we just made or opened from a resolved parent."""
+        old = self._fds.pop(rel, None)
+        if old is not None:
+            os.close(old)
+        self._fds[rel] = fd
+
+    def forget(self, rel: str) -> None:
+        """Close `rel` and everything below it (gone, or not to be trusted any more)."""
+        below = rel + "/"
+        keys = [k for k in self._fds if k == rel or k.startswith(below)]
+        if keys:
+            self._before_close()
+        for key in keys:
+            self._close(key)
+
+    def mark_dirty(self, rel: str) -> None:
+        self._dirty.add(rel)
+
+    def _trim(self) -> None:
+        self._before_close()
+        while len(self._fds) > DIR_CACHE_MAX:
+            self._close(next(iter(self._fds)))  # the least recently used
+
+    def _close(self, rel: str) -> None:
+        fd = self._fds.pop(rel)
+        try:
+            if rel in self._dirty:
+                self._dirty.discard(rel)
+                _fsync_dir(fd, rel)  # an fsync of a removed directory is harmless
+        finally:
+            os.close(fd)
+
+    def finish(self) -> ApplyFailure | None:
+        """fsync every changed directory and close them all; report the first error."""
+        problem = None
+        for rel in sorted(self._dirty):
+            fd = self.rootfd if not rel else self._fds[rel]
+            try:
+                _fsync_dir(fd, rel)
+            except FileOpError as e:
+                problem = problem or ApplyFailure(e.path, e.reason)
+        self._dirty.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        return problem
+
+
+def _fsync_dir(fd: int, rel: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise FileOpError("/" + rel, f"fsync of the directory failed: {e.strerror}") from e
+
+
+def _resolve_error(rootfd: int, error: OSError, rel: str, path: str) -> FileOpError | None:
+    """Turn a failed resolution of `rel` into an error naming the bad component.
+
+    None if every component looks fine now (it changed while we looked).
+    """
+    if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV, errno.EAGAIN):
+        return FileOpError(path, f"cannot open directory /{rel}: {error.strerror}")
+    parts = rel.split("/")
+    found = _diagnose(rootfd, parts)
+    if found is None:
+        return None
+    i, what = found
+    where = "/" + "/".join(parts[: i + 1])
+    if what is None:
+        return FileOpError(
+            path, f"directory {where} does not exist; declare it, so that safcm creates it"
+        )
+    if what is FileType.SYMLINK:
+        return SymlinkInPathError(path, f"symlink not permitted in path: {where}")
+    return FileOpError(path, f"not a directory in path: {where} is a {what}")
+
+
+def _diagnose(rootfd: int, parts: list[str]) -> tuple[int, FileType | None] | None:
+    """Find the first component that is missing (None) or not a directory (its type)."""
+    fd = rootfd
+    opened = []
+    try:
+        for i, name in enumerate(parts):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return i, None
+            kind = _TYPES.get(stat.S_IFMT(st.st_mode), FileType.FILE)
+            if kind is not FileType.DIR:
+                return i, kind
+            try:
+                fd = os.open(name, _LOOK_FLAGS, dir_fd=fd)
+            except OSError:
+                return None
+            opened.append(fd)
+        return None
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+_TYPES = {
+    stat.S_IFREG: FileType.FILE,
+    stat.S_IFDIR: FileType.DIR,
+    stat.S_IFLNK: FileType.SYMLINK,
+    stat.S_IFIFO: FileType.FIFO,
+    stat.S_IFSOCK: FileType.SOCKET,
+    stat.S_IFCHR: FileType.CHAR_DEVICE,
+    stat.S_IFBLK: FileType.BLOCK_DEVICE,
+}
+
+
+# ---------------------------------------------------------------------------
+# Users and groups.
+
+
+class _Names:
+    """Resolves declared names to ids and ids to names, once per apply."""
+
+    def __init__(self) -> None:
+        self._owners: dict[tuple, Owner] = {}
+        self._user_of: dict[int, str | None] = {}
+        self._group_of: dict[int, str | None] = {}
+
+    def owner(self, spec: FileSpec) -> Owner:
+        """The owner `spec` declares; raises OwnerLookupError for an unknown name."""
+        key = (spec.user, spec.uid, spec.group, spec.gid)
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = self._owners[key] = self._resolve(spec)
+        return owner
+
+    def _resolve(self, spec: FileSpec) -> Owner:
+        if spec.user is not None:
+            try:
+                uid = pwd.getpwnam(spec.user).pw_uid
+            except KeyError:
+                raise _unknown(spec.path, "user", spec.user) from None
+        else:
+            uid = spec.uid  # type: ignore[assignment]  # check() ensures one is set
+        if spec.group is not None:
+            try:
+                gid = grp.getgrnam(spec.group).gr_gid
+            except KeyError:
+                raise _unknown(spec.path, "group", spec.group) from None
+        else:
+            gid = spec.gid  # type: ignore[assignment]
+        # Report the name given, or the one the host knows for the id.
+        user = spec.user if spec.user is not None else self.user(uid)
+        group = spec.group if spec.group is not None else self.group(gid)
+        return Owner(uid, gid, user, group)
+
+    def user(self, uid: int) -> str | None:
+        """The name the host gives `uid`, or None."""
+        try:
+            return self._user_of[uid]
+        except KeyError:
+            pass
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = None
+        self._user_of[uid] = name
+        return name
+
+    def group(self, gid: int) -> str | None:
+        """The name the host gives `gid`, or None."""
+        try:
+            return self._group_of[gid]
+        except KeyError:
+            pass
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            name = None
+        self._group_of[gid] = name
+        return name
+
+
+def _unknown(path: str, kind: str, name: str) -> FileOpError:
+    return OwnerLookupError(path, f"unknown {kind} {name!r} on this host")
+
+
+# ---------------------------------------------------------------------------
+# One apply.
+
+
+@contextlib.contextmanager
+def _doing(path: str, what: str) -> Iterator[None]:
+    """Turn an OSError in the block into a FileOpError that says what failed."""
+    try:
+        yield
+    except OSError as e:
+        raise FileOpError(path, f"{what}: {e.strerror or e}") from e
+
+
+class _Apply:
+    """The executor: observes the host, asks plan.decide(), does the steps."""
+
+    def __init__(self, rootfd: int, result: ApplyResult) -> None:
+        resolve = FORCE_RESOLVE
+        if resolve is None:
+            resolve = Resolve.OPENAT2 if openat2_available() else Resolve.WALK
+        self.writer = _Writer()
+        self.dirs = _Dirs(rootfd, resolve, before_close=self.writer.wait)
+        self.temp = FORCE_TEMP or Temp.TMPFILE
+        self.names = _Names()
+        self.result = result
+        self.dry_run = result.dry_run
+        # Dry run: declared directories that the real run would create. A
+        # file below one of them would be created too, without looking.
+        self.pending: set[str] = set()
+        self.cleaned: set[str] = set()  # directories already rid of stale temporaries
+
+    def finish(self) -> ApplyFailure | None:
+        return self.dirs.finish()
+
+    def one(self, spec: FileSpec) -> bool:
+        """Apply one file; True if it changed (or, in a dry run, would change)."""
+        owner = self.names.owner(spec)
+        if spec.path == "/":
+            pfd, rel, base = None, "", ""
+            found = self._found(os.fstat(self.dirs.rootfd), FileType.DIR)
+        else:
+            rel = spec.path[1:]
+            parent, _, base = rel.rpartition("/")
+            pfd = self._parent(parent, spec.path)
+            found = None if pfd is None else self._observe(pfd, base, spec)
+        decision = decide(spec, owner, found)
+        if decision.change is None:
+            return False
+        self.result.changes.append(decision.change)  # recorded before acting
+        if decision.refusal is not None:
+            raise decision.refusal
+        if self.dry_run:
+            if decision.step is Step.MKDIR:
+                self.pending.add(spec.path)
+            return True
+        if decision.step is Step.WRITE and decision.remove is Remove.NOTHING:
+            job = partial(self._write, pfd, rel, base, spec, owner, decision)
+            self.writer.submit(len(self.result.changes) - 1, spec.path, job)
+            return True
+        # Any other step waits until every earlier file is written: should
+        # one have failed, this file and all after it stay untouched (its
+        # change, recorded above, is dropped with the others after the failure).
+        self.writer.wait()
+        if self.writer.failed is not None:
+            return True
+        if pfd is None:  # the root directory itself
+            self._fix_dir(self.dirs.rootfd, "", spec, owner, decision)
+        elif decision.step is Step.FIX_DIR:
+            self._fix_existing_dir(pfd, rel, base, spec, owner, decision, found)
+        elif decision.step is Step.MKDIR:
+            self._make_dir(pfd, rel, base, spec, owner, decision)
+        else:
+            self._write(pfd, rel, base, spec, owner, decision)
+        return True
+
+    # -- resolving and observing ------------------------------------------
+
+    def _parent(self, parent: str, path: str) -> int | None:
+        """The parent directory's descriptor; None in a dry run if it would be created."""
+        if self.pending:
+            for above in _ancestors_of_rel(parent):
+                if above in self.pending:
+                    return None
+        fd = self.dirs.get(parent, path)
+        if not self.dry_run and parent not in self.cleaned:
+            self.cleaned.add(parent)
+            self._clean(fd, parent)
+        return fd
+
+    def _clean(self, fd: int, rel: str) -> None:
+        """Remove temporaries that a crashed apply left in directory `rel`.
+
+        We hold the engine lock, so no other apply is writing a temporary
+        now: every name of ours here is stale. Only files and symlinks with
+        exactly our pattern are removed, never a directory, never other names.
+        """
+        with _doing("/" + rel, "looking for stale temporary files"):
+            with os.scandir(fd) as entries:
+                stale = [
+                    entry.name
+                    for entry in entries
+                    if TEMP_MARK in entry.name
+                    and is_temp_name(entry.name)
+                    and not entry.is_dir(follow_symlinks=False)
+                ]
+            for name in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+        if stale:
+            self.dirs.mark_dirty(rel)
+
+    def _observe(self, pfd: int, base: str, spec: FileSpec) -> Found | None:
+        """What is at `base` in `pfd` now, without following or blocking; None if nothing.
+
+        Looks with fstatat first, so a FIFO, socket or device is never even
+        opened. A regular file is then opened and fstat'ed through its
+        descriptor; if what we opened is not what we looked at, it changed
+        under us, and we look again.
+        """
+        for _ in range(OBSERVE_ATTEMPTS):
+            try:
+                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                raise FileOpError(spec.path, f"reading the old state: {e.strerror}") from e
+            kind = _TYPES.get(stat.S_IFMT(st.st_mode))
+            try:
+                if kind is FileType.FILE:
+                    found = self._observe_file(pfd, base, st, spec)
+                elif kind is FileType.SYMLINK:
+                    found = self._observe_link(pfd, base, st)
+                elif kind is FileType.DIR:
+                    found = self._observe_dir(pfd, base, st, spec)
+                elif kind is None:
+                    raise FileOpError(spec.path, f"unknown file type {stat.S_IFMT(st.st_mode):#o}")
+                else:
+                    found = self._found(st, kind)
+            except OSError as e:
+                raise FileOpError(spec.path, f"reading the old state: {e.strerror}") from e
+            if found is not None:
+                return found
+        raise FileOpError(
+            spec.path, "it kept changing while safcm read it; is another program writing it?"
+        )
+
+    def _found(
+        self,
+        st: os.stat_result,
+        kind: FileType,
+        size: int = 0,
+        data: bytes | None = None,
+        dir_empty: bool | None = None,
+    ) -> Found:
+        uid, gid = st.st_uid, st.st_gid
+        user, group = self.names.user(uid), self.names.group(gid)
+        mode = st.st_mode & 0o7777
+        return Found(kind, mode, uid, gid, user, group, size, data, dir_empty, st.st_dev, st.st_ino)
+
+    def _observe_file(
+        self, pfd: int, base: str, st: os.stat_result, spec: FileSpec
+    ) -> Found | None:
+        try:
+            fd = os.open(base, _READ_FLAGS, dir_fd=pfd)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                return None  # replaced since the fstatat: look again
+            raise
+        try:
+            st = os.fstat(fd)  # the descriptor, not the path, is the truth
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            # Same size as declared: read one byte more, so a longer file
+            # shows up as different. Other sizes: read it for the diff,
+            # unless it is too large to be diffed anyway.
+            size = st.st_size
+            same_size = spec.type is FileType.FILE and size == len(spec.data)
+            data = _read_file(fd, size) if same_size or size <= DIFF_INPUT_MAX else None
+        finally:
+            os.close(fd)
+        return self._found(st, FileType.FILE, size, data)
+
+    def _observe_link(self, pfd: int, base: str, st: os.stat_result) -> Found | None:
+        try:
+            target = os.readlink(os.fsencode(base), dir_fd=pfd)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.EINVAL):  # no longer a symlink
+                return None
+            raise
+        return self._found(st, FileType.SYMLINK, len(target), target)
+
+    def _observe_dir(self, pfd: int, base: str, st: os.stat_result, spec: FileSpec) -> Found | None:
+        if spec.type is FileType.DIR:
+            return self._found(st, FileType.DIR)
+        # It would be replaced: find out whether it is empty.
+        try:
+            fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                return None
+            with os.scandir(fd) as entries:
+                empty = next(entries, None) is None
+        finally:
+            os.close(fd)
+        return self._found(opened, FileType.DIR, dir_empty=empty)
+
+    # -- acting -------------------------------------------------------------
+
+    def _fix_existing_dir(
+        self,
+        pfd: int,
+        rel: str,
+        base: str,
+        spec: FileSpec,
+        owner: Owner,
+        decision: Decision,
+        found: Found | None,
+    ) -> None:
+        with _doing(spec.path, "opening the directory"):
+            fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+        try:
+            st = os.fstat(fd)
+            if found is None or (st.st_dev, st.st_ino) != (found.dev, found.ino):
+                raise FileOpError(
+                    spec.path, "it was replaced while safcm was applying it; apply again"
+                )
+            self._fix_dir(fd, rel, spec, owner, decision)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.dirs.adopt(rel, fd)
+
+    def _fix_dir(self, fd: int, rel: str, spec: FileSpec, owner: Owner, d: Decision) -> None:
+        with _doing(spec.path, "changing the directory's mode and owner"):
+            if d.interim_mode is not None:
+                os.fchmod(fd, d.interim_mode)
+            if d.chown:
+                os.fchown(fd, owner.uid, owner.gid)
+            if d.chmod:
+                os.fchmod(fd, spec.mode)
+        self.dirs.mark_dirty(rel)
+
+    def _make_dir(
+        self, pfd: int, rel: str, base: str, spec: FileSpec, owner: Owner, d: Decision
+    ) -> None:
+        parent = rel.rpartition("/")[0]
+        if d.remove is Remove.NON_DIR:
+            with _doing(spec.path, "removing the old file"):
+                os.unlink(base, dir_fd=pfd)
+            self.dirs.mark_dirty(parent)
+        with _doing(spec.path, "creating the directory"):
+            os.mkdir(base, _PRIVATE_DIR, dir_fd=pfd)
+            self.dirs.mark_dirty(parent)
+            # Open what we made without following: should someone have
+            # swapped a symlink in, this fails instead of chmodding its target.
+            fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+        self.dirs.adopt(rel, fd)
+        self.cleaned.add(rel)  # new and empty: nothing stale in it
+        with _doing(spec.path, "setting the new directory's owner and mode"):
+            os.fchown(fd, owner.uid, owner.gid)
+            os.fchmod(fd, spec.mode)  # after fchown, so setgid and sticky stick
+        self.dirs.mark_dirty(rel)
+
+    def _write(
+        self, pfd: int, rel: str, base: str, spec: FileSpec, owner: Owner, d: Decision
+    ) -> None:
+        """Make the new version under a temporary name, then rename it over `base`."""
+        if spec.type is FileType.SYMLINK:
+            tmp = self._temp_symlink(pfd, base, spec, owner)
+        else:
+            tmp = self._temp_file(pfd, base, spec, owner)
+        parent = rel.rpartition("/")[0]
+        self.dirs.mark_dirty(parent)  # the temporary's name is in it, for now
+        try:
+            if d.remove is Remove.EMPTY_DIR:
+                # rename() cannot replace a directory with a file: remove the
+                # empty directory first (only now, so the gap is short).
+                try:
+                    os.rmdir(base, dir_fd=pfd)
+                except OSError as e:
+                    if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise NonEmptyDirectoryError(
+                            spec.path,
+                            "the directory in the way is no longer empty; safcm never removes "
+                            "a non-empty directory: remove it by hand, then apply again",
+                        ) from e
+                    raise FileOpError(spec.path, f"removing the old directory: {e.strerror}") from e
+                self.dirs.forget(rel)
+            with _doing(spec.path, "renaming the new version into place"):
+                os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a leftover is removed by the next apply
+                os.unlink(tmp, dir_fd=pfd)
+            raise
+
+    def _temp_file(self, pfd: int, base: str, spec: FileSpec, owner: Owner) -> str:
+        """Write the new content with owner and mode; return its temporary name."""
+        fd = None
+        if self.temp is not Temp.NAMED:
+            try:
+                fd = os.open(".", _TMPFILE_FLAGS, _PRIVATE_FILE, dir_fd=pfd)
+            except OSError as e:
+                if e.errno not in _NO_TMPFILE:
+                    raise FileOpError(spec.path, f"creating a temporary file: {e.strerror}") from e
+        if fd is None:
+            return self._named_temp(pfd, base, spec, owner)
+        try:
+            _fill(fd, spec, owner)
+            for _ in range(TEMP_ATTEMPTS):
+                name = temp_name(base, _token())
+                try:
+                    _link_tmpfile(fd, pfd, name, proc=self.temp is Temp.TMPFILE_PROC)
+                    return name
+                except FileExistsError:
+                    continue
+                except OSError as e:
+                    raise FileOpError(spec.path, f"linking the new version: {e.strerror}") from e
+        finally:
+            os.close(fd)
+        raise FileOpError(spec.path, "could not find a free temporary name")
+
+    def _named_temp(self, pfd: int, base: str, spec: FileSpec, owner: Owner) -> str:
+        for _ in range(TEMP_ATTEMPTS):
+            name = temp_name(base, _token())
+            try:
+                fd = os.open(name, _NAMED_TEMP_FLAGS, _PRIVATE_FILE, dir_fd=pfd)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise FileOpError(spec.path, f"creating a temporary file: {e.strerror}") from e
+            try:
+                _fill(fd, spec, owner)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=pfd)
+                raise
+            finally:
+                os.close(fd)
+            return name
+        raise FileOpError(spec.path, "could not find a free temporary name")
+
+    def _temp_symlink(self, pfd: int, base: str, spec: FileSpec, owner: Owner) -> str:
+        for _ in range(TEMP_ATTEMPTS):
+            name = temp_name(base, _token())
+            try:
+                os.symlink(spec.data, name, dir_fd=pfd)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise FileOpError(spec.path, f"creating a temporary symlink: {e.strerror}") from e
+            try:
+                with _doing(spec.path, "setting the symlink's owner"):
+                    os.chown(name, owner.uid, owner.gid, dir_fd=pfd, follow_symlinks=False)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=pfd)
+                raise
+            return name
+        raise FileOpError(spec.path, "could not find a free temporary name")
+
+
+def _fill(fd: int, spec: FileSpec, owner: Owner) -> None:
+    """Write the content, then owner (before mode: chown clears setuid/setgid), mode, fsync."""
+    with _doing(spec.path, "writing the new version"):
+        view = memoryview(spec.data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchown(fd, owner.uid, owner.gid)
+        os.fchmod(fd, spec.mode)
+        os.fsync(fd)
+
+
+def _token() -> str:
+    return secrets.token_hex(TEMP_TOKEN_HEX // 2)
+
+
+def _read_file(fd: int, size: int) -> bytes:
+    """Read a file that fstat says holds `size` bytes: at most `size` + 1 of them.
+
+    One read() usually returns exactly `size` bytes, the whole file. Only a
+    short read (a filesystem may return fewer) makes us read on, to EOF or
+    to `size` + 1 bytes, the one byte that shows the file has grown.
+    """
+    data = os.read(fd, size + 1)
+    if len(data) >= size:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got <= size:
+        chunk = os.read(fd, size + 1 - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _ancestors_of_rel(rel: str) -> Iterator[str]:
+    """The absolute paths of `rel` and the directories above it, "/" excluded."""
+    if not rel:
+        return
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        yield "/" + "/".join(parts[:i])

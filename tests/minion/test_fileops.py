@@ -1,0 +1,1081 @@
+"""The file engine against real files beneath a temporary root, as root.
+
+The case table covers every branch of the engine: create, update and no-op
+for each type, modes with special bits, owners by name and by id, every type
+change, the non-empty directory refusal, diffs, failures and invalid input.
+Each case runs in every engine mode (openat2 or the component walk; O_TMPFILE
+linked by AT_EMPTY_PATH or /proc, or named temporaries), and its dry run must
+give the real run's report while writing nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+
+from common.errors import FileOpError, LockError
+from common.model import FileChange, FileSpec, FileType, TriggerStatus
+from minion import fileops
+from minion.fileops import Resolve, Temp
+from minion.plan import is_temp_name
+
+from .conftest import Host, new_host, open_fds
+from .tree import (
+    CHR,
+    FIFO,
+    NAMELESS_ID,
+    SOCK,
+    D,
+    Entry,
+    F,
+    L,
+    entries_of,
+    make,
+    read_tree,
+    snapshot,
+    spec,
+    state,
+)
+
+
+def created(path: str, type: str, mode: int, uid: int = 0, gid: int = 0) -> FileChange:
+    return FileChange(path, created=True, new=state(type, mode, uid, gid))
+
+
+def changed(path, old, new, diff=None) -> FileChange:
+    return FileChange(path, created=False, new=new, old=old, diff=diff)
+
+
+@dataclass
+class Case:
+    id: str
+    before: list[Entry]
+    files: list[FileSpec]
+    changes: list[FileChange]
+    failure: tuple[str, str] | None = None  # path, and a part of the reason
+    after: list[Entry] | None = None  # default: as declared (or as before, on failure)
+    marks: list = field(default_factory=list)
+
+
+def H(*lines: str) -> str:
+    """A diff: the usual headers, then `lines`."""
+    return "--- old\n+++ new\n" + "".join(line + "\n" for line in lines)
+
+
+NO_NL = "\\ No newline at end of file"
+
+CASES = [
+    # --- create, each type --------------------------------------------------
+    Case(
+        "create file",
+        [D("/etc")],
+        [spec("/etc/motd", data=b"hello\n")],
+        [created("/etc/motd", "file", 0o644)],
+    ),
+    Case("create file in root", [], [spec("/motd", data=b"x")], [created("/motd", "file", 0o644)]),
+    Case("create empty file", [], [spec("/empty")], [created("/empty", "file", 0o644)]),
+    Case(
+        "create binary file",
+        [],
+        [spec("/bin.dat", data=b"\x00\xff\x01" * 100)],
+        [created("/bin.dat", "file", 0o644)],
+    ),
+    Case(
+        "create setuid file owned by name",
+        [D("/opt")],
+        [spec("/opt/tool", mode=0o4755, data=b"#!/bin/sh\n", user="daemon", group="staff")],
+        [created("/opt/tool", "file", 0o4755, 1, 50)],
+    ),
+    Case(
+        "create setgid file",
+        [],
+        [spec("/sg", mode=0o2711, data=b"x", group="adm")],
+        [created("/sg", "file", 0o2711, 0, 4)],
+    ),
+    Case(
+        "create all special bits",
+        [],
+        [spec("/all", mode=0o7777, data=b"x", user="bin", group="adm")],
+        [created("/all", "file", 0o7777, 2, 4)],
+    ),
+    Case(
+        "create dir with setgid and sticky",
+        [],
+        [spec("/srv", "dir", 0o3775, user="nobody", group="nogroup")],
+        [created("/srv", "dir", 0o3775, 65534, 65534)],
+    ),
+    Case(
+        "create symlink",
+        [D("/etc")],
+        [spec("/etc/link", "symlink", data=b"../target")],
+        [created("/etc/link", "symlink", 0o777)],
+    ),
+    Case(
+        "create symlink with owner",
+        [],
+        [spec("/link", "symlink", data=b"/abs/target", user="bin", group="adm")],
+        [created("/link", "symlink", 0o777, 2, 4)],
+    ),
+    Case(
+        "create nested tree",
+        [],
+        [
+            spec("/a", "dir"),
+            spec("/a/b", "dir", 0o700),
+            spec("/a/b/c", data=b"c\n"),
+            spec("/a/l", "symlink", data=b"b/c"),
+            spec("/a-sibling", data=b"sorts between /a and /a/b"),
+        ],
+        [
+            created("/a", "dir", 0o755),
+            created("/a-sibling", "file", 0o644),
+            created("/a/b", "dir", 0o700),
+            created("/a/b/c", "file", 0o644),
+            created("/a/l", "symlink", 0o777),
+        ],
+    ),
+    Case(
+        "create by ids",
+        [],
+        [spec("/ids", data=b"x", uid=1, gid=4)],
+        [created("/ids", "file", 0o644, 1, 4)],
+    ),
+    Case(
+        "create with ids the host has no name for",
+        [],
+        [spec("/anon", data=b"x", uid=NAMELESS_ID, gid=NAMELESS_ID)],
+        [created("/anon", "file", 0o644, NAMELESS_ID, NAMELESS_ID)],
+    ),
+    Case(
+        "create file with the longest name",
+        [],
+        [spec("/" + "n" * 255, data=b"x")],
+        [created("/" + "n" * 255, "file", 0o644)],
+    ),
+    Case(
+        "create file with a non-ASCII name",
+        [D("/d")],
+        [spec("/d/résumé ☃", data=b"x"), spec("/d/\u00e9\u00e9" + "é" * 125, data=b"y")],
+        [
+            created("/d/résumé ☃", "file", 0o644),
+            created("/d/\u00e9\u00e9" + "é" * 125, "file", 0o644),
+        ],
+    ),
+    # --- update a file ---------------------------------------------------------
+    Case(
+        "update content",
+        [F("/f", b"a\nb\nc\n")],
+        [spec("/f", data=b"a\nB\nc\n")],
+        [
+            changed(
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("@@ -1,3 +1,3 @@", " a", "-b", "+B", " c"),
+            )
+        ],
+    ),
+    Case(
+        "update content, context of three lines",
+        [F("/f", b"".join(b"%d\n" % i for i in range(20)))],
+        [spec("/f", data=b"".join(b"%d\n" % i for i in range(20)).replace(b"10\n", b"ten\n"))],
+        [
+            changed(
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("@@ -8,7 +8,7 @@", " 7", " 8", " 9", "-10", "+ten", " 11", " 12", " 13"),
+            )
+        ],
+    ),
+    Case(
+        "update content of the same size",
+        [F("/f", b"abc\n")],
+        [spec("/f", data=b"abd\n")],
+        [
+            changed(
+                "/f", state("file", 0o644), state("file", 0o644), H("@@ -1 +1 @@", "-abc", "+abd")
+            )
+        ],
+    ),
+    Case(
+        "update content without trailing newlines",
+        [F("/f", b"abc")],
+        [spec("/f", data=b"abcd")],
+        [
+            changed(
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("@@ -1 +1 @@", "-abc", NO_NL, "+abcd", NO_NL),
+            )
+        ],
+    ),
+    Case(
+        "update adds the trailing newline",
+        [F("/f", b"a\nx")],
+        [spec("/f", data=b"a\nx\n")],
+        [
+            changed(
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("@@ -1,2 +1,2 @@", " a", "-x", NO_NL, "+x"),
+            )
+        ],
+    ),
+    Case(
+        "update removes the trailing newline",
+        [F("/f", b"x\n")],
+        [spec("/f", data=b"x")],
+        [
+            changed(
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("@@ -1 +1 @@", "-x", "+x", NO_NL),
+            )
+        ],
+    ),
+    Case(
+        "update unchanged last line without newline is context",
+        [F("/f", b"a\nz")],
+        [spec("/f", data=b"b\nz")],
+        [
+            changed(
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("@@ -1,2 +1,2 @@", "-a", "+b", " z", NO_NL),
+            )
+        ],
+    ),
+    Case(
+        "update binary content",
+        [F("/f", b"\x00\x01\x02")],
+        [spec("/f", data=b"\x00\x01\x03")],
+        [
+            changed(
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("@@ -1 +1 @@", "-<binary content, 3 bytes>", "+<binary content, 3 bytes>"),
+            )
+        ],
+    ),
+    Case(
+        "update text to invalid UTF-8",
+        [F("/f", b"text\n")],
+        [spec("/f", data=b"\xff\xfe")],
+        [
+            changed(
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("@@ -1 +1 @@", "-text", "+<binary content, 2 bytes>"),
+            )
+        ],
+    ),
+    Case(
+        "update empty file to text",
+        [F("/f", b"")],
+        [spec("/f", data=b"new\n")],
+        [changed("/f", state("file", 0o644), state("file", 0o644), H("@@ -0,0 +1 @@", "+new"))],
+    ),
+    Case(
+        "update mode only",
+        [F("/f", b"same\n", 0o644)],
+        [spec("/f", mode=0o600, data=b"same\n")],
+        [changed("/f", state("file", 0o644), state("file", 0o600))],
+    ),
+    Case(
+        "update adds setuid",
+        [F("/f", b"x", 0o755)],
+        [spec("/f", mode=0o4755, data=b"x")],
+        [changed("/f", state("file", 0o755), state("file", 0o4755))],
+    ),
+    Case(
+        "update owner and group by name",
+        [F("/f", b"x")],
+        [spec("/f", data=b"x", user="nobody", group="nogroup")],
+        [changed("/f", state("file", 0o644), state("file", 0o644, 65534, 65534))],
+    ),
+    Case(
+        "update group by id",
+        [F("/f", b"x")],
+        [spec("/f", data=b"x", gid=50)],
+        [changed("/f", state("file", 0o644), state("file", 0o644, 0, 50))],
+    ),
+    Case(
+        "update setgid file's group keeps the bit",
+        [F("/f", b"x", 0o2755, 0, 0)],
+        [spec("/f", mode=0o2755, data=b"x", group="staff")],
+        [changed("/f", state("file", 0o2755), state("file", 0o2755, 0, 50))],
+    ),
+    Case(
+        "update from an owner the host has no name for",
+        [F("/f", b"x", uid=NAMELESS_ID, gid=NAMELESS_ID)],
+        [spec("/f", data=b"x")],
+        [changed("/f", state("file", 0o644, NAMELESS_ID, NAMELESS_ID), state("file", 0o644))],
+    ),
+    # --- update a symlink -----------------------------------------------------
+    Case(
+        "update symlink target",
+        [L("/l", b"old")],
+        [spec("/l", "symlink", data=b"new")],
+        [
+            changed(
+                "/l",
+                state("symlink", 0o777),
+                state("symlink", 0o777),
+                H("@@ -1 +1 @@", "-old", "+new"),
+            )
+        ],
+    ),
+    Case(
+        "update symlink owner",
+        [L("/l", b"t")],
+        [spec("/l", "symlink", data=b"t", user="bin", group="adm")],
+        [changed("/l", state("symlink", 0o777), state("symlink", 0o777, 2, 4))],
+    ),
+    # --- update a directory ---------------------------------------------------
+    Case(
+        "update dir mode",
+        [D("/d", 0o755)],
+        [spec("/d", "dir", 0o750)],
+        [changed("/d", state("dir", 0o755), state("dir", 0o750))],
+    ),
+    Case(
+        "update dir owner",
+        [D("/d", 0o755)],
+        [spec("/d", "dir", user="nobody", group="nogroup")],
+        [changed("/d", state("dir", 0o755), state("dir", 0o755, 65534, 65534))],
+    ),
+    Case(
+        "update dir mode and owner",
+        [D("/d", 0o3755), F("/d/inside", b"kept")],
+        [spec("/d", "dir", 0o2770, user="daemon", group="adm")],
+        [changed("/d", state("dir", 0o3755), state("dir", 0o2770, 1, 4))],
+        after=[D("/d", 0o2770, 1, 4), F("/d/inside", b"kept")],
+    ),
+    Case(
+        "update dir to sticky",
+        [D("/tmp", 0o777)],
+        [spec("/tmp", "dir", 0o1777)],
+        [changed("/tmp", state("dir", 0o777), state("dir", 0o1777))],
+    ),
+    Case(
+        "update the root directory",
+        [],
+        [spec("/", "dir", 0o750, group="adm")],
+        [changed("/", state("dir", 0o755), state("dir", 0o750, 0, 4))],
+    ),
+    # --- no-op --------------------------------------------------------------
+    Case("no-op file", [F("/f", b"hello\n")], [spec("/f", data=b"hello\n")], []),
+    Case(
+        "no-op file with special bits and owner",
+        [F("/f", b"x", 0o6755, 1, 50)],
+        [spec("/f", mode=0o6755, data=b"x", user="daemon", group="staff")],
+        [],
+    ),
+    Case("no-op empty file", [F("/f")], [spec("/f")], []),
+    Case(
+        "no-op dir",
+        [D("/d", 0o2750, 65534, 4)],
+        [spec("/d", "dir", 0o2750, uid=65534, group="adm")],
+        [],
+    ),
+    Case("no-op symlink", [L("/l", b"target")], [spec("/l", "symlink", data=b"target")], []),
+    Case("no-op root directory", [], [spec("/", "dir", 0o755)], []),
+    # --- type changes ---------------------------------------------------------
+    Case(
+        "file to dir",
+        [F("/x")],
+        [spec("/x", "dir", 0o700)],
+        [changed("/x", state("file", 0o644), state("dir", 0o700))],
+    ),
+    Case(
+        "file with content to dir shows the lost content",
+        [F("/x", b"gone\n")],
+        [spec("/x", "dir")],
+        [changed("/x", state("file", 0o644), state("dir", 0o755), H("@@ -1 +0,0 @@", "-gone"))],
+    ),
+    Case(
+        "file to symlink",
+        [F("/x", b"data\n")],
+        [spec("/x", "symlink", data=b"t")],
+        [
+            changed(
+                "/x", state("file", 0o644), state("symlink", 0o777), H("@@ -1 +1 @@", "-data", "+t")
+            )
+        ],
+    ),
+    Case(
+        "symlink to file",
+        [L("/x", b"t")],
+        [spec("/x", data=b"data\n")],
+        [
+            changed(
+                "/x", state("symlink", 0o777), state("file", 0o644), H("@@ -1 +1 @@", "-t", "+data")
+            )
+        ],
+    ),
+    Case(
+        "symlink to dir",
+        [L("/x", b"t")],
+        [spec("/x", "dir")],
+        [changed("/x", state("symlink", 0o777), state("dir", 0o755), H("@@ -1 +0,0 @@", "-t"))],
+    ),
+    Case(
+        "empty dir to file",
+        [D("/x")],
+        [spec("/x", data=b"new\n")],
+        [changed("/x", state("dir", 0o755), state("file", 0o644))],
+    ),
+    Case(
+        "empty dir to symlink",
+        [D("/x", 0o700)],
+        [spec("/x", "symlink", data=b"/somewhere")],
+        [changed("/x", state("dir", 0o700), state("symlink", 0o777))],
+    ),
+    Case(
+        "non-empty dir is never removed",
+        [D("/x"), F("/x/keep", b"precious")],
+        [spec("/x", data=b"new")],
+        [changed("/x", state("dir", 0o755), state("file", 0o644))],
+        failure=("/x", "non-empty directory"),
+    ),
+    Case(
+        "fifo to file",
+        [FIFO("/x")],
+        [spec("/x", data=b"x")],
+        [changed("/x", state("fifo", 0o644), state("file", 0o644))],
+    ),
+    Case(
+        "socket to file",
+        [SOCK("/x")],
+        [spec("/x", data=b"x")],
+        [changed("/x", state("socket", 0o755), state("file", 0o644))],
+    ),
+    Case(
+        "device to file",
+        [CHR("/x")],
+        [spec("/x", data=b"x")],
+        [changed("/x", state("chardev", 0o666), state("file", 0o644))],
+    ),
+    Case(
+        "fifo to dir",
+        [FIFO("/x")],
+        [spec("/x", "dir")],
+        [changed("/x", state("fifo", 0o644), state("dir", 0o755))],
+    ),
+    Case(
+        "fifo to symlink",
+        [FIFO("/x")],
+        [spec("/x", "symlink", data=b"t")],
+        [changed("/x", state("fifo", 0o644), state("symlink", 0o777))],
+    ),
+    Case(
+        "declared dir replaces a symlink, and files go below it",
+        [D("/real"), L("/a", b"real")],
+        [spec("/a", "dir"), spec("/a/x", data=b"x")],
+        [
+            changed(
+                "/a", state("symlink", 0o777), state("dir", 0o755), H("@@ -1 +0,0 @@", "-real")
+            ),
+            created("/a/x", "file", 0o644),
+        ],
+        after=[D("/real"), D("/a"), F("/a/x", b"x")],
+    ),
+    # --- failures -------------------------------------------------------------
+    Case(
+        "unknown user",
+        [],
+        [spec("/a", data=b"a", user="no-such-user"), spec("/b", data=b"b")],
+        [],
+        failure=("/a", "unknown user 'no-such-user'"),
+    ),
+    Case(
+        "unknown group",
+        [],
+        [spec("/a", data=b"a", group="no-such-group")],
+        [],
+        failure=("/a", "unknown group 'no-such-group'"),
+    ),
+    Case(
+        "the apply stops at the first failing file",
+        [D("/b"), F("/b/keep")],
+        [spec("/a", data=b"a"), spec("/b", data=b"b"), spec("/c", data=b"c")],
+        [created("/a", "file", 0o644), changed("/b", state("dir", 0o755), state("file", 0o644))],
+        failure=("/b", "non-empty directory"),
+        after=[D("/b"), F("/b/keep"), F("/a", b"a")],
+    ),
+    Case(
+        "missing parent that is not declared",
+        [],
+        [spec("/x/y", data=b"")],
+        [],
+        failure=("/x/y", "directory /x does not exist"),
+    ),
+    Case(
+        "missing grandparent that is not declared",
+        [D("/a")],
+        [spec("/a/x/y/z", data=b"")],
+        [],
+        failure=("/a/x/y/z", "directory /a/x does not exist"),
+    ),
+    Case(
+        "parent is a file",
+        [F("/x")],
+        [spec("/x/y")],
+        [],
+        failure=("/x/y", "not a directory in path: /x is a file"),
+    ),
+    Case(
+        "parent is a symlink",
+        [D("/real"), L("/etc", b"real")],
+        [spec("/etc/app")],
+        [],
+        failure=("/etc/app", "symlink not permitted in path: /etc"),
+    ),
+    # --- invalid input: refused before any syscall ------------------------------
+    Case(
+        "invalid: a path declared twice",
+        [],
+        [spec("/a"), spec("/b"), spec("/a", data=b"again")],
+        [],
+        failure=("/a", "declared more than once"),
+    ),
+    Case(
+        "invalid: relative path",
+        [],
+        [spec("/ok"), spec("etc/x")],
+        [],
+        failure=("etc/x", "not absolute"),
+    ),
+    Case("invalid: dot-dot", [], [spec("/a/../b")], [], failure=("/a/../b", "'..' component")),
+    Case(
+        "invalid: a file with something below it",
+        [],
+        [spec("/a"), spec("/a/b")],
+        [],
+        failure=("/a/b", "its parent /a is declared as a file"),
+    ),
+    Case(
+        "invalid: the root as a file",
+        [],
+        [spec("/", "file")],
+        [],
+        failure=("/", "can only be declared as a directory"),
+    ),
+    Case(
+        "invalid: a name reserved for temporary files",
+        [],
+        [spec("/.x.safcm-tmp-0123456789abcdef")],
+        [],
+        failure=("/.x.safcm-tmp-0123456789abcdef", "reserved"),
+    ),
+    Case(
+        "invalid: a path that is not a string",
+        [],
+        [spec("/a"), FileSpec(None, FileType.FILE, 0o644, user="root", group="root")],
+        [],
+        failure=("None", "path is empty"),
+    ),
+    Case(
+        "invalid: both user and uid",
+        [],
+        [FileSpec("/a", FileType.FILE, 0o644, user="root", uid=0, group="root")],
+        [],
+        failure=("/a", "exactly one of user and uid"),
+    ),
+]
+
+
+def expected_after(case: Case) -> dict[str, Entry]:
+    if case.after is not None:
+        entries = case.after
+    elif case.failure is not None:
+        entries = case.before
+    else:
+        entries = {e.path: e for e in case.before} | {e.path: e for e in entries_of(case.files)}
+        entries = [e for p, e in entries.items() if p != "/"]
+    return {e.path: e for e in entries}
+
+
+def temp_names(root: str) -> list[str]:
+    return [
+        os.path.join(d, n)
+        for d, dirs, files in os.walk(root)
+        for n in dirs + files
+        if is_temp_name(n)
+    ]
+
+
+def check_failure(result, case: Case) -> None:
+    if case.failure is None:
+        assert result.failure is None
+    else:
+        path, reason = case.failure
+        assert result.failure is not None
+        assert result.failure.path == path
+        assert reason in result.failure.reason
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_apply(case: Case, host: Host, engine_mode):
+    make(host.root, case.before)
+
+    result = host.apply(case.files)
+
+    assert result.changes == case.changes
+    check_failure(result, case)
+    assert read_tree(host.root) == expected_after(case)
+    assert temp_names(host.root) == []
+    assert not result.dry_run
+    if case.failure is None:
+        # A second apply finds nothing to do, and touches nothing at all: no
+        # write, rename, chmod or chown (each would change an inode or ctime).
+        before = snapshot(host.root)
+        again = host.apply(case.files)
+        assert again.changes == []
+        assert again.failure is None
+        assert snapshot(host.root) == before
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_dry_run_reports_what_the_real_run_does(case: Case, tmp_path, engine_mode):
+    dry_host, real_host = new_host(str(tmp_path / "dry")), new_host(str(tmp_path / "real"))
+    make(dry_host.root, case.before)
+    make(real_host.root, case.before)
+    before = snapshot(dry_host.root)
+
+    dry = dry_host.apply(case.files, dry_run=True)
+    real = real_host.apply(case.files)
+
+    assert snapshot(dry_host.root) == before  # nothing written
+    assert dry.dry_run
+    assert dry.changes == real.changes == case.changes
+    assert dry.failure == real.failure
+    check_failure(dry, case)
+
+
+# ---------------------------------------------------------------------------
+# Resolution, temporary files and descriptors.
+
+
+def test_openat2_is_used_when_available(host: Host, monkeypatch):
+    if not fileops.openat2_available():
+        pytest.skip("this kernel has no openat2")
+    calls = []
+    real = fileops._openat2_dir
+
+    def spy(dirfd, path):
+        calls.append(path)
+        return real(dirfd, path)
+
+    monkeypatch.setattr(fileops, "_openat2_dir", spy)
+    make(host.root, [D("/a"), D("/a/b")])
+    result = host.apply([spec("/a/b/c", data=b"x"), spec("/a/b/d", data=b"y")])
+    assert result.failure is None
+    assert calls == [b"a/b"]  # one call for the whole path, then the cache
+
+
+def test_forced_walk_never_calls_openat2(host: Host, monkeypatch):
+    def refuse(dirfd, path):
+        raise AssertionError("openat2 called in walk mode")
+
+    monkeypatch.setattr(fileops, "_openat2_dir", refuse)
+    monkeypatch.setattr(fileops, "FORCE_RESOLVE", Resolve.WALK)
+    make(host.root, [D("/a"), D("/a/b")])
+    result = host.apply([spec("/a/b/c", data=b"x")])
+    assert result.failure is None
+    assert read_tree(host.root)["/a/b/c"].data == b"x"
+
+
+@pytest.mark.parametrize(
+    ("temp", "links"),
+    [(Temp.TMPFILE, 1), (Temp.TMPFILE_PROC, 1), (Temp.NAMED, 0)],
+    ids=["tmpfile", "tmpfile-proc", "named"],
+)
+def test_temp_file_methods(host: Host, monkeypatch, temp, links):
+    calls = []
+    real = fileops._link_tmpfile
+
+    def spy(fd, dirfd, name, proc):
+        calls.append(proc)
+        return real(fd, dirfd, name, proc)
+
+    monkeypatch.setattr(fileops, "_link_tmpfile", spy)
+    monkeypatch.setattr(fileops, "FORCE_TEMP", temp)
+    result = host.apply([spec("/f", mode=0o640, data=b"content", group="adm")])
+    assert result.failure is None
+    assert read_tree(host.root)["/f"] == F("/f", b"content", 0o640, 0, 4)
+    assert calls == [temp is Temp.TMPFILE_PROC] * links
+
+
+def test_falls_back_to_named_temp_without_o_tmpfile(host: Host, monkeypatch):
+    """A filesystem without O_TMPFILE support answers EOPNOTSUPP; simulate that answer."""
+    real_open = os.open
+
+    def no_tmpfile(path, flags, *args, **kw):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(fileops.os, "open", no_tmpfile)
+    monkeypatch.setattr(fileops, "_link_tmpfile", None)  # must not be reached
+    result = host.apply([spec("/f", data=b"via a named temporary")])
+    assert result.failure is None
+    assert read_tree(host.root) == {"/f": F("/f", b"via a named temporary")}
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(host: Host, resolve_mode):
+    stale = [".f.safcm-tmp-0123456789abcdef", ".other.safcm-tmp-fedcba9876543210"]
+    kept = [
+        "x.safcm-tmp-0123456789abcdef",  # no leading dot
+        ".x.safcm-tmp-0123456789ABCDEF",  # not our (lower-case) hex
+        ".x.safcm-tmp-0123456789abcde",  # too short
+        ".x.safcm-tmp-0123456789abcdef.bak",  # something after the token
+        "unrelated",
+    ]
+    make(host.root, [D("/d"), D("/d/.dir.safcm-tmp-00000000aaaaaaaa")])
+    make(host.root, [F("/d/" + n, b"stale") for n in stale[:1]])
+    make(host.root, [L("/d/" + stale[1], b"/somewhere")])
+    make(host.root, [F("/d/" + n, b"keep") for n in kept])
+    files = [spec("/d/f", data=b"new")]
+
+    dry = host.apply(files, dry_run=True)
+    assert dry.failure is None
+    assert all(os.path.lexists(f"{host.root}/d/{n}") for n in stale)  # a dry run removes nothing
+
+    result = host.apply(files)
+    assert result.failure is None
+    names = set(os.listdir(host.root + "/d"))
+    assert names == {*kept, "f", ".dir.safcm-tmp-00000000aaaaaaaa"}  # never a directory
+
+
+def test_small_descriptor_cache_still_applies_everything(host: Host, engine_mode, monkeypatch):
+    monkeypatch.setattr(fileops, "DIR_CACHE_MAX", 2)
+    files = [spec("/t", "dir")]
+    for i in range(6):
+        files.append(spec(f"/t/d{i}", "dir"))
+        files += [spec(f"/t/d{i}/s{j}", "dir") for j in range(3)]
+        files += [spec(f"/t/d{i}/s{j}/f", data=b"%d.%d" % (i, j)) for j in range(3)]
+    fds = open_fds()
+    result = host.apply(files)
+    assert result.failure is None
+    assert len(result.changes) == len(files)
+    assert read_tree(host.root) == {e.path: e for e in entries_of(files)}
+    assert open_fds() == fds
+    # Everything is found again through a cache that keeps evicting.
+    assert host.apply(files).changes == []
+
+
+def test_descriptors_are_closed_after_a_failure(host: Host, engine_mode):
+    make(host.root, [D("/a"), D("/b"), F("/b/keep")])
+    fds = open_fds()
+    result = host.apply([spec("/a/x", data=b"x"), spec("/b", data=b"b"), spec("/c")])
+    assert result.failure.path == "/b"
+    assert open_fds() == fds
+
+
+def test_cache_forgets_a_removed_directory(host: Host, resolve_mode):
+    make(host.root, [D("/a"), D("/a/b")])
+    rootfd = os.open(host.root, os.O_RDONLY | os.O_DIRECTORY)
+    dirs = fileops._Dirs(rootfd, resolve_mode, before_close=lambda: None)
+    try:
+        old = os.fstat(dirs.get("a/b", "/a/b/x")).st_ino
+        os.rename(host.root + "/a", host.root + "/a-old")
+        os.makedirs(host.root + "/a/b")
+        new = os.stat(host.root + "/a/b").st_ino
+        assert os.fstat(dirs.get("a/b", "/a/b/x")).st_ino == old  # still the cached one
+        dirs.forget("a")
+        assert os.fstat(dirs.get("a/b", "/a/b/x")).st_ino == new
+    finally:
+        dirs.finish()
+        os.close(rootfd)
+
+
+def test_unreadable_root_is_an_error_naming_it(tmp_path):
+    missing = str(tmp_path / "no-such-root")
+    with pytest.raises(FileOpError) as info:
+        fileops.apply_files(missing, [spec("/f")], dry_run=False, state_dir=str(tmp_path / "s"))
+    assert info.value.path == missing
+    assert "cannot open the root directory" in info.value.reason
+
+
+def test_failure_path_and_error_types(host: Host):
+    make(host.root, [D("/real"), L("/etc", b"real")])
+    result = host.apply([spec("/etc/app/x")])
+    assert result.failure.path == "/etc/app/x"
+    assert result.failure.reason == "symlink not permitted in path: /etc"
+
+
+# ---------------------------------------------------------------------------
+# Large files: read no more than needed, diff within caps.
+
+
+def test_large_file_is_replaced_and_the_diff_says_it_is_too_large(host: Host):
+    from minion.diff import DIFF_INPUT_MAX, DIFF_TEXT_MAX
+
+    big = b"line\n" * (DIFF_INPUT_MAX // 5 + 10)
+    make(host.root, [F("/big", big)])
+    result = host.apply([spec("/big", data=b"small\n")])
+    (change,) = result.changes
+    assert change.diff == H(
+        "@@ -1 +1 @@", f"-<content not diffed, {len(big)} bytes: too large to diff>", "+small"
+    )
+    assert len(change.diff) < DIFF_TEXT_MAX
+    assert read_tree(host.root)["/big"].data == b"small\n"
+
+
+def test_same_size_file_that_grows_while_read_is_different(host: Host):
+    # The engine reads one byte more than declared; a file of the declared
+    # size whose content matches a prefix still compares unequal if longer.
+    make(host.root, [F("/f", b"abcdef")])
+    result = host.apply([spec("/f", data=b"abc")])
+    assert [c.path for c in result.changes] == ["/f"]
+    assert read_tree(host.root)["/f"].data == b"abc"
+
+
+# ---------------------------------------------------------------------------
+# Triggers, through apply_files.
+
+
+def test_triggers_of_changed_paths_and_their_parents_run_once_in_order(host: Host):
+    log = host.outside + "/log"
+    files = [
+        spec("/etc", "dir", triggers=(f"echo etc >> {log}", "echo shared")),
+        spec("/etc/a", data=b"a", triggers=(f"echo a >> {log}", "echo shared")),
+        spec("/etc/b", data=b"b", triggers=(f"echo b >> {log}",)),
+        spec("/other", data=b"o", triggers=(f"echo other >> {log}",)),
+    ]
+    make(host.root, [D("/etc"), F("/other", b"o")])  # /etc and /other are unchanged
+    result = host.apply(files)
+    assert [t.command for t in result.triggers] == [
+        f"echo etc >> {log}",
+        "echo shared",
+        f"echo a >> {log}",
+        f"echo b >> {log}",
+    ]
+    assert all(t.status is TriggerStatus.OK for t in result.triggers)
+    assert result.triggers[1].output == "shared\n"
+    with open(log) as f:
+        assert f.read() == "etc\na\nb\n"
+    assert host.apply(files).triggers == []  # nothing changed, nothing runs
+
+
+def test_triggers_in_dry_run_are_listed_not_run(host: Host):
+    marker = host.outside + "/ran"
+    result = host.apply([spec("/f", data=b"x", triggers=(f"touch {marker}",))], dry_run=True)
+    assert [(t.command, t.status) for t in result.triggers] == [
+        (f"touch {marker}", TriggerStatus.WOULD_RUN)
+    ]
+    assert not os.path.exists(marker)
+
+
+def test_no_trigger_runs_after_a_failed_file(host: Host):
+    marker = host.outside + "/ran"
+    make(host.root, [D("/b"), F("/b/keep")])
+    result = host.apply(
+        [spec("/a", data=b"a", triggers=(f"touch {marker}",)), spec("/b", data=b"b")]
+    )
+    assert result.failure.path == "/b"
+    assert result.triggers == []
+    assert not os.path.exists(marker)
+
+
+def test_triggers_see_the_root_and_run_while_the_lock_is_held(host: Host):
+    import sys
+
+    lock = os.path.join(host.state, fileops.LOCK_NAME)
+    try_lock = (
+        f"{sys.executable} -c 'import fcntl, os, sys; "
+        f"fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)' {lock}"
+    )
+    result = host.apply([spec("/f", data=b"x", triggers=('cat "$SAFCM_ROOT/f"; pwd', try_lock))])
+    show, locked = result.triggers
+    assert show.output == "x/\n"
+    assert locked.status is TriggerStatus.FAILED
+    assert "BlockingIOError" in locked.output
+
+
+# ---------------------------------------------------------------------------
+# The engine lock.
+
+
+def hold_lock(host: Host) -> int:
+    fd = os.open(os.path.join(host.state, fileops.LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_second_apply_gives_up_with_lock_error(host: Host):
+    fd = hold_lock(host)
+    try:
+        with pytest.raises(LockError, match="another apply holds the engine lock"):
+            host.apply([spec("/f", data=b"x")], lock_timeout=0.2)
+        assert read_tree(host.root) == {}
+    finally:
+        os.close(fd)
+    assert host.apply([spec("/f", data=b"x")]).failure is None
+
+
+def test_apply_waits_for_the_lock(host: Host):
+    fd = hold_lock(host)
+    release = threading.Timer(0.3, os.close, args=(fd,))
+    release.start()
+    try:
+        result = host.apply([spec("/f", data=b"x")], lock_timeout=30)
+    finally:
+        release.join()
+    assert result.failure is None
+    assert read_tree(host.root) == {"/f": F("/f", b"x")}
+
+
+def test_lock_error_when_the_state_dir_cannot_be_made(host: Host, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(LockError, match="cannot open the engine lock"):
+        fileops.apply_files(host.root, [], dry_run=False, state_dir=str(blocker / "state"))
+
+
+# ---------------------------------------------------------------------------
+# The order of chown and chmod. Linux keeps a directory's setgid bit across
+# chown, so the final state cannot show the order; a spy that passes every
+# call through records it.
+
+
+def record_metadata_calls(monkeypatch) -> list[tuple]:
+    calls: list[tuple] = []
+    real_fchmod, real_fchown = os.fchmod, os.fchown
+
+    def fchmod(fd, mode):
+        calls.append(("chmod", mode))
+        return real_fchmod(fd, mode)
+
+    def fchown(fd, uid, gid):
+        calls.append(("chown", uid, gid))
+        return real_fchown(fd, uid, gid)
+
+    monkeypatch.setattr(fileops.os, "fchmod", fchmod)
+    monkeypatch.setattr(fileops.os, "fchown", fchown)
+    return calls
+
+
+def test_existing_dir_is_closed_to_group_and_other_before_chown(host: Host, monkeypatch):
+    make(host.root, [D("/d", 0o3775)])
+    calls = record_metadata_calls(monkeypatch)
+    result = host.apply([spec("/d", "dir", 0o2750, user="nobody", group="adm")])
+    assert result.failure is None
+    assert calls == [("chmod", 0o3700), ("chown", 65534, 4), ("chmod", 0o2750)]
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_new_files_and_dirs_are_chowned_before_chmod(host: Host, monkeypatch, kind):
+    calls = record_metadata_calls(monkeypatch)
+    result = host.apply([spec("/x", kind, 0o6750, user="daemon", group="staff")])
+    assert result.failure is None
+    assert calls == [("chown", 1, 50), ("chmod", 0o6750)]
+
+
+# ---------------------------------------------------------------------------
+# Real failures while acting: the immutable attribute makes the kernel refuse.
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+FS_IMMUTABLE_FL = 0x10
+
+
+def set_immutable(path: str, on: bool) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 8))[0]
+        flags = flags | FS_IMMUTABLE_FL if on else flags & ~FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("l", flags))
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def immutable():
+    marked = []
+
+    def mark(path):
+        set_immutable(path, True)
+        marked.append(path)
+
+    yield mark
+    for path in reversed(marked):
+        set_immutable(path, False)
+
+
+@pytest.mark.parametrize(
+    ("locked", "reason"),
+    [
+        ("/d/f", "renaming the new version into place: Operation not permitted"),
+        ("/d", "creating a temporary file: Operation not permitted"),
+    ],
+    ids=["file", "directory"],
+)
+def test_a_change_that_fails_is_still_recorded(host: Host, engine_mode, immutable, locked, reason):
+    make(host.root, [D("/d"), F("/d/f", b"old\n")])
+    immutable(host.root + locked)
+    result = host.apply([spec("/d/f", data=b"new\n"), spec("/z", data=b"never")])
+    assert result.changes == [
+        changed(
+            "/d/f", state("file", 0o644), state("file", 0o644), H("@@ -1 +1 @@", "-old", "+new")
+        )
+    ]
+    assert result.failure.path == "/d/f"
+    assert result.failure.reason == reason
+    assert result.triggers == []
+    assert read_tree(host.root) == {"/d": D("/d"), "/d/f": F("/d/f", b"old\n")}
+
+
+# ---------------------------------------------------------------------------
+# Writes run on a writer thread while the next files are observed. Its first
+# failure must still be the apply's failure, with nothing after it touched.
+
+
+def test_failed_queued_write_stops_every_later_step(host: Host, engine_mode, immutable):
+    make(host.root, [D("/d"), F("/d/f", b"old\n"), D("/e")])
+    immutable(host.root + "/d/f")
+    files = [
+        spec("/d/f", data=b"new\n"),  # queued; its rename fails
+        spec("/d/g", data=b"g"),  # queued behind it: must be skipped
+        spec("/e", "dir", 0o700),  # done by the main thread: must wait, then stop
+        spec("/e/h", data=b"h"),
+    ]
+    result = host.apply(files)
+    assert [c.path for c in result.changes] == ["/d/f"]
+    assert result.failure.path == "/d/f"
+    assert read_tree(host.root) == {"/d": D("/d"), "/d/f": F("/d/f", b"old\n"), "/e": D("/e")}
+
+
+def test_earlier_queued_failure_wins_over_a_later_one(host: Host, engine_mode, immutable):
+    make(host.root, [D("/d"), F("/d/f", b"old\n"), D("/real"), L("/x", b"real")])
+    immutable(host.root + "/d/f")
+    result = host.apply([spec("/d/f", data=b"new\n"), spec("/x/y", data=b"y")])
+    assert [c.path for c in result.changes] == ["/d/f"]
+    assert result.failure.path == "/d/f"
+    assert "Operation not permitted" in result.failure.reason
+
+
+def test_unexpected_error_in_the_writer_is_raised_not_swallowed(host: Host, monkeypatch):
+    def broken(fd, spec, owner):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(fileops, "_fill", broken)
+    fds = open_fds()
+    with pytest.raises(RuntimeError, match="a bug"):
+        host.apply([spec("/a", data=b"a")])
+    assert open_fds() == fds
+    monkeypatch.undo()
+    assert host.apply([spec("/a", data=b"a")], lock_timeout=0).failure is None  # lock released
