@@ -68,6 +68,7 @@ from common.errors import (
     UnknownGroupError,
     UnknownHostError,
 )
+from common.ids import minion_id_problem
 from common.model import SYMLINK_MODE, FileSpec, FileType, check_path
 from common.yamlfile import (
     KIND_NAMES,
@@ -108,8 +109,6 @@ SETUID, SETGID, STICKY = 0o4000, 0o2000, 0o1000
 
 # Minion ids default to the host's fqdn, so they follow DNS: lowercase, at most
 # 253 bytes. Group names are also directory names in the repository.
-HOST_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-HOST_ID_MAX = 253
 GROUP_NAME_RE = re.compile(r"[a-z0-9_-]+")
 GROUP_NAME_MAX = 255  # NAME_MAX: a group's directory must be creatable
 # User and group names as shadow-utils accepts them (also with --badname's
@@ -1113,15 +1112,9 @@ def _template_environment(sources: dict[str, str]) -> jinja2.Environment:
 
 
 def check_host_id(name: str) -> str | None:
-    """None if `name` is a valid minion id, else the reason."""
-    if not HOST_ID_RE.fullmatch(name):
-        return (
-            f"host id {name!r} is invalid: use lowercase letters, digits, '.', '_' and '-',"
-            " starting with a letter or digit"
-        )
-    if len(name) > HOST_ID_MAX:
-        return f"host id {name[:20]!r}... is longer than {HOST_ID_MAX} characters"
-    return None
+    """None if `name` is a valid host id, else the reason. A host id is a minion
+    id, so the grammar is the wire's (common/ids.py), not a copy of it."""
+    return minion_id_problem(name)
 
 
 def check_group_name(name: str) -> str | None:

@@ -9,13 +9,15 @@ from typing import Any
 from common import ids
 from common import settings as s
 from common.errors import ConfigError, ConfigProblem
+from minion import fileops
 
 DEFAULT_CONFIG_PATH = "/etc/safcm/minion.yaml"
 # Default seconds between heartbeats; the master counts three missed ones as
 # disconnected, so this is also how fast presence notices a lost minion.
 HEARTBEAT_INTERVAL = 5.0
-# Default longest run of one trigger command, in seconds.
-TRIGGER_TIMEOUT = 300.0
+# Default longest run of one trigger command, in seconds: the engine's, which
+# stays below the master's default job_timeout so a hung trigger is reported.
+TRIGGER_TIMEOUT = fileops.TRIGGER_TIMEOUT
 
 
 @dataclass(frozen=True)
