@@ -8,6 +8,7 @@ from typing import Any
 
 from common import ids
 from common import settings as s
+from common.crypto import fingerprint_problem, parse_fingerprint
 from common.errors import ConfigError, ConfigProblem
 from minion import fileops
 
@@ -41,15 +42,11 @@ def _minion_id(value: Any) -> str:
     return value
 
 
-def _fingerprint(value: Any) -> str | None:
-    from common.crypto import parse_fingerprint
-
-    if value is None:
-        return None
-    try:
-        return parse_fingerprint(value)
-    except ValueError as e:
-        raise s.BadValue(str(e)) from e
+def _fingerprint(value: str) -> str:
+    problem = fingerprint_problem(value)
+    if problem is not None:
+        raise s.BadValue(problem)
+    return parse_fingerprint(value)
 
 
 def default_id() -> str:

@@ -1,0 +1,124 @@
+"""The control socket on a real AF_UNIX socket: framing, slow readers, stale sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+
+import pytest
+
+from common.errors import DaemonError
+from common.loop import Loop
+from common.protocol import MsgType
+from master import control
+from master.control import ControlClient, ControlServer
+
+LIST = {"action": "list", "ids": []}
+
+
+def reply_for(conn, msg, size: int = 0):
+    fingerprint = "SHA256:" + "a" * 52
+    keys = [
+        {
+            "id": f"m{i:06d}",
+            "state": "pending",
+            "fingerprint": fingerprint,
+            "connected": False,
+            "last_seen": None,
+        }
+        for i in range(size)
+    ]
+    conn.send(MsgType.KEYS_REPLY, {"master": fingerprint, "keys": keys, "refused": []})
+    conn.finish()
+
+
+def serve(path, handler, until):
+    """Run a server in this thread until `until()` (called from the loop) says stop."""
+    loop = Loop()
+    server = ControlServer(path, loop=loop, admin_group=None, handle=handler)
+    loop.call_every(0.01, lambda: until() and loop.stop())
+    return loop, server
+
+
+def test_request_and_reply(tmp_path):
+    path = str(tmp_path / "c.sock")
+    done = threading.Event()
+    got = []
+
+    def client():
+        with ControlClient(path) as c:
+            got.append(c.request(MsgType.KEYS, LIST, 5))
+        done.set()
+
+    loop, server = serve(path, reply_for, done.is_set)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # root only without admin_group
+    threading.Thread(target=client).start()
+    loop.run()
+    server.close()
+    assert got[0].type is MsgType.KEYS_REPLY
+    assert not os.path.exists(path)
+
+
+@pytest.mark.timeout(30)  # a blocking send would hang here
+def test_a_client_that_does_not_read_does_not_stall_the_daemon(tmp_path, monkeypatch):
+    monkeypatch.setattr(control, "MAX_BACKLOG_BYTES", 4 * 1024 * 1024)
+    path = str(tmp_path / "c.sock")
+    # A client that asks for a huge answer and never reads it (suspended with ^Z).
+    stuck = socket.socket(socket.AF_UNIX)
+    done = threading.Event()
+    got = []
+
+    requests = []
+
+    def handler(conn, msg):
+        requests.append(conn)
+        reply_for(conn, msg, size=20_000 if len(requests) == 1 else 0)
+
+    def second():
+        with ControlClient(path) as c:
+            got.append(c.request(MsgType.KEYS, LIST, 10))
+        done.set()
+
+    loop, server = serve(path, handler, done.is_set)
+    from common.protocol import encode_frame, encode_plain
+
+    stuck.connect(path)
+    stuck.sendall(encode_frame(encode_plain(MsgType.KEYS, LIST)))
+    for _ in range(5):  # accept, read, and queue megabytes the client will not take
+        loop.run_once(0.05)
+    assert len(requests) == 1 and requests[0].out  # stuck in the server's queue
+    threading.Thread(target=second).start()
+    loop.run()
+    assert got and got[0].type is MsgType.KEYS_REPLY and got[0].body["keys"] == []
+    server.close()
+    stuck.close()
+
+
+def test_stale_socket_is_replaced_but_a_live_one_or_a_file_is_not(tmp_path):
+    path = str(tmp_path / "c.sock")
+    old = socket.socket(socket.AF_UNIX)
+    old.bind(path)  # a socket file nobody listens on: a master that died
+    old.close()
+    loop = Loop()
+    server = ControlServer(path, loop=loop, admin_group=None, handle=reply_for)
+    with pytest.raises(DaemonError, match="another master daemon is listening"):
+        ControlServer(path, loop=Loop(), admin_group=None, handle=reply_for)
+    server.close()
+    plain = tmp_path / "not-a-socket"
+    plain.write_text("precious")
+    with pytest.raises(DaemonError, match="is not a socket"):
+        ControlServer(str(plain), loop=Loop(), admin_group=None, handle=reply_for)
+    assert plain.read_text() == "precious"
+    with pytest.raises(DaemonError, match="admin_group 'no-such-group' does not exist"):
+        ControlServer(
+            str(tmp_path / "x.sock"), loop=Loop(), admin_group="no-such-group", handle=reply_for
+        )
+    with pytest.raises(DaemonError, match="longer than 107 bytes"):
+        ControlServer(str(tmp_path / ("x" * 120)), loop=Loop(), admin_group=None, handle=reply_for)
+
+
+def test_client_errors_name_the_cause(tmp_path):
+    with pytest.raises(DaemonError, match="the master daemon is not running"):
+        ControlClient(str(tmp_path / "nothing.sock"))

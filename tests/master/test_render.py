@@ -1,0 +1,185 @@
+"""Human output: changes, diffs, triggers, summaries, tables; hostile strings escaped."""
+
+from __future__ import annotations
+
+import io
+
+from common.model import (
+    ApplyFailure,
+    ApplyResult,
+    FileChange,
+    FileState,
+    FileType,
+    TriggerRun,
+    TriggerStatus,
+)
+from master import render
+from master.render import Style, Tally
+
+PLAIN = Style(colour=False)
+ROOT = FileState(FileType.FILE, 0o644, 0, 0, "root", "root")
+
+
+def body(apply: ApplyResult | None = None, **kw) -> dict:
+    base = {
+        "module": "files",
+        "status": "ok",
+        "started": 10.0,
+        "finished": 10.5,
+        "apply": None if apply is None else apply.to_wire(),
+        "ping": None,
+        "error": None,
+    }
+    base.update(kw)
+    return base
+
+
+def test_changes_with_modes_owners_types_and_diffs():
+    old_dir = FileState(FileType.DIR, 0o755, 0, 0, "root", "root")
+    result = ApplyResult(
+        dry_run=False,
+        changes=[
+            FileChange("/etc/new", True, ROOT),
+            FileChange(
+                "/etc/motd",
+                False,
+                FileState(FileType.FILE, 0o600, 33, 4, "www-data", "adm"),
+                ROOT,
+                "--- old\n+++ new\n@@ -1 +1 @@\n-a\n+b\n",
+            ),
+            FileChange("/srv/x", False, ROOT, old_dir),
+        ],
+        triggers=[TriggerRun("systemctl reload app", TriggerStatus.FAILED, 3, "boom\n", 0.1)],
+    )
+    text = render.render_host("web1", render.CHANGED, body(result, status="failed"), PLAIN)
+    assert text.splitlines()[0] == "web1: changed (0.50 s)"
+    assert "created /etc/new" in text and "file 0644 root:root" in text
+    assert "mode 0644 -> 0600, owner root:root -> www-data:adm, content" in text
+    assert "replaced /srv/x" in text and "type dir -> file (old directory removed)" in text
+    assert "        -a\n        +b" in text
+    assert "trigger systemctl reload app: failed (exit 3)" in text and "        boom" in text
+
+
+def test_dry_run_words_and_failure():
+    result = ApplyResult(
+        dry_run=True,
+        changes=[FileChange("/etc/new", True, ROOT)],
+        failure=ApplyFailure("/etc/x", "symlink not permitted in path: /etc"),
+    )
+    text = render.render_host("web1", render.FAILED, body(result, status="failed"), PLAIN)
+    assert "web1: FAILED" in text
+    assert "would create /etc/new" in text
+    assert "failed: /etc/x: symlink not permitted in path: /etc" in text
+
+
+def test_a_hostile_minion_cannot_reach_the_terminal():
+    evil = "\x1b]0;pwned\x07\x1b[2J"
+    result = ApplyResult(
+        dry_run=False,
+        changes=[
+            FileChange(
+                "/etc/" + evil,
+                False,
+                FileState(FileType.FILE, 0o644, 0, 0, evil, None),
+                ROOT,
+                f"--- old\n+++ new\n-{evil}\n+\u202eevil\n",
+            ),
+        ],
+        triggers=[TriggerRun(evil, TriggerStatus.OK, 0, evil + "\nline2\r\n", 0.1)],
+    )
+    text = render.render_host(
+        "web1" + evil, render.CHANGED, body(result, error=None), Style(colour=True)
+    )
+    stripped = text.replace("\x1b[0m", "")
+    for code in ("1", "2", "31", "32", "33", "36"):
+        stripped = stripped.replace(f"\x1b[{code}m", "")
+    assert "\x1b" not in stripped and "\x07" not in stripped and "\u202e" not in stripped
+    assert "\\x1b]0;pwned\\x07" in text and "\\u202eevil" in text
+    error = render.render_host(
+        "web1", render.FAILED, body(None, status="error", error="bad\x1b[31m"), PLAIN
+    )
+    assert "error: bad\\x1b[31m" in error
+
+
+def test_no_response_and_ping():
+    assert render.render_host("db1", render.NO_RESPONSE, None, PLAIN) == "db1: no response"
+    ping = body(None, module="ping", ping={"version": "0.1.0", "time": 1.0})
+    assert "pong from safcm-minion 0.1.0" in render.render_host("db1", render.OK, ping, PLAIN)
+    assert render.render_host("db1", render.OK, ping, PLAIN).startswith("db1: ok")
+
+
+def test_summary_and_colour_switch(monkeypatch):
+    tally = Tally(targeted=4)
+    for status in (render.CHANGED, render.OK, render.FAILED, render.NO_RESPONSE):
+        tally.add(status)
+    assert render.render_summary(tally, PLAIN) == (
+        "4 hosts targeted: 1 changed, 1 unchanged, 1 failed, 1 no response"
+    )
+    assert "1 would change" in render.render_summary(tally, PLAIN, dry_run=True)
+    assert "1 ok" in render.render_summary(tally, PLAIN, module="ping")
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert render.use_colour(Tty()) and not render.use_colour(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not render.use_colour(Tty())
+    monkeypatch.setenv("NO_COLOR", "")
+    assert render.use_colour(Tty())
+
+
+def test_tables():
+    job = {
+        "jid": "20261121T193000.123456Z",
+        "submitted": 0.0,
+        "user": "root",
+        "target": "web*",
+        "module": "files",
+        "dry_run": True,
+        "hosts": 3,
+        "changed": 1,
+        "failed": 0,
+        "no_response": 2,
+        "pending": 0,
+    }
+    table = render.render_jobs_table([job], PLAIN).splitlines()
+    assert table[0].split() == [
+        "JID",
+        "SUBMITTED",
+        "USER",
+        "TARGET",
+        "MODULE",
+        "HOSTS",
+        "CHANGED",
+        "FAILED",
+        "NO",
+        "RESP",
+        "PENDING",
+    ]
+    assert "files (dry run)" in table[1] and table[1].startswith(job["jid"])
+    assert render.render_jobs_table([], PLAIN) == "no jobs"
+    keys = {
+        "master": "SHA256:m",
+        "keys": [
+            {
+                "id": "web1",
+                "state": "accepted",
+                "fingerprint": "SHA256:a",
+                "connected": True,
+                "last_seen": 5.0,
+            },
+            {
+                "id": "web2",
+                "state": "pending",
+                "fingerprint": "SHA256:b",
+                "connected": False,
+                "last_seen": None,
+            },
+        ],
+        "refused": [{"id": "web1", "fingerprint": "SHA256:x", "attempts": 2, "last_seen": 9.0}],
+    }
+    text = render.render_keys(keys, PLAIN)
+    assert "master key fingerprint: SHA256:m" in text
+    assert "connected" in text and "never seen" in text and "refused keys" in text

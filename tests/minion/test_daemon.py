@@ -1,0 +1,113 @@
+"""The minion daemon's own state, without a master: jobs acknowledged before a
+restart are applied after it, exactly once, and their results are spooled."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+import zmq
+
+from common import codec
+from common.crypto import KeyPair
+from common.loop import Loop
+from common.model import FileSpec, FileType
+from master.sandbox import free_port
+from minion import daemon, results, settings
+from minion.spool import Kind, Spool
+
+JID = "20260101T000000.000001Z"
+JID2 = "20260101T000000.000002Z"
+
+
+def minion_settings(tmp_path) -> settings.MinionSettings:
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    return settings.parse(
+        f"id: web1\nmaster: 127.0.0.1\npublish_port: {free_port()}\n"
+        f"return_port: {free_port()}\nstate_dir: {tmp_path / 'state'}\nroot: {root}\n"
+    )
+
+
+def job_body(path: str, deadline: float = 4e9) -> dict:
+    spec = FileSpec(path, FileType.FILE, 0o644, user="root", group="root", data=b"hello\n")
+    return {"module": "files", "dry_run": False, "files": [spec.to_wire()], "deadline": deadline}
+
+
+def run_minion(s: settings.MinionSettings, until) -> None:
+    ctx = zmq.Context()
+    loop = Loop()
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    minion = daemon.Minion(s, loop=loop, ctx=ctx, worker=worker)
+    minion.start()
+    loop.call_every(0.02, lambda: until(minion) and loop.stop())
+    loop.call_later(20, loop.stop)
+    loop.run()
+    worker.shutdown(wait=True)
+    minion.close()
+    loop.close()
+    ctx.term()
+
+
+def test_spooled_jobs_resume_after_a_restart_and_run_once(tmp_path):
+    s = minion_settings(tmp_path)
+    spool = Spool(os.path.join(s.state_dir, daemon.SPOOL_DIR))
+    # Acknowledged before a restart: a job not yet applied, and one whose result
+    # was written just before the crash (its job file not yet removed).
+    spool.put(Kind.JOB, JID, codec.pack(job_body("/resumed")))
+    spool.put(Kind.JOB, JID2, codec.pack(job_body("/already-done")))
+    earlier = codec.pack(results.ping_result("earlier", started=1.0, finished=1.0))
+    spool.put(Kind.RESULT, JID2, earlier)
+    spool.close()
+
+    run_minion(s, lambda m: not m.queue and m.busy is None and JID in m.outgoing)
+
+    with open(os.path.join(s.root, "resumed")) as f:
+        assert f.read() == "hello\n"
+    assert not os.path.exists(os.path.join(s.root, "already-done"))  # not applied twice
+    spool = Spool(os.path.join(s.state_dir, daemon.SPOOL_DIR))
+    assert spool.jids(Kind.JOB) == []
+    assert spool.jids(Kind.RESULT) == [JID, JID2]
+    result = codec.unpack(spool.get(Kind.RESULT, JID), max_depth=16)
+    assert result["status"] == "ok"
+    assert [c["path"] for c in result["apply"]["changes"]] == ["/resumed"]
+    assert spool.get(Kind.RESULT, JID2) == earlier
+    spool.close()
+
+
+def test_a_job_past_its_deadline_is_not_applied(tmp_path):
+    s = minion_settings(tmp_path)
+    spool = Spool(os.path.join(s.state_dir, daemon.SPOOL_DIR))
+    spool.put(Kind.JOB, JID, codec.pack(job_body("/late", deadline=1.0)))
+    spool.close()
+    run_minion(s, lambda m: JID in m.outgoing)
+    assert not os.path.exists(os.path.join(s.root, "late"))
+    spool = Spool(os.path.join(s.state_dir, daemon.SPOOL_DIR))
+    result = codec.unpack(spool.get(Kind.RESULT, JID), max_depth=16)
+    assert result["status"] == "error" and "deadline passed" in result["error"]
+    spool.close()
+
+
+def test_settings(tmp_path):
+    s = minion_settings(tmp_path)
+    assert (s.id, s.heartbeat_interval, s.master_fingerprint) == ("web1", 5.0, None)
+    fingerprint = KeyPair.generate().fingerprint()
+    pasted = fingerprint.upper().replace(" ", "-")  # as an administrator might paste it
+    pinned = settings.parse(f"master: cfg.example.org\nid: db1\nmaster_fingerprint: {pasted}\n")
+    assert pinned.master_fingerprint == fingerprint
+    for text, message in [
+        ("id: web1\n", "master: required key is missing"),
+        ("master: x\nid: Web1\n", "id: minion id 'Web1' is not valid"),
+        ("master: 'bad host!'\nid: a\n", "master: must be a host name or IP address"),
+        (
+            "master: x\nid: a\nmaster_fingerprint: nope\n",
+            "minion.yaml:3: master_fingerprint: fingerprint 'nope' is not valid",
+        ),
+        ("master: x\nid: a\nroot: relative\n", "root: must be an absolute path"),
+    ]:
+        try:
+            settings.parse(text)
+        except Exception as e:
+            assert message in str(e), (text, str(e))
+        else:
+            raise AssertionError(f"{text!r} was accepted")
