@@ -156,3 +156,43 @@ def test_history_survives_a_master_restart(sandbox):
     assert keys(sandbox)["web1"]["state"] == "accepted"
     # The minion reconnects without enrolling again.
     assert sandbox.minions["web1"].log_text().count("accepted by the master") == 1
+
+
+def test_bad_settings_stop_the_daemons_at_start_up(sandbox):
+    sandbox.configure_master(publish_port=70000, bogus=1)
+    result = subprocess.run(
+        [sandbox.python, "-m", "master.cli", "-c", sandbox.master.config, "daemon"],
+        capture_output=True,
+        text=True,
+        env=sandbox._env(None),
+        cwd=sandbox._source_dir(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "publish_port: must be a TCP port number 1-65535, got '70000'" in result.stderr
+    assert "bogus: unknown key" in result.stderr
+    sandbox.add_minion("web1", heartbeat_interval="soon")
+    result = sandbox.minion_cli("web1", "daemon")
+    assert result.returncode == 2
+    assert "heartbeat_interval: must be a duration" in result.stderr
+
+
+def test_old_jobs_are_removed_after_keep_jobs(sandbox):
+    sandbox.configure_master(keep_jobs="2s")
+    enrol(sandbox, "web1")
+    _, doc = run_json(sandbox, "web1", "ping")
+    assert jobs_show(sandbox, doc["jid"])["job"]["jid"] == doc["jid"]
+    time.sleep(2.5)
+    sandbox.stop(sandbox.master)
+    sandbox.start_master()  # retention runs at start-up (and hourly)
+    assert json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"] == []
+    assert "removed 1 jobs older than keep_jobs" in sandbox.master.log_text()
+
+
+def test_daemons_stop_cleanly_on_sigterm(sandbox):
+    enrol(sandbox, "web1")
+    assert sandbox.stop(sandbox.minions["web1"], signal.SIGTERM) == 0
+    assert sandbox.stop(sandbox.master, signal.SIGTERM) == 0
+    assert "web1: stopping" in sandbox.minions["web1"].log_text()
+    assert not os.path.exists(sandbox.control_path)

@@ -53,19 +53,19 @@ def assert_root_matches(sb, host: str) -> None:
 
 
 def test_files_on_three_minions_then_nothing_changes(sandbox):
-    enrol(sandbox, "web1", "web2", "db1")
+    enrol(sandbox, "web1", "web2", "web3", "db1")
     code, doc = run_json(sandbox, "web*", "files")
     assert code == 0
-    assert sorted(doc["hosts"]) == ["web1", "web2"]
-    assert doc["skipped"] == [{"host": "web3", "reason": "no key has enrolled"}]
+    assert sorted(doc["hosts"]) == ["web1", "web2", "web3"]
+    assert doc["skipped"] == []
     assert doc["summary"] == {
-        "targeted": 2,
-        "changed": 2,
+        "targeted": 3,
+        "changed": 3,
         "unchanged": 0,
         "failed": 0,
         "no_response": 0,
     }
-    for host in ("web1", "web2"):
+    for host in ("web1", "web2", "web3"):
         assert_root_matches(sandbox, host)
         assert doc["hosts"][host]["status"] == "changed"
         # Everything is created; "/" (the minion's root) already was 0755 root:root.
@@ -79,17 +79,20 @@ def test_files_on_three_minions_then_nothing_changes(sandbox):
     with open(os.path.join(sandbox.root("web2"), "etc/motd")) as f:
         assert "web2" in f.read()
     assert not os.path.exists(os.path.join(sandbox.root("web2"), "etc/app/feature-flags.conf"))
+    # web3 is taken out of the group "web" (web_remove): it gets only what "all" gives.
+    assert not os.path.exists(os.path.join(sandbox.root("web3"), "srv"))
     # The host outside the target is untouched.
     assert os.listdir(sandbox.root("db1")) == []
     triggers = doc["hosts"]["web1"]["result"]["apply"]["triggers"]
     assert {t["status"] for t in triggers} == {"ok"}
     assert any("reload web server" in t["output"] for t in triggers)
 
-    before = {h: os.stat(os.path.join(sandbox.root(h), "etc/motd")) for h in ("web1", "web2")}
+    hosts = ("web1", "web2", "web3")
+    before = {h: os.stat(os.path.join(sandbox.root(h), "etc/motd")) for h in hosts}
     code, doc = run_json(sandbox, "web*", "files")
     assert code == 0
-    assert doc["summary"]["unchanged"] == 2 and doc["summary"]["changed"] == 0
-    for host in ("web1", "web2"):
+    assert doc["summary"]["unchanged"] == 3 and doc["summary"]["changed"] == 0
+    for host in hosts:
         assert doc["hosts"][host]["result"]["apply"]["changes"] == []
         assert doc["hosts"][host]["result"]["apply"]["triggers"] == []
         after = os.stat(os.path.join(sandbox.root(host), "etc/motd"))
