@@ -180,6 +180,9 @@ class Master:
         self.presence: dict[str, Presence] = {}
         self.pending: dict[tuple[str, str], Pending] = {}
         self.runs: dict[str, Run] = {}
+        # Deadlines of jobs with hosts that have not answered, also jobs from
+        # before a restart: when one passes, those hosts become "no response".
+        self.deadlines: dict[str, float] = {}
         self.last_jid = self.jobs.last_jid()
         self.drop = DropLog(clock)
         self.network = Dispatcher(
@@ -222,6 +225,7 @@ class Master:
             log.info("job %s: %s did not answer before the deadline", *record)
         for env in self.jobs.open_envelopes(now):
             self._add_pending(env.jid, env.host, env.envelope, env.deadline)
+        self.deadlines = self.jobs.open_deadlines()
         if self.pending:
             log.info("re-publishing %d envelopes of unfinished jobs", len(self.pending))
         self._timers = [
@@ -272,7 +276,10 @@ class Master:
                 del self.pending[(item.jid, item.host)]
             elif item.next_send <= mono:
                 self._publish(item)
-        if any(run.deadline <= now for run in self.runs.values()):
+        due = [jid for jid, deadline in self.deadlines.items() if deadline <= now]
+        if due:
+            for jid in due:
+                del self.deadlines[jid]
             for jid, host in self.jobs.expire(now):
                 log.info("job %s: no response from %s", jid, host)
                 self.pending.pop((jid, host), None)
@@ -550,6 +557,7 @@ class Master:
         )
         self.jobs.create(record, envelopes)  # stored before anything is published
         self.last_jid = jid
+        self.deadlines[jid] = deadline
         log.info(
             "job %s: %s%s on %s by %s",
             jid,
@@ -596,6 +604,7 @@ class Master:
                 conn.send(MsgType.RUN_DONE, {"jid": run.jid, "summary": summary})
                 conn.finish()
             del self.runs[run.jid]
+            self.deadlines.pop(run.jid, None)
 
     def on_keys(self, conn: ControlConnection, msg: Message) -> None:
         action, ids = msg.body["action"], msg.body["ids"]

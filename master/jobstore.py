@@ -173,6 +173,14 @@ class JobStore:
                 ],
             )
 
+    def open_deadlines(self) -> dict[str, float]:
+        """The deadline of every job that still has hosts without a result."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT j.jid, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"
+            " WHERE h.state IN ('sent', 'received')"
+        )
+        return {r[0]: r[1] for r in rows}
+
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Mark hosts without result past their job's deadline as no response."""
         with transaction(self.conn):

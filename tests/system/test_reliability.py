@@ -125,6 +125,22 @@ def test_master_restart_republishes_undelivered_envelopes(sandbox):
     )
 
 
+def test_a_job_from_before_a_restart_still_ends_in_no_response(sandbox):
+    enrol(sandbox, "web1")
+    sandbox.stop(sandbox.minions["web1"])
+    proc = start_run(sandbox, "web1", "ping", "--timeout", "3")
+    wait_for(lambda: "ping on web1" in sandbox.master.log_text(), SETTLE, "the job to start")
+    sandbox.kill(sandbox.master)
+    proc.communicate(timeout=30)
+    sandbox.start_master()
+    [job] = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
+    wait_for(
+        lambda: jobs_show(sandbox, job["jid"])["hosts"][0]["state"] == "no_response",
+        SETTLE,
+        "the restarted master to give up on web1 at the deadline",
+    )
+
+
 def test_restarted_minion_does_not_apply_a_job_twice(sandbox):
     slow_repo(sandbox)
     enrol(sandbox, "web1")
