@@ -202,7 +202,13 @@ class Master:
         self.xpub: zmq.Socket | None = None
         self.router: zmq.Socket | None = None
         self.control: ControlServer | None = None
+        # Results read in this wake-up, stored together (_store_batch), each
+        # with the routing id its receipt goes back to.
         self._batch: list[tuple[bytes, StoredResult]] = []
+        # Routing id of the ROUTER message being handled: _reply() answers it.
+        # Handlers take only the message (the Dispatcher's contract), so the
+        # peer travels beside it.
+        self._peer = b""
         self._timers: list[Any] = []
 
     # ---- life cycle ----
