@@ -294,7 +294,10 @@ class ControlClient:
         self.frames: list[bytes] = []
 
     def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
-        self.sock.sendall(encode_frame(encode_plain(msg_type, body)))
+        # The daemon may have closed the connection already (it refuses a user
+        # at once); what it said before that is still there for replies().
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.sock.sendall(encode_frame(encode_plain(msg_type, body)))
 
     def replies(self, timeout: float | None) -> Iterator[Message]:
         """Yield replies until the daemon closes the connection; `timeout` bounds
@@ -307,6 +310,8 @@ class ControlClient:
                 data = self.sock.recv(READ_CHUNK)
             except TimeoutError as e:
                 raise DaemonError("the master daemon did not answer in time") from e
+            except ConnectionResetError:
+                data = b""
             if not data:
                 self.reader.eof()
                 return

@@ -234,6 +234,22 @@ class Sandbox:
             with contextlib.suppress(OSError):
                 self.stop(daemon)
 
+    def spawn_cli(self, *args: str) -> subprocess.Popen:
+        """Start `safcm-master -c <sandbox master.yaml> ARGS` in the background,
+        with stdout and stderr piped."""
+        return subprocess.Popen(
+            [self.python, "-m", "master.cli", "-c", self.master.config, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._env(None),
+            cwd=self._source_dir(),
+        )
+
+    def run(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run any command as the daemons run: this source tree importable."""
+        return self._run(argv, None, timeout, False)
+
     def _run(
         self, argv: list[str], env: dict | None, timeout: float, check: bool
     ) -> subprocess.CompletedProcess:

@@ -80,25 +80,7 @@ def test_duplicate_result_is_stored_once(sandbox, fake):
     assert web3.enrol() == "accepted"
     web3.heartbeat()
     assert web3.recv_sealed().type is MsgType.HEARTBEAT_REPLY
-    run = subprocess.Popen(
-        [
-            sandbox.python,
-            "-m",
-            "master.cli",
-            "-c",
-            sandbox.master.config,
-            "run",
-            "web3",
-            "ping",
-            "--json",
-            "--timeout",
-            "20",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=sandbox._env(None),
-        cwd=sandbox._source_dir(),
-    )
+    run = sandbox.spawn_cli("run", "web3", "ping", "--json", "--timeout", "20")
     _frame, job = web3.recv_job(10_000)
     first = ping_result(time.time())
     web3.send_raw(web3.seal(MsgType.RESULT, first, jid=job.jid))
@@ -261,15 +243,7 @@ def test_control_socket_checks_peer_credentials(sandbox):
                 "keys",
                 "list",
             ]
-            return subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                env=sandbox._env(None),
-                cwd=sandbox._source_dir(),
-                timeout=60,
-                check=False,
-            )
+            return sandbox.run(cmd)
 
         refused = as_user("daemon", "daemon")
         assert refused.returncode == 2

@@ -16,14 +16,7 @@ from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json, wait
 
 def start_run(sb, *args: str) -> subprocess.Popen:
     """`safcm-master run ... --json` in the background."""
-    return subprocess.Popen(
-        [sb.python, "-m", "master.cli", "-c", sb.master.config, "run", *args, "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=sb._env(None),
-        cwd=sb._source_dir(),
-    )
+    return sb.spawn_cli("run", *args, "--json")
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, dict]:
@@ -108,34 +101,34 @@ def test_master_killed_after_sending_then_result_delivered_from_the_spool(sandbo
     assert any(t["command"] == "sleep 3" for t in host["result"]["apply"]["triggers"])
 
 
-def test_master_restart_republishes_undelivered_envelopes(sandbox):
-    enrol(sandbox, "web1")
-    sandbox.stop(sandbox.minions["web1"])
-    proc = start_run(sandbox, "web1", "ping", "--timeout", "30")
-    wait_for(lambda: "ping on web1" in sandbox.master.log_text(), SETTLE, "the job to start")
-    sandbox.kill(sandbox.master)
+def ping_then_master_crash(sb, timeout: int) -> str:
+    """With web1 stopped, start a ping to it, SIGKILL the master once the job is
+    stored, and start the master again; returns the job's jid."""
+    enrol(sb, "web1")
+    sb.stop(sb.minions["web1"])
+    proc = start_run(sb, "web1", "ping", "--timeout", str(timeout))
+    wait_for(lambda: "ping on web1" in sb.master.log_text(), SETTLE, "the job to start")
+    sb.kill(sb.master)
     proc.communicate(timeout=30)
-    sandbox.start_master()
+    sb.start_master()
+    [job] = json.loads(sb.cli("jobs", "list", "--json").stdout)["jobs"]
+    return job["jid"]
+
+
+def test_master_restart_republishes_undelivered_envelopes(sandbox):
+    jid = ping_then_master_crash(sandbox, timeout=30)
     sandbox.start_minion("web1")
-    [job] = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
     wait_for(
-        lambda: jobs_show(sandbox, job["jid"])["hosts"][0]["state"] == "done",
+        lambda: jobs_show(sandbox, jid)["hosts"][0]["state"] == "done",
         SETTLE,
         "the job to reach web1 after the restart",
     )
 
 
 def test_a_job_from_before_a_restart_still_ends_in_no_response(sandbox):
-    enrol(sandbox, "web1")
-    sandbox.stop(sandbox.minions["web1"])
-    proc = start_run(sandbox, "web1", "ping", "--timeout", "3")
-    wait_for(lambda: "ping on web1" in sandbox.master.log_text(), SETTLE, "the job to start")
-    sandbox.kill(sandbox.master)
-    proc.communicate(timeout=30)
-    sandbox.start_master()
-    [job] = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
+    jid = ping_then_master_crash(sandbox, timeout=3)
     wait_for(
-        lambda: jobs_show(sandbox, job["jid"])["hosts"][0]["state"] == "no_response",
+        lambda: jobs_show(sandbox, jid)["hosts"][0]["state"] == "no_response",
         SETTLE,
         "the restarted master to give up on web1 at the deadline",
     )
@@ -176,15 +169,7 @@ def test_history_survives_a_master_restart(sandbox):
 
 def test_bad_settings_stop_the_daemons_at_start_up(sandbox):
     sandbox.configure_master(publish_port=70000, bogus=1)
-    result = subprocess.run(
-        [sandbox.python, "-m", "master.cli", "-c", sandbox.master.config, "daemon"],
-        capture_output=True,
-        text=True,
-        env=sandbox._env(None),
-        cwd=sandbox._source_dir(),
-        timeout=60,
-        check=False,
-    )
+    result = sandbox.cli("daemon")
     assert result.returncode == 2
     assert "publish_port: must be a TCP port number 1-65535, got '70000'" in result.stderr
     assert "bogus: unknown key" in result.stderr
