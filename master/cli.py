@@ -21,7 +21,7 @@ from common.protocol import NO_RESPONSE, MsgType, jid_problem, minion_id_problem
 from common.text import escape
 from master import render
 from master.control import ControlClient, RemoteError, raise_for_error
-from master.jobstore import DEFAULT_LIST_LIMIT
+from master.jobstore import DEFAULT_LIST_LIMIT, outcome
 from master.settings import DEFAULT_CONFIG_PATH, MasterSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -226,7 +226,7 @@ def run_command(
                         _print_started(out, style, body, args)
                     progress.show(0, tally.targeted)
                 elif msg.type is MsgType.RUN_HOST_RESULT:
-                    status = _summary_status(body["status"], body["result"])
+                    status = outcome(body["result"])
                     tally.add(status)
                     document["hosts"][body["host"]] = {"status": status, "result": body["result"]}
                     progress.clear()
@@ -276,16 +276,6 @@ def _print_started(
             file=out,
         )
     out.flush()
-
-
-def _summary_status(status: str, result: dict[str, Any] | None) -> str:
-    """The status a person reads: changed, ok, failed or no response."""
-    if result is None or status == NO_RESPONSE:
-        return render.NO_RESPONSE
-    if status != "ok":
-        return render.FAILED
-    apply = result.get("apply")
-    return render.CHANGED if apply and apply["changes"] else render.OK
 
 
 class Progress:
@@ -382,7 +372,7 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
     print(render.render_job_header(job, style), file=out)
     tally = render.Tally(targeted=len(hosts))
     for host in hosts:
-        status = _summary_status(host["status"], host["result"])
+        status = outcome(host["result"])
         if host["result"] is None and host["status"] != NO_RESPONSE:
             status = host["status"]  # still pending
         else:

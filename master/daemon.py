@@ -53,7 +53,6 @@ from common.protocol import (
     Message,
     Module,
     MsgType,
-    ResultStatus,
     decode_plain,
     encode_plain,
     is_sealed,
@@ -69,8 +68,9 @@ from master import targets
 from master.compiler import compile_hosts, load_repository
 from master.control import ControlConnection, ControlServer
 from master.db import open_db
-from master.jobstore import HostState, HostStatus, JobRecord, JobStore, StoredResult
+from master.jobstore import HostState, JobRecord, JobStore, StoredResult, host_status, outcome
 from master.keystore import KeyState, KeyStore, MinionKey
+from master.render import Tally
 from master.settings import MasterSettings
 
 log = logging.getLogger("safcm-master")
@@ -129,7 +129,7 @@ class Run:
     waiting: set[str]
     dry_run: bool
     watchers: list[ControlConnection] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
+    tally: Tally = field(default_factory=Tally)
 
 
 @dataclass
@@ -472,7 +472,12 @@ class Master:
         self.pending.pop((jid, minion), None)
         body = msg.body
         result = StoredResult(
-            jid, minion, _host_status(body), _change_count(body), body, self.clock()
+            jid,
+            minion,
+            host_status(body),
+            len(body["apply"]["changes"]) if body["apply"] else 0,
+            body,
+            self.clock(),
         )
         self._batch.append((self._peer, result))
 
@@ -591,21 +596,14 @@ class Master:
         self, run: Run, host: str, status: str, result: dict[str, Any] | None
     ) -> None:
         run.waiting.discard(host)
-        shown = _display_status(status, result)
-        run.counts[shown] = run.counts.get(shown, 0) + 1
+        run.tally.add(outcome(result))
         for conn in list(run.watchers):
             conn.send(
                 MsgType.RUN_HOST_RESULT,
                 {"jid": run.jid, "host": host, "status": status, "result": result},
             )
         if not run.waiting:
-            summary = {
-                "targeted": len(run.hosts),
-                **{
-                    key: run.counts.get(key, 0)
-                    for key in ("changed", "unchanged", "failed", "no_response")
-                },
-            }
+            summary = {**run.tally.as_dict(), "targeted": len(run.hosts)}
             for conn in list(run.watchers):
                 conn.send(MsgType.RUN_DONE, {"jid": run.jid, "summary": summary})
                 conn.finish()
@@ -723,26 +721,6 @@ def _members(repo: Any) -> Any:
         return repo.members(name)
 
     return members
-
-
-def _change_count(body: dict[str, Any]) -> int:
-    apply = body.get("apply")
-    return 0 if apply is None else len(apply["changes"])
-
-
-def _host_status(body: dict[str, Any]) -> HostStatus:
-    if body["status"] != ResultStatus.OK:
-        return HostStatus.FAILED
-    return HostStatus.CHANGED if _change_count(body) else HostStatus.OK
-
-
-def _display_status(status: str, result: dict[str, Any] | None) -> str:
-    """changed, unchanged, failed or no_response: what a summary counts."""
-    if result is None:
-        return "no_response"
-    return {HostStatus.FAILED: "failed", HostStatus.CHANGED: "changed", HostStatus.OK: "unchanged"}[
-        _host_status(result)
-    ]
 
 
 def _stored_status(state: HostState, result: dict[str, Any] | None) -> str:

@@ -22,6 +22,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from common.protocol import NO_RESPONSE
 from master.db import transaction
 
 # Most jobs `jobs list` prints when no --limit is given.
@@ -41,6 +42,19 @@ class HostStatus(enum.StrEnum):
     OK = "ok"  # succeeded, nothing changed
     CHANGED = "changed"  # succeeded and changed something (or would, in a dry run)
     FAILED = "failed"  # the minion reported a failure
+
+
+def host_status(result: dict[str, Any]) -> HostStatus:
+    """What a minion's RESULT body amounts to: failed, changed or ok."""
+    if result["status"] != "ok":
+        return HostStatus.FAILED
+    apply = result["apply"]
+    return HostStatus.CHANGED if apply is not None and apply["changes"] else HostStatus.OK
+
+
+def outcome(result: dict[str, Any] | None) -> str:
+    """host_status(), or NO_RESPONSE ("no response") for a host without a result."""
+    return NO_RESPONSE if result is None else host_status(result)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from common.model import ApplyResult, FileChange, FileState, FileType, TriggerStatus
+from common.protocol import NO_RESPONSE
 from common.text import escape, escape_content
+from master.jobstore import HostStatus
 
 # Widest a path column is padded to before the details that follow it.
 PATH_COLUMN = 40
@@ -61,8 +63,9 @@ class Style:
         return self._sgr("2", text)
 
 
-# Host statuses as the master stores and prints them.
-CHANGED, OK, FAILED, NO_RESPONSE = "changed", "ok", "failed", "no response"
+# A host's outcome (master/jobstore.py outcome()), as the summary counts it.
+CHANGED, OK, FAILED = HostStatus.CHANGED, HostStatus.OK, HostStatus.FAILED
+_TALLY_FIELDS = {CHANGED: "changed", OK: "unchanged", FAILED: "failed", NO_RESPONSE: "no_response"}
 
 
 def host_heading(host: str, status: str, body: dict[str, Any] | None, style: Style) -> str:
@@ -189,9 +192,10 @@ class Tally:
     failed: int = 0
     no_response: int = 0
 
-    def add(self, status: str) -> None:
-        field = {CHANGED: "changed", OK: "unchanged", FAILED: "failed", NO_RESPONSE: "no_response"}
-        setattr(self, field[status], getattr(self, field[status]) + 1)
+    def add(self, outcome: str) -> None:
+        """Count one host's outcome (jobstore.outcome())."""
+        field = _TALLY_FIELDS[outcome]
+        setattr(self, field, getattr(self, field) + 1)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
