@@ -21,6 +21,7 @@ do next.
     │   └── ReplayError             an authentic envelope whose jid was already seen
     ├── StoreError              a daemon's state database cannot be opened or written
     └── DaemonError             the CLI cannot reach, or was refused by, a daemon
+        └── RemoteError             the daemon answered a request with an ERROR (.code, .problems)
 """
 
 from __future__ import annotations
@@ -173,3 +174,12 @@ class StoreError(SafcmError):
 
 class DaemonError(SafcmError):
     """The CLI could not reach a daemon, or the daemon refused the request."""
+
+
+class RemoteError(DaemonError):
+    """The daemon refused a request: its ERROR reply's code, message and problems."""
+
+    def __init__(self, code: str, message: str, problems: list[dict]) -> None:
+        self.code = code
+        self.problems = problems
+        super().__init__(message)

@@ -16,11 +16,18 @@ import os
 import sys
 from typing import Any, TextIO
 
-from common.errors import ConfigError, DaemonError, ProtocolError, SafcmError, UsageError
+from common.errors import (
+    ConfigError,
+    DaemonError,
+    ProtocolError,
+    RemoteError,
+    SafcmError,
+    UsageError,
+)
 from common.protocol import NO_RESPONSE, MsgType, jid_problem, minion_id_problem
 from common.text import escape
 from master import render
-from master.control import ControlClient, RemoteError, raise_for_error
+from master.control import ControlClient, raise_for_error
 from master.jobstore import DEFAULT_LIST_LIMIT, outcome
 from master.settings import DEFAULT_CONFIG_PATH, MasterSettings
 

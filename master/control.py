@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from common.errors import DaemonError, ProtocolError
+from common.errors import DaemonError, ProtocolError, RemoteError
 from common.loop import Loop
 from common.protocol import (
     Channel,
@@ -333,15 +333,6 @@ class ControlClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class RemoteError(DaemonError):
-    """The daemon answered with an ERROR: code, message, problems."""
-
-    def __init__(self, code: str, message: str, problems: list[dict[str, Any]]) -> None:
-        self.code = code
-        self.problems = problems
-        super().__init__(message)
 
 
 def raise_for_error(msg: Message) -> None:
