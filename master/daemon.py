@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -360,6 +361,8 @@ class Master:
             self.drop(f"peer {peer.hex()}", f"envelope rejected ({e.reason or 'opaque'})")
         except ProtocolError as e:
             self.drop(f"peer {peer.hex()}", str(e))
+        except Exception:  # a bug must cost one message, never the daemon
+            log.exception("failed to handle a message from peer %s", peer.hex())
 
     def _reply(self, frame: bytes) -> None:
         try:
@@ -486,7 +489,12 @@ class Master:
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        self.jobs.store_results([r for _, r in batch])
+        try:
+            self.jobs.store_results([r for _, r in batch])
+        except sqlite3.Error as e:
+            # Not confirmed, so each minion keeps its result and sends it again.
+            log.error("cannot store %d results, they will come again: %s", len(batch), e)
+            return
         for peer, r in batch:
             self._peer = peer
             self._reply_sealed(r.host, MsgType.RESULT_RECEIPT, {"jid": r.jid}, jid=r.jid)

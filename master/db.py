@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from common.errors import StoreError
+
 DB_NAME = "master.db"
 # Milliseconds a connection waits for another writer before giving up; the
 # daemon is the only writer, so this only covers a CLI reading during a write.
@@ -77,23 +79,26 @@ MIGRATIONS: list[str] = [
 def open_db(state_dir: str) -> sqlite3.Connection:
     """Open (creating if needed) the master database and bring its schema up to date."""
     path = os.path.join(state_dir, DB_NAME)
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    os.chmod(path, 0o600)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode = WAL")
-    # FULL: a commit is on disk before it returns. A result is acknowledged to
-    # the minion only after its commit, and the minion then deletes its copy.
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    migrate(conn)
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        os.chmod(path, 0o600)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk before it returns. A result is acknowledged
+        # to the minion only after its commit, and the minion then drops its copy.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        migrate(conn)
+    except (sqlite3.Error, OSError) as e:
+        raise StoreError(f"cannot open the master database {path}: {e}") from e
     return conn
 
 
 def migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise RuntimeError(
+        raise StoreError(
             f"database schema version {version} is newer than this safcm "
             f"({len(MIGRATIONS)}); upgrade safcm"
         )

@@ -378,6 +378,8 @@ class Minion:
             )
         except ProtocolError as e:
             log.warning("%s: dropped an invalid message: %s", self.id, e)
+        except Exception:  # a bug must cost one message, never the daemon
+            log.exception("%s: failed to handle a message from the master", self.id)
 
     def _master_lookup(self, sender: str) -> PublicKeys | None:
         return self.master_keys if sender == MASTER_ID else None

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from common.errors import UsageError
+from common.errors import StoreError, UsageError
 from master.db import DB_NAME, open_db
 from master.jobstore import HostState, HostStatus, JobRecord, JobStore, StoredResult
 from master.keystore import KeyState, KeyStore
@@ -144,7 +144,7 @@ def test_newer_schema_is_refused(tmp_path):
     c = sqlite3.connect(tmp_path / DB_NAME)
     c.execute("PRAGMA user_version = 999")
     c.close()
-    with pytest.raises(RuntimeError, match="newer than this safcm"):
+    with pytest.raises(StoreError, match="newer than this safcm"):
         open_db(str(tmp_path))
 
 
