@@ -202,7 +202,7 @@ def run_command(
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be more than zero seconds")
     style = render.Style(not args.json and render.use_colour(out))
-    progress = Progress(err, enabled=not args.json and render.use_colour(err))
+    progress = Progress(err, enabled=not args.json and err.isatty())
     request = {
         "target": args.target,
         "group": args.group,

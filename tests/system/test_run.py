@@ -7,11 +7,15 @@ import grp
 import hashlib
 import json
 import os
+import pty
 import pwd
+import select
 import stat
+import subprocess
 
 from tests.system.conftest import changed_paths, enrol, jobs_show, run_json
 
+SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Created by the example repository's trigger on /etc/app, not by the engine.
 TRIGGER_MADE = {"/etc/app/.restart-requested"}
 
@@ -208,3 +212,45 @@ def test_history_shows_runs_with_diffs(sandbox):
     assert "-local edit" in human and "changed /etc/motd" in human
     assert sandbox.cli("jobs", "show", "20000101T000000.000000Z").returncode == 2
     assert sandbox.cli("jobs", "show", "../../etc").returncode == 2
+
+
+def test_progress_on_a_terminal(sandbox):
+    enrol(sandbox, "web1", "web2")
+    sandbox.stop(sandbox.minions["web2"])
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [
+                sandbox.python,
+                "-m",
+                "master.cli",
+                "-c",
+                sandbox.master.config,
+                "run",
+                "web*",
+                "ping",
+                "--timeout",
+                "3",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1", "PYTHONPATH": SOURCE},
+            cwd=SOURCE,
+        )
+        os.close(secondary)
+        out, _ = proc.communicate(timeout=60)
+        shown = b""
+        while select.select([primary], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+    assert proc.returncode == 1
+    assert b"1 of 2 hosts returned, waiting" in shown
+    assert "web2: no response" in out and "\x1b" not in out
