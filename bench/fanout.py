@@ -1,0 +1,720 @@
+"""Benchmark fan-out: a real master and N minions, `run '*' ping` and `run '*' files`.
+
+    /work/venv/bin/python bench/fanout.py [--sizes 10,100,500] [--files 100]
+        [--swarms 2] [--workers 4] [--repeat 1] [--profile DIR] [--json]
+        [--keep] [--max-seconds 840]
+
+For each N in --sizes, in a fresh temporary directory under /tmp:
+
+1. A configuration repository: hosts.yaml with hosts m0001..mNNNN, and
+   --files files of about 1 KiB each, in all/files/srv/bench/dNN/, so every
+   host gets them all. The master loads and compiles it on every run, as in
+   production.
+2. A real master daemon (master/sandbox.py: a subprocess on 127.0.0.1, free
+   ports, log level info), one real minion daemon process (m0001, the
+   reference for one minion's memory), and the other N-1 identities in
+   --swarms swarm processes (bench/swarm.py: real Minion objects sharing one
+   loop, context and thread pool per process, each with its own keys, state
+   directory and root). The heartbeat interval grows with N (1 s up to 200
+   minions, then N/200 s), so heartbeats stay at about 200 a second.
+3. Enrolment: wait until N keys are pending, `keys accept '*'`, wait until
+   every minion is connected (both timed, not part of the run figures).
+4. Timed, each with the CLI as a user runs it, by its wall clock from start
+   to exit: `run '*' ping --json`, then `run '*' files --json` (creates the
+   files), then the same again (changes nothing). Each answer is checked:
+   all N hosts answered ok; the first files run created exactly --files
+   regular files per host, and they are on disk with the right content; the
+   second changed nothing. A failed check is printed and makes the exit code
+   1; it is never hidden.
+5. Where the time went, from `jobs show JID --json` (untimed): CLI start to
+   the job's submission (CLI start-up, repository load and compile), then to
+   the last receipt and the last stored result (master clock), then to the
+   CLI's exit (streaming the results and printing the document).
+6. Memory: the peak RSS (VmHWM) of the master; of each swarm process, given
+   per identity both as total / identities and as (peak - RSS before the
+   first identity) / identities; and of the real minion daemon.
+
+--profile DIR runs `py-spy record` (raw collapsed stacks) on the master and
+on the first swarm during each timed run and prints the functions that took
+the most samples. Everything is bounded: each wait has its own timeout, and
+the whole run stops at --max-seconds. All processes are stopped and the
+temporary directories removed at the end, on error, and on Ctrl-C (--keep
+leaves the directories for a look at the logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import zmq
+
+from bench.swarm import rss_kib, write_status
+from common.protocol import MsgType
+from master.control import ControlClient
+from master.sandbox import Sandbox
+
+SOURCE_DIR = pathlib.Path(__file__).resolve().parents[1]
+SWARM_SCRIPT = SOURCE_DIR / "bench" / "swarm.py"
+
+FILE_SIZE = 1024  # bytes of each generated file, as in the other benchmarks
+FILES_PER_DIR = 10  # generated files per directory under /srv/bench
+REFERENCE_MINION = "m0001"  # the one minion that runs as its own daemon process
+# Heartbeats a second the fleet sends at most: the interval is 1 s up to this
+# many minions and grows with N beyond, as an administrator would set it.
+HEARTBEATS_PER_SECOND = 200
+MIN_HEARTBEAT = 1.0  # seconds
+# Seconds to wait for enrolment (all keys pending), and for all minions to be
+# connected after the accept: a base plus a share per minion.
+ENROL_TIMEOUT_BASE, ENROL_TIMEOUT_PER_MINION = 60.0, 0.2
+# Seconds a timed run may take before its hosts count as no response (the
+# job's --timeout); the CLI process itself gets CLI_SLACK more (the CLI waits
+# RUN_GRACE = 30 s beyond the job's timeout for the daemon's last word).
+RUN_TIMEOUT_BASE, RUN_TIMEOUT_PER_MINION = 60.0, 0.4
+CLI_SLACK = 60.0
+# Seconds between two looks at the key list while waiting.
+POLL_INTERVAL = 0.25
+# Seconds a swarm gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 20.0
+# Whole benchmark, in seconds: the brief allows well under 15 minutes.
+DEFAULT_MAX_SECONDS = 840.0
+# Functions listed per profile.
+PROFILE_TOP = 12
+
+
+class BenchError(Exception):
+    """A step of the benchmark could not be done (a daemon died, a wait timed out)."""
+
+
+class Budget:
+    """The time left for the whole benchmark; every wait takes from it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def timeout(self, wanted: float, what: str) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError(f"out of time (--max-seconds) before {what}")
+        return min(wanted, left)
+
+
+@dataclass
+class RunFigures:
+    name: str
+    seconds: float
+    hosts: int
+    answered: int
+    per_second: float
+    cli_to_job: float | None = None
+    job_to_last_receipt: float | None = None
+    job_to_last_result: float | None = None
+    last_result_to_exit: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SizeFigures:
+    n: int
+    heartbeat: float
+    swarms: int
+    enrol_seconds: float = 0.0
+    connect_seconds: float = 0.0
+    runs: list[RunFigures] = field(default_factory=list)
+    master_hwm_kib: int = 0
+    swarm_hwm_kib: int = 0  # sum over the swarm processes
+    swarm_baseline_kib: int = 0  # sum of their RSS before the first identity
+    swarm_identities: int = 0
+    minion_hwm_kib: int = 0  # the one real minion daemon
+    problems: list[str] = field(default_factory=list)
+    profiles: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+
+# ---- the configuration repository ----
+
+
+def host_id(i: int) -> str:
+    return f"m{i:04d}"
+
+
+def file_content(n: int) -> bytes:
+    head = f"# safcm fan-out benchmark, file {n}\n".encode()
+    line = b"x" * 63 + b"\n"
+    return head + line * ((FILE_SIZE - len(head)) // len(line))
+
+
+def bench_path(n: int) -> str:
+    return f"/srv/bench/d{n // FILES_PER_DIR:02d}/f{n:03d}.conf"
+
+
+def generate_repo(root: pathlib.Path, hosts: int, files: int) -> None:
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text("default_user: root\ndefault_group: root\n")
+    (root / "hosts.yaml").write_text(
+        "".join(f"- name: {host_id(i)}\n" for i in range(1, hosts + 1))
+    )
+    (root / "groups.yaml").write_text('bench: ["m*"]\n')
+    for n in range(files):
+        path = root / "all" / "files" / bench_path(n).lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(file_content(n))
+
+
+# ---- processes ----
+
+
+class Swarm:
+    """One bench/swarm.py process and the identities it holds."""
+
+    def __init__(
+        self, base: str, index: int, ids: list[str], sb: Sandbox, interval: float, workers: int
+    ) -> None:
+        self.ids = ids
+        self.status_path = os.path.join(base, f"swarm-{index}.status")
+        self.log_path = os.path.join(base, "logs", f"swarm-{index}.log")
+        self.spec_path = os.path.join(base, f"swarm-{index}.json")
+        self.roots = {i: os.path.join(base, "roots", i) for i in ids}
+        write_status(
+            self.spec_path,
+            {
+                "master": "127.0.0.1",
+                "publish_port": sb.master.settings["publish_port"],
+                "return_port": sb.master.settings["return_port"],
+                "heartbeat_interval": interval,
+                "workers": workers,
+                "log_level": "info",
+                "status": self.status_path,
+                "minions": [
+                    {"id": i, "state_dir": os.path.join(base, "minions", i), "root": self.roots[i]}
+                    for i in ids
+                ],
+            },
+        )
+        self.proc: subprocess.Popen | None = None
+        self.baseline_kib = 0
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(SOURCE_DIR))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(SWARM_SCRIPT), self.spec_path],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=SOURCE_DIR,
+            )
+
+    def ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BenchError(f"a swarm exited at start-up; see {self.log_path}:\n{self.log_tail()}")
+        try:
+            with open(self.status_path) as f:
+                status = json.load(f)
+        except FileNotFoundError:
+            return False
+        self.baseline_kib = status["baseline_rss_kib"]
+        return True
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def hwm_kib(pid: int) -> int:
+    return rss_kib("VmHWM", pid)
+
+
+class Profiler:
+    """py-spy record on some processes while one run goes on (--profile)."""
+
+    def __init__(self, directory: str | None, targets: dict[str, int], tag: str) -> None:
+        self.procs: dict[str, tuple[subprocess.Popen, str]] = {}
+        if directory is None:
+            return
+        spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        for name, pid in targets.items():
+            out = os.path.join(directory, f"{tag}-{name}.txt")
+            proc = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    out,
+                    "--nonblocking",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.procs[name] = (proc, out)
+        time.sleep(0.5)  # py-spy attaches before the run starts
+
+    def finish(self) -> dict[str, list[tuple[str, float]]]:
+        """Stop every py-spy; return, per process, the functions with the most samples."""
+        tops = {}
+        for name, (proc, out) in self.procs.items():
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            tops[name] = summarise_profile(out)
+        return tops
+
+
+def summarise_profile(path: str) -> list[tuple[str, float]]:
+    """From collapsed stacks ("f1;f2;f3 COUNT" per line): the share of samples
+    each function is on the stack for (inclusive), largest first, safcm's own
+    functions and the leaf functions they spend it in."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        # A frame reads "function (path/file.py:line)"; count each function once per stack.
+        for frame in {f.split(" (")[0] + " " + _short_file(f) for f in stack.split(";")[1:]}:
+            inclusive[frame] += n
+    if not total:
+        return []
+    return [(frame, n / total) for frame, n in inclusive.most_common(PROFILE_TOP)]
+
+
+def _short_file(frame: str) -> str:
+    inside = frame.partition(" (")[2].rstrip(")")
+    file = inside.rpartition(":")[0]
+    parts = pathlib.PurePath(file).parts
+    return "/".join(parts[-2:]) if parts else file
+
+
+# ---- steps ----
+
+
+def key_list(sb: Sandbox) -> list[dict]:
+    with ControlClient(sb.control_path) as client:
+        return client.request(MsgType.KEYS, {"action": "list", "ids": []}).body["keys"]
+
+
+def wait_keys(sb: Sandbox, n: int, timeout: float, what: str, ok) -> float:
+    """Poll the master's key list until `ok` holds for n keys; seconds taken."""
+    started = time.monotonic()
+    deadline = started + timeout
+    count = 0
+    while True:
+        if not sb.master.running:
+            raise BenchError(f"the master exited while waiting for {what}")
+        count = sum(1 for k in key_list(sb) if ok(k))
+        if count >= n:
+            return time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise BenchError(f"after {timeout:.0f} s only {count} of {n} minions were {what}")
+        time.sleep(POLL_INTERVAL)
+
+
+def timed_run(
+    sb: Sandbox, module: str, name: str, n: int, timeout: float
+) -> tuple[RunFigures, dict]:
+    started_wall = time.time()
+    started = time.perf_counter()
+    proc = sb.cli(
+        "run", "*", module, "--json", "--timeout", f"{timeout:.0f}", timeout=timeout + CLI_SLACK
+    )
+    seconds = time.perf_counter() - started
+    ended_wall = started_wall + seconds
+    figures = RunFigures(name, seconds, n, 0, 0.0)
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        figures.problems.append(
+            f"exit {proc.returncode}, no JSON document; stderr: {proc.stderr.strip()[-2000:]}"
+        )
+        return figures, {}
+    figures.answered = sum(1 for h in doc["hosts"].values() if h["result"] is not None)
+    figures.per_second = figures.answered / seconds
+    if proc.returncode != 0:
+        figures.problems.append(f"exit code {proc.returncode}: {doc.get('summary')}")
+    add_breakdown(sb, figures, doc.get("jid"), started_wall, ended_wall)
+    return figures, doc
+
+
+def add_breakdown(
+    sb: Sandbox, figures: RunFigures, jid: str | None, started: float, ended: float
+) -> None:
+    if jid is None:
+        return
+    proc = sb.cli("jobs", "show", jid, "--json")
+    if proc.returncode != 0:
+        figures.problems.append(f"jobs show {jid}: {proc.stderr.strip()}")
+        return
+    doc = json.loads(proc.stdout)
+    submitted = doc["job"]["submitted"]
+    receipts = [h["received"] for h in doc["hosts"] if h["received"] is not None]
+    returns = [h["returned"] for h in doc["hosts"] if h["returned"] is not None]
+    figures.cli_to_job = submitted - started
+    if receipts:
+        figures.job_to_last_receipt = max(receipts) - submitted
+    if returns:
+        figures.job_to_last_result = max(returns) - submitted
+        figures.last_result_to_exit = ended - max(returns)
+
+
+def check_ping(doc: dict, ids: list[str], figures: RunFigures) -> None:
+    check_hosts(doc, ids, figures)
+    for host, h in sorted(doc.get("hosts", {}).items()):
+        result = h["result"]
+        if result is None or result["status"] != "ok" or result["ping"] is None:
+            figures.problems.append(f"{host}: ping {h['status']}")
+
+
+def check_hosts(doc: dict, ids: list[str], figures: RunFigures) -> None:
+    if not doc:
+        return
+    answered = set(doc["hosts"])
+    missing = sorted(set(ids) - answered)
+    if sorted(doc["targeted"]) != ids:
+        figures.problems.append(f"targeted {len(doc['targeted'])} hosts, not {len(ids)}")
+    if missing:
+        figures.problems.append(f"{len(missing)} hosts missing from the results: {missing[:5]}")
+
+
+def check_create(
+    doc: dict, ids: list[str], roots: dict[str, str], files: int, figures: RunFigures
+) -> None:
+    """Every host reports exactly `files` regular files created, and has them on disk."""
+    check_hosts(doc, ids, figures)
+    expected = {bench_path(n): file_content(n) for n in range(files)}
+    for host, h in sorted(doc.get("hosts", {}).items()):
+        result = h["result"]
+        if result is None or result["status"] != "ok":
+            error = result and result["error"]
+            figures.problems.append(f"{host}: files run {h['status']}: {error}")
+            continue
+        changes = result["apply"]["changes"]
+        created = {c["path"] for c in changes if c["created"] and c["new"]["type"] == "file"}
+        if created != set(expected):
+            figures.problems.append(
+                f"{host}: created {len(created)} files, expected the {len(expected)} generated"
+            )
+        for path, content in expected.items():
+            full = os.path.join(roots[host], path.lstrip("/"))
+            try:
+                with open(full, "rb") as f:
+                    if f.read() != content:
+                        figures.problems.append(f"{host}: {path} has other content")
+            except OSError as e:
+                figures.problems.append(f"{host}: {path}: {e.strerror}")
+                break
+
+
+def check_noop(doc: dict, ids: list[str], figures: RunFigures) -> None:
+    check_hosts(doc, ids, figures)
+    for host, h in sorted(doc.get("hosts", {}).items()):
+        result = h["result"]
+        if result is None or result["status"] != "ok":
+            figures.problems.append(f"{host}: files run {h['status']}")
+        elif result["apply"]["changes"]:
+            figures.problems.append(
+                f"{host}: the second files run changed {len(result['apply']['changes'])} paths"
+            )
+
+
+# ---- one size ----
+
+
+def bench_size(n: int, args: argparse.Namespace, budget: Budget) -> SizeFigures:
+    interval = max(MIN_HEARTBEAT, n / HEARTBEATS_PER_SECOND)
+    ids = [host_id(i) for i in range(1, n + 1)]
+    swarm_ids = [i for i in ids if i != REFERENCE_MINION]
+    k = max(1, min(args.swarms, len(swarm_ids)))
+    figures = SizeFigures(n, interval, k if swarm_ids else 0)
+    run_timeout = RUN_TIMEOUT_BASE + RUN_TIMEOUT_PER_MINION * n
+    enrol_timeout = ENROL_TIMEOUT_BASE + ENROL_TIMEOUT_PER_MINION * n
+
+    base = tempfile.mkdtemp(prefix=f"safcm-fanout-{n}-", dir="/tmp")
+    sb: Sandbox | None = None
+    swarms: list[Swarm] = []
+    try:
+        repo = pathlib.Path(base) / "config"
+        generate_repo(repo, n, args.files)
+        sb = Sandbox(
+            base,
+            str(repo),
+            heartbeat_interval=interval,
+            log_level="info",
+            job_timeout=run_timeout,
+        )
+        sb.start_master()
+        reference = sb.add_minion(REFERENCE_MINION, log_level="info")
+        sb.start_minion(REFERENCE_MINION)
+        roots = {REFERENCE_MINION: sb.root(REFERENCE_MINION)}
+        chunks = [swarm_ids[i::k] for i in range(k)] if swarm_ids else []
+        swarms = [
+            Swarm(base, i, chunk, sb, interval, args.workers) for i, chunk in enumerate(chunks)
+        ]
+        for swarm in swarms:
+            roots.update(swarm.roots)
+
+        started = time.monotonic()
+        for swarm in swarms:
+            swarm.start()
+        deadline = time.monotonic() + budget.timeout(enrol_timeout, "the swarms start")
+        while not all(s.ready() for s in swarms):
+            if time.monotonic() > deadline:
+                raise BenchError("the swarms did not start in time")
+            time.sleep(POLL_INTERVAL)
+        wait_keys(
+            sb,
+            n,
+            budget.timeout(enrol_timeout, "enrolment"),
+            "pending",
+            lambda key: key["state"] == "pending",
+        )
+        figures.enrol_seconds = time.monotonic() - started
+
+        started = time.monotonic()
+        accept = sb.cli("keys", "accept", "*")
+        if accept.returncode != 0:
+            raise BenchError(f"keys accept failed: {accept.stderr.strip()}")
+        wait_keys(
+            sb,
+            n,
+            budget.timeout(enrol_timeout, "connection"),
+            "connected",
+            lambda key: key["state"] == "accepted" and key["connected"],
+        )
+        figures.connect_seconds = time.monotonic() - started
+
+        pids = {"master": sb.master.proc.pid}
+        if swarms:
+            pids["swarm0"] = swarms[0].proc.pid
+        plan = [("ping", "ping", "ping")] * args.repeat + [
+            ("files", "files create", "create"),
+            ("files", "files no-op", "noop"),
+        ]
+        for module, name, check in plan:
+            timeout = budget.timeout(run_timeout, name)
+            profiler = Profiler(args.profile, pids, f"n{n}-{name.replace(' ', '-')}")
+            try:
+                run, doc = timed_run(sb, module, name, n, timeout)
+            finally:
+                tops = profiler.finish()
+            for proc_name, top in tops.items():
+                figures.profiles[f"{name} / {proc_name}"] = top
+            if check == "ping":
+                check_ping(doc, ids, run)
+            elif check == "create":
+                check_create(doc, ids, roots, args.files, run)
+            else:
+                check_noop(doc, ids, run)
+            figures.runs.append(run)
+
+        figures.master_hwm_kib = hwm_kib(sb.master.proc.pid)
+        figures.minion_hwm_kib = hwm_kib(reference.proc.pid)
+        for swarm in swarms:
+            figures.swarm_hwm_kib += hwm_kib(swarm.proc.pid)
+            figures.swarm_baseline_kib += swarm.baseline_kib
+            figures.swarm_identities += len(swarm.ids)
+    except BenchError as e:
+        figures.problems.append(str(e))
+        if sb is not None:
+            figures.problems.append(f"master log tail:\n{sb.master.log_text()[-3000:]}")
+    finally:
+        for swarm in swarms:
+            swarm.stop()
+        if sb is not None:
+            sb.close()
+        if args.keep:
+            print(f"kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    return figures
+
+
+# ---- output ----
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.1f}"
+
+
+def maybe(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}"
+
+
+def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespace) -> None:
+    print("safcm fan-out benchmark")
+    print(f"command: {command}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}); {args.files} files of "
+        f"{FILE_SIZE} B per host; {args.workers} apply threads per swarm"
+    )
+    print()
+    print(
+        f"{'N':>5}  {'run':<13} {'seconds':>8} {'results/s':>10} {'answered':>9}   "
+        f"{'cli→job':>8} {'→receipts':>9} {'→results':>9} {'→exit':>7}"
+    )
+    for size in sizes:
+        for r in size.runs:
+            print(
+                f"{size.n:>5}  {r.name:<13} {r.seconds:>8.2f} {r.per_second:>10.1f} "
+                f"{f'{r.answered}/{r.hosts}':>9}   {maybe(r.cli_to_job):>8} "
+                f"{maybe(r.job_to_last_receipt):>9} {maybe(r.job_to_last_result):>9} "
+                f"{maybe(r.last_result_to_exit):>7}"
+            )
+    print()
+    print(
+        f"{'N':>5}  {'heartbeat':>9} {'swarms':>6} {'enrol s':>8} {'accept→conn s':>13}   "
+        f"{'master MiB':>10} {'minion MiB/id':>13} {'(marginal)':>10} {'real minion MiB':>15}"
+    )
+    for size in sizes:
+        ids = size.swarm_identities
+        per_id = f"{size.swarm_hwm_kib / ids / 1024:.2f}" if ids else "-"
+        marginal = (
+            f"{(size.swarm_hwm_kib - size.swarm_baseline_kib) / ids / 1024:.2f}" if ids else "-"
+        )
+        print(
+            f"{size.n:>5}  {size.heartbeat:>8.1f}s {size.swarms:>6} {size.enrol_seconds:>8.1f} "
+            f"{size.connect_seconds:>13.1f}   {mib(size.master_hwm_kib):>10} {per_id:>13} "
+            f"{marginal:>10} {mib(size.minion_hwm_kib):>15}"
+        )
+    print()
+    print(
+        "seconds: wall clock of `safcm-master run '*' MODULE --json` from start to exit.\n"
+        "cli→job: CLI start to the job's submission (start-up, repository load, compile);\n"
+        "→receipts / →results: submission to the last receipt / last stored result;\n"
+        "→exit: last stored result to the CLI's exit.\n"
+        "memory: peak RSS (VmHWM). minion MiB/id: the swarms' peak RSS / identities;\n"
+        "(marginal): the same less the swarms' RSS before the first identity."
+    )
+    for size in sizes:
+        for name, top in size.profiles.items():
+            print(f"\nprofile N={size.n} {name} (share of samples on the stack):")
+            for frame, share in top:
+                print(f"  {share * 100:5.1f}%  {frame}")
+    failed = False
+    for size in sizes:
+        for problem in size.problems:
+            failed = True
+            print(f"\nFAILED at N={size.n}: {problem}")
+        for r in size.runs:
+            for problem in r.problems[:20]:
+                failed = True
+                print(f"FAILED at N={size.n}, {r.name}: {problem}")
+            if len(r.problems) > 20:
+                print(f"FAILED at N={size.n}, {r.name}: ... {len(r.problems) - 20} more")
+    if not failed:
+        print("\nall checks passed: every host answered; files created, then unchanged")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes", default="10,100,500", help="minion counts (default: %(default)s)"
+    )
+    parser.add_argument("--files", type=int, default=100, help="files per host (default: 100)")
+    parser.add_argument("--swarms", type=int, default=2, help="swarm processes (default: 2)")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="apply threads per swarm (default: 4)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="ping runs per size (default: 1)")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the master and a swarm into DIR")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=DEFAULT_MAX_SECONDS,
+        help="stop the whole benchmark after this long (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes: not a comma list of numbers: {args.sizes!r}")
+    if any(n < 1 or n > 9999 for n in args.sizes):
+        parser.error("--sizes: each size must be 1 to 9999 (ids are m0001..m9999)")
+    for name in ("files", "swarms", "workers", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.files > FILES_PER_DIR * 100:
+        parser.error(f"--files: at most {FILES_PER_DIR * 100}")
+    if args.profile is not None:
+        os.makedirs(args.profile, exist_ok=True)
+    return args
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([sys.executable, *sys.argv])
+    # A SIGTERM (a job runner's timeout) cleans up as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    budget = Budget(args.max_seconds)
+    sizes: list[SizeFigures] = []
+    try:
+        for n in args.sizes:
+            print(f"N={n} ...", file=sys.stderr, flush=True)
+            sizes.append(bench_size(n, args, budget))
+    except KeyboardInterrupt:
+        print("interrupted; figures so far:", file=sys.stderr)
+    if args.json:
+        json.dump({"command": command, "sizes": [asdict(s) for s in sizes]}, sys.stdout, indent=2)
+        print()
+    else:
+        print_report(sizes, command, args)
+    ok = len(sizes) == len(args.sizes) and not any(
+        s.problems or any(r.problems for r in s.runs) for s in sizes
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
