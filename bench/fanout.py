@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -90,10 +91,20 @@ CLI_SLACK = 60.0
 POLL_INTERVAL = 0.25
 # Seconds a swarm gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 20.0
+# Problems printed per run; the count of the rest follows.
+MAX_PROBLEMS_SHOWN = 20
 # Whole benchmark, in seconds: the brief allows well under 15 minutes.
 DEFAULT_MAX_SECONDS = 840.0
-# Functions listed per profile.
-PROFILE_TOP = 12
+# py-spy (--profile): samples per second; seconds to let it attach before a
+# run; seconds it gets to write its file when stopped; functions listed per
+# process; share of samples above which a function is the entry chain
+# (main, Loop.run) and not listed; the packages whose functions are listed.
+PROFILE_RATE = 200
+PROFILE_SETTLE = 0.5
+PROFILE_STOP_TIMEOUT = 30.0
+PROFILE_TOP = 14
+PROFILE_ENTRY_SHARE = 0.95
+SAFCM_PACKAGES = ("common", "master", "minion", "bench", "swarm.py")
 
 
 class BenchError(Exception):
@@ -124,7 +135,11 @@ class RunFigures:
     job_to_last_receipt: float | None = None
     job_to_last_result: float | None = None
     last_result_to_exit: float | None = None
+    apply_median: float | None = None  # one host's job on the minion (its result's times)
+    apply_max: float | None = None
+    duplicates: int = 0  # envelopes a minion got again after taking the job
     problems: list[str] = field(default_factory=list)
+    profiles: dict[str, Profile] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,7 +156,6 @@ class SizeFigures:
     swarm_identities: int = 0
     minion_hwm_kib: int = 0  # the one real minion daemon
     problems: list[str] = field(default_factory=list)
-    profiles: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
 
 # ---- the configuration repository ----
@@ -257,58 +271,57 @@ def hwm_kib(pid: int) -> int:
 class Profiler:
     """py-spy record on some processes while one run goes on (--profile)."""
 
-    def __init__(self, directory: str | None, targets: dict[str, int], tag: str) -> None:
+    def __init__(self, directory: str | None, tag: str) -> None:
+        self.directory = directory
+        self.tag = tag
         self.procs: dict[str, tuple[subprocess.Popen, str]] = {}
-        if directory is None:
+
+    def attach(self, targets: dict[str, int], *, settle: bool = True) -> None:
+        if self.directory is None:
             return
         spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
         for name, pid in targets.items():
-            out = os.path.join(directory, f"{tag}-{name}.txt")
+            out = os.path.join(self.directory, f"{self.tag}-{name}.txt")
+            argv = [spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE)]
+            argv += ["--format", "raw", "--output", out, "--nonblocking"]
             proc = subprocess.Popen(
-                [
-                    spy,
-                    "record",
-                    "--pid",
-                    str(pid),
-                    "--rate",
-                    "200",
-                    "--format",
-                    "raw",
-                    "--output",
-                    out,
-                    "--nonblocking",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             self.procs[name] = (proc, out)
-        time.sleep(0.5)  # py-spy attaches before the run starts
+        if settle:
+            time.sleep(PROFILE_SETTLE)
 
-    def finish(self) -> dict[str, list[tuple[str, float]]]:
-        """Stop every py-spy; return, per process, the functions with the most samples."""
-        tops = {}
+    def finish(self) -> dict[str, Profile]:
+        """Stop every py-spy (it writes its file on SIGINT or when its target exits)."""
+        profiles = {}
         for name, (proc, out) in self.procs.items():
-            proc.send_signal(signal.SIGINT)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(30)
+                proc.wait(PROFILE_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            tops[name] = summarise_profile(out)
-        return tops
+            profiles[name] = summarise_profile(out)
+        return profiles
 
 
-def summarise_profile(path: str) -> list[tuple[str, float]]:
-    """From collapsed stacks ("f1;f2;f3 COUNT" per line): the share of samples
-    each function is on the stack for (inclusive), largest first, safcm's own
-    functions and the leaf functions they spend it in."""
+@dataclass
+class Profile:
+    samples_seconds: float  # sampled thread-seconds not idle (blocking I/O counts)
+    functions: list[tuple[str, float]]  # safcm functions, share of samples on the stack
+    leaves: list[tuple[str, float]]  # any function, share of samples at the top of the stack
+
+
+def summarise_profile(path: str) -> Profile:
+    """Read py-spy's collapsed stacks ("frame;frame;frame COUNT" per line)."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        return []
+        return Profile(0.0, [], [])
     inclusive: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
     total = 0
     for line in lines:
         stack, _, count = line.rpartition(" ")
@@ -316,77 +329,241 @@ def summarise_profile(path: str) -> list[tuple[str, float]]:
             continue
         n = int(count)
         total += n
-        # A frame reads "function (path/file.py:line)"; count each function once per stack.
-        for frame in {f.split(" (")[0] + " " + _short_file(f) for f in stack.split(";")[1:]}:
-            inclusive[frame] += n
+        frames = [_frame_name(f) for f in stack.split(";")[1:]]  # [0] is the thread
+        if not frames:
+            continue
+        leaves[frames[-1]] += n
+        for frame in set(frames):
+            if frame.split(" ")[-1].split("/")[0] in SAFCM_PACKAGES:
+                inclusive[frame] += n
     if not total:
-        return []
-    return [(frame, n / total) for frame, n in inclusive.most_common(PROFILE_TOP)]
+        return Profile(0.0, [], [])
+    # Frames on (nearly) every stack are the entry chain (main, Loop.run): no news.
+    functions = [
+        (frame, n / total)
+        for frame, n in inclusive.most_common()
+        if n / total < PROFILE_ENTRY_SHARE
+    ]
+    return Profile(
+        total / PROFILE_RATE,
+        functions[:PROFILE_TOP],
+        [(frame, n / total) for frame, n in leaves.most_common(PROFILE_TOP // 2)],
+    )
 
 
-def _short_file(frame: str) -> str:
-    inside = frame.partition(" (")[2].rstrip(")")
-    file = inside.rpartition(":")[0]
+def _frame_name(frame: str) -> str:
+    """ "Loop.run (common/loop.py:149)" -> "Loop.run common/loop.py": one entry per function."""
+    function, _, where = frame.partition(" (")
+    file = where.rstrip(")").rpartition(":")[0]
     parts = pathlib.PurePath(file).parts
-    return "/".join(parts[-2:]) if parts else file
+    return f"{function} {'/'.join(parts[-2:]) if parts else file}"
 
 
-# ---- steps ----
+# ---- the fleet ----
 
 
-def key_list(sb: Sandbox) -> list[dict]:
-    with ControlClient(sb.control_path) as client:
-        return client.request(MsgType.KEYS, {"action": "list", "ids": []}).body["keys"]
+class Fleet:
+    """A master, the reference minion daemon and the swarms, enrolled and connected.
+
+    `with Fleet(...) as fleet:` builds it all under a fresh directory in /tmp
+    and tears it all down again, also on error and Ctrl-C.
+    """
+
+    def __init__(self, n: int, args: argparse.Namespace, budget: Budget) -> None:
+        self.n = n
+        self.files = args.files
+        self.budget = budget
+        self.keep = args.keep
+        self.interval = max(MIN_HEARTBEAT, n / HEARTBEATS_PER_SECOND)
+        self.ids = [host_id(i) for i in range(1, n + 1)]
+        swarm_ids = [i for i in self.ids if i != REFERENCE_MINION]
+        k = max(1, min(args.swarms, len(swarm_ids)))
+        self.chunks = [swarm_ids[i::k] for i in range(k)] if swarm_ids else []
+        self.workers = args.workers
+        self.run_timeout = RUN_TIMEOUT_BASE + RUN_TIMEOUT_PER_MINION * n
+        self.enrol_timeout = ENROL_TIMEOUT_BASE + ENROL_TIMEOUT_PER_MINION * n
+        self.base = ""
+        self.sb: Sandbox | None = None
+        self.swarms: list[Swarm] = []
+        self.roots: dict[str, str] = {}
+        self.enrol_seconds = 0.0
+        self.connect_seconds = 0.0
+
+    def __enter__(self) -> Fleet:
+        self.base = tempfile.mkdtemp(prefix=f"safcm-fanout-{self.n}-", dir="/tmp")
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        repo = pathlib.Path(self.base) / "config"
+        generate_repo(repo, self.n, self.files)
+        sb = self.sb = Sandbox(
+            self.base,
+            str(repo),
+            heartbeat_interval=self.interval,
+            log_level="info",
+            job_timeout=self.run_timeout,
+        )
+        sb.start_master()
+        sb.add_minion(REFERENCE_MINION, log_level="info")
+        sb.start_minion(REFERENCE_MINION)
+        self.roots[REFERENCE_MINION] = sb.root(REFERENCE_MINION)
+        self.swarms = [
+            Swarm(self.base, i, chunk, sb, self.interval, self.workers)
+            for i, chunk in enumerate(self.chunks)
+        ]
+        for swarm in self.swarms:
+            self.roots.update(swarm.roots)
+
+        started = time.monotonic()
+        for swarm in self.swarms:
+            swarm.start()
+        deadline = time.monotonic() + self.budget.timeout(self.enrol_timeout, "the swarms start")
+        while not all(s.ready() for s in self.swarms):
+            if time.monotonic() > deadline:
+                raise BenchError("the swarms did not start in time")
+            time.sleep(POLL_INTERVAL)
+        self.wait_keys("pending", lambda key: key["state"] == "pending")
+        self.enrol_seconds = time.monotonic() - started
+
+        started = time.monotonic()
+        accept = sb.cli("keys", "accept", "*")
+        if accept.returncode != 0:
+            raise BenchError(f"keys accept failed: {accept.stderr.strip()}")
+        self.wait_keys("connected", lambda key: key["state"] == "accepted" and key["connected"])
+        self.connect_seconds = time.monotonic() - started
+
+    def wait_keys(self, what: str, ok: Callable[[dict], bool]) -> None:
+        """Poll the master's key list until `ok` holds for every minion."""
+        timeout = self.budget.timeout(self.enrol_timeout, f"all minions are {what}")
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.sb.master.running:
+                raise BenchError(f"the master exited while waiting for minions to be {what}")
+            with ControlClient(self.sb.control_path) as client:
+                keys = client.request(MsgType.KEYS, {"action": "list", "ids": []}).body["keys"]
+            count = sum(1 for k in keys if ok(k))
+            if count >= self.n:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"after {timeout:.0f} s only {count} of {self.n} were {what}")
+            time.sleep(POLL_INTERVAL)
+
+    def pids(self) -> dict[str, int]:
+        """The processes worth profiling: the master and the first swarm."""
+        pids = {"master": self.sb.master.proc.pid}
+        if self.swarms:
+            pids["swarm0"] = self.swarms[0].proc.pid
+        return pids
+
+    def cli_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "master.cli", "-c", self.sb.master.config, *args]
+
+    def duplicates(self, jid: str) -> int:
+        """Envelopes of `jid` that reached a minion again after it had taken the job
+        (the master re-published before the receipt came), from the minions' logs."""
+        needle = f"job {jid} seen before"
+        logs = [self.sb.minions[REFERENCE_MINION].log] + [s.log_path for s in self.swarms]
+        count = 0
+        for path in logs:
+            with open(path, errors="replace") as f:
+                count += sum(1 for line in f if needle in line)
+        return count
+
+    def memory(self, figures: SizeFigures) -> None:
+        figures.master_hwm_kib = hwm_kib(self.sb.master.proc.pid)
+        figures.minion_hwm_kib = hwm_kib(self.sb.minions[REFERENCE_MINION].proc.pid)
+        for swarm in self.swarms:
+            figures.swarm_hwm_kib += hwm_kib(swarm.proc.pid)
+            figures.swarm_baseline_kib += swarm.baseline_kib
+            figures.swarm_identities += len(swarm.ids)
+
+    def master_log_tail(self) -> str:
+        return "" if self.sb is None else self.sb.master.log_text()[-3000:]
+
+    def close(self) -> None:
+        for swarm in self.swarms:
+            swarm.stop()
+        if self.sb is not None:
+            self.sb.close()
+        if not self.base:
+            return
+        if self.keep:
+            print(f"kept {self.base}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
-def wait_keys(sb: Sandbox, n: int, timeout: float, what: str, ok) -> float:
-    """Poll the master's key list until `ok` holds for n keys; seconds taken."""
-    started = time.monotonic()
-    deadline = started + timeout
-    count = 0
-    while True:
-        if not sb.master.running:
-            raise BenchError(f"the master exited while waiting for {what}")
-        count = sum(1 for k in key_list(sb) if ok(k))
-        if count >= n:
-            return time.monotonic() - started
-        if time.monotonic() > deadline:
-            raise BenchError(f"after {timeout:.0f} s only {count} of {n} minions were {what}")
-        time.sleep(POLL_INTERVAL)
+# ---- one timed run ----
 
 
-def timed_run(
-    sb: Sandbox, module: str, name: str, n: int, timeout: float
-) -> tuple[RunFigures, dict]:
+def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tuple[RunFigures, dict]:
+    """`run '*' MODULE --json` as a user runs it, timed from start to exit."""
+    timeout = fleet.budget.timeout(fleet.run_timeout, name)
+    tag = f"n{fleet.n}-{name.replace(' ', '-')}"
+    profiler = Profiler(profile, tag)
+    profiler.attach(fleet.pids())
+    argv = fleet.cli_argv("run", "*", module, "--json", "--timeout", f"{timeout:.0f}")
+    env = dict(os.environ, PYTHONPATH=str(SOURCE_DIR))
     started_wall = time.time()
     started = time.perf_counter()
-    proc = sb.cli(
-        "run", "*", module, "--json", "--timeout", f"{timeout:.0f}", timeout=timeout + CLI_SLACK
-    )
-    seconds = time.perf_counter() - started
-    ended_wall = started_wall + seconds
-    figures = RunFigures(name, seconds, n, 0, 0.0)
     try:
-        doc = json.loads(proc.stdout)
+        with subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=SOURCE_DIR,
+        ) as proc:
+            profiler.attach({"cli": proc.pid}, settle=False)
+            try:
+                out, err = proc.communicate(timeout=timeout + CLI_SLACK)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                limit = timeout + CLI_SLACK
+                raise BenchError(f"{name}: the CLI did not exit in {limit:.0f} s") from None
+            seconds = time.perf_counter() - started
+    finally:
+        tops = profiler.finish()
+    figures = RunFigures(name, seconds, fleet.n, 0, 0.0, profiles=tops)
+    try:
+        doc = json.loads(out)
     except json.JSONDecodeError:
-        figures.problems.append(
-            f"exit {proc.returncode}, no JSON document; stderr: {proc.stderr.strip()[-2000:]}"
-        )
+        tail = err.decode(errors="replace").strip()[-2000:]
+        figures.problems.append(f"exit {proc.returncode}, no JSON document; stderr: {tail}")
         return figures, {}
     figures.answered = sum(1 for h in doc["hosts"].values() if h["result"] is not None)
     figures.per_second = figures.answered / seconds
     if proc.returncode != 0:
         figures.problems.append(f"exit code {proc.returncode}: {doc.get('summary')}")
-    add_breakdown(sb, figures, doc.get("jid"), started_wall, ended_wall)
+    applied = sorted(
+        h["result"]["finished"] - h["result"]["started"]
+        for h in doc["hosts"].values()
+        if h["result"] is not None
+    )
+    if applied:
+        figures.apply_median = applied[len(applied) // 2]
+        figures.apply_max = applied[-1]
+    if doc.get("jid") is not None:
+        figures.duplicates = fleet.duplicates(doc["jid"])
+        add_breakdown(fleet, figures, doc["jid"], started_wall, started_wall + seconds)
     return figures, doc
 
 
 def add_breakdown(
-    sb: Sandbox, figures: RunFigures, jid: str | None, started: float, ended: float
+    fleet: Fleet, figures: RunFigures, jid: str, started: float, ended: float
 ) -> None:
-    if jid is None:
-        return
-    proc = sb.cli("jobs", "show", jid, "--json")
+    """Where the time went, from the job history's timestamps (master clock)."""
+    proc = fleet.sb.cli("jobs", "show", jid, "--json")
     if proc.returncode != 0:
         figures.problems.append(f"jobs show {jid}: {proc.stderr.strip()}")
         return
@@ -402,31 +579,31 @@ def add_breakdown(
         figures.last_result_to_exit = ended - max(returns)
 
 
-def check_ping(doc: dict, ids: list[str], figures: RunFigures) -> None:
-    check_hosts(doc, ids, figures)
-    for host, h in sorted(doc.get("hosts", {}).items()):
-        result = h["result"]
-        if result is None or result["status"] != "ok" or result["ping"] is None:
-            figures.problems.append(f"{host}: ping {h['status']}")
+# ---- checks ----
 
 
 def check_hosts(doc: dict, ids: list[str], figures: RunFigures) -> None:
     if not doc:
         return
-    answered = set(doc["hosts"])
-    missing = sorted(set(ids) - answered)
+    missing = sorted(set(ids) - set(doc["hosts"]))
     if sorted(doc["targeted"]) != ids:
         figures.problems.append(f"targeted {len(doc['targeted'])} hosts, not {len(ids)}")
     if missing:
         figures.problems.append(f"{len(missing)} hosts missing from the results: {missing[:5]}")
 
 
-def check_create(
-    doc: dict, ids: list[str], roots: dict[str, str], files: int, figures: RunFigures
-) -> None:
-    """Every host reports exactly `files` regular files created, and has them on disk."""
-    check_hosts(doc, ids, figures)
-    expected = {bench_path(n): file_content(n) for n in range(files)}
+def check_ping(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
+    check_hosts(doc, fleet.ids, figures)
+    for host, h in sorted(doc.get("hosts", {}).items()):
+        result = h["result"]
+        if result is None or result["status"] != "ok" or result["ping"] is None:
+            figures.problems.append(f"{host}: ping {h['status']}")
+
+
+def check_create(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
+    """Every host reports exactly the generated regular files created, and has them on disk."""
+    check_hosts(doc, fleet.ids, figures)
+    expected = {bench_path(n): file_content(n) for n in range(fleet.files)}
     for host, h in sorted(doc.get("hosts", {}).items()):
         result = h["result"]
         if result is None or result["status"] != "ok":
@@ -440,7 +617,7 @@ def check_create(
                 f"{host}: created {len(created)} files, expected the {len(expected)} generated"
             )
         for path, content in expected.items():
-            full = os.path.join(roots[host], path.lstrip("/"))
+            full = os.path.join(fleet.roots[host], path.lstrip("/"))
             try:
                 with open(full, "rb") as f:
                     if f.read() != content:
@@ -450,127 +627,38 @@ def check_create(
                 break
 
 
-def check_noop(doc: dict, ids: list[str], figures: RunFigures) -> None:
-    check_hosts(doc, ids, figures)
+def check_noop(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
+    check_hosts(doc, fleet.ids, figures)
     for host, h in sorted(doc.get("hosts", {}).items()):
         result = h["result"]
         if result is None or result["status"] != "ok":
             figures.problems.append(f"{host}: files run {h['status']}")
         elif result["apply"]["changes"]:
-            figures.problems.append(
-                f"{host}: the second files run changed {len(result['apply']['changes'])} paths"
-            )
+            changed = len(result["apply"]["changes"])
+            figures.problems.append(f"{host}: the second files run changed {changed} paths")
 
 
 # ---- one size ----
 
 
 def bench_size(n: int, args: argparse.Namespace, budget: Budget) -> SizeFigures:
-    interval = max(MIN_HEARTBEAT, n / HEARTBEATS_PER_SECOND)
-    ids = [host_id(i) for i in range(1, n + 1)]
-    swarm_ids = [i for i in ids if i != REFERENCE_MINION]
-    k = max(1, min(args.swarms, len(swarm_ids)))
-    figures = SizeFigures(n, interval, k if swarm_ids else 0)
-    run_timeout = RUN_TIMEOUT_BASE + RUN_TIMEOUT_PER_MINION * n
-    enrol_timeout = ENROL_TIMEOUT_BASE + ENROL_TIMEOUT_PER_MINION * n
-
-    base = tempfile.mkdtemp(prefix=f"safcm-fanout-{n}-", dir="/tmp")
-    sb: Sandbox | None = None
-    swarms: list[Swarm] = []
+    plan = [("ping", "ping", check_ping)] * args.repeat + [
+        ("files", "files create", check_create),
+        ("files", "files no-op", check_noop),
+    ]
+    fleet = Fleet(n, args, budget)
+    figures = SizeFigures(n, fleet.interval, len(fleet.chunks))
     try:
-        repo = pathlib.Path(base) / "config"
-        generate_repo(repo, n, args.files)
-        sb = Sandbox(
-            base,
-            str(repo),
-            heartbeat_interval=interval,
-            log_level="info",
-            job_timeout=run_timeout,
-        )
-        sb.start_master()
-        reference = sb.add_minion(REFERENCE_MINION, log_level="info")
-        sb.start_minion(REFERENCE_MINION)
-        roots = {REFERENCE_MINION: sb.root(REFERENCE_MINION)}
-        chunks = [swarm_ids[i::k] for i in range(k)] if swarm_ids else []
-        swarms = [
-            Swarm(base, i, chunk, sb, interval, args.workers) for i, chunk in enumerate(chunks)
-        ]
-        for swarm in swarms:
-            roots.update(swarm.roots)
-
-        started = time.monotonic()
-        for swarm in swarms:
-            swarm.start()
-        deadline = time.monotonic() + budget.timeout(enrol_timeout, "the swarms start")
-        while not all(s.ready() for s in swarms):
-            if time.monotonic() > deadline:
-                raise BenchError("the swarms did not start in time")
-            time.sleep(POLL_INTERVAL)
-        wait_keys(
-            sb,
-            n,
-            budget.timeout(enrol_timeout, "enrolment"),
-            "pending",
-            lambda key: key["state"] == "pending",
-        )
-        figures.enrol_seconds = time.monotonic() - started
-
-        started = time.monotonic()
-        accept = sb.cli("keys", "accept", "*")
-        if accept.returncode != 0:
-            raise BenchError(f"keys accept failed: {accept.stderr.strip()}")
-        wait_keys(
-            sb,
-            n,
-            budget.timeout(enrol_timeout, "connection"),
-            "connected",
-            lambda key: key["state"] == "accepted" and key["connected"],
-        )
-        figures.connect_seconds = time.monotonic() - started
-
-        pids = {"master": sb.master.proc.pid}
-        if swarms:
-            pids["swarm0"] = swarms[0].proc.pid
-        plan = [("ping", "ping", "ping")] * args.repeat + [
-            ("files", "files create", "create"),
-            ("files", "files no-op", "noop"),
-        ]
-        for module, name, check in plan:
-            timeout = budget.timeout(run_timeout, name)
-            profiler = Profiler(args.profile, pids, f"n{n}-{name.replace(' ', '-')}")
-            try:
-                run, doc = timed_run(sb, module, name, n, timeout)
-            finally:
-                tops = profiler.finish()
-            for proc_name, top in tops.items():
-                figures.profiles[f"{name} / {proc_name}"] = top
-            if check == "ping":
-                check_ping(doc, ids, run)
-            elif check == "create":
-                check_create(doc, ids, roots, args.files, run)
-            else:
-                check_noop(doc, ids, run)
-            figures.runs.append(run)
-
-        figures.master_hwm_kib = hwm_kib(sb.master.proc.pid)
-        figures.minion_hwm_kib = hwm_kib(reference.proc.pid)
-        for swarm in swarms:
-            figures.swarm_hwm_kib += hwm_kib(swarm.proc.pid)
-            figures.swarm_baseline_kib += swarm.baseline_kib
-            figures.swarm_identities += len(swarm.ids)
+        with fleet:
+            figures.enrol_seconds = fleet.enrol_seconds
+            figures.connect_seconds = fleet.connect_seconds
+            for module, name, check in plan:
+                run, doc = timed_run(fleet, module, name, args.profile)
+                check(doc, fleet, run)
+                figures.runs.append(run)
+            fleet.memory(figures)
     except BenchError as e:
-        figures.problems.append(str(e))
-        if sb is not None:
-            figures.problems.append(f"master log tail:\n{sb.master.log_text()[-3000:]}")
-    finally:
-        for swarm in swarms:
-            swarm.stop()
-        if sb is not None:
-            sb.close()
-        if args.keep:
-            print(f"kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        figures.problems.append(f"{e}\nmaster log tail:\n{fleet.master_log_tail()}")
     return figures
 
 
@@ -596,15 +684,17 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
     print()
     print(
         f"{'N':>5}  {'run':<13} {'seconds':>8} {'results/s':>10} {'answered':>9}   "
-        f"{'cli→job':>8} {'→receipts':>9} {'→results':>9} {'→exit':>7}"
+        f"{'cli→job':>7} {'→receipts':>9} {'→results':>8} {'→exit':>6}   "
+        f"{'apply p50':>9} {'max':>6} {'dup':>5}"
     )
     for size in sizes:
         for r in size.runs:
             print(
                 f"{size.n:>5}  {r.name:<13} {r.seconds:>8.2f} {r.per_second:>10.1f} "
-                f"{f'{r.answered}/{r.hosts}':>9}   {maybe(r.cli_to_job):>8} "
-                f"{maybe(r.job_to_last_receipt):>9} {maybe(r.job_to_last_result):>9} "
-                f"{maybe(r.last_result_to_exit):>7}"
+                f"{f'{r.answered}/{r.hosts}':>9}   {maybe(r.cli_to_job):>7} "
+                f"{maybe(r.job_to_last_receipt):>9} {maybe(r.job_to_last_result):>8} "
+                f"{maybe(r.last_result_to_exit):>6}   {maybe(r.apply_median):>9} "
+                f"{maybe(r.apply_max):>6} {r.duplicates:>5}"
             )
     print()
     print(
@@ -627,26 +717,36 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         "seconds: wall clock of `safcm-master run '*' MODULE --json` from start to exit.\n"
         "cli→job: CLI start to the job's submission (start-up, repository load, compile);\n"
         "→receipts / →results: submission to the last receipt / last stored result;\n"
-        "→exit: last stored result to the CLI's exit.\n"
+        "→exit: last stored result to the CLI's exit (master clock for the middle two).\n"
+        "apply p50 / max: one host's job on its minion (its result's started..finished).\n"
+        "dup: envelopes minions received again after taking the job (master re-publishes).\n"
         "memory: peak RSS (VmHWM). minion MiB/id: the swarms' peak RSS / identities;\n"
         "(marginal): the same less the swarms' RSS before the first identity."
     )
     for size in sizes:
-        for name, top in size.profiles.items():
-            print(f"\nprofile N={size.n} {name} (share of samples on the stack):")
-            for frame, share in top:
-                print(f"  {share * 100:5.1f}%  {frame}")
+        for r in size.runs:
+            for name, profile in r.profiles.items():
+                print(
+                    f"\nprofile N={size.n} {r.name}, {name}: "
+                    f"{profile.samples_seconds:.2f} thread-seconds sampled"
+                )
+                for frame, share in profile.functions:
+                    print(f"  {share * 100:5.1f}%  {frame}")
+                print("  leaves:")
+                for frame, share in profile.leaves:
+                    print(f"  {share * 100:5.1f}%  {frame}")
     failed = False
     for size in sizes:
         for problem in size.problems:
             failed = True
             print(f"\nFAILED at N={size.n}: {problem}")
         for r in size.runs:
-            for problem in r.problems[:20]:
+            for problem in r.problems[:MAX_PROBLEMS_SHOWN]:
                 failed = True
                 print(f"FAILED at N={size.n}, {r.name}: {problem}")
-            if len(r.problems) > 20:
-                print(f"FAILED at N={size.n}, {r.name}: ... {len(r.problems) - 20} more")
+            if len(r.problems) > MAX_PROBLEMS_SHOWN:
+                more = len(r.problems) - MAX_PROBLEMS_SHOWN
+                print(f"FAILED at N={size.n}, {r.name}: ... and {more} more")
     if not failed:
         print("\nall checks passed: every host answered; files created, then unchanged")
 
