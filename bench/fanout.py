@@ -50,6 +50,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -91,6 +92,10 @@ CLI_SLACK = 60.0
 POLL_INTERVAL = 0.25
 # Seconds a swarm gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 20.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # units of /proc/<pid>/stat's CPU times, per second
+# Seconds the connected fleet is watched with no job, to measure what
+# heartbeats alone cost the master.
+IDLE_WINDOW = 5.0
 # Problems printed per run; the count of the rest follows.
 MAX_PROBLEMS_SHOWN = 20
 # Whole benchmark, in seconds: the brief allows well under 15 minutes.
@@ -138,6 +143,9 @@ class RunFigures:
     apply_median: float | None = None  # one host's job on the minion (its result's times)
     apply_max: float | None = None
     duplicates: int = 0  # envelopes a minion got again after taking the job
+    master_cpu: float = 0.0  # CPU seconds the master used during the run
+    minions_cpu: float = 0.0  # CPU seconds of all minion processes together
+    cli_cpu: float = 0.0  # CPU seconds of the CLI process
     problems: list[str] = field(default_factory=list)
     profiles: dict[str, Profile] = field(default_factory=dict)
 
@@ -155,6 +163,8 @@ class SizeFigures:
     swarm_baseline_kib: int = 0  # sum of their RSS before the first identity
     swarm_identities: int = 0
     minion_hwm_kib: int = 0  # the one real minion daemon
+    master_idle_load: float = 0.0  # share of a core with no job (heartbeats)
+    minions_idle_load: float = 0.0
     problems: list[str] = field(default_factory=list)
 
 
@@ -266,6 +276,20 @@ class Swarm:
 
 def hwm_kib(pid: int) -> int:
     return rss_kib("VmHWM", pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process (all its threads) has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name, field 2, may hold spaces; the fields after it do not.
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have exited and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Profiler:
@@ -456,6 +480,22 @@ class Fleet:
                 raise BenchError(f"after {timeout:.0f} s only {count} of {self.n} were {what}")
             time.sleep(POLL_INTERVAL)
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the master, and by all minion processes together."""
+        minions = [self.sb.minions[REFERENCE_MINION].proc.pid]
+        minions += [s.proc.pid for s in self.swarms]
+        return {
+            "master": cpu_seconds(self.sb.master.proc.pid),
+            "minions": sum(cpu_seconds(pid) for pid in minions),
+        }
+
+    def idle_load(self) -> dict[str, float]:
+        """Share of one core the master and the minions use with no job: heartbeats."""
+        before = self.cpu()
+        time.sleep(IDLE_WINDOW)
+        after = self.cpu()
+        return {key: (after[key] - before[key]) / IDLE_WINDOW for key in before}
+
     def pids(self) -> dict[str, int]:
         """The processes worth profiling: the master and the first swarm."""
         pids = {"master": self.sb.master.proc.pid}
@@ -512,6 +552,8 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
     profiler.attach(fleet.pids())
     argv = fleet.cli_argv("run", "*", module, "--json", "--timeout", f"{timeout:.0f}")
     env = dict(os.environ, PYTHONPATH=str(SOURCE_DIR))
+    cpu_before = fleet.cpu()
+    cpu_before["cli"] = children_cpu_seconds()
     started_wall = time.time()
     started = time.perf_counter()
     try:
@@ -526,15 +568,20 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
             profiler.attach({"cli": proc.pid}, settle=False)
             try:
                 out, err = proc.communicate(timeout=timeout + CLI_SLACK)
+                cli_cpu = children_cpu_seconds() - cpu_before["cli"]
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
                 limit = timeout + CLI_SLACK
                 raise BenchError(f"{name}: the CLI did not exit in {limit:.0f} s") from None
             seconds = time.perf_counter() - started
+            cpu_after = fleet.cpu()
     finally:
         tops = profiler.finish()
     figures = RunFigures(name, seconds, fleet.n, 0, 0.0, profiles=tops)
+    figures.master_cpu = cpu_after["master"] - cpu_before["master"]
+    figures.minions_cpu = cpu_after["minions"] - cpu_before["minions"]
+    figures.cli_cpu = cli_cpu
     try:
         doc = json.loads(out)
     except json.JSONDecodeError:
@@ -652,6 +699,9 @@ def bench_size(n: int, args: argparse.Namespace, budget: Budget) -> SizeFigures:
         with fleet:
             figures.enrol_seconds = fleet.enrol_seconds
             figures.connect_seconds = fleet.connect_seconds
+            idle = fleet.idle_load()
+            figures.master_idle_load = idle["master"]
+            figures.minions_idle_load = idle["minions"]
             for module, name, check in plan:
                 run, doc = timed_run(fleet, module, name, args.profile)
                 check(doc, fleet, run)
@@ -685,7 +735,7 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
     print(
         f"{'N':>5}  {'run':<13} {'seconds':>8} {'results/s':>10} {'answered':>9}   "
         f"{'cli→job':>7} {'→receipts':>9} {'→results':>8} {'→exit':>6}   "
-        f"{'apply p50':>9} {'max':>6} {'dup':>5}"
+        f"{'apply p50':>9} {'max':>6} {'dup':>5}   {'CPU s: master':>13} {'minions':>7} {'cli':>5}"
     )
     for size in sizes:
         for r in size.runs:
@@ -694,12 +744,14 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
                 f"{f'{r.answered}/{r.hosts}':>9}   {maybe(r.cli_to_job):>7} "
                 f"{maybe(r.job_to_last_receipt):>9} {maybe(r.job_to_last_result):>8} "
                 f"{maybe(r.last_result_to_exit):>6}   {maybe(r.apply_median):>9} "
-                f"{maybe(r.apply_max):>6} {r.duplicates:>5}"
+                f"{maybe(r.apply_max):>6} {r.duplicates:>5}   {r.master_cpu:>13.2f} "
+                f"{r.minions_cpu:>7.2f} {r.cli_cpu:>5.2f}"
             )
     print()
     print(
         f"{'N':>5}  {'heartbeat':>9} {'swarms':>6} {'enrol s':>8} {'accept→conn s':>13}   "
-        f"{'master MiB':>10} {'minion MiB/id':>13} {'(marginal)':>10} {'real minion MiB':>15}"
+        f"{'master MiB':>10} {'minion MiB/id':>13} {'(marginal)':>10} {'real minion MiB':>15}   "
+        f"{'idle CPU: master':>16} {'minions':>7}"
     )
     for size in sizes:
         ids = size.swarm_identities
@@ -710,7 +762,8 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         print(
             f"{size.n:>5}  {size.heartbeat:>8.1f}s {size.swarms:>6} {size.enrol_seconds:>8.1f} "
             f"{size.connect_seconds:>13.1f}   {mib(size.master_hwm_kib):>10} {per_id:>13} "
-            f"{marginal:>10} {mib(size.minion_hwm_kib):>15}"
+            f"{marginal:>10} {mib(size.minion_hwm_kib):>15}   "
+            f"{size.master_idle_load * 100:>15.1f}% {size.minions_idle_load * 100:>6.1f}%"
         )
     print()
     print(
@@ -720,6 +773,8 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         "→exit: last stored result to the CLI's exit (master clock for the middle two).\n"
         "apply p50 / max: one host's job on its minion (its result's started..finished).\n"
         "dup: envelopes minions received again after taking the job (master re-publishes).\n"
+        "CPU s: CPU seconds used during the run by the master, all minion processes, the CLI.\n"
+        f"idle CPU: share of one core used over {IDLE_WINDOW:.0f} s with no job (heartbeats).\n"
         "memory: peak RSS (VmHWM). minion MiB/id: the swarms' peak RSS / identities;\n"
         "(marginal): the same less the swarms' RSS before the first identity."
     )
