@@ -734,8 +734,7 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
     print()
     print(
         f"{'N':>5}  {'run':<13} {'seconds':>8} {'results/s':>10} {'answered':>9}   "
-        f"{'cli→job':>7} {'→receipts':>9} {'→results':>8} {'→exit':>6}   "
-        f"{'apply p50':>9} {'max':>6} {'dup':>5}   {'CPU s: master':>13} {'minions':>7} {'cli':>5}"
+        f"{'cli→job':>7} {'→receipts':>9} {'→results':>8} {'→exit':>6}"
     )
     for size in sizes:
         for r in size.runs:
@@ -743,15 +742,25 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
                 f"{size.n:>5}  {r.name:<13} {r.seconds:>8.2f} {r.per_second:>10.1f} "
                 f"{f'{r.answered}/{r.hosts}':>9}   {maybe(r.cli_to_job):>7} "
                 f"{maybe(r.job_to_last_receipt):>9} {maybe(r.job_to_last_result):>8} "
-                f"{maybe(r.last_result_to_exit):>6}   {maybe(r.apply_median):>9} "
-                f"{maybe(r.apply_max):>6} {r.duplicates:>5}   {r.master_cpu:>13.2f} "
-                f"{r.minions_cpu:>7.2f} {r.cli_cpu:>5.2f}"
+                f"{maybe(r.last_result_to_exit):>6}"
             )
     print()
     print(
-        f"{'N':>5}  {'heartbeat':>9} {'swarms':>6} {'enrol s':>8} {'accept→conn s':>13}   "
-        f"{'master MiB':>10} {'minion MiB/id':>13} {'(marginal)':>10} {'real minion MiB':>15}   "
-        f"{'idle CPU: master':>16} {'minions':>7}"
+        f"{'N':>5}  {'run':<13} {'CPU s: master':>13} {'minions':>8} {'cli':>6}   "
+        f"{'apply p50':>9} {'max':>6}   {'dup':>5}"
+    )
+    for size in sizes:
+        for r in size.runs:
+            print(
+                f"{size.n:>5}  {r.name:<13} {r.master_cpu:>13.2f} {r.minions_cpu:>8.2f} "
+                f"{r.cli_cpu:>6.2f}   {maybe(r.apply_median):>9} {maybe(r.apply_max):>6}   "
+                f"{r.duplicates:>5}"
+            )
+    print()
+    print(
+        f"{'N':>5}  {'heartbeat':>9} {'enrol s':>8} {'accept→conn':>11}   "
+        f"{'idle CPU: master':>16} {'minions':>8}   "
+        f"{'MiB: master':>11} {'minion/id':>9} {'marginal':>8} {'daemon':>7}"
     )
     for size in sizes:
         ids = size.swarm_identities
@@ -760,23 +769,24 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
             f"{(size.swarm_hwm_kib - size.swarm_baseline_kib) / ids / 1024:.2f}" if ids else "-"
         )
         print(
-            f"{size.n:>5}  {size.heartbeat:>8.1f}s {size.swarms:>6} {size.enrol_seconds:>8.1f} "
-            f"{size.connect_seconds:>13.1f}   {mib(size.master_hwm_kib):>10} {per_id:>13} "
-            f"{marginal:>10} {mib(size.minion_hwm_kib):>15}   "
-            f"{size.master_idle_load * 100:>15.1f}% {size.minions_idle_load * 100:>6.1f}%"
+            f"{size.n:>5}  {size.heartbeat:>8.1f}s {size.enrol_seconds:>8.1f} "
+            f"{size.connect_seconds:>11.1f}   {size.master_idle_load * 100:>15.1f}% "
+            f"{size.minions_idle_load * 100:>7.1f}%   {mib(size.master_hwm_kib):>11} "
+            f"{per_id:>9} {marginal:>8} {mib(size.minion_hwm_kib):>7}"
         )
     print()
     print(
         "seconds: wall clock of `safcm-master run '*' MODULE --json` from start to exit.\n"
         "cli→job: CLI start to the job's submission (start-up, repository load, compile);\n"
-        "→receipts / →results: submission to the last receipt / last stored result;\n"
-        "→exit: last stored result to the CLI's exit (master clock for the middle two).\n"
+        "  →receipts / →results: submission to the last receipt / last stored result\n"
+        "  (master clock); →exit: last stored result to the CLI's exit.\n"
+        "CPU s: CPU seconds used during the run by the master, all minion processes, the CLI.\n"
         "apply p50 / max: one host's job on its minion (its result's started..finished).\n"
         "dup: envelopes minions received again after taking the job (master re-publishes).\n"
-        "CPU s: CPU seconds used during the run by the master, all minion processes, the CLI.\n"
         f"idle CPU: share of one core used over {IDLE_WINDOW:.0f} s with no job (heartbeats).\n"
-        "memory: peak RSS (VmHWM). minion MiB/id: the swarms' peak RSS / identities;\n"
-        "(marginal): the same less the swarms' RSS before the first identity."
+        "MiB: peak RSS (VmHWM) of the master; of the swarms per identity (their sum over\n"
+        "  identities, and the same less their RSS before the first identity); and of\n"
+        f"  the one real minion daemon ({REFERENCE_MINION})."
     )
     for size in sizes:
         for r in size.runs:
