@@ -860,8 +860,10 @@ def _interrupt(_signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv])
-    # A SIGTERM (a job runner's timeout) cleans up as Ctrl-C does.
+    # A SIGTERM (a job runner's timeout) cleans up as Ctrl-C does; SIGINT is
+    # set explicitly, since a shell starts background jobs with it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     budget = Budget(args.max_seconds)
     sizes: list[SizeFigures] = []
     try:
@@ -869,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"N={n} ...", file=sys.stderr, flush=True)
             sizes.append(bench_size(n, args, budget))
     except KeyboardInterrupt:
-        print("interrupted; figures so far:", file=sys.stderr)
+        print(f"interrupted at N={n}; the figures of the sizes before:", file=sys.stderr)
     if args.json:
         json.dump({"command": command, "sizes": [asdict(s) for s in sizes]}, sys.stdout, indent=2)
         print()
