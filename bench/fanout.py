@@ -29,14 +29,20 @@ For each N in --sizes, in a fresh temporary directory under /tmp:
 5. Where the time went, from `jobs show JID --json` (untimed): CLI start to
    the job's submission (CLI start-up, repository load and compile), then to
    the last receipt and the last stored result (master clock), then to the
-   CLI's exit (streaming the results and printing the document).
-6. Memory: the peak RSS (VmHWM) of the master; of each swarm process, given
+   CLI's exit (streaming the results and printing the document). Also the
+   CPU seconds each side used during the run (/proc/<pid>/stat; the CLI's
+   from its rusage), each host's apply time on its minion (from its result),
+   and how many envelopes reached a minion again after it had taken the job
+   (the master re-published before the receipt came; from the minions' logs).
+6. The load with no job: the share of a core the master and the minions use
+   over IDLE_WINDOW seconds, which is the cost of heartbeats.
+7. Memory: the peak RSS (VmHWM) of the master; of each swarm process, given
    per identity both as total / identities and as (peak - RSS before the
    first identity) / identities; and of the real minion daemon.
 
---profile DIR runs `py-spy record` (raw collapsed stacks) on the master and
-on the first swarm during each timed run and prints the functions that took
-the most samples. Everything is bounded: each wait has its own timeout, and
+--profile DIR runs `py-spy record` (raw collapsed stacks) on the master, the
+first swarm and the CLI during each timed run and prints the functions that
+took the most samples. Everything is bounded: each wait has its own timeout, and
 the whole run stops at --max-seconds. All processes are stopped and the
 temporary directories removed at the end, on error, and on Ctrl-C (--keep
 leaves the directories for a look at the logs).
@@ -65,7 +71,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import zmq
 
-from bench.swarm import rss_kib, write_status
+from bench.swarm import rss_kib, write_json
 from common.protocol import MsgType
 from master.control import ControlClient
 from master.sandbox import Sandbox
@@ -212,7 +218,7 @@ class Swarm:
         self.log_path = os.path.join(base, "logs", f"swarm-{index}.log")
         self.spec_path = os.path.join(base, f"swarm-{index}.json")
         self.roots = {i: os.path.join(base, "roots", i) for i in ids}
-        write_status(
+        write_json(
             self.spec_path,
             {
                 "master": "127.0.0.1",
@@ -275,14 +281,20 @@ class Swarm:
 
 
 def hwm_kib(pid: int) -> int:
-    return rss_kib("VmHWM", pid)
+    try:
+        return rss_kib("VmHWM", pid)
+    except OSError:
+        raise BenchError(f"process {pid} exited; see the logs (--keep)") from None
 
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process (all its threads) has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name, field 2, may hold spaces; the fields after it do not.
-        fields = f.read().rpartition(")")[2].split()
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name, field 2, may hold spaces; the fields after it do not.
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        raise BenchError(f"process {pid} exited; see the logs (--keep)") from None
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
 
 
@@ -550,7 +562,7 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
     tag = f"n{fleet.n}-{name.replace(' ', '-')}"
     profiler = Profiler(profile, tag)
     profiler.attach(fleet.pids())
-    argv = fleet.cli_argv("run", "*", module, "--json", "--timeout", f"{timeout:.0f}")
+    argv = fleet.cli_argv("run", "*", module, "--json", "--timeout", str(max(1, round(timeout))))
     env = dict(os.environ, PYTHONPATH=str(SOURCE_DIR))
     cpu_before = fleet.cpu()
     cpu_before["cli"] = children_cpu_seconds()

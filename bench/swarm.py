@@ -54,7 +54,9 @@ SOCKET_SLACK = 64
 
 
 def rss_kib(field: str = "VmRSS", pid: int | str = "self") -> int:
-    """A memory figure of a process from /proc/<pid>/status, in KiB (VmRSS, VmHWM)."""
+    """A memory figure of a process from /proc/<pid>/status, in KiB (VmRSS, VmHWM).
+
+    OSError if the process is gone."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -72,10 +74,11 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def write_status(path: str, status: dict) -> None:
+def write_json(path: str, document: dict) -> None:
+    """Write a JSON file whole or not at all: a reader never sees half of it."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(status, f)
+        json.dump(document, f)
     os.replace(tmp, path)
 
 
@@ -116,7 +119,7 @@ def main(spec_path: str) -> int:
             fd_limit,
             baseline,
         )
-        write_status(
+        write_json(
             spec["status"],
             {"pid": os.getpid(), "minions": len(minions), "baseline_rss_kib": baseline},
         )
