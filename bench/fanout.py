@@ -1,0 +1,899 @@
+"""Benchmark fan-out: a real master and N minions, `run '*' ping` and `run '*' files`.
+
+    /work/venv/bin/python bench/fanout.py [--sizes 10,100,500] [--files 100]
+        [--swarms 2] [--workers 4] [--repeat 1] [--profile DIR] [--json]
+        [--keep] [--max-seconds 840]
+
+For each N in --sizes, in a fresh temporary directory under /tmp:
+
+1. A configuration repository: hosts.yaml with hosts m0001..mNNNN, and
+   --files files of about 1 KiB each, in all/files/srv/bench/dNN/, so every
+   host gets them all. The master loads and compiles it on every run, as in
+   production.
+2. A real master daemon (master/sandbox.py: a subprocess on 127.0.0.1, free
+   ports, log level info), one real minion daemon process (m0001, the
+   reference for one minion's memory), and the other N-1 identities in
+   --swarms swarm processes (bench/swarm.py: real Minion objects sharing one
+   loop, context and thread pool per process, each with its own keys, state
+   directory and root). The heartbeat interval grows with N (1 s up to 200
+   minions, then N/200 s), so heartbeats stay at about 200 a second.
+3. Enrolment: wait until N keys are pending, `keys accept '*'`, wait until
+   every minion is connected (both timed, not part of the run figures).
+4. Timed, each with the CLI as a user runs it, by its wall clock from start
+   to exit: `run '*' ping --json`, then `run '*' files --json` (creates the
+   files), then the same again (changes nothing). Each answer is checked:
+   all N hosts answered ok; the first files run created exactly --files
+   regular files per host, and they are on disk with the right content; the
+   second changed nothing. A failed check is printed and makes the exit code
+   1; it is never hidden.
+5. Where the time went, from `jobs show JID --json` (untimed): CLI start to
+   the job's submission (CLI start-up, repository load and compile), then to
+   the last receipt and the last stored result (master clock), then to the
+   CLI's exit (streaming the results and printing the document). Also the
+   CPU seconds each side used during the run (/proc/<pid>/stat; the CLI's
+   from its rusage), each host's apply time on its minion (from its result),
+   and how many envelopes reached a minion again after it had taken the job
+   (the master re-published before the receipt came; from the minions' logs).
+6. The load with no job: the share of a core the master and the minions use
+   over IDLE_WINDOW seconds, which is the cost of heartbeats.
+7. Memory: the peak RSS (VmHWM) of the master; of each swarm process, given
+   per identity both as total / identities and as (peak - RSS before the
+   first identity) / identities; and of the real minion daemon.
+
+--profile DIR runs `py-spy record` (raw collapsed stacks) on the master, the
+first swarm and the CLI during each timed run and prints the functions that
+took the most samples. Everything is bounded: each wait has its own timeout, and
+the whole run stops at --max-seconds. All processes are stopped and the
+temporary directories removed at the end, on error, and on Ctrl-C (--keep
+leaves the directories for a look at the logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import zmq
+
+from bench.swarm import rss_kib, write_json
+from common.protocol import MsgType
+from master.control import ControlClient
+from master.sandbox import Sandbox
+
+SOURCE_DIR = pathlib.Path(__file__).resolve().parents[1]
+SWARM_SCRIPT = SOURCE_DIR / "bench" / "swarm.py"
+
+FILE_SIZE = 1024  # bytes of each generated file, as in the other benchmarks
+FILES_PER_DIR = 10  # generated files per directory under /srv/bench
+REFERENCE_MINION = "m0001"  # the one minion that runs as its own daemon process
+# Heartbeats a second the fleet sends at most: the interval is 1 s up to this
+# many minions and grows with N beyond, as an administrator would set it.
+HEARTBEATS_PER_SECOND = 200
+MIN_HEARTBEAT = 1.0  # seconds
+# Seconds to wait for enrolment (all keys pending), and for all minions to be
+# connected after the accept: a base plus a share per minion.
+ENROL_TIMEOUT_BASE, ENROL_TIMEOUT_PER_MINION = 60.0, 0.2
+# Seconds a timed run may take before its hosts count as no response (the
+# job's --timeout); the CLI process itself gets CLI_SLACK more (the CLI waits
+# RUN_GRACE = 30 s beyond the job's timeout for the daemon's last word).
+RUN_TIMEOUT_BASE, RUN_TIMEOUT_PER_MINION = 60.0, 0.4
+CLI_SLACK = 60.0
+# Seconds between two looks at the key list while waiting.
+POLL_INTERVAL = 0.25
+# Seconds a swarm gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 20.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # units of /proc/<pid>/stat's CPU times, per second
+# Seconds the connected fleet is watched with no job, to measure what
+# heartbeats alone cost the master.
+IDLE_WINDOW = 5.0
+# Problems printed per run; the count of the rest follows.
+MAX_PROBLEMS_SHOWN = 20
+# Whole benchmark, in seconds: the brief allows well under 15 minutes.
+DEFAULT_MAX_SECONDS = 840.0
+# py-spy (--profile): samples per second; seconds to let it attach before a
+# run; seconds it gets to write its file when stopped; functions listed per
+# process; share of samples above which a function is the entry chain
+# (main, Loop.run) and not listed; the packages whose functions are listed.
+PROFILE_RATE = 200
+PROFILE_SETTLE = 0.5
+PROFILE_STOP_TIMEOUT = 30.0
+PROFILE_TOP = 14
+PROFILE_ENTRY_SHARE = 0.95
+SAFCM_PACKAGES = ("common", "master", "minion", "bench", "swarm.py")
+
+
+class BenchError(Exception):
+    """A step of the benchmark could not be done (a daemon died, a wait timed out)."""
+
+
+class Budget:
+    """The time left for the whole benchmark; every wait takes from it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def timeout(self, wanted: float, what: str) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError(f"out of time (--max-seconds) before {what}")
+        return min(wanted, left)
+
+
+@dataclass
+class RunFigures:
+    name: str
+    seconds: float
+    hosts: int
+    answered: int
+    per_second: float
+    cli_to_job: float | None = None
+    job_to_last_receipt: float | None = None
+    job_to_last_result: float | None = None
+    last_result_to_exit: float | None = None
+    apply_median: float | None = None  # one host's job on the minion (its result's times)
+    apply_max: float | None = None
+    duplicates: int = 0  # envelopes a minion got again after taking the job
+    master_cpu: float = 0.0  # CPU seconds the master used during the run
+    minions_cpu: float = 0.0  # CPU seconds of all minion processes together
+    cli_cpu: float = 0.0  # CPU seconds of the CLI process
+    problems: list[str] = field(default_factory=list)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+
+
+@dataclass
+class SizeFigures:
+    n: int
+    heartbeat: float
+    swarms: int
+    enrol_seconds: float = 0.0
+    connect_seconds: float = 0.0
+    runs: list[RunFigures] = field(default_factory=list)
+    master_hwm_kib: int = 0
+    swarm_hwm_kib: int = 0  # sum over the swarm processes
+    swarm_baseline_kib: int = 0  # sum of their RSS before the first identity
+    swarm_identities: int = 0
+    minion_hwm_kib: int = 0  # the one real minion daemon
+    master_idle_load: float = 0.0  # share of a core with no job (heartbeats)
+    minions_idle_load: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+# ---- the configuration repository ----
+
+
+def host_id(i: int) -> str:
+    return f"m{i:04d}"
+
+
+def file_content(n: int) -> bytes:
+    head = f"# safcm fan-out benchmark, file {n}\n".encode()
+    line = b"x" * 63 + b"\n"
+    return head + line * ((FILE_SIZE - len(head)) // len(line))
+
+
+def bench_path(n: int) -> str:
+    return f"/srv/bench/d{n // FILES_PER_DIR:02d}/f{n:03d}.conf"
+
+
+def generate_repo(root: pathlib.Path, hosts: int, files: int) -> None:
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text("default_user: root\ndefault_group: root\n")
+    (root / "hosts.yaml").write_text(
+        "".join(f"- name: {host_id(i)}\n" for i in range(1, hosts + 1))
+    )
+    (root / "groups.yaml").write_text('bench: ["m*"]\n')
+    for n in range(files):
+        path = root / "all" / "files" / bench_path(n).lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(file_content(n))
+
+
+# ---- processes ----
+
+
+class Swarm:
+    """One bench/swarm.py process and the identities it holds."""
+
+    def __init__(
+        self, base: str, index: int, ids: list[str], sb: Sandbox, interval: float, workers: int
+    ) -> None:
+        self.ids = ids
+        self.status_path = os.path.join(base, f"swarm-{index}.status")
+        self.log_path = os.path.join(base, "logs", f"swarm-{index}.log")
+        self.spec_path = os.path.join(base, f"swarm-{index}.json")
+        self.roots = {i: os.path.join(base, "roots", i) for i in ids}
+        write_json(
+            self.spec_path,
+            {
+                "master": "127.0.0.1",
+                "publish_port": sb.master.settings["publish_port"],
+                "return_port": sb.master.settings["return_port"],
+                "heartbeat_interval": interval,
+                "workers": workers,
+                "log_level": "info",
+                "status": self.status_path,
+                "minions": [
+                    {"id": i, "state_dir": os.path.join(base, "minions", i), "root": self.roots[i]}
+                    for i in ids
+                ],
+            },
+        )
+        self.proc: subprocess.Popen | None = None
+        self.baseline_kib = 0
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(SOURCE_DIR))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(SWARM_SCRIPT), self.spec_path],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=SOURCE_DIR,
+            )
+
+    def ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BenchError(f"a swarm exited at start-up; see {self.log_path}:\n{self.log_tail()}")
+        try:
+            with open(self.status_path) as f:
+                status = json.load(f)
+        except FileNotFoundError:
+            return False
+        self.baseline_kib = status["baseline_rss_kib"]
+        return True
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def hwm_kib(pid: int) -> int:
+    try:
+        return rss_kib("VmHWM", pid)
+    except OSError:
+        raise BenchError(f"process {pid} exited; see the logs (--keep)") from None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process (all its threads) has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name, field 2, may hold spaces; the fields after it do not.
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        raise BenchError(f"process {pid} exited; see the logs (--keep)") from None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have exited and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Profiler:
+    """py-spy record on some processes while one run goes on (--profile)."""
+
+    def __init__(self, directory: str | None, tag: str) -> None:
+        self.directory = directory
+        self.tag = tag
+        self.procs: dict[str, tuple[subprocess.Popen, str]] = {}
+
+    def attach(self, targets: dict[str, int], *, settle: bool = True) -> None:
+        if self.directory is None:
+            return
+        spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        for name, pid in targets.items():
+            out = os.path.join(self.directory, f"{self.tag}-{name}.txt")
+            argv = [spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE)]
+            argv += ["--format", "raw", "--output", out, "--nonblocking"]
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            self.procs[name] = (proc, out)
+        if settle:
+            time.sleep(PROFILE_SETTLE)
+
+    def finish(self) -> dict[str, Profile]:
+        """Stop every py-spy (it writes its file on SIGINT or when its target exits)."""
+        profiles = {}
+        for name, (proc, out) in self.procs.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(PROFILE_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            profiles[name] = summarise_profile(out)
+        return profiles
+
+
+@dataclass
+class Profile:
+    samples_seconds: float  # sampled thread-seconds not idle (blocking I/O counts)
+    functions: list[tuple[str, float]]  # safcm functions, share of samples on the stack
+    leaves: list[tuple[str, float]]  # any function, share of samples at the top of the stack
+
+
+def summarise_profile(path: str) -> Profile:
+    """Read py-spy's collapsed stacks ("frame;frame;frame COUNT" per line)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return Profile(0.0, [], [])
+    inclusive: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame_name(f) for f in stack.split(";")[1:]]  # [0] is the thread
+        if not frames:
+            continue
+        leaves[frames[-1]] += n
+        for frame in set(frames):
+            if frame.split(" ")[-1].split("/")[0] in SAFCM_PACKAGES:
+                inclusive[frame] += n
+    if not total:
+        return Profile(0.0, [], [])
+    # Frames on (nearly) every stack are the entry chain (main, Loop.run): no news.
+    functions = [
+        (frame, n / total)
+        for frame, n in inclusive.most_common()
+        if n / total < PROFILE_ENTRY_SHARE
+    ]
+    return Profile(
+        total / PROFILE_RATE,
+        functions[:PROFILE_TOP],
+        [(frame, n / total) for frame, n in leaves.most_common(PROFILE_TOP // 2)],
+    )
+
+
+def _frame_name(frame: str) -> str:
+    """ "Loop.run (common/loop.py:149)" -> "Loop.run common/loop.py": one entry per function."""
+    function, _, where = frame.partition(" (")
+    file = where.rstrip(")").rpartition(":")[0]
+    parts = pathlib.PurePath(file).parts
+    return f"{function} {'/'.join(parts[-2:]) if parts else file}"
+
+
+# ---- the fleet ----
+
+
+class Fleet:
+    """A master, the reference minion daemon and the swarms, enrolled and connected.
+
+    `with Fleet(...) as fleet:` builds it all under a fresh directory in /tmp
+    and tears it all down again, also on error and Ctrl-C.
+    """
+
+    def __init__(self, n: int, args: argparse.Namespace, budget: Budget) -> None:
+        self.n = n
+        self.files = args.files
+        self.budget = budget
+        self.keep = args.keep
+        self.interval = max(MIN_HEARTBEAT, n / HEARTBEATS_PER_SECOND)
+        self.ids = [host_id(i) for i in range(1, n + 1)]
+        swarm_ids = [i for i in self.ids if i != REFERENCE_MINION]
+        k = max(1, min(args.swarms, len(swarm_ids)))
+        self.chunks = [swarm_ids[i::k] for i in range(k)] if swarm_ids else []
+        self.workers = args.workers
+        self.run_timeout = RUN_TIMEOUT_BASE + RUN_TIMEOUT_PER_MINION * n
+        self.enrol_timeout = ENROL_TIMEOUT_BASE + ENROL_TIMEOUT_PER_MINION * n
+        self.base = ""
+        self.sb: Sandbox | None = None
+        self.swarms: list[Swarm] = []
+        self.roots: dict[str, str] = {}
+        self.enrol_seconds = 0.0
+        self.connect_seconds = 0.0
+
+    def __enter__(self) -> Fleet:
+        self.base = tempfile.mkdtemp(prefix=f"safcm-fanout-{self.n}-", dir="/tmp")
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        repo = pathlib.Path(self.base) / "config"
+        generate_repo(repo, self.n, self.files)
+        sb = self.sb = Sandbox(
+            self.base,
+            str(repo),
+            heartbeat_interval=self.interval,
+            log_level="info",
+            job_timeout=self.run_timeout,
+        )
+        sb.start_master()
+        sb.add_minion(REFERENCE_MINION, log_level="info")
+        sb.start_minion(REFERENCE_MINION)
+        self.roots[REFERENCE_MINION] = sb.root(REFERENCE_MINION)
+        self.swarms = [
+            Swarm(self.base, i, chunk, sb, self.interval, self.workers)
+            for i, chunk in enumerate(self.chunks)
+        ]
+        for swarm in self.swarms:
+            self.roots.update(swarm.roots)
+
+        started = time.monotonic()
+        for swarm in self.swarms:
+            swarm.start()
+        deadline = time.monotonic() + self.budget.timeout(self.enrol_timeout, "the swarms start")
+        while not all(s.ready() for s in self.swarms):
+            if time.monotonic() > deadline:
+                raise BenchError("the swarms did not start in time")
+            time.sleep(POLL_INTERVAL)
+        self.wait_keys("pending", lambda key: key["state"] == "pending")
+        self.enrol_seconds = time.monotonic() - started
+
+        started = time.monotonic()
+        accept = sb.cli("keys", "accept", "*")
+        if accept.returncode != 0:
+            raise BenchError(f"keys accept failed: {accept.stderr.strip()}")
+        self.wait_keys("connected", lambda key: key["state"] == "accepted" and key["connected"])
+        self.connect_seconds = time.monotonic() - started
+
+    def wait_keys(self, what: str, ok: Callable[[dict], bool]) -> None:
+        """Poll the master's key list until `ok` holds for every minion."""
+        timeout = self.budget.timeout(self.enrol_timeout, f"all minions are {what}")
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.sb.master.running:
+                raise BenchError(f"the master exited while waiting for minions to be {what}")
+            with ControlClient(self.sb.control_path) as client:
+                keys = client.request(MsgType.KEYS, {"action": "list", "ids": []}).body["keys"]
+            count = sum(1 for k in keys if ok(k))
+            if count >= self.n:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"after {timeout:.0f} s only {count} of {self.n} were {what}")
+            time.sleep(POLL_INTERVAL)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the master, and by all minion processes together."""
+        minions = [self.sb.minions[REFERENCE_MINION].proc.pid]
+        minions += [s.proc.pid for s in self.swarms]
+        return {
+            "master": cpu_seconds(self.sb.master.proc.pid),
+            "minions": sum(cpu_seconds(pid) for pid in minions),
+        }
+
+    def idle_load(self) -> dict[str, float]:
+        """Share of one core the master and the minions use with no job: heartbeats."""
+        before = self.cpu()
+        time.sleep(IDLE_WINDOW)
+        after = self.cpu()
+        return {key: (after[key] - before[key]) / IDLE_WINDOW for key in before}
+
+    def pids(self) -> dict[str, int]:
+        """The processes worth profiling: the master and the first swarm."""
+        pids = {"master": self.sb.master.proc.pid}
+        if self.swarms:
+            pids["swarm0"] = self.swarms[0].proc.pid
+        return pids
+
+    def cli_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "master.cli", "-c", self.sb.master.config, *args]
+
+    def duplicates(self, jid: str) -> int:
+        """Envelopes of `jid` that reached a minion again after it had taken the job
+        (the master re-published before the receipt came), from the minions' logs."""
+        needle = f"job {jid} seen before"
+        logs = [self.sb.minions[REFERENCE_MINION].log] + [s.log_path for s in self.swarms]
+        count = 0
+        for path in logs:
+            with open(path, errors="replace") as f:
+                count += sum(1 for line in f if needle in line)
+        return count
+
+    def memory(self, figures: SizeFigures) -> None:
+        figures.master_hwm_kib = hwm_kib(self.sb.master.proc.pid)
+        figures.minion_hwm_kib = hwm_kib(self.sb.minions[REFERENCE_MINION].proc.pid)
+        for swarm in self.swarms:
+            figures.swarm_hwm_kib += hwm_kib(swarm.proc.pid)
+            figures.swarm_baseline_kib += swarm.baseline_kib
+            figures.swarm_identities += len(swarm.ids)
+
+    def master_log_tail(self) -> str:
+        return "" if self.sb is None else self.sb.master.log_text()[-3000:]
+
+    def close(self) -> None:
+        for swarm in self.swarms:
+            swarm.stop()
+        if self.sb is not None:
+            self.sb.close()
+        if not self.base:
+            return
+        if self.keep:
+            print(f"kept {self.base}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+# ---- one timed run ----
+
+
+def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tuple[RunFigures, dict]:
+    """`run '*' MODULE --json` as a user runs it, timed from start to exit."""
+    timeout = fleet.budget.timeout(fleet.run_timeout, name)
+    tag = f"n{fleet.n}-{name.replace(' ', '-')}"
+    profiler = Profiler(profile, tag)
+    profiler.attach(fleet.pids())
+    argv = fleet.cli_argv("run", "*", module, "--json", "--timeout", str(max(1, round(timeout))))
+    env = dict(os.environ, PYTHONPATH=str(SOURCE_DIR))
+    cpu_before = fleet.cpu()
+    cpu_before["cli"] = children_cpu_seconds()
+    started_wall = time.time()
+    started = time.perf_counter()
+    try:
+        with subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=SOURCE_DIR,
+        ) as proc:
+            profiler.attach({"cli": proc.pid}, settle=False)
+            try:
+                out, err = proc.communicate(timeout=timeout + CLI_SLACK)
+                cli_cpu = children_cpu_seconds() - cpu_before["cli"]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                limit = timeout + CLI_SLACK
+                raise BenchError(f"{name}: the CLI did not exit in {limit:.0f} s") from None
+            seconds = time.perf_counter() - started
+            cpu_after = fleet.cpu()
+    finally:
+        tops = profiler.finish()
+    figures = RunFigures(name, seconds, fleet.n, 0, 0.0, profiles=tops)
+    figures.master_cpu = cpu_after["master"] - cpu_before["master"]
+    figures.minions_cpu = cpu_after["minions"] - cpu_before["minions"]
+    figures.cli_cpu = cli_cpu
+    try:
+        doc = json.loads(out)
+    except json.JSONDecodeError:
+        tail = err.decode(errors="replace").strip()[-2000:]
+        figures.problems.append(f"exit {proc.returncode}, no JSON document; stderr: {tail}")
+        return figures, {}
+    figures.answered = sum(1 for h in doc["hosts"].values() if h["result"] is not None)
+    figures.per_second = figures.answered / seconds
+    if proc.returncode != 0:
+        figures.problems.append(f"exit code {proc.returncode}: {doc.get('summary')}")
+    applied = sorted(
+        h["result"]["finished"] - h["result"]["started"]
+        for h in doc["hosts"].values()
+        if h["result"] is not None
+    )
+    if applied:
+        figures.apply_median = applied[len(applied) // 2]
+        figures.apply_max = applied[-1]
+    if doc.get("jid") is not None:
+        figures.duplicates = fleet.duplicates(doc["jid"])
+        add_breakdown(fleet, figures, doc["jid"], started_wall, started_wall + seconds)
+    return figures, doc
+
+
+def add_breakdown(
+    fleet: Fleet, figures: RunFigures, jid: str, started: float, ended: float
+) -> None:
+    """Where the time went, from the job history's timestamps (master clock)."""
+    proc = fleet.sb.cli("jobs", "show", jid, "--json")
+    if proc.returncode != 0:
+        figures.problems.append(f"jobs show {jid}: {proc.stderr.strip()}")
+        return
+    doc = json.loads(proc.stdout)
+    submitted = doc["job"]["submitted"]
+    receipts = [h["received"] for h in doc["hosts"] if h["received"] is not None]
+    returns = [h["returned"] for h in doc["hosts"] if h["returned"] is not None]
+    figures.cli_to_job = submitted - started
+    if receipts:
+        figures.job_to_last_receipt = max(receipts) - submitted
+    if returns:
+        figures.job_to_last_result = max(returns) - submitted
+        figures.last_result_to_exit = ended - max(returns)
+
+
+# ---- checks ----
+
+
+def check_hosts(doc: dict, ids: list[str], figures: RunFigures) -> None:
+    if not doc:
+        return
+    missing = sorted(set(ids) - set(doc["hosts"]))
+    if sorted(doc["targeted"]) != ids:
+        figures.problems.append(f"targeted {len(doc['targeted'])} hosts, not {len(ids)}")
+    if missing:
+        figures.problems.append(f"{len(missing)} hosts missing from the results: {missing[:5]}")
+
+
+def check_ping(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
+    check_hosts(doc, fleet.ids, figures)
+    for host, h in sorted(doc.get("hosts", {}).items()):
+        result = h["result"]
+        if result is None or result["status"] != "ok" or result["ping"] is None:
+            figures.problems.append(f"{host}: ping {h['status']}")
+
+
+def check_create(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
+    """Every host reports exactly the generated regular files created, and has them on disk."""
+    check_hosts(doc, fleet.ids, figures)
+    expected = {bench_path(n): file_content(n) for n in range(fleet.files)}
+    for host, h in sorted(doc.get("hosts", {}).items()):
+        result = h["result"]
+        if result is None or result["status"] != "ok":
+            error = result and result["error"]
+            figures.problems.append(f"{host}: files run {h['status']}: {error}")
+            continue
+        changes = result["apply"]["changes"]
+        created = {c["path"] for c in changes if c["created"] and c["new"]["type"] == "file"}
+        if created != set(expected):
+            figures.problems.append(
+                f"{host}: created {len(created)} files, expected the {len(expected)} generated"
+            )
+        for path, content in expected.items():
+            full = os.path.join(fleet.roots[host], path.lstrip("/"))
+            try:
+                with open(full, "rb") as f:
+                    if f.read() != content:
+                        figures.problems.append(f"{host}: {path} has other content")
+            except OSError as e:
+                figures.problems.append(f"{host}: {path}: {e.strerror}")
+                break
+
+
+def check_noop(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
+    check_hosts(doc, fleet.ids, figures)
+    for host, h in sorted(doc.get("hosts", {}).items()):
+        result = h["result"]
+        if result is None or result["status"] != "ok":
+            figures.problems.append(f"{host}: files run {h['status']}")
+        elif result["apply"]["changes"]:
+            changed = len(result["apply"]["changes"])
+            figures.problems.append(f"{host}: the second files run changed {changed} paths")
+
+
+# ---- one size ----
+
+
+def bench_size(n: int, args: argparse.Namespace, budget: Budget) -> SizeFigures:
+    plan = [("ping", "ping", check_ping)] * args.repeat + [
+        ("files", "files create", check_create),
+        ("files", "files no-op", check_noop),
+    ]
+    fleet = Fleet(n, args, budget)
+    figures = SizeFigures(n, fleet.interval, len(fleet.chunks))
+    try:
+        with fleet:
+            figures.enrol_seconds = fleet.enrol_seconds
+            figures.connect_seconds = fleet.connect_seconds
+            idle = fleet.idle_load()
+            figures.master_idle_load = idle["master"]
+            figures.minions_idle_load = idle["minions"]
+            for module, name, check in plan:
+                run, doc = timed_run(fleet, module, name, args.profile)
+                check(doc, fleet, run)
+                figures.runs.append(run)
+            fleet.memory(figures)
+    except BenchError as e:
+        figures.problems.append(f"{e}\nmaster log tail:\n{fleet.master_log_tail()}")
+    return figures
+
+
+# ---- output ----
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.1f}"
+
+
+def maybe(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}"
+
+
+def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespace) -> None:
+    print("safcm fan-out benchmark")
+    print(f"command: {command}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}); {args.files} files of "
+        f"{FILE_SIZE} B per host; {args.workers} apply threads per swarm"
+    )
+    print()
+    print(
+        f"{'N':>5}  {'run':<13} {'seconds':>8} {'results/s':>10} {'answered':>9}   "
+        f"{'cli→job':>7} {'→receipts':>9} {'→results':>8} {'→exit':>6}"
+    )
+    for size in sizes:
+        for r in size.runs:
+            print(
+                f"{size.n:>5}  {r.name:<13} {r.seconds:>8.2f} {r.per_second:>10.1f} "
+                f"{f'{r.answered}/{r.hosts}':>9}   {maybe(r.cli_to_job):>7} "
+                f"{maybe(r.job_to_last_receipt):>9} {maybe(r.job_to_last_result):>8} "
+                f"{maybe(r.last_result_to_exit):>6}"
+            )
+    print()
+    print(
+        f"{'N':>5}  {'run':<13} {'CPU s: master':>13} {'minions':>8} {'cli':>6}   "
+        f"{'apply p50':>9} {'max':>6}   {'dup':>5}"
+    )
+    for size in sizes:
+        for r in size.runs:
+            print(
+                f"{size.n:>5}  {r.name:<13} {r.master_cpu:>13.2f} {r.minions_cpu:>8.2f} "
+                f"{r.cli_cpu:>6.2f}   {maybe(r.apply_median):>9} {maybe(r.apply_max):>6}   "
+                f"{r.duplicates:>5}"
+            )
+    print()
+    print(
+        f"{'N':>5}  {'heartbeat':>9} {'enrol s':>8} {'accept→conn':>11}   "
+        f"{'idle CPU: master':>16} {'minions':>8}   "
+        f"{'MiB: master':>11} {'minion/id':>9} {'marginal':>8} {'daemon':>7}"
+    )
+    for size in sizes:
+        ids = size.swarm_identities
+        per_id = f"{size.swarm_hwm_kib / ids / 1024:.2f}" if ids else "-"
+        marginal = (
+            f"{(size.swarm_hwm_kib - size.swarm_baseline_kib) / ids / 1024:.2f}" if ids else "-"
+        )
+        print(
+            f"{size.n:>5}  {size.heartbeat:>8.1f}s {size.enrol_seconds:>8.1f} "
+            f"{size.connect_seconds:>11.1f}   {size.master_idle_load * 100:>15.1f}% "
+            f"{size.minions_idle_load * 100:>7.1f}%   {mib(size.master_hwm_kib):>11} "
+            f"{per_id:>9} {marginal:>8} {mib(size.minion_hwm_kib):>7}"
+        )
+    print()
+    print(
+        "seconds: wall clock of `safcm-master run '*' MODULE --json` from start to exit.\n"
+        "cli→job: CLI start to the job's submission (start-up, repository load, compile);\n"
+        "  →receipts / →results: submission to the last receipt / last stored result\n"
+        "  (master clock); →exit: last stored result to the CLI's exit.\n"
+        "CPU s: CPU seconds used during the run by the master, all minion processes, the CLI.\n"
+        "apply p50 / max: one host's job on its minion (its result's started..finished).\n"
+        "dup: envelopes minions received again after taking the job (master re-publishes).\n"
+        f"idle CPU: share of one core used over {IDLE_WINDOW:.0f} s with no job (heartbeats).\n"
+        "MiB: peak RSS (VmHWM) of the master; of the swarms per identity (their sum over\n"
+        "  identities, and the same less their RSS before the first identity); and of\n"
+        f"  the one real minion daemon ({REFERENCE_MINION})."
+    )
+    for size in sizes:
+        for r in size.runs:
+            for name, profile in r.profiles.items():
+                print(
+                    f"\nprofile N={size.n} {r.name}, {name}: "
+                    f"{profile.samples_seconds:.2f} thread-seconds sampled"
+                )
+                for frame, share in profile.functions:
+                    print(f"  {share * 100:5.1f}%  {frame}")
+                print("  leaves:")
+                for frame, share in profile.leaves:
+                    print(f"  {share * 100:5.1f}%  {frame}")
+    failed = False
+    for size in sizes:
+        for problem in size.problems:
+            failed = True
+            print(f"\nFAILED at N={size.n}: {problem}")
+        for r in size.runs:
+            for problem in r.problems[:MAX_PROBLEMS_SHOWN]:
+                failed = True
+                print(f"FAILED at N={size.n}, {r.name}: {problem}")
+            if len(r.problems) > MAX_PROBLEMS_SHOWN:
+                more = len(r.problems) - MAX_PROBLEMS_SHOWN
+                print(f"FAILED at N={size.n}, {r.name}: ... and {more} more")
+    if not failed:
+        print("\nall checks passed: every host answered; files created, then unchanged")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes", default="10,100,500", help="minion counts (default: %(default)s)"
+    )
+    parser.add_argument("--files", type=int, default=100, help="files per host (default: 100)")
+    parser.add_argument("--swarms", type=int, default=2, help="swarm processes (default: 2)")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="apply threads per swarm (default: 4)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="ping runs per size (default: 1)")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the master and a swarm into DIR")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=DEFAULT_MAX_SECONDS,
+        help="stop the whole benchmark after this long (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes: not a comma list of numbers: {args.sizes!r}")
+    if any(n < 1 or n > 9999 for n in args.sizes):
+        parser.error("--sizes: each size must be 1 to 9999 (ids are m0001..m9999)")
+    for name in ("files", "swarms", "workers", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.files > FILES_PER_DIR * 100:
+        parser.error(f"--files: at most {FILES_PER_DIR * 100}")
+    if args.profile is not None:
+        os.makedirs(args.profile, exist_ok=True)
+    return args
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([sys.executable, *sys.argv])
+    # A SIGTERM (a job runner's timeout) cleans up as Ctrl-C does; SIGINT is
+    # set explicitly, since a shell starts background jobs with it ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    budget = Budget(args.max_seconds)
+    sizes: list[SizeFigures] = []
+    try:
+        for n in args.sizes:
+            print(f"N={n} ...", file=sys.stderr, flush=True)
+            sizes.append(bench_size(n, args, budget))
+    except KeyboardInterrupt:
+        print(f"interrupted at N={n}; the figures of the sizes before:", file=sys.stderr)
+    if args.json:
+        json.dump({"command": command, "sizes": [asdict(s) for s in sizes]}, sys.stdout, indent=2)
+        print()
+    else:
+        print_report(sizes, command, args)
+    ok = len(sizes) == len(args.sizes) and not any(
+        s.problems or any(r.problems for r in s.runs) for s in sizes
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
