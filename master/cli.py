@@ -193,6 +193,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     return jobs_command(settings, args, sys.stdout)
 
 
+def write_json(document: Any, out: TextIO) -> None:
+    """One JSON document: indented on a terminal, compact otherwise (for jq and
+    scripts; the compact form uses the C encoder, which matters at thousands
+    of hosts)."""
+    if out.isatty():
+        json.dump(document, out, indent=2, sort_keys=True)
+    else:
+        out.write(json.dumps(document, sort_keys=True, separators=(",", ":")))
+    out.write("\n")
+
+
 # ---- run ----
 
 
@@ -248,8 +259,7 @@ def run_command(
                     progress.clear()
                     document["summary"] = tally.as_dict()
                     if args.json:
-                        json.dump(document, out, indent=2, sort_keys=True)
-                        out.write("\n")
+                        write_json(document, out)
                     else:
                         print(
                             render.render_summary(tally, style, args.dry_run, args.module), file=out
@@ -369,8 +379,7 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
     with ControlClient(settings.control_path) as client:
         reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
     if args.json:
-        json.dump(reply.body, out, indent=2, sort_keys=True)
-        out.write("\n")
+        write_json(reply.body, out)
         return EXIT_OK
     if args.action == "list":
         print(render.render_jobs_table(reply.body["jobs"], style), file=out)

@@ -77,10 +77,12 @@ from master.settings import MasterSettings
 log = logging.getLogger("safcm-master")
 
 # Re-publishing an envelope without receipt: first after this many seconds,
-# then doubling up to REPUBLISH_MAX. A minion that subscribes is served at
-# once (XPUB), so this only covers messages lost on a live subscription.
-REPUBLISH_FIRST = 0.5
-REPUBLISH_MAX = 5.0
+# then doubling up to REPUBLISH_MAX. A minion that (re)subscribes is served at
+# once (XPUB), so this only covers a message lost on a live subscription; an
+# early retry would mostly hit minions still busy with the first copy (the
+# fan-out benchmark saw hundreds of such duplicates at 0.5 s).
+REPUBLISH_FIRST = 5.0
+REPUBLISH_MAX = 30.0
 # How often the loop looks for envelopes to re-publish and jobs past their
 # deadline, in seconds.
 TICK = 0.25
@@ -109,15 +111,42 @@ DROP_LOG_RATE = 10
 
 @dataclass
 class Pending:
-    """An envelope waiting for its receipt."""
+    """An envelope waiting for its receipt. The envelope itself stays in the
+    job store, not in memory: a job for thousands of hosts would not fit."""
 
     jid: str
     host: str
     topic: bytes
-    envelope: bytes
     deadline: float
     next_send: float = 0.0
     delay: float = REPUBLISH_FIRST
+
+
+class Outbox:
+    """The envelopes waiting for receipts, by (jid, host) and by topic."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], Pending] = {}
+        self._by_topic: dict[bytes, set[tuple[str, str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, jid: str, host: str, deadline: float) -> Pending:
+        item = self.items[(jid, host)] = Pending(jid, host, topic_for(host), deadline)
+        self._by_topic.setdefault(item.topic, set()).add((jid, host))
+        return item
+
+    def remove(self, jid: str, host: str) -> None:
+        item = self.items.pop((jid, host), None)
+        if item is not None:
+            keys = self._by_topic[item.topic]
+            keys.discard((jid, host))
+            if not keys:
+                del self._by_topic[item.topic]
+
+    def for_topic(self, topic: bytes) -> list[Pending]:
+        return [self.items[key] for key in self._by_topic.get(topic, ())]
 
 
 @dataclass
@@ -179,7 +208,7 @@ class Master:
         self.keystore = KeyStore(self.db)
         self.public: dict[str, PublicKeys] = {}  # accepted minions' keys, as objects
         self.presence: dict[str, Presence] = {}
-        self.pending: dict[tuple[str, str], Pending] = {}
+        self.pending = Outbox()
         self.runs: dict[str, Run] = {}
         # Deadlines of jobs with hosts that have not answered, also jobs from
         # before a restart: when one passes, those hosts become "no response".
@@ -203,9 +232,11 @@ class Master:
         self.xpub: zmq.Socket | None = None
         self.router: zmq.Socket | None = None
         self.control: ControlServer | None = None
-        # Results read in this wake-up, stored together (_store_batch), each
-        # with the routing id its receipt goes back to.
-        self._batch: list[tuple[bytes, StoredResult]] = []
+        # Receipts and results read in this wake-up, stored together in one
+        # transaction (_store_batch); each result with the routing id its
+        # confirmation goes back to.
+        self._receipts: list[tuple[str, str]] = []
+        self._batch: dict[tuple[str, str], tuple[bytes, StoredResult]] = {}
         # Routing id of the ROUTER message being handled: _reply() answers it.
         # Handlers take only the message (the Dispatcher's contract), so the
         # peer travels beside it.
@@ -230,8 +261,8 @@ class Master:
         now = self.clock()
         for record in self.jobs.expire(now):
             log.info("job %s: %s did not answer before the deadline", *record)
-        for env in self.jobs.open_envelopes(now):
-            self._add_pending(env.jid, env.host, env.envelope, env.deadline)
+        for jid, host, deadline in self.jobs.unreceived(now):
+            self.pending.add(jid, host, deadline)  # the first tick publishes them
         self.deadlines = self.jobs.open_deadlines()
         if self.pending:
             log.info("re-publishing %d envelopes of unfinished jobs", len(self.pending))
@@ -278,9 +309,9 @@ class Master:
     def tick(self) -> None:
         now = self.clock()
         mono = self.loop.clock()
-        for item in list(self.pending.values()):
+        for item in list(self.pending.items.values()):
             if item.deadline <= now:
-                del self.pending[(item.jid, item.host)]
+                self.pending.remove(item.jid, item.host)
             elif item.next_send <= mono:
                 self._publish(item)
         due = [jid for jid, deadline in self.deadlines.items() if deadline <= now]
@@ -289,7 +320,7 @@ class Master:
                 del self.deadlines[jid]
             for jid, host in self.jobs.expire(now):
                 log.info("job %s: no response from %s", jid, host)
-                self.pending.pop((jid, host), None)
+                self.pending.remove(jid, host)
                 run = self.runs.get(jid)
                 if run is not None and host in run.waiting:
                     self._run_answered(run, host, NO_RESPONSE, None)
@@ -302,13 +333,16 @@ class Master:
 
     # ---- publishing ----
 
-    def _add_pending(self, jid: str, host: str, envelope: bytes, deadline: float) -> None:
-        self.pending[(jid, host)] = Pending(jid, host, topic_for(host), envelope, deadline)
-
-    def _publish(self, item: Pending) -> None:
+    def _publish(self, item: Pending, envelope: bytes | None = None) -> None:
+        """Publish one envelope (read from the job store unless given)."""
+        if envelope is None:
+            envelope = self.jobs.envelope(item.jid, item.host)
+            if envelope is None:  # received or expired meanwhile
+                self.pending.remove(item.jid, item.host)
+                return
         # A full subscriber queue drops the message; the next re-publish tries again.
         with contextlib.suppress(zmq.Again):
-            self.xpub.send_multipart([item.topic, item.envelope], zmq.NOBLOCK)
+            self.xpub.send_multipart([item.topic, envelope], zmq.NOBLOCK)
         item.next_send = self.loop.clock() + item.delay
         item.delay = min(item.delay * 2, REPUBLISH_MAX)
 
@@ -320,10 +354,8 @@ class Master:
                 return
             if event[:1] != b"\x01":
                 continue  # an unsubscription
-            topic = event[1:]
-            for item in self.pending.values():
-                if item.topic == topic:
-                    self._publish(item)
+            for item in self.pending.for_topic(event[1:]):
+                self._publish(item)
 
     # ---- the ROUTER ----
 
@@ -452,19 +484,15 @@ class Master:
         self._reply_sealed(minion, MsgType.HEARTBEAT_REPLY, {"time": self.clock()})
 
     def on_job_receipt(self, msg: Message) -> None:
-        minion, jid = msg.sender, msg.jid
-        if self.jobs.mark_received(jid, minion, self.clock()):
-            log.debug("job %s: received by %s", jid, minion)
-        self.pending.pop((jid, minion), None)
+        self._receipts.append((msg.jid, msg.sender))  # stored with this wake-up's batch
+        self.pending.remove(msg.jid, msg.sender)
 
     def on_result(self, msg: Message) -> None:
         minion, jid = msg.sender, msg.jid
         state = self.jobs.host_state(jid, minion)
         if state is None:
             raise ProtocolError(f"result from {minion} for job {jid}, which was never sent to it")
-        if state is HostState.DONE or any(
-            r.jid == jid and r.host == minion for _, r in self._batch
-        ):
+        if state is HostState.DONE or (jid, minion) in self._batch:
             log.info(
                 "job %s: duplicate result from %s; already stored, confirming again", jid, minion
             )
@@ -472,7 +500,7 @@ class Master:
             return
         if state is HostState.NO_RESPONSE:
             log.info("job %s: late result from %s, stored after the deadline", jid, minion)
-        self.pending.pop((jid, minion), None)
+        self.pending.remove(jid, minion)
         body = msg.body
         result = StoredResult(
             jid,
@@ -482,17 +510,20 @@ class Master:
             body,
             self.clock(),
         )
-        self._batch.append((self._peer, result))
+        self._batch[(jid, minion)] = (self._peer, result)
 
     def _store_batch(self) -> None:
-        """Store the results read in one wake-up in one transaction, then confirm them."""
-        if not self._batch:
+        """Store the receipts and results read in one wake-up in one transaction
+        (one fsync), then confirm the results."""
+        if not self._batch and not self._receipts:
             return
-        batch, self._batch = self._batch, []
+        batch, self._batch = list(self._batch.values()), {}
+        receipts, self._receipts = self._receipts, []
         try:
-            self.jobs.store_results([r for _, r in batch])
+            self.jobs.record(receipts, [r for _, r in batch], now=self.clock())
         except sqlite3.Error as e:
-            # Not confirmed, so each minion keeps its result and sends it again.
+            # Not confirmed, so each minion keeps its result and sends it again;
+            # a lost receipt costs at most a re-publish, which minions ignore.
             log.error("cannot store %d results, they will come again: %s", len(batch), e)
             return
         for peer, r in batch:
@@ -597,8 +628,7 @@ class Master:
         self.runs[jid] = run
         conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
         for host, envelope in envelopes.items():
-            self._add_pending(jid, host, envelope, deadline)
-            self._publish(self.pending[(jid, host)])
+            self._publish(self.pending.add(jid, host, deadline), envelope)
 
     def _run_answered(
         self, run: Run, host: str, status: str, result: dict[str, Any] | None

@@ -92,14 +92,6 @@ class HostRecord:
 
 
 @dataclass(frozen=True)
-class OpenEnvelope:
-    jid: str
-    host: str
-    envelope: bytes
-    deadline: float
-
-
-@dataclass(frozen=True)
 class StoredResult:
     jid: str
     host: str
@@ -139,15 +131,23 @@ class JobStore:
         row = self.conn.execute("SELECT max(jid) FROM jobs").fetchone()
         return row[0]
 
-    def open_envelopes(self, now: float) -> list[OpenEnvelope]:
-        """Envelopes still without receipt whose job has not reached its deadline."""
+    def unreceived(self, now: float) -> list[tuple[str, str, float]]:
+        """(jid, host, deadline) of envelopes still without receipt whose job has
+        not reached its deadline: what a restarted master publishes again."""
         rows = self.conn.execute(
-            "SELECT h.jid, h.host, h.envelope, j.deadline FROM job_hosts h"
-            " JOIN jobs j USING (jid)"
+            "SELECT h.jid, h.host, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"
             " WHERE h.state = 'sent' AND j.deadline > ? ORDER BY h.jid, h.host",
             (now,),
         )
-        return [OpenEnvelope(r[0], r[1], r[2], r[3]) for r in rows]
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def envelope(self, jid: str, host: str) -> bytes | None:
+        """The sealed envelope of (jid, host), while it waits for its receipt."""
+        row = self.conn.execute(
+            "SELECT envelope FROM job_hosts WHERE jid = ? AND host = ? AND state = 'sent'",
+            (jid, host),
+        ).fetchone()
+        return None if row is None else row[0]
 
     def host_state(self, jid: str, host: str) -> HostState | None:
         """The state of (jid, host), or None if that job was never sent to that host."""
@@ -156,21 +156,22 @@ class JobStore:
         ).fetchone()
         return None if row is None else HostState(row[0])
 
-    def mark_received(self, jid: str, host: str, now: float) -> bool:
-        """Record a receipt; drops the envelope. False if (jid, host) was not waiting for one."""
-        cur = self.conn.execute(
-            "UPDATE job_hosts SET state = 'received', received = ?, envelope = NULL"
-            " WHERE jid = ? AND host = ? AND state = 'sent'",
-            (now, jid, host),
-        )
-        return cur.rowcount == 1
+    def record(
+        self, receipts: list[tuple[str, str]], results: list[StoredResult], *, now: float
+    ) -> None:
+        """Store receipts (jid, host) and results that arrived together, in one
+        transaction: one fsync for a whole batch of arrivals.
 
-    def store_results(self, results: list[StoredResult]) -> None:
-        """Store results in one transaction (one fsync for a batch of arrivals).
-
-        The caller has checked that each (jid, host) exists and is not done.
+        A receipt drops the envelope; one for a host not waiting for it changes
+        nothing. The caller has checked that each result's (jid, host) exists
+        and is not done.
         """
         with transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE job_hosts SET state = 'received', received = ?, envelope = NULL"
+                " WHERE jid = ? AND host = ? AND state = 'sent'",
+                [(now, jid, host) for jid, host in receipts],
+            )
             self.conn.executemany(
                 "UPDATE job_hosts SET state = 'done', status = ?, changes = ?, result = ?,"
                 " returned = ?, envelope = NULL WHERE jid = ? AND host = ? AND state != 'done'",

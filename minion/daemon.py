@@ -182,12 +182,17 @@ class Minion:
 
     def start(self) -> None:
         self._connect()
-        self.timers.append(self.loop.call_every(self.interval, self.tick))
         self.timers.append(self.loop.call_every(SEEN_PURGE_INTERVAL, self._purge_seen))
-        # The first hello goes out at a random point of the first interval, so
-        # minions started together (a fleet reboot) do not all speak at once.
-        first = random.uniform(0, self.interval) / 4  # noqa: S311 - jitter, not a secret
-        self.timers.append(self.loop.call_later(first, self.tick))
+        # The first hello goes out at a random point of the first interval, and
+        # the heartbeats keep that phase, so minions started together (a fleet
+        # reboot) neither speak at once nor stay in step afterwards.
+        first = random.uniform(0, self.interval)  # noqa: S311 - jitter, not a secret
+
+        def begin() -> None:
+            self.tick()
+            self.timers.append(self.loop.call_every(self.interval, self.tick))
+
+        self.timers.append(self.loop.call_later(first, begin))
         self._next_job()  # jobs resumed from the spool
 
     def close(self) -> None:

@@ -31,28 +31,27 @@ def test_job_life_cycle(conn):
     store = JobStore(conn)
     store.create(job("J1"), {"web1": b"env1", "web2": b"env2", "web3": b"env3"})
     assert store.last_jid() == "J1"
-    assert [(e.host, e.envelope) for e in store.open_envelopes(now=50)] == [
-        ("web1", b"env1"),
-        ("web2", b"env2"),
-        ("web3", b"env3"),
-    ]
-    assert store.open_envelopes(now=100) == []  # past the deadline: never re-published
+    assert store.unreceived(now=50) == [("J1", h, 100.0) for h in ("web1", "web2", "web3")]
+    assert store.envelope("J1", "web2") == b"env2"
+    assert store.unreceived(now=100) == []  # past the deadline: never re-published
 
-    assert store.mark_received("J1", "web1", now=11)
-    assert not store.mark_received("J1", "web1", now=12)  # a second receipt changes nothing
-    assert not store.mark_received("J1", "db1", now=12)  # never sent there
-    assert [e.host for e in store.open_envelopes(now=50)] == ["web2", "web3"]
+    store.record([("J1", "web1"), ("J1", "db1")], [], now=11)  # db1: never sent there
+    store.record([("J1", "web1")], [], now=12)  # a second receipt changes nothing
+    assert store.get_hosts("J1", "web1")[0].received == 11
+    assert store.envelope("J1", "web1") is None  # dropped once received
+    assert [host for _, host, _ in store.unreceived(now=50)] == ["web2", "web3"]
     assert store.host_state("J1", "web1") is HostState.RECEIVED
     assert store.host_state("J1", "db1") is None
     assert store.host_state("J2", "web1") is None
 
     body = {"module": "files", "result": {"changes": [{"path": "/etc/motd"}]}}
-    store.store_results([StoredResult("J1", "web1", HostStatus.CHANGED, 1, body, 12.0)])
+    store.record([], [StoredResult("J1", "web1", HostStatus.CHANGED, 1, body, 12.0)], now=12)
     assert store.host_state("J1", "web1") is HostState.DONE
 
     assert store.expire(now=100) == [("J1", "web2"), ("J1", "web3")]
     # A late result is still stored; its host is no longer "no response".
-    store.store_results([StoredResult("J1", "web3", HostStatus.OK, 0, {"late": True}, 120.0)])
+    late = StoredResult("J1", "web3", HostStatus.OK, 0, {"late": True}, 120.0)
+    store.record([], [late], now=120)
 
     hosts = {h.host: h for h in store.get_hosts("J1")}
     assert hosts["web1"].result == body and hosts["web1"].status is HostStatus.CHANGED
