@@ -41,7 +41,6 @@ import math
 import os
 import re
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -491,33 +490,6 @@ def seal_at(
     )
 
 
-def seal(
-    plaintext: bytes,
-    *,
-    version: int,
-    msg_type: int,
-    jid: str,
-    sender: str,
-    recipient: str,
-    sender_keys: KeyPair,
-    recipient_keys: PublicKeys,
-    ttl: int,
-) -> bytes:
-    """seal_at(), issued now."""
-    return seal_at(
-        plaintext,
-        version=version,
-        msg_type=msg_type,
-        jid=jid,
-        sender=sender,
-        recipient=recipient,
-        sender_keys=sender_keys,
-        recipient_keys=recipient_keys,
-        now=time.time(),
-        ttl=ttl,
-    )
-
-
 def open_at(
     frame: bytes,
     *,
@@ -573,24 +545,3 @@ def open_at(
     except InvalidTag:
         raise EnvelopeError("AEAD tag does not match") from None
     return Opened(header, plaintext)
-
-
-def open_envelope(
-    frame: bytes,
-    *,
-    me: str,
-    my_keys: KeyPair,
-    sender_keys: Callable[[str], PublicKeys | None],
-    skew: float = DEFAULT_CLOCK_SKEW,
-    max_bytes: int = MAX_ENVELOPE_BYTES,
-) -> Opened:
-    """open_at(), judged now."""
-    return open_at(
-        frame,
-        me=me,
-        my_keys=my_keys,
-        sender_keys=sender_keys,
-        now=time.time(),
-        skew=skew,
-        max_bytes=max_bytes,
-    )

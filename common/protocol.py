@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import enum
 import hmac
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -138,9 +137,7 @@ __all__ = [
     "make_enrol_request",
     "minion_id_problem",
     "new_jid",
-    "open_message",
     "open_message_at",
-    "seal_message",
     "seal_message_at",
     "topic_for",
     "verify_enrol_reply",
@@ -897,31 +894,6 @@ def seal_message_at(
     )
 
 
-def seal_message(
-    msg_type: MsgType,
-    body: dict[str, Any],
-    *,
-    jid: str,
-    sender: str,
-    sender_keys: KeyPair,
-    recipient: str,
-    recipient_keys: PublicKeys,
-    ttl: int,
-) -> bytes:
-    """seal_message_at(), issued now."""
-    return seal_message_at(
-        msg_type,
-        body,
-        jid=jid,
-        sender=sender,
-        sender_keys=sender_keys,
-        recipient=recipient,
-        recipient_keys=recipient_keys,
-        now=time.time(),
-        ttl=ttl,
-    )
-
-
 def open_message_at(
     frame: bytes,
     *,
@@ -958,27 +930,6 @@ def open_message_at(
     if seen is not None:
         seen.check_and_add(header, keep_until=header.expires_at + skew, now=now)
     return Message(spec.type, body, version=header.version, header=header)
-
-
-def open_message(
-    frame: bytes,
-    *,
-    me: str,
-    my_keys: KeyPair,
-    sender_keys: Callable[[str], PublicKeys | None],
-    skew: float = DEFAULT_CLOCK_SKEW,
-    seen: SeenJids | None = None,
-) -> Message:
-    """open_message_at(), judged now."""
-    return open_message_at(
-        frame,
-        me=me,
-        my_keys=my_keys,
-        sender_keys=sender_keys,
-        now=time.time(),
-        skew=skew,
-        seen=seen,
-    )
 
 
 # ---- enrolment: plain, but signed (proof that the sender holds its key) ----

@@ -446,30 +446,3 @@ def test_oversized_envelope_is_refused_before_parsing():
 def test_seal_refuses_a_bad_header(kw, reason):
     with pytest.raises(ProtocolError, match=reason):
         seal(**kw)
-
-
-def test_wrappers_use_the_current_time():
-    frame = crypto.seal(
-        b"now",
-        version=1,
-        msg_type=3,
-        jid=JID,
-        sender="web1",
-        recipient=MASTER_ID,
-        sender_keys=MINION,
-        recipient_keys=MASTER.public,
-        ttl=30,
-    )
-    opened = crypto.open_envelope(
-        frame, me=MASTER_ID, my_keys=MASTER, sender_keys={"web1": MINION.public}.get
-    )
-    assert opened.plaintext == b"now"
-    with pytest.raises(EnvelopeError):
-        # judged an hour later, it has expired
-        open_at(
-            frame,
-            me=MASTER_ID,
-            my_keys=MASTER,
-            sender_keys={"web1": MINION.public}.get,
-            now=opened.header.issued_at + 3600,
-        )
