@@ -193,17 +193,22 @@ class PublicKeys:
     """The public half of a KeyPair: what a peer needs to verify us and seal to us."""
 
     sign: bytes  # Ed25519 public key, raw
-    kx: bytes  # X25519 public key, raw
+    kx: bytes  # X25519 public key, raw: sealed envelopes
+    curve: bytes  # X25519 public key, raw: the CurveZMQ transport (one purpose each)
 
     def __post_init__(self) -> None:
-        for name in ("sign", "kx"):
+        for name in ("sign", "kx", "curve"):
             value = getattr(self, name)
             if type(value) is not bytes or len(value) != KEY_LENGTH:
                 raise ProtocolError(f"public key {name!r} must be {KEY_LENGTH} bytes")
 
     def fingerprint(self) -> str:
-        """SHA-256 over both keys, as "SHA256:abcd efgh ..." (13 groups of four)."""
-        digest = hashlib.sha256(_FINGERPRINT_LABEL + self.sign + self.kx).digest()
+        """SHA-256 over the three keys, as "SHA256:abcd efgh ..." (13 groups of four).
+
+        Pinning the fingerprint pins the transport key too: a master that
+        swapped only its CURVE key would no longer match.
+        """
+        digest = hashlib.sha256(_FINGERPRINT_LABEL + self.sign + self.kx + self.curve).digest()
         return _format_fingerprint(digest)
 
     def matches(self, fingerprint: str) -> bool:
@@ -220,54 +225,74 @@ class PublicKeys:
         library refuses; such a key is refused at enrolment rather than at
         the first job.
         """
-        try:
-            X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(self.kx))
-        except ValueError:
-            raise ProtocolError("the X25519 public key is a low-order point") from None
+        for name in ("kx", "curve"):
+            try:
+                X25519PrivateKey.generate().exchange(
+                    X25519PublicKey.from_public_bytes(getattr(self, name))
+                )
+            except ValueError:
+                raise ProtocolError(f"the {name} public key is a low-order point") from None
 
     def to_wire(self) -> dict[str, bytes]:
-        return {"sign": self.sign, "kx": self.kx}
+        return {"sign": self.sign, "kx": self.kx, "curve": self.curve}
 
     @classmethod
     def from_wire(cls, d: dict[str, bytes]) -> PublicKeys:
-        return cls(sign=d["sign"], kx=d["kx"])
+        return cls(sign=d["sign"], kx=d["kx"], curve=d["curve"])
 
     def __repr__(self) -> str:
         return f"PublicKeys({self.fingerprint()})"
 
 
 class KeyPair:
-    """A host's private keys: Ed25519 to sign, X25519 to receive sealed envelopes.
+    """A host's private keys, one per purpose: Ed25519 to sign, X25519 to
+    receive sealed envelopes, and X25519 for the CurveZMQ transport.
 
     repr() shows the public fingerprint only. The private bytes leave this
-    object only through private_secrets(), for the key file.
+    object only through private_secrets(), for the key file, and
+    curve_secret(), for the ZeroMQ socket options.
     """
 
-    __slots__ = ("_kx", "_sign", "public")
+    __slots__ = ("_curve", "_kx", "_sign", "public")
 
-    def __init__(self, sign: Ed25519PrivateKey, kx: X25519PrivateKey) -> None:
+    def __init__(
+        self, sign: Ed25519PrivateKey, kx: X25519PrivateKey, curve: X25519PrivateKey
+    ) -> None:
         self._sign = sign
         self._kx = kx
+        self._curve = curve
         self.public = PublicKeys(
             sign=sign.public_key().public_bytes_raw(),
             kx=kx.public_key().public_bytes_raw(),
+            curve=curve.public_key().public_bytes_raw(),
         )
 
     @classmethod
     def generate(cls) -> KeyPair:
-        return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+        return cls(
+            Ed25519PrivateKey.generate(), X25519PrivateKey.generate(), X25519PrivateKey.generate()
+        )
 
     @classmethod
-    def from_secrets(cls, sign: Secret, kx: Secret) -> KeyPair:
+    def from_secrets(cls, sign: Secret, kx: Secret, curve: Secret) -> KeyPair:
         """Rebuild a pair from its raw private keys; ValueError if one is not 32 bytes."""
         return cls(
             Ed25519PrivateKey.from_private_bytes(sign.reveal()),
             X25519PrivateKey.from_private_bytes(kx.reveal()),
+            X25519PrivateKey.from_private_bytes(curve.reveal()),
         )
 
-    def private_secrets(self) -> tuple[Secret, Secret]:
-        """The raw private keys (Ed25519 seed, X25519 scalar), for the key file only."""
-        return Secret(self._sign.private_bytes_raw()), Secret(self._kx.private_bytes_raw())
+    def private_secrets(self) -> tuple[Secret, Secret, Secret]:
+        """The raw private keys (Ed25519 seed, X25519 scalars), for the key file only."""
+        return (
+            Secret(self._sign.private_bytes_raw()),
+            Secret(self._kx.private_bytes_raw()),
+            Secret(self._curve.private_bytes_raw()),
+        )
+
+    def curve_secret(self) -> Secret:
+        """The raw CurveZMQ secret key, for ZMQ_CURVE_SECRETKEY only."""
+        return Secret(self._curve.private_bytes_raw())
 
     def fingerprint(self) -> str:
         return self.public.fingerprint()
@@ -371,6 +396,14 @@ class Opened:
 
 _MIN_ENVELOPE = (
     len(ENVELOPE_MAGIC) + 4 + 3 + 16 + _EPHEMERAL_LENGTH + _NONCE_LENGTH + _TAG_LENGTH
+) + SIGNATURE_LENGTH
+
+
+# The most an envelope adds to its plaintext, in bytes: the largest header
+# (three ids of up to 255 bytes), the ephemeral key, nonce, tag and signature.
+# A receiver bounds a frame by its claimed type's body limit plus this.
+MAX_ENVELOPE_OVERHEAD = (
+    len(ENVELOPE_MAGIC) + 4 + 3 * (1 + 255) + 16 + _EPHEMERAL_LENGTH + _NONCE_LENGTH + _TAG_LENGTH
 ) + SIGNATURE_LENGTH
 
 
@@ -490,17 +523,53 @@ def seal_at(
     )
 
 
-def open_at(
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """An envelope whose signature, recipient and time window have been checked,
+    still encrypted: decrypt() is the next, costlier step, which the caller
+    may skip after looking at the authenticated header."""
+
+    header: Header
+    frame: bytes
+    header_end: int
+
+    def decrypt(self, my_keys: KeyPair) -> Opened:
+        """Decrypt with our X25519 key; EnvelopeError if the AEAD refuses."""
+        frame, pos = self.frame, self.header_end
+        head = frame[:pos]
+        ephemeral_public = frame[pos : pos + _EPHEMERAL_LENGTH]
+        nonce = frame[pos + _EPHEMERAL_LENGTH : pos + _EPHEMERAL_LENGTH + _NONCE_LENGTH]
+        ciphertext = frame[pos + _EPHEMERAL_LENGTH + _NONCE_LENGTH : -SIGNATURE_LENGTH]
+        try:
+            shared = my_keys._kx.exchange(X25519PublicKey.from_public_bytes(ephemeral_public))
+        except ValueError:
+            raise EnvelopeError("ephemeral key is a low-order point") from None
+        key = _derive_key(shared, ephemeral_public, my_keys.public.kx, head)
+        try:
+            plaintext = ChaCha20Poly1305(key).decrypt(nonce, ciphertext, head)
+        except InvalidTag:
+            raise EnvelopeError("AEAD tag does not match") from None
+        return Opened(self.header, plaintext)
+
+
+def peek_header(frame: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Header:
+    """The header an envelope claims, NOT verified: only for checks that cost
+    less than the signature and make no decision in the sender's favour
+    (the size limit of the claimed type, the sender the transport named).
+    Raises EnvelopeError if the frame is not an envelope."""
+    return _parse_unverified_header(frame, max_bytes)[0]
+
+
+def verify_at(
     frame: bytes,
     *,
     me: str,
-    my_keys: KeyPair,
     sender_keys: Callable[[str], PublicKeys | None],
     now: float,
     skew: float = DEFAULT_CLOCK_SKEW,
     max_bytes: int = MAX_ENVELOPE_BYTES,
-) -> Opened:
-    """Verify and decrypt an envelope addressed to `me`, judged at time `now`.
+) -> Verified:
+    """Check an envelope addressed to `me` at time `now`, without decrypting it.
 
     `sender_keys(sender_id)` returns the public keys that sender id must have
     signed with (the pinned master's, an accepted minion's), or None if the
@@ -531,17 +600,22 @@ def open_at(
         raise EnvelopeError(f"issued {header.issued_at - now:.0f} s in the future")
     if now > header.expires_at + skew:
         raise EnvelopeError(f"expired {now - header.expires_at:.0f} s ago")
-    head = frame[:pos]
-    ephemeral_public = frame[pos : pos + _EPHEMERAL_LENGTH]
-    nonce = frame[pos + _EPHEMERAL_LENGTH : pos + _EPHEMERAL_LENGTH + _NONCE_LENGTH]
-    ciphertext = signed[pos + _EPHEMERAL_LENGTH + _NONCE_LENGTH :]
-    try:
-        shared = my_keys._kx.exchange(X25519PublicKey.from_public_bytes(ephemeral_public))
-    except ValueError:
-        raise EnvelopeError("ephemeral key is a low-order point") from None
-    key = _derive_key(shared, ephemeral_public, my_keys.public.kx, head)
-    try:
-        plaintext = ChaCha20Poly1305(key).decrypt(nonce, ciphertext, head)
-    except InvalidTag:
-        raise EnvelopeError("AEAD tag does not match") from None
-    return Opened(header, plaintext)
+    return Verified(header, frame, pos)
+
+
+def open_at(
+    frame: bytes,
+    *,
+    me: str,
+    my_keys: KeyPair,
+    sender_keys: Callable[[str], PublicKeys | None],
+    now: float,
+    skew: float = DEFAULT_CLOCK_SKEW,
+    max_bytes: int = MAX_ENVELOPE_BYTES,
+) -> Opened:
+    """Verify and decrypt an envelope addressed to `me`, judged at time `now`:
+    verify_at(), then Verified.decrypt(). Raises EnvelopeError for every failure."""
+    verified = verify_at(
+        frame, me=me, sender_keys=sender_keys, now=now, skew=skew, max_bytes=max_bytes
+    )
+    return verified.decrypt(my_keys)

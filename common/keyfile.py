@@ -6,9 +6,14 @@ symlink planted at either place is refused rather than followed.
 
 The file (KEY_FILE_NAME) is text, so an administrator can see what it is:
 
-    safcm private keys 1
+    safcm private keys 2
     ed25519 <base64 of the 32-byte Ed25519 seed>
-    x25519 <base64 of the 32-byte X25519 private key>
+    x25519 <base64 of the 32-byte X25519 private key for sealed envelopes>
+    curve <base64 of the 32-byte X25519 private key for the CurveZMQ transport>
+
+Format 1 (without the curve line, from safcm 0.1) is refused with a message
+that says how to start over: its owner has no transport key, and a new one
+changes the fingerprint every peer pinned.
 
 Writing is atomic and never replaces an existing key: a temporary file is
 written, fsynced and hard-linked to the final name (link fails if the name
@@ -35,7 +40,8 @@ from common.crypto import KeyPair, Secret
 from common.errors import KeyFileError
 
 KEY_FILE_NAME = "private.key"
-_HEADER_LINE = "safcm private keys 1"
+_HEADER_LINE = "safcm private keys 2"
+_OLD_HEADER_LINE = "safcm private keys 1"
 _TEMP_PREFIX = ".private.key.tmp-"
 # Modes of what save_keys() creates: only the owner may read or enter.
 DIR_MODE = 0o700
@@ -51,11 +57,12 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 
 def encode_key_file(keys: KeyPair) -> bytes:
     """The content of a key file for `keys`."""
-    sign, kx = keys.private_secrets()
+    sign, kx, curve = keys.private_secrets()
     lines = [
         _HEADER_LINE,
         "ed25519 " + base64.b64encode(sign.reveal()).decode("ascii"),
         "x25519 " + base64.b64encode(kx.reveal()).decode("ascii"),
+        "curve " + base64.b64encode(curve.reveal()).decode("ascii"),
     ]
     return ("\n".join(lines) + "\n").encode("ascii")
 
@@ -66,10 +73,16 @@ def decode_key_file(path: str, data: bytes) -> KeyPair:
         lines = data.decode("ascii").split("\n")
     except UnicodeDecodeError:
         raise KeyFileError(path, "not a safcm key file (not ASCII text)") from None
-    if len(lines) != 4 or lines[0] != _HEADER_LINE or lines[3] != "":
+    if lines[0] == _OLD_HEADER_LINE:
+        raise KeyFileError(
+            path,
+            "a key file of safcm 0.1, without a CurveZMQ transport key; move its "
+            "directory away to make new keys, then accept the new fingerprint",
+        )
+    if len(lines) != 5 or lines[0] != _HEADER_LINE or lines[4] != "":
         raise KeyFileError(path, f"not a safcm key file (expected the line {_HEADER_LINE!r})")
     raw = []
-    for line, label in ((lines[1], "ed25519"), (lines[2], "x25519")):
+    for line, label in zip(lines[1:4], ("ed25519", "x25519", "curve"), strict=True):
         name, _, value = line.partition(" ")
         if name != label:
             raise KeyFileError(path, f"malformed key file: expected a line starting {label!r}")
@@ -80,7 +93,7 @@ def decode_key_file(path: str, data: bytes) -> KeyPair:
         if len(key) != 32:
             raise KeyFileError(path, f"malformed key file: the {label} key is not 32 bytes")
         raw.append(Secret(key))
-    return KeyPair.from_secrets(raw[0], raw[1])
+    return KeyPair.from_secrets(raw[0], raw[1], raw[2])
 
 
 def _owner_problem(st: os.stat_result) -> str | None:

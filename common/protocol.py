@@ -26,6 +26,8 @@ of MsgType and its MessageSpec in _SPEC_LIST (an import-time check refuses a
 type without a spec).
 
     type               channel  sealed  direction
+    KEY_REQUEST        key      no      minion -> master (before CURVE: which keys?)
+    KEY_REPLY          key      no      master -> minion (signed public keys)
     ENROL_REQUEST      network  no      minion -> master
     ENROL_REPLY        network  no      master -> minion
     HEARTBEAT          network  yes     minion -> master
@@ -56,16 +58,19 @@ from common import codec
 from common.crypto import (
     DEFAULT_CLOCK_SKEW,
     MAX_ENVELOPE_BYTES,
+    MAX_ENVELOPE_OVERHEAD,
     MAX_ENVELOPE_TTL,
     SIGNATURE_LENGTH,
     Header,
     KeyPair,
     PublicKeys,
+    Verified,
     fingerprint_problem,
     is_envelope,
-    open_at,
+    peek_header,
     seal_at,
     sign_plain,
+    verify_at,
     verify_plain,
 )
 from common.errors import EnvelopeError, ProtocolError
@@ -108,6 +113,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_FRAME_BYTES",
     "MAX_JOB_BYTES",
+    "MAX_KEY_PORT_BYTES",
     "MAX_PLAIN_NETWORK_BYTES",
     "MAX_RESULT_BYTES",
     "MIN_PROTOCOL_VERSION",
@@ -125,8 +131,10 @@ __all__ = [
     "MsgType",
     "ResultStatus",
     "SeenJids",
+    "VerifiedMessage",
     "check_jid",
     "check_minion_id",
+    "claimed_spec",
     "decode_plain",
     "encode_frame",
     "encode_plain",
@@ -135,6 +143,7 @@ __all__ = [
     "jid_time",
     "make_enrol_reply",
     "make_enrol_request",
+    "make_key_reply",
     "minion_id_problem",
     "new_jid",
     "open_message_at",
@@ -142,6 +151,8 @@ __all__ = [
     "topic_for",
     "verify_enrol_reply",
     "verify_enrol_request",
+    "verify_key_reply",
+    "verify_message_at",
 ]
 
 # The version this code speaks, and the oldest it still accepts. A message
@@ -155,8 +166,11 @@ MIN_PROTOCOL_VERSION = 1
 # whose configuration would not fit, before anything is sent.
 MAX_JOB_BYTES = 64 * 1024 * 1024
 # The largest result body: every change with its diff, and trigger output.
-# The minion must cap diffs and output so that a result fits.
-MAX_RESULT_BYTES = 64 * 1024 * 1024
+# The minion must cap diffs and output so that a result fits (minion/results.py
+# fit()). It bounds what one minion can make the master hold: a result is in
+# memory about four times over while it is checked, opened and stored, so
+# 16 MiB keeps that below 100 MiB even for a hostile minion.
+MAX_RESULT_BYTES = 16 * 1024 * 1024
 # Every ZeroMQ socket's maximum message size (ZMQ_MAXMSGSIZE): a sealed job.
 MAX_FRAME_BYTES = MAX_ENVELOPE_BYTES
 # A plain message from the network comes from a peer we know nothing about:
@@ -196,8 +210,16 @@ MAX_VERSION_CHARS = 64
 # Most jobs one `jobs list` returns.
 MAX_JOBS_LISTED = 10_000
 # A minion's heartbeat interval, in seconds (minion.yaml heartbeat_interval).
+# The master counts a minion as present for a few intervals after its last
+# heartbeat, so the upper bound is also how long a dead minion can look alive.
 MIN_HEARTBEAT_INTERVAL = 0.05
-MAX_HEARTBEAT_INTERVAL = 3600.0
+MAX_HEARTBEAT_INTERVAL = 60.0
+# A heartbeat's sequence number: each is larger than the one before, across
+# restarts of the minion (it keeps a counter on disk) and of the master.
+MAX_SEQUENCE = 2**63 - 1
+# A plain message on the master's key port: a request is a nonce, a reply
+# three public keys and a signature.
+MAX_KEY_PORT_BYTES = 512
 # Most problems in one ERROR reply (the rest are summarised in its message).
 MAX_PROBLEMS = 1000
 # A job's timeout, in seconds: at least a second, at most an envelope's life.
@@ -215,6 +237,7 @@ _UID = Int(0, 2**32 - 1)
 
 class Channel(enum.Enum):
     NETWORK = "network"  # ZeroMQ between master and minions
+    KEY = "key"  # the master's key port: public keys, before CURVE can be used
     CONTROL = "control"  # the master's local control socket, for the CLI
 
 
@@ -227,6 +250,8 @@ class MsgType(enum.IntEnum):
     JOB_RECEIPT = 6
     RESULT = 7
     RESULT_RECEIPT = 8
+    KEY_REQUEST = 9
+    KEY_REPLY = 10
     # Control: the CLI's requests and the master's replies.
     RUN = 101
     KEYS = 102
@@ -249,6 +274,9 @@ class KeyState(enum.StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
     REJECTED = "rejected"
+    # Enrol reply only: the id is bound to another key, so this key can never
+    # be accepted under it until an administrator deletes the other.
+    CLAIMED = "claimed"
 
 
 class ResultStatus(enum.StrEnum):
@@ -264,7 +292,9 @@ NO_RESPONSE = "no response"
 
 _MINION_ID = Str(MINION_ID_MAX, min_len=1, problem=minion_id_problem)
 _JID = Str(JID_LENGTH, min_len=JID_LENGTH, problem=jid_problem)
-_PUBLIC_KEYS = Map({"sign": Bytes(32, min_len=32), "kx": Bytes(32, min_len=32)})
+_PUBLIC_KEYS = Map(
+    {"sign": Bytes(32, min_len=32), "kx": Bytes(32, min_len=32), "curve": Bytes(32, min_len=32)}
+)
 _NONCE = Bytes(ENROL_NONCE_LENGTH, min_len=ENROL_NONCE_LENGTH)
 _SIGNATURE = Bytes(SIGNATURE_LENGTH, min_len=SIGNATURE_LENGTH)
 _PATH = Str(PATH_MAX - 1, min_len=1)
@@ -449,6 +479,20 @@ class MessageSpec:
 
 _SPEC_LIST = [
     MessageSpec(
+        MsgType.KEY_REQUEST,
+        Channel.KEY,
+        sealed=False,
+        schema=Map({"nonce": _NONCE}),
+        max_bytes=MAX_KEY_PORT_BYTES,
+    ),
+    MessageSpec(
+        MsgType.KEY_REPLY,
+        Channel.KEY,
+        sealed=False,
+        schema=Map({"keys": _PUBLIC_KEYS, "nonce": _NONCE, "issued_at": _TIME, "sig": _SIGNATURE}),
+        max_bytes=MAX_KEY_PORT_BYTES,
+    ),
+    MessageSpec(
         MsgType.ENROL_REQUEST,
         Channel.NETWORK,
         sealed=False,
@@ -488,6 +532,7 @@ _SPEC_LIST = [
                 "version": _VERSION,
                 "uptime": _DURATION,
                 "busy": Optional(_JID),  # the job being applied
+                "seq": Int(1, MAX_SEQUENCE),  # larger than the last: a replay is refused
                 # the minion's heartbeat interval: the master's liveness check
                 # (three missed heartbeats) follows each minion's own setting
                 "interval": Float(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL),
@@ -565,7 +610,10 @@ _SPEC_LIST = [
                 "action": OneOf(["list", "accept", "reject", "delete"]),
                 # minion ids or globs over them ("web*"); for list: a filter, empty for all
                 "ids": List(_MINION_PATTERN, MAX_HOSTS),
-            }
+                # accept only: the key to accept, when several claimed the id
+                "fingerprint": Optional(_FINGERPRINT),
+            },
+            optional={"fingerprint"},
         ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,
         check=_check_keys,
@@ -825,13 +873,21 @@ def encode_plain(msg_type: MsgType, body: dict[str, Any]) -> bytes:
     return data
 
 
+# Largest plain frame per channel, checked before anything is unpacked.
+_PLAIN_LIMITS = {
+    Channel.NETWORK: MAX_PLAIN_NETWORK_BYTES,
+    Channel.KEY: MAX_KEY_PORT_BYTES,
+    Channel.CONTROL: MAX_CONTROL_FRAME_BYTES,
+}
+
+
 def decode_plain(frame: bytes, channel: Channel) -> Message:
     """Decode a plain message that arrived on `channel`; ProtocolError for anything invalid.
 
     Sealed types and the other channel's types are refused here: a plain
     JOB or a RUN from the network never becomes a Message.
     """
-    limit = MAX_PLAIN_NETWORK_BYTES if channel is Channel.NETWORK else MAX_CONTROL_FRAME_BYTES
+    limit = _PLAIN_LIMITS[channel]
     if not isinstance(frame, bytes):
         raise ProtocolError(f"expected bytes, got {type(frame).__name__}")
     if len(frame) > limit:
@@ -894,6 +950,71 @@ def seal_message_at(
     )
 
 
+def claimed_spec(frame: bytes) -> MessageSpec:
+    """The spec of the sealed type an envelope claims, once its size fits that
+    type: checked before the signature, so a forged 60 MiB "heartbeat" costs a
+    length comparison, not a signature check. The claim is not trusted for
+    anything else. Raises EnvelopeError or ProtocolError."""
+    header = peek_header(frame)
+    spec = _spec_for(header.msg_type)
+    if not spec.sealed:
+        raise ProtocolError(f"{spec.type.name} is a plain message; it arrived sealed")
+    if len(frame) > spec.max_bytes + MAX_ENVELOPE_OVERHEAD:
+        raise ProtocolError(
+            f"a sealed {spec.type.name} of {len(frame)} bytes is larger than that type allows"
+        )
+    return spec
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedMessage:
+    """A sealed message whose signature, recipient, time window, version and
+    type were checked, and whose body is still encrypted. The receiver looks
+    at the authenticated header (jid, sender, type) first, and calls open()
+    only for a message it still wants."""
+
+    spec: MessageSpec
+    verified: Verified
+
+    @property
+    def header(self) -> Header:
+        return self.verified.header
+
+    def open(self, my_keys: KeyPair) -> Message:
+        """Decrypt, unpack and check the body. EnvelopeError if the AEAD refuses,
+        ProtocolError if an authentic sender sent an invalid body."""
+        opened = self.verified.decrypt(my_keys)
+        spec, header = self.spec, opened.header
+        if len(opened.plaintext) > spec.max_bytes:
+            raise ProtocolError(
+                f"{spec.type.name} body of {len(opened.plaintext)} bytes exceeds {spec.max_bytes}"
+            )
+        body = codec.unpack(opened.plaintext, max_depth=MAX_BODY_DEPTH)
+        _check_body(spec, body, header.jid)
+        return Message(spec.type, body, version=header.version, header=header)
+
+
+def verify_message_at(
+    frame: bytes,
+    *,
+    me: str,
+    sender_keys: Callable[[str], PublicKeys | None],
+    now: float,
+    skew: float = DEFAULT_CLOCK_SKEW,
+) -> VerifiedMessage:
+    """Check a sealed message up to, not including, its decryption.
+
+    Order: the claimed type's size limit (claimed_spec), the signature and
+    the rest of crypto.verify_at(), then the version and type in the now
+    verified header. Raises EnvelopeError or ProtocolError.
+    """
+    claimed_spec(frame)
+    verified = verify_at(frame, me=me, sender_keys=sender_keys, now=now, skew=skew)
+    _check_version(verified.header.version)
+    spec = _spec_for(verified.header.msg_type)
+    return VerifiedMessage(spec, verified)
+
+
 def open_message_at(
     frame: bytes,
     *,
@@ -906,30 +1027,18 @@ def open_message_at(
 ) -> Message:
     """Open an envelope addressed to `me` and decode its body, judged at `now`.
 
-    Order: the envelope's checks (crypto.open_at: signature first), then the
-    version and type in the verified header, the body's size, msgpack and
-    schema, and last, if `seen` is given, the replay check, which records
-    the (type, jid) until expires-at + skew.
+    verify_message_at(), then, if `seen` is given, the replay check (which
+    records the (type, jid) until expires-at + skew), then VerifiedMessage.open().
 
     Raises EnvelopeError if the envelope does not open (opaque), ReplayError
-    (an EnvelopeError) if it opened but was seen before, and ProtocolError
-    if an authentic sender sent a body that is not valid.
+    (an EnvelopeError) if it was seen before, and ProtocolError if an
+    authentic sender sent a body that is not valid.
     """
-    opened = open_at(frame, me=me, my_keys=my_keys, sender_keys=sender_keys, now=now, skew=skew)
-    header = opened.header
-    _check_version(header.version)
-    spec = _spec_for(header.msg_type)
-    if not spec.sealed:
-        raise ProtocolError(f"{spec.type.name} is a plain message; it arrived sealed")
-    if len(opened.plaintext) > spec.max_bytes:
-        raise ProtocolError(
-            f"{spec.type.name} body of {len(opened.plaintext)} bytes exceeds {spec.max_bytes}"
-        )
-    body = codec.unpack(opened.plaintext, max_depth=MAX_BODY_DEPTH)
-    _check_body(spec, body, header.jid)
+    verified = verify_message_at(frame, me=me, sender_keys=sender_keys, now=now, skew=skew)
+    msg = verified.open(my_keys)
     if seen is not None:
-        seen.check_and_add(header, keep_until=header.expires_at + skew, now=now)
-    return Message(spec.type, body, version=header.version, header=header)
+        seen.check_and_add(verified.header, keep_until=verified.header.expires_at + skew, now=now)
+    return msg
 
 
 # ---- enrolment: plain, but signed (proof that the sender holds its key) ----
@@ -937,6 +1046,7 @@ def open_message_at(
 _ENROL_CONTEXT = {
     MsgType.ENROL_REQUEST: "enrol request",
     MsgType.ENROL_REPLY: "enrol reply",
+    MsgType.KEY_REPLY: "key reply",
 }
 
 
@@ -1031,6 +1141,31 @@ def verify_enrol_reply(
     if pinned is not None and not keys.matches(pinned):
         raise EnvelopeError(
             f"master key {keys.fingerprint()} does not match the pinned {pinned}: "
+            "possible impersonation"
+        )
+    return keys
+
+
+def make_key_reply(master_keys: KeyPair, *, nonce: bytes, now: float) -> dict[str, Any]:
+    """The master's public keys for the key port, signed, answering `nonce`."""
+    body = {"keys": master_keys.public.to_wire(), "nonce": nonce, "issued_at": float(now)}
+    return _sign_enrol(MsgType.KEY_REPLY, body, master_keys)
+
+
+def verify_key_reply(msg: Message, *, nonce: bytes, pinned: str | None) -> PublicKeys:
+    """The master's public keys from a KEY_REPLY to our request with `nonce`.
+
+    Checks the signature with the keys carried (proof of possession), the
+    nonce, and the `pinned` fingerprint; None means trust on first use,
+    which the caller allows only when trust_first_master says so. Raises
+    EnvelopeError.
+    """
+    keys = _verify_enrol(msg, MsgType.KEY_REPLY)
+    if not hmac.compare_digest(msg.body["nonce"], nonce):
+        raise EnvelopeError("key reply does not answer our request (nonce differs)")
+    if pinned is not None and not keys.matches(pinned):
+        raise EnvelopeError(
+            f"master key {keys.fingerprint()} does not match master_fingerprint {pinned}: "
             "possible impersonation"
         )
     return keys

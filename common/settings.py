@@ -132,6 +132,27 @@ def duration(text: str) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def size(text: str) -> int:
+    """Bytes, as a number or with a binary unit: 1048576, 512K, 256M, 2G (also MiB, GB)."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise BadValue(f"must be a size such as 256M or 2G, got {text!r}")
+    value = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "")[:1].lower()]
+    if value <= 0:
+        raise BadValue(f"must be larger than zero, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise BadValue(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def absolute_path(text: str) -> str:
     if not text.startswith("/") or "\0" in text:
         raise BadValue(f"must be an absolute path, got {text!r}")

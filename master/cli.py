@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     for action, what in (("accept", "accept"), ("reject", "reject"), ("delete", "forget")):
         p = keys_sub.add_parser(action, help=f"{what} the keys of these minions")
         p.add_argument("ids", nargs="+", metavar="ID", help="minion id or glob ('web*')")
+        if action == "accept":
+            p.add_argument(
+                "--fingerprint",
+                metavar="FP",
+                help="accept the key with this fingerprint (needed when several keys "
+                "claimed the id; compare with 'safcm-minion fingerprint' on the host)",
+            )
     keys_sub.add_parser("fingerprint", help="print the master's key fingerprint")
 
     run = sub.add_parser("run", help="run a module (files, ping) on the targeted minions")
@@ -326,9 +333,10 @@ def keys_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         print(f"master key fingerprint: {_master_fingerprint(settings)}", file=out)
         return EXIT_OK
     with ControlClient(settings.control_path) as client:
-        reply = client.request(
-            MsgType.KEYS, {"action": action, "ids": getattr(args, "ids", [])}, REQUEST_TIMEOUT
-        )
+        request = {"action": action, "ids": getattr(args, "ids", [])}
+        if getattr(args, "fingerprint", None) is not None:
+            request["fingerprint"] = args.fingerprint
+        reply = client.request(MsgType.KEYS, request, REQUEST_TIMEOUT)
     body = reply.body
     if action == "list":
         print(render.render_keys(body, style), file=out)

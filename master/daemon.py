@@ -2,14 +2,33 @@
 
 Sockets:
 
-    XPUB    publish_port. Jobs, one sealed envelope per host, under that
-            host's topic. XPUB is PUB that also reports subscriptions: when a
-            minion (re)subscribes, its undelivered envelopes go out at once,
-            so a slow joiner is served without waiting for the next re-publish.
-    ROUTER  return_port. Enrolment (the only plain message accepted),
-            heartbeats, job receipts and results; replies go back to the
-            sender's routing id.
+    XPUB    publish_port, CURVE. Jobs, one sealed envelope per host, under that
+            host's topic. Only accepted minions complete the handshake (the
+            ZAP handler, master/transport.py), and each may subscribe to its
+            own topic only: XPUB_MANUAL hands us every subscription with the
+            User-Id of its connection, and we apply just the one that
+            matches. A (re)subscription gets the minion's undelivered
+            envelopes at once, at most once a second per envelope.
+    ROUTER  return_port, CURVE. Any key may connect, but an unknown one can
+            only enrol (plain ENROL_REQUEST, rate-limited per key and per
+            connection); everything else from it is dropped before any
+            decryption. Accepted minions send heartbeats, job receipts and
+            results; replies go back to the sender's routing id.
+    ROUTER  key_port, plain. A minion's first contact: KEY_REQUEST for the
+            master's public keys (with the CURVE key), signed, which the
+            minion checks against master_fingerprint before it connects.
     control an AF_UNIX socket for the CLI (master/control.py).
+
+The sealed, signed envelopes (common/crypto.py) travel end to end inside the
+CURVE transport: CURVE keeps strangers out and hides traffic and metadata
+(topics, jids, sizes); the envelopes keep each job readable by its one host
+and make every message verifiable on its own, also from the job history.
+
+A message from the return socket is checked in order of cost: the
+transport key named by libzmq (User-Id), the frame's size against the limit
+of the type it claims, the claimed sender against that key, the signature,
+then the job's state for this host (a result already stored is confirmed
+again without being decrypted), and only then decryption and unpacking.
 
 A job is compiled for every targeted host, sealed to each host alone, and
 stored with its envelopes (master/jobstore.py) before the first publish. An
@@ -30,6 +49,7 @@ import contextlib
 import logging
 import math
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -39,40 +59,70 @@ from typing import Any
 
 import zmq
 
-from common import keyfile
+from common import codec, keyfile
 from common import log as safcm_log
-from common.crypto import PublicKeys
-from common.errors import ConfigError, EnvelopeError, ProtocolError, SafcmError, UsageError
+from common.crypto import MAX_ENVELOPE_OVERHEAD, PublicKeys, peek_header
+from common.errors import (
+    ConfigError,
+    EnvelopeError,
+    ProtocolError,
+    SafcmError,
+    UsageError,
+)
 from common.loop import Loop
 from common.protocol import (
     MASTER_ID,
-    MAX_FRAME_BYTES,
+    MAX_KEY_PORT_BYTES,
     MAX_PLAIN_NETWORK_BYTES,
+    MAX_RESULT_BYTES,
     NO_RESPONSE,
+    TOPIC_LENGTH,
     Channel,
     Dispatcher,
     Message,
     Module,
     MsgType,
+    VerifiedMessage,
     decode_plain,
     encode_plain,
     is_sealed,
     make_enrol_reply,
+    make_key_reply,
     new_jid,
-    open_message_at,
     seal_message_at,
     topic_for,
     verify_enrol_request,
+    verify_message_at,
 )
 from common.protocol import KeyState as WireKeyState
+from common.ratelimit import Bucket, Buckets, PeerLog
 from master import targets
 from master.compiler import compile_hosts, load_repository
 from master.control import ControlConnection, ControlServer
 from master.db import open_db
-from master.jobstore import HostState, JobRecord, JobStore, StoredResult, host_status, outcome
+from master.jobstore import (
+    HostState,
+    JobRecord,
+    JobStore,
+    Plan,
+    StoredResult,
+    host_status,
+    outcome,
+)
 from master.keystore import KeyState, KeyStore, MinionKey
 from master.render import Tally
 from master.settings import MasterSettings
+from master.transport import (
+    DOMAIN_PUBLISH,
+    DOMAIN_RETURN,
+    HANDSHAKE_IVL_MS,
+    ZMTP_HEARTBEAT_IVL_MS,
+    ZMTP_HEARTBEAT_TIMEOUT_MS,
+    ConnectionTable,
+    Monitor,
+    Zap,
+    curve_server,
+)
 
 log = logging.getLogger("safcm-master")
 
@@ -101,12 +151,56 @@ ROUTER_BATCH = 512
 LAST_SEEN_FLUSH = 30.0
 # How often old jobs are deleted (keep_jobs), in seconds.
 RETENTION_INTERVAL = 3600.0
-# Messages ZeroMQ may queue per subscriber before it drops (then re-publish helps).
-PUBLISH_HWM = 10_000
+# Messages ZeroMQ may queue per subscriber before it drops (then re-publish
+# helps). Each subscriber gets its own topic only, so this holds a few of one
+# host's envelopes: a stalled subscriber costs little.
+PUBLISH_HWM = 16
+# Messages ZeroMQ may queue from one connection of the return socket before
+# it stops reading that connection (TCP then pushes back): at most this many
+# results of MAX_RESULT_BYTES wait in memory per peer.
+RETURN_RCVHWM = 4
+# Largest message each socket receives, in bytes: a sealed result on the
+# return socket, a key request on the key port. libzmq applies the limit to
+# the handshake's commands too, and CURVE's INITIATE is about 300 bytes: the
+# publish socket allows that much, and on_xpub() refuses anything but a
+# subscription (a flag byte and a topic).
+PUBLISH_MAX_IN = 512
+SUBSCRIPTION_BYTES = 1 + TOPIC_LENGTH
+RETURN_MAX_IN = MAX_RESULT_BYTES + MAX_ENVELOPE_OVERHEAD
+KEY_MAX_IN = MAX_KEY_PORT_BYTES
+# A subscription re-publishes the envelopes waiting for that minion, but one
+# envelope at most once per this many seconds: re-subscribing in a loop
+# costs the master nothing more.
+RESUBSCRIBE_MIN_INTERVAL = 1.0
 # Seconds `git rev-parse` may take to name the repository's commit.
 GIT_TIMEOUT = 5.0
-# Log lines about dropped messages per second at most; the rest are counted.
-DROP_LOG_RATE = 10
+# Enrolment requests: per transport key and per connection, per second and
+# burst (a minion sends one per heartbeat interval while it is not accepted,
+# and one as a hello after each reconnect; the tables of keys are bounded),
+# and for all keys that are not accepted together, since each costs a
+# signature check and may cost a database write.
+ENROL_RATE = 5.0
+ENROL_BURST = 20.0
+ENROL_KEYS = 20_000
+ENROL_GLOBAL_RATE = 500.0
+ENROL_GLOBAL_BURST = 1000.0
+# Key requests on the key port, per second and burst, for everyone together:
+# each costs a signature, and minions ask once, at their first contact.
+KEY_REQUEST_RATE = 200.0
+KEY_REQUEST_BURST = 400.0
+# How often connections that never identified themselves, or unknown keys
+# that went quiet, are cut (master/transport.py), in seconds.
+STALE_CHECK_INTERVAL = 5.0
+# How often heartbeat sequence numbers and last-seen times are written when
+# no result commit carried them, in seconds: a replay of a heartbeat from the
+# last second before a crash is the most a restart can let through.
+SEQ_FLUSH = 1.0
+# Results read in one wake-up are stored together, up to this many bytes,
+# then committed: a burst of large results never piles up in memory.
+BATCH_BYTES = 32 * 1024 * 1024
+# Descriptors kept free of network connections: the database, the control
+# socket and its clients, libzmq's own.
+RESERVED_FDS = 256
 
 
 @dataclass
@@ -120,6 +214,7 @@ class Pending:
     deadline: float
     next_send: float = 0.0
     delay: float = REPUBLISH_FIRST
+    last_sent: float = -math.inf  # monotonic; for the re-subscription rate limit
 
 
 class Outbox:
@@ -165,30 +260,7 @@ class Run:
 @dataclass
 class Presence:
     last_seen: float  # monotonic
-    interval: float  # the minion's heartbeat interval, seconds
-    last_id: str  # id (a jid) of its last heartbeat; each must be newer: replays are refused
-
-
-class DropLog:
-    """Rate-limited warnings about dropped messages, so a flood cannot flood the log."""
-
-    def __init__(self, clock: Any) -> None:
-        self.clock = clock
-        self.second = 0
-        self.logged = 0
-        self.suppressed = 0
-
-    def __call__(self, peer: str, reason: str) -> None:
-        now = int(self.clock())
-        if now != self.second:
-            if self.suppressed:
-                log.warning("dropped %d more messages (not logged one by one)", self.suppressed)
-            self.second, self.logged, self.suppressed = now, 0, 0
-        if self.logged < DROP_LOG_RATE:
-            self.logged += 1
-            log.warning("dropped a message from %s: %s", peer, reason)
-        else:
-            self.suppressed += 1
+    interval: float  # the minion's heartbeat interval, seconds (at most MAX_HEARTBEAT_INTERVAL)
 
 
 class Master:
@@ -214,11 +286,18 @@ class Master:
         # before a restart: when one passes, those hosts become "no response".
         self.deadlines: dict[str, float] = {}
         self.last_jid = self.jobs.last_jid()
-        self.drop = DropLog(clock)
+        self.peer_log = PeerLog(log, loop.clock)
+        self.tables: dict[str, ConnectionTable] = {}
+        self.monitors: list[Monitor] = []
+        self.zap: Zap | None = None
+        self.enrol_by_key = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
+        self.enrol_by_conn = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
+        self.enrol_unknown = Bucket(ENROL_GLOBAL_RATE, ENROL_GLOBAL_BURST, loop.clock())
+        self.key_requests = Bucket(KEY_REQUEST_RATE, KEY_REQUEST_BURST, loop.clock())
+        self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
         self.network = Dispatcher(
             Channel.NETWORK,
             {
-                MsgType.ENROL_REQUEST: self.on_enrol_request,
                 MsgType.HEARTBEAT: self.on_heartbeat,
                 MsgType.JOB_RECEIPT: self.on_job_receipt,
                 MsgType.RESULT: self.on_result,
@@ -231,12 +310,14 @@ class Master:
         }
         self.xpub: zmq.Socket | None = None
         self.router: zmq.Socket | None = None
+        self.key_sock: zmq.Socket | None = None
         self.control: ControlServer | None = None
         # Receipts and results read in this wake-up, stored together in one
         # transaction (_store_batch); each result with the routing id its
         # confirmation goes back to.
         self._receipts: list[tuple[str, str]] = []
         self._batch: dict[tuple[str, str], tuple[bytes, StoredResult]] = {}
+        self._batch_bytes = 0
         # Routing id of the ROUTER message being handled: _reply() answers it.
         # Handlers take only the message (the Dispatcher's contract), so the
         # peer travels beside it.
@@ -248,42 +329,77 @@ class Master:
     def start(self) -> None:
         s = self.settings
         host = f"[{s.interface}]" if ":" in s.interface else s.interface
-        self.xpub = self._bind(zmq.XPUB, f"tcp://{host}:{s.publish_port}")
-        self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # hear every re-subscription too
+        cap = _connection_cap(s.max_connections)
+        # The ZAP handler first: libzmq lets every key in while none is bound.
+        self.zap = Zap(self.ctx, self.loop, self.zap_decide)
+        secret = self.keys.curve_secret().reveal()
+        self.xpub = self._bind(
+            zmq.XPUB, f"tcp://{host}:{s.publish_port}", PUBLISH_MAX_IN, cap, DOMAIN_PUBLISH, secret
+        )
+        # Subscriptions are ours to apply (XPUB_MANUAL), each one reported (VERBOSE).
+        self.xpub.setsockopt(zmq.XPUB_MANUAL, 1)
+        self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.xpub.setsockopt(zmq.SNDHWM, PUBLISH_HWM)
-        self.router = self._bind(zmq.ROUTER, f"tcp://{host}:{s.return_port}")
+        self.router = self._bind(
+            zmq.ROUTER, f"tcp://{host}:{s.return_port}", RETURN_MAX_IN, cap, DOMAIN_RETURN, secret
+        )
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.router.setsockopt(zmq.RCVHWM, RETURN_RCVHWM)
+        self.key_sock = self._bind(
+            zmq.ROUTER, f"tcp://{host}:{s.key_port}", KEY_MAX_IN, cap, "key", None
+        )
         self.control = ControlServer(
             s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
         )
         self.loop.add_reader(self.xpub, self.on_xpub)
         self.loop.add_reader(self.router, self.on_router)
+        self.loop.add_reader(self.key_sock, self.on_key_request)
         now = self.clock()
         for record in self.jobs.expire(now):
             log.info("job %s: %s did not answer before the deadline", *record)
-        for jid, host, deadline in self.jobs.unreceived(now):
-            self.pending.add(jid, host, deadline)  # the first tick publishes them
+        for jid, host_id, deadline in self.jobs.unreceived(now):
+            self.pending.add(jid, host_id, deadline)  # the first tick publishes them
         self.deadlines = self.jobs.open_deadlines()
         if self.pending:
             log.info("re-publishing %d envelopes of unfinished jobs", len(self.pending))
         self._timers = [
             self.loop.call_every(TICK, self.tick),
-            self.loop.call_every(LAST_SEEN_FLUSH, self.keystore.flush_last_seen),
+            self.loop.call_every(SEQ_FLUSH, self.keystore.flush),
+            self.loop.call_every(STALE_CHECK_INTERVAL, self.cut_stale),
             self.loop.call_every(RETENTION_INTERVAL, self.purge_old_jobs),
         ]
         self.purge_old_jobs()
         log.info(
-            "listening on %s ports %d (jobs) and %d (returns); key %s",
+            "listening on %s ports %d (jobs), %d (returns) and %d (keys), at most %d "
+            "connections each; key %s",
             s.interface,
             s.publish_port,
             s.return_port,
+            s.key_port,
+            cap,
             self.keys.fingerprint(),
         )
 
-    def _bind(self, kind: int, address: str) -> zmq.Socket:
+    def _bind(
+        self,
+        kind: int,
+        address: str,
+        max_in: int,
+        cap: int,
+        domain: str,
+        curve_secret: bytes | None,
+    ) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_in)
+        if curve_secret is not None:
+            curve_server(sock, curve_secret, domain)
+        else:
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+        table = self.tables[domain] = ConnectionTable(cap)
+        self.monitors.append(Monitor(sock, table, self.loop, domain, self.loop.clock))
         try:
             sock.bind(address)
         except zmq.ZMQError as e:
@@ -294,15 +410,77 @@ class Master:
     def close(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        self._store_batch()
-        self.keystore.flush_last_seen()
+        with contextlib.suppress(sqlite3.Error):
+            self._store_batch()
+            self.keystore.flush()
         if self.control is not None:
             self.control.close()
-        for sock in (self.xpub, self.router):
+        for monitor in self.monitors:
+            monitor.close()
+        for sock in (self.xpub, self.router, self.key_sock):
             if sock is not None:
                 self.loop.remove_reader(sock)
                 sock.close(0)
+        if self.zap is not None:
+            self.zap.close()
         self.db.close()
+
+    # ---- the transport: who may connect, and which connections to cut ----
+
+    def zap_decide(self, domain: str, address: str, curve_key: bytes) -> str | None:
+        """The User-Id for a CURVE handshake with `curve_key`, or None to refuse it."""
+        accepted = self.keystore.accepted_by_curve(curve_key) is not None
+        self.peer_log.log(
+            logging.DEBUG,
+            "handshake on the %s socket from %s, accepted key: %s",
+            domain,
+            address,
+            accepted,
+        )
+        if accepted:
+            return curve_key.hex()
+        if domain == DOMAIN_RETURN:
+            if self.tables[DOMAIN_RETURN].room_for_unknown():
+                return curve_key.hex()
+            self.peer_log.warning(
+                "refused a connection from %s to the return socket: too many connections "
+                "of keys that are not accepted",
+                address,
+            )
+            return None
+        self.peer_log.warning(
+            "refused a connection from %s to the %s socket: its key is not accepted",
+            address,
+            domain,
+        )
+        return None
+
+    def cut_stale(self) -> None:
+        now = self.loop.clock()
+        for monitor in self.monitors:
+            for conn in monitor.table.stale(now):
+                monitor.cut(conn, "idle, or never said who it is")
+
+    def _cut_key(self, key: MinionKey) -> None:
+        """Close every connection of a key that is no longer accepted."""
+        if key.curve_pub is None:
+            return
+        for monitor in self.monitors:
+            for conn in monitor.table.forget_key(key.curve_pub.hex()):
+                monitor.cut(conn, f"the key of {key.id} is no longer accepted")
+
+    def _noted(self, domain: str, frame: zmq.Frame, known: bool) -> str | None:
+        """The transport key (hex) that sent `frame`, noted in the socket's
+        table; None if the connection must go (and it was cut)."""
+        key = frame.get("User-Id")
+        fd = frame.get(zmq.SRCFD)
+        table = self.tables[domain]
+        if table.active(fd, key, known, self.loop.clock()):
+            for monitor in self.monitors:
+                if monitor.table is table and fd in table.conns:
+                    monitor.cut(table.conns[fd], "its key holds too many connections")
+            return None
+        return key
 
     # ---- periodic work ----
 
@@ -316,9 +494,10 @@ class Master:
                 self._publish(item)
         due = [jid for jid, deadline in self.deadlines.items() if deadline <= now]
         if due:
+            expired = self.jobs.expire(now)  # may fail (database locked): retried next tick
             for jid in due:
                 del self.deadlines[jid]
-            for jid, host in self.jobs.expire(now):
+            for jid, host in expired:
                 log.info("job %s: no response from %s", jid, host)
                 self.pending.remove(jid, host)
                 run = self.runs.get(jid)
@@ -329,6 +508,7 @@ class Master:
         cutoff = new_jid(self.clock() - self.settings.keep_jobs)
         removed = self.jobs.purge_before(cutoff)
         if removed:
+            self._stored_bytes.clear()  # quota use is counted again when next needed
             log.info("removed %d jobs older than keep_jobs", removed)
 
     # ---- publishing ----
@@ -343,58 +523,159 @@ class Master:
         # A full subscriber queue drops the message; the next re-publish tries again.
         with contextlib.suppress(zmq.Again):
             self.xpub.send_multipart([item.topic, envelope], zmq.NOBLOCK)
-        item.next_send = self.loop.clock() + item.delay
+        now = self.loop.clock()
+        item.last_sent = now
+        item.next_send = now + item.delay
         item.delay = min(item.delay * 2, REPUBLISH_MAX)
 
     def on_xpub(self) -> None:
+        """Subscriptions: each applied only if it is the topic of the accepted
+        minion whose connection sent it (XPUB_MANUAL applies a SUBSCRIBE to
+        the connection of the last message read)."""
         while True:
             try:
-                event = self.xpub.recv(zmq.NOBLOCK)
+                frame = self.xpub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if event[:1] != b"\x01":
-                continue  # an unsubscription
-            for item in self.pending.for_topic(event[1:]):
-                self._publish(item)
+            event = frame.bytes
+            if event[:1] != b"\x01" or len(event) != SUBSCRIPTION_BYTES:
+                continue  # an unsubscription (libzmq drops a closed connection's own), or junk
+            key = self.keystore.accepted_by_curve(bytes.fromhex(frame.get("User-Id")))
+            if self._noted(DOMAIN_PUBLISH, frame, known=key is not None) is None:
+                continue
+            topic = event[1:]
+            if key is None:
+                self.peer_log.warning("refused a subscription: the key is no longer accepted")
+                continue
+            if topic != topic_for(key.id):
+                self.peer_log.warning(
+                    "refused a subscription of %s to a topic that is not its own", key.id
+                )
+                continue
+            self.xpub.setsockopt(zmq.SUBSCRIBE, topic)
+            now = self.loop.clock()
+            for item in self.pending.for_topic(topic):
+                if now - item.last_sent >= RESUBSCRIBE_MIN_INTERVAL:
+                    self._publish(item)
+                else:  # sent just now: the tick sends it again soon, not each re-subscription
+                    item.next_send = min(item.next_send, item.last_sent + RESUBSCRIBE_MIN_INTERVAL)
 
-    # ---- the ROUTER ----
+    # ---- the key port ----
+
+    def on_key_request(self) -> None:
+        while True:
+            try:
+                frames = self.key_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue
+            if not self.key_requests.take(self.loop.clock()):
+                self.peer_log.warning(
+                    "key request dropped: more than %d a second", KEY_REQUEST_RATE
+                )
+                continue
+            try:
+                msg = decode_plain(frames[1], Channel.KEY)
+                if msg.type is not MsgType.KEY_REQUEST:
+                    raise ProtocolError(f"{msg.type.name} is not a request")
+            except ProtocolError as e:
+                self.peer_log.warning("dropped a message on the key port: %s", e)
+                continue
+            reply = make_key_reply(self.keys, nonce=msg.body["nonce"], now=self.clock())
+            with contextlib.suppress(zmq.Again):
+                self.key_sock.send_multipart(
+                    [frames[0], encode_plain(MsgType.KEY_REPLY, reply)], zmq.NOBLOCK
+                )
+
+    # ---- the return socket ----
 
     def on_router(self) -> None:
         for _ in range(ROUTER_BATCH):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             if len(frames) != 2:
-                self.drop(
-                    frames[0].hex() if frames else "?", f"{len(frames) - 1} frames instead of one"
+                self.peer_log.warning(
+                    "dropped a message of %d frames instead of one", len(frames) - 1
                 )
                 continue
-            self._route(frames[0], frames[1])
+            self._route(frames[0].bytes, frames[1])
+            if self._batch_bytes >= BATCH_BYTES:
+                self._store_batch()
         self._store_batch()
 
-    def _route(self, peer: bytes, frame: bytes) -> None:
+    def _route(self, peer: bytes, frame: zmq.Frame) -> None:
         self._peer = peer
+        curve_key = bytes.fromhex(frame.get("User-Id"))
+        key = self.keystore.accepted_by_curve(curve_key)
+        if self._noted(DOMAIN_RETURN, frame, known=key is not None) is None:
+            return
+        data = frame.bytes
+        who = key.id if key is not None else f"key {curve_key.hex()[:16]}"
         try:
-            if is_sealed(frame):
-                msg = open_message_at(
-                    frame,
-                    me=MASTER_ID,
-                    my_keys=self.keys,
-                    sender_keys=self._minion_keys,
-                    now=self.clock(),
-                )
+            if not is_sealed(data):
+                self._plain(data, curve_key, frame.get(zmq.SRCFD), known=key is not None)
+            elif key is None:
+                raise ProtocolError("a sealed message from a key that is not accepted")
             else:
-                if len(frame) > MAX_PLAIN_NETWORK_BYTES:
-                    raise ProtocolError(f"a plain message of {len(frame)} bytes")
-                msg = decode_plain(frame, Channel.NETWORK)
-            self.network.dispatch(msg)
+                self._sealed(data, key)
         except EnvelopeError as e:
-            self.drop(f"peer {peer.hex()}", f"envelope rejected ({e.reason or 'opaque'})")
+            self.peer_log.warning(
+                "dropped a message from %s: envelope rejected (%s)", who, e.reason or "opaque"
+            )
         except ProtocolError as e:
-            self.drop(f"peer {peer.hex()}", str(e))
+            self.peer_log.warning("dropped a message from %s: %s", who, e)
+        except sqlite3.Error as e:
+            self.peer_log.error("message from %s not handled: database error: %s", who, e)
         except Exception:  # a bug must cost one message, never the daemon
-            log.exception("failed to handle a message from peer %s", peer.hex())
+            log.exception("failed to handle a message from %s", who)
+
+    def _plain(self, data: bytes, curve_key: bytes, fd: int, *, known: bool) -> None:
+        """Enrolment, the one plain message: rate-limited before anything is decoded."""
+        now = self.loop.clock()
+        if not (self.enrol_by_key.take(curve_key, now) and self.enrol_by_conn.take(fd, now)):
+            raise ProtocolError("enrolment requests come faster than allowed for this key")
+        if not known and not self.enrol_unknown.take(now):
+            raise ProtocolError("enrolment requests of unknown keys come faster than allowed")
+        if len(data) > MAX_PLAIN_NETWORK_BYTES:
+            raise ProtocolError(f"a plain message of {len(data)} bytes")
+        msg = decode_plain(data, Channel.NETWORK)
+        if msg.type is not MsgType.ENROL_REQUEST:
+            raise ProtocolError(f"{msg.type.name} is not accepted plain")
+        self.on_enrol_request(msg, curve_key)
+
+    def _sealed(self, data: bytes, key: MinionKey) -> None:
+        """A sealed message from the accepted minion `key`, whose transport
+        key libzmq authenticated: checked in order of cost (module docstring)."""
+        claimed = peek_header(data).sender
+        if claimed != key.id:
+            raise ProtocolError(f"claims to be from {claimed!r} on the connection of {key.id}")
+        verified = verify_message_at(
+            data, me=MASTER_ID, sender_keys=self._minion_keys, now=self.clock()
+        )
+        if verified.spec.type is MsgType.RESULT and not self._wants_result(verified, key.id):
+            return
+        is_receipt = verified.spec.type is MsgType.JOB_RECEIPT
+        if is_receipt and self.jobs.host_state(verified.header.jid, key.id) is None:
+            raise ProtocolError(f"receipt for job {verified.header.jid}, never sent to it")
+        self.network.dispatch(verified.open(self.keys))
+
+    def _wants_result(self, verified: VerifiedMessage, minion: str) -> bool:
+        """Whether to open a result: not if its job never went to this minion
+        (refused) or its result is stored already (confirmed again, unopened)."""
+        jid = verified.header.jid
+        state = self.jobs.host_state(jid, minion)
+        if state is None:
+            raise ProtocolError(f"result for job {jid}, which was never sent to it")
+        if state is HostState.DONE or (jid, minion) in self._batch:
+            self.peer_log.info(
+                "job %s: duplicate result from %s; already stored, confirming again", jid, minion
+            )
+            self._reply_sealed(minion, MsgType.RESULT_RECEIPT, {"jid": jid}, jid=jid)
+            return False
+        return True
 
     def _reply(self, frame: bytes) -> None:
         try:
@@ -425,62 +706,65 @@ class Master:
         keys = self.public.get(sender)
         if keys is None:
             key = self.keystore.accepted(sender)
-            if key is None:
+            if key is None or key.public is None:
                 return None
-            keys = self.public[sender] = PublicKeys(sign=key.sign_pub, kx=key.kx_pub)
+            keys = self.public[sender] = key.public
         return keys
 
     # ---- network handlers ----
 
-    def on_enrol_request(self, msg: Message) -> None:
+    def on_enrol_request(self, msg: Message, curve_key: bytes) -> None:
         now = self.clock()
         keys = verify_enrol_request(msg, now=now)
+        if keys.curve != curve_key:
+            raise ProtocolError(
+                "the enrol request names another transport key than its connection's"
+            )
         minion = msg.body["id"]
-        state = self.keystore.enrol(
-            minion,
-            keys.sign,
-            keys.kx,
-            keys.fingerprint(),
-            now=now,
-            auto_accept=self.settings.auto_accept,
-        )
+        state = self.keystore.enrol(minion, keys, now=now, auto_accept=self.settings.auto_accept)
+        wire_state = WireKeyState.REJECTED
         if state is None:
             known = self.keystore.get(minion)
             if known is not None:
-                log.warning(
-                    "refused minion %s presenting key %s: it is known with key %s "
-                    "(possible impersonation; if the host was reinstalled, run "
-                    "'safcm-master keys delete %s')",
+                self.peer_log.warning(
+                    "refused minion %s presenting key %s: the id is claimed by key %s "
+                    "(an impersonation, or a reinstalled host: compare fingerprints, then "
+                    "'safcm-master keys accept %s --fingerprint FP' or 'keys delete %s')",
                     minion,
                     keys.fingerprint(),
                     known.fingerprint,
                     minion,
+                    minion,
                 )
+                wire_state = WireKeyState.CLAIMED
             else:
-                log.warning(
+                self.peer_log.warning(
                     "refused enrolment of %s: too many pending keys; accept, reject "
                     "or delete some first",
                     minion,
                 )
-            state = KeyState.REJECTED
         else:
             log.debug("enrol request from %s: %s", minion, state)
+            wire_state = WireKeyState(state)
             if self.keystore.accepted(minion) is None:
                 self.public.pop(minion, None)
-        reply = make_enrol_reply(
-            minion, WireKeyState(state), self.keys, nonce=msg.body["nonce"], now=now
-        )
+        reply = make_enrol_reply(minion, wire_state, self.keys, nonce=msg.body["nonce"], now=now)
         self._reply(encode_plain(MsgType.ENROL_REPLY, reply))
 
     def on_heartbeat(self, msg: Message) -> None:
         minion = msg.sender
-        seen = self.presence.get(minion)
-        if seen is not None and msg.jid <= seen.last_id:
-            raise ProtocolError(f"heartbeat of {minion} is not newer than its last (a replay)")
-        if seen is None:
-            log.info("minion %s is connected (version %s)", minion, msg.body["version"])
-        self.presence[minion] = Presence(self.loop.clock(), msg.body["interval"], msg.jid)
-        self.keystore.touch(minion, self.clock())
+        key = self.keystore.accepted(minion)
+        seq = msg.body["seq"]
+        if key is None:
+            raise ProtocolError(f"heartbeat of {minion}, whose key is not accepted")
+        if seq <= key.seq:
+            raise ProtocolError(
+                f"heartbeat {seq} of {minion} is not newer than its last, {key.seq} (a replay)"
+            )
+        if minion not in self.presence:
+            self.peer_log.info("minion %s is connected (version %s)", minion, msg.body["version"])
+        self.presence[minion] = Presence(self.loop.clock(), msg.body["interval"])
+        self.keystore.touch(minion, self.clock(), seq)
         self._reply_sealed(minion, MsgType.HEARTBEAT_REPLY, {"time": self.clock()})
 
     def on_job_receipt(self, msg: Message) -> None:
@@ -488,20 +772,30 @@ class Master:
         self.pending.remove(msg.jid, msg.sender)
 
     def on_result(self, msg: Message) -> None:
-        minion, jid = msg.sender, msg.jid
+        minion, jid, body = msg.sender, msg.jid, msg.body
         state = self.jobs.host_state(jid, minion)
-        if state is None:
-            raise ProtocolError(f"result from {minion} for job {jid}, which was never sent to it")
-        if state is HostState.DONE or (jid, minion) in self._batch:
-            log.info(
-                "job %s: duplicate result from %s; already stored, confirming again", jid, minion
-            )
-            self._reply_sealed(minion, MsgType.RESULT_RECEIPT, {"jid": jid}, jid=jid)
-            return
+        problem = self._result_problem(jid, minion, body)
+        if problem is not None:
+            raise ProtocolError(f"result for job {jid} does not answer it: {problem}")
         if state is HostState.NO_RESPONSE:
-            log.info("job %s: late result from %s, stored after the deadline", jid, minion)
+            self.peer_log.info(
+                "job %s: late result from %s, stored after the deadline", jid, minion
+            )
         self.pending.remove(jid, minion)
-        body = msg.body
+        packed = codec.pack(body)
+        used = self._quota_used(minion)
+        if used + len(packed) > self.settings.result_quota:
+            self.peer_log.warning(
+                "job %s: result of %s (%d bytes) not stored: its results take %d of its "
+                "quota of %d bytes (result_quota)",
+                jid,
+                minion,
+                len(packed),
+                used,
+                self.settings.result_quota,
+            )
+            body = _over_quota(body, len(packed), used, self.settings.result_quota)
+            packed = codec.pack(body)
         result = StoredResult(
             jid,
             minion,
@@ -509,8 +803,41 @@ class Master:
             len(body["apply"]["changes"]) if body["apply"] else 0,
             body,
             self.clock(),
+            packed,
         )
+        self._stored_bytes[minion] = used + len(packed)
         self._batch[(jid, minion)] = (self._peer, result)
+        self._batch_bytes += len(packed)
+
+    def _quota_used(self, minion: str) -> int:
+        used = self._stored_bytes.get(minion)
+        if used is None:
+            used = self._stored_bytes[minion] = self.jobs.stored_bytes(minion)
+        return used
+
+    def _result_problem(self, jid: str, minion: str, body: dict[str, Any]) -> str | None:
+        """Why a result cannot be the answer to what job `jid` sent to `minion`, or None."""
+        job = self.jobs.module_of(jid)
+        if job is None:
+            return "no such job"
+        module, dry_run = job
+        if body["module"] != module:
+            return f"it is a {body['module']} result, the job was {module}"
+        apply = body["apply"]
+        if apply is None:
+            return None
+        if apply["dry_run"] != dry_run:
+            return "its dry-run flag differs from the job's"
+        plan = self.jobs.plan(jid, minion)
+        if plan is None:
+            return None  # a job from before plans were recorded
+        for change in apply["changes"]:
+            if change["path"] not in plan.paths:
+                return f"it reports {change['path']!r}, which the job did not send"
+        for trigger in apply["triggers"]:
+            if trigger["command"] not in plan.triggers:
+                return f"it reports trigger {trigger['command']!r}, which the job did not send"
+        return None
 
     def _store_batch(self) -> None:
         """Store the receipts and results read in one wake-up in one transaction
@@ -519,12 +846,21 @@ class Master:
             return
         batch, self._batch = list(self._batch.values()), {}
         receipts, self._receipts = self._receipts, []
+        self._batch_bytes = 0
         try:
             self.jobs.record(receipts, [r for _, r in batch], now=self.clock())
+            self.keystore.flush()  # heartbeat sequence numbers share the commit
         except sqlite3.Error as e:
             # Not confirmed, so each minion keeps its result and sends it again;
             # a lost receipt costs at most a re-publish, which minions ignore.
-            log.error("cannot store %d results, they will come again: %s", len(batch), e)
+            for _, r in batch:
+                self._stored_bytes.pop(r.host, None)
+            log.error(
+                "cannot store %d results and %d receipts, they will come again: %s",
+                len(batch),
+                len(receipts),
+                e,
+            )
             return
         for peer, r in batch:
             self._peer = peer
@@ -553,6 +889,9 @@ class Master:
             conn.error("usage", str(e))
         except SafcmError as e:
             conn.error("failed", str(e))
+        except sqlite3.Error as e:
+            log.error("control request %s failed: database error: %s", msg.type.name, e)
+            conn.error("failed", f"the master's database failed ({e}); nothing was changed")
         except Exception as e:  # a bug must cost one request, never the daemon
             log.exception("control request %s from %s failed", msg.type.name, conn.user)
             conn.error("internal", f"internal error in the master: {e!r}")
@@ -578,8 +917,13 @@ class Master:
         deadline = now + timeout
         ttl = math.ceil(timeout) + ENVELOPE_SLACK
         envelopes = {}
+        plans = {}
         for host in resolved.hosts:
             files = [spec.to_wire() for spec in configs[host].specs()] if host in configs else []
+            plans[host] = Plan(
+                frozenset(f["path"] for f in files),
+                frozenset(t for f in files for t in f["triggers"]),
+            )
             job = {"module": module, "dry_run": dry_run, "files": files, "deadline": deadline}
             try:
                 envelopes[host] = seal_message_at(
@@ -605,7 +949,7 @@ class Master:
             dry_run,
             _git_commit(self.settings.config_dir),
         )
-        self.jobs.create(record, envelopes)  # stored before anything is published
+        self.jobs.create(record, envelopes, plans)  # stored before anything is published
         self.last_jid = jid
         self.deadlines[jid] = deadline
         log.info(
@@ -656,14 +1000,19 @@ class Master:
         elif action == "delete":
             keys = self.keystore.delete(ids)
             for k in keys:
-                self.public.pop(k.id, None)
-                self.presence.pop(k.id, None)
+                self._forget(k)
                 log.info("key of %s deleted by %s", k.id, conn.user)
         else:
             state = KeyState.ACCEPTED if action == "accept" else KeyState.REJECTED
-            keys = self.keystore.set_state(ids, state, now=now)
+            before = {i: self.keystore.get(i) for i in self.keystore.match(ids)}
+            keys = self.keystore.set_state(
+                ids, state, now=now, fingerprint=msg.body.get("fingerprint")
+            )
+            for old in before.values():
+                new = self.keystore.get(old.id)
+                if new is None or new.state is not KeyState.ACCEPTED or new.public != old.public:
+                    self._forget(old)  # its old key may still hold connections
             for k in keys:
-                self.public.pop(k.id, None)
                 log.info("key of %s %s by %s (%s)", k.id, state, conn.user, k.fingerprint)
         conn.send(
             MsgType.KEYS_REPLY,
@@ -683,6 +1032,14 @@ class Master:
             },
         )
         conn.finish()
+
+    def _forget(self, key: MinionKey) -> None:
+        """A key stopped being accepted: drop what was kept for it, and cut its connections."""
+        self.public.pop(key.id, None)
+        self.presence.pop(key.id, None)
+        self._cut_key(key)
+        for item in self.pending.for_topic(topic_for(key.id)):
+            self.pending.remove(item.jid, item.host)
 
     def _key_row(self, key: MinionKey) -> dict[str, Any]:
         seen = self.presence.get(key.id)
@@ -750,6 +1107,45 @@ class Master:
 
 
 # ---- pure helpers ----
+
+
+def _connection_cap(wanted: int) -> int:
+    """Connections per network socket: `wanted`, or fewer if the descriptor
+    limit cannot hold three sockets' worth plus RESERVED_FDS. The soft limit
+    is raised to the hard one first (systemd's default soft limit is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    room = max(3, (soft - RESERVED_FDS) // 3)
+    if room < wanted:
+        log.warning(
+            "max_connections %d does not fit the descriptor limit %d; using %d "
+            "(raise LimitNOFILE in the unit)",
+            wanted,
+            soft,
+            room,
+        )
+    return min(wanted, room)
+
+
+def _over_quota(body: dict[str, Any], size: int, used: int, quota: int) -> dict[str, Any]:
+    """What is stored instead of a result that does not fit the minion's quota:
+    the same job outcome (failed), with the reason, and no detail."""
+    return {
+        "module": body["module"],
+        "status": "error",
+        "started": body["started"],
+        "finished": body["finished"],
+        "apply": None,
+        "ping": None,
+        "error": (
+            f"result of {size} bytes not stored: this minion's stored results take {used} "
+            f"of its {quota} bytes (result_quota in master.yaml; older jobs free it as "
+            "keep_jobs removes them)"
+        ),
+    }
 
 
 def _members(repo: Any) -> Any:

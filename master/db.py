@@ -73,6 +73,28 @@ MIGRATIONS: list[str] = [
     CREATE INDEX job_hosts_host ON job_hosts (host, jid);
     CREATE INDEX job_hosts_open ON job_hosts (state) WHERE state IN ('sent', 'received');
     """,
+    # 2: the CurveZMQ transport key; a refused key's public keys, so that
+    # `keys accept ID --fingerprint` can choose it over the pending one; the
+    # last heartbeat sequence number, so a replay is refused after a restart;
+    # results stored as msgpack (about their wire size), not JSON.
+    """
+    ALTER TABLE minions ADD COLUMN curve_pub BLOB;
+    ALTER TABLE minions ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE refused_keys ADD COLUMN sign_pub BLOB;
+    ALTER TABLE refused_keys ADD COLUMN kx_pub BLOB;
+    ALTER TABLE refused_keys ADD COLUMN curve_pub BLOB;
+    ALTER TABLE job_hosts ADD COLUMN result_bytes INTEGER;
+    ALTER TABLE job_hosts ADD COLUMN plan TEXT;
+    CREATE INDEX minions_curve ON minions (curve_pub);
+    -- What a job sent to its hosts, as far as a result is checked against it
+    -- (paths and trigger commands); hosts with the same plan share one row.
+    CREATE TABLE job_plans (
+        jid    TEXT NOT NULL REFERENCES jobs (jid) ON DELETE CASCADE,
+        digest TEXT NOT NULL,
+        plan   BLOB NOT NULL,
+        PRIMARY KEY (jid, digest)
+    );
+    """,
 ]
 
 

@@ -17,12 +17,14 @@ what happened on the host, even if the CLI has stopped waiting.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from common.protocol import NO_RESPONSE
+from common import codec
+from common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
 from master.db import transaction
 
 # Most jobs `jobs list` prints when no --limit is given.
@@ -99,14 +101,51 @@ class StoredResult:
     changes: int
     result: dict[str, Any]
     returned: float
+    packed: bytes  # the result as stored: msgpack, about its size on the wire
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job sent to one host, as far as its result is checked against it."""
+
+    paths: frozenset[str]
+    triggers: frozenset[str]
+
+    def pack(self) -> bytes:
+        return codec.pack([sorted(self.paths), sorted(self.triggers)])
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Plan:
+        paths, triggers = codec.unpack(data, max_depth=3)
+        return cls(frozenset(paths), frozenset(triggers))
+
+
+def _load_result(value: bytes | str) -> dict[str, Any]:
+    # Version 1 of the schema stored JSON text; results are msgpack since.
+    if isinstance(value, str):
+        return json.loads(value)
+    return codec.unpack(value, max_depth=MAX_BODY_DEPTH)
 
 
 class JobStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def create(self, job: JobRecord, envelopes: dict[str, bytes]) -> None:
-        """Record a job and one sealed envelope per host, in one transaction."""
+    def create(
+        self,
+        job: JobRecord,
+        envelopes: dict[str, bytes],
+        plans: dict[str, Plan] | None = None,
+    ) -> None:
+        """Record a job, one sealed envelope per host and what each host was
+        sent (`plans`, shared between hosts with the same), in one transaction."""
+        digests: dict[str, str] = {}
+        packed: dict[str, bytes] = {}
+        for host, plan in (plans or {}).items():
+            data = plan.pack()
+            digest = hashlib.sha256(data).hexdigest()
+            packed[digest] = data
+            digests[host] = digest
         with transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO jobs (jid, submitted, deadline, user, target, module, dry_run,"
@@ -123,9 +162,40 @@ class JobStore:
                 ),
             )
             self.conn.executemany(
-                "INSERT INTO job_hosts (jid, host, state, envelope) VALUES (?, ?, 'sent', ?)",
-                [(job.jid, host, envelope) for host, envelope in sorted(envelopes.items())],
+                "INSERT INTO job_plans (jid, digest, plan) VALUES (?, ?, ?)",
+                [(job.jid, digest, data) for digest, data in packed.items()],
             )
+            self.conn.executemany(
+                "INSERT INTO job_hosts (jid, host, state, envelope, plan)"
+                " VALUES (?, ?, 'sent', ?, ?)",
+                [
+                    (job.jid, host, envelope, digests.get(host))
+                    for host, envelope in sorted(envelopes.items())
+                ],
+            )
+
+    def plan(self, jid: str, host: str) -> Plan | None:
+        """What job `jid` sent to `host`, or None if it recorded no plan."""
+        row = self.conn.execute(
+            "SELECT p.plan FROM job_hosts h JOIN job_plans p ON p.jid = h.jid"
+            " AND p.digest = h.plan WHERE h.jid = ? AND h.host = ?",
+            (jid, host),
+        ).fetchone()
+        return None if row is None else Plan.unpack(row[0])
+
+    def module_of(self, jid: str) -> tuple[str, bool] | None:
+        """(module, dry_run) of a job, or None if there is no such job."""
+        row = self.conn.execute("SELECT module, dry_run FROM jobs WHERE jid = ?", (jid,)).fetchone()
+        return None if row is None else (row[0], bool(row[1]))
+
+    def stored_bytes(self, host: str) -> int:
+        """Bytes of results stored for `host` (its use of the result quota)."""
+        row = self.conn.execute(
+            "SELECT coalesce(sum(coalesce(result_bytes, length(result))), 0) FROM job_hosts"
+            " WHERE host = ? AND result IS NOT NULL",
+            (host,),
+        ).fetchone()
+        return int(row[0])
 
     def last_jid(self) -> str | None:
         row = self.conn.execute("SELECT max(jid) FROM jobs").fetchone()
@@ -174,12 +244,14 @@ class JobStore:
             )
             self.conn.executemany(
                 "UPDATE job_hosts SET state = 'done', status = ?, changes = ?, result = ?,"
-                " returned = ?, envelope = NULL WHERE jid = ? AND host = ? AND state != 'done'",
+                " result_bytes = ?, returned = ?, envelope = NULL"
+                " WHERE jid = ? AND host = ? AND state != 'done'",
                 [
                     (
                         str(r.status),
                         r.changes,
-                        json.dumps(r.result, separators=(",", ":")),
+                        r.packed,
+                        len(r.packed),
                         r.returned,
                         r.jid,
                         r.host,
@@ -275,7 +347,7 @@ class JobStore:
                 received=r["received"],
                 returned=r["returned"],
                 changes=r["changes"],
-                result=None if r["result"] is None else json.loads(r["result"]),
+                result=None if r["result"] is None else _load_result(r["result"]),
             )
             for r in rows
         ]

@@ -5,9 +5,14 @@ other keys is refused and remembered in refused_keys, so that `keys list`
 shows the attempt: it is either an impersonation or a reinstalled host, and
 only the administrator can tell (`keys delete ID` lets the new key enrol).
 
+An id claimed by several keys is contested: `keys accept` then needs the
+fingerprint of the key to accept (accept(..., fingerprint=...)), which may
+also be one of the refused keys: the real minion may have come second.
+
 The daemon is the only writer; it keeps every row in memory, so checking a
-heartbeat's sender costs no query. last_seen changes with every heartbeat and
-is written back in batches (flush_last_seen), not once per heartbeat.
+heartbeat's sender or a transport key costs no query. last_seen and the
+heartbeat sequence change with every heartbeat and are written back in
+batches (flush), not once per heartbeat.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import fnmatch
 import sqlite3
 from dataclasses import dataclass, replace
 
+from common.crypto import PublicKeys, fingerprints_match
 from common.errors import UsageError
 from master.db import transaction
 
@@ -40,10 +46,18 @@ class MinionKey:
     state: KeyState
     sign_pub: bytes
     kx_pub: bytes
+    curve_pub: bytes | None  # None for a key enrolled before CURVE: it must enrol again
     fingerprint: str
     first_seen: float
     last_seen: float | None
     changed: float
+    seq: int = 0  # the last heartbeat's sequence number
+
+    @property
+    def public(self) -> PublicKeys | None:
+        if self.curve_pub is None:
+            return None
+        return PublicKeys(sign=self.sign_pub, kx=self.kx_pub, curve=self.curve_pub)
 
 
 @dataclass(frozen=True)
@@ -53,28 +67,55 @@ class RefusedKey:
     attempts: int
     first_seen: float
     last_seen: float
+    public: PublicKeys | None = None
 
 
 class KeyStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._keys: dict[str, MinionKey] = {}
-        self._dirty_seen: set[str] = set()
+        self._by_curve: dict[bytes, str] = {}
+        self._dirty: set[str] = set()
         for row in conn.execute("SELECT * FROM minions"):
             key = MinionKey(
                 id=row["id"],
                 state=KeyState(row["state"]),
                 sign_pub=row["sign_pub"],
                 kx_pub=row["kx_pub"],
+                curve_pub=row["curve_pub"],
                 fingerprint=row["fingerprint"],
                 first_seen=row["first_seen"],
                 last_seen=row["last_seen"],
                 changed=row["changed"],
+                seq=row["seq"],
             )
-            self._keys[key.id] = key
+            self._put(key)
+
+    def _put(self, key: MinionKey) -> None:
+        old = self._keys.get(key.id)
+        if old is not None and old.curve_pub is not None:
+            self._by_curve.pop(old.curve_pub, None)
+        self._keys[key.id] = key
+        if key.curve_pub is not None:
+            self._by_curve[key.curve_pub] = key.id
+
+    def _pop(self, minion_id: str) -> MinionKey:
+        key = self._keys.pop(minion_id)
+        if key.curve_pub is not None:
+            self._by_curve.pop(key.curve_pub, None)
+        return key
 
     def get(self, minion_id: str) -> MinionKey | None:
         return self._keys.get(minion_id)
+
+    def by_curve(self, curve_pub: bytes) -> MinionKey | None:
+        """The key whose transport key is `curve_pub`, in any state."""
+        minion_id = self._by_curve.get(curve_pub)
+        return None if minion_id is None else self._keys[minion_id]
+
+    def accepted_by_curve(self, curve_pub: bytes) -> MinionKey | None:
+        key = self.by_curve(curve_pub)
+        return key if key is not None and key.state is KeyState.ACCEPTED else None
 
     def accepted(self, minion_id: str) -> MinionKey | None:
         key = self._keys.get(minion_id)
@@ -83,46 +124,58 @@ class KeyStore:
     def all(self) -> list[MinionKey]:
         return sorted(self._keys.values(), key=lambda k: k.id)
 
-    def refused(self) -> list[RefusedKey]:
-        rows = self.conn.execute("SELECT * FROM refused_keys ORDER BY id, last_seen")
+    def refused(self, minion_id: str | None = None) -> list[RefusedKey]:
+        """Keys refused under a known id (all ids, or `minion_id`'s)."""
+        if minion_id is None:
+            rows = self.conn.execute("SELECT * FROM refused_keys ORDER BY id, last_seen")
+        else:
+            rows = self.conn.execute(
+                "SELECT * FROM refused_keys WHERE id = ? ORDER BY last_seen", (minion_id,)
+            )
         return [
-            RefusedKey(r["id"], r["fingerprint"], r["attempts"], r["first_seen"], r["last_seen"])
+            RefusedKey(
+                r["id"],
+                r["fingerprint"],
+                r["attempts"],
+                r["first_seen"],
+                r["last_seen"],
+                None
+                if r["curve_pub"] is None
+                else PublicKeys(sign=r["sign_pub"], kx=r["kx_pub"], curve=r["curve_pub"]),
+            )
             for r in rows
         ]
 
     def enrol(
-        self,
-        minion_id: str,
-        sign_pub: bytes,
-        kx_pub: bytes,
-        fingerprint: str,
-        *,
-        now: float,
-        auto_accept: bool,
+        self, minion_id: str, keys: PublicKeys, *, now: float, auto_accept: bool
     ) -> KeyState | None:
         """Register an enrolment request; returns the id's state, or None if the
         id is known with other keys (the attempt is recorded) or if there are
         already MAX_PENDING_KEYS pending keys."""
         key = self._keys.get(minion_id)
+        fingerprint = keys.fingerprint()
         if key is None:
             if not auto_accept and self.pending_count() >= MAX_PENDING_KEYS:
                 return None
             state = KeyState.ACCEPTED if auto_accept else KeyState.PENDING
-            key = MinionKey(minion_id, state, sign_pub, kx_pub, fingerprint, now, None, now)
-            self.conn.execute(
-                "INSERT INTO minions (id, state, sign_pub, kx_pub, fingerprint, first_seen,"
-                " changed) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (minion_id, str(state), sign_pub, kx_pub, fingerprint, now, now),
-            )
-            self._keys[minion_id] = key
+            self._insert(minion_id, state, keys, now)
             return state
-        if key.sign_pub == sign_pub and key.kx_pub == kx_pub:
+        if key.public == keys:
+            return key.state
+        if key.curve_pub is None and key.sign_pub == keys.sign and key.kx_pub == keys.kx:
+            # Enrolled before the transport key existed: the same identity, now complete.
+            self.conn.execute(
+                "UPDATE minions SET curve_pub = ?, fingerprint = ? WHERE id = ?",
+                (keys.curve, fingerprint, minion_id),
+            )
+            self._put(replace(key, curve_pub=keys.curve, fingerprint=fingerprint))
             return key.state
         self.conn.execute(
-            "INSERT INTO refused_keys (id, fingerprint, attempts, first_seen, last_seen)"
-            " VALUES (?, ?, 1, ?, ?) ON CONFLICT (id, fingerprint)"
+            "INSERT INTO refused_keys (id, fingerprint, attempts, first_seen, last_seen,"
+            " sign_pub, kx_pub, curve_pub) VALUES (?, ?, 1, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id, fingerprint)"
             " DO UPDATE SET attempts = attempts + 1, last_seen = excluded.last_seen",
-            (minion_id, fingerprint, now, now),
+            (minion_id, fingerprint, now, now, keys.sign, keys.kx, keys.curve),
         )
         self.conn.execute(
             "DELETE FROM refused_keys WHERE id = ? AND fingerprint NOT IN"
@@ -131,6 +184,17 @@ class KeyStore:
             (minion_id, minion_id, MAX_REFUSED_PER_ID),
         )
         return None
+
+    def _insert(self, minion_id: str, state: KeyState, keys: PublicKeys, now: float) -> None:
+        fingerprint = keys.fingerprint()
+        self.conn.execute(
+            "INSERT INTO minions (id, state, sign_pub, kx_pub, curve_pub, fingerprint,"
+            " first_seen, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (minion_id, str(state), keys.sign, keys.kx, keys.curve, fingerprint, now, now),
+        )
+        self._put(
+            MinionKey(minion_id, state, keys.sign, keys.kx, keys.curve, fingerprint, now, None, now)
+        )
 
     def pending_count(self) -> int:
         return sum(1 for k in self._keys.values() if k.state is KeyState.PENDING)
@@ -149,10 +213,38 @@ class KeyStore:
             raise UsageError(f"no minion key matches: {', '.join(unmatched)}")
         return sorted(matched)
 
-    def set_state(self, patterns: list[str], state: KeyState, *, now: float) -> list[MinionKey]:
+    def set_state(
+        self,
+        patterns: list[str],
+        state: KeyState,
+        *,
+        now: float,
+        fingerprint: str | None = None,
+    ) -> list[MinionKey]:
         """Accept or reject the matching keys (from any other state); returns
-        those that changed. A pattern that matches nothing is a UsageError."""
+        those that changed. A pattern that matches nothing is a UsageError.
+
+        Accepting an id that other keys have claimed (refused_keys) needs
+        `fingerprint`, naming the one id's key to accept: the key it holds
+        now, or one of those refused, which then takes its place.
+        """
         ids = self.match(patterns)
+        if fingerprint is not None:
+            if len(ids) != 1:
+                raise UsageError(
+                    f"--fingerprint names one key, but the ids match {len(ids)} minions"
+                )
+            self._choose_key(ids[0], fingerprint, now)
+        elif state is KeyState.ACCEPTED:
+            contested = [i for i in ids if self.refused(i)]
+            if contested:
+                raise UsageError(
+                    "other keys have claimed the id of "
+                    + ", ".join(contested)
+                    + ": compare fingerprints with 'safcm-minion fingerprint' on the host and "
+                    "run 'safcm-master keys accept ID --fingerprint FP' for each; "
+                    "nothing was accepted"
+                )
         changing = [i for i in ids if self._keys[i].state is not state]
         with transaction(self.conn):
             self.conn.executemany(
@@ -160,8 +252,29 @@ class KeyStore:
                 [(str(state), now, i) for i in changing],
             )
         for i in changing:
-            self._keys[i] = replace(self._keys[i], state=state, changed=now)
+            self._put(replace(self._keys[i], state=state, changed=now))
+        if state is KeyState.ACCEPTED:  # settled: forget the other claims
+            with transaction(self.conn):
+                self.conn.executemany("DELETE FROM refused_keys WHERE id = ?", [(i,) for i in ids])
         return [self._keys[i] for i in changing]
+
+    def _choose_key(self, minion_id: str, fingerprint: str, now: float) -> None:
+        """Make the key with `fingerprint` the one `minion_id` holds; UsageError if
+        neither its key nor a refused one has that fingerprint."""
+        key = self._keys[minion_id]
+        if fingerprints_match(key.fingerprint, fingerprint):
+            return
+        for claim in self.refused(minion_id):
+            if claim.public is not None and fingerprints_match(claim.fingerprint, fingerprint):
+                with transaction(self.conn):
+                    self.conn.execute("DELETE FROM minions WHERE id = ?", (minion_id,))
+                    self._pop(minion_id)
+                    self._insert(minion_id, KeyState.PENDING, claim.public, now)
+                return
+        raise UsageError(
+            f"no key with fingerprint {fingerprint} has claimed {minion_id}; "
+            f"it holds {key.fingerprint}"
+        )
 
     def delete(self, patterns: list[str]) -> list[MinionKey]:
         """Forget the matching keys and their refused attempts; returns them."""
@@ -169,23 +282,28 @@ class KeyStore:
         with transaction(self.conn):
             self.conn.executemany("DELETE FROM minions WHERE id = ?", [(i,) for i in ids])
             self.conn.executemany("DELETE FROM refused_keys WHERE id = ?", [(i,) for i in ids])
-        deleted = [self._keys.pop(i) for i in ids]
-        self._dirty_seen.difference_update(ids)
+        deleted = [self._pop(i) for i in ids]
+        self._dirty.difference_update(ids)
         return deleted
 
-    def touch(self, minion_id: str, now: float) -> None:
-        """Note an authenticated message from an accepted minion (kept in memory)."""
+    def touch(self, minion_id: str, now: float, seq: int | None = None) -> None:
+        """Note an authenticated message from an accepted minion, and the
+        sequence number of its heartbeat (kept in memory until flush())."""
         key = self._keys.get(minion_id)
         if key is not None:
-            self._keys[minion_id] = replace(key, last_seen=now)
-            self._dirty_seen.add(minion_id)
+            self._keys[minion_id] = replace(key, last_seen=now, seq=key.seq if seq is None else seq)
+            self._dirty.add(minion_id)
 
-    def flush_last_seen(self) -> None:
-        if not self._dirty_seen:
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def flush(self) -> None:
+        """Write last-seen times and heartbeat sequence numbers back."""
+        if not self._dirty:
             return
         with transaction(self.conn):
             self.conn.executemany(
-                "UPDATE minions SET last_seen = ? WHERE id = ?",
-                [(self._keys[i].last_seen, i) for i in sorted(self._dirty_seen)],
+                "UPDATE minions SET last_seen = ?, seq = ? WHERE id = ?",
+                [(self._keys[i].last_seen, self._keys[i].seq, i) for i in sorted(self._dirty)],
             )
-        self._dirty_seen.clear()
+        self._dirty.clear()

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from common import keyfile
+
 # Seconds a daemon gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 10.0
 # Seconds between two checks in wait_for().
@@ -89,6 +91,7 @@ class Sandbox:
             "interface": "127.0.0.1",
             "publish_port": free_port(),
             "return_port": free_port(),
+            "key_port": free_port(),
             "state_dir": os.path.join(base, "master"),
             "config_dir": self.config_dir,
             "log_level": "debug",
@@ -116,6 +119,14 @@ class Sandbox:
         """Change master.yaml settings; they take effect at the next start."""
         self.master.settings.update(settings)
         self._write_yaml(self.master.config, self.master.settings)
+
+    def master_fingerprint(self) -> str:
+        """The master's fingerprint, read from its key file (made now if the
+        master never ran): what an administrator copies into minion.yaml."""
+        state_dir = self.master.settings["state_dir"]
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        keys, _ = keyfile.load_or_create(os.path.join(state_dir, "keys"))
+        return keys.fingerprint()
 
     @property
     def control_path(self) -> str:
@@ -161,12 +172,17 @@ class Sandbox:
             "master": "127.0.0.1",
             "publish_port": self.master.settings["publish_port"],
             "return_port": self.master.settings["return_port"],
+            "key_port": self.master.settings["key_port"],
             "state_dir": os.path.join(self.base, "minions", minion_id),
             "root": root,
             "heartbeat_interval": self.heartbeat_interval,
             "log_level": "debug",
+            "master_fingerprint": self.master_fingerprint(),
         }
         values.update(settings)
+        # A setting given as None is left out (e.g. no master_fingerprint, to
+        # test trust_first_master).
+        values = {k: v for k, v in values.items() if v is not None}
         path = os.path.join(self.base, f"minion-{minion_id}.yaml")
         self._write_yaml(path, values)
         daemon = Daemon(

@@ -15,11 +15,14 @@ class MasterSettings:
     interface: str = "0.0.0.0"  # noqa: S104 - a master serves remote minions; address the PUB and ROUTER sockets bind to
     publish_port: int = 4505  # jobs, master -> minions
     return_port: int = 4506  # enrolment, heartbeats, receipts, results
+    key_port: int = 4507  # the master's public keys, for a minion's first contact
     state_dir: str = "/var/lib/safcm-master"  # keys, job history, control socket
     config_dir: str = "/etc/safcm/config"  # the configuration repository
     auto_accept: bool = False  # accept every new minion key unseen; only for labs
     job_timeout: float = 60.0  # seconds a job waits for results before "no response"
     keep_jobs: float = 90 * 86400.0  # seconds of job history kept
+    max_connections: int = 10_000  # per network socket; the rest are cut at once
+    result_quota: int = 256 * 1024**2  # bytes of stored results per minion
     admin_group: str | None = None  # besides root, members may use the control socket
     control_socket: str | None = None  # default: <state_dir>/control.sock
     log_level: str = "info"
@@ -33,6 +36,9 @@ _FIELDS = {
     "interface": s.Field(s.interface, MasterSettings.interface),
     "publish_port": s.Field(s.port, MasterSettings.publish_port),
     "return_port": s.Field(s.port, MasterSettings.return_port),
+    "key_port": s.Field(s.port, MasterSettings.key_port),
+    "max_connections": s.Field(s.positive_int, MasterSettings.max_connections),
+    "result_quota": s.Field(s.size, MasterSettings.result_quota),
     "state_dir": s.Field(s.absolute_path, MasterSettings.state_dir),
     "config_dir": s.Field(s.absolute_path, MasterSettings.config_dir),
     "auto_accept": s.Field(s.boolean, MasterSettings.auto_accept),
@@ -56,6 +62,9 @@ def parse(text: str, name: str = "master.yaml") -> MasterSettings:
 
 def _build(values: dict, name: str) -> MasterSettings:
     settings = MasterSettings(**values)
-    if settings.publish_port == settings.return_port:
-        raise ConfigError(ConfigProblem(name, None, "publish_port and return_port must differ"))
+    ports = (settings.publish_port, settings.return_port, settings.key_port)
+    if len(set(ports)) != len(ports):
+        raise ConfigError(
+            ConfigProblem(name, None, "publish_port, return_port and key_port must differ")
+        )
     return settings

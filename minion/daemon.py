@@ -1,14 +1,22 @@
 """The minion daemon: enrols with the master, heartbeats, receives jobs, applies
 them one at a time, and delivers each result until the master confirms it.
 
-Sockets (both connect out, so a minion behind NAT works):
+Sockets (all connect out, so a minion behind NAT works):
 
-    SUB     jobs published under this minion's topic (protocol.topic_for)
-    DEALER  enrolment, heartbeats, job receipts and results to the master's
-            ROUTER; enrol replies, heartbeat replies and result receipts back
+    DEALER  key_port, plain, only until the master's keys are pinned: asks
+            for them (KEY_REQUEST) and checks the signed answer against
+            master_fingerprint (or, with trust_first_master, pins the first)
+    SUB     CURVE, jobs published under this minion's topic (protocol.topic_for)
+    DEALER  CURVE, enrolment, heartbeats, job receipts and results to the
+            master's ROUTER; enrol replies, heartbeat replies and result
+            receipts back
+
+Both CURVE sockets use our transport key and the pinned master's, so a
+master without the pinned key cannot even complete the handshake.
 
 States:
 
+    keys unknown --KEY_REPLY matches--> pinned
     enrolling --ENROL_REPLY accepted--> accepted --no reply for LIVENESS
         ^                                             heartbeats--+
         +-------- reconnect after a jittered, growing backoff <---+
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import random
@@ -44,7 +53,7 @@ import zmq
 
 from common import codec, keyfile
 from common import log as safcm_log
-from common.crypto import DEFAULT_CLOCK_SKEW, PublicKeys
+from common.crypto import DEFAULT_CLOCK_SKEW, MAX_ENVELOPE_OVERHEAD, PublicKeys
 from common.errors import EnvelopeError, ProtocolError, SafcmError
 from common.loop import Loop, Timer
 from common.model import FileSpec
@@ -52,6 +61,8 @@ from common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
     MAX_FRAME_BYTES,
+    MAX_KEY_PORT_BYTES,
+    MAX_SMALL_BYTES,
     Channel,
     Dispatcher,
     KeyState,
@@ -68,6 +79,7 @@ from common.protocol import (
     seal_message_at,
     topic_for,
     verify_enrol_reply,
+    verify_key_reply,
 )
 from common.version import VERSION
 from minion import fileops, results
@@ -100,11 +112,22 @@ MAX_QUEUED_JOBS = 100
 SEND_HWM = 1000
 # How often the seen-jid store drops entries past their expiry, in seconds.
 SEEN_PURGE_INTERVAL = 3600.0
+# Largest message the return connection receives: the master's replies are
+# small sealed messages or an enrol reply.
+DEALER_MAX_IN = MAX_SMALL_BYTES + MAX_ENVELOPE_OVERHEAD
+# ZMTP heartbeats on our connections, in milliseconds: a master that vanished
+# without closing the TCP connection is noticed by libzmq too.
+ZMTP_HEARTBEAT_IVL_MS = 10_000
+ZMTP_HEARTBEAT_TIMEOUT_MS = 30_000
+# Heartbeat sequence numbers are reserved on disk this many at a time, so a
+# heartbeat costs no write, and a restart skips at most this many.
+SEQ_BLOCK = 1000
 
 KEYS_DIR = "keys"
 SEEN_DB = "seen.db"
 SPOOL_DIR = "spool"
 MASTER_KEY_FILE = "master.pub"
+SEQ_FILE = "heartbeat.seq"
 
 
 @dataclass
@@ -158,10 +181,12 @@ class Minion:
         self.backoff = self.interval
         self.sub: zmq.Socket | None = None
         self.dealer: zmq.Socket | None = None
+        self.key_sock: zmq.Socket | None = None  # only while asking for the master's keys
+        self.key_nonce: bytes | None = None
+        self.seq, self.seq_reserved = self._load_seq()
         self.queue: collections.deque[Job] = collections.deque()
         self.busy: str | None = None  # jid being applied
-        # Id of our last own message (heartbeats): each is newer than the one
-        # before, which is how the master refuses a replayed heartbeat.
+        # Id of our last own message (heartbeats): jids are unique and sortable.
         self.last_id: str | None = None
         self.outgoing: dict[str, Outgoing] = {
             jid: Outgoing(0.0, RESULT_RETRY_MIN) for jid in self.spool.jids(Kind.RESULT)
@@ -181,7 +206,10 @@ class Minion:
     # ---- life cycle ----
 
     def start(self) -> None:
-        self._connect()
+        if self.master_keys is None:
+            self._ask_keys()
+        else:
+            self._connect()
         self.timers.append(self.loop.call_every(SEEN_PURGE_INTERVAL, self._purge_seen))
         # The first hello goes out at a random point of the first interval, and
         # the heartbeats keep that phase, so minions started together (a fleet
@@ -199,25 +227,50 @@ class Minion:
         for timer in self.timers:
             timer.cancel()
         self._disconnect()
+        self._close_key_sock()
         self.seen.close()
         self.spool.close()
 
+    def _address(self, port: int) -> str:
+        master = self.settings.master
+        return f"tcp://[{master}]:{port}" if ":" in master else f"tcp://{master}:{port}"
+
+    def _curve_socket(self, kind: int, max_in: int) -> zmq.Socket:
+        """A socket that speaks CURVE to the pinned master, with our transport key."""
+        assert self.master_keys is not None
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_in)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.master_keys.curve)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public.curve)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.curve_secret().reveal())
+        sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+        return sock
+
     def _connect(self) -> None:
-        s = self.settings
-        host = f"[{s.master}]" if ":" in s.master else s.master
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(self.id))
-        self.sub.connect(f"tcp://{host}:{s.publish_port}")
-        self.dealer = self.ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        self.dealer.setsockopt(zmq.LINGER, 0)
+        """Connect the return socket; the publish socket follows once we are
+        accepted (_subscribe), since the master refuses any other key there
+        and libzmq does not retry a refused handshake."""
+        self.dealer = self._curve_socket(zmq.DEALER, DEALER_MAX_IN)
         self.dealer.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self.dealer.connect(f"tcp://{host}:{s.return_port}")
-        self.loop.add_reader(self.sub, self.on_sub)
+        self.dealer.connect(self._address(self.settings.return_port))
         self.loop.add_reader(self.dealer, self.on_dealer)
         self.last_reply = self.loop.clock()
+
+    def _subscribe(self) -> None:
+        if self.sub is not None:
+            return
+        self.sub = self._curve_socket(zmq.SUB, MAX_FRAME_BYTES)
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(self.id))
+        self.sub.connect(self._address(self.settings.publish_port))
+        self.loop.add_reader(self.sub, self.on_sub)
+
+    def _unsubscribe(self) -> None:
+        if self.sub is not None:
+            self.loop.remove_reader(self.sub)
+            self.sub.close(0)
+            self.sub = None
 
     def _disconnect(self) -> None:
         for sock in (self.sub, self.dealer):
@@ -225,6 +278,56 @@ class Minion:
                 self.loop.remove_reader(sock)
                 sock.close(0)
         self.sub = self.dealer = None
+
+    # ---- first contact: the master's public keys ----
+
+    def _ask_keys(self) -> None:
+        """Ask the key port for the master's keys (again, if no answer came)."""
+        self._close_key_sock()
+        self.key_sock = self.ctx.socket(zmq.DEALER)
+        self.key_sock.setsockopt(zmq.LINGER, 0)
+        self.key_sock.setsockopt(zmq.MAXMSGSIZE, MAX_KEY_PORT_BYTES)
+        self.key_sock.connect(self._address(self.settings.key_port))
+        self.loop.add_reader(self.key_sock, self.on_key_reply)
+        self.key_nonce = os.urandom(ENROL_NONCE_LENGTH)
+        self.last_reply = self.loop.clock()
+        with contextlib.suppress(zmq.Again):
+            self.key_sock.send(
+                encode_plain(MsgType.KEY_REQUEST, {"nonce": self.key_nonce}), zmq.NOBLOCK
+            )
+
+    def _close_key_sock(self) -> None:
+        if self.key_sock is not None:
+            self.loop.remove_reader(self.key_sock)
+            self.key_sock.close(0)
+            self.key_sock = None
+
+    def on_key_reply(self) -> None:
+        while self.key_sock is not None:
+            try:
+                frame = self.key_sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode_plain(frame, Channel.KEY)
+                if msg.type is not MsgType.KEY_REPLY or self.key_nonce is None:
+                    raise ProtocolError(f"{msg.type.name} is not a key reply")
+                keys = verify_key_reply(
+                    msg, nonce=self.key_nonce, pinned=self.settings.master_fingerprint
+                )
+            except (EnvelopeError, ProtocolError) as e:
+                log.warning(
+                    "%s: refused the key reply from %s: %s",
+                    self.id,
+                    self.settings.master,
+                    e.reason if isinstance(e, EnvelopeError) and e.reason else e,
+                )
+                continue
+            self._close_key_sock()
+            self._pin_master_keys(keys, first_use=self.settings.master_fingerprint is None)
+            self._connect()
+            self.tick()
+            return
 
     def _reconnect(self) -> None:
         """The master went quiet: drop both sockets (and whatever they queued),
@@ -250,6 +353,15 @@ class Minion:
     # ---- periodic work ----
 
     def tick(self) -> None:
+        if self.key_sock is not None:
+            if self.loop.clock() - self.last_reply > LIVENESS * self.interval:
+                log.warning(
+                    "%s: no answer from the key port of %s; asking again",
+                    self.id,
+                    self._address(self.settings.key_port),
+                )
+                self._ask_keys()
+            return
         if self.dealer is None:
             return  # waiting to reconnect
         if self.loop.clock() - self.last_reply > LIVENESS * self.interval:
@@ -263,6 +375,7 @@ class Minion:
                     "uptime": self.clock() - self.started,
                     "busy": self.busy,
                     "interval": self.interval,
+                    "seq": self._next_seq(),
                 },
             )
             self._send_results()
@@ -418,12 +531,26 @@ class Minion:
                 )
             elif state == KeyState.REJECTED:
                 log.warning("%s: the master rejected our key %s", self.id, self.keys.fingerprint())
+            elif state == KeyState.CLAIMED:
+                log.warning(
+                    "%s: this id is claimed by another key on the master; ours is %s. "
+                    "If this host is the real %s, the administrator runs "
+                    "'safcm-master keys accept %s --fingerprint %s'",
+                    self.id,
+                    self.keys.fingerprint(),
+                    self.id,
+                    self.id,
+                    self.keys.fingerprint(),
+                )
             else:
                 log.info("%s: accepted by the master %s", self.id, keys.fingerprint())
             self.key_state = state
         was_accepted, self.accepted = self.accepted, state == KeyState.ACCEPTED
         if self.accepted and not was_accepted:
+            self._subscribe()
             self._send_results(all_now=True)
+        elif not self.accepted:
+            self._unsubscribe()
 
     def on_heartbeat_reply(self, msg: Message) -> None:
         self._heard_from_master()
@@ -550,6 +677,34 @@ class Minion:
         self._send_results()
         self._next_job()
 
+    # ---- the heartbeat sequence ----
+
+    def _load_seq(self) -> tuple[int, int]:
+        """(last used, reserved up to) from the counter file: numbers above
+        the reservation were never used, so the next run starts there."""
+        path = os.path.join(self.settings.state_dir, SEQ_FILE)
+        try:
+            with open(path, "rb") as f:
+                text = f.read(64).decode("ascii").strip()
+            reserved = int(text)
+        except FileNotFoundError:
+            reserved = 0
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise SafcmError(
+                f"{path}: unreadable heartbeat counter ({e}); remove it and delete this "
+                "minion's key on the master ('safcm-master keys delete ID') to start over"
+            ) from e
+        return reserved, reserved
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        if self.seq > self.seq_reserved:
+            self.seq_reserved = self.seq + SEQ_BLOCK
+            _write_durably(
+                self.settings.state_dir, SEQ_FILE, f"{self.seq_reserved}\n".encode("ascii")
+            )
+        return self.seq
+
     # ---- the pinned master key ----
 
     def _load_master_keys(self) -> PublicKeys | None:
@@ -576,16 +731,33 @@ class Minion:
         return keys
 
     def _pin_master_keys(self, keys: PublicKeys, *, first_use: bool) -> None:
-        path = os.path.join(self.settings.state_dir, MASTER_KEY_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(codec.pack(keys.to_wire()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _write_durably(self.settings.state_dir, MASTER_KEY_FILE, codec.pack(keys.to_wire()))
         self.master_keys = keys
         how = "trusted on first use and pinned" if first_use else "matches master_fingerprint"
         log.info("%s: master key %s %s", self.id, keys.fingerprint(), how)
+
+
+def _write_durably(directory: str, name: str, data: bytes) -> None:
+    """Replace `directory`/`name` with `data` atomically and durably: an
+    exclusive temporary, fsync, rename, fsync of the directory."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        temp = f".{name}.{os.urandom(6).hex()}"
+        fd = os.open(
+            temp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _job_from_body(jid: str, body: dict[str, Any]) -> Job:

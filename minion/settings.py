@@ -10,6 +10,7 @@ from common import ids
 from common import settings as s
 from common.crypto import fingerprint_problem, parse_fingerprint
 from common.errors import ConfigError, ConfigProblem
+from common.protocol import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 from minion import fileops
 
 DEFAULT_CONFIG_PATH = "/etc/safcm/minion.yaml"
@@ -27,9 +28,11 @@ class MinionSettings:
     master: str
     publish_port: int = 4505
     return_port: int = 4506
+    key_port: int = 4507
     state_dir: str = "/var/lib/safcm-minion"
     root: str = "/"
     master_fingerprint: str | None = None
+    trust_first_master: bool = False
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     trigger_timeout: float = TRIGGER_TIMEOUT
     log_level: str = "info"
@@ -49,6 +52,16 @@ def _fingerprint(value: str) -> str:
     return parse_fingerprint(value)
 
 
+def _heartbeat_interval(text: str) -> float:
+    seconds = s.duration(text)
+    if not MIN_HEARTBEAT_INTERVAL <= seconds <= MAX_HEARTBEAT_INTERVAL:
+        raise s.BadValue(
+            f"must be between {MIN_HEARTBEAT_INTERVAL} and {MAX_HEARTBEAT_INTERVAL:.0f} seconds "
+            f"(the master counts a minion gone after three missed ones), got {text!r}"
+        )
+    return seconds
+
+
 def default_id() -> str:
     """The host's fully qualified name, lowercased, as minion ids are."""
     return socket.getfqdn().lower().rstrip(".")
@@ -59,10 +72,12 @@ _FIELDS = {
     "master": s.Field(s.host, required=True),
     "publish_port": s.Field(s.port, MinionSettings.publish_port),
     "return_port": s.Field(s.port, MinionSettings.return_port),
+    "key_port": s.Field(s.port, MinionSettings.key_port),
     "state_dir": s.Field(s.absolute_path, MinionSettings.state_dir),
     "root": s.Field(s.absolute_path, MinionSettings.root),
     "master_fingerprint": s.Field(_fingerprint, None),
-    "heartbeat_interval": s.Field(s.duration, MinionSettings.heartbeat_interval),
+    "trust_first_master": s.Field(s.boolean, MinionSettings.trust_first_master),
+    "heartbeat_interval": s.Field(_heartbeat_interval, MinionSettings.heartbeat_interval),
     "trigger_timeout": s.Field(s.duration, MinionSettings.trigger_timeout),
     "log_level": s.Field(s.log_level, MinionSettings.log_level),
 }
@@ -85,4 +100,11 @@ def _build(values: dict[str, Any], name: str) -> MinionSettings:
             message = f"id: not set, and the host name cannot be used: {problem}"
             raise ConfigError(ConfigProblem(name, None, message))
         values["id"] = fqdn
+    if values["master_fingerprint"] is None and not values["trust_first_master"]:
+        message = (
+            "master_fingerprint: required (run 'safcm-master keys fingerprint' on the master "
+            "and copy it here); or set trust_first_master: true to trust whichever master "
+            "answers first, which an attacker on the network can be"
+        )
+        raise ConfigError(ConfigProblem(name, None, message))
     return MinionSettings(**values)

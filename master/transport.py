@@ -1,0 +1,282 @@
+"""The master's network edge: CurveZMQ with a ZAP handler, and a bounded cost
+for every connection, whatever its peer sends (the zguide's "Ironhouse").
+
+    peer --TCP--> libzmq: CURVE handshake --ZAP request--> Zap (this loop)
+                                 |                           | decide(domain, key)
+                                 v                           v
+                      connection (fd) <---- 200 + User-Id, or 400: closed
+
+- Both network sockets are CURVE servers. Every handshake asks the ZAP
+  handler, which runs on the daemon's own loop (no thread: it reads the key
+  store the loop owns). The User-Id it returns is the peer's transport key,
+  hex-encoded; libzmq then stamps it on every message of that connection, so
+  the daemon knows which key sent a message before it looks at the message.
+- ConnectionTable counts the connections of each socket from libzmq's
+  monitor events (accepted, disconnected), and decides which to cut: the
+  newest above the cap, those above the per-key cap, those that never said
+  who they are within a grace period, and unknown keys that went idle. So a
+  stranger can hold neither descriptors nor memory for long, and the process
+  never reaches its descriptor limit (where libzmq's accept would spin).
+- libzmq has no call to close one connection of a socket. cut() shuts the
+  TCP connection down through a duplicate of its descriptor, after checking
+  that the descriptor still belongs to the same peer (a descriptor number is
+  reused once closed); libzmq then sees the end of the stream and cleans up.
+
+ConnectionTable is pure, with time passed in; Zap, Monitor and cut() are the
+thin I/O around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+import zmq.utils.monitor
+
+from common.loop import Loop
+
+log = logging.getLogger("safcm-master")
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by the ZAP specification (RFC 27)
+ZAP_VERSION = b"1.0"
+# ZAP domains: the ZAP handler learns which socket a handshake is for.
+DOMAIN_PUBLISH = "publish"
+DOMAIN_RETURN = "return"
+
+# ZMTP heartbeats (libzmq's own PING/PONG, independent of ours): a connection
+# that answers no PING for HEARTBEAT_TIMEOUT is closed, so dead peers never
+# hold a descriptor for long. Milliseconds.
+ZMTP_HEARTBEAT_IVL_MS = 10_000
+ZMTP_HEARTBEAT_TIMEOUT_MS = 30_000
+# A CURVE handshake must finish within this many milliseconds, or libzmq
+# closes the connection: a peer that connects and says nothing is dropped.
+HANDSHAKE_IVL_MS = 10_000
+# A connection must identify itself within this many seconds: send a
+# message (the return socket) or a subscription (the publish socket). A
+# minion does both at once after connecting.
+IDENTIFY_GRACE = 30.0
+# An unknown key (not accepted) on the return socket may only enrol; a
+# pending minion does that every heartbeat interval (60 s at most). Silent
+# for longer than this, in seconds, it is cut.
+UNKNOWN_IDLE = 180.0
+# Connections one key may hold on one socket: a minion needs one; a few more
+# cover a reconnect whose old connection has not timed out yet.
+MAX_CONNECTIONS_PER_KEY = 4
+# The pending/unknown keys' share of a socket's connection cap: accepted
+# minions keep room even while strangers hold every slot they may.
+UNKNOWN_SHARE = 0.25
+
+
+def hex_key(key: bytes) -> str:
+    return key.hex()
+
+
+@dataclass
+class Connection:
+    fd: int
+    peer: tuple[str, int] | None  # the remote address, to check before a cut
+    opened: float
+    key: str | None = None  # hex transport key, once a message showed it
+    known: bool = False  # the key is an accepted minion's
+    last_active: float = 0.0
+
+
+class ConnectionTable:
+    """The connections of one socket, and which of them to cut. Pure."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.unknown_cap = max(1, int(cap * UNKNOWN_SHARE))
+        self.conns: dict[int, Connection] = {}
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def opened(self, fd: int, peer: tuple[str, int] | None, now: float) -> bool:
+        """Record a new connection; True if it must be cut (the socket is full)."""
+        self.conns[fd] = Connection(fd, peer, now, last_active=now)
+        return len(self.conns) > self.cap
+
+    def closed(self, fd: int) -> None:
+        self.conns.pop(fd, None)
+
+    def unknown(self) -> int:
+        """Connections that are not (yet) an accepted minion's."""
+        return sum(1 for c in self.conns.values() if not c.known)
+
+    def room_for_unknown(self) -> bool:
+        """May one more unknown key finish a handshake? (asked by the ZAP handler)"""
+        return self.unknown() < self.unknown_cap
+
+    def active(self, fd: int, key: str, known: bool, now: float) -> bool:
+        """A message or subscription came on `fd` from `key`; True if the
+        connection must be cut (its key holds too many connections)."""
+        conn = self.conns.get(fd)
+        if conn is None:  # its accept event is still on the way
+            return False
+        conn.last_active = now
+        if conn.key != key:
+            conn.key, conn.known = key, known
+            same = sum(1 for c in self.conns.values() if c.key == key)
+            return same > MAX_CONNECTIONS_PER_KEY
+        conn.known = known
+        return False
+
+    def forget_key(self, key: str) -> list[Connection]:
+        """The connections of a key that was rejected or deleted: to cut."""
+        return [c for c in self.conns.values() if c.key == key]
+
+    def stale(self, now: float) -> list[Connection]:
+        """Connections to cut now: never identified within IDENTIFY_GRACE, or
+        an unknown key silent for UNKNOWN_IDLE."""
+        out = []
+        for c in self.conns.values():
+            if (c.key is None and now - c.opened > IDENTIFY_GRACE) or (
+                c.key is not None and not c.known and now - c.last_active > UNKNOWN_IDLE
+            ):
+                out.append(c)
+        return out
+
+
+def cut(conn: Connection) -> bool:
+    """Shut one TCP connection of a libzmq socket down; True if it was done.
+
+    Works on a duplicate of the descriptor, and only if it still has the
+    peer address recorded when the connection was accepted: the number may
+    already belong to another connection or file.
+    """
+    try:
+        dup = os.dup(conn.fd)
+    except OSError:
+        return False
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:  # not a socket any more
+        os.close(dup)
+        return False
+    with sock:
+        try:
+            if conn.peer is None or sock.getpeername()[:2] != conn.peer:
+                return False
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return False
+    return True
+
+
+def peer_of(fd: int) -> tuple[str, int] | None:
+    """The remote (address, port) of a connection's descriptor, or None."""
+    with contextlib.suppress(OSError):
+        dup = os.dup(fd)
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            return None
+        with sock:
+            return sock.getpeername()[:2]
+    return None
+
+
+class Monitor:
+    """Feeds one socket's monitor events (accepted, disconnected) into its table."""
+
+    EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
+
+    def __init__(
+        self, sock: zmq.Socket, table: ConnectionTable, loop: Loop, name: str, clock: Callable
+    ) -> None:
+        self.table = table
+        self.loop = loop
+        self.name = name
+        self.clock = clock
+        self.cuts = 0
+        self.pair = sock.get_monitor_socket(self.EVENTS)
+        loop.add_reader(self.pair, self.on_event)
+
+    def on_event(self) -> None:
+        while True:
+            try:
+                frames = self.pair.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = zmq.utils.monitor.parse_monitor_message(frames)
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                if self.table.opened(fd, peer_of(fd), self.clock()):
+                    self.cut(self.table.conns[fd], "the socket is at its connection cap")
+            else:
+                self.table.closed(fd)
+
+    def cut(self, conn: Connection, reason: str) -> None:
+        if cut(conn):
+            self.cuts += 1
+            log.debug("cut a connection to the %s socket from %s: %s", self.name, conn.peer, reason)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.pair)
+        self.pair.close(0)
+
+
+class Zap:
+    """The ZAP handler: answers libzmq's authentication requests on the loop.
+
+    `decide(domain, address, key)` returns the User-Id to stamp on the
+    connection's messages, or None to refuse the handshake.
+    """
+
+    def __init__(
+        self, ctx: zmq.Context, loop: Loop, decide: Callable[[str, str, bytes], str | None]
+    ) -> None:
+        self.loop = loop
+        self.decide = decide
+        self.sock = ctx.socket(zmq.REP)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(ZAP_ENDPOINT)
+        loop.add_reader(self.sock, self.on_request)
+
+    def on_request(self) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.sock.send_multipart(self._answer(frames))
+
+    def _answer(self, frames: list[bytes]) -> list[bytes]:
+        # version, request id, domain, address, identity, mechanism, credentials...
+        if len(frames) < 6 or frames[0] != ZAP_VERSION:
+            return [ZAP_VERSION, frames[1] if len(frames) > 1 else b"", b"500", b"bad", b"", b""]
+        request_id, domain, address, mechanism = frames[1], frames[2], frames[3], frames[5]
+        if mechanism != b"CURVE" or len(frames) != 7 or len(frames[6]) != 32:
+            return [ZAP_VERSION, request_id, b"400", b"CURVE only", b"", b""]
+        try:
+            user = self.decide(
+                domain.decode("ascii", "replace"), address.decode("ascii", "replace"), frames[6]
+            )
+        except Exception:  # a bug refuses one handshake, never stops the handler
+            log.exception("ZAP handler failed; refusing the handshake")
+            user = None
+        if user is None:
+            return [ZAP_VERSION, request_id, b"400", b"refused", b"", b""]
+        return [ZAP_VERSION, request_id, b"200", b"OK", user.encode("ascii"), b""]
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock)
+        self.sock.close(0)
+
+
+def curve_server(sock: zmq.Socket, secret: bytes, domain: str) -> None:
+    """Make `sock` a CURVE server that asks the ZAP handler under `domain`,
+    with ZMTP heartbeats and a handshake deadline."""
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode("ascii"))
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
