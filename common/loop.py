@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import signal
 import threading
@@ -20,6 +21,12 @@ from typing import Any
 
 import zmq
 
+log = logging.getLogger("safcm")
+
+# Seconds between two log lines about the same failing callback, after the
+# first (which has the traceback): a timer failing four times a second while
+# the database is locked writes one line every ten seconds.
+ERROR_LOG_INTERVAL = 10.0
 # Longest single poll, in seconds. Timers and wake-ups end a poll early; this
 # only bounds how stale the clock can get if nothing at all happens.
 MAX_POLL_SECONDS = 1.0
@@ -46,8 +53,15 @@ class Timer:
 
 
 class Loop:
+    """Every callback runs through _call(): one that raises costs that call,
+    never the loop. Its first failure is logged with the traceback, later ones
+    of the same callback in one line each, and at most one such line per
+    callback per ERROR_LOG_INTERVAL; a timer keeps its schedule, so the work
+    is retried (a database locked by another process, a full disk)."""
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}  # name -> (count, last logged)
         self._poller = zmq.Poller()
         self._readers: dict[Any, Callable[[], Any]] = {}
         self._writers: dict[Any, Callable[[], Any]] = {}
@@ -107,8 +121,8 @@ class Loop:
         def tick() -> None:
             if handle.cancelled:
                 return
-            callback()
-            self.call_later(interval, tick)
+            self.call_later(interval, tick)  # first: a failing callback keeps its schedule
+            self._call(callback)
 
         self.call_later(interval, tick)
         return handle
@@ -130,7 +144,7 @@ class Loop:
         with self._pending_lock:
             pending, self._pending = self._pending, []
         for callback in pending:
-            callback()
+            self._call(callback)
 
     # running
 
@@ -158,14 +172,32 @@ class Loop:
         for sock, flags in self._poller.poll(int(wait * 1000)):
             # A callback may have removed this socket or another one; look again.
             if flags & zmq.POLLIN and sock in self._readers:
-                self._readers[sock]()
+                self._call(self._readers[sock])
             if flags & zmq.POLLOUT and sock in self._writers:
-                self._writers[sock]()
+                self._call(self._writers[sock])
         now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.callback()
+                self._call(timer.callback)
+
+    def _call(self, callback: Callable[[], Any]) -> None:
+        try:
+            callback()
+        except Exception as e:
+            self._failed(callback, e)
+
+    def _failed(self, callback: Callable[[], Any], error: Exception) -> None:
+        name = getattr(callback, "__qualname__", repr(callback))
+        count, logged = self._failures.get(name, (0, -ERROR_LOG_INTERVAL))
+        now = self.clock()
+        if count == 0:
+            log.error("%s failed; it will be retried: %r", name, error, exc_info=error)
+            logged = now
+        elif now - logged >= ERROR_LOG_INTERVAL:
+            log.error("%s failed again (%d times so far): %r", name, count + 1, error)
+            logged = now
+        self._failures[name] = (count + 1, logged)
 
     def close(self) -> None:
         for sock in list(self._readers):

@@ -49,7 +49,8 @@ _SHORT = 12
 minion_ids = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,30}", fullmatch=True)
 jids = st.floats(0, 2**35, allow_nan=False).map(new_jid)
 fingerprints = st.builds(
-    lambda a, b: PublicKeys(a, b).fingerprint(),
+    lambda a, b, c: PublicKeys(a, b, c).fingerprint(),
+    st.binary(min_size=32, max_size=32),
     st.binary(min_size=32, max_size=32),
     st.binary(min_size=32, max_size=32),
 )

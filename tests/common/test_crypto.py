@@ -86,11 +86,10 @@ def test_secret_hides_its_bytes():
 
 
 def test_key_pair_repr_shows_only_the_public_fingerprint():
-    sign, kx = MASTER.private_secrets()
+    secrets = MASTER.private_secrets()
     for shown in (repr(MASTER), str(MASTER), repr([MASTER]), repr(MASTER.public)):
-        for secret in (sign.reveal(), kx.reveal()):
+        for secret in (*(s.reveal() for s in secrets), MASTER.curve_secret().reveal()):
             assert secret.hex() not in shown
-            assert repr(secret) not in shown
             assert secret.hex()[:16] not in shown
         assert MASTER.fingerprint() in shown
     with pytest.raises(TypeError):
@@ -101,8 +100,7 @@ def test_key_pair_repr_shows_only_the_public_fingerprint():
 
 
 def test_key_pair_rebuilds_from_its_secrets():
-    sign, kx = MINION.private_secrets()
-    again = KeyPair.from_secrets(sign, kx)
+    again = KeyPair.from_secrets(*MINION.private_secrets())
     assert again.public == MINION.public
     assert again.fingerprint() == MINION.fingerprint()
 
@@ -114,18 +112,22 @@ def test_generated_pairs_differ():
 
 def test_public_keys_check_their_length():
     with pytest.raises(ProtocolError, match="32 bytes"):
-        PublicKeys(b"x" * 31, b"y" * 32)
+        PublicKeys(b"x" * 31, b"y" * 32, b"z" * 32)
     with pytest.raises(ProtocolError, match="32 bytes"):
-        PublicKeys(b"x" * 32, "y" * 32)  # type: ignore[arg-type]
+        PublicKeys(b"x" * 32, "y" * 32, b"z" * 32)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="32 bytes"):
+        PublicKeys(b"x" * 32, b"y" * 32, b"z" * 33)
     assert PublicKeys.from_wire(MASTER.public.to_wire()) == MASTER.public
 
 
 def test_low_order_x25519_key_is_unusable():
     with pytest.raises(ProtocolError, match="low-order"):
-        PublicKeys(MASTER.public.sign, bytes(32)).check_usable()
+        PublicKeys(MASTER.public.sign, bytes(32), MASTER.public.curve).check_usable()
+    with pytest.raises(ProtocolError, match="low-order"):
+        PublicKeys(MASTER.public.sign, MASTER.public.kx, bytes(32)).check_usable()
     MASTER.public.check_usable()
     with pytest.raises(ProtocolError, match="low-order"):
-        seal(recipient_keys=PublicKeys(MINION.public.sign, bytes(32)))
+        seal(recipient_keys=PublicKeys(MINION.public.sign, bytes(32), MINION.public.curve))
 
 
 # ---- fingerprints ----
@@ -141,9 +143,12 @@ def test_fingerprint_form():
     assert len(fp) <= 72  # fits an 80-column terminal with a label in front
 
 
-def test_fingerprint_covers_both_keys():
-    assert PublicKeys(MASTER.public.sign, MINION.public.kx).fingerprint() != MASTER.fingerprint()
-    assert PublicKeys(MINION.public.sign, MASTER.public.kx).fingerprint() != MASTER.fingerprint()
+def test_fingerprint_covers_all_three_keys():
+    m, n = MASTER.public, MINION.public
+    assert PublicKeys(m.sign, n.kx, m.curve).fingerprint() != MASTER.fingerprint()
+    assert PublicKeys(n.sign, m.kx, m.curve).fingerprint() != MASTER.fingerprint()
+    # Pinning the fingerprint pins the CURVE transport key too.
+    assert PublicKeys(m.sign, m.kx, n.curve).fingerprint() != MASTER.fingerprint()
 
 
 def _pasted_forms(fp):

@@ -163,7 +163,9 @@ GOOD = encode_key_file(KEYS)
 MALFORMED = [
     b"",
     b"\xff\xfe",
-    GOOD.replace(b"safcm private keys 1", b"safcm private keys 2"),
+    GOOD.replace(b"safcm private keys 2", b"safcm private keys 3"),
+    GOOD.replace(b"safcm private keys 2", b"safcm private keys 1"),  # 0.1: no transport key
+    GOOD.replace(b"curve ", b"kurve "),
     GOOD.rstrip(b"\n"),
     GOOD + b"extra\n",
     GOOD.replace(b"ed25519 ", b"rsa "),
@@ -184,7 +186,7 @@ def test_malformed_key_files_are_refused_without_quoting_them(keydir, content):
         load_keys(keydir)
     message = str(info.value)
     assert message.startswith(path + ": ")
-    for line in GOOD.split(b"\n")[1:3]:
+    for line in GOOD.split(b"\n")[1:4]:
         secret = line.split(b" ")[1].decode()
         assert secret not in message
         assert secret[:12] not in message

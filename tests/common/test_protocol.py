@@ -49,6 +49,7 @@ from common.protocol import (
     is_sealed,
     make_enrol_reply,
     make_enrol_request,
+    make_key_reply,
     new_jid,
     open_message_at,
     seal_message_at,
@@ -106,7 +107,15 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
     MsgType.ENROL_REPLY: make_enrol_reply(
         "web1", KeyState.PENDING, MASTER, nonce=b"n" * 16, now=NOW
     ),
-    MsgType.HEARTBEAT: {"version": "0.1.0", "uptime": 12.5, "busy": JID, "interval": 5.0},
+    MsgType.HEARTBEAT: {
+        "version": "0.1.0",
+        "uptime": 12.5,
+        "busy": JID,
+        "interval": 5.0,
+        "seq": 7,
+    },
+    MsgType.KEY_REQUEST: {"nonce": b"n" * 16},
+    MsgType.KEY_REPLY: make_key_reply(MASTER, nonce=b"n" * 16, now=NOW),
     MsgType.HEARTBEAT_REPLY: {"time": NOW},
     MsgType.JOB: {
         "module": "files",
@@ -392,7 +401,7 @@ def test_too_many_files_are_refused():
 def test_a_body_over_its_size_limit_is_refused():
     # A heartbeat is small; a peer that pads one is refused before msgpack sees it.
     padded = codec.pack({"version": "x" * 5000, "uptime": 1.0, "busy": None})
-    with pytest.raises(ProtocolError, match="exceeds 4096"):
+    with pytest.raises(ProtocolError, match="larger than that type allows"):
         open_(seal_raw(MsgType.HEARTBEAT, padded), MsgType.HEARTBEAT)
     # A job whose every file is within limits can still be too large as a whole.
     chunk = b"\0" * (MAX_FILE_BYTES - 1024)
@@ -456,7 +465,7 @@ def test_unsupported_versions_are_refused(version):
             open_(sealed, MsgType.RESULT)
 
 
-@pytest.mark.parametrize("raw_type", [0, 9, 100, 999, -1, "RUN", 1.0, 101.0, True, None])
+@pytest.mark.parametrize("raw_type", [0, 11, 100, 999, -1, "RUN", 1.0, 101.0, True, None])
 def test_unknown_types_are_refused(raw_type):
     with pytest.raises(ProtocolError, match="unknown message type"):
         decode_plain(codec.pack([PROTOCOL_VERSION, raw_type, {}]), Channel.CONTROL)
@@ -871,7 +880,7 @@ def test_an_enrolment_with_an_unusable_key_is_refused():
 
     body = {
         "id": "web1",
-        "keys": {"sign": WEB1.public.sign, "kx": bytes(32)},
+        "keys": {"sign": WEB1.public.sign, "kx": bytes(32), "curve": WEB1.public.curve},
         "nonce": b"n" * 16,
         "issued_at": NOW,
     }

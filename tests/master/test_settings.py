@@ -42,7 +42,7 @@ def test_all_keys():
         ("admin_group: 'Bad Group'\n", "admin_group: must be a Unix group name"),
         ("retrun_port: 1\n", "retrun_port: unknown key"),
         ("publish_port: 1\npublish_port: 2\n", "master.yaml:2: duplicate key 'publish_port'"),
-        ("publish_port: 4506\n", "publish_port and return_port must differ"),
+        ("publish_port: 4506\n", "publish_port, return_port and key_port must differ"),
         ("- a\n- b\n", "must be a mapping"),
         ("a: [\n", "YAML syntax error"),
     ],

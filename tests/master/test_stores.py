@@ -4,6 +4,9 @@ import sqlite3
 
 import pytest
 
+from common import codec
+from common.crypto import PublicKeys
+
 from common.errors import StoreError, UsageError
 from master.db import DB_NAME, open_db
 from master.jobstore import HostState, HostStatus, JobRecord, JobStore, StoredResult
@@ -45,12 +48,16 @@ def test_job_life_cycle(conn):
     assert store.host_state("J2", "web1") is None
 
     body = {"module": "files", "result": {"changes": [{"path": "/etc/motd"}]}}
-    store.record([], [StoredResult("J1", "web1", HostStatus.CHANGED, 1, body, 12.0)], now=12)
+    stored = StoredResult("J1", "web1", HostStatus.CHANGED, 1, body, 12.0, codec.pack(body))
+    store.record([], [stored], now=12)
+    assert store.stored_bytes("web1") == len(codec.pack(body))
     assert store.host_state("J1", "web1") is HostState.DONE
 
     assert store.expire(now=100) == [("J1", "web2"), ("J1", "web3")]
     # A late result is still stored; its host is no longer "no response".
-    late = StoredResult("J1", "web3", HostStatus.OK, 0, {"late": True}, 120.0)
+    late = StoredResult(
+        "J1", "web3", HostStatus.OK, 0, {"late": True}, 120.0, codec.pack({"late": True})
+    )
     store.record([], [late], now=120)
 
     hosts = {h.host: h for h in store.get_hosts("J1")}
@@ -87,21 +94,40 @@ def test_history_survives_reopen(tmp_path):
     c.close()
 
 
+def pub(sign: bytes, kx: bytes = b"k" * 32, curve: bytes | None = None) -> PublicKeys:
+    return PublicKeys(sign=sign, kx=kx, curve=curve or sign[:1] * 32)
+
+
 def test_keys(conn):
     keys = KeyStore(conn)
     enrol = dict(now=1.0, auto_accept=False)
-    assert keys.enrol("web1", b"s" * 32, b"k" * 32, "FP1", **enrol) is KeyState.PENDING
-    assert keys.enrol("web2", b"t" * 32, b"l" * 32, "FP2", **enrol) is KeyState.PENDING
+    assert keys.enrol("web1", pub(b"s" * 32, b"k" * 32), **enrol) is KeyState.PENDING
+    assert keys.enrol("web2", pub(b"t" * 32, b"l" * 32), **enrol) is KeyState.PENDING
     assert keys.accepted("web1") is None
     # The same keys again: the same state. Other keys for a known id: refused, recorded.
-    assert keys.enrol("web1", b"s" * 32, b"k" * 32, "FP1", **enrol) is KeyState.PENDING
-    assert keys.enrol("web1", b"X" * 32, b"k" * 32, "FPX", **enrol) is None
-    assert keys.enrol("web1", b"X" * 32, b"k" * 32, "FPX", now=2.0, auto_accept=False) is None
+    assert keys.enrol("web1", pub(b"s" * 32, b"k" * 32), **enrol) is KeyState.PENDING
+    assert keys.enrol("web1", pub(b"X" * 32, b"k" * 32), **enrol) is None
+    assert keys.enrol("web1", pub(b"X" * 32, b"k" * 32), now=2.0, auto_accept=False) is None
     [refused] = keys.refused()
-    assert (refused.id, refused.fingerprint, refused.attempts) == ("web1", "FPX", 2)
+    fpx = pub(b"X" * 32).fingerprint()
+    assert (refused.id, refused.fingerprint, refused.attempts) == ("web1", fpx, 2)
+    assert refused.public == pub(b"X" * 32)
 
+    # web1 is contested: accepting it needs the fingerprint of the key to accept.
+    with pytest.raises(UsageError, match="other keys have claimed the id of web1"):
+        keys.set_state(["web*"], KeyState.ACCEPTED, now=3.0)
+    assert keys.accepted("web2") is None  # nothing was accepted
+    with pytest.raises(UsageError, match="no key with fingerprint"):
+        keys.set_state(
+            ["web1"], KeyState.ACCEPTED, now=3.0, fingerprint=pub(b"Q" * 32).fingerprint()
+        )
+    changed = keys.set_state(
+        ["web1"], KeyState.ACCEPTED, now=3.0, fingerprint=pub(b"s" * 32).fingerprint()
+    )
+    assert [k.id for k in changed] == ["web1"]
+    assert keys.refused() == []  # settled
     changed = keys.set_state(["web*"], KeyState.ACCEPTED, now=3.0)
-    assert [k.id for k in changed] == ["web1", "web2"]
+    assert [k.id for k in changed] == ["web2"]
     assert keys.accepted("web1").sign_pub == b"s" * 32
     assert keys.set_state(["web1"], KeyState.ACCEPTED, now=4.0) == []  # already accepted
     with pytest.raises(UsageError, match="db9"):
@@ -109,12 +135,13 @@ def test_keys(conn):
     keys.set_state(["web2"], KeyState.REJECTED, now=5.0)
     assert keys.accepted("web2") is None
 
-    keys.touch("web1", 6.0)
-    keys.flush_last_seen()
+    keys.touch("web1", 6.0, seq=9)
+    keys.flush()
+    assert KeyStore(conn).get("web1").seq == 9  # a replay stays refused after a restart
     assert [k.id for k in keys.delete(["web1"])] == ["web1"]
     assert keys.refused() == []
     # After delete the id may enrol with new keys, and starts pending again.
-    assert keys.enrol("web1", b"X" * 32, b"k" * 32, "FPX", **enrol) is KeyState.PENDING
+    assert keys.enrol("web1", pub(b"X" * 32, b"k" * 32), **enrol) is KeyState.PENDING
 
     again = KeyStore(conn)  # what a restarted daemon reads back
     assert {k.id: k.state for k in again.all()} == {
@@ -126,17 +153,30 @@ def test_keys(conn):
 def test_auto_accept(conn):
     keys = KeyStore(conn)
     assert (
-        keys.enrol("db1", b"a" * 32, b"b" * 32, "F", now=1, auto_accept=True) is KeyState.ACCEPTED
+        keys.enrol("db1", pub(b"a" * 32, b"b" * 32), now=1, auto_accept=True) is KeyState.ACCEPTED
     )
 
 
 def test_last_seen_is_flushed(conn):
     keys = KeyStore(conn)
-    keys.enrol("web1", b"s" * 32, b"k" * 32, "F", now=1, auto_accept=True)
+    keys.enrol("web1", pub(b"s" * 32, b"k" * 32), now=1, auto_accept=True)
     keys.touch("web1", 42.0)
     assert conn.execute("SELECT last_seen FROM minions").fetchone()[0] is None
-    keys.flush_last_seen()
+    keys.flush()
     assert conn.execute("SELECT last_seen FROM minions").fetchone()[0] == 42.0
+
+
+def test_a_refused_claimant_can_be_chosen_by_fingerprint(conn):
+    # A stranger enrolled as web1 first; the real web1 came second and was refused.
+    keys = KeyStore(conn)
+    stranger, real = pub(b"s" * 32), pub(b"r" * 32)
+    keys.enrol("web1", stranger, now=1, auto_accept=False)
+    assert keys.enrol("web1", real, now=2, auto_accept=False) is None
+    keys.set_state(["web1"], KeyState.ACCEPTED, now=3, fingerprint=real.fingerprint())
+    assert keys.accepted("web1").public == real
+    assert keys.accepted_by_curve(real.curve).id == "web1"
+    assert keys.by_curve(stranger.curve) is None
+    assert KeyStore(conn).accepted("web1").public == real
 
 
 def test_newer_schema_is_refused(tmp_path):
@@ -154,13 +194,14 @@ def test_unauthenticated_enrolment_is_bounded(conn, monkeypatch):
     keys = KeyStore(conn)
     for i in range(3):
         assert (
-            keys.enrol(f"m{i}", bytes([i]) * 32, b"k" * 32, f"F{i}", now=1, auto_accept=False)
+            keys.enrol(f"m{i}", pub(bytes([i]) * 32, b"k" * 32), now=1, auto_accept=False)
             is KeyState.PENDING
         )
-    assert keys.enrol("m9", b"9" * 32, b"k" * 32, "F9", now=1, auto_accept=False) is None
+    assert keys.enrol("m9", pub(b"9" * 32, b"k" * 32), now=1, auto_accept=False) is None
     assert keys.get("m9") is None
     for i in range(keystore.MAX_REFUSED_PER_ID + 5):
-        keys.enrol("m0", b"%03d" % i * 11, b"k" * 32, f"X{i}", now=10 + i, auto_accept=False)
+        keys.enrol("m0", pub((b"%03d" % i * 11)[:32], b"k" * 32), now=10 + i, auto_accept=False)
     refused = keys.refused()
     assert len(refused) == keystore.MAX_REFUSED_PER_ID
-    assert refused[-1].fingerprint == f"X{keystore.MAX_REFUSED_PER_ID + 4}"  # newest kept
+    newest = pub((b"%03d" % (keystore.MAX_REFUSED_PER_ID + 4) * 11)[:32])
+    assert refused[-1].fingerprint == newest.fingerprint()  # newest kept

@@ -26,6 +26,7 @@ def minion_settings(tmp_path) -> settings.MinionSettings:
     return settings.parse(
         f"id: web1\nmaster: 127.0.0.1\npublish_port: {free_port()}\n"
         f"return_port: {free_port()}\nstate_dir: {tmp_path / 'state'}\nroot: {root}\n"
+        "trust_first_master: true\n"
     )
 
 
@@ -91,12 +92,18 @@ def test_a_job_past_its_deadline_is_not_applied(tmp_path):
 def test_settings(tmp_path):
     s = minion_settings(tmp_path)
     assert (s.id, s.heartbeat_interval, s.master_fingerprint) == ("web1", 5.0, None)
+    assert s.trust_first_master
     fingerprint = KeyPair.generate().fingerprint()
     pasted = fingerprint.upper().replace(" ", "-")  # as an administrator might paste it
     pinned = settings.parse(f"master: cfg.example.org\nid: db1\nmaster_fingerprint: {pasted}\n")
     assert pinned.master_fingerprint == fingerprint
     for text, message in [
         ("id: web1\n", "master: required key is missing"),
+        ("master: x\nid: a\n", "master_fingerprint: required"),
+        (
+            "master: x\nid: a\ntrust_first_master: true\nheartbeat_interval: 1h\n",
+            "heartbeat_interval: must be between",
+        ),
         ("master: x\nid: Web1\n", "id: minion id 'Web1' is not valid"),
         ("master: 'bad host!'\nid: a\n", "master: must be a host name or IP address"),
         (
