@@ -814,7 +814,7 @@ def attack_topics_stranger(lab: Lab, row: Row) -> None:
                 try:
                     raw.sendall(zmtp_greeting(b"CURVE"))
                     while sent_raw < TOPIC_BYTES // 2 and time.monotonic() < until:
-                        topic = os.urandom(random.randint(1, 255))
+                        topic = os.urandom(random.randint(1, 254))
                         raw.sendall(bytes([0, len(topic) + 1, 1]) + topic)
                         sent_raw += len(topic) + 3
                 except OSError:

@@ -553,6 +553,7 @@ class Master:
                 )
                 continue
             self.xpub.setsockopt(zmq.SUBSCRIBE, topic)
+            self.peer_log.log(logging.DEBUG, "subscription of %s applied", key.id)
             now = self.loop.clock()
             for item in self.pending.for_topic(topic):
                 if now - item.last_sent >= RESUBSCRIBE_MIN_INTERVAL:

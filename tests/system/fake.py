@@ -1,5 +1,6 @@
-"""A scriptable minion for attack tests: real keys, real sockets, real envelopes,
-but every step is the test's choice, so it can send what no honest minion would."""
+"""A scriptable minion for attack tests: real keys, real sockets (CURVE, as a
+minion speaks it), real envelopes, but every step is the test's choice, so it
+can send what no honest minion would."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from common.crypto import KeyPair, PublicKeys
 from common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
+    MAX_SEQUENCE,
     Channel,
     Message,
     MsgType,
@@ -25,6 +27,7 @@ from common.protocol import (
     seal_message_at,
     topic_for,
     verify_enrol_reply,
+    verify_key_reply,
 )
 from master.sandbox import Sandbox
 
@@ -32,25 +35,60 @@ from master.sandbox import Sandbox
 RECV_TIMEOUT_MS = 5000
 
 
+def master_keys(sb: Sandbox) -> PublicKeys:
+    """The master's public keys, asked from its key port as a new minion does."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{sb.master.settings['key_port']}")
+    try:
+        nonce = os.urandom(ENROL_NONCE_LENGTH)
+        sock.send(encode_plain(MsgType.KEY_REQUEST, {"nonce": nonce}))
+        if not sock.poll(RECV_TIMEOUT_MS):
+            raise TimeoutError("no answer from the key port")
+        reply = decode_plain(sock.recv(), Channel.KEY)
+        return verify_key_reply(reply, nonce=nonce, pinned=sb.master_fingerprint())
+    finally:
+        sock.close(0)
+
+
+def curve_socket(kind: int, master: PublicKeys, keys: KeyPair | None, address: str) -> zmq.Socket:
+    """A socket of `kind` connected with CURVE under `keys` (fresh ones if None)."""
+    keys = keys or KeyPair.generate()
+    sock = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.CURVE_SERVERKEY, master.curve)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public.curve)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.curve_secret().reveal())
+    sock.connect(address)
+    return sock
+
+
 class FakeMinion:
     def __init__(self, sb: Sandbox, minion_id: str, keys: KeyPair | None = None) -> None:
         self.id = minion_id
         self.keys = keys or KeyPair.generate()
-        self.ctx = zmq.Context.instance()
-        settings = sb.master.settings
-        self.dealer = self.ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.connect(f"tcp://127.0.0.1:{settings['return_port']}")
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(minion_id))
-        self.sub.connect(f"tcp://127.0.0.1:{settings['publish_port']}")
-        self.master_keys: PublicKeys | None = None
+        self.sb = sb
+        self.master_keys = master_keys(sb)
+        self.dealer = curve_socket(zmq.DEALER, self.master_keys, self.keys, self.address("return"))
+        self.sub: zmq.Socket | None = None
         self.last_id: str | None = None
+        self.seq = 0
+
+    def address(self, which: str) -> str:
+        return f"tcp://127.0.0.1:{self.sb.master.settings[which + '_port']}"
+
+    def subscribe(self, topic: bytes | None = None) -> zmq.Socket:
+        """Connect the SUB socket (as an accepted minion does) to `topic` (ours by default)."""
+        if self.sub is None:
+            self.sub = curve_socket(zmq.SUB, self.master_keys, self.keys, self.address("publish"))
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(self.id) if topic is None else topic)
+        return self.sub
 
     def close(self) -> None:
         self.dealer.close(0)
-        self.sub.close(0)
+        if self.sub is not None:
+            self.sub.close(0)
 
     # sending
 
@@ -63,7 +101,9 @@ class FakeMinion:
         body = make_enrol_request(self.id, self.keys, nonce=nonce, now=time.time())
         self.send_raw(encode_plain(MsgType.ENROL_REQUEST, body))
         reply = decode_plain(self.recv_frame(), Channel.NETWORK)
-        self.master_keys = verify_enrol_reply(reply, minion_id=self.id, nonce=nonce, pinned=None)
+        verify_enrol_reply(
+            reply, minion_id=self.id, nonce=nonce, pinned=self.master_keys.fingerprint()
+        )
         return reply.body["state"]
 
     def seal(
@@ -90,12 +130,13 @@ class FakeMinion:
             ttl=60,
         )
 
-    def heartbeat(self) -> None:
-        self.send_raw(
-            self.seal(
-                MsgType.HEARTBEAT, {"version": "fake", "uptime": 1.0, "busy": None, "interval": 5.0}
-            )
-        )
+    def heartbeat(self) -> bytes:
+        """Send a heartbeat with the next sequence number; returns its frame."""
+        self.seq = min(self.seq + 1, MAX_SEQUENCE)
+        body = {"version": "fake", "uptime": 1.0, "busy": None, "interval": 5.0, "seq": self.seq}
+        frame = self.seal(MsgType.HEARTBEAT, body)
+        self.send_raw(frame)
+        return frame
 
     # receiving
 
@@ -122,9 +163,10 @@ class FakeMinion:
 
     def recv_job(self, timeout_ms: int = RECV_TIMEOUT_MS) -> tuple[bytes, Message]:
         """The next job published for us: the raw envelope and the opened message."""
-        if not self.sub.poll(timeout_ms):
+        sub = self.subscribe() if self.sub is None else self.sub
+        if not sub.poll(timeout_ms):
             raise TimeoutError(f"{self.id}: no job published")
-        _topic, frame = self.sub.recv_multipart()
+        _topic, frame = sub.recv_multipart()
         msg = open_message_at(
             frame,
             me=self.id,

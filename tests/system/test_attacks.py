@@ -3,6 +3,7 @@ daemons go on serving everyone else (checked by a real run afterwards)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -13,11 +14,20 @@ import time
 import pytest
 import zmq
 
+from common import keyfile
 from common.crypto import KeyPair
-from common.protocol import MsgType, topic_for
+from common.protocol import (
+    Channel,
+    KeyState,
+    MsgType,
+    decode_plain,
+    encode_plain,
+    make_enrol_reply,
+    topic_for,
+)
 from master.sandbox import wait_for
-from tests.system.conftest import SETTLE, enrol, jobs_show, run_json, wait_state
-from tests.system.fake import FakeMinion, ping_result
+from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json, wait_state
+from tests.system.fake import FakeMinion, curve_socket, master_keys, ping_result
 
 
 def still_serving(sb, target: str = "web1") -> None:
@@ -66,7 +76,7 @@ def test_result_for_a_job_never_sent_to_that_minion(sandbox, fake):
     assert intruder.enrol() == "accepted"
     _, doc = run_json(sandbox, "web1", "ping")
     intruder.send_raw(intruder.seal(MsgType.RESULT, ping_result(time.time()), jid=doc["jid"]))
-    logged(sandbox.master, f"result from web3 for job {doc['jid']}, which was never sent to it")
+    logged(sandbox.master, f"result for job {doc['jid']}, which was never sent to it")
     assert intruder.silent()  # no receipt for it
     assert [h["host"] for h in jobs_show(sandbox, doc["jid"])["hosts"]] == ["web1"]
     still_serving(sandbox)
@@ -106,29 +116,43 @@ def test_unknown_minions_heartbeat_is_dropped(sandbox, fake):
     ghost.enrol()  # pending: it may ask, but it is not accepted
     ghost.heartbeat()
     assert ghost.silent()
-    logged(sandbox.master, "unknown sender 'ghost'")
-    stranger = fake("web2")  # in hosts.yaml, never enrolled
-    stranger.master_keys = ghost.master_keys
-    stranger.heartbeat()
-    assert stranger.silent()
-    logged(sandbox.master, "unknown sender 'web2'")
+    # Dropped on the transport key alone, before its envelope is even verified.
+    logged(sandbox.master, "a sealed message from a key that is not accepted")
+    # Claiming an accepted minion's id does not help: the transport key decides.
+    impostor = fake("web1")
+    impostor.heartbeat()
+    assert impostor.silent()
     still_serving(sandbox)
 
 
-def test_replayed_heartbeat_is_refused(sandbox, fake):
+def accepted_fake(sandbox, fake, minion_id: str):
+    f = fake(minion_id)
+    assert f.enrol() == "pending"
+    assert sandbox.cli("keys", "accept", minion_id).returncode == 0
+    assert f.enrol() == "accepted"
+    return f
+
+
+def test_replayed_heartbeat_is_refused_also_after_a_master_restart(sandbox, fake):
     enrol(sandbox, "web1")
-    web3 = fake("web3")
-    web3.enrol()
-    sandbox.cli("keys", "accept", "web3")
-    web3.enrol()
-    frame = web3.seal(
-        MsgType.HEARTBEAT, {"version": "fake", "uptime": 1.0, "busy": None, "interval": 5.0}
-    )
-    web3.send_raw(frame)
+    web3 = accepted_fake(sandbox, fake, "web3")
+    frame = web3.heartbeat()
     assert web3.recv_sealed().type is MsgType.HEARTBEAT_REPLY
     web3.send_raw(frame)
     assert web3.silent()
-    logged(sandbox.master, "heartbeat of web3 is not newer than its last (a replay)")
+    logged(sandbox.master, "heartbeat 1 of web3 is not newer than its last, 1 (a replay)")
+    newer = web3.heartbeat()
+    assert web3.recv_sealed().type is MsgType.HEARTBEAT_REPLY
+    # The master restarts (it keeps the last sequence number in its database);
+    # a replay of the last heartbeat must not make web3 look connected.
+    sandbox.stop(sandbox.master)
+    sandbox.start_master()
+    web3.close()
+    again = fake("web3", web3.keys)
+    again.send_raw(newer)
+    assert again.silent()
+    logged(sandbox.master, "heartbeat 2 of web3 is not newer than its last, 2 (a replay)")
+    assert not keys(sandbox)["web3"]["connected"]
 
 
 def test_garbage_frames_do_not_stop_the_master(sandbox, fake):
@@ -160,18 +184,26 @@ def test_garbage_frames_do_not_stop_the_master(sandbox, fake):
 
 
 def capture_jobs(sb, minion: str) -> zmq.Socket:
-    """Subscribe to a minion's topic as anyone can: envelopes are public, sealed bytes."""
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
+    """Subscribe to a minion's topic with that minion's own keys (stolen from its
+    state directory: only an accepted key may subscribe, and only to its topic)."""
+    stolen = keyfile.load_keys(os.path.join(sb.minions[minion].settings["state_dir"], "keys"))
+    sub = curve_socket(
+        zmq.SUB, master_keys(sb), stolen, f"tcp://127.0.0.1:{sb.master.settings['publish_port']}"
+    )
     sub.setsockopt(zmq.SUBSCRIBE, topic_for(minion))
-    sub.connect(f"tcp://127.0.0.1:{sb.master.settings['publish_port']}")
-    time.sleep(0.3)  # let the subscription reach the publisher
     return sub
 
 
 def test_replayed_and_misaddressed_envelopes_are_refused_by_the_minion(sandbox):
     enrol(sandbox, "web1", "web2")
     spy1, spy2 = capture_jobs(sandbox, "web1"), capture_jobs(sandbox, "web2")
+    # The spies subscribe like the minions; a new job reaches every subscriber.
+    for minion in ("web1", "web2"):  # the minion's own subscription, and the spy's
+        wait_for(
+            lambda m=minion: sandbox.master.log_text().count(f"subscription of {m} applied") >= 2,
+            SETTLE,
+            f"the spy on {minion} to subscribe",
+        )
     _, doc = run_json(sandbox, "web*", "files")
     assert doc["summary"]["changed"] == 2
     assert spy1.poll(5000) and spy2.poll(5000)
@@ -180,20 +212,39 @@ def test_replayed_and_misaddressed_envelopes_are_refused_by_the_minion(sandbox):
     spy1.close(0)
     spy2.close(0)
 
-    # web1 restarts; meanwhile someone takes over the master's publish port and
-    # replays web1's job, and publishes web2's envelope under web1's topic.
+    # web1 restarts; meanwhile someone who stole the master's keys takes over
+    # its ports (so the CURVE handshake and enrolment succeed), replays web1's
+    # job, and publishes web2's envelope under web1's topic: the envelope
+    # checks alone must refuse both.
     motd = os.path.join(sandbox.root("web1"), "etc", "motd")
     os.unlink(motd)
     sandbox.stop(sandbox.minions["web1"])
     sandbox.stop(sandbox.master)
-    rogue = zmq.Context.instance().socket(zmq.PUB)
-    rogue.setsockopt(zmq.LINGER, 0)
-    rogue.bind(f"tcp://127.0.0.1:{sandbox.master.settings['publish_port']}")
+    stolen = keyfile.load_keys(os.path.join(sandbox.master.settings["state_dir"], "keys"))
+    ctx = zmq.Context.instance()
+    rogue, door = ctx.socket(zmq.PUB), ctx.socket(zmq.ROUTER)
+    for sock, port in ((rogue, "publish_port"), (door, "return_port")):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, stolen.curve_secret().reveal())
+        sock.bind(f"tcp://127.0.0.1:{sandbox.master.settings[port]}")
     sandbox.start_minion("web1")
     log = sandbox.minions["web1"]
     try:
 
         def replay() -> bool:
+            while door.poll(0):
+                peer, frame = door.recv_multipart()
+                with contextlib.suppress(Exception):
+                    request = decode_plain(frame, Channel.NETWORK)
+                    reply = make_enrol_reply(
+                        "web1",
+                        KeyState.ACCEPTED,
+                        stolen,
+                        nonce=request.body["nonce"],
+                        now=time.time(),
+                    )
+                    door.send_multipart([peer, encode_plain(MsgType.ENROL_REPLY, reply)])
             rogue.send_multipart([topic_for("web1"), envelope1])
             rogue.send_multipart([topic_for("web1"), envelope2])
             text = log.log_text()
@@ -202,6 +253,7 @@ def test_replayed_and_misaddressed_envelopes_are_refused_by_the_minion(sandbox):
         wait_for(replay, SETTLE, "web1 to refuse both envelopes")
     finally:
         rogue.close(0)
+        door.close(0)
     assert not os.path.exists(motd)  # the job was not applied a second time
     assert "received (files" not in log.log_text().split("starting;")[-1]
 
