@@ -1,0 +1,251 @@
+"""The hardened transport (CurveZMQ, ZAP, bounded cost per peer) against real
+daemons and raw ZeroMQ peers. Each test names the protection it checks; each
+fails when that protection is taken out."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+
+import pytest
+import zmq
+
+from common.crypto import KeyPair
+from common.protocol import MsgType, encode_plain, make_enrol_request, topic_for
+from master.sandbox import wait_for
+from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json
+from tests.system.fake import FakeMinion, curve_socket, master_keys, ping_result
+
+
+def logged(daemon, text: str) -> None:
+    wait_for(lambda: text in daemon.log_text(), SETTLE, f"{daemon.name} to log {text!r}")
+
+
+@pytest.fixture
+def fake(sandbox):
+    fakes = []
+
+    def make(minion_id: str, keys: KeyPair | None = None) -> FakeMinion:
+        f = FakeMinion(sandbox, minion_id, keys)
+        fakes.append(f)
+        return f
+
+    yield make
+    for f in fakes:
+        f.close()
+
+
+def accepted_fake(sandbox, fake, minion_id: str) -> FakeMinion:
+    f = fake(minion_id)
+    assert f.enrol() == "pending"
+    assert sandbox.cli("keys", "accept", minion_id).returncode == 0
+    assert f.enrol() == "accepted"
+    return f
+
+
+def publish_address(sb) -> str:
+    return f"tcp://127.0.0.1:{sb.master.settings['publish_port']}"
+
+
+def received(sock: zmq.Socket, timeout_ms: int = 1500) -> list[list[bytes]]:
+    out = []
+    while sock.poll(timeout_ms):
+        out.append(sock.recv_multipart())
+        timeout_ms = 200
+    return out
+
+
+def test_strangers_and_pending_keys_receive_nothing_on_the_publish_socket(sandbox, fake):
+    enrol(sandbox, "web1")
+    pending = fake("web2")
+    assert pending.enrol() == "pending"
+    spies = [
+        curve_socket(zmq.SUB, master_keys(sandbox), None, publish_address(sandbox)),  # stranger
+        curve_socket(zmq.SUB, master_keys(sandbox), pending.keys, publish_address(sandbox)),
+    ]
+    plain = zmq.Context.instance().socket(zmq.SUB)  # no CURVE at all
+    plain.setsockopt(zmq.LINGER, 0)
+    plain.connect(publish_address(sandbox))
+    spies.append(plain)
+    for spy in spies:
+        spy.setsockopt(zmq.SUBSCRIBE, b"")  # everything
+    logged(sandbox.master, "refused a connection from 127.0.0.1 to the publish socket")
+    code, _ = run_json(sandbox, "web1", "files")
+    assert code == 0
+    for spy in spies:
+        assert received(spy) == []
+        spy.close(0)
+
+
+def test_an_accepted_minion_receives_only_its_own_topic(sandbox, fake):
+    enrol(sandbox, "web1")
+    evil = accepted_fake(sandbox, fake, "web3")
+    sub = evil.subscribe(topic_for("web1"))
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    logged(sandbox.master, "refused a subscription of web3 to a topic that is not its own")
+    code, _ = run_json(sandbox, "web1", "files")
+    assert code == 0
+    assert received(sub) == []
+
+
+def test_resubscribing_does_not_multiply_publishes(sandbox, fake):
+    enrol(sandbox, "web1")
+    evil = accepted_fake(sandbox, fake, "web3")
+    run = sandbox.spawn_cli("run", "web3", "ping", "--timeout", "30")
+    try:
+        evil.recv_job(10_000)  # its envelope now waits for a receipt that never comes
+        sub = evil.sub
+        for _ in range(200):  # each re-subscription asks for the waiting envelopes again
+            sub.setsockopt(zmq.UNSUBSCRIBE, topic_for("web3"))
+            sub.setsockopt(zmq.SUBSCRIBE, topic_for("web3"))
+        copies = received(sub, 2000)
+        # At most one re-publish per envelope a second (RESUBSCRIBE_MIN_INTERVAL),
+        # plus the scheduled re-publish; without the limit, about 200 copies.
+        assert len(copies) <= 6, len(copies)
+    finally:
+        run.kill()
+        run.wait()
+
+
+def test_enrolment_from_unknown_keys_is_rate_limited(sandbox):
+    enrol(sandbox, "web1")
+    stranger = KeyPair.generate()
+    dealer = curve_socket(
+        zmq.DEALER,
+        master_keys(sandbox),
+        stranger,
+        f"tcp://127.0.0.1:{sandbox.master.settings['return_port']}",
+    )
+    for i in range(200):
+        body = make_enrol_request(f"flood{i}", stranger, nonce=os.urandom(16), now=time.time())
+        dealer.send(encode_plain(MsgType.ENROL_REQUEST, body))
+    replies = received(dealer, 3000)
+    dealer.close(0)
+    assert 0 < len(replies) < 60, len(replies)  # the burst, then the per-key rate
+    logged(sandbox.master, "enrolment requests come faster than allowed")
+    assert len([k for k in keys(sandbox) if k.startswith("flood")]) == len(replies)
+    code, _ = run_json(sandbox, "web1", "ping")
+    assert code == 0
+
+
+def test_a_forged_oversized_envelope_is_refused_before_its_signature(sandbox, fake):
+    enrol(sandbox, "web1")
+    evil = accepted_fake(sandbox, fake, "web3")
+    frame = bytearray(
+        evil.seal(
+            MsgType.HEARTBEAT,
+            {"version": "x", "uptime": 1.0, "busy": None, "interval": 5.0, "seq": 1},
+        )
+    )
+    padded = bytes(frame[:-64]) + b"\0" * (8 * 1024 * 1024) + bytes(frame[-64:])
+    evil.send_raw(padded)
+    logged(sandbox.master, "a sealed HEARTBEAT of")
+    assert "larger than that type allows" in sandbox.master.log_text()
+    assert "bad signature" not in sandbox.master.log_text()
+
+
+def test_a_result_must_answer_what_its_job_sent(sandbox, fake):
+    enrol(sandbox, "web1")
+    evil = accepted_fake(sandbox, fake, "web3")
+    run = sandbox.spawn_cli("run", "web3", "ping", "--json", "--timeout", "20")
+    _, job = evil.recv_job(10_000)
+    now = time.time()
+    lie = {
+        "module": "files",
+        "status": "ok",
+        "started": now,
+        "finished": now,
+        "apply": {
+            "dry_run": False,
+            "changes": [],
+            "triggers": [],
+            "failure": None,
+            "duration": 0.0,
+        },
+        "ping": None,
+        "error": None,
+    }
+    evil.send_raw(evil.seal(MsgType.RESULT, lie, jid=job.jid))
+    logged(sandbox.master, f"result for job {job.jid} does not answer it: it is a files result")
+    assert evil.silent()  # not confirmed
+    evil.send_raw(evil.seal(MsgType.RESULT, ping_result(time.time()), jid=job.jid))
+    assert evil.recv_sealed().type is MsgType.RESULT_RECEIPT
+    out, _ = run.communicate(timeout=30)
+    assert run.returncode == 0, out
+
+
+def test_results_beyond_the_quota_are_not_stored(sandbox):
+    sandbox.configure_master(result_quota="2K")
+    enrol(sandbox, "web1")
+    code, doc = run_json(sandbox, "web1", "files")  # a result of several KiB: diffs
+    [host] = jobs_show(sandbox, doc["jid"])["hosts"]
+    assert host["result"]["status"] == "error"
+    assert "result_quota" in host["result"]["error"]
+    assert code == 1
+    db = os.path.join(sandbox.master.settings["state_dir"], "master.db")
+    with sqlite3.connect(db) as c:
+        stored = c.execute("SELECT sum(length(result)) FROM job_hosts").fetchone()[0]
+    assert stored < 2048
+
+
+def test_a_locked_database_costs_retries_not_the_daemon(sandbox):
+    enrol(sandbox, "web1")
+    db = os.path.join(sandbox.master.settings["state_dir"], "master.db")
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        logged(sandbox.master, "database is locked")
+        result = sandbox.cli("run", "web1", "ping")
+        assert result.returncode == 2 and "database" in result.stderr
+        assert sandbox.master.running
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    code, _ = run_json(sandbox, "web1", "ping")
+    assert code == 0
+
+
+def test_a_silent_tcp_connection_is_dropped(sandbox):
+    sandbox.start_master()
+    with socket.create_connection(("127.0.0.1", sandbox.master.settings["return_port"])) as s:
+        s.settimeout(SETTLE)
+        # libzmq sends its greeting, then closes the connection when the CURVE
+        # handshake has not finished within HANDSHAKE_IVL.
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data  # the greeting came, then the end of the stream
+
+
+def test_a_claimed_id_is_accepted_only_by_fingerprint(sandbox, fake):
+    sandbox.start_master()
+    stranger = fake("web1")
+    assert stranger.enrol() == "pending"  # first under the id
+    sandbox.add_minion("web1")
+    sandbox.start_minion("web1")
+    real = sandbox.minions["web1"]
+    logged(real, "this id is claimed by another key on the master")
+    result = sandbox.cli("keys", "accept", "web*")
+    assert result.returncode == 2
+    assert "other keys have claimed the id of web1" in result.stderr
+    assert keys(sandbox)["web1"]["state"] == "pending"
+    fingerprint = sandbox.minion_cli("web1", "fingerprint", check=True).stdout.split(": ", 1)[1]
+    result = sandbox.cli("keys", "accept", "web1", "--fingerprint", fingerprint.strip())
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: keys(sandbox)["web1"]["connected"], SETTLE, "the real web1 to connect")
+    assert stranger.enrol() == "claimed"
+    code, _ = run_json(sandbox, "web1", "ping")
+    assert code == 0
+
+
+def test_a_rejected_key_loses_its_connections(sandbox, fake):
+    enrol(sandbox, "web1")
+    evil = accepted_fake(sandbox, fake, "web3")
+    evil.subscribe()
+    logged(sandbox.master, "subscription of web3 applied")
+    assert sandbox.cli("keys", "reject", "web3").returncode == 0
+    logged(sandbox.master, "the key of web3 is no longer accepted")
+    evil.heartbeat()
+    assert evil.silent()
