@@ -69,10 +69,10 @@ Figures, one row per attack:
   (CLI start to exit, so it includes the CLI's own start-up, about 0.4 s
   here; the baseline row shows it) over the pings started in the window,
   with ok/total; a ping that failed counts as its whole time and shows in the
-  notes. "daemon" is the worst time from the job's submission (the time in
-  its jid, after the CLI started and the master compiled) to the CLI's exit:
-  the master and minion's part, without the CLI's start-up, which a busy CPU
-  slows too.
+  notes. After each CLI ping the thread sends the same RUN itself over the
+  control socket and times it to RUN_DONE: "ctl", the master's and the
+  minion's part without a Python process starting, which a CPU kept busy by
+  the attacker slows too. Failed ctl pings fail a row as failed CLI pings do.
 - log: bytes the master's log file (logs/master.log) grew from just before
   the window to SETTLE seconds after it, and that as MiB per minute of window.
 - DB +MiB: growth of master.db plus master.db-wal over the same span.
@@ -99,7 +99,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import pathlib
 import platform
@@ -125,7 +124,7 @@ from bench.fanout import BenchError, cpu_seconds
 from bench.swarm import raise_fd_limit, rss_kib, write_json
 from common import codec
 from common.crypto import KeyPair, PublicKeys, seal_at
-from common.errors import DaemonError, EnvelopeError, ProtocolError
+from common.errors import EnvelopeError, ProtocolError, SafcmError
 from common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
@@ -135,7 +134,6 @@ from common.protocol import (
     MsgType,
     decode_plain,
     encode_plain,
-    jid_time,
     make_enrol_request,
     new_jid,
     open_message_at,
@@ -144,7 +142,7 @@ from common.protocol import (
     verify_enrol_reply,
     verify_key_reply,
 )
-from master.control import ControlClient
+from master.control import ControlClient, raise_for_error
 from master.sandbox import Sandbox, wait_for
 
 SOURCE_DIR = pathlib.Path(__file__).resolve().parents[1]
@@ -216,6 +214,7 @@ class Row:
     rss_growth_mib: float | None = None
     rss_kept_mib: float | None = None
     pings: list[dict] = field(default_factory=list)  # {"seconds", "ok", "error"}
+    control_pings: list[dict] = field(default_factory=list)  # the same, over the control socket
     log_bytes: int | None = None
     log_mib_per_min: float | None = None
     db_growth_mib: float | None = None
@@ -234,8 +233,8 @@ class Row:
         return max((p["seconds"] for p in self.pings), default=None)
 
     @property
-    def worst_daemon_ping(self) -> float | None:
-        return max((p["daemon"] for p in self.pings if p["daemon"] is not None), default=None)
+    def worst_control_ping(self) -> float | None:
+        return max((p["seconds"] for p in self.control_pings), default=None)
 
     @property
     def pings_ok(self) -> int:
@@ -257,6 +256,9 @@ def judge(row: Row, quota: int) -> None:
             failed.append(f"worst ping {ping:.2f} s > {PING_GOAL:.0f} s")
         if row.pings_ok < len(row.pings) or not row.pings:
             failed.append(f"{len(row.pings) - row.pings_ok} of {len(row.pings)} pings failed")
+        control_failed = sum(1 for p in row.control_pings if not p["ok"])
+        if control_failed:
+            failed.append(f"{control_failed} of {len(row.control_pings)} ctl pings failed")
         if log_rate is not None and log_rate > LOG_GOAL_MIB_PER_MIN:
             failed.append(f"log {log_rate:.2f} MiB/min > {LOG_GOAL_MIB_PER_MIN:.0f}")
     elif row.kind == "minion":
@@ -324,7 +326,8 @@ class Pinger(threading.Thread):
         self.resume = threading.Event()  # cleared: pause between pings
         self.resume.set()
         self.busy = threading.Lock()  # held while a ping runs
-        self.pings: list[dict] = []
+        self.pings: list[dict] = []  # {"seconds", "ok", "error"}
+        self.control_pings: list[dict] = []
 
     def run(self) -> None:
         while not self.stop.is_set() and len(self.pings) < MAX_PINGS:
@@ -333,6 +336,7 @@ class Pinger(threading.Thread):
                 return
             with self.busy:
                 self.pings.append(ping(self.sb))
+                self.control_pings.append(control_ping(self.sb))
             self.stop.wait(PING_GAP)
 
     @contextlib.contextmanager
@@ -360,21 +364,40 @@ def ping(sb: Sandbox) -> dict:
             timeout=PING_CLI_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
-        return {
-            "seconds": PING_CLI_TIMEOUT,
-            "daemon": None,
-            "ok": False,
-            "error": "the CLI did not exit",
-        }
+        return {"seconds": PING_CLI_TIMEOUT, "ok": False, "error": "the CLI did not exit"}
     seconds = time.perf_counter() - started
-    ended = time.time()
     error = None
     if proc.returncode != 0:
         error = f"exit {proc.returncode}: " + (proc.stderr.strip() or proc.stdout.strip())[-200:]
-    daemon = None
-    with contextlib.suppress(ValueError, KeyError, TypeError, ProtocolError):
-        daemon = ended - jid_time(json.loads(proc.stdout)["jid"])
-    return {"seconds": seconds, "daemon": daemon, "ok": proc.returncode == 0, "error": error}
+    return {"seconds": seconds, "ok": proc.returncode == 0, "error": error}
+
+
+def control_ping(sb: Sandbox) -> dict:
+    """The same run as ping(), from this process over the control socket: the
+    master's and the minion's part, without a CLI process starting."""
+    started = time.perf_counter()
+    request = {
+        "target": HONEST,
+        "group": False,
+        "module": "ping",
+        "dry_run": False,
+        "timeout": float(PING_JOB_TIMEOUT),
+    }
+    status = None
+    try:
+        with ControlClient(sb.control_path) as client:
+            client.send(MsgType.RUN, request)
+            for reply in client.replies(PING_CLI_TIMEOUT):
+                raise_for_error(reply)
+                if reply.type is MsgType.RUN_HOST_RESULT:
+                    status = reply.body["status"]
+                if reply.type is MsgType.RUN_DONE:
+                    break
+    except (SafcmError, OSError) as e:
+        return {"seconds": time.perf_counter() - started, "ok": False, "error": str(e)}
+    seconds = time.perf_counter() - started
+    error = None if status == "ok" else f"the honest minion's status: {status}"
+    return {"seconds": seconds, "ok": status == "ok", "error": error}
 
 
 def master_answers(sb: Sandbox) -> bool:
@@ -391,10 +414,8 @@ def control(sb: Sandbox, msg_type: MsgType, body: dict) -> dict:
     try:
         with ControlClient(sb.control_path) as client:
             reply = client.request(msg_type, body)
-    except (DaemonError, OSError) as e:
-        raise BenchError(f"the master does not answer on its control socket: {e}") from e
-    if reply.type is MsgType.ERROR:
-        raise BenchError(f"the master refused {msg_type.name}: {reply.body['message']}")
+    except (SafcmError, OSError) as e:
+        raise BenchError(f"{msg_type.name} on the control socket: {e}") from e
     return reply.body
 
 
@@ -652,6 +673,7 @@ class Lab:
             self.pinger.resume.set()
             self.pinger.join(PING_CLI_TIMEOUT + 5)
             row.pings = list(self.pinger.pings)
+            row.control_pings = list(self.pinger.control_pings)
             time.sleep(SETTLE)
             sampler.stop.set()
             sampler.join()
@@ -1081,6 +1103,22 @@ def attack_late_results(lab: Lab, row: Row) -> None:
             if evil.dealer.poll(100):
                 confirmed += evil.receipts(evil.drain())
     stored = len(set(confirmed) & set(jids))
+    whole = stubs = 0
+    for jid in jids:
+        body = control(
+            lab.sb,
+            MsgType.JOBS,
+            {"action": "show", "host": EVIL, "target": None, "limit": 1, "jid": jid},
+        )
+        result = body["hosts"][0]["result"] if body["hosts"] else None
+        if result is not None and result["status"] == "ok":
+            whole += 1
+        elif result is not None and "not stored" in (result["error"] or ""):
+            stubs += 1
+    row.notes.append(
+        f"stored: {whole} whole results, {stubs} over-quota stubs (the quota counts "
+        "every stored result of evil, also from earlier attacks)"
+    )
     row.notes.append(
         f"{count} files jobs left unanswered; {sent} late results of "
         f"{MAX_RESULT_BYTES / MiB:.0f} MiB sent ({sent * MAX_RESULT_BYTES / MiB:.0f} MiB, "
@@ -1174,7 +1212,7 @@ def print_report(rows: list[Row], command: str, args: argparse.Namespace) -> Non
     )
     print()
     print(
-        f"{'attack':<21} {'kind':<8} {'RSS +MiB':>8} {'kept':>6} {'worst ping':>10} {'daemon':>6} "
+        f"{'attack':<21} {'kind':<8} {'RSS +MiB':>8} {'kept':>6} {'worst ping':>10} {'ctl':>6} "
         f"{'ok':>7} {'log KiB':>8} {'MiB/min':>7} {'DB +MiB':>7} {'CPU s':>6} {'fds':>5} "
         f"{'alive':>5}  verdict"
     )
@@ -1182,7 +1220,7 @@ def print_report(rows: list[Row], command: str, args: argparse.Namespace) -> Non
         ping_ok = f"{r.pings_ok}/{len(r.pings)}"
         print(
             f"{r.name:<21} {r.kind:<8} {fmt(r.rss_growth_mib):>8} {fmt(r.rss_kept_mib):>6} "
-            f"{fmt(r.worst_ping, '.2f'):>9}s {fmt(r.worst_daemon_ping, '.2f'):>5}s {ping_ok:>7} "
+            f"{fmt(r.worst_ping, '.2f'):>9}s {fmt(r.worst_control_ping, '.2f'):>5}s {ping_ok:>7} "
             f"{fmt(None if r.log_bytes is None else r.log_bytes / 1024, '.0f'):>8} "
             f"{fmt(r.log_mib_per_min, '.3f'):>7} {fmt(r.db_growth_mib):>7} "
             f"{fmt(r.cpu_seconds):>6} {fmt(r.fd_peak, 'd'):>5} "
@@ -1199,9 +1237,8 @@ def print_report(rows: list[Row], command: str, args: argparse.Namespace) -> Non
     print(
         "RSS +MiB: peak during the window minus before; kept: RSS after it minus before.\n"
         "worst ping: wall clock of `safcm-master run honest ping --json`, CLI start-up\n"
-        "  included (see baseline); daemon: the worst time from the job's submission\n"
-        "  (its jid) to the CLI's exit, without the CLI's start-up and compile;\n"
-        "  ok: pings that succeeded / started in the window.\n"
+        "  included (see baseline); ctl: the same run sent by this process over the\n"
+        "  control socket (no CLI start-up); ok: CLI pings that succeeded / started.\n"
         "log: bytes logs/master.log grew (window and settle); MiB/min of window.\n"
         "DB: master.db + master.db-wal growth. CPU s: the master's CPU in the window.\n"
         "fds: most descriptors the master held (sampled)."
@@ -1211,7 +1248,7 @@ def print_report(rows: list[Row], command: str, args: argparse.Namespace) -> Non
         if r.error:
             lines.insert(0, f"error: {r.error}")
         lines += [f"FAILED: {f}" for f in r.failed_goals]
-        failed_pings = [p for p in r.pings if not p["ok"]]
+        failed_pings = [p for p in r.pings + r.control_pings if not p["ok"]]
         if failed_pings:
             lines.append(
                 f"{len(failed_pings)} pings failed, e.g. after {failed_pings[0]['seconds']:.1f} "
@@ -1310,7 +1347,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "rows": [
                     asdict(r)
-                    | {"worst_ping": r.worst_ping, "worst_daemon_ping": r.worst_daemon_ping}
+                    | {"worst_ping": r.worst_ping, "worst_control_ping": r.worst_control_ping}
                     for r in rows
                 ],
             },
