@@ -40,12 +40,14 @@ before its dash, e.g. `--only resubscribe`):
                           half only the ZMTP 3.0 greeting (CURVE; NULL on the
                           key port), held open; the honest minion is restarted
                           in the middle and the seconds until it answers a
-                          ping are noted
+                          ping are noted; the connections the master closed
+                          are counted at the end and IDLE_RECHECK s after
     enrol                 unknown keys (fresh KeyPairs, ENROL_BATCH connections
                           at a time) send signed ENROL_REQUESTs on CURVE DEALER
                           connections to the return port, as fast as they can,
-                          ENROLS_PER_KEY each, under fresh ids and under
-                          "honest"; the pending keys are deleted afterwards
+                          one each (ENROLS_PER_KEY from every REPEATER-th key),
+                          under fresh ids and under "honest"; then a new
+                          minion enrols; the pending keys are deleted after
     oversized             evil sends, round after round: a 60 MiB envelope
                           claiming HEARTBEAT (above the socket's message size),
                           a 15 MiB frame claiming HEARTBEAT, and a 15 MiB
@@ -69,10 +71,10 @@ Figures, one row per attack:
   (CLI start to exit, so it includes the CLI's own start-up, about 0.4 s
   here; the baseline row shows it) over the pings started in the window,
   with ok/total; a ping that failed counts as its whole time and shows in the
-  notes. After each CLI ping the thread sends the same RUN itself over the
-  control socket and times it to RUN_DONE: "ctl", the master's and the
-  minion's part without a Python process starting, which a CPU kept busy by
-  the attacker slows too. Failed ctl pings fail a row as failed CLI pings do.
+  notes. A second thread sends the same RUN itself over the control socket,
+  in a loop of its own, and times it to RUN_DONE: "ctl", the master's and
+  the minion's part without a Python process starting (which a CPU kept busy
+  by the attacker slows too). Failed ctl pings fail a row as CLI pings do.
 - log: bytes the master's log file (logs/master.log) grew from just before
   the window to SETTLE seconds after it, and that as MiB per minute of window.
 - DB +MiB: growth of master.db plus master.db-wal over the same span.
@@ -182,9 +184,14 @@ TOPIC_BYTES = 6 * MiB
 MAX_TOPIC_LEN = 400
 RAW_CHUNK = 64 * 1024
 IDLE_CONNECTIONS = 1000
-ENROL_BATCH = 16  # unknown-key connections open at once
-ENROLS_PER_KEY = 25  # more than the master's burst of 20 per key
+# Seconds after the last idle connection was opened when they are counted
+# again (outside the window): beyond the master's HANDSHAKE_IVL of 10 s.
+IDLE_RECHECK = 15.0
+ENROL_BATCH = 64  # unknown-key connections open at once
+ENROLS_PER_KEY = 25  # more than the master's burst of 20 per key, from every REPEATER-th key
+REPEATER = 8
 ENROL_ID_PREFIX = "flood-"
+NEWCOMER = "newcomer"  # a legitimate new minion that enrols after the flood
 MAX_ENROL_KEYS = 20_000
 CLAIM_SHARE = 0.1  # share of flood keys that claim the honest minion's id
 OVERSIZED_BYTES = 60 * MiB
@@ -317,17 +324,17 @@ class Sampler(threading.Thread):
 
 
 class Pinger(threading.Thread):
-    """Runs `safcm-master run honest ping --json` in a loop until stopped."""
+    """Runs `ping` (ping or control_ping) in a loop until stopped."""
 
-    def __init__(self, sb: Sandbox) -> None:
+    def __init__(self, sb: Sandbox, ping: Callable[[Sandbox], dict]) -> None:
         super().__init__(daemon=True)
         self.sb = sb
+        self.ping = ping
         self.stop = threading.Event()
         self.resume = threading.Event()  # cleared: pause between pings
         self.resume.set()
         self.busy = threading.Lock()  # held while a ping runs
         self.pings: list[dict] = []  # {"seconds", "ok", "error"}
-        self.control_pings: list[dict] = []
 
     def run(self) -> None:
         while not self.stop.is_set() and len(self.pings) < MAX_PINGS:
@@ -335,8 +342,7 @@ class Pinger(threading.Thread):
             if self.stop.is_set():
                 return
             with self.busy:
-                self.pings.append(ping(self.sb))
-                self.control_pings.append(control_ping(self.sb))
+                self.pings.append(self.ping(self.sb))
             self.stop.wait(PING_GAP)
 
     @contextlib.contextmanager
@@ -587,6 +593,7 @@ class Lab:
             job_timeout=30,
         )
         self.evil: Evil | None = None
+        self.pingers: list[Pinger] = []
 
     @property
     def pid(self) -> int:
@@ -661,19 +668,22 @@ class Lab:
         row.rss_before_mib = rss_before / 1024
         row.fd_before = fd_count(pid)
         sampler = Sampler(pid)
-        self.pinger = Pinger(self.sb)
+        self.pingers = [Pinger(self.sb, ping), Pinger(self.sb, control_ping)]
         started = time.monotonic()
         sampler.start()
-        self.pinger.start()
+        for pinger in self.pingers:
+            pinger.start()
         try:
             yield started + self.args.seconds
         finally:
             row.seconds = time.monotonic() - started
-            self.pinger.stop.set()
-            self.pinger.resume.set()
-            self.pinger.join(PING_CLI_TIMEOUT + 5)
-            row.pings = list(self.pinger.pings)
-            row.control_pings = list(self.pinger.control_pings)
+            for pinger in self.pingers:
+                pinger.stop.set()
+                pinger.resume.set()
+            for pinger in self.pingers:
+                pinger.join(PING_CLI_TIMEOUT + 5)
+            row.pings = list(self.pingers[0].pings)
+            row.control_pings = list(self.pingers[1].pings)
             time.sleep(SETTLE)
             sampler.stop.set()
             sampler.join()
@@ -692,6 +702,14 @@ class Lab:
                     row.cpu_seconds = cpu_seconds(pid) - cpu_before
             else:
                 row.rss_growth_mib = (sampler.rss_peak - rss_before) / 1024
+
+    @contextlib.contextmanager
+    def pings_paused(self) -> Iterator[None]:
+        """No ping runs inside (the one in flight finishes first)."""
+        with contextlib.ExitStack() as stack:
+            for pinger in self.pingers:
+                stack.enter_context(pinger.paused())
+            yield
 
     def close(self) -> None:
         if self.evil is not None:
@@ -915,7 +933,7 @@ def attack_idle(lab: Lab, row: Row) -> None:
                     failed += 1
             opened_at = time.monotonic()
             # The honest minion restarts while the connections are held.
-            with lab.pinger.paused():
+            with lab.pings_paused():
                 lab.sb.stop(lab.sb.minions[HONEST])
                 lab.sb.start_minion(HONEST)
                 try:
@@ -924,15 +942,23 @@ def attack_idle(lab: Lab, row: Row) -> None:
                     row.notes.append(f"restarted honest minion: {e}")
             while time.monotonic() < until:
                 time.sleep(0.1)
-            closed = sum(1 for s in conns if _closed_by_peer(s))
+            closed = {i for i, s in enumerate(conns) if _closed_by_peer(s)}
+            closed_in_window = set(closed)
             held_for = time.monotonic() - opened_at
+        # After the window: are the rest dropped by the handshake deadline?
+        later = opened_at + IDLE_RECHECK
+        while time.monotonic() < later:
+            time.sleep(0.2)
+        closed |= {i for i, s in enumerate(conns) if i not in closed and _closed_by_peer(s)}
+        fds_after = fd_count(lab.pid)
     finally:
         for s in conns:
             s.close()
     row.notes.append(
-        f"{len(conns)} idle connections opened ({failed} refused); {closed} of them closed "
-        f"by the master within {held_for:.0f} s of the last opening; master fds "
-        f"{row.fd_before} before, peak {row.fd_peak}"
+        f"{len(conns)} idle connections opened ({failed} refused); closed by the master: "
+        f"{len(closed_in_window)} within {held_for:.0f} s of the last opening, "
+        f"{len(closed)} within {IDLE_RECHECK:.0f} s; master fds {row.fd_before} before, "
+        f"peak {row.fd_peak}, {fds_after} at {IDLE_RECHECK:.0f} s"
     )
     if reconnect is not None:
         row.notes.append(f"the restarted honest minion answered a ping after {reconnect:.1f} s")
@@ -963,7 +989,8 @@ def attack_enrol(lab: Lab, row: Row) -> None:
                     minion_id = HONEST if claim else ENROL_ID_PREFIX + os.urandom(6).hex()
                     sock = evil.curve_socket(zmq.DEALER, "return_port", keys)
                     sock.setsockopt(zmq.SNDHWM, ENROLS_PER_KEY)
-                    for _ in range(ENROLS_PER_KEY):
+                    repeats = ENROLS_PER_KEY if keys_sent % REPEATER == 0 else 1
+                    for _ in range(repeats):
                         body = make_enrol_request(
                             minion_id, keys, nonce=os.urandom(ENROL_NONCE_LENGTH), now=time.time()
                         )
@@ -981,13 +1008,22 @@ def attack_enrol(lab: Lab, row: Row) -> None:
         pending = sum(1 for k in keys_of(lab.sb).values() if k["state"] == "pending")
         body = control(lab.sb, MsgType.KEYS, {"action": "list", "ids": [HONEST]})
         refused = sum(r["attempts"] for r in body["refused"])
+        newcomer = Evil(lab.sb, lab.ctx, NEWCOMER)
+        try:
+            newcomer_state = newcomer.enrol()
+        except BenchError as e:
+            newcomer_state = str(e)
+        finally:
+            newcomer.close()
     finally:
         with contextlib.suppress(BenchError):
-            control(lab.sb, MsgType.KEYS, {"action": "delete", "ids": [ENROL_ID_PREFIX + "*"]})
+            control(
+                lab.sb, MsgType.KEYS, {"action": "delete", "ids": [ENROL_ID_PREFIX + "*", NEWCOMER]}
+            )
     row.notes.append(
         f"{keys_sent} unknown keys sent {requests} enrol requests, got {replies} replies; "
         f"{pending} keys pending after (deleted afterwards), {refused} refused attempts on "
-        f"{HONEST!r}'s id recorded"
+        f"{HONEST!r}'s id recorded; a new minion enrolling right after: {newcomer_state}"
     )
 
 
@@ -1139,7 +1175,7 @@ def attack_db_lock(lab: Lab, row: Row) -> None:
             locker.execute("ROLLBACK")
         finally:
             locker.close()
-        with lab.pinger.paused():
+        with lab.pings_paused():
             try:
                 recovered = lab.wait_honest()
             except BenchError as e:

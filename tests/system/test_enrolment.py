@@ -59,7 +59,7 @@ def test_changed_key_for_known_id_is_refused(sandbox):
     shutil.rmtree(os.path.join(sandbox.minions["web1"].settings["state_dir"], "keys"))
     sandbox.start_minion("web1")
     wait_for(
-        lambda: "possible impersonation" in sandbox.master.log_text(),
+        lambda: "the id is claimed by key" in sandbox.master.log_text(),
         SETTLE,
         "the master to refuse the new key",
     )
@@ -87,35 +87,39 @@ def test_pinned_minion_refuses_another_master(sandbox):
     sandbox.start_master()
     sandbox.add_minion("web1", master_fingerprint=other.fingerprint())
     sandbox.start_minion("web1")
-    wait_state(sandbox, "web1", "pending")
-    sandbox.cli("keys", "accept", "web1")
     wait_for(
-        lambda: "does not match the pinned" in sandbox.minions["web1"].log_text(),
+        lambda: "does not match master_fingerprint" in sandbox.minions["web1"].log_text(),
         SETTLE,
         "the minion to refuse the master",
     )
-    assert not keys(sandbox)["web1"]["connected"]  # it never trusts this master's replies
+    # It never even connected: the master's keys did not match before CURVE began.
+    assert "web1" not in keys(sandbox)
     assert not os.path.exists(
         os.path.join(sandbox.minions["web1"].settings["state_dir"], "master.pub")
     )
 
 
 def test_trust_on_first_use_then_pinned(sandbox):
-    enrol(sandbox, "web1")
+    enrol(sandbox, "web1", master_fingerprint=None, trust_first_master=True)
+    log = sandbox.minions["web1"]
+    assert "trusted on first use and pinned" in log.log_text()
     pinned = os.path.join(sandbox.minions["web1"].settings["state_dir"], "master.pub")
-    assert os.path.exists(pinned)
+    with open(pinned, "rb") as f:
+        first = f.read()
     # The master is replaced by one with other keys (same address and ports).
     sandbox.stop(sandbox.master)
     shutil.rmtree(sandbox.master.settings["state_dir"])
     sandbox.start_master()
-    wait_state(sandbox, "web1", "pending")  # it asks, since enrolment is its hello
-    sandbox.cli("keys", "accept", "web1")
+    # The pinned CURVE key does not match: the minion cannot even reach the new
+    # master, which never hears of it, and it keeps the first pin.
     wait_for(
-        lambda: "does not match the pinned" in sandbox.minions["web1"].log_text(),
+        lambda: "no reply from the master" in log.log_text().split("accepted by the master")[-1],
         SETTLE,
-        "the minion to refuse the new master",
+        "the minion to give up on the new master",
     )
-    assert not keys(sandbox)["web1"]["connected"]
+    assert "web1" not in keys(sandbox)
+    with open(pinned, "rb") as f:
+        assert f.read() == first
 
 
 def test_auto_accept_is_explicit(sandbox):
