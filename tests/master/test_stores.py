@@ -6,7 +6,6 @@ import pytest
 
 from common import codec
 from common.crypto import PublicKeys
-
 from common.errors import StoreError, UsageError
 from master.db import DB_NAME, open_db
 from master.jobstore import HostState, HostStatus, JobRecord, JobStore, StoredResult
