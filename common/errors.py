@@ -16,6 +16,7 @@ do next.
     │   └── OwnerLookupError        a user or group name is unknown on the host
     ├── LockError               another apply holds the host's engine lock
     ├── KeyFileError            a key file is missing, malformed or unsafe (.path, .reason)
+    ├── StateFileError          a daemon's own state file cannot be written or read (.path, .reason)
     ├── ProtocolError           bytes that are not a valid message of the wire protocol
     ├── EnvelopeError           a sealed envelope failed to open (opaque on purpose; .reason)
     │   └── ReplayError             an authentic envelope whose jid was already seen
@@ -128,6 +129,18 @@ class KeyFileError(SafcmError):
 
     The message names the file and says what to do, e.g. the chmod to run.
     It never quotes the file's content.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class StateFileError(SafcmError):
+    """A daemon's own state file (common/atomicfile.py) cannot be written, read or removed.
+
+    `.path` is the file's name (or its directory's path), `.reason` what failed.
     """
 
     def __init__(self, path: str, reason: str) -> None:

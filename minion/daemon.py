@@ -42,10 +42,10 @@ from typing import Any
 
 import zmq
 
-from common import codec, keyfile
+from common import atomicfile, codec, keyfile
 from common import log as safcm_log
 from common.crypto import DEFAULT_CLOCK_SKEW, PublicKeys
-from common.errors import EnvelopeError, ProtocolError, SafcmError
+from common.errors import EnvelopeError, ProtocolError, SafcmError, StateFileError
 from common.loop import Loop, Timer
 from common.model import FileSpec
 from common.protocol import (
@@ -105,6 +105,8 @@ KEYS_DIR = "keys"
 SEEN_DB = "seen.db"
 SPOOL_DIR = "spool"
 MASTER_KEY_FILE = "master.pub"
+# The pinned master key file is about 80 bytes; anything much larger is not ours.
+MASTER_KEY_FILE_MAX = 4096
 
 
 @dataclass
@@ -144,6 +146,7 @@ class Minion:
         self.started = clock()
 
         os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+        atomicfile.remove_temporaries(settings.state_dir)  # of a pin written when we crashed
         self.keys, created = keyfile.load_or_create(os.path.join(settings.state_dir, KEYS_DIR))
         if created:
             log.info("%s: created a new key pair, fingerprint %s", self.id, self.keys.fingerprint())
@@ -555,11 +558,13 @@ class Minion:
     def _load_master_keys(self) -> PublicKeys | None:
         path = os.path.join(self.settings.state_dir, MASTER_KEY_FILE)
         try:
-            with open(path, "rb") as f:
-                keys = PublicKeys.from_wire(codec.unpack(f.read(4096), max_depth=2))
-        except FileNotFoundError:
-            return None
-        except (OSError, ProtocolError, ValueError, KeyError, TypeError) as e:
+            data = atomicfile.read_file(
+                self.settings.state_dir, MASTER_KEY_FILE, max_bytes=MASTER_KEY_FILE_MAX
+            )
+            if data is None:
+                return None
+            keys = PublicKeys.from_wire(codec.unpack(data, max_depth=2))
+        except (StateFileError, ProtocolError, ValueError, KeyError, TypeError) as e:
             raise SafcmError(
                 f"{path}: unreadable pinned master key ({e}); remove it to "
                 "trust the master again on first use"
@@ -576,16 +581,17 @@ class Minion:
         return keys
 
     def _pin_master_keys(self, keys: PublicKeys, *, first_use: bool) -> None:
-        path = os.path.join(self.settings.state_dir, MASTER_KEY_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(codec.pack(keys.to_wire()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # Durable before we trust it: a pin lost in a power cut would make the
+        # next start trust whichever master answers first.
+        save_master_keys(self.settings.state_dir, keys)
         self.master_keys = keys
         how = "trusted on first use and pinned" if first_use else "matches master_fingerprint"
         log.info("%s: master key %s %s", self.id, keys.fingerprint(), how)
+
+
+def save_master_keys(state_dir: str, keys: PublicKeys) -> None:
+    """Pin the master's public keys in `state_dir` (atomic and durable)."""
+    atomicfile.replace_file(state_dir, MASTER_KEY_FILE, codec.pack(keys.to_wire()))
 
 
 def _job_from_body(jid: str, body: dict[str, Any]) -> Job:
