@@ -330,6 +330,17 @@ APPLY_RESULT = Map(
     }
 )
 PING_RESULT = Map({"version": _VERSION, "time": _TIME})
+# What a minion left out of a result that was too large for the wire
+# (minion/results.py fit()): counts of what was dropped, and why.
+REDUCED = Map(
+    {
+        "diffs_omitted": Int(0, MAX_FILES),  # replaced by a one-line note
+        "outputs_omitted": Int(0, MAX_TRIGGER_RUNS),  # trigger output replaced by a note
+        "changes_omitted": Int(0, 2**32),  # change records dropped (a purge adds to the files)
+        "triggers_omitted": Int(0, MAX_TRIGGER_RUNS),  # trigger runs dropped
+        "reason": _REASON,
+    }
+)
 
 RESULT = Map(
     {
@@ -340,7 +351,9 @@ RESULT = Map(
         "apply": Optional(APPLY_RESULT),  # module files, unless status is error
         "ping": Optional(PING_RESULT),  # module ping, unless status is error
         "error": Optional(_REASON),  # exactly when status is error
-    }
+        "reduced": REDUCED,  # only when the minion had to leave details out
+    },
+    optional=["reduced"],
 )
 
 # A job as the history keeps it (JOBS_REPLY, JOB_REPLY).
@@ -385,12 +398,19 @@ def _result_problem(body: dict[str, Any]) -> str | None:
         return "apply is set exactly for a files job that ran"
     if (body["ping"] is not None) != expect_ping:
         return "ping is set exactly for a ping job that ran"
+    reduced = body.get("reduced")
+    if reduced is not None and body["apply"] is None:
+        return "reduced is set only for a files job that ran"
     if expect_apply:
         apply = body["apply"]
         ok = apply["failure"] is None and all(
             t["status"] in (TriggerStatus.OK, TriggerStatus.WOULD_RUN) for t in apply["triggers"]
         )
-        if ok != (status == ResultStatus.OK):
+        # A failed trigger may be among the runs a reduced result left out.
+        hidden = reduced is not None and reduced["triggers_omitted"] > 0
+        if (ok and status != ResultStatus.OK and not hidden) or (
+            not ok and status == ResultStatus.OK
+        ):
             return f"status {status} contradicts the apply result"
     return None
 

@@ -69,7 +69,15 @@ from master import targets
 from master.compiler import compile_hosts, load_repository
 from master.control import ControlConnection, ControlServer
 from master.db import open_db
-from master.jobstore import HostState, JobRecord, JobStore, StoredResult, host_status, outcome
+from master.jobstore import (
+    HostState,
+    JobRecord,
+    JobStore,
+    StoredResult,
+    change_count,
+    host_status,
+    outcome,
+)
 from master.keystore import KeyState, KeyStore, MinionKey
 from master.render import Tally
 from master.settings import MasterSettings
@@ -506,7 +514,7 @@ class Master:
             jid,
             minion,
             host_status(body),
-            len(body["apply"]["changes"]) if body["apply"] else 0,
+            change_count(body),
             body,
             self.clock(),
         )

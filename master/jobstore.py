@@ -48,8 +48,17 @@ def host_status(result: dict[str, Any]) -> HostStatus:
     """What a minion's RESULT body amounts to: failed, changed or ok."""
     if result["status"] != "ok":
         return HostStatus.FAILED
-    apply = result["apply"]
-    return HostStatus.CHANGED if apply is not None and apply["changes"] else HostStatus.OK
+    return HostStatus.CHANGED if change_count(result) else HostStatus.OK
+
+
+def change_count(result: dict[str, Any]) -> int:
+    """How many paths a minion's RESULT body reports changed, also those a
+    reduced result left out (minion/results.py fit())."""
+    if result["apply"] is None:
+        return 0
+    reduced = result.get("reduced")
+    omitted = 0 if reduced is None else reduced["changes_omitted"]
+    return len(result["apply"]["changes"]) + omitted
 
 
 def outcome(result: dict[str, Any] | None) -> str:
