@@ -34,9 +34,10 @@ type without a spec).
     JOB_RECEIPT        network  yes     minion -> master
     RESULT             network  yes     minion -> master
     RESULT_RECEIPT     network  yes     master -> minion
+    JOB_PROGRESS       network  yes     minion -> master (still working on a job)
     RUN, KEYS, JOBS    control  no      CLI -> master
-    RUN_STARTED, RUN_HOST_RESULT, RUN_DONE, KEYS_REPLY, JOBS_REPLY, JOB_REPLY, ERROR
-                       control  no      master -> CLI
+    RUN_STARTED, RUN_HOST_RESULT, RUN_PROGRESS, RUN_DONE, KEYS_REPLY, JOBS_REPLY,
+    JOB_REPLY, ERROR   control  no      master -> CLI
 
 Decoding any bytes raises ProtocolError (or, for a sealed message,
 EnvelopeError) and nothing else. The Dispatcher routes a decoded message to
@@ -227,6 +228,7 @@ class MsgType(enum.IntEnum):
     JOB_RECEIPT = 6
     RESULT = 7
     RESULT_RECEIPT = 8
+    JOB_PROGRESS = 9
     # Control: the CLI's requests and the master's replies.
     RUN = 101
     KEYS = 102
@@ -238,6 +240,7 @@ class MsgType(enum.IntEnum):
     JOBS = 103
     JOBS_REPLY = 116
     JOB_REPLY = 117
+    RUN_PROGRESS = 118
 
 
 class Module(enum.StrEnum):
@@ -562,6 +565,15 @@ _SPEC_LIST = [
         check=_check_receipt,
     ),
     MessageSpec(
+        MsgType.JOB_PROGRESS,
+        Channel.NETWORK,
+        sealed=True,
+        # sealed under the job's jid, like its receipt and its result
+        schema=Map({"jid": _JID, "elapsed": _DURATION}),  # seconds the job has run
+        max_bytes=MAX_SMALL_BYTES,
+        check=_check_receipt,
+    ),
+    MessageSpec(
         MsgType.RUN,
         Channel.CONTROL,
         sealed=False,
@@ -618,6 +630,14 @@ _SPEC_LIST = [
         ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,
         check=_check_run_host_result,
+    ),
+    MessageSpec(
+        MsgType.RUN_PROGRESS,
+        Channel.CONTROL,
+        sealed=False,
+        # a host is still working: its deadline is now `until` (unix time)
+        schema=Map({"jid": _JID, "host": _MINION_ID, "until": _TIME}),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
     ),
     MessageSpec(
         MsgType.RUN_DONE,

@@ -256,6 +256,11 @@ def run_command(
                             flush=True,
                         )
                     progress.show(len(document["hosts"]), tally.targeted)
+                elif msg.type is MsgType.RUN_PROGRESS:
+                    # A host is still working (its triggers outlast the
+                    # timeout); its deadline moved, and hearing this keeps us
+                    # waiting: each reply restarts the wait.
+                    continue
                 elif msg.type is MsgType.RUN_DONE:
                     progress.clear()
                     document["summary"] = tally.as_dict()

@@ -18,7 +18,10 @@ deadline passes; at the deadline the hosts without a result are recorded as
 "no response". A result is checked against the job store (sent to that host,
 not already stored), stored, and only then acknowledged; results that arrive
 together are stored in one transaction. Each stored result is streamed to the
-CLI that started the job, if it is still connected.
+CLI that started the job, if it is still connected. A minion still working on
+a job when its deadline nears (triggers may take longer than the timeout)
+sends JOB_PROGRESS, and that host's deadline moves PROGRESS_GRACE ahead, up to
+MAX_DEADLINE_EXTENSION past the job's; the CLI hears of it (RUN_PROGRESS).
 
 Presence comes only from authenticated heartbeats: a minion counts as
 connected while its heartbeats keep coming, never because of an address.
@@ -115,6 +118,15 @@ PUBLISH_HWM = 10_000
 GIT_TIMEOUT = 5.0
 # Log lines about dropped messages per second at most; the rest are counted.
 DROP_LOG_RATE = 10
+# A minion still working on a job (JOB_PROGRESS, every few seconds) keeps that
+# host's deadline at least this many seconds ahead: three of its reports (see
+# minion/daemon.py PROGRESS_INTERVAL), so one or two lost do not end it.
+PROGRESS_GRACE = 15.0
+# Seconds past the job's own deadline that progress can extend a host's, at
+# most: longer than any sane set of triggers (120 of them each hitting the
+# minion's 30 s trigger_timeout), and a bound on how long a minion can keep a
+# run open. Past it the host is "no response"; a later result is still stored.
+MAX_DEADLINE_EXTENSION = 3600.0
 
 
 @dataclass
@@ -221,6 +233,10 @@ class Master:
         # Deadlines of jobs with hosts that have not answered, also jobs from
         # before a restart: when one passes, those hosts become "no response".
         self.deadlines: dict[str, float] = {}
+        # Hosts still working past their job's deadline (JOB_PROGRESS):
+        # (jid, host) -> (extended deadline, the most it may be extended to).
+        # Kept in memory only: after a restart the job's deadline holds again.
+        self.extended: dict[tuple[str, str], tuple[float, float]] = {}
         self.last_jid = self.jobs.last_jid()
         self.drop = DropLog(clock)
         self.network = Dispatcher(
@@ -230,6 +246,7 @@ class Master:
                 MsgType.HEARTBEAT: self.on_heartbeat,
                 MsgType.JOB_RECEIPT: self.on_job_receipt,
                 MsgType.RESULT: self.on_result,
+                MsgType.JOB_PROGRESS: self.on_job_progress,
             },
         )
         self.control_handlers = {
@@ -323,10 +340,13 @@ class Master:
             elif item.next_send <= mono:
                 self._publish(item)
         due = [jid for jid, deadline in self.deadlines.items() if deadline <= now]
-        if due:
+        ended = [key for key, (until, _) in self.extended.items() if until <= now]
+        if due or ended:
             for jid in due:
                 del self.deadlines[jid]
-            for jid, host in self.jobs.expire(now):
+            for key in ended:
+                del self.extended[key]
+            for jid, host in self.jobs.expire(now, spare=self.extended.keys()):
                 log.info("job %s: no response from %s", jid, host)
                 self.pending.remove(jid, host)
                 run = self.runs.get(jid)
@@ -520,6 +540,31 @@ class Master:
         )
         self._batch[(jid, minion)] = (self._peer, result)
 
+    def on_job_progress(self, msg: Message) -> None:
+        """A minion is still working on a job: keep its deadline PROGRESS_GRACE
+        ahead, within MAX_DEADLINE_EXTENSION of the job's own."""
+        minion, jid = msg.sender, msg.jid
+        key = (jid, minion)
+        extended, deadline = self.extended.get(key), self.deadlines.get(jid)
+        if extended is not None:
+            before, cap = extended
+        elif deadline is not None:
+            before, cap = deadline, deadline + MAX_DEADLINE_EXTENSION
+        else:
+            return  # over for this host: its result is stored whenever it comes
+        state = self.jobs.host_state(jid, minion)
+        if state is None:
+            raise ProtocolError(f"progress from {minion} on job {jid}, which was never sent to it")
+        if state not in (HostState.SENT, HostState.RECEIVED):
+            return
+        until = min(max(self.clock() + PROGRESS_GRACE, before), cap)
+        self.extended[key] = (until, cap)
+        log.debug("job %s: %s still working after %.0f s", jid, minion, msg.body["elapsed"])
+        run = self.runs.get(jid)
+        if run is not None and minion in run.waiting:
+            for conn in list(run.watchers):
+                conn.send(MsgType.RUN_PROGRESS, {"jid": jid, "host": minion, "until": until})
+
     def _store_batch(self) -> None:
         """Store the receipts and results read in one wake-up in one transaction
         (one fsync), then confirm the results."""
@@ -536,6 +581,7 @@ class Master:
             return
         for peer, r in batch:
             self._peer = peer
+            self.extended.pop((r.jid, r.host), None)
             self._reply_sealed(r.host, MsgType.RESULT_RECEIPT, {"jid": r.jid}, jid=r.jid)
             log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
             run = self.runs.get(r.jid)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import json
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,20 +206,27 @@ class JobStore:
         )
         return {r[0]: r[1] for r in rows}
 
-    def expire(self, now: float) -> list[tuple[str, str]]:
-        """Mark hosts without result past their job's deadline as no response."""
+    def expire(
+        self, now: float, *, spare: Collection[tuple[str, str]] = ()
+    ) -> list[tuple[str, str]]:
+        """Mark hosts without result past their job's deadline as no response,
+        except the (jid, host) pairs in `spare` (still working, by their word)."""
         with transaction(self.conn):
-            rows = self.conn.execute(
-                "SELECT h.jid, h.host FROM job_hosts h JOIN jobs j USING (jid)"
-                " WHERE h.state IN ('sent', 'received') AND j.deadline <= ?",
-                (now,),
-            ).fetchall()
+            rows = [
+                (jid, host)
+                for jid, host in self.conn.execute(
+                    "SELECT h.jid, h.host FROM job_hosts h JOIN jobs j USING (jid)"
+                    " WHERE h.state IN ('sent', 'received') AND j.deadline <= ?",
+                    (now,),
+                )
+                if (jid, host) not in spare
+            ]
             self.conn.executemany(
                 "UPDATE job_hosts SET state = 'no_response', envelope = NULL"
                 " WHERE jid = ? AND host = ?",
                 rows,
             )
-        return [(r[0], r[1]) for r in rows]
+        return rows
 
     def purge_before(self, jid: str) -> int:
         """Delete jobs older than `jid` (jids sort by time); returns how many."""

@@ -100,6 +100,13 @@ MAX_QUEUED_JOBS = 100
 SEND_HWM = 1000
 # How often the seen-jid store drops entries past their expiry, in seconds.
 SEEN_PURGE_INTERVAL = 3600.0
+# A job still running tells the master so (JOB_PROGRESS), which then extends
+# that host's deadline: triggers may outlast the job's timeout, and a host
+# that succeeds must not be reported as "no response". The first report goes
+# after PROGRESS_FIRST seconds, well inside the shortest job timeout (1 s),
+# so a short job (nearly all) sends none; then every PROGRESS_INTERVAL.
+PROGRESS_FIRST = 0.5
+PROGRESS_INTERVAL = 5.0
 
 KEYS_DIR = "keys"
 SEEN_DB = "seen.db"
@@ -163,6 +170,7 @@ class Minion:
         self.dealer: zmq.Socket | None = None
         self.queue: collections.deque[Job] = collections.deque()
         self.busy: str | None = None  # jid being applied
+        self.progress: Timer | None = None  # the next JOB_PROGRESS of the busy job
         # Id of our last own message (heartbeats): each is newer than the one
         # before, which is how the master refuses a replayed heartbeat.
         self.last_id: str | None = None
@@ -480,6 +488,16 @@ class Minion:
             return
         job = self.queue.popleft()
         self.busy = job.jid
+        started = self.loop.clock()
+
+        def report() -> None:
+            elapsed = self.loop.clock() - started
+            self._send_sealed(
+                MsgType.JOB_PROGRESS, {"jid": job.jid, "elapsed": elapsed}, jid=job.jid
+            )
+            self.progress = self.loop.call_later(PROGRESS_INTERVAL, report)
+
+        self.progress = self.loop.call_later(PROGRESS_FIRST, report)
         future = self.worker.submit(self._run_job, job)
         future.add_done_callback(
             lambda f: self.loop.call_soon_threadsafe(lambda: self._job_done(job, f))
@@ -538,6 +556,9 @@ class Minion:
 
     def _job_done(self, job: Job, future: concurrent.futures.Future) -> None:
         self.busy = None
+        if self.progress is not None:
+            self.progress.cancel()
+            self.progress = None
         error = future.exception()
         if error is not None:
             # A bug, not a host problem: report it rather than lose the job.
