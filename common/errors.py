@@ -27,7 +27,7 @@ do next.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from common.crypto import Header
@@ -192,7 +192,7 @@ class DaemonError(SafcmError):
 class RemoteError(DaemonError):
     """The daemon refused a request: its ERROR reply's code, message and problems."""
 
-    def __init__(self, code: str, message: str, problems: list[dict]) -> None:
+    def __init__(self, code: str, message: str, problems: list[dict[str, Any]]) -> None:
         self.code = code
         self.problems = problems
         super().__init__(message)

@@ -429,14 +429,14 @@ def _check_keys(body: dict[str, Any], jid: str | None) -> None:
         raise ProtocolError(f"KEYS body.ids: {body['action']} needs at least one minion id")
 
 
-def _check_jobs(body: dict[str, Any], header: Header | None) -> None:
+def _check_jobs(body: dict[str, Any], jid: str | None) -> None:
     if (body["action"] == "show") != (body["jid"] is not None):
         raise ProtocolError("JOBS body.jid: set exactly for show")
     if body["action"] == "show" and body["target"] is not None:
         raise ProtocolError("JOBS body.target: only list filters by target")
 
 
-def _check_job_reply(body: dict[str, Any], header: Header | None) -> None:
+def _check_job_reply(body: dict[str, Any], jid: str | None) -> None:
     for host in body["hosts"]:
         if host["result"] is not None:
             problem = _result_problem(host["result"])
@@ -812,10 +812,6 @@ class Message:
     @property
     def jid(self) -> str | None:
         return None if self.header is None else self.header.jid
-
-    @property
-    def spec(self) -> MessageSpec:
-        return SPECS[self.type]
 
 
 def _spec_for(raw_type: object) -> MessageSpec:

@@ -175,9 +175,7 @@ class Run:
 
     jid: str
     hosts: list[str]
-    deadline: float
     waiting: set[str]
-    dry_run: bool
     watchers: list[ControlConnection] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
 
@@ -678,7 +676,7 @@ class Master:
                 "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
             },
         )
-        run = Run(jid, resolved.hosts, deadline, set(resolved.hosts), dry_run, [conn])
+        run = Run(jid, resolved.hosts, set(resolved.hosts), [conn])
         self.runs[jid] = run
         conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
         for host, envelope in envelopes.items():
