@@ -151,7 +151,8 @@ def unpack(data: bytes, *, max_depth: int) -> Any:
 def pack(obj: Any) -> bytes:
     """Encode `obj` (str, bytes, int, float, bool, None, lists and str-keyed dicts)."""
     try:
-        return msgpack.packb(obj, use_bin_type=True, strict_types=False)
+        data: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
+        return data
     except (TypeError, ValueError, OverflowError) as e:
         # ValueError includes UnicodeEncodeError from a str with a lone surrogate.
         raise ProtocolError(f"value cannot be encoded as msgpack: {e}") from None

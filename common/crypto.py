@@ -43,6 +43,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -131,7 +132,7 @@ class Secret:
 
     __hash__ = None  # type: ignore[assignment]  # equal by content, but not a dict key
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a Secret cannot be pickled")
 
 
@@ -302,7 +303,7 @@ class KeyPair:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a KeyPair cannot be pickled")
 
 

@@ -16,6 +16,7 @@ do next.
     │   └── OwnerLookupError        a user or group name is unknown on the host
     ├── LockError               another apply holds the host's engine lock
     ├── KeyFileError            a key file is missing, malformed or unsafe (.path, .reason)
+    ├── StateFileError          a daemon's own state file cannot be written or read (.path, .reason)
     ├── ProtocolError           bytes that are not a valid message of the wire protocol
     ├── EnvelopeError           a sealed envelope failed to open (opaque on purpose; .reason)
     │   └── ReplayError             an authentic envelope whose jid was already seen
@@ -26,7 +27,7 @@ do next.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from common.crypto import Header
@@ -136,6 +137,18 @@ class KeyFileError(SafcmError):
         super().__init__(f"{path}: {reason}")
 
 
+class StateFileError(SafcmError):
+    """A daemon's own state file (common/atomicfile.py) cannot be written, read or removed.
+
+    `.path` is the file's name (or its directory's path), `.reason` what failed.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
 class ProtocolError(SafcmError):
     """Bytes that are not a valid message: bad msgpack, wrong schema, too large."""
 
@@ -179,7 +192,7 @@ class DaemonError(SafcmError):
 class RemoteError(DaemonError):
     """The daemon refused a request: its ERROR reply's code, message and problems."""
 
-    def __init__(self, code: str, message: str, problems: list[dict]) -> None:
+    def __init__(self, code: str, message: str, problems: list[dict[str, Any]]) -> None:
         self.code = code
         self.problems = problems
         super().__init__(message)

@@ -15,10 +15,10 @@ Format 1 (without the curve line, from safcm 0.1) is refused with a message
 that says how to start over: its owner has no transport key, and a new one
 changes the fingerprint every peer pinned.
 
-Writing is atomic and never replaces an existing key: a temporary file is
-written, fsynced and hard-linked to the final name (link fails if the name
-exists), then the directory is fsynced. A crash leaves either no key file or
-a complete one, plus at worst a stale temporary that the next save removes.
+Writing goes through common/atomicfile.py's create_file(), so it is atomic
+and durable and never replaces an existing key (the link to the final name
+fails if the name exists). A crash leaves either no key file or a complete
+one; a temporary it may leave is removed by the next save.
 
 Loading refuses, with a KeyFileError that says the command to run:
 - a key file that group or other can read or write, or that is not a regular file;
@@ -33,16 +33,15 @@ import binascii
 import contextlib
 import errno
 import os
-import secrets
 import stat
 
+from common import atomicfile
 from common.crypto import KeyPair, Secret
-from common.errors import KeyFileError
+from common.errors import KeyFileError, StateFileError
 
 KEY_FILE_NAME = "private.key"
 _HEADER_LINE = "safcm private keys 2"
 _OLD_HEADER_LINE = "safcm private keys 1"
-_TEMP_PREFIX = ".private.key.tmp-"
 # Modes of what save_keys() creates: only the owner may read or enter.
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -52,7 +51,6 @@ _MAX_KEY_FILE_BYTES = 4096
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted at the key file's name must not hang the daemon.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def encode_key_file(keys: KeyPair) -> bytes:
@@ -207,38 +205,26 @@ def _save(directory: str, keys: KeyPair) -> bool:
     dir_fd = _open_dir(directory)
     try:
         _check_dir(directory, dir_fd)
-        _remove_stale_temporaries(dir_fd)
-        temp = _TEMP_PREFIX + secrets.token_hex(8)
-        try:
-            fd = os.open(temp, _CREATE_FLAGS, FILE_MODE, dir_fd=dir_fd)
-            try:
-                os.fchmod(fd, FILE_MODE)  # the umask may have taken bits off; never added any
-                os.write(fd, encode_key_file(keys))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            # link() fails if the name exists: a key is never replaced, also not
-            # by a concurrent save.
-            os.link(temp, KEY_FILE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except FileExistsError:
-            return False
-        except OSError as e:
-            raise KeyFileError(path, f"cannot write key file: {e.strerror}") from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp, dir_fd=dir_fd)
-        os.fsync(dir_fd)
-        return True
+        atomicfile.remove_temporaries(dir_fd)  # they hold private keys
+        return atomicfile.create_file(dir_fd, KEY_FILE_NAME, encode_key_file(keys), mode=FILE_MODE)
+    except StateFileError as e:
+        raise KeyFileError(path, e.reason) from None
     finally:
         os.close(dir_fd)
 
 
-def _remove_stale_temporaries(dir_fd: int) -> None:
-    """Remove temporaries an interrupted save left behind; they hold private keys."""
-    for name in os.listdir(dir_fd):
-        if name.startswith(_TEMP_PREFIX):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=dir_fd)
+def _remove_temporaries(directory: str) -> None:
+    """Remove what a save interrupted by a crash left; temporaries hold private keys."""
+    if not os.path.lexists(directory):
+        return
+    dir_fd = _open_dir(directory)
+    try:
+        _check_dir(directory, dir_fd)
+        atomicfile.remove_temporaries(dir_fd)
+    except StateFileError as e:
+        raise KeyFileError(directory, e.reason) from None
+    finally:
+        os.close(dir_fd)
 
 
 def load_or_create(directory: str) -> tuple[KeyPair, bool]:
@@ -248,6 +234,7 @@ def load_or_create(directory: str) -> tuple[KeyPair, bool]:
     its fingerprint). A key file that exists but cannot be used is an error,
     never a reason to make a new key.
     """
+    _remove_temporaries(directory)
     keys = _load(directory)
     if keys is not None:
         return keys, False

@@ -74,13 +74,6 @@ def check_path(path: str) -> None:
             raise InvalidPathError(path, f"a component is longer than {NAME_MAX} bytes")
 
 
-def is_below(path: str, directory: str) -> bool:
-    """True if `path` is `directory` itself or lies beneath it (both normalised)."""
-    if directory == "/":
-        return True
-    return path == directory or path.startswith(directory + "/")
-
-
 @dataclass(frozen=True, slots=True)
 class FileSpec:
     """One file as declared: what the host must end up with at `path`."""

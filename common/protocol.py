@@ -36,9 +36,10 @@ type without a spec).
     JOB_RECEIPT        network  yes     minion -> master
     RESULT             network  yes     minion -> master
     RESULT_RECEIPT     network  yes     master -> minion
+    JOB_PROGRESS       network  yes     minion -> master (still working on a job)
     RUN, KEYS, JOBS    control  no      CLI -> master
-    RUN_STARTED, RUN_HOST_RESULT, RUN_DONE, KEYS_REPLY, JOBS_REPLY, JOB_REPLY, ERROR
-                       control  no      master -> CLI
+    RUN_STARTED, RUN_HOST_RESULT, RUN_PROGRESS, RUN_DONE, KEYS_REPLY, JOBS_REPLY,
+    JOB_REPLY, ERROR   control  no      master -> CLI
 
 Decoding any bytes raises ProtocolError (or, for a sealed message,
 EnvelopeError) and nothing else. The Dispatcher routes a decoded message to
@@ -252,6 +253,7 @@ class MsgType(enum.IntEnum):
     RESULT_RECEIPT = 8
     KEY_REQUEST = 9
     KEY_REPLY = 10
+    JOB_PROGRESS = 11
     # Control: the CLI's requests and the master's replies.
     RUN = 101
     KEYS = 102
@@ -263,6 +265,7 @@ class MsgType(enum.IntEnum):
     JOBS = 103
     JOBS_REPLY = 116
     JOB_REPLY = 117
+    RUN_PROGRESS = 118
 
 
 class Module(enum.StrEnum):
@@ -360,6 +363,17 @@ APPLY_RESULT = Map(
     }
 )
 PING_RESULT = Map({"version": _VERSION, "time": _TIME})
+# What a minion left out of a result that was too large for the wire
+# (minion/results.py fit()): counts of what was dropped, and why.
+REDUCED = Map(
+    {
+        "diffs_omitted": Int(0, MAX_FILES),  # replaced by a one-line note
+        "outputs_omitted": Int(0, MAX_TRIGGER_RUNS),  # trigger output replaced by a note
+        "changes_omitted": Int(0, 2**32),  # change records dropped (a purge adds to the files)
+        "triggers_omitted": Int(0, MAX_TRIGGER_RUNS),  # trigger runs dropped
+        "reason": _REASON,
+    }
+)
 
 RESULT = Map(
     {
@@ -370,7 +384,9 @@ RESULT = Map(
         "apply": Optional(APPLY_RESULT),  # module files, unless status is error
         "ping": Optional(PING_RESULT),  # module ping, unless status is error
         "error": Optional(_REASON),  # exactly when status is error
-    }
+        "reduced": REDUCED,  # only when the minion had to leave details out
+    },
+    optional=["reduced"],
 )
 
 # A job as the history keeps it (JOBS_REPLY, JOB_REPLY).
@@ -415,12 +431,19 @@ def _result_problem(body: dict[str, Any]) -> str | None:
         return "apply is set exactly for a files job that ran"
     if (body["ping"] is not None) != expect_ping:
         return "ping is set exactly for a ping job that ran"
+    reduced = body.get("reduced")
+    if reduced is not None and body["apply"] is None:
+        return "reduced is set only for a files job that ran"
     if expect_apply:
         apply = body["apply"]
         ok = apply["failure"] is None and all(
             t["status"] in (TriggerStatus.OK, TriggerStatus.WOULD_RUN) for t in apply["triggers"]
         )
-        if ok != (status == ResultStatus.OK):
+        # A failed trigger may be among the runs a reduced result left out.
+        hidden = reduced is not None and reduced["triggers_omitted"] > 0
+        if (ok and status != ResultStatus.OK and not hidden) or (
+            not ok and status == ResultStatus.OK
+        ):
             return f"status {status} contradicts the apply result"
     return None
 
@@ -436,14 +459,14 @@ def _check_keys(body: dict[str, Any], jid: str | None) -> None:
         raise ProtocolError(f"KEYS body.ids: {body['action']} needs at least one minion id")
 
 
-def _check_jobs(body: dict[str, Any], header: Header | None) -> None:
+def _check_jobs(body: dict[str, Any], jid: str | None) -> None:
     if (body["action"] == "show") != (body["jid"] is not None):
         raise ProtocolError("JOBS body.jid: set exactly for show")
     if body["action"] == "show" and body["target"] is not None:
         raise ProtocolError("JOBS body.target: only list filters by target")
 
 
-def _check_job_reply(body: dict[str, Any], header: Header | None) -> None:
+def _check_job_reply(body: dict[str, Any], jid: str | None) -> None:
     for host in body["hosts"]:
         if host["result"] is not None:
             problem = _result_problem(host["result"])
@@ -587,6 +610,15 @@ _SPEC_LIST = [
         check=_check_receipt,
     ),
     MessageSpec(
+        MsgType.JOB_PROGRESS,
+        Channel.NETWORK,
+        sealed=True,
+        # sealed under the job's jid, like its receipt and its result
+        schema=Map({"jid": _JID, "elapsed": _DURATION}),  # seconds the job has run
+        max_bytes=MAX_SMALL_BYTES,
+        check=_check_receipt,
+    ),
+    MessageSpec(
         MsgType.RUN,
         Channel.CONTROL,
         sealed=False,
@@ -646,6 +678,14 @@ _SPEC_LIST = [
         ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,
         check=_check_run_host_result,
+    ),
+    MessageSpec(
+        MsgType.RUN_PROGRESS,
+        Channel.CONTROL,
+        sealed=False,
+        # a host is still working: its deadline is now `until` (unix time)
+        schema=Map({"jid": _JID, "host": _MINION_ID, "until": _TIME}),
+        max_bytes=MAX_CONTROL_FRAME_BYTES,
     ),
     MessageSpec(
         MsgType.RUN_DONE,
@@ -820,10 +860,6 @@ class Message:
     @property
     def jid(self) -> str | None:
         return None if self.header is None else self.header.jid
-
-    @property
-    def spec(self) -> MessageSpec:
-        return SPECS[self.type]
 
 
 def _spec_for(raw_type: object) -> MessageSpec:

@@ -89,7 +89,7 @@ class SeenJids:
 
     def __len__(self) -> int:
         try:
-            return self._db.execute("SELECT count(*) FROM seen").fetchone()[0]
+            return int(self._db.execute("SELECT count(*) FROM seen").fetchone()[0])
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot read the seen-jid store: {e}") from None
 

@@ -77,7 +77,7 @@ def parse_settings(text: str, fields: dict[str, Field], name: str) -> dict[str, 
         raise ConfigError(problems)
 
     result: dict[str, Any] = {}
-    for key, value in node.items if node is not None else []:
+    for key, value in node.items if isinstance(node, YMap) else []:
         field = fields.get(key.text)
         if field is None:
             known = ", ".join(sorted(fields))
@@ -93,13 +93,13 @@ def parse_settings(text: str, fields: dict[str, Field], name: str) -> dict[str, 
                 result[key.text] = field.parse(value.text)
             except BadValue as e:
                 problems.add(name, key.line, f"{key.text}: {e}")
-    for key, field in fields.items():
-        if key in result:
+    for setting, field in fields.items():
+        if setting in result:
             continue
         if field.required:
-            problems.add(name, None, f"{key}: required key is missing")
+            problems.add(name, None, f"{setting}: required key is missing")
         else:
-            result[key] = field.default
+            result[setting] = field.default
     if problems:
         raise ConfigError(problems.by_file())
     return result

@@ -3,7 +3,8 @@
 The one place that turns errors into messages and exit codes:
 
     0  every targeted host succeeded
-    1  a host failed or did not respond (or the daemon went away mid-run)
+    1  a host failed or did not respond, or the daemon was lost after a run
+       was requested (the job may go on: `jobs show` tells)
     2  nothing was done: bad usage, a configuration error, the daemon is not
        running or refused the request
 """
@@ -262,6 +263,11 @@ def run_command(
                             flush=True,
                         )
                     progress.show(len(document["hosts"]), tally.targeted)
+                elif msg.type is MsgType.RUN_PROGRESS:
+                    # A host is still working (its triggers outlast the
+                    # timeout); its deadline moved, and hearing this keeps us
+                    # waiting: each reply restarts the wait.
+                    continue
                 elif msg.type is MsgType.RUN_DONE:
                     progress.clear()
                     document["summary"] = tally.as_dict()
@@ -277,9 +283,24 @@ def run_command(
             if jid is not None:
                 _error(f"interrupted; job {jid} goes on. See: safcm-master jobs show {jid}")
             raise
+        except RemoteError as e:
+            if jid is None:
+                raise  # the daemon refused the request: nothing was done
+            lost = f"the master daemon failed during the run ({e})"
+        except (DaemonError, ProtocolError, OSError) as e:
+            lost = f"lost the master daemon during the run ({e})"
+        else:
+            lost = "the master daemon closed the connection before the job finished"
+    # Once the request is sent, the job may have started: never "nothing was
+    # done" (exit 2), since a daemon that stops answering need not have stopped.
     progress.clear()
-    later = f"; see 'safcm-master jobs show {jid}'" if jid else ""
-    _error(f"the master daemon closed the connection before the job finished{later}")
+    if jid is None:
+        _error(
+            f"{escape(lost)}, before it confirmed the job; it may have started: "
+            "see safcm-master jobs list"
+        )
+    else:
+        _error(f"{escape(lost)}; the job goes on: see safcm-master jobs show {jid}")
     return EXIT_FAILED
 
 

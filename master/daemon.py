@@ -37,7 +37,10 @@ deadline passes; at the deadline the hosts without a result are recorded as
 "no response". A result is checked against the job store (sent to that host,
 not already stored), stored, and only then acknowledged; results that arrive
 together are stored in one transaction. Each stored result is streamed to the
-CLI that started the job, if it is still connected.
+CLI that started the job, if it is still connected. A minion still working on
+a job when its deadline nears (triggers may take longer than the timeout)
+sends JOB_PROGRESS, and that host's deadline moves PROGRESS_GRACE ahead, up to
+MAX_DEADLINE_EXTENSION past the job's; the CLI hears of it (RUN_PROGRESS).
 
 Presence comes only from authenticated heartbeats: a minion counts as
 connected while its heartbeats keep coming, never because of an address.
@@ -76,7 +79,6 @@ from common.protocol import (
     MAX_PLAIN_NETWORK_BYTES,
     MAX_RESULT_BYTES,
     NO_RESPONSE,
-    TOPIC_LENGTH,
     Channel,
     Dispatcher,
     Message,
@@ -106,6 +108,7 @@ from master.jobstore import (
     JobStore,
     Plan,
     StoredResult,
+    change_count,
     host_status,
     outcome,
 )
@@ -165,7 +168,6 @@ RETURN_RCVHWM = 4
 # publish socket allows that much, and on_xpub() refuses anything but a
 # subscription (a flag byte and a topic).
 PUBLISH_MAX_IN = 512
-SUBSCRIPTION_BYTES = 1 + TOPIC_LENGTH
 RETURN_MAX_IN = MAX_RESULT_BYTES + MAX_ENVELOPE_OVERHEAD
 KEY_MAX_IN = MAX_KEY_PORT_BYTES
 # A subscription re-publishes the envelopes waiting for that minion, but one
@@ -201,6 +203,15 @@ BATCH_BYTES = 32 * 1024 * 1024
 # Descriptors kept free of network connections: the database, the control
 # socket and its clients, libzmq's own.
 RESERVED_FDS = 256
+# A minion still working on a job (JOB_PROGRESS, every few seconds) keeps that
+# host's deadline at least this many seconds ahead: three of its reports (see
+# minion/daemon.py PROGRESS_INTERVAL), so one or two lost do not end it.
+PROGRESS_GRACE = 15.0
+# Seconds past the job's own deadline that progress can extend a host's, at
+# most: longer than any sane set of triggers (120 of them each hitting the
+# minion's 30 s trigger_timeout), and a bound on how long a minion can keep a
+# run open. Past it the host is "no response"; a later result is still stored.
+MAX_DEADLINE_EXTENSION = 3600.0
 
 
 @dataclass
@@ -250,9 +261,7 @@ class Run:
 
     jid: str
     hosts: list[str]
-    deadline: float
     waiting: set[str]
-    dry_run: bool
     watchers: list[ControlConnection] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
 
@@ -285,6 +294,10 @@ class Master:
         # Deadlines of jobs with hosts that have not answered, also jobs from
         # before a restart: when one passes, those hosts become "no response".
         self.deadlines: dict[str, float] = {}
+        # Hosts still working past their job's deadline (JOB_PROGRESS):
+        # (jid, host) -> (extended deadline, the most it may be extended to).
+        # Kept in memory only: after a restart the job's deadline holds again.
+        self.extended: dict[tuple[str, str], tuple[float, float]] = {}
         self.last_jid = self.jobs.last_jid()
         self.peer_log = PeerLog(log, loop.clock)
         self.tables: dict[str, ConnectionTable] = {}
@@ -301,6 +314,7 @@ class Master:
                 MsgType.HEARTBEAT: self.on_heartbeat,
                 MsgType.JOB_RECEIPT: self.on_job_receipt,
                 MsgType.RESULT: self.on_result,
+                MsgType.JOB_PROGRESS: self.on_job_progress,
             },
         )
         self.control_handlers = {
@@ -469,16 +483,19 @@ class Master:
             for conn in monitor.table.forget_key(key.curve_pub.hex()):
                 monitor.cut(conn, f"the key of {key.id} is no longer accepted")
 
+    def _cut_fd(self, domain: str, fd: int, reason: str) -> None:
+        for monitor in self.monitors:
+            conn = monitor.table.conns.get(fd)
+            if monitor.name == domain and conn is not None:
+                monitor.cut(conn, reason)
+
     def _noted(self, domain: str, frame: zmq.Frame, known: bool) -> str | None:
         """The transport key (hex) that sent `frame`, noted in the socket's
         table; None if the connection must go (and it was cut)."""
         key = frame.get("User-Id")
         fd = frame.get(zmq.SRCFD)
-        table = self.tables[domain]
-        if table.active(fd, key, known, self.loop.clock()):
-            for monitor in self.monitors:
-                if monitor.table is table and fd in table.conns:
-                    monitor.cut(table.conns[fd], "its key holds too many connections")
+        if self.tables[domain].active(fd, key, known, self.loop.clock()):
+            self._cut_fd(domain, fd, "its key holds too many connections")
             return None
         return key
 
@@ -493,10 +510,15 @@ class Master:
             elif item.next_send <= mono:
                 self._publish(item)
         due = [jid for jid, deadline in self.deadlines.items() if deadline <= now]
-        if due:
-            expired = self.jobs.expire(now)  # may fail (database locked): retried next tick
+        ended = [key for key, (until, _) in self.extended.items() if until <= now]
+        if due or ended:
+            spare = {key for key in self.extended if key not in ended}
+            # May fail (database locked): nothing below changes, retried next tick.
+            expired = self.jobs.expire(now, spare=spare)
             for jid in due:
                 del self.deadlines[jid]
+            for key in ended:
+                del self.extended[key]
             for jid, host in expired:
                 log.info("job %s: no response from %s", jid, host)
                 self.pending.remove(jid, host)
@@ -538,19 +560,23 @@ class Master:
             except zmq.Again:
                 return
             event = frame.bytes
-            if event[:1] != b"\x01" or len(event) != SUBSCRIPTION_BYTES:
-                continue  # an unsubscription (libzmq drops a closed connection's own), or junk
+            if event[:1] != b"\x01":
+                continue  # an unsubscription; libzmq drops a closed connection's own
             key = self.keystore.accepted_by_curve(bytes.fromhex(frame.get("User-Id")))
             if self._noted(DOMAIN_PUBLISH, frame, known=key is not None) is None:
                 continue
             topic = event[1:]
-            if key is None:
-                self.peer_log.warning("refused a subscription: the key is no longer accepted")
-                continue
-            if topic != topic_for(key.id):
+            if key is None or topic != topic_for(key.id):
+                # libzmq keeps every subscription it hands us (XPUB_MANUAL), applied
+                # or not: a connection that sends one an honest minion never would
+                # is cut, so junk subscriptions cannot pile up in its memory.
+                who = "a key no longer accepted" if key is None else key.id
                 self.peer_log.warning(
-                    "refused a subscription of %s to a topic that is not its own", key.id
+                    "refused a subscription of %s to a topic that is not its own; "
+                    "closing that connection",
+                    who,
                 )
+                self._cut_fd(DOMAIN_PUBLISH, frame.get(zmq.SRCFD), "a subscription not its own")
                 continue
             self.xpub.setsockopt(zmq.SUBSCRIBE, topic)
             self.peer_log.log(logging.DEBUG, "subscription of %s applied", key.id)
@@ -801,7 +827,7 @@ class Master:
             jid,
             minion,
             host_status(body),
-            len(body["apply"]["changes"]) if body["apply"] else 0,
+            change_count(body),
             body,
             self.clock(),
             packed,
@@ -840,6 +866,31 @@ class Master:
                 return f"it reports trigger {trigger['command']!r}, which the job did not send"
         return None
 
+    def on_job_progress(self, msg: Message) -> None:
+        """A minion is still working on a job: keep its deadline PROGRESS_GRACE
+        ahead, within MAX_DEADLINE_EXTENSION of the job's own."""
+        minion, jid = msg.sender, msg.jid
+        key = (jid, minion)
+        extended, deadline = self.extended.get(key), self.deadlines.get(jid)
+        if extended is not None:
+            before, cap = extended
+        elif deadline is not None:
+            before, cap = deadline, deadline + MAX_DEADLINE_EXTENSION
+        else:
+            return  # over for this host: its result is stored whenever it comes
+        state = self.jobs.host_state(jid, minion)
+        if state is None:
+            raise ProtocolError(f"progress from {minion} on job {jid}, which was never sent to it")
+        if state not in (HostState.SENT, HostState.RECEIVED):
+            return
+        until = min(max(self.clock() + PROGRESS_GRACE, before), cap)
+        self.extended[key] = (until, cap)
+        log.debug("job %s: %s still working after %.0f s", jid, minion, msg.body["elapsed"])
+        run = self.runs.get(jid)
+        if run is not None and minion in run.waiting:
+            for conn in list(run.watchers):
+                conn.send(MsgType.RUN_PROGRESS, {"jid": jid, "host": minion, "until": until})
+
     def _store_batch(self) -> None:
         """Store the receipts and results read in one wake-up in one transaction
         (one fsync), then confirm the results."""
@@ -865,6 +916,7 @@ class Master:
             return
         for peer, r in batch:
             self._peer = peer
+            self.extended.pop((r.jid, r.host), None)
             self._reply_sealed(r.host, MsgType.RESULT_RECEIPT, {"jid": r.jid}, jid=r.jid)
             log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
             run = self.runs.get(r.jid)
@@ -969,7 +1021,7 @@ class Master:
                 "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
             },
         )
-        run = Run(jid, resolved.hosts, deadline, set(resolved.hosts), dry_run, [conn])
+        run = Run(jid, resolved.hosts, set(resolved.hosts), [conn])
         self.runs[jid] = run
         conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
         for host, envelope in envelopes.items():

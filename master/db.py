@@ -17,9 +17,11 @@ import sqlite3
 from common.errors import StoreError
 
 DB_NAME = "master.db"
-# Milliseconds a connection waits for another writer before giving up; the
-# daemon is the only writer, so this only covers a CLI reading during a write.
-BUSY_TIMEOUT_MS = 5000
+# Milliseconds a connection waits for another writer before giving up. The
+# daemon is the only writer of its own; another process holding the lock (a
+# backup, an administrator's sqlite3 shell) must not stall the daemon's loop,
+# so it waits little, fails that one operation, and retries it later.
+BUSY_TIMEOUT_MS = 200
 
 MIGRATIONS: list[str] = [
     # 1: keys and job history

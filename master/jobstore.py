@@ -20,6 +20,7 @@ import enum
 import hashlib
 import json
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,17 @@ def host_status(result: dict[str, Any]) -> HostStatus:
     """What a minion's RESULT body amounts to: failed, changed or ok."""
     if result["status"] != "ok":
         return HostStatus.FAILED
-    apply = result["apply"]
-    return HostStatus.CHANGED if apply is not None and apply["changes"] else HostStatus.OK
+    return HostStatus.CHANGED if change_count(result) else HostStatus.OK
+
+
+def change_count(result: dict[str, Any]) -> int:
+    """How many paths a minion's RESULT body reports changed, also those a
+    reduced result left out (minion/results.py fit())."""
+    if result["apply"] is None:
+        return 0
+    reduced = result.get("reduced")
+    omitted = 0 if reduced is None else reduced["changes_omitted"]
+    return len(result["apply"]["changes"]) + omitted
 
 
 def outcome(result: dict[str, Any] | None) -> str:
@@ -268,20 +278,27 @@ class JobStore:
         )
         return {r[0]: r[1] for r in rows}
 
-    def expire(self, now: float) -> list[tuple[str, str]]:
-        """Mark hosts without result past their job's deadline as no response."""
+    def expire(
+        self, now: float, *, spare: Collection[tuple[str, str]] = ()
+    ) -> list[tuple[str, str]]:
+        """Mark hosts without result past their job's deadline as no response,
+        except the (jid, host) pairs in `spare` (still working, by their word)."""
         with transaction(self.conn):
-            rows = self.conn.execute(
-                "SELECT h.jid, h.host FROM job_hosts h JOIN jobs j USING (jid)"
-                " WHERE h.state IN ('sent', 'received') AND j.deadline <= ?",
-                (now,),
-            ).fetchall()
+            rows = [
+                (jid, host)
+                for jid, host in self.conn.execute(
+                    "SELECT h.jid, h.host FROM job_hosts h JOIN jobs j USING (jid)"
+                    " WHERE h.state IN ('sent', 'received') AND j.deadline <= ?",
+                    (now,),
+                )
+                if (jid, host) not in spare
+            ]
             self.conn.executemany(
                 "UPDATE job_hosts SET state = 'no_response', envelope = NULL"
                 " WHERE jid = ? AND host = ?",
                 rows,
             )
-        return [(r[0], r[1]) for r in rows]
+        return rows
 
     def purge_before(self, jid: str) -> int:
         """Delete jobs older than `jid` (jids sort by time); returns how many."""

@@ -97,7 +97,21 @@ def render_host(host: str, status: str, body: dict[str, Any] | None, style: Styl
         lines.append(f"{INDENT}pong from safcm-minion {escape(body['ping']['version'])}")
     if body["apply"]:
         lines.extend(render_apply(ApplyResult.from_wire(body["apply"]), style))
+    if body.get("reduced"):
+        lines.append(f"{INDENT}{style.yellow(render_reduced(body['reduced']))}")
     return "\n".join(lines)
+
+
+def render_reduced(reduced: dict[str, Any]) -> str:
+    """What a minion left out of a result too large for the wire, and why."""
+    counts = [
+        (reduced["diffs_omitted"], "diff"),
+        (reduced["outputs_omitted"], "trigger output"),
+        (reduced["changes_omitted"], "change"),
+        (reduced["triggers_omitted"], "trigger run"),
+    ]
+    parts = [f"{n} {what}{'s' if n != 1 else ''} omitted" for n, what in counts if n]
+    return f"result reduced: {', '.join(parts)} ({escape(reduced['reason'])})"
 
 
 def render_apply(result: ApplyResult, style: Style) -> list[str]:
@@ -309,17 +323,3 @@ def render_job_header(job: dict[str, Any], style: Style) -> str:
 
 def format_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"

@@ -60,8 +60,8 @@ def resolve(
             raise UsageError(f"group {name!r} has no hosts")
     else:
         matched = set()
-        for item in target.split(","):
-            item = item.strip()
+        for raw in target.split(","):
+            item = raw.strip()
             if not item:
                 raise UsageError(f"empty item in the target list {target!r}")
             hits = [h for h in hosts if fnmatch.fnmatchcase(h, item)]

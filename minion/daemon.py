@@ -51,10 +51,10 @@ from typing import Any
 
 import zmq
 
-from common import codec, keyfile
+from common import atomicfile, codec, keyfile
 from common import log as safcm_log
 from common.crypto import DEFAULT_CLOCK_SKEW, MAX_ENVELOPE_OVERHEAD, PublicKeys
-from common.errors import EnvelopeError, ProtocolError, SafcmError
+from common.errors import EnvelopeError, ProtocolError, SafcmError, StateFileError
 from common.loop import Loop, Timer
 from common.model import FileSpec
 from common.protocol import (
@@ -122,12 +122,21 @@ ZMTP_HEARTBEAT_TIMEOUT_MS = 30_000
 # Heartbeat sequence numbers are reserved on disk this many at a time, so a
 # heartbeat costs no write, and a restart skips at most this many.
 SEQ_BLOCK = 1000
+# A job still running tells the master so (JOB_PROGRESS), which then extends
+# that host's deadline: triggers may outlast the job's timeout, and a host
+# that succeeds must not be reported as "no response". The first report goes
+# after PROGRESS_FIRST seconds, well inside the shortest job timeout (1 s),
+# so a short job (nearly all) sends none; then every PROGRESS_INTERVAL.
+PROGRESS_FIRST = 0.5
+PROGRESS_INTERVAL = 5.0
 
 KEYS_DIR = "keys"
 SEEN_DB = "seen.db"
 SPOOL_DIR = "spool"
 MASTER_KEY_FILE = "master.pub"
 SEQ_FILE = "heartbeat.seq"
+# The pinned master key file is about 80 bytes; anything much larger is not ours.
+MASTER_KEY_FILE_MAX = 4096
 
 
 @dataclass
@@ -167,6 +176,7 @@ class Minion:
         self.started = clock()
 
         os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+        atomicfile.remove_temporaries(settings.state_dir)  # of a pin written when we crashed
         self.keys, created = keyfile.load_or_create(os.path.join(settings.state_dir, KEYS_DIR))
         if created:
             log.info("%s: created a new key pair, fingerprint %s", self.id, self.keys.fingerprint())
@@ -186,6 +196,7 @@ class Minion:
         self.seq, self.seq_reserved = self._load_seq()
         self.queue: collections.deque[Job] = collections.deque()
         self.busy: str | None = None  # jid being applied
+        self.progress: Timer | None = None  # the next JOB_PROGRESS of the busy job
         # Id of our last own message (heartbeats): jids are unique and sortable.
         self.last_id: str | None = None
         self.outgoing: dict[str, Outgoing] = {
@@ -604,6 +615,16 @@ class Minion:
             return
         job = self.queue.popleft()
         self.busy = job.jid
+        started = self.loop.clock()
+
+        def report() -> None:
+            elapsed = self.loop.clock() - started
+            self._send_sealed(
+                MsgType.JOB_PROGRESS, {"jid": job.jid, "elapsed": elapsed}, jid=job.jid
+            )
+            self.progress = self.loop.call_later(PROGRESS_INTERVAL, report)
+
+        self.progress = self.loop.call_later(PROGRESS_FIRST, report)
         future = self.worker.submit(self._run_job, job)
         future.add_done_callback(
             lambda f: self.loop.call_soon_threadsafe(lambda: self._job_done(job, f))
@@ -662,6 +683,9 @@ class Minion:
 
     def _job_done(self, job: Job, future: concurrent.futures.Future) -> None:
         self.busy = None
+        if self.progress is not None:
+            self.progress.cancel()
+            self.progress = None
         error = future.exception()
         if error is not None:
             # A bug, not a host problem: report it rather than lose the job.
@@ -684,12 +708,9 @@ class Minion:
         the reservation were never used, so the next run starts there."""
         path = os.path.join(self.settings.state_dir, SEQ_FILE)
         try:
-            with open(path, "rb") as f:
-                text = f.read(64).decode("ascii").strip()
-            reserved = int(text)
-        except FileNotFoundError:
-            reserved = 0
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+            data = atomicfile.read_file(self.settings.state_dir, SEQ_FILE, max_bytes=64)
+            reserved = 0 if data is None else int(data.decode("ascii").strip())
+        except (StateFileError, ValueError, UnicodeDecodeError) as e:
             raise SafcmError(
                 f"{path}: unreadable heartbeat counter ({e}); remove it and delete this "
                 "minion's key on the master ('safcm-master keys delete ID') to start over"
@@ -700,7 +721,7 @@ class Minion:
         self.seq += 1
         if self.seq > self.seq_reserved:
             self.seq_reserved = self.seq + SEQ_BLOCK
-            _write_durably(
+            atomicfile.replace_file(
                 self.settings.state_dir, SEQ_FILE, f"{self.seq_reserved}\n".encode("ascii")
             )
         return self.seq
@@ -710,11 +731,13 @@ class Minion:
     def _load_master_keys(self) -> PublicKeys | None:
         path = os.path.join(self.settings.state_dir, MASTER_KEY_FILE)
         try:
-            with open(path, "rb") as f:
-                keys = PublicKeys.from_wire(codec.unpack(f.read(4096), max_depth=2))
-        except FileNotFoundError:
-            return None
-        except (OSError, ProtocolError, ValueError, KeyError, TypeError) as e:
+            data = atomicfile.read_file(
+                self.settings.state_dir, MASTER_KEY_FILE, max_bytes=MASTER_KEY_FILE_MAX
+            )
+            if data is None:
+                return None
+            keys = PublicKeys.from_wire(codec.unpack(data, max_depth=2))
+        except (StateFileError, ProtocolError, ValueError, KeyError, TypeError) as e:
             raise SafcmError(
                 f"{path}: unreadable pinned master key ({e}); remove it to "
                 "trust the master again on first use"
@@ -731,33 +754,17 @@ class Minion:
         return keys
 
     def _pin_master_keys(self, keys: PublicKeys, *, first_use: bool) -> None:
-        _write_durably(self.settings.state_dir, MASTER_KEY_FILE, codec.pack(keys.to_wire()))
+        # Durable before we trust it: a pin lost in a power cut would make the
+        # next start trust whichever master answers first.
+        save_master_keys(self.settings.state_dir, keys)
         self.master_keys = keys
         how = "trusted on first use and pinned" if first_use else "matches master_fingerprint"
         log.info("%s: master key %s %s", self.id, keys.fingerprint(), how)
 
 
-def _write_durably(directory: str, name: str, data: bytes) -> None:
-    """Replace `directory`/`name` with `data` atomically and durably: an
-    exclusive temporary, fsync, rename, fsync of the directory."""
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        temp = f".{name}.{os.urandom(6).hex()}"
-        fd = os.open(
-            temp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dir_fd,
-        )
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def save_master_keys(state_dir: str, keys: PublicKeys) -> None:
+    """Pin the master's public keys in `state_dir` (atomic and durable)."""
+    atomicfile.replace_file(state_dir, MASTER_KEY_FILE, codec.pack(keys.to_wire()))
 
 
 def _job_from_body(jid: str, body: dict[str, Any]) -> Job:

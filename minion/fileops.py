@@ -42,6 +42,10 @@ either the old or the new version, and sometimes a temporary file named
 ".<name>.safcm-tmp-<hex>" (between linkat and renameat, or for the whole
 write of a named temporary or a temporary symlink). The next apply removes
 such names from every directory it resolves as a parent; see _Apply._clean.
+These are the guarantees of common/atomicfile.py, which writes the daemons'
+own state; the engine keeps its own path for speed (a writer thread, cached
+directory descriptors, one directory fsync per apply) and for what managed
+files need besides (owners, symlinks, directories).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@
   master confirms it has stored it.
 
 One file per item, named by its jid (whose grammar admits no '/' or '..')
-and a suffix for its kind. Files are written to a temporary name, fsynced,
-renamed into place and the directory fsynced, so a crash leaves either no
-file or a whole one; temporaries left by a crash are removed on open.
+and a suffix for its kind. Every write and removal goes through
+common/atomicfile.py, so a crash leaves either no file or a whole one, and
+what a call wrote is on disk when it returns; temporaries left by a crash
+are removed on open.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from __future__ import annotations
 import enum
 import os
 
+from common import atomicfile
 from common.ids import check_jid
-
-TMP_PREFIX = ".tmp-"
 
 
 class Kind(enum.StrEnum):
@@ -31,51 +31,19 @@ class Spool:
         self.directory = directory
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        for name in os.listdir(self._dir_fd):
-            if name.startswith(TMP_PREFIX):
-                os.unlink(name, dir_fd=self._dir_fd)
+        atomicfile.remove_temporaries(self._dir_fd)
 
     def close(self) -> None:
         os.close(self._dir_fd)
 
     def put(self, kind: Kind, jid: str, data: bytes) -> None:
-        name = check_jid(jid) + kind
-        tmp = TMP_PREFIX + name
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=self._dir_fd,
-        )
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-        os.fsync(self._dir_fd)
+        atomicfile.replace_file(self._dir_fd, check_jid(jid) + kind, data)
 
     def get(self, kind: Kind, jid: str) -> bytes | None:
-        try:
-            fd = os.open(
-                check_jid(jid) + kind,
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                dir_fd=self._dir_fd,
-            )
-        except FileNotFoundError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+        return atomicfile.read_file(self._dir_fd, check_jid(jid) + kind)
 
     def remove(self, kind: Kind, jid: str) -> bool:
-        try:
-            os.unlink(check_jid(jid) + kind, dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            return False
-        os.fsync(self._dir_fd)
-        return True
+        return atomicfile.remove_file(self._dir_fd, check_jid(jid) + kind)
 
     def jids(self, kind: Kind) -> list[str]:
         """Jids with an item of this kind, oldest first."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs safcm and its test tools into .venv, then lints and runs the whole
-# test suite. Works on a fresh Debian machine with Python 3.11, as root.
+# Installs safcm and its test tools into .venv, then lints, type-checks and
+# runs the whole test suite. Works on a fresh Debian machine with Python 3.11, as root.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k fileops).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 safcm_venv "[dev]"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy  # settings in pyproject.toml: common/ strictly, master/ and minion/
 .venv/bin/python -m pytest "$@"

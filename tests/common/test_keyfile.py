@@ -5,6 +5,7 @@ import stat
 
 import pytest
 
+from common import atomicfile
 from common.crypto import KeyPair
 from common.errors import KeyFileError
 from common.keyfile import (
@@ -57,7 +58,7 @@ def test_save_never_replaces_a_key(keydir):
 
 def test_save_removes_stale_temporaries(keydir):
     os.makedirs(keydir, mode=0o700)
-    stale = os.path.join(keydir, ".private.key.tmp-0123456789abcdef")
+    stale = os.path.join(keydir, atomicfile.TEMP_PREFIX + "0123456789abcdef-" + KEY_FILE_NAME)
     with open(stale, "wb") as f:
         f.write(b"half a key")
     save_keys(keydir, KEYS)

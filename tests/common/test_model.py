@@ -13,7 +13,6 @@ from common.model import (
     TriggerRun,
     TriggerStatus,
     check_path,
-    is_below,
 )
 
 GOOD_PATHS = ["/", "/etc", "/etc/motd", "/a/b/c.d", "/.hidden", "/x..y"]
@@ -41,13 +40,6 @@ def test_good_paths(path):
 def test_bad_paths_name_the_reason(path, reason):
     with pytest.raises(InvalidPathError, match=reason):
         check_path(path)
-
-
-def test_is_below():
-    assert is_below("/etc/app/x", "/etc/app")
-    assert is_below("/etc/app", "/etc/app")
-    assert not is_below("/etc/apple", "/etc/app")
-    assert is_below("/etc", "/")
 
 
 def spec(**kw):

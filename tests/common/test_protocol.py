@@ -132,6 +132,7 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
     MsgType.JOB_RECEIPT: {"jid": JID},
     MsgType.RESULT: _RESULT,
     MsgType.RESULT_RECEIPT: {"jid": JID},
+    MsgType.JOB_PROGRESS: {"jid": JID, "elapsed": 12.5},
     MsgType.RUN: {
         "target": "web*",
         "group": False,
@@ -146,6 +147,7 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
         "skipped": [{"host": "web3", "reason": "its key is pending"}],
     },
     MsgType.RUN_HOST_RESULT: {"jid": JID, "host": "web1", "status": "ok", "result": _RESULT},
+    MsgType.RUN_PROGRESS: {"jid": JID, "host": "web1", "until": NOW + 15},
     MsgType.RUN_DONE: {
         "jid": JID,
         "summary": {"targeted": 3, "changed": 1, "unchanged": 1, "failed": 0, "no_response": 1},
@@ -269,7 +271,8 @@ def send(msg_type: MsgType, body: dict[str, Any]) -> Message:
     """Encode and decode one message the way its spec says it travels."""
     spec = SPECS[msg_type]
     if spec.sealed:
-        jid = body["jid"] if msg_type in (MsgType.JOB_RECEIPT, MsgType.RESULT_RECEIPT) else JID
+        by_jid = (MsgType.JOB_RECEIPT, MsgType.RESULT_RECEIPT, MsgType.JOB_PROGRESS)
+        jid = body["jid"] if msg_type in by_jid else JID
         return open_(seal(msg_type, body, jid=jid), msg_type)
     return decode_plain(encode_plain(msg_type, body), spec.channel)
 
@@ -465,7 +468,7 @@ def test_unsupported_versions_are_refused(version):
             open_(sealed, MsgType.RESULT)
 
 
-@pytest.mark.parametrize("raw_type", [0, 11, 100, 999, -1, "RUN", 1.0, 101.0, True, None])
+@pytest.mark.parametrize("raw_type", [0, 12, 100, 999, -1, "RUN", 1.0, 101.0, True, None])
 def test_unknown_types_are_refused(raw_type):
     with pytest.raises(ProtocolError, match="unknown message type"):
         decode_plain(codec.pack([PROTOCOL_VERSION, raw_type, {}]), Channel.CONTROL)
@@ -562,15 +565,18 @@ def test_cross_field_checks_accept_the_consistent_forms():
 
 
 @pytest.mark.parametrize(
-    "msg_type", [MsgType.JOB_RECEIPT, MsgType.RESULT_RECEIPT], ids=lambda t: t.name
+    "msg_type",
+    [MsgType.JOB_RECEIPT, MsgType.RESULT_RECEIPT, MsgType.JOB_PROGRESS],
+    ids=lambda t: t.name,
 )
 def test_a_receipt_must_name_its_envelopes_jid(msg_type):
     other = new_jid(NOW + 1)
-    frame = seal_raw(msg_type, codec.pack({"jid": other}))
+    body = {**SAMPLES[msg_type], "jid": other}
+    frame = seal_raw(msg_type, codec.pack(body))
     with pytest.raises(ProtocolError, match="differs from the envelope's jid"):
         open_(frame, msg_type)
     with pytest.raises(ProtocolError, match="differs from the envelope's jid"):
-        seal(msg_type, {"jid": other}, jid=JID)
+        seal(msg_type, body, jid=JID)
 
 
 # ---- fuzzing: structured mutations of valid messages ----

@@ -183,3 +183,22 @@ def test_tables():
     text = render.render_keys(keys, PLAIN)
     assert "master key fingerprint: SHA256:m" in text
     assert "connected" in text and "never seen" in text and "refused keys" in text
+
+
+def test_a_reduced_result_says_what_was_left_out():
+    change = FileChange("/etc/x", False, ROOT, ROOT, "(diff omitted)\n")
+    reduced = {
+        "diffs_omitted": 3,
+        "outputs_omitted": 1,
+        "changes_omitted": 0,
+        "triggers_omitted": 0,
+        "reason": "too large: 70000000 bytes\x1b[2J",
+    }
+    text = render.render_host(
+        "web1", "changed", body(ApplyResult(False, changes=[change]), reduced=reduced), PLAIN
+    )
+    assert (
+        "    result reduced: 3 diffs omitted, 1 trigger output omitted "
+        "(too large: 70000000 bytes\\x1b[2J)"
+    ) in text.splitlines()
+    assert "result reduced" not in render.render_host("web1", "ok", body(ApplyResult(False)), PLAIN)

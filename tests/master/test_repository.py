@@ -27,9 +27,7 @@ def write(root, files: dict[str, str | bytes]) -> None:
     for rel, content in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, str):
-            content = content.encode()
-        path.write_bytes(content)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
 
 
 @pytest.fixture

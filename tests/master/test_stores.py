@@ -8,7 +8,15 @@ from common import codec
 from common.crypto import PublicKeys
 from common.errors import StoreError, UsageError
 from master.db import DB_NAME, open_db
-from master.jobstore import HostState, HostStatus, JobRecord, JobStore, StoredResult
+from master.jobstore import (
+    HostState,
+    HostStatus,
+    JobRecord,
+    JobStore,
+    StoredResult,
+    change_count,
+    host_status,
+)
 from master.keystore import KeyState, KeyStore
 
 
@@ -204,3 +212,12 @@ def test_unauthenticated_enrolment_is_bounded(conn, monkeypatch):
     assert len(refused) == keystore.MAX_REFUSED_PER_ID
     newest = pub((b"%03d" % (keystore.MAX_REFUSED_PER_ID + 4) * 11)[:32])
     assert refused[-1].fingerprint == newest.fingerprint()  # newest kept
+
+
+def test_a_reduced_result_that_left_out_every_change_still_counts_as_changed():
+    apply = {"dry_run": False, "changes": [], "triggers": [], "failure": None, "duration": 1.0}
+    result = {"status": "ok", "apply": apply}
+    assert host_status(result) is HostStatus.OK
+    reduced = {**result, "reduced": {"changes_omitted": 7}}
+    assert host_status(reduced) is HostStatus.CHANGED
+    assert change_count(reduced) == 7

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from common import atomicfile
 from common.errors import ProtocolError
 from minion.spool import Kind, Spool
 
@@ -35,7 +36,7 @@ def test_put_get_remove_and_reopen(tmp_path):
 def test_leftover_temporaries_are_removed(tmp_path):
     d = tmp_path / "spool"
     d.mkdir()
-    (d / f".tmp-{J1}.result").write_bytes(b"half")
+    (d / f"{atomicfile.TEMP_PREFIX}0123456789abcdef-{J1}.result").write_bytes(b"half")
     spool = Spool(str(d))
     assert spool.jids(Kind.RESULT) == []
     assert os.listdir(d) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -80,8 +81,10 @@ def test_master_killed_after_sending_then_result_delivered_from_the_spool(sandbo
         "web1 to get the job",
     )
     sandbox.kill(sandbox.master)
-    proc.communicate(timeout=30)
-    assert proc.returncode != 0  # the CLI lost its daemon
+    _, err = proc.communicate(timeout=30)
+    # The CLI lost its daemon after the job started: not "nothing was done" (2).
+    assert proc.returncode == 1, err
+    [jid] = re.findall(r"the job goes on: see safcm-master jobs show (\S+)\n", err)
     spool = os.path.join(sandbox.minions["web1"].settings["state_dir"], "spool")
     wait_for(
         lambda: any(n.endswith(".result") for n in os.listdir(spool)),
@@ -96,7 +99,8 @@ def test_master_killed_after_sending_then_result_delivered_from_the_spool(sandbo
         "the spooled result to be delivered",
     )
     [job] = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
-    [host] = jobs_show(sandbox, job["jid"])["hosts"]
+    assert job["jid"] == jid
+    [host] = jobs_show(sandbox, jid)["hosts"]
     assert host["state"] == "done" and host["status"] == "ok"
     assert any(t["command"] == "sleep 3" for t in host["result"]["apply"]["triggers"])
 

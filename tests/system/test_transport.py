@@ -85,6 +85,7 @@ def test_an_accepted_minion_receives_only_its_own_topic(sandbox, fake):
     sub = evil.subscribe(topic_for("web1"))
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     logged(sandbox.master, "refused a subscription of web3 to a topic that is not its own")
+    logged(sandbox.master, "closing that connection")
     code, _ = run_json(sandbox, "web1", "files")
     assert code == 0
     assert received(sub) == []
