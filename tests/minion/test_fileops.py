@@ -10,6 +10,7 @@ give the real run's report while writing nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
@@ -20,12 +21,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from common.errors import FileOpError, LockError
-from common.model import FileChange, FileSpec, FileType, TriggerStatus
+from common.model import AbsentSpec, FileChange, FileSpec, FileType, Outcome, TriggerStatus
 from minion import fileops
 from minion.fileops import Resolve, Temp
 from minion.plan import is_temp_name
 
-from .conftest import Host, new_host, open_fds
+from .conftest import JID, Host, new_host, open_fds
 from .tree import (
     CHR,
     FIFO,
@@ -44,12 +45,36 @@ from .tree import (
 )
 
 
-def created(path: str, type: str, mode: int, uid: int = 0, gid: int = 0) -> FileChange:
-    return FileChange(path, created=True, new=state(type, mode, uid, gid))
+def created(
+    path: str, type: str, mode: int, uid: int = 0, gid: int = 0, diff: str | None = None
+) -> FileChange:
+    return FileChange(path, created=True, new=state(type, mode, uid, gid), diff=diff)
 
 
-def changed(path, old, new, diff=None) -> FileChange:
-    return FileChange(path, created=False, new=new, old=old, diff=diff)
+def changed(path, old, new, diff=None, outcome=Outcome.APPLIED) -> FileChange:
+    return FileChange(path, created=False, new=new, old=old, diff=diff, outcome=outcome)
+
+
+def removed(path, old, diff=None, outcome=Outcome.APPLIED) -> FileChange:
+    return FileChange(path, created=False, new=None, old=old, diff=diff, outcome=outcome)
+
+
+def as_(outcome: Outcome, change: FileChange) -> FileChange:
+    """`change` expected with `outcome` (its reason is checked apart: see shape())."""
+    return dataclasses.replace(change, outcome=outcome)
+
+
+def shape(changes: list[FileChange]) -> list[FileChange]:
+    """The changes with their reasons blanked, after checking that every failed
+    or skipped change has a reason and no other has one."""
+    for c in changes:
+        assert bool(c.reason) == (c.outcome in (Outcome.FAILED, Outcome.SKIPPED)), c
+    return [dataclasses.replace(c, reason="") for c in changes]
+
+
+def as_real(changes: list[FileChange]) -> list[FileChange]:
+    """A dry run's changes as the real run reports them: "would apply" is "applied"."""
+    return [as_(Outcome.APPLIED, c) if c.outcome is Outcome.WOULD_APPLY else c for c in changes]
 
 
 @dataclass
@@ -58,14 +83,28 @@ class Case:
     before: list[Entry]
     files: list[FileSpec]
     changes: list[FileChange]
-    failure: tuple[str, str] | None = None  # path, and a part of the reason
+    # (path, a part of the reason) of each failure, in order
+    failures: list[tuple[str, str]] = field(default_factory=list)
     after: list[Entry] | None = None  # default: as declared (or as before, on failure)
+    absent: list[AbsentSpec] = field(default_factory=list)
+    purge: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
     marks: list = field(default_factory=list)
 
 
-def H(*lines: str) -> str:
-    """A diff: the usual headers, then `lines`."""
-    return "--- old\n+++ new\n" + "".join(line + "\n" for line in lines)
+def H(path: str, *lines: str) -> str:
+    """A diff of `path`: the usual headers, then `lines`."""
+    return f"--- a{path}\n+++ b{path}\n" + "".join(line + "\n" for line in lines)
+
+
+def NEW(path: str, *lines: str) -> str:
+    """The diff of content that appears at `path` (a creation)."""
+    return f"--- /dev/null\n+++ b{path}\n" + "".join(line + "\n" for line in lines)
+
+
+def GONE(path: str, *lines: str) -> str:
+    """The diff of content that is lost at `path` (a removal, or a directory in its place)."""
+    return f"--- a{path}\n+++ /dev/null\n" + "".join(line + "\n" for line in lines)
 
 
 NO_NL = "\\ No newline at end of file"
@@ -76,33 +115,49 @@ CASES = [
         "create file",
         [D("/etc")],
         [spec("/etc/motd", data=b"hello\n")],
-        [created("/etc/motd", "file", 0o644)],
+        [created("/etc/motd", "file", 0o644, diff=NEW("/etc/motd", "@@ -0,0 +1 @@", "+hello"))],
     ),
-    Case("create file in root", [], [spec("/motd", data=b"x")], [created("/motd", "file", 0o644)]),
+    Case(
+        "create file in root",
+        [],
+        [spec("/motd", data=b"x")],
+        [created("/motd", "file", 0o644, diff=NEW("/motd", "@@ -0,0 +1 @@", "+x", NO_NL))],
+    ),
     Case("create empty file", [], [spec("/empty")], [created("/empty", "file", 0o644)]),
     Case(
         "create binary file",
         [],
         [spec("/bin.dat", data=b"\x00\xff\x01" * 100)],
-        [created("/bin.dat", "file", 0o644)],
+        [
+            created(
+                "/bin.dat",
+                "file",
+                0o644,
+                diff=NEW("/bin.dat", "@@ -0,0 +1 @@", "+<binary content, 300 bytes>"),
+            )
+        ],
     ),
     Case(
         "create setuid file owned by name",
         [D("/opt")],
         [spec("/opt/tool", mode=0o4755, data=b"#!/bin/sh\n", user="daemon", group="staff")],
-        [created("/opt/tool", "file", 0o4755, 1, 50)],
+        [
+            created(
+                "/opt/tool", "file", 0o4755, 1, 50, NEW("/opt/tool", "@@ -0,0 +1 @@", "+#!/bin/sh")
+            )
+        ],
     ),
     Case(
         "create setgid file",
         [],
         [spec("/sg", mode=0o2711, data=b"x", group="adm")],
-        [created("/sg", "file", 0o2711, 0, 4)],
+        [created("/sg", "file", 0o2711, 0, 4, NEW("/sg", "@@ -0,0 +1 @@", "+x", NO_NL))],
     ),
     Case(
         "create all special bits",
         [],
         [spec("/all", mode=0o7777, data=b"x", user="bin", group="adm")],
-        [created("/all", "file", 0o7777, 2, 4)],
+        [created("/all", "file", 0o7777, 2, 4, NEW("/all", "@@ -0,0 +1 @@", "+x", NO_NL))],
     ),
     Case(
         "create dir with setgid and sticky",
@@ -114,13 +169,17 @@ CASES = [
         "create symlink",
         [D("/etc")],
         [spec("/etc/link", "symlink", data=b"../target")],
-        [created("/etc/link", "symlink", 0o777)],
+        [
+            created(
+                "/etc/link", "symlink", 0o777, diff=NEW("/etc/link", "@@ -0,0 +1 @@", "+../target")
+            )
+        ],
     ),
     Case(
         "create symlink with owner",
         [],
         [spec("/link", "symlink", data=b"/abs/target", user="bin", group="adm")],
-        [created("/link", "symlink", 0o777, 2, 4)],
+        [created("/link", "symlink", 0o777, 2, 4, NEW("/link", "@@ -0,0 +1 @@", "+/abs/target"))],
     ),
     Case(
         "create nested tree",
@@ -134,37 +193,65 @@ CASES = [
         ],
         [
             created("/a", "dir", 0o755),
-            created("/a-sibling", "file", 0o644),
+            created(
+                "/a-sibling",
+                "file",
+                0o644,
+                diff=NEW("/a-sibling", "@@ -0,0 +1 @@", "+sorts between /a and /a/b", NO_NL),
+            ),
             created("/a/b", "dir", 0o700),
-            created("/a/b/c", "file", 0o644),
-            created("/a/l", "symlink", 0o777),
+            created("/a/b/c", "file", 0o644, diff=NEW("/a/b/c", "@@ -0,0 +1 @@", "+c")),
+            created("/a/l", "symlink", 0o777, diff=NEW("/a/l", "@@ -0,0 +1 @@", "+b/c")),
         ],
     ),
     Case(
         "create by ids",
         [],
         [spec("/ids", data=b"x", uid=1, gid=4)],
-        [created("/ids", "file", 0o644, 1, 4)],
+        [created("/ids", "file", 0o644, 1, 4, NEW("/ids", "@@ -0,0 +1 @@", "+x", NO_NL))],
     ),
     Case(
         "create with ids the host has no name for",
         [],
         [spec("/anon", data=b"x", uid=NAMELESS_ID, gid=NAMELESS_ID)],
-        [created("/anon", "file", 0o644, NAMELESS_ID, NAMELESS_ID)],
+        [
+            created(
+                "/anon",
+                "file",
+                0o644,
+                NAMELESS_ID,
+                NAMELESS_ID,
+                NEW("/anon", "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "create file with the longest name",
         [],
         [spec("/" + "n" * 255, data=b"x")],
-        [created("/" + "n" * 255, "file", 0o644)],
+        [
+            created(
+                "/" + "n" * 255,
+                "file",
+                0o644,
+                diff=NEW("/" + "n" * 255, "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "create file with a non-ASCII name",
         [D("/d")],
         [spec("/d/résumé ☃", data=b"x"), spec("/d/\u00e9\u00e9" + "é" * 125, data=b"y")],
         [
-            created("/d/résumé ☃", "file", 0o644),
-            created("/d/\u00e9\u00e9" + "é" * 125, "file", 0o644),
+            created(
+                "/d/résumé ☃", "file", 0o644, diff=NEW("/d/résumé ☃", "@@ -0,0 +1 @@", "+x", NO_NL)
+            ),
+            created(
+                "/d/\u00e9\u00e9" + "é" * 125,
+                "file",
+                0o644,
+                diff=NEW("/d/\u00e9\u00e9" + "é" * 125, "@@ -0,0 +1 @@", "+y", NO_NL),
+            ),
         ],
     ),
     # --- update a file ---------------------------------------------------------
@@ -177,7 +264,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1,3 +1,3 @@", " a", "-b", "+B", " c"),
+                H("/f", "@@ -1,3 +1,3 @@", " a", "-b", "+B", " c"),
             )
         ],
     ),
@@ -190,7 +277,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -8,7 +8,7 @@", " 7", " 8", " 9", "-10", "+ten", " 11", " 12", " 13"),
+                H("/f", "@@ -8,7 +8,7 @@", " 7", " 8", " 9", "-10", "+ten", " 11", " 12", " 13"),
             )
         ],
     ),
@@ -200,7 +287,10 @@ CASES = [
         [spec("/f", data=b"abd\n")],
         [
             changed(
-                "/f", state("file", 0o644), state("file", 0o644), H("@@ -1 +1 @@", "-abc", "+abd")
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("/f", "@@ -1 +1 @@", "-abc", "+abd"),
             )
         ],
     ),
@@ -213,7 +303,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1 +1 @@", "-abc", NO_NL, "+abcd", NO_NL),
+                H("/f", "@@ -1 +1 @@", "-abc", NO_NL, "+abcd", NO_NL),
             )
         ],
     ),
@@ -226,7 +316,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1,2 +1,2 @@", " a", "-x", NO_NL, "+x"),
+                H("/f", "@@ -1,2 +1,2 @@", " a", "-x", NO_NL, "+x"),
             )
         ],
     ),
@@ -239,7 +329,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1 +1 @@", "-x", "+x", NO_NL),
+                H("/f", "@@ -1 +1 @@", "-x", "+x", NO_NL),
             )
         ],
     ),
@@ -252,7 +342,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1,2 +1,2 @@", "-a", "+b", " z", NO_NL),
+                H("/f", "@@ -1,2 +1,2 @@", "-a", "+b", " z", NO_NL),
             )
         ],
     ),
@@ -265,7 +355,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1 +1 @@", "-<binary content, 3 bytes>", "+<binary content, 3 bytes>"),
+                H("/f", "@@ -1 +1 @@", "-<binary content, 3 bytes>", "+<binary content, 3 bytes>"),
             )
         ],
     ),
@@ -278,7 +368,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1 +1 @@", "-text", "+<binary content, 2 bytes>"),
+                H("/f", "@@ -1 +1 @@", "-text", "+<binary content, 2 bytes>"),
             )
         ],
     ),
@@ -286,7 +376,11 @@ CASES = [
         "update empty file to text",
         [F("/f", b"")],
         [spec("/f", data=b"new\n")],
-        [changed("/f", state("file", 0o644), state("file", 0o644), H("@@ -0,0 +1 @@", "+new"))],
+        [
+            changed(
+                "/f", state("file", 0o644), state("file", 0o644), H("/f", "@@ -0,0 +1 @@", "+new")
+            )
+        ],
     ),
     Case(
         "update mode only",
@@ -334,7 +428,7 @@ CASES = [
                 "/l",
                 state("symlink", 0o777),
                 state("symlink", 0o777),
-                H("@@ -1 +1 @@", "-old", "+new"),
+                H("/l", "@@ -1 +1 @@", "-old", "+new"),
             )
         ],
     ),
@@ -404,7 +498,14 @@ CASES = [
         "file with content to dir shows the lost content",
         [F("/x", b"gone\n")],
         [spec("/x", "dir")],
-        [changed("/x", state("file", 0o644), state("dir", 0o755), H("@@ -1 +0,0 @@", "-gone"))],
+        [
+            changed(
+                "/x",
+                state("file", 0o644),
+                state("dir", 0o755),
+                GONE("/x", "@@ -1 +0,0 @@", "-gone"),
+            )
+        ],
     ),
     Case(
         "file to symlink",
@@ -412,7 +513,10 @@ CASES = [
         [spec("/x", "symlink", data=b"t")],
         [
             changed(
-                "/x", state("file", 0o644), state("symlink", 0o777), H("@@ -1 +1 @@", "-data", "+t")
+                "/x",
+                state("file", 0o644),
+                state("symlink", 0o777),
+                H("/x", "@@ -1 +1 @@", "-data", "+t"),
             )
         ],
     ),
@@ -422,7 +526,10 @@ CASES = [
         [spec("/x", data=b"data\n")],
         [
             changed(
-                "/x", state("symlink", 0o777), state("file", 0o644), H("@@ -1 +1 @@", "-t", "+data")
+                "/x",
+                state("symlink", 0o777),
+                state("file", 0o644),
+                H("/x", "@@ -1 +1 @@", "-t", "+data"),
             )
         ],
     ),
@@ -430,44 +537,91 @@ CASES = [
         "symlink to dir",
         [L("/x", b"t")],
         [spec("/x", "dir")],
-        [changed("/x", state("symlink", 0o777), state("dir", 0o755), H("@@ -1 +0,0 @@", "-t"))],
+        [
+            changed(
+                "/x",
+                state("symlink", 0o777),
+                state("dir", 0o755),
+                GONE("/x", "@@ -1 +0,0 @@", "-t"),
+            )
+        ],
     ),
     Case(
         "empty dir to file",
         [D("/x")],
         [spec("/x", data=b"new\n")],
-        [changed("/x", state("dir", 0o755), state("file", 0o644))],
+        [
+            changed(
+                "/x", state("dir", 0o755), state("file", 0o644), NEW("/x", "@@ -0,0 +1 @@", "+new")
+            )
+        ],
     ),
     Case(
         "empty dir to symlink",
         [D("/x", 0o700)],
         [spec("/x", "symlink", data=b"/somewhere")],
-        [changed("/x", state("dir", 0o700), state("symlink", 0o777))],
+        [
+            changed(
+                "/x",
+                state("dir", 0o700),
+                state("symlink", 0o777),
+                NEW("/x", "@@ -0,0 +1 @@", "+/somewhere"),
+            )
+        ],
     ),
     Case(
         "non-empty dir is never removed",
         [D("/x"), F("/x/keep", b"precious")],
         [spec("/x", data=b"new")],
-        [changed("/x", state("dir", 0o755), state("file", 0o644))],
-        failure=("/x", "non-empty directory"),
+        [
+            changed(
+                "/x",
+                state("dir", 0o755),
+                state("file", 0o644),
+                NEW("/x", "@@ -0,0 +1 @@", "+new", NO_NL),
+                Outcome.FAILED,
+            )
+        ],
+        failures=[("/x", "non-empty directory")],
     ),
     Case(
         "fifo to file",
         [FIFO("/x")],
         [spec("/x", data=b"x")],
-        [changed("/x", state("fifo", 0o644), state("file", 0o644))],
+        [
+            changed(
+                "/x",
+                state("fifo", 0o644),
+                state("file", 0o644),
+                NEW("/x", "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "socket to file",
         [SOCK("/x")],
         [spec("/x", data=b"x")],
-        [changed("/x", state("socket", 0o755), state("file", 0o644))],
+        [
+            changed(
+                "/x",
+                state("socket", 0o755),
+                state("file", 0o644),
+                NEW("/x", "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "device to file",
         [CHR("/x")],
         [spec("/x", data=b"x")],
-        [changed("/x", state("chardev", 0o666), state("file", 0o644))],
+        [
+            changed(
+                "/x",
+                state("chardev", 0o666),
+                state("file", 0o644),
+                NEW("/x", "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "fifo to dir",
@@ -479,7 +633,14 @@ CASES = [
         "fifo to symlink",
         [FIFO("/x")],
         [spec("/x", "symlink", data=b"t")],
-        [changed("/x", state("fifo", 0o644), state("symlink", 0o777))],
+        [
+            changed(
+                "/x",
+                state("fifo", 0o644),
+                state("symlink", 0o777),
+                NEW("/x", "@@ -0,0 +1 @@", "+t"),
+            )
+        ],
     ),
     Case(
         "declared dir replaces a symlink, and files go below it",
@@ -487,9 +648,12 @@ CASES = [
         [spec("/a", "dir"), spec("/a/x", data=b"x")],
         [
             changed(
-                "/a", state("symlink", 0o777), state("dir", 0o755), H("@@ -1 +0,0 @@", "-real")
+                "/a",
+                state("symlink", 0o777),
+                state("dir", 0o755),
+                GONE("/a", "@@ -1 +0,0 @@", "-real"),
             ),
-            created("/a/x", "file", 0o644),
+            created("/a/x", "file", 0o644, diff=NEW("/a/x", "@@ -0,0 +1 @@", "+x", NO_NL)),
         ],
         after=[D("/real"), D("/a"), F("/a/x", b"x")],
     ),
@@ -498,51 +662,62 @@ CASES = [
         "unknown user",
         [],
         [spec("/a", data=b"a", user="no-such-user"), spec("/b", data=b"b")],
-        [],
-        failure=("/a", "unknown user 'no-such-user'"),
+        [created("/b", "file", 0o644, diff=NEW("/b", "@@ -0,0 +1 @@", "+b", NO_NL))],
+        failures=[("/a", "unknown user 'no-such-user'")],
+        after=[F("/b", b"b")],
     ),
     Case(
         "unknown group",
         [],
         [spec("/a", data=b"a", group="no-such-group")],
         [],
-        failure=("/a", "unknown group 'no-such-group'"),
+        failures=[("/a", "unknown group 'no-such-group'")],
     ),
     Case(
-        "the apply stops at the first failing file",
+        "a failing file stops nothing else",
         [D("/b"), F("/b/keep")],
         [spec("/a", data=b"a"), spec("/b", data=b"b"), spec("/c", data=b"c")],
-        [created("/a", "file", 0o644), changed("/b", state("dir", 0o755), state("file", 0o644))],
-        failure=("/b", "non-empty directory"),
-        after=[D("/b"), F("/b/keep"), F("/a", b"a")],
+        [
+            created("/a", "file", 0o644, diff=NEW("/a", "@@ -0,0 +1 @@", "+a", NO_NL)),
+            changed(
+                "/b",
+                state("dir", 0o755),
+                state("file", 0o644),
+                NEW("/b", "@@ -0,0 +1 @@", "+b", NO_NL),
+                Outcome.FAILED,
+            ),
+            created("/c", "file", 0o644, diff=NEW("/c", "@@ -0,0 +1 @@", "+c", NO_NL)),
+        ],
+        failures=[("/b", "non-empty directory")],
+        after=[D("/b"), F("/b/keep"), F("/a", b"a"), F("/c", b"c")],
     ),
     Case(
         "missing parent that is not declared",
         [],
         [spec("/x/y", data=b"")],
         [],
-        failure=("/x/y", "directory /x does not exist"),
+        failures=[("/x/y", "directory /x does not exist")],
     ),
     Case(
         "missing grandparent that is not declared",
         [D("/a")],
         [spec("/a/x/y/z", data=b"")],
         [],
-        failure=("/a/x/y/z", "directory /a/x does not exist"),
+        failures=[("/a/x/y/z", "directory /a/x does not exist")],
     ),
     Case(
         "parent is a file",
         [F("/x")],
         [spec("/x/y")],
         [],
-        failure=("/x/y", "not a directory in path: /x is a file"),
+        failures=[("/x/y", "not a directory in path: /x is a file")],
     ),
     Case(
         "parent is a symlink",
         [D("/real"), L("/etc", b"real")],
         [spec("/etc/app")],
         [],
-        failure=("/etc/app", "symlink not permitted in path: /etc"),
+        failures=[("/etc/app", "symlink not permitted in path: /etc")],
     ),
     # --- invalid input: refused before any syscall ------------------------------
     Case(
@@ -550,50 +725,50 @@ CASES = [
         [],
         [spec("/a"), spec("/b"), spec("/a", data=b"again")],
         [],
-        failure=("/a", "declared more than once"),
+        failures=[("/a", "declared more than once")],
     ),
     Case(
         "invalid: relative path",
         [],
         [spec("/ok"), spec("etc/x")],
         [],
-        failure=("etc/x", "not absolute"),
+        failures=[("etc/x", "not absolute")],
     ),
-    Case("invalid: dot-dot", [], [spec("/a/../b")], [], failure=("/a/../b", "'..' component")),
+    Case("invalid: dot-dot", [], [spec("/a/../b")], [], failures=[("/a/../b", "'..' component")]),
     Case(
         "invalid: a file with something below it",
         [],
         [spec("/a"), spec("/a/b")],
         [],
-        failure=("/a/b", "its parent /a is declared as a file"),
+        failures=[("/a/b", "its parent /a is declared as a file")],
     ),
     Case(
         "invalid: the root as a file",
         [],
         [spec("/", "file")],
         [],
-        failure=("/", "can only be declared as a directory"),
+        failures=[("/", "can only be declared as a directory")],
     ),
     Case(
         "invalid: a name reserved for temporary files",
         [],
         [spec("/.x.safcm-tmp-0123456789abcdef")],
         [],
-        failure=("/.x.safcm-tmp-0123456789abcdef", "reserved"),
+        failures=[("/.x.safcm-tmp-0123456789abcdef", "reserved")],
     ),
     Case(
         "invalid: a path that is not a string",
         [],
         [spec("/a"), FileSpec(None, FileType.FILE, 0o644, user="root", group="root")],
         [],
-        failure=("None", "path is empty"),
+        failures=[("None", "path is empty")],
     ),
     Case(
         "invalid: both user and uid",
         [],
         [FileSpec("/a", FileType.FILE, 0o644, user="root", uid=0, group="root")],
         [],
-        failure=("/a", "exactly one of user and uid"),
+        failures=[("/a", "exactly one of user and uid")],
     ),
 ]
 
@@ -601,7 +776,7 @@ CASES = [
 def expected_after(case: Case) -> dict[str, Entry]:
     if case.after is not None:
         entries = case.after
-    elif case.failure is not None:
+    elif case.failures:
         entries = case.before
     else:
         entries = {e.path: e for e in case.before} | {e.path: e for e in entries_of(case.files)}
@@ -618,34 +793,37 @@ def temp_names(root: str) -> list[str]:
     ]
 
 
-def check_failure(result, case: Case) -> None:
-    if case.failure is None:
-        assert result.failure is None
-    else:
-        path, reason = case.failure
-        assert result.failure is not None
-        assert result.failure.path == path
-        assert reason in result.failure.reason
+def check_failures(result, case: Case) -> None:
+    assert len(result.failures) == len(case.failures), result.failures
+    for failure, (path, reason) in zip(result.failures, case.failures, strict=True):
+        assert failure.path == path
+        assert reason in failure.reason
+
+
+def apply_case(host: Host, case: Case, *, dry_run: bool = False):
+    return host.apply(
+        case.files, dry_run=dry_run, absent=case.absent, purge=case.purge, secrets=case.secrets
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_apply(case: Case, host: Host, engine_mode):
     make(host.root, case.before)
 
-    result = host.apply(case.files)
+    result = apply_case(host, case)
 
-    assert result.changes == case.changes
-    check_failure(result, case)
+    assert shape(result.changes) == case.changes
+    check_failures(result, case)
     assert read_tree(host.root) == expected_after(case)
     assert temp_names(host.root) == []
     assert not result.dry_run
-    if case.failure is None:
+    if not case.failures:
         # A second apply finds nothing to do, and touches nothing at all: no
         # write, rename, chmod or chown (each would change an inode or ctime).
         before = snapshot(host.root)
-        again = host.apply(case.files)
+        again = apply_case(host, case)
         assert again.changes == []
-        assert again.failure is None
+        assert again.failures == []
         assert snapshot(host.root) == before
 
 
@@ -656,14 +834,16 @@ def test_dry_run_reports_what_the_real_run_does(case: Case, tmp_path, engine_mod
     make(real_host.root, case.before)
     before = snapshot(dry_host.root)
 
-    dry = dry_host.apply(case.files, dry_run=True)
-    real = real_host.apply(case.files)
+    dry = apply_case(dry_host, case, dry_run=True)
+    real = apply_case(real_host, case)
 
     assert snapshot(dry_host.root) == before  # nothing written
     assert dry.dry_run
-    assert dry.changes == real.changes == case.changes
-    assert dry.failure == real.failure
-    check_failure(dry, case)
+    assert all(c.outcome is not Outcome.APPLIED for c in dry.changes)
+    assert as_real(dry.changes) == real.changes
+    assert shape(real.changes) == case.changes
+    assert dry.failures == real.failures
+    check_failures(dry, case)
 
 
 # ---------------------------------------------------------------------------
@@ -683,7 +863,7 @@ def test_openat2_is_used_when_available(host: Host, monkeypatch):
     monkeypatch.setattr(fileops, "_openat2_dir", spy)
     make(host.root, [D("/a"), D("/a/b")])
     result = host.apply([spec("/a/b/c", data=b"x"), spec("/a/b/d", data=b"y")])
-    assert result.failure is None
+    assert result.failures == []
     assert calls == [b"a/b"]  # one call for the whole path, then the cache
 
 
@@ -695,7 +875,7 @@ def test_forced_walk_never_calls_openat2(host: Host, monkeypatch):
     monkeypatch.setattr(fileops, "FORCE_RESOLVE", Resolve.WALK)
     make(host.root, [D("/a"), D("/a/b")])
     result = host.apply([spec("/a/b/c", data=b"x")])
-    assert result.failure is None
+    assert result.failures == []
     assert read_tree(host.root)["/a/b/c"].data == b"x"
 
 
@@ -715,7 +895,7 @@ def test_temp_file_methods(host: Host, monkeypatch, temp, links):
     monkeypatch.setattr(fileops, "_link_tmpfile", spy)
     monkeypatch.setattr(fileops, "FORCE_TEMP", temp)
     result = host.apply([spec("/f", mode=0o640, data=b"content", group="adm")])
-    assert result.failure is None
+    assert result.failures == []
     assert read_tree(host.root)["/f"] == F("/f", b"content", 0o640, 0, 4)
     assert calls == [temp is Temp.TMPFILE_PROC] * links
 
@@ -732,7 +912,7 @@ def test_falls_back_to_named_temp_without_o_tmpfile(host: Host, monkeypatch):
     monkeypatch.setattr(fileops.os, "open", no_tmpfile)
     monkeypatch.setattr(fileops, "_link_tmpfile", None)  # must not be reached
     result = host.apply([spec("/f", data=b"via a named temporary")])
-    assert result.failure is None
+    assert result.failures == []
     assert read_tree(host.root) == {"/f": F("/f", b"via a named temporary")}
 
 
@@ -752,11 +932,11 @@ def test_stale_temporaries_are_removed_and_nothing_else(host: Host, resolve_mode
     files = [spec("/d/f", data=b"new")]
 
     dry = host.apply(files, dry_run=True)
-    assert dry.failure is None
+    assert dry.failures == []
     assert all(os.path.lexists(f"{host.root}/d/{n}") for n in stale)  # a dry run removes nothing
 
     result = host.apply(files)
-    assert result.failure is None
+    assert result.failures == []
     names = set(os.listdir(host.root + "/d"))
     assert names == {*kept, "f", ".dir.safcm-tmp-00000000aaaaaaaa"}  # never a directory
 
@@ -770,7 +950,7 @@ def test_small_descriptor_cache_still_applies_everything(host: Host, engine_mode
         files += [spec(f"/t/d{i}/s{j}/f", data=b"%d.%d" % (i, j)) for j in range(3)]
     fds = open_fds()
     result = host.apply(files)
-    assert result.failure is None
+    assert result.failures == []
     assert len(result.changes) == len(files)
     assert read_tree(host.root) == {e.path: e for e in entries_of(files)}
     assert open_fds() == fds
@@ -782,7 +962,7 @@ def test_descriptors_are_closed_after_a_failure(host: Host, engine_mode):
     make(host.root, [D("/a"), D("/b"), F("/b/keep")])
     fds = open_fds()
     result = host.apply([spec("/a/x", data=b"x"), spec("/b", data=b"b"), spec("/c")])
-    assert result.failure.path == "/b"
+    assert result.failures[0].path == "/b"
     assert open_fds() == fds
 
 
@@ -806,7 +986,9 @@ def test_cache_forgets_a_removed_directory(host: Host, resolve_mode):
 def test_unreadable_root_is_an_error_naming_it(tmp_path):
     missing = str(tmp_path / "no-such-root")
     with pytest.raises(FileOpError) as info:
-        fileops.apply_files(missing, [spec("/f")], dry_run=False, state_dir=str(tmp_path / "s"))
+        fileops.apply_files(
+            missing, [spec("/f")], dry_run=False, state_dir=str(tmp_path / "s"), jid=JID
+        )
     assert info.value.path == missing
     assert "cannot open the root directory" in info.value.reason
 
@@ -814,8 +996,8 @@ def test_unreadable_root_is_an_error_naming_it(tmp_path):
 def test_failure_path_and_error_types(host: Host):
     make(host.root, [D("/real"), L("/etc", b"real")])
     result = host.apply([spec("/etc/app/x")])
-    assert result.failure.path == "/etc/app/x"
-    assert result.failure.reason == "symlink not permitted in path: /etc"
+    assert result.failures[0].path == "/etc/app/x"
+    assert result.failures[0].reason == "symlink not permitted in path: /etc"
 
 
 # ---------------------------------------------------------------------------
@@ -830,7 +1012,10 @@ def test_large_file_is_replaced_and_the_diff_says_it_is_too_large(host: Host):
     result = host.apply([spec("/big", data=b"small\n")])
     (change,) = result.changes
     assert change.diff == H(
-        "@@ -1 +1 @@", f"-<content not diffed, {len(big)} bytes: too large to diff>", "+small"
+        "/big",
+        "@@ -1 +1 @@",
+        f"-<content not diffed, {len(big)} bytes: too large to diff>",
+        "+small",
     )
     assert len(change.diff) < DIFF_TEXT_MAX
     assert read_tree(host.root)["/big"].data == b"small\n"
@@ -887,7 +1072,7 @@ def test_no_trigger_runs_after_a_failed_file(host: Host):
     result = host.apply(
         [spec("/a", data=b"a", triggers=(f"touch {marker}",)), spec("/b", data=b"b")]
     )
-    assert result.failure.path == "/b"
+    assert result.failures[0].path == "/b"
     assert result.triggers == []
     assert not os.path.exists(marker)
 
@@ -925,7 +1110,7 @@ def test_second_apply_gives_up_with_lock_error(host: Host):
         assert read_tree(host.root) == {}
     finally:
         os.close(fd)
-    assert host.apply([spec("/f", data=b"x")]).failure is None
+    assert host.apply([spec("/f", data=b"x")]).failures == []
 
 
 def test_apply_waits_for_the_lock(host: Host):
@@ -936,7 +1121,7 @@ def test_apply_waits_for_the_lock(host: Host):
         result = host.apply([spec("/f", data=b"x")], lock_timeout=30)
     finally:
         release.join()
-    assert result.failure is None
+    assert result.failures == []
     assert read_tree(host.root) == {"/f": F("/f", b"x")}
 
 
@@ -944,7 +1129,7 @@ def test_lock_error_when_the_state_dir_cannot_be_made(host: Host, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
     with pytest.raises(LockError, match="cannot open the engine lock"):
-        fileops.apply_files(host.root, [], dry_run=False, state_dir=str(blocker / "state"))
+        fileops.apply_files(host.root, [], dry_run=False, state_dir=str(blocker / "state"), jid=JID)
 
 
 # ---------------------------------------------------------------------------
@@ -974,7 +1159,7 @@ def test_existing_dir_is_closed_to_group_and_other_before_chown(host: Host, monk
     make(host.root, [D("/d", 0o3775)])
     calls = record_metadata_calls(monkeypatch)
     result = host.apply([spec("/d", "dir", 0o2750, user="nobody", group="adm")])
-    assert result.failure is None
+    assert result.failures == []
     assert calls == [("chmod", 0o3700), ("chown", 65534, 4), ("chmod", 0o2750)]
 
 
@@ -982,7 +1167,7 @@ def test_existing_dir_is_closed_to_group_and_other_before_chown(host: Host, monk
 def test_new_files_and_dirs_are_chowned_before_chmod(host: Host, monkeypatch, kind):
     calls = record_metadata_calls(monkeypatch)
     result = host.apply([spec("/x", kind, 0o6750, user="daemon", group="staff")])
-    assert result.failure is None
+    assert result.failures == []
     assert calls == [("chown", 1, 50), ("chmod", 0o6750)]
 
 
@@ -1027,45 +1212,67 @@ def immutable():
 def test_a_change_that_fails_is_still_recorded(host: Host, engine_mode, immutable, locked, reason):
     make(host.root, [D("/d"), F("/d/f", b"old\n")])
     immutable(host.root + locked)
-    result = host.apply([spec("/d/f", data=b"new\n"), spec("/z", data=b"never")])
-    assert result.changes == [
+    result = host.apply([spec("/d/f", data=b"new\n"), spec("/z", data=b"z\n")])
+    assert shape(result.changes) == [
         changed(
-            "/d/f", state("file", 0o644), state("file", 0o644), H("@@ -1 +1 @@", "-old", "+new")
-        )
+            "/d/f",
+            state("file", 0o644),
+            state("file", 0o644),
+            H("/d/f", "@@ -1 +1 @@", "-old", "+new"),
+            Outcome.FAILED,
+        ),
+        created("/z", "file", 0o644, diff=NEW("/z", "@@ -0,0 +1 @@", "+z")),
     ]
-    assert result.failure.path == "/d/f"
-    assert result.failure.reason == reason
+    assert result.changes[0].reason == reason
+    assert [(f.path, f.reason) for f in result.failures] == [("/d/f", reason)]
     assert result.triggers == []
-    assert read_tree(host.root) == {"/d": D("/d"), "/d/f": F("/d/f", b"old\n")}
+    assert read_tree(host.root) == {
+        "/d": D("/d"),
+        "/d/f": F("/d/f", b"old\n"),
+        "/z": F("/z", b"z\n"),  # a failure stops only what depends on it
+    }
 
 
 # ---------------------------------------------------------------------------
-# Writes run on a writer thread while the next files are observed. Its first
-# failure must still be the apply's failure, with nothing after it touched.
+# Writes run on a writer thread while the next files are observed. A write
+# that fails there is reported as failed, and stops nothing else.
 
 
-def test_failed_queued_write_stops_every_later_step(host: Host, engine_mode, immutable):
+def test_failed_queued_write_stops_nothing_else(host: Host, engine_mode, immutable):
     make(host.root, [D("/d"), F("/d/f", b"old\n"), D("/e")])
     immutable(host.root + "/d/f")
     files = [
         spec("/d/f", data=b"new\n"),  # queued; its rename fails
-        spec("/d/g", data=b"g"),  # queued behind it: must be skipped
-        spec("/e", "dir", 0o700),  # done by the main thread: must wait, then stop
+        spec("/d/g", data=b"g"),  # queued behind it
+        spec("/e", "dir", 0o700),  # done by the main thread, after the queue
         spec("/e/h", data=b"h"),
     ]
     result = host.apply(files)
-    assert [c.path for c in result.changes] == ["/d/f"]
-    assert result.failure.path == "/d/f"
-    assert read_tree(host.root) == {"/d": D("/d"), "/d/f": F("/d/f", b"old\n"), "/e": D("/e")}
+    assert [(c.path, c.outcome) for c in result.changes] == [
+        ("/d/f", Outcome.FAILED),
+        ("/d/g", Outcome.APPLIED),
+        ("/e", Outcome.APPLIED),
+        ("/e/h", Outcome.APPLIED),
+    ]
+    assert [f.path for f in result.failures] == ["/d/f"]
+    assert read_tree(host.root) == {
+        "/d": D("/d"),
+        "/d/f": F("/d/f", b"old\n"),
+        "/d/g": F("/d/g", b"g"),
+        "/e": D("/e", 0o700),
+        "/e/h": F("/e/h", b"h"),
+    }
 
 
-def test_earlier_queued_failure_wins_over_a_later_one(host: Host, engine_mode, immutable):
+def test_every_failure_is_reported_in_path_order(host: Host, engine_mode, immutable):
+    # /d/f fails late, on the writer thread; /x/y early, on the main thread.
     make(host.root, [D("/d"), F("/d/f", b"old\n"), D("/real"), L("/x", b"real")])
     immutable(host.root + "/d/f")
     result = host.apply([spec("/d/f", data=b"new\n"), spec("/x/y", data=b"y")])
-    assert [c.path for c in result.changes] == ["/d/f"]
-    assert result.failure.path == "/d/f"
-    assert "Operation not permitted" in result.failure.reason
+    assert [(c.path, c.outcome) for c in result.changes] == [("/d/f", Outcome.FAILED)]
+    assert [f.path for f in result.failures] == ["/d/f", "/x/y"]
+    assert "Operation not permitted" in result.failures[0].reason
+    assert result.failures[1].reason == "symlink not permitted in path: /x"
 
 
 def test_unexpected_error_in_the_writer_is_raised_not_swallowed(host: Host, monkeypatch):
@@ -1078,4 +1285,4 @@ def test_unexpected_error_in_the_writer_is_raised_not_swallowed(host: Host, monk
         host.apply([spec("/a", data=b"a")])
     assert open_fds() == fds
     monkeypatch.undo()
-    assert host.apply([spec("/a", data=b"a")], lock_timeout=0).failure is None  # lock released
+    assert host.apply([spec("/a", data=b"a")], lock_timeout=0).failures == []  # lock released
