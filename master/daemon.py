@@ -66,7 +66,7 @@ from common.protocol import (
 )
 from common.protocol import KeyState as WireKeyState
 from master import targets
-from master.compiler import compile_hosts, load_repository
+from master.compiler import HostConfig, compile_hosts, load_repository
 from master.control import ControlConnection, ControlServer
 from master.db import open_db
 from master.jobstore import HostState, JobRecord, JobStore, StoredResult, host_status, outcome
@@ -579,8 +579,8 @@ class Master:
         ttl = math.ceil(timeout) + ENVELOPE_SLACK
         envelopes = {}
         for host in resolved.hosts:
-            files = [spec.to_wire() for spec in configs[host].specs()] if host in configs else []
-            job = {"module": module, "dry_run": dry_run, "files": files, "deadline": deadline}
+            job = {"module": module, "dry_run": dry_run, "deadline": deadline}
+            job.update(_job_files(configs.get(host)))
             try:
                 envelopes[host] = seal_message_at(
                     MsgType.JOB,
@@ -824,3 +824,15 @@ def run(settings: MasterSettings) -> int:
 def main(settings: MasterSettings) -> int:
     safcm_log.setup(settings.log_level)
     return run(settings)
+
+
+def _job_files(config: HostConfig | None) -> dict[str, Any]:
+    """The part of a JOB body that says what the host's files must be (none for ping)."""
+    if config is None:
+        return {"files": [], "absent": [], "purge": [], "secrets": []}
+    return {
+        "files": [spec.to_wire() for spec in config.specs()],
+        "absent": [a.to_wire() for a in config.absent],
+        "purge": list(config.purge),
+        "secrets": list(config.secrets),
+    }
