@@ -812,6 +812,10 @@ class _Apply:
         # in order although queued writes report theirs at the end.
         self.failures: list[tuple[int, ApplyFailure]] = []
         self.seq = 0
+        # Paths whose removal is recorded already: a purge walk after an
+        # absent path (that a dry run or a skip left in place) does not
+        # record it twice, so a dry run reports what the real run does.
+        self.removal_recorded: set[str] = set()
 
     def finish(self) -> ApplyFailure | None:
         return self.dirs.finish()
@@ -972,6 +976,8 @@ class _Apply:
             if is_temp_name(name):
                 continue  # ours, and removed as stale by _clean() when it is
             child = path.rstrip("/") + "/" + name
+            if child in self.removal_recorded:
+                continue
             kind = self.declared.get(child)
             if kind is None:
                 found = self._observe(fd, name, child, None)
@@ -1027,6 +1033,7 @@ class _Apply:
             path, found, recursive=recursive, secret=is_secret(path, self.secrets)
         )
         index = self._record(decision.change, skip)
+        self.removal_recorded.add(path)
         acting = skip is None and not self.dry_run
         try:
             if decision.refusal is not None:

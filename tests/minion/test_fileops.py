@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import os
 import struct
 import threading
@@ -90,6 +91,22 @@ class Case:
     purge: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
     marks: list = field(default_factory=list)
+
+
+def PT(path: str) -> FileSpec:
+    """A directory the repository only passes through."""
+    return dataclasses.replace(spec(path, "dir"), passthrough=True)
+
+
+def SECRET(old: bytes | None, new: bytes | None) -> str:
+    """The one line that stands for a secret's diff (None: no such side)."""
+
+    def side(data):
+        if data is None:
+            return "nothing"
+        return f"sha256:{hashlib.sha256(data).hexdigest()[:12]} ({len(data)} bytes)"
+
+    return f"secret content not shown: {side(old)} -> {side(new)}\n"
 
 
 def H(path: str, *lines: str) -> str:
@@ -718,6 +735,256 @@ CASES = [
         [spec("/etc/app")],
         [],
         failures=[("/etc/app", "symlink not permitted in path: /etc")],
+    ),
+    # --- one failure stops only what depends on it --------------------------------
+    Case(
+        "a failed new directory: what is below it is skipped, the rest applied",
+        [],
+        [
+            spec("/d", "dir", user="no-such-user"),
+            spec("/d/f", data=b"f"),
+            spec("/d/sub", "dir"),
+            spec("/d/sub/l", "symlink", data=b"t"),
+            spec("/e", data=b"e"),
+        ],
+        [
+            as_(
+                Outcome.SKIPPED,
+                created("/d/f", "file", 0o644, diff=NEW("/d/f", "@@ -0,0 +1 @@", "+f", NO_NL)),
+            ),
+            as_(Outcome.SKIPPED, created("/d/sub", "dir", 0o755)),
+            as_(
+                Outcome.SKIPPED,
+                created("/d/sub/l", "symlink", 0o777, diff=NEW("/d/sub/l", "@@ -0,0 +1 @@", "+t")),
+            ),
+            created("/e", "file", 0o644, diff=NEW("/e", "@@ -0,0 +1 @@", "+e", NO_NL)),
+        ],
+        failures=[("/d", "unknown user 'no-such-user'")],
+        after=[F("/e", b"e")],
+    ),
+    Case(
+        "a failure in the middle of a tree over existing directories",
+        [D("/a"), D("/a/b", 0o700), F("/a/b/f", b"old\n"), F("/a/b/same", b"s"), D("/a/c")],
+        [
+            spec("/a", "dir"),
+            spec("/a/b", "dir", group="no-such-group"),
+            spec("/a/b/f", data=b"new\n"),
+            spec("/a/b/same", data=b"s"),
+            spec("/a/c", "dir", 0o750),
+            spec("/a/c/x", data=b"x"),
+        ],
+        [
+            as_(
+                Outcome.SKIPPED,
+                changed(
+                    "/a/b/f",
+                    state("file", 0o644),
+                    state("file", 0o644),
+                    H("/a/b/f", "@@ -1 +1 @@", "-old", "+new"),
+                ),
+            ),
+            changed("/a/c", state("dir", 0o755), state("dir", 0o750)),
+            created("/a/c/x", "file", 0o644, diff=NEW("/a/c/x", "@@ -0,0 +1 @@", "+x", NO_NL)),
+        ],
+        failures=[("/a/b", "unknown group 'no-such-group'")],
+        after=[
+            D("/a"),
+            D("/a/b", 0o700),
+            F("/a/b/f", b"old\n"),
+            F("/a/b/same", b"s"),
+            D("/a/c", 0o750),
+            F("/a/c/x", b"x"),
+        ],
+    ),
+    Case(
+        "removals below a failed directory are skipped",
+        [D("/d"), F("/d/old", b"o\n"), F("/d/stray", b"s\n")],
+        [spec("/d", "dir", user="no-such-user")],
+        [
+            as_(
+                Outcome.SKIPPED,
+                removed("/d/old", state("file", 0o644), GONE("/d/old", "@@ -1 +0,0 @@", "-o")),
+            ),
+            as_(
+                Outcome.SKIPPED,
+                removed("/d/stray", state("file", 0o644), GONE("/d/stray", "@@ -1 +0,0 @@", "-s")),
+            ),
+        ],
+        failures=[("/d", "unknown user 'no-such-user'")],
+        absent=[AbsentSpec("/d/old")],
+        purge=["/d"],
+    ),
+    # --- absent.yaml: every type --------------------------------------------------
+    Case(
+        "absent file, symlink, fifo and empty directory; missing ones are fine",
+        [
+            D("/etc"),
+            F("/etc/old", b"gone\n"),
+            L("/etc/link", b"/target"),
+            FIFO("/etc/fifo"),
+            D("/etc/empty"),
+        ],
+        [],
+        [
+            removed("/etc/old", state("file", 0o644), GONE("/etc/old", "@@ -1 +0,0 @@", "-gone")),
+            removed(
+                "/etc/link", state("symlink", 0o777), GONE("/etc/link", "@@ -1 +0,0 @@", "-/target")
+            ),
+            removed("/etc/fifo", state("fifo", 0o644)),
+            removed("/etc/empty", state("dir", 0o755)),
+        ],
+        after=[D("/etc")],
+        absent=[
+            AbsentSpec("/etc/empty"),
+            AbsentSpec("/etc/fifo"),
+            AbsentSpec("/etc/link"),
+            AbsentSpec("/etc/missing"),
+            AbsentSpec("/etc/old"),
+            AbsentSpec("/no-such-dir/x"),
+        ],
+    ),
+    Case(
+        "absent non-empty directory without recursive is refused",
+        [D("/d"), F("/d/f", b"x")],
+        [spec("/other", data=b"o")],
+        [
+            created("/other", "file", 0o644, diff=NEW("/other", "@@ -0,0 +1 @@", "+o", NO_NL)),
+            as_(Outcome.FAILED, removed("/d", state("dir", 0o755))),
+        ],
+        failures=[("/d", "recursive: true")],
+        after=[D("/d"), F("/d/f", b"x"), F("/other", b"o")],
+        absent=[AbsentSpec("/d")],
+    ),
+    Case(
+        "absent tree removed recursively, every type below it",
+        [
+            D("/t", 0o700),
+            F("/t/a", b"a\n"),
+            D("/t/sub"),
+            D("/t/sub/empty"),
+            L("/t/sub/l", b"x"),
+            FIFO("/t/sub/p"),
+            SOCK("/t/sub/s"),
+        ],
+        [],
+        [
+            removed("/t", state("dir", 0o700)),
+            removed("/t/a", state("file", 0o644), GONE("/t/a", "@@ -1 +0,0 @@", "-a")),
+            removed("/t/sub", state("dir", 0o755)),
+            removed("/t/sub/empty", state("dir", 0o755)),
+            removed("/t/sub/l", state("symlink", 0o777), GONE("/t/sub/l", "@@ -1 +0,0 @@", "-x")),
+            removed("/t/sub/p", state("fifo", 0o644)),
+            removed("/t/sub/s", state("socket", 0o755)),
+        ],
+        after=[],
+        absent=[AbsentSpec("/t", recursive=True)],
+    ),
+    # --- purge.yaml ---------------------------------------------------------------
+    Case(
+        "purge removes every undeclared entry, below declared directories too",
+        [
+            D("/p"),
+            F("/p/keep", b"k"),
+            F("/p/stray", b"s\n"),
+            L("/p/link", b"/etc/passwd"),
+            D("/p/tree"),
+            F("/p/tree/x", b"x\n"),
+            D("/p/kept-dir"),
+            F("/p/kept-dir/declared", b"d"),
+            F("/p/kept-dir/undeclared", b"u\n"),
+            FIFO("/p/fifo"),
+        ],
+        [
+            spec("/p", "dir"),
+            spec("/p/keep", data=b"k"),
+            spec("/p/kept-dir", "dir"),
+            spec("/p/kept-dir/declared", data=b"d"),
+        ],
+        [
+            removed("/p/fifo", state("fifo", 0o644)),
+            removed(
+                "/p/kept-dir/undeclared",
+                state("file", 0o644),
+                GONE("/p/kept-dir/undeclared", "@@ -1 +0,0 @@", "-u"),
+            ),
+            removed(
+                "/p/link", state("symlink", 0o777), GONE("/p/link", "@@ -1 +0,0 @@", "-/etc/passwd")
+            ),
+            removed("/p/stray", state("file", 0o644), GONE("/p/stray", "@@ -1 +0,0 @@", "-s")),
+            removed("/p/tree", state("dir", 0o755)),
+            removed("/p/tree/x", state("file", 0o644), GONE("/p/tree/x", "@@ -1 +0,0 @@", "-x")),
+        ],
+        after=[D("/p"), F("/p/keep", b"k"), D("/p/kept-dir"), F("/p/kept-dir/declared", b"d")],
+        purge=["/p"],
+    ),
+    Case("purge of a missing directory does nothing", [], [], [], purge=["/none"]),
+    # --- pass-through directories -------------------------------------------------
+    Case(
+        "pass-through directories are created when missing and never changed",
+        [D("/usr", 0o750), D("/usr/local", 0o711, 1, 1), F("/opt")],
+        [
+            PT("/"),
+            PT("/opt"),
+            spec("/opt/x", data=b"x"),
+            PT("/usr"),
+            PT("/usr/local"),
+            PT("/usr/local/bin"),
+            spec("/usr/local/bin/tool", mode=0o755, data=b"#!/bin/sh\n"),
+        ],
+        [
+            changed("/opt", state("file", 0o644), state("dir", 0o755)),
+            created("/opt/x", "file", 0o644, diff=NEW("/opt/x", "@@ -0,0 +1 @@", "+x", NO_NL)),
+            created("/usr/local/bin", "dir", 0o755),
+            created(
+                "/usr/local/bin/tool",
+                "file",
+                0o755,
+                diff=NEW("/usr/local/bin/tool", "@@ -0,0 +1 @@", "+#!/bin/sh"),
+            ),
+        ],
+        after=[
+            D("/opt"),
+            F("/opt/x", b"x"),
+            D("/usr", 0o750),
+            D("/usr/local", 0o711, 1, 1),
+            D("/usr/local/bin"),
+            F("/usr/local/bin/tool", b"#!/bin/sh\n", 0o755),
+        ],
+    ),
+    # --- secrets.yaml: never a byte of content ------------------------------------
+    Case(
+        "secret content is one line of short hashes, when created, changed or removed",
+        [D("/s"), F("/s/key", b"old-key\n"), F("/s/gone", b"pw\n"), F("/plain", b"a\n")],
+        [
+            spec("/s", "dir"),
+            spec("/s/key", mode=0o600, data=b"new-key\n"),
+            spec("/s/new", data=b"token"),
+            spec("/plain", data=b"b\n"),
+        ],
+        [
+            changed(
+                "/plain",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("/plain", "@@ -1 +1 @@", "-a", "+b"),
+            ),
+            changed(
+                "/s/key",
+                state("file", 0o644),
+                state("file", 0o600),
+                SECRET(b"old-key\n", b"new-key\n"),
+            ),
+            created("/s/new", "file", 0o644, diff=SECRET(None, b"token")),
+            removed("/s/gone", state("file", 0o644), SECRET(b"pw\n", None)),
+        ],
+        after=[
+            D("/s"),
+            F("/s/key", b"new-key\n", 0o600),
+            F("/s/new", b"token"),
+            F("/plain", b"b\n"),
+        ],
+        absent=[AbsentSpec("/s/gone")],
+        secrets=["/s"],
     ),
     # --- invalid input: refused before any syscall ------------------------------
     Case(
