@@ -10,20 +10,31 @@ give the real run's report while writing nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
 import hashlib
 import os
 import struct
+import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from common.errors import FileOpError, LockError
-from common.model import AbsentSpec, FileChange, FileSpec, FileType, Outcome, TriggerStatus
-from minion import fileops
+from common.errors import FileOpError, LockError, StoreError
+from common.model import (
+    AbsentSpec,
+    FileChange,
+    FileSpec,
+    FileType,
+    Outcome,
+    OwedTrigger,
+    TriggerStatus,
+)
+from minion import fileops, owed
 from minion.fileops import Resolve, Temp
 from minion.plan import is_temp_name
 
@@ -1553,3 +1564,286 @@ def test_unexpected_error_in_the_writer_is_raised_not_swallowed(host: Host, monk
     assert open_fds() == fds
     monkeypatch.undo()
     assert host.apply([spec("/a", data=b"a")], lock_timeout=0).failures == []  # lock released
+
+
+def test_every_type_fails_and_skips_truthfully(host: Host, engine_mode, immutable):
+    """Real refusals by the kernel: a new directory, file and symlink all fail;
+    what is below the failed directory is skipped; elsewhere all is applied."""
+    make(host.root, [D("/locked"), D("/open")])
+    immutable(host.root + "/locked")
+    files = [
+        spec("/locked/d", "dir"),
+        spec("/locked/d/f", data=b"f"),
+        spec("/locked/d/l", "symlink", data=b"t"),
+        spec("/locked/d/sub", "dir"),
+        spec("/locked/f", data=b"f"),
+        spec("/locked/l", "symlink", data=b"t"),
+        spec("/open/f", data=b"f"),
+    ]
+    result = host.apply(files)
+    assert [(c.path, c.outcome) for c in result.changes] == [
+        ("/locked/d", Outcome.FAILED),
+        ("/locked/d/f", Outcome.SKIPPED),
+        ("/locked/d/l", Outcome.SKIPPED),
+        ("/locked/d/sub", Outcome.SKIPPED),
+        ("/locked/f", Outcome.FAILED),
+        ("/locked/l", Outcome.FAILED),
+        ("/open/f", Outcome.APPLIED),
+    ]
+    skipped = [c for c in result.changes if c.outcome is Outcome.SKIPPED]
+    assert {c.reason for c in skipped} == {"not tried: the directory /locked/d above it failed"}
+    assert [f.path for f in result.failures] == ["/locked/d", "/locked/f", "/locked/l"]
+    for change, failure in zip(
+        [c for c in result.changes if c.outcome is Outcome.FAILED], result.failures, strict=True
+    ):
+        assert change.reason == failure.reason and "Operation not permitted" in change.reason
+    assert read_tree(host.root) == {
+        "/locked": D("/locked"),
+        "/open": D("/open"),
+        "/open/f": F("/open/f", b"f"),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Removal is as safe as writing.
+
+
+@pytest.mark.parametrize("how", ["purge", "absent"])
+def test_symlink_planted_in_a_purged_or_absent_tree_is_removed_not_followed(
+    host: Host, resolve_mode, how
+):
+    os.makedirs(host.outside + "/victim")
+    with open(host.outside + "/victim/data", "wb") as f:
+        f.write(b"precious\n")
+    make(host.root, [D("/p"), D("/p/tree")])
+    os.symlink(host.outside + "/victim", host.root + "/p/tree/escape")
+    os.symlink(host.outside + "/victim", host.root + "/p/escape")
+    outside = snapshot(host.outside)
+    if how == "purge":
+        result = host.apply([spec("/p", "dir")], purge=["/p"])
+    else:
+        result = host.apply([], absent=[AbsentSpec("/p", recursive=True)])
+    assert result.failures == []
+    removed_links = [c.path for c in result.changes if c.old.type is FileType.SYMLINK]
+    assert sorted(removed_links) == ["/p/escape", "/p/tree/escape"]
+    assert snapshot(host.outside) == outside  # nothing outside touched
+    assert read_tree(host.root) == ({"/p": D("/p")} if how == "purge" else {})
+
+
+def test_a_purged_directory_reached_through_a_symlink_is_refused(host: Host, resolve_mode):
+    os.makedirs(host.outside + "/etc/sudoers.d")
+    with open(host.outside + "/etc/sudoers.d/keep", "wb") as f:
+        f.write(b"outside\n")
+    os.symlink(host.outside + "/etc", host.root + "/etc")
+    outside = snapshot(host.outside)
+    result = host.apply([], purge=["/etc/sudoers.d"], absent=[AbsentSpec("/etc/x/y")])
+    assert [(f.path, f.reason) for f in result.failures] == [
+        ("/etc/x/y", "symlink not permitted in path: /etc"),
+        ("/etc/sudoers.d", "symlink not permitted in path: /etc"),
+    ]
+    assert result.changes == []
+    assert snapshot(host.outside) == outside
+
+
+@pytest.fixture
+def tmpfs():
+    """Mount a small tmpfs at a path (tests run as root); unmounted in teardown."""
+    mounted = []
+
+    def mount(path: str) -> None:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "safcm-test", path], check=True)
+        mounted.append(path)
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", path], check=True)
+
+
+@pytest.mark.parametrize("how", ["purge", "absent"])
+def test_a_mount_point_in_a_purged_or_absent_tree_is_not_crossed(
+    host: Host, resolve_mode, tmpfs, how
+):
+    make(host.root, [D("/p"), D("/p/mnt"), F("/p/stray", b"s\n")])
+    tmpfs(host.root + "/p/mnt")
+    with open(host.root + "/p/mnt/on-the-mount", "wb") as f:
+        f.write(b"another filesystem\n")
+    mounted = snapshot(host.root + "/p/mnt")
+    if how == "purge":
+        result = host.apply([spec("/p", "dir")], purge=["/p"])
+    else:
+        result = host.apply([], absent=[AbsentSpec("/p", recursive=True)])
+    assert [f.path for f in result.failures] == ["/p/mnt"]
+    assert "never removes across a mount point" in result.failures[0].reason
+    outcomes = {c.path: c.outcome for c in result.changes}
+    assert outcomes["/p/mnt"] is Outcome.FAILED
+    assert outcomes["/p/stray"] is Outcome.APPLIED
+    assert "/p/mnt/on-the-mount" not in outcomes
+    if how == "absent":
+        assert outcomes["/p"] is Outcome.SKIPPED  # not empty: its mount stays
+    assert snapshot(host.root + "/p/mnt") == mounted
+    assert not os.path.exists(host.root + "/p/stray")
+
+
+RACE_REMOVAL_SECONDS = 2.0  # wall time per resolution mode; bounded also by the count below
+RACE_REMOVAL_APPLIES = 20000
+
+
+@pytest.mark.timeout(120)
+def test_race_swapping_a_purged_directory_for_a_symlink(host: Host, resolve_mode):
+    """A thread keeps swapping /p/sub (removed by every purge) for a symlink to
+    outside, while applies purge /p: nothing outside may ever be removed."""
+    os.makedirs(host.outside + "/sub")
+    for name in ("a", "b"):
+        with open(f"{host.outside}/sub/{name}", "wb") as f:
+            f.write(b"outside\n")
+    outside = snapshot(host.outside)
+    make(host.root, [D("/p")])
+    stop = threading.Event()
+    swaps = 0
+    errors: list[BaseException] = []
+
+    def swapper():
+        nonlocal swaps
+        # The real directory is prepared outside /p, so the purge leaves it be.
+        sub, staging = host.root + "/p/sub", host.root + "/staging"
+        while not stop.is_set():
+            os.makedirs(staging, exist_ok=True)
+            for name in ("a", "b"):
+                with open(f"{staging}/{name}", "wb") as f:
+                    f.write(b"inside\n")
+            # Each step may lose against a purge that just removed /p/sub.
+            with contextlib.suppress(OSError):
+                os.rename(staging, sub)
+            time.sleep(0)  # hands the GIL over, so applies run inside each state
+            with contextlib.suppress(OSError):
+                os.rename(sub, staging)
+            with contextlib.suppress(OSError):
+                os.symlink(host.outside + "/sub", sub)
+            time.sleep(0)
+            with contextlib.suppress(OSError):
+                os.unlink(sub)
+            swaps += 1
+
+    def swap_until_stopped():
+        try:
+            swapper()
+        except BaseException as e:  # reported by the test, not lost in the thread
+            errors.append(e)
+
+    thread = threading.Thread(target=swap_until_stopped)
+    thread.start()
+    removed = 0
+    try:
+        deadline = time.monotonic() + RACE_REMOVAL_SECONDS
+        for _ in range(RACE_REMOVAL_APPLIES):
+            if time.monotonic() > deadline:
+                break
+            result = host.apply([spec("/p", "dir")], purge=["/p"])
+            removed += sum(1 for c in result.changes if c.outcome is Outcome.APPLIED)
+    finally:
+        stop.set()
+        thread.join()
+
+    print(f"removal race: {swaps} swaps, {removed} entries removed")
+    assert errors == []
+    assert swaps > 0 and removed > 0
+    assert snapshot(host.outside) == outside  # never a removal outside the root
+
+
+# ---------------------------------------------------------------------------
+# Owed triggers: never run against a half-applied host, never lost.
+
+JID2 = "20260101T000001.000000Z"
+JID3 = "20260101T000002.000000Z"
+
+
+def test_triggers_of_an_apply_with_a_failure_are_owed_then_run_once(host: Host):
+    log = host.outside + "/log"
+    reload = f"echo reload >> {log}"
+    make(host.root, [D("/etc"), D("/etc/app"), D("/etc/motd"), F("/etc/motd/x")])
+    files = [
+        spec("/etc/app", "dir", triggers=(reload,)),
+        spec("/etc/app/logging.conf", data=b"level = info\n", triggers=(reload,)),
+        spec("/etc/motd", data=b"hello\n", triggers=(f"echo motd >> {log}",)),
+    ]
+
+    first = host.apply(files, jid=JID)
+    assert [f.path for f in first.failures] == ["/etc/motd"]
+    assert first.triggers == []
+    assert [(o.command, o.path, o.jid) for o in first.owed] == [
+        (reload, "/etc/app/logging.conf", JID)
+    ]
+    assert not os.path.exists(log)
+
+    # Still failing: still owed (once), shown again, nothing run; the dry run too.
+    second = host.apply(files, jid=JID2)
+    assert second.changes[0].path == "/etc/motd" and second.triggers == []
+    assert [(o.command, o.jid) for o in second.owed] == [(reload, JID)]
+    dry = host.apply(files, dry_run=True, jid=JID3)
+    assert [(o.command, o.jid) for o in dry.owed] == [(reload, JID)]
+    assert not os.path.exists(log)
+
+    # The obstacle is gone: this apply has no failure. The owed reload and
+    # this apply's own triggers run, each once; nothing is owed any more.
+    os.unlink(host.root + "/etc/motd/x")
+    dry = host.apply(files, dry_run=True, jid=JID3)
+    assert [(t.command, t.status) for t in dry.triggers] == [
+        (reload, TriggerStatus.WOULD_RUN),
+        (f"echo motd >> {log}", TriggerStatus.WOULD_RUN),
+    ]
+    assert [o.command for o in dry.owed] == [reload]  # a dry run pays nothing
+    third = host.apply(files, jid=JID3)
+    assert third.failures == [] and third.owed == []
+    assert [(t.command, t.status) for t in third.triggers] == [
+        (reload, TriggerStatus.OK),
+        (f"echo motd >> {log}", TriggerStatus.OK),
+    ]
+    with open(log) as f:
+        assert f.read() == "reload\nmotd\n"
+    fourth = host.apply(files, jid=JID3)
+    assert fourth.triggers == [] and fourth.owed == []
+
+
+def test_an_owed_trigger_that_fails_is_reported_failed_not_owed_again(host: Host):
+    make(host.root, [D("/blocked"), F("/blocked/x")])
+    files = [spec("/a", data=b"a", triggers=("exit 3",)), spec("/blocked", data=b"b")]
+    assert [o.command for o in host.apply(files).owed] == ["exit 3"]
+    os.unlink(host.root + "/blocked/x")
+    result = host.apply(files, jid=JID2)
+    assert [(t.command, t.status, t.exit_code) for t in result.triggers] == [
+        ("exit 3", TriggerStatus.FAILED, 3)
+    ]
+    assert result.owed == [] and not result.ok
+    assert host.apply(files, jid=JID3).owed == []
+
+
+def test_owed_triggers_are_kept_durably_in_the_state_directory(host: Host):
+    make(host.root, [D("/blocked"), F("/blocked/x")])
+    files = [spec("/a", data=b"a", triggers=("true",)), spec("/blocked", data=b"b")]
+    host.apply(files)
+    # What a restarted minion reads: the file itself, with no temporary beside it.
+    assert owed.load(host.state) == [OwedTrigger("true", "/a", JID)]
+    assert sorted(n for n in os.listdir(host.state) if n.startswith(owed.OWED_NAME)) == [
+        owed.OWED_NAME
+    ]
+    with open(os.path.join(host.state, owed.OWED_NAME), "wb") as f:
+        f.write(b"\xc1 not msgpack")
+    with pytest.raises(StoreError, match="owed triggers are unreadable"):
+        host.apply(files)
+
+
+def test_write_atomically_replaces_the_whole_file_and_syncs(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(owed.os, "fsync", fsync)
+    owed.write_atomically(str(tmp_path), "state", b"one")
+    owed.write_atomically(str(tmp_path), "state", b"two")
+    assert (tmp_path / "state").read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["state"]
+    # The file's data before the rename, then the directory after it, each time.
+    assert synced == ["state.tmp", tmp_path.name] * 2
