@@ -752,6 +752,19 @@ class _Names:
         return name
 
 
+def _mount_id(fd: int) -> int | None:
+    """The id of the mount `fd` is on (Linux 3.15+, /proc/self/fdinfo), or None
+    where /proc does not say: then the device check stands alone."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def _mount_error(path: str) -> MountPointError:
     return MountPointError(
         path,
@@ -1113,6 +1126,11 @@ class _Apply:
                 fd = _openat2_dir(pfd, os.fsencode(base), _XDEV_HOW_REF)
             else:
                 fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+                # Without openat2, the mount id shows a bind mount of the same
+                # filesystem (the device check below cannot).
+                if _mount_id(fd) != _mount_id(pfd):
+                    os.close(fd)
+                    raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
         except OSError as e:
             if e.errno == errno.EXDEV:
                 if missing_ok:

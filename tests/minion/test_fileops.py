@@ -1646,12 +1646,17 @@ def test_a_purged_directory_reached_through_a_symlink_is_refused(host: Host, res
 
 
 @pytest.fixture
-def tmpfs():
-    """Mount a small tmpfs at a path (tests run as root); unmounted in teardown."""
+def mounts():
+    """Mount at a path (tests run as root): `mounts(path)` a small tmpfs,
+    `mounts(path, bind=source)` a bind mount; all unmounted in teardown."""
     mounted = []
 
-    def mount(path: str) -> None:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "safcm-test", path], check=True)
+    def mount(path: str, bind: str | None = None) -> None:
+        if bind is None:
+            command = ["mount", "-t", "tmpfs", "-o", "size=1m", "safcm-test", path]
+        else:
+            command = ["mount", "--bind", bind, path]
+        subprocess.run(command, check=True)
         mounted.append(path)
 
     yield mount
@@ -1660,11 +1665,17 @@ def tmpfs():
 
 
 @pytest.mark.parametrize("how", ["purge", "absent"])
+@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
 def test_a_mount_point_in_a_purged_or_absent_tree_is_not_crossed(
-    host: Host, resolve_mode, tmpfs, how
+    host: Host, resolve_mode, mounts, how, kind
 ):
+    """Another filesystem, or a bind mount of this same one (whose device
+    number is the same), inside a tree that is removed: never entered."""
     make(host.root, [D("/p"), D("/p/mnt"), F("/p/stray", b"s\n")])
-    tmpfs(host.root + "/p/mnt")
+    if kind == "tmpfs":
+        mounts(host.root + "/p/mnt")
+    else:
+        mounts(host.root + "/p/mnt", bind=host.outside)
     with open(host.root + "/p/mnt/on-the-mount", "wb") as f:
         f.write(b"another filesystem\n")
     mounted = snapshot(host.root + "/p/mnt")
