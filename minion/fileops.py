@@ -900,6 +900,10 @@ class _Apply:
                 if decision.step is Step.MKDIR:
                     self.pending.add(spec.path)
                 return
+            if pfd is None and spec.path != "/":
+                # Never act without the parent's descriptor: an *at call with
+                # dir_fd=None would work relative to the daemon's directory.
+                raise FileOpError(spec.path, "its parent directory was not made; not applied")
             self._act(spec, owner, decision, found, pfd, rel, base, index, seq)
         except (FileOpError, OSError) as e:
             self._fail(seq, spec.path, e, index)
