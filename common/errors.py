@@ -12,7 +12,9 @@ do next.
     ├── FileOpError             the file engine refused or failed one file (.path, .reason)
     │   ├── InvalidPathError        a declared path is not absolute and normalised
     │   ├── SymlinkInPathError      a component of the path is a symlink
-    │   ├── NonEmptyDirectoryError  a type change would remove a non-empty directory
+    │   ├── MissingDirectoryError   a directory on the way is missing or not a directory
+    │   ├── NonEmptyDirectoryError  a type change or removal would remove a non-empty directory
+    │   ├── MountPointError         a removal would cross into another mounted filesystem
     │   └── OwnerLookupError        a user or group name is unknown on the host
     ├── LockError               another apply holds the host's engine lock
     ├── KeyFileError            a key file is missing, malformed or unsafe (.path, .reason)
@@ -112,8 +114,19 @@ class SymlinkInPathError(FileOpError):
     """A directory component of a path is a symlink; nothing is written through it."""
 
 
+class MissingDirectoryError(FileOpError):
+    """A directory on the way to a path does not exist, or is something else.
+
+    For a path to remove that is good news: nothing can be there.
+    """
+
+
 class NonEmptyDirectoryError(FileOpError):
-    """A type change would need to remove a non-empty directory."""
+    """A type change, or a removal not asked to be recursive, meets a non-empty directory."""
+
+
+class MountPointError(FileOpError):
+    """Another filesystem is mounted at a path to remove; removal never crosses a mount."""
 
 
 class OwnerLookupError(FileOpError):

@@ -1,9 +1,10 @@
 """The file model shared by the compiler, the wire and the engine.
 
-The master's compiler produces FileSpecs; they travel to the minion inside a
-job; the engine (minion/fileops.py) makes the host match them and reports
-FileChanges, TriggerRuns and at most one failure in an ApplyResult, which
-travels back. Each type converts to and from a plain dict ("wire form") that
+The master's compiler produces FileSpecs (and AbsentSpecs, purged directories
+and secret paths); they travel to the minion inside a job; the engine
+(minion/fileops.py) makes the host match them and reports FileChanges (each
+with its Outcome), TriggerRuns, OwedTriggers and every failure in an
+ApplyResult, which travels back. Each type converts to and from a plain dict ("wire form") that
 holds only str, int, bool, bytes, None, lists and dicts, for msgpack.
 
 from_wire() trusts its shape: common/protocol.py validates every decoded
@@ -74,6 +75,13 @@ def check_path(path: str) -> None:
             raise InvalidPathError(path, f"a component is longer than {NAME_MAX} bytes")
 
 
+def is_below(path: str, directory: str) -> bool:
+    """True if `path` is `directory` itself or lies beneath it (both normalised)."""
+    if directory == "/":
+        return True
+    return path == directory or path.startswith(directory + "/")
+
+
 @dataclass(frozen=True, slots=True)
 class FileSpec:
     """One file as declared: what the host must end up with at `path`."""
@@ -87,6 +95,10 @@ class FileSpec:
     gid: int | None = None
     data: bytes = b""  # content of a regular file, target of a symlink, empty for a dir
     triggers: tuple[str, ...] = ()  # commands run when this path or anything below changed
+    # A directory the repository only passes through (permissions.yaml does
+    # not name it): created with this mode and owner when missing, never
+    # changed when it is already a directory.
+    passthrough: bool = False
 
     def check(self) -> None:
         """Raise a FileOpError naming the path if the spec is inconsistent."""
@@ -106,6 +118,8 @@ class FileSpec:
                 raise FileOpError(self.path, f"{name} {ident} is out of range")
         if self.type is FileType.DIR and self.data:
             raise FileOpError(self.path, "a directory cannot have content")
+        if self.passthrough and self.type is not FileType.DIR:
+            raise FileOpError(self.path, "only a directory can be passed through")
         if self.type is FileType.SYMLINK and (not self.data or b"\0" in self.data):
             raise FileOpError(self.path, "a symlink needs a non-empty target without NUL")
 
@@ -120,6 +134,7 @@ class FileSpec:
             "gid": self.gid,
             "data": self.data,
             "triggers": list(self.triggers),
+            "passthrough": self.passthrough,
         }
 
     @classmethod
@@ -134,7 +149,27 @@ class FileSpec:
             gid=d["gid"],
             data=d["data"],
             triggers=tuple(d["triggers"]),
+            passthrough=d["passthrough"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AbsentSpec:
+    """A path that must not exist on the host (absent.yaml).
+
+    A file, symlink or empty directory there is removed; a non-empty
+    directory only with `recursive`, and then with everything below it.
+    """
+
+    path: str
+    recursive: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"path": self.path, "recursive": self.recursive}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> AbsentSpec:
+        return cls(path=d["path"], recursive=d["recursive"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,23 +205,42 @@ class FileState:
         )
 
 
+class Outcome(enum.StrEnum):
+    """What became of one change: the report never claims what did not happen."""
+
+    APPLIED = "applied"  # done, and durable when the result is sent
+    FAILED = "failed"  # tried and refused or failed; `reason` says why
+    SKIPPED = "skipped"  # not tried, because something it depends on failed; `reason`
+    WOULD_APPLY = "would apply"  # dry run: this is what a real run would do
+
+
 @dataclass(frozen=True, slots=True)
 class FileChange:
-    """What the engine changed (or, in a dry run, would change) at one path."""
+    """One change the engine made, tried, skipped or (dry run) would make at one path."""
 
     path: str
     created: bool  # nothing was at the path before
-    new: FileState
+    new: FileState | None  # None exactly when the path is removed (absent, purge)
     old: FileState | None = None  # None exactly when created
-    diff: str | None = None  # unified diff when content or a link target is replaced
+    # Unified diff when content or a link target appears, is replaced or is
+    # lost; for a secret path one line with short hashes instead.
+    diff: str | None = None
+    outcome: Outcome = Outcome.APPLIED
+    reason: str = ""  # why it failed or was skipped; "" otherwise
+
+    @property
+    def removed(self) -> bool:
+        return self.new is None
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "created": self.created,
-            "new": self.new.to_wire(),
+            "new": None if self.new is None else self.new.to_wire(),
             "old": None if self.old is None else self.old.to_wire(),
             "diff": self.diff,
+            "outcome": str(self.outcome),
+            "reason": self.reason,
         }
 
     @classmethod
@@ -194,9 +248,11 @@ class FileChange:
         return cls(
             path=d["path"],
             created=d["created"],
-            new=FileState.from_wire(d["new"]),
+            new=None if d["new"] is None else FileState.from_wire(d["new"]),
             old=None if d["old"] is None else FileState.from_wire(d["old"]),
             diff=d["diff"],
+            outcome=Outcome(d["outcome"]),
+            reason=d["reason"],
         )
 
 
@@ -238,8 +294,28 @@ class TriggerRun:
 
 
 @dataclass(frozen=True, slots=True)
+class OwedTrigger:
+    """A trigger whose path changed in an apply that had a failure, not run yet.
+
+    Kept on the minion until an apply without failure runs it; `path` and
+    `jid` name the change and the job that caused it.
+    """
+
+    command: str
+    path: str
+    jid: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"command": self.command, "path": self.path, "jid": self.jid}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> OwedTrigger:
+        return cls(command=d["command"], path=d["path"], jid=d["jid"])
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyFailure:
-    """Why an apply stopped: the file it stopped at (or "" if none) and the reason."""
+    """One path that could not be made as declared (or "" before any path), and why."""
 
     path: str
     reason: str
@@ -254,18 +330,19 @@ class ApplyFailure:
 
 @dataclass(slots=True)
 class ApplyResult:
-    """Everything one apply did, in order. `failure` is None when it succeeded."""
+    """Everything one apply did, in order. `failures` is empty when every path succeeded."""
 
     dry_run: bool
     changes: list[FileChange] = field(default_factory=list)
     triggers: list[TriggerRun] = field(default_factory=list)
-    failure: ApplyFailure | None = None
+    failures: list[ApplyFailure] = field(default_factory=list)
+    owed: list[OwedTrigger] = field(default_factory=list)  # still owed after this apply
     duration: float = 0.0  # seconds, the whole apply including triggers
 
     @property
     def ok(self) -> bool:
-        """No file failed and every trigger that ran succeeded."""
-        return self.failure is None and all(
+        """No path failed and every trigger that ran succeeded."""
+        return not self.failures and all(
             t.status in (TriggerStatus.OK, TriggerStatus.WOULD_RUN) for t in self.triggers
         )
 
@@ -274,7 +351,8 @@ class ApplyResult:
             "dry_run": self.dry_run,
             "changes": [c.to_wire() for c in self.changes],
             "triggers": [t.to_wire() for t in self.triggers],
-            "failure": None if self.failure is None else self.failure.to_wire(),
+            "failures": [f.to_wire() for f in self.failures],
+            "owed": [o.to_wire() for o in self.owed],
             "duration": self.duration,
         }
 
@@ -284,6 +362,7 @@ class ApplyResult:
             dry_run=d["dry_run"],
             changes=[FileChange.from_wire(c) for c in d["changes"]],
             triggers=[TriggerRun.from_wire(t) for t in d["triggers"]],
-            failure=None if d["failure"] is None else ApplyFailure.from_wire(d["failure"]),
+            failures=[ApplyFailure.from_wire(f) for f in d["failures"]],
+            owed=[OwedTrigger.from_wire(o) for o in d["owed"]],
             duration=d["duration"],
         )

@@ -88,7 +88,7 @@ from common.ids import (
     new_jid,
     topic_for,
 )
-from common.model import MODE_MASK, PATH_MAX, FileType, TriggerStatus
+from common.model import MODE_MASK, PATH_MAX, FileType, Outcome, TriggerStatus
 from common.schema import (
     Bool,
     Bytes,
@@ -322,8 +322,10 @@ FILE_SPEC = Map(
         "gid": Optional(Int(0, 2**32 - 2)),
         "data": Bytes(MAX_FILE_BYTES),
         "triggers": List(_COMMAND, MAX_TRIGGERS_PER_FILE),
+        "passthrough": Bool(),
     }
 )
+ABSENT_SPEC = Map({"path": _PATH, "recursive": Bool()})
 FILE_STATE = Map(
     {
         "type": OneOf(FileType),
@@ -338,9 +340,11 @@ FILE_CHANGE = Map(
     {
         "path": _PATH,
         "created": Bool(),
-        "new": FILE_STATE,
+        "new": Optional(FILE_STATE),  # null: the path is removed
         "old": Optional(FILE_STATE),
         "diff": Optional(Str(MAX_DIFF_CHARS)),
+        "outcome": OneOf(Outcome),
+        "reason": _REASON,  # why it failed or was skipped
     }
 )
 TRIGGER_RUN = Map(
@@ -357,8 +361,10 @@ APPLY_RESULT = Map(
         "dry_run": Bool(),
         "changes": List(FILE_CHANGE, MAX_FILES),
         "triggers": List(TRIGGER_RUN, MAX_TRIGGER_RUNS),
-        # path is "" when the apply failed before any file
-        "failure": Optional(Map({"path": Str(PATH_MAX - 1), "reason": _REASON})),
+        # every failure; a path is "" when the apply failed before any file
+        "failures": List(Map({"path": Str(PATH_MAX - 1), "reason": _REASON}), MAX_FILES),
+        # triggers kept on the minion after an apply with a failure, not run yet
+        "owed": List(Map({"command": _COMMAND, "path": _PATH, "jid": _JID}), MAX_TRIGGER_RUNS),
         "duration": _DURATION,
     }
 )
@@ -410,8 +416,10 @@ _JOB_COUNTS = {
 
 
 def _check_job(body: dict[str, Any], jid: str | None) -> None:
-    if body["module"] == Module.PING and body["files"]:
-        raise ProtocolError("JOB body.files: a ping job carries no files")
+    if body["module"] == Module.PING and (
+        body["files"] or body["absent"] or body["purge"] or body["secrets"]
+    ):
+        raise ProtocolError("JOB body: a ping job carries no files")
 
 
 def _check_receipt(body: dict[str, Any], jid: str | None) -> None:
@@ -436,7 +444,7 @@ def _result_problem(body: dict[str, Any]) -> str | None:
         return "reduced is set only for a files job that ran"
     if expect_apply:
         apply = body["apply"]
-        ok = apply["failure"] is None and all(
+        ok = not apply["failures"] and all(
             t["status"] in (TriggerStatus.OK, TriggerStatus.WOULD_RUN) for t in apply["triggers"]
         )
         # A failed trigger may be among the runs a reduced result left out.
@@ -579,6 +587,9 @@ _SPEC_LIST = [
                 "module": _MODULE,
                 "dry_run": Bool(),
                 "files": List(FILE_SPEC, MAX_FILES),
+                "absent": List(ABSENT_SPEC, MAX_FILES),  # paths that must not exist
+                "purge": List(_PATH, MAX_FILES),  # directories whose undeclared entries go
+                "secrets": List(_PATH, MAX_FILES),  # content never shown (paths and below)
                 "deadline": _TIME,
             }
         ),

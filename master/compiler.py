@@ -29,6 +29,15 @@ directory). When several of those groups provide the same path, one wins:
 The group reported as the provider ("group") is the winner; among providers
 that agree it is the one latest in Repository.groups_of() order.
 
+4. absent.yaml takes part in the contest as a provider of "nothing": an
+   absent entry wins over the providers of its path if its group outranks
+   each of theirs, and loses if one of them outranks it; otherwise it is a
+   conflict, as between two providers. Absent entries that agree (same
+   `recursive`) never conflict. A winning absent path may have nothing
+   provided below it.
+5. purge.yaml and secrets.yaml add up over the host's groups. A purged
+   directory must not be provided as a file or symlink, nor be absent.
+
 Triggers are not part of the contest: every group of the host that names a
 path in its triggers.yaml adds its commands to that path (in groups_of()
 order, duplicates dropped), so a base group's "reload" still runs when a
@@ -55,11 +64,12 @@ from common.errors import (
     FileOpError,
     UnknownHostError,
 )
-from common.model import FileSpec, FileType
+from common.model import AbsentSpec, FileSpec, FileType, is_below
 from common.yamlfile import Problems
 from master.repository import (
     CONFIG_FILE,
     Entry,
+    PathEntry,
     Repository,
     load_repository,
 )
@@ -88,11 +98,15 @@ class CompiledFile:
 
 @dataclass(frozen=True, slots=True)
 class HostConfig:
-    """Everything one host gets: its groups and its files, sorted by path."""
+    """Everything one host gets: its groups, its files sorted by path, and what
+    must not exist, what is purged and what is secret."""
 
     host: str
     groups: list[str]  # Repository.groups_of(host): lowest priority first
     files: list[CompiledFile]
+    absent: list[AbsentSpec] = dataclasses.field(default_factory=list)  # by path
+    purge: list[str] = dataclasses.field(default_factory=list)  # sorted
+    secrets: list[str] = dataclasses.field(default_factory=list)  # sorted
 
     def specs(self) -> list[FileSpec]:
         """The list the engine receives, in path order."""
@@ -160,12 +174,21 @@ def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
         for path, entry in repo.entries.get(group, {}).items():
             candidates.setdefault(path, []).append(_Candidate(group, entry))
 
+    absent_cands: dict[str, list[tuple[str, PathEntry]]] = {}
+    for group in groups:
+        lists = repo.lists.get(group)
+        if lists is not None:
+            for path, entry in lists.absent.items():
+                absent_cands.setdefault(path, []).append((group, entry))
+
     chosen: dict[str, _Candidate] = {}
     for path in sorted(candidates):
         winner = _pick(repo, host, path, candidates[path], problems)
         if winner is not None:
             chosen[path] = winner
+    absent = _settle_absent(repo, host, absent_cands, candidates, chosen, problems)
     _check_parents(chosen, problems)
+    purge, secrets = _collect_lists(repo, groups, chosen, absent, problems)
     triggers = _collect_triggers(repo, host, groups, chosen, problems)
 
     files = []
@@ -189,7 +212,122 @@ def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
                 problems.add(entry.source, None, e.reason)
                 continue
         files.append(CompiledFile(spec, cand.group, entry.template is not None, entry.source))
-    return HostConfig(host=host, groups=groups, files=files)
+    return HostConfig(
+        host=host,
+        groups=groups,
+        files=files,
+        absent=[AbsentSpec(e.path, e.recursive) for e in absent.values()],
+        purge=purge,
+        secrets=secrets,
+    )
+
+
+def _settle_absent(
+    repo: Repository,
+    host: str,
+    absent_cands: dict[str, list[tuple[str, PathEntry]]],
+    candidates: dict[str, list[_Candidate]],
+    chosen: dict[str, _Candidate],
+    problems: Problems,
+) -> dict[str, PathEntry]:
+    """The absent paths of `host` (rule 4); drops the provided paths they beat from `chosen`."""
+    absent: dict[str, PathEntry] = {}
+    for path in sorted(absent_cands):
+        cands = absent_cands[path]
+        winner = _pick_absent(repo, host, path, cands, problems)
+        if winner is None:
+            continue
+        group, entry = winner
+        providers = candidates.get(path, [])
+        if not providers:
+            absent[path] = entry
+            continue
+        if all(repo.outranks(group, p.group, host) for p in providers):
+            chosen.pop(path, None)
+            absent[path] = entry
+            continue
+        if any(repo.outranks(p.group, g, host) for p in providers for g, _ in cands):
+            continue  # provided: the absent entries lose
+        names = " and ".join(sorted({repr(p.group) for p in providers}))
+        problems.add(
+            entry.file,
+            entry.line,
+            f"{path} is absent in group {group!r} but provided by {names},"
+            f" and {_unranked_where(repo)}; list them in group_order or keep the path"
+            " in one group only",
+        )
+    for path, entry in absent.items():
+        below = next((p for p in chosen if p != path and is_below(p, path)), None)
+        if below is not None:
+            problems.add(
+                entry.file,
+                entry.line,
+                f"{path} is absent, but {below} below it is provided by group"
+                f" {chosen[below].group!r} ({chosen[below].entry.source})",
+            )
+    return absent
+
+
+def _pick_absent(
+    repo: Repository,
+    host: str,
+    path: str,
+    cands: list[tuple[str, PathEntry]],
+    problems: Problems,
+) -> tuple[str, PathEntry] | None:
+    """Among absent entries of one path: agreeing ones never conflict, others by rank."""
+    for w_group, w_entry in reversed(cands):
+        if all(
+            repo.outranks(w_group, g, host)
+            for g, e in cands
+            if g != w_group and e.recursive != w_entry.recursive
+        ):
+            return w_group, w_entry
+    _, entry = cands[0]
+    others = " and ".join(repr(g) for g, _ in cands)
+    problems.add(
+        entry.file,
+        entry.line,
+        f"{path} is absent in groups {others} with different 'recursive',"
+        f" and {_unranked_where(repo)}; list them in group_order or make them agree",
+    )
+    return None
+
+
+def _collect_lists(
+    repo: Repository,
+    groups: list[str],
+    chosen: dict[str, _Candidate],
+    absent: dict[str, PathEntry],
+    problems: Problems,
+) -> tuple[list[str], list[str]]:
+    """The purged directories and the secret paths of the host's groups (rule 5)."""
+    purge: set[str] = set()
+    secrets: set[str] = set()
+    for group in groups:
+        lists = repo.lists.get(group)
+        if lists is None:
+            continue
+        secrets.update(lists.secrets)
+        for path, entry in lists.purge.items():
+            cand = chosen.get(path)
+            if cand is not None and cand.entry.spec.type is not FileType.DIR:
+                problems.add(
+                    entry.file,
+                    entry.line,
+                    f"{path} is purged, but group {cand.group!r} provides it as a"
+                    f" {cand.entry.spec.type} ({cand.entry.source})",
+                )
+            elif path in absent:
+                problems.add(
+                    entry.file,
+                    entry.line,
+                    f"{path} is purged, but absent ({absent[path].file}:{absent[path].line});"
+                    " drop one of them",
+                )
+            else:
+                purge.add(path)
+    return sorted(purge), sorted(secrets)
 
 
 def _same_attributes(a: Entry, b: Entry) -> bool:
@@ -241,11 +379,16 @@ def _conflict_message(repo: Repository, path: str, unranked: list[_Candidate]) -
         what = f"directory {path} gets different permissions from groups {listed} ({attrs})"
     else:
         what = f"{path} is provided by groups {listed}"
+    return (
+        f"{what}, and {_unranked_where(repo)};"
+        " list them in group_order or provide the path from one group only"
+    )
+
+
+def _unranked_where(repo: Repository) -> str:
     if repo.group_order_line is None:
-        where = f"no group_order in {CONFIG_FILE} ranks them"
-    else:
-        where = f"group_order ({CONFIG_FILE}:{repo.group_order_line}) does not rank them"
-    return f"{what}, and {where}; list them in group_order or provide the path from one group only"
+        return f"no group_order in {CONFIG_FILE} ranks them"
+    return f"group_order ({CONFIG_FILE}:{repo.group_order_line}) does not rank them"
 
 
 def _check_parents(chosen: dict[str, _Candidate], problems: Problems) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import codec
+from common.model import is_below
 from common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
 from master.db import transaction
 
@@ -114,20 +115,41 @@ class StoredResult:
     packed: bytes  # the result as stored: msgpack, about its size on the wire
 
 
+# How many of a host's latest jobs may have left the triggers that a result
+# runs as owed (minion/triggers.py): a trigger owed longer is refused.
+OWED_JOBS_LOOKBACK = 100
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What a job sent to one host, as far as its result is checked against it."""
+    """What a job sent to one host, as far as its result is checked against it:
+    the paths it names (files and absent paths), the trees whose entries may
+    be removed (purged directories, recursive absent paths), and the triggers."""
 
     paths: frozenset[str]
     triggers: frozenset[str]
+    trees: frozenset[str] = frozenset()
+
+    @classmethod
+    def of_job(cls, job: dict[str, Any]) -> Plan:
+        files = job.get("files", [])
+        absent = job.get("absent", [])
+        return cls(
+            frozenset([f["path"] for f in files] + [a["path"] for a in absent]),
+            frozenset(t for f in files for t in f["triggers"]),
+            frozenset(list(job.get("purge", [])) + [a["path"] for a in absent if a["recursive"]]),
+        )
+
+    def covers(self, path: str) -> bool:
+        return path in self.paths or any(is_below(path, tree) for tree in self.trees)
 
     def pack(self) -> bytes:
-        return codec.pack([sorted(self.paths), sorted(self.triggers)])
+        return codec.pack([sorted(self.paths), sorted(self.triggers), sorted(self.trees)])
 
     @classmethod
     def unpack(cls, data: bytes) -> Plan:
-        paths, triggers = codec.unpack(data, max_depth=3)
-        return cls(frozenset(paths), frozenset(triggers))
+        paths, triggers, trees = codec.unpack(data, max_depth=3)
+        return cls(frozenset(paths), frozenset(triggers), frozenset(trees))
 
 
 def _load_result(value: bytes | str) -> dict[str, Any]:
@@ -192,6 +214,15 @@ class JobStore:
             (jid, host),
         ).fetchone()
         return None if row is None else Plan.unpack(row[0])
+
+    def recent_triggers(self, host: str, limit: int = OWED_JOBS_LOOKBACK) -> frozenset[str]:
+        """Every trigger command that the latest `limit` jobs sent to `host`."""
+        rows = self.conn.execute(
+            "SELECT p.plan FROM job_hosts h JOIN job_plans p ON p.jid = h.jid"
+            " AND p.digest = h.plan WHERE h.host = ? ORDER BY h.jid DESC LIMIT ?",
+            (host, limit),
+        )
+        return frozenset(t for (data,) in rows for t in Plan.unpack(data).triggers)
 
     def module_of(self, jid: str) -> tuple[str, bool] | None:
         """(module, dry_run) of a job, or None if there is no such job."""

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from common.model import ApplyResult, FileChange, FileState, FileType, TriggerStatus
+from common.model import ApplyResult, FileChange, FileState, FileType, Outcome, TriggerStatus
 from common.protocol import NO_RESPONSE
 from common.text import escape, escape_content
 from master.jobstore import HostStatus
@@ -118,9 +118,9 @@ def render_apply(result: ApplyResult, style: Style) -> list[str]:
     lines = []
     for change in result.changes:
         lines.extend(render_change(change, result.dry_run, style))
-    if result.failure is not None:
-        where = f"{escape(result.failure.path)}: " if result.failure.path else ""
-        lines.append(f"{INDENT}{style.red('failed:')} {where}{escape(result.failure.reason)}")
+    for failure in result.failures:
+        where = f"{escape(failure.path)}: " if failure.path else ""
+        lines.append(f"{INDENT}{style.red('failed:')} {where}{escape(failure.reason)}")
     for run in result.triggers:
         status = {
             TriggerStatus.OK: style.green("ok"),
@@ -132,25 +132,49 @@ def render_apply(result: ApplyResult, style: Style) -> list[str]:
         }[run.status]
         lines.append(f"{INDENT}trigger {style.bold(escape(run.command))}: {status}")
         lines.extend(f"{INDENT}{INDENT}{line}" for line in escape_lines(run.output))
+    for owed in result.owed:
+        lines.append(
+            f"{INDENT}trigger {style.bold(escape(owed.command))}: {style.yellow('owed')}"
+            f" (since {escape(owed.path)} changed in job {escape(owed.jid)}; it runs after"
+            " the next run without failure)"
+        )
     return lines
 
 
+# The verb of a change, by whether the path is created, replaced (another
+# type), removed, or changed in place; and whether the dry run reports it.
+_VERBS = {
+    "create": ("created", "would create", "create"),
+    "replace": ("replaced", "would replace", "replace"),
+    "remove": ("removed", "would remove", "remove"),
+    "change": ("changed", "would change", "change"),
+}
+
+
 def render_change(change: FileChange, dry_run: bool, style: Style) -> list[str]:
+    """One change: what it is, its outcome (never a claim of what did not happen), its diff."""
     path = escape(change.path)
-    new = change.new
-    if change.created:
-        verb = style.green("would create" if dry_run else "created")
+    old, new = change.old, change.new
+    if new is None:
+        kind, colour = "remove", style.red
+        detail = " ".join(x for x in (str(old.type), _mode(old), _owner(old)) if x) if old else ""
+    elif change.created:
+        kind, colour = "create", style.green
         detail = " ".join(x for x in (str(new.type), _mode(new), _owner(new)) if x)
     else:
-        old = change.old
         replaced = old is not None and old.type != new.type
-        verb = (
-            style.red("would replace" if dry_run else "replaced")
-            if replaced
-            else style.yellow("would change" if dry_run else "changed")
-        )
+        kind, colour = ("replace", style.red) if replaced else ("change", style.yellow)
         detail = ", ".join(_differences(change))
+    done, would, bare = _VERBS[kind]
+    if change.outcome is Outcome.FAILED:
+        verb = style.red(f"FAILED to {bare}")
+    elif change.outcome is Outcome.SKIPPED:
+        verb = style.red(f"skipped: {bare}")
+    else:
+        verb = colour(would if change.outcome is Outcome.WOULD_APPLY else done)
     lines = [f"{INDENT}{verb} {path.ljust(PATH_COLUMN)} {detail}".rstrip()]
+    if change.reason:
+        lines.append(f"{INDENT}{INDENT}{style.red('reason:')} {escape(change.reason)}")
     if change.diff:
         for line in escape_lines(change.diff):
             lines.append(f"{INDENT}{INDENT}{_diff_line(line, style)}")
@@ -159,12 +183,15 @@ def render_change(change: FileChange, dry_run: bool, style: Style) -> list[str]:
 
 def _differences(change: FileChange) -> list[str]:
     old, new = change.old, change.new
-    if old is None:
+    if old is None or new is None:
         return []
     parts = []
     if old.type != new.type:
-        removed = " (old directory removed)" if old.type is FileType.DIR else ""
-        parts.append(f"type {old.type} -> {new.type}{removed}")
+        # Said only of a change that happened: a failed one removed nothing.
+        removed = old.type is FileType.DIR and change.outcome is Outcome.APPLIED
+        parts.append(
+            f"type {old.type} -> {new.type}{' (old directory removed)' if removed else ''}"
+        )
     if old.type == new.type and old.mode != new.mode and new.type is not FileType.SYMLINK:
         parts.append(f"mode {old.mode:04o} -> {new.mode:04o}")
     if (old.uid, old.gid) != (new.uid, new.gid):

@@ -9,6 +9,9 @@ The repository (DESIGN.md section 6):
     <name>/permissions.yaml    /path: "MODE [USER [GROUP]]"
     <name>/templates.yaml      - /path               (Jinja2, rendered per host)
     <name>/triggers.yaml       /path: [command, ...]
+    <name>/absent.yaml         - /path  or  - {path: /path, recursive: true}
+    <name>/purge.yaml          - /directory          (undeclared entries are removed)
+    <name>/secrets.yaml        - /path               (content never shown or stored)
 
 <name> is a group from groups.yaml, the implicit group "all", or a host id
 (a host is a group of its own). load_repository() reads all of it once,
@@ -32,7 +35,7 @@ Group directories:
   gets 0755 by default, whatever its mode in the repository; a regular file
   0755 if any x bit is set in the repository, else 0644; a symlink 0777.
 - Everything in files/ is managed, dotfiles included (/root/.profile). Next
-  to files/ only the three YAML files may appear (names starting with "." are
+  to files/ only the YAML files above may appear (names starting with "." are
   ignored there), so that a misspelt "permission.yaml" is an error, not a
   silently ignored file. A top-level directory that looks like a group's but
   names no group or host is an error too; other top-level entries (README,
@@ -69,7 +72,7 @@ from common.errors import (
     UnknownHostError,
 )
 from common.ids import minion_id_problem
-from common.model import SYMLINK_MODE, FileSpec, FileType, check_path
+from common.model import SYMLINK_MODE, FileSpec, FileType, check_path, is_below
 from common.yamlfile import (
     KIND_NAMES,
     Problems,
@@ -90,7 +93,19 @@ FILES_DIR = "files"
 PERMISSIONS_FILE = "permissions.yaml"
 TEMPLATES_FILE = "templates.yaml"
 TRIGGERS_FILE = "triggers.yaml"
-GROUP_DIR_ENTRIES = (FILES_DIR, PERMISSIONS_FILE, TEMPLATES_FILE, TRIGGERS_FILE)
+ABSENT_FILE = "absent.yaml"
+PURGE_FILE = "purge.yaml"
+SECRETS_FILE = "secrets.yaml"
+GROUP_DIR_ENTRIES = (
+    FILES_DIR,
+    PERMISSIONS_FILE,
+    TEMPLATES_FILE,
+    TRIGGERS_FILE,
+    ABSENT_FILE,
+    PURGE_FILE,
+    SECRETS_FILE,
+)
+ABSENT_KEYS = ("path", "recursive")
 
 ALL = "all"  # the implicit group that holds every host
 REMOVE_SUFFIX = "_remove"  # groups.yaml: "web_remove" takes members out of "web"
@@ -166,6 +181,25 @@ class TriggerEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class PathEntry:
+    """One path listed in a group's absent.yaml, purge.yaml or secrets.yaml."""
+
+    path: str
+    file: str  # repo-relative YAML file
+    line: int
+    recursive: bool = False  # absent.yaml: remove a non-empty directory with its content
+
+
+@dataclass(frozen=True, slots=True)
+class PathLists:
+    """What one group's absent.yaml, purge.yaml and secrets.yaml list, by path."""
+
+    absent: dict[str, PathEntry]
+    purge: dict[str, PathEntry]
+    secrets: dict[str, PathEntry]
+
+
+@dataclass(frozen=True, slots=True)
 class _GroupDef:
     name: str
     line: int
@@ -184,6 +218,7 @@ class Repository:
         group_order_line: int | None,
         entries: dict[str, dict[str, Entry]],
         triggers: dict[str, dict[str, TriggerEntry]],
+        lists: dict[str, PathLists],
     ) -> None:
         self.path = path
         self.hosts = hosts  # ids in hosts.yaml order
@@ -193,6 +228,8 @@ class Repository:
         self.entries = entries
         # group (or host) -> path -> commands from that group's triggers.yaml
         self.triggers = triggers
+        # group (or host) -> its absent.yaml, purge.yaml and secrets.yaml
+        self.lists = lists
         self._host_set = frozenset(hosts)
         self._members = members  # groups.yaml groups and "all"; hosts are implicit
         self._rank = {g: i for i, g in enumerate(group_order)}
@@ -301,7 +338,7 @@ class _Loader:
         self._read_groups()
         members = self._resolve_groups()
         self._check_group_order()
-        entries, triggers = self._read_group_dirs()
+        entries, triggers, lists = self._read_group_dirs()
         self._check_trigger_paths(entries, triggers)
         return Repository(
             path=self.root,
@@ -311,6 +348,7 @@ class _Loader:
             group_order_line=self.group_order_line,
             entries=entries,
             triggers=triggers,
+            lists=lists,
         )
 
     # -- helpers for typed values ------------------------------------------
@@ -602,10 +640,13 @@ class _Loader:
 
     def _read_group_dirs(
         self,
-    ) -> tuple[dict[str, dict[str, Entry]], dict[str, dict[str, TriggerEntry]]]:
+    ) -> tuple[
+        dict[str, dict[str, Entry]], dict[str, dict[str, TriggerEntry]], dict[str, PathLists]
+    ]:
         known = {ALL, *self.groups, *self.hosts}
         entries: dict[str, dict[str, Entry]] = {}
         triggers: dict[str, dict[str, TriggerEntry]] = {}
+        lists: dict[str, PathLists] = {}
         for name in self._list(self.root, "."):
             if name.startswith(".") or name in (CONFIG_FILE, HOSTS_FILE, GROUPS_FILE):
                 continue
@@ -630,10 +671,11 @@ class _Loader:
                         f" not {describe_mode(st.st_mode)}",
                     )
                     continue
-                group_entries, group_triggers = self._read_group_dir(name)
+                group_entries, group_triggers, group_lists = self._read_group_dir(name)
                 entries[name] = group_entries
                 if group_triggers:
                     triggers[name] = group_triggers
+                lists[name] = group_lists
             elif (
                 stat.S_ISDIR(st.st_mode)
                 and self._looks_like_group_dir(full)
@@ -647,7 +689,7 @@ class _Loader:
                     f"directory {_printable(name)!r} holds group files, but it is"
                     " neither a group in groups.yaml nor a host in hosts.yaml",
                 )
-        return entries, triggers
+        return entries, triggers, lists
 
     def _list(self, full: str, rel: str) -> list[str]:
         """The sorted names in a directory of the repository; [] and a problem on error."""
@@ -662,7 +704,9 @@ class _Loader:
     def _looks_like_group_dir(full: str) -> bool:
         return any(os.path.lexists(os.path.join(full, n)) for n in GROUP_DIR_ENTRIES)
 
-    def _read_group_dir(self, group: str) -> tuple[dict[str, Entry], dict[str, TriggerEntry]]:
+    def _read_group_dir(
+        self, group: str
+    ) -> tuple[dict[str, Entry], dict[str, TriggerEntry], PathLists]:
         for name in self._list(os.path.join(self.root, group), group):
             if name not in GROUP_DIR_ENTRIES and not name.startswith("."):
                 self.problems.add(
@@ -676,6 +720,20 @@ class _Loader:
         permissions = self._read_permissions(group, tree)
         templates = self._read_templates(group, tree)
         triggers = self._read_triggers(group)
+        lists = PathLists(
+            absent=self._read_absent(group, tree),
+            purge=self._read_path_list(group, PURGE_FILE, "a directory to purge"),
+            secrets=self._read_path_list(group, SECRETS_FILE, "a secret path"),
+        )
+        for entry in lists.purge.values():
+            raw = tree.get(entry.path)
+            if raw is not None and raw.type is not FileType.DIR:
+                self.problems.add(
+                    entry.file,
+                    entry.line,
+                    f"{entry.path} is {_TYPE_NAMES.get(raw.type, 'a file')}"
+                    f" in {group}/{FILES_DIR}/; only a directory can be purged",
+                )
         entries: dict[str, Entry] = {}
         for path, raw in tree.items():
             explicit = permissions.get(path)
@@ -692,6 +750,7 @@ class _Loader:
                 group=owner.group,
                 gid=owner.gid,
                 data=raw.data,
+                passthrough=raw.type is FileType.DIR and explicit is None,
             )
             try:
                 spec.check()
@@ -705,7 +764,84 @@ class _Loader:
                 explicit=explicit is not None,
                 template=templates.get(path),
             )
-        return entries, triggers
+        return entries, triggers, lists
+
+    def _read_absent(self, group: str, tree: dict[str, _RawFile]) -> dict[str, PathEntry]:
+        """absent.yaml: paths, or {path, recursive} mappings; none provided by this group."""
+        file = f"{group}/{ABSENT_FILE}"
+        node = load_yaml_file(self.root, file, self.problems)
+        result: dict[str, PathEntry] = {}
+        if not self._expect(node, YSeq, file, "absent.yaml"):
+            return result
+        for item in node.items:
+            recursive = False
+            if isinstance(item, YMap):
+                self._unknown_keys(item, ABSENT_KEYS, file, "an absent entry")
+                values = {key.text: value for key, value in item.items}
+                path_node = values.get("path")
+                if path_node is None:
+                    self.problems.add(file, item.line, "an absent entry needs a 'path'")
+                    continue
+                flag = values.get("recursive")
+                if flag is not None:
+                    if not isinstance(flag, YScalar) or flag.text not in ("true", "false"):
+                        self.problems.add(file, flag.line, "'recursive' must be true or false")
+                        continue
+                    recursive = flag.text == "true"
+            else:
+                path_node = item
+            if not self._expect(path_node, YScalar, file, "an absent path"):
+                continue
+            entry = self._list_entry(path_node, file, result, recursive=recursive)
+            if entry is None:
+                continue
+            if entry.path == "/":
+                self.problems.add(file, entry.line, "the root directory cannot be absent")
+                continue
+            provided = [p for p in tree if is_below(p, entry.path)]
+            if provided:
+                what = (
+                    "is provided by"
+                    if provided[0] == entry.path
+                    else f"has {provided[0]} below it in"
+                )
+                self.problems.add(
+                    file,
+                    entry.line,
+                    f"{entry.path} is absent, but {what} {group}/{FILES_DIR}/;"
+                    " a group cannot both provide a path and declare it absent",
+                )
+                continue
+            result[entry.path] = entry
+        return result
+
+    def _read_path_list(self, group: str, name: str, what: str) -> dict[str, PathEntry]:
+        """purge.yaml or secrets.yaml: a list of absolute paths."""
+        file = f"{group}/{name}"
+        node = load_yaml_file(self.root, file, self.problems)
+        result: dict[str, PathEntry] = {}
+        if not self._expect(node, YSeq, file, name):
+            return result
+        for item in node.items:
+            if self._expect(item, YScalar, file, what):
+                entry = self._list_entry(item, file, result)
+                if entry is not None:
+                    result[entry.path] = entry
+        return result
+
+    def _list_entry(
+        self, node: YScalar, file: str, seen: dict[str, PathEntry], *, recursive: bool = False
+    ) -> PathEntry | None:
+        """One path of a list file, checked; None (and a problem) if invalid or listed twice."""
+        if not self._check_path_key(node, file):
+            return None
+        first = seen.get(node.text)
+        if first is not None:
+            self.problems.add(
+                file, node.line, f"{node.text} is listed twice (first at line {first.line})"
+            )
+            return None
+        return PathEntry(node.text, file, node.line, recursive)
 
     def _scan_files(self, group: str) -> dict[str, _RawFile]:
         """Walk <group>/files/ without following symlinks; path -> what is there.

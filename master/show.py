@@ -14,7 +14,7 @@ import sys
 from typing import Any, TextIO
 
 from common.errors import ConfigError
-from common.model import FileType
+from common.model import FileType, is_below
 from common.text import escape
 from master.compiler import CompiledFile, HostConfig, compile_host, load_repository
 
@@ -38,7 +38,20 @@ def _size_or_target(f: CompiledFile) -> str:
     return ""
 
 
-_HEADER = ("PATH", "TYPE", "MODE", "USER", "GROUP", "SIZE/TARGET", "FROM", "TEMPLATE")
+_HEADER = ("PATH", "TYPE", "MODE", "USER", "GROUP", "SIZE/TARGET", "FROM", "TEMPLATE", "NOTES")
+# A directory the repository only passes through: created when missing, never changed.
+PASSTHROUGH_NOTE = "pass-through (created if missing, never changed)"
+SECRET_NOTE = "secret (content never shown)"  # noqa: S105 (a label, not a password)
+
+
+def _notes(f: CompiledFile, secret: bool) -> str:
+    if f.spec.passthrough:
+        return PASSTHROUGH_NOTE
+    return SECRET_NOTE if secret else ""
+
+
+def _is_secret(path: str, config: HostConfig) -> bool:
+    return any(is_below(path, secret) for secret in config.secrets)
 
 
 def format_table(config: HostConfig) -> str:
@@ -56,6 +69,7 @@ def format_table(config: HostConfig) -> str:
                 escape(_size_or_target(f)),
                 escape(f.group),
                 "yes" if f.template else "",
+                _notes(f, _is_secret(spec.path, config)),
             ]
         )
     widths = [max(len(r[i]) for r in [list(_HEADER), *rows]) for i in range(len(_HEADER))]
@@ -69,6 +83,12 @@ def format_table(config: HostConfig) -> str:
     for f, row in zip(config.files, rows, strict=True):
         out.append(line(row))
         out.extend(f"    trigger: {escape(c)}" for c in f.spec.triggers)
+    if config.absent or config.purge or config.secrets:
+        out.append("")
+    for a in config.absent:
+        out.append(f"absent: {escape(a.path)}{' (recursive)' if a.recursive else ''}")
+    out.extend(f"purged: {escape(p)} (undeclared entries are removed)" for p in config.purge)
+    out.extend(f"secret: {escape(p)}" for p in config.secrets)
     out.append("")
     out.append(_summary(config))
     return "\n".join(out) + "\n"
@@ -80,8 +100,10 @@ def _summary(config: HostConfig) -> str:
         counts[f.spec.type] += 1
     templates = sum(1 for f in config.files if f.template)
     triggered = sum(1 for f in config.files if f.spec.triggers)
+    passed = sum(1 for f in config.files if f.spec.passthrough)
     return (
-        f"{_count(len(config.files), 'path')}: {_count(counts[FileType.DIR], 'directory')},"
+        f"{_count(len(config.files), 'path')}: {_count(counts[FileType.DIR], 'directory')}"
+        f" ({passed} passed through),"
         f" {_count(counts[FileType.FILE], 'file')} ({templates} from templates),"
         f" {_count(counts[FileType.SYMLINK], 'symlink')}; {triggered} with triggers"
     )
@@ -99,6 +121,7 @@ def to_document(config: HostConfig) -> dict[str, Any]:
     for f in config.files:
         spec = f.spec
         is_file = spec.type is FileType.FILE
+        secret = _is_secret(spec.path, config)
         files.append(
             {
                 "path": spec.path,
@@ -109,15 +132,25 @@ def to_document(config: HostConfig) -> dict[str, Any]:
                 "group": spec.group,
                 "gid": spec.gid,
                 "size": len(spec.data) if is_file else None,
-                "sha256": hashlib.sha256(spec.data).hexdigest() if is_file else None,
+                # Not even a hash of a secret: a hash of a short password can be guessed.
+                "sha256": hashlib.sha256(spec.data).hexdigest() if is_file and not secret else None,
                 "target": spec.data.decode("utf-8") if spec.type is FileType.SYMLINK else None,
                 "provider": f.group,
                 "source": f.source,
                 "template": f.template,
                 "triggers": list(spec.triggers),
+                "passthrough": spec.passthrough,
+                "secret": secret,
             }
         )
-    return {"host": config.host, "groups": list(config.groups), "files": files}
+    return {
+        "host": config.host,
+        "groups": list(config.groups),
+        "files": files,
+        "absent": [a.to_wire() for a in config.absent],
+        "purge": list(config.purge),
+        "secrets": list(config.secrets),
+    }
 
 
 def show_host(

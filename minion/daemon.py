@@ -56,7 +56,7 @@ from common import log as safcm_log
 from common.crypto import DEFAULT_CLOCK_SKEW, MAX_ENVELOPE_OVERHEAD, PublicKeys
 from common.errors import EnvelopeError, ProtocolError, SafcmError, StateFileError
 from common.loop import Loop, Timer
-from common.model import FileSpec
+from common.model import AbsentSpec, FileSpec
 from common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
@@ -146,6 +146,9 @@ class Job:
     dry_run: bool
     files: list[FileSpec]
     deadline: float
+    absent: list[AbsentSpec]
+    purge: list[str]
+    secrets: list[str]
 
 
 @dataclass
@@ -649,6 +652,10 @@ class Minion:
                     job.files,
                     dry_run=job.dry_run,
                     state_dir=self.settings.state_dir,
+                    jid=job.jid,
+                    absent=job.absent,
+                    purge=job.purge,
+                    secrets=job.secrets,
                     trigger_timeout=self.settings.trigger_timeout,
                 )
             except SafcmError as e:  # the lock is held, or the root cannot be opened
@@ -774,6 +781,9 @@ def _job_from_body(jid: str, body: dict[str, Any]) -> Job:
         body["dry_run"],
         [FileSpec.from_wire(f) for f in body["files"]],
         body["deadline"],
+        [AbsentSpec.from_wire(a) for a in body["absent"]],
+        body["purge"],
+        body["secrets"],
     )
 
 

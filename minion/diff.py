@@ -1,10 +1,13 @@
 """Unified diffs of file content and symlink targets for the change report.
 
-Pure: bytes in, text out. The engine shows a diff whenever it replaces
-content or a link target that was already there, because replacing destroys
-data and the administrator must be able to see what was lost.
+Pure: bytes in, text out. The engine shows a diff whenever content or a link
+target appears, is replaced or is lost: replacing or removing destroys data
+and the administrator must be able to see what was lost, and a created file
+shows what was put there.
 
-The output reads like `diff -u`: "--- old" / "+++ new" headers, hunks with
+The output reads like `diff -u` and git: "--- a/etc/app/app.conf" /
+"+++ b/etc/app/app.conf" headers ("/dev/null" for a side with no content),
+so a saved diff applies with `patch -p1` from the host's root; hunks with
 DIFF_CONTEXT lines of context, and a "\\ No newline at end of file" marker
 after a last line that lacks its newline. A side that is not text (it holds a
 NUL byte or is not valid UTF-8) is shown as one line "<binary content, N
@@ -16,6 +19,7 @@ characters. So one huge or binary file cannot make a huge or slow report.
 from __future__ import annotations
 
 import difflib
+import hashlib
 
 # Lines of context around each change, as `diff -u` and git use.
 DIFF_CONTEXT = 3
@@ -29,6 +33,14 @@ DIFF_LINES_MAX = 10_000
 DIFF_TEXT_MAX = 64 * 1024
 
 NO_NEWLINE = "\\ No newline at end of file\n"
+# The header of a side that has no content (nothing there, or a directory),
+# as diff and git write it.
+NO_SIDE = "/dev/null"
+# Hex digits of SHA-256 shown for a secret's content: enough to tell two
+# versions apart at a glance. (No hash hides a guessable secret, such as a
+# short password, from a brute-force search; keys and generated passwords
+# are safe, and those are what secrets.yaml is for.)
+SECRET_HASH_HEX = 12
 
 
 def as_text(data: bytes) -> str | None:
@@ -70,33 +82,62 @@ def _side(data: bytes | None, size: int, *, link: bool) -> tuple[list[str], bool
 
 
 def unified_diff(
+    path: str,
     old: bytes | None,
     old_size: int,
     new: bytes,
     *,
     old_link: bool = False,
     new_link: bool = False,
+    old_missing: bool = False,
+    new_missing: bool = False,
 ) -> str:
-    """The unified diff from `old` to `new`, capped to DIFF_TEXT_MAX characters.
+    """The unified diff of `path` from `old` to `new`, capped to DIFF_TEXT_MAX characters.
 
     `old` is None when the old content was not read because it is larger than
     DIFF_INPUT_MAX; `old_size` is its size in bytes either way. `old_link` and
     `new_link` say a side is a symlink target rather than file content.
+    `old_missing` (a creation) and `new_missing` (a removal) say a side has
+    no content at all: it is empty and its header is /dev/null. Returns ""
+    when there is nothing to show (an empty file created or removed).
     """
-    a, a_placeholder = _side(old, old_size, link=old_link)
-    b, b_placeholder = _side(new, len(new), link=new_link)
+    a, a_placeholder = ([], False) if old_missing else _side(old, old_size, link=old_link)
+    b, b_placeholder = ([], False) if new_missing else _side(new, len(new), link=new_link)
+    if not a and not b:
+        return ""
+    labels = (NO_SIDE if old_missing else "a" + path, NO_SIDE if new_missing else "b" + path)
     if a_placeholder or b_placeholder:
         # A placeholder stands for the whole side: never match it line by
         # line (two binary files of equal size have equal placeholders).
-        text = _whole_hunk(a, b)
+        text = _whole_hunk(a, b, labels)
     else:
-        text = "".join(_mark_no_newline(difflib.unified_diff(a, b, "old", "new", n=DIFF_CONTEXT)))
+        text = "".join(_mark_no_newline(difflib.unified_diff(a, b, *labels, n=DIFF_CONTEXT)))
     return _cap(text)
 
 
-def _whole_hunk(a: list[str], b: list[str]) -> str:
+def secret_summary(
+    old: bytes | None, old_size: int, new: bytes, *, old_missing: bool, new_missing: bool
+) -> str:
+    """The one line that stands for the diff of a secret: short hashes, never content.
+
+    Said on one line so that neither the CLI, nor --json, nor the job history
+    ever holds a byte of the content itself.
+    """
+    before = "nothing" if old_missing else _fingerprint(old, old_size)
+    after = "nothing" if new_missing else _fingerprint(new, len(new))
+    return f"secret content not shown: {before} -> {after}\n"
+
+
+def _fingerprint(data: bytes | None, size: int) -> str:
+    if data is None:
+        return f"{size} bytes (too large to hash)"
+    return f"sha256:{hashlib.sha256(data).hexdigest()[:SECRET_HASH_HEX]} ({size} bytes)"
+
+
+def _whole_hunk(a: list[str], b: list[str], labels: tuple[str, str]) -> str:
     """A diff that removes every line of `a` and adds every line of `b`."""
-    parts = ["--- old\n", "+++ new\n", f"@@ -{_range(len(a))} +{_range(len(b))} @@\n"]
+    parts = [f"--- {labels[0]}\n", f"+++ {labels[1]}\n"]
+    parts.append(f"@@ -{_range(len(a))} +{_range(len(b))} @@\n")
     parts.extend(_mark_no_newline("-" + line for line in a))
     parts.extend(_mark_no_newline("+" + line for line in b))
     return "".join(parts)
@@ -124,6 +165,6 @@ def _mark_no_newline(lines):
 def _cap(text: str) -> str:
     if len(text) <= DIFF_TEXT_MAX:
         return text
-    # Whole lines only; the "--- old" header guarantees a line end to cut at.
+    # Whole lines only; the "--- " header guarantees a line end to cut at.
     cut = text.rfind("\n", 0, DIFF_TEXT_MAX) + 1
     return text[:cut] + f"[diff truncated: {len(text) - cut} of {len(text)} characters not shown]\n"

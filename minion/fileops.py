@@ -8,17 +8,19 @@ descriptor that was resolved beneath the root without following a symlink.
 
 How one apply works (apply_files):
 
-1. check_specs() (plan.py) checks the whole list before any syscall, and
-   orders it by path, so that parents come before their children.
-2. Take the engine lock (flock on a file in the state directory), so two
+1. Take the engine lock (flock on a file in the state directory), so two
    applies never interleave on one host. It is held through the triggers.
+   Read the triggers owed by earlier applies (minion/owed.py).
+2. check_specs() and check_removals() (plan.py) check the whole input before
+   any syscall on the host, and order it: files by path, so that parents come
+   before their children; absent paths deepest first.
 3. Open the root. For each file: resolve its parent directory (one
    openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS) call where the kernel has it,
    else a walk of openat(O_NOFOLLOW|O_DIRECTORY), one component at a time;
    descriptors are cached for the whole apply), observe what is at the name
    without following or blocking (a Found), and let plan.decide() compute the
-   change and the steps. The change is recorded before anything is done, so
-   it is reported even when doing it fails. A dry run stops here.
+   change and the steps. The change is recorded before anything is done,
+   with its outcome: applied, or would apply in a dry run, which stops here.
 4. Do the steps. A file's new version is written to an anonymous O_TMPFILE
    (or, where the filesystem lacks it, a named temporary created with
    O_EXCL|O_NOFOLLOW, mode 0600), then fchown (before fchmod, because chown
@@ -30,12 +32,29 @@ How one apply works (apply_files):
    New file and symlink versions are written by one writer thread, in path
    order, while the main thread observes and decides the next files, so that
    the wait for each fsync overlaps with that work (see _Writer). Any other
-   step waits until every earlier write is done; the first failure still
-   stops the apply with nothing after it touched.
-5. fsync every directory that was changed, once: at the end, or earlier if
+   step waits until every earlier write is done, so the host changes in path
+   order.
+5. One failure stops only what depends on it. A file that fails is recorded
+   as failed, with the reason, and the apply goes on with the next path. A
+   directory that fails blocks the paths below it: they are recorded as
+   skipped, with the reason, and never touched (their records say what the
+   change would have been, as in a dry run).
+6. Remove what must not exist: absent paths, then the undeclared entries of
+   purged directories. Removal is as careful as writing: every entry is
+   observed and recorded first (with the content it loses as a diff), and
+   removed relative to a held descriptor of its directory (unlinkat,
+   unlinkat(AT_REMOVEDIR)), never through a symlink (a directory is opened
+   with O_NOFOLLOW, or openat2 with RESOLVE_NO_SYMLINKS) and never across a
+   mount (RESOLVE_NO_XDEV, and a device check in any case).
+7. fsync every directory that was changed, once: at the end, or earlier if
    its descriptor leaves the cache. The report is only sent after
    apply_files returns, so no rename is reported before it is durable.
-6. If every file succeeded, run the triggers of the changed paths.
+8. Triggers. If no path failed: run the owed triggers and those of the
+   changed paths, each command once, and clear the owed ones. If a path
+   failed: run none (a reload must never meet a half-applied host), and add
+   the triggers of the changes that were applied to the owed ones, durably,
+   so that the next apply without failure runs them. Every report shows
+   what is still owed.
 
 What a crash (SIGKILL, power loss) can leave behind: only complete files,
 either the old or the new version, and sometimes a temporary file named
@@ -71,12 +90,23 @@ from functools import partial
 from common.errors import (
     FileOpError,
     LockError,
+    MissingDirectoryError,
+    MountPointError,
     NonEmptyDirectoryError,
     OwnerLookupError,
     SymlinkInPathError,
 )
-from common.model import ApplyFailure, ApplyResult, FileSpec, FileType
-from minion import triggers
+from common.model import (
+    AbsentSpec,
+    ApplyFailure,
+    ApplyResult,
+    FileChange,
+    FileSpec,
+    FileType,
+    Outcome,
+    check_path,
+)
+from minion import owed, triggers
 from minion.diff import DIFF_INPUT_MAX
 from minion.plan import (
     TEMP_MARK,
@@ -86,11 +116,18 @@ from minion.plan import (
     Owner,
     Remove,
     Step,
+    ancestors,
+    check_removals,
     check_specs,
     decide,
+    decide_removal,
+    due_commands,
+    is_secret,
     is_temp_name,
+    owe,
     temp_name,
     trigger_commands,
+    with_outcome,
 )
 
 # Seconds an apply waits for another apply to release the engine lock.
@@ -112,6 +149,10 @@ RESOLVE_ATTEMPTS = 3
 # New file versions queued for the writer thread at most; the main thread
 # waits when it is this far ahead (see _Writer).
 WRITE_QUEUE_MAX = 32
+# Directory levels below a path that is removed or purged, at most. Each
+# level holds one descriptor open while its entries go; a deeper tree is
+# an error that asks for removal by hand.
+REMOVE_DEPTH_MAX = 128
 # How many random temporary names we try before giving up; with 64 random
 # bits a second collision means someone is planting names on purpose.
 TEMP_ATTEMPTS = 8
@@ -177,6 +218,7 @@ _OPENAT2_MACHINES = frozenset(
     {"x86_64", "aarch64", "arm64", "armv7l", "i386", "i686", "riscv64", "ppc64le", "s390x"}
 )
 # From <linux/openat2.h>.
+_RESOLVE_NO_XDEV = 0x01
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
@@ -196,15 +238,19 @@ _DIR_HOW = _OpenHow(
 )
 _DIR_HOW_SIZE = ctypes.sizeof(_DIR_HOW)
 _DIR_HOW_REF = ctypes.byref(_DIR_HOW)
+# The same, and never into another mount (EXDEV): for directories we remove
+# or purge, whose walk must stay on the filesystem it started on.
+_XDEV_HOW = _OpenHow(flags=_DIR_HOW.flags, mode=0, resolve=_DIR_HOW.resolve | _RESOLVE_NO_XDEV)
+_XDEV_HOW_REF = ctypes.byref(_XDEV_HOW)
 
 
-def _openat2_dir(dirfd: int, path: bytes) -> int:
-    """openat2(dirfd, path, _DIR_HOW); raises OSError."""
+def _openat2_dir(dirfd: int, path: bytes, how_ref: object = _DIR_HOW_REF) -> int:
+    """openat2(dirfd, path, how) with _DIR_HOW unless told otherwise; raises OSError."""
     fd = _libc.syscall(
         ctypes.c_long(_SYS_OPENAT2),
         ctypes.c_int(dirfd),
         ctypes.c_char_p(path),
-        _DIR_HOW_REF,
+        how_ref,
         ctypes.c_size_t(_DIR_HOW_SIZE),
     )
     if fd < 0:
@@ -264,43 +310,69 @@ def apply_files(
     *,
     dry_run: bool,
     state_dir: str,
+    jid: str,
+    absent: Sequence[AbsentSpec] = (),
+    purge: Sequence[str] = (),
+    secrets: Sequence[str] = (),
     trigger_timeout: float = TRIGGER_TIMEOUT,
     lock_timeout: float = LOCK_TIMEOUT,
 ) -> ApplyResult:
-    """Make the files beneath `root` as declared in `files`, and report what changed.
+    """Make the files beneath `root` as declared, remove what must not exist, and report.
 
-    Stops at the first file that fails and reports it in `.failure`, with
-    every change recorded so far (the failing file's change included). Bad
-    input (a spec that fails its check, a path declared twice, ...) is
-    reported the same way, before any syscall. Triggers run only if every
-    file succeeded; a dry run lists them as "would run" and writes nothing.
+    `files` are made as declared; `absent` paths removed; the entries of the
+    `purge` directories that no file declares removed; and the content of
+    `secrets` paths (and anything below them) never shown. `jid` names this
+    job in the triggers it leaves owed.
+
+    Every path that can be applied is; every failure is in `.failures`, and
+    every change record carries its outcome. Bad input (a spec that fails its
+    check, a path declared twice, ...) is reported the same way, before any
+    syscall on the host. Triggers run only if no path failed; otherwise they
+    are owed (see the module docstring). A dry run writes nothing, not even
+    the owed triggers, and lists the triggers as "would run".
 
     Raises LockError if another apply holds the lock for longer than
-    `lock_timeout` seconds, and FileOpError naming `root` if the root
-    directory cannot be opened at all. Nothing else.
+    `lock_timeout` seconds, FileOpError naming `root` if the root directory
+    cannot be opened at all, and StoreError if the owed triggers cannot be
+    read or recorded. Nothing else.
     """
     started = time.monotonic()
     result = ApplyResult(dry_run=dry_run)
-    try:
-        ordered = check_specs(files)
-    except FileOpError as e:
-        result.failure = ApplyFailure(e.path, e.reason)
-        result.duration = time.monotonic() - started
-        return result
     with _engine_lock(state_dir, lock_timeout):
+        owed_before = owed.load(state_dir)
+        result.owed = owed_before
+        try:
+            ordered = check_specs(files)
+            removals, purged = check_removals(ordered, absent, purge)
+            for path in secrets:
+                check_path(path)
+        except FileOpError as e:
+            result.failures.append(ApplyFailure(e.path, e.reason))
+            result.duration = time.monotonic() - started
+            return result
         rootfd = _open_root(root)
         try:
-            changed = _apply_all(rootfd, ordered, result)
+            applied = _apply_all(rootfd, ordered, removals, purged, tuple(secrets), result)
         finally:
             os.close(rootfd)
-        if result.failure is None:
-            commands = trigger_commands(changed, {spec.path: spec for spec in ordered})
+        specs = {spec.path: spec for spec in ordered}
+        if result.failures:
+            result.owed = owe(owed_before, applied, specs, jid)
+            if not dry_run and result.owed != owed_before:
+                owed.save(state_dir, result.owed)
+        else:
+            commands = due_commands(owed_before, trigger_commands(applied, specs))
             if dry_run:
                 result.triggers = triggers.would_run(commands)
             else:
                 result.triggers = triggers.run_triggers(
                     commands, root=os.path.abspath(root), timeout=trigger_timeout
                 )
+                # Ran, whatever their status: a failed trigger is reported
+                # as failed, not owed again.
+                if owed_before:
+                    owed.save(state_dir, [])
+                result.owed = []
     result.duration = time.monotonic() - started
     return result
 
@@ -342,34 +414,34 @@ def _open_root(root: str) -> int:
         raise FileOpError(root, f"cannot open the root directory: {e.strerror}") from e
 
 
-def _apply_all(rootfd: int, ordered: list[FileSpec], result: ApplyResult) -> list[str]:
-    """Apply every file in order until one fails; return the changed paths."""
-    run = _Apply(rootfd, result)
-    changed: list[str] = []
+def _apply_all(
+    rootfd: int,
+    ordered: list[FileSpec],
+    removals: list[AbsentSpec],
+    purged: list[str],
+    secrets: tuple[str, ...],
+    result: ApplyResult,
+) -> list[str]:
+    """Apply every file, then every removal; return the paths changed (in a dry
+    run: that would change), for their triggers."""
+    run = _Apply(rootfd, result, secrets, ordered, purged)
     try:
         for spec in ordered:
-            if run.writer.failed is not None:
-                break
-            try:
-                if run.one(spec):
-                    changed.append(spec.path)
-            except (FileOpError, OSError) as e:
-                result.failure = _failure(spec.path, e)
-                break
+            run.apply(spec)
+        run.writer.wait()  # removals come after every write, in path order
+        for item in removals:
+            run.remove_absent(item)
+        for path in purged:
+            run.purge(path)
     finally:
         run.writer.close()
-        if run.writer.failed is not None:
-            # A queued write failed: it is the first failing file, since
-            # nothing after it was done. Changes recorded after it were not.
-            index, path, error = run.writer.failed
-            del result.changes[index + 1 :]
-            if not isinstance(error, (FileOpError, OSError)):
-                raise error
-            result.failure = _failure(path, error)
+        run.collect_writes()
         problem = run.finish()
-        if problem is not None and result.failure is None:
-            result.failure = problem
-    return changed
+        if problem is not None:
+            run.failures.append((len(ordered) + len(removals) + len(purged), problem))
+        result.failures = [failure for _, failure in sorted(run.failures, key=lambda f: f[0])]
+    done = Outcome.WOULD_APPLY if result.dry_run else Outcome.APPLIED
+    return [c.path for c in result.changes if c.outcome is done]
 
 
 def _failure(path: str, error: FileOpError | OSError) -> ApplyFailure:
@@ -385,26 +457,28 @@ class _Writer:
 
     Writing a file ends in fsync, which waits for the disk; meanwhile the
     main thread observes and decides the next files. One worker keeps the
-    writes in path order, so its first failure is the first failing file:
-    it skips whatever was queued after it, and the main thread calls wait()
-    before any step it does itself (and before it closes a directory
-    descriptor), so nothing after a failed file is ever touched. Each file
-    still goes through exactly the same syscalls, in the same order.
+    writes in path order, and the main thread calls wait() before any step
+    it does itself (and before it closes a directory descriptor), so the
+    host still changes in path order. Each file goes through exactly the
+    same syscalls, in the same order. A write that fails is kept in
+    `failed` and the worker goes on: nothing depends on a file or symlink
+    (no path is below one), so its failure stops nothing else.
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[int, str, Callable[[], None]] | None] = queue.Queue(
+        self._queue: queue.Queue[tuple[int, int, str, Callable[[], None]] | None] = queue.Queue(
             maxsize=WRITE_QUEUE_MAX
         )
         self._thread: threading.Thread | None = None
-        # The first failure: index of its change in the result, path, error.
-        self.failed: tuple[int, str, BaseException] | None = None
+        # Every failure: index of its change in the result, its place in the
+        # apply, path, error. Read by the main thread only after wait().
+        self.failed: list[tuple[int, int, str, BaseException]] = []
 
-    def submit(self, index: int, path: str, job: Callable[[], None]) -> None:
+    def submit(self, index: int, seq: int, path: str, job: Callable[[], None]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="safcm-writer", daemon=True)
             self._thread.start()
-        self._queue.put((index, path, job))
+        self._queue.put((index, seq, path, job))
 
     def _run(self) -> None:
         while True:
@@ -412,17 +486,16 @@ class _Writer:
             try:
                 if item is None:
                     return
-                index, path, job = item
-                if self.failed is None:
-                    try:
-                        job()
-                    except BaseException as e:  # handed to the main thread, which raises it
-                        self.failed = (index, path, e)
+                index, seq, path, job = item
+                try:
+                    job()
+                except BaseException as e:  # handed to the main thread, which reports it
+                    self.failed.append((index, seq, path, e))
             finally:
                 self._queue.task_done()
 
     def wait(self) -> None:
-        """Return once every queued write is done, or skipped after a failure."""
+        """Return once every queued write is done."""
         if self._thread is not None:
             self._queue.join()
 
@@ -573,12 +646,12 @@ def _resolve_error(rootfd: int, error: OSError, rel: str, path: str) -> FileOpEr
     i, what = found
     where = "/" + "/".join(parts[: i + 1])
     if what is None:
-        return FileOpError(
+        return MissingDirectoryError(
             path, f"directory {where} does not exist; declare it, so that safcm creates it"
         )
     if what is FileType.SYMLINK:
         return SymlinkInPathError(path, f"symlink not permitted in path: {where}")
-    return FileOpError(path, f"not a directory in path: {where} is a {what}")
+    return MissingDirectoryError(path, f"not a directory in path: {where} is a {what}")
 
 
 def _diagnose(rootfd: int, parts: list[str]) -> tuple[int, FileType | None] | None:
@@ -683,6 +756,27 @@ class _Names:
         return name
 
 
+def _mount_id(fd: int) -> int | None:
+    """The id of the mount `fd` is on (Linux 3.15+, /proc/self/fdinfo), or None
+    where /proc does not say: then the device check stands alone."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _mount_error(path: str) -> MountPointError:
+    return MountPointError(
+        path,
+        "another filesystem is mounted here; safcm never removes across a mount point:"
+        " declare the path, or unmount it",
+    )
+
+
 def _unknown(path: str, kind: str, name: str) -> FileOpError:
     return OwnerLookupError(path, f"unknown {kind} {name!r} on this host")
 
@@ -701,57 +795,146 @@ def _doing(path: str, what: str) -> Iterator[None]:
 
 
 class _Apply:
-    """The executor: observes the host, asks plan.decide(), does the steps."""
+    """The executor: observes the host, asks plan.py, does the steps, records outcomes."""
 
-    def __init__(self, rootfd: int, result: ApplyResult) -> None:
+    def __init__(
+        self,
+        rootfd: int,
+        result: ApplyResult,
+        secrets: tuple[str, ...],
+        files: list[FileSpec],
+        purged: list[str],
+    ) -> None:
         resolve = FORCE_RESOLVE
         if resolve is None:
             resolve = Resolve.OPENAT2 if openat2_available() else Resolve.WALK
+        self.resolve = resolve
         self.writer = _Writer()
         self.dirs = _Dirs(rootfd, resolve, before_close=self.writer.wait)
         self.temp = FORCE_TEMP or Temp.TMPFILE
         self.names = _Names()
         self.result = result
         self.dry_run = result.dry_run
-        # Dry run: declared directories that the real run would create. A
-        # file below one of them would be created too, without looking.
+        self.secrets = secrets
+        self.declared = {spec.path: spec.type for spec in files}
+        self.purged = frozenset(purged)
+        # Directories that a dry run would create, or that failed without
+        # being a directory now: a path below one is not looked at, but
+        # decided as if nothing were there (it would be created).
         self.pending: set[str] = set()
         self.cleaned: set[str] = set()  # directories already rid of stale temporaries
+        # Directories that failed, with the reason: what is below them is skipped.
+        self.blocked: dict[str, str] = {}
+        # Every failure with its place in the apply, so the report lists them
+        # in order although queued writes report theirs at the end.
+        self.failures: list[tuple[int, ApplyFailure]] = []
+        self.seq = 0
+        # Paths whose removal is recorded already: a purge walk after an
+        # absent path (that a dry run or a skip left in place) does not
+        # record it twice, so a dry run reports what the real run does.
+        self.removal_recorded: set[str] = set()
 
     def finish(self) -> ApplyFailure | None:
         return self.dirs.finish()
 
-    def one(self, spec: FileSpec) -> bool:
-        """Apply one file; True if it changed (or, in a dry run, would change)."""
-        owner = self.names.owner(spec)
-        if spec.path == "/":
-            pfd, rel, base = None, "", ""
-            found = self._found(os.fstat(self.dirs.rootfd), FileType.DIR)
-        else:
-            rel = spec.path[1:]
-            parent, _, base = rel.rpartition("/")
-            pfd = self._parent(parent, spec.path)
-            found = None if pfd is None else self._observe(pfd, base, spec)
-        decision = decide(spec, owner, found)
-        if decision.change is None:
-            return False
-        self.result.changes.append(decision.change)  # recorded before acting
-        if decision.refusal is not None:
-            raise decision.refusal
-        if self.dry_run:
-            if decision.step is Step.MKDIR:
-                self.pending.add(spec.path)
-            return True
+    # -- recording -----------------------------------------------------------
+
+    def _record(self, change: FileChange, skip: str | None) -> int:
+        """Record `change` before acting, with the outcome it has unless acting fails."""
+        if skip is not None:
+            change = with_outcome(change, Outcome.SKIPPED, skip)
+        elif self.dry_run:
+            change = with_outcome(change, Outcome.WOULD_APPLY)
+        self.result.changes.append(change)
+        return len(self.result.changes) - 1
+
+    def _fail(self, seq: int, path: str, error: FileOpError | OSError, index: int | None) -> None:
+        """Record a failure; mark the change at `index` (if any) as failed."""
+        failure = _failure(path, error)
+        self.failures.append((seq, failure))
+        if index is not None:
+            change = self.result.changes[index]
+            self.result.changes[index] = with_outcome(change, Outcome.FAILED, failure.reason)
+
+    def collect_writes(self) -> None:
+        """Record the failures of queued writes (after the writer is closed)."""
+        for index, seq, path, error in self.writer.failed:
+            if not isinstance(error, (FileOpError, OSError)):
+                raise error  # a bug, not a host problem: never hidden in a report
+            self._fail(seq, path, error, index)
+        self.writer.failed.clear()
+
+    def _blocker(self, path: str, *, itself: bool = False) -> str | None:
+        """Why `path` must be skipped: a failed directory above it (or, with
+        `itself`, at it); None if there is none."""
+        if not self.blocked:
+            return None
+        for above in reversed(ancestors(path) if itself else ancestors(path)[:-1]):
+            if above in self.blocked:
+                return f"not tried: the directory {above} above it failed"
+        return None
+
+    # -- files ---------------------------------------------------------------
+
+    def apply(self, spec: FileSpec) -> None:
+        """Apply one file; record its change and outcome, or its failure."""
+        self.seq += 1
+        seq = self.seq
+        index = None
+        found_dir = False
+        try:
+            skip = self._blocker(spec.path)
+            if spec.path == "/":
+                pfd, rel, base = None, "", ""
+                found = self._found(os.fstat(self.dirs.rootfd), FileType.DIR)
+            else:
+                rel = spec.path[1:]
+                parent, _, base = rel.rpartition("/")
+                pfd = self._parent(parent, spec.path)
+                found = None if pfd is None else self._observe(pfd, base, spec.path, spec)
+            found_dir = found is not None and found.type is FileType.DIR
+            owner = self.names.owner(spec)
+            decision = decide(spec, owner, found, secret=is_secret(spec.path, self.secrets))
+            if decision.change is None:
+                return
+            index = self._record(decision.change, skip)
+            if decision.refusal is not None:
+                raise decision.refusal
+            if skip is not None or self.dry_run:
+                if decision.step is Step.MKDIR:
+                    self.pending.add(spec.path)
+                return
+            if pfd is None and spec.path != "/":
+                # Never act without the parent's descriptor: an *at call with
+                # dir_fd=None would work relative to the daemon's directory.
+                raise FileOpError(spec.path, "its parent directory was not made; not applied")
+            self._act(spec, owner, decision, found, pfd, rel, base, index, seq)
+        except (FileOpError, OSError) as e:
+            self._fail(seq, spec.path, e, index)
+            if spec.type is FileType.DIR:
+                self.blocked[spec.path] = _failure(spec.path, e).reason
+                if not found_dir:
+                    self.pending.add(spec.path)
+
+    def _act(
+        self,
+        spec: FileSpec,
+        owner: Owner,
+        decision: Decision,
+        found: Found | None,
+        pfd: int | None,
+        rel: str,
+        base: str,
+        index: int,
+        seq: int,
+    ) -> None:
         if decision.step is Step.WRITE and decision.remove is Remove.NOTHING:
             job = partial(self._write, pfd, rel, base, spec, owner, decision)
-            self.writer.submit(len(self.result.changes) - 1, spec.path, job)
-            return True
-        # Any other step waits until every earlier file is written: should
-        # one have failed, this file and all after it stay untouched (its
-        # change, recorded above, is dropped with the others after the failure).
+            self.writer.submit(index, seq, spec.path, job)
+            return
+        # Any other step waits until every earlier file is written, so the
+        # host changes in path order.
         self.writer.wait()
-        if self.writer.failed is not None:
-            return True
         if pfd is None:  # the root directory itself
             self._fix_dir(self.dirs.rootfd, "", spec, owner, decision)
         elif decision.step is Step.FIX_DIR:
@@ -760,7 +943,225 @@ class _Apply:
             self._make_dir(pfd, rel, base, spec, owner, decision)
         else:
             self._write(pfd, rel, base, spec, owner, decision)
-        return True
+
+    # -- removal ---------------------------------------------------------------
+
+    def remove_absent(self, item: AbsentSpec) -> None:
+        """Make sure nothing is at `item.path` (absent.yaml)."""
+        self.seq += 1
+        try:
+            skip = self._blocker(item.path)
+            rel = item.path[1:]
+            parent, _, base = rel.rpartition("/")
+            pfd = self._removal_parent(parent, item.path)
+            if pfd is None:
+                return  # a directory on the way is missing: so is the path
+            found = self._observe(pfd, base, item.path, None)
+            if found is None:
+                return
+            if self._remove(pfd, item.path, base, found, item.recursive, skip, depth=0):
+                self.dirs.mark_dirty(parent)
+        except (FileOpError, OSError) as e:
+            self._fail(self.seq, item.path, e, None)
+
+    def purge(self, path: str) -> None:
+        """Remove every entry below directory `path` that no file declares (purge.yaml)."""
+        self.seq += 1
+        try:
+            skip = self._blocker(path, itself=True)
+            rel = path[1:]
+            fd = self._removal_parent(rel, path)
+            if fd is None:
+                return  # not there (or, in a dry run, not yet): nothing to purge
+            if self._purge_entries(fd, path, skip, depth=0):
+                self.dirs.mark_dirty(rel)
+        except (FileOpError, OSError) as e:
+            self._fail(self.seq, path, e, None)
+
+    def _removal_parent(self, rel: str, path: str) -> int | None:
+        """The descriptor of directory `rel`, or None if it is not there (or,
+        in a dry run or below a failed directory, would be created first)."""
+        if self.pending and any(a in self.pending for a in _ancestors_of_rel(rel)):
+            return None
+        try:
+            return self.dirs.get(rel, path)
+        except MissingDirectoryError:
+            return None
+
+    def _purge_entries(self, fd: int, path: str, skip: str | None, depth: int) -> bool:
+        """Remove the undeclared entries of the directory `fd` (at `path`), and
+        of its declared subdirectories on the same filesystem; True if any went."""
+        removed = False
+        dev = os.fstat(fd).st_dev
+        for name in sorted(os.listdir(fd)):
+            if is_temp_name(name):
+                continue  # ours, and removed as stale by _clean() when it is
+            child = path.rstrip("/") + "/" + name
+            if child in self.removal_recorded:
+                continue
+            kind = self.declared.get(child)
+            if kind is None:
+                found = self._observe(fd, name, child, None)
+                if found is not None:
+                    removed |= self._remove_entry(fd, child, name, found, skip, depth + 1)
+                continue
+            if kind is not FileType.DIR or child in self.purged:
+                continue  # a declared file; or a directory purged on its own
+            sub = self._open_dir_below(fd, name, child, dev, None, missing_ok=True)
+            if sub is None:
+                continue  # not a directory here (yet), or another filesystem: left alone
+            try:
+                if self._purge_entries(sub, child, skip, depth + 1):
+                    _fsync_dir(sub, child[1:])
+            finally:
+                os.close(sub)
+        return removed
+
+    def _remove_entry(
+        self, pfd: int, path: str, base: str, found: Found, skip: str | None, depth: int
+    ) -> bool:
+        """_remove() one entry of a walk: its failure is recorded, not raised,
+        so that its siblings are still removed. True if it was removed."""
+        seq = self.seq
+        try:
+            return self._remove(pfd, path, base, found, True, skip, depth)
+        except (FileOpError, OSError) as e:
+            self._fail(seq, path, e, None)
+            return False
+
+    def _remove(
+        self,
+        pfd: int,
+        path: str,
+        base: str,
+        found: Found,
+        recursive: bool,
+        skip: str | None,
+        depth: int,
+    ) -> bool:
+        """Record and remove what is at `base` in `pfd`: a directory with
+        everything below it when `recursive`. True if something was removed.
+
+        Raises FileOpError (with the record marked failed) if the path
+        itself cannot be removed. Failures below it are recorded as they
+        happen; the directory is then skipped (it cannot be empty).
+        """
+        if depth > REMOVE_DEPTH_MAX:
+            raise FileOpError(
+                path, f"more than {REMOVE_DEPTH_MAX} directory levels to remove; remove it by hand"
+            )
+        decision = decide_removal(
+            path, found, recursive=recursive, secret=is_secret(path, self.secrets)
+        )
+        index = self._record(decision.change, skip)
+        self.removal_recorded.add(path)
+        acting = skip is None and not self.dry_run
+        try:
+            if decision.refusal is not None:
+                raise decision.refusal
+            if decision.step is Step.UNLINK:
+                if found.dev != os.fstat(pfd).st_dev:
+                    raise _mount_error(path)
+                if acting:
+                    with _doing(path, "removing it"):
+                        os.unlink(base, dir_fd=pfd)
+                return acting
+            if recursive:
+                fd = self._open_dir_below(pfd, base, path, os.fstat(pfd).st_dev, found)
+                try:
+                    complete = self._remove_below(fd, path, skip, depth)
+                finally:
+                    os.close(fd)
+                if not complete:
+                    self.result.changes[index] = with_outcome(
+                        self.result.changes[index],
+                        Outcome.SKIPPED,
+                        "not removed: an entry below it could not be removed",
+                    )
+                    return False
+            if acting:
+                self.dirs.forget(path[1:])
+                with _doing(path, "removing the directory"):
+                    os.rmdir(base, dir_fd=pfd)
+            return acting
+        except (FileOpError, OSError) as e:
+            change = self.result.changes[index]
+            self.result.changes[index] = with_outcome(
+                change, Outcome.FAILED, _failure(path, e).reason
+            )
+            raise
+
+    def _remove_below(self, fd: int, path: str, skip: str | None, depth: int) -> bool:
+        """Remove every entry of the directory `fd` (at `path`); True if all went
+        (in a dry run or a skip: if all would go)."""
+        complete = True
+        removed = False
+        for name in sorted(os.listdir(fd)):
+            child = path + "/" + name
+            found = self._observe(fd, name, child, None)
+            if found is None:
+                continue
+            seq = self.seq
+            try:
+                removed |= self._remove(fd, child, name, found, True, skip, depth + 1)
+            except (FileOpError, OSError) as e:
+                self._fail(seq, child, e, None)
+                complete = False
+        if removed:
+            _fsync_dir(fd, path[1:])
+        return complete
+
+    def _open_dir_below(
+        self,
+        pfd: int,
+        base: str,
+        path: str,
+        dev: int,
+        found: Found | None,
+        *,
+        missing_ok: bool = False,
+    ) -> int | None:
+        """Open the directory `base` in `pfd`: never through a symlink, never
+        into another mount, and (given `found`) only if it is what we observed.
+
+        With `missing_ok`, None when it is missing, not a directory or
+        another filesystem; otherwise each of those raises FileOpError.
+        """
+        try:
+            if self.resolve is Resolve.OPENAT2:
+                # RESOLVE_NO_XDEV refuses any mount point, bind mounts of the
+                # same filesystem included, which no device number shows.
+                fd = _openat2_dir(pfd, os.fsencode(base), _XDEV_HOW_REF)
+            else:
+                fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+                # Without openat2, the mount id shows a bind mount of the same
+                # filesystem (the device check below cannot).
+                if _mount_id(fd) != _mount_id(pfd):
+                    os.close(fd)
+                    raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                if missing_ok:
+                    return None
+                raise _mount_error(path) from e
+            if missing_ok and e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise FileOpError(path, f"opening the directory: {e.strerror}") from e
+        try:
+            st = os.fstat(fd)
+            if st.st_dev != dev:
+                raise _mount_error(path)
+            if found is not None and (st.st_dev, st.st_ino) != (found.dev, found.ino):
+                raise FileOpError(path, "it was replaced while safcm was removing it; apply again")
+        except MountPointError:
+            os.close(fd)
+            if missing_ok:
+                return None
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # -- resolving and observing ------------------------------------------
 
@@ -798,8 +1199,10 @@ class _Apply:
         if stale:
             self.dirs.mark_dirty(rel)
 
-    def _observe(self, pfd: int, base: str, spec: FileSpec) -> Found | None:
-        """What is at `base` in `pfd` now, without following or blocking; None if nothing.
+    def _observe(self, pfd: int, base: str, path: str, spec: FileSpec | None) -> Found | None:
+        """What is at `base` in `pfd` (at `path`) now, without following or
+        blocking; None if nothing. `spec` is what is declared there, None for
+        a path to remove.
 
         Looks with fstatat first, so a FIFO, socket or device is never even
         opened. A regular file is then opened and fstat'ed through its
@@ -812,7 +1215,7 @@ class _Apply:
             except FileNotFoundError:
                 return None
             except OSError as e:
-                raise FileOpError(spec.path, f"reading the old state: {e.strerror}") from e
+                raise FileOpError(path, f"reading the old state: {e.strerror}") from e
             kind = _TYPES.get(stat.S_IFMT(st.st_mode))
             try:
                 if kind is FileType.FILE:
@@ -822,15 +1225,15 @@ class _Apply:
                 elif kind is FileType.DIR:
                     found = self._observe_dir(pfd, base, st, spec)
                 elif kind is None:
-                    raise FileOpError(spec.path, f"unknown file type {stat.S_IFMT(st.st_mode):#o}")
+                    raise FileOpError(path, f"unknown file type {stat.S_IFMT(st.st_mode):#o}")
                 else:
                     found = self._found(st, kind)
             except OSError as e:
-                raise FileOpError(spec.path, f"reading the old state: {e.strerror}") from e
+                raise FileOpError(path, f"reading the old state: {e.strerror}") from e
             if found is not None:
                 return found
         raise FileOpError(
-            spec.path, "it kept changing while safcm read it; is another program writing it?"
+            path, "it kept changing while safcm read it; is another program writing it?"
         )
 
     def _found(
@@ -847,7 +1250,7 @@ class _Apply:
         return Found(kind, mode, uid, gid, user, group, size, data, dir_empty, st.st_dev, st.st_ino)
 
     def _observe_file(
-        self, pfd: int, base: str, st: os.stat_result, spec: FileSpec
+        self, pfd: int, base: str, st: os.stat_result, spec: FileSpec | None
     ) -> Found | None:
         try:
             fd = os.open(base, _READ_FLAGS, dir_fd=pfd)
@@ -863,7 +1266,7 @@ class _Apply:
             # shows up as different. Other sizes: read it for the diff,
             # unless it is too large to be diffed anyway.
             size = st.st_size
-            same_size = spec.type is FileType.FILE and size == len(spec.data)
+            same_size = spec is not None and spec.type is FileType.FILE and size == len(spec.data)
             data = _read_file(fd, size) if same_size or size <= DIFF_INPUT_MAX else None
         finally:
             os.close(fd)
@@ -878,10 +1281,12 @@ class _Apply:
             raise
         return self._found(st, FileType.SYMLINK, len(target), target)
 
-    def _observe_dir(self, pfd: int, base: str, st: os.stat_result, spec: FileSpec) -> Found | None:
-        if spec.type is FileType.DIR:
+    def _observe_dir(
+        self, pfd: int, base: str, st: os.stat_result, spec: FileSpec | None
+    ) -> Found | None:
+        if spec is not None and spec.type is FileType.DIR:
             return self._found(st, FileType.DIR)
-        # It would be replaced: find out whether it is empty.
+        # It would be replaced or removed: find out whether it is empty.
         try:
             fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
         except OSError as e:

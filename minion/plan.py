@@ -6,22 +6,39 @@ what to do. The Decision carries the change record for the report and the
 steps for the executor. A dry run records the same change and stops before
 the steps, so its report is the real run's by construction.
 
+Removal (absent.yaml, purge.yaml) works the same way: the executor observes
+each entry to remove, decide_removal() returns the record and the step.
+
 The other pure parts of an apply live here too: check_specs() checks the whole
-file list before any syscall, trigger_commands() picks the triggers to run,
+input before any syscall, trigger_commands() picks the triggers to run, owe()
+and due_commands() keep the triggers an apply with a failure could not run,
 and temp_name()/is_temp_name() define the names of our temporary files.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import enum
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from common.errors import FileOpError, NonEmptyDirectoryError
-from common.model import NAME_MAX, FileChange, FileSpec, FileState, FileType
-from minion.diff import unified_diff
+from common.model import (
+    NAME_MAX,
+    AbsentSpec,
+    FileChange,
+    FileSpec,
+    FileState,
+    FileType,
+    Outcome,
+    OwedTrigger,
+    check_path,
+    is_below,
+)
+from minion.diff import secret_summary, unified_diff
 
 # Temporary files are named ".<name>.safcm-tmp-<16 hex digits>": hidden, so
 # most tools ignore them, recognisable, so a later apply can remove the ones a
@@ -43,6 +60,46 @@ def temp_name(name: str, token: str) -> str:
 def is_temp_name(name: str) -> bool:
     """True if `name` is one of our temporary names (and so ours to remove)."""
     return _TEMP_RE.fullmatch(name) is not None
+
+
+def check_removals(
+    files: Sequence[FileSpec], absent: Sequence[AbsentSpec], purge: Sequence[str]
+) -> tuple[list[AbsentSpec], list[str]]:
+    """Check the paths to remove and return them in the order they are removed.
+
+    Absent paths go deepest first (so /a/b is gone before /a is looked at),
+    purged directories in path order. Raises FileOpError naming the first bad
+    path: an invalid path, "/" as absent, a path both declared and absent,
+    or an absent path above a declared one (the compiler refuses all of these;
+    the engine trusts no input it has not checked).
+    """
+    declared = {spec.path for spec in files}
+    for item in absent:
+        check_path(item.path)
+        if item.path == "/":
+            raise FileOpError("/", "the root directory cannot be absent")
+        if item.path in declared:
+            raise FileOpError(item.path, "declared and absent at once")
+    absent_paths = sorted({a.path for a in absent})
+    for spec in files:
+        for path in _ancestors_in(spec.path, absent_paths):
+            raise FileOpError(path, f"absent, but {spec.path} is declared below it")
+    for path in purge:
+        check_path(path)
+    ordered = sorted({a.path: a for a in absent}.values(), key=lambda a: a.path, reverse=True)
+    return ordered, sorted(set(purge))
+
+
+def _ancestors_in(path: str, sorted_paths: list[str]) -> Iterator[str]:
+    for above in ancestors(path)[:-1]:
+        i = bisect.bisect_left(sorted_paths, above)
+        if i < len(sorted_paths) and sorted_paths[i] == above:
+            yield above
+
+
+def is_secret(path: str, secrets: Sequence[str]) -> bool:
+    """True if `path` is a secret path or lies below one (secrets.yaml)."""
+    return any(is_below(path, secret) for secret in secrets)
 
 
 def check_specs(files: Sequence[FileSpec]) -> list[FileSpec]:
@@ -128,6 +185,8 @@ class Step(enum.Enum):
     WRITE = "write"  # a file or symlink under a temporary name, renamed over the path
     MKDIR = "mkdir"  # a new directory: mkdir 0700, then chown and chmod
     FIX_DIR = "fix dir"  # chown and/or chmod an existing directory in place
+    UNLINK = "unlink"  # remove a file, symlink, fifo, ... (absent, purge)
+    RMDIR = "rmdir"  # remove a directory, after everything below it (absent, purge)
 
 
 class Remove(enum.Enum):
@@ -157,9 +216,16 @@ _CREATE_STEP = {FileType.FILE: Step.WRITE, FileType.SYMLINK: Step.WRITE, FileTyp
 _HAS_DATA = (FileType.FILE, FileType.SYMLINK)
 
 
-def decide(spec: FileSpec, owner: Owner, found: Found | None) -> Decision:
-    """What to do so that `found` (None: nothing there) becomes `spec`."""
+def decide(spec: FileSpec, owner: Owner, found: Found | None, *, secret: bool = False) -> Decision:
+    """What to do so that `found` (None: nothing there) becomes `spec`.
+
+    `secret`: the path's content must never be shown (secrets.yaml); its
+    diff is one line of short hashes.
+    """
     if found is not None:
+        if spec.passthrough and found.type is FileType.DIR:
+            # Only passed through: it exists, which is all the repository asks.
+            return NO_CHANGE
         type_changed = found.type is not spec.type
         mode_changed = found.mode != spec.mode
         owner_changed = found.uid != owner.uid or found.gid != owner.gid
@@ -169,11 +235,14 @@ def decide(spec: FileSpec, owner: Owner, found: Found | None) -> Decision:
 
     new = FileState(spec.type, spec.mode, owner.uid, owner.gid, owner.user, owner.group)
     if found is None:
-        return Decision(FileChange(spec.path, created=True, new=new), _CREATE_STEP[spec.type])
+        diff = _diff(spec.path, None, spec, secret) if spec.type in _HAS_DATA else None
+        return Decision(
+            FileChange(spec.path, created=True, new=new, diff=diff), _CREATE_STEP[spec.type]
+        )
 
     diff = None
-    if found.type in _HAS_DATA and (type_changed or data_changed):
-        diff = _diff(found, spec)
+    if (found.type in _HAS_DATA or spec.type in _HAS_DATA) and (type_changed or data_changed):
+        diff = _diff(spec.path, found, spec, secret)
     old = FileState(found.type, found.mode, found.uid, found.gid, found.user, found.group)
     change = FileChange(spec.path, created=False, new=new, old=old, diff=diff)
 
@@ -201,16 +270,86 @@ def decide(spec: FileSpec, owner: Owner, found: Found | None) -> Decision:
     return Decision(change, Step.WRITE)
 
 
-def _diff(found: Found, spec: FileSpec) -> str | None:
-    new = spec.data if spec.type in _HAS_DATA else b""
-    text = unified_diff(
-        found.data,
-        found.size,
-        new,
-        old_link=found.type is FileType.SYMLINK,
+def decide_removal(path: str, found: Found, *, recursive: bool, secret: bool) -> Decision:
+    """What to do so that nothing is at `path`, where `found` is.
+
+    A directory is removed after everything below it; without `recursive`
+    only an empty one (the executor looked: found.dir_empty).
+    """
+    old = FileState(found.type, found.mode, found.uid, found.gid, found.user, found.group)
+    diff = None
+    if found.type in _HAS_DATA:
+        diff = _content_diff(
+            path,
+            found.data,
+            found.size,
+            b"",
+            old_link=found.type is FileType.SYMLINK,
+            new_link=False,
+            old_missing=False,
+            new_missing=True,
+            secret=secret,
+        )
+    change = FileChange(path, created=False, new=None, old=old, diff=diff)
+    if found.type is not FileType.DIR:
+        return Decision(change, Step.UNLINK)
+    if not recursive and not found.dir_empty:
+        refusal = NonEmptyDirectoryError(
+            path,
+            "the directory is not empty; safcm removes a non-empty directory only when"
+            " absent.yaml asks for it with 'recursive: true'",
+        )
+        return Decision(change, Step.RMDIR, refusal=refusal)
+    return Decision(change, Step.RMDIR)
+
+
+def _diff(path: str, found: Found | None, spec: FileSpec, secret: bool) -> str | None:
+    """The diff of the content or target, from what is there to what is declared."""
+    old_missing = found is None or found.type not in _HAS_DATA
+    new_missing = spec.type not in _HAS_DATA
+    return _content_diff(
+        path,
+        None if found is None else found.data,
+        0 if found is None else found.size,
+        spec.data,
+        old_link=found is not None and found.type is FileType.SYMLINK,
         new_link=spec.type is FileType.SYMLINK,
+        old_missing=old_missing,
+        new_missing=new_missing,
+        secret=secret,
     )
-    return text or None  # an empty file replaced by a directory loses nothing
+
+
+def _content_diff(
+    path: str,
+    old: bytes | None,
+    old_size: int,
+    new: bytes,
+    *,
+    old_link: bool,
+    new_link: bool,
+    old_missing: bool,
+    new_missing: bool,
+    secret: bool,
+) -> str | None:
+    if secret:
+        return secret_summary(old, old_size, new, old_missing=old_missing, new_missing=new_missing)
+    text = unified_diff(
+        path,
+        old,
+        old_size,
+        new,
+        old_link=old_link,
+        new_link=new_link,
+        old_missing=old_missing,
+        new_missing=new_missing,
+    )
+    return text or None  # an empty file created, or replaced by a directory: nothing to show
+
+
+def with_outcome(change: FileChange, outcome: Outcome, reason: str = "") -> FileChange:
+    """The same change with what became of it."""
+    return dataclasses.replace(change, outcome=outcome, reason=reason)
 
 
 def trigger_commands(changed: Iterable[str], specs: Mapping[str, FileSpec]) -> list[str]:
@@ -227,4 +366,38 @@ def trigger_commands(changed: Iterable[str], specs: Mapping[str, FileSpec]) -> l
             if spec is not None:
                 for command in spec.triggers:
                     queued.setdefault(command)
+    return list(queued)
+
+
+def owe(
+    owed: Sequence[OwedTrigger],
+    applied: Iterable[str],
+    specs: Mapping[str, FileSpec],
+    jid: str,
+) -> list[OwedTrigger]:
+    """The triggers owed after an apply with a failure: those owed before, and
+    those of the `applied` paths of job `jid`.
+
+    Each command is owed once: what counts is that it runs after the next
+    apply without failure. The entry keeps the first path and job that made
+    it owed, so the report says where the debt came from.
+    """
+    result = list(owed)
+    commands = {o.command for o in owed}
+    for path in applied:
+        for command in trigger_commands([path], specs):
+            if command not in commands:
+                commands.add(command)
+                result.append(OwedTrigger(command, path, jid))
+    return result
+
+
+def due_commands(owed: Sequence[OwedTrigger], commands: Iterable[str]) -> list[str]:
+    """The commands to run after an apply without failure: the owed ones first
+    (they are older), then this apply's own; each command once."""
+    queued: dict[str, None] = {}
+    for o in owed:
+        queued.setdefault(o.command)
+    for command in commands:
+        queued.setdefault(command)
     return list(queued)

@@ -19,12 +19,15 @@ from common.crypto import PublicKeys, fingerprint_problem
 from common.errors import ProtocolError
 from common.ids import jid_problem, minion_id_problem, new_jid
 from common.model import (
+    AbsentSpec,
     ApplyFailure,
     ApplyResult,
     FileChange,
     FileSpec,
     FileState,
     FileType,
+    Outcome,
+    OwedTrigger,
     TriggerRun,
     TriggerStatus,
 )
@@ -126,6 +129,7 @@ def file_specs(draw: st.DrawFn) -> FileSpec:
         gid=None if by_name else draw(st.integers(0, 2**32 - 2)),
         data=data,
         triggers=tuple(draw(st.lists(st.text(min_size=1, max_size=20), max_size=2))),
+        passthrough=kind is FileType.DIR and draw(st.booleans()),
     )
 
 
@@ -143,12 +147,17 @@ file_states = st.builds(
 @st.composite
 def file_changes(draw: st.DrawFn) -> FileChange:
     created = draw(st.booleans())
+    removed = not created and draw(st.booleans())
+    outcome = draw(st.sampled_from(list(Outcome)))
+    failed = outcome in (Outcome.FAILED, Outcome.SKIPPED)
     return FileChange(
         path=draw(_paths),
         created=created,
-        new=draw(file_states),
+        new=None if removed else draw(file_states),
         old=None if created else draw(file_states),
         diff=draw(st.none() | st.text(max_size=80)),
+        outcome=outcome,
+        reason=draw(st.text(min_size=1, max_size=40)) if failed else "",
     )
 
 
@@ -165,8 +174,14 @@ apply_results = st.builds(
     dry_run=st.booleans(),
     changes=st.lists(file_changes(), max_size=3),
     triggers=st.lists(trigger_runs, max_size=3),
-    failure=st.none()
-    | st.builds(ApplyFailure, path=st.just("") | _paths, reason=st.text(max_size=40)),
+    failures=st.lists(
+        st.builds(ApplyFailure, path=st.just("") | _paths, reason=st.text(max_size=40)),
+        max_size=2,
+    ),
+    owed=st.lists(
+        st.builds(OwedTrigger, command=st.text(min_size=1, max_size=20), path=_paths, jid=jids),
+        max_size=2,
+    ),
     duration=_durations,
 )
 
@@ -231,6 +246,11 @@ def bodies(msg_type: MsgType) -> st.SearchStrategy[dict[str, Any]]:
                 "files": st.lists(file_specs(), max_size=3).map(
                     lambda fs: [f.to_wire() for f in fs]
                 ),
+                "absent": st.lists(
+                    st.builds(AbsentSpec, path=_paths, recursive=st.booleans()), max_size=2
+                ).map(lambda items: [a.to_wire() for a in items]),
+                "purge": st.lists(_paths, max_size=2),
+                "secrets": st.lists(_paths, max_size=2),
                 "deadline": _times,
             }
         ) | st.fixed_dictionaries(
@@ -238,6 +258,9 @@ def bodies(msg_type: MsgType) -> st.SearchStrategy[dict[str, Any]]:
                 "module": st.just("ping"),
                 "dry_run": st.booleans(),
                 "files": st.just([]),
+                "absent": st.just([]),
+                "purge": st.just([]),
+                "secrets": st.just([]),
                 "deadline": _times,
             }
         )

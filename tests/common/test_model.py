@@ -84,7 +84,7 @@ def test_result_round_trip():
             FileChange("/b", created=True, new=new),
         ],
         triggers=[TriggerRun("echo hi", TriggerStatus.OK, 0, "hi\n", 0.01)],
-        failure=ApplyFailure("/c", "permission denied"),
+        failures=[ApplyFailure("/c", "permission denied")],
         duration=1.5,
     )
     again = ApplyResult.from_wire(result.to_wire())

@@ -127,6 +127,9 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
             ),
             _spec(path="/etc/l", type=FileType.SYMLINK, mode=0o777, data=b"/etc/motd"),
         ],
+        "absent": [{"path": "/etc/old", "recursive": True}],
+        "purge": ["/etc/app"],
+        "secrets": ["/etc/app/key"],
         "deadline": NOW + 60,
     },
     MsgType.JOB_RECEIPT: {"jid": JID},
@@ -350,6 +353,9 @@ def test_file_specs_survive_the_wire(specs, dry_run):
         "module": "files",
         "dry_run": dry_run,
         "files": [s.to_wire() for s in specs],
+        "absent": [],
+        "purge": [],
+        "secrets": [],
         "deadline": NOW,
     }
     msg = send(MsgType.JOB, body)
@@ -377,7 +383,7 @@ def test_apply_results_survive_the_wire(result):
 def test_a_realistic_large_job_passes():
     files = [_spec(path=f"/srv/site/{i:05d}.html", data=os.urandom(4096)) for i in range(5000)]
     files += [_spec(path=f"/srv/blob{i}", data=b"\0" * (4 * 1024 * 1024)) for i in range(3)]
-    body = {"module": "files", "dry_run": False, "files": files, "deadline": NOW + 600}
+    body = {**SAMPLES[MsgType.JOB], "files": files, "deadline": NOW + 600}
     msg = send(MsgType.JOB, body)
     assert len(msg.body["files"]) == 5003
     assert msg.body["files"][4999]["data"] == files[4999]["data"]
@@ -492,11 +498,19 @@ def _result(**kw: Any) -> dict[str, Any]:
     return {**_RESULT, **kw}
 
 
-_FAILED_APPLY = {**_apply_result().to_wire(), "failure": ApplyFailure("/etc/x", "no").to_wire()}
+_FAILED_APPLY = {
+    **_apply_result().to_wire(),
+    "failures": [ApplyFailure("/etc/x", "no").to_wire()],
+}
 _PING = {"version": "0.1.0", "time": NOW}
 
 CROSS_FIELD = [
     (MsgType.JOB, {**SAMPLES[MsgType.JOB], "module": "ping"}, "ping job carries no files"),
+    (
+        MsgType.JOB,
+        {**SAMPLES[MsgType.JOB], "module": "ping", "files": [], "absent": [], "purge": []},
+        "ping job carries no files",
+    ),
     (MsgType.KEYS, {"action": "delete", "ids": []}, "needs at least one minion id"),
     (MsgType.RESULT, _result(status="error"), "error is set exactly"),
     (MsgType.RESULT, _result(error="boom"), "error is set exactly"),
@@ -561,7 +575,17 @@ def test_cross_field_checks_accept_the_consistent_forms():
     send(MsgType.RESULT, _result(module="ping", apply=None, ping=_PING))
     send(MsgType.RESULT, _result(status="error", apply=None, error="no space left"))
     send(MsgType.KEYS, {"action": "list", "ids": []})
-    send(MsgType.JOB, {**SAMPLES[MsgType.JOB], "module": "ping", "files": []})
+    send(
+        MsgType.JOB,
+        {
+            **SAMPLES[MsgType.JOB],
+            "module": "ping",
+            "files": [],
+            "absent": [],
+            "purge": [],
+            "secrets": [],
+        },
+    )
 
 
 @pytest.mark.parametrize(

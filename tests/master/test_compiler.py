@@ -35,6 +35,8 @@ def describe(config: HostConfig) -> dict:
         d = {"path": s.path, "type": str(s.type), "mode": f"{s.mode:04o}"}
         d.update({"user": s.user} if s.uid is None else {"uid": s.uid})
         d.update({"group": s.group} if s.gid is None else {"gid": s.gid})
+        if s.passthrough:
+            d["passthrough"] = True
         d["from"] = f.group
         if s.type is FileType.FILE:
             try:
@@ -48,7 +50,16 @@ def describe(config: HostConfig) -> dict:
         if s.triggers:
             d["triggers"] = list(s.triggers)
         files.append(d)
-    return {"groups": config.groups, "files": files}
+    described = {"groups": config.groups, "files": files}
+    if config.absent:
+        described["absent"] = [
+            {"path": a.path, "recursive": True} if a.recursive else a.path for a in config.absent
+        ]
+    if config.purge:
+        described["purge"] = config.purge
+    if config.secrets:
+        described["secrets"] = config.secrets
+    return described
 
 
 def problems_of(case: str) -> list[str]:
@@ -73,8 +84,7 @@ def test_valid_case(case):
     configs = compile_hosts(repo, repo.hosts)
     for host, want in expected.items():
         got = describe(configs[host])
-        assert got["groups"] == want["groups"], host
-        assert got["files"] == want["files"], host
+        assert got == want, host
 
 
 @pytest.mark.parametrize("case", INVALID)

@@ -10,6 +10,8 @@ from common.model import (
     FileChange,
     FileState,
     FileType,
+    Outcome,
+    OwedTrigger,
     TriggerRun,
     TriggerStatus,
 )
@@ -63,13 +65,46 @@ def test_changes_with_modes_owners_types_and_diffs():
 def test_dry_run_words_and_failure():
     result = ApplyResult(
         dry_run=True,
-        changes=[FileChange("/etc/new", True, ROOT)],
-        failure=ApplyFailure("/etc/x", "symlink not permitted in path: /etc"),
+        changes=[FileChange("/etc/new", True, ROOT, outcome=Outcome.WOULD_APPLY)],
+        failures=[ApplyFailure("/etc/x", "symlink not permitted in path: /etc")],
     )
     text = render.render_host("web1", render.FAILED, body(result, status="failed"), PLAIN)
     assert "web1: FAILED" in text
     assert "would create /etc/new" in text
     assert "failed: /etc/x: symlink not permitted in path: /etc" in text
+
+
+def test_every_change_says_its_outcome_and_claims_nothing_that_did_not_happen():
+    old_dir = FileState(FileType.DIR, 0o755, 0, 0, "root", "root")
+    refusal = "a non-empty directory is in the way of this file; remove it by hand"
+    result = ApplyResult(
+        dry_run=False,
+        changes=[
+            FileChange("/etc/motd", False, ROOT, old_dir, None, Outcome.FAILED, refusal),
+            FileChange("/etc/motd.d/x", True, ROOT, None, None, Outcome.SKIPPED, "not tried"),
+            FileChange(
+                "/etc/old.conf", False, None, ROOT, "--- a/etc/old.conf\n+++ /dev/null\n-gone\n"
+            ),
+        ],
+        failures=[ApplyFailure("/etc/motd", refusal)],
+        owed=[
+            OwedTrigger("systemctl reload app", "/etc/app/logging.conf", "20260101T000000.000000Z")
+        ],
+    )
+    text = render.render_host("web1", render.FAILED, body(result, status="failed"), PLAIN)
+    lines = text.splitlines()
+    assert lines[1].startswith("    FAILED to replace /etc/motd")
+    assert "type dir -> file" in lines[1] and "removed" not in lines[1]
+    assert lines[2] == f"        reason: {refusal}"
+    assert lines[3].startswith("    skipped: create /etc/motd.d/x")
+    assert lines[4] == "        reason: not tried"
+    assert lines[5].startswith("    removed /etc/old.conf") and "file 0644 root:root" in lines[5]
+    assert "        -gone" in lines
+    assert f"    failed: /etc/motd: {refusal}" in lines
+    assert (
+        "    trigger systemctl reload app: owed (since /etc/app/logging.conf changed in job"
+        " 20260101T000000.000000Z; it runs after the next run without failure)"
+    ) in lines
 
 
 def test_a_hostile_minion_cannot_reach_the_terminal():

@@ -80,8 +80,14 @@ def test_show_table_through_the_cli():
     lines = out.splitlines()
     i = lines.index(next(line for line in lines if line.startswith("/srv/www ")))
     assert lines[i + 1] == '    trigger: echo "reload web server"'
+    # Which directories are only passed through (never changed when present).
+    assert " ".join(table["/usr/local"][5:]) == "pass-through (created if missing, never changed)"
+    assert table["/srv/www"][-1] == "web"  # named in permissions.yaml: managed fully
+    assert "absent: /srv/www/releases/0 (recursive)" in lines
+    assert "purged: /etc/monitor (undeclared entries are removed)" in lines
     assert lines[-1] == (
-        "20 paths: 12 directories, 7 files (2 from templates), 1 symlink; 3 with triggers"
+        "20 paths: 12 directories (10 passed through), 7 files (2 from templates), 1 symlink;"
+        " 3 with triggers"
     )
 
 
@@ -109,7 +115,15 @@ def test_show_json_through_the_cli():
         "source": "db/files/etc/db/db.conf",
         "template": False,
         "triggers": ['echo "database configuration changed"'],
+        "passthrough": False,
+        "secret": False,
     }
+    # A secret's content is not even hashed; a pass-through directory is marked.
+    assert files["/etc/db/credentials"]["secret"] is True
+    assert files["/etc/db/credentials"]["sha256"] is None
+    assert files["/usr/local"]["passthrough"] is True and files["/etc/db"]["passthrough"] is False
+    assert doc["purge"] == ["/etc/monitor"] and doc["secrets"] == ["/etc/db/credentials"]
+    assert doc["absent"] == []
     assert files["/etc/db"]["uid"] == 1 and files["/etc/db"]["user"] is None
     assert files["/etc/db"]["gid"] == 4 and files["/etc/db"]["group"] is None
     assert files["/etc/monitor/agent.conf"]["template"] is True

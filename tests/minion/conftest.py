@@ -11,6 +11,9 @@ from common.model import ApplyResult, FileSpec
 from minion import fileops
 from minion.fileops import Resolve, Temp
 
+# The job id of applies in tests (the grammar of common/ids.py).
+JID = "20260101T000000.000000Z"
+
 # Both ways to resolve a path and all three ways to make a temporary file,
 # in four combinations, so every code path runs under the whole case table.
 MODES = [
@@ -55,8 +58,12 @@ class Host:
     state: str
     outside: str
 
-    def apply(self, files: list[FileSpec], *, dry_run: bool = False, **kw) -> ApplyResult:
-        return fileops.apply_files(self.root, files, dry_run=dry_run, state_dir=self.state, **kw)
+    def apply(
+        self, files: list[FileSpec], *, dry_run: bool = False, jid: str = JID, **kw
+    ) -> ApplyResult:
+        return fileops.apply_files(
+            self.root, files, dry_run=dry_run, state_dir=self.state, jid=jid, **kw
+        )
 
 
 def new_host(base: str) -> Host:

@@ -14,6 +14,8 @@ from common.model import FileSpec, FileType
 from minion import fileops
 from minion.fileops import Temp
 
+JID = "20260101T000000.000000Z"
+
 DIRS = 5  # subdirectories of /d
 FILES = 60  # regular files per subdirectory
 LINKS = 4  # symlinks per subdirectory
@@ -61,8 +63,8 @@ def main() -> None:
     fileops.FORCE_TEMP = Temp(temp)
     files = tree(int(version))
     print("go", flush=True)
-    result = fileops.apply_files(root, files, dry_run=False, state_dir=state)
-    print("done" if result.failure is None else f"failed: {result.failure}", flush=True)
+    result = fileops.apply_files(root, files, dry_run=False, state_dir=state, jid=JID)
+    print("done" if not result.failures else f"failed: {result.failures}", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,15 @@ def minion_settings(tmp_path) -> settings.MinionSettings:
 
 def job_body(path: str, deadline: float = 4e9) -> dict:
     spec = FileSpec(path, FileType.FILE, 0o644, user="root", group="root", data=b"hello\n")
-    return {"module": "files", "dry_run": False, "files": [spec.to_wire()], "deadline": deadline}
+    return {
+        "module": "files",
+        "dry_run": False,
+        "files": [spec.to_wire()],
+        "absent": [],
+        "purge": [],
+        "secrets": [],
+        "deadline": deadline,
+    }
 
 
 def run_minion(s: settings.MinionSettings, until) -> None:

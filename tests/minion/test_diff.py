@@ -45,24 +45,24 @@ CASES = [
 
 @pytest.mark.parametrize(("old", "new", "body"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_diff(old, new, body):
-    assert unified_diff(old, len(old), new) == "--- old\n+++ new\n" + body
+    assert unified_diff("/f", old, len(old), new) == "--- a/f\n+++ b/f\n" + body
 
 
 def test_link_targets_are_whole_lines():
-    text = unified_diff(b"old", 3, b"new", old_link=True, new_link=True)
-    assert text == "--- old\n+++ new\n@@ -1 +1 @@\n-old\n+new\n"
+    text = unified_diff("/f", b"old", 3, b"new", old_link=True, new_link=True)
+    assert text == "--- a/f\n+++ b/f\n@@ -1 +1 @@\n-old\n+new\n"
 
 
 def test_unread_or_large_sides_are_not_diffed(monkeypatch):
     monkeypatch.setattr(diff, "DIFF_INPUT_MAX", 10)
     monkeypatch.setattr(diff, "DIFF_LINES_MAX", 3)
-    assert unified_diff(None, 99, b"x\n").splitlines()[3] == (
+    assert unified_diff("/f", None, 99, b"x\n").splitlines()[3] == (
         "-<content not diffed, 99 bytes: too large to diff>"
     )
-    assert unified_diff(b"a\n", 2, b"0123456789A").splitlines()[4] == (
+    assert unified_diff("/f", b"a\n", 2, b"0123456789A").splitlines()[4] == (
         "+<content not diffed, 11 bytes: too large to diff>"
     )
-    assert unified_diff(b"a\n", 2, b"1\n2\n3\n4\n").splitlines()[4] == (
+    assert unified_diff("/f", b"a\n", 2, b"1\n2\n3\n4\n").splitlines()[4] == (
         "+<content not diffed, 8 bytes: too large to diff>"
     )
 
@@ -71,7 +71,7 @@ def test_diff_text_is_capped_on_a_line_boundary(monkeypatch):
     monkeypatch.setattr(diff, "DIFF_TEXT_MAX", 100)
     old = b"".join(b"old line %d\n" % i for i in range(50))
     new = b"".join(b"new line %d\n" % i for i in range(50))
-    text = unified_diff(old, len(old), new)
+    text = unified_diff("/f", old, len(old), new)
     shown, note = text.rsplit("\n[", 1)
     assert len(shown) < 100
     # 36 characters of headers, then 12 per line: five whole lines fit in 100
@@ -81,9 +81,9 @@ def test_diff_text_is_capped_on_a_line_boundary(monkeypatch):
 
 def test_diff_text_cap_drops_a_long_line_whole(monkeypatch):
     monkeypatch.setattr(diff, "DIFF_TEXT_MAX", 50)
-    text = unified_diff(b"a\n", 2, b"b" * 500 + b"\n")
+    text = unified_diff("/f", b"a\n", 2, b"b" * 500 + b"\n")
     assert text == (
-        "--- old\n+++ new\n@@ -1 +1 @@\n-a\n[diff truncated: 502 of 533 characters not shown]\n"
+        "--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n[diff truncated: 502 of 533 characters not shown]\n"
     )
 
 
@@ -125,9 +125,9 @@ lines = st.lists(st.sampled_from(["a", "b", "c", "", "long line", "x y"]), max_s
 def test_property_patch_round_trip(a, b, a_nl, b_nl):
     old = "\n".join(a) + ("\n" if a and a_nl else "")
     new = "\n".join(b) + ("\n" if b and b_nl else "")
-    text = unified_diff(old.encode(), len(old.encode()), new.encode())
+    text = unified_diff("/f", old.encode(), len(old.encode()), new.encode())
     if old == new:
         assert text == ""
     else:
-        assert text.startswith("--- old\n+++ new\n@@ ")
+        assert text.startswith("--- a/f\n+++ b/f\n@@ ")
         assert apply_patch(old, text) == new

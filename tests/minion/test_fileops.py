@@ -10,22 +10,35 @@ give the real run's report while writing nothing.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import fcntl
+import hashlib
 import os
 import struct
+import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from common.errors import FileOpError, LockError
-from common.model import FileChange, FileSpec, FileType, TriggerStatus
-from minion import fileops
+from common.errors import FileOpError, LockError, StoreError
+from common.model import (
+    AbsentSpec,
+    FileChange,
+    FileSpec,
+    FileType,
+    Outcome,
+    OwedTrigger,
+    TriggerStatus,
+)
+from minion import fileops, owed
 from minion.fileops import Resolve, Temp
 from minion.plan import is_temp_name
 
-from .conftest import Host, new_host, open_fds
+from .conftest import JID, Host, new_host, open_fds
 from .tree import (
     CHR,
     FIFO,
@@ -44,12 +57,36 @@ from .tree import (
 )
 
 
-def created(path: str, type: str, mode: int, uid: int = 0, gid: int = 0) -> FileChange:
-    return FileChange(path, created=True, new=state(type, mode, uid, gid))
+def created(
+    path: str, type: str, mode: int, uid: int = 0, gid: int = 0, diff: str | None = None
+) -> FileChange:
+    return FileChange(path, created=True, new=state(type, mode, uid, gid), diff=diff)
 
 
-def changed(path, old, new, diff=None) -> FileChange:
-    return FileChange(path, created=False, new=new, old=old, diff=diff)
+def changed(path, old, new, diff=None, outcome=Outcome.APPLIED) -> FileChange:
+    return FileChange(path, created=False, new=new, old=old, diff=diff, outcome=outcome)
+
+
+def removed(path, old, diff=None, outcome=Outcome.APPLIED) -> FileChange:
+    return FileChange(path, created=False, new=None, old=old, diff=diff, outcome=outcome)
+
+
+def as_(outcome: Outcome, change: FileChange) -> FileChange:
+    """`change` expected with `outcome` (its reason is checked apart: see shape())."""
+    return dataclasses.replace(change, outcome=outcome)
+
+
+def shape(changes: list[FileChange]) -> list[FileChange]:
+    """The changes with their reasons blanked, after checking that every failed
+    or skipped change has a reason and no other has one."""
+    for c in changes:
+        assert bool(c.reason) == (c.outcome in (Outcome.FAILED, Outcome.SKIPPED)), c
+    return [dataclasses.replace(c, reason="") for c in changes]
+
+
+def as_real(changes: list[FileChange]) -> list[FileChange]:
+    """A dry run's changes as the real run reports them: "would apply" is "applied"."""
+    return [as_(Outcome.APPLIED, c) if c.outcome is Outcome.WOULD_APPLY else c for c in changes]
 
 
 @dataclass
@@ -58,14 +95,44 @@ class Case:
     before: list[Entry]
     files: list[FileSpec]
     changes: list[FileChange]
-    failure: tuple[str, str] | None = None  # path, and a part of the reason
+    # (path, a part of the reason) of each failure, in order
+    failures: list[tuple[str, str]] = field(default_factory=list)
     after: list[Entry] | None = None  # default: as declared (or as before, on failure)
+    absent: list[AbsentSpec] = field(default_factory=list)
+    purge: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
     marks: list = field(default_factory=list)
 
 
-def H(*lines: str) -> str:
-    """A diff: the usual headers, then `lines`."""
-    return "--- old\n+++ new\n" + "".join(line + "\n" for line in lines)
+def PT(path: str) -> FileSpec:
+    """A directory the repository only passes through."""
+    return dataclasses.replace(spec(path, "dir"), passthrough=True)
+
+
+def SECRET(old: bytes | None, new: bytes | None) -> str:
+    """The one line that stands for a secret's diff (None: no such side)."""
+
+    def side(data):
+        if data is None:
+            return "nothing"
+        return f"sha256:{hashlib.sha256(data).hexdigest()[:12]} ({len(data)} bytes)"
+
+    return f"secret content not shown: {side(old)} -> {side(new)}\n"
+
+
+def H(path: str, *lines: str) -> str:
+    """A diff of `path`: the usual headers, then `lines`."""
+    return f"--- a{path}\n+++ b{path}\n" + "".join(line + "\n" for line in lines)
+
+
+def NEW(path: str, *lines: str) -> str:
+    """The diff of content that appears at `path` (a creation)."""
+    return f"--- /dev/null\n+++ b{path}\n" + "".join(line + "\n" for line in lines)
+
+
+def GONE(path: str, *lines: str) -> str:
+    """The diff of content that is lost at `path` (a removal, or a directory in its place)."""
+    return f"--- a{path}\n+++ /dev/null\n" + "".join(line + "\n" for line in lines)
 
 
 NO_NL = "\\ No newline at end of file"
@@ -76,33 +143,49 @@ CASES = [
         "create file",
         [D("/etc")],
         [spec("/etc/motd", data=b"hello\n")],
-        [created("/etc/motd", "file", 0o644)],
+        [created("/etc/motd", "file", 0o644, diff=NEW("/etc/motd", "@@ -0,0 +1 @@", "+hello"))],
     ),
-    Case("create file in root", [], [spec("/motd", data=b"x")], [created("/motd", "file", 0o644)]),
+    Case(
+        "create file in root",
+        [],
+        [spec("/motd", data=b"x")],
+        [created("/motd", "file", 0o644, diff=NEW("/motd", "@@ -0,0 +1 @@", "+x", NO_NL))],
+    ),
     Case("create empty file", [], [spec("/empty")], [created("/empty", "file", 0o644)]),
     Case(
         "create binary file",
         [],
         [spec("/bin.dat", data=b"\x00\xff\x01" * 100)],
-        [created("/bin.dat", "file", 0o644)],
+        [
+            created(
+                "/bin.dat",
+                "file",
+                0o644,
+                diff=NEW("/bin.dat", "@@ -0,0 +1 @@", "+<binary content, 300 bytes>"),
+            )
+        ],
     ),
     Case(
         "create setuid file owned by name",
         [D("/opt")],
         [spec("/opt/tool", mode=0o4755, data=b"#!/bin/sh\n", user="daemon", group="staff")],
-        [created("/opt/tool", "file", 0o4755, 1, 50)],
+        [
+            created(
+                "/opt/tool", "file", 0o4755, 1, 50, NEW("/opt/tool", "@@ -0,0 +1 @@", "+#!/bin/sh")
+            )
+        ],
     ),
     Case(
         "create setgid file",
         [],
         [spec("/sg", mode=0o2711, data=b"x", group="adm")],
-        [created("/sg", "file", 0o2711, 0, 4)],
+        [created("/sg", "file", 0o2711, 0, 4, NEW("/sg", "@@ -0,0 +1 @@", "+x", NO_NL))],
     ),
     Case(
         "create all special bits",
         [],
         [spec("/all", mode=0o7777, data=b"x", user="bin", group="adm")],
-        [created("/all", "file", 0o7777, 2, 4)],
+        [created("/all", "file", 0o7777, 2, 4, NEW("/all", "@@ -0,0 +1 @@", "+x", NO_NL))],
     ),
     Case(
         "create dir with setgid and sticky",
@@ -114,13 +197,17 @@ CASES = [
         "create symlink",
         [D("/etc")],
         [spec("/etc/link", "symlink", data=b"../target")],
-        [created("/etc/link", "symlink", 0o777)],
+        [
+            created(
+                "/etc/link", "symlink", 0o777, diff=NEW("/etc/link", "@@ -0,0 +1 @@", "+../target")
+            )
+        ],
     ),
     Case(
         "create symlink with owner",
         [],
         [spec("/link", "symlink", data=b"/abs/target", user="bin", group="adm")],
-        [created("/link", "symlink", 0o777, 2, 4)],
+        [created("/link", "symlink", 0o777, 2, 4, NEW("/link", "@@ -0,0 +1 @@", "+/abs/target"))],
     ),
     Case(
         "create nested tree",
@@ -134,37 +221,65 @@ CASES = [
         ],
         [
             created("/a", "dir", 0o755),
-            created("/a-sibling", "file", 0o644),
+            created(
+                "/a-sibling",
+                "file",
+                0o644,
+                diff=NEW("/a-sibling", "@@ -0,0 +1 @@", "+sorts between /a and /a/b", NO_NL),
+            ),
             created("/a/b", "dir", 0o700),
-            created("/a/b/c", "file", 0o644),
-            created("/a/l", "symlink", 0o777),
+            created("/a/b/c", "file", 0o644, diff=NEW("/a/b/c", "@@ -0,0 +1 @@", "+c")),
+            created("/a/l", "symlink", 0o777, diff=NEW("/a/l", "@@ -0,0 +1 @@", "+b/c")),
         ],
     ),
     Case(
         "create by ids",
         [],
         [spec("/ids", data=b"x", uid=1, gid=4)],
-        [created("/ids", "file", 0o644, 1, 4)],
+        [created("/ids", "file", 0o644, 1, 4, NEW("/ids", "@@ -0,0 +1 @@", "+x", NO_NL))],
     ),
     Case(
         "create with ids the host has no name for",
         [],
         [spec("/anon", data=b"x", uid=NAMELESS_ID, gid=NAMELESS_ID)],
-        [created("/anon", "file", 0o644, NAMELESS_ID, NAMELESS_ID)],
+        [
+            created(
+                "/anon",
+                "file",
+                0o644,
+                NAMELESS_ID,
+                NAMELESS_ID,
+                NEW("/anon", "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "create file with the longest name",
         [],
         [spec("/" + "n" * 255, data=b"x")],
-        [created("/" + "n" * 255, "file", 0o644)],
+        [
+            created(
+                "/" + "n" * 255,
+                "file",
+                0o644,
+                diff=NEW("/" + "n" * 255, "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "create file with a non-ASCII name",
         [D("/d")],
         [spec("/d/résumé ☃", data=b"x"), spec("/d/\u00e9\u00e9" + "é" * 125, data=b"y")],
         [
-            created("/d/résumé ☃", "file", 0o644),
-            created("/d/\u00e9\u00e9" + "é" * 125, "file", 0o644),
+            created(
+                "/d/résumé ☃", "file", 0o644, diff=NEW("/d/résumé ☃", "@@ -0,0 +1 @@", "+x", NO_NL)
+            ),
+            created(
+                "/d/\u00e9\u00e9" + "é" * 125,
+                "file",
+                0o644,
+                diff=NEW("/d/\u00e9\u00e9" + "é" * 125, "@@ -0,0 +1 @@", "+y", NO_NL),
+            ),
         ],
     ),
     # --- update a file ---------------------------------------------------------
@@ -177,7 +292,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1,3 +1,3 @@", " a", "-b", "+B", " c"),
+                H("/f", "@@ -1,3 +1,3 @@", " a", "-b", "+B", " c"),
             )
         ],
     ),
@@ -190,7 +305,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -8,7 +8,7 @@", " 7", " 8", " 9", "-10", "+ten", " 11", " 12", " 13"),
+                H("/f", "@@ -8,7 +8,7 @@", " 7", " 8", " 9", "-10", "+ten", " 11", " 12", " 13"),
             )
         ],
     ),
@@ -200,7 +315,10 @@ CASES = [
         [spec("/f", data=b"abd\n")],
         [
             changed(
-                "/f", state("file", 0o644), state("file", 0o644), H("@@ -1 +1 @@", "-abc", "+abd")
+                "/f",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("/f", "@@ -1 +1 @@", "-abc", "+abd"),
             )
         ],
     ),
@@ -213,7 +331,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1 +1 @@", "-abc", NO_NL, "+abcd", NO_NL),
+                H("/f", "@@ -1 +1 @@", "-abc", NO_NL, "+abcd", NO_NL),
             )
         ],
     ),
@@ -226,7 +344,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1,2 +1,2 @@", " a", "-x", NO_NL, "+x"),
+                H("/f", "@@ -1,2 +1,2 @@", " a", "-x", NO_NL, "+x"),
             )
         ],
     ),
@@ -239,7 +357,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1 +1 @@", "-x", "+x", NO_NL),
+                H("/f", "@@ -1 +1 @@", "-x", "+x", NO_NL),
             )
         ],
     ),
@@ -252,7 +370,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1,2 +1,2 @@", "-a", "+b", " z", NO_NL),
+                H("/f", "@@ -1,2 +1,2 @@", "-a", "+b", " z", NO_NL),
             )
         ],
     ),
@@ -265,7 +383,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1 +1 @@", "-<binary content, 3 bytes>", "+<binary content, 3 bytes>"),
+                H("/f", "@@ -1 +1 @@", "-<binary content, 3 bytes>", "+<binary content, 3 bytes>"),
             )
         ],
     ),
@@ -278,7 +396,7 @@ CASES = [
                 "/f",
                 state("file", 0o644),
                 state("file", 0o644),
-                H("@@ -1 +1 @@", "-text", "+<binary content, 2 bytes>"),
+                H("/f", "@@ -1 +1 @@", "-text", "+<binary content, 2 bytes>"),
             )
         ],
     ),
@@ -286,7 +404,11 @@ CASES = [
         "update empty file to text",
         [F("/f", b"")],
         [spec("/f", data=b"new\n")],
-        [changed("/f", state("file", 0o644), state("file", 0o644), H("@@ -0,0 +1 @@", "+new"))],
+        [
+            changed(
+                "/f", state("file", 0o644), state("file", 0o644), H("/f", "@@ -0,0 +1 @@", "+new")
+            )
+        ],
     ),
     Case(
         "update mode only",
@@ -334,7 +456,7 @@ CASES = [
                 "/l",
                 state("symlink", 0o777),
                 state("symlink", 0o777),
-                H("@@ -1 +1 @@", "-old", "+new"),
+                H("/l", "@@ -1 +1 @@", "-old", "+new"),
             )
         ],
     ),
@@ -404,7 +526,14 @@ CASES = [
         "file with content to dir shows the lost content",
         [F("/x", b"gone\n")],
         [spec("/x", "dir")],
-        [changed("/x", state("file", 0o644), state("dir", 0o755), H("@@ -1 +0,0 @@", "-gone"))],
+        [
+            changed(
+                "/x",
+                state("file", 0o644),
+                state("dir", 0o755),
+                GONE("/x", "@@ -1 +0,0 @@", "-gone"),
+            )
+        ],
     ),
     Case(
         "file to symlink",
@@ -412,7 +541,10 @@ CASES = [
         [spec("/x", "symlink", data=b"t")],
         [
             changed(
-                "/x", state("file", 0o644), state("symlink", 0o777), H("@@ -1 +1 @@", "-data", "+t")
+                "/x",
+                state("file", 0o644),
+                state("symlink", 0o777),
+                H("/x", "@@ -1 +1 @@", "-data", "+t"),
             )
         ],
     ),
@@ -422,7 +554,10 @@ CASES = [
         [spec("/x", data=b"data\n")],
         [
             changed(
-                "/x", state("symlink", 0o777), state("file", 0o644), H("@@ -1 +1 @@", "-t", "+data")
+                "/x",
+                state("symlink", 0o777),
+                state("file", 0o644),
+                H("/x", "@@ -1 +1 @@", "-t", "+data"),
             )
         ],
     ),
@@ -430,44 +565,91 @@ CASES = [
         "symlink to dir",
         [L("/x", b"t")],
         [spec("/x", "dir")],
-        [changed("/x", state("symlink", 0o777), state("dir", 0o755), H("@@ -1 +0,0 @@", "-t"))],
+        [
+            changed(
+                "/x",
+                state("symlink", 0o777),
+                state("dir", 0o755),
+                GONE("/x", "@@ -1 +0,0 @@", "-t"),
+            )
+        ],
     ),
     Case(
         "empty dir to file",
         [D("/x")],
         [spec("/x", data=b"new\n")],
-        [changed("/x", state("dir", 0o755), state("file", 0o644))],
+        [
+            changed(
+                "/x", state("dir", 0o755), state("file", 0o644), NEW("/x", "@@ -0,0 +1 @@", "+new")
+            )
+        ],
     ),
     Case(
         "empty dir to symlink",
         [D("/x", 0o700)],
         [spec("/x", "symlink", data=b"/somewhere")],
-        [changed("/x", state("dir", 0o700), state("symlink", 0o777))],
+        [
+            changed(
+                "/x",
+                state("dir", 0o700),
+                state("symlink", 0o777),
+                NEW("/x", "@@ -0,0 +1 @@", "+/somewhere"),
+            )
+        ],
     ),
     Case(
         "non-empty dir is never removed",
         [D("/x"), F("/x/keep", b"precious")],
         [spec("/x", data=b"new")],
-        [changed("/x", state("dir", 0o755), state("file", 0o644))],
-        failure=("/x", "non-empty directory"),
+        [
+            changed(
+                "/x",
+                state("dir", 0o755),
+                state("file", 0o644),
+                NEW("/x", "@@ -0,0 +1 @@", "+new", NO_NL),
+                Outcome.FAILED,
+            )
+        ],
+        failures=[("/x", "non-empty directory")],
     ),
     Case(
         "fifo to file",
         [FIFO("/x")],
         [spec("/x", data=b"x")],
-        [changed("/x", state("fifo", 0o644), state("file", 0o644))],
+        [
+            changed(
+                "/x",
+                state("fifo", 0o644),
+                state("file", 0o644),
+                NEW("/x", "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "socket to file",
         [SOCK("/x")],
         [spec("/x", data=b"x")],
-        [changed("/x", state("socket", 0o755), state("file", 0o644))],
+        [
+            changed(
+                "/x",
+                state("socket", 0o755),
+                state("file", 0o644),
+                NEW("/x", "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "device to file",
         [CHR("/x")],
         [spec("/x", data=b"x")],
-        [changed("/x", state("chardev", 0o666), state("file", 0o644))],
+        [
+            changed(
+                "/x",
+                state("chardev", 0o666),
+                state("file", 0o644),
+                NEW("/x", "@@ -0,0 +1 @@", "+x", NO_NL),
+            )
+        ],
     ),
     Case(
         "fifo to dir",
@@ -479,7 +661,14 @@ CASES = [
         "fifo to symlink",
         [FIFO("/x")],
         [spec("/x", "symlink", data=b"t")],
-        [changed("/x", state("fifo", 0o644), state("symlink", 0o777))],
+        [
+            changed(
+                "/x",
+                state("fifo", 0o644),
+                state("symlink", 0o777),
+                NEW("/x", "@@ -0,0 +1 @@", "+t"),
+            )
+        ],
     ),
     Case(
         "declared dir replaces a symlink, and files go below it",
@@ -487,9 +676,12 @@ CASES = [
         [spec("/a", "dir"), spec("/a/x", data=b"x")],
         [
             changed(
-                "/a", state("symlink", 0o777), state("dir", 0o755), H("@@ -1 +0,0 @@", "-real")
+                "/a",
+                state("symlink", 0o777),
+                state("dir", 0o755),
+                GONE("/a", "@@ -1 +0,0 @@", "-real"),
             ),
-            created("/a/x", "file", 0o644),
+            created("/a/x", "file", 0o644, diff=NEW("/a/x", "@@ -0,0 +1 @@", "+x", NO_NL)),
         ],
         after=[D("/real"), D("/a"), F("/a/x", b"x")],
     ),
@@ -498,51 +690,312 @@ CASES = [
         "unknown user",
         [],
         [spec("/a", data=b"a", user="no-such-user"), spec("/b", data=b"b")],
-        [],
-        failure=("/a", "unknown user 'no-such-user'"),
+        [created("/b", "file", 0o644, diff=NEW("/b", "@@ -0,0 +1 @@", "+b", NO_NL))],
+        failures=[("/a", "unknown user 'no-such-user'")],
+        after=[F("/b", b"b")],
     ),
     Case(
         "unknown group",
         [],
         [spec("/a", data=b"a", group="no-such-group")],
         [],
-        failure=("/a", "unknown group 'no-such-group'"),
+        failures=[("/a", "unknown group 'no-such-group'")],
     ),
     Case(
-        "the apply stops at the first failing file",
+        "a failing file stops nothing else",
         [D("/b"), F("/b/keep")],
         [spec("/a", data=b"a"), spec("/b", data=b"b"), spec("/c", data=b"c")],
-        [created("/a", "file", 0o644), changed("/b", state("dir", 0o755), state("file", 0o644))],
-        failure=("/b", "non-empty directory"),
-        after=[D("/b"), F("/b/keep"), F("/a", b"a")],
+        [
+            created("/a", "file", 0o644, diff=NEW("/a", "@@ -0,0 +1 @@", "+a", NO_NL)),
+            changed(
+                "/b",
+                state("dir", 0o755),
+                state("file", 0o644),
+                NEW("/b", "@@ -0,0 +1 @@", "+b", NO_NL),
+                Outcome.FAILED,
+            ),
+            created("/c", "file", 0o644, diff=NEW("/c", "@@ -0,0 +1 @@", "+c", NO_NL)),
+        ],
+        failures=[("/b", "non-empty directory")],
+        after=[D("/b"), F("/b/keep"), F("/a", b"a"), F("/c", b"c")],
     ),
     Case(
         "missing parent that is not declared",
         [],
         [spec("/x/y", data=b"")],
         [],
-        failure=("/x/y", "directory /x does not exist"),
+        failures=[("/x/y", "directory /x does not exist")],
     ),
     Case(
         "missing grandparent that is not declared",
         [D("/a")],
         [spec("/a/x/y/z", data=b"")],
         [],
-        failure=("/a/x/y/z", "directory /a/x does not exist"),
+        failures=[("/a/x/y/z", "directory /a/x does not exist")],
     ),
     Case(
         "parent is a file",
         [F("/x")],
         [spec("/x/y")],
         [],
-        failure=("/x/y", "not a directory in path: /x is a file"),
+        failures=[("/x/y", "not a directory in path: /x is a file")],
     ),
     Case(
         "parent is a symlink",
         [D("/real"), L("/etc", b"real")],
         [spec("/etc/app")],
         [],
-        failure=("/etc/app", "symlink not permitted in path: /etc"),
+        failures=[("/etc/app", "symlink not permitted in path: /etc")],
+    ),
+    # --- one failure stops only what depends on it --------------------------------
+    Case(
+        "a failed new directory: what is below it is skipped, the rest applied",
+        [],
+        [
+            spec("/d", "dir", user="no-such-user"),
+            spec("/d/f", data=b"f"),
+            spec("/d/sub", "dir"),
+            spec("/d/sub/l", "symlink", data=b"t"),
+            spec("/e", data=b"e"),
+        ],
+        [
+            as_(
+                Outcome.SKIPPED,
+                created("/d/f", "file", 0o644, diff=NEW("/d/f", "@@ -0,0 +1 @@", "+f", NO_NL)),
+            ),
+            as_(Outcome.SKIPPED, created("/d/sub", "dir", 0o755)),
+            as_(
+                Outcome.SKIPPED,
+                created("/d/sub/l", "symlink", 0o777, diff=NEW("/d/sub/l", "@@ -0,0 +1 @@", "+t")),
+            ),
+            created("/e", "file", 0o644, diff=NEW("/e", "@@ -0,0 +1 @@", "+e", NO_NL)),
+        ],
+        failures=[("/d", "unknown user 'no-such-user'")],
+        after=[F("/e", b"e")],
+    ),
+    Case(
+        "a failure in the middle of a tree over existing directories",
+        [D("/a"), D("/a/b", 0o700), F("/a/b/f", b"old\n"), F("/a/b/same", b"s"), D("/a/c")],
+        [
+            spec("/a", "dir"),
+            spec("/a/b", "dir", group="no-such-group"),
+            spec("/a/b/f", data=b"new\n"),
+            spec("/a/b/same", data=b"s"),
+            spec("/a/c", "dir", 0o750),
+            spec("/a/c/x", data=b"x"),
+        ],
+        [
+            as_(
+                Outcome.SKIPPED,
+                changed(
+                    "/a/b/f",
+                    state("file", 0o644),
+                    state("file", 0o644),
+                    H("/a/b/f", "@@ -1 +1 @@", "-old", "+new"),
+                ),
+            ),
+            changed("/a/c", state("dir", 0o755), state("dir", 0o750)),
+            created("/a/c/x", "file", 0o644, diff=NEW("/a/c/x", "@@ -0,0 +1 @@", "+x", NO_NL)),
+        ],
+        failures=[("/a/b", "unknown group 'no-such-group'")],
+        after=[
+            D("/a"),
+            D("/a/b", 0o700),
+            F("/a/b/f", b"old\n"),
+            F("/a/b/same", b"s"),
+            D("/a/c", 0o750),
+            F("/a/c/x", b"x"),
+        ],
+    ),
+    Case(
+        "removals below a failed directory are skipped",
+        [D("/d"), F("/d/old", b"o\n"), F("/d/stray", b"s\n")],
+        [spec("/d", "dir", user="no-such-user")],
+        [
+            as_(
+                Outcome.SKIPPED,
+                removed("/d/old", state("file", 0o644), GONE("/d/old", "@@ -1 +0,0 @@", "-o")),
+            ),
+            as_(
+                Outcome.SKIPPED,
+                removed("/d/stray", state("file", 0o644), GONE("/d/stray", "@@ -1 +0,0 @@", "-s")),
+            ),
+        ],
+        failures=[("/d", "unknown user 'no-such-user'")],
+        absent=[AbsentSpec("/d/old")],
+        purge=["/d"],
+    ),
+    # --- absent.yaml: every type --------------------------------------------------
+    Case(
+        "absent file, symlink, fifo and empty directory; missing ones are fine",
+        [
+            D("/etc"),
+            F("/etc/old", b"gone\n"),
+            L("/etc/link", b"/target"),
+            FIFO("/etc/fifo"),
+            D("/etc/empty"),
+        ],
+        [],
+        [
+            removed("/etc/old", state("file", 0o644), GONE("/etc/old", "@@ -1 +0,0 @@", "-gone")),
+            removed(
+                "/etc/link", state("symlink", 0o777), GONE("/etc/link", "@@ -1 +0,0 @@", "-/target")
+            ),
+            removed("/etc/fifo", state("fifo", 0o644)),
+            removed("/etc/empty", state("dir", 0o755)),
+        ],
+        after=[D("/etc")],
+        absent=[
+            AbsentSpec("/etc/empty"),
+            AbsentSpec("/etc/fifo"),
+            AbsentSpec("/etc/link"),
+            AbsentSpec("/etc/missing"),
+            AbsentSpec("/etc/old"),
+            AbsentSpec("/no-such-dir/x"),
+        ],
+    ),
+    Case(
+        "absent non-empty directory without recursive is refused",
+        [D("/d"), F("/d/f", b"x")],
+        [spec("/other", data=b"o")],
+        [
+            created("/other", "file", 0o644, diff=NEW("/other", "@@ -0,0 +1 @@", "+o", NO_NL)),
+            as_(Outcome.FAILED, removed("/d", state("dir", 0o755))),
+        ],
+        failures=[("/d", "recursive: true")],
+        after=[D("/d"), F("/d/f", b"x"), F("/other", b"o")],
+        absent=[AbsentSpec("/d")],
+    ),
+    Case(
+        "absent tree removed recursively, every type below it",
+        [
+            D("/t", 0o700),
+            F("/t/a", b"a\n"),
+            D("/t/sub"),
+            D("/t/sub/empty"),
+            L("/t/sub/l", b"x"),
+            FIFO("/t/sub/p"),
+            SOCK("/t/sub/s"),
+        ],
+        [],
+        [
+            removed("/t", state("dir", 0o700)),
+            removed("/t/a", state("file", 0o644), GONE("/t/a", "@@ -1 +0,0 @@", "-a")),
+            removed("/t/sub", state("dir", 0o755)),
+            removed("/t/sub/empty", state("dir", 0o755)),
+            removed("/t/sub/l", state("symlink", 0o777), GONE("/t/sub/l", "@@ -1 +0,0 @@", "-x")),
+            removed("/t/sub/p", state("fifo", 0o644)),
+            removed("/t/sub/s", state("socket", 0o755)),
+        ],
+        after=[],
+        absent=[AbsentSpec("/t", recursive=True)],
+    ),
+    # --- purge.yaml ---------------------------------------------------------------
+    Case(
+        "purge removes every undeclared entry, below declared directories too",
+        [
+            D("/p"),
+            F("/p/keep", b"k"),
+            F("/p/stray", b"s\n"),
+            L("/p/link", b"/etc/passwd"),
+            D("/p/tree"),
+            F("/p/tree/x", b"x\n"),
+            D("/p/kept-dir"),
+            F("/p/kept-dir/declared", b"d"),
+            F("/p/kept-dir/undeclared", b"u\n"),
+            FIFO("/p/fifo"),
+        ],
+        [
+            spec("/p", "dir"),
+            spec("/p/keep", data=b"k"),
+            spec("/p/kept-dir", "dir"),
+            spec("/p/kept-dir/declared", data=b"d"),
+        ],
+        [
+            removed("/p/fifo", state("fifo", 0o644)),
+            removed(
+                "/p/kept-dir/undeclared",
+                state("file", 0o644),
+                GONE("/p/kept-dir/undeclared", "@@ -1 +0,0 @@", "-u"),
+            ),
+            removed(
+                "/p/link", state("symlink", 0o777), GONE("/p/link", "@@ -1 +0,0 @@", "-/etc/passwd")
+            ),
+            removed("/p/stray", state("file", 0o644), GONE("/p/stray", "@@ -1 +0,0 @@", "-s")),
+            removed("/p/tree", state("dir", 0o755)),
+            removed("/p/tree/x", state("file", 0o644), GONE("/p/tree/x", "@@ -1 +0,0 @@", "-x")),
+        ],
+        after=[D("/p"), F("/p/keep", b"k"), D("/p/kept-dir"), F("/p/kept-dir/declared", b"d")],
+        purge=["/p"],
+    ),
+    Case("purge of a missing directory does nothing", [], [], [], purge=["/none"]),
+    # --- pass-through directories -------------------------------------------------
+    Case(
+        "pass-through directories are created when missing and never changed",
+        [D("/usr", 0o750), D("/usr/local", 0o711, 1, 1), F("/opt")],
+        [
+            PT("/"),
+            PT("/opt"),
+            spec("/opt/x", data=b"x"),
+            PT("/usr"),
+            PT("/usr/local"),
+            PT("/usr/local/bin"),
+            spec("/usr/local/bin/tool", mode=0o755, data=b"#!/bin/sh\n"),
+        ],
+        [
+            changed("/opt", state("file", 0o644), state("dir", 0o755)),
+            created("/opt/x", "file", 0o644, diff=NEW("/opt/x", "@@ -0,0 +1 @@", "+x", NO_NL)),
+            created("/usr/local/bin", "dir", 0o755),
+            created(
+                "/usr/local/bin/tool",
+                "file",
+                0o755,
+                diff=NEW("/usr/local/bin/tool", "@@ -0,0 +1 @@", "+#!/bin/sh"),
+            ),
+        ],
+        after=[
+            D("/opt"),
+            F("/opt/x", b"x"),
+            D("/usr", 0o750),
+            D("/usr/local", 0o711, 1, 1),
+            D("/usr/local/bin"),
+            F("/usr/local/bin/tool", b"#!/bin/sh\n", 0o755),
+        ],
+    ),
+    # --- secrets.yaml: never a byte of content ------------------------------------
+    Case(
+        "secret content is one line of short hashes, when created, changed or removed",
+        [D("/s"), F("/s/key", b"old-key\n"), F("/s/gone", b"pw\n"), F("/plain", b"a\n")],
+        [
+            spec("/s", "dir"),
+            spec("/s/key", mode=0o600, data=b"new-key\n"),
+            spec("/s/new", data=b"token"),
+            spec("/plain", data=b"b\n"),
+        ],
+        [
+            changed(
+                "/plain",
+                state("file", 0o644),
+                state("file", 0o644),
+                H("/plain", "@@ -1 +1 @@", "-a", "+b"),
+            ),
+            changed(
+                "/s/key",
+                state("file", 0o644),
+                state("file", 0o600),
+                SECRET(b"old-key\n", b"new-key\n"),
+            ),
+            created("/s/new", "file", 0o644, diff=SECRET(None, b"token")),
+            removed("/s/gone", state("file", 0o644), SECRET(b"pw\n", None)),
+        ],
+        after=[
+            D("/s"),
+            F("/s/key", b"new-key\n", 0o600),
+            F("/s/new", b"token"),
+            F("/plain", b"b\n"),
+        ],
+        absent=[AbsentSpec("/s/gone")],
+        secrets=["/s"],
     ),
     # --- invalid input: refused before any syscall ------------------------------
     Case(
@@ -550,50 +1003,50 @@ CASES = [
         [],
         [spec("/a"), spec("/b"), spec("/a", data=b"again")],
         [],
-        failure=("/a", "declared more than once"),
+        failures=[("/a", "declared more than once")],
     ),
     Case(
         "invalid: relative path",
         [],
         [spec("/ok"), spec("etc/x")],
         [],
-        failure=("etc/x", "not absolute"),
+        failures=[("etc/x", "not absolute")],
     ),
-    Case("invalid: dot-dot", [], [spec("/a/../b")], [], failure=("/a/../b", "'..' component")),
+    Case("invalid: dot-dot", [], [spec("/a/../b")], [], failures=[("/a/../b", "'..' component")]),
     Case(
         "invalid: a file with something below it",
         [],
         [spec("/a"), spec("/a/b")],
         [],
-        failure=("/a/b", "its parent /a is declared as a file"),
+        failures=[("/a/b", "its parent /a is declared as a file")],
     ),
     Case(
         "invalid: the root as a file",
         [],
         [spec("/", "file")],
         [],
-        failure=("/", "can only be declared as a directory"),
+        failures=[("/", "can only be declared as a directory")],
     ),
     Case(
         "invalid: a name reserved for temporary files",
         [],
         [spec("/.x.safcm-tmp-0123456789abcdef")],
         [],
-        failure=("/.x.safcm-tmp-0123456789abcdef", "reserved"),
+        failures=[("/.x.safcm-tmp-0123456789abcdef", "reserved")],
     ),
     Case(
         "invalid: a path that is not a string",
         [],
         [spec("/a"), FileSpec(None, FileType.FILE, 0o644, user="root", group="root")],
         [],
-        failure=("None", "path is empty"),
+        failures=[("None", "path is empty")],
     ),
     Case(
         "invalid: both user and uid",
         [],
         [FileSpec("/a", FileType.FILE, 0o644, user="root", uid=0, group="root")],
         [],
-        failure=("/a", "exactly one of user and uid"),
+        failures=[("/a", "exactly one of user and uid")],
     ),
 ]
 
@@ -601,7 +1054,7 @@ CASES = [
 def expected_after(case: Case) -> dict[str, Entry]:
     if case.after is not None:
         entries = case.after
-    elif case.failure is not None:
+    elif case.failures:
         entries = case.before
     else:
         entries = {e.path: e for e in case.before} | {e.path: e for e in entries_of(case.files)}
@@ -618,34 +1071,37 @@ def temp_names(root: str) -> list[str]:
     ]
 
 
-def check_failure(result, case: Case) -> None:
-    if case.failure is None:
-        assert result.failure is None
-    else:
-        path, reason = case.failure
-        assert result.failure is not None
-        assert result.failure.path == path
-        assert reason in result.failure.reason
+def check_failures(result, case: Case) -> None:
+    assert len(result.failures) == len(case.failures), result.failures
+    for failure, (path, reason) in zip(result.failures, case.failures, strict=True):
+        assert failure.path == path
+        assert reason in failure.reason
+
+
+def apply_case(host: Host, case: Case, *, dry_run: bool = False):
+    return host.apply(
+        case.files, dry_run=dry_run, absent=case.absent, purge=case.purge, secrets=case.secrets
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_apply(case: Case, host: Host, engine_mode):
     make(host.root, case.before)
 
-    result = host.apply(case.files)
+    result = apply_case(host, case)
 
-    assert result.changes == case.changes
-    check_failure(result, case)
+    assert shape(result.changes) == case.changes
+    check_failures(result, case)
     assert read_tree(host.root) == expected_after(case)
     assert temp_names(host.root) == []
     assert not result.dry_run
-    if case.failure is None:
+    if not case.failures:
         # A second apply finds nothing to do, and touches nothing at all: no
         # write, rename, chmod or chown (each would change an inode or ctime).
         before = snapshot(host.root)
-        again = host.apply(case.files)
+        again = apply_case(host, case)
         assert again.changes == []
-        assert again.failure is None
+        assert again.failures == []
         assert snapshot(host.root) == before
 
 
@@ -656,14 +1112,16 @@ def test_dry_run_reports_what_the_real_run_does(case: Case, tmp_path, engine_mod
     make(real_host.root, case.before)
     before = snapshot(dry_host.root)
 
-    dry = dry_host.apply(case.files, dry_run=True)
-    real = real_host.apply(case.files)
+    dry = apply_case(dry_host, case, dry_run=True)
+    real = apply_case(real_host, case)
 
     assert snapshot(dry_host.root) == before  # nothing written
     assert dry.dry_run
-    assert dry.changes == real.changes == case.changes
-    assert dry.failure == real.failure
-    check_failure(dry, case)
+    assert all(c.outcome is not Outcome.APPLIED for c in dry.changes)
+    assert as_real(dry.changes) == real.changes
+    assert shape(real.changes) == case.changes
+    assert dry.failures == real.failures
+    check_failures(dry, case)
 
 
 # ---------------------------------------------------------------------------
@@ -683,7 +1141,7 @@ def test_openat2_is_used_when_available(host: Host, monkeypatch):
     monkeypatch.setattr(fileops, "_openat2_dir", spy)
     make(host.root, [D("/a"), D("/a/b")])
     result = host.apply([spec("/a/b/c", data=b"x"), spec("/a/b/d", data=b"y")])
-    assert result.failure is None
+    assert result.failures == []
     assert calls == [b"a/b"]  # one call for the whole path, then the cache
 
 
@@ -695,7 +1153,7 @@ def test_forced_walk_never_calls_openat2(host: Host, monkeypatch):
     monkeypatch.setattr(fileops, "FORCE_RESOLVE", Resolve.WALK)
     make(host.root, [D("/a"), D("/a/b")])
     result = host.apply([spec("/a/b/c", data=b"x")])
-    assert result.failure is None
+    assert result.failures == []
     assert read_tree(host.root)["/a/b/c"].data == b"x"
 
 
@@ -715,7 +1173,7 @@ def test_temp_file_methods(host: Host, monkeypatch, temp, links):
     monkeypatch.setattr(fileops, "_link_tmpfile", spy)
     monkeypatch.setattr(fileops, "FORCE_TEMP", temp)
     result = host.apply([spec("/f", mode=0o640, data=b"content", group="adm")])
-    assert result.failure is None
+    assert result.failures == []
     assert read_tree(host.root)["/f"] == F("/f", b"content", 0o640, 0, 4)
     assert calls == [temp is Temp.TMPFILE_PROC] * links
 
@@ -732,7 +1190,7 @@ def test_falls_back_to_named_temp_without_o_tmpfile(host: Host, monkeypatch):
     monkeypatch.setattr(fileops.os, "open", no_tmpfile)
     monkeypatch.setattr(fileops, "_link_tmpfile", None)  # must not be reached
     result = host.apply([spec("/f", data=b"via a named temporary")])
-    assert result.failure is None
+    assert result.failures == []
     assert read_tree(host.root) == {"/f": F("/f", b"via a named temporary")}
 
 
@@ -752,11 +1210,11 @@ def test_stale_temporaries_are_removed_and_nothing_else(host: Host, resolve_mode
     files = [spec("/d/f", data=b"new")]
 
     dry = host.apply(files, dry_run=True)
-    assert dry.failure is None
+    assert dry.failures == []
     assert all(os.path.lexists(f"{host.root}/d/{n}") for n in stale)  # a dry run removes nothing
 
     result = host.apply(files)
-    assert result.failure is None
+    assert result.failures == []
     names = set(os.listdir(host.root + "/d"))
     assert names == {*kept, "f", ".dir.safcm-tmp-00000000aaaaaaaa"}  # never a directory
 
@@ -770,7 +1228,7 @@ def test_small_descriptor_cache_still_applies_everything(host: Host, engine_mode
         files += [spec(f"/t/d{i}/s{j}/f", data=b"%d.%d" % (i, j)) for j in range(3)]
     fds = open_fds()
     result = host.apply(files)
-    assert result.failure is None
+    assert result.failures == []
     assert len(result.changes) == len(files)
     assert read_tree(host.root) == {e.path: e for e in entries_of(files)}
     assert open_fds() == fds
@@ -782,7 +1240,7 @@ def test_descriptors_are_closed_after_a_failure(host: Host, engine_mode):
     make(host.root, [D("/a"), D("/b"), F("/b/keep")])
     fds = open_fds()
     result = host.apply([spec("/a/x", data=b"x"), spec("/b", data=b"b"), spec("/c")])
-    assert result.failure.path == "/b"
+    assert result.failures[0].path == "/b"
     assert open_fds() == fds
 
 
@@ -806,7 +1264,9 @@ def test_cache_forgets_a_removed_directory(host: Host, resolve_mode):
 def test_unreadable_root_is_an_error_naming_it(tmp_path):
     missing = str(tmp_path / "no-such-root")
     with pytest.raises(FileOpError) as info:
-        fileops.apply_files(missing, [spec("/f")], dry_run=False, state_dir=str(tmp_path / "s"))
+        fileops.apply_files(
+            missing, [spec("/f")], dry_run=False, state_dir=str(tmp_path / "s"), jid=JID
+        )
     assert info.value.path == missing
     assert "cannot open the root directory" in info.value.reason
 
@@ -814,8 +1274,8 @@ def test_unreadable_root_is_an_error_naming_it(tmp_path):
 def test_failure_path_and_error_types(host: Host):
     make(host.root, [D("/real"), L("/etc", b"real")])
     result = host.apply([spec("/etc/app/x")])
-    assert result.failure.path == "/etc/app/x"
-    assert result.failure.reason == "symlink not permitted in path: /etc"
+    assert result.failures[0].path == "/etc/app/x"
+    assert result.failures[0].reason == "symlink not permitted in path: /etc"
 
 
 # ---------------------------------------------------------------------------
@@ -830,7 +1290,10 @@ def test_large_file_is_replaced_and_the_diff_says_it_is_too_large(host: Host):
     result = host.apply([spec("/big", data=b"small\n")])
     (change,) = result.changes
     assert change.diff == H(
-        "@@ -1 +1 @@", f"-<content not diffed, {len(big)} bytes: too large to diff>", "+small"
+        "/big",
+        "@@ -1 +1 @@",
+        f"-<content not diffed, {len(big)} bytes: too large to diff>",
+        "+small",
     )
     assert len(change.diff) < DIFF_TEXT_MAX
     assert read_tree(host.root)["/big"].data == b"small\n"
@@ -887,7 +1350,7 @@ def test_no_trigger_runs_after_a_failed_file(host: Host):
     result = host.apply(
         [spec("/a", data=b"a", triggers=(f"touch {marker}",)), spec("/b", data=b"b")]
     )
-    assert result.failure.path == "/b"
+    assert result.failures[0].path == "/b"
     assert result.triggers == []
     assert not os.path.exists(marker)
 
@@ -925,7 +1388,7 @@ def test_second_apply_gives_up_with_lock_error(host: Host):
         assert read_tree(host.root) == {}
     finally:
         os.close(fd)
-    assert host.apply([spec("/f", data=b"x")]).failure is None
+    assert host.apply([spec("/f", data=b"x")]).failures == []
 
 
 def test_apply_waits_for_the_lock(host: Host):
@@ -936,7 +1399,7 @@ def test_apply_waits_for_the_lock(host: Host):
         result = host.apply([spec("/f", data=b"x")], lock_timeout=30)
     finally:
         release.join()
-    assert result.failure is None
+    assert result.failures == []
     assert read_tree(host.root) == {"/f": F("/f", b"x")}
 
 
@@ -944,7 +1407,7 @@ def test_lock_error_when_the_state_dir_cannot_be_made(host: Host, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
     with pytest.raises(LockError, match="cannot open the engine lock"):
-        fileops.apply_files(host.root, [], dry_run=False, state_dir=str(blocker / "state"))
+        fileops.apply_files(host.root, [], dry_run=False, state_dir=str(blocker / "state"), jid=JID)
 
 
 # ---------------------------------------------------------------------------
@@ -974,7 +1437,7 @@ def test_existing_dir_is_closed_to_group_and_other_before_chown(host: Host, monk
     make(host.root, [D("/d", 0o3775)])
     calls = record_metadata_calls(monkeypatch)
     result = host.apply([spec("/d", "dir", 0o2750, user="nobody", group="adm")])
-    assert result.failure is None
+    assert result.failures == []
     assert calls == [("chmod", 0o3700), ("chown", 65534, 4), ("chmod", 0o2750)]
 
 
@@ -982,7 +1445,7 @@ def test_existing_dir_is_closed_to_group_and_other_before_chown(host: Host, monk
 def test_new_files_and_dirs_are_chowned_before_chmod(host: Host, monkeypatch, kind):
     calls = record_metadata_calls(monkeypatch)
     result = host.apply([spec("/x", kind, 0o6750, user="daemon", group="staff")])
-    assert result.failure is None
+    assert result.failures == []
     assert calls == [("chown", 1, 50), ("chmod", 0o6750)]
 
 
@@ -1027,45 +1490,67 @@ def immutable():
 def test_a_change_that_fails_is_still_recorded(host: Host, engine_mode, immutable, locked, reason):
     make(host.root, [D("/d"), F("/d/f", b"old\n")])
     immutable(host.root + locked)
-    result = host.apply([spec("/d/f", data=b"new\n"), spec("/z", data=b"never")])
-    assert result.changes == [
+    result = host.apply([spec("/d/f", data=b"new\n"), spec("/z", data=b"z\n")])
+    assert shape(result.changes) == [
         changed(
-            "/d/f", state("file", 0o644), state("file", 0o644), H("@@ -1 +1 @@", "-old", "+new")
-        )
+            "/d/f",
+            state("file", 0o644),
+            state("file", 0o644),
+            H("/d/f", "@@ -1 +1 @@", "-old", "+new"),
+            Outcome.FAILED,
+        ),
+        created("/z", "file", 0o644, diff=NEW("/z", "@@ -0,0 +1 @@", "+z")),
     ]
-    assert result.failure.path == "/d/f"
-    assert result.failure.reason == reason
+    assert result.changes[0].reason == reason
+    assert [(f.path, f.reason) for f in result.failures] == [("/d/f", reason)]
     assert result.triggers == []
-    assert read_tree(host.root) == {"/d": D("/d"), "/d/f": F("/d/f", b"old\n")}
+    assert read_tree(host.root) == {
+        "/d": D("/d"),
+        "/d/f": F("/d/f", b"old\n"),
+        "/z": F("/z", b"z\n"),  # a failure stops only what depends on it
+    }
 
 
 # ---------------------------------------------------------------------------
-# Writes run on a writer thread while the next files are observed. Its first
-# failure must still be the apply's failure, with nothing after it touched.
+# Writes run on a writer thread while the next files are observed. A write
+# that fails there is reported as failed, and stops nothing else.
 
 
-def test_failed_queued_write_stops_every_later_step(host: Host, engine_mode, immutable):
+def test_failed_queued_write_stops_nothing_else(host: Host, engine_mode, immutable):
     make(host.root, [D("/d"), F("/d/f", b"old\n"), D("/e")])
     immutable(host.root + "/d/f")
     files = [
         spec("/d/f", data=b"new\n"),  # queued; its rename fails
-        spec("/d/g", data=b"g"),  # queued behind it: must be skipped
-        spec("/e", "dir", 0o700),  # done by the main thread: must wait, then stop
+        spec("/d/g", data=b"g"),  # queued behind it
+        spec("/e", "dir", 0o700),  # done by the main thread, after the queue
         spec("/e/h", data=b"h"),
     ]
     result = host.apply(files)
-    assert [c.path for c in result.changes] == ["/d/f"]
-    assert result.failure.path == "/d/f"
-    assert read_tree(host.root) == {"/d": D("/d"), "/d/f": F("/d/f", b"old\n"), "/e": D("/e")}
+    assert [(c.path, c.outcome) for c in result.changes] == [
+        ("/d/f", Outcome.FAILED),
+        ("/d/g", Outcome.APPLIED),
+        ("/e", Outcome.APPLIED),
+        ("/e/h", Outcome.APPLIED),
+    ]
+    assert [f.path for f in result.failures] == ["/d/f"]
+    assert read_tree(host.root) == {
+        "/d": D("/d"),
+        "/d/f": F("/d/f", b"old\n"),
+        "/d/g": F("/d/g", b"g"),
+        "/e": D("/e", 0o700),
+        "/e/h": F("/e/h", b"h"),
+    }
 
 
-def test_earlier_queued_failure_wins_over_a_later_one(host: Host, engine_mode, immutable):
+def test_every_failure_is_reported_in_path_order(host: Host, engine_mode, immutable):
+    # /d/f fails late, on the writer thread; /x/y early, on the main thread.
     make(host.root, [D("/d"), F("/d/f", b"old\n"), D("/real"), L("/x", b"real")])
     immutable(host.root + "/d/f")
     result = host.apply([spec("/d/f", data=b"new\n"), spec("/x/y", data=b"y")])
-    assert [c.path for c in result.changes] == ["/d/f"]
-    assert result.failure.path == "/d/f"
-    assert "Operation not permitted" in result.failure.reason
+    assert [(c.path, c.outcome) for c in result.changes] == [("/d/f", Outcome.FAILED)]
+    assert [f.path for f in result.failures] == ["/d/f", "/x/y"]
+    assert "Operation not permitted" in result.failures[0].reason
+    assert result.failures[1].reason == "symlink not permitted in path: /x"
 
 
 def test_unexpected_error_in_the_writer_is_raised_not_swallowed(host: Host, monkeypatch):
@@ -1078,4 +1563,298 @@ def test_unexpected_error_in_the_writer_is_raised_not_swallowed(host: Host, monk
         host.apply([spec("/a", data=b"a")])
     assert open_fds() == fds
     monkeypatch.undo()
-    assert host.apply([spec("/a", data=b"a")], lock_timeout=0).failure is None  # lock released
+    assert host.apply([spec("/a", data=b"a")], lock_timeout=0).failures == []  # lock released
+
+
+def test_every_type_fails_and_skips_truthfully(host: Host, engine_mode, immutable):
+    """Real refusals by the kernel: a new directory, file and symlink all fail;
+    what is below the failed directory is skipped; elsewhere all is applied."""
+    make(host.root, [D("/locked"), D("/open")])
+    immutable(host.root + "/locked")
+    files = [
+        spec("/locked/d", "dir"),
+        spec("/locked/d/f", data=b"f"),
+        spec("/locked/d/l", "symlink", data=b"t"),
+        spec("/locked/d/sub", "dir"),
+        spec("/locked/f", data=b"f"),
+        spec("/locked/l", "symlink", data=b"t"),
+        spec("/open/f", data=b"f"),
+    ]
+    result = host.apply(files)
+    assert [(c.path, c.outcome) for c in result.changes] == [
+        ("/locked/d", Outcome.FAILED),
+        ("/locked/d/f", Outcome.SKIPPED),
+        ("/locked/d/l", Outcome.SKIPPED),
+        ("/locked/d/sub", Outcome.SKIPPED),
+        ("/locked/f", Outcome.FAILED),
+        ("/locked/l", Outcome.FAILED),
+        ("/open/f", Outcome.APPLIED),
+    ]
+    skipped = [c for c in result.changes if c.outcome is Outcome.SKIPPED]
+    assert {c.reason for c in skipped} == {"not tried: the directory /locked/d above it failed"}
+    assert [f.path for f in result.failures] == ["/locked/d", "/locked/f", "/locked/l"]
+    for change, failure in zip(
+        [c for c in result.changes if c.outcome is Outcome.FAILED], result.failures, strict=True
+    ):
+        assert change.reason == failure.reason and "Operation not permitted" in change.reason
+    assert read_tree(host.root) == {
+        "/locked": D("/locked"),
+        "/open": D("/open"),
+        "/open/f": F("/open/f", b"f"),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Removal is as safe as writing.
+
+
+@pytest.mark.parametrize("how", ["purge", "absent"])
+def test_symlink_planted_in_a_purged_or_absent_tree_is_removed_not_followed(
+    host: Host, resolve_mode, how
+):
+    os.makedirs(host.outside + "/victim")
+    with open(host.outside + "/victim/data", "wb") as f:
+        f.write(b"precious\n")
+    make(host.root, [D("/p"), D("/p/tree")])
+    os.symlink(host.outside + "/victim", host.root + "/p/tree/escape")
+    os.symlink(host.outside + "/victim", host.root + "/p/escape")
+    outside = snapshot(host.outside)
+    if how == "purge":
+        result = host.apply([spec("/p", "dir")], purge=["/p"])
+    else:
+        result = host.apply([], absent=[AbsentSpec("/p", recursive=True)])
+    assert result.failures == []
+    removed_links = [c.path for c in result.changes if c.old.type is FileType.SYMLINK]
+    assert sorted(removed_links) == ["/p/escape", "/p/tree/escape"]
+    assert snapshot(host.outside) == outside  # nothing outside touched
+    assert read_tree(host.root) == ({"/p": D("/p")} if how == "purge" else {})
+
+
+def test_a_purged_directory_reached_through_a_symlink_is_refused(host: Host, resolve_mode):
+    os.makedirs(host.outside + "/etc/sudoers.d")
+    with open(host.outside + "/etc/sudoers.d/keep", "wb") as f:
+        f.write(b"outside\n")
+    os.symlink(host.outside + "/etc", host.root + "/etc")
+    outside = snapshot(host.outside)
+    result = host.apply([], purge=["/etc/sudoers.d"], absent=[AbsentSpec("/etc/x/y")])
+    assert [(f.path, f.reason) for f in result.failures] == [
+        ("/etc/x/y", "symlink not permitted in path: /etc"),
+        ("/etc/sudoers.d", "symlink not permitted in path: /etc"),
+    ]
+    assert result.changes == []
+    assert snapshot(host.outside) == outside
+
+
+@pytest.fixture
+def mounts():
+    """Mount at a path (tests run as root): `mounts(path)` a small tmpfs,
+    `mounts(path, bind=source)` a bind mount; all unmounted in teardown."""
+    mounted = []
+
+    def mount(path: str, bind: str | None = None) -> None:
+        if bind is None:
+            command = ["mount", "-t", "tmpfs", "-o", "size=1m", "safcm-test", path]
+        else:
+            command = ["mount", "--bind", bind, path]
+        subprocess.run(command, check=True)
+        mounted.append(path)
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", path], check=True)
+
+
+@pytest.mark.parametrize("how", ["purge", "absent"])
+@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
+def test_a_mount_point_in_a_purged_or_absent_tree_is_not_crossed(
+    host: Host, resolve_mode, mounts, how, kind
+):
+    """Another filesystem, or a bind mount of this same one (whose device
+    number is the same), inside a tree that is removed: never entered."""
+    make(host.root, [D("/p"), D("/p/mnt"), F("/p/stray", b"s\n")])
+    if kind == "tmpfs":
+        mounts(host.root + "/p/mnt")
+    else:
+        mounts(host.root + "/p/mnt", bind=host.outside)
+    with open(host.root + "/p/mnt/on-the-mount", "wb") as f:
+        f.write(b"another filesystem\n")
+    mounted = snapshot(host.root + "/p/mnt")
+    if how == "purge":
+        result = host.apply([spec("/p", "dir")], purge=["/p"])
+    else:
+        result = host.apply([], absent=[AbsentSpec("/p", recursive=True)])
+    assert [f.path for f in result.failures] == ["/p/mnt"]
+    assert "never removes across a mount point" in result.failures[0].reason
+    outcomes = {c.path: c.outcome for c in result.changes}
+    assert outcomes["/p/mnt"] is Outcome.FAILED
+    assert outcomes["/p/stray"] is Outcome.APPLIED
+    assert "/p/mnt/on-the-mount" not in outcomes
+    if how == "absent":
+        assert outcomes["/p"] is Outcome.SKIPPED  # not empty: its mount stays
+    assert snapshot(host.root + "/p/mnt") == mounted
+    assert not os.path.exists(host.root + "/p/stray")
+
+
+RACE_REMOVAL_SECONDS = 2.0  # wall time per resolution mode; bounded also by the count below
+RACE_REMOVAL_APPLIES = 20000
+
+
+@pytest.mark.timeout(120)
+def test_race_swapping_a_purged_directory_for_a_symlink(host: Host, resolve_mode):
+    """A thread keeps swapping /p/sub (removed by every purge) for a symlink to
+    outside, while applies purge /p: nothing outside may ever be removed."""
+    os.makedirs(host.outside + "/sub")
+    for name in ("a", "b"):
+        with open(f"{host.outside}/sub/{name}", "wb") as f:
+            f.write(b"outside\n")
+    outside = snapshot(host.outside)
+    make(host.root, [D("/p")])
+    stop = threading.Event()
+    swaps = 0
+    errors: list[BaseException] = []
+
+    def swapper():
+        nonlocal swaps
+        # The real directory is prepared outside /p, so the purge leaves it be.
+        sub, staging = host.root + "/p/sub", host.root + "/staging"
+        while not stop.is_set():
+            os.makedirs(staging, exist_ok=True)
+            for name in ("a", "b"):
+                with open(f"{staging}/{name}", "wb") as f:
+                    f.write(b"inside\n")
+            # Each step may lose against a purge that just removed /p/sub.
+            with contextlib.suppress(OSError):
+                os.rename(staging, sub)
+            time.sleep(0)  # hands the GIL over, so applies run inside each state
+            with contextlib.suppress(OSError):
+                os.rename(sub, staging)
+            with contextlib.suppress(OSError):
+                os.symlink(host.outside + "/sub", sub)
+            time.sleep(0)
+            with contextlib.suppress(OSError):
+                os.unlink(sub)
+            swaps += 1
+
+    def swap_until_stopped():
+        try:
+            swapper()
+        except BaseException as e:  # reported by the test, not lost in the thread
+            errors.append(e)
+
+    thread = threading.Thread(target=swap_until_stopped)
+    thread.start()
+    removed = 0
+    try:
+        deadline = time.monotonic() + RACE_REMOVAL_SECONDS
+        for _ in range(RACE_REMOVAL_APPLIES):
+            if time.monotonic() > deadline:
+                break
+            result = host.apply([spec("/p", "dir")], purge=["/p"])
+            removed += sum(1 for c in result.changes if c.outcome is Outcome.APPLIED)
+    finally:
+        stop.set()
+        thread.join()
+
+    print(f"removal race: {swaps} swaps, {removed} entries removed")
+    assert errors == []
+    assert swaps > 0 and removed > 0
+    assert snapshot(host.outside) == outside  # never a removal outside the root
+
+
+# ---------------------------------------------------------------------------
+# Owed triggers: never run against a half-applied host, never lost.
+
+JID2 = "20260101T000001.000000Z"
+JID3 = "20260101T000002.000000Z"
+
+
+def test_triggers_of_an_apply_with_a_failure_are_owed_then_run_once(host: Host):
+    log = host.outside + "/log"
+    reload = f"echo reload >> {log}"
+    make(host.root, [D("/etc"), D("/etc/app"), D("/etc/motd"), F("/etc/motd/x")])
+    files = [
+        spec("/etc/app", "dir", triggers=(reload,)),
+        spec("/etc/app/logging.conf", data=b"level = info\n", triggers=(reload,)),
+        spec("/etc/motd", data=b"hello\n", triggers=(f"echo motd >> {log}",)),
+    ]
+
+    first = host.apply(files, jid=JID)
+    assert [f.path for f in first.failures] == ["/etc/motd"]
+    assert first.triggers == []
+    assert [(o.command, o.path, o.jid) for o in first.owed] == [
+        (reload, "/etc/app/logging.conf", JID)
+    ]
+    assert not os.path.exists(log)
+
+    # Still failing: still owed (once), shown again, nothing run; the dry run too.
+    second = host.apply(files, jid=JID2)
+    assert second.changes[0].path == "/etc/motd" and second.triggers == []
+    assert [(o.command, o.jid) for o in second.owed] == [(reload, JID)]
+    dry = host.apply(files, dry_run=True, jid=JID3)
+    assert [(o.command, o.jid) for o in dry.owed] == [(reload, JID)]
+    assert not os.path.exists(log)
+
+    # The obstacle is gone: this apply has no failure. The owed reload and
+    # this apply's own triggers run, each once; nothing is owed any more.
+    os.unlink(host.root + "/etc/motd/x")
+    dry = host.apply(files, dry_run=True, jid=JID3)
+    assert [(t.command, t.status) for t in dry.triggers] == [
+        (reload, TriggerStatus.WOULD_RUN),
+        (f"echo motd >> {log}", TriggerStatus.WOULD_RUN),
+    ]
+    assert [o.command for o in dry.owed] == [reload]  # a dry run pays nothing
+    third = host.apply(files, jid=JID3)
+    assert third.failures == [] and third.owed == []
+    assert [(t.command, t.status) for t in third.triggers] == [
+        (reload, TriggerStatus.OK),
+        (f"echo motd >> {log}", TriggerStatus.OK),
+    ]
+    with open(log) as f:
+        assert f.read() == "reload\nmotd\n"
+    fourth = host.apply(files, jid=JID3)
+    assert fourth.triggers == [] and fourth.owed == []
+
+
+def test_an_owed_trigger_that_fails_is_reported_failed_not_owed_again(host: Host):
+    make(host.root, [D("/blocked"), F("/blocked/x")])
+    files = [spec("/a", data=b"a", triggers=("exit 3",)), spec("/blocked", data=b"b")]
+    assert [o.command for o in host.apply(files).owed] == ["exit 3"]
+    os.unlink(host.root + "/blocked/x")
+    result = host.apply(files, jid=JID2)
+    assert [(t.command, t.status, t.exit_code) for t in result.triggers] == [
+        ("exit 3", TriggerStatus.FAILED, 3)
+    ]
+    assert result.owed == [] and not result.ok
+    assert host.apply(files, jid=JID3).owed == []
+
+
+def test_owed_triggers_are_kept_durably_in_the_state_directory(host: Host):
+    make(host.root, [D("/blocked"), F("/blocked/x")])
+    files = [spec("/a", data=b"a", triggers=("true",)), spec("/blocked", data=b"b")]
+    host.apply(files)
+    # What a restarted minion reads: the file itself, with no temporary beside it.
+    assert owed.load(host.state) == [OwedTrigger("true", "/a", JID)]
+    assert sorted(n for n in os.listdir(host.state) if n.startswith(owed.OWED_NAME)) == [
+        owed.OWED_NAME
+    ]
+    with open(os.path.join(host.state, owed.OWED_NAME), "wb") as f:
+        f.write(b"\xc1 not msgpack")
+    with pytest.raises(StoreError, match="owed triggers are unreadable"):
+        host.apply(files)
+
+
+def test_write_atomically_replaces_the_whole_file_and_syncs(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(owed.os, "fsync", fsync)
+    owed.write_atomically(str(tmp_path), "state", b"one")
+    owed.write_atomically(str(tmp_path), "state", b"two")
+    assert (tmp_path / "state").read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["state"]
+    # The file's data before the rename, then the directory after it, each time.
+    assert synced == ["state.tmp", tmp_path.name] * 2

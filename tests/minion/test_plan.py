@@ -167,13 +167,13 @@ def test_property_any_difference_is_a_recorded_change(wanted, there):
             owner.uid,
         )
         assert (d.change.new.user, d.change.new.group) == (owner.user, owner.group)
-        # A diff exactly when content or a link target is replaced.
-        replaced = f.type in (FileType.FILE, FileType.SYMLINK) and (
-            f.type is not s.type or f.data != s.data
-        )
-        assert (d.change.diff is not None) == (
-            replaced and (f.data != b"" or s.type is not FileType.DIR)
-        )
+        # A diff exactly when content or a link target appears, is replaced
+        # or is lost, and there is a line to show.
+        old_has = f.type in (FileType.FILE, FileType.SYMLINK)
+        new_has = s.type in (FileType.FILE, FileType.SYMLINK)
+        replaced = (old_has or new_has) and (f.type is not s.type or f.data != s.data)
+        shown = (old_has and f.data != b"") or (new_has and s.data != b"")
+        assert (d.change.diff is not None) == (replaced and shown)
     if d.interim_mode is not None:
         assert d.interim_mode & 0o077 == 0  # group and other closed
         assert d.interim_mode & ~f.mode == 0  # never more than the old mode allowed
