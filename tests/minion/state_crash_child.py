@@ -29,7 +29,8 @@ def pin_keys(version: int) -> PublicKeys:
     seed = b"master key %d" % (version % 2)
     sign = Secret(hashlib.sha256(b"sign " + seed).digest())
     kx = Secret(hashlib.sha256(b"kx " + seed).digest())
-    return KeyPair.from_secrets(sign, kx).public
+    curve = Secret(hashlib.sha256(b"curve " + seed).digest())
+    return KeyPair.from_secrets(sign, kx, curve).public
 
 
 def spool_content(version: int) -> bytes:
