@@ -4,8 +4,10 @@ daemons go on serving everyone else (checked by a real run afterwards)."""
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import pwd
 import socket
 import stat
 import subprocess
@@ -18,9 +20,12 @@ from common import keyfile
 from common.crypto import KeyPair
 from common.protocol import (
     Channel,
+    FrameReader,
     KeyState,
+    Message,
     MsgType,
     decode_plain,
+    encode_frame,
     encode_plain,
     make_enrol_reply,
     topic_for,
@@ -276,35 +281,48 @@ def test_control_socket_checks_peer_credentials(sandbox):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o660  # root:nogroup, as configured
         os.chmod(path, 0o666)
 
-        # The sandbox directory is root's alone; give the other users a copy of the settings.
-        config = os.path.join(short, "master.yaml")
-        with open(sandbox.master.config) as src, open(config, "w") as dst:
-            dst.write(src.read())
-        os.chmod(config, 0o644)
-
-        def as_user(user: str, group: str) -> subprocess.CompletedProcess:
-            cmd = [
-                "setpriv",
-                f"--reuid={user}",
-                f"--regid={group}",
-                "--clear-groups",
-                sandbox.python,
-                "-m",
-                "master.cli",
-                "-c",
-                config,
-                "keys",
-                "list",
-            ]
-            return sandbox.run(cmd)
+        def as_user(user: str, group: str) -> Message:
+            """A KEYS list request from a process running as `user`:`group`. A
+            forked child, so that it needs no access to this checkout (whose
+            parent directory may be root's alone) to import anything."""
+            uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+            read_end, write_end = os.pipe()
+            child = os.fork()
+            if child == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    os.close(read_end)
+                    os.setgroups([])
+                    os.setgid(gid)
+                    os.setuid(uid)
+                    request = encode_plain(MsgType.KEYS, {"action": "list", "ids": []})
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.settimeout(SETTLE)
+                        s.connect(path)
+                        s.sendall(encode_frame(request))
+                        reader, frames = FrameReader(), []
+                        while not frames and (data := s.recv(65536)):
+                            frames = reader.feed(data)
+                    os.write(write_end, frames[0] if frames else b"")
+                    code = 0
+                except BaseException as e:
+                    os.write(2, f"child as {user}: {e!r}\n".encode())
+                finally:
+                    os._exit(code)
+            os.close(write_end)
+            with os.fdopen(read_end, "rb") as f:
+                reply = f.read()
+            _, status = os.waitpid(child, 0)
+            assert os.waitstatus_to_exitcode(status) == 0 and reply
+            return decode_plain(reply, Channel.CONTROL)
 
         refused = as_user("daemon", "daemon")
-        assert refused.returncode == 2
-        assert "permission denied" in refused.stderr
+        assert refused.type is MsgType.ERROR
+        assert "permission denied" in refused.body["message"]
         logged(sandbox.master, "control: refused daemon")
         allowed = as_user("nobody", "nogroup")  # a member of the admin group
-        assert allowed.returncode == 0, allowed.stderr
-        assert "master key fingerprint" in allowed.stdout
+        assert allowed.type is MsgType.KEYS_REPLY, allowed.body
+        assert allowed.body["master"] == sandbox.master_fingerprint()
     finally:
         sandbox.close()
         subprocess.run(["rm", "-rf", short], check=False)
