@@ -1166,7 +1166,8 @@ class _Apply:
     # -- resolving and observing ------------------------------------------
 
     def _parent(self, parent: str, path: str) -> int | None:
-        """The parent directory's descriptor; None in a dry run if it would be created."""
+        """The parent directory's descriptor; None if it would be created first
+        (in a dry run, or below a directory that failed)."""
         if self.pending:
             for above in _ancestors_of_rel(parent):
                 if above in self.pending:

@@ -6,7 +6,9 @@ until an apply without failure runs them (minion/fileops.py). Losing that
 record would silently lose a reload, so it is written atomically and
 durably: a temporary file in the same directory, fsync, rename over the
 old file, fsync of the directory. A crash leaves the old list or the new one,
-and at worst a stray temporary, which the next save replaces.
+and at worst a stray temporary, which the next save replaces. The list is
+cleared only after its triggers ran, so a crash in between runs them again:
+a trigger may run twice, never not at all.
 
 Only the engine reads and writes this file, while it holds the engine lock.
 """

@@ -82,8 +82,9 @@ def check_removals(
             raise FileOpError(item.path, "declared and absent at once")
     absent_paths = sorted({a.path for a in absent})
     for spec in files:
-        for path in _ancestors_in(spec.path, absent_paths):
-            raise FileOpError(path, f"absent, but {spec.path} is declared below it")
+        above = next(_ancestors_in(spec.path, absent_paths), None)
+        if above is not None:
+            raise FileOpError(above, f"absent, but {spec.path} is declared below it")
     for path in purge:
         check_path(path)
     ordered = sorted({a.path: a for a in absent}.values(), key=lambda a: a.path, reverse=True)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.errors import FileOpError, InvalidPathError, NonEmptyDirectoryError
-from common.model import NAME_MAX, FileType
+from common.model import NAME_MAX, AbsentSpec, FileType, OwedTrigger
 from minion.plan import (
     NO_CHANGE,
     Found,
@@ -17,9 +17,12 @@ from minion.plan import (
     Remove,
     Step,
     ancestors,
+    check_removals,
     check_specs,
     decide,
+    due_commands,
     is_temp_name,
+    owe,
     temp_name,
     trigger_commands,
 )
@@ -266,3 +269,43 @@ def test_property_temp_names_fit_and_are_recognised(name, token):
     assert len(t.encode("utf-8", "surrogateescape")) <= NAME_MAX
     assert "/" not in t and "\0" not in t
     assert is_temp_name(t)
+
+
+# -- check_removals -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("absent", "path", "reason"),
+    [
+        ([AbsentSpec("/etc/x")], "/etc/x", "declared and absent at once"),
+        ([AbsentSpec("/etc")], "/etc", "absent, but /etc/x is declared below it"),
+        ([AbsentSpec("/")], "/", "the root directory cannot be absent"),
+        ([AbsentSpec("etc")], "etc", "not absolute"),
+    ],
+)
+def test_check_removals_refuses_contradictions(absent, path, reason):
+    with pytest.raises(FileOpError) as info:
+        check_removals([spec("/etc/x")], absent, [])
+    assert info.value.path == path and reason in info.value.reason
+
+
+def test_check_removals_orders_absent_deepest_first_and_purge_by_path():
+    absent, purge = check_removals(
+        [], [AbsentSpec("/a"), AbsentSpec("/a/b/c"), AbsentSpec("/a/b")], ["/z", "/b", "/z"]
+    )
+    assert [a.path for a in absent] == ["/a/b/c", "/a/b", "/a"]
+    assert purge == ["/b", "/z"]
+
+
+def test_owe_keeps_each_command_once_with_its_first_cause():
+    specs = {
+        "/etc/app": spec("/etc/app", "dir", triggers=("reload",)),
+        "/etc/app/a": spec("/etc/app/a", triggers=("reload", "check")),
+    }
+    first = owe([], ["/etc/app/a"], specs, "J1")
+    assert first == [
+        OwedTrigger("reload", "/etc/app/a", "J1"),
+        OwedTrigger("check", "/etc/app/a", "J1"),
+    ]
+    assert owe(first, ["/etc/app/a"], specs, "J2") == first
+    assert due_commands(first, ["check", "new"]) == ["reload", "check", "new"]
