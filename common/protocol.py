@@ -1030,6 +1030,10 @@ class VerifiedMessage:
     def open(self, my_keys: KeyPair) -> Message:
         """Decrypt, unpack and check the body. EnvelopeError if the AEAD refuses,
         ProtocolError if an authentic sender sent an invalid body."""
+        return self.open_with_plaintext(my_keys)[0]
+
+    def open_with_plaintext(self, my_keys: KeyPair) -> tuple[Message, bytes]:
+        """open(), and the packed body as it came (to store it without packing again)."""
         opened = self.verified.decrypt(my_keys)
         spec, header = self.spec, opened.header
         if len(opened.plaintext) > spec.max_bytes:
@@ -1038,7 +1042,7 @@ class VerifiedMessage:
             )
         body = codec.unpack(opened.plaintext, max_depth=MAX_BODY_DEPTH)
         _check_body(spec, body, header.jid)
-        return Message(spec.type, body, version=header.version, header=header)
+        return Message(spec.type, body, version=header.version, header=header), opened.plaintext
 
 
 def verify_message_at(

@@ -161,7 +161,7 @@ PUBLISH_HWM = 16
 # Messages ZeroMQ may queue from one connection of the return socket before
 # it stops reading that connection (TCP then pushes back): at most this many
 # results of MAX_RESULT_BYTES wait in memory per peer.
-RETURN_RCVHWM = 4
+RETURN_RCVHWM = 2
 # Largest message each socket receives, in bytes: a sealed result on the
 # return socket, a key request on the key port. libzmq applies the limit to
 # the handshake's commands too, and CURVE's INITIATE is about 300 bytes: the
@@ -184,8 +184,13 @@ GIT_TIMEOUT = 5.0
 ENROL_RATE = 5.0
 ENROL_BURST = 20.0
 ENROL_KEYS = 20_000
-ENROL_GLOBAL_RATE = 500.0
-ENROL_GLOBAL_BURST = 1000.0
+ENROL_GLOBAL_RATE = 200.0
+ENROL_GLOBAL_BURST = 400.0
+# New pending keys per second and burst, for all ids together: each is a
+# database write, and MAX_PENDING_KEYS of them block every later newcomer, so
+# a flood of invented ids fills that table at this pace at most.
+NEW_KEY_RATE = 50.0
+NEW_KEY_BURST = 1000.0
 # Key requests on the key port, per second and burst, for everyone together:
 # each costs a signature, and minions ask once, at their first contact.
 KEY_REQUEST_RATE = 200.0
@@ -199,7 +204,7 @@ STALE_CHECK_INTERVAL = 5.0
 SEQ_FLUSH = 1.0
 # Results read in one wake-up are stored together, up to this many bytes,
 # then committed: a burst of large results never piles up in memory.
-BATCH_BYTES = 32 * 1024 * 1024
+BATCH_BYTES = 16 * 1024 * 1024
 # Descriptors kept free of network connections: the database, the control
 # socket and its clients, libzmq's own.
 RESERVED_FDS = 256
@@ -306,6 +311,7 @@ class Master:
         self.enrol_by_key = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
         self.enrol_by_conn = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
         self.enrol_unknown = Bucket(ENROL_GLOBAL_RATE, ENROL_GLOBAL_BURST, loop.clock())
+        self.new_keys = Bucket(NEW_KEY_RATE, NEW_KEY_BURST, loop.clock())
         self.key_requests = Bucket(KEY_REQUEST_RATE, KEY_REQUEST_BURST, loop.clock())
         self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
         self.network = Dispatcher(
@@ -336,6 +342,9 @@ class Master:
         # Handlers take only the message (the Dispatcher's contract), so the
         # peer travels beside it.
         self._peer = b""
+        # The packed body of the sealed message being handled, as it came: a
+        # result is stored as these bytes, not packed a second time.
+        self._plaintext = b""
         self._timers: list[Any] = []
 
     # ---- life cycle ----
@@ -413,7 +422,9 @@ class Master:
             sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
         table = self.tables[domain] = ConnectionTable(cap)
-        self.monitors.append(Monitor(sock, table, self.loop, domain, self.loop.clock))
+        self.monitors.append(
+            Monitor(sock, table, self.loop, domain, self.loop.clock, self.peer_log)
+        )
         try:
             sock.bind(address)
         except zmq.ZMQError as e:
@@ -657,7 +668,9 @@ class Master:
         except sqlite3.Error as e:
             self.peer_log.error("message from %s not handled: database error: %s", who, e)
         except Exception:  # a bug must cost one message, never the daemon
-            log.exception("failed to handle a message from %s", who)
+            self.peer_log.log(
+                logging.ERROR, "failed to handle a message from %s", who, exc_info=True
+            )
 
     def _plain(self, data: bytes, curve_key: bytes, fd: int, *, known: bool) -> None:
         """Enrolment, the one plain message: rate-limited before anything is decoded."""
@@ -687,7 +700,11 @@ class Master:
         is_receipt = verified.spec.type is MsgType.JOB_RECEIPT
         if is_receipt and self.jobs.host_state(verified.header.jid, key.id) is None:
             raise ProtocolError(f"receipt for job {verified.header.jid}, never sent to it")
-        self.network.dispatch(verified.open(self.keys))
+        msg, self._plaintext = verified.open_with_plaintext(self.keys)
+        try:
+            self.network.dispatch(msg)
+        finally:
+            self._plaintext = b""
 
     def _wants_result(self, verified: VerifiedMessage, minion: str) -> bool:
         """Whether to open a result: not if its job never went to this minion
@@ -748,6 +765,8 @@ class Master:
                 "the enrol request names another transport key than its connection's"
             )
         minion = msg.body["id"]
+        if self.keystore.get(minion) is None and not self.new_keys.take(self.loop.clock()):
+            raise ProtocolError(f"enrolment of new id {minion!r}: too many new keys a second")
         state = self.keystore.enrol(minion, keys, now=now, auto_accept=self.settings.auto_accept)
         wire_state = WireKeyState.REJECTED
         if state is None:
@@ -809,7 +828,7 @@ class Master:
                 "job %s: late result from %s, stored after the deadline", jid, minion
             )
         self.pending.remove(jid, minion)
-        packed = codec.pack(body)
+        packed = self._plaintext or codec.pack(body)
         used = self._quota_used(minion)
         if used + len(packed) > self.settings.result_quota:
             self.peer_log.warning(
@@ -924,7 +943,7 @@ class Master:
             self._peer = peer
             self.extended.pop((r.jid, r.host), None)
             self._reply_sealed(r.host, MsgType.RESULT_RECEIPT, {"jid": r.jid}, jid=r.jid)
-            log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
+            self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
             run = self.runs.get(r.jid)
             if run is not None and r.host in run.waiting:
                 self._run_answered(run, r.host, r.result["status"], r.result)

@@ -153,10 +153,30 @@ class Plan:
 
 
 def _load_result(value: bytes | str) -> dict[str, Any]:
-    # Version 1 of the schema stored JSON text; results are msgpack since.
+    # Version 1 of the schema stored JSON text, in the result format of safcm
+    # 0.1; results are msgpack since, in today's format.
     if isinstance(value, str):
-        return json.loads(value)
+        return _upgrade_v1_result(json.loads(value))
     return codec.unpack(value, max_depth=MAX_BODY_DEPTH)
+
+
+def _upgrade_v1_result(body: dict[str, Any]) -> dict[str, Any]:
+    """A result of safcm 0.1 in today's format: its one `failure` becomes the
+    list `failures`, nothing is owed, and each change gets the outcome 0.1
+    meant (it stopped at the failure: the change at that path failed, every
+    other one it reported was applied, or would be in a dry run)."""
+    apply = body.get("apply")
+    if apply is None or "failure" not in apply:
+        return body
+    failure = apply.pop("failure")
+    apply["failures"] = [failure] if failure is not None else []
+    apply["owed"] = []
+    done = "would apply" if apply["dry_run"] else "applied"
+    for change in apply["changes"]:
+        failed = failure is not None and change["path"] == failure["path"]
+        change["outcome"] = "failed" if failed else done
+        change["reason"] = failure["reason"] if failed else ""
+    return body
 
 
 class JobStore:

@@ -39,6 +39,7 @@ import zmq
 import zmq.utils.monitor
 
 from common.loop import Loop
+from common.ratelimit import PeerLog
 
 log = logging.getLogger("safcm-master")
 
@@ -189,9 +190,16 @@ class Monitor:
     EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 
     def __init__(
-        self, sock: zmq.Socket, table: ConnectionTable, loop: Loop, name: str, clock: Callable
+        self,
+        sock: zmq.Socket,
+        table: ConnectionTable,
+        loop: Loop,
+        name: str,
+        clock: Callable[[], float],
+        peer_log: PeerLog,
     ) -> None:
         self.table = table
+        self.peer_log = peer_log
         self.loop = loop
         self.name = name
         self.clock = clock
@@ -216,7 +224,13 @@ class Monitor:
     def cut(self, conn: Connection, reason: str) -> None:
         if cut(conn):
             self.cuts += 1
-            log.debug("cut a connection to the %s socket from %s: %s", self.name, conn.peer, reason)
+            self.peer_log.log(
+                logging.DEBUG,
+                "cut a connection to the %s socket from %s: %s",
+                self.name,
+                conn.peer,
+                reason,
+            )
 
     def close(self) -> None:
         self.loop.remove_reader(self.pair)

@@ -1,5 +1,6 @@
 """The master's SQLite stores: job history and minion keys, on a real database file."""
 
+import json
 import sqlite3
 
 import pytest
@@ -221,3 +222,39 @@ def test_a_reduced_result_that_left_out_every_change_still_counts_as_changed():
     reduced = {**result, "reduced": {"changes_omitted": 7}}
     assert host_status(reduced) is HostStatus.CHANGED
     assert change_count(reduced) == 7
+
+
+def test_a_result_stored_by_safcm_0_1_is_shown_in_todays_format(conn):
+    from common.protocol import RESULT
+    from common.schema import validate
+
+    store = JobStore(conn)
+    store.create(job("J1"), {"web1": b"envelope"})
+    state = {"type": "file", "mode": 0o644, "uid": 0, "gid": 0, "user": "root", "group": "root"}
+    old = {
+        "module": "files",
+        "status": "failed",
+        "started": 1.0,
+        "finished": 2.0,
+        "apply": {
+            "dry_run": False,
+            "changes": [
+                {"path": "/etc/a", "created": True, "new": state, "old": None, "diff": None},
+                {"path": "/etc/motd", "created": False, "new": state, "old": state, "diff": None},
+            ],
+            "triggers": [],
+            "failure": {"path": "/etc/motd", "reason": "a non-empty directory is in the way"},
+            "duration": 1.0,
+        },
+        "ping": None,
+        "error": None,
+    }
+    conn.execute(  # as schema version 1 stored it: JSON text
+        "UPDATE job_hosts SET state = 'done', status = 'failed', result = ? WHERE jid = 'J1'",
+        (json.dumps(old),),
+    )
+    [host] = store.get_hosts("J1")
+    validate(RESULT, host.result, "stored result")
+    apply = host.result["apply"]
+    assert [c["outcome"] for c in apply["changes"]] == ["applied", "failed"]
+    assert apply["failures"] == [old["apply"]["failure"]] and apply["owed"] == []
