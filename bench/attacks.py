@@ -1049,7 +1049,16 @@ def big_result(size: int) -> dict:
     now = time.time()
     state = {"type": "file", "mode": 0o644, "uid": 0, "gid": 0, "user": "root", "group": "root"}
     changes = [
-        {"path": p, "created": True, "new": state, "old": None, "diff": None} for p in evil_paths()
+        {
+            "path": p,
+            "created": True,
+            "new": state,
+            "old": None,
+            "diff": None,
+            "outcome": "applied",
+            "reason": "",
+        }
+        for p in evil_paths()
     ]
     body = {
         "module": "files",
@@ -1060,7 +1069,8 @@ def big_result(size: int) -> dict:
             "dry_run": False,
             "changes": changes,
             "triggers": [],
-            "failure": None,
+            "failures": [],
+            "owed": [],
             "duration": 0.1,
         },
         "ping": None,

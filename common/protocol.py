@@ -169,9 +169,10 @@ MAX_JOB_BYTES = 64 * 1024 * 1024
 # The largest result body: every change with its diff, and trigger output.
 # The minion must cap diffs and output so that a result fits (minion/results.py
 # fit()). It bounds what one minion can make the master hold: a result is in
-# memory about four times over while it is checked, opened and stored, so
-# 16 MiB keeps that below 100 MiB even for a hostile minion.
-MAX_RESULT_BYTES = 16 * 1024 * 1024
+# memory several times over while it is received, checked, opened and stored
+# (bench/attacks.py late-results peaks near 300 MiB at 16 MiB), so 8 MiB. A
+# result that would be larger loses its diffs first, never its outcome.
+MAX_RESULT_BYTES = 8 * 1024 * 1024
 # Every ZeroMQ socket's maximum message size (ZMQ_MAXMSGSIZE): a sealed job.
 MAX_FRAME_BYTES = MAX_ENVELOPE_BYTES
 # A plain message from the network comes from a peer we know nothing about:

@@ -158,16 +158,26 @@ RETENTION_INTERVAL = 3600.0
 # helps). Each subscriber gets its own topic only, so this holds a few of one
 # host's envelopes: a stalled subscriber costs little.
 PUBLISH_HWM = 16
+PUBLISH_RCVHWM = 8
+# Seconds a key whose publish connection was cut for a subscription not its
+# own is refused at the handshake there. libzmq keeps every subscription it
+# reads (XPUB_MANUAL too) until the connection ends, and a SUB or XSUB
+# re-sends all of its subscriptions on each reconnect: without this, a
+# minion could refill that memory ten times a second. An honest minion never
+# sends such a subscription.
+PUBLISH_PENALTY = 60.0
+# Keys remembered in that penalty box at most (the oldest go first).
+MAX_PENALISED_KEYS = 10_000
 # Messages ZeroMQ may queue from one connection of the return socket before
 # it stops reading that connection (TCP then pushes back): at most this many
 # results of MAX_RESULT_BYTES wait in memory per peer.
 RETURN_RCVHWM = 2
 # Largest message each socket receives, in bytes: a sealed result on the
 # return socket, a key request on the key port. libzmq applies the limit to
-# the handshake's commands too, and CURVE's INITIATE is about 300 bytes: the
-# publish socket allows that much, and on_xpub() refuses anything but a
-# subscription (a flag byte and a topic).
-PUBLISH_MAX_IN = 512
+# the handshake's commands too, and a SUB's CURVE INITIATE is about 290
+# bytes (measured: 256 fails, 300 works): the publish socket allows that
+# much, and on_xpub() refuses anything but the minion's own topic.
+PUBLISH_MAX_IN = 300
 RETURN_MAX_IN = MAX_RESULT_BYTES + MAX_ENVELOPE_OVERHEAD
 KEY_MAX_IN = MAX_KEY_PORT_BYTES
 # A subscription re-publishes the envelopes waiting for that minion, but one
@@ -314,6 +324,7 @@ class Master:
         self.new_keys = Bucket(NEW_KEY_RATE, NEW_KEY_BURST, loop.clock())
         self.key_requests = Bucket(KEY_REQUEST_RATE, KEY_REQUEST_BURST, loop.clock())
         self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
+        self.penalised: dict[bytes, float] = {}  # transport key -> refused on publish until
         self.network = Dispatcher(
             Channel.NETWORK,
             {
@@ -363,6 +374,9 @@ class Master:
         self.xpub.setsockopt(zmq.XPUB_MANUAL, 1)
         self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.xpub.setsockopt(zmq.SNDHWM, PUBLISH_HWM)
+        # Subscriptions waiting to be read, per connection: an honest minion
+        # sends one; a flood stays in its own TCP buffers, not in our memory.
+        self.xpub.setsockopt(zmq.RCVHWM, PUBLISH_RCVHWM)
         self.router = self._bind(
             zmq.ROUTER, f"tcp://{host}:{s.return_port}", RETURN_MAX_IN, cap, DOMAIN_RETURN, secret
         )
@@ -455,6 +469,14 @@ class Master:
     def zap_decide(self, domain: str, address: str, curve_key: bytes) -> str | None:
         """The User-Id for a CURVE handshake with `curve_key`, or None to refuse it."""
         accepted = self.keystore.accepted_by_curve(curve_key) is not None
+        if domain == DOMAIN_PUBLISH and self.penalised.get(curve_key, 0.0) > self.loop.clock():
+            self.peer_log.warning(
+                "refused a connection from %s to the publish socket: its key sent "
+                "subscriptions not its own less than %.0f s ago",
+                address,
+                PUBLISH_PENALTY,
+            )
+            return None
         self.peer_log.log(
             logging.DEBUG,
             "handshake on the %s socket from %s, accepted key: %s",
@@ -493,6 +515,12 @@ class Master:
         for monitor in self.monitors:
             for conn in monitor.table.forget_key(key.curve_pub.hex()):
                 monitor.cut(conn, f"the key of {key.id} is no longer accepted")
+
+    def _penalise(self, curve_key: bytes) -> None:
+        self.penalised.pop(curve_key, None)
+        self.penalised[curve_key] = self.loop.clock() + PUBLISH_PENALTY
+        while len(self.penalised) > MAX_PENALISED_KEYS:
+            del self.penalised[next(iter(self.penalised))]
 
     def _cut_fd(self, domain: str, fd: int, reason: str) -> None:
         for monitor in self.monitors:
@@ -588,6 +616,7 @@ class Master:
                     who,
                 )
                 self._cut_fd(DOMAIN_PUBLISH, frame.get(zmq.SRCFD), "a subscription not its own")
+                self._penalise(bytes.fromhex(frame.get("User-Id")))
                 continue
             self.xpub.setsockopt(zmq.SUBSCRIBE, topic)
             self.peer_log.log(logging.DEBUG, "subscription of %s applied", key.id)
