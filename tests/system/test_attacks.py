@@ -15,10 +15,12 @@ import time
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from common import keyfile
 from common.crypto import KeyPair
 from common.protocol import (
+    MAX_RESULT_BYTES,
     Channel,
     FrameReader,
     KeyState,
@@ -173,12 +175,19 @@ def test_garbage_frames_do_not_stop_the_master(sandbox, fake):
     junk.send_raw(b"\xdd\xff\xff\xff\xff")  # an array of four billion items
     logged(sandbox.master, "dropped a message from")
     # A message over the socket's maximum size: ZeroMQ drops the peer.
-    big = zmq.Context.instance().socket(zmq.DEALER)
-    big.setsockopt(zmq.LINGER, 0)
-    big.connect(f"tcp://127.0.0.1:{sandbox.master.settings['return_port']}")
-    big.send(b"x" * (65 * 1024 * 1024))
-    time.sleep(0.5)
-    big.close(0)
+    address = f"tcp://127.0.0.1:{sandbox.master.settings['return_port']}"
+    big = curve_socket(zmq.DEALER, master_keys(sandbox), None, address)
+    events = big.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    try:
+        assert events.poll(SETTLE * 1000)
+        assert recv_monitor_message(events)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        big.send(b"x" * (MAX_RESULT_BYTES + 1024 * 1024))
+        assert events.poll(SETTLE * 1000)
+        assert recv_monitor_message(events)["event"] == zmq.EVENT_DISCONNECTED
+    finally:
+        big.disable_monitor()
+        events.close(0)
+        big.close(0)
     # Plain bytes on the control socket are refused too.
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(sandbox.control_path)

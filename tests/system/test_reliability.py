@@ -11,6 +11,7 @@ import time
 
 import yaml
 
+from common.protocol import jid_time
 from master.sandbox import wait_for
 from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json, wait_state
 
@@ -38,7 +39,8 @@ def test_minion_started_after_the_publish_still_applies(sandbox):
         SETTLE,
         "web1 to get the job",
     )
-    time.sleep(1.5)  # the job has been published (and re-published) while web2 was away
+    # web1 has its job, so web2's went out too (one publish, in the same pass),
+    # while web2 was away: it is served when it subscribes.
     sandbox.start_minion("web2")
     code, doc = finish(proc)
     assert code == 0, doc
@@ -188,7 +190,7 @@ def test_old_jobs_are_removed_after_keep_jobs(sandbox):
     enrol(sandbox, "web1")
     _, doc = run_json(sandbox, "web1", "ping")
     assert jobs_show(sandbox, doc["jid"])["job"]["jid"] == doc["jid"]
-    time.sleep(2.5)
+    wait_for(lambda: time.time() - jid_time(doc["jid"]) > 2.5, SETTLE, "the job to be 2.5 s old")
     sandbox.stop(sandbox.master)
     sandbox.start_master()  # retention runs at start-up (and hourly)
     assert json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"] == []
