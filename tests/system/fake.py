@@ -60,7 +60,8 @@ def curve_socket(kind: int, master: PublicKeys, keys: KeyPair | None, address: s
     sock.setsockopt(zmq.CURVE_SERVERKEY, master.curve)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public.curve)
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.curve_secret().reveal())
-    sock.connect(address)
+    if address is not None:
+        sock.connect(address)
     return sock
 
 

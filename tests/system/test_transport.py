@@ -11,6 +11,7 @@ import time
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from common.crypto import KeyPair
 from common.protocol import MsgType, encode_plain, make_enrol_request, topic_for
@@ -62,16 +63,29 @@ def test_strangers_and_pending_keys_receive_nothing_on_the_publish_socket(sandbo
     pending = fake("web2")
     assert pending.enrol() == "pending"
     spies = [
-        curve_socket(zmq.SUB, master_keys(sandbox), None, publish_address(sandbox)),  # stranger
-        curve_socket(zmq.SUB, master_keys(sandbox), pending.keys, publish_address(sandbox)),
+        curve_socket(zmq.SUB, master_keys(sandbox), None, None),  # a stranger
+        curve_socket(zmq.SUB, master_keys(sandbox), pending.keys, None),
     ]
     plain = zmq.Context.instance().socket(zmq.SUB)  # no CURVE at all
     plain.setsockopt(zmq.LINGER, 0)
-    plain.connect(publish_address(sandbox))
     spies.append(plain)
+    watched = []
     for spy in spies:
+        watched.append(spy.get_monitor_socket())
         spy.setsockopt(zmq.SUBSCRIBE, b"")  # everything
-    logged(sandbox.master, "refused a connection from 127.0.0.1 to the publish socket")
+        spy.connect(publish_address(sandbox))
+    logged(sandbox.master, "to the publish socket: its key is not accepted")
+    # The CURVE handshakes are refused by the ZAP handler itself, so neither
+    # connection ever reaches the point of sending a subscription.
+    for monitor in watched[:2]:
+        events = []
+        while zmq.EVENT_HANDSHAKE_FAILED_AUTH not in events:
+            assert monitor.poll(SETTLE * 1000), events
+            events.append(recv_monitor_message(monitor)["event"])
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in events
+    for spy, monitor in zip(spies, watched, strict=True):
+        spy.disable_monitor()
+        monitor.close(0)
     code, _ = run_json(sandbox, "web1", "files")
     assert code == 0
     for spy in spies:
