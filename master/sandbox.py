@@ -198,8 +198,10 @@ class Sandbox:
     def root(self, minion_id: str) -> str:
         return self.minions[minion_id].settings["root"]
 
-    def start_minion(self, minion_id: str) -> None:
-        self._start(self.minions[minion_id])
+    def start_minion(self, minion_id: str, wrapper: list[str] | None = None) -> None:
+        """Start a minion; `wrapper` is a command to run it under, e.g.
+        ["faketime", "-f", "-1h"] for a host whose clock is an hour behind."""
+        self._start(self.minions[minion_id], wrapper or [])
 
     def minion_cli(
         self, minion_id: str, *args: str, timeout: float = 60, check: bool = False
@@ -211,17 +213,18 @@ class Sandbox:
 
     # processes
 
-    def _start(self, daemon: Daemon) -> None:
+    def _start(self, daemon: Daemon, wrapper: list[str] | None = None) -> None:
         if daemon.running:
             raise RuntimeError(f"{daemon.name} is already running")
         log = open(daemon.log, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             daemon.proc = subprocess.Popen(
-                [self.python, *daemon.argv],
+                [*(wrapper or []), self.python, *daemon.argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self._env(None),
+                # faketime: only the wall clock steps, as NTP or an administrator would
+                env=self._env({"FAKETIME_DONT_FAKE_MONOTONIC": "1"}),
                 cwd=self._source_dir(),
             )
         finally:

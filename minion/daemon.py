@@ -122,6 +122,9 @@ ZMTP_HEARTBEAT_TIMEOUT_MS = 30_000
 # Heartbeat sequence numbers are reserved on disk this many at a time, so a
 # heartbeat costs no write, and a restart skips at most this many.
 SEQ_BLOCK = 1000
+# A change of the offset to the master's clock larger than this, in seconds,
+# is logged: the host's clock stepped, or NTP is not running.
+CLOCK_STEP_WARNING = 5.0
 # A job still running tells the master so (JOB_PROGRESS), which then extends
 # that host's deadline: triggers may outlast the job's timeout, and a host
 # that succeeds must not be reported as "no response". The first report goes
@@ -173,10 +176,15 @@ class Minion:
         self.loop = loop
         self.ctx = ctx
         self.worker = worker
-        self.clock = clock
+        # Times on the wire (envelope windows, job deadlines, result times)
+        # are the master's: clock() is our wall clock plus the offset learnt
+        # from the master's signed replies, so a clock that steps does not cut
+        # the minion off (its heartbeats are ordered by a counter, not by time).
+        self.local_clock = clock
+        self.offset = 0.0
         self.id = settings.id
         self.interval = settings.heartbeat_interval
-        self.started = clock()
+        self.started = clock()  # local: only for the uptime
 
         os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
         atomicfile.remove_temporaries(settings.state_dir)  # of a pin written when we crashed
@@ -196,6 +204,7 @@ class Minion:
         self.dealer: zmq.Socket | None = None
         self.key_sock: zmq.Socket | None = None  # only while asking for the master's keys
         self.key_nonce: bytes | None = None
+        self.key_asked = 0.0  # local time of the last key request
         self.seq, self.seq_reserved = self._load_seq()
         self.queue: collections.deque[Job] = collections.deque()
         self.busy: str | None = None  # jid being applied
@@ -217,13 +226,24 @@ class Minion:
         )
         self.published = Dispatcher(Channel.NETWORK, {MsgType.JOB: self.on_job})
 
+    def clock(self) -> float:
+        """Now, in the master's time (see local_clock and offset)."""
+        return self.local_clock() + self.offset
+
+    def _learn_offset(self, master_time: float, local: float) -> None:
+        offset = master_time - local
+        if abs(offset - self.offset) > CLOCK_STEP_WARNING:
+            log.warning(
+                "%s: this host's clock is %+.1f s off the master's; using the master's time",
+                self.id,
+                -offset,
+            )
+        self.offset = offset
+
     # ---- life cycle ----
 
     def start(self) -> None:
-        if self.master_keys is None:
-            self._ask_keys()
-        else:
-            self._connect()
+        self._ask_keys()
         self.timers.append(self.loop.call_every(SEEN_PURGE_INTERVAL, self._purge_seen))
         # The first hello goes out at a random point of the first interval, and
         # the heartbeats keep that phase, so minions started together (a fleet
@@ -296,7 +316,9 @@ class Minion:
     # ---- first contact: the master's public keys ----
 
     def _ask_keys(self) -> None:
-        """Ask the key port for the master's keys (again, if no answer came)."""
+        """Ask the key port for the master's keys, before every connection: the
+        signed answer proves the master still holds the pinned keys (or names
+        the one that does not), and tells the master's time."""
         self._close_key_sock()
         self.key_sock = self.ctx.socket(zmq.DEALER)
         self.key_sock.setsockopt(zmq.LINGER, 0)
@@ -305,6 +327,7 @@ class Minion:
         self.loop.add_reader(self.key_sock, self.on_key_reply)
         self.key_nonce = os.urandom(ENROL_NONCE_LENGTH)
         self.last_reply = self.loop.clock()
+        self.key_asked = self.local_clock()
         with contextlib.suppress(zmq.Again):
             self.key_sock.send(
                 encode_plain(MsgType.KEY_REQUEST, {"nonce": self.key_nonce}), zmq.NOBLOCK
@@ -337,8 +360,22 @@ class Minion:
                     e.reason if isinstance(e, EnvelopeError) and e.reason else e,
                 )
                 continue
+            if self.master_keys is not None and keys != self.master_keys:
+                log.error(
+                    "%s: the master at %s now presents key %s, not the pinned %s; "
+                    "not connecting. If its keys were replaced on purpose, remove %s",
+                    self.id,
+                    self.settings.master,
+                    keys.fingerprint(),
+                    self.master_keys.fingerprint(),
+                    os.path.join(self.settings.state_dir, MASTER_KEY_FILE),
+                )
+                continue
             self._close_key_sock()
-            self._pin_master_keys(keys, first_use=self.settings.master_fingerprint is None)
+            now = self.local_clock()
+            self._learn_offset(msg.body["issued_at"], (self.key_asked + now) / 2)
+            if self.master_keys is None:
+                self._pin_master_keys(keys, first_use=self.settings.master_fingerprint is None)
             self._connect()
             self.tick()
             return
@@ -358,11 +395,7 @@ class Minion:
         self.accepted = False
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
 
-        def again() -> None:
-            self._connect()
-            self.tick()
-
-        self.loop.call_later(delay, again)
+        self.loop.call_later(delay, self._ask_keys)
 
     # ---- periodic work ----
 
@@ -386,7 +419,7 @@ class Minion:
                 MsgType.HEARTBEAT,
                 {
                     "version": VERSION,
-                    "uptime": self.clock() - self.started,
+                    "uptime": max(0.0, self.local_clock() - self.started),
                     "busy": self.busy,
                     "interval": self.interval,
                     "seq": self._next_seq(),
@@ -568,9 +601,7 @@ class Minion:
 
     def on_heartbeat_reply(self, msg: Message) -> None:
         self._heard_from_master()
-        offset = msg.body["time"] - self.clock()
-        if abs(offset) > MESSAGE_TTL / 2:
-            log.warning("%s: our clock is %+.0f s off the master's", self.id, -offset)
+        self._learn_offset(msg.body["time"], self.local_clock())
 
     def on_result_receipt(self, msg: Message) -> None:
         self._heard_from_master()

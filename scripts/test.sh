@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
 safcm_venv "[dev]"
+# libfaketime: a system test runs a minion whose wall clock is an hour off.
+command -v faketime >/dev/null || { apt-get update -q && apt-get install -y -q faketime; }
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy  # settings in pyproject.toml: common/ strictly, master/ and minion/

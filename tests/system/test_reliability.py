@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import yaml
 
 from common.protocol import jid_time
@@ -203,3 +204,25 @@ def test_daemons_stop_cleanly_on_sigterm(sandbox):
     assert sandbox.stop(sandbox.master, signal.SIGTERM) == 0
     assert "web1: stopping" in sandbox.minions["web1"].log_text()
     assert not os.path.exists(sandbox.control_path)
+
+
+@pytest.mark.parametrize("step", ["-1h", "+1h"])
+def test_a_minion_whose_clock_steps_keeps_working(sandbox, step):
+    enrol(sandbox, "web1")
+    code, _ = run_json(sandbox, "web1", "ping")
+    assert code == 0
+    # The host's wall clock steps by an hour (libfaketime), across a restart
+    # of the minion: heartbeats are ordered by their counter, and envelope
+    # times are the master's, learnt from its signed replies.
+    minion = sandbox.minions["web1"]
+    sandbox.stop(minion)
+    sandbox.start_minion("web1", wrapper=["faketime", "-f", step])
+    wait_for(
+        lambda: "clock is" in minion.log_text().split("starting;")[-1],
+        SETTLE,
+        "the minion to learn the master's time",
+    )
+    code, doc = run_json(sandbox, "web1", "files")
+    assert code == 0, doc
+    assert keys(sandbox)["web1"]["connected"]
+    assert "not newer than its last" not in sandbox.master.log_text()
