@@ -116,9 +116,12 @@ from master.keystore import KeyState, KeyStore, MinionKey
 from master.render import Tally
 from master.settings import MasterSettings
 from master.transport import (
+    DOMAIN_KEY,
     DOMAIN_PUBLISH,
     DOMAIN_RETURN,
     HANDSHAKE_IVL_MS,
+    KEY_PORT_IDLE,
+    UNKNOWN_IDLE,
     ZMTP_HEARTBEAT_IVL_MS,
     ZMTP_HEARTBEAT_TIMEOUT_MS,
     ConnectionTable,
@@ -384,7 +387,7 @@ class Master:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.router.setsockopt(zmq.RCVHWM, RETURN_RCVHWM)
         self.key_sock = self._bind(
-            zmq.ROUTER, f"tcp://{host}:{s.key_port}", KEY_MAX_IN, cap, "key", None
+            zmq.ROUTER, f"tcp://{host}:{s.key_port}", KEY_MAX_IN, cap, DOMAIN_KEY, None
         )
         self.control = ControlServer(
             s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
@@ -436,7 +439,8 @@ class Master:
             sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
             sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
-        table = self.tables[domain] = ConnectionTable(cap)
+        idle = KEY_PORT_IDLE if curve_secret is None else UNKNOWN_IDLE
+        table = self.tables[domain] = ConnectionTable(cap, idle)
         self.monitors.append(
             Monitor(sock, table, self.loop, domain, self.loop.clock, self.peer_log)
         )
@@ -633,11 +637,16 @@ class Master:
     def on_key_request(self) -> None:
         while True:
             try:
-                frames = self.key_sock.recv_multipart(zmq.NOBLOCK)
+                parts = self.key_sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) != 2:
+            if len(parts) != 2:
                 continue
+            # A connection that asked is no longer a silent one (what the cap evicts).
+            self.tables[DOMAIN_KEY].active(
+                parts[1].get(zmq.SRCFD), "key port", False, self.loop.clock()
+            )
+            frames = [p.bytes for p in parts]
             if not self.key_requests.take(self.loop.clock()):
                 self.peer_log.warning(
                     "key request dropped: more than %d a second", KEY_REQUEST_RATE

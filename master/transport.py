@@ -12,9 +12,11 @@ for every connection, whatever its peer sends (the zguide's "Ironhouse").
   hex-encoded; libzmq then stamps it on every message of that connection, so
   the daemon knows which key sent a message before it looks at the message.
 - ConnectionTable counts the connections of each socket from libzmq's
-  monitor events (accepted, disconnected), and decides which to cut: the
-  newest above the cap, those above the per-key cap, those that never said
-  who they are within a grace period, and unknown keys that went idle. So a
+  monitor events (accepted, disconnected), and decides which to cut: above
+  the cap the oldest that has not said who it is (so a minion that connects
+  while strangers hold every slot still gets in, and says who it is at once),
+  those above the per-key cap, those that never said who they are within a
+  grace period, and unknown keys that went idle. So a
   stranger can hold neither descriptors nor memory for long, and the process
   never reaches its descriptor limit (where libzmq's accept would spin).
 - libzmq has no call to close one connection of a socket. cut() shuts the
@@ -48,6 +50,7 @@ ZAP_VERSION = b"1.0"
 # ZAP domains: the ZAP handler learns which socket a handshake is for.
 DOMAIN_PUBLISH = "publish"
 DOMAIN_RETURN = "return"
+DOMAIN_KEY = "key"  # the plain key port: no ZAP, but a connection table like the others
 
 # ZMTP heartbeats (libzmq's own PING/PONG, independent of ours): a connection
 # that answers no PING for HEARTBEAT_TIMEOUT is closed, so dead peers never
@@ -65,6 +68,9 @@ IDENTIFY_GRACE = 30.0
 # pending minion does that every heartbeat interval (60 s at most). Silent
 # for longer than this, in seconds, it is cut.
 UNKNOWN_IDLE = 180.0
+# Seconds a peer of the key port may stay silent after its last request: a
+# minion asks once and closes the connection.
+KEY_PORT_IDLE = 10.0
 # Connections one key may hold on one socket: a minion needs one; a few more
 # cover a reconnect whose old connection has not timed out yet.
 MAX_CONNECTIONS_PER_KEY = 4
@@ -85,23 +91,36 @@ class Connection:
     key: str | None = None  # hex transport key, once a message showed it
     known: bool = False  # the key is an accepted minion's
     last_active: float = 0.0
+    cut: bool = False  # chosen to be cut; it stays here until libzmq reports it closed
 
 
 class ConnectionTable:
-    """The connections of one socket, and which of them to cut. Pure."""
+    """The connections of one socket, and which of them to cut. Pure.
 
-    def __init__(self, cap: int) -> None:
+    `idle_after` is how long, in seconds, a key that is not an accepted
+    minion's may stay silent (UNKNOWN_IDLE; the key port's peers need one
+    exchange, so less there).
+    """
+
+    def __init__(self, cap: int, idle_after: float = UNKNOWN_IDLE) -> None:
         self.cap = cap
+        self.idle_after = idle_after
         self.unknown_cap = max(1, int(cap * UNKNOWN_SHARE))
-        self.conns: dict[int, Connection] = {}
+        self.conns: dict[int, Connection] = {}  # in the order they were accepted
 
     def __len__(self) -> int:
         return len(self.conns)
 
-    def opened(self, fd: int, peer: tuple[str, int] | None, now: float) -> bool:
-        """Record a new connection; True if it must be cut (the socket is full)."""
-        self.conns[fd] = Connection(fd, peer, now, last_active=now)
-        return len(self.conns) > self.cap
+    def opened(self, fd: int, peer: tuple[str, int] | None, now: float) -> Connection | None:
+        """Record a new connection; returns the one to cut if the socket is over
+        its cap: the oldest that has not said who it is, else this new one."""
+        self.conns.pop(fd, None)  # a reused number: the old connection is gone
+        new = self.conns[fd] = Connection(fd, peer, now, last_active=now)
+        if sum(1 for c in self.conns.values() if not c.cut) <= self.cap:
+            return None
+        victim = next((c for c in self.conns.values() if c.key is None and not c.cut), new)
+        victim.cut = True
+        return victim
 
     def closed(self, fd: int) -> None:
         self.conns.pop(fd, None)
@@ -130,18 +149,24 @@ class ConnectionTable:
 
     def forget_key(self, key: str) -> list[Connection]:
         """The connections of a key that was rejected or deleted: to cut."""
-        return [c for c in self.conns.values() if c.key == key]
+        return _cutting([c for c in self.conns.values() if c.key == key])
 
     def stale(self, now: float) -> list[Connection]:
         """Connections to cut now: never identified within IDENTIFY_GRACE, or
-        an unknown key silent for UNKNOWN_IDLE."""
-        out = []
-        for c in self.conns.values():
-            if (c.key is None and now - c.opened > IDENTIFY_GRACE) or (
-                c.key is not None and not c.known and now - c.last_active > UNKNOWN_IDLE
-            ):
-                out.append(c)
-        return out
+        an unknown key silent for idle_after."""
+        return _cutting([c for c in self.conns.values() if not c.cut and self._stale(c, now)])
+
+    def _stale(self, c: Connection, now: float) -> bool:
+        if c.key is None:
+            return now - c.opened > IDENTIFY_GRACE
+        return not c.known and now - c.last_active > self.idle_after
+
+
+def _cutting(conns: list[Connection]) -> list[Connection]:
+    """Mark connections as chosen to be cut, so none is chosen twice."""
+    for c in conns:
+        c.cut = True
+    return conns
 
 
 def cut(conn: Connection) -> bool:
@@ -216,8 +241,9 @@ class Monitor:
             event = zmq.utils.monitor.parse_monitor_message(frames)
             fd = int(event["value"])
             if event["event"] == zmq.EVENT_ACCEPTED:
-                if self.table.opened(fd, peer_of(fd), self.clock()):
-                    self.cut(self.table.conns[fd], "the socket is at its connection cap")
+                victim = self.table.opened(fd, peer_of(fd), self.clock())
+                if victim is not None:
+                    self.cut(victim, "the socket is at its connection cap")
             else:
                 self.table.closed(fd)
 

@@ -1,0 +1,87 @@
+"""The connection table (master/transport.py): which connections to cut. Pure,
+with time passed in."""
+
+from __future__ import annotations
+
+from master.transport import (
+    IDENTIFY_GRACE,
+    MAX_CONNECTIONS_PER_KEY,
+    UNKNOWN_IDLE,
+    ConnectionTable,
+)
+
+PEER = ("127.0.0.1", 40000)
+
+
+def test_over_the_cap_the_oldest_silent_connection_goes():
+    table = ConnectionTable(cap=3)
+    for fd in (10, 11, 12):
+        assert table.opened(fd, PEER, now=0.0) is None
+    table.active(10, "aa", known=True, now=1.0)  # a minion said who it is
+    victim = table.opened(13, PEER, now=2.0)
+    assert victim is not None and victim.fd == 11  # the oldest silent one, not the minion
+    victim = table.opened(14, PEER, now=3.0)
+    assert victim is not None and victim.fd == 12  # 11 is already being cut
+    table.closed(11)
+    table.closed(12)
+    assert len(table) == 3
+
+
+def test_over_the_cap_with_every_slot_identified_the_newcomer_goes():
+    table = ConnectionTable(cap=2)
+    for fd, key in ((10, "aa"), (11, "bb")):
+        table.opened(fd, PEER, now=0.0)
+        table.active(fd, key, known=True, now=0.0)
+    victim = table.opened(12, PEER, now=1.0)
+    assert victim is not None and victim.fd == 12
+
+
+def test_a_reused_descriptor_is_a_new_connection():
+    table = ConnectionTable(cap=10)
+    table.opened(10, PEER, now=0.0)
+    table.active(10, "aa", known=True, now=0.0)
+    table.opened(10, ("127.0.0.1", 40001), now=5.0)  # closed event lost or late
+    assert table.conns[10].key is None and table.conns[10].peer == ("127.0.0.1", 40001)
+
+
+def test_one_key_holds_a_few_connections_at_most():
+    table = ConnectionTable(cap=100)
+    cut = []
+    for fd in range(MAX_CONNECTIONS_PER_KEY + 2):
+        table.opened(fd, PEER, now=0.0)
+        cut.append(table.active(fd, "aa", known=True, now=0.0))
+    assert cut == [False] * MAX_CONNECTIONS_PER_KEY + [True, True]
+
+
+def test_silent_and_idle_connections_are_stale():
+    table = ConnectionTable(cap=100)
+    table.opened(1, PEER, now=0.0)  # never says anything
+    table.opened(2, PEER, now=0.0)
+    table.active(2, "unknown", known=False, now=0.0)  # a pending minion that went quiet
+    table.opened(3, PEER, now=0.0)
+    table.active(3, "minion", known=True, now=0.0)  # accepted: quiet is fine
+    assert table.stale(IDENTIFY_GRACE / 2) == []
+    assert [c.fd for c in table.stale(IDENTIFY_GRACE + 1)] == [1]
+    assert table.stale(IDENTIFY_GRACE + 2) == []  # already being cut
+    assert [c.fd for c in table.stale(UNKNOWN_IDLE + 1)] == [2]
+
+
+def test_unknown_keys_have_a_share_of_the_cap():
+    table = ConnectionTable(cap=8)
+    assert table.unknown_cap == 2
+    table.opened(1, PEER, now=0.0)
+    assert table.room_for_unknown()
+    table.opened(2, PEER, now=0.0)
+    assert not table.room_for_unknown()
+    table.active(2, "minion", known=True, now=0.0)
+    assert table.room_for_unknown()
+
+
+def test_a_rejected_key_loses_every_connection():
+    table = ConnectionTable(cap=100)
+    for fd in (1, 2, 3):
+        table.opened(fd, PEER, now=0.0)
+    table.active(1, "aa", known=True, now=0.0)
+    table.active(2, "aa", known=True, now=0.0)
+    table.active(3, "bb", known=True, now=0.0)
+    assert sorted(c.fd for c in table.forget_key("aa")) == [1, 2]
