@@ -30,6 +30,7 @@ from common.protocol import (
     encode_frame,
     encode_plain,
     make_enrol_reply,
+    make_key_reply,
     topic_for,
 )
 from master.sandbox import wait_for
@@ -237,17 +238,24 @@ def test_replayed_and_misaddressed_envelopes_are_refused_by_the_minion(sandbox):
     sandbox.stop(sandbox.master)
     stolen = keyfile.load_keys(os.path.join(sandbox.master.settings["state_dir"], "keys"))
     ctx = zmq.Context.instance()
-    rogue, door = ctx.socket(zmq.PUB), ctx.socket(zmq.ROUTER)
+    rogue, door, keyport = ctx.socket(zmq.PUB), ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
     for sock, port in ((rogue, "publish_port"), (door, "return_port")):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, stolen.curve_secret().reveal())
         sock.bind(f"tcp://127.0.0.1:{sandbox.master.settings[port]}")
+    keyport.setsockopt(zmq.LINGER, 0)
+    keyport.bind(f"tcp://127.0.0.1:{sandbox.master.settings['key_port']}")
     sandbox.start_minion("web1")
     log = sandbox.minions["web1"]
     try:
 
         def replay() -> bool:
+            while keyport.poll(0):
+                peer, frame = keyport.recv_multipart()
+                request = decode_plain(frame, Channel.KEY)
+                reply = make_key_reply(stolen, nonce=request.body["nonce"], now=time.time())
+                keyport.send_multipart([peer, encode_plain(MsgType.KEY_REPLY, reply)])
             while door.poll(0):
                 peer, frame = door.recv_multipart()
                 with contextlib.suppress(Exception):
@@ -269,6 +277,7 @@ def test_replayed_and_misaddressed_envelopes_are_refused_by_the_minion(sandbox):
     finally:
         rogue.close(0)
         door.close(0)
+        keyport.close(0)
     assert not os.path.exists(motd)  # the job was not applied a second time
     assert "received (files" not in log.log_text().split("starting;")[-1]
 
