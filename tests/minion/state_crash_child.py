@@ -3,8 +3,10 @@
     python -m tests.minion.state_crash_child KIND DIRECTORY NAMED
 
 KIND is "key" (a new key file in a new directory per round, as a fresh
-daemon does), "pin" (the pinned master key, alternating between two keys)
-or "spool" (one spooled result, a new version each round). NAMED=1 forces
+daemon does), "pin" (the pinned master key, alternating between two keys),
+"spool" (one spooled result, a new version each round), "owed" (the owed
+triggers, a list growing by one each round) or "seq" (the heartbeat
+counter's reservation, as Minion._next_seq writes it). NAMED=1 forces
 named temporaries instead of O_TMPFILE. Prints "go" once the first write of
 this run is complete, then writes until it is killed.
 """
@@ -18,7 +20,8 @@ import sys
 
 from common import atomicfile, keyfile
 from common.crypto import KeyPair, PublicKeys, Secret
-from minion import daemon
+from common.model import OwedTrigger
+from minion import daemon, owed
 from minion.spool import Kind, Spool
 
 JID = "20260101T000000.000001Z"
@@ -43,6 +46,11 @@ def spool_version(data: bytes) -> int:
     return int(data.split(b"\n", 1)[0].split()[1])
 
 
+def owed_list(version: int) -> list[OwedTrigger]:
+    """Version N of the owed triggers: N+1 commands."""
+    return [OwedTrigger(f"reload {i}", "/etc/app", JID) for i in range(version + 1)]
+
+
 def key_dirs(directory: str) -> list[str]:
     """The key directories written so far, in the order they were written."""
     return sorted((d for d in os.listdir(directory) if d.startswith("k")), key=lambda d: int(d[1:]))
@@ -61,6 +69,19 @@ def main() -> None:
         for version in itertools.count():
             daemon.save_master_keys(directory, pin_keys(version))
             if version == 0:
+                print("go", flush=True)
+    elif kind == "owed":
+        first = len(owed.load(directory))
+        for version in itertools.count(first):
+            owed.save(directory, owed_list(version))
+            if version == first:
+                print("go", flush=True)
+    elif kind == "seq":
+        data = atomicfile.read_file(directory, daemon.SEQ_FILE)
+        first = 0 if data is None else int(data) + daemon.SEQ_BLOCK
+        for reserved in itertools.count(first, daemon.SEQ_BLOCK):
+            atomicfile.replace_file(directory, daemon.SEQ_FILE, f"{reserved}\n".encode("ascii"))
+            if reserved == first:
                 print("go", flush=True)
     else:
         spool = Spool(directory)

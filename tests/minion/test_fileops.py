@@ -1843,18 +1843,17 @@ def test_owed_triggers_are_kept_durably_in_the_state_directory(host: Host):
         host.apply(files)
 
 
-def test_write_atomically_replaces_the_whole_file_and_syncs(tmp_path, monkeypatch):
-    synced = []
-    real_fsync = os.fsync
+def test_owed_triggers_are_saved_through_the_durable_primitive(tmp_path, monkeypatch):
+    from common import atomicfile
 
-    def fsync(fd):
-        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
+    saved = []
+    real = atomicfile.replace_file
 
-    monkeypatch.setattr(owed.os, "fsync", fsync)
-    owed.write_atomically(str(tmp_path), "state", b"one")
-    owed.write_atomically(str(tmp_path), "state", b"two")
-    assert (tmp_path / "state").read_bytes() == b"two"
-    assert os.listdir(tmp_path) == ["state"]
-    # The file's data before the rename, then the directory after it, each time.
-    assert synced == ["state.tmp", tmp_path.name] * 2
+    def replace_file(directory, name, data, **kw):
+        saved.append(name)
+        real(directory, name, data, **kw)
+
+    monkeypatch.setattr(atomicfile, "replace_file", replace_file)
+    owed.save(str(tmp_path), [])
+    assert saved == [owed.OWED_NAME]
+    assert owed.load(str(tmp_path)) == []

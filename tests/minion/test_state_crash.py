@@ -1,6 +1,6 @@
 """The daemons' own state survives a crash at any point: key files, the pinned
-master key and spool entries are each written in a loop by a child that is
-killed with SIGKILL at a random moment; every file is then wholly the old or
+master key, spool entries, owed triggers and the heartbeat counter are each
+written in a loop by a child that is killed with SIGKILL at a random moment; every file is then wholly the old or
 the new version, never missing, empty or partial, and the next start leaves
 no temporary behind. A second test checks the durability order of each
 writer (file fsynced before it gets its name, directory fsynced after),
@@ -23,10 +23,10 @@ import zmq
 from common import atomicfile, codec, keyfile
 from common.crypto import KeyPair, PublicKeys
 from common.loop import Loop
-from minion import daemon
+from minion import daemon, owed
 from minion.spool import Kind, Spool
 
-from .state_crash_child import JID, key_dirs, pin_keys, spool_content, spool_version
+from .state_crash_child import JID, key_dirs, owed_list, pin_keys, spool_content, spool_version
 from .test_daemon import minion_settings
 
 ROUNDS = 5  # kills per kind of state and temporary-file method
@@ -84,7 +84,29 @@ def check_spool(directory: str) -> None:
         spool.close()
 
 
-CHECKS = {"key": check_keys, "pin": check_pin, "spool": check_spool}
+def check_owed(directory: str) -> None:
+    triggers = owed.load(directory)
+    assert triggers, "the owed triggers are missing or empty"
+    assert triggers == owed_list(len(triggers) - 1), "the owed triggers are partial"
+    atomicfile.remove_temporaries(directory)
+    assert os.listdir(directory) == [owed.OWED_NAME]
+
+
+def check_seq(directory: str) -> None:
+    data = atomicfile.read_file(directory, daemon.SEQ_FILE)
+    assert data, "the heartbeat counter is missing or empty"
+    assert int(data) % daemon.SEQ_BLOCK == 0, "the heartbeat counter is partial"
+    atomicfile.remove_temporaries(directory)
+    assert os.listdir(directory) == [daemon.SEQ_FILE]
+
+
+CHECKS = {
+    "key": check_keys,
+    "pin": check_pin,
+    "spool": check_spool,
+    "owed": check_owed,
+    "seq": check_seq,
+}
 
 
 @pytest.mark.timeout(300)
