@@ -1,10 +1,11 @@
 """The daemons' own state survives a crash at any point: key files, the pinned
 master key, spool entries, owed triggers and the heartbeat counter are each
-written in a loop by a child that is killed with SIGKILL at a random moment; every file is then wholly the old or
-the new version, never missing, empty or partial, and the next start leaves
-no temporary behind. A second test checks the durability order of each
-writer (file fsynced before it gets its name, directory fsynced after),
-which SIGKILL cannot show: it keeps the page cache.
+written in a loop by a child that is killed with SIGKILL at a random moment;
+every file is then wholly the old or the new version, never missing, empty
+or partial, and the next start leaves no temporary behind. A second test
+checks the durability order of each writer (file fsynced before it gets its
+name, directory fsynced after), which SIGKILL cannot show: it keeps the page
+cache.
 """
 
 from __future__ import annotations
