@@ -27,6 +27,7 @@ from common.errors import (
 )
 from common.protocol import NO_RESPONSE, MsgType, jid_problem, minion_id_problem
 from common.text import escape
+from common.version import VERSION
 from master import render
 from master.control import ControlClient, raise_for_error
 from master.jobstore import DEFAULT_LIST_LIMIT, outcome
@@ -44,19 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="safcm-master",
         description="The safcm master: compiles the configuration and runs jobs on minions.",
     )
-    parser.add_argument(
-        "-c",
-        "--config",
-        default=None,
-        metavar="FILE",
-        help=f"master settings (default: {DEFAULT_CONFIG_PATH})",
+    config_help = f"master settings (default: {DEFAULT_CONFIG_PATH})"
+    parser.add_argument("-c", "--config", default=None, metavar="FILE", help=config_help)
+    parser.add_argument("--version", action="version", version=f"safcm-master {VERSION}")
+    # -c is also accepted after the subcommand: each subparser has it too,
+    # with no default of its own, so it overrides only when given.
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, metavar="FILE", help=config_help
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = _ConfigSubparsers(parser.add_subparsers(dest="command", metavar="COMMAND"), config)
 
     sub.add_parser("daemon", help="run the master daemon (logs to stderr)")
 
     keys = sub.add_parser("keys", help="list, accept, reject or delete minion keys")
-    keys_sub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    keys_sub = _ConfigSubparsers(
+        keys.add_subparsers(dest="action", metavar="ACTION", required=True), config
+    )
     keys_sub.add_parser("list", help="every key with its state, fingerprint and presence")
     for action, what in (("accept", "accept"), ("reject", "reject"), ("delete", "forget")):
         p = keys_sub.add_parser(action, help=f"{what} the keys of these minions")
@@ -86,14 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--timeout",
-        type=float,
-        metavar="S",
-        help="seconds to wait for results (default: job_timeout)",
+        type=_duration,
+        metavar="DURATION",
+        help="how long to wait for results: 90, 90s, 5m, 1h (default: job_timeout)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON document at the end")
 
     jobs = sub.add_parser("jobs", help="list and show the job history")
-    jobs_sub = jobs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    jobs_sub = _ConfigSubparsers(
+        jobs.add_subparsers(dest="action", metavar="ACTION", required=True), config
+    )
     jl = jobs_sub.add_parser("list", help="recent jobs, newest first")
     jl.add_argument("--host", help="only jobs that went to this host")
     jl.add_argument("--target", help="only jobs run with exactly this target")
@@ -123,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", action="store_true", help="leave the demo directory in place at the end"
     )
     return parser
+
+
+class _ConfigSubparsers:
+    """Adds subcommands that also take -c (see build_parser)."""
+
+    def __init__(self, action: Any, config: argparse.ArgumentParser) -> None:
+        self.action = action
+        self.config = config
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return self.action.add_parser(name, parents=[self.config], **kwargs)
+
+
+def _duration(text: str) -> float:
+    """A duration on the command line, as in the settings files (30, 30s, 5m, 1h)."""
+    from common import settings as common_settings
+
+    try:
+        return common_settings.duration(text)
+    except common_settings.BadValue as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +217,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "daemon":
         from master import daemon
 
-        return daemon.main(settings)
+        try:
+            return daemon.main(settings)
+        except (SafcmError, OSError) as e:
+            # Anything that escapes the daemon stopped it before it served:
+            # nothing was done (a port in use, an unusable state_dir).
+            reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) else str(e)
+            _error(f"the daemon did not start: {escape(reason)}")
+            return EXIT_USAGE
     if args.command == "show":
         from master.show import show_host
 
@@ -218,8 +253,10 @@ def write_json(document: Any, out: TextIO) -> None:
 def run_command(
     settings: MasterSettings, args: argparse.Namespace, out: TextIO, err: TextIO
 ) -> int:
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError("--timeout must be more than zero seconds")
+    if not args.target.strip():
+        raise UsageError(
+            "TARGET is empty: give a glob ('web*'), a comma list ('web1,db1') or a group ('@web')"
+        )
     style = render.Style(not args.json and render.use_colour(out))
     progress = Progress(err, enabled=not args.json and err.isatty())
     request = {

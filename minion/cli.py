@@ -12,6 +12,7 @@ import sys
 
 from common.errors import ConfigError, SafcmError
 from common.text import escape
+from common.version import VERSION
 from minion.settings import DEFAULT_CONFIG_PATH
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -22,17 +23,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="safcm-minion",
         description="The safcm minion: applies the master's jobs to this host.",
     )
+    config_help = f"minion settings (default: {DEFAULT_CONFIG_PATH})"
     parser.add_argument(
-        "-c",
-        "--config",
-        default=DEFAULT_CONFIG_PATH,
-        metavar="FILE",
-        help="minion settings (default: %(default)s)",
+        "-c", "--config", default=DEFAULT_CONFIG_PATH, metavar="FILE", help=config_help
+    )
+    parser.add_argument("--version", action="version", version=f"safcm-minion {VERSION}")
+    # -c also after the subcommand, overriding only when given.
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, metavar="FILE", help=config_help
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("daemon", help="run the minion daemon (logs to stderr)")
+    sub.add_parser("daemon", parents=[config], help="run the minion daemon (logs to stderr)")
     sub.add_parser(
         "fingerprint",
+        parents=[config],
         help="print this minion's key fingerprint (creating the keys if needed), "
         "to compare with 'safcm-master keys list'",
     )
@@ -59,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         from minion import daemon
 
-        return daemon.main(settings)
+        try:
+            return daemon.main(settings)
+        except (SafcmError, OSError) as e:
+            # It stopped before it served: nothing was done.
+            reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) else str(e)
+            print(f"safcm-minion: the daemon did not start: {escape(reason)}", file=sys.stderr)
+            return EXIT_USAGE
     except ConfigError as e:
         print("safcm-minion: configuration error:", file=sys.stderr)
         for problem in e.problems:

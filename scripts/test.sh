@@ -6,8 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
 safcm_venv "[dev]"
-# libfaketime: a system test runs a minion whose wall clock is an hour off.
-command -v faketime >/dev/null || { apt-get update -q && apt-get install -y -q faketime; }
+# Debian tools the tests use: libfaketime (a minion whose wall clock is an
+# hour off) and systemd-analyze (the units are verified; systemd never boots).
+missing=()
+command -v faketime >/dev/null || missing+=(faketime)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy  # settings in pyproject.toml: common/ strictly, master/ and minion/

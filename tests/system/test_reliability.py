@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from common.protocol import jid_time
-from master.sandbox import wait_for
+from master.sandbox import free_port, wait_for
 from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json, wait_state
 
 
@@ -184,6 +185,29 @@ def test_bad_settings_stop_the_daemons_at_start_up(sandbox):
     result = sandbox.minion_cli("web1", "daemon")
     assert result.returncode == 2
     assert "heartbeat_interval: must be a duration" in result.stderr
+
+
+def test_start_up_failures_are_one_line_and_exit_2(sandbox):
+    sandbox.add_minion("web1", state_dir="/proc/nope")
+    # A port in use: nothing was started.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        sandbox.configure_master(return_port=taken.getsockname()[1])
+        result = sandbox.cli("daemon")
+    assert result.returncode == 2, result.stderr
+    assert "the daemon did not start: cannot listen on tcp://127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+    # A state directory that cannot be made.
+    sandbox.configure_master(return_port=free_port(), state_dir="/proc/nope")
+    result = sandbox.cli("daemon")
+    assert result.returncode == 2, result.stderr
+    assert "the daemon did not start: /proc/nope" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = sandbox.minion_cli("web1", "daemon")
+    assert result.returncode == 2, result.stderr
+    assert "the daemon did not start: /proc/nope" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_old_jobs_are_removed_after_keep_jobs(sandbox):

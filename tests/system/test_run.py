@@ -254,3 +254,36 @@ def test_progress_on_a_terminal(sandbox):
     assert proc.returncode == 1
     assert b"1 of 2 hosts returned, waiting" in shown
     assert "web2: no response" in out and "\x1b" not in out
+
+
+def test_command_line_forms(sandbox):
+    enrol(sandbox, "web1")
+    for command in (["master.cli"], ["minion.cli"]):
+        result = sandbox.run([sandbox.python, "-m", *command, "--version"])
+        assert result.returncode == 0 and "0." in result.stdout
+    # -c after the subcommand, and a duration with a unit.
+    result = sandbox.run(
+        [
+            sandbox.python,
+            "-m",
+            "master.cli",
+            "run",
+            "web1",
+            "ping",
+            "--timeout",
+            "1m",
+            "-c",
+            sandbox.master.config,
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    fingerprint = sandbox.run(
+        [sandbox.python, "-m", "minion.cli", "fingerprint", "-c", sandbox.minions["web1"].config]
+    )
+    assert fingerprint.returncode == 0 and "minion web1 key fingerprint" in fingerprint.stdout
+    # An empty target is said in the user's words, not the protocol's.
+    result = sandbox.cli("run", "", "ping")
+    assert result.returncode == 2
+    assert "TARGET is empty" in result.stderr and "body" not in result.stderr
+    result = sandbox.cli("run", "web1", "ping", "--timeout", "soon")
+    assert result.returncode == 2 and "must be a duration" in result.stderr
