@@ -10,9 +10,11 @@ import tempfile
 
 import pytest
 
+from common.crypto import KeyPair
 from common.protocol import MsgType
 from master.control import ControlClient
 from master.sandbox import Sandbox, wait_for
+from tests.system.fake import FakeMinion
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "repo")
 # Heartbeat interval of test minions, in seconds: short, so presence and
@@ -86,3 +88,32 @@ def jobs_show(sb: Sandbox, jid: str) -> dict:
 
 def changed_paths(doc: dict, host: str) -> list[str]:
     return [c["path"] for c in doc["hosts"][host]["result"]["apply"]["changes"]]
+
+
+def logged(daemon, text: str) -> None:
+    wait_for(lambda: text in daemon.log_text(), SETTLE, f"{daemon.name} to log {text!r}")
+
+
+@pytest.fixture
+def fake(sandbox):
+    """make(minion_id, keys=None): a scriptable minion (tests/system/fake.py),
+    closed at the end of the test."""
+    fakes = []
+
+    def make(minion_id: str, keys: KeyPair | None = None) -> FakeMinion:
+        f = FakeMinion(sandbox, minion_id, keys)
+        fakes.append(f)
+        return f
+
+    yield make
+    for f in fakes:
+        f.close()
+
+
+def accepted_fake(sandbox: Sandbox, fake, minion_id: str) -> FakeMinion:
+    """A scriptable minion that enrolled and that the administrator accepted."""
+    f = fake(minion_id)
+    assert f.enrol() == "pending"
+    assert sandbox.cli("keys", "accept", minion_id).returncode == 0
+    assert f.enrol() == "accepted"
+    return f

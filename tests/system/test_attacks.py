@@ -13,12 +13,10 @@ import stat
 import subprocess
 import time
 
-import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common import keyfile
-from common.crypto import KeyPair
 from common.protocol import (
     MAX_RESULT_BYTES,
     Channel,
@@ -34,31 +32,22 @@ from common.protocol import (
     topic_for,
 )
 from master.sandbox import wait_for
-from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json, wait_state
-from tests.system.fake import FakeMinion, curve_socket, master_keys, ping_result
+from tests.system.conftest import (
+    SETTLE,
+    accepted_fake,
+    enrol,
+    jobs_show,
+    keys,
+    logged,
+    run_json,
+    wait_state,
+)
+from tests.system.fake import curve_socket, master_keys, ping_result
 
 
 def still_serving(sb, target: str = "web1") -> None:
     code, doc = run_json(sb, target, "ping")
     assert code == 0, doc
-
-
-def logged(daemon, text: str) -> None:
-    wait_for(lambda: text in daemon.log_text(), SETTLE, f"{daemon.name} to log {text!r}")
-
-
-@pytest.fixture
-def fake(sandbox):
-    fakes = []
-
-    def make(minion_id: str, keys: KeyPair | None = None) -> FakeMinion:
-        f = FakeMinion(sandbox, minion_id, keys)
-        fakes.append(f)
-        return f
-
-    yield make
-    for f in fakes:
-        f.close()
 
 
 def test_forged_result_is_refused(sandbox, fake):
@@ -132,14 +121,6 @@ def test_unknown_minions_heartbeat_is_dropped(sandbox, fake):
     impostor.heartbeat()
     assert impostor.silent()
     still_serving(sandbox)
-
-
-def accepted_fake(sandbox, fake, minion_id: str):
-    f = fake(minion_id)
-    assert f.enrol() == "pending"
-    assert sandbox.cli("keys", "accept", minion_id).returncode == 0
-    assert f.enrol() == "accepted"
-    return f
 
 
 def test_replayed_heartbeat_is_refused_also_after_a_master_restart(sandbox, fake):

@@ -9,41 +9,14 @@ import socket
 import sqlite3
 import time
 
-import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common.crypto import KeyPair
 from common.protocol import MsgType, encode_plain, make_enrol_request, topic_for
 from master.sandbox import wait_for
-from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json
-from tests.system.fake import FakeMinion, curve_socket, master_keys, ping_result
-
-
-def logged(daemon, text: str) -> None:
-    wait_for(lambda: text in daemon.log_text(), SETTLE, f"{daemon.name} to log {text!r}")
-
-
-@pytest.fixture
-def fake(sandbox):
-    fakes = []
-
-    def make(minion_id: str, keys: KeyPair | None = None) -> FakeMinion:
-        f = FakeMinion(sandbox, minion_id, keys)
-        fakes.append(f)
-        return f
-
-    yield make
-    for f in fakes:
-        f.close()
-
-
-def accepted_fake(sandbox, fake, minion_id: str) -> FakeMinion:
-    f = fake(minion_id)
-    assert f.enrol() == "pending"
-    assert sandbox.cli("keys", "accept", minion_id).returncode == 0
-    assert f.enrol() == "accepted"
-    return f
+from tests.system.conftest import SETTLE, accepted_fake, enrol, jobs_show, keys, logged, run_json
+from tests.system.fake import curve_socket, master_keys, ping_result
 
 
 def publish_address(sb) -> str:
