@@ -873,6 +873,13 @@ class Message:
     def jid(self) -> str | None:
         return None if self.header is None else self.header.jid
 
+    def require_header(self) -> Header:
+        """The envelope's header, for a handler of sealed messages; ProtocolError
+        if the message came plain (it is not authenticated)."""
+        if self.header is None:
+            raise ProtocolError(f"{self.type.name} came without an envelope")
+        return self.header
+
 
 def _spec_for(raw_type: object) -> MessageSpec:
     # type() and not isinstance(): 1.0 and True equal 1, but are not type codes.

@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import jinja2
 
@@ -163,6 +164,13 @@ class _Candidate:
     entry: Entry
 
 
+class _SpecChanges(TypedDict, total=False):
+    """What compiling changes in a file's spec (dataclasses.replace() arguments)."""
+
+    data: bytes
+    triggers: tuple[str, ...]
+
+
 class _UnknownGroupInTemplate(Exception):
     """in_group() was asked about a name the repository does not know."""
 
@@ -178,8 +186,8 @@ def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
     for group in groups:
         lists = repo.lists.get(group)
         if lists is not None:
-            for path, entry in lists.absent.items():
-                absent_cands.setdefault(path, []).append((group, entry))
+            for path, absent_entry in lists.absent.items():
+                absent_cands.setdefault(path, []).append((group, absent_entry))
 
     chosen: dict[str, _Candidate] = {}
     for path in sorted(candidates):
@@ -196,7 +204,7 @@ def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
     for path, cand in chosen.items():
         entry = cand.entry
         spec = entry.spec
-        changes: dict[str, object] = {}
+        changes: _SpecChanges = {}
         if entry.template is not None:
             rendered = context.render(entry, problems)
             if rendered is None:
@@ -359,7 +367,7 @@ def _pick(
             repo.outranks(w.group, c.group, host) for c in contenders if c is not w and differ(w, c)
         ):
             return w
-    unranked = []
+    unranked: list[_Candidate] = []
     for i, a in enumerate(contenders):
         for b in contenders[i + 1 :]:
             ranked = repo.outranks(a.group, b.group, host) or repo.outranks(b.group, a.group, host)

@@ -536,7 +536,7 @@ class Master:
     def _noted(self, domain: str, frame: zmq.Frame, known: bool) -> str | None:
         """The transport key (hex) that sent `frame`, noted in the socket's
         table; None if the connection must go (and it was cut)."""
-        key = frame.get("User-Id")
+        key = _user_id(frame)
         fd = frame.get(zmq.SRCFD)
         if self.tables[domain].active(fd, key, known, self.loop.clock()):
             self._cut_fd(domain, fd, "its key holds too many connections")
@@ -588,7 +588,7 @@ class Master:
                 return
         # A full subscriber queue drops the message; the next re-publish tries again.
         with contextlib.suppress(zmq.Again):
-            self.xpub.send_multipart([item.topic, envelope], zmq.NOBLOCK)
+            _started(self.xpub).send_multipart([item.topic, envelope], zmq.NOBLOCK)
         now = self.loop.clock()
         item.last_sent = now
         item.next_send = now + item.delay
@@ -598,15 +598,16 @@ class Master:
         """Subscriptions: each applied only if it is the topic of the accepted
         minion whose connection sent it (XPUB_MANUAL applies a SUBSCRIBE to
         the connection of the last message read)."""
+        xpub = _started(self.xpub)
         while True:
             try:
-                frame = self.xpub.recv(zmq.NOBLOCK, copy=False)
+                frame = xpub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             event = frame.bytes
             if event[:1] != b"\x01":
                 continue  # an unsubscription; libzmq drops a closed connection's own
-            key = self.keystore.accepted_by_curve(bytes.fromhex(frame.get("User-Id")))
+            key = self.keystore.accepted_by_curve(bytes.fromhex(_user_id(frame)))
             if self._noted(DOMAIN_PUBLISH, frame, known=key is not None) is None:
                 continue
             topic = event[1:]
@@ -621,9 +622,9 @@ class Master:
                     who,
                 )
                 self._cut_fd(DOMAIN_PUBLISH, frame.get(zmq.SRCFD), "a subscription not its own")
-                self._penalise(bytes.fromhex(frame.get("User-Id")))
+                self._penalise(bytes.fromhex(_user_id(frame)))
                 continue
-            self.xpub.setsockopt(zmq.SUBSCRIBE, topic)
+            xpub.setsockopt(zmq.SUBSCRIBE, topic)
             self.peer_log.log(logging.DEBUG, "subscription of %s applied", key.id)
             now = self.loop.clock()
             for item in self.pending.for_topic(topic):
@@ -635,9 +636,10 @@ class Master:
     # ---- the key port ----
 
     def on_key_request(self) -> None:
+        key_sock = _started(self.key_sock)
         while True:
             try:
-                parts = self.key_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = key_sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             if len(parts) != 2:
@@ -661,16 +663,17 @@ class Master:
                 continue
             reply = make_key_reply(self.keys, nonce=msg.body["nonce"], now=self.clock())
             with contextlib.suppress(zmq.Again):
-                self.key_sock.send_multipart(
+                key_sock.send_multipart(
                     [frames[0], encode_plain(MsgType.KEY_REPLY, reply)], zmq.NOBLOCK
                 )
 
     # ---- the return socket ----
 
     def on_router(self) -> None:
+        router = _started(self.router)
         for _ in range(ROUTER_BATCH):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             if len(frames) != 2:
@@ -685,7 +688,7 @@ class Master:
 
     def _route(self, peer: bytes, frame: zmq.Frame) -> None:
         self._peer = peer
-        curve_key = bytes.fromhex(frame.get("User-Id"))
+        curve_key = bytes.fromhex(_user_id(frame))
         key = self.keystore.accepted_by_curve(curve_key)
         if self._noted(DOMAIN_RETURN, frame, known=key is not None) is None:
             return
@@ -762,7 +765,7 @@ class Master:
 
     def _reply(self, frame: bytes) -> None:
         try:
-            self.router.send_multipart([self._peer, frame], zmq.NOBLOCK)
+            _started(self.router).send_multipart([self._peer, frame], zmq.NOBLOCK)
         except zmq.Again:
             log.debug("reply to %s dropped: its queue is full", self._peer.hex())
 
@@ -837,7 +840,7 @@ class Master:
         self._reply(encode_plain(MsgType.ENROL_REPLY, reply))
 
     def on_heartbeat(self, msg: Message) -> None:
-        minion = msg.sender
+        minion = msg.require_header().sender
         key = self.keystore.accepted(minion)
         seq = msg.body["seq"]
         if key is None:
@@ -853,11 +856,13 @@ class Master:
         self._reply_sealed(minion, MsgType.HEARTBEAT_REPLY, {"time": self.clock()})
 
     def on_job_receipt(self, msg: Message) -> None:
-        self._receipts.append((msg.jid, msg.sender))  # stored with this wake-up's batch
-        self.pending.remove(msg.jid, msg.sender)
+        header = msg.require_header()
+        self._receipts.append((header.jid, header.sender))  # stored with this wake-up's batch
+        self.pending.remove(header.jid, header.sender)
 
     def on_result(self, msg: Message) -> None:
-        minion, jid, body = msg.sender, msg.jid, msg.body
+        header = msg.require_header()
+        minion, jid, body = header.sender, header.jid, msg.body
         state = self.jobs.host_state(jid, minion)
         problem = self._result_problem(jid, minion, body)
         if problem is not None:
@@ -933,7 +938,8 @@ class Master:
     def on_job_progress(self, msg: Message) -> None:
         """A minion is still working on a job: keep its deadline PROGRESS_GRACE
         ahead, within MAX_DEADLINE_EXTENSION of the job's own."""
-        minion, jid = msg.sender, msg.jid
+        header = msg.require_header()
+        minion, jid = header.sender, header.jid
         key = (jid, minion)
         extended, deadline = self.extended.get(key), self.deadlines.get(jid)
         if extended is not None:
@@ -1039,6 +1045,9 @@ class Master:
             job = {"module": module, "dry_run": dry_run, "deadline": deadline}
             job.update(_job_files(configs.get(host)))
             plans[host] = Plan.of_job(job)
+            recipient_keys = self._minion_keys(host)
+            if recipient_keys is None:  # accepted, but enrolled before CURVE
+                raise SafcmError(f"host {host}: its key has no transport key; it must enrol again")
             try:
                 envelopes[host] = seal_message_at(
                     MsgType.JOB,
@@ -1047,7 +1056,7 @@ class Master:
                     sender=MASTER_ID,
                     sender_keys=self.keys,
                     recipient=host,
-                    recipient_keys=self._minion_keys(host),
+                    recipient_keys=recipient_keys,
                     now=now,
                     ttl=ttl,
                 )
@@ -1118,11 +1127,12 @@ class Master:
                 log.info("key of %s deleted by %s", k.id, conn.user)
         else:
             state = KeyState.ACCEPTED if action == "accept" else KeyState.REJECTED
-            before = {i: self.keystore.get(i) for i in self.keystore.match(ids)}
+            matched = set(self.keystore.match(ids))
+            before = [k for k in self.keystore.all() if k.id in matched]
             keys = self.keystore.set_state(
                 ids, state, now=now, fingerprint=msg.body.get("fingerprint")
             )
-            for old in before.values():
+            for old in before:
                 new = self.keystore.get(old.id)
                 if new is None or new.state is not KeyState.ACCEPTED or new.public != old.public:
                     self._forget(old)  # its old key may still hold connections
@@ -1221,6 +1231,19 @@ class Master:
 
 
 # ---- pure helpers ----
+
+
+def _started(sock: zmq.Socket | None) -> zmq.Socket:
+    """`sock`, one of the sockets Master.start() binds; RuntimeError before it has."""
+    if sock is None:
+        raise RuntimeError("the master's sockets are used before Master.start()")
+    return sock
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The User-Id our ZAP handler gave the frame's connection: the peer's
+    transport key, in hex. (Named as bytes, the property is typed str.)"""
+    return frame.get(b"User-Id")
 
 
 def _connection_cap(wanted: int) -> int:

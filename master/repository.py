@@ -57,8 +57,9 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeGuard, TypeVar
 
 import jinja2
 import jinja2.sandbox
@@ -85,6 +86,9 @@ from common.yamlfile import (
     load_yaml_file,
     read_regular_file,
 )
+
+# The node kinds _Loader._expect() checks for; a match narrows the node's type.
+_Kind = TypeVar("_Kind", YScalar, YSeq, YMap)
 
 CONFIG_FILE = "config.yaml"
 HOSTS_FILE = "hosts.yaml"
@@ -353,7 +357,10 @@ class _Loader:
 
     # -- helpers for typed values ------------------------------------------
 
-    def _expect(self, node: YNode | None, kind: type, file: str, what: str) -> bool:
+    def _expect(
+        self, node: YNode | None, kind: type[_Kind], file: str, what: str
+    ) -> TypeGuard[_Kind]:
+        """Whether `node` is a `kind`; if it is another node, a problem says so."""
         if isinstance(node, kind):
             return True
         if node is not None:
@@ -382,8 +389,10 @@ class _Loader:
             return
         self._unknown_keys(node, CONFIG_KEYS, CONFIG_FILE, "config.yaml")
         values = {key.text: (key, value) for key, value in node.items}
-        user, uid = DEFAULT_USER, None
-        group, gid = DEFAULT_GROUP, None
+        user: str | None = DEFAULT_USER
+        uid: int | None = None
+        group: str | None = DEFAULT_GROUP
+        gid: int | None = None
         if "default_user" in values:
             _, value = values["default_user"]
             if self._expect(value, YScalar, CONFIG_FILE, "default_user"):
@@ -1104,7 +1113,7 @@ class _Loader:
         self, entries: dict[str, dict[str, Entry]], triggers: dict[str, dict[str, TriggerEntry]]
     ) -> None:
         """A trigger path must be a file of some group: a typo fails at load, not per host."""
-        provided = set()
+        provided: set[str] = set()
         for tree in entries.values():
             provided.update(tree)
         for group_triggers in triggers.values():
@@ -1226,7 +1235,7 @@ def _template_environment(sources: dict[str, str]) -> jinja2.Environment:
     render error can be traced to its line.
     """
 
-    def load(name: str) -> tuple[str, str, object] | None:
+    def load(name: str) -> tuple[str, str, Callable[[], bool]] | None:
         source = sources.get(name)
         if source is None:
             return None

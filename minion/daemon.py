@@ -611,7 +611,7 @@ class Minion:
         self.outgoing.pop(jid, None)
 
     def on_job(self, msg: Message) -> None:
-        header = msg.header
+        header = msg.require_header()
         jid = header.jid
         if self.seen.contains(int(MsgType.JOB), jid):
             # A re-publish whose receipt got lost, or a replay: never applied
@@ -710,6 +710,8 @@ class Minion:
                 self.spool.remove(Kind.JOB, jid)  # finished just before a crash
                 continue
             data = self.spool.get(Kind.JOB, jid)
+            if data is None:
+                continue  # removed since it was listed: nothing to resume
             try:
                 job = _job_from_body(jid, codec.unpack(data, max_depth=16))
             except (ProtocolError, KeyError, TypeError, ValueError) as e:

@@ -86,6 +86,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from typing import overload
 
 from common.errors import (
     FileOpError,
@@ -886,7 +887,7 @@ class _Apply:
             skip = self._blocker(spec.path)
             if spec.path == "/":
                 pfd, rel, base = None, "", ""
-                found = self._found(os.fstat(self.dirs.rootfd), FileType.DIR)
+                found: Found | None = self._found(os.fstat(self.dirs.rootfd), FileType.DIR)
             else:
                 rel = spec.path[1:]
                 parent, _, base = rel.rpartition("/")
@@ -928,7 +929,7 @@ class _Apply:
         index: int,
         seq: int,
     ) -> None:
-        if decision.step is Step.WRITE and decision.remove is Remove.NOTHING:
+        if pfd is not None and decision.step is Step.WRITE and decision.remove is Remove.NOTHING:
             job = partial(self._write, pfd, rel, base, spec, owner, decision)
             self.writer.submit(index, seq, spec.path, job)
             return
@@ -1053,6 +1054,8 @@ class _Apply:
         decision = decide_removal(
             path, found, recursive=recursive, secret=is_secret(path, self.secrets)
         )
+        if decision.change is None:
+            raise RuntimeError(f"decide_removal() gave no change to record for {path}")
         index = self._record(decision.change, skip)
         self.removal_recorded.add(path)
         acting = skip is None and not self.dry_run
@@ -1110,6 +1113,16 @@ class _Apply:
         if removed:
             _fsync_dir(fd, path[1:])
         return complete
+
+    @overload
+    def _open_dir_below(
+        self, pfd: int, base: str, path: str, dev: int, found: Found | None
+    ) -> int: ...
+
+    @overload
+    def _open_dir_below(
+        self, pfd: int, base: str, path: str, dev: int, found: Found | None, *, missing_ok: bool
+    ) -> int | None: ...
 
     def _open_dir_below(
         self,

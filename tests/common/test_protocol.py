@@ -334,8 +334,11 @@ def test_round_trip_of_every_type(msg_type):
         assert msg.header.msg_type == msg_type
         assert msg.sender == _ends(msg_type)["sender"]
         assert msg.jid == (body.get("jid") or JID)
+        assert msg.require_header() is msg.header
     else:
         assert msg.sender is None and msg.jid is None
+        with pytest.raises(ProtocolError, match="came without an envelope"):
+            msg.require_header()
 
 
 @pytest.mark.parametrize("msg_type", list(MsgType), ids=lambda t: t.name)
