@@ -224,6 +224,8 @@ class Swarm:
                 "master": "127.0.0.1",
                 "publish_port": sb.master.settings["publish_port"],
                 "return_port": sb.master.settings["return_port"],
+                "key_port": sb.master.settings["key_port"],
+                "master_fingerprint": sb.master_fingerprint(),
                 "heartbeat_interval": interval,
                 "workers": workers,
                 "log_level": "info",

@@ -105,6 +105,8 @@ def main(spec_path: str) -> int:
                 master=spec["master"],
                 publish_port=spec["publish_port"],
                 return_port=spec["return_port"],
+                key_port=spec["key_port"],
+                master_fingerprint=spec["master_fingerprint"],
                 state_dir=m["state_dir"],
                 root=m["root"],
                 heartbeat_interval=spec["heartbeat_interval"],
