@@ -110,6 +110,7 @@ __all__ = [
     "MASTER_ID",
     "MAX_BODY_DEPTH",
     "MAX_CONTROL_FRAME_BYTES",
+    "MAX_CONTROL_REQUEST_BYTES",
     "MAX_FILES",
     "MAX_FILE_BYTES",
     "MAX_FRAME_BYTES",
@@ -180,8 +181,15 @@ MAX_FRAME_BYTES = MAX_ENVELOPE_BYTES
 MAX_PLAIN_NETWORK_BYTES = 4096
 # Heartbeats and receipts are a few dozen bytes.
 MAX_SMALL_BYTES = 4096
-# A control message: a run's host result carries a whole result.
-MAX_CONTROL_FRAME_BYTES = MAX_RESULT_BYTES + 64 * 1024
+# A control message, between the daemon and a local administrator's CLI: a
+# `jobs show` of a whole job carries every host's result. Not tied to
+# MAX_RESULT_BYTES (the bound on what one minion may send): 100 hosts of a
+# 1000-file job already make 12 MB. Jobs of thousands of hosts need the reply
+# streamed host by host (issue 11), not a larger frame.
+MAX_CONTROL_FRAME_BYTES = 256 * 1024 * 1024
+# A request from the CLI (RUN, KEYS, JOBS): its largest is a KEYS list of
+# MAX_HOSTS ids. What the daemon buffers for one client is bounded by this.
+MAX_CONTROL_REQUEST_BYTES = 32 * 1024 * 1024
 # Nesting of a message body: the deepest schema (RUN_HOST_RESULT, down to a
 # change's file state) has 6 levels; a little headroom for new fields.
 MAX_BODY_DEPTH = 8
@@ -643,7 +651,7 @@ _SPEC_LIST = [
                 "timeout": Optional(Float(MIN_JOB_TIMEOUT, MAX_JOB_TIMEOUT)),  # null: default
             }
         ),
-        max_bytes=MAX_CONTROL_FRAME_BYTES,
+        max_bytes=MAX_CONTROL_REQUEST_BYTES,
     ),
     MessageSpec(
         MsgType.KEYS,
@@ -659,7 +667,7 @@ _SPEC_LIST = [
             },
             optional={"fingerprint"},
         ),
-        max_bytes=MAX_CONTROL_FRAME_BYTES,
+        max_bytes=MAX_CONTROL_REQUEST_BYTES,
         check=_check_keys,
     ),
     MessageSpec(
@@ -767,7 +775,7 @@ _SPEC_LIST = [
                 "jid": Optional(_JID),  # show only
             }
         ),
-        max_bytes=MAX_CONTROL_FRAME_BYTES,
+        max_bytes=MAX_CONTROL_REQUEST_BYTES,
         check=_check_jobs,
     ),
     MessageSpec(

@@ -122,3 +122,32 @@ def test_stale_socket_is_replaced_but_a_live_one_or_a_file_is_not(tmp_path):
 def test_client_errors_name_the_cause(tmp_path):
     with pytest.raises(DaemonError, match="the master daemon is not running"):
         ControlClient(str(tmp_path / "nothing.sock"))
+
+
+def test_an_oversized_request_is_refused_before_it_is_read(tmp_path):
+    from common.protocol import MAX_CONTROL_REQUEST_BYTES
+
+    path = str(tmp_path / "c.sock")
+    done = threading.Event()
+    answer = []
+
+    def client():
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                # A frame header claiming one byte more than a request may have.
+                s.sendall((MAX_CONTROL_REQUEST_BYTES + 1).to_bytes(4, "big"))
+                s.settimeout(10)
+                answer.append(s.recv(65536))
+        except OSError as e:  # no answer: the daemon waits for the rest of the frame
+            answer.append(repr(e).encode())
+        finally:
+            done.set()
+
+    handled = []
+    loop, server = serve(path, lambda conn, msg: handled.append(msg), done.is_set)
+    threading.Thread(target=client).start()
+    loop.run()
+    server.close()
+    assert handled == []
+    assert b"exceeds" in answer[0], answer
