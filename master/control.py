@@ -29,6 +29,7 @@ from typing import Any
 from common.errors import DaemonError, ProtocolError, RemoteError
 from common.loop import Loop
 from common.protocol import (
+    MAX_CONTROL_REQUEST_BYTES,
     Channel,
     FrameReader,
     Message,
@@ -62,7 +63,7 @@ class ControlConnection:
         self.sock = sock
         self.uid = uid
         self.user = user
-        self.reader = FrameReader()
+        self.reader = FrameReader(MAX_CONTROL_REQUEST_BYTES)
         self.out = bytearray()
         self.closed = False
         self.close_when_flushed = False
