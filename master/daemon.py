@@ -1025,7 +1025,8 @@ class Master:
         dry_run = body["dry_run"]
         timeout = body["timeout"] or self.settings.job_timeout
         target = targets.normalise(body["target"], body["group"])
-        repo = load_repository(self.settings.config_dir)
+        # ping sends no files: a problem in a group's files must not stop it.
+        repo = load_repository(self.settings.config_dir, targets_only=module == Module.PING)
         resolved = targets.resolve(
             target,
             hosts=repo.hosts,

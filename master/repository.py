@@ -297,8 +297,13 @@ class Repository:
 # Loading
 
 
-def load_repository(path: str) -> Repository:
-    """Read and check the repository at `path`. Raises ConfigError with every problem."""
+def load_repository(path: str, *, targets_only: bool = False) -> Repository:
+    """Read and check the repository at `path`. Raises ConfigError with every problem.
+
+    With `targets_only`, only what resolving a target needs is read (config,
+    hosts and groups), not the group directories: a job that sends no files
+    (ping) is not stopped by a problem in a file it does not use.
+    """
     try:
         st = os.stat(path)
     except OSError as e:
@@ -306,7 +311,7 @@ def load_repository(path: str) -> Repository:
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(ConfigProblem(path, None, "repository is not a directory"))
     loader = _Loader(path)
-    repo = loader.load()
+    repo = loader.load(targets_only=targets_only)
     if loader.problems:
         raise ConfigError(loader.problems.by_file())
     return repo
@@ -335,15 +340,19 @@ class _Loader:
         self.template_sources: dict[str, str] = {}
         self.env = _template_environment(self.template_sources)
 
-    def load(self) -> Repository:
+    def load(self, *, targets_only: bool = False) -> Repository:
         config = load_yaml_file(self.root, CONFIG_FILE, self.problems)
         self._read_config(config)
         self._read_hosts()
         self._read_groups()
         members = self._resolve_groups()
         self._check_group_order()
-        entries, triggers, lists = self._read_group_dirs()
-        self._check_trigger_paths(entries, triggers)
+        entries: dict[str, dict[str, Entry]] = {}
+        triggers: dict[str, dict[str, TriggerEntry]] = {}
+        lists: dict[str, PathLists] = {}
+        if not targets_only:
+            entries, triggers, lists = self._read_group_dirs()
+            self._check_trigger_paths(entries, triggers)
         return Repository(
             path=self.root,
             hosts=self.hosts,

@@ -166,6 +166,9 @@ def test_configuration_error_exits_2_before_anything_is_sent(sandbox):
     assert "web/permissions.yaml:" in result.stderr and "invalid mode '9999'" in result.stderr
     assert json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"] == []
     assert os.listdir(sandbox.root("web1")) == []
+    # ping sends no files: a broken permissions.yaml does not stop it.
+    code, doc = run_json(sandbox, "web*", "ping")
+    assert code == 0, doc
 
 
 def test_human_output_escapes_and_colours(sandbox):
