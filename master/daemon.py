@@ -807,7 +807,8 @@ class Master:
                 "the enrol request names another transport key than its connection's"
             )
         minion = msg.body["id"]
-        if self.keystore.get(minion) is None and not self.new_keys.take(self.loop.clock()):
+        known_before = self.keystore.get(minion)
+        if known_before is None and not self.new_keys.take(self.loop.clock()):
             raise ProtocolError(f"enrolment of new id {minion!r}: too many new keys a second")
         state = self.keystore.enrol(minion, keys, now=now, auto_accept=self.settings.auto_accept)
         wire_state = WireKeyState.REJECTED
@@ -832,8 +833,17 @@ class Master:
                     minion,
                 )
         else:
-            log.debug("enrol request from %s: %s", minion, state)
+            self.peer_log.log(logging.DEBUG, "enrol request from %s: %s", minion, state)
             wire_state = WireKeyState(state)
+            if known_before is None:
+                self.peer_log.info(
+                    "new key of %s is %s (%s); compare it with 'safcm-minion fingerprint' "
+                    "on the host",
+                    minion,
+                    state,
+                    keys.fingerprint(),
+                )
+            self.keystore.touch(minion, now)  # a pending minion that knocks is seen
             if self.keystore.accepted(minion) is None:
                 self.public.pop(minion, None)
         reply = make_enrol_reply(minion, wire_state, self.keys, nonce=msg.body["nonce"], now=now)

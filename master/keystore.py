@@ -287,8 +287,9 @@ class KeyStore:
         return deleted
 
     def touch(self, minion_id: str, now: float, seq: int | None = None) -> None:
-        """Note an authenticated message from an accepted minion, and the
-        sequence number of its heartbeat (kept in memory until flush())."""
+        """Note a message from a minion (a heartbeat, or a pending minion's
+        signed enrolment request), and the sequence number of a heartbeat;
+        kept in memory until flush()."""
         key = self._keys.get(minion_id)
         if key is not None:
             self._keys[minion_id] = replace(key, last_seen=now, seq=key.seq if seq is None else seq)

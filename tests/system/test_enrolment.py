@@ -23,6 +23,9 @@ def test_pending_accept_reject_delete(sandbox):
     listing = sandbox.cli("keys", "list").stdout
     fingerprint = sandbox.minion_cli("web1", "fingerprint").stdout.split(": ", 1)[1].strip()
     assert "web1" in listing and "pending" in listing and fingerprint in listing
+    # A pending minion that keeps knocking is seen, and its new key logged once.
+    wait_for(lambda: keys(sandbox)["web1"]["last_seen"] is not None, SETTLE, "web1 seen")
+    assert sandbox.master.log_text().count(f"new key of web1 is pending ({fingerprint})") == 1
     master_fp = sandbox.cli("keys", "fingerprint").stdout.strip()
     assert master_fp.startswith("master key fingerprint: SHA256:")
 
