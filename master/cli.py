@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration repository (default: config_dir of the settings)",
     )
 
+    check = sub.add_parser(
+        "check",
+        help="validate the settings and the repository and compile the hosts; touch nothing",
+    )
+    check.add_argument("hosts", nargs="*", metavar="HOST", help="only these hosts (default: all)")
+
     demo = sub.add_parser("demo", help="run a master and three sandboxed minions on 127.0.0.1")
     demo.add_argument(
         "--keep", action="store_true", help="leave the demo directory in place at the end"
@@ -209,6 +215,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from master import demo
 
         return demo.main(keep=args.keep)
+    if args.command == "check":
+        from master.check import check
+
+        return check(args.config, args.hosts, sys.stdout, sys.stderr)
     if args.command == "show" and args.repo is not None:
         from master.show import show_host
 

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("daemon", parents=[config], help="run the minion daemon (logs to stderr)")
     sub.add_parser(
+        "check", parents=[config], help="validate the settings file and exit (0 ok, 2 errors)"
+    )
+    sub.add_parser(
         "fingerprint",
         parents=[config],
         help="print this minion's key fingerprint (creating the keys if needed), "
@@ -54,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = minion_settings.load(args.config)
+        if args.command == "check":
+            pin = (
+                f"pins master {settings.master_fingerprint}"
+                if settings.master_fingerprint
+                else "trusts the first master that answers"
+            )
+            print(f"{args.config}: ok; minion {settings.id}, master {settings.master}, {pin}")
+            return EXIT_OK
         if args.command == "fingerprint":
             from common import keyfile
             from minion.daemon import KEYS_DIR

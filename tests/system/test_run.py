@@ -290,3 +290,27 @@ def test_command_line_forms(sandbox):
     assert "TARGET is empty" in result.stderr and "body" not in result.stderr
     result = sandbox.cli("run", "web1", "ping", "--timeout", "soon")
     assert result.returncode == 2 and "must be a duration" in result.stderr
+
+
+def test_check_validates_settings_and_repository_without_a_daemon(sandbox):
+    result = sandbox.cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "ok; 4 hosts compiled" in result.stdout
+    assert sandbox.cli("check", "web1").stdout.endswith("ok; 1 host compiled\n")
+    with open(os.path.join(sandbox.config_dir, "web", "permissions.yaml"), "a") as f:
+        f.write('/srv/www/releases: "9999"\n')
+    result = sandbox.cli("check")
+    assert result.returncode == 2
+    assert "web/permissions.yaml:" in result.stderr and "invalid mode '9999'" in result.stderr
+    sandbox.configure_master(bogus=1)
+    result = sandbox.cli("check")
+    assert result.returncode == 2 and "bogus: unknown key" in result.stderr
+    # The minion's settings.
+    sandbox.add_minion("web1")
+    result = sandbox.minion_cli("web1", "check")
+    assert result.returncode == 0 and "ok; minion web1, master 127.0.0.1, pins master" in (
+        result.stdout
+    )
+    sandbox.add_minion("web2", heartbeat_interval="soon")
+    result = sandbox.minion_cli("web2", "check")
+    assert result.returncode == 2 and "heartbeat_interval" in result.stderr

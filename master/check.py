@@ -1,0 +1,54 @@
+"""`safcm-master check [HOST...]`: validate master.yaml and the whole
+configuration repository, and compile every host (or the named ones), without
+a daemon and without touching any host. Every problem is printed with its
+file and line; exit 0 when there is none, 2 otherwise.
+
+What it proves is what `run ... files` would prove before sending anything:
+the repository loads, and each host's file list compiles (templates
+rendered, conflicts ranked). Detected problems are the same objects the
+daemon reports (common/errors.py ConfigProblem), so the messages are too.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from common.errors import ConfigError, ConfigProblem
+from common.text import escape
+from master import settings as master_settings
+from master.compiler import compile_hosts
+from master.repository import load_repository
+
+EXIT_OK, EXIT_PROBLEMS = 0, 2
+
+
+def check(settings_path: str | None, hosts: list[str], out: TextIO, err: TextIO) -> int:
+    """Check the settings at `settings_path` (None: the defaults), then their
+    config_dir, compiling `hosts` (every host of hosts.yaml if empty)."""
+    try:
+        settings = (
+            master_settings.MasterSettings()
+            if settings_path is None
+            else master_settings.load(settings_path)
+        )
+    except ConfigError as e:
+        return _report(e.problems, err, "the settings have errors")
+    try:
+        repo = load_repository(settings.config_dir)
+        targets = hosts or list(repo.hosts)
+        compile_hosts(repo, targets)
+    except ConfigError as e:
+        return _report(e.problems, err, f"the repository {settings.config_dir} has errors")
+    print(
+        f"{escape(settings.config_dir)}: ok; {len(targets)} host"
+        f"{'' if len(targets) == 1 else 's'} compiled",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _report(problems: list[ConfigProblem], err: TextIO, what: str) -> int:
+    print(f"safcm-master: {what}:", file=err)
+    for problem in problems:
+        print(f"  {escape(str(problem))}", file=err)
+    return EXIT_PROBLEMS
