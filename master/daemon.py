@@ -153,8 +153,6 @@ ENVELOPE_SLACK = 5
 # Messages read from the ROUTER per wake-up before results are committed:
 # results that arrive together share one fsync.
 ROUTER_BATCH = 512
-# How often last-seen times are written to the database, in seconds.
-LAST_SEEN_FLUSH = 30.0
 # How often old jobs are deleted (keep_jobs), in seconds.
 RETENTION_INTERVAL = 3600.0
 # Messages ZeroMQ may queue per subscriber before it drops (then re-publish

@@ -79,10 +79,6 @@ MAX_CONNECTIONS_PER_KEY = 4
 UNKNOWN_SHARE = 0.25
 
 
-def hex_key(key: bytes) -> str:
-    return key.hex()
-
-
 @dataclass
 class Connection:
     fd: int
