@@ -16,6 +16,7 @@ what happened on the host, even if the CLI has stopped waiting.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import hashlib
 import json
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import codec
-from common.ids import new_jid
+from common.ids import JID_FORMAT
 from common.model import is_below
 from common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
 from master.db import transaction
@@ -34,6 +35,7 @@ from master.db import transaction
 DEFAULT_LIST_LIMIT = 20
 # A host that has neither a result nor reached its job's deadline (jobs show, --status).
 PENDING = "pending"
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # The last instant a jid can name (common/ids.py): later --until bounds are cut to it.
 _LAST_JID_TIME = 253402300799.0
 # Upper bound for --limit, so one request cannot make the daemon build a huge reply.
@@ -471,8 +473,10 @@ OUTCOMES = (HostStatus.CHANGED, HostStatus.OK, HostStatus.FAILED, NO_RESPONSE, P
 
 
 def _jid_at(t: float) -> str:
-    """The jid of a job submitted at `t` (unix time), to the microsecond."""
-    return new_jid(min(max(t, 0.0), _LAST_JID_TIME))
+    """The jid of a job submitted at `t` (unix time), to the nearest microsecond
+    (a time read from ISO 8601 text is a float a hair off its microsecond)."""
+    us = round(min(max(t, 0.0), _LAST_JID_TIME) * 1_000_000)
+    return (_EPOCH + datetime.timedelta(microseconds=us)).strftime(JID_FORMAT)
 
 
 def _job(row: sqlite3.Row) -> JobRecord:

@@ -35,9 +35,14 @@ FORMAT = "safcm/1"
 SKIPPED = "skipped"
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
 def iso_time(ts: float) -> str:
-    """A unix time as ISO 8601 in UTC, to the microsecond."""
-    t = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    """A unix time as ISO 8601 in UTC, to the microsecond. Cut, not rounded,
+    as a jid is (common/ids.py): a job's "submitted" names its jid's instant,
+    so it can be given back to `jobs list --since/--until` as it is."""
+    t = _EPOCH + datetime.timedelta(microseconds=int(ts * 1_000_000))
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -292,6 +292,7 @@ def test_list_by_time_module_user_and_outcome(conn):
     assert hours(until=t0 + 3600) == [1, 0]
     assert hours(since=t0 + 1, until=t0 + 3600) == [1]
     assert hours(since=t0 + 3600.000001) == [2]
+    assert hours(since=t0 + 3600 - 1e-7, until=t0 + 3600 + 1e-7) == [1]  # to the microsecond
     assert hours(module="ping") == [1]
     assert hours(user="alice") == [2]
     assert hours(status="ok") == [0]
