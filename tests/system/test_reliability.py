@@ -225,7 +225,7 @@ def test_old_jobs_are_removed_after_keep_jobs(sandbox):
     sandbox.configure_master(keep_jobs="2s")
     enrol(sandbox, "web1")
     _, doc = run_json(sandbox, "web1", "ping")
-    assert jobs_show(sandbox, doc["jid"])["job"]["jid"] == doc["jid"]
+    assert jobs_show(sandbox, doc["jid"])["jid"] == doc["jid"]
     wait_for(lambda: time.time() - jid_time(doc["jid"]) > 2.5, SETTLE, "the job to be 2.5 s old")
     sandbox.stop(sandbox.master)
     sandbox.start_master()  # retention runs at start-up (and hourly)
