@@ -503,22 +503,25 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
             "jid": None,
             **list_filters(args, time.time()),
         }
-    with ControlClient(settings.control_path) as client:
-        if args.action == "list":
+    # One request per connection: the daemon closes it after its reply.
+    if args.action == "list":
+        with ControlClient(settings.control_path) as client:
             reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
-            if args.json:
-                write_json(jsonout.jobs_list_document(reply.body), out)
-            else:
-                print(render.render_jobs_table(reply.body["jobs"], style), file=out)
-            return EXIT_OK
-        jid = args.jid
-        if show_last:
-            newest = {"action": "list", "host": None, "target": None, "limit": 1, "jid": None}
+        if args.json:
+            write_json(jsonout.jobs_list_document(reply.body), out)
+        else:
+            print(render.render_jobs_table(reply.body["jobs"], style), file=out)
+        return EXIT_OK
+    jid = args.jid
+    if show_last:
+        newest = {"action": "list", "host": None, "target": None, "limit": 1, "jid": None}
+        with ControlClient(settings.control_path) as client:
             jobs = client.request(MsgType.JOBS, newest, REQUEST_TIMEOUT).body["jobs"]
-            if not jobs:
-                raise UsageError("no jobs in the history yet")
-            jid = jobs[0]["jid"]
-        request = {"action": "show", "host": args.host, "target": None, "limit": 1, "jid": jid}
+        if not jobs:
+            raise UsageError("no jobs in the history yet")
+        jid = jobs[0]["jid"]
+    request = {"action": "show", "host": args.host, "target": None, "limit": 1, "jid": jid}
+    with ControlClient(settings.control_path) as client:
         reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
     if args.json:
         write_json(jsonout.job_show_document(reply.body), out)
