@@ -38,7 +38,7 @@ MASTER_ID = "@master"
 # A jid is exactly this long: "20261121T193000.123456Z".
 JID_LENGTH = 23
 _JID_RE = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}Z")
-_JID_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+JID_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 _US_PER_S = 1_000_000
 # The first and last instant a jid can name (the four-digit years of strftime).
 _JID_MIN = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -89,7 +89,7 @@ def jid_problem(value: object) -> str | None:
     if len(value) != JID_LENGTH or _JID_RE.fullmatch(value) is None:
         return f"jid {value[:64]!r} is not of the form YYYYMMDDTHHMMSS.ffffffZ"
     try:
-        datetime.datetime.strptime(value, _JID_FORMAT)
+        datetime.datetime.strptime(value, JID_FORMAT)
     except ValueError:
         return f"jid {value!r} is not a real date and time"
     return None
@@ -109,7 +109,7 @@ def jid_time(jid: str) -> float:
 
 
 def _jid_us(jid: str) -> int:
-    t = datetime.datetime.strptime(jid, _JID_FORMAT).replace(tzinfo=datetime.UTC)
+    t = datetime.datetime.strptime(jid, JID_FORMAT).replace(tzinfo=datetime.UTC)
     delta = t - _JID_MIN
     return (delta.days * 86400 + delta.seconds) * _US_PER_S + delta.microseconds
 
@@ -133,7 +133,7 @@ def new_jid(now: float, last: str | None = None) -> str:
         raise ProtocolError(f"time {now!r} cannot be written as a jid") from e
     if not _JID_MIN <= t <= _JID_MAX:
         raise ProtocolError(f"time {now!r} cannot be written as a jid")
-    return t.strftime(_JID_FORMAT)
+    return t.strftime(JID_FORMAT)
 
 
 def topic_for(minion_id: str) -> bytes:

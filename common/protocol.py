@@ -299,6 +299,9 @@ class ResultStatus(enum.StrEnum):
 
 # In a RUN_HOST_RESULT: a host that never answered has no result.
 NO_RESPONSE = "no response"
+# How a host of a stored job fared, spelt as everywhere (master/jobstore.py
+# outcome(), the JSON format): the JOBS request's status filter.
+JOB_OUTCOMES = ("changed", "ok", "failed", NO_RESPONSE, "pending")
 
 # ---- schemas of the shared pieces ----
 
@@ -476,11 +479,20 @@ def _check_keys(body: dict[str, Any], jid: str | None) -> None:
         raise ProtocolError(f"KEYS body.ids: {body['action']} needs at least one minion id")
 
 
+# The filters only `jobs list` takes, beyond host and target.
+_JOBS_LIST_FILTERS = ("since", "until", "module", "user", "status")
+
+
 def _check_jobs(body: dict[str, Any], jid: str | None) -> None:
     if (body["action"] == "show") != (body["jid"] is not None):
         raise ProtocolError("JOBS body.jid: set exactly for show")
-    if body["action"] == "show" and body["target"] is not None:
-        raise ProtocolError("JOBS body.target: only list filters by target")
+    if body["action"] == "show":
+        for name in ("target", *_JOBS_LIST_FILTERS):
+            if body.get(name) is not None:
+                raise ProtocolError(f"JOBS body.{name}: only list filters by {name}")
+    since, until = body.get("since"), body.get("until")
+    if since is not None and until is not None and since > until:
+        raise ProtocolError("JOBS body.until: before since")
 
 
 def _check_job_reply(body: dict[str, Any], jid: str | None) -> None:
@@ -773,7 +785,16 @@ _SPEC_LIST = [
                 "target": Optional(Str(MAX_TARGET_CHARS, min_len=1)),  # list only
                 "limit": Int(1, MAX_JOBS_LISTED),  # list only
                 "jid": Optional(_JID),  # show only
-            }
+                # list only, each optional (absent or null: no filter): jobs
+                # submitted in [since, until] (unix times), of this module, by
+                # this user, with at least one host of this outcome
+                "since": Optional(_TIME),
+                "until": Optional(_TIME),
+                "module": Optional(_MODULE),
+                "user": Optional(Str(MAX_NAME_CHARS, min_len=1)),
+                "status": Optional(OneOf(JOB_OUTCOMES)),
+            },
+            optional={"since", "until", "module", "user", "status"},
         ),
         max_bytes=MAX_CONTROL_REQUEST_BYTES,
         check=_check_jobs,

@@ -12,25 +12,28 @@ The one place that turns errors into messages and exit codes:
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
-from typing import Any, TextIO
+import time
+from typing import Any, NoReturn, TextIO
 
 from common.errors import (
     ConfigError,
+    ConfigProblem,
     DaemonError,
     ProtocolError,
     RemoteError,
     SafcmError,
     UsageError,
 )
-from common.protocol import NO_RESPONSE, MsgType, jid_problem, minion_id_problem
+from common.protocol import JOB_OUTCOMES, MsgType, jid_problem, minion_id_problem
 from common.text import escape
 from common.version import VERSION
-from master import render
+from master import jsonout, render
 from master.control import ControlClient, raise_for_error
-from master.jobstore import DEFAULT_LIST_LIMIT, outcome
+from master.jobstore import DEFAULT_LIST_LIMIT, PENDING, outcome
 from master.settings import DEFAULT_CONFIG_PATH, MasterSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -41,7 +44,7 @@ REQUEST_TIMEOUT = 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="safcm-master",
         description="The safcm master: compiles the configuration and runs jobs on minions.",
     )
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"safcm-master {VERSION}")
     # -c is also accepted after the subcommand: each subparser has it too,
     # with no default of its own, so it overrides only when given.
-    config = argparse.ArgumentParser(add_help=False)
+    config = _Parser(add_help=False)
     config.add_argument(
         "-c", "--config", default=argparse.SUPPRESS, metavar="FILE", help=config_help
     )
@@ -62,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = _ConfigSubparsers(
         keys.add_subparsers(dest="action", metavar="ACTION", required=True), config
     )
-    keys_sub.add_parser("list", help="every key with its state, fingerprint and presence")
+    kl = keys_sub.add_parser("list", help="every key with its state, fingerprint and presence")
+    kl.add_argument("--json", action="store_true", help="print one JSON document")
     for action, what in (("accept", "accept"), ("reject", "reject"), ("delete", "forget")):
         p = keys_sub.add_parser(action, help=f"{what} the keys of these minions")
         p.add_argument("ids", nargs="+", metavar="ID", help="minion id or glob ('web*')")
@@ -110,9 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LIST_LIMIT,
         help="at most this many jobs (default: %(default)s)",
     )
+    when = (
+        "a time (2026-12-02T01:00, 2026-12-02, or 01:00 today; local unless it ends"
+        " in Z or an offset) or a duration back from now (30m, 2h, 7d)"
+    )
+    jl.add_argument("--since", metavar="WHEN", help=f"only jobs submitted at or after {when}")
+    jl.add_argument("--until", metavar="WHEN", help="only jobs submitted at or before WHEN")
+    jl.add_argument("--module", choices=("files", "ping"), help="only jobs of this module")
+    jl.add_argument(
+        "--status",
+        choices=JOB_OUTCOMES,
+        metavar="STATUS",
+        help="only jobs with at least one host in this state: " + ", ".join(JOB_OUTCOMES),
+    )
+    jl.add_argument("--user", help="only jobs submitted by this user")
     jl.add_argument("--json", action="store_true", help="print one JSON document")
     js = jobs_sub.add_parser("show", help="one job with every host's result and diffs")
-    js.add_argument("jid", metavar="JID")
+    js.add_argument("jid", metavar="JID", help="a job id, or 'last' for the newest job")
     js.add_argument("--host", help="only this host's result")
     js.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -138,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ArgumentError(Exception):
+    """Bad usage found by argparse, raised instead of exiting so that main()
+    can report it as every other error (also as JSON under --json)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentError(self, message)
+
+
 class _ConfigSubparsers:
     """Adds subcommands that also take -c (see build_parser)."""
 
@@ -160,11 +192,23 @@ def _duration(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Under --json every failure is also a JSON document on stdout, with the
+    # same exit code; the message still goes to stderr for the person watching.
+    as_json = "--json" in argv
+    try:
+        args = parser.parse_args(argv)
+    except _ArgumentError as e:
+        if as_json:
+            write_json(jsonout.error_document("usage", str(e)), sys.stdout)
+        e.parser.print_usage(sys.stderr)
+        _error(escape(str(e)))
+        return EXIT_USAGE
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    as_json = getattr(args, "json", False)
     try:
         return _dispatch(args)
     except BrokenPipeError:
@@ -172,27 +216,44 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     except ConfigError as e:
-        _error("configuration error:")
-        for problem in e.problems:
-            print(f"  {escape(str(problem))}", file=sys.stderr)
+        problems = [_problem(p) for p in e.problems]
+        _fail(as_json, "config", "configuration error", problems)
         return EXIT_USAGE
     except RemoteError as e:
-        _error(escape(str(e)))
-        for p in e.problems:
-            where = p["file"] if p["line"] is None else f"{p['file']}:{p['line']}"
-            print(f"  {escape(where)}: {escape(p['message'])}", file=sys.stderr)
+        _fail(as_json, e.code, str(e), e.problems)
         return EXIT_USAGE
     except ProtocolError as e:  # a request this side cannot even encode
-        _error(f"invalid request: {escape(str(e))}")
+        _fail(as_json, "usage", f"invalid request: {e}")
         return EXIT_USAGE
-    except (UsageError, DaemonError) as e:
-        _error(escape(str(e)))
+    except UsageError as e:
+        _fail(as_json, "usage", str(e))
+        return EXIT_USAGE
+    except DaemonError as e:
+        _fail(as_json, "daemon", str(e))
         return EXIT_USAGE
     except SafcmError as e:
-        _error(escape(str(e)))
+        _fail(as_json, "failed", str(e))
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+def _problem(problem: ConfigProblem) -> dict[str, Any]:
+    return {"file": problem.file, "line": problem.line, "message": problem.message}
+
+
+def _fail(
+    as_json: bool, kind: str, message: str, problems: list[dict[str, Any]] | None = None
+) -> None:
+    """Report an error: a line (and its problems) on stderr, and under --json
+    the error document on stdout."""
+    problems = problems or []
+    if as_json:
+        write_json(jsonout.error_document(kind, message, problems), sys.stdout)
+    _error(escape(message) + (":" if problems else ""))
+    for p in problems:
+        where = p["file"] if p["line"] is None else f"{p['file']}:{p['line']}"
+        print(f"  {escape(where)}: {escape(p['message'])}", file=sys.stderr)
 
 
 def _error(message: str) -> None:
@@ -276,12 +337,8 @@ def run_command(
         "dry_run": args.dry_run,
         "timeout": args.timeout,
     }
-    document: dict[str, Any] = {
-        "target": args.target,
-        "module": args.module,
-        "dry_run": args.dry_run,
-        "hosts": {},
-    }
+    started: dict[str, Any] = {}
+    results: dict[str, dict[str, Any] | None] = {}  # by host; None: no response
     tally = render.Tally()
     jid = None
     with ControlClient(settings.control_path) as client:
@@ -294,14 +351,14 @@ def run_command(
                 if msg.type is MsgType.RUN_STARTED:
                     jid = body["jid"]
                     tally.targeted = len(body["hosts"])
-                    document.update(jid=jid, targeted=body["hosts"], skipped=body["skipped"])
+                    started = body
                     if not args.json:
                         _print_started(out, style, body, args)
                     progress.show(0, tally.targeted)
                 elif msg.type is MsgType.RUN_HOST_RESULT:
                     status = outcome(body["result"])
                     tally.add(status)
-                    document["hosts"][body["host"]] = {"status": status, "result": body["result"]}
+                    results[body["host"]] = body["result"]
                     progress.clear()
                     if not args.json:
                         print(
@@ -309,7 +366,7 @@ def run_command(
                             file=out,
                             flush=True,
                         )
-                    progress.show(len(document["hosts"]), tally.targeted)
+                    progress.show(len(results), tally.targeted)
                 elif msg.type is MsgType.RUN_PROGRESS:
                     # A host is still working (its triggers outlast the
                     # timeout); its deadline moved, and hearing this keeps us
@@ -317,9 +374,8 @@ def run_command(
                     continue
                 elif msg.type is MsgType.RUN_DONE:
                     progress.clear()
-                    document["summary"] = tally.as_dict()
                     if args.json:
-                        write_json(document, out)
+                        write_json(jsonout.run_document(started, request, results), out)
                     else:
                         print(
                             render.render_summary(tally, style, args.dry_run, args.module), file=out
@@ -342,12 +398,14 @@ def run_command(
     # done" (exit 2), since a daemon that stops answering need not have stopped.
     progress.clear()
     if jid is None:
-        _error(
-            f"{escape(lost)}, before it confirmed the job; it may have started: "
-            "see safcm-master jobs list"
+        message = (
+            f"{lost}, before it confirmed the job; it may have started: see safcm-master jobs list"
         )
     else:
-        _error(f"{escape(lost)}; the job goes on: see safcm-master jobs show {jid}")
+        message = f"{lost}; the job goes on: see safcm-master jobs show {jid}"
+    if args.json:
+        write_json(jsonout.error_document("lost", message, jid=jid), out)
+    _error(escape(message))
     return EXIT_FAILED
 
 
@@ -396,7 +454,7 @@ class Progress:
 
 def keys_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO) -> int:
     action = args.action
-    style = render.Style(render.use_colour(out))
+    style = render.Style(not getattr(args, "json", False) and render.use_colour(out))
     if action == "fingerprint":
         print(f"master key fingerprint: {_master_fingerprint(settings)}", file=out)
         return EXIT_OK
@@ -407,7 +465,10 @@ def keys_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         reply = client.request(MsgType.KEYS, request, REQUEST_TIMEOUT)
     body = reply.body
     if action == "list":
-        print(render.render_keys(body, style), file=out)
+        if args.json:
+            write_json(jsonout.keys_document(body), out)
+        else:
+            print(render.render_keys(body, style), file=out)
         return EXIT_OK
     if not body["keys"]:
         print("nothing changed", file=out)
@@ -438,8 +499,9 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
     style = render.Style(not args.json and render.use_colour(out))
     if args.host is not None and (problem := minion_id_problem(args.host)):
         raise UsageError(f"--host: {problem}")
-    if args.action == "show" and (problem := jid_problem(args.jid)):
-        raise UsageError(problem)
+    show_last = args.action == "show" and args.jid == "last"
+    if args.action == "show" and not show_last and (problem := jid_problem(args.jid)):
+        raise UsageError(f"{problem} (or 'last' for the newest job)")
     if args.action == "list":
         if args.limit < 1:
             raise UsageError("--limit must be at least 1")
@@ -449,29 +511,93 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
             "target": args.target,
             "limit": args.limit,
             "jid": None,
+            **list_filters(args, time.time()),
         }
-    else:
-        request = {"action": "show", "host": args.host, "target": None, "limit": 1, "jid": args.jid}
+    # One request per connection: the daemon closes it after its reply.
+    if args.action == "list":
+        with ControlClient(settings.control_path) as client:
+            reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
+        if args.json:
+            write_json(jsonout.jobs_list_document(reply.body), out)
+        else:
+            print(render.render_jobs_table(reply.body["jobs"], style), file=out)
+        return EXIT_OK
+    jid = args.jid
+    if show_last:
+        newest = {"action": "list", "host": None, "target": None, "limit": 1, "jid": None}
+        with ControlClient(settings.control_path) as client:
+            jobs = client.request(MsgType.JOBS, newest, REQUEST_TIMEOUT).body["jobs"]
+        if not jobs:
+            raise UsageError("no jobs in the history yet")
+        jid = jobs[0]["jid"]
+    request = {"action": "show", "host": args.host, "target": None, "limit": 1, "jid": jid}
     with ControlClient(settings.control_path) as client:
         reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
     if args.json:
-        write_json(reply.body, out)
-        return EXIT_OK
-    if args.action == "list":
-        print(render.render_jobs_table(reply.body["jobs"], style), file=out)
+        write_json(jsonout.job_show_document(reply.body), out)
         return EXIT_OK
     job, hosts = reply.body["job"], reply.body["hosts"]
     print(render.render_job_header(job, style), file=out)
     tally = render.Tally(targeted=len(hosts))
     for host in hosts:
-        status = outcome(host["result"])
-        if host["result"] is None and host["status"] != NO_RESPONSE:
-            status = host["status"]  # still pending
-        else:
+        status = jsonout.host_outcome(host)
+        if status != PENDING:
             tally.add(status)
         print(render.render_host(host["host"], status, host["result"], style), file=out)
     print(render.render_summary(tally, style, job["dry_run"], job["module"]), file=out)
     return EXIT_OK
+
+
+def list_filters(args: argparse.Namespace, now: float) -> dict[str, Any]:
+    """The filters of `jobs list` as JOBS request fields: those given only."""
+    filters: dict[str, Any] = {}
+    for name in ("since", "until"):
+        text = getattr(args, name)
+        if text is not None:
+            try:
+                filters[name] = parse_when(text, now)
+            except ValueError as e:
+                raise UsageError(f"--{name}: {e}") from None
+    if "since" in filters and "until" in filters and filters["since"] > filters["until"]:
+        raise UsageError("--until is before --since")
+    for name in ("module", "status", "user"):
+        if getattr(args, name) is not None:
+            filters[name] = getattr(args, name)
+    return filters
+
+
+def parse_when(text: str, now: float) -> float:
+    """A point in time (unix time) from the command line, judged at `now`:
+
+    - a duration back from now, as in the settings files: 30m, 2h, 7d, 90 (seconds);
+    - a date and time, ISO 8601: 2026-12-02T01:00, 2026-12-02 01:00:30, 2026-12-02
+      (midnight); local time unless it ends in Z or an offset (+01:00);
+    - a time of day, today: 01:00, 13:45:10 (local, or with Z or an offset).
+
+    ValueError says what was expected.
+    """
+    from common import settings as common_settings
+
+    text = text.strip()
+    try:
+        return now - common_settings.duration(text)
+    except common_settings.BadValue:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            clock = datetime.time.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is neither a time (2026-12-02T01:00, 01:00) nor a duration"
+                " back from now (30m, 2h, 7d)"
+            ) from None
+        # Today in the time's own zone, or the local one (then both are naive).
+        today = datetime.datetime.fromtimestamp(now, clock.tzinfo).date()
+        moment = datetime.datetime.combine(today, clock)
+    # A naive time is local (astimezone() takes it so); an aware one keeps its zone.
+    return moment.astimezone().timestamp() if moment.tzinfo is None else moment.timestamp()
 
 
 if __name__ == "__main__":

@@ -1193,7 +1193,10 @@ class Master:
         body = msg.body
         if body["action"] == "list":
             rows = self.jobs.list_jobs(
-                host=body["host"], target=body["target"], limit=body["limit"]
+                host=body["host"],
+                target=body["target"],
+                limit=body["limit"],
+                **{k: body.get(k) for k in ("since", "until", "module", "status", "user")},
             )
             conn.send(
                 MsgType.JOBS_REPLY,

@@ -16,6 +16,7 @@ what happened on the host, even if the CLI has stopped waiting.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import hashlib
 import json
@@ -25,12 +26,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import codec
+from common.ids import JID_FORMAT
 from common.model import is_below
 from common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
 from master.db import transaction
 
 # Most jobs `jobs list` prints when no --limit is given.
 DEFAULT_LIST_LIMIT = 20
+# A host that has neither a result nor reached its job's deadline (jobs show, --status).
+PENDING = "pending"
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+# The last instant a jid can name (common/ids.py): later --until bounds are cut to it.
+_LAST_JID_TIME = 253402300799.0
 # Upper bound for --limit, so one request cannot make the daemon build a huge reply.
 MAX_LIST_LIMIT = 10_000
 
@@ -363,16 +370,48 @@ class JobStore:
         host: str | None = None,
         target: str | None = None,
         limit: int = DEFAULT_LIST_LIMIT,
+        since: float | None = None,
+        until: float | None = None,
+        module: str | None = None,
+        status: str | None = None,
+        user: str | None = None,
     ) -> list[JobSummary]:
         """Newest first. `host` keeps jobs that went to that host; `target`, jobs
-        submitted with exactly that target."""
-        where, args = [], []
+        submitted with exactly that target; `since` and `until` (unix times),
+        jobs submitted in that span, ends included; `module` and `user`, jobs
+        of that module and user; `status` (an outcome: changed, ok, failed,
+        no response, pending), jobs with at least one host in that state.
+
+        The time span is a range of jids (a jid is its submission time, and
+        jids sort by time), so it walks the primary key; the other filters
+        are checked per job along that walk, each on an index."""
+        where: list[str] = []
+        args: list[Any] = []
+        if since is not None:
+            where.append("jid >= ?")
+            args.append(_jid_at(since))
+        if until is not None:
+            where.append("jid <= ?")
+            args.append(_jid_at(until))
         if host is not None:
             where.append("jid IN (SELECT jid FROM job_hosts WHERE host = ?)")
             args.append(host)
         if target is not None:
             where.append("target = ?")
             args.append(target)
+        if module is not None:
+            where.append("module = ?")
+            args.append(module)
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if status is not None:
+            condition, status_args = _STATUS_CONDITIONS[status]
+            where.append(
+                "EXISTS (SELECT 1 FROM job_hosts h WHERE h.jid = jobs.jid"  # noqa: S608 - fixed
+                f" AND {condition})"
+            )
+            args.extend(status_args)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         limit = max(1, min(limit, MAX_LIST_LIMIT))
         jobs = self.conn.execute(
@@ -419,6 +458,25 @@ class JobStore:
             )
             for r in rows
         ]
+
+
+# A host outcome (outcome()) as a condition on a job_hosts row `h`, for list_jobs(status=...).
+_STATUS_CONDITIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    HostStatus.CHANGED: ("h.state = 'done' AND h.status = ?", (HostStatus.CHANGED,)),
+    HostStatus.OK: ("h.state = 'done' AND h.status = ?", (HostStatus.OK,)),
+    HostStatus.FAILED: ("h.state = 'done' AND h.status = ?", (HostStatus.FAILED,)),
+    NO_RESPONSE: ("h.state = 'no_response'", ()),
+    PENDING: ("h.state IN ('sent', 'received')", ()),
+}
+# Every outcome a job's host can have, in the order they are reported.
+OUTCOMES = (HostStatus.CHANGED, HostStatus.OK, HostStatus.FAILED, NO_RESPONSE, PENDING)
+
+
+def _jid_at(t: float) -> str:
+    """The jid of a job submitted at `t` (unix time), to the nearest microsecond
+    (a time read from ISO 8601 text is a float a hair off its microsecond)."""
+    us = round(min(max(t, 0.0), _LAST_JID_TIME) * 1_000_000)
+    return (_EPOCH + datetime.timedelta(microseconds=us)).strftime(JID_FORMAT)
 
 
 def _job(row: sqlite3.Row) -> JobRecord:

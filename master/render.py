@@ -65,7 +65,7 @@ class Style:
 
 # A host's outcome (master/jobstore.py outcome()), as the summary counts it.
 CHANGED, OK, FAILED = HostStatus.CHANGED, HostStatus.OK, HostStatus.FAILED
-_TALLY_FIELDS = {CHANGED: "changed", OK: "unchanged", FAILED: "failed", NO_RESPONSE: "no_response"}
+_TALLY_FIELDS = {CHANGED: "changed", OK: "ok", FAILED: "failed", NO_RESPONSE: "no_response"}
 
 
 def host_heading(host: str, status: str, body: dict[str, Any] | None, style: Style) -> str:
@@ -229,7 +229,7 @@ class Tally:
 
     targeted: int = 0
     changed: int = 0
-    unchanged: int = 0
+    ok: int = 0
     failed: int = 0
     no_response: int = 0
 
@@ -239,14 +239,21 @@ class Tally:
         setattr(self, field, getattr(self, field) + 1)
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        """The RUN_DONE summary, in the control wire's spelling (common/protocol.py)."""
+        return {
+            "targeted": self.targeted,
+            "changed": self.changed,
+            "unchanged": self.ok,
+            "failed": self.failed,
+            "no_response": self.no_response,
+        }
 
 
 def render_summary(tally: Tally, style: Style, dry_run: bool = False, module: str = "files") -> str:
     hosts = "host" if tally.targeted == 1 else "hosts"
     parts = [
         style.yellow(f"{tally.changed} {'would change' if dry_run else 'changed'}"),
-        style.green(f"{tally.unchanged} {'ok' if module == 'ping' else 'unchanged'}"),
+        style.green(f"{tally.ok} {'ok' if module == 'ping' else 'unchanged'}"),
         (style.red if tally.failed else str)(f"{tally.failed} failed"),
         (style.red if tally.no_response else str)(f"{tally.no_response} no response"),
     ]
@@ -349,4 +356,5 @@ def render_job_header(job: dict[str, Any], style: Style) -> str:
 
 
 def format_time(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    """A time for people: local, with its zone's name ("2026-12-02 01:50:11 UTC")."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))

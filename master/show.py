@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from common.errors import ConfigError
 from common.model import FileType, is_below
 from common.text import escape
+from master import jsonout
 from master.compiler import CompiledFile, HostConfig, compile_host, load_repository
 
 EXIT_OK = 0
@@ -159,22 +160,28 @@ def show_host(
     """Print `host`'s compiled files to `out`; the exit code for the CLI.
 
     A configuration error or an unknown host: every problem on `err`
-    (default stderr), nothing on `out`, exit code 2.
+    (default stderr), exit code 2; with `as_json` also the error document
+    (master/jsonout.py) on `out`, else nothing.
     """
     err = sys.stderr if err is None else err
     try:
         config = compile_host(load_repository(repo_dir), host)
     except ConfigError as e:
-        print(
-            f"safcm-master: cannot show {escape(host)}: configuration error in {escape(repo_dir)}:",
-            file=err,
-        )
+        message = f"cannot show {host}: configuration error in {repo_dir}"
+        print(f"safcm-master: {escape(message)}:", file=err)
         for problem in e.problems:
             print(f"  {escape(str(problem))}", file=err)
+        if as_json:
+            problems = [{"file": p.file, "line": p.line, "message": p.message} for p in e.problems]
+            _write_json(jsonout.error_document("config", message, problems), out)
         return EXIT_CONFIG_ERROR
     if as_json:
-        json.dump(to_document(config), out, indent=2)
-        out.write("\n")
+        _write_json(jsonout.show_document(to_document(config)), out)
     else:
         out.write(format_table(config))
     return EXIT_OK
+
+
+def _write_json(document: dict[str, Any], out: TextIO) -> None:
+    json.dump(document, out, indent=2)
+    out.write("\n")

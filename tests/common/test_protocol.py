@@ -555,6 +555,16 @@ CROSS_FIELD = [
         "only list filters by target",
     ),
     (
+        MsgType.JOBS,
+        {"action": "show", "host": None, "target": None, "limit": 1, "jid": JID, "user": "root"},
+        "only list filters by user",
+    ),
+    (
+        MsgType.JOBS,
+        {**SAMPLES[MsgType.JOBS], "since": 20.0, "until": 10.0},
+        "until: before since",
+    ),
+    (
         MsgType.JOB_REPLY,
         {
             **SAMPLES[MsgType.JOB_REPLY],
@@ -571,6 +581,14 @@ def test_cross_field_checks(msg_type, body, reason):
         send(msg_type, body)
     with pytest.raises(ProtocolError, match=reason):
         send_unchecked(msg_type, body)
+
+
+def test_jobs_filters_are_optional_and_checked():
+    full = {"since": 10.0, "until": 10.0, "module": "ping", "user": "root", "status": "no response"}
+    send(MsgType.JOBS, {**SAMPLES[MsgType.JOBS], **full})
+    for bad in ({"status": "unchanged"}, {"module": "shell"}, {"user": ""}, {"since": -1.0}):
+        with pytest.raises(ProtocolError):
+            send(MsgType.JOBS, {**SAMPLES[MsgType.JOBS], **bad})
 
 
 def test_cross_field_checks_accept_the_consistent_forms():

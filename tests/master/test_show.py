@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from common.text import escape
 from master import cli
+from tests import schemas
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "configs" / "repo"
@@ -94,8 +95,8 @@ def test_show_table_through_the_cli():
 def test_show_json_through_the_cli():
     proc = run_cli("show", "db1", "--json", "--repo", str(EXAMPLE))
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    assert doc["host"] == "db1"
+    doc = schemas.loads(proc.stdout, "show")
+    assert doc["host"] == "db1" and doc["format"] == "safcm/1"
     assert doc["groups"] == ["all", "monitored", "db", "db1"]
     files = {f["path"]: f for f in doc["files"]}
     assert [f["path"] for f in doc["files"]] == sorted(files)
@@ -142,11 +143,19 @@ def test_show_unknown_host_exits_2():
 def test_show_configuration_error_exits_2_with_every_problem():
     proc = run_cli("show", "web1", "--json", "--repo", str(INVALID_MANY))
     assert proc.returncode == 2
-    assert proc.stdout == ""
     expected = (INVALID_MANY.parent / "errors.txt").read_text().splitlines()
     lines = proc.stderr.splitlines()
     assert lines[0].startswith("safcm-master: cannot show web1: configuration error in ")
     assert lines[1:] == [f"  {e}" for e in expected]
+    # Under --json the same problems are a document on stdout.
+    error = schemas.loads(proc.stdout, "error")["error"]
+    assert error["kind"] == "config"
+    where = [
+        p["file"] if p["line"] is None else f"{p['file']}:{p['line']}" for p in error["problems"]
+    ]
+    assert [
+        f"{w}: {p['message']}" for w, p in zip(where, error["problems"], strict=True)
+    ] == expected
 
 
 def test_show_missing_repository_exits_2(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from common import codec
 from common.crypto import PublicKeys
 from common.errors import StoreError, UsageError
+from common.ids import jid_time
 from master.db import DB_NAME, open_db
 from master.jobstore import (
     HostState,
@@ -258,3 +259,45 @@ def test_a_result_stored_by_safcm_0_1_is_shown_in_todays_format(conn):
     apply = host.result["apply"]
     assert [c["outcome"] for c in apply["changes"]] == ["applied", "failed"]
     assert apply["failures"] == [old["apply"]["failure"]] and apply["owed"] == []
+
+
+def test_list_by_time_module_user_and_outcome(conn):
+    """--since/--until are jid bounds, both ends included; --status keeps jobs
+    with at least one host of that outcome."""
+    store = JobStore(conn)
+    t0 = jid_time("20260101T000000.000000Z")
+
+    def make(jid, module="files", user="root"):
+        store.create(JobRecord(jid, 0.0, 100.0, user, "web*", module, False, None), {"web1": b""})
+
+    make("20260101T000000.000000Z")
+    make("20260101T010000.000000Z", module="ping")
+    make("20260101T020000.000000Z", user="alice")
+    ok = {"status": "ok"}
+    store.record(
+        [],
+        [
+            StoredResult(
+                "20260101T000000.000000Z", "web1", HostStatus.OK, 0, ok, 1.0, codec.pack(ok)
+            )
+        ],
+        now=1,
+    )
+    store.expire(now=100, spare=[("20260101T020000.000000Z", "web1")])
+
+    def hours(**filters):
+        return [int(s.job.jid[9:11]) for s in store.list_jobs(**filters)]
+
+    assert hours(since=t0 + 3600) == [2, 1]
+    assert hours(until=t0 + 3600) == [1, 0]
+    assert hours(since=t0 + 1, until=t0 + 3600) == [1]
+    assert hours(since=t0 + 3600.000001) == [2]
+    assert hours(since=t0 + 3600 - 1e-7, until=t0 + 3600 + 1e-7) == [1]  # to the microsecond
+    assert hours(module="ping") == [1]
+    assert hours(user="alice") == [2]
+    assert hours(status="ok") == [0]
+    assert hours(status="no response") == [1]
+    assert hours(status="pending") == [2]
+    assert hours(status="changed") == []
+    assert hours(status="failed", user="root") == []
+    assert hours(module="files", user="root", since=t0, until=t0) == [0]

@@ -14,6 +14,8 @@ from common.crypto import KeyPair
 from common.protocol import MsgType
 from master.control import ControlClient
 from master.sandbox import Sandbox, wait_for
+from tests import schemas
+from tests.schemas import validate
 from tests.system.fake import FakeMinion
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "repo")
@@ -75,19 +77,34 @@ def enrol(sb: Sandbox, *minions: str, **settings) -> None:
 
 
 def run_json(sb: Sandbox, *args: str) -> tuple[int, dict]:
+    """`run ... --json`: its exit code and its document, checked against its schema
+    (docs/schema/run.json, or error.json for an error)."""
     result = sb.cli("run", *args, "--json")
     assert result.stdout, f"no output (exit {result.returncode}): {result.stderr}"
-    return result.returncode, json.loads(result.stdout)
+    doc = json.loads(result.stdout)
+    return result.returncode, validate(doc, "error" if "error" in doc else "run")
 
 
 def jobs_show(sb: Sandbox, jid: str) -> dict:
     result = sb.cli("jobs", "show", jid, "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return schemas.loads(result.stdout, "jobs-show")
+
+
+def jobs_list(sb: Sandbox, *args: str) -> list[dict]:
+    """`jobs list ARGS --json`: the jobs, checked against docs/schema/jobs-list.json."""
+    result = sb.cli("jobs", "list", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return schemas.loads(result.stdout, "jobs-list")["jobs"]
+
+
+def by_host(doc: dict) -> dict[str, dict]:
+    """The hosts of a run or jobs show document, by host."""
+    return {h["host"]: h for h in doc["hosts"]}
 
 
 def changed_paths(doc: dict, host: str) -> list[str]:
-    return [c["path"] for c in doc["hosts"][host]["result"]["apply"]["changes"]]
+    return [c["path"] for c in by_host(doc)[host]["result"]["apply"]["changes"]]
 
 
 def logged(daemon, text: str) -> None:

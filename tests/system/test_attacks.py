@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import os
 import pwd
 import socket
@@ -32,9 +31,11 @@ from common.protocol import (
     topic_for,
 )
 from master.sandbox import wait_for
+from tests import schemas
 from tests.system.conftest import (
     SETTLE,
     accepted_fake,
+    by_host,
     enrol,
     jobs_show,
     keys,
@@ -95,7 +96,7 @@ def test_duplicate_result_is_stored_once(sandbox, fake):
     receipt = web3.recv_sealed()
     assert receipt.type is MsgType.RESULT_RECEIPT and receipt.body["jid"] == job.jid
     out, _ = run.communicate(timeout=30)
-    assert json.loads(out)["hosts"]["web3"]["status"] == "ok"
+    assert by_host(schemas.loads(out, "run"))["web3"]["status"] == "ok"
     # The same result again, and one that says something else: neither is stored.
     web3.send_raw(web3.seal(MsgType.RESULT, first, jid=job.jid))
     assert web3.recv_sealed().type is MsgType.RESULT_RECEIPT  # confirmed, so it stops resending

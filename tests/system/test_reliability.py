@@ -15,7 +15,17 @@ import yaml
 
 from common.protocol import jid_time
 from master.sandbox import free_port, wait_for
-from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json, wait_state
+from tests.schemas import validate
+from tests.system.conftest import (
+    SETTLE,
+    by_host,
+    enrol,
+    jobs_list,
+    jobs_show,
+    keys,
+    run_json,
+    wait_state,
+)
 
 
 def start_run(sb, *args: str) -> subprocess.Popen:
@@ -26,7 +36,8 @@ def start_run(sb, *args: str) -> subprocess.Popen:
 def finish(proc: subprocess.Popen) -> tuple[int, dict]:
     out, err = proc.communicate(timeout=120)
     assert out, err
-    return proc.returncode, json.loads(out)
+    doc = json.loads(out)
+    return proc.returncode, validate(doc, "error" if "error" in doc else "run")
 
 
 def test_minion_started_after_the_publish_still_applies(sandbox):
@@ -46,7 +57,7 @@ def test_minion_started_after_the_publish_still_applies(sandbox):
     sandbox.start_minion("web2")
     code, doc = finish(proc)
     assert code == 0, doc
-    assert doc["hosts"]["web2"]["status"] == "changed"
+    assert by_host(doc)["web2"]["status"] == "changed"
     assert os.path.exists(os.path.join(sandbox.root("web2"), "etc/motd"))
 
 
@@ -55,13 +66,13 @@ def test_stopped_minion_is_no_response(sandbox):
     sandbox.stop(sandbox.minions["web2"])
     code, doc = run_json(sandbox, "web*", "ping", "--timeout", "2")
     assert code == 1
-    assert doc["hosts"]["web2"] == {"status": "no response", "result": None}
-    assert doc["summary"]["no_response"] == 1
+    assert by_host(doc)["web2"] == {"host": "web2", "status": "no response", "result": None}
+    assert doc["summary"]["no response"] == 1
     human = sandbox.cli("jobs", "show", doc["jid"])
     assert "web2: no response" in human.stdout
     stored = {h["host"]: h for h in jobs_show(sandbox, doc["jid"])["hosts"]}
-    assert stored["web2"]["state"] == "no_response" and stored["web2"]["result"] is None
-    assert stored["web1"]["state"] == "done"
+    assert stored["web2"]["status"] == "no response" and stored["web2"]["result"] is None
+    assert stored["web1"]["status"] == "ok" and stored["web1"]["returned"] is not None
 
 
 def slow_repo(sb) -> None:
@@ -102,10 +113,10 @@ def test_master_killed_after_sending_then_result_delivered_from_the_spool(sandbo
         SETTLE,
         "the spooled result to be delivered",
     )
-    [job] = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
+    [job] = jobs_list(sandbox)
     assert job["jid"] == jid
     [host] = jobs_show(sandbox, jid)["hosts"]
-    assert host["state"] == "done" and host["status"] == "ok"
+    assert host["returned"] is not None and host["result"]["status"] == "ok"
     assert any(t["command"] == "sleep 3" for t in host["result"]["apply"]["triggers"])
 
 
@@ -119,7 +130,7 @@ def ping_then_master_crash(sb, timeout: int) -> str:
     sb.kill(sb.master)
     proc.communicate(timeout=30)
     sb.start_master()
-    [job] = json.loads(sb.cli("jobs", "list", "--json").stdout)["jobs"]
+    [job] = jobs_list(sb)
     return job["jid"]
 
 
@@ -127,7 +138,7 @@ def test_master_restart_republishes_undelivered_envelopes(sandbox):
     jid = ping_then_master_crash(sandbox, timeout=30)
     sandbox.start_minion("web1")
     wait_for(
-        lambda: jobs_show(sandbox, jid)["hosts"][0]["state"] == "done",
+        lambda: jobs_show(sandbox, jid)["hosts"][0]["status"] == "ok",
         SETTLE,
         "the job to reach web1 after the restart",
     )
@@ -136,7 +147,7 @@ def test_master_restart_republishes_undelivered_envelopes(sandbox):
 def test_a_job_from_before_a_restart_still_ends_in_no_response(sandbox):
     jid = ping_then_master_crash(sandbox, timeout=3)
     wait_for(
-        lambda: jobs_show(sandbox, jid)["hosts"][0]["state"] == "no_response",
+        lambda: jobs_show(sandbox, jid)["hosts"][0]["status"] == "no response",
         SETTLE,
         "the restarted master to give up on web1 at the deadline",
     )
@@ -162,13 +173,13 @@ def test_history_survives_a_master_restart(sandbox):
     enrol(sandbox, "web1")
     _, first = run_json(sandbox, "web1", "files")
     _, second = run_json(sandbox, "web1", "ping")
-    before = json.loads(sandbox.cli("jobs", "list", "--json").stdout)
+    before = jobs_list(sandbox)
     shown = jobs_show(sandbox, first["jid"])
     assert sandbox.stop(sandbox.master) == 0  # SIGTERM: a clean stop, exit 0
     sandbox.start_master()
-    assert json.loads(sandbox.cli("jobs", "list", "--json").stdout) == before
+    assert jobs_list(sandbox) == before
     assert jobs_show(sandbox, first["jid"]) == shown
-    assert [j["jid"] for j in before["jobs"]] == [second["jid"], first["jid"]]
+    assert [j["jid"] for j in before] == [second["jid"], first["jid"]]
     wait_state(sandbox, "web1", "accepted", connected=True)
     assert keys(sandbox)["web1"]["state"] == "accepted"
     # The minion reconnects without enrolling again.
@@ -214,11 +225,11 @@ def test_old_jobs_are_removed_after_keep_jobs(sandbox):
     sandbox.configure_master(keep_jobs="2s")
     enrol(sandbox, "web1")
     _, doc = run_json(sandbox, "web1", "ping")
-    assert jobs_show(sandbox, doc["jid"])["job"]["jid"] == doc["jid"]
+    assert jobs_show(sandbox, doc["jid"])["jid"] == doc["jid"]
     wait_for(lambda: time.time() - jid_time(doc["jid"]) > 2.5, SETTLE, "the job to be 2.5 s old")
     sandbox.stop(sandbox.master)
     sandbox.start_master()  # retention runs at start-up (and hourly)
-    assert json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"] == []
+    assert jobs_list(sandbox) == []
     assert "removed 1 jobs older than keep_jobs" in sandbox.master.log_text()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import grp
 import hashlib
-import json
 import os
 import pty
 import pwd
@@ -13,7 +12,15 @@ import select
 import stat
 import subprocess
 
-from tests.system.conftest import changed_paths, enrol, jobs_show, run_json
+from tests import schemas
+from tests.system.conftest import (
+    by_host,
+    changed_paths,
+    enrol,
+    jobs_list,
+    jobs_show,
+    run_json,
+)
 
 SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Created by the example repository's trigger on /etc/app, not by the engine.
@@ -23,7 +30,11 @@ TRIGGER_MADE = {"/etc/app/.restart-requested"}
 def compiled(sb, host: str) -> dict[str, dict]:
     result = sb.cli("show", host, "--json")
     assert result.returncode == 0, result.stderr
-    return {f["path"]: f for f in json.loads(result.stdout)["files"]}
+    return {f["path"]: f for f in schemas.loads(result.stdout, "show")["files"]}
+
+
+def changed_paths_full(doc: dict, host: str) -> list[dict]:
+    return by_host(doc)[host]["result"]["apply"]["changes"]
 
 
 def on_disk(root: str) -> set[str]:
@@ -60,18 +71,22 @@ def test_files_on_three_minions_then_nothing_changes(sandbox):
     enrol(sandbox, "web1", "web2", "web3", "db1")
     code, doc = run_json(sandbox, "web*", "files")
     assert code == 0
-    assert sorted(doc["hosts"]) == ["web1", "web2", "web3"]
-    assert doc["skipped"] == []
+    assert [h["host"] for h in doc["hosts"]] == ["web1", "web2", "web3"]
+    assert doc["format"] == "safcm/1"
     assert doc["summary"] == {
-        "targeted": 3,
+        "hosts": 3,
         "changed": 3,
-        "unchanged": 0,
+        "ok": 0,
         "failed": 0,
-        "no_response": 0,
+        "no response": 0,
+        "pending": 0,
+        "skipped": 0,
     }
+    motd = next(c for c in changed_paths_full(doc, "web1") if c["path"] == "/etc/motd")
+    assert motd["new"]["mode"] == "0644"
     for host in ("web1", "web2", "web3"):
         assert_root_matches(sandbox, host)
-        assert doc["hosts"][host]["status"] == "changed"
+        assert by_host(doc)[host]["status"] == "changed"
         # Everything is created; "/" (the minion's root) already was 0755 root:root.
         assert set(changed_paths(doc, host)) == set(compiled(sandbox, host)) - {"/"}
     # Special bits and owners really are on disk (assert_root_matches checked
@@ -87,7 +102,7 @@ def test_files_on_three_minions_then_nothing_changes(sandbox):
     assert not os.path.exists(os.path.join(sandbox.root("web3"), "srv"))
     # The host outside the target is untouched.
     assert os.listdir(sandbox.root("db1")) == []
-    triggers = doc["hosts"]["web1"]["result"]["apply"]["triggers"]
+    triggers = by_host(doc)["web1"]["result"]["apply"]["triggers"]
     assert {t["status"] for t in triggers} == {"ok"}
     assert any("reload web server" in t["output"] for t in triggers)
 
@@ -95,10 +110,10 @@ def test_files_on_three_minions_then_nothing_changes(sandbox):
     before = {h: os.stat(os.path.join(sandbox.root(h), "etc/motd")) for h in hosts}
     code, doc = run_json(sandbox, "web*", "files")
     assert code == 0
-    assert doc["summary"]["unchanged"] == 3 and doc["summary"]["changed"] == 0
+    assert doc["summary"]["ok"] == 3 and doc["summary"]["changed"] == 0
     for host in hosts:
-        assert doc["hosts"][host]["result"]["apply"]["changes"] == []
-        assert doc["hosts"][host]["result"]["apply"]["triggers"] == []
+        assert by_host(doc)[host]["result"]["apply"]["changes"] == []
+        assert by_host(doc)[host]["result"]["apply"]["triggers"] == []
         after = os.stat(os.path.join(sandbox.root(host), "etc/motd"))
         assert (after.st_ino, after.st_ctime_ns) == (before[host].st_ino, before[host].st_ctime_ns)
 
@@ -123,7 +138,7 @@ def test_dry_run_shows_the_diff_and_writes_nothing(sandbox):
     assert "1 would change" in human.stdout
 
     _, doc = run_json(sandbox, "web1", "files", "--dry-run")
-    apply = doc["hosts"]["web1"]["result"]["apply"]
+    apply = by_host(doc)["web1"]["result"]["apply"]
     assert apply["dry_run"] is True
     assert sorted(changed_paths(doc, "web1")) == ["/etc/app/logging.conf", "/etc/motd"]
     assert {t["status"] for t in apply["triggers"]} == {"would run"}
@@ -132,19 +147,33 @@ def test_dry_run_shows_the_diff_and_writes_nothing(sandbox):
         assert f.read() == edited
     assert stat.S_IMODE(os.stat(motd).st_mode) == 0o600
     assert not os.path.exists(os.path.join(sandbox.root("web1"), "etc/app/logging.conf"))
-    jobs = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
+    jobs = jobs_list(sandbox)
     assert [j["dry_run"] for j in jobs] == [True, True, False]
 
 
 def test_ping_group_targets_and_exit_codes(sandbox):
     enrol(sandbox, "web1", "web2", "db1")
     code, doc = run_json(sandbox, "-G", "web", "ping")
-    assert code == 0 and sorted(doc["hosts"]) == ["web1", "web2"]
-    assert doc["hosts"]["web1"]["result"]["ping"]["version"]
+    assert code == 0 and sorted(by_host(doc)) == ["web1", "web2"]
+    assert by_host(doc)["web1"]["result"]["ping"]["version"]
+    assert by_host(doc)["web1"]["result"]["ping"]["time"].endswith("Z")
     code, doc = run_json(sandbox, "@monitored", "ping")
-    assert code == 0 and sorted(doc["hosts"]) == ["db1", "web1", "web2"]
+    assert code == 0 and sorted(by_host(doc)) == ["db1", "web1", "web2"]
     code, doc = run_json(sandbox, "web1,db1", "ping")
-    assert code == 0 and sorted(doc["hosts"]) == ["db1", "web1"]
+    assert code == 0 and sorted(by_host(doc)) == ["db1", "web1"]
+    # Errors under --json are a document on stdout too, with the same exit code.
+    code, doc = run_json(sandbox, "nosuch*", "ping")
+    assert code == 2 and doc["error"]["kind"] == "usage"
+    assert "matches no host" in doc["error"]["message"]
+    code, doc = run_json(sandbox, "web1", "nosuchmodule")
+    assert code == 2 and doc["error"]["kind"] == "usage"
+    keys_doc = schemas.loads(sandbox.cli("keys", "list", "--json").stdout, "keys-list")
+    assert [(k["host"], k["state"]) for k in keys_doc["keys"]] == [
+        ("db1", "accepted"),
+        ("web1", "accepted"),
+        ("web2", "accepted"),
+    ]
+    assert all(k["last_seen"].endswith("Z") for k in keys_doc["keys"])
 
     for args, message in [
         (("nosuch*", "ping"), "'nosuch*' matches no host in hosts.yaml"),
@@ -164,7 +193,13 @@ def test_configuration_error_exits_2_before_anything_is_sent(sandbox):
     result = sandbox.cli("run", "web*", "files")
     assert result.returncode == 2
     assert "web/permissions.yaml:" in result.stderr and "invalid mode '9999'" in result.stderr
-    assert json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"] == []
+    code, doc = run_json(sandbox, "web*", "files")
+    assert code == 2 and doc["error"]["kind"] == "config"
+    assert any(
+        p["file"].endswith("web/permissions.yaml") and "invalid mode '9999'" in p["message"]
+        for p in doc["error"]["problems"]
+    )
+    assert jobs_list(sandbox) == []
     assert os.listdir(sandbox.root("web1")) == []
     # ping sends no files: a broken permissions.yaml does not stop it.
     code, doc = run_json(sandbox, "web*", "ping")
@@ -187,6 +222,16 @@ def test_daemon_not_running_is_a_clear_error(sandbox):
     result = sandbox.cli("run", "*", "ping")
     assert result.returncode == 2
     assert "the master daemon is not running" in result.stderr
+    for args in (
+        ("run", "*", "ping"),
+        ("jobs", "list"),
+        ("jobs", "show", "last"),
+        ("keys", "list"),
+    ):
+        result = sandbox.cli(*args, "--json")
+        assert result.returncode == 2
+        doc = schemas.loads(result.stdout, "error")
+        assert doc["error"]["kind"] == "daemon", args
 
 
 def test_history_shows_runs_with_diffs(sandbox):
@@ -197,18 +242,41 @@ def test_history_shows_runs_with_diffs(sandbox):
         f.write("local edit\n")
     _, second = run_json(sandbox, "web2", "files")
 
-    listing = json.loads(sandbox.cli("jobs", "list", "--json").stdout)["jobs"]
+    listing = jobs_list(sandbox)
     assert [j["jid"] for j in listing] == [second["jid"], first["jid"]]
-    assert listing[0]["target"] == "web2" and listing[0]["changed"] == 1
-    assert listing[1]["hosts"] == 2 and listing[1]["user"] == "root"
-    only_web1 = json.loads(sandbox.cli("jobs", "list", "--host", "web1", "--json").stdout)
-    assert [j["jid"] for j in only_web1["jobs"]] == [first["jid"]]
-    by_target = json.loads(sandbox.cli("jobs", "list", "--target", "web*", "--json").stdout)
-    assert [j["jid"] for j in by_target["jobs"]] == [first["jid"]]
+    assert listing[0]["target"] == "web2" and listing[0]["summary"]["changed"] == 1
+    assert listing[1]["summary"]["hosts"] == 2 and listing[1]["user"] == "root"
+    assert [j["jid"] for j in jobs_list(sandbox, "--host", "web1")] == [first["jid"]]
+    assert [j["jid"] for j in jobs_list(sandbox, "--target", "web*")] == [first["jid"]]
+    both, none = [second["jid"], first["jid"]], []
+    for args, expected in [
+        (("--module", "files"), both),
+        (("--module", "ping"), none),
+        (("--status", "changed"), both),
+        (("--status", "ok"), none),
+        (("--status", "failed"), none),
+        (("--status", "no response"), none),
+        (("--user", "root"), both),
+        (("--user", "nobody"), none),
+        (("--since", "1h"), both),
+        (("--until", "1h"), none),
+        (("--since", listing[0]["submitted"]), [second["jid"]]),
+        (("--until", listing[1]["submitted"]), [first["jid"]]),
+        (("--since", "2000-01-01", "--until", "2000-01-02T00:00Z"), none),
+    ]:
+        assert [j["jid"] for j in jobs_list(sandbox, *args)] == expected, args
+    bad = sandbox.cli("jobs", "list", "--since", "yesterday-ish", "--json")
+    assert bad.returncode == 2
+    assert schemas.loads(bad.stdout, "error")["error"]["kind"] == "usage"
+    assert "--since" in bad.stderr
+    table = sandbox.cli("jobs", "list", env={"TZ": "UTC"}).stdout.splitlines()
+    assert table[1].startswith(second["jid"]) and " UTC " in table[1]
 
     shown = jobs_show(sandbox, second["jid"])
     [host] = shown["hosts"]
-    assert host["host"] == "web2" and host["state"] == "done"
+    assert host["host"] == "web2" and host["status"] == "changed"
+    assert shown["submitted"] <= host["returned"]  # ISO 8601 in UTC sorts as time
+    assert jobs_show(sandbox, "last") == shown
     [change] = host["result"]["apply"]["changes"]
     assert change["path"] == "/etc/motd" and "-local edit" in change["diff"]
     human = sandbox.cli("jobs", "show", second["jid"]).stdout

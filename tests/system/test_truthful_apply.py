@@ -13,7 +13,7 @@ import os
 import shutil
 
 from master.sandbox import wait_for
-from tests.system.conftest import SETTLE, enrol, jobs_show, keys, run_json
+from tests.system.conftest import SETTLE, by_host, enrol, jobs_show, keys, run_json
 
 RESTART_FLAG = "etc/app/.restart-requested"  # what the /etc/app trigger touches
 TRIGGER = 'touch "$SAFCM_ROOT/etc/app/.restart-requested"'  # on /etc/app
@@ -21,7 +21,7 @@ RELOAD = 'echo "reload web server"'  # on /srv/www
 
 
 def changes_by_path(doc: dict, host: str) -> dict[str, dict]:
-    return {c["path"]: c for c in doc["hosts"][host]["result"]["apply"]["changes"]}
+    return {c["path"]: c for c in by_host(doc)[host]["result"]["apply"]["changes"]}
 
 
 def restart_minion(sb, minion: str) -> None:
@@ -50,9 +50,9 @@ def test_obstacle_stale_files_owed_trigger_restart_and_single_run(sandbox):
 
     code, doc = run_json(sandbox, "web1", "files")
     assert code == 1
-    assert doc["hosts"]["web1"]["status"] == "failed"
+    assert by_host(doc)["web1"]["status"] == "failed"
     first_jid = doc["jid"]
-    apply = doc["hosts"]["web1"]["result"]["apply"]
+    apply = by_host(doc)["web1"]["result"]["apply"]
     changes = changes_by_path(doc, "web1")
     # Stale files applied anyway, before and after the obstacle.
     assert changes["/etc/app/logging.conf"]["outcome"] == "applied"
@@ -88,7 +88,7 @@ def test_obstacle_stale_files_owed_trigger_restart_and_single_run(sandbox):
     restart_minion(sandbox, "web1")
     code, doc = run_json(sandbox, "web1", "files")
     assert code == 1
-    apply = doc["hosts"]["web1"]["result"]["apply"]
+    apply = by_host(doc)["web1"]["result"]["apply"]
     assert apply["triggers"] == []
     assert [(o["command"], o["jid"]) for o in apply["owed"]] == [
         (TRIGGER, first_jid),
@@ -102,7 +102,7 @@ def test_obstacle_stale_files_owed_trigger_restart_and_single_run(sandbox):
     shutil.rmtree(motd)
     code, doc = run_json(sandbox, "web1", "files")
     assert code == 0, doc
-    apply = doc["hosts"]["web1"]["result"]["apply"]
+    apply = by_host(doc)["web1"]["result"]["apply"]
     assert changes_by_path(doc, "web1")["/etc/motd"]["outcome"] == "applied"
     assert [(t["command"], t["status"]) for t in apply["triggers"]] == [
         (TRIGGER, "ok"),
@@ -114,5 +114,5 @@ def test_obstacle_stale_files_owed_trigger_restart_and_single_run(sandbox):
     # Paid: nothing is owed or run any more.
     code, doc = run_json(sandbox, "web1", "files")
     assert code == 0
-    apply = doc["hosts"]["web1"]["result"]["apply"]
+    apply = by_host(doc)["web1"]["result"]["apply"]
     assert apply["triggers"] == [] and apply["owed"] == [] and apply["changes"] == []

@@ -1,0 +1,210 @@
+"""The --json format of safcm-master: one versioned document per command.
+
+Every command's --json output (`run`, `jobs list`, `jobs show`, `show`,
+`keys list`) is one JSON object whose `format` field names the version of
+this format, FORMAT. Its JSON Schemas are docs/schema/*.json (draft
+2020-12), one file per command plus common.json for the shared parts, and
+the tests validate every document the commands print against them. The
+rules, the same in every document:
+
+- hosts are a list of objects, each with a "host" key;
+- a host's outcome is one of OUTCOMES: changed, ok, failed, no response,
+  pending, skipped;
+- modes are four octal digits as a string ("0755");
+- times are ISO 8601 in UTC with microseconds ("2026-12-02T01:50:11.123456Z");
+  durations stay seconds (numbers);
+- an error is {"format": ..., "error": {"kind", "message", "problems"}}.
+
+The control wire (common/protocol.py) carries unix times, integer modes and
+its own spellings; the functions here convert, and are pure.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from typing import Any
+
+from common.protocol import NO_RESPONSE
+from master.jobstore import OUTCOMES, PENDING, outcome
+
+# The version of this format. A change that can break a reader (a field
+# removed, renamed or retyped) makes it "safcm/2"; new fields do not.
+FORMAT = "safcm/1"
+# A host the target matched that the job did not go to (run only).
+SKIPPED = "skipped"
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def iso_time(ts: float) -> str:
+    """A unix time as ISO 8601 in UTC, to the microsecond. Cut, not rounded,
+    as a jid is (common/ids.py): a job's "submitted" names its jid's instant,
+    so it can be given back to `jobs list --since/--until` as it is."""
+    t = _EPOCH + datetime.timedelta(microseconds=int(ts * 1_000_000))
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _iso_or_none(ts: float | None) -> str | None:
+    return None if ts is None else iso_time(ts)
+
+
+def mode_text(mode: int) -> str:
+    return f"{mode:04o}"
+
+
+def result_document(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A minion's RESULT body (common/protocol.py) with times and modes converted."""
+    if result is None:
+        return None
+    doc = dict(result, started=iso_time(result["started"]), finished=iso_time(result["finished"]))
+    if result["ping"] is not None:
+        doc["ping"] = dict(result["ping"], time=iso_time(result["ping"]["time"]))
+    if result["apply"] is not None:
+        apply = result["apply"]
+        doc["apply"] = dict(apply, changes=[_change(c) for c in apply["changes"]])
+    return doc
+
+
+def _change(change: dict[str, Any]) -> dict[str, Any]:
+    return dict(change, old=_state(change["old"]), new=_state(change["new"]))
+
+
+def _state(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if state is None else dict(state, mode=mode_text(state["mode"]))
+
+
+def counts(outcomes: Iterable[str]) -> dict[str, int]:
+    """How many hosts had each outcome, every outcome present; "hosts" is the total."""
+    doc = dict.fromkeys(OUTCOMES, 0)
+    total = 0
+    for o in outcomes:
+        doc[o] += 1
+        total += 1
+    return {"hosts": total, **doc}
+
+
+def _job_fields(job: dict[str, Any]) -> dict[str, Any]:
+    """A job record of the JOBS_REPLY or JOB_REPLY wire form."""
+    return {
+        "jid": job["jid"],
+        "submitted": iso_time(job["submitted"]),
+        "deadline": iso_time(job["deadline"]),
+        "user": job["user"],
+        "target": job["target"],
+        "module": job["module"],
+        "dry_run": job["dry_run"],
+        "git_commit": job["git_commit"],
+    }
+
+
+def run_document(
+    started: dict[str, Any], request: dict[str, Any], results: dict[str, dict[str, Any] | None]
+) -> dict[str, Any]:
+    """`run --json`: the RUN_STARTED body, the RUN request and every host's
+    result (None: no response), by host. The job went to started["hosts"];
+    a host of it without an entry in `results` is still pending."""
+    hosts: list[dict[str, Any]] = []
+    for host in started["hosts"]:
+        if host in results:
+            result = results[host]
+            hosts.append(
+                {"host": host, "status": outcome(result), "result": result_document(result)}
+            )
+        else:
+            hosts.append({"host": host, "status": PENDING, "result": None})
+    summary = counts(h["status"] for h in hosts)
+    for skipped in started["skipped"]:
+        hosts.append({"host": skipped["host"], "status": SKIPPED, "reason": skipped["reason"]})
+    hosts.sort(key=lambda h: h["host"])
+    return {
+        "format": FORMAT,
+        "jid": started["jid"],
+        "target": request["target"],
+        "group": request["group"],
+        "module": request["module"],
+        "dry_run": request["dry_run"],
+        "hosts": hosts,
+        "summary": {**summary, SKIPPED: len(started["skipped"])},
+    }
+
+
+def jobs_list_document(body: dict[str, Any]) -> dict[str, Any]:
+    """`jobs list --json`, from a JOBS_REPLY body."""
+    jobs = []
+    for row in body["jobs"]:
+        summary = {
+            "hosts": row["hosts"],
+            "changed": row["changed"],
+            "ok": row["ok"],
+            "failed": row["failed"],
+            NO_RESPONSE: row["no_response"],
+            PENDING: row["pending"],
+        }
+        jobs.append({**_job_fields(row), "summary": summary})
+    return {"format": FORMAT, "jobs": jobs}
+
+
+def host_outcome(host: dict[str, Any]) -> str:
+    """The outcome of one host of a JOB_REPLY: pending until it has a result or
+    reached the deadline."""
+    if host["result"] is None and host["status"] != NO_RESPONSE:
+        return PENDING
+    return outcome(host["result"])
+
+
+def job_show_document(body: dict[str, Any]) -> dict[str, Any]:
+    """`jobs show --json`, from a JOB_REPLY body."""
+    hosts = [
+        {
+            "host": h["host"],
+            "status": host_outcome(h),
+            "received": _iso_or_none(h["received"]),
+            "returned": _iso_or_none(h["returned"]),
+            "result": result_document(h["result"]),
+        }
+        for h in body["hosts"]
+    ]
+    return {
+        "format": FORMAT,
+        **_job_fields(body["job"]),
+        "hosts": hosts,
+        "summary": counts(h["status"] for h in hosts),
+    }
+
+
+def keys_document(body: dict[str, Any]) -> dict[str, Any]:
+    """`keys list --json`, from a KEYS_REPLY body."""
+    return {
+        "format": FORMAT,
+        "master": body["master"],
+        "keys": [_key(k) for k in body["keys"]],
+        "refused": [_key(r) for r in body["refused"]],
+    }
+
+
+def _key(row: dict[str, Any]) -> dict[str, Any]:
+    """A key row of KEYS_REPLY: its "id" is the "host", its times ISO 8601."""
+    doc = {"host": row["id"], **{k: v for k, v in row.items() if k != "id"}}
+    doc["last_seen"] = _iso_or_none(row["last_seen"])
+    return doc
+
+
+def show_document(host: dict[str, Any]) -> dict[str, Any]:
+    """`show --json`: master/show.py to_document(), versioned."""
+    return {"format": FORMAT, **host}
+
+
+def error_document(
+    kind: str, message: str, problems: Iterable[dict[str, Any]] = (), **extra: Any
+) -> dict[str, Any]:
+    """What every command prints under --json when it fails: `kind` says which
+    failure (usage, config, daemon, ...), `problems` are {file, line, message}
+    (line null when unknown); `extra` adds fields such as the jid of a run
+    whose daemon was lost."""
+    return {
+        "format": FORMAT,
+        **extra,
+        "error": {"kind": kind, "message": message, "problems": list(problems)},
+    }
