@@ -12,6 +12,7 @@ The one place that turns errors into messages and exit codes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 import time
 from typing import Any, NoReturn, TextIO
 
+from common.cliargs import add_verbosity
 from common.errors import (
     ConfigError,
     ConfigProblem,
@@ -59,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = _ConfigSubparsers(parser.add_subparsers(dest="command", metavar="COMMAND"), config)
 
-    sub.add_parser("daemon", help="run the master daemon (logs to stderr)")
+    daemon = sub.add_parser("daemon", help="run the master daemon (logs to stderr)")
+    add_verbosity(daemon)
 
     keys = sub.add_parser("keys", help="list, accept, reject or delete minion keys")
     keys_sub = _ConfigSubparsers(
@@ -168,6 +171,11 @@ class _ArgumentError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise _ArgumentError(self, message)
+
+
+def _with_verbosity(settings: Any, args: argparse.Namespace) -> Any:
+    level = getattr(args, "log_level", None)
+    return settings if level is None else dataclasses.replace(settings, log_level=level)
 
 
 class _ConfigSubparsers:
@@ -289,7 +297,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from master import daemon
 
         try:
-            return daemon.main(settings)
+            return daemon.main(_with_verbosity(settings, args))
         except (SafcmError, OSError) as e:
             # Anything that escapes the daemon stopped it before it served:
             # nothing was done (a port in use, an unusable state_dir).

@@ -7,9 +7,11 @@ configuration error (nothing was started).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
+from common.cliargs import add_verbosity
 from common.errors import ConfigError, SafcmError
 from common.text import escape
 from common.version import VERSION
@@ -34,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", default=argparse.SUPPRESS, metavar="FILE", help=config_help
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("daemon", parents=[config], help="run the minion daemon (logs to stderr)")
+    daemon = sub.add_parser(
+        "daemon", parents=[config], help="run the minion daemon (logs to stderr)"
+    )
+    add_verbosity(daemon)
     sub.add_parser(
         "check", parents=[config], help="validate the settings file and exit (0 ok, 2 errors)"
     )
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         from minion import daemon
 
         try:
+            if args.log_level is not None:
+                settings = dataclasses.replace(settings, log_level=args.log_level)
             return daemon.main(settings)
         except (SafcmError, OSError) as e:
             # It stopped before it served: nothing was done.

@@ -264,3 +264,14 @@ def test_a_minion_whose_clock_steps_keeps_working(sandbox, step):
     assert code == 0, doc
     assert keys(sandbox)["web1"]["connected"]
     assert "not newer than its last" not in sandbox.master.log_text()
+
+
+def test_daemons_take_v_and_q(sandbox):
+    sandbox.master.argv.append("-q")  # the settings say debug
+    sandbox.start_master()
+    sandbox.add_minion("web1")
+    sandbox.minions["web1"].argv.append("-q")
+    sandbox.start_minion("web1")
+    wait_for(lambda: "web1" in keys(sandbox), SETTLE, "web1 to enrol")
+    assert " debug " not in sandbox.master.log_text()
+    assert " info " not in sandbox.minions["web1"].log_text()
