@@ -540,7 +540,8 @@ class Verified:
         head = frame[:pos]
         ephemeral_public = frame[pos : pos + _EPHEMERAL_LENGTH]
         nonce = frame[pos + _EPHEMERAL_LENGTH : pos + _EPHEMERAL_LENGTH + _NONCE_LENGTH]
-        ciphertext = frame[pos + _EPHEMERAL_LENGTH + _NONCE_LENGTH : -SIGNATURE_LENGTH]
+        # A view, not a copy: a result may be megabytes.
+        ciphertext = memoryview(frame)[pos + _EPHEMERAL_LENGTH + _NONCE_LENGTH : -SIGNATURE_LENGTH]
         try:
             shared = my_keys._kx.exchange(X25519PublicKey.from_public_bytes(ephemeral_public))
         except ValueError:
@@ -585,7 +586,8 @@ def verify_at(
     keys = sender_keys(header.sender)
     if keys is None:
         raise EnvelopeError(f"unknown sender {header.sender!r}")
-    signed, signature = frame[:-SIGNATURE_LENGTH], frame[-SIGNATURE_LENGTH:]
+    # A view, not a copy: the signed part may be megabytes.
+    signed, signature = memoryview(frame)[:-SIGNATURE_LENGTH], frame[-SIGNATURE_LENGTH:]
     try:
         Ed25519PublicKey.from_public_bytes(keys.sign).verify(
             signature, _ENVELOPE_SIG_LABEL + signed

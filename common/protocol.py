@@ -170,10 +170,11 @@ MAX_JOB_BYTES = 64 * 1024 * 1024
 # The largest result body: every change with its diff, and trigger output.
 # The minion must cap diffs and output so that a result fits (minion/results.py
 # fit()). It bounds what one minion can make the master hold: a result is in
-# memory several times over while it is received, checked, opened and stored
-# (bench/attacks.py late-results peaks near 300 MiB at 16 MiB), so 8 MiB. A
-# result that would be larger loses its diffs first, never its outcome.
-MAX_RESULT_BYTES = 8 * 1024 * 1024
+# memory several times over while it is received, checked, opened and stored,
+# and bench/attacks.py late-results peaked at 300 MiB with 16 MiB results and
+# at 140-210 MiB with 8 MiB ones. 4 MiB still holds some 20,000 change records;
+# a result that would be larger loses its diffs first, never its outcome.
+MAX_RESULT_BYTES = 4 * 1024 * 1024
 # Every ZeroMQ socket's maximum message size (ZMQ_MAXMSGSIZE): a sealed job.
 MAX_FRAME_BYTES = MAX_ENVELOPE_BYTES
 # A plain message from the network comes from a peer we know nothing about:
