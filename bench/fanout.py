@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import json
 import os
 import pathlib
@@ -602,13 +603,13 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
         tail = err.decode(errors="replace").strip()[-2000:]
         figures.problems.append(f"exit {proc.returncode}, no JSON document; stderr: {tail}")
         return figures, {}
-    figures.answered = sum(1 for h in doc["hosts"].values() if h["result"] is not None)
+    figures.answered = sum(1 for h in _hosts(doc).values() if h["result"] is not None)
     figures.per_second = figures.answered / seconds
     if proc.returncode != 0:
         figures.problems.append(f"exit code {proc.returncode}: {doc.get('summary')}")
     applied = sorted(
-        h["result"]["finished"] - h["result"]["started"]
-        for h in doc["hosts"].values()
+        _epoch(h["result"]["finished"]) - _epoch(h["result"]["started"])
+        for h in _hosts(doc).values()
         if h["result"] is not None
     )
     if applied:
@@ -629,9 +630,9 @@ def add_breakdown(
         figures.problems.append(f"jobs show {jid}: {proc.stderr.strip()}")
         return
     doc = json.loads(proc.stdout)
-    submitted = doc["job"]["submitted"]
-    receipts = [h["received"] for h in doc["hosts"] if h["received"] is not None]
-    returns = [h["returned"] for h in doc["hosts"] if h["returned"] is not None]
+    submitted = _epoch(doc["submitted"])
+    receipts = [_epoch(h["received"]) for h in doc["hosts"] if h["received"] is not None]
+    returns = [_epoch(h["returned"]) for h in doc["hosts"] if h["returned"] is not None]
     figures.cli_to_job = submitted - started
     if receipts:
         figures.job_to_last_receipt = max(receipts) - submitted
@@ -643,19 +644,32 @@ def add_breakdown(
 # ---- checks ----
 
 
+def _hosts(doc: dict) -> dict[str, dict]:
+    """The hosts a `run --json` document (format safcm/1) sent the job to, by id."""
+    return {h["host"]: h for h in doc.get("hosts", []) if h["status"] != "skipped"}
+
+
+def _epoch(when: float | str) -> float:
+    """A time of the JSON format (ISO 8601, UTC) in seconds since the epoch."""
+    if isinstance(when, str):
+        return datetime.datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+    return when
+
+
 def check_hosts(doc: dict, ids: list[str], figures: RunFigures) -> None:
     if not doc:
         return
-    missing = sorted(set(ids) - set(doc["hosts"]))
-    if sorted(doc["targeted"]) != ids:
-        figures.problems.append(f"targeted {len(doc['targeted'])} hosts, not {len(ids)}")
+    hosts = _hosts(doc)
+    missing = sorted(set(ids) - set(hosts))
+    if sorted(hosts) != ids:
+        figures.problems.append(f"targeted {len(hosts)} hosts, not {len(ids)}")
     if missing:
         figures.problems.append(f"{len(missing)} hosts missing from the results: {missing[:5]}")
 
 
 def check_ping(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
     check_hosts(doc, fleet.ids, figures)
-    for host, h in sorted(doc.get("hosts", {}).items()):
+    for host, h in sorted(_hosts(doc).items()):
         result = h["result"]
         if result is None or result["status"] != "ok" or result["ping"] is None:
             figures.problems.append(f"{host}: ping {h['status']}")
@@ -665,7 +679,7 @@ def check_create(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
     """Every host reports exactly the generated regular files created, and has them on disk."""
     check_hosts(doc, fleet.ids, figures)
     expected = {bench_path(n): file_content(n) for n in range(fleet.files)}
-    for host, h in sorted(doc.get("hosts", {}).items()):
+    for host, h in sorted(_hosts(doc).items()):
         result = h["result"]
         if result is None or result["status"] != "ok":
             error = result and result["error"]
@@ -690,7 +704,7 @@ def check_create(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
 
 def check_noop(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
     check_hosts(doc, fleet.ids, figures)
-    for host, h in sorted(doc.get("hosts", {}).items()):
+    for host, h in sorted(_hosts(doc).items()):
         result = h["result"]
         if result is None or result["status"] != "ok":
             figures.problems.append(f"{host}: files run {h['status']}")
