@@ -1125,3 +1125,11 @@ def test_lookup_sees_the_unverified_sender_once_before_anything_is_trusted():
     msg = open_(frame, MsgType.RESULT, sender_keys=lookup)
     assert seen_ids == ["web1"]
     assert msg.sender == "web1"
+
+
+def test_a_heartbeat_declaring_a_long_interval_is_refused():
+    # A dead minion must not look alive for hours: the master counts three
+    # intervals, and the interval a minion declares is capped.
+    body = {**SAMPLES[MsgType.HEARTBEAT], "interval": 3600.0}
+    with pytest.raises(ProtocolError, match="HEARTBEAT body.interval"):
+        send(MsgType.HEARTBEAT, body)
