@@ -1131,5 +1131,5 @@ def test_a_heartbeat_declaring_a_long_interval_is_refused():
     # A dead minion must not look alive for hours: the master counts three
     # intervals, and the interval a minion declares is capped.
     body = {**SAMPLES[MsgType.HEARTBEAT], "interval": 3600.0}
-    with pytest.raises(ProtocolError, match="HEARTBEAT body.interval"):
+    with pytest.raises(ProtocolError, match=r"HEARTBEAT body\.interval"):
         send(MsgType.HEARTBEAT, body)
