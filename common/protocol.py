@@ -693,7 +693,11 @@ _SPEC_LIST = [
                 "hosts": List(_MINION_ID, MAX_HOSTS),
                 # hosts the target matched that the job does not go to, and why
                 "skipped": List(Map({"host": _MINION_ID, "reason": _REASON}), MAX_HOSTS),
-            }
+                # hosts the job goes to whose state the master already knows
+                # will delay or stop it (not connected, a new key, busy)
+                "notes": List(Map({"host": _MINION_ID, "note": _REASON}), MAX_HOSTS),
+            },
+            optional={"notes"},
         ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,
     ),

@@ -433,6 +433,8 @@ def _print_started(
             style.yellow(f"skipped {escape(skipped['host'])}: {escape(skipped['reason'])}"),
             file=out,
         )
+    for note in body.get("notes", []):
+        print(style.yellow(f"{escape(note['host'])}: {escape(note['note'])}"), file=out)
     out.flush()
 
 

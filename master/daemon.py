@@ -287,6 +287,7 @@ class Run:
 class Presence:
     last_seen: float  # monotonic
     interval: float  # the minion's heartbeat interval, seconds (at most MAX_HEARTBEAT_INTERVAL)
+    busy: str | None = None  # the job it said it is applying
 
 
 class Master:
@@ -859,7 +860,7 @@ class Master:
             )
         if minion not in self.presence:
             self.peer_log.info("minion %s is connected (version %s)", minion, msg.body["version"])
-        self.presence[minion] = Presence(self.loop.clock(), msg.body["interval"])
+        self.presence[minion] = Presence(self.loop.clock(), msg.body["interval"], msg.body["busy"])
         self.keystore.touch(minion, self.clock(), seq)
         self._reply_sealed(minion, MsgType.HEARTBEAT_REPLY, {"time": self.clock()})
 
@@ -1098,6 +1099,11 @@ class Master:
                 "jid": jid,
                 "hosts": resolved.hosts,
                 "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
+                "notes": [
+                    {"host": h, "note": note}
+                    for h in resolved.hosts
+                    if (note := self._host_note(h)) is not None
+                ],
             },
         )
         run = Run(jid, resolved.hosts, set(resolved.hosts), [conn])
@@ -1166,6 +1172,36 @@ class Master:
         )
         conn.finish()
 
+    def _host_note(self, host: str) -> str | None:
+        """What the master knows now that will delay or stop a job for `host`:
+        said at submit time, so an administrator need not wait for the
+        deadline to learn it (the job still waits for the host until then)."""
+        key = self.keystore.get(host)
+        claims = self.keystore.refused(host)
+        if key is not None and claims and (key.last_seen or 0.0) < claims[-1].last_seen:
+            return (
+                f"presents a new key ({claims[-1].fingerprint}): compare fingerprints, "
+                f"then 'safcm-master keys accept {host} --fingerprint FP'"
+            )
+        if not self._connected(host):
+            seen = (
+                "never seen"
+                if key is None or key.last_seen is None
+                else (
+                    "last seen "
+                    + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(key.last_seen))
+                )
+            )
+            return f"not connected ({seen}); the job waits for it until its deadline"
+        busy = self.presence[host].busy
+        if busy is not None:
+            return f"busy with job {busy}; this job is queued behind it"
+        return None
+
+    def _connected(self, host: str) -> bool:
+        seen = self.presence.get(host)
+        return seen is not None and self.loop.clock() - seen.last_seen < LIVENESS * seen.interval
+
     def _forget(self, key: MinionKey) -> None:
         """A key stopped being accepted: drop what was kept for it, and cut its connections."""
         self.public.pop(key.id, None)
@@ -1175,12 +1211,7 @@ class Master:
             self.pending.remove(item.jid, item.host)
 
     def _key_row(self, key: MinionKey) -> dict[str, Any]:
-        seen = self.presence.get(key.id)
-        connected = (
-            key.state is KeyState.ACCEPTED
-            and seen is not None
-            and self.loop.clock() - seen.last_seen < LIVENESS * seen.interval
-        )
+        connected = key.state is KeyState.ACCEPTED and self._connected(key.id)
         return {
             "id": key.id,
             "state": str(key.state),

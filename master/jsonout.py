@@ -106,14 +106,16 @@ def run_document(
     result (None: no response), by host. The job went to started["hosts"];
     a host of it without an entry in `results` is still pending."""
     hosts: list[dict[str, Any]] = []
+    notes = {n["host"]: n["note"] for n in started.get("notes", [])}
     for host in started["hosts"]:
         if host in results:
             result = results[host]
-            hosts.append(
-                {"host": host, "status": outcome(result), "result": result_document(result)}
-            )
+            entry = {"host": host, "status": outcome(result), "result": result_document(result)}
         else:
-            hosts.append({"host": host, "status": PENDING, "result": None})
+            entry = {"host": host, "status": PENDING, "result": None}
+        if host in notes:  # what the master knew at submit time (not connected, ...)
+            entry["note"] = notes[host]
+        hosts.append(entry)
     summary = counts(h["status"] for h in hosts)
     for skipped in started["skipped"]:
         hosts.append({"host": skipped["host"], "status": SKIPPED, "reason": skipped["reason"]})

@@ -74,7 +74,9 @@ def test_changed_key_for_known_id_is_refused(sandbox):
     assert "refused keys" in shown
     new = sandbox.minion_cli("web1", "fingerprint").stdout.split(": ", 1)[1].strip()
     assert new != old and new in shown
-    assert sandbox.cli("run", "web1", "ping", "--timeout", "2").returncode == 1
+    result = sandbox.cli("run", "web1", "ping", "--timeout", "2")
+    assert result.returncode == 1
+    assert f"web1: presents a new key ({new})" in result.stdout, result.stdout
 
     # The administrator decides it is a reinstall: delete, then accept the new key.
     assert sandbox.cli("keys", "delete", "web1").returncode == 0

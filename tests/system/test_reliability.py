@@ -64,9 +64,16 @@ def test_minion_started_after_the_publish_still_applies(sandbox):
 def test_stopped_minion_is_no_response(sandbox):
     enrol(sandbox, "web1", "web2")
     sandbox.stop(sandbox.minions["web2"])
+    wait_for(lambda: not keys(sandbox)["web2"]["connected"], SETTLE, "web2 to count as gone")
+    # Said at submit time, not only at the deadline.
+    human = sandbox.cli("run", "web2", "ping", "--timeout", "2")
+    assert human.returncode == 1
+    assert "web2: not connected (last seen " in human.stdout.split("\n")[1], human.stdout
     code, doc = run_json(sandbox, "web*", "ping", "--timeout", "2")
     assert code == 1
-    assert by_host(doc)["web2"] == {"host": "web2", "status": "no response", "result": None}
+    web2 = by_host(doc)["web2"]
+    assert (web2["status"], web2["result"]) == ("no response", None)
+    assert web2["note"].startswith("not connected (last seen ")
     assert doc["summary"]["no response"] == 1
     human = sandbox.cli("jobs", "show", doc["jid"])
     assert "web2: no response" in human.stdout
@@ -275,3 +282,18 @@ def test_daemons_take_v_and_q(sandbox):
     wait_for(lambda: "web1" in keys(sandbox), SETTLE, "web1 to enrol")
     assert " debug " not in sandbox.master.log_text()
     assert " info " not in sandbox.minions["web1"].log_text()
+
+
+def test_a_busy_minion_is_said_at_submit_time(sandbox):
+    slow_repo(sandbox)  # a trigger of 3 s
+    enrol(sandbox, "web1")
+    proc = start_run(sandbox, "web1", "files", "--timeout", "30")
+    try:
+
+        def said_busy() -> bool:
+            result = sandbox.cli("run", "web1", "ping", "--timeout", "10")
+            return "web1: busy with job " in result.stdout
+
+        wait_for(said_busy, SETTLE, "a run to say that web1 is busy")
+    finally:
+        finish(proc)
