@@ -285,13 +285,18 @@ def test_daemons_take_v_and_q(sandbox):
 
 
 def test_a_busy_minion_is_said_at_submit_time(sandbox):
-    slow_repo(sandbox)  # a trigger of 3 s
     enrol(sandbox, "web1")
+    path = os.path.join(sandbox.config_dir, "web1", "triggers.yaml")
+    with open(path, "w") as f:  # a job that keeps web1 busy for a while
+        yaml.safe_dump({"/etc/app/feature-flags.conf": ["sleep 8"]}, f)
     proc = start_run(sandbox, "web1", "files", "--timeout", "30")
     try:
+        log = sandbox.minions["web1"]
+        wait_for(lambda: "received (files" in log.log_text(), SETTLE, "web1 to get the job")
 
         def said_busy() -> bool:
-            result = sandbox.cli("run", "web1", "ping", "--timeout", "10")
+            # A short timeout: the probe is queued behind the files job.
+            result = sandbox.cli("run", "web1", "ping", "--timeout", "1")
             return "web1: busy with job " in result.stdout
 
         wait_for(said_busy, SETTLE, "a run to say that web1 is busy")
