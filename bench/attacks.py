@@ -124,10 +124,10 @@ import zmq
 
 from bench.fanout import BenchError, cpu_seconds
 from bench.swarm import raise_fd_limit, rss_kib, write_json
-from common import codec
-from common.crypto import KeyPair, PublicKeys, seal_at
-from common.errors import EnvelopeError, ProtocolError, SafcmError
-from common.protocol import (
+from safcm.common import codec
+from safcm.common.crypto import KeyPair, PublicKeys, seal_at
+from safcm.common.errors import EnvelopeError, ProtocolError, SafcmError
+from safcm.common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
     MAX_RESULT_BYTES,
@@ -144,8 +144,8 @@ from common.protocol import (
     verify_enrol_reply,
     verify_key_reply,
 )
-from master.control import ControlClient, raise_for_error
-from master.sandbox import Sandbox, wait_for
+from safcm.master.control import ControlClient, raise_for_error
+from safcm.master.sandbox import Sandbox, wait_for
 
 SOURCE_DIR = pathlib.Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024

@@ -25,8 +25,8 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from common.model import FileType
-from master.compiler import compile_hosts, load_repository
+from safcm.common.model import FileType
+from safcm.master.compiler import compile_hosts, load_repository
 
 FILE_SIZE = 1024  # bytes of each generated file, like the engine's benchmark trees
 DIRS_PER_GROUP = 5  # each group spreads its files over this many directories

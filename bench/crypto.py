@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import codec, crypto
-from common.crypto import KeyPair
-from common.model import FileSpec, FileType
-from common.protocol import (
+from safcm.common import codec, crypto
+from safcm.common.crypto import KeyPair
+from safcm.common.model import FileSpec, FileType
+from safcm.common.protocol import (
     MASTER_ID,
     MAX_BODY_DEPTH,
     SPECS,
@@ -31,7 +31,7 @@ from common.protocol import (
     open_message_at,
     seal_message_at,
 )
-from common.schema import validate
+from safcm.common.schema import validate
 
 # Each rate is measured for at least this long, in seconds, to smooth out noise.
 MIN_SECONDS = 1.0

@@ -37,9 +37,9 @@ BENCH_JID = "20260101T000000.000000Z"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from common.model import FileSpec, FileType  # noqa: E402
-from minion import fileops  # noqa: E402
-from minion.fileops import Resolve  # noqa: E402
+from safcm.common.model import FileSpec, FileType  # noqa: E402
+from safcm.minion import fileops  # noqa: E402
+from safcm.minion.fileops import Resolve  # noqa: E402
 
 WORKLOADS = ("create", "noop", "change10")
 FLOOR_MODES = {

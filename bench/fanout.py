@@ -73,9 +73,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import zmq
 
 from bench.swarm import rss_kib, write_json
-from common.protocol import MsgType
-from master.control import ControlClient
-from master.sandbox import Sandbox
+from safcm.common.protocol import MsgType
+from safcm.master.control import ControlClient
+from safcm.master.sandbox import Sandbox
 
 SOURCE_DIR = pathlib.Path(__file__).resolve().parents[1]
 SWARM_SCRIPT = SOURCE_DIR / "bench" / "swarm.py"
@@ -519,7 +519,7 @@ class Fleet:
         return pids
 
     def cli_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "master.cli", "-c", self.sb.master.config, *args]
+        return [sys.executable, "-m", "safcm.master.cli", "-c", self.sb.master.config, *args]
 
     def duplicates(self, jid: str) -> int:
         """Envelopes of `jid` that reached a minion again after it had taken the job

@@ -39,10 +39,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import zmq
 
-from common import log as safcm_log
-from common.loop import Loop
-from minion.daemon import Minion
-from minion.settings import MinionSettings
+from safcm.common import log as safcm_log
+from safcm.common.loop import Loop
+from safcm.minion.daemon import Minion
+from safcm.minion.settings import MinionSettings
 
 log = logging.getLogger("safcm-swarm")
 

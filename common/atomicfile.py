@@ -49,7 +49,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 
-from common.errors import StateFileError
+from safcm.common.errors import StateFileError
 
 # Mode of a state file unless the caller says otherwise: the daemons' state
 # (keys, the pinned master key, the spool) is for the daemon alone.

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from common.errors import ProtocolError
+from safcm.common.errors import ProtocolError
 
 # Largest string or byte string the unpacker builds, in bytes. Fields have
 # smaller limits in their schemas; this only bounds what msgpack allocates.

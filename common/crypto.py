@@ -58,8 +58,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from common.errors import ConfigError, EnvelopeError, ProtocolError
-from common.ids import jid_problem, peer_id_problem
+from safcm.common.errors import ConfigError, EnvelopeError, ProtocolError
+from safcm.common.ids import jid_problem, peer_id_problem
 
 # Raw sizes, in bytes, of Ed25519 and X25519 keys and of an Ed25519 signature.
 KEY_LENGTH = 32

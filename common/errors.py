@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from common.crypto import Header
+    from safcm.common.crypto import Header
 
 
 class SafcmError(Exception):

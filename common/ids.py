@@ -24,7 +24,7 @@ import hashlib
 import math
 import re
 
-from common.errors import ProtocolError
+from safcm.common.errors import ProtocolError
 
 # Longest minion id, in characters: a DNS name's limit, and below NAME_MAX so
 # the id is always a valid directory name.

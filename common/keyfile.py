@@ -35,9 +35,9 @@ import errno
 import os
 import stat
 
-from common import atomicfile
-from common.crypto import KeyPair, Secret
-from common.errors import KeyFileError, StateFileError
+from safcm.common import atomicfile
+from safcm.common.crypto import KeyPair, Secret
+from safcm.common.errors import KeyFileError, StateFileError
 
 KEY_FILE_NAME = "private.key"
 _HEADER_LINE = "safcm private keys 2"

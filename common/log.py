@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from common.text import escape
+from safcm.common.text import escape
 
 # syslog priorities for the sd-daemon "<N>" prefix.
 _PRIORITY = {

@@ -19,7 +19,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import FileOpError, InvalidPathError
+from safcm.common.errors import FileOpError, InvalidPathError
 
 # Permission bits including setuid (0o4000), setgid (0o2000) and sticky (0o1000).
 MODE_MASK = 0o7777

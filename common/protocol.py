@@ -55,8 +55,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from common import codec
-from common.crypto import (
+from safcm.common import codec
+from safcm.common.crypto import (
     DEFAULT_CLOCK_SKEW,
     MAX_ENVELOPE_BYTES,
     MAX_ENVELOPE_OVERHEAD,
@@ -74,8 +74,8 @@ from common.crypto import (
     verify_at,
     verify_plain,
 )
-from common.errors import EnvelopeError, ProtocolError
-from common.ids import (
+from safcm.common.errors import EnvelopeError, ProtocolError
+from safcm.common.ids import (
     JID_LENGTH,
     MASTER_ID,
     MINION_ID_MAX,
@@ -88,8 +88,8 @@ from common.ids import (
     new_jid,
     topic_for,
 )
-from common.model import MODE_MASK, PATH_MAX, FileType, Outcome, TriggerStatus
-from common.schema import (
+from safcm.common.model import MODE_MASK, PATH_MAX, FileType, Outcome, TriggerStatus
+from safcm.common.schema import (
     Bool,
     Bytes,
     Float,
@@ -101,7 +101,7 @@ from common.schema import (
     Str,
     validate,
 )
-from common.seen import SeenJids
+from safcm.common.seen import SeenJids
 
 # The daemons import the wire from this module only; names from common.ids
 # and common.seen are re-exported here.

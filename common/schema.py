@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from common.errors import ProtocolError
+from safcm.common.errors import ProtocolError
 
 
 class _Invalid(Exception):

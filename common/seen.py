@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from common.crypto import Header
-from common.errors import ReplayError, StoreError
+from safcm.common.crypto import Header
+from safcm.common.errors import ReplayError, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import ConfigError, ConfigProblem
-from common.yamlfile import Problems, YMap, YScalar, kind_of, parse_yaml
+from safcm.common.errors import ConfigError, ConfigProblem
+from safcm.common.yamlfile import Problems, YMap, YScalar, kind_of, parse_yaml
 
 # Largest settings file we read, in bytes; a settings file is a few hundred bytes.
 MAX_SETTINGS_BYTES = 1 << 20

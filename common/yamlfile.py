@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from common.errors import ConfigProblem
+from safcm.common.errors import ConfigProblem
 
 # Every node tag that the YAML 1.1 resolver of a SafeLoader can produce, plus
 # the explicit standard tags an administrator might write. Anything else is a

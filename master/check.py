@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from common.errors import ConfigError, ConfigProblem
-from common.text import escape
-from master import settings as master_settings
-from master.compiler import compile_hosts
-from master.repository import load_repository
+from safcm.common.errors import ConfigError, ConfigProblem
+from safcm.common.text import escape
+from safcm.master import settings as master_settings
+from safcm.master.compiler import compile_hosts
+from safcm.master.repository import load_repository
 
 EXIT_OK, EXIT_PROBLEMS = 0, 2
 

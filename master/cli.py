@@ -20,8 +20,8 @@ import sys
 import time
 from typing import Any, NoReturn, TextIO
 
-from common.cliargs import add_verbosity
-from common.errors import (
+from safcm.common.cliargs import add_verbosity
+from safcm.common.errors import (
     ConfigError,
     ConfigProblem,
     DaemonError,
@@ -30,13 +30,13 @@ from common.errors import (
     SafcmError,
     UsageError,
 )
-from common.protocol import JOB_OUTCOMES, MsgType, jid_problem, minion_id_problem
-from common.text import escape
-from common.version import VERSION
-from master import jsonout, render
-from master.control import ControlClient, raise_for_error
-from master.jobstore import DEFAULT_LIST_LIMIT, PENDING, outcome
-from master.settings import DEFAULT_CONFIG_PATH, MasterSettings
+from safcm.common.protocol import JOB_OUTCOMES, MsgType, jid_problem, minion_id_problem
+from safcm.common.text import escape
+from safcm.common.version import VERSION
+from safcm.master import jsonout, render
+from safcm.master.control import ControlClient, raise_for_error
+from safcm.master.jobstore import DEFAULT_LIST_LIMIT, PENDING, outcome
+from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Seconds the CLI waits beyond a job's own timeout for the daemon's last word.
@@ -191,7 +191,7 @@ class _ConfigSubparsers:
 
 def _duration(text: str) -> float:
     """A duration on the command line, as in the settings files (30, 30s, 5m, 1h)."""
-    from common import settings as common_settings
+    from safcm.common import settings as common_settings
 
     try:
         return common_settings.duration(text)
@@ -270,7 +270,7 @@ def _error(message: str) -> None:
 
 def _settings(path: str | None) -> MasterSettings:
     """The settings from -c, or from the default file; defaults if that does not exist."""
-    from master import settings
+    from safcm.master import settings
 
     if path is None:
         if not os.path.exists(DEFAULT_CONFIG_PATH):
@@ -281,20 +281,20 @@ def _settings(path: str | None) -> MasterSettings:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from master import demo
+        from safcm.master import demo
 
         return demo.main(keep=args.keep)
     if args.command == "check":
-        from master.check import check
+        from safcm.master.check import check
 
         return check(args.config, args.hosts, sys.stdout, sys.stderr)
     if args.command == "show" and args.repo is not None:
-        from master.show import show_host
+        from safcm.master.show import show_host
 
         return show_host(args.repo, args.host, as_json=args.json, out=sys.stdout)
     settings = _settings(args.config)
     if args.command == "daemon":
-        from master import daemon
+        from safcm.master import daemon
 
         try:
             return daemon.main(_with_verbosity(settings, args))
@@ -305,7 +305,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             _error(f"the daemon did not start: {escape(reason)}")
             return EXIT_USAGE
     if args.command == "show":
-        from master.show import show_host
+        from safcm.master.show import show_host
 
         return show_host(settings.config_dir, args.host, as_json=args.json, out=sys.stdout)
     if args.command == "run":
@@ -497,7 +497,7 @@ def _master_fingerprint(settings: MasterSettings) -> str:
     except RemoteError:
         raise
     except DaemonError:
-        from common import keyfile
+        from safcm.common import keyfile
 
         return keyfile.load_keys(os.path.join(settings.state_dir, "keys")).fingerprint()
 
@@ -586,7 +586,7 @@ def parse_when(text: str, now: float) -> float:
 
     ValueError says what was expected.
     """
-    from common import settings as common_settings
+    from safcm.common import settings as common_settings
 
     text = text.strip()
     try:

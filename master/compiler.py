@@ -59,15 +59,15 @@ from typing import TypedDict
 
 import jinja2
 
-from common.errors import (
+from safcm.common.errors import (
     ConfigError,
     ConfigProblem,
     FileOpError,
     UnknownHostError,
 )
-from common.model import AbsentSpec, FileSpec, FileType, is_below
-from common.yamlfile import Problems
-from master.repository import (
+from safcm.common.model import AbsentSpec, FileSpec, FileType, is_below
+from safcm.common.yamlfile import Problems
+from safcm.master.repository import (
     CONFIG_FILE,
     Entry,
     PathEntry,

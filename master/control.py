@@ -26,9 +26,9 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from common.errors import DaemonError, ProtocolError, RemoteError
-from common.loop import Loop
-from common.protocol import (
+from safcm.common.errors import DaemonError, ProtocolError, RemoteError
+from safcm.common.loop import Loop
+from safcm.common.protocol import (
     MAX_CONTROL_REQUEST_BYTES,
     Channel,
     FrameReader,

@@ -62,18 +62,18 @@ from typing import Any
 
 import zmq
 
-from common import codec, keyfile
-from common import log as safcm_log
-from common.crypto import MAX_ENVELOPE_OVERHEAD, PublicKeys, peek_header
-from common.errors import (
+from safcm.common import codec, keyfile
+from safcm.common import log as safcm_log
+from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, PublicKeys, peek_header
+from safcm.common.errors import (
     ConfigError,
     EnvelopeError,
     ProtocolError,
     SafcmError,
     UsageError,
 )
-from common.loop import Loop
-from common.protocol import (
+from safcm.common.loop import Loop
+from safcm.common.protocol import (
     MASTER_ID,
     MAX_KEY_PORT_BYTES,
     MAX_PLAIN_NETWORK_BYTES,
@@ -96,13 +96,13 @@ from common.protocol import (
     verify_enrol_request,
     verify_message_at,
 )
-from common.protocol import KeyState as WireKeyState
-from common.ratelimit import Bucket, Buckets, PeerLog
-from master import targets
-from master.compiler import HostConfig, compile_hosts, load_repository
-from master.control import ControlConnection, ControlServer
-from master.db import open_db
-from master.jobstore import (
+from safcm.common.protocol import KeyState as WireKeyState
+from safcm.common.ratelimit import Bucket, Buckets, PeerLog
+from safcm.master import targets
+from safcm.master.compiler import HostConfig, compile_hosts, load_repository
+from safcm.master.control import ControlConnection, ControlServer
+from safcm.master.db import open_db
+from safcm.master.jobstore import (
     HostState,
     JobRecord,
     JobStore,
@@ -112,10 +112,10 @@ from master.jobstore import (
     host_status,
     outcome,
 )
-from master.keystore import KeyState, KeyStore, MinionKey
-from master.render import Tally
-from master.settings import MasterSettings
-from master.transport import (
+from safcm.master.keystore import KeyState, KeyStore, MinionKey
+from safcm.master.render import Tally
+from safcm.master.settings import MasterSettings
+from safcm.master.transport import (
     DOMAIN_KEY,
     DOMAIN_PUBLISH,
     DOMAIN_RETURN,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from common.errors import StoreError
+from safcm.common.errors import StoreError
 
 DB_NAME = "master.db"
 # Milliseconds a connection waits for another writer before giving up. The

@@ -18,10 +18,10 @@ import subprocess
 import sys
 import tempfile
 
-from common.errors import UsageError
-from common.protocol import MsgType
-from master.control import ControlClient
-from master.sandbox import Sandbox, wait_for
+from safcm.common.errors import UsageError
+from safcm.common.protocol import MsgType
+from safcm.master.control import ControlClient
+from safcm.master.sandbox import Sandbox, wait_for
 
 MINIONS = ("web1", "web2", "db1")
 # Seconds the demo waits for minions to enrol and connect.
@@ -36,8 +36,8 @@ CHANGED_FILE = "etc/motd"
 def main(*, keep: bool = False, repo: str = EXAMPLE_REPO) -> int:
     if not os.path.isdir(repo):
         raise UsageError(
-            f"the example repository {repo} is missing; run the demo from a "
-            "source checkout of safcm"
+            f"the example repository {repo} is missing: this installation of safcm "
+            "is incomplete; reinstall it"
         )
     if os.geteuid() != 0:
         raise UsageError("the demo needs root: its minions set file owners")

@@ -25,11 +25,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from common import codec
-from common.ids import JID_FORMAT
-from common.model import is_below
-from common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
-from master.db import transaction
+from safcm.common import codec
+from safcm.common.ids import JID_FORMAT
+from safcm.common.model import is_below
+from safcm.common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
+from safcm.master.db import transaction
 
 # Most jobs `jobs list` prints when no --limit is given.
 DEFAULT_LIST_LIMIT = 20

@@ -22,9 +22,9 @@ import fnmatch
 import sqlite3
 from dataclasses import dataclass, replace
 
-from common.crypto import PublicKeys, fingerprints_match
-from common.errors import UsageError
-from master.db import transaction
+from safcm.common.crypto import PublicKeys, fingerprints_match
+from safcm.common.errors import UsageError
+from safcm.master.db import transaction
 
 # Enrolment is the one thing an unauthenticated peer may do, so what it can
 # make us store is bounded: at most this many pending keys (new ids are

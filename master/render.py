@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from common.model import ApplyResult, FileChange, FileState, FileType, Outcome, TriggerStatus
-from common.protocol import NO_RESPONSE
-from common.text import escape, escape_content
-from master.jobstore import HostStatus
+from safcm.common.model import ApplyResult, FileChange, FileState, FileType, Outcome, TriggerStatus
+from safcm.common.protocol import NO_RESPONSE
+from safcm.common.text import escape, escape_content
+from safcm.master.jobstore import HostStatus
 
 # Widest a path column is padded to before the details that follow it.
 PATH_COLUMN = 40

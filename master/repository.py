@@ -64,7 +64,7 @@ from typing import TypeGuard, TypeVar
 import jinja2
 import jinja2.sandbox
 
-from common.errors import (
+from safcm.common.errors import (
     ConfigError,
     ConfigProblem,
     FileOpError,
@@ -72,9 +72,9 @@ from common.errors import (
     UnknownGroupError,
     UnknownHostError,
 )
-from common.ids import minion_id_problem
-from common.model import SYMLINK_MODE, FileSpec, FileType, check_path, is_below
-from common.yamlfile import (
+from safcm.common.ids import minion_id_problem
+from safcm.common.model import SYMLINK_MODE, FileSpec, FileType, check_path, is_below
+from safcm.common.yamlfile import (
     KIND_NAMES,
     Problems,
     YMap,

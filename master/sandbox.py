@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from common import keyfile
+from safcm.common import keyfile
 
 # Seconds a daemon gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 10.0
@@ -102,7 +102,7 @@ class Sandbox:
         self.master = Daemon(
             "master",
             path,
-            ["-m", "master.cli", "-c", path, "daemon"],
+            ["-m", "safcm.master.cli", "-c", path, "daemon"],
             os.path.join(base, "logs", "master.log"),
             settings=settings,
         )
@@ -159,7 +159,10 @@ class Sandbox:
     ) -> subprocess.CompletedProcess:
         """Run `safcm-master -c <sandbox master.yaml> ARGS` and capture its output."""
         return self._run(
-            [self.python, "-m", "master.cli", "-c", self.master.config, *args], env, timeout, check
+            [self.python, "-m", "safcm.master.cli", "-c", self.master.config, *args],
+            env,
+            timeout,
+            check,
         )
 
     # minions
@@ -188,7 +191,7 @@ class Sandbox:
         daemon = Daemon(
             minion_id,
             path,
-            ["-m", "minion.cli", "-c", path, "daemon"],
+            ["-m", "safcm.minion.cli", "-c", path, "daemon"],
             os.path.join(self.base, "logs", f"minion-{minion_id}.log"),
             settings=values,
         )
@@ -208,7 +211,7 @@ class Sandbox:
     ) -> subprocess.CompletedProcess:
         config = self.minions[minion_id].config
         return self._run(
-            [self.python, "-m", "minion.cli", "-c", config, *args], None, timeout, check
+            [self.python, "-m", "safcm.minion.cli", "-c", config, *args], None, timeout, check
         )
 
     # processes
@@ -257,7 +260,7 @@ class Sandbox:
         """Start `safcm-master -c <sandbox master.yaml> ARGS` in the background,
         with stdout and stderr piped."""
         return subprocess.Popen(
-            [self.python, "-m", "master.cli", "-c", self.master.config, *args],
+            [self.python, "-m", "safcm.master.cli", "-c", self.master.config, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common import settings as s
-from common.errors import ConfigError, ConfigProblem
+from safcm.common import settings as s
+from safcm.common.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = "/etc/safcm/master.yaml"
 

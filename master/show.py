@@ -13,11 +13,11 @@ import json
 import sys
 from typing import Any, TextIO
 
-from common.errors import ConfigError
-from common.model import FileType, is_below
-from common.text import escape
-from master import jsonout
-from master.compiler import CompiledFile, HostConfig, compile_host, load_repository
+from safcm.common.errors import ConfigError
+from safcm.common.model import FileType, is_below
+from safcm.common.text import escape
+from safcm.master import jsonout
+from safcm.master.compiler import CompiledFile, HostConfig, compile_host, load_repository
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2  # DESIGN.md section 7: bad usage or a configuration error

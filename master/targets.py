@@ -16,7 +16,7 @@ import fnmatch
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from common.errors import UsageError
+from safcm.common.errors import UsageError
 
 GROUP_PREFIX = "@"
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import zmq
 import zmq.utils.monitor
 
-from common.loop import Loop
-from common.ratelimit import PeerLog
+from safcm.common.loop import Loop
+from safcm.common.ratelimit import PeerLog
 
 log = logging.getLogger("safcm-master")
 

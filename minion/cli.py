@@ -11,11 +11,11 @@ import dataclasses
 import os
 import sys
 
-from common.cliargs import add_verbosity
-from common.errors import ConfigError, SafcmError
-from common.text import escape
-from common.version import VERSION
-from minion.settings import DEFAULT_CONFIG_PATH
+from safcm.common.cliargs import add_verbosity
+from safcm.common.errors import ConfigError, SafcmError
+from safcm.common.text import escape
+from safcm.common.version import VERSION
+from safcm.minion.settings import DEFAULT_CONFIG_PATH
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from minion import settings as minion_settings
+    from safcm.minion import settings as minion_settings
 
     try:
         settings = minion_settings.load(args.config)
@@ -71,14 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: ok; minion {settings.id}, master {settings.master}, {pin}")
             return EXIT_OK
         if args.command == "fingerprint":
-            from common import keyfile
-            from minion.daemon import KEYS_DIR
+            from safcm.common import keyfile
+            from safcm.minion.daemon import KEYS_DIR
 
             os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
             keys, _ = keyfile.load_or_create(os.path.join(settings.state_dir, KEYS_DIR))
             print(f"minion {settings.id} key fingerprint: {keys.fingerprint()}")
             return EXIT_OK
-        from minion import daemon
+        from safcm.minion import daemon
 
         try:
             if args.log_level is not None:

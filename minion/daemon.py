@@ -51,13 +51,13 @@ from typing import Any
 
 import zmq
 
-from common import atomicfile, codec, keyfile
-from common import log as safcm_log
-from common.crypto import DEFAULT_CLOCK_SKEW, MAX_ENVELOPE_OVERHEAD, PublicKeys
-from common.errors import EnvelopeError, ProtocolError, SafcmError, StateFileError
-from common.loop import Loop, Timer
-from common.model import AbsentSpec, FileSpec
-from common.protocol import (
+from safcm.common import atomicfile, codec, keyfile
+from safcm.common import log as safcm_log
+from safcm.common.crypto import DEFAULT_CLOCK_SKEW, MAX_ENVELOPE_OVERHEAD, PublicKeys
+from safcm.common.errors import EnvelopeError, ProtocolError, SafcmError, StateFileError
+from safcm.common.loop import Loop, Timer
+from safcm.common.model import AbsentSpec, FileSpec
+from safcm.common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
     MAX_FRAME_BYTES,
@@ -81,10 +81,10 @@ from common.protocol import (
     verify_enrol_reply,
     verify_key_reply,
 )
-from common.version import VERSION
-from minion import fileops, results
-from minion.settings import MinionSettings
-from minion.spool import Kind, Spool
+from safcm.common.version import VERSION
+from safcm.minion import fileops, results
+from safcm.minion.settings import MinionSettings
+from safcm.minion.spool import Kind, Spool
 
 log = logging.getLogger("safcm-minion")
 

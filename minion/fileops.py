@@ -88,7 +88,7 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import overload
 
-from common.errors import (
+from safcm.common.errors import (
     FileOpError,
     LockError,
     MissingDirectoryError,
@@ -97,7 +97,7 @@ from common.errors import (
     OwnerLookupError,
     SymlinkInPathError,
 )
-from common.model import (
+from safcm.common.model import (
     AbsentSpec,
     ApplyFailure,
     ApplyResult,
@@ -107,9 +107,9 @@ from common.model import (
     Outcome,
     check_path,
 )
-from minion import owed, triggers
-from minion.diff import DIFF_INPUT_MAX
-from minion.plan import (
+from safcm.minion import owed, triggers
+from safcm.minion.diff import DIFF_INPUT_MAX
+from safcm.minion.plan import (
     TEMP_MARK,
     TEMP_TOKEN_HEX,
     Decision,

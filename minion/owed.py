@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 
-from common import atomicfile, codec
-from common.errors import SafcmError, StateFileError, StoreError
-from common.model import OwedTrigger
+from safcm.common import atomicfile, codec
+from safcm.common.errors import SafcmError, StateFileError, StoreError
+from safcm.common.model import OwedTrigger
 
 OWED_NAME = "owed-triggers"
 # Largest owed-trigger file we read, in bytes: every command is owed once,

@@ -25,8 +25,8 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from common.errors import FileOpError, NonEmptyDirectoryError
-from common.model import (
+from safcm.common.errors import FileOpError, NonEmptyDirectoryError
+from safcm.common.model import (
     NAME_MAX,
     AbsentSpec,
     FileChange,
@@ -38,7 +38,7 @@ from common.model import (
     check_path,
     is_below,
 )
-from minion.diff import secret_summary, unified_diff
+from safcm.minion.diff import secret_summary, unified_diff
 
 # Temporary files are named ".<name>.safcm-tmp-<16 hex digits>": hidden, so
 # most tools ignore them, recognisable, so a later apply can remove the ones a

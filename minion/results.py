@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from common import codec
-from common.model import ApplyResult
-from common.protocol import MAX_RESULT_BYTES, Module, ResultStatus
+from safcm.common import codec
+from safcm.common.model import ApplyResult
+from safcm.common.protocol import MAX_RESULT_BYTES, Module, ResultStatus
 
 # Room kept below MAX_RESULT_BYTES for the envelope's header, nonce and tag.
 ENVELOPE_HEADROOM = 64 * 1024

@@ -6,12 +6,12 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from common import ids
-from common import settings as s
-from common.crypto import fingerprint_problem, parse_fingerprint
-from common.errors import ConfigError, ConfigProblem
-from common.protocol import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
-from minion import fileops
+from safcm.common import ids
+from safcm.common import settings as s
+from safcm.common.crypto import fingerprint_problem, parse_fingerprint
+from safcm.common.errors import ConfigError, ConfigProblem
+from safcm.common.protocol import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
+from safcm.minion import fileops
 
 DEFAULT_CONFIG_PATH = "/etc/safcm/minion.yaml"
 # Default seconds between heartbeats; the master counts three missed ones as

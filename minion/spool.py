@@ -17,8 +17,8 @@ from __future__ import annotations
 import enum
 import os
 
-from common import atomicfile
-from common.ids import check_jid
+from safcm.common import atomicfile
+from safcm.common.ids import check_jid
 
 
 class Kind(enum.StrEnum):

@@ -20,7 +20,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 
-from common.model import TriggerRun, TriggerStatus
+from safcm.common.model import TriggerRun, TriggerStatus
 
 # Seconds one trigger may run before its process group is killed. Below the
 # master's default job timeout (60 s), so a hung trigger still lets the

@@ -16,5 +16,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy  # settings in pyproject.toml: common/ strictly, master/ and minion/
+scripts/mypy.sh  # settings in pyproject.toml: common/ strictly, master/ and minion/
 .venv/bin/python -m pytest "$@"

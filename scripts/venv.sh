@@ -6,6 +6,6 @@ safcm_venv() {
         apt-get update -q && apt-get install -y -q python3-venv
     fi
     [ -x .venv/bin/python ] || python3 -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77"  # a wheel is built offline in the tests
     .venv/bin/python -m pip install -q -e ".$1"
 }

@@ -14,11 +14,11 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from common import schema as S
-from common.crypto import PublicKeys, fingerprint_problem
-from common.errors import ProtocolError
-from common.ids import jid_problem, minion_id_problem, new_jid
-from common.model import (
+from safcm.common import schema as S
+from safcm.common.crypto import PublicKeys, fingerprint_problem
+from safcm.common.errors import ProtocolError
+from safcm.common.ids import jid_problem, minion_id_problem, new_jid
+from safcm.common.model import (
     AbsentSpec,
     ApplyFailure,
     ApplyResult,
@@ -31,7 +31,7 @@ from common.model import (
     TriggerRun,
     TriggerStatus,
 )
-from common.protocol import SPECS, Module, MsgType, ResultStatus
+from safcm.common.protocol import SPECS, Module, MsgType, ResultStatus
 
 FUZZ_EXAMPLES = int(os.environ.get("SAFCM_FUZZ_EXAMPLES", "400"))
 

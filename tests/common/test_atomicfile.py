@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from common import atomicfile
-from common.errors import StateFileError
+from safcm.common import atomicfile
+from safcm.common.errors import StateFileError
 
 
 @pytest.fixture(params=[False, True], ids=["tmpfile", "named"])

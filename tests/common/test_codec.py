@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import codec
-from common.errors import ProtocolError
+from safcm.common import codec
+from safcm.common.errors import ProtocolError
 from tests.common.strategies import fuzz
 
 DEPTH = 9

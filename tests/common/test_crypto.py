@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import crypto
-from common.crypto import (
+from safcm.common import crypto
+from safcm.common.crypto import (
     DEFAULT_CLOCK_SKEW,
     ENVELOPE_MAGIC,
     MAX_ENVELOPE_TTL,
@@ -28,8 +28,8 @@ from common.crypto import (
     sign_plain,
     verify_plain,
 )
-from common.errors import ConfigError, EnvelopeError, ProtocolError
-from common.ids import MASTER_ID
+from safcm.common.errors import ConfigError, EnvelopeError, ProtocolError
+from safcm.common.ids import MASTER_ID
 from tests.common.strategies import fuzz
 
 NOW = 1_800_000_000.25

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.errors import ProtocolError
-from common.ids import (
+from safcm.common.errors import ProtocolError
+from safcm.common.ids import (
     JID_LENGTH,
     MASTER_ID,
     TOPIC_LENGTH,

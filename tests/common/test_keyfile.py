@@ -5,10 +5,10 @@ import stat
 
 import pytest
 
-from common import atomicfile
-from common.crypto import KeyPair
-from common.errors import KeyFileError
-from common.keyfile import (
+from safcm.common import atomicfile
+from safcm.common.crypto import KeyPair
+from safcm.common.errors import KeyFileError
+from safcm.common.keyfile import (
     KEY_FILE_NAME,
     decode_key_file,
     encode_key_file,

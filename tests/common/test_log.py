@@ -9,7 +9,7 @@ import sys
 
 def log_once(env: dict) -> str:
     code = (
-        "import logging; from common import log; log.setup('debug');"
+        "import logging; from safcm.common import log; log.setup('debug');"
         "logging.getLogger('safcm-test').warning('peer said %s', 'hi\\nforged line\\x1b[2J')"
     )
     proc = subprocess.run(
@@ -37,7 +37,7 @@ def test_journal_stream_gets_priority_prefixes(tmp_path):
         st = os.fstat(f.fileno())
         env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
         code = (
-            "import logging; from common import log; log.setup('info');"
+            "import logging; from safcm.common import log; log.setup('info');"
             "logging.getLogger('x').error('bad'); logging.getLogger('x').info('fine')"
         )
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,7 +7,7 @@ import threading
 
 import zmq
 
-from common.loop import Loop
+from safcm.common.loop import Loop
 
 
 def test_timers_fire_in_order_and_cancel():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from common.errors import FileOpError, InvalidPathError
-from common.model import (
+from safcm.common.errors import FileOpError, InvalidPathError
+from safcm.common.model import (
     ApplyFailure,
     ApplyResult,
     FileChange,

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import codec, crypto
-from common import schema as S
-from common.crypto import KeyPair, PublicKeys
-from common.errors import EnvelopeError, ProtocolError, ReplayError
-from common.model import (
+from safcm.common import codec, crypto
+from safcm.common import schema as S
+from safcm.common.crypto import KeyPair, PublicKeys
+from safcm.common.errors import EnvelopeError, ProtocolError, ReplayError
+from safcm.common.model import (
     ApplyFailure,
     ApplyResult,
     FileChange,
@@ -25,7 +25,7 @@ from common.model import (
     TriggerRun,
     TriggerStatus,
 )
-from common.protocol import (
+from safcm.common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
     MAX_BODY_DEPTH,
@@ -303,7 +303,7 @@ def test_every_type_has_a_spec_and_sealed_types_are_network_only():
 
 
 def test_a_table_missing_a_type_or_breaking_a_rule_is_refused_at_import():
-    from common import protocol
+    from safcm.common import protocol
 
     with pytest.raises(RuntimeError, match="without a spec: JOB"):
         protocol._build_specs([s for s in SPECS.values() if s.type is not MsgType.JOB])
@@ -927,7 +927,7 @@ def test_an_enrolment_request_from_a_wrong_clock_is_refused():
 
 
 def test_an_enrolment_with_an_unusable_key_is_refused():
-    from common import protocol
+    from safcm.common import protocol
 
     body = {
         "id": "web1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from common.ratelimit import Bucket, Buckets, PeerLog
+from safcm.common.ratelimit import Bucket, Buckets, PeerLog
 
 
 def test_a_bucket_allows_its_burst_then_its_rate():

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from common.errors import ProtocolError
-from common.schema import Bool, Bytes, Float, Int, List, Map, OneOf, Optional, Str, validate
+from safcm.common.errors import ProtocolError
+from safcm.common.schema import Bool, Bytes, Float, Int, List, Map, OneOf, Optional, Str, validate
 
 CASES = [
     # (schema, good values, bad values, expected reason)

@@ -5,9 +5,9 @@ import sqlite3
 
 import pytest
 
-from common.crypto import Header
-from common.errors import EnvelopeError, ReplayError, StoreError
-from common.seen import SeenJids
+from safcm.common.crypto import Header
+from safcm.common.errors import EnvelopeError, ReplayError, StoreError
+from safcm.common.seen import SeenJids
 
 JOB, RECEIPT = 5, 8
 

@@ -1,6 +1,6 @@
 """Escaping of peer-supplied text for terminals and logs."""
 
-from common.text import escape, escape_content
+from safcm.common.text import escape, escape_content
 
 
 def test_escape_content_keeps_tabs_and_backslashes():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.yamlfile import Problems, YMap, YScalar, YSeq, load_yaml_file, parse_yaml
+from safcm.common.yamlfile import Problems, YMap, YScalar, YSeq, load_yaml_file, parse_yaml
 
 
 def parse(text):

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from common.protocol import FrameReader, MsgType, encode_frame, encode_plain
-from master import cli
+from safcm.common.protocol import FrameReader, MsgType, encode_frame, encode_plain
+from safcm.master import cli
 
 JID = "20260101T000000.000001Z"
 STARTED = (MsgType.RUN_STARTED, {"jid": JID, "hosts": ["web1"], "skipped": []})

@@ -17,9 +17,9 @@ import pathlib
 import pytest
 import yaml
 
-from common.errors import ConfigError
-from common.model import FileType
-from master.compiler import HostConfig, compile_hosts, load_repository
+from safcm.common.errors import ConfigError
+from safcm.common.model import FileType
+from safcm.master.compiler import HostConfig, compile_hosts, load_repository
 
 CASES_DIR = pathlib.Path(__file__).parent / "repos"
 CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "repo").is_dir())

@@ -9,11 +9,11 @@ import threading
 
 import pytest
 
-from common.errors import DaemonError
-from common.loop import Loop
-from common.protocol import MsgType
-from master import control
-from master.control import ControlClient, ControlServer
+from safcm.common.errors import DaemonError
+from safcm.common.loop import Loop
+from safcm.common.protocol import MsgType
+from safcm.master import control
+from safcm.master.control import ControlClient, ControlServer
 
 LIST = {"action": "list", "ids": []}
 
@@ -82,7 +82,7 @@ def test_a_client_that_does_not_read_does_not_stall_the_daemon(tmp_path, monkeyp
         done.set()
 
     loop, server = serve(path, handler, done.is_set)
-    from common.protocol import encode_frame, encode_plain
+    from safcm.common.protocol import encode_frame, encode_plain
 
     stuck.connect(path)
     stuck.sendall(encode_frame(encode_plain(MsgType.KEYS, LIST)))
@@ -125,7 +125,7 @@ def test_client_errors_name_the_cause(tmp_path):
 
 
 def test_an_oversized_request_is_refused_before_it_is_read(tmp_path):
-    from common.protocol import MAX_CONTROL_REQUEST_BYTES
+    from safcm.common.protocol import MAX_CONTROL_REQUEST_BYTES
 
     path = str(tmp_path / "c.sock")
     done = threading.Event()

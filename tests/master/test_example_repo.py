@@ -8,8 +8,8 @@ import pathlib
 import pytest
 import yaml
 
-from common.model import FileType
-from master.compiler import compile_hosts, load_repository
+from safcm.common.model import FileType
+from safcm.master.compiler import compile_hosts, load_repository
 from tests.master.test_compiler import describe
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

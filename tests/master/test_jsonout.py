@@ -10,8 +10,8 @@ import time
 import jsonschema
 import pytest
 
-from common.model import ApplyResult, FileChange, FileState, FileType, Outcome
-from master import cli, jsonout
+from safcm.common.model import ApplyResult, FileChange, FileState, FileType, Outcome
+from safcm.master import cli, jsonout
 from tests import schemas
 
 ROOT_DIR = FileState(FileType.DIR, 0o755, 0, 0, "root", "root")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from common.model import (
+from safcm.common.model import (
     ApplyFailure,
     ApplyResult,
     FileChange,
@@ -15,8 +15,8 @@ from common.model import (
     TriggerRun,
     TriggerStatus,
 )
-from master import render
-from master.render import Style, Tally
+from safcm.master import render
+from safcm.master.render import Style, Tally
 
 PLAIN = Style(colour=False)
 ROOT = FileState(FileType.FILE, 0o644, 0, 0, "root", "root")

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from common.errors import ConfigError, UnknownGroupError, UnknownHostError
-from common.model import FileType
-from master.compiler import compile_host, compile_hosts, load_repository
+from safcm.common.errors import ConfigError, UnknownGroupError, UnknownHostError
+from safcm.common.model import FileType
+from safcm.master.compiler import compile_host, compile_hosts, load_repository
 
 
 def write(root, files: dict[str, str | bytes]) -> None:

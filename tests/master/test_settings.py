@@ -2,8 +2,8 @@
 
 import pytest
 
-from common.errors import ConfigError
-from master import settings
+from safcm.common.errors import ConfigError
+from safcm.master import settings
 
 
 def test_defaults():

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.text import escape
-from master import cli
+from safcm.common.text import escape
+from safcm.master import cli
 from tests import schemas
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ INVALID_MANY = ROOT / "tests" / "master" / "repos" / "invalid_many" / "repo"
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(  # noqa: PLW1510 - the tests look at the exit code
-        [sys.executable, "-m", "master.cli", *args],
+        [sys.executable, "-m", "safcm.master.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -5,12 +5,12 @@ import sqlite3
 
 import pytest
 
-from common import codec
-from common.crypto import PublicKeys
-from common.errors import StoreError, UsageError
-from common.ids import jid_time
-from master.db import DB_NAME, open_db
-from master.jobstore import (
+from safcm.common import codec
+from safcm.common.crypto import PublicKeys
+from safcm.common.errors import StoreError, UsageError
+from safcm.common.ids import jid_time
+from safcm.master.db import DB_NAME, open_db
+from safcm.master.jobstore import (
     HostState,
     HostStatus,
     JobRecord,
@@ -19,7 +19,7 @@ from master.jobstore import (
     change_count,
     host_status,
 )
-from master.keystore import KeyState, KeyStore
+from safcm.master.keystore import KeyState, KeyStore
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_newer_schema_is_refused(tmp_path):
 
 
 def test_unauthenticated_enrolment_is_bounded(conn, monkeypatch):
-    from master import keystore
+    from safcm.master import keystore
 
     monkeypatch.setattr(keystore, "MAX_PENDING_KEYS", 3)
     keys = KeyStore(conn)
@@ -226,8 +226,8 @@ def test_a_reduced_result_that_left_out_every_change_still_counts_as_changed():
 
 
 def test_a_result_stored_by_safcm_0_1_is_shown_in_todays_format(conn):
-    from common.protocol import RESULT
-    from common.schema import validate
+    from safcm.common.protocol import RESULT
+    from safcm.common.schema import validate
 
     store = JobStore(conn)
     store.create(job("J1"), {"web1": b"envelope"})

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from common.errors import UsageError
-from master.targets import normalise, resolve
+from safcm.common.errors import UsageError
+from safcm.master.targets import normalise, resolve
 
 HOSTS = ["web1", "web2", "web3", "db1", "db10"]
 GROUPS = {"web": ["web1", "web2", "web3"], "empty": []}

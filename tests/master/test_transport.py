@@ -3,7 +3,7 @@ with time passed in."""
 
 from __future__ import annotations
 
-from master.transport import (
+from safcm.master.transport import (
     IDENTIFY_GRACE,
     MAX_CONNECTIONS_PER_KEY,
     UNKNOWN_IDLE,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from common.model import ApplyResult, FileSpec
-from minion import fileops
-from minion.fileops import Resolve, Temp
+from safcm.common.model import ApplyResult, FileSpec
+from safcm.minion import fileops
+from safcm.minion.fileops import Resolve, Temp
 
 # The job id of applies in tests (the grammar of common/ids.py).
 JID = "20260101T000000.000000Z"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from common.model import FileSpec, FileType
-from minion import fileops
-from minion.fileops import Temp
+from safcm.common.model import FileSpec, FileType
+from safcm.minion import fileops
+from safcm.minion.fileops import Temp
 
 JID = "20260101T000000.000000Z"
 

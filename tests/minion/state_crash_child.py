@@ -18,11 +18,11 @@ import itertools
 import os
 import sys
 
-from common import atomicfile, keyfile
-from common.crypto import KeyPair, PublicKeys, Secret
-from common.model import OwedTrigger
-from minion import daemon, owed
-from minion.spool import Kind, Spool
+from safcm.common import atomicfile, keyfile
+from safcm.common.crypto import KeyPair, PublicKeys, Secret
+from safcm.common.model import OwedTrigger
+from safcm.minion import daemon, owed
+from safcm.minion.spool import Kind, Spool
 
 JID = "20260101T000000.000001Z"
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from common.model import FileType
+from safcm.common.model import FileType
 
 from .conftest import Host
 from .test_fileops import changed, temp_names

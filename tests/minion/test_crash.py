@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from minion.fileops import Temp
+from safcm.minion.fileops import Temp
 
 from .conftest import Host
 from .crash_child import DIRS, FILES, LINKS, content, owner

@@ -8,15 +8,15 @@ import os
 
 import zmq
 
-from common import codec
-from common.crypto import KeyPair
-from common.loop import Loop
-from common.model import FileSpec, FileType
-from common.protocol import RESULT
-from common.schema import validate
-from master.sandbox import free_port
-from minion import daemon, results, settings
-from minion.spool import Kind, Spool
+from safcm.common import codec
+from safcm.common.crypto import KeyPair
+from safcm.common.loop import Loop
+from safcm.common.model import FileSpec, FileType
+from safcm.common.protocol import RESULT
+from safcm.common.schema import validate
+from safcm.master.sandbox import free_port
+from safcm.minion import daemon, results, settings
+from safcm.minion.spool import Kind, Spool
 
 JID = "20260101T000000.000001Z"
 JID2 = "20260101T000000.000002Z"
@@ -131,7 +131,7 @@ def test_settings(tmp_path):
 
 
 def test_a_spooled_result_the_wire_refuses_goes_as_an_error_result(tmp_path):
-    from minion.daemon import _unsendable
+    from safcm.minion.daemon import _unsendable
 
     now = 1_800_000_000.0
     broken = {"module": "files", "status": "ok", "started": now, "finished": now - 1}

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minion import diff
-from minion.diff import NO_NEWLINE, unified_diff
+from safcm.minion import diff
+from safcm.minion.diff import NO_NEWLINE, unified_diff
 
 CASES = [
     ("one changed line", b"a\nb\nc\n", b"a\nB\nc\n", "@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n"),

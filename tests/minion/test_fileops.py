@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from common.errors import FileOpError, LockError, StoreError
-from common.model import (
+from safcm.common.errors import FileOpError, LockError, StoreError
+from safcm.common.model import (
     AbsentSpec,
     FileChange,
     FileSpec,
@@ -34,9 +34,9 @@ from common.model import (
     OwedTrigger,
     TriggerStatus,
 )
-from minion import fileops, owed
-from minion.fileops import Resolve, Temp
-from minion.plan import is_temp_name
+from safcm.minion import fileops, owed
+from safcm.minion.fileops import Resolve, Temp
+from safcm.minion.plan import is_temp_name
 
 from .conftest import JID, Host, new_host, open_fds
 from .tree import (
@@ -1283,7 +1283,7 @@ def test_failure_path_and_error_types(host: Host):
 
 
 def test_large_file_is_replaced_and_the_diff_says_it_is_too_large(host: Host):
-    from minion.diff import DIFF_INPUT_MAX, DIFF_TEXT_MAX
+    from safcm.minion.diff import DIFF_INPUT_MAX, DIFF_TEXT_MAX
 
     big = b"line\n" * (DIFF_INPUT_MAX // 5 + 10)
     make(host.root, [F("/big", big)])
@@ -1844,7 +1844,7 @@ def test_owed_triggers_are_kept_durably_in_the_state_directory(host: Host):
 
 
 def test_owed_triggers_are_saved_through_the_durable_primitive(tmp_path, monkeypatch):
-    from common import atomicfile
+    from safcm.common import atomicfile
 
     saved = []
     real = atomicfile.replace_file

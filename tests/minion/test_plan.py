@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.errors import FileOpError, InvalidPathError, NonEmptyDirectoryError
-from common.model import NAME_MAX, AbsentSpec, FileType, OwedTrigger
-from minion.plan import (
+from safcm.common.errors import FileOpError, InvalidPathError, NonEmptyDirectoryError
+from safcm.common.model import NAME_MAX, AbsentSpec, FileType, OwedTrigger
+from safcm.minion.plan import (
     NO_CHANGE,
     Found,
     Owner,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from common import codec
-from common.model import ApplyResult, FileChange, FileState, FileType, TriggerRun, TriggerStatus
-from common.protocol import SPECS, MsgType
-from common.schema import validate
-from minion import results
+from safcm.common import codec
+from safcm.common.model import (
+    ApplyResult,
+    FileChange,
+    FileState,
+    FileType,
+    TriggerRun,
+    TriggerStatus,
+)
+from safcm.common.protocol import SPECS, MsgType
+from safcm.common.schema import validate
+from safcm.minion import results
 
 NEW = FileState(FileType.FILE, 0o644, 0, 0, "root", "root")
 

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from common import atomicfile
-from common.errors import ProtocolError
-from minion.spool import Kind, Spool
+from safcm.common import atomicfile
+from safcm.common.errors import ProtocolError
+from safcm.minion.spool import Kind, Spool
 
 J1, J2 = "20260101T000000.000001Z", "20260101T000000.000002Z"
 

@@ -21,11 +21,11 @@ import time
 import pytest
 import zmq
 
-from common import atomicfile, codec, keyfile
-from common.crypto import KeyPair, PublicKeys
-from common.loop import Loop
-from minion import daemon, owed
-from minion.spool import Kind, Spool
+from safcm.common import atomicfile, codec, keyfile
+from safcm.common.crypto import KeyPair, PublicKeys
+from safcm.common.loop import Loop
+from safcm.minion import daemon, owed
+from safcm.minion.spool import Kind, Spool
 
 from .state_crash_child import JID, key_dirs, owed_list, pin_keys, spool_content, spool_version
 from .test_daemon import minion_settings

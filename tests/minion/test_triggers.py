@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from common.model import TriggerStatus
-from minion import triggers
-from minion.triggers import run_trigger, run_triggers, would_run
+from safcm.common.model import TriggerStatus
+from safcm.minion import triggers
+from safcm.minion.triggers import run_trigger, run_triggers, would_run
 
 
 def test_ok_with_output_and_environment(tmp_path):

@@ -11,7 +11,7 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from common.model import FileSpec, FileState, FileType
+from safcm.common.model import FileSpec, FileState, FileType
 
 # Users and groups that exist on every Debian system; the tests really chown to them.
 USERS = {0: "root", 1: "daemon", 2: "bin", 65534: "nobody"}

@@ -10,10 +10,10 @@ import tempfile
 
 import pytest
 
-from common.crypto import KeyPair
-from common.protocol import MsgType
-from master.control import ControlClient
-from master.sandbox import Sandbox, wait_for
+from safcm.common.crypto import KeyPair
+from safcm.common.protocol import MsgType
+from safcm.master.control import ControlClient
+from safcm.master.sandbox import Sandbox, wait_for
 from tests import schemas
 from tests.schemas import validate
 from tests.system.fake import FakeMinion

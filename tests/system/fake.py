@@ -9,9 +9,9 @@ import time
 
 import zmq
 
-from common import codec
-from common.crypto import KeyPair, PublicKeys
-from common.protocol import (
+from safcm.common import codec
+from safcm.common.crypto import KeyPair, PublicKeys
+from safcm.common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
     MAX_SEQUENCE,
@@ -29,7 +29,7 @@ from common.protocol import (
     verify_enrol_reply,
     verify_key_reply,
 )
-from master.sandbox import Sandbox
+from safcm.master.sandbox import Sandbox
 
 # Milliseconds a fake waits for one reply.
 RECV_TIMEOUT_MS = 5000

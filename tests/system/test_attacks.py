@@ -15,8 +15,8 @@ import time
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common import keyfile
-from common.protocol import (
+from safcm.common import keyfile
+from safcm.common.protocol import (
     MAX_RESULT_BYTES,
     Channel,
     FrameReader,
@@ -30,7 +30,7 @@ from common.protocol import (
     make_key_reply,
     topic_for,
 )
-from master.sandbox import wait_for
+from safcm.master.sandbox import wait_for
 from tests import schemas
 from tests.system.conftest import (
     SETTLE,

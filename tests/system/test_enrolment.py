@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from common.crypto import KeyPair
-from master.sandbox import wait_for
+from safcm.common.crypto import KeyPair
+from safcm.master.sandbox import wait_for
 from tests.system.conftest import SETTLE, enrol, keys, wait_state
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from common.protocol import MAX_RESULT_BYTES
-from minion.diff import DIFF_TEXT_MAX
+from safcm.common.protocol import MAX_RESULT_BYTES
+from safcm.minion.diff import DIFF_TEXT_MAX
 from tests.system.conftest import by_host, enrol, jobs_show, run_json
 
 # Files whose every line changes, so each diff is cut at DIFF_TEXT_MAX; enough

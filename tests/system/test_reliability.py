@@ -13,8 +13,8 @@ import time
 import pytest
 import yaml
 
-from common.protocol import jid_time
-from master.sandbox import free_port, wait_for
+from safcm.common.protocol import jid_time
+from safcm.master.sandbox import free_port, wait_for
 from tests.schemas import validate
 from tests.system.conftest import (
     SETTLE,

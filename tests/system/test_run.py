@@ -294,7 +294,7 @@ def test_progress_on_a_terminal(sandbox):
             [
                 sandbox.python,
                 "-m",
-                "master.cli",
+                "safcm.master.cli",
                 "-c",
                 sandbox.master.config,
                 "run",
@@ -329,7 +329,7 @@ def test_progress_on_a_terminal(sandbox):
 
 def test_command_line_forms(sandbox):
     enrol(sandbox, "web1")
-    for command in (["master.cli"], ["minion.cli"]):
+    for command in (["safcm.master.cli"], ["safcm.minion.cli"]):
         result = sandbox.run([sandbox.python, "-m", *command, "--version"])
         assert result.returncode == 0 and "0." in result.stdout
     # -c after the subcommand, and a duration with a unit.
@@ -337,7 +337,7 @@ def test_command_line_forms(sandbox):
         [
             sandbox.python,
             "-m",
-            "master.cli",
+            "safcm.master.cli",
             "run",
             "web1",
             "ping",
@@ -349,7 +349,14 @@ def test_command_line_forms(sandbox):
     )
     assert result.returncode == 0, result.stderr
     fingerprint = sandbox.run(
-        [sandbox.python, "-m", "minion.cli", "fingerprint", "-c", sandbox.minions["web1"].config]
+        [
+            sandbox.python,
+            "-m",
+            "safcm.minion.cli",
+            "fingerprint",
+            "-c",
+            sandbox.minions["web1"].config,
+        ]
     )
     assert fingerprint.returncode == 0 and "minion web1 key fingerprint" in fingerprint.stdout
     # An empty target is said in the user's words, not the protocol's.

@@ -12,9 +12,9 @@ import time
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.crypto import KeyPair
-from common.protocol import MsgType, encode_plain, make_enrol_request, topic_for
-from master.sandbox import wait_for
+from safcm.common.crypto import KeyPair
+from safcm.common.protocol import MsgType, encode_plain, make_enrol_request, topic_for
+from safcm.master.sandbox import wait_for
 from tests.system.conftest import SETTLE, accepted_fake, enrol, jobs_show, keys, logged, run_json
 from tests.system.fake import curve_socket, master_keys, ping_result
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from master.sandbox import wait_for
+from safcm.master.sandbox import wait_for
 from tests.system.conftest import SETTLE, by_host, enrol, jobs_show, keys, run_json
 
 RESTART_FLAG = "etc/app/.restart-requested"  # what the /etc/app trigger touches
