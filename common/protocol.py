@@ -826,6 +826,7 @@ _SPEC_LIST = [
                             "status": OneOf([*ResultStatus, NO_RESPONSE, "pending"]),
                             "received": Optional(_TIME),
                             "returned": Optional(_TIME),
+                            "late": Bool(),
                             "result": Optional(RESULT),
                         }
                     ),

@@ -388,6 +388,8 @@ def run_command(
                         print(
                             render.render_summary(tally, style, args.dry_run, args.module), file=out
                         )
+                        if tally.no_response:
+                            print(render.render_late_hint(str(jid), style), file=out)
                     return EXIT_OK if tally.failed == tally.no_response == 0 else EXIT_FAILED
         except KeyboardInterrupt:
             progress.clear()
@@ -553,7 +555,11 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         status = jsonout.host_outcome(host)
         if status != PENDING:
             tally.add(status)
-        print(render.render_host(host["host"], status, host["result"], style), file=out)
+        late_at = host["returned"] if host["late"] else None
+        print(
+            render.render_host(host["host"], status, host["result"], style, late_at=late_at),
+            file=out,
+        )
     print(render.render_summary(tally, style, job["dry_run"], job["module"]), file=out)
     return EXIT_OK
 

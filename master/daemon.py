@@ -1264,6 +1264,7 @@ class Master:
                             "status": _stored_status(h.state, h.result),
                             "received": h.received,
                             "returned": h.returned,
+                            "late": h.late,
                             "result": h.result,
                         }
                         for h in hosts

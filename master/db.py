@@ -97,6 +97,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (jid, digest)
     );
     """,
+    # 3: whether a host's result arrived after it was recorded as no response,
+    # so that `jobs show` can say so.
+    """
+    ALTER TABLE job_hosts ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -109,6 +109,7 @@ class HostRecord:
     returned: float | None
     changes: int | None
     result: dict[str, Any] | None  # the minion's result body, as stored
+    late: bool = False  # the result arrived after the host was recorded as no response
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,8 @@ class JobStore:
             )
             self.conn.executemany(
                 "UPDATE job_hosts SET state = 'done', status = ?, changes = ?, result = ?,"
-                " result_bytes = ?, returned = ?, envelope = NULL"
+                " result_bytes = ?, returned = ?, envelope = NULL,"
+                " late = (state = 'no_response')"
                 " WHERE jid = ? AND host = ? AND state != 'done'",
                 [
                     (
@@ -455,6 +457,7 @@ class JobStore:
                 returned=r["returned"],
                 changes=r["changes"],
                 result=None if r["result"] is None else _load_result(r["result"]),
+                late=bool(r["late"]),
             )
             for r in rows
         ]

@@ -164,6 +164,7 @@ def job_show_document(body: dict[str, Any]) -> dict[str, Any]:
             "status": host_outcome(h),
             "received": _iso_or_none(h["received"]),
             "returned": _iso_or_none(h["returned"]),
+            "late": h["late"],
             "result": result_document(h["result"]),
         }
         for h in body["hosts"]
@@ -181,9 +182,17 @@ def keys_document(body: dict[str, Any]) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "master": body["master"],
-        "keys": [_key(k) for k in body["keys"]],
+        "keys": [
+            {**_key(k), "refused_attempts": refused_attempts(body, k["id"])} for k in body["keys"]
+        ],
         "refused": [_key(r) for r in body["refused"]],
     }
+
+
+def refused_attempts(body: dict[str, Any], minion: str) -> int:
+    """How often other keys have tried to connect under the id `minion`, from
+    a KEYS_REPLY body."""
+    return sum(r["attempts"] for r in body["refused"] if r["id"] == minion)
 
 
 def _key(row: dict[str, Any]) -> dict[str, Any]:

@@ -83,12 +83,23 @@ def host_heading(host: str, status: str, body: dict[str, Any] | None, style: Sty
     return heading
 
 
-def render_host(host: str, status: str, body: dict[str, Any] | None, style: Style) -> str:
+def render_host(
+    host: str,
+    status: str,
+    body: dict[str, Any] | None,
+    style: Style,
+    *,
+    late_at: float | None = None,
+) -> str:
     """One host's result: heading, then each change, diffs, triggers and errors.
 
-    `body` is the minion's RESULT body (common/protocol.py), None for no response.
+    `body` is the minion's RESULT body (common/protocol.py), None for no response;
+    `late_at` is when a result stored after the job's deadline arrived.
     """
     lines = [host_heading(host, status, body, style)]
+    if late_at is not None:
+        late = f"result arrived after the deadline, at {format_time(late_at)}"
+        lines.append(f"{INDENT}{style.yellow(late)}")
     if body is None:
         return "\n".join(lines)
     if body["error"]:
@@ -260,6 +271,15 @@ def render_summary(tally: Tally, style: Style, dry_run: bool = False, module: st
     return f"{tally.targeted} {hosts} targeted: " + ", ".join(parts)
 
 
+def render_late_hint(jid: str, style: Style) -> str:
+    """After a run with hosts that did not answer in time: where their results
+    go if they come after all."""
+    return style.dim(
+        "a result that arrives after the deadline is still stored: "
+        f"see safcm-master jobs show {jid}"
+    )
+
+
 def render_jobs_table(rows: Iterable[dict[str, Any]], style: Style) -> str:
     """`jobs list`: one line per job, newest first."""
     header = [
@@ -307,7 +327,9 @@ def render_keys(body: dict[str, Any], style: Style) -> str:
     if not body["keys"]:
         lines.append("no minion keys yet")
     else:
-        table = [["ID", "STATE", "FINGERPRINT", "PRESENCE"]]
+        # The REFUSED column (attempts by other keys under the id) only when there are any.
+        refused = bool(body.get("refused"))
+        table = [["ID", "STATE", "FINGERPRINT", "PRESENCE", *(["REFUSED"] if refused else [])]]
         for key in body["keys"]:
             if key["connected"]:
                 presence = "connected"
@@ -315,7 +337,11 @@ def render_keys(body: dict[str, Any], style: Style) -> str:
                 presence = f"last seen {format_time(key['last_seen'])}"
             else:
                 presence = "never seen"
-            table.append([escape(key["id"]), key["state"], key["fingerprint"], presence])
+            row = [escape(key["id"]), key["state"], key["fingerprint"], presence]
+            if refused:
+                attempts = sum(r["attempts"] for r in body["refused"] if r["id"] == key["id"])
+                row.append(str(attempts) if attempts else "-")
+            table.append(row)
         lines.extend(_table(table, style))
     if body.get("refused"):
         lines += [

@@ -209,6 +209,7 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
                 "status": "ok",
                 "received": NOW + 1,
                 "returned": NOW + 2,
+                "late": False,
                 "result": _RESULT,
             },
             {
@@ -217,6 +218,7 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
                 "status": "no response",
                 "received": None,
                 "returned": None,
+                "late": False,
                 "result": None,
             },
         ],

@@ -139,6 +139,7 @@ def test_jobs_documents_and_keys_and_errors_fit_their_schemas():
             "status": "ok",
             "received": T0,
             "returned": T0 + 2,
+            "late": False,
             "result": result([FileChange("/x", True, ROOT_FILE, None, None, Outcome.APPLIED)]),
         },
         {
@@ -147,6 +148,7 @@ def test_jobs_documents_and_keys_and_errors_fit_their_schemas():
             "status": "no response",
             "received": None,
             "returned": None,
+            "late": False,
             "result": None,
         },
         {
@@ -155,6 +157,7 @@ def test_jobs_documents_and_keys_and_errors_fit_their_schemas():
             "status": "pending",
             "received": T0,
             "returned": None,
+            "late": False,
             "result": None,
         },
     ]
@@ -176,6 +179,7 @@ def test_jobs_documents_and_keys_and_errors_fit_their_schemas():
     }
     doc = schemas.validate(jsonout.keys_document(keys), "keys-list")
     assert doc["keys"][0]["host"] == "web1" and "id" not in doc["keys"][0]
+    assert doc["keys"][0]["refused_attempts"] == 2
     error = jsonout.error_document(
         "config", "configuration error", [{"file": "a.yaml", "line": 3, "message": "bad"}]
     )

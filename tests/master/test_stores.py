@@ -73,6 +73,7 @@ def test_job_life_cycle(conn):
     assert hosts["web1"].result == body and hosts["web1"].status is HostStatus.CHANGED
     assert hosts["web2"].state is HostState.NO_RESPONSE and hosts["web2"].result is None
     assert hosts["web3"].result == {"late": True}
+    assert hosts["web3"].late and not hosts["web1"].late  # web1 answered in time
     [summary] = store.list_jobs()
     assert (summary.hosts, summary.changed, summary.ok, summary.no_response) == (3, 1, 1, 1)
     assert store.get_hosts("J1", "web2")[0].host == "web2"

@@ -5,10 +5,13 @@ host "no response"."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 
 import yaml
 
-from tests.system.conftest import by_host, enrol, jobs_show, run_json
+from safcm.master.sandbox import wait_for
+from tests.system.conftest import by_host, enrol, jobs_show, logged, run_json
 
 # The job's timeout, and a trigger that outlasts it by far, in seconds.
 TIMEOUT = 1
@@ -31,3 +34,38 @@ def test_triggers_that_outlast_the_timeout_are_waited_for(sandbox):
     stored = {h["host"]: h for h in jobs_show(sandbox, doc["jid"])["hosts"]}
     assert stored["web1"]["status"] == "changed" and stored["web2"]["status"] == "changed"
     assert f"job {doc['jid']}: web1 still working" in sandbox.master.log_text()
+
+
+def test_a_result_after_the_deadline_is_stored_and_shown_as_late(sandbox):
+    # web1's trigger starts, then its minion is frozen (SIGSTOP) so it can
+    # neither answer nor report progress: the run ends with "no response" and
+    # points to jobs show. Thawed, the minion sends its result, which is stored
+    # and marked as late.
+    marker = os.path.join(sandbox.base, "trigger-started")
+    path = os.path.join(sandbox.config_dir, "web1", "triggers.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump({"/etc/app/feature-flags.conf": [f"touch {marker}; sleep 1"]}, f)
+    enrol(sandbox, "web1")
+    minion = sandbox.minions["web1"].proc
+    cli = sandbox.spawn_cli("run", "web1", "files", "--timeout", str(TIMEOUT))
+    try:
+        wait_for(lambda: os.path.exists(marker), 60, "web1's trigger to start")
+        os.kill(minion.pid, signal.SIGSTOP)
+        out, err = cli.communicate(timeout=120)
+    finally:
+        os.kill(minion.pid, signal.SIGCONT)
+    assert cli.returncode == 1, err
+    assert "web1: no response" in out
+    jid = re.search(r"job (\S+):", out).group(1)
+    hint = "a result that arrives after the deadline is still stored: see safcm-master jobs show"
+    assert f"{hint} {jid}" in out
+
+    logged(sandbox.master, f"job {jid}: late result from web1")
+    shown = jobs_show(sandbox, jid)
+    [web1] = shown["hosts"]
+    assert web1["status"] == "changed" and web1["late"] is True
+    human = sandbox.cli("jobs", "show", jid)
+    assert "result arrived after the deadline, at " in human.stdout
+    # A host that answered in time is not late.
+    code, doc = run_json(sandbox, "web1", "ping")
+    assert code == 0 and jobs_show(sandbox, doc["jid"])["hosts"][0]["late"] is False

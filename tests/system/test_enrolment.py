@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 
 from safcm.common.crypto import KeyPair
 from safcm.master.sandbox import wait_for
+from tests.schemas import validate
 from tests.system.conftest import SETTLE, enrol, keys, wait_state
 
 
@@ -72,6 +75,10 @@ def test_changed_key_for_known_id_is_refused(sandbox):
     assert listing["web1"]["fingerprint"] == old and listing["web1"]["state"] == "accepted"
     shown = sandbox.cli("keys", "list").stdout
     assert "refused keys" in shown
+    assert re.search(r"^web1 +accepted .* [1-9][0-9]*$", shown, re.M), shown  # REFUSED column
+    listed = validate(json.loads(sandbox.cli("keys", "list", "--json").stdout), "keys-list")
+    [web1] = listed["keys"]
+    assert web1["refused_attempts"] == sum(r["attempts"] for r in listed["refused"]) >= 1
     new = sandbox.minion_cli("web1", "fingerprint").stdout.split(": ", 1)[1].strip()
     assert new != old and new in shown
     result = sandbox.cli("run", "web1", "ping", "--timeout", "2")
