@@ -1,7 +1,8 @@
 """`safcm-master check [HOST...]`: validate master.yaml and the whole
 configuration repository, and compile every host (or the named ones), without
 a daemon and without touching any host. Every problem is printed with its
-file and line; exit 0 when there is none, 2 otherwise.
+file and line; exit 0 when there is none, 2 otherwise. With --json, one
+document on stdout (docs/schema/check.json) says the same.
 
 What it proves is what `run ... files` would prove before sending anything:
 the repository loads, and each host's file list compiles (templates
@@ -11,10 +12,12 @@ daemon reports (common/errors.py ConfigProblem), so the messages are too.
 
 from __future__ import annotations
 
+import json
 from typing import TextIO
 
 from safcm.common.errors import ConfigError, ConfigProblem
 from safcm.common.text import escape
+from safcm.master import jsonout
 from safcm.master import settings as master_settings
 from safcm.master.compiler import compile_hosts
 from safcm.master.repository import load_repository
@@ -22,7 +25,9 @@ from safcm.master.repository import load_repository
 EXIT_OK, EXIT_PROBLEMS = 0, 2
 
 
-def check(settings_path: str | None, hosts: list[str], out: TextIO, err: TextIO) -> int:
+def check(
+    settings_path: str | None, hosts: list[str], out: TextIO, err: TextIO, *, as_json: bool = False
+) -> int:
     """Check the settings at `settings_path` (None: the defaults), then their
     config_dir, compiling `hosts` (every host of hosts.yaml if empty)."""
     try:
@@ -32,19 +37,31 @@ def check(settings_path: str | None, hosts: list[str], out: TextIO, err: TextIO)
             else master_settings.load(settings_path)
         )
     except ConfigError as e:
+        if as_json:
+            return _json(out, jsonout.check_document(None, [], "settings", e.problems))
         return _report(e.problems, err, "the settings have errors")
     try:
         repo = load_repository(settings.config_dir)
         targets = hosts or list(repo.hosts)
         compile_hosts(repo, targets)
     except ConfigError as e:
+        if as_json:
+            document = jsonout.check_document(settings.config_dir, [], "repository", e.problems)
+            return _json(out, document)
         return _report(e.problems, err, f"the repository {settings.config_dir} has errors")
+    if as_json:
+        return _json(out, jsonout.check_document(settings.config_dir, targets, None, []))
     print(
         f"{escape(settings.config_dir)}: ok; {len(targets)} host"
         f"{'' if len(targets) == 1 else 's'} compiled",
         file=out,
     )
     return EXIT_OK
+
+
+def _json(out: TextIO, document: dict[str, object]) -> int:
+    out.write(json.dumps(document, sort_keys=True) + "\n")
+    return EXIT_OK if document["ok"] else EXIT_PROBLEMS
 
 
 def _report(problems: list[ConfigProblem], err: TextIO, what: str) -> int:

@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the settings and the repository and compile the hosts; touch nothing",
     )
     check.add_argument("hosts", nargs="*", metavar="HOST", help="only these hosts (default: all)")
+    check.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     demo = sub.add_parser("demo", help="run a master and three sandboxed minions on 127.0.0.1")
     demo.add_argument(
@@ -287,7 +288,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         from safcm.master.check import check
 
-        return check(args.config, args.hosts, sys.stdout, sys.stderr)
+        return check(args.config, args.hosts, sys.stdout, sys.stderr, as_json=args.json)
     if args.command == "show" and args.repo is not None:
         from safcm.master.show import show_host
 

@@ -202,6 +202,23 @@ def _key(row: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def check_document(
+    config_dir: str | None, hosts: Iterable[str], stage: str | None, problems: Iterable[Any]
+) -> dict[str, Any]:
+    """`check --json`: `stage` is where checking stopped ("settings" or
+    "repository"; None when all is well), `problems` are ConfigProblems,
+    `hosts` the hosts compiled."""
+    found = [{"file": p.file, "line": p.line, "message": p.message} for p in problems]
+    return {
+        "format": FORMAT,
+        "ok": stage is None,
+        "config_dir": config_dir,
+        "stage": stage,
+        "hosts": sorted(hosts),
+        "problems": found,
+    }
+
+
 def show_document(host: dict[str, Any]) -> dict[str, Any]:
     """`show --json`: master/show.py to_document(), versioned."""
     return {"format": FORMAT, **host}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import json
 import os
 import pty
 import pwd
@@ -13,6 +14,7 @@ import stat
 import subprocess
 
 from tests import schemas
+from tests.schemas import validate
 from tests.system.conftest import (
     by_host,
     changed_paths,
@@ -372,14 +374,28 @@ def test_check_validates_settings_and_repository_without_a_daemon(sandbox):
     assert result.returncode == 0, result.stderr
     assert "ok; 4 hosts compiled" in result.stdout
     assert sandbox.cli("check", "web1").stdout.endswith("ok; 1 host compiled\n")
+    result = sandbox.cli("check", "web1", "--json")
+    assert result.returncode == 0
+    doc = validate(json.loads(result.stdout), "check")
+    assert (doc["ok"], doc["stage"], doc["hosts"], doc["problems"]) == (True, None, ["web1"], [])
     with open(os.path.join(sandbox.config_dir, "web", "permissions.yaml"), "a") as f:
         f.write('/srv/www/releases: "9999"\n')
     result = sandbox.cli("check")
     assert result.returncode == 2
     assert "web/permissions.yaml:" in result.stderr and "invalid mode '9999'" in result.stderr
+    result = sandbox.cli("check", "--json")
+    assert result.returncode == 2 and result.stderr == ""
+    doc = validate(json.loads(result.stdout), "check")
+    assert (doc["ok"], doc["stage"], doc["config_dir"]) == (False, "repository", sandbox.config_dir)
+    [problem] = doc["problems"]
+    assert problem["file"].endswith("web/permissions.yaml") and problem["line"] >= 1
+    assert "invalid mode '9999'" in problem["message"]
     sandbox.configure_master(bogus=1)
     result = sandbox.cli("check")
     assert result.returncode == 2 and "bogus: unknown key" in result.stderr
+    doc = validate(json.loads(sandbox.cli("check", "--json").stdout), "check")
+    assert doc["stage"] == "settings" and doc["config_dir"] is None
+    assert "bogus: unknown key" in doc["problems"][0]["message"]
     # The minion's settings.
     sandbox.add_minion("web1")
     result = sandbox.minion_cli("web1", "check")
