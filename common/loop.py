@@ -30,6 +30,9 @@ ERROR_LOG_INTERVAL = 10.0
 # Longest single poll, in seconds. Timers and wake-ups end a poll early; this
 # only bounds how stale the clock can get if nothing at all happens.
 MAX_POLL_SECONDS = 1.0
+# A callback that holds the loop longer than this, in seconds, is logged: for
+# that long no socket was read and no timer ran (heartbeats and deadlines wait).
+SLOW_CALLBACK_WARNING = 1.0
 
 
 def _key(sock: Any) -> Any:
@@ -38,6 +41,10 @@ def _key(sock: Any) -> Any:
     if isinstance(sock, zmq.Socket | int):
         return sock
     return sock.fileno()
+
+
+def _name(callback: Callable[[], Any]) -> str:
+    return getattr(callback, "__qualname__", repr(callback))
 
 
 class Timer:
@@ -62,6 +69,9 @@ class Loop:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._failures: dict[str, tuple[int, float]] = {}  # name -> (count, last logged)
+        # The longest any one callback held the loop, in seconds, and its name:
+        # everything else waited that long (bench/fanout.py prints it).
+        self.longest_call: tuple[float, str] = (0.0, "")
         self._poller = zmq.Poller()
         self._readers: dict[Any, Callable[[], Any]] = {}
         self._writers: dict[Any, Callable[[], Any]] = {}
@@ -182,13 +192,24 @@ class Loop:
                 self._call(timer.callback)
 
     def _call(self, callback: Callable[[], Any]) -> None:
+        started = self.clock()
         try:
             callback()
         except Exception as e:
             self._failed(callback, e)
+        held = self.clock() - started
+        if held > self.longest_call[0]:
+            self.longest_call = (held, _name(callback))
+        if held > SLOW_CALLBACK_WARNING:
+            log.warning("%s held the event loop for %.1f s", _name(callback), held)
+
+    def reset_longest_call(self) -> tuple[float, str]:
+        """The longest call so far (seconds, name), and start measuring afresh."""
+        longest, self.longest_call = self.longest_call, (0.0, "")
+        return longest
 
     def _failed(self, callback: Callable[[], Any], error: Exception) -> None:
-        name = getattr(callback, "__qualname__", repr(callback))
+        name = _name(callback)
         count, logged = self._failures.get(name, (0, -ERROR_LOG_INTERVAL))
         now = self.clock()
         if count == 0:

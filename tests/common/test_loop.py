@@ -1,10 +1,12 @@
 """The event loop: timers in order, cancellation, readers, thread wake-ups, signals."""
 
+import logging
 import os
 import signal
 import socket
 import threading
 
+import pytest
 import zmq
 
 from safcm.common.loop import Loop
@@ -99,3 +101,28 @@ def test_plain_sockets_as_readers_and_writers():
     loop.close()
     a.close()
     b.close()
+
+
+def test_the_longest_call_is_measured_and_a_slow_one_logged(caplog):
+    # A fake clock that each slow callback moves on: measuring needs no sleep.
+    now = [100.0]
+    loop = Loop(clock=lambda: now[0])
+
+    def quick() -> None:
+        now[0] += 0.002
+
+    def slow() -> None:
+        now[0] += 2.5
+
+    loop.call_later(0, quick)
+    loop.call_later(0, slow)
+    with caplog.at_level(logging.WARNING, logger="safcm"):
+        loop.run_once(max_wait=0)
+    held, name = loop.reset_longest_call()
+    assert held == pytest.approx(2.5) and name.endswith("slow")
+    assert [r.getMessage() for r in caplog.records] == [f"{name} held the event loop for 2.5 s"]
+    assert loop.longest_call == (0.0, "")
+    loop.call_later(0, quick)
+    loop.run_once(max_wait=0)
+    assert loop.longest_call[0] == pytest.approx(0.002)
+    loop.close()
