@@ -16,6 +16,7 @@ FileSpec.check(), which the engine calls before any syscall.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,9 @@ class FileSpec:
             "uid": self.uid,
             "group": self.group,
             "gid": self.gid,
+            # A regular file's content is named by its SHA-256, so that a job
+            # may leave out content the host has (minion/content.py).
+            "digest": hashlib.sha256(self.data).digest() if self.type is FileType.FILE else None,
             "data": self.data,
             "triggers": list(self.triggers),
             "passthrough": self.passthrough,

@@ -37,6 +37,8 @@ type without a spec).
     RESULT             network  yes     minion -> master
     RESULT_RECEIPT     network  yes     master -> minion
     JOB_PROGRESS       network  yes     minion -> master (still working on a job)
+    CONTENT_REQUEST    network  yes     minion -> master (content a job left out)
+    CONTENT            network  yes     master -> minion (that content, as a reply)
     RUN, KEYS, JOBS    control  no      CLI -> master
     RUN_STARTED, RUN_HOST_RESULT, RUN_PROGRESS, RUN_DONE, KEYS_REPLY, JOBS_REPLY,
     JOB_REPLY, ERROR   control  no      master -> CLI
@@ -50,6 +52,7 @@ ENROL_REQUEST and nothing else.
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -197,6 +200,11 @@ MAX_BODY_DEPTH = 8
 
 # Most files in one job, and most changes in one result.
 MAX_FILES = codec.MAX_LIST_ITEMS
+# A SHA-256 digest names a regular file's content, in bytes.
+DIGEST_BYTES = 32
+# A CONTENT_REQUEST names at most every file of a job: a digest and its
+# msgpack header per file, and room for the rest of the body.
+MAX_CONTENT_REQUEST_BYTES = MAX_FILES * (DIGEST_BYTES + 2) + 1024
 # Largest content of one file. Larger files belong in a package, not here.
 MAX_FILE_BYTES = 16 * 1024 * 1024
 # Longest diff in a change, in characters: both sides of the largest file.
@@ -264,6 +272,8 @@ class MsgType(enum.IntEnum):
     KEY_REQUEST = 9
     KEY_REPLY = 10
     JOB_PROGRESS = 11
+    CONTENT_REQUEST = 12
+    CONTENT = 13
     # Control: the CLI's requests and the master's replies.
     RUN = 101
     KEYS = 102
@@ -333,7 +343,11 @@ FILE_SPEC = Map(
         "uid": Optional(Int(0, 2**32 - 2)),
         "group": Optional(_NAME),
         "gid": Optional(Int(0, 2**32 - 2)),
-        "data": Bytes(MAX_FILE_BYTES),
+        # A regular file's content is named by its digest; the content itself
+        # may be left out when the host has it (minion/content.py). A
+        # directory has none (b""), a symlink's is its target.
+        "digest": Optional(Bytes(DIGEST_BYTES, min_len=DIGEST_BYTES)),
+        "data": Optional(Bytes(MAX_FILE_BYTES)),
         "triggers": List(_COMMAND, MAX_TRIGGERS_PER_FILE),
         "passthrough": Bool(),
     }
@@ -433,6 +447,15 @@ def _check_job(body: dict[str, Any], jid: str | None) -> None:
         body["files"] or body["absent"] or body["purge"] or body["secrets"]
     ):
         raise ProtocolError("JOB body: a ping job carries no files")
+    for f in body["files"]:
+        if (f["type"] == FileType.FILE) != (f["digest"] is not None):
+            raise ProtocolError(f"JOB body: {f['path']}: a digest is set exactly for a file")
+        if f["data"] is None and f["digest"] is None:
+            raise ProtocolError(f"JOB body: {f['path']}: a directory or symlink needs its data")
+        if f["data"] is not None and f["digest"] is not None and (
+            hashlib.sha256(f["data"]).digest() != f["digest"]
+        ):
+            raise ProtocolError(f"JOB body: {f['path']}: the content does not match its digest")
 
 
 def _check_receipt(body: dict[str, Any], jid: str | None) -> None:
@@ -649,6 +672,30 @@ _SPEC_LIST = [
         # sealed under the job's jid, like its receipt and its result
         schema=Map({"jid": _JID, "elapsed": _DURATION}),  # seconds the job has run
         max_bytes=MAX_SMALL_BYTES,
+        check=_check_receipt,
+    ),
+    MessageSpec(
+        MsgType.CONTENT_REQUEST,
+        Channel.NETWORK,
+        sealed=True,
+        # sealed under the job's jid: the content of that job's files it lacks
+        schema=Map(
+            {
+                "jid": _JID,
+                "digests": List(Bytes(DIGEST_BYTES, min_len=DIGEST_BYTES), MAX_FILES, min_items=1),
+            }
+        ),
+        max_bytes=MAX_CONTENT_REQUEST_BYTES,
+        check=_check_receipt,
+    ),
+    MessageSpec(
+        MsgType.CONTENT,
+        Channel.NETWORK,
+        sealed=True,
+        # The content asked for, each named by its hash (the minion hashes it
+        # again); a large request is answered in several messages.
+        schema=Map({"jid": _JID, "blobs": List(Bytes(MAX_FILE_BYTES), MAX_FILES)}),
+        max_bytes=MAX_JOB_BYTES,
         check=_check_receipt,
     ),
     MessageSpec(

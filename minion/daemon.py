@@ -45,8 +45,9 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -82,7 +83,8 @@ from safcm.common.protocol import (
     verify_key_reply,
 )
 from safcm.common.version import VERSION
-from safcm.minion import fileops, results
+from safcm.minion import content, fileops, results
+from safcm.minion.content import ContentCache
 from safcm.minion.settings import MinionSettings
 from safcm.minion.spool import Kind, Spool
 
@@ -135,6 +137,9 @@ CLOCK_OFFSET_TOLERANCE = 0.5
 # so a short job (nearly all) sends none; then every PROGRESS_INTERVAL.
 PROGRESS_FIRST = 0.5
 PROGRESS_INTERVAL = 5.0
+# Seconds before a CONTENT_REQUEST without an answer is sent again: the reply
+# may be lost when the connection drops; the job's deadline bounds the wait.
+CONTENT_RETRY = 5.0
 
 KEYS_DIR = "keys"
 SEEN_DB = "seen.db"
@@ -150,11 +155,23 @@ class Job:
     jid: str
     module: str
     dry_run: bool
-    files: list[FileSpec]
+    files: list[dict[str, Any]]  # wire form: content may be left out (minion/content.py)
     deadline: float
     absent: list[AbsentSpec]
     purge: list[str]
     secrets: list[str]
+
+
+@dataclass
+class ContentWait:
+    """Content a job waits for from the master: filled on the loop thread,
+    read by the worker once `done` is set."""
+
+    jid: str
+    wanted: set[bytes]  # digests
+    blobs: dict[bytes, bytes] = field(default_factory=dict)  # digest -> content
+    done: threading.Event = field(default_factory=threading.Event)
+    retry: Timer | None = None
 
 
 @dataclass
@@ -196,6 +213,9 @@ class Minion:
             log.info("%s: created a new key pair, fingerprint %s", self.id, self.keys.fingerprint())
         self.seen = SeenJids(os.path.join(settings.state_dir, SEEN_DB))
         self.spool = Spool(os.path.join(settings.state_dir, SPOOL_DIR))
+        self.content = ContentCache(settings.state_dir)
+        # Content a job being prepared waits for, by jid (at most the busy job's).
+        self.content_waits: dict[str, ContentWait] = {}
         self.master_keys = self._load_master_keys()
 
         self.accepted = False
@@ -225,6 +245,7 @@ class Minion:
                 MsgType.ENROL_REPLY: self.on_enrol_reply,
                 MsgType.HEARTBEAT_REPLY: self.on_heartbeat_reply,
                 MsgType.RESULT_RECEIPT: self.on_result_receipt,
+                MsgType.CONTENT: self.on_content,
             },
         )
         self.published = Dispatcher(Channel.NETWORK, {MsgType.JOB: self.on_job})
@@ -269,6 +290,7 @@ class Minion:
         self._close_key_sock()
         self.seen.close()
         self.spool.close()
+        self.content.close()
 
     def _address(self, port: int) -> str:
         master = self.settings.master
@@ -707,11 +729,19 @@ class Minion:
             )
         elif job.module == Module.PING:
             body = results.ping_result(VERSION, started=started, finished=finished())
+        elif (files := self._resolve(job)) is None:
+            body = results.error_result(
+                job.module,
+                "the content of some files did not arrive from the master before the job's "
+                "deadline; nothing was applied",
+                started=started,
+                finished=finished(),
+            )
         else:
             try:
                 apply = fileops.apply_files(
                     self.settings.root,
-                    job.files,
+                    files,
                     dry_run=job.dry_run,
                     state_dir=self.settings.state_dir,
                     jid=job.jid,
@@ -727,6 +757,62 @@ class Minion:
             else:
                 body = results.files_result(apply, started=started, finished=finished())
         self._finish(job.jid, body)
+
+    def _resolve(self, job: Job) -> list[FileSpec] | None:
+        """In the worker: the job's files with all their content, from the job,
+        the content cache or, for what is in neither, the master (one round
+        trip, waited for until the job's deadline). None if it never came: a
+        job is applied whole or not at all."""
+        missing = content.resolve(job.files, self.content)
+        if missing:
+            log.info(
+                "%s: job %s: asking the master for %d contents not cached here",
+                self.id,
+                job.jid,
+                len(missing),
+            )
+            wait = ContentWait(job.jid, set(missing))
+            self.loop.call_soon_threadsafe(lambda: self._ask_content(wait))
+            arrived = wait.done.wait(max(0.0, job.deadline - self.clock()))
+            self.loop.call_soon_threadsafe(lambda: self._stop_asking(wait))
+            if not arrived:
+                return None
+            for f in job.files:
+                if f["data"] is None:
+                    f["data"] = wait.blobs[f["digest"]]
+            for blob in wait.blobs.values():
+                self.content.put(blob)
+        return [FileSpec.from_wire(f) for f in job.files]
+
+    def _ask_content(self, wait: ContentWait) -> None:
+        """On the loop: send the CONTENT_REQUEST, and again every
+        CONTENT_RETRY while it is unanswered (a reply lost in a reconnect)."""
+        self.content_waits[wait.jid] = wait
+        if wait.done.is_set():
+            return
+        still = sorted(wait.wanted - wait.blobs.keys())
+        self._send_sealed(
+            MsgType.CONTENT_REQUEST, {"jid": wait.jid, "digests": still}, jid=wait.jid
+        )
+        wait.retry = self.loop.call_later(CONTENT_RETRY, lambda: self._ask_content(wait))
+
+    def _stop_asking(self, wait: ContentWait) -> None:
+        if wait.retry is not None:
+            wait.retry.cancel()
+        self.content_waits.pop(wait.jid, None)
+
+    def on_content(self, msg: Message) -> None:
+        jid = msg.body["jid"]
+        wait = self.content_waits.get(jid)
+        if wait is None or wait.done.is_set():
+            log.info("%s: content for job %s, which no longer waits for it", self.id, jid)
+            return
+        for blob in msg.body["blobs"]:
+            digest = content.digest_of(blob)
+            if digest in wait.wanted:  # anything else is not ours to keep
+                wait.blobs[digest] = blob
+        if wait.wanted <= wait.blobs.keys():
+            wait.done.set()
 
     def _finish(self, jid: str, body: dict[str, Any]) -> None:
         """Spool the result, then drop the job: a crash between the two finds
@@ -859,7 +945,7 @@ def _job_from_body(jid: str, body: dict[str, Any]) -> Job:
         jid,
         body["module"],
         body["dry_run"],
-        [FileSpec.from_wire(f) for f in body["files"]],
+        body["files"],
         body["deadline"],
         [AbsentSpec.from_wire(a) for a in body["absent"]],
         body["purge"],

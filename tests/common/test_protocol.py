@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 from typing import Any
@@ -136,6 +137,8 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
     MsgType.RESULT: _RESULT,
     MsgType.RESULT_RECEIPT: {"jid": JID},
     MsgType.JOB_PROGRESS: {"jid": JID, "elapsed": 12.5},
+    MsgType.CONTENT_REQUEST: {"jid": JID, "digests": [hashlib.sha256(b"x").digest()]},
+    MsgType.CONTENT: {"jid": JID, "blobs": [b"x"]},
     MsgType.RUN: {
         "target": "web*",
         "group": False,
@@ -276,7 +279,13 @@ def send(msg_type: MsgType, body: dict[str, Any]) -> Message:
     """Encode and decode one message the way its spec says it travels."""
     spec = SPECS[msg_type]
     if spec.sealed:
-        by_jid = (MsgType.JOB_RECEIPT, MsgType.RESULT_RECEIPT, MsgType.JOB_PROGRESS)
+        by_jid = (
+            MsgType.JOB_RECEIPT,
+            MsgType.RESULT_RECEIPT,
+            MsgType.JOB_PROGRESS,
+            MsgType.CONTENT_REQUEST,
+            MsgType.CONTENT,
+        )
         jid = body["jid"] if msg_type in by_jid else JID
         return open_(seal(msg_type, body, jid=jid), msg_type)
     return decode_plain(encode_plain(msg_type, body), spec.channel)
@@ -479,7 +488,7 @@ def test_unsupported_versions_are_refused(version):
             open_(sealed, MsgType.RESULT)
 
 
-@pytest.mark.parametrize("raw_type", [0, 12, 100, 999, -1, "RUN", 1.0, 101.0, True, None])
+@pytest.mark.parametrize("raw_type", [0, 14, 100, 999, -1, "RUN", 1.0, 101.0, True, None])
 def test_unknown_types_are_refused(raw_type):
     with pytest.raises(ProtocolError, match="unknown message type"):
         decode_plain(codec.pack([PROTOCOL_VERSION, raw_type, {}]), Channel.CONTROL)
@@ -509,7 +518,18 @@ _FAILED_APPLY = {
 }
 _PING = {"version": "0.1.0", "time": NOW}
 
+
+def _job_with(**file: Any) -> dict[str, Any]:
+    """The sample job with its first file changed."""
+    job = SAMPLES[MsgType.JOB]
+    return {**job, "files": [{**job["files"][0], **file}, *job["files"][1:]]}
+
+
 CROSS_FIELD = [
+    (MsgType.JOB, _job_with(digest=None), "a digest is set exactly for a file"),
+    (MsgType.JOB, _job_with(type="dir", data=b""), "a digest is set exactly for a file"),
+    (MsgType.JOB, _job_with(data=b"other"), "does not match its digest"),
+    (MsgType.JOB, _job_with(type="symlink", digest=None, data=None), "needs its data"),
     (MsgType.JOB, {**SAMPLES[MsgType.JOB], "module": "ping"}, "ping job carries no files"),
     (
         MsgType.JOB,
