@@ -115,7 +115,6 @@ def test_unchanged(kept, current, expected):
     ],
 )
 def test_keepable_only_outside_the_racy_window(newest, started, expected):
-    assert make_walk([("", 1, 2, 0o40755, 0, 0, 0, 0, newest, None)]).newest_ns == newest
     assert keepable(make_walk([("", 1, 2, 0o40755, 0, 0, 0, 0, newest, None)]), started) is expected
 
 
@@ -428,3 +427,25 @@ def test_another_path_is_another_repository(repo, tmp_path):
     assert cache.load(str(other)).hosts == ["h1", "h9"]
     assert cache.load(str(repo)).hosts == ["h1", "h2"]
     assert len(loads.calls) == 3
+
+
+def test_a_change_during_a_load_is_read_by_the_next_one(repo):
+    """The walk is taken before the load: a file changed after the loader
+    read it makes the next walk differ. (A walk after the load would record
+    the new tree beside the old content, and keep serving the old content.)"""
+    motd = repo / "all/files/etc/motd"
+
+    class ChangingAfterReading(Counting):
+        def __call__(self, path: str, *, targets_only: bool = False) -> Repository:
+            loaded = super().__call__(path, targets_only=targets_only)
+            if len(self.calls) == 1:
+                motd.write_text("changed while loading\n")
+            return loaded
+
+    loads = ChangingAfterReading()
+    cache = RepositoryCache(loads, clock=lambda: time.time_ns() + SETTLED_NS)
+    assert cache.load(str(repo)).entries["all"]["/etc/motd"].spec.data == b"hello\n"
+    assert cache.load(str(repo)).entries["all"]["/etc/motd"].spec.data == (
+        b"changed while loading\n"
+    )
+    assert len(loads.calls) == 2
