@@ -145,40 +145,53 @@ def walk_tree(root: str) -> Walk | None:
     """lstat every entry under `root` (the root itself as ""); None if any fails.
 
     By directory descriptors and never through a symlink below the root,
-    like the loader's own walk (repository._Loader._scan_files). Reads no
-    file content: one openat per directory, one fstatat per entry, one
-    readlinkat per symlink.
+    like the loader's own walk (repository._Loader._scan_files), with one
+    descriptor open per level of depth, never one per sibling (the master
+    has sockets to keep). Reads no file content: one openat per directory,
+    one fstatat per entry, one readlinkat per symlink.
     """
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     entries: list[WalkEntry] = []
-    stack = [(root_fd, "")]  # directories still to read, each with its path
+    # Each level being walked: its descriptor, its path, its subdirectories still to walk.
+    stack: list[tuple[int, str, list[str]]] = [(root_fd, "", [])]
     try:
         entries.append(_entry("", os.fstat(root_fd), None))
+        stack[-1] = (root_fd, "", _read_dir(root_fd, "", entries))
         while stack:
-            dir_fd, rel = stack.pop()
-            try:
-                with os.scandir(dir_fd) as it:
-                    names = sorted(e.name for e in it)
-                for name in names:
-                    if not rel and ignored_at_top(name):
-                        continue
-                    child = f"{rel}/{name}" if rel else name
-                    st = os.lstat(name, dir_fd=dir_fd)
-                    target = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
-                    entries.append(_entry(child, st, target))
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append((os.open(name, _DIR_FLAGS, dir_fd=dir_fd), child))
-            finally:
-                os.close(dir_fd)
+            dir_fd, rel, pending = stack[-1]
+            if not pending:
+                os.close(stack.pop()[0])
+                continue
+            name = pending.pop()
+            child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            path = f"{rel}/{name}" if rel else name
+            stack.append((child, path, []))  # first, so that `finally` closes it
+            stack[-1] = (child, path, _read_dir(child, path, entries))
     except OSError:
         return None
     finally:
-        for fd, _ in stack:
+        for fd, _, _ in stack:
             os.close(fd)
     return make_walk(entries)
+
+
+def _read_dir(dir_fd: int, rel: str, entries: list[WalkEntry]) -> list[str]:
+    """Record one directory's entries; its subdirectories, to walk next."""
+    with os.scandir(dir_fd) as it:
+        names = sorted(e.name for e in it)
+    subdirs = []
+    for name in names:
+        if not rel and ignored_at_top(name):
+            continue
+        st = os.lstat(name, dir_fd=dir_fd)
+        target = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+        entries.append(_entry(f"{rel}/{name}" if rel else name, st, target))
+        if stat.S_ISDIR(st.st_mode):
+            subdirs.append(name)
+    return subdirs
 
 
 def _entry(rel: str, st: os.stat_result, target: str | None) -> WalkEntry:

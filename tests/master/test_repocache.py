@@ -7,6 +7,7 @@ waiting for it."""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import sys
 import time
@@ -27,6 +28,9 @@ from safcm.master.repocache import (
 )
 from safcm.master.repository import Repository, load_repository
 
+# Descriptors a walk may open beyond those in use: the depth of the test
+# trees plus scandir's duplicate, with room to spare, far below their width.
+WALK_FD_ROOM = 32
 # Added to the clock for a tree that has settled: well past the racy window.
 SETTLED_NS = 3600 * 10**9
 
@@ -168,6 +172,23 @@ def test_walk_lists_everything_but_top_level_dot_names(repo):
     targets = {e[0]: e[9] for e in walked.entries}
     assert targets["all/files/etc/link"] == "aaa"
     assert targets["hosts.yaml"] is None
+
+
+def test_a_wide_tree_is_walked_with_one_descriptor_per_level(repo):
+    """The master has sockets to keep: 200 sibling directories must not take
+    200 descriptors at once, and none is left open."""
+    for i in range(200):
+        (repo / f"all/files/wide/d{i:03d}/sub").mkdir(parents=True)
+    in_use = len(os.listdir("/proc/self/fd"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + WALK_FD_ROOM, hard))
+    try:
+        walked = walk_tree(str(repo))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert walked is not None
+    assert sum(e[0].startswith("all/files/wide/") for e in walked.entries) == 400
+    assert len(os.listdir("/proc/self/fd")) == in_use
 
 
 def test_walk_of_a_missing_root_is_none(tmp_path):
