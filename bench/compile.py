@@ -11,6 +11,11 @@ host, groups and in_group(). Every host is in three groups plus "all" and
 its own. It prints the time to load the repository, to compile every host
 (total and per host), the peak RSS of the process, and checks that content
 which is not a template is one shared bytes object per repository file.
+
+Then the master's repository cache (master/repocache.py): once the tree is
+older than its racy window (the benchmark waits for that), the time of a
+load through the cache with nothing changed (the stat walk alone, what a
+no-op job pays) and with one file changed (walk and full load).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from safcm.common.model import FileType
 from safcm.master.compiler import compile_hosts, load_repository
+from safcm.master.repocache import RACY_WINDOW_NS, RepositoryCache, walk_tree
 
 FILE_SIZE = 1024  # bytes of each generated file, like the engine's benchmark trees
 DIRS_PER_GROUP = 5  # each group spreads its files over this many directories
@@ -84,6 +90,31 @@ def generate(root: pathlib.Path, hosts: int, groups: int, files: int, share: flo
         (root / g / "triggers.yaml").write_text(f'/etc/{g}:\n  - echo "{g} changed"\n')
 
 
+def bench_cache(root: pathlib.Path, repeat: int) -> tuple[float, float, int]:
+    """Median seconds of a cached load with nothing changed, and with one file
+    changed; and the number of entries the walk lstats."""
+    walk = walk_tree(str(root))
+    if walk is None:
+        raise SystemExit(f"cannot walk {root}")
+    # A tree changed within the racy window is never kept: wait until it has settled.
+    time.sleep(max(0.0, (walk.newest_ns + RACY_WINDOW_NS - time.time_ns()) / 1e9 + 0.01))
+    cache = RepositoryCache()
+    first = cache.load(str(root))
+    cached, changed = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        if cache.load(str(root)) is not first:
+            raise SystemExit("an unchanged repository was loaded again")
+        cached.append(time.perf_counter() - t0)
+    edited = root / group_name(0) / "files" / "etc" / "edited.conf"
+    for i in range(repeat):
+        edited.write_text(f"edit {i}\n")
+        t0 = time.perf_counter()
+        cache.load(str(root))
+        changed.append(time.perf_counter() - t0)
+    return statistics.median(cached), statistics.median(changed), len(walk.entries)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=1000)
@@ -106,6 +137,7 @@ def main() -> int:
             t2 = time.perf_counter()
             load_times.append(t1 - t0)
             compile_times.append(t2 - t1)
+        cached_s, changed_s, walked = bench_cache(root, args.repeat)
 
     specs = sum(len(c.files) for c in configs.values())
     rendered = sum(1 for c in configs.values() for f in c.files if f.template)
@@ -128,6 +160,8 @@ def main() -> int:
     print(f"compile / host:  {compile_s / args.hosts * 1000:.2f} ms")
     print(f"load + compile:  {load_s + compile_s:.3f} s")
     print(f"peak RSS:        {peak_rss_mib:.1f} MiB")
+    print(f"cached, no-op:   {cached_s * 1000:.1f} ms (stat walk of {walked} entries; median)")
+    print(f"cached, 1 edit:  {changed_s * 1000:.1f} ms (walk + load; median)")
     print(
         f"static content:  {len(static)} file specs share {shared_objects} bytes objects"
         f" for {static_sources} repository files"

@@ -98,8 +98,8 @@ from safcm.common.protocol import (
 )
 from safcm.common.protocol import KeyState as WireKeyState
 from safcm.common.ratelimit import Bucket, Buckets, PeerLog
-from safcm.master import targets
-from safcm.master.compiler import HostConfig, compile_hosts, load_repository
+from safcm.master import repocache, targets
+from safcm.master.compiler import HostConfig, compile_hosts
 from safcm.master.control import ControlConnection, ControlServer
 from safcm.master.db import open_db
 from safcm.master.jobstore import (
@@ -1035,7 +1035,7 @@ class Master:
         timeout = body["timeout"] or self.settings.job_timeout
         target = targets.normalise(body["target"], body["group"])
         # ping sends no files: a problem in a group's files must not stop it.
-        repo = load_repository(self.settings.config_dir, targets_only=module == Module.PING)
+        repo = repocache.load(self.settings.config_dir, targets_only=module == Module.PING)
         resolved = targets.resolve(
             target,
             hosts=repo.hosts,

@@ -211,7 +211,11 @@ class _GroupDef:
 
 
 class Repository:
-    """A loaded, checked configuration repository. Build it with load_repository()."""
+    """A loaded, checked configuration repository. Build it with load_repository().
+
+    The master keeps one (master/repocache.py) and hands it to every run
+    while the tree is unchanged: nothing may modify it once it is built.
+    """
 
     def __init__(
         self,
@@ -666,7 +670,7 @@ class _Loader:
         triggers: dict[str, dict[str, TriggerEntry]] = {}
         lists: dict[str, PathLists] = {}
         for name in self._list(self.root, "."):
-            if name.startswith(".") or name in (CONFIG_FILE, HOSTS_FILE, GROUPS_FILE):
+            if ignored_at_top(name) or name in (CONFIG_FILE, HOSTS_FILE, GROUPS_FILE):
                 continue
             full = os.path.join(self.root, name)
             try:
@@ -1269,6 +1273,12 @@ def check_host_id(name: str) -> str | None:
     """None if `name` is a valid host id, else the reason. A host id is a minion
     id, so the grammar is the wire's (common/ids.py), not a copy of it."""
     return minion_id_problem(name)
+
+
+def ignored_at_top(name: str) -> bool:
+    """A top-level entry the loader never reads (.git, editors' files): the
+    repository cache (master/repocache.py) does not walk it either."""
+    return name.startswith(".")
 
 
 def check_group_name(name: str) -> str | None:
