@@ -15,7 +15,7 @@ prints nothing when the daemon cannot be reached: then Tab offers nothing.
 
 NOTE: the tree is read through argparse's attributes `_actions`,
 `option_strings`, `nargs`, `choices` and `metavar`, which argparse has kept
-for every Python 3 release; tests/master/test_completion.py sources the
+for every Python 3 release; tests/system/test_cli.py sources the
 script in bash and completes real command lines.
 """
 

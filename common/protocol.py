@@ -23,9 +23,10 @@ Messages
 --------
 MsgType names every message; SPECS gives each one its channel (network or
 control), whether it must be sealed, its body schema, its size limit and
-any cross-field check. Adding a message type is a change here only: a member
-of MsgType and its MessageSpec in _SPEC_LIST (an import-time check refuses a
-type without a spec).
+any cross-field check. Adding a message type is a member of MsgType (in
+common/wire.py; a reply to the CLI also goes into CONTROL_REPLIES there) and
+its MessageSpec in _SPEC_LIST here (an import-time check refuses a type
+without a spec).
 
     type               channel  sealed  direction
     KEY_REQUEST        key      no      minion -> master (before CURVE: which keys?)

@@ -107,8 +107,8 @@ def parse_settings(text: str, fields: dict[str, Field], name: str) -> dict[str, 
     return result
 
 
-# One entry of a settings file: the key, its line, the value as written (None
-# if it is not a single value), and what the value is ("a list").
+# One entry of a settings file: the key, its line, the value as written, or
+# None and what the value is ("a list") if it is not a single value.
 _Entry = tuple[str, int, str | None, str]
 
 
@@ -135,7 +135,7 @@ def _flat_entries(text: str) -> list[_Entry] | None:
         if m is None or m.group(1) in seen:
             return None  # the YAML parser says what is wrong (a duplicate key too)
         seen.add(m.group(1))
-        entries.append((m.group(1), number, m.group(2) or "", "a single value"))
+        entries.append((m.group(1), number, m.group(2) or "", ""))
     return entries
 
 
@@ -153,12 +153,9 @@ def _yaml_entries(text: str, name: str) -> list[_Entry]:
     if not isinstance(node, YMap):
         return []  # an empty file
     return [
-        (
-            key.text,
-            key.line,
-            value.text if isinstance(value, YScalar) else None,
-            kind_of(value),
-        )
+        (key.text, key.line, value.text, "")
+        if isinstance(value, YScalar)
+        else (key.text, key.line, None, kind_of(value))
         for key, value in node.items
     ]
 

@@ -7,7 +7,7 @@ socket, can speak the wire without loading the schemas and the crypto behind
 them (about 100 ms of imports for a command that should take 40 ms; see
 bench/cli.py). NOTE: import nothing here beyond the standard library's light
 modules, msgpack (common/codec.py) and common/errors.py;
-tests/master/test_cli_imports.py checks what the light commands load.
+tests/system/test_cli.py checks what the light commands load.
 
 The control socket's frames: a 4-byte big-endian length, then a plain
 message, the msgpack array [version, type, body] (encode_frame, FrameReader,

@@ -39,7 +39,7 @@ from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
 # (issue 10; bench/cli.py measures it). So what only some commands use is
 # imported where it is used: the JSON writer and format, the repository and
 # compiler (check, show), the daemon, the demo, the wire's schemas and crypto
-# (never: the daemon checks what the CLI sends). tests/master/test_cli_imports.py
+# (never: the daemon checks what the CLI sends). tests/system/test_cli.py
 # fails if a light command loads cryptography, jinja2, yaml, jsonschema,
 # zmq, sqlite3 or the full protocol.
 
@@ -160,9 +160,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line. With `command` (the subcommand the arguments
-    name, see _command_named), only that subcommand gets its arguments and
-    the others their name and help line: all that parsing needs, and a few
-    milliseconds less for every command."""
+    name, see _command_named; "" for none), only that subcommand gets its
+    arguments and the others their name and help line: all that parsing
+    needs, and a few milliseconds less for every command."""
     parser = _Parser(
         prog="safcm-master",
         description="The safcm master: compiles the configuration and runs jobs on minions.",
@@ -205,7 +205,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _command_named(argv: list[str]) -> str | None:
     """The subcommand `argv` names, as argparse will find it: the first word
     that is neither an option nor the value of -c/--config (or an
-    abbreviation of it); None if there is none or it is not a command."""
+    abbreviation of it). "" if it names none (--version, --help, a word that
+    is not a command: argparse needs no command's arguments for those), None
+    if in doubt (then every command gets its arguments)."""
     words = iter(argv)
     for word in words:
         if word == "-c" or (len(word) > 2 and "--config".startswith(word)):
@@ -213,8 +215,8 @@ def _command_named(argv: list[str]) -> str | None:
         elif word == "--":
             return None  # rare enough: build every command
         elif not word.startswith("-"):
-            return word if word in _COMMANDS else None
-    return None
+            return word if word in _COMMANDS else ""
+    return ""
 
 
 def _daemon_arguments(p: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
@@ -461,9 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         _fail(as_json, "config", "configuration error", problems)
         return EXIT_USAGE
     except RemoteError as e:
-        _fail(as_json, e.code, str(e), e.problems)
+        # The daemon checks each request against the wire's schema (this side
+        # does not load it): a request it refuses as invalid ("protocol") was
+        # made of what the user typed.
+        kind = "usage" if e.code == "protocol" else e.code
+        _fail(as_json, kind, str(e), e.problems)
         return EXIT_USAGE
-    except ProtocolError as e:  # a request this side cannot even encode
+    except ProtocolError as e:  # a request too large to frame, a reply it cannot read
         _fail(as_json, "usage", f"invalid request: {e}")
         return EXIT_USAGE
     except UsageError as e:
