@@ -425,8 +425,10 @@ def _check_job(body: dict[str, Any], jid: str | None) -> None:
             raise ProtocolError(f"JOB body: {f['path']}: a digest is set exactly for a file")
         if f["data"] is None and f["digest"] is None:
             raise ProtocolError(f"JOB body: {f['path']}: a directory or symlink needs its data")
-        if f["data"] is not None and f["digest"] is not None and (
-            hashlib.sha256(f["data"]).digest() != f["digest"]
+        if (
+            f["data"] is not None
+            and f["digest"] is not None
+            and (hashlib.sha256(f["data"]).digest() != f["digest"])
         ):
             raise ProtocolError(f"JOB body: {f['path']}: the content does not match its digest")
 

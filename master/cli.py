@@ -130,7 +130,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
             [
                 "safcm-master check",
                 "safcm-master check web1 db1",
-                "safcm-master -c ./master.yaml check",
+                "safcm-master check --json | jq -r '.problems[].message'",
             ],
             "exit codes:\n  0  no problems\n  2  problems, each printed with its file and line",
         ),
@@ -807,15 +807,20 @@ def _master_fingerprint(settings: MasterSettings) -> str:
 def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO) -> int:
     import time
 
-    from safcm.common.ids import jid_problem, minion_id_problem
-    from safcm.master import jsonout
-
     style = render.Style(not args.json and render.use_colour(out))
-    if args.host is not None and (problem := minion_id_problem(args.host)):
-        raise UsageError(f"--host: {problem}")
+    # common/ids.py is imported as needed: it loads hashlib, which a plain
+    # `jobs list` does without.
+    if args.host is not None:
+        from safcm.common.ids import minion_id_problem
+
+        if problem := minion_id_problem(args.host):
+            raise UsageError(f"--host: {problem}")
     show_last = args.action == "show" and args.jid == "last"
-    if args.action == "show" and not show_last and (problem := jid_problem(args.jid)):
-        raise UsageError(f"{problem} (or 'last' for the newest job)")
+    if args.action == "show" and not show_last:
+        from safcm.common.ids import jid_problem
+
+        if problem := jid_problem(args.jid):
+            raise UsageError(f"{problem} (or 'last' for the newest job)")
     if args.action == "list":
         if args.limit < 1:
             raise UsageError("--limit must be at least 1")
@@ -832,6 +837,8 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         with ControlClient(settings.control_path) as client:
             reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
         if args.json:
+            from safcm.master import jsonout
+
             write_json(jsonout.jobs_list_document(reply.body), out)
         else:
             print(render.render_jobs_table(reply.body["jobs"], style), file=out)
@@ -844,6 +851,8 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         if not jobs:
             raise UsageError("no jobs in the history yet")
         jid = jobs[0]["jid"]
+    from safcm.master import jsonout
+
     request = {"action": "show", "host": args.host, "target": None, "limit": 1, "jid": jid}
     with ControlClient(settings.control_path) as client:
         reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
