@@ -15,15 +15,18 @@ Network (ZeroMQ; PUB adds the minion's topic_for() as a first frame):
 
 Control (the CLI and the master over a local AF_UNIX stream socket): plain
 messages, each framed as a 4-byte big-endian length and the message
-(encode_frame, FrameReader).
+(encode_frame, FrameReader). The version, the message types, plain packing
+and this framing live in common/wire.py, which the CLI imports alone (it
+needs neither the schemas nor the crypto); everything is re-exported here.
 
 Messages
 --------
 MsgType names every message; SPECS gives each one its channel (network or
 control), whether it must be sealed, its body schema, its size limit and
-any cross-field check. Adding a message type is a change here only: a member
-of MsgType and its MessageSpec in _SPEC_LIST (an import-time check refuses a
-type without a spec).
+any cross-field check. Adding a message type is a member of MsgType (in
+common/wire.py; a reply to the CLI also goes into CONTROL_REPLIES there) and
+its MessageSpec in _SPEC_LIST here (an import-time check refuses a type
+without a spec).
 
     type               channel  sealed  direction
     KEY_REQUEST        key      no      minion -> master (before CURVE: which keys?)
@@ -105,11 +108,31 @@ from safcm.common.schema import (
     validate,
 )
 from safcm.common.seen import SeenJids
+from safcm.common.wire import (
+    FRAME_HEADER_BYTES,
+    JOB_OUTCOMES,
+    MAX_BODY_DEPTH,
+    MAX_CONTROL_FRAME_BYTES,
+    MAX_CONTROL_REQUEST_BYTES,
+    MIN_PROTOCOL_VERSION,
+    NO_RESPONSE,
+    PROTOCOL_VERSION,
+    FrameReader,
+    MsgType,
+    check_version,
+    encode_frame,
+    known_type,
+    pack_plain,
+    unpack_plain,
+)
 
-# The daemons import the wire from this module only; names from common.ids
-# and common.seen are re-exported here.
+# The daemons import the wire from this module only; names from common.ids,
+# common.seen and common.wire (the light base the CLI uses alone) are
+# re-exported here.
 __all__ = [
     "ENROL_NONCE_LENGTH",
+    "FRAME_HEADER_BYTES",
+    "JOB_OUTCOMES",
     "MASTER_ID",
     "MAX_BODY_DEPTH",
     "MAX_CONTROL_FRAME_BYTES",
@@ -160,11 +183,6 @@ __all__ = [
     "verify_message_at",
 ]
 
-# The version this code speaks, and the oldest it still accepts. A message
-# outside MIN..PROTOCOL_VERSION is refused with a message that says so.
-PROTOCOL_VERSION = 1
-MIN_PROTOCOL_VERSION = 1
-
 # ---- size limits (bytes unless said otherwise) ----
 
 # The largest job body: a whole host's files. The compiler refuses a host
@@ -185,18 +203,7 @@ MAX_FRAME_BYTES = MAX_ENVELOPE_BYTES
 MAX_PLAIN_NETWORK_BYTES = 4096
 # Heartbeats and receipts are a few dozen bytes.
 MAX_SMALL_BYTES = 4096
-# A control message, between the daemon and a local administrator's CLI: a
-# `jobs show` of a whole job carries every host's result. Not tied to
-# MAX_RESULT_BYTES (the bound on what one minion may send): 100 hosts of a
-# 1000-file job already make 12 MB. Jobs of thousands of hosts need the reply
-# streamed host by host (issue 11), not a larger frame.
-MAX_CONTROL_FRAME_BYTES = 256 * 1024 * 1024
-# A request from the CLI (RUN, KEYS, JOBS): its largest is a KEYS list of
-# MAX_HOSTS ids. What the daemon buffers for one client is bounded by this.
-MAX_CONTROL_REQUEST_BYTES = 32 * 1024 * 1024
-# Nesting of a message body: the deepest schema (RUN_HOST_RESULT, down to a
-# change's file state) has 6 levels; a little headroom for new fields.
-MAX_BODY_DEPTH = 8
+# MAX_CONTROL_FRAME_BYTES, MAX_CONTROL_REQUEST_BYTES and MAX_BODY_DEPTH: common/wire.py.
 
 # Most files in one job, and most changes in one result.
 MAX_FILES = codec.MAX_LIST_ITEMS
@@ -260,34 +267,6 @@ class Channel(enum.Enum):
     CONTROL = "control"  # the master's local control socket, for the CLI
 
 
-class MsgType(enum.IntEnum):
-    ENROL_REQUEST = 1
-    ENROL_REPLY = 2
-    HEARTBEAT = 3
-    HEARTBEAT_REPLY = 4
-    JOB = 5
-    JOB_RECEIPT = 6
-    RESULT = 7
-    RESULT_RECEIPT = 8
-    KEY_REQUEST = 9
-    KEY_REPLY = 10
-    JOB_PROGRESS = 11
-    CONTENT_REQUEST = 12
-    CONTENT = 13
-    # Control: the CLI's requests and the master's replies.
-    RUN = 101
-    KEYS = 102
-    RUN_STARTED = 111
-    RUN_HOST_RESULT = 112
-    RUN_DONE = 113
-    KEYS_REPLY = 114
-    ERROR = 115
-    JOBS = 103
-    JOBS_REPLY = 116
-    JOB_REPLY = 117
-    RUN_PROGRESS = 118
-
-
 class Module(enum.StrEnum):
     FILES = "files"
     PING = "ping"
@@ -307,12 +286,6 @@ class ResultStatus(enum.StrEnum):
     FAILED = "failed"  # the job ran, and a file or a trigger failed
     ERROR = "error"  # the minion could not run the job at all (see `error`)
 
-
-# In a RUN_HOST_RESULT: a host that never answered has no result.
-NO_RESPONSE = "no response"
-# How a host of a stored job fared, spelt as everywhere (master/jobstore.py
-# outcome(), the JSON format): the JOBS request's status filter.
-JOB_OUTCOMES = ("changed", "ok", "failed", NO_RESPONSE, "pending")
 
 # ---- schemas of the shared pieces ----
 
@@ -452,8 +425,10 @@ def _check_job(body: dict[str, Any], jid: str | None) -> None:
             raise ProtocolError(f"JOB body: {f['path']}: a digest is set exactly for a file")
         if f["data"] is None and f["digest"] is None:
             raise ProtocolError(f"JOB body: {f['path']}: a directory or symlink needs its data")
-        if f["data"] is not None and f["digest"] is not None and (
-            hashlib.sha256(f["data"]).digest() != f["digest"]
+        if (
+            f["data"] is not None
+            and f["digest"] is not None
+            and (hashlib.sha256(f["data"]).digest() != f["digest"])
         ):
             raise ProtocolError(f"JOB body: {f['path']}: the content does not match its digest")
 
@@ -964,19 +939,7 @@ class Message:
 
 
 def _spec_for(raw_type: object) -> MessageSpec:
-    # type() and not isinstance(): 1.0 and True equal 1, but are not type codes.
-    if type(raw_type) is not int or raw_type not in MsgType._value2member_map_:
-        raise ProtocolError(f"unknown message type {repr(raw_type)[:20]}")
-    return SPECS[MsgType(raw_type)]
-
-
-def _check_version(version: object) -> int:
-    if type(version) is not int or not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"protocol version {repr(version)[:20]} is not supported; this side speaks "
-            f"{MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION}"
-        )
-    return version
+    return SPECS[known_type(raw_type)]
 
 
 def _check_body(spec: MessageSpec, body: Any, jid: str | None) -> None:
@@ -1004,7 +967,7 @@ def encode_plain(msg_type: MsgType, body: dict[str, Any]) -> bytes:
     if spec.sealed:
         raise ProtocolError(f"{msg_type.name} must be sealed, not sent plain")
     _check_body(spec, body, None)
-    data = codec.pack([PROTOCOL_VERSION, int(msg_type), body])
+    data = pack_plain(msg_type, body)
     if len(data) > spec.max_bytes:
         raise ProtocolError(f"{msg_type.name} of {len(data)} bytes is larger than {spec.max_bytes}")
     return data
@@ -1024,24 +987,16 @@ def decode_plain(frame: bytes, channel: Channel) -> Message:
     Sealed types and the other channel's types are refused here: a plain
     JOB or a RUN from the network never becomes a Message.
     """
-    limit = _PLAIN_LIMITS[channel]
-    if not isinstance(frame, bytes):
-        raise ProtocolError(f"expected bytes, got {type(frame).__name__}")
-    if len(frame) > limit:
-        raise ProtocolError(f"plain {channel.value} message of {len(frame)} bytes exceeds {limit}")
-    value = codec.unpack(frame, max_depth=MAX_BODY_DEPTH + 1)
-    if type(value) is not list or len(value) != 3:
-        raise ProtocolError("a plain message is an array of [version, type, body]")
-    version = _check_version(value[0])
-    spec = _spec_for(value[1])
+    version, raw_type, body = unpack_plain(frame, _PLAIN_LIMITS[channel], channel.value)
+    spec = SPECS[raw_type]
     if spec.sealed:
         raise ProtocolError(f"{spec.type.name} arrived unsealed; it must be sealed")
     if spec.channel is not channel:
         raise ProtocolError(f"{spec.type.name} is not a {channel.value} message")
     if len(frame) > spec.max_bytes:
         raise ProtocolError(f"{spec.type.name} of {len(frame)} bytes exceeds {spec.max_bytes}")
-    _check_body(spec, value[2], None)
-    return Message(spec.type, value[2], version=version)
+    _check_body(spec, body, None)
+    return Message(spec.type, body, version=version)
 
 
 # ---- sealed messages ----
@@ -1151,7 +1106,7 @@ def verify_message_at(
     """
     claimed_spec(frame)
     verified = verify_at(frame, me=me, sender_keys=sender_keys, now=now, skew=skew)
-    _check_version(verified.header.version)
+    check_version(verified.header.version)
     spec = _spec_for(verified.header.msg_type)
     return VerifiedMessage(spec, verified)
 
@@ -1312,61 +1267,7 @@ def verify_key_reply(msg: Message, *, nonce: bytes, pinned: str | None) -> Publi
     return keys
 
 
-# ---- control socket framing ----
-
-# The length prefix of a control frame: 4 bytes, big-endian.
-FRAME_HEADER_BYTES = 4
-
-
-def encode_frame(payload: bytes, *, max_bytes: int = MAX_CONTROL_FRAME_BYTES) -> bytes:
-    """`payload` with its length in front, for the control socket's byte stream."""
-    if len(payload) > max_bytes:
-        raise ProtocolError(f"frame of {len(payload)} bytes exceeds {max_bytes}")
-    return len(payload).to_bytes(FRAME_HEADER_BYTES, "big") + payload
-
-
-class FrameReader:
-    """Splits a byte stream into frames; refuses a frame longer than `max_bytes`.
-
-    Feed it whatever recv() returned; it returns the frames completed so far.
-    The length is checked as soon as the 4-byte prefix is in, before any of
-    the frame is buffered. At the end of the stream, call eof(): a partial
-    frame is an error there.
-    """
-
-    def __init__(self, max_bytes: int = MAX_CONTROL_FRAME_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._buffer = bytearray()
-        self._need: int | None = None  # payload length of the frame being read
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
-        frames = []
-        while True:
-            if self._need is None:
-                if len(self._buffer) < FRAME_HEADER_BYTES:
-                    break
-                need = int.from_bytes(self._buffer[:FRAME_HEADER_BYTES], "big")
-                if need > self.max_bytes:
-                    raise ProtocolError(f"frame of {need} bytes exceeds {self.max_bytes}")
-                del self._buffer[:FRAME_HEADER_BYTES]
-                self._need = need
-            if len(self._buffer) < self._need:
-                break
-            frames.append(bytes(self._buffer[: self._need]))
-            del self._buffer[: self._need]
-            self._need = None
-        return frames
-
-    @property
-    def pending(self) -> int:
-        """Bytes received that are not yet part of a complete frame."""
-        return len(self._buffer) + (0 if self._need is None else FRAME_HEADER_BYTES)
-
-    def eof(self) -> None:
-        """Raise ProtocolError if the stream ended inside a frame."""
-        if self.pending:
-            raise ProtocolError(f"stream ended inside a frame ({self.pending} bytes pending)")
+# ---- control socket framing: common/wire.py (encode_frame, FrameReader) ----
 
 
 # ---- dispatch ----

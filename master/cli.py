@@ -12,12 +12,8 @@ The one place that turns errors into messages and exit codes:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime
-import json
 import os
 import sys
-import time
 from typing import Any, NoReturn, TextIO
 
 from safcm.common.cliargs import add_verbosity
@@ -30,13 +26,22 @@ from safcm.common.errors import (
     SafcmError,
     UsageError,
 )
-from safcm.common.protocol import JOB_OUTCOMES, MsgType, jid_problem, minion_id_problem
 from safcm.common.text import escape
 from safcm.common.version import VERSION
-from safcm.master import jsonout, render
-from safcm.master.control import ControlClient, raise_for_error
-from safcm.master.jobstore import DEFAULT_LIST_LIMIT, PENDING, outcome
+from safcm.common.wire import JOB_OUTCOMES, MsgType
+from safcm.master import render
+from safcm.master.client import ControlClient, raise_for_error
+from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, outcome
 from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
+
+# NOTE: every command imports this module, and the light ones (--version,
+# --help, keys list, jobs list) should cost little more than the interpreter
+# (issue 10; bench/cli.py measures it). So what only some commands use is
+# imported where it is used: the JSON writer and format, the repository and
+# compiler (check, show), the daemon, the demo, the wire's schemas and crypto
+# (never: the daemon checks what the CLI sends). tests/system/test_cli.py
+# fails if a light command loads cryptography, jinja2, yaml, jsonschema,
+# zmq, sqlite3 or the full protocol.
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Seconds the CLI waits beyond a job's own timeout for the daemon's last word.
@@ -45,10 +50,135 @@ RUN_GRACE = 30.0
 REQUEST_TIMEOUT = 60.0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Exit codes, as each command's --help gives them (the module docstring has the rule).
+_NOTHING_DONE = (
+    "  2  nothing was done: bad usage, a configuration error, the daemon is not\n"
+    "     running or refused the request"
+)
+_EXITS_REQUEST = f"exit codes:\n  0  done\n{_NOTHING_DONE}"
+
+
+def _epilog(examples: list[str], exits: str) -> str:
+    return "examples:\n" + "".join(f"  {e}\n" for e in examples) + "\n" + exits
+
+
+# Each command: its help line and its epilog (_ARGUMENTS adds its arguments).
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "daemon": (
+        "run the master daemon (logs to stderr)",
+        _epilog(
+            [
+                "safcm-master daemon               # as the systemd unit runs it",
+                "safcm-master -c ./master.yaml daemon -v",
+            ],
+            "exit codes:\n  0  stopped by SIGTERM or SIGINT\n"
+            "  2  it did not start: bad settings, an unusable state_dir, a port in use",
+        ),
+    ),
+    "keys": (
+        "list, accept, reject or delete minion keys",
+        _epilog(
+            [
+                "safcm-master keys list",
+                "safcm-master keys accept web1 'db*'",
+                "safcm-master keys accept web1 --fingerprint 'SHA256:...'",
+                "safcm-master keys delete web2",
+            ],
+            _EXITS_REQUEST,
+        ),
+    ),
+    "run": (
+        "run a module (files, ping) on the targeted minions",
+        _epilog(
+            [
+                "safcm-master run '*' ping",
+                "safcm-master run 'web*' files --dry-run",
+                "safcm-master run @web files --timeout 5m",
+                "safcm-master run web1,db1 files --json | jq '.summary'",
+            ],
+            "exit codes:\n  0  every targeted host succeeded\n"
+            "  1  a host failed or did not respond, or the daemon was lost after the\n"
+            "     job was requested (the job may go on: see jobs show JID)\n" + _NOTHING_DONE,
+        ),
+    ),
+    "jobs": (
+        "list and show the job history",
+        _epilog(
+            [
+                "safcm-master jobs list --since 2h --status failed",
+                "safcm-master jobs show last",
+                "safcm-master jobs show 20261202T015011.123456Z --host web1",
+            ],
+            _EXITS_REQUEST,
+        ),
+    ),
+    "show": (
+        "print a host's compiled file list, without contacting it",
+        _epilog(
+            [
+                "safcm-master show web1",
+                "safcm-master show web1 --json | jq -r '.files[].path'",
+                "safcm-master show web1 --repo ./my-repo-checkout",
+            ],
+            "exit codes:\n  0  printed\n"
+            "  2  an unknown host, or errors in the settings or the repository",
+        ),
+    ),
+    "check": (
+        "validate the settings and the repository and compile the hosts; touch nothing",
+        _epilog(
+            [
+                "safcm-master check",
+                "safcm-master check web1 db1",
+                "safcm-master check --json | jq -r '.problems[].message'",
+            ],
+            "exit codes:\n  0  no problems\n  2  problems, each printed with its file and line",
+        ),
+    ),
+    "demo": (
+        "run a master and three sandboxed minions on 127.0.0.1",
+        _epilog(
+            ["safcm-master demo", "safcm-master demo --keep   # look at the logs afterwards"],
+            "exit codes:\n  0  the demo ran through\n"
+            "  2  it could not run (not root, the example repository is missing) or a\n"
+            "     step failed",
+        ),
+    ),
+    "completion": (
+        "print the bash completion script (or minion ids, job ids for it)",
+        _epilog(
+            [
+                "source <(safcm-master completion bash)            # in ~/.bashrc",
+                "safcm-master completion bash > /etc/bash_completion.d/safcm-master",
+            ],
+            "exit codes:\n  0  printed (hosts and jids print nothing if the daemon cannot be\n"
+            "     reached)",
+        ),
+    ),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line. With `command` (the subcommand the arguments
+    name, see _command_named; "" for none), only that subcommand gets its
+    arguments and the others their name and help line: all that parsing
+    needs, and a few milliseconds less for every command."""
     parser = _Parser(
         prog="safcm-master",
         description="The safcm master: compiles the configuration and runs jobs on minions.",
+        epilog=_epilog(
+            [
+                "safcm-master check",
+                "safcm-master keys list",
+                "safcm-master run 'web*' files --dry-run",
+                "safcm-master jobs show last",
+                "safcm-master COMMAND --help   # each command's own examples",
+            ],
+            "exit codes:\n  0  success: every targeted host succeeded\n"
+            "  1  a host failed or did not respond, or the daemon was lost during a run\n"
+            + _NOTHING_DONE,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_help = f"master settings (default: {DEFAULT_CONFIG_PATH})"
     parser.add_argument("-c", "--config", default=None, metavar="FILE", help=config_help)
@@ -60,18 +190,62 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", default=argparse.SUPPRESS, metavar="FILE", help=config_help
     )
     sub = _ConfigSubparsers(parser.add_subparsers(dest="command", metavar="COMMAND"), config)
+    for name, (help_line, epilog) in _COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=help_line,
+            description=help_line[0].upper() + help_line[1:] + ".",
+            epilog=epilog,
+        )
+        if command is None or command == name:
+            _ARGUMENTS[name](p, config)
+    return parser
 
-    daemon = sub.add_parser("daemon", help="run the master daemon (logs to stderr)")
-    add_verbosity(daemon)
 
-    keys = sub.add_parser("keys", help="list, accept, reject or delete minion keys")
+def _command_named(argv: list[str]) -> str | None:
+    """The subcommand `argv` names, as argparse will find it: the first word
+    that is neither an option nor the value of -c/--config (or an
+    abbreviation of it). "" if it names none (--version, --help, a word that
+    is not a command: argparse needs no command's arguments for those), None
+    if in doubt (then every command gets its arguments)."""
+    words = iter(argv)
+    for word in words:
+        if word == "-c" or (len(word) > 2 and "--config".startswith(word)):
+            next(words, None)
+        elif word == "--":
+            return None  # rare enough: build every command
+        elif not word.startswith("-"):
+            return word if word in _COMMANDS else ""
+    return ""
+
+
+def _daemon_arguments(p: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
+    add_verbosity(p)
+
+
+def _keys_arguments(keys: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
     keys_sub = _ConfigSubparsers(
         keys.add_subparsers(dest="action", metavar="ACTION", required=True), config
     )
-    kl = keys_sub.add_parser("list", help="every key with its state, fingerprint and presence")
+    kl = keys_sub.add_parser(
+        "list",
+        help="every key with its state, fingerprint and presence",
+        epilog=_epilog(
+            ["safcm-master keys list", "safcm-master keys list --json | jq '.keys[].id'"],
+            _EXITS_REQUEST,
+        ),
+    )
     kl.add_argument("--json", action="store_true", help="print one JSON document")
     for action, what in (("accept", "accept"), ("reject", "reject"), ("delete", "forget")):
-        p = keys_sub.add_parser(action, help=f"{what} the keys of these minions")
+        p = keys_sub.add_parser(
+            action,
+            help=f"{what} the keys of these minions",
+            epilog=_epilog(
+                [f"safcm-master keys {action} web1", f"safcm-master keys {action} 'web*' db1"],
+                f"exit codes:\n  0  done (also when no key matched: 'nothing changed')\n"
+                f"{_NOTHING_DONE}",
+            ),
+        )
         p.add_argument("ids", nargs="+", metavar="ID", help="minion id or glob ('web*')")
         if action == "accept":
             p.add_argument(
@@ -80,9 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
                 help="accept the key with this fingerprint (needed when several keys "
                 "claimed the id; compare with 'safcm-minion fingerprint' on the host)",
             )
-    keys_sub.add_parser("fingerprint", help="print the master's key fingerprint")
+    keys_sub.add_parser(
+        "fingerprint",
+        help="print the master's key fingerprint",
+        epilog=_epilog(
+            ["safcm-master keys fingerprint   # for master_fingerprint in minion.yaml"],
+            "exit codes:\n  0  printed\n"
+            "  1  the daemon is not running and the key file cannot be read (not root?)\n"
+            "  2  bad usage or a configuration error",
+        ),
+    )
 
-    run = sub.add_parser("run", help="run a module (files, ping) on the targeted minions")
+
+def _run_arguments(run: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
     run.add_argument(
         "target", metavar="TARGET", help="glob ('web*'), comma list ('web1,db1') or group ('@web')"
     )
@@ -104,11 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print one JSON document at the end")
 
-    jobs = sub.add_parser("jobs", help="list and show the job history")
+
+def _jobs_arguments(jobs: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
     jobs_sub = _ConfigSubparsers(
         jobs.add_subparsers(dest="action", metavar="ACTION", required=True), config
     )
-    jl = jobs_sub.add_parser("list", help="recent jobs, newest first")
+    jl = jobs_sub.add_parser(
+        "list",
+        help="recent jobs, newest first",
+        epilog=_epilog(
+            [
+                "safcm-master jobs list",
+                "safcm-master jobs list --since 2h --status failed",
+                "safcm-master jobs list --host web1 --module files --limit 50",
+                "safcm-master jobs list --since 2026-12-01 --until 2026-12-02T12:00 --json",
+            ],
+            _EXITS_REQUEST,
+        ),
+    )
     jl.add_argument("--host", help="only jobs that went to this host")
     jl.add_argument("--target", help="only jobs run with exactly this target")
     jl.add_argument(
@@ -132,12 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jl.add_argument("--user", help="only jobs submitted by this user")
     jl.add_argument("--json", action="store_true", help="print one JSON document")
-    js = jobs_sub.add_parser("show", help="one job with every host's result and diffs")
+    js = jobs_sub.add_parser(
+        "show",
+        help="one job with every host's result and diffs",
+        epilog=_epilog(
+            [
+                "safcm-master jobs show last",
+                "safcm-master jobs show 20261202T015011.123456Z --host web1",
+                "safcm-master jobs show last --json | jq '.hosts[].status'",
+            ],
+            _EXITS_REQUEST,
+        ),
+    )
     js.add_argument("jid", metavar="JID", help="a job id, or 'last' for the newest job")
     js.add_argument("--host", help="only this host's result")
     js.add_argument("--json", action="store_true", help="print one JSON document")
 
-    show = sub.add_parser("show", help="print a host's compiled file list, without contacting it")
+
+def _show_arguments(show: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
     show.add_argument("host", metavar="HOST", help="minion id from hosts.yaml")
     show.add_argument("--json", action="store_true", help="print one JSON document")
     show.add_argument(
@@ -146,18 +355,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration repository (default: config_dir of the settings)",
     )
 
-    check = sub.add_parser(
-        "check",
-        help="validate the settings and the repository and compile the hosts; touch nothing",
-    )
+
+def _check_arguments(check: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
     check.add_argument("hosts", nargs="*", metavar="HOST", help="only these hosts (default: all)")
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
-    demo = sub.add_parser("demo", help="run a master and three sandboxed minions on 127.0.0.1")
+
+def _demo_arguments(demo: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--keep", action="store_true", help="leave the demo directory in place at the end"
     )
-    return parser
+
+
+def _completion_arguments(p: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "what",
+        choices=("bash", "hosts", "jids"),
+        help="bash: the script; hosts: the minion ids the daemon knows; jids: recent job ids"
+        " (the script asks for these two, quietly)",
+    )
+
+
+_ARGUMENTS = {
+    "daemon": _daemon_arguments,
+    "keys": _keys_arguments,
+    "run": _run_arguments,
+    "jobs": _jobs_arguments,
+    "show": _show_arguments,
+    "check": _check_arguments,
+    "demo": _demo_arguments,
+    "completion": _completion_arguments,
+}
 
 
 class _ArgumentError(Exception):
@@ -174,9 +402,9 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError(self, message)
 
 
-def _with_verbosity(settings: Any, args: argparse.Namespace) -> Any:
+def _with_verbosity(settings: MasterSettings, args: argparse.Namespace) -> MasterSettings:
     level = getattr(args, "log_level", None)
-    return settings if level is None else dataclasses.replace(settings, log_level=level)
+    return settings if level is None else settings._replace(log_level=level)
 
 
 class _ConfigSubparsers:
@@ -187,7 +415,13 @@ class _ConfigSubparsers:
         self.config = config
 
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return self.action.add_parser(name, parents=[self.config], **kwargs)
+        # Raw: the epilog's examples and exit codes keep their lines.
+        return self.action.add_parser(
+            name,
+            parents=[self.config],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
 
 
 def _duration(text: str) -> float:
@@ -202,7 +436,7 @@ def _duration(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = build_parser(_command_named(argv))
     # Under --json every failure is also a JSON document on stdout, with the
     # same exit code; the message still goes to stderr for the person watching.
     as_json = "--json" in argv
@@ -210,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except _ArgumentError as e:
         if as_json:
-            write_json(jsonout.error_document("usage", str(e)), sys.stdout)
+            write_json(_error_document("usage", str(e)), sys.stdout)
         e.parser.print_usage(sys.stderr)
         _error(escape(str(e)))
         return EXIT_USAGE
@@ -229,9 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         _fail(as_json, "config", "configuration error", problems)
         return EXIT_USAGE
     except RemoteError as e:
-        _fail(as_json, e.code, str(e), e.problems)
+        # The daemon checks each request against the wire's schema (this side
+        # does not load it): a request it refuses as invalid ("protocol") was
+        # made of what the user typed.
+        kind = "usage" if e.code == "protocol" else e.code
+        _fail(as_json, kind, str(e), e.problems)
         return EXIT_USAGE
-    except ProtocolError as e:  # a request this side cannot even encode
+    except ProtocolError as e:  # a request too large to frame, a reply it cannot read
         _fail(as_json, "usage", f"invalid request: {e}")
         return EXIT_USAGE
     except UsageError as e:
@@ -258,11 +496,17 @@ def _fail(
     the error document on stdout."""
     problems = problems or []
     if as_json:
-        write_json(jsonout.error_document(kind, message, problems), sys.stdout)
+        write_json(_error_document(kind, message, problems), sys.stdout)
     _error(escape(message) + (":" if problems else ""))
     for p in problems:
         where = p["file"] if p["line"] is None else f"{p['file']}:{p['line']}"
         print(f"  {escape(where)}: {escape(p['message'])}", file=sys.stderr)
+
+
+def _error_document(kind: str, message: str, problems: Any = (), **extra: Any) -> Any:
+    from safcm.master import jsonout
+
+    return jsonout.error_document(kind, message, problems, **extra)
 
 
 def _error(message: str) -> None:
@@ -281,6 +525,11 @@ def _settings(path: str | None) -> MasterSettings:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "completion" and args.what == "bash":
+        from safcm.common.completion import bash_script
+
+        sys.stdout.write(bash_script(build_parser(), "safcm-master"))
+        return EXIT_OK
     if args.command == "demo":
         from safcm.master import demo
 
@@ -293,6 +542,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from safcm.master.show import show_host
 
         return show_host(args.repo, args.host, as_json=args.json, out=sys.stdout)
+    if args.command == "completion":
+        # Quiet, for Tab: bad settings only mean nothing to offer.
+        try:
+            settings = _settings(args.config)
+        except SafcmError:
+            return EXIT_OK
+        return completion_words(settings, args.what, sys.stdout)
     settings = _settings(args.config)
     if args.command == "daemon":
         from safcm.master import daemon
@@ -320,11 +576,47 @@ def write_json(document: Any, out: TextIO) -> None:
     """One JSON document: indented on a terminal, compact otherwise (for jq and
     scripts; the compact form uses the C encoder, which matters at thousands
     of hosts)."""
+    import json
+
     if out.isatty():
         json.dump(document, out, indent=2, sort_keys=True)
     else:
         out.write(json.dumps(document, sort_keys=True, separators=(",", ":")))
     out.write("\n")
+
+
+# ---- completion ----
+
+# Seconds a completion query waits for the daemon: Tab must not hang.
+COMPLETION_TIMEOUT = 2.0
+# Most job ids offered for completion, newest first.
+COMPLETION_JIDS = 50
+
+
+def completion_words(settings: MasterSettings, what: str, out: TextIO) -> int:
+    """The words the bash completion asks for (common/completion.py), one a
+    line: minion ids, or recent job ids and 'last'. Quiet: nothing at all if
+    the daemon cannot be reached or refuses, and always exit 0."""
+    try:
+        with ControlClient(settings.control_path, timeout=COMPLETION_TIMEOUT) as client:
+            if what == "hosts":
+                keys = {"action": "list", "ids": []}
+                body = client.request(MsgType.KEYS, keys, COMPLETION_TIMEOUT).body
+                words = sorted({k["id"] for k in body["keys"]})
+            else:
+                jobs: dict[str, Any] = {
+                    "action": "list",
+                    "host": None,
+                    "target": None,
+                    "limit": COMPLETION_JIDS,
+                    "jid": None,
+                }
+                body = client.request(MsgType.JOBS, jobs, COMPLETION_TIMEOUT).body
+                words = ["last", *(job["jid"] for job in body["jobs"])]
+    except (SafcmError, OSError):
+        return EXIT_OK
+    out.write("".join(f"{w}\n" for w in words))
+    return EXIT_OK
 
 
 # ---- run ----
@@ -384,6 +676,8 @@ def run_command(
                 elif msg.type is MsgType.RUN_DONE:
                     progress.clear()
                     if args.json:
+                        from safcm.master import jsonout
+
                         write_json(jsonout.run_document(started, request, results), out)
                     else:
                         print(
@@ -415,7 +709,7 @@ def run_command(
     else:
         message = f"{lost}; the job goes on: see safcm-master jobs show {jid}"
     if args.json:
-        write_json(jsonout.error_document("lost", message, jid=jid), out)
+        write_json(_error_document("lost", message, jid=jid), out)
     _error(escape(message))
     return EXIT_FAILED
 
@@ -479,6 +773,8 @@ def keys_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
     body = reply.body
     if action == "list":
         if args.json:
+            from safcm.master import jsonout
+
             write_json(jsonout.keys_document(body), out)
         else:
             print(render.render_keys(body, style), file=out)
@@ -509,12 +805,22 @@ def _master_fingerprint(settings: MasterSettings) -> str:
 
 
 def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO) -> int:
+    import time
+
     style = render.Style(not args.json and render.use_colour(out))
-    if args.host is not None and (problem := minion_id_problem(args.host)):
-        raise UsageError(f"--host: {problem}")
+    # common/ids.py is imported as needed: it loads hashlib, which a plain
+    # `jobs list` does without.
+    if args.host is not None:
+        from safcm.common.ids import minion_id_problem
+
+        if problem := minion_id_problem(args.host):
+            raise UsageError(f"--host: {problem}")
     show_last = args.action == "show" and args.jid == "last"
-    if args.action == "show" and not show_last and (problem := jid_problem(args.jid)):
-        raise UsageError(f"{problem} (or 'last' for the newest job)")
+    if args.action == "show" and not show_last:
+        from safcm.common.ids import jid_problem
+
+        if problem := jid_problem(args.jid):
+            raise UsageError(f"{problem} (or 'last' for the newest job)")
     if args.action == "list":
         if args.limit < 1:
             raise UsageError("--limit must be at least 1")
@@ -531,6 +837,8 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         with ControlClient(settings.control_path) as client:
             reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
         if args.json:
+            from safcm.master import jsonout
+
             write_json(jsonout.jobs_list_document(reply.body), out)
         else:
             print(render.render_jobs_table(reply.body["jobs"], style), file=out)
@@ -543,6 +851,8 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         if not jobs:
             raise UsageError("no jobs in the history yet")
         jid = jobs[0]["jid"]
+    from safcm.master import jsonout
+
     request = {"action": "show", "host": args.host, "target": None, "limit": 1, "jid": jid}
     with ControlClient(settings.control_path) as client:
         reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
@@ -593,6 +903,8 @@ def parse_when(text: str, now: float) -> float:
 
     ValueError says what was expected.
     """
+    import datetime
+
     from safcm.common import settings as common_settings
 
     text = text.strip()

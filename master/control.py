@@ -7,6 +7,7 @@ with an admin group), and every connection's peer credentials (SO_PEERCRED,
 given by the kernel, not by the client) must be root or a member of the
 admin group. The user name recorded for a job comes from those credentials.
 
+The CLI's side, ControlClient, is master/client.py (re-exported here).
 The daemon side never blocks: reads are buffered until a frame is whole, and
 writes are queued and flushed when the socket is writable, so a CLI that is
 suspended (Ctrl-Z) or slow cannot stall the master.
@@ -23,10 +24,10 @@ import pwd
 import socket
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from safcm.common.errors import DaemonError, ProtocolError, RemoteError
+from safcm.common.errors import DaemonError, ProtocolError
 from safcm.common.loop import Loop
 from safcm.common.protocol import (
     MAX_CONTROL_REQUEST_BYTES,
@@ -39,6 +40,18 @@ from safcm.common.protocol import (
     encode_plain,
 )
 
+# The CLI's side lives apart, light enough for every command to import; it is
+# re-exported here, where the daemon's side of the same socket is.
+from safcm.master.client import CONNECT_TIMEOUT, ControlClient, raise_for_error
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "ControlClient",
+    "ControlConnection",
+    "ControlServer",
+    "raise_for_error",
+]
+
 log = logging.getLogger("safcm-master")
 
 # Pending connections the kernel queues for accept().
@@ -50,8 +63,6 @@ READ_CHUNK = 256 * 1024
 MAX_BACKLOG_BYTES = 256 * 1024 * 1024
 # Longest path an AF_UNIX socket can bind to (sun_path is 108 bytes with NUL).
 MAX_SOCKET_PATH = 107
-# Seconds the CLI waits to connect, and for each reply frame by default.
-CONNECT_TIMEOUT = 5.0
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -263,79 +274,3 @@ def _remove_stale(path: str) -> None:
     finally:
         probe.close()
     os.unlink(path)
-
-
-# ---- the CLI's side ----
-
-
-class ControlClient:
-    """A blocking connection from the CLI to the daemon."""
-
-    def __init__(self, path: str, timeout: float = CONNECT_TIMEOUT) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            self.sock.close()
-            raise DaemonError(
-                f"the master daemon is not running (nothing listens on {path}); start it with "
-                "'systemctl start safcm-master' or 'safcm-master daemon'"
-            ) from e
-        except PermissionError as e:
-            self.sock.close()
-            raise DaemonError(
-                f"permission denied on {path}: only root and the admin group may use the master"
-            ) from e
-        except OSError as e:
-            self.sock.close()
-            raise DaemonError(f"cannot reach the master daemon at {path}: {e.strerror}") from e
-        self.reader = FrameReader()
-        self.frames: list[bytes] = []
-
-    def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
-        # The daemon may have closed the connection already (it refuses a user
-        # at once); what it said before that is still there for replies().
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.sock.sendall(encode_frame(encode_plain(msg_type, body)))
-
-    def replies(self, timeout: float | None) -> Iterator[Message]:
-        """Yield replies until the daemon closes the connection; `timeout` bounds
-        the wait for each one (None: wait as long as it takes)."""
-        self.sock.settimeout(timeout)
-        while True:
-            while self.frames:
-                yield decode_plain(self.frames.pop(0), Channel.CONTROL)
-            try:
-                data = self.sock.recv(READ_CHUNK)
-            except TimeoutError as e:
-                raise DaemonError("the master daemon did not answer in time") from e
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                self.reader.eof()
-                return
-            self.frames.extend(self.reader.feed(data))
-
-    def request(self, msg_type: MsgType, body: dict[str, Any], timeout: float = 60) -> Message:
-        """Send one request and return its one reply (an ERROR raises DaemonError)."""
-        self.send(msg_type, body)
-        for reply in self.replies(timeout):
-            raise_for_error(reply)
-            return reply
-        raise DaemonError("the master daemon closed the connection without an answer")
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def raise_for_error(msg: Message) -> None:
-    if msg.type is MsgType.ERROR:
-        raise RemoteError(msg.body["code"], msg.body["message"], msg.body["problems"])

@@ -108,11 +108,9 @@ from safcm.master.jobstore import (
     JobStore,
     Plan,
     StoredResult,
-    change_count,
-    host_status,
-    outcome,
 )
 from safcm.master.keystore import KeyState, KeyStore, MinionKey
+from safcm.master.outcomes import change_count, host_status, outcome
 from safcm.master.render import Tally
 from safcm.master.settings import MasterSettings
 from safcm.master.transport import (

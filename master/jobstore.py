@@ -30,11 +30,8 @@ from safcm.common.ids import JID_FORMAT
 from safcm.common.model import is_below
 from safcm.common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
 from safcm.master.db import transaction
+from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, HostStatus
 
-# Most jobs `jobs list` prints when no --limit is given.
-DEFAULT_LIST_LIMIT = 20
-# A host that has neither a result nor reached its job's deadline (jobs show, --status).
-PENDING = "pending"
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # The last instant a jid can name (common/ids.py): later --until bounds are cut to it.
 _LAST_JID_TIME = 253402300799.0
@@ -47,34 +44,6 @@ class HostState(enum.StrEnum):
     RECEIVED = "received"  # the minion confirmed receipt, no result yet
     DONE = "done"  # result stored
     NO_RESPONSE = "no_response"  # deadline passed without a result
-
-
-class HostStatus(enum.StrEnum):
-    OK = "ok"  # succeeded, nothing changed
-    CHANGED = "changed"  # succeeded and changed something (or would, in a dry run)
-    FAILED = "failed"  # the minion reported a failure
-
-
-def host_status(result: dict[str, Any]) -> HostStatus:
-    """What a minion's RESULT body amounts to: failed, changed or ok."""
-    if result["status"] != "ok":
-        return HostStatus.FAILED
-    return HostStatus.CHANGED if change_count(result) else HostStatus.OK
-
-
-def change_count(result: dict[str, Any]) -> int:
-    """How many paths a minion's RESULT body reports changed, also those a
-    reduced result left out (minion/results.py fit())."""
-    if result["apply"] is None:
-        return 0
-    reduced = result.get("reduced")
-    omitted = 0 if reduced is None else reduced["changes_omitted"]
-    return len(result["apply"]["changes"]) + omitted
-
-
-def outcome(result: dict[str, Any] | None) -> str:
-    """host_status(), or NO_RESPONSE ("no response") for a host without a result."""
-    return NO_RESPONSE if result is None else host_status(result)
 
 
 @dataclass(frozen=True)
@@ -471,8 +440,6 @@ _STATUS_CONDITIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     NO_RESPONSE: ("h.state = 'no_response'", ()),
     PENDING: ("h.state IN ('sent', 'received')", ()),
 }
-# Every outcome a job's host can have, in the order they are reported.
-OUTCOMES = (HostStatus.CHANGED, HostStatus.OK, HostStatus.FAILED, NO_RESPONSE, PENDING)
 
 
 def _jid_at(t: float) -> str:

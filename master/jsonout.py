@@ -25,8 +25,8 @@ import datetime
 from collections.abc import Iterable
 from typing import Any
 
-from safcm.common.protocol import NO_RESPONSE
-from safcm.master.jobstore import OUTCOMES, PENDING, outcome
+from safcm.common.wire import NO_RESPONSE
+from safcm.master.outcomes import OUTCOMES, PENDING, outcome
 
 # The version of this format. A change that can break a reader (a field
 # removed, renamed or retyped) makes it "safcm/2"; new fields do not.

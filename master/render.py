@@ -11,13 +11,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from safcm.common.model import ApplyResult, FileChange, FileState, FileType, Outcome, TriggerStatus
-from safcm.common.protocol import NO_RESPONSE
 from safcm.common.text import escape, escape_content
-from safcm.master.jobstore import HostStatus
+from safcm.common.wire import NO_RESPONSE
+from safcm.master.outcomes import HostStatus
+
+if TYPE_CHECKING:
+    from safcm.common.model import ApplyResult, FileChange, FileState
+
+# NOTE: common/model.py (the result's types) is imported by the functions that
+# render a result, not here: `keys list` and `jobs list` print no result, and
+# the model's dataclasses cost them about 10 ms (bench/cli.py). For the same
+# reason Style and Tally are plain classes: the dataclasses module alone
+# costs 7 ms.
 
 # Widest a path column is padded to before the details that follow it.
 PATH_COLUMN = 40
@@ -37,9 +44,13 @@ def use_colour(stream: TextIO) -> bool:
     return bool(isatty and isatty())
 
 
-@dataclass(frozen=True)
 class Style:
-    colour: bool
+    """How output looks: with colour (SGR escape sequences) or without."""
+
+    __slots__ = ("colour",)
+
+    def __init__(self, colour: bool) -> None:
+        self.colour = colour
 
     def _sgr(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
@@ -107,6 +118,8 @@ def render_host(
     if body["ping"]:
         lines.append(f"{INDENT}pong from safcm-minion {escape(body['ping']['version'])}")
     if body["apply"]:
+        from safcm.common.model import ApplyResult
+
         lines.extend(render_apply(ApplyResult.from_wire(body["apply"]), style))
     if body.get("reduced"):
         lines.append(f"{INDENT}{style.yellow(render_reduced(body['reduced']))}")
@@ -126,6 +139,8 @@ def render_reduced(reduced: dict[str, Any]) -> str:
 
 
 def render_apply(result: ApplyResult, style: Style) -> list[str]:
+    from safcm.common.model import TriggerStatus
+
     lines = []
     for change in result.changes:
         lines.extend(render_change(change, result.dry_run, style))
@@ -164,6 +179,8 @@ _VERBS = {
 
 def render_change(change: FileChange, dry_run: bool, style: Style) -> list[str]:
     """One change: what it is, its outcome (never a claim of what did not happen), its diff."""
+    from safcm.common.model import Outcome
+
     path = escape(change.path)
     old, new = change.old, change.new
     if new is None:
@@ -193,6 +210,8 @@ def render_change(change: FileChange, dry_run: bool, style: Style) -> list[str]:
 
 
 def _differences(change: FileChange) -> list[str]:
+    from safcm.common.model import FileType, Outcome
+
     old, new = change.old, change.new
     if old is None or new is None:
         return []
@@ -213,6 +232,8 @@ def _differences(change: FileChange) -> list[str]:
 
 
 def _mode(state: FileState) -> str:
+    from safcm.common.model import FileType
+
     return "" if state.type is FileType.SYMLINK else f"{state.mode:04o}"
 
 
@@ -234,18 +255,20 @@ def _diff_line(line: str, style: Style) -> str:
     return line
 
 
-@dataclass
 class Tally:
     """Counts for the summary line of a run or a stored job."""
 
-    targeted: int = 0
-    changed: int = 0
-    ok: int = 0
-    failed: int = 0
-    no_response: int = 0
+    __slots__ = ("changed", "failed", "no_response", "ok", "targeted")
+
+    def __init__(self, targeted: int = 0) -> None:
+        self.targeted = targeted
+        self.changed = 0
+        self.ok = 0
+        self.failed = 0
+        self.no_response = 0
 
     def add(self, outcome: str) -> None:
-        """Count one host's outcome (jobstore.outcome())."""
+        """Count one host's outcome (outcomes.outcome())."""
         field = _TALLY_FIELDS[outcome]
         setattr(self, field, getattr(self, field) + 1)
 

@@ -20,10 +20,30 @@ from safcm.minion.settings import DEFAULT_CONFIG_PATH
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+# Exit codes, as each command's --help gives them.
+_EXITS_CONFIG = "  2  bad usage or a configuration error (each problem is printed)"
+
+
+def _epilog(examples: list[str], exits: str) -> str:
+    return "examples:\n" + "".join(f"  {e}\n" for e in examples) + "\nexit codes:\n" + exits
+
+
 def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter  # the epilogs keep their lines
     parser = argparse.ArgumentParser(
         prog="safcm-minion",
         description="The safcm minion: applies the master's jobs to this host.",
+        epilog=_epilog(
+            [
+                "safcm-minion check",
+                "safcm-minion fingerprint",
+                "safcm-minion -c ./minion.yaml daemon -v",
+                "safcm-minion COMMAND --help   # each command's own examples",
+            ],
+            "  0  success\n  1  the daemon stopped on an error\n"
+            "  2  bad usage or a configuration error; nothing was started",
+        ),
+        formatter_class=raw,
     )
     config_help = f"minion settings (default: {DEFAULT_CONFIG_PATH})"
     parser.add_argument(
@@ -37,18 +57,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     daemon = sub.add_parser(
-        "daemon", parents=[config], help="run the minion daemon (logs to stderr)"
+        "daemon",
+        parents=[config],
+        help="run the minion daemon (logs to stderr)",
+        epilog=_epilog(
+            [
+                "safcm-minion daemon               # as the systemd unit runs it",
+                "safcm-minion -c ./minion.yaml daemon -q",
+            ],
+            "  0  stopped by SIGTERM or SIGINT\n  1  it stopped on an error\n"
+            "  2  it did not start: bad settings, an unusable state_dir or root",
+        ),
+        formatter_class=raw,
     )
     add_verbosity(daemon)
     sub.add_parser(
-        "check", parents=[config], help="validate the settings file and exit (0 ok, 2 errors)"
+        "check",
+        parents=[config],
+        help="validate the settings file and exit (0 ok, 2 errors)",
+        epilog=_epilog(
+            ["safcm-minion check", "safcm-minion check -c ./minion.yaml"],
+            f"  0  the settings are valid\n{_EXITS_CONFIG}",
+        ),
+        formatter_class=raw,
     )
     sub.add_parser(
         "fingerprint",
         parents=[config],
         help="print this minion's key fingerprint (creating the keys if needed), "
         "to compare with 'safcm-master keys list'",
+        epilog=_epilog(
+            ["safcm-minion fingerprint"],
+            f"  0  printed\n  1  the keys cannot be read or created\n{_EXITS_CONFIG}",
+        ),
+        formatter_class=raw,
     )
+    completion = sub.add_parser(
+        "completion",
+        help="print the bash completion script",
+        epilog=_epilog(
+            [
+                "source <(safcm-minion completion bash)            # in ~/.bashrc",
+                "safcm-minion completion bash > /etc/bash_completion.d/safcm-minion",
+            ],
+            "  0  printed",
+        ),
+        formatter_class=raw,
+    )
+    completion.add_argument("what", choices=("bash",), help="the shell")
     return parser
 
 
@@ -58,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if args.command == "completion":
+        from safcm.common.completion import bash_script
+
+        sys.stdout.write(bash_script(parser, "safcm-minion"))
+        return EXIT_OK
     from safcm.minion import settings as minion_settings
 
     try:

@@ -16,10 +16,9 @@ from safcm.master.jobstore import (
     JobRecord,
     JobStore,
     StoredResult,
-    change_count,
-    host_status,
 )
 from safcm.master.keystore import KeyState, KeyStore
+from safcm.master.outcomes import change_count, host_status
 
 
 @pytest.fixture

@@ -1,0 +1,217 @@
+"""The light base of the wire: version, message types, plain packing, control framing.
+
+common/protocol.py defines the wire and checks every message against its
+schema; it builds on this module and re-exports all of it. This part is kept
+apart so that the CLI, which only talks to its own master over the control
+socket, can speak the wire without loading the schemas and the crypto behind
+them (about 100 ms of imports for a command that should take 40 ms; see
+bench/cli.py). NOTE: import nothing here beyond the standard library's light
+modules, msgpack (common/codec.py) and common/errors.py;
+tests/system/test_cli.py checks what the light commands load.
+
+The control socket's frames: a 4-byte big-endian length, then a plain
+message, the msgpack array [version, type, body] (encode_frame, FrameReader,
+pack_plain, unpack_plain).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from safcm.common import codec
+from safcm.common.errors import ProtocolError
+
+# The version this code speaks, and the oldest it still accepts. A message
+# outside MIN..PROTOCOL_VERSION is refused with a message that says so.
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1
+
+# A control message, between the daemon and a local administrator's CLI: a
+# `jobs show` of a whole job carries every host's result. Not tied to
+# MAX_RESULT_BYTES (the bound on what one minion may send): 100 hosts of a
+# 1000-file job already make 12 MB. Jobs of thousands of hosts need the reply
+# streamed host by host (issue 11), not a larger frame.
+MAX_CONTROL_FRAME_BYTES = 256 * 1024 * 1024
+# A request from the CLI (RUN, KEYS, JOBS): its largest is a KEYS list of
+# MAX_HOSTS ids. What the daemon buffers for one client is bounded by this.
+MAX_CONTROL_REQUEST_BYTES = 32 * 1024 * 1024
+# Nesting of a message body: the deepest schema (RUN_HOST_RESULT, down to a
+# change's file state) has 6 levels; a little headroom for new fields.
+MAX_BODY_DEPTH = 8
+# The length prefix of a control frame: 4 bytes, big-endian.
+FRAME_HEADER_BYTES = 4
+
+
+class MsgType(enum.IntEnum):
+    ENROL_REQUEST = 1
+    ENROL_REPLY = 2
+    HEARTBEAT = 3
+    HEARTBEAT_REPLY = 4
+    JOB = 5
+    JOB_RECEIPT = 6
+    RESULT = 7
+    RESULT_RECEIPT = 8
+    KEY_REQUEST = 9
+    KEY_REPLY = 10
+    JOB_PROGRESS = 11
+    CONTENT_REQUEST = 12
+    CONTENT = 13
+    # Control: the CLI's requests and the master's replies.
+    RUN = 101
+    KEYS = 102
+    RUN_STARTED = 111
+    RUN_HOST_RESULT = 112
+    RUN_DONE = 113
+    KEYS_REPLY = 114
+    ERROR = 115
+    JOBS = 103
+    JOBS_REPLY = 116
+    JOB_REPLY = 117
+    RUN_PROGRESS = 118
+
+
+# What the master sends the CLI on the control socket (common/protocol.py
+# gives each its schema; tests/common/test_wire.py checks the two agree).
+CONTROL_REPLIES = frozenset(
+    {
+        MsgType.RUN_STARTED,
+        MsgType.RUN_HOST_RESULT,
+        MsgType.RUN_PROGRESS,
+        MsgType.RUN_DONE,
+        MsgType.KEYS_REPLY,
+        MsgType.JOBS_REPLY,
+        MsgType.JOB_REPLY,
+        MsgType.ERROR,
+    }
+)
+
+# In a RUN_HOST_RESULT: a host that never answered has no result.
+NO_RESPONSE = "no response"
+# How a host of a stored job fared, spelt as everywhere (master/jobstore.py
+# outcome(), the JSON format): the JOBS request's status filter.
+JOB_OUTCOMES = ("changed", "ok", "failed", NO_RESPONSE, "pending")
+
+
+def check_version(version: object) -> int:
+    """`version` if this side speaks it; ProtocolError otherwise."""
+    if type(version) is not int or not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {repr(version)[:20]} is not supported; this side speaks "
+            f"{MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION}"
+        )
+    return version
+
+
+def known_type(raw_type: object) -> MsgType:
+    """The MsgType a raw type code names; ProtocolError for anything else."""
+    # type() and not isinstance(): 1.0 and True equal 1, but are not type codes.
+    if type(raw_type) is not int or raw_type not in MsgType._value2member_map_:
+        raise ProtocolError(f"unknown message type {repr(raw_type)[:20]}")
+    return MsgType(raw_type)
+
+
+# ---- plain messages: [version, type, body] ----
+
+
+def pack_plain(msg_type: MsgType, body: dict[str, Any]) -> bytes:
+    """A plain message, unchecked: protocol.encode_plain() checks the body first;
+    the CLI leaves its requests to the daemon's check (which answers an ERROR)."""
+    return codec.pack([PROTOCOL_VERSION, int(msg_type), body])
+
+
+def unpack_plain(frame: bytes, limit: int, what: str) -> tuple[int, MsgType, Any]:
+    """The version, type and (unchecked) body of a plain message of at most
+    `limit` bytes; `what` names the channel in errors. ProtocolError for
+    anything that is not [supported version, known type, body]."""
+    if not isinstance(frame, bytes):
+        raise ProtocolError(f"expected bytes, got {type(frame).__name__}")
+    if len(frame) > limit:
+        raise ProtocolError(f"plain {what} message of {len(frame)} bytes exceeds {limit}")
+    value = codec.unpack(frame, max_depth=MAX_BODY_DEPTH + 1)
+    if type(value) is not list or len(value) != 3:
+        raise ProtocolError("a plain message is an array of [version, type, body]")
+    version = check_version(value[0])
+    return version, known_type(value[1]), value[2]
+
+
+class Reply:
+    """A reply from the master on the control socket, as the CLI reads it."""
+
+    __slots__ = ("body", "type", "version")
+
+    def __init__(self, msg_type: MsgType, body: dict[str, Any], version: int) -> None:
+        self.type = msg_type
+        self.body = body
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"Reply({self.type.name}, {self.body!r})"
+
+
+def decode_reply(frame: bytes) -> Reply:
+    """A control reply, as the CLI checks it: a supported version, a type the
+    master sends the CLI, a map for a body. The fields are not checked here:
+    the master checked them against the type's schema when it encoded the
+    reply (protocol.encode_plain), and the socket reaches only that master
+    (it is root's, or the admin group's). ProtocolError otherwise."""
+    version, reply_type, body = unpack_plain(frame, MAX_CONTROL_FRAME_BYTES, "control")
+    if reply_type not in CONTROL_REPLIES:
+        raise ProtocolError(f"{reply_type.name} is not a reply to the CLI")
+    if type(body) is not dict:
+        raise ProtocolError(f"{reply_type.name} body: expected a map")
+    return Reply(reply_type, body, version)
+
+
+# ---- control socket framing ----
+
+
+def encode_frame(payload: bytes, *, max_bytes: int = MAX_CONTROL_FRAME_BYTES) -> bytes:
+    """`payload` with its length in front, for the control socket's byte stream."""
+    if len(payload) > max_bytes:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds {max_bytes}")
+    return len(payload).to_bytes(FRAME_HEADER_BYTES, "big") + payload
+
+
+class FrameReader:
+    """Splits a byte stream into frames; refuses a frame longer than `max_bytes`.
+
+    Feed it whatever recv() returned; it returns the frames completed so far.
+    The length is checked as soon as the 4-byte prefix is in, before any of
+    the frame is buffered. At the end of the stream, call eof(): a partial
+    frame is an error there.
+    """
+
+    def __init__(self, max_bytes: int = MAX_CONTROL_FRAME_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._buffer = bytearray()
+        self._need: int | None = None  # payload length of the frame being read
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        frames = []
+        while True:
+            if self._need is None:
+                if len(self._buffer) < FRAME_HEADER_BYTES:
+                    break
+                need = int.from_bytes(self._buffer[:FRAME_HEADER_BYTES], "big")
+                if need > self.max_bytes:
+                    raise ProtocolError(f"frame of {need} bytes exceeds {self.max_bytes}")
+                del self._buffer[:FRAME_HEADER_BYTES]
+                self._need = need
+            if len(self._buffer) < self._need:
+                break
+            frames.append(bytes(self._buffer[: self._need]))
+            del self._buffer[: self._need]
+            self._need = None
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that are not yet part of a complete frame."""
+        return len(self._buffer) + (0 if self._need is None else FRAME_HEADER_BYTES)
+
+    def eof(self) -> None:
+        """Raise ProtocolError if the stream ended inside a frame."""
+        if self.pending:
+            raise ProtocolError(f"stream ended inside a frame ({self.pending} bytes pending)")

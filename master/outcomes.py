@@ -1,0 +1,52 @@
+"""How a job's host fared, in the one spelling of every output: changed, ok,
+failed, no response, pending.
+
+Shared by the job history (master/jobstore.py, which re-exports all of it)
+and the CLI's output (master/render.py, master/jsonout.py). NOTE: light on
+purpose, like master/client.py: `jobs list` imports it, and must not pay for
+the job store's sqlite3 or the wire's schemas.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from safcm.common.wire import NO_RESPONSE
+
+# Most jobs `jobs list` prints when no --limit is given.
+DEFAULT_LIST_LIMIT = 20
+# A host that has neither a result nor reached its job's deadline (jobs show, --status).
+PENDING = "pending"
+
+
+class HostStatus(enum.StrEnum):
+    OK = "ok"  # succeeded, nothing changed
+    CHANGED = "changed"  # succeeded and changed something (or would, in a dry run)
+    FAILED = "failed"  # the minion reported a failure
+
+
+def host_status(result: dict[str, Any]) -> HostStatus:
+    """What a minion's RESULT body amounts to: failed, changed or ok."""
+    if result["status"] != "ok":
+        return HostStatus.FAILED
+    return HostStatus.CHANGED if change_count(result) else HostStatus.OK
+
+
+def change_count(result: dict[str, Any]) -> int:
+    """How many paths a minion's RESULT body reports changed, also those a
+    reduced result left out (minion/results.py fit())."""
+    if result["apply"] is None:
+        return 0
+    reduced = result.get("reduced")
+    omitted = 0 if reduced is None else reduced["changes_omitted"]
+    return len(result["apply"]["changes"]) + omitted
+
+
+def outcome(result: dict[str, Any] | None) -> str:
+    """host_status(), or NO_RESPONSE ("no response") for a host without a result."""
+    return NO_RESPONSE if result is None else host_status(result)
+
+
+# Every outcome a job's host can have, in the order they are reported.
+OUTCOMES = (HostStatus.CHANGED, HostStatus.OK, HostStatus.FAILED, NO_RESPONSE, PENDING)

@@ -1,0 +1,225 @@
+"""The CLI against a real master: the light commands load no heavy module, and
+the bash completion completes real command lines, with ids from the daemon."""
+
+from __future__ import annotations
+
+import stat
+import sys
+
+import pytest
+
+from safcm.master.sandbox import Sandbox
+from tests.system.conftest import enrol, run_json
+
+# Runs safcm-master as its console script does, and writes the names of the
+# modules loaded by the end (one a line) to the file named by its first argument.
+WRAPPER = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def dump():
+    with open(out, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+atexit.register(dump)
+sys.argv[0] = "safcm-master"
+runpy.run_module("safcm.master.cli", run_name="__main__", alter_sys=True)
+"""
+
+# What the light commands must not load, and why: the crypto, the templates,
+# YAML, ZeroMQ, the job store's database and the wire's full schema are
+# the daemon's and the compiler's business, and cost the CLI about 100 ms
+# (bench/cli.py); dataclasses alone costs 7 ms. jsonschema and nacl are not
+# used by safcm at all: a stray import of them would show here first.
+HEAVY = (
+    "cryptography",
+    "nacl",
+    "jinja2",
+    "jsonschema",
+    "yaml",
+    "zmq",
+    "sqlite3",
+    "dataclasses",
+    "safcm.common.protocol",
+    "safcm.common.crypto",
+    "safcm.common.model",
+    "safcm.common.schema",
+    "safcm.master.jobstore",
+)
+
+LIGHT = [
+    ["--version"],
+    ["--help"],
+    ["keys", "list"],
+    ["keys", "list", "--json"],
+    ["jobs", "list"],
+    ["jobs", "list", "--json", "--since", "1h", "--status", "ok"],
+    ["completion", "hosts"],
+    ["completion", "jids"],
+]
+
+
+def loaded(sb: Sandbox, tmp_path, *args: str) -> tuple[list[str], str]:
+    out = tmp_path / "modules"
+    result = sb.run([sys.executable, "-c", WRAPPER, str(out), "-c", sb.master.config, *args])
+    assert result.returncode == 0, result.stderr
+    return out.read_text().splitlines(), result.stdout
+
+
+def heavy(modules: list[str]) -> list[str]:
+    return [m for m in modules if m in HEAVY or m.split(".")[0] in HEAVY]
+
+
+@pytest.fixture
+def enrolled(sandbox):
+    enrol(sandbox, "web1")
+    code, doc = run_json(sandbox, "web1", "ping")
+    assert code == 0
+    return sandbox, doc["jid"]
+
+
+def test_light_commands_load_no_heavy_module(enrolled, tmp_path):
+    sb, jid = enrolled
+    for args in LIGHT:
+        modules, stdout = loaded(sb, tmp_path, *args)
+        assert stdout, args
+        assert heavy(modules) == [], args
+    # The commands really asked the daemon.
+    assert "web1" in loaded(sb, tmp_path, "keys", "list")[1]
+    assert jid in loaded(sb, tmp_path, "jobs", "list")[1]
+
+
+def test_the_check_sees_a_heavy_command(enrolled, tmp_path):
+    """The same check on `show`, which compiles the repository, finds YAML,
+    Jinja2 and the model: the wrapper reports what a command loads."""
+    modules, _ = loaded(enrolled[0], tmp_path, "show", "web1")
+    assert {"yaml", "jinja2", "safcm.common.model"} <= set(heavy(modules))
+
+
+# ---- bash completion ----
+
+COMPLETE = """
+source "$1"
+shift
+complete_line() {
+    COMP_WORDS=("$@")
+    COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
+    COMPREPLY=()
+    "$FUNCTION"
+    ((${#COMPREPLY[@]})) && printf '%s\\n' "${COMPREPLY[@]}"
+    echo "--"
+}
+while IFS= read -r line; do
+    eval "complete_line $line"
+done
+"""
+
+
+def complete(sb: Sandbox, tmp_path, command: str, lines: list[list[str]]) -> list[list[str]]:
+    """COMPREPLY for each command line (its last word is the one completed), from
+    the script `command completion bash` prints, sourced in bash."""
+    module = {"safcm-master": "safcm.master.cli", "safcm-minion": "safcm.minion.cli"}[command]
+    script = sb.run([sys.executable, "-m", module, "completion", "bash"])
+    assert script.returncode == 0, script.stderr
+    (tmp_path / "completion.bash").write_text(script.stdout)
+    # COMP_WORDS[0] is the command as typed: the script asks it for ids.
+    program = tmp_path / command
+    program.write_text(f'#!/bin/sh\nexec {sys.executable} -m {module} "$@"\n')
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    quoted = "\n".join(
+        " ".join("'" + w.replace("'", "'\\''") + "'" for w in [str(program), *line])
+        for line in lines
+    )
+    function = "_" + command.replace("-", "_")
+    result = _bash(sb, tmp_path, function, quoted)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    replies = result.stdout.split("--\n")[:-1]
+    return [r.splitlines() for r in replies]
+
+
+def _bash(sb: Sandbox, tmp_path, function: str, lines: str):
+    (tmp_path / "lines").write_text(lines + "\n")
+    (tmp_path / "complete.bash").write_text(f"FUNCTION={function}\n{COMPLETE}")
+    return sb.run(
+        [
+            "bash",
+            "-c",
+            'exec bash "$0" "$1" < "$2"',
+            str(tmp_path / "complete.bash"),
+            str(tmp_path / "completion.bash"),
+            str(tmp_path / "lines"),
+        ]
+    )
+
+
+def test_bash_completion_of_safcm_master(enrolled, tmp_path):
+    sb, jid = enrolled
+    config = sb.master.config
+    dead = tmp_path / "dead.yaml"
+    dead.write_text(f"control_socket: {tmp_path}/nothing.sock\n")
+    lines = [
+        [""],
+        ["k"],
+        ["keys", ""],
+        ["-c", config, "keys", "accept", ""],
+        ["keys", "delete", "-c", config, "w"],
+        ["-c", config, "run", "w"],
+        ["-c", config, "run", "web1", ""],
+        ["-c", config, "jobs", "show", ""],
+        ["-c", config, "jobs", "list", "--host", ""],
+        ["jobs", "list", "--status", "n"],
+        ["jobs", "list", "--ho"],
+        ["-c", str(dead), "run", ""],
+        ["-c", str(dead), "jobs", "show", ""],
+    ]
+    assert complete(sb, tmp_path, "safcm-master", lines) == [
+        ["daemon", "keys", "run", "jobs", "show", "check", "demo", "completion"],
+        ["keys"],
+        ["list", "accept", "reject", "delete", "fingerprint"],
+        ["web1"],
+        ["web1"],
+        ["web1"],
+        ["files", "ping"],
+        ["last", jid],
+        ["web1"],
+        ["no\\ response"],
+        ["--host"],
+        [],  # the daemon cannot be reached: nothing, and quietly
+        [],
+    ]
+
+
+def test_bash_completion_of_safcm_minion(sandbox, tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "minion.yaml").write_text("")
+    (etc / "master.yaml").write_text("")
+    lines = [[""], ["daemon", "-"], ["check", "--c"], ["-c", str(etc / "mi")]]
+    assert complete(sandbox, tmp_path, "safcm-minion", lines) == [
+        ["daemon", "check", "fingerprint", "completion"],
+        ["-h", "--help", "-c", "--config", "-v", "--verbose", "-q", "--quiet"],
+        ["--config"],
+        [str(etc / "minion.yaml")],
+    ]
+
+
+def test_the_script_is_what_the_readme_sources(sandbox):
+    """`source <(safcm-master completion bash)` registers the function."""
+    result = sandbox.run(
+        [
+            "bash",
+            "-c",
+            f"source <({sys.executable} -m safcm.master.cli completion bash) && complete -p"
+            " safcm-master",
+        ]
+    )
+    assert result.stdout.strip() == "complete -F _safcm_master safcm-master", result.stderr
+
+
+@pytest.mark.parametrize("what", ["hosts", "jids"])
+def test_completion_queries_are_quiet_without_a_daemon(sandbox, tmp_path, what):
+    dead = tmp_path / "dead.yaml"
+    dead.write_text(f"control_socket: {tmp_path}/nothing.sock\n")
+    for config in (str(dead), str(tmp_path / "missing.yaml")):
+        result = sandbox.run(
+            [sys.executable, "-m", "safcm.master.cli", "-c", config, "completion", what]
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
