@@ -72,7 +72,7 @@ from safcm.common.errors import (
     SafcmError,
     UsageError,
 )
-from safcm.common.loop import Loop
+from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import (
     MASTER_ID,
     MAX_KEY_PORT_BYTES,
@@ -113,6 +113,7 @@ from safcm.master.jobstore import (
     outcome,
 )
 from safcm.master.keystore import KeyState, KeyStore, MinionKey
+from safcm.master.lifecycle import Lifecycles, Verdict
 from safcm.master.render import Tally
 from safcm.master.settings import MasterSettings
 from safcm.master.transport import (
@@ -132,16 +133,6 @@ from safcm.master.transport import (
 
 log = logging.getLogger("safcm-master")
 
-# Re-publishing an envelope without receipt: first after this many seconds,
-# then doubling up to REPUBLISH_MAX. A minion that (re)subscribes is served at
-# once (XPUB), so this only covers a message lost on a live subscription; an
-# early retry would mostly hit minions still busy with the first copy (the
-# fan-out benchmark saw hundreds of such duplicates at 0.5 s).
-REPUBLISH_FIRST = 5.0
-REPUBLISH_MAX = 30.0
-# How often the loop looks for envelopes to re-publish and jobs past their
-# deadline, in seconds.
-TICK = 0.25
 # A minion counts as connected while its last heartbeat is younger than this
 # many of its heartbeat intervals (it reports its interval in each heartbeat).
 LIVENESS = 3
@@ -181,10 +172,6 @@ RETURN_RCVHWM = 2
 PUBLISH_MAX_IN = 300
 RETURN_MAX_IN = MAX_RESULT_BYTES + MAX_ENVELOPE_OVERHEAD
 KEY_MAX_IN = MAX_KEY_PORT_BYTES
-# A subscription re-publishes the envelopes waiting for that minion, but one
-# envelope at most once per this many seconds: re-subscribing in a loop
-# costs the master nothing more.
-RESUBSCRIBE_MIN_INTERVAL = 1.0
 # Seconds `git rev-parse` may take to name the repository's commit.
 GIT_TIMEOUT = 5.0
 # Enrolment requests: per transport key and per connection, per second and
@@ -220,56 +207,6 @@ BATCH_BYTES = 16 * 1024 * 1024
 # Descriptors kept free of network connections: the database, the control
 # socket and its clients, libzmq's own.
 RESERVED_FDS = 256
-# A minion still working on a job (JOB_PROGRESS, every few seconds) keeps that
-# host's deadline at least this many seconds ahead: three of its reports (see
-# minion/daemon.py PROGRESS_INTERVAL), so one or two lost do not end it.
-PROGRESS_GRACE = 15.0
-# Seconds past the job's own deadline that progress can extend a host's, at
-# most: longer than any sane set of triggers (120 of them each hitting the
-# minion's 30 s trigger_timeout), and a bound on how long a minion can keep a
-# run open. Past it the host is "no response"; a later result is still stored.
-MAX_DEADLINE_EXTENSION = 3600.0
-
-
-@dataclass
-class Pending:
-    """An envelope waiting for its receipt. The envelope itself stays in the
-    job store, not in memory: a job for thousands of hosts would not fit."""
-
-    jid: str
-    host: str
-    topic: bytes
-    deadline: float
-    next_send: float = 0.0
-    delay: float = REPUBLISH_FIRST
-    last_sent: float = -math.inf  # monotonic; for the re-subscription rate limit
-
-
-class Outbox:
-    """The envelopes waiting for receipts, by (jid, host) and by topic."""
-
-    def __init__(self) -> None:
-        self.items: dict[tuple[str, str], Pending] = {}
-        self._by_topic: dict[bytes, set[tuple[str, str]]] = {}
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, jid: str, host: str, deadline: float) -> Pending:
-        item = self.items[(jid, host)] = Pending(jid, host, topic_for(host), deadline)
-        self._by_topic.setdefault(item.topic, set()).add((jid, host))
-        return item
-
-    def remove(self, jid: str, host: str) -> None:
-        item = self.items.pop((jid, host), None)
-        if item is not None:
-            keys = self._by_topic[item.topic]
-            keys.discard((jid, host))
-            if not keys:
-                del self._by_topic[item.topic]
-
-    def for_topic(self, topic: bytes) -> list[Pending]:
-        return [self.items[key] for key in self._by_topic.get(topic, ())]
 
 
 @dataclass
@@ -278,7 +215,6 @@ class Run:
 
     jid: str
     hosts: list[str]
-    waiting: set[str]
     watchers: list[ControlConnection] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
 
@@ -307,15 +243,14 @@ class Master:
         self.keystore = KeyStore(self.db)
         self.public: dict[str, PublicKeys] = {}  # accepted minions' keys, as objects
         self.presence: dict[str, Presence] = {}
-        self.pending = Outbox()
+        # Every open (job, host): what is published when, and when a host
+        # becomes "no response"; it asks for that through the methods under
+        # "lifecycle effects" below.
+        self.lifecycle = Lifecycles(self)
+        self._wake: Timer | None = None  # the lifecycle's next wake-up
+        self._wake_when = math.inf  # its time, unix
+        self._fresh: dict[tuple[str, str], bytes] = {}  # envelopes of the job being started
         self.runs: dict[str, Run] = {}
-        # Deadlines of jobs with hosts that have not answered, also jobs from
-        # before a restart: when one passes, those hosts become "no response".
-        self.deadlines: dict[str, float] = {}
-        # Hosts still working past their job's deadline (JOB_PROGRESS):
-        # (jid, host) -> (extended deadline, the most it may be extended to).
-        # Kept in memory only: after a restart the job's deadline holds again.
-        self.extended: dict[tuple[str, str], tuple[float, float]] = {}
         self.last_jid = self.jobs.last_jid()
         self.peer_log = PeerLog(log, loop.clock)
         self.tables: dict[str, ConnectionTable] = {}
@@ -395,15 +330,14 @@ class Master:
         self.loop.add_reader(self.router, self.on_router)
         self.loop.add_reader(self.key_sock, self.on_key_request)
         now = self.clock()
-        for record in self.jobs.expire(now):
-            log.info("job %s: %s did not answer before the deadline", *record)
-        for jid, host_id, deadline in self.jobs.unreceived(now):
-            self.pending.add(jid, host_id, deadline)  # the first tick publishes them
-        self.deadlines = self.jobs.open_deadlines()
-        if self.pending:
-            log.info("re-publishing %d envelopes of unfinished jobs", len(self.pending))
+        rows = self.jobs.open_hosts()
+        # Published again at the first wake-up; those past their deadline
+        # become "no response" then.
+        self.lifecycle.restore(rows, now)
+        unreceived = sum(1 for r in rows if r.state is HostState.SENT and r.deadline > now)
+        if unreceived:
+            log.info("re-publishing %d envelopes of unfinished jobs", unreceived)
         self._timers = [
-            self.loop.call_every(TICK, self.tick),
             self.loop.call_every(SEQ_FLUSH, self.keystore.flush),
             self.loop.call_every(STALE_CHECK_INTERVAL, self.cut_stale),
             self.loop.call_every(RETENTION_INTERVAL, self.purge_old_jobs),
@@ -453,6 +387,8 @@ class Master:
     def close(self) -> None:
         for timer in self._timers:
             timer.cancel()
+        if self._wake is not None:
+            self._wake.cancel()
         with contextlib.suppress(sqlite3.Error):
             self._store_batch()
             self.keystore.flush()
@@ -544,30 +480,9 @@ class Master:
 
     # ---- periodic work ----
 
-    def tick(self) -> None:
-        now = self.clock()
-        mono = self.loop.clock()
-        for item in list(self.pending.items.values()):
-            if item.deadline <= now:
-                self.pending.remove(item.jid, item.host)
-            elif item.next_send <= mono:
-                self._publish(item)
-        due = [jid for jid, deadline in self.deadlines.items() if deadline <= now]
-        ended = [key for key, (until, _) in self.extended.items() if until <= now]
-        if due or ended:
-            spare = {key for key in self.extended if key not in ended}
-            # May fail (database locked): nothing below changes, retried next tick.
-            expired = self.jobs.expire(now, spare=spare)
-            for jid in due:
-                del self.deadlines[jid]
-            for key in ended:
-                del self.extended[key]
-            for jid, host in expired:
-                log.info("job %s: no response from %s", jid, host)
-                self.pending.remove(jid, host)
-                run = self.runs.get(jid)
-                if run is not None and host in run.waiting:
-                    self._run_answered(run, host, NO_RESPONSE, None)
+    def wake(self) -> None:
+        self._wake = None
+        self.lifecycle.wake(self.clock())
 
     def purge_old_jobs(self) -> None:
         cutoff = new_jid(self.clock() - self.settings.keep_jobs)
@@ -578,20 +493,14 @@ class Master:
 
     # ---- publishing ----
 
-    def _publish(self, item: Pending, envelope: bytes | None = None) -> None:
-        """Publish one envelope (read from the job store unless given)."""
-        if envelope is None:
-            envelope = self.jobs.envelope(item.jid, item.host)
-            if envelope is None:  # received or expired meanwhile
-                self.pending.remove(item.jid, item.host)
-                return
+    def publish(self, jid: str, host: str) -> None:
+        """Publish one envelope (that of the job being started, or read from the job store)."""
+        envelope = self._fresh.get((jid, host)) or self.jobs.envelope(jid, host)
+        if envelope is None:  # received meanwhile
+            return
         # A full subscriber queue drops the message; the next re-publish tries again.
         with contextlib.suppress(zmq.Again):
-            _started(self.xpub).send_multipart([item.topic, envelope], zmq.NOBLOCK)
-        now = self.loop.clock()
-        item.last_sent = now
-        item.next_send = now + item.delay
-        item.delay = min(item.delay * 2, REPUBLISH_MAX)
+            _started(self.xpub).send_multipart([topic_for(host), envelope], zmq.NOBLOCK)
 
     def on_xpub(self) -> None:
         """Subscriptions: each applied only if it is the topic of the accepted
@@ -625,12 +534,7 @@ class Master:
                 continue
             xpub.setsockopt(zmq.SUBSCRIBE, topic)
             self.peer_log.log(logging.DEBUG, "subscription of %s applied", key.id)
-            now = self.loop.clock()
-            for item in self.pending.for_topic(topic):
-                if now - item.last_sent >= RESUBSCRIBE_MIN_INTERVAL:
-                    self._publish(item)
-                else:  # sent just now: the tick sends it again soon, not each re-subscription
-                    item.next_send = min(item.next_send, item.last_sent + RESUBSCRIBE_MIN_INTERVAL)
+            self.lifecycle.subscribed(key.id, self.clock())
 
     # ---- the key port ----
 
@@ -739,7 +643,7 @@ class Master:
         if verified.spec.type is MsgType.RESULT and not self._wants_result(verified, key.id):
             return
         is_receipt = verified.spec.type is MsgType.JOB_RECEIPT
-        if is_receipt and self.jobs.host_state(verified.header.jid, key.id) is None:
+        if is_receipt and not self.lifecycle.sent_to(verified.header.jid, key.id):
             raise ProtocolError(f"receipt for job {verified.header.jid}, never sent to it")
         msg, self._plaintext = verified.open_with_plaintext(self.keys)
         try:
@@ -751,10 +655,10 @@ class Master:
         """Whether to open a result: not if its job never went to this minion
         (refused) or its result is stored already (confirmed again, unopened)."""
         jid = verified.header.jid
-        state = self.jobs.host_state(jid, minion)
-        if state is None:
+        verdict = self.lifecycle.check_result(jid, minion)
+        if verdict is Verdict.UNKNOWN:
             raise ProtocolError(f"result for job {jid}, which was never sent to it")
-        if state is HostState.DONE or (jid, minion) in self._batch:
+        if verdict is Verdict.DUPLICATE:
             self.peer_log.info(
                 "job %s: duplicate result from %s; already stored, confirming again", jid, minion
             )
@@ -866,21 +770,14 @@ class Master:
 
     def on_job_receipt(self, msg: Message) -> None:
         header = msg.require_header()
-        self._receipts.append((header.jid, header.sender))  # stored with this wake-up's batch
-        self.pending.remove(header.jid, header.sender)
+        self.lifecycle.receipt(header.jid, header.sender, self.clock())
 
     def on_result(self, msg: Message) -> None:
         header = msg.require_header()
         minion, jid, body = header.sender, header.jid, msg.body
-        state = self.jobs.host_state(jid, minion)
         problem = self._result_problem(jid, minion, body)
         if problem is not None:
             raise ProtocolError(f"result for job {jid} does not answer it: {problem}")
-        if state is HostState.NO_RESPONSE:
-            self.peer_log.info(
-                "job %s: late result from %s, stored after the deadline", jid, minion
-            )
-        self.pending.remove(jid, minion)
         packed = self._plaintext or codec.pack(body)
         used = self._quota_used(minion)
         if used + len(packed) > self.settings.result_quota:
@@ -904,6 +801,11 @@ class Master:
             self.clock(),
             packed,
         )
+        # From here on it is stored (or, if the store fails, result_lost()).
+        if self.lifecycle.result(jid, minion, self.clock()) is Verdict.LATE:
+            self.peer_log.info(
+                "job %s: late result from %s, stored after the deadline", jid, minion
+            )
         self._stored_bytes[minion] = used + len(packed)
         self._batch[(jid, minion)] = (self._peer, result)
         self._batch_bytes += len(packed)
@@ -945,30 +847,13 @@ class Master:
         return None
 
     def on_job_progress(self, msg: Message) -> None:
-        """A minion is still working on a job: keep its deadline PROGRESS_GRACE
-        ahead, within MAX_DEADLINE_EXTENSION of the job's own."""
+        """A minion is still working on a job: the lifecycle moves its deadline."""
         header = msg.require_header()
         minion, jid = header.sender, header.jid
-        key = (jid, minion)
-        extended, deadline = self.extended.get(key), self.deadlines.get(jid)
-        if extended is not None:
-            before, cap = extended
-        elif deadline is not None:
-            before, cap = deadline, deadline + MAX_DEADLINE_EXTENSION
-        else:
-            return  # over for this host: its result is stored whenever it comes
-        state = self.jobs.host_state(jid, minion)
-        if state is None:
+        if not self.lifecycle.sent_to(jid, minion):
             raise ProtocolError(f"progress from {minion} on job {jid}, which was never sent to it")
-        if state not in (HostState.SENT, HostState.RECEIVED):
-            return
-        until = min(max(self.clock() + PROGRESS_GRACE, before), cap)
-        self.extended[key] = (until, cap)
-        log.debug("job %s: %s still working after %.0f s", jid, minion, msg.body["elapsed"])
-        run = self.runs.get(jid)
-        if run is not None and minion in run.waiting:
-            for conn in list(run.watchers):
-                conn.send(MsgType.RUN_PROGRESS, {"jid": jid, "host": minion, "until": until})
+        if self.lifecycle.progress(jid, minion, self.clock()) is not None:
+            log.debug("job %s: %s still working after %.0f s", jid, minion, msg.body["elapsed"])
 
     def _store_batch(self) -> None:
         """Store the receipts and results read in one wake-up in one transaction
@@ -986,6 +871,7 @@ class Master:
             # a lost receipt costs at most a re-publish, which minions ignore.
             for _, r in batch:
                 self._stored_bytes.pop(r.host, None)
+                self.lifecycle.result_lost(r.jid, r.host, self.clock())
             log.error(
                 "cannot store %d results and %d receipts, they will come again: %s",
                 len(batch),
@@ -995,12 +881,9 @@ class Master:
             return
         for peer, r in batch:
             self._peer = peer
-            self.extended.pop((r.jid, r.host), None)
             self._reply_sealed(r.host, MsgType.RESULT_RECEIPT, {"jid": r.jid}, jid=r.jid)
             self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
-            run = self.runs.get(r.jid)
-            if run is not None and r.host in run.waiting:
-                self._run_answered(run, r.host, r.result["status"], r.result)
+            self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
 
     # ---- control ----
 
@@ -1084,7 +967,6 @@ class Master:
         )
         self.jobs.create(record, envelopes, plans)  # stored before anything is published
         self.last_jid = jid
-        self.deadlines[jid] = deadline
         log.info(
             "job %s: %s%s on %s by %s",
             jid,
@@ -1106,29 +988,64 @@ class Master:
                 ],
             },
         )
-        run = Run(jid, resolved.hosts, set(resolved.hosts), [conn])
+        run = Run(jid, resolved.hosts, [conn])
         self.runs[jid] = run
         conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
-        for host, envelope in envelopes.items():
-            self._publish(self.pending.add(jid, host, deadline), envelope)
+        self._fresh = {(jid, host): envelope for host, envelope in envelopes.items()}
+        try:
+            self.lifecycle.start(jid, resolved.hosts, deadline, now)  # published at once
+        finally:
+            self._fresh = {}
 
-    def _run_answered(
-        self, run: Run, host: str, status: str, result: dict[str, Any] | None
-    ) -> None:
-        run.waiting.discard(host)
+    # ---- lifecycle effects: what master/lifecycle.py asks for ----
+
+    def stored_state(self, jid: str, host: str) -> HostState | None:
+        return self.jobs.host_state(jid, host)
+
+    def store_receipt(self, jid: str, host: str) -> None:
+        self._receipts.append((jid, host))  # stored with this wake-up's batch
+
+    def store_no_response(self, pairs: list[tuple[str, str]]) -> None:
+        self.jobs.no_response(pairs)
+
+    def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
+        if result is None:
+            log.info("job %s: no response from %s", jid, host)
+        run = self.runs.get(jid)
+        if run is None:
+            return
         run.tally.add(outcome(result))
+        status = NO_RESPONSE if result is None else result["status"]
         for conn in list(run.watchers):
             conn.send(
                 MsgType.RUN_HOST_RESULT,
-                {"jid": run.jid, "host": host, "status": status, "result": result},
+                {"jid": jid, "host": host, "status": status, "result": result},
             )
-        if not run.waiting:
-            summary = {**run.tally.as_dict(), "targeted": len(run.hosts)}
+
+    def progress(self, jid: str, host: str, until: float) -> None:
+        run = self.runs.get(jid)
+        if run is not None:
             for conn in list(run.watchers):
-                conn.send(MsgType.RUN_DONE, {"jid": run.jid, "summary": summary})
-                conn.finish()
-            del self.runs[run.jid]
-            self.deadlines.pop(run.jid, None)
+                conn.send(MsgType.RUN_PROGRESS, {"jid": jid, "host": host, "until": until})
+
+    def finished(self, jid: str) -> None:
+        run = self.runs.pop(jid, None)
+        if run is None:
+            return
+        summary = {**run.tally.as_dict(), "targeted": len(run.hosts)}
+        for conn in list(run.watchers):
+            conn.send(MsgType.RUN_DONE, {"jid": jid, "summary": summary})
+            conn.finish()
+
+    def wake_at(self, when: float) -> None:
+        if self._wake is not None:
+            if self._wake_when <= when:
+                return
+            self._wake.cancel()
+        # `when` is unix time, the loop's timers monotonic: a step of the
+        # clock makes this early or late, and wake() then asks again.
+        self._wake = self.loop.call_later(max(0.0, when - self.clock()), self.wake)
+        self._wake_when = when
 
     def on_keys(self, conn: ControlConnection, msg: Message) -> None:
         action, ids = msg.body["action"], msg.body["ids"]
@@ -1207,8 +1124,7 @@ class Master:
         self.public.pop(key.id, None)
         self.presence.pop(key.id, None)
         self._cut_key(key)
-        for item in self.pending.for_topic(topic_for(key.id)):
-            self.pending.remove(item.jid, item.host)
+        self.lifecycle.forget_host(key.id)
 
     def _key_row(self, key: MinionKey) -> dict[str, Any]:
         connected = key.state is KeyState.ACCEPTED and self._connected(key.id)

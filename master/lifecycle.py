@@ -264,33 +264,34 @@ class Lifecycles:
                 self._push(item)
         self._ask()
 
-    def receipt(self, jid: str, host: str, now: float) -> bool:
-        """The host confirmed it has the job. False if the job never went to it."""
+    def sent_to(self, jid: str, host: str) -> bool:
+        """Whether the job went to the host: asked before its receipt or
+        progress is opened, which must be refused otherwise."""
+        return (jid, host) in self._open or self.effects.stored_state(jid, host) is not None
+
+    def receipt(self, jid: str, host: str, now: float) -> None:
+        """The host confirmed it has the job (a second receipt, or one after
+        its end, changes nothing)."""
         item = self._open.get((jid, host))
-        if item is None:
-            return self.effects.stored_state(jid, host) is not None
-        if item.state is State.SENT:
+        if item is not None and item.state is State.SENT:
             item.state = State.RECEIVED
             item.publishing = False
             self.effects.store_receipt(jid, host)
             self._push(item)
             self._ask()
-        return True
 
-    def progress(self, jid: str, host: str, now: float) -> bool:
+    def progress(self, jid: str, host: str, now: float) -> float | None:
         """The host is still working on the job: keep its deadline
         PROGRESS_GRACE ahead, up to MAX_DEADLINE_EXTENSION past the job's.
-        False if the job never went to it."""
+        Returns its deadline now; None if it has answered (or never had the job)."""
         item = self._open.get((jid, host))
-        if item is None:
-            return self.effects.stored_state(jid, host) is not None
-        if item.storing or item.state not in OPEN:
-            return True  # it has answered: its result is being stored
+        if item is None or item.storing or item.state not in OPEN:
+            return None
         until = min(max(now + PROGRESS_GRACE, item.until), item.cap)
         item.until = until
         self._push(item)
         self.effects.progress(jid, host, until)
-        return True
+        return until
 
     def check_result(self, jid: str, host: str) -> Verdict:
         """What a result from `host` for `jid` would be; changes nothing (asked

@@ -187,7 +187,7 @@ def test_progress_moves_the_deadline_up_to_its_cap():
     lc.receipt("J1", "web1", T0 + 1)
     fake.take()
     now = T0 + TIMEOUT - 1
-    lc.progress("J1", "web1", now)
+    assert lc.progress("J1", "web1", now) == now + PROGRESS_GRACE
     assert fake.take() == [("progress", "J1", "web1", now + PROGRESS_GRACE)]
     lc.wake(T0 + TIMEOUT)  # the job's deadline: this host is still working
     assert fake.take() == []
@@ -265,18 +265,22 @@ def test_a_late_result_is_stored_and_not_told_again():
     assert lc.check_result("J1", "web1") is Verdict.DUPLICATE
     assert len(lc) == 0
     # Receipts and progress after the end change nothing.
-    assert lc.receipt("J1", "web1", T0 + TIMEOUT + 6)
-    assert lc.progress("J1", "web1", T0 + TIMEOUT + 6)
+    assert lc.sent_to("J1", "web1")
+    lc.receipt("J1", "web1", T0 + TIMEOUT + 6)
+    assert lc.progress("J1", "web1", T0 + TIMEOUT + 6) is None
     assert fake.take() == []
 
 
 def test_a_job_never_sent_to_a_host_is_unknown_to_it():
-    lc, _ = machine()
+    lc, fake = machine()
     assert lc.check_result("J1", "web9") is Verdict.UNKNOWN
     assert lc.result("J1", "web9", T0) is Verdict.UNKNOWN
     assert lc.check_result("J0", "web1") is Verdict.UNKNOWN
-    assert not lc.receipt("J1", "web9", T0)
-    assert not lc.progress("J0", "web1", T0)
+    assert lc.sent_to("J1", "web1")
+    assert not lc.sent_to("J1", "web9") and not lc.sent_to("J0", "web1")
+    lc.receipt("J1", "web9", T0)
+    assert lc.progress("J0", "web1", T0) is None
+    assert fake.take() == [("publish", "J1", "web1")]
     assert len(lc) == 1
 
 
