@@ -64,7 +64,7 @@ import zmq
 
 from safcm.common import codec, keyfile
 from safcm.common import log as safcm_log
-from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, PublicKeys, peek_header
+from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, peek_header
 from safcm.common.errors import (
     ConfigError,
     EnvelopeError,
@@ -92,7 +92,6 @@ from safcm.common.protocol import (
     make_key_reply,
     new_jid,
     seal_message_at,
-    topic_for,
     verify_enrol_request,
     verify_message_at,
 )
@@ -114,62 +113,33 @@ from safcm.master.jobstore import (
 )
 from safcm.master.keystore import KeyState, KeyStore, MinionKey
 from safcm.master.lifecycle import Lifecycles, Verdict
+from safcm.master.peers import Peers, Presence, user_id
+from safcm.master.publish import PUBLISH_PENALTY, Publisher, seal_job
 from safcm.master.render import Tally
 from safcm.master.settings import MasterSettings
 from safcm.master.transport import (
     DOMAIN_KEY,
     DOMAIN_PUBLISH,
     DOMAIN_RETURN,
-    HANDSHAKE_IVL_MS,
-    KEY_PORT_IDLE,
-    UNKNOWN_IDLE,
-    ZMTP_HEARTBEAT_IVL_MS,
-    ZMTP_HEARTBEAT_TIMEOUT_MS,
-    ConnectionTable,
-    Monitor,
     Zap,
-    curve_server,
 )
 
 log = logging.getLogger("safcm-master")
 
-# A minion counts as connected while its last heartbeat is younger than this
-# many of its heartbeat intervals (it reports its interval in each heartbeat).
-LIVENESS = 3
 # Lifetime of the master's own small sealed messages, in seconds.
 MESSAGE_TTL = 60
-# Seconds added to a job's timeout for its envelope's lifetime, so an envelope
-# received just before the deadline can still be opened (clock skew).
-ENVELOPE_SLACK = 5
 # Messages read from the ROUTER per wake-up before results are committed:
 # results that arrive together share one fsync.
 ROUTER_BATCH = 512
 # How often old jobs are deleted (keep_jobs), in seconds.
 RETENTION_INTERVAL = 3600.0
-# Messages ZeroMQ may queue per subscriber before it drops (then re-publish
-# helps). Each subscriber gets its own topic only, so this holds a few of one
-# host's envelopes: a stalled subscriber costs little.
-PUBLISH_HWM = 16
-PUBLISH_RCVHWM = 8
-# Seconds a key whose publish connection was cut for a subscription not its
-# own is refused at the handshake there. libzmq keeps every subscription it
-# reads (XPUB_MANUAL too) until the connection ends, and a SUB or XSUB
-# re-sends all of its subscriptions on each reconnect: without this, a
-# minion could refill that memory ten times a second. An honest minion never
-# sends such a subscription.
-PUBLISH_PENALTY = 60.0
-# Keys remembered in that penalty box at most (the oldest go first).
-MAX_PENALISED_KEYS = 10_000
 # Messages ZeroMQ may queue from one connection of the return socket before
 # it stops reading that connection (TCP then pushes back): at most this many
 # results of MAX_RESULT_BYTES wait in memory per peer.
 RETURN_RCVHWM = 2
 # Largest message each socket receives, in bytes: a sealed result on the
-# return socket, a key request on the key port. libzmq applies the limit to
-# the handshake's commands too, and a SUB's CURVE INITIATE is about 290
-# bytes (measured: 256 fails, 300 works): the publish socket allows that
-# much, and on_xpub() refuses anything but the minion's own topic.
-PUBLISH_MAX_IN = 300
+# return socket, a key request on the key port (the publish socket's is
+# master/publish.py PUBLISH_MAX_IN).
 RETURN_MAX_IN = MAX_RESULT_BYTES + MAX_ENVELOPE_OVERHEAD
 KEY_MAX_IN = MAX_KEY_PORT_BYTES
 # Seconds `git rev-parse` may take to name the repository's commit.
@@ -219,13 +189,6 @@ class Run:
     tally: Tally = field(default_factory=Tally)
 
 
-@dataclass
-class Presence:
-    last_seen: float  # monotonic
-    interval: float  # the minion's heartbeat interval, seconds (at most MAX_HEARTBEAT_INTERVAL)
-    busy: str | None = None  # the job it said it is applying
-
-
 class Master:
     def __init__(
         self, settings: MasterSettings, *, loop: Loop, ctx: zmq.Context, clock: Any = time.time
@@ -241,20 +204,17 @@ class Master:
         self.db = open_db(settings.state_dir)
         self.jobs = JobStore(self.db)
         self.keystore = KeyStore(self.db)
-        self.public: dict[str, PublicKeys] = {}  # accepted minions' keys, as objects
-        self.presence: dict[str, Presence] = {}
         # Every open (job, host): what is published when, and when a host
         # becomes "no response"; it asks for that through the methods under
         # "lifecycle effects" below.
         self.lifecycle = Lifecycles(self)
         self._wake: Timer | None = None  # the lifecycle's next wake-up
         self._wake_when = math.inf  # its time, unix
-        self._fresh: dict[tuple[str, str], bytes] = {}  # envelopes of the job being started
         self.runs: dict[str, Run] = {}
         self.last_jid = self.jobs.last_jid()
         self.peer_log = PeerLog(log, loop.clock)
-        self.tables: dict[str, ConnectionTable] = {}
-        self.monitors: list[Monitor] = []
+        self.peers = Peers(ctx, loop, self.keystore, self.peer_log)
+        self.publisher = Publisher(self.peers, self.keystore, self.jobs, self.lifecycle, clock)
         self.zap: Zap | None = None
         self.enrol_by_key = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
         self.enrol_by_conn = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
@@ -262,7 +222,6 @@ class Master:
         self.new_keys = Bucket(NEW_KEY_RATE, NEW_KEY_BURST, loop.clock())
         self.key_requests = Bucket(KEY_REQUEST_RATE, KEY_REQUEST_BURST, loop.clock())
         self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
-        self.penalised: dict[bytes, float] = {}  # transport key -> refused on publish until
         self.network = Dispatcher(
             Channel.NETWORK,
             {
@@ -277,7 +236,6 @@ class Master:
             MsgType.KEYS: self.on_keys,
             MsgType.JOBS: self.on_jobs,
         }
-        self.xpub: zmq.Socket | None = None
         self.router: zmq.Socket | None = None
         self.key_sock: zmq.Socket | None = None
         self.control: ControlServer | None = None
@@ -305,28 +263,18 @@ class Master:
         # The ZAP handler first: libzmq lets every key in while none is bound.
         self.zap = Zap(self.ctx, self.loop, self.zap_decide)
         secret = self.keys.curve_secret().reveal()
-        self.xpub = self._bind(
-            zmq.XPUB, f"tcp://{host}:{s.publish_port}", PUBLISH_MAX_IN, cap, DOMAIN_PUBLISH, secret
-        )
-        # Subscriptions are ours to apply (XPUB_MANUAL), each one reported (VERBOSE).
-        self.xpub.setsockopt(zmq.XPUB_MANUAL, 1)
-        self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.xpub.setsockopt(zmq.SNDHWM, PUBLISH_HWM)
-        # Subscriptions waiting to be read, per connection: an honest minion
-        # sends one; a flood stays in its own TCP buffers, not in our memory.
-        self.xpub.setsockopt(zmq.RCVHWM, PUBLISH_RCVHWM)
-        self.router = self._bind(
+        self.publisher.open(f"tcp://{host}:{s.publish_port}", cap, secret)
+        self.router = self.peers.bind(
             zmq.ROUTER, f"tcp://{host}:{s.return_port}", RETURN_MAX_IN, cap, DOMAIN_RETURN, secret
         )
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.router.setsockopt(zmq.RCVHWM, RETURN_RCVHWM)
-        self.key_sock = self._bind(
+        self.key_sock = self.peers.bind(
             zmq.ROUTER, f"tcp://{host}:{s.key_port}", KEY_MAX_IN, cap, DOMAIN_KEY, None
         )
         self.control = ControlServer(
             s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
         )
-        self.loop.add_reader(self.xpub, self.on_xpub)
         self.loop.add_reader(self.router, self.on_router)
         self.loop.add_reader(self.key_sock, self.on_key_request)
         now = self.clock()
@@ -339,7 +287,7 @@ class Master:
             log.info("re-publishing %d envelopes of unfinished jobs", unreceived)
         self._timers = [
             self.loop.call_every(SEQ_FLUSH, self.keystore.flush),
-            self.loop.call_every(STALE_CHECK_INTERVAL, self.cut_stale),
+            self.loop.call_every(STALE_CHECK_INTERVAL, self.peers.cut_stale),
             self.loop.call_every(RETENTION_INTERVAL, self.purge_old_jobs),
         ]
         self.purge_old_jobs()
@@ -354,36 +302,6 @@ class Master:
             self.keys.fingerprint(),
         )
 
-    def _bind(
-        self,
-        kind: int,
-        address: str,
-        max_in: int,
-        cap: int,
-        domain: str,
-        curve_secret: bytes | None,
-    ) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_in)
-        if curve_secret is not None:
-            curve_server(sock, curve_secret, domain)
-        else:
-            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
-        idle = KEY_PORT_IDLE if curve_secret is None else UNKNOWN_IDLE
-        table = self.tables[domain] = ConnectionTable(cap, idle)
-        self.monitors.append(
-            Monitor(sock, table, self.loop, domain, self.loop.clock, self.peer_log)
-        )
-        try:
-            sock.bind(address)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            raise SafcmError(f"cannot listen on {address}: {e.strerror}") from e
-        return sock
-
     def close(self) -> None:
         for timer in self._timers:
             timer.cancel()
@@ -394,9 +312,9 @@ class Master:
             self.keystore.flush()
         if self.control is not None:
             self.control.close()
-        for monitor in self.monitors:
-            monitor.close()
-        for sock in (self.xpub, self.router, self.key_sock):
+        self.peers.close()
+        self.publisher.close()
+        for sock in (self.router, self.key_sock):
             if sock is not None:
                 self.loop.remove_reader(sock)
                 sock.close(0)
@@ -409,7 +327,7 @@ class Master:
     def zap_decide(self, domain: str, address: str, curve_key: bytes) -> str | None:
         """The User-Id for a CURVE handshake with `curve_key`, or None to refuse it."""
         accepted = self.keystore.accepted_by_curve(curve_key) is not None
-        if domain == DOMAIN_PUBLISH and self.penalised.get(curve_key, 0.0) > self.loop.clock():
+        if domain == DOMAIN_PUBLISH and self.publisher.refused(curve_key):
             self.peer_log.warning(
                 "refused a connection from %s to the publish socket: its key sent "
                 "subscriptions not its own less than %.0f s ago",
@@ -427,7 +345,7 @@ class Master:
         if accepted:
             return curve_key.hex()
         if domain == DOMAIN_RETURN:
-            if self.tables[DOMAIN_RETURN].room_for_unknown():
+            if self.peers.tables[DOMAIN_RETURN].room_for_unknown():
                 return curve_key.hex()
             self.peer_log.warning(
                 "refused a connection from %s to the return socket: too many connections "
@@ -441,42 +359,6 @@ class Master:
             domain,
         )
         return None
-
-    def cut_stale(self) -> None:
-        now = self.loop.clock()
-        for monitor in self.monitors:
-            for conn in monitor.table.stale(now):
-                monitor.cut(conn, "idle, or never said who it is")
-
-    def _cut_key(self, key: MinionKey) -> None:
-        """Close every connection of a key that is no longer accepted."""
-        if key.curve_pub is None:
-            return
-        for monitor in self.monitors:
-            for conn in monitor.table.forget_key(key.curve_pub.hex()):
-                monitor.cut(conn, f"the key of {key.id} is no longer accepted")
-
-    def _penalise(self, curve_key: bytes) -> None:
-        self.penalised.pop(curve_key, None)
-        self.penalised[curve_key] = self.loop.clock() + PUBLISH_PENALTY
-        while len(self.penalised) > MAX_PENALISED_KEYS:
-            del self.penalised[next(iter(self.penalised))]
-
-    def _cut_fd(self, domain: str, fd: int, reason: str) -> None:
-        for monitor in self.monitors:
-            conn = monitor.table.conns.get(fd)
-            if monitor.name == domain and conn is not None:
-                monitor.cut(conn, reason)
-
-    def _noted(self, domain: str, frame: zmq.Frame, known: bool) -> str | None:
-        """The transport key (hex) that sent `frame`, noted in the socket's
-        table; None if the connection must go (and it was cut)."""
-        key = _user_id(frame)
-        fd = frame.get(zmq.SRCFD)
-        if self.tables[domain].active(fd, key, known, self.loop.clock()):
-            self._cut_fd(domain, fd, "its key holds too many connections")
-            return None
-        return key
 
     # ---- periodic work ----
 
@@ -494,47 +376,7 @@ class Master:
     # ---- publishing ----
 
     def publish(self, jid: str, host: str) -> None:
-        """Publish one envelope (that of the job being started, or read from the job store)."""
-        envelope = self._fresh.get((jid, host)) or self.jobs.envelope(jid, host)
-        if envelope is None:  # received meanwhile
-            return
-        # A full subscriber queue drops the message; the next re-publish tries again.
-        with contextlib.suppress(zmq.Again):
-            _started(self.xpub).send_multipart([topic_for(host), envelope], zmq.NOBLOCK)
-
-    def on_xpub(self) -> None:
-        """Subscriptions: each applied only if it is the topic of the accepted
-        minion whose connection sent it (XPUB_MANUAL applies a SUBSCRIBE to
-        the connection of the last message read)."""
-        xpub = _started(self.xpub)
-        while True:
-            try:
-                frame = xpub.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            event = frame.bytes
-            if event[:1] != b"\x01":
-                continue  # an unsubscription; libzmq drops a closed connection's own
-            key = self.keystore.accepted_by_curve(bytes.fromhex(_user_id(frame)))
-            if self._noted(DOMAIN_PUBLISH, frame, known=key is not None) is None:
-                continue
-            topic = event[1:]
-            if key is None or topic != topic_for(key.id):
-                # libzmq keeps every subscription it hands us (XPUB_MANUAL), applied
-                # or not: a connection that sends one an honest minion never would
-                # is cut, so junk subscriptions cannot pile up in its memory.
-                who = "a key no longer accepted" if key is None else key.id
-                self.peer_log.warning(
-                    "refused a subscription of %s to a topic that is not its own; "
-                    "closing that connection",
-                    who,
-                )
-                self._cut_fd(DOMAIN_PUBLISH, frame.get(zmq.SRCFD), "a subscription not its own")
-                self._penalise(bytes.fromhex(_user_id(frame)))
-                continue
-            xpub.setsockopt(zmq.SUBSCRIBE, topic)
-            self.peer_log.log(logging.DEBUG, "subscription of %s applied", key.id)
-            self.lifecycle.subscribed(key.id, self.clock())
+        self.publisher.publish(jid, host)
 
     # ---- the key port ----
 
@@ -548,7 +390,7 @@ class Master:
             if len(parts) != 2:
                 continue
             # A connection that asked is no longer a silent one (what the cap evicts).
-            self.tables[DOMAIN_KEY].active(
+            self.peers.tables[DOMAIN_KEY].active(
                 parts[1].get(zmq.SRCFD), "key port", False, self.loop.clock()
             )
             frames = [p.bytes for p in parts]
@@ -591,9 +433,9 @@ class Master:
 
     def _route(self, peer: bytes, frame: zmq.Frame) -> None:
         self._peer = peer
-        curve_key = bytes.fromhex(_user_id(frame))
+        curve_key = bytes.fromhex(user_id(frame))
         key = self.keystore.accepted_by_curve(curve_key)
-        if self._noted(DOMAIN_RETURN, frame, known=key is not None) is None:
+        if self.peers.noted(DOMAIN_RETURN, frame, known=key is not None) is None:
             return
         data = frame.bytes
         who = key.id if key is not None else f"key {curve_key.hex()[:16]}"
@@ -638,7 +480,7 @@ class Master:
         if claimed != key.id:
             raise ProtocolError(f"claims to be from {claimed!r} on the connection of {key.id}")
         verified = verify_message_at(
-            data, me=MASTER_ID, sender_keys=self._minion_keys, now=self.clock()
+            data, me=MASTER_ID, sender_keys=self.peers.minion_keys, now=self.clock()
         )
         if verified.spec.type is MsgType.RESULT and not self._wants_result(verified, key.id):
             return
@@ -684,21 +526,11 @@ class Master:
                 sender=MASTER_ID,
                 sender_keys=self.keys,
                 recipient=minion,
-                recipient_keys=self.public[minion],
+                recipient_keys=self.peers.public[minion],
                 now=now,
                 ttl=MESSAGE_TTL,
             )
         )
-
-    def _minion_keys(self, sender: str) -> PublicKeys | None:
-        """The keys a sealed message from `sender` must be signed with: accepted ones only."""
-        keys = self.public.get(sender)
-        if keys is None:
-            key = self.keystore.accepted(sender)
-            if key is None or key.public is None:
-                return None
-            keys = self.public[sender] = key.public
-        return keys
 
     # ---- network handlers ----
 
@@ -748,7 +580,7 @@ class Master:
                 )
             self.keystore.touch(minion, now)  # a pending minion that knocks is seen
             if self.keystore.accepted(minion) is None:
-                self.public.pop(minion, None)
+                self.peers.public.pop(minion, None)
         reply = make_enrol_reply(minion, wire_state, self.keys, nonce=msg.body["nonce"], now=now)
         self._reply(encode_plain(MsgType.ENROL_REPLY, reply))
 
@@ -762,9 +594,11 @@ class Master:
             raise ProtocolError(
                 f"heartbeat {seq} of {minion} is not newer than its last, {key.seq} (a replay)"
             )
-        if minion not in self.presence:
+        if minion not in self.peers.presence:
             self.peer_log.info("minion %s is connected (version %s)", minion, msg.body["version"])
-        self.presence[minion] = Presence(self.loop.clock(), msg.body["interval"], msg.body["busy"])
+        self.peers.presence[minion] = Presence(
+            self.loop.clock(), msg.body["interval"], msg.body["busy"]
+        )
         self.keystore.touch(minion, self.clock(), seq)
         self._reply_sealed(minion, MsgType.HEARTBEAT_REPLY, {"time": self.clock()})
 
@@ -931,30 +765,24 @@ class Master:
         now = self.clock()
         jid = new_jid(now, self.last_jid)
         deadline = now + timeout
-        ttl = math.ceil(timeout) + ENVELOPE_SLACK
         envelopes = {}
         plans = {}
         for host in resolved.hosts:
             job = {"module": module, "dry_run": dry_run, "deadline": deadline}
             job.update(_job_files(configs.get(host)))
             plans[host] = Plan.of_job(job)
-            recipient_keys = self._minion_keys(host)
+            recipient_keys = self.peers.minion_keys(host)
             if recipient_keys is None:  # accepted, but enrolled before CURVE
                 raise SafcmError(f"host {host}: its key has no transport key; it must enrol again")
-            try:
-                envelopes[host] = seal_message_at(
-                    MsgType.JOB,
-                    job,
-                    jid=jid,
-                    sender=MASTER_ID,
-                    sender_keys=self.keys,
-                    recipient=host,
-                    recipient_keys=recipient_keys,
-                    now=now,
-                    ttl=ttl,
-                )
-            except ProtocolError as e:
-                raise ConfigError(f"host {host}: its job cannot be sent: {e}") from e
+            envelopes[host] = seal_job(
+                self.keys,
+                job,
+                jid=jid,
+                host=host,
+                recipient_keys=recipient_keys,
+                now=now,
+                timeout=timeout,
+            )
         record = JobRecord(
             jid,
             now,
@@ -991,11 +819,11 @@ class Master:
         run = Run(jid, resolved.hosts, [conn])
         self.runs[jid] = run
         conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
-        self._fresh = {(jid, host): envelope for host, envelope in envelopes.items()}
+        self.publisher.fresh = {(jid, host): envelope for host, envelope in envelopes.items()}
         try:
             self.lifecycle.start(jid, resolved.hosts, deadline, now)  # published at once
         finally:
-            self._fresh = {}
+            self.publisher.fresh = {}
 
     # ---- lifecycle effects: what master/lifecycle.py asks for ----
 
@@ -1100,7 +928,7 @@ class Master:
                 f"presents a new key ({claims[-1].fingerprint}): compare fingerprints, "
                 f"then 'safcm-master keys accept {host} --fingerprint FP'"
             )
-        if not self._connected(host):
+        if not self.peers.connected(host):
             seen = (
                 "never seen"
                 if key is None or key.last_seen is None
@@ -1110,24 +938,19 @@ class Master:
                 )
             )
             return f"not connected ({seen}); the job waits for it until its deadline"
-        busy = self.presence[host].busy
+        busy = self.peers.presence[host].busy
         if busy is not None:
             return f"busy with job {busy}; this job is queued behind it"
         return None
 
-    def _connected(self, host: str) -> bool:
-        seen = self.presence.get(host)
-        return seen is not None and self.loop.clock() - seen.last_seen < LIVENESS * seen.interval
-
     def _forget(self, key: MinionKey) -> None:
-        """A key stopped being accepted: drop what was kept for it, and cut its connections."""
-        self.public.pop(key.id, None)
-        self.presence.pop(key.id, None)
-        self._cut_key(key)
+        """A key stopped being accepted: drop what was kept for it, cut its
+        connections, and publish nothing more to it."""
+        self.peers.forget(key)
         self.lifecycle.forget_host(key.id)
 
     def _key_row(self, key: MinionKey) -> dict[str, Any]:
-        connected = key.state is KeyState.ACCEPTED and self._connected(key.id)
+        connected = key.state is KeyState.ACCEPTED and self.peers.connected(key.id)
         return {
             "id": key.id,
             "state": str(key.state),
@@ -1197,12 +1020,6 @@ def _started(sock: zmq.Socket | None) -> zmq.Socket:
     if sock is None:
         raise RuntimeError("the master's sockets are used before Master.start()")
     return sock
-
-
-def _user_id(frame: zmq.Frame) -> str:
-    """The User-Id our ZAP handler gave the frame's connection: the peer's
-    transport key, in hex. (Named as bytes, the property is typed str.)"""
-    return frame.get(b"User-Id")
 
 
 def _connection_cap(wanted: int) -> int:
