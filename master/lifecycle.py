@@ -25,11 +25,11 @@ master/jobstore.py keeps the same names):
 Anything else is ignored: a receipt or progress once the host has answered,
 a second receipt, a second copy of a result while the first is stored.
 
-Only open (job, host) pairs (sent, received) are kept in memory; the others
-live in the job store alone, and `Effects.stored_state` reads them when a
-late or duplicate result arrives. A restarted master rebuilds the open ones
-from the store (restore()); their progress extensions are lost, so the job's
-own deadline holds again.
+Only open (job, host) pairs (sent, received) are kept in memory, and a late
+result while it is stored; the others live in the job store alone, and
+`Effects.stored_state` reads them when a late or duplicate result arrives.
+A restarted master rebuilds the open ones from the store (restore()); their
+progress extensions are lost, so the job's own deadline holds again.
 
 Time is passed in to every input (`now`, unix time: deadlines are stored as
 such). The machine asks for what must happen through an `Effects` object: the
@@ -191,10 +191,6 @@ class Lifecycles:
         """The state of an open (job, host), or None if it is not open."""
         item = self._open.get((jid, host))
         return None if item is None else item.state
-
-    def unreceived(self) -> int:
-        """Envelopes still re-published, waiting for their receipt."""
-        return sum(1 for item in self._open.values() if item.publishing)
 
     # ---- inputs ----
 
