@@ -1,49 +1,25 @@
-"""The master daemon: keys, jobs, results and the control socket, in one loop.
+"""The master daemon: one loop, its sockets, and the parts that serve them.
 
-Sockets:
-
-    XPUB    publish_port, CURVE. Jobs, one sealed envelope per host, under that
-            host's topic. Only accepted minions complete the handshake (the
-            ZAP handler, master/transport.py), and each may subscribe to its
-            own topic only: XPUB_MANUAL hands us every subscription with the
-            User-Id of its connection, and we apply just the one that
-            matches. A (re)subscription gets the minion's undelivered
-            envelopes at once, at most once a second per envelope.
-    ROUTER  return_port, CURVE. Any key may connect, but an unknown one can
-            only enrol (plain ENROL_REQUEST, rate-limited per key and per
-            connection); everything else from it is dropped before any
-            decryption. Accepted minions send heartbeats, job receipts and
-            results; replies go back to the sender's routing id.
-    ROUTER  key_port, plain. A minion's first contact: KEY_REQUEST for the
-            master's public keys (with the CURVE key), signed, which the
-            minion checks against master_fingerprint before it connects.
-    control an AF_UNIX socket for the CLI (master/control.py).
+    socket             port          served by
+    XPUB, CURVE        publish_port  master/publish.py  jobs, one sealed envelope per host
+    ROUTER, CURVE      return_port   master/intake.py   enrolment, heartbeats, receipts,
+                                                        progress and results
+    ROUTER, plain      key_port      master/keys.py     the master's public keys
+    control (AF_UNIX)  control_path  master/control.py  the CLI: RUN (master/runs.py),
+                                                        KEYS (master/keys.py),
+                                                        JOBS (master/history.py)
 
 The sealed, signed envelopes (common/crypto.py) travel end to end inside the
 CURVE transport: CURVE keeps strangers out and hides traffic and metadata
 (topics, jids, sizes); the envelopes keep each job readable by its one host
 and make every message verifiable on its own, also from the job history.
+Which keys may finish a CURVE handshake is decided here (zap_decide), for
+every socket; who is connected is master/peers.py's.
 
-A message from the return socket is checked in order of cost: the
-transport key named by libzmq (User-Id), the frame's size against the limit
-of the type it claims, the claimed sender against that key, the signature,
-then the job's state for this host (a result already stored is confirmed
-again without being decrypted), and only then decryption and unpacking.
-
-A job is compiled for every targeted host, sealed to each host alone, and
-stored with its envelopes (master/jobstore.py) before the first publish. An
-envelope is re-published with backoff until its receipt arrives or the job's
-deadline passes; at the deadline the hosts without a result are recorded as
-"no response". A result is checked against the job store (sent to that host,
-not already stored), stored, and only then acknowledged; results that arrive
-together are stored in one transaction. Each stored result is streamed to the
-CLI that started the job, if it is still connected. A minion still working on
-a job when its deadline nears (triggers may take longer than the timeout)
-sends JOB_PROGRESS, and that host's deadline moves PROGRESS_GRACE ahead, up to
-MAX_DEADLINE_EXTENSION past the job's; the CLI hears of it (RUN_PROGRESS).
-
-Presence comes only from authenticated heartbeats: a minion counts as
-connected while its heartbeats keep coming, never because of an address.
+The state of each (job, host), sent -> received -> done or no response, with
+its re-publish schedule and deadline, is master/lifecycle.py's: the parts
+above feed it what arrives, and it asks for what must happen through the
+"lifecycle effects" of Master, which route each to the part that does it.
 """
 
 from __future__ import annotations
@@ -55,156 +31,36 @@ import os
 import resource
 import signal
 import sqlite3
-import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
-from safcm.common import codec, keyfile
+from safcm.common import keyfile
 from safcm.common import log as safcm_log
-from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, PublicKeys, peek_header
-from safcm.common.errors import (
-    ConfigError,
-    EnvelopeError,
-    ProtocolError,
-    SafcmError,
-    UsageError,
-)
-from safcm.common.loop import Loop
-from safcm.common.protocol import (
-    MASTER_ID,
-    MAX_KEY_PORT_BYTES,
-    MAX_PLAIN_NETWORK_BYTES,
-    MAX_RESULT_BYTES,
-    NO_RESPONSE,
-    Channel,
-    Dispatcher,
-    Message,
-    Module,
-    MsgType,
-    VerifiedMessage,
-    decode_plain,
-    encode_plain,
-    is_sealed,
-    make_enrol_reply,
-    make_key_reply,
-    new_jid,
-    seal_message_at,
-    topic_for,
-    verify_enrol_request,
-    verify_message_at,
-)
-from safcm.common.protocol import KeyState as WireKeyState
-from safcm.common.ratelimit import Bucket, Buckets, PeerLog
-from safcm.master import repocache, targets
-from safcm.master.compiler import HostConfig, compile_hosts
+from safcm.common.errors import ConfigError, SafcmError, UsageError
+from safcm.common.loop import Loop, Timer
+from safcm.common.protocol import Message, MsgType, new_jid
+from safcm.common.ratelimit import PeerLog
 from safcm.master.control import ControlConnection, ControlServer
 from safcm.master.db import open_db
-from safcm.master.jobstore import (
-    HostState,
-    JobRecord,
-    JobStore,
-    Plan,
-    StoredResult,
-)
-from safcm.master.keystore import KeyState, KeyStore, MinionKey
-from safcm.master.outcomes import change_count, host_status, outcome
-from safcm.master.render import Tally
+from safcm.master.history import History
+from safcm.master.intake import Intake
+from safcm.master.jobstore import HostState, JobStore
+from safcm.master.keys import KeyService
+from safcm.master.keystore import KeyStore
+from safcm.master.lifecycle import Lifecycles
+from safcm.master.peers import Peers
+from safcm.master.publish import PUBLISH_PENALTY, Publisher
+from safcm.master.runs import Runs
 from safcm.master.settings import MasterSettings
-from safcm.master.transport import (
-    DOMAIN_KEY,
-    DOMAIN_PUBLISH,
-    DOMAIN_RETURN,
-    HANDSHAKE_IVL_MS,
-    KEY_PORT_IDLE,
-    UNKNOWN_IDLE,
-    ZMTP_HEARTBEAT_IVL_MS,
-    ZMTP_HEARTBEAT_TIMEOUT_MS,
-    ConnectionTable,
-    Monitor,
-    Zap,
-    curve_server,
-)
+from safcm.master.transport import DOMAIN_PUBLISH, DOMAIN_RETURN, Zap
 
 log = logging.getLogger("safcm-master")
 
-# Re-publishing an envelope without receipt: first after this many seconds,
-# then doubling up to REPUBLISH_MAX. A minion that (re)subscribes is served at
-# once (XPUB), so this only covers a message lost on a live subscription; an
-# early retry would mostly hit minions still busy with the first copy (the
-# fan-out benchmark saw hundreds of such duplicates at 0.5 s).
-REPUBLISH_FIRST = 5.0
-REPUBLISH_MAX = 30.0
-# How often the loop looks for envelopes to re-publish and jobs past their
-# deadline, in seconds.
-TICK = 0.25
-# A minion counts as connected while its last heartbeat is younger than this
-# many of its heartbeat intervals (it reports its interval in each heartbeat).
-LIVENESS = 3
-# Lifetime of the master's own small sealed messages, in seconds.
-MESSAGE_TTL = 60
-# Seconds added to a job's timeout for its envelope's lifetime, so an envelope
-# received just before the deadline can still be opened (clock skew).
-ENVELOPE_SLACK = 5
-# Messages read from the ROUTER per wake-up before results are committed:
-# results that arrive together share one fsync.
-ROUTER_BATCH = 512
 # How often old jobs are deleted (keep_jobs), in seconds.
 RETENTION_INTERVAL = 3600.0
-# Messages ZeroMQ may queue per subscriber before it drops (then re-publish
-# helps). Each subscriber gets its own topic only, so this holds a few of one
-# host's envelopes: a stalled subscriber costs little.
-PUBLISH_HWM = 16
-PUBLISH_RCVHWM = 8
-# Seconds a key whose publish connection was cut for a subscription not its
-# own is refused at the handshake there. libzmq keeps every subscription it
-# reads (XPUB_MANUAL too) until the connection ends, and a SUB or XSUB
-# re-sends all of its subscriptions on each reconnect: without this, a
-# minion could refill that memory ten times a second. An honest minion never
-# sends such a subscription.
-PUBLISH_PENALTY = 60.0
-# Keys remembered in that penalty box at most (the oldest go first).
-MAX_PENALISED_KEYS = 10_000
-# Messages ZeroMQ may queue from one connection of the return socket before
-# it stops reading that connection (TCP then pushes back): at most this many
-# results of MAX_RESULT_BYTES wait in memory per peer.
-RETURN_RCVHWM = 2
-# Largest message each socket receives, in bytes: a sealed result on the
-# return socket, a key request on the key port. libzmq applies the limit to
-# the handshake's commands too, and a SUB's CURVE INITIATE is about 290
-# bytes (measured: 256 fails, 300 works): the publish socket allows that
-# much, and on_xpub() refuses anything but the minion's own topic.
-PUBLISH_MAX_IN = 300
-RETURN_MAX_IN = MAX_RESULT_BYTES + MAX_ENVELOPE_OVERHEAD
-KEY_MAX_IN = MAX_KEY_PORT_BYTES
-# A subscription re-publishes the envelopes waiting for that minion, but one
-# envelope at most once per this many seconds: re-subscribing in a loop
-# costs the master nothing more.
-RESUBSCRIBE_MIN_INTERVAL = 1.0
-# Seconds `git rev-parse` may take to name the repository's commit.
-GIT_TIMEOUT = 5.0
-# Enrolment requests: per transport key and per connection, per second and
-# burst (a minion sends one per heartbeat interval while it is not accepted,
-# and one as a hello after each reconnect; the tables of keys are bounded),
-# and for all keys that are not accepted together, since each costs a
-# signature check and may cost a database write.
-ENROL_RATE = 5.0
-ENROL_BURST = 20.0
-ENROL_KEYS = 20_000
-ENROL_GLOBAL_RATE = 200.0
-ENROL_GLOBAL_BURST = 400.0
-# New pending keys per second and burst, for all ids together: each is a
-# database write, and MAX_PENDING_KEYS of them block every later newcomer, so
-# a flood of invented ids fills that table at this pace at most.
-NEW_KEY_RATE = 50.0
-NEW_KEY_BURST = 1000.0
-# Key requests on the key port, per second and burst, for everyone together:
-# each costs a signature (about 50 us), and a minion asks before each
-# connection, so a restarted master hears from its whole fleet at once.
-KEY_REQUEST_RATE = 1000.0
-KEY_REQUEST_BURST = 2000.0
 # How often connections that never identified themselves, or unknown keys
 # that went quiet, are cut (master/transport.py), in seconds.
 STALE_CHECK_INTERVAL = 5.0
@@ -212,85 +68,19 @@ STALE_CHECK_INTERVAL = 5.0
 # no result commit carried them, in seconds: a replay of a heartbeat from the
 # last second before a crash is the most a restart can let through.
 SEQ_FLUSH = 1.0
-# Results read in one wake-up are stored together, up to this many bytes,
-# then committed: a burst of large results never piles up in memory.
-BATCH_BYTES = 16 * 1024 * 1024
 # Descriptors kept free of network connections: the database, the control
 # socket and its clients, libzmq's own.
 RESERVED_FDS = 256
-# A minion still working on a job (JOB_PROGRESS, every few seconds) keeps that
-# host's deadline at least this many seconds ahead: three of its reports (see
-# minion/daemon.py PROGRESS_INTERVAL), so one or two lost do not end it.
-PROGRESS_GRACE = 15.0
-# Seconds past the job's own deadline that progress can extend a host's, at
-# most: longer than any sane set of triggers (120 of them each hitting the
-# minion's 30 s trigger_timeout), and a bound on how long a minion can keep a
-# run open. Past it the host is "no response"; a later result is still stored.
-MAX_DEADLINE_EXTENSION = 3600.0
-
-
-@dataclass
-class Pending:
-    """An envelope waiting for its receipt. The envelope itself stays in the
-    job store, not in memory: a job for thousands of hosts would not fit."""
-
-    jid: str
-    host: str
-    topic: bytes
-    deadline: float
-    next_send: float = 0.0
-    delay: float = REPUBLISH_FIRST
-    last_sent: float = -math.inf  # monotonic; for the re-subscription rate limit
-
-
-class Outbox:
-    """The envelopes waiting for receipts, by (jid, host) and by topic."""
-
-    def __init__(self) -> None:
-        self.items: dict[tuple[str, str], Pending] = {}
-        self._by_topic: dict[bytes, set[tuple[str, str]]] = {}
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, jid: str, host: str, deadline: float) -> Pending:
-        item = self.items[(jid, host)] = Pending(jid, host, topic_for(host), deadline)
-        self._by_topic.setdefault(item.topic, set()).add((jid, host))
-        return item
-
-    def remove(self, jid: str, host: str) -> None:
-        item = self.items.pop((jid, host), None)
-        if item is not None:
-            keys = self._by_topic[item.topic]
-            keys.discard((jid, host))
-            if not keys:
-                del self._by_topic[item.topic]
-
-    def for_topic(self, topic: bytes) -> list[Pending]:
-        return [self.items[key] for key in self._by_topic.get(topic, ())]
-
-
-@dataclass
-class Run:
-    """A job some CLI waits on: which hosts have answered."""
-
-    jid: str
-    hosts: list[str]
-    waiting: set[str]
-    watchers: list[ControlConnection] = field(default_factory=list)
-    tally: Tally = field(default_factory=Tally)
-
-
-@dataclass
-class Presence:
-    last_seen: float  # monotonic
-    interval: float  # the minion's heartbeat interval, seconds (at most MAX_HEARTBEAT_INTERVAL)
-    busy: str | None = None  # the job it said it is applying
 
 
 class Master:
     def __init__(
-        self, settings: MasterSettings, *, loop: Loop, ctx: zmq.Context, clock: Any = time.time
+        self,
+        settings: MasterSettings,
+        *,
+        loop: Loop,
+        ctx: zmq.Context,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.loop = loop
@@ -303,61 +93,38 @@ class Master:
         self.db = open_db(settings.state_dir)
         self.jobs = JobStore(self.db)
         self.keystore = KeyStore(self.db)
-        self.public: dict[str, PublicKeys] = {}  # accepted minions' keys, as objects
-        self.presence: dict[str, Presence] = {}
-        self.pending = Outbox()
-        self.runs: dict[str, Run] = {}
-        # Deadlines of jobs with hosts that have not answered, also jobs from
-        # before a restart: when one passes, those hosts become "no response".
-        self.deadlines: dict[str, float] = {}
-        # Hosts still working past their job's deadline (JOB_PROGRESS):
-        # (jid, host) -> (extended deadline, the most it may be extended to).
-        # Kept in memory only: after a restart the job's deadline holds again.
-        self.extended: dict[tuple[str, str], tuple[float, float]] = {}
-        self.last_jid = self.jobs.last_jid()
         self.peer_log = PeerLog(log, loop.clock)
-        self.tables: dict[str, ConnectionTable] = {}
-        self.monitors: list[Monitor] = []
-        self.zap: Zap | None = None
-        self.enrol_by_key = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
-        self.enrol_by_conn = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
-        self.enrol_unknown = Bucket(ENROL_GLOBAL_RATE, ENROL_GLOBAL_BURST, loop.clock())
-        self.new_keys = Bucket(NEW_KEY_RATE, NEW_KEY_BURST, loop.clock())
-        self.key_requests = Bucket(KEY_REQUEST_RATE, KEY_REQUEST_BURST, loop.clock())
-        self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
-        self.penalised: dict[bytes, float] = {}  # transport key -> refused on publish until
-        self.network = Dispatcher(
-            Channel.NETWORK,
-            {
-                MsgType.HEARTBEAT: self.on_heartbeat,
-                MsgType.JOB_RECEIPT: self.on_job_receipt,
-                MsgType.RESULT: self.on_result,
-                MsgType.JOB_PROGRESS: self.on_job_progress,
-            },
+        self.peers = Peers(ctx, loop, self.keystore, self.peer_log)
+        # Every open (job, host): what is published when, and when a host
+        # becomes "no response"; it asks for that through the methods under
+        # "lifecycle effects" below.
+        self.lifecycle = Lifecycles(self)
+        self._wake: Timer | None = None  # the lifecycle's next wake-up
+        self._wake_when = math.inf  # its time, unix
+        self.publisher = Publisher(self.peers, self.keystore, self.jobs, self.lifecycle, clock)
+        self.intake = Intake(
+            settings, self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
         )
-        self.control_handlers = {
-            MsgType.RUN: self.on_run,
-            MsgType.KEYS: self.on_keys,
-            MsgType.JOBS: self.on_jobs,
+        self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
+        self.runs = Runs(
+            settings,
+            self.keys,
+            self.peers,
+            self.keystore,
+            self.jobs,
+            self.publisher,
+            self.lifecycle,
+            clock,
+        )
+        self.history = History(self.jobs)
+        self.control_handlers: dict[MsgType, Callable[[ControlConnection, Message], None]] = {
+            MsgType.RUN: self.runs.on_run,
+            MsgType.KEYS: self.key_service.on_keys,
+            MsgType.JOBS: self.history.on_jobs,
         }
-        self.xpub: zmq.Socket | None = None
-        self.router: zmq.Socket | None = None
-        self.key_sock: zmq.Socket | None = None
+        self.zap: Zap | None = None
         self.control: ControlServer | None = None
-        # Receipts and results read in this wake-up, stored together in one
-        # transaction (_store_batch); each result with the routing id its
-        # confirmation goes back to.
-        self._receipts: list[tuple[str, str]] = []
-        self._batch: dict[tuple[str, str], tuple[bytes, StoredResult]] = {}
-        self._batch_bytes = 0
-        # Routing id of the ROUTER message being handled: _reply() answers it.
-        # Handlers take only the message (the Dispatcher's contract), so the
-        # peer travels beside it.
-        self._peer = b""
-        # The packed body of the sealed message being handled, as it came: a
-        # result is stored as these bytes, not packed a second time.
-        self._plaintext = b""
-        self._timers: list[Any] = []
+        self._timers: list[Timer] = []
 
     # ---- life cycle ----
 
@@ -368,42 +135,23 @@ class Master:
         # The ZAP handler first: libzmq lets every key in while none is bound.
         self.zap = Zap(self.ctx, self.loop, self.zap_decide)
         secret = self.keys.curve_secret().reveal()
-        self.xpub = self._bind(
-            zmq.XPUB, f"tcp://{host}:{s.publish_port}", PUBLISH_MAX_IN, cap, DOMAIN_PUBLISH, secret
-        )
-        # Subscriptions are ours to apply (XPUB_MANUAL), each one reported (VERBOSE).
-        self.xpub.setsockopt(zmq.XPUB_MANUAL, 1)
-        self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.xpub.setsockopt(zmq.SNDHWM, PUBLISH_HWM)
-        # Subscriptions waiting to be read, per connection: an honest minion
-        # sends one; a flood stays in its own TCP buffers, not in our memory.
-        self.xpub.setsockopt(zmq.RCVHWM, PUBLISH_RCVHWM)
-        self.router = self._bind(
-            zmq.ROUTER, f"tcp://{host}:{s.return_port}", RETURN_MAX_IN, cap, DOMAIN_RETURN, secret
-        )
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.router.setsockopt(zmq.RCVHWM, RETURN_RCVHWM)
-        self.key_sock = self._bind(
-            zmq.ROUTER, f"tcp://{host}:{s.key_port}", KEY_MAX_IN, cap, DOMAIN_KEY, None
-        )
+        self.publisher.open(f"tcp://{host}:{s.publish_port}", cap, secret)
+        self.intake.open(f"tcp://{host}:{s.return_port}", cap, secret)
+        self.key_service.open(f"tcp://{host}:{s.key_port}", cap)
         self.control = ControlServer(
             s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
         )
-        self.loop.add_reader(self.xpub, self.on_xpub)
-        self.loop.add_reader(self.router, self.on_router)
-        self.loop.add_reader(self.key_sock, self.on_key_request)
         now = self.clock()
-        for record in self.jobs.expire(now):
-            log.info("job %s: %s did not answer before the deadline", *record)
-        for jid, host_id, deadline in self.jobs.unreceived(now):
-            self.pending.add(jid, host_id, deadline)  # the first tick publishes them
-        self.deadlines = self.jobs.open_deadlines()
-        if self.pending:
-            log.info("re-publishing %d envelopes of unfinished jobs", len(self.pending))
+        rows = self.jobs.open_hosts()
+        # Published again at the first wake-up; those past their deadline
+        # become "no response" then.
+        self.lifecycle.restore(rows, now)
+        unreceived = sum(1 for r in rows if r.state is HostState.SENT and r.deadline > now)
+        if unreceived:
+            log.info("re-publishing %d envelopes of unfinished jobs", unreceived)
         self._timers = [
-            self.loop.call_every(TICK, self.tick),
             self.loop.call_every(SEQ_FLUSH, self.keystore.flush),
-            self.loop.call_every(STALE_CHECK_INTERVAL, self.cut_stale),
+            self.loop.call_every(STALE_CHECK_INTERVAL, self.peers.cut_stale),
             self.loop.call_every(RETENTION_INTERVAL, self.purge_old_jobs),
         ]
         self.purge_old_jobs()
@@ -418,60 +166,30 @@ class Master:
             self.keys.fingerprint(),
         )
 
-    def _bind(
-        self,
-        kind: int,
-        address: str,
-        max_in: int,
-        cap: int,
-        domain: str,
-        curve_secret: bytes | None,
-    ) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_in)
-        if curve_secret is not None:
-            curve_server(sock, curve_secret, domain)
-        else:
-            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
-        idle = KEY_PORT_IDLE if curve_secret is None else UNKNOWN_IDLE
-        table = self.tables[domain] = ConnectionTable(cap, idle)
-        self.monitors.append(
-            Monitor(sock, table, self.loop, domain, self.loop.clock, self.peer_log)
-        )
-        try:
-            sock.bind(address)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            raise SafcmError(f"cannot listen on {address}: {e.strerror}") from e
-        return sock
-
     def close(self) -> None:
         for timer in self._timers:
             timer.cancel()
+        if self._wake is not None:
+            self._wake.cancel()
         with contextlib.suppress(sqlite3.Error):
-            self._store_batch()
+            self.intake.store_batch()
             self.keystore.flush()
         if self.control is not None:
             self.control.close()
-        for monitor in self.monitors:
-            monitor.close()
-        for sock in (self.xpub, self.router, self.key_sock):
-            if sock is not None:
-                self.loop.remove_reader(sock)
-                sock.close(0)
+        self.peers.close()
+        self.publisher.close()
+        self.intake.close()
+        self.key_service.close()
         if self.zap is not None:
             self.zap.close()
         self.db.close()
 
-    # ---- the transport: who may connect, and which connections to cut ----
+    # ---- the transport: who may connect ----
 
     def zap_decide(self, domain: str, address: str, curve_key: bytes) -> str | None:
         """The User-Id for a CURVE handshake with `curve_key`, or None to refuse it."""
         accepted = self.keystore.accepted_by_curve(curve_key) is not None
-        if domain == DOMAIN_PUBLISH and self.penalised.get(curve_key, 0.0) > self.loop.clock():
+        if domain == DOMAIN_PUBLISH and self.publisher.refused(curve_key):
             self.peer_log.warning(
                 "refused a connection from %s to the publish socket: its key sent "
                 "subscriptions not its own less than %.0f s ago",
@@ -489,7 +207,7 @@ class Master:
         if accepted:
             return curve_key.hex()
         if domain == DOMAIN_RETURN:
-            if self.tables[DOMAIN_RETURN].room_for_unknown():
+            if self.peers.tables[DOMAIN_RETURN].room_for_unknown():
                 return curve_key.hex()
             self.peer_log.warning(
                 "refused a connection from %s to the return socket: too many connections "
@@ -504,501 +222,14 @@ class Master:
         )
         return None
 
-    def cut_stale(self) -> None:
-        now = self.loop.clock()
-        for monitor in self.monitors:
-            for conn in monitor.table.stale(now):
-                monitor.cut(conn, "idle, or never said who it is")
-
-    def _cut_key(self, key: MinionKey) -> None:
-        """Close every connection of a key that is no longer accepted."""
-        if key.curve_pub is None:
-            return
-        for monitor in self.monitors:
-            for conn in monitor.table.forget_key(key.curve_pub.hex()):
-                monitor.cut(conn, f"the key of {key.id} is no longer accepted")
-
-    def _penalise(self, curve_key: bytes) -> None:
-        self.penalised.pop(curve_key, None)
-        self.penalised[curve_key] = self.loop.clock() + PUBLISH_PENALTY
-        while len(self.penalised) > MAX_PENALISED_KEYS:
-            del self.penalised[next(iter(self.penalised))]
-
-    def _cut_fd(self, domain: str, fd: int, reason: str) -> None:
-        for monitor in self.monitors:
-            conn = monitor.table.conns.get(fd)
-            if monitor.name == domain and conn is not None:
-                monitor.cut(conn, reason)
-
-    def _noted(self, domain: str, frame: zmq.Frame, known: bool) -> str | None:
-        """The transport key (hex) that sent `frame`, noted in the socket's
-        table; None if the connection must go (and it was cut)."""
-        key = _user_id(frame)
-        fd = frame.get(zmq.SRCFD)
-        if self.tables[domain].active(fd, key, known, self.loop.clock()):
-            self._cut_fd(domain, fd, "its key holds too many connections")
-            return None
-        return key
-
     # ---- periodic work ----
-
-    def tick(self) -> None:
-        now = self.clock()
-        mono = self.loop.clock()
-        for item in list(self.pending.items.values()):
-            if item.deadline <= now:
-                self.pending.remove(item.jid, item.host)
-            elif item.next_send <= mono:
-                self._publish(item)
-        due = [jid for jid, deadline in self.deadlines.items() if deadline <= now]
-        ended = [key for key, (until, _) in self.extended.items() if until <= now]
-        if due or ended:
-            spare = {key for key in self.extended if key not in ended}
-            # May fail (database locked): nothing below changes, retried next tick.
-            expired = self.jobs.expire(now, spare=spare)
-            for jid in due:
-                del self.deadlines[jid]
-            for key in ended:
-                del self.extended[key]
-            for jid, host in expired:
-                log.info("job %s: no response from %s", jid, host)
-                self.pending.remove(jid, host)
-                run = self.runs.get(jid)
-                if run is not None and host in run.waiting:
-                    self._run_answered(run, host, NO_RESPONSE, None)
 
     def purge_old_jobs(self) -> None:
         cutoff = new_jid(self.clock() - self.settings.keep_jobs)
         removed = self.jobs.purge_before(cutoff)
         if removed:
-            self._stored_bytes.clear()  # quota use is counted again when next needed
+            self.intake.forget_quota()
             log.info("removed %d jobs older than keep_jobs", removed)
-
-    # ---- publishing ----
-
-    def _publish(self, item: Pending, envelope: bytes | None = None) -> None:
-        """Publish one envelope (read from the job store unless given)."""
-        if envelope is None:
-            envelope = self.jobs.envelope(item.jid, item.host)
-            if envelope is None:  # received or expired meanwhile
-                self.pending.remove(item.jid, item.host)
-                return
-        # A full subscriber queue drops the message; the next re-publish tries again.
-        with contextlib.suppress(zmq.Again):
-            _started(self.xpub).send_multipart([item.topic, envelope], zmq.NOBLOCK)
-        now = self.loop.clock()
-        item.last_sent = now
-        item.next_send = now + item.delay
-        item.delay = min(item.delay * 2, REPUBLISH_MAX)
-
-    def on_xpub(self) -> None:
-        """Subscriptions: each applied only if it is the topic of the accepted
-        minion whose connection sent it (XPUB_MANUAL applies a SUBSCRIBE to
-        the connection of the last message read)."""
-        xpub = _started(self.xpub)
-        while True:
-            try:
-                frame = xpub.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            event = frame.bytes
-            if event[:1] != b"\x01":
-                continue  # an unsubscription; libzmq drops a closed connection's own
-            key = self.keystore.accepted_by_curve(bytes.fromhex(_user_id(frame)))
-            if self._noted(DOMAIN_PUBLISH, frame, known=key is not None) is None:
-                continue
-            topic = event[1:]
-            if key is None or topic != topic_for(key.id):
-                # libzmq keeps every subscription it hands us (XPUB_MANUAL), applied
-                # or not: a connection that sends one an honest minion never would
-                # is cut, so junk subscriptions cannot pile up in its memory.
-                who = "a key no longer accepted" if key is None else key.id
-                self.peer_log.warning(
-                    "refused a subscription of %s to a topic that is not its own; "
-                    "closing that connection",
-                    who,
-                )
-                self._cut_fd(DOMAIN_PUBLISH, frame.get(zmq.SRCFD), "a subscription not its own")
-                self._penalise(bytes.fromhex(_user_id(frame)))
-                continue
-            xpub.setsockopt(zmq.SUBSCRIBE, topic)
-            self.peer_log.log(logging.DEBUG, "subscription of %s applied", key.id)
-            now = self.loop.clock()
-            for item in self.pending.for_topic(topic):
-                if now - item.last_sent >= RESUBSCRIBE_MIN_INTERVAL:
-                    self._publish(item)
-                else:  # sent just now: the tick sends it again soon, not each re-subscription
-                    item.next_send = min(item.next_send, item.last_sent + RESUBSCRIBE_MIN_INTERVAL)
-
-    # ---- the key port ----
-
-    def on_key_request(self) -> None:
-        key_sock = _started(self.key_sock)
-        while True:
-            try:
-                parts = key_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            if len(parts) != 2:
-                continue
-            # A connection that asked is no longer a silent one (what the cap evicts).
-            self.tables[DOMAIN_KEY].active(
-                parts[1].get(zmq.SRCFD), "key port", False, self.loop.clock()
-            )
-            frames = [p.bytes for p in parts]
-            if not self.key_requests.take(self.loop.clock()):
-                self.peer_log.warning(
-                    "key request dropped: more than %d a second", KEY_REQUEST_RATE
-                )
-                continue
-            try:
-                msg = decode_plain(frames[1], Channel.KEY)
-                if msg.type is not MsgType.KEY_REQUEST:
-                    raise ProtocolError(f"{msg.type.name} is not a request")
-            except ProtocolError as e:
-                self.peer_log.warning("dropped a message on the key port: %s", e)
-                continue
-            reply = make_key_reply(self.keys, nonce=msg.body["nonce"], now=self.clock())
-            with contextlib.suppress(zmq.Again):
-                key_sock.send_multipart(
-                    [frames[0], encode_plain(MsgType.KEY_REPLY, reply)], zmq.NOBLOCK
-                )
-
-    # ---- the return socket ----
-
-    def on_router(self) -> None:
-        router = _started(self.router)
-        for _ in range(ROUTER_BATCH):
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            if len(frames) != 2:
-                self.peer_log.warning(
-                    "dropped a message of %d frames instead of one", len(frames) - 1
-                )
-                continue
-            self._route(frames[0].bytes, frames[1])
-            if self._batch_bytes >= BATCH_BYTES:
-                self._store_batch()
-        self._store_batch()
-
-    def _route(self, peer: bytes, frame: zmq.Frame) -> None:
-        self._peer = peer
-        curve_key = bytes.fromhex(_user_id(frame))
-        key = self.keystore.accepted_by_curve(curve_key)
-        if self._noted(DOMAIN_RETURN, frame, known=key is not None) is None:
-            return
-        data = frame.bytes
-        who = key.id if key is not None else f"key {curve_key.hex()[:16]}"
-        try:
-            if not is_sealed(data):
-                self._plain(data, curve_key, frame.get(zmq.SRCFD), known=key is not None)
-            elif key is None:
-                raise ProtocolError("a sealed message from a key that is not accepted")
-            else:
-                self._sealed(data, key)
-        except EnvelopeError as e:
-            self.peer_log.warning(
-                "dropped a message from %s: envelope rejected (%s)", who, e.reason or "opaque"
-            )
-        except ProtocolError as e:
-            self.peer_log.warning("dropped a message from %s: %s", who, e)
-        except sqlite3.Error as e:
-            self.peer_log.error("message from %s not handled: database error: %s", who, e)
-        except Exception:  # a bug must cost one message, never the daemon
-            self.peer_log.log(
-                logging.ERROR, "failed to handle a message from %s", who, exc_info=True
-            )
-
-    def _plain(self, data: bytes, curve_key: bytes, fd: int, *, known: bool) -> None:
-        """Enrolment, the one plain message: rate-limited before anything is decoded."""
-        now = self.loop.clock()
-        if not (self.enrol_by_key.take(curve_key, now) and self.enrol_by_conn.take(fd, now)):
-            raise ProtocolError("enrolment requests come faster than allowed for this key")
-        if not known and not self.enrol_unknown.take(now):
-            raise ProtocolError("enrolment requests of unknown keys come faster than allowed")
-        if len(data) > MAX_PLAIN_NETWORK_BYTES:
-            raise ProtocolError(f"a plain message of {len(data)} bytes")
-        msg = decode_plain(data, Channel.NETWORK)
-        if msg.type is not MsgType.ENROL_REQUEST:
-            raise ProtocolError(f"{msg.type.name} is not accepted plain")
-        self.on_enrol_request(msg, curve_key)
-
-    def _sealed(self, data: bytes, key: MinionKey) -> None:
-        """A sealed message from the accepted minion `key`, whose transport
-        key libzmq authenticated: checked in order of cost (module docstring)."""
-        claimed = peek_header(data).sender
-        if claimed != key.id:
-            raise ProtocolError(f"claims to be from {claimed!r} on the connection of {key.id}")
-        verified = verify_message_at(
-            data, me=MASTER_ID, sender_keys=self._minion_keys, now=self.clock()
-        )
-        if verified.spec.type is MsgType.RESULT and not self._wants_result(verified, key.id):
-            return
-        is_receipt = verified.spec.type is MsgType.JOB_RECEIPT
-        if is_receipt and self.jobs.host_state(verified.header.jid, key.id) is None:
-            raise ProtocolError(f"receipt for job {verified.header.jid}, never sent to it")
-        msg, self._plaintext = verified.open_with_plaintext(self.keys)
-        try:
-            self.network.dispatch(msg)
-        finally:
-            self._plaintext = b""
-
-    def _wants_result(self, verified: VerifiedMessage, minion: str) -> bool:
-        """Whether to open a result: not if its job never went to this minion
-        (refused) or its result is stored already (confirmed again, unopened)."""
-        jid = verified.header.jid
-        state = self.jobs.host_state(jid, minion)
-        if state is None:
-            raise ProtocolError(f"result for job {jid}, which was never sent to it")
-        if state is HostState.DONE or (jid, minion) in self._batch:
-            self.peer_log.info(
-                "job %s: duplicate result from %s; already stored, confirming again", jid, minion
-            )
-            self._reply_sealed(minion, MsgType.RESULT_RECEIPT, {"jid": jid}, jid=jid)
-            return False
-        return True
-
-    def _reply(self, frame: bytes) -> None:
-        try:
-            _started(self.router).send_multipart([self._peer, frame], zmq.NOBLOCK)
-        except zmq.Again:
-            log.debug("reply to %s dropped: its queue is full", self._peer.hex())
-
-    def _reply_sealed(
-        self, minion: str, msg_type: MsgType, body: dict[str, Any], jid: str | None = None
-    ) -> None:
-        now = self.clock()
-        self._reply(
-            seal_message_at(
-                msg_type,
-                body,
-                jid=jid or new_jid(now),
-                sender=MASTER_ID,
-                sender_keys=self.keys,
-                recipient=minion,
-                recipient_keys=self.public[minion],
-                now=now,
-                ttl=MESSAGE_TTL,
-            )
-        )
-
-    def _minion_keys(self, sender: str) -> PublicKeys | None:
-        """The keys a sealed message from `sender` must be signed with: accepted ones only."""
-        keys = self.public.get(sender)
-        if keys is None:
-            key = self.keystore.accepted(sender)
-            if key is None or key.public is None:
-                return None
-            keys = self.public[sender] = key.public
-        return keys
-
-    # ---- network handlers ----
-
-    def on_enrol_request(self, msg: Message, curve_key: bytes) -> None:
-        now = self.clock()
-        keys = verify_enrol_request(msg, now=now)
-        if keys.curve != curve_key:
-            raise ProtocolError(
-                "the enrol request names another transport key than its connection's"
-            )
-        minion = msg.body["id"]
-        known_before = self.keystore.get(minion)
-        if known_before is None and not self.new_keys.take(self.loop.clock()):
-            raise ProtocolError(f"enrolment of new id {minion!r}: too many new keys a second")
-        state = self.keystore.enrol(minion, keys, now=now, auto_accept=self.settings.auto_accept)
-        wire_state = WireKeyState.REJECTED
-        if state is None:
-            known = self.keystore.get(minion)
-            if known is not None:
-                self.peer_log.warning(
-                    "refused minion %s presenting key %s: the id is claimed by key %s "
-                    "(an impersonation, or a reinstalled host: compare fingerprints, then "
-                    "'safcm-master keys accept %s --fingerprint FP' or 'keys delete %s')",
-                    minion,
-                    keys.fingerprint(),
-                    known.fingerprint,
-                    minion,
-                    minion,
-                )
-                wire_state = WireKeyState.CLAIMED
-            else:
-                self.peer_log.warning(
-                    "refused enrolment of %s: too many pending keys; accept, reject "
-                    "or delete some first",
-                    minion,
-                )
-        else:
-            self.peer_log.log(logging.DEBUG, "enrol request from %s: %s", minion, state)
-            wire_state = WireKeyState(state)
-            if known_before is None:
-                self.peer_log.info(
-                    "new key of %s is %s (%s); compare it with 'safcm-minion fingerprint' "
-                    "on the host",
-                    minion,
-                    state,
-                    keys.fingerprint(),
-                )
-            self.keystore.touch(minion, now)  # a pending minion that knocks is seen
-            if self.keystore.accepted(minion) is None:
-                self.public.pop(minion, None)
-        reply = make_enrol_reply(minion, wire_state, self.keys, nonce=msg.body["nonce"], now=now)
-        self._reply(encode_plain(MsgType.ENROL_REPLY, reply))
-
-    def on_heartbeat(self, msg: Message) -> None:
-        minion = msg.require_header().sender
-        key = self.keystore.accepted(minion)
-        seq = msg.body["seq"]
-        if key is None:
-            raise ProtocolError(f"heartbeat of {minion}, whose key is not accepted")
-        if seq <= key.seq:
-            raise ProtocolError(
-                f"heartbeat {seq} of {minion} is not newer than its last, {key.seq} (a replay)"
-            )
-        if minion not in self.presence:
-            self.peer_log.info("minion %s is connected (version %s)", minion, msg.body["version"])
-        self.presence[minion] = Presence(self.loop.clock(), msg.body["interval"], msg.body["busy"])
-        self.keystore.touch(minion, self.clock(), seq)
-        self._reply_sealed(minion, MsgType.HEARTBEAT_REPLY, {"time": self.clock()})
-
-    def on_job_receipt(self, msg: Message) -> None:
-        header = msg.require_header()
-        self._receipts.append((header.jid, header.sender))  # stored with this wake-up's batch
-        self.pending.remove(header.jid, header.sender)
-
-    def on_result(self, msg: Message) -> None:
-        header = msg.require_header()
-        minion, jid, body = header.sender, header.jid, msg.body
-        state = self.jobs.host_state(jid, minion)
-        problem = self._result_problem(jid, minion, body)
-        if problem is not None:
-            raise ProtocolError(f"result for job {jid} does not answer it: {problem}")
-        if state is HostState.NO_RESPONSE:
-            self.peer_log.info(
-                "job %s: late result from %s, stored after the deadline", jid, minion
-            )
-        self.pending.remove(jid, minion)
-        packed = self._plaintext or codec.pack(body)
-        used = self._quota_used(minion)
-        if used + len(packed) > self.settings.result_quota:
-            self.peer_log.warning(
-                "job %s: result of %s (%d bytes) not stored: its results take %d of its "
-                "quota of %d bytes (result_quota)",
-                jid,
-                minion,
-                len(packed),
-                used,
-                self.settings.result_quota,
-            )
-            body = _over_quota(body, len(packed), used, self.settings.result_quota)
-            packed = codec.pack(body)
-        result = StoredResult(
-            jid,
-            minion,
-            host_status(body),
-            change_count(body),
-            body,
-            self.clock(),
-            packed,
-        )
-        self._stored_bytes[minion] = used + len(packed)
-        self._batch[(jid, minion)] = (self._peer, result)
-        self._batch_bytes += len(packed)
-
-    def _quota_used(self, minion: str) -> int:
-        used = self._stored_bytes.get(minion)
-        if used is None:
-            used = self._stored_bytes[minion] = self.jobs.stored_bytes(minion)
-        return used
-
-    def _result_problem(self, jid: str, minion: str, body: dict[str, Any]) -> str | None:
-        """Why a result cannot be the answer to what job `jid` sent to `minion`, or None."""
-        job = self.jobs.module_of(jid)
-        if job is None:
-            return "no such job"
-        module, dry_run = job
-        if body["module"] != module:
-            return f"it is a {body['module']} result, the job was {module}"
-        apply = body["apply"]
-        if apply is None:
-            return None
-        if apply["dry_run"] != dry_run:
-            return "its dry-run flag differs from the job's"
-        plan = self.jobs.plan(jid, minion)
-        if plan is None:
-            return None  # a job from before plans were recorded
-        for change in apply["changes"]:
-            if not plan.covers(change["path"]):
-                return f"it reports {change['path']!r}, which the job did not send"
-        earlier: frozenset[str] | None = None
-        for trigger in apply["triggers"]:
-            if trigger["command"] in plan.triggers:
-                continue
-            # Owed by an earlier job that failed on this host (minion/triggers.py).
-            if earlier is None:
-                earlier = self.jobs.recent_triggers(minion)
-            if trigger["command"] not in earlier:
-                return f"it reports trigger {trigger['command']!r}, which no job sent"
-        return None
-
-    def on_job_progress(self, msg: Message) -> None:
-        """A minion is still working on a job: keep its deadline PROGRESS_GRACE
-        ahead, within MAX_DEADLINE_EXTENSION of the job's own."""
-        header = msg.require_header()
-        minion, jid = header.sender, header.jid
-        key = (jid, minion)
-        extended, deadline = self.extended.get(key), self.deadlines.get(jid)
-        if extended is not None:
-            before, cap = extended
-        elif deadline is not None:
-            before, cap = deadline, deadline + MAX_DEADLINE_EXTENSION
-        else:
-            return  # over for this host: its result is stored whenever it comes
-        state = self.jobs.host_state(jid, minion)
-        if state is None:
-            raise ProtocolError(f"progress from {minion} on job {jid}, which was never sent to it")
-        if state not in (HostState.SENT, HostState.RECEIVED):
-            return
-        until = min(max(self.clock() + PROGRESS_GRACE, before), cap)
-        self.extended[key] = (until, cap)
-        log.debug("job %s: %s still working after %.0f s", jid, minion, msg.body["elapsed"])
-        run = self.runs.get(jid)
-        if run is not None and minion in run.waiting:
-            for conn in list(run.watchers):
-                conn.send(MsgType.RUN_PROGRESS, {"jid": jid, "host": minion, "until": until})
-
-    def _store_batch(self) -> None:
-        """Store the receipts and results read in one wake-up in one transaction
-        (one fsync), then confirm the results."""
-        if not self._batch and not self._receipts:
-            return
-        batch, self._batch = list(self._batch.values()), {}
-        receipts, self._receipts = self._receipts, []
-        self._batch_bytes = 0
-        try:
-            self.jobs.record(receipts, [r for _, r in batch], now=self.clock())
-            self.keystore.flush()  # heartbeat sequence numbers share the commit
-        except sqlite3.Error as e:
-            # Not confirmed, so each minion keeps its result and sends it again;
-            # a lost receipt costs at most a re-publish, which minions ignore.
-            for _, r in batch:
-                self._stored_bytes.pop(r.host, None)
-            log.error(
-                "cannot store %d results and %d receipts, they will come again: %s",
-                len(batch),
-                len(receipts),
-                e,
-            )
-            return
-        for peer, r in batch:
-            self._peer = peer
-            self.extended.pop((r.jid, r.host), None)
-            self._reply_sealed(r.host, MsgType.RESULT_RECEIPT, {"jid": r.jid}, jid=r.jid)
-            self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
-            run = self.runs.get(r.jid)
-            if run is not None and r.host in run.waiting:
-                self._run_answered(run, r.host, r.result["status"], r.result)
 
     # ---- control ----
 
@@ -1026,266 +257,44 @@ class Master:
             log.exception("control request %s from %s failed", msg.type.name, conn.user)
             conn.error("internal", f"internal error in the master: {e!r}")
 
-    def on_run(self, conn: ControlConnection, msg: Message) -> None:
-        body = msg.body
-        module = body["module"]
-        dry_run = body["dry_run"]
-        timeout = body["timeout"] or self.settings.job_timeout
-        target = targets.normalise(body["target"], body["group"])
-        # ping sends no files: a problem in a group's files must not stop it.
-        repo = repocache.load(self.settings.config_dir, targets_only=module == Module.PING)
-        resolved = targets.resolve(
-            target,
-            hosts=repo.hosts,
-            group_members=_members(repo),
-            accepted={k.id for k in self.keystore.all() if k.state is KeyState.ACCEPTED},
-            key_states=lambda i: k.state if (k := self.keystore.get(i)) else None,
-        )
-        configs = compile_hosts(repo, resolved.hosts) if module == Module.FILES else {}
+    # ---- lifecycle effects: what master/lifecycle.py asks for ----
 
-        now = self.clock()
-        jid = new_jid(now, self.last_jid)
-        deadline = now + timeout
-        ttl = math.ceil(timeout) + ENVELOPE_SLACK
-        envelopes = {}
-        plans = {}
-        for host in resolved.hosts:
-            job = {"module": module, "dry_run": dry_run, "deadline": deadline}
-            job.update(_job_files(configs.get(host)))
-            plans[host] = Plan.of_job(job)
-            recipient_keys = self._minion_keys(host)
-            if recipient_keys is None:  # accepted, but enrolled before CURVE
-                raise SafcmError(f"host {host}: its key has no transport key; it must enrol again")
-            try:
-                envelopes[host] = seal_message_at(
-                    MsgType.JOB,
-                    job,
-                    jid=jid,
-                    sender=MASTER_ID,
-                    sender_keys=self.keys,
-                    recipient=host,
-                    recipient_keys=recipient_keys,
-                    now=now,
-                    ttl=ttl,
-                )
-            except ProtocolError as e:
-                raise ConfigError(f"host {host}: its job cannot be sent: {e}") from e
-        record = JobRecord(
-            jid,
-            now,
-            deadline,
-            conn.user,
-            target,
-            module,
-            dry_run,
-            _git_commit(self.settings.config_dir),
-        )
-        self.jobs.create(record, envelopes, plans)  # stored before anything is published
-        self.last_jid = jid
-        self.deadlines[jid] = deadline
-        log.info(
-            "job %s: %s%s on %s by %s",
-            jid,
-            module,
-            " (dry run)" if dry_run else "",
-            target,
-            conn.user,
-        )
-        conn.send(
-            MsgType.RUN_STARTED,
-            {
-                "jid": jid,
-                "hosts": resolved.hosts,
-                "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
-                "notes": [
-                    {"host": h, "note": note}
-                    for h in resolved.hosts
-                    if (note := self._host_note(h)) is not None
-                ],
-            },
-        )
-        run = Run(jid, resolved.hosts, set(resolved.hosts), [conn])
-        self.runs[jid] = run
-        conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
-        for host, envelope in envelopes.items():
-            self._publish(self.pending.add(jid, host, deadline), envelope)
+    def wake(self) -> None:
+        self._wake = None
+        self.lifecycle.wake(self.clock())
 
-    def _run_answered(
-        self, run: Run, host: str, status: str, result: dict[str, Any] | None
-    ) -> None:
-        run.waiting.discard(host)
-        run.tally.add(outcome(result))
-        for conn in list(run.watchers):
-            conn.send(
-                MsgType.RUN_HOST_RESULT,
-                {"jid": run.jid, "host": host, "status": status, "result": result},
-            )
-        if not run.waiting:
-            summary = {**run.tally.as_dict(), "targeted": len(run.hosts)}
-            for conn in list(run.watchers):
-                conn.send(MsgType.RUN_DONE, {"jid": run.jid, "summary": summary})
-                conn.finish()
-            del self.runs[run.jid]
-            self.deadlines.pop(run.jid, None)
+    def stored_state(self, jid: str, host: str) -> HostState | None:
+        return self.jobs.host_state(jid, host)
 
-    def on_keys(self, conn: ControlConnection, msg: Message) -> None:
-        action, ids = msg.body["action"], msg.body["ids"]
-        now = self.clock()
-        if action == "list":
-            keys = [k for k in self.keystore.all() if not ids or k.id in ids]
-        elif action == "delete":
-            keys = self.keystore.delete(ids)
-            for k in keys:
-                self._forget(k)
-                log.info("key of %s deleted by %s", k.id, conn.user)
-        else:
-            state = KeyState.ACCEPTED if action == "accept" else KeyState.REJECTED
-            matched = set(self.keystore.match(ids))
-            before = [k for k in self.keystore.all() if k.id in matched]
-            keys = self.keystore.set_state(
-                ids, state, now=now, fingerprint=msg.body.get("fingerprint")
-            )
-            for old in before:
-                new = self.keystore.get(old.id)
-                if new is None or new.state is not KeyState.ACCEPTED or new.public != old.public:
-                    self._forget(old)  # its old key may still hold connections
-            for k in keys:
-                log.info("key of %s %s by %s (%s)", k.id, state, conn.user, k.fingerprint)
-        conn.send(
-            MsgType.KEYS_REPLY,
-            {
-                "master": self.keys.fingerprint(),
-                "keys": [self._key_row(k) for k in keys],
-                "refused": [
-                    {
-                        "id": r.id,
-                        "fingerprint": r.fingerprint,
-                        "attempts": r.attempts,
-                        "last_seen": r.last_seen,
-                    }
-                    for r in self.keystore.refused()
-                    if action == "list" and (not ids or r.id in ids)
-                ],
-            },
-        )
-        conn.finish()
+    def publish(self, jid: str, host: str) -> None:
+        self.publisher.publish(jid, host)
 
-    def _host_note(self, host: str) -> str | None:
-        """What the master knows now that will delay or stop a job for `host`:
-        said at submit time, so an administrator need not wait for the
-        deadline to learn it (the job still waits for the host until then)."""
-        key = self.keystore.get(host)
-        claims = self.keystore.refused(host)
-        if key is not None and claims and (key.last_seen or 0.0) < claims[-1].last_seen:
-            return (
-                f"presents a new key ({claims[-1].fingerprint}): compare fingerprints, "
-                f"then 'safcm-master keys accept {host} --fingerprint FP'"
-            )
-        if not self._connected(host):
-            seen = (
-                "never seen"
-                if key is None or key.last_seen is None
-                else (
-                    "last seen "
-                    + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(key.last_seen))
-                )
-            )
-            return f"not connected ({seen}); the job waits for it until its deadline"
-        busy = self.presence[host].busy
-        if busy is not None:
-            return f"busy with job {busy}; this job is queued behind it"
-        return None
+    def store_receipt(self, jid: str, host: str) -> None:
+        self.intake.store_receipt(jid, host)
 
-    def _connected(self, host: str) -> bool:
-        seen = self.presence.get(host)
-        return seen is not None and self.loop.clock() - seen.last_seen < LIVENESS * seen.interval
+    def store_no_response(self, pairs: list[tuple[str, str]]) -> None:
+        self.jobs.no_response(pairs)
 
-    def _forget(self, key: MinionKey) -> None:
-        """A key stopped being accepted: drop what was kept for it, and cut its connections."""
-        self.public.pop(key.id, None)
-        self.presence.pop(key.id, None)
-        self._cut_key(key)
-        for item in self.pending.for_topic(topic_for(key.id)):
-            self.pending.remove(item.jid, item.host)
+    def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
+        if result is None:
+            log.info("job %s: no response from %s", jid, host)
+        self.runs.answered(jid, host, result)
 
-    def _key_row(self, key: MinionKey) -> dict[str, Any]:
-        connected = key.state is KeyState.ACCEPTED and self._connected(key.id)
-        return {
-            "id": key.id,
-            "state": str(key.state),
-            "fingerprint": key.fingerprint,
-            "connected": connected,
-            "last_seen": key.last_seen,
-        }
+    def progress(self, jid: str, host: str, until: float) -> None:
+        self.runs.progress(jid, host, until)
 
-    def on_jobs(self, conn: ControlConnection, msg: Message) -> None:
-        body = msg.body
-        if body["action"] == "list":
-            rows = self.jobs.list_jobs(
-                host=body["host"],
-                target=body["target"],
-                limit=body["limit"],
-                **{k: body.get(k) for k in ("since", "until", "module", "status", "user")},
-            )
-            conn.send(
-                MsgType.JOBS_REPLY,
-                {
-                    "jobs": [
-                        {
-                            **_job_dict(s.job),
-                            "hosts": s.hosts,
-                            "changed": s.changed,
-                            "ok": s.ok,
-                            "failed": s.failed,
-                            "no_response": s.no_response,
-                            "pending": s.pending,
-                        }
-                        for s in rows
-                    ]
-                },
-            )
-        else:
-            job = self.jobs.get_job(body["jid"])
-            if job is None:
-                raise UsageError(f"no job {body['jid']} in the history")
-            hosts = self.jobs.get_hosts(job.jid, body["host"])
-            if body["host"] is not None and not hosts:
-                raise UsageError(f"job {job.jid} did not go to {body['host']}")
-            conn.send(
-                MsgType.JOB_REPLY,
-                {
-                    "job": _job_dict(job),
-                    "hosts": [
-                        {
-                            "host": h.host,
-                            "state": str(h.state),
-                            "status": _stored_status(h.state, h.result),
-                            "received": h.received,
-                            "returned": h.returned,
-                            "late": h.late,
-                            "result": h.result,
-                        }
-                        for h in hosts
-                    ],
-                },
-            )
-        conn.finish()
+    def finished(self, jid: str) -> None:
+        self.runs.finished(jid)
 
-
-# ---- pure helpers ----
-
-
-def _started(sock: zmq.Socket | None) -> zmq.Socket:
-    """`sock`, one of the sockets Master.start() binds; RuntimeError before it has."""
-    if sock is None:
-        raise RuntimeError("the master's sockets are used before Master.start()")
-    return sock
-
-
-def _user_id(frame: zmq.Frame) -> str:
-    """The User-Id our ZAP handler gave the frame's connection: the peer's
-    transport key, in hex. (Named as bytes, the property is typed str.)"""
-    return frame.get(b"User-Id")
+    def wake_at(self, when: float) -> None:
+        if self._wake is not None:
+            if self._wake_when <= when:
+                return
+            self._wake.cancel()
+        # `when` is unix time, the loop's timers monotonic: a step of the
+        # clock makes this early or late, and wake() then asks again.
+        self._wake = self.loop.call_later(max(0.0, when - self.clock()), self.wake)
+        self._wake_when = when
 
 
 def _connection_cap(wanted: int) -> int:
@@ -1309,76 +318,6 @@ def _connection_cap(wanted: int) -> int:
     return min(wanted, room)
 
 
-def _over_quota(body: dict[str, Any], size: int, used: int, quota: int) -> dict[str, Any]:
-    """What is stored instead of a result that does not fit the minion's quota:
-    the same job outcome (failed), with the reason, and no detail."""
-    return {
-        "module": body["module"],
-        "status": "error",
-        "started": body["started"],
-        "finished": body["finished"],
-        "apply": None,
-        "ping": None,
-        "error": (
-            f"result of {size} bytes not stored: this minion's stored results take {used} "
-            f"of its {quota} bytes (result_quota in master.yaml; older jobs free it as "
-            "keep_jobs removes them)"
-        ),
-    }
-
-
-def _members(repo: Any) -> Any:
-    def members(name: str) -> list[str]:
-        if not repo.has_group(name):
-            raise UsageError(f"unknown group {name!r} (groups: {', '.join(repo.group_names())})")
-        return repo.members(name)
-
-    return members
-
-
-def _stored_status(state: HostState, result: dict[str, Any] | None) -> str:
-    if result is not None:
-        return result["status"]
-    return NO_RESPONSE if state is HostState.NO_RESPONSE else "pending"
-
-
-def _job_dict(job: JobRecord) -> dict[str, Any]:
-    return {
-        "jid": job.jid,
-        "submitted": job.submitted,
-        "deadline": job.deadline,
-        "user": job.user,
-        "target": job.target,
-        "module": job.module,
-        "dry_run": job.dry_run,
-        "git_commit": job.git_commit,
-    }
-
-
-def _git_commit(repo_dir: str) -> str | None:
-    """The repository's HEAD commit ("-dirty" if it has uncommitted changes), or
-    None if it is not a git repository (or git is missing)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(
-                ["git", "-C", repo_dir, *args],
-                capture_output=True,
-                text=True,
-                timeout=GIT_TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    commit = git("rev-parse", "--verify", "--quiet", "HEAD")
-    if not commit:
-        return None
-    dirty = git("status", "--porcelain", "--untracked-files=normal")
-    return f"{commit}-dirty" if dirty else commit
-
-
 def run(settings: MasterSettings) -> int:
     """Run the master until SIGTERM or SIGINT."""
     ctx = zmq.Context()
@@ -1399,15 +338,3 @@ def run(settings: MasterSettings) -> int:
 def main(settings: MasterSettings) -> int:
     safcm_log.setup(settings.log_level)
     return run(settings)
-
-
-def _job_files(config: HostConfig | None) -> dict[str, Any]:
-    """The part of a JOB body that says what the host's files must be (none for ping)."""
-    if config is None:
-        return {"files": [], "absent": [], "purge": [], "secrets": []}
-    return {
-        "files": [spec.to_wire() for spec in config.specs()],
-        "absent": [a.to_wire() for a in config.absent],
-        "purge": list(config.purge),
-        "secrets": list(config.secrets),
-    }

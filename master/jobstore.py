@@ -4,11 +4,8 @@ A job is written, with one row per expected host holding that host's sealed
 envelope, before anything is published (DESIGN section 1, "nothing lost").
 The envelope stays in the row until the minion's receipt arrives, so a
 restarted master re-publishes exactly what it had not yet delivered. A host's
-row then moves through its states:
-
-    sent --receipt--> received --result--> done
-      \\                  \\
-       +--deadline--------+--> no_response --late result--> done
+row then moves through the states of master/lifecycle.py (sent, received,
+done, no_response), which decides every change; this module only stores them.
 
 A result that arrives after the deadline is still stored: it is the truth of
 what happened on the host, even if the CLI has stopped waiting.
@@ -17,7 +14,6 @@ what happened on the host, even if the CLI has stopped waiting.
 from __future__ import annotations
 
 import datetime
-import enum
 import hashlib
 import json
 import sqlite3
@@ -30,6 +26,7 @@ from safcm.common.ids import JID_FORMAT
 from safcm.common.model import is_below
 from safcm.common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
 from safcm.master.db import transaction
+from safcm.master.lifecycle import OpenRow, State
 from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, HostStatus
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -39,11 +36,9 @@ _LAST_JID_TIME = 253402300799.0
 MAX_LIST_LIMIT = 10_000
 
 
-class HostState(enum.StrEnum):
-    SENT = "sent"  # envelope published, no receipt yet
-    RECEIVED = "received"  # the minion confirmed receipt, no result yet
-    DONE = "done"  # result stored
-    NO_RESPONSE = "no_response"  # deadline passed without a result
+# The states of a job's host, as its row stores them: the lifecycle's
+# (master/lifecycle.py, which also says how they change).
+HostState = State
 
 
 @dataclass(frozen=True)
@@ -239,15 +234,14 @@ class JobStore:
         row = self.conn.execute("SELECT max(jid) FROM jobs").fetchone()
         return row[0]
 
-    def unreceived(self, now: float) -> list[tuple[str, str, float]]:
-        """(jid, host, deadline) of envelopes still without receipt whose job has
-        not reached its deadline: what a restarted master publishes again."""
+    def open_hosts(self) -> list[OpenRow]:
+        """Every (job, host) without result or "no response" yet, with its
+        job's deadline: what a restarted master rebuilds its lifecycles from."""
         rows = self.conn.execute(
-            "SELECT h.jid, h.host, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"
-            " WHERE h.state = 'sent' AND j.deadline > ? ORDER BY h.jid, h.host",
-            (now,),
+            "SELECT h.jid, h.host, h.state, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"
+            " WHERE h.state IN ('sent', 'received') ORDER BY h.jid, h.host"
         )
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [OpenRow(r[0], r[1], State(r[2]), r[3]) for r in rows]
 
     def envelope(self, jid: str, host: str) -> bytes | None:
         """The sealed envelope of (jid, host), while it waits for its receipt."""
@@ -299,35 +293,15 @@ class JobStore:
                 ],
             )
 
-    def open_deadlines(self) -> dict[str, float]:
-        """The deadline of every job that still has hosts without a result."""
-        rows = self.conn.execute(
-            "SELECT DISTINCT j.jid, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"
-            " WHERE h.state IN ('sent', 'received')"
-        )
-        return {r[0]: r[1] for r in rows}
-
-    def expire(
-        self, now: float, *, spare: Collection[tuple[str, str]] = ()
-    ) -> list[tuple[str, str]]:
-        """Mark hosts without result past their job's deadline as no response,
-        except the (jid, host) pairs in `spare` (still working, by their word)."""
+    def no_response(self, pairs: Collection[tuple[str, str]]) -> None:
+        """Record (jid, host) pairs without result as "no response", in one
+        transaction; a pair that has its result meanwhile keeps it."""
         with transaction(self.conn):
-            rows = [
-                (jid, host)
-                for jid, host in self.conn.execute(
-                    "SELECT h.jid, h.host FROM job_hosts h JOIN jobs j USING (jid)"
-                    " WHERE h.state IN ('sent', 'received') AND j.deadline <= ?",
-                    (now,),
-                )
-                if (jid, host) not in spare
-            ]
             self.conn.executemany(
                 "UPDATE job_hosts SET state = 'no_response', envelope = NULL"
-                " WHERE jid = ? AND host = ?",
-                rows,
+                " WHERE jid = ? AND host = ? AND state IN ('sent', 'received')",
+                list(pairs),
             )
-        return rows
 
     def purge_before(self, jid: str) -> int:
         """Delete jobs older than `jid` (jids sort by time); returns how many."""

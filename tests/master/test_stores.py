@@ -18,6 +18,7 @@ from safcm.master.jobstore import (
     StoredResult,
 )
 from safcm.master.keystore import KeyState, KeyStore
+from safcm.master.lifecycle import OpenRow
 from safcm.master.outcomes import change_count, host_status
 
 
@@ -42,15 +43,20 @@ def test_job_life_cycle(conn):
     store = JobStore(conn)
     store.create(job("J1"), {"web1": b"env1", "web2": b"env2", "web3": b"env3"})
     assert store.last_jid() == "J1"
-    assert store.unreceived(now=50) == [("J1", h, 100.0) for h in ("web1", "web2", "web3")]
+    assert store.open_hosts() == [
+        OpenRow("J1", h, HostState.SENT, 100.0) for h in ("web1", "web2", "web3")
+    ]
     assert store.envelope("J1", "web2") == b"env2"
-    assert store.unreceived(now=100) == []  # past the deadline: never re-published
 
     store.record([("J1", "web1"), ("J1", "db1")], [], now=11)  # db1: never sent there
     store.record([("J1", "web1")], [], now=12)  # a second receipt changes nothing
     assert store.get_hosts("J1", "web1")[0].received == 11
     assert store.envelope("J1", "web1") is None  # dropped once received
-    assert [host for _, host, _ in store.unreceived(now=50)] == ["web2", "web3"]
+    assert [(r.host, r.state) for r in store.open_hosts()] == [
+        ("web1", HostState.RECEIVED),
+        ("web2", HostState.SENT),
+        ("web3", HostState.SENT),
+    ]
     assert store.host_state("J1", "web1") is HostState.RECEIVED
     assert store.host_state("J1", "db1") is None
     assert store.host_state("J2", "web1") is None
@@ -61,7 +67,9 @@ def test_job_life_cycle(conn):
     assert store.stored_bytes("web1") == len(codec.pack(body))
     assert store.host_state("J1", "web1") is HostState.DONE
 
-    assert store.expire(now=100) == [("J1", "web2"), ("J1", "web3")]
+    store.no_response([("J1", "web1"), ("J1", "web2"), ("J1", "web3")])  # web1 keeps its result
+    assert store.open_hosts() == []
+    assert store.envelope("J1", "web2") is None
     # A late result is still stored; its host is no longer "no response".
     late = StoredResult(
         "J1", "web3", HostStatus.OK, 0, {"late": True}, 120.0, codec.pack({"late": True})
@@ -283,7 +291,7 @@ def test_list_by_time_module_user_and_outcome(conn):
         ],
         now=1,
     )
-    store.expire(now=100, spare=[("20260101T020000.000000Z", "web1")])
+    store.no_response([("20260101T010000.000000Z", "web1")])
 
     def hours(**filters):
         return [int(s.job.jid[9:11]) for s in store.list_jobs(**filters)]

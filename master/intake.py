@@ -1,0 +1,490 @@
+"""Intake: the return socket, where minions speak to the master.
+
+    ROUTER  return_port, CURVE. Any key may connect, but an unknown one can
+            only enrol (plain ENROL_REQUEST, rate-limited per key and per
+            connection); everything else from it is dropped before any
+            decryption. Accepted minions send heartbeats, job receipts,
+            progress and results; replies go back to the sender's routing id.
+
+A message is checked in order of cost: the transport key named by libzmq
+(User-Id), the frame's size against the limit of the type it claims, the
+claimed sender against that key, the signature, then the job's state for this
+host (a result already stored is confirmed again without being decrypted),
+and only then decryption and unpacking.
+
+A result is checked against the job store (sent to that host, what the job
+sent, not already stored), stored, and only then acknowledged; receipts and
+results that arrive together are stored in one transaction. What a receipt,
+a result or a progress report changes is decided by master/lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from safcm.common import codec
+from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair, peek_header
+from safcm.common.errors import EnvelopeError, ProtocolError
+from safcm.common.protocol import (
+    MASTER_ID,
+    MAX_PLAIN_NETWORK_BYTES,
+    MAX_RESULT_BYTES,
+    Channel,
+    Dispatcher,
+    Message,
+    MsgType,
+    VerifiedMessage,
+    decode_plain,
+    encode_plain,
+    is_sealed,
+    make_enrol_reply,
+    new_jid,
+    seal_message_at,
+    verify_enrol_request,
+    verify_message_at,
+)
+from safcm.common.protocol import KeyState as WireKeyState
+from safcm.common.ratelimit import Bucket, Buckets, PeerLog
+from safcm.master.jobstore import JobStore, StoredResult
+from safcm.master.keystore import KeyStore, MinionKey
+from safcm.master.lifecycle import Lifecycles, Verdict
+from safcm.master.outcomes import change_count, host_status
+from safcm.master.peers import Peers, Presence, user_id
+from safcm.master.settings import MasterSettings
+from safcm.master.transport import DOMAIN_RETURN
+
+log = logging.getLogger("safcm-master")
+
+# Lifetime of the master's own small sealed messages, in seconds.
+MESSAGE_TTL = 60
+# Messages read from the ROUTER per wake-up before results are committed:
+# results that arrive together share one fsync.
+ROUTER_BATCH = 512
+# Messages ZeroMQ may queue from one connection of the return socket before
+# it stops reading that connection (TCP then pushes back): at most this many
+# results of MAX_RESULT_BYTES wait in memory per peer.
+RETURN_RCVHWM = 2
+# Largest message the return socket receives, in bytes: a sealed result.
+RETURN_MAX_IN = MAX_RESULT_BYTES + MAX_ENVELOPE_OVERHEAD
+# Enrolment requests: per transport key and per connection, per second and
+# burst (a minion sends one per heartbeat interval while it is not accepted,
+# and one as a hello after each reconnect; the tables of keys are bounded),
+# and for all keys that are not accepted together, since each costs a
+# signature check and may cost a database write.
+ENROL_RATE = 5.0
+ENROL_BURST = 20.0
+ENROL_KEYS = 20_000
+ENROL_GLOBAL_RATE = 200.0
+ENROL_GLOBAL_BURST = 400.0
+# New pending keys per second and burst, for all ids together: each is a
+# database write, and MAX_PENDING_KEYS of them block every later newcomer, so
+# a flood of invented ids fills that table at this pace at most.
+NEW_KEY_RATE = 50.0
+NEW_KEY_BURST = 1000.0
+# Results read in one wake-up are stored together, up to this many bytes,
+# then committed: a burst of large results never piles up in memory.
+BATCH_BYTES = 16 * 1024 * 1024
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: MasterSettings,
+        keys: KeyPair,
+        peers: Peers,
+        keystore: KeyStore,
+        jobs: JobStore,
+        lifecycle: Lifecycles,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.peers = peers
+        self.loop = peers.loop
+        self.keystore = keystore
+        self.jobs = jobs
+        self.lifecycle = lifecycle
+        self.clock = clock
+        self.peer_log: PeerLog = peers.peer_log
+        now = self.loop.clock()
+        self.enrol_by_key = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
+        self.enrol_by_conn = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
+        self.enrol_unknown = Bucket(ENROL_GLOBAL_RATE, ENROL_GLOBAL_BURST, now)
+        self.new_keys = Bucket(NEW_KEY_RATE, NEW_KEY_BURST, now)
+        self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
+        self.network = Dispatcher(
+            Channel.NETWORK,
+            {
+                MsgType.HEARTBEAT: self.on_heartbeat,
+                MsgType.JOB_RECEIPT: self.on_job_receipt,
+                MsgType.RESULT: self.on_result,
+                MsgType.JOB_PROGRESS: self.on_job_progress,
+            },
+        )
+        self.router: zmq.Socket | None = None
+        # Receipts and results read in this wake-up, stored together in one
+        # transaction (store_batch); each result with the routing id its
+        # confirmation goes back to.
+        self._receipts: list[tuple[str, str]] = []
+        self._batch: dict[tuple[str, str], tuple[bytes, StoredResult]] = {}
+        self._batch_bytes = 0
+        # Routing id of the ROUTER message being handled: _reply() answers it.
+        # Handlers take only the message (the Dispatcher's contract), so the
+        # peer travels beside it.
+        self._peer = b""
+        # The packed body of the sealed message being handled, as it came: a
+        # result is stored as these bytes, not packed a second time.
+        self._plaintext = b""
+
+    def open(self, address: str, cap: int, curve_secret: bytes) -> None:
+        self.router = router = self.peers.bind(
+            zmq.ROUTER, address, RETURN_MAX_IN, cap, DOMAIN_RETURN, curve_secret
+        )
+        router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        router.setsockopt(zmq.RCVHWM, RETURN_RCVHWM)
+        self.loop.add_reader(router, self.on_router)
+
+    def close(self) -> None:
+        if self.router is not None:
+            self.loop.remove_reader(self.router)
+            self.router.close(0)
+
+    def store_receipt(self, jid: str, host: str) -> None:
+        self._receipts.append((jid, host))  # stored with this wake-up's batch
+
+    def forget_quota(self) -> None:
+        """Results were deleted: each host's use of its quota is counted again when needed."""
+        self._stored_bytes.clear()
+
+    def on_router(self) -> None:
+        router = _opened(self.router)
+        for _ in range(ROUTER_BATCH):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            if len(frames) != 2:
+                self.peer_log.warning(
+                    "dropped a message of %d frames instead of one", len(frames) - 1
+                )
+                continue
+            self._route(frames[0].bytes, frames[1])
+            if self._batch_bytes >= BATCH_BYTES:
+                self.store_batch()
+        self.store_batch()
+
+    def _route(self, peer: bytes, frame: zmq.Frame) -> None:
+        self._peer = peer
+        curve_key = bytes.fromhex(user_id(frame))
+        key = self.keystore.accepted_by_curve(curve_key)
+        if self.peers.noted(DOMAIN_RETURN, frame, known=key is not None) is None:
+            return
+        data = frame.bytes
+        who = key.id if key is not None else f"key {curve_key.hex()[:16]}"
+        try:
+            if not is_sealed(data):
+                self._plain(data, curve_key, frame.get(zmq.SRCFD), known=key is not None)
+            elif key is None:
+                raise ProtocolError("a sealed message from a key that is not accepted")
+            else:
+                self._sealed(data, key)
+        except EnvelopeError as e:
+            self.peer_log.warning(
+                "dropped a message from %s: envelope rejected (%s)", who, e.reason or "opaque"
+            )
+        except ProtocolError as e:
+            self.peer_log.warning("dropped a message from %s: %s", who, e)
+        except sqlite3.Error as e:
+            self.peer_log.error("message from %s not handled: database error: %s", who, e)
+        except Exception:  # a bug must cost one message, never the daemon
+            self.peer_log.log(
+                logging.ERROR, "failed to handle a message from %s", who, exc_info=True
+            )
+
+    def _plain(self, data: bytes, curve_key: bytes, fd: int, *, known: bool) -> None:
+        """Enrolment, the one plain message: rate-limited before anything is decoded."""
+        now = self.loop.clock()
+        if not (self.enrol_by_key.take(curve_key, now) and self.enrol_by_conn.take(fd, now)):
+            raise ProtocolError("enrolment requests come faster than allowed for this key")
+        if not known and not self.enrol_unknown.take(now):
+            raise ProtocolError("enrolment requests of unknown keys come faster than allowed")
+        if len(data) > MAX_PLAIN_NETWORK_BYTES:
+            raise ProtocolError(f"a plain message of {len(data)} bytes")
+        msg = decode_plain(data, Channel.NETWORK)
+        if msg.type is not MsgType.ENROL_REQUEST:
+            raise ProtocolError(f"{msg.type.name} is not accepted plain")
+        self.on_enrol_request(msg, curve_key)
+
+    def _sealed(self, data: bytes, key: MinionKey) -> None:
+        """A sealed message from the accepted minion `key`, whose transport
+        key libzmq authenticated: checked in order of cost (module docstring)."""
+        claimed = peek_header(data).sender
+        if claimed != key.id:
+            raise ProtocolError(f"claims to be from {claimed!r} on the connection of {key.id}")
+        verified = verify_message_at(
+            data, me=MASTER_ID, sender_keys=self.peers.minion_keys, now=self.clock()
+        )
+        if verified.spec.type is MsgType.RESULT and not self._wants_result(verified, key.id):
+            return
+        is_receipt = verified.spec.type is MsgType.JOB_RECEIPT
+        if is_receipt and not self.lifecycle.sent_to(verified.header.jid, key.id):
+            raise ProtocolError(f"receipt for job {verified.header.jid}, never sent to it")
+        msg, self._plaintext = verified.open_with_plaintext(self.keys)
+        try:
+            self.network.dispatch(msg)
+        finally:
+            self._plaintext = b""
+
+    def _wants_result(self, verified: VerifiedMessage, minion: str) -> bool:
+        """Whether to open a result: not if its job never went to this minion
+        (refused) or its result is stored already (confirmed again, unopened)."""
+        jid = verified.header.jid
+        verdict = self.lifecycle.check_result(jid, minion)
+        if verdict is Verdict.UNKNOWN:
+            raise ProtocolError(f"result for job {jid}, which was never sent to it")
+        if verdict is Verdict.DUPLICATE:
+            self.peer_log.info(
+                "job %s: duplicate result from %s; already stored, confirming again", jid, minion
+            )
+            self._reply_sealed(minion, MsgType.RESULT_RECEIPT, {"jid": jid}, jid=jid)
+            return False
+        return True
+
+    def _reply(self, frame: bytes) -> None:
+        try:
+            _opened(self.router).send_multipart([self._peer, frame], zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("reply to %s dropped: its queue is full", self._peer.hex())
+
+    def _reply_sealed(
+        self, minion: str, msg_type: MsgType, body: dict[str, Any], jid: str | None = None
+    ) -> None:
+        now = self.clock()
+        self._reply(
+            seal_message_at(
+                msg_type,
+                body,
+                jid=jid or new_jid(now),
+                sender=MASTER_ID,
+                sender_keys=self.keys,
+                recipient=minion,
+                recipient_keys=self.peers.public[minion],
+                now=now,
+                ttl=MESSAGE_TTL,
+            )
+        )
+
+    def on_enrol_request(self, msg: Message, curve_key: bytes) -> None:
+        now = self.clock()
+        keys = verify_enrol_request(msg, now=now)
+        if keys.curve != curve_key:
+            raise ProtocolError(
+                "the enrol request names another transport key than its connection's"
+            )
+        minion = msg.body["id"]
+        known_before = self.keystore.get(minion)
+        if known_before is None and not self.new_keys.take(self.loop.clock()):
+            raise ProtocolError(f"enrolment of new id {minion!r}: too many new keys a second")
+        state = self.keystore.enrol(minion, keys, now=now, auto_accept=self.settings.auto_accept)
+        wire_state = WireKeyState.REJECTED
+        if state is None:
+            known = self.keystore.get(minion)
+            if known is not None:
+                self.peer_log.warning(
+                    "refused minion %s presenting key %s: the id is claimed by key %s "
+                    "(an impersonation, or a reinstalled host: compare fingerprints, then "
+                    "'safcm-master keys accept %s --fingerprint FP' or 'keys delete %s')",
+                    minion,
+                    keys.fingerprint(),
+                    known.fingerprint,
+                    minion,
+                    minion,
+                )
+                wire_state = WireKeyState.CLAIMED
+            else:
+                self.peer_log.warning(
+                    "refused enrolment of %s: too many pending keys; accept, reject "
+                    "or delete some first",
+                    minion,
+                )
+        else:
+            self.peer_log.log(logging.DEBUG, "enrol request from %s: %s", minion, state)
+            wire_state = WireKeyState(state)
+            if known_before is None:
+                self.peer_log.info(
+                    "new key of %s is %s (%s); compare it with 'safcm-minion fingerprint' "
+                    "on the host",
+                    minion,
+                    state,
+                    keys.fingerprint(),
+                )
+            self.keystore.touch(minion, now)  # a pending minion that knocks is seen
+            if self.keystore.accepted(minion) is None:
+                self.peers.public.pop(minion, None)
+        reply = make_enrol_reply(minion, wire_state, self.keys, nonce=msg.body["nonce"], now=now)
+        self._reply(encode_plain(MsgType.ENROL_REPLY, reply))
+
+    def on_heartbeat(self, msg: Message) -> None:
+        minion = msg.require_header().sender
+        key = self.keystore.accepted(minion)
+        seq = msg.body["seq"]
+        if key is None:
+            raise ProtocolError(f"heartbeat of {minion}, whose key is not accepted")
+        if seq <= key.seq:
+            raise ProtocolError(
+                f"heartbeat {seq} of {minion} is not newer than its last, {key.seq} (a replay)"
+            )
+        if minion not in self.peers.presence:
+            self.peer_log.info("minion %s is connected (version %s)", minion, msg.body["version"])
+        self.peers.presence[minion] = Presence(
+            self.loop.clock(), msg.body["interval"], msg.body["busy"]
+        )
+        self.keystore.touch(minion, self.clock(), seq)
+        self._reply_sealed(minion, MsgType.HEARTBEAT_REPLY, {"time": self.clock()})
+
+    def on_job_receipt(self, msg: Message) -> None:
+        header = msg.require_header()
+        self.lifecycle.receipt(header.jid, header.sender, self.clock())
+
+    def on_result(self, msg: Message) -> None:
+        header = msg.require_header()
+        minion, jid, body = header.sender, header.jid, msg.body
+        problem = self._result_problem(jid, minion, body)
+        if problem is not None:
+            raise ProtocolError(f"result for job {jid} does not answer it: {problem}")
+        packed = self._plaintext or codec.pack(body)
+        used = self._quota_used(minion)
+        if used + len(packed) > self.settings.result_quota:
+            self.peer_log.warning(
+                "job %s: result of %s (%d bytes) not stored: its results take %d of its "
+                "quota of %d bytes (result_quota)",
+                jid,
+                minion,
+                len(packed),
+                used,
+                self.settings.result_quota,
+            )
+            body = _over_quota(body, len(packed), used, self.settings.result_quota)
+            packed = codec.pack(body)
+        result = StoredResult(
+            jid,
+            minion,
+            host_status(body),
+            change_count(body),
+            body,
+            self.clock(),
+            packed,
+        )
+        # From here on it is stored (or, if the store fails, result_lost()).
+        if self.lifecycle.result(jid, minion, self.clock()) is Verdict.LATE:
+            self.peer_log.info(
+                "job %s: late result from %s, stored after the deadline", jid, minion
+            )
+        self._stored_bytes[minion] = used + len(packed)
+        self._batch[(jid, minion)] = (self._peer, result)
+        self._batch_bytes += len(packed)
+
+    def _quota_used(self, minion: str) -> int:
+        used = self._stored_bytes.get(minion)
+        if used is None:
+            used = self._stored_bytes[minion] = self.jobs.stored_bytes(minion)
+        return used
+
+    def _result_problem(self, jid: str, minion: str, body: dict[str, Any]) -> str | None:
+        """Why a result cannot be the answer to what job `jid` sent to `minion`, or None."""
+        job = self.jobs.module_of(jid)
+        if job is None:
+            return "no such job"
+        module, dry_run = job
+        if body["module"] != module:
+            return f"it is a {body['module']} result, the job was {module}"
+        apply = body["apply"]
+        if apply is None:
+            return None
+        if apply["dry_run"] != dry_run:
+            return "its dry-run flag differs from the job's"
+        plan = self.jobs.plan(jid, minion)
+        if plan is None:
+            return None  # a job from before plans were recorded
+        for change in apply["changes"]:
+            if not plan.covers(change["path"]):
+                return f"it reports {change['path']!r}, which the job did not send"
+        earlier: frozenset[str] | None = None
+        for trigger in apply["triggers"]:
+            if trigger["command"] in plan.triggers:
+                continue
+            # Owed by an earlier job that failed on this host (minion/triggers.py).
+            if earlier is None:
+                earlier = self.jobs.recent_triggers(minion)
+            if trigger["command"] not in earlier:
+                return f"it reports trigger {trigger['command']!r}, which no job sent"
+        return None
+
+    def on_job_progress(self, msg: Message) -> None:
+        """A minion is still working on a job: the lifecycle moves its deadline."""
+        header = msg.require_header()
+        minion, jid = header.sender, header.jid
+        if not self.lifecycle.sent_to(jid, minion):
+            raise ProtocolError(f"progress from {minion} on job {jid}, which was never sent to it")
+        if self.lifecycle.progress(jid, minion, self.clock()) is not None:
+            log.debug("job %s: %s still working after %.0f s", jid, minion, msg.body["elapsed"])
+
+    def store_batch(self) -> None:
+        """Store the receipts and results read in one wake-up in one transaction
+        (one fsync), then confirm the results."""
+        if not self._batch and not self._receipts:
+            return
+        batch, self._batch = list(self._batch.values()), {}
+        receipts, self._receipts = self._receipts, []
+        self._batch_bytes = 0
+        try:
+            self.jobs.record(receipts, [r for _, r in batch], now=self.clock())
+            self.keystore.flush()  # heartbeat sequence numbers share the commit
+        except sqlite3.Error as e:
+            # Not confirmed, so each minion keeps its result and sends it again;
+            # a lost receipt costs at most a re-publish, which minions ignore.
+            for _, r in batch:
+                self._stored_bytes.pop(r.host, None)
+                self.lifecycle.result_lost(r.jid, r.host, self.clock())
+            log.error(
+                "cannot store %d results and %d receipts, they will come again: %s",
+                len(batch),
+                len(receipts),
+                e,
+            )
+            return
+        for peer, r in batch:
+            self._peer = peer
+            self._reply_sealed(r.host, MsgType.RESULT_RECEIPT, {"jid": r.jid}, jid=r.jid)
+            self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
+            self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
+
+
+def _over_quota(body: dict[str, Any], size: int, used: int, quota: int) -> dict[str, Any]:
+    """What is stored instead of a result that does not fit the minion's quota:
+    the same job outcome (failed), with the reason, and no detail."""
+    return {
+        "module": body["module"],
+        "status": "error",
+        "started": body["started"],
+        "finished": body["finished"],
+        "apply": None,
+        "ping": None,
+        "error": (
+            f"result of {size} bytes not stored: this minion's stored results take {used} "
+            f"of its {quota} bytes (result_quota in master.yaml; older jobs free it as "
+            "keep_jobs removes them)"
+        ),
+    }
+
+
+def _opened(sock: zmq.Socket | None) -> zmq.Socket:
+    """The return socket; RuntimeError before Intake.open()."""
+    if sock is None:
+        raise RuntimeError("the return socket is used before it is opened")
+    return sock

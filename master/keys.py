@@ -1,0 +1,173 @@
+"""Keys: the key port, where a minion first asks for the master's keys, and
+the KEYS control request (list, accept, reject, delete minion keys).
+
+    ROUTER  key_port, plain. A minion's first contact: KEY_REQUEST for the
+            master's public keys (with the CURVE key), signed, which the
+            minion checks against master_fingerprint before it connects.
+
+The keys themselves are kept by master/keystore.py; a key that stops being
+accepted loses its connections, and nothing more is published to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from safcm.common.crypto import KeyPair
+from safcm.common.errors import ProtocolError
+from safcm.common.protocol import (
+    MAX_KEY_PORT_BYTES,
+    Channel,
+    Message,
+    MsgType,
+    decode_plain,
+    encode_plain,
+    make_key_reply,
+)
+from safcm.common.ratelimit import Bucket, PeerLog
+from safcm.master.control import ControlConnection
+from safcm.master.keystore import KeyState, KeyStore, MinionKey
+from safcm.master.lifecycle import Lifecycles
+from safcm.master.peers import Peers
+from safcm.master.transport import DOMAIN_KEY
+
+log = logging.getLogger("safcm-master")
+
+# Largest message the key port receives, in bytes: a key request.
+KEY_MAX_IN = MAX_KEY_PORT_BYTES
+# Key requests on the key port, per second and burst, for everyone together:
+# each costs a signature (about 50 us), and a minion asks before each
+# connection, so a restarted master hears from its whole fleet at once.
+KEY_REQUEST_RATE = 1000.0
+KEY_REQUEST_BURST = 2000.0
+
+
+class KeyService:
+    def __init__(
+        self,
+        keys: KeyPair,
+        peers: Peers,
+        keystore: KeyStore,
+        lifecycle: Lifecycles,
+        clock: Callable[[], float],
+    ) -> None:
+        self.keys = keys
+        self.peers = peers
+        self.loop = peers.loop
+        self.keystore = keystore
+        self.lifecycle = lifecycle
+        self.clock = clock
+        self.peer_log: PeerLog = peers.peer_log
+        self.key_requests = Bucket(KEY_REQUEST_RATE, KEY_REQUEST_BURST, self.loop.clock())
+        self.key_sock: zmq.Socket | None = None
+
+    def open(self, address: str, cap: int) -> None:
+        self.key_sock = self.peers.bind(zmq.ROUTER, address, KEY_MAX_IN, cap, DOMAIN_KEY, None)
+        self.loop.add_reader(self.key_sock, self.on_key_request)
+
+    def close(self) -> None:
+        if self.key_sock is not None:
+            self.loop.remove_reader(self.key_sock)
+            self.key_sock.close(0)
+
+    def on_key_request(self) -> None:
+        key_sock = _opened(self.key_sock)
+        while True:
+            try:
+                parts = key_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(parts) != 2:
+                continue
+            # A connection that asked is no longer a silent one (what the cap evicts).
+            self.peers.tables[DOMAIN_KEY].active(
+                parts[1].get(zmq.SRCFD), "key port", False, self.loop.clock()
+            )
+            frames = [p.bytes for p in parts]
+            if not self.key_requests.take(self.loop.clock()):
+                self.peer_log.warning(
+                    "key request dropped: more than %d a second", KEY_REQUEST_RATE
+                )
+                continue
+            try:
+                msg = decode_plain(frames[1], Channel.KEY)
+                if msg.type is not MsgType.KEY_REQUEST:
+                    raise ProtocolError(f"{msg.type.name} is not a request")
+            except ProtocolError as e:
+                self.peer_log.warning("dropped a message on the key port: %s", e)
+                continue
+            reply = make_key_reply(self.keys, nonce=msg.body["nonce"], now=self.clock())
+            with contextlib.suppress(zmq.Again):
+                key_sock.send_multipart(
+                    [frames[0], encode_plain(MsgType.KEY_REPLY, reply)], zmq.NOBLOCK
+                )
+
+    def on_keys(self, conn: ControlConnection, msg: Message) -> None:
+        action, ids = msg.body["action"], msg.body["ids"]
+        now = self.clock()
+        if action == "list":
+            keys = [k for k in self.keystore.all() if not ids or k.id in ids]
+        elif action == "delete":
+            keys = self.keystore.delete(ids)
+            for k in keys:
+                self._forget(k)
+                log.info("key of %s deleted by %s", k.id, conn.user)
+        else:
+            state = KeyState.ACCEPTED if action == "accept" else KeyState.REJECTED
+            matched = set(self.keystore.match(ids))
+            before = [k for k in self.keystore.all() if k.id in matched]
+            keys = self.keystore.set_state(
+                ids, state, now=now, fingerprint=msg.body.get("fingerprint")
+            )
+            for old in before:
+                new = self.keystore.get(old.id)
+                if new is None or new.state is not KeyState.ACCEPTED or new.public != old.public:
+                    self._forget(old)  # its old key may still hold connections
+            for k in keys:
+                log.info("key of %s %s by %s (%s)", k.id, state, conn.user, k.fingerprint)
+        conn.send(
+            MsgType.KEYS_REPLY,
+            {
+                "master": self.keys.fingerprint(),
+                "keys": [self._key_row(k) for k in keys],
+                "refused": [
+                    {
+                        "id": r.id,
+                        "fingerprint": r.fingerprint,
+                        "attempts": r.attempts,
+                        "last_seen": r.last_seen,
+                    }
+                    for r in self.keystore.refused()
+                    if action == "list" and (not ids or r.id in ids)
+                ],
+            },
+        )
+        conn.finish()
+
+    def _key_row(self, key: MinionKey) -> dict[str, Any]:
+        connected = key.state is KeyState.ACCEPTED and self.peers.connected(key.id)
+        return {
+            "id": key.id,
+            "state": str(key.state),
+            "fingerprint": key.fingerprint,
+            "connected": connected,
+            "last_seen": key.last_seen,
+        }
+
+    def _forget(self, key: MinionKey) -> None:
+        """A key stopped being accepted: drop what was kept for it, cut its
+        connections, and publish nothing more to it."""
+        self.peers.forget(key)
+        self.lifecycle.forget_host(key.id)
+
+
+def _opened(sock: zmq.Socket | None) -> zmq.Socket:
+    """The key port's socket; RuntimeError before Keys.open()."""
+    if sock is None:
+        raise RuntimeError("the key port is used before it is opened")
+    return sock

@@ -1,0 +1,415 @@
+"""The lifecycle of a job on one host, and of all open ones: pure, time passed in.
+
+One (job, host) moves through these states (the job_hosts row of
+master/jobstore.py keeps the same names):
+
+    sent --receipt--> received --result stored--> done
+      \\                  \\
+       +--deadline--------+--> no_response --late result stored--> done
+
+    state         input             effects                            next state
+    ---------     ---------------   ---------------------------------  -----------
+    (new)         start             publish                            sent
+    sent          wake, send due    publish (backoff, until deadline)  sent
+    sent          subscribed        publish (at most once a second)    sent
+    sent          receipt           store_receipt                      received
+    sent/recv.    progress          progress (deadline moves)          same
+    sent/recv.    result            (caller stores it: NEW)            same, storing
+    sent/recv.    result_stored     answered, finished?                done (dropped)
+    sent/recv.    wake, deadline    store_no_response, answered,       no_response
+                                    finished?                          (dropped)
+    no_response   result            (caller stores it: LATE)           storing
+    no_response   result_stored     -                                  done (dropped)
+    done          result            (confirmed again: DUPLICATE)       done
+
+Anything else is ignored: a receipt or progress once the host has answered,
+a second receipt, a second copy of a result while the first is stored.
+
+Only open (job, host) pairs (sent, received) are kept in memory, and a late
+result while it is stored; the others live in the job store alone, and
+`Effects.stored_state` reads them when a late or duplicate result arrives.
+A restarted master rebuilds the open ones from the store (restore()); their
+progress extensions are lost, so the job's own deadline holds again.
+
+Time is passed in to every input (`now`, unix time: deadlines are stored as
+such). The machine asks for what must happen through an `Effects` object: the
+daemon's does it (master/daemon.py), the tests' records it. It does no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# Re-publishing an envelope without receipt: first after this many seconds,
+# then doubling up to REPUBLISH_MAX. A minion that (re)subscribes is served at
+# once (XPUB), so this only covers a message lost on a live subscription; an
+# early retry would mostly hit minions still busy with the first copy (the
+# fan-out benchmark saw hundreds of such duplicates at 0.5 s).
+REPUBLISH_FIRST = 5.0
+REPUBLISH_MAX = 30.0
+# A subscription re-publishes the envelopes waiting for that minion, but one
+# envelope at most once per this many seconds: re-subscribing in a loop
+# costs the master nothing more.
+RESUBSCRIBE_MIN_INTERVAL = 1.0
+# A minion still working on a job (JOB_PROGRESS, every few seconds) keeps that
+# host's deadline at least this many seconds ahead: three of its reports (see
+# minion/daemon.py PROGRESS_INTERVAL), so one or two lost do not end it.
+PROGRESS_GRACE = 15.0
+# Seconds past the job's own deadline that progress can extend a host's, at
+# most: longer than any sane set of triggers (120 of them each hitting the
+# minion's 30 s trigger_timeout), and a bound on how long a minion can keep a
+# run open. Past it the host is "no response"; a later result is still stored.
+MAX_DEADLINE_EXTENSION = 3600.0
+# Seconds until "no response" is written again after the store failed (a
+# database locked by another process): nothing changed, so it is retried.
+STORE_RETRY = 0.25
+
+
+class State(enum.StrEnum):
+    SENT = "sent"  # envelope published, no receipt yet
+    RECEIVED = "received"  # the minion confirmed receipt, no result yet
+    DONE = "done"  # result stored
+    NO_RESPONSE = "no_response"  # deadline passed without a result
+
+
+OPEN = (State.SENT, State.RECEIVED)
+
+
+class Verdict(enum.Enum):
+    """What a result that arrives for (job, host) is to the lifecycle."""
+
+    NEW = "new"  # the host's answer: store it, then tell the CLI
+    LATE = "late"  # after "no response": store it (the CLI was told already)
+    DUPLICATE = "duplicate"  # stored already, or being stored: confirm it again
+    UNKNOWN = "unknown"  # the job never went to that host: refuse it
+
+
+@dataclass(frozen=True)
+class OpenRow:
+    """A stored (job, host) without result, as restore() takes it."""
+
+    jid: str
+    host: str
+    state: State  # sent or received
+    deadline: float  # the job's, unix time
+
+
+class Effects(Protocol):
+    """What the lifecycle asks for. Called synchronously; an exception from
+    store_no_response leaves the state as it was (retried STORE_RETRY later)."""
+
+    def stored_state(self, jid: str, host: str) -> State | None:
+        """The stored state of a (job, host) that is not open: the one thing
+        the machine reads. None if the job never went to that host."""
+        ...
+
+    def publish(self, jid: str, host: str) -> None:
+        """Send the host its envelope of the job (again)."""
+        ...
+
+    def store_receipt(self, jid: str, host: str) -> None: ...
+
+    def store_no_response(self, pairs: list[tuple[str, str]]) -> None:
+        """Record these (jid, host) pairs as "no response", all at once."""
+        ...
+
+    def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
+        """The host's first final word on the job, for the CLI that waits:
+        its stored result, or None for "no response". Once per (job, host)."""
+        ...
+
+    def progress(self, jid: str, host: str, until: float) -> None:
+        """The host is still working; it now has until `until` (unix time)."""
+        ...
+
+    def finished(self, jid: str) -> None:
+        """Every host of the job has answered or is "no response"."""
+        ...
+
+    def wake_at(self, when: float) -> None:
+        """Call wake() at `when` (unix time), or earlier; a later call with an
+        earlier time replaces this one."""
+        ...
+
+
+@dataclass
+class HostJob:
+    """One open (job, host)."""
+
+    jid: str
+    host: str
+    state: State
+    deadline: float  # the job's: nothing is published from then on
+    until: float  # when it becomes "no response": the deadline, or later by progress
+    cap: float  # the latest `until` progress may reach
+    publishing: bool = True  # re-published until a receipt (or the deadline)
+    next_send: float = -math.inf
+    delay: float = REPUBLISH_FIRST
+    last_sent: float = -math.inf
+    storing: bool = False  # its result is being stored
+    queued: float = math.inf  # the time of its one live entry in the wake-up heap
+
+    def due(self) -> float:
+        """When wake() next has something to do for it."""
+        if self.storing:  # result_stored() or result_lost() comes first
+            return math.inf
+        if self.publishing and self.next_send < self.deadline:
+            return min(self.next_send, self.until)
+        return self.until
+
+    def sent(self, now: float) -> None:
+        self.last_sent = now
+        self.next_send = now + self.delay
+        self.delay = min(self.delay * 2, REPUBLISH_MAX)
+
+
+class Lifecycles:
+    """Every open (job, host) of the master, and the wake-ups they need."""
+
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+        self._open: dict[tuple[str, str], HostJob] = {}
+        self._by_host: dict[str, set[str]] = {}  # host -> jids open for it
+        self._by_job: dict[str, int] = {}  # jid -> hosts still open
+        # (due, seq, jid, host): an entry whose time is no longer its pair's
+        # `queued` (answered since, or its schedule moved) is stale, skipped.
+        self._heap: list[tuple[float, int, str, str]] = []
+        self._seq = itertools.count()
+        self._asked: float | None = None  # the wake-up last asked for
+        self._hold_until = -math.inf  # no wake-up before this: a store failed
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def state(self, jid: str, host: str) -> State | None:
+        """The state of an open (job, host), or None if it is not open."""
+        item = self._open.get((jid, host))
+        return None if item is None else item.state
+
+    # ---- inputs ----
+
+    def start(self, jid: str, hosts: Iterable[str], deadline: float, now: float) -> None:
+        """A new job, stored: publish it to each host at once."""
+        for host in hosts:
+            item = self._add(jid, host, State.SENT, deadline)
+            self._publish(item, now)
+        self._ask()
+
+    def restore(self, rows: Iterable[OpenRow], now: float) -> None:
+        """After a restart: the stored open (job, host) pairs. Those still
+        without receipt are published again at the first wake-up, those past
+        their deadline become "no response" then."""
+        for row in rows:
+            item = self._add(row.jid, row.host, row.state, row.deadline)
+            item.publishing = row.state is State.SENT
+            item.next_send = now
+            self._push(item)
+        self._ask()
+
+    def wake(self, now: float) -> None:
+        """Do what is due: re-publish, and record "no response" at deadlines."""
+        self._asked = None
+        due: list[HostJob] = []
+        while self._heap and self._heap[0][0] <= now:
+            entry = heapq.heappop(self._heap)
+            item = self._open.get((entry[2], entry[3]))
+            if item is not None and item.queued == entry[0]:
+                item.queued = math.inf
+                due.append(item)
+        expired: list[HostJob] = []
+        for item in due:
+            if now >= item.deadline:
+                item.publishing = False  # its envelope expires with the deadline
+            if item.until <= now:
+                expired.append(item)
+            elif item.publishing and item.next_send <= now:
+                self._publish(item, now)
+            else:
+                self._push(item)
+        if expired:
+            try:
+                self.effects.store_no_response([(i.jid, i.host) for i in expired])
+            except Exception:
+                for item in expired:  # nothing changed: tried again soon
+                    self._push(item)
+                self._hold_until = now + STORE_RETRY
+                self._ask()
+                raise
+            for item in expired:
+                self._close(item, None)
+        self._ask()
+
+    def subscribed(self, host: str, now: float) -> None:
+        """The host's minion (re)subscribed: send what it has not received,
+        each envelope at most once per RESUBSCRIBE_MIN_INTERVAL."""
+        for jid in sorted(self._by_host.get(host, ())):
+            item = self._open[(jid, host)]
+            if not item.publishing or now >= item.deadline:
+                continue
+            if not 0 <= now - item.last_sent < RESUBSCRIBE_MIN_INTERVAL:
+                self._publish(item, now)
+            elif item.next_send > item.last_sent + RESUBSCRIBE_MIN_INTERVAL:
+                # Sent just now: the next wake-up sends it again soon, not each re-subscription.
+                item.next_send = item.last_sent + RESUBSCRIBE_MIN_INTERVAL
+                self._push(item)
+        self._ask()
+
+    def sent_to(self, jid: str, host: str) -> bool:
+        """Whether the job went to the host: asked before its receipt or
+        progress is opened, which must be refused otherwise."""
+        return (jid, host) in self._open or self.effects.stored_state(jid, host) is not None
+
+    def receipt(self, jid: str, host: str, now: float) -> None:
+        """The host confirmed it has the job (a second receipt, or one after
+        its end, changes nothing)."""
+        item = self._open.get((jid, host))
+        if item is not None and item.state is State.SENT:
+            item.state = State.RECEIVED
+            item.publishing = False
+            self.effects.store_receipt(jid, host)
+            self._push(item)
+            self._ask()
+
+    def progress(self, jid: str, host: str, now: float) -> float | None:
+        """The host is still working on the job: keep its deadline
+        PROGRESS_GRACE ahead, up to MAX_DEADLINE_EXTENSION past the job's.
+        Returns its deadline now; None if it has answered (or never had the job)."""
+        item = self._open.get((jid, host))
+        if item is None or item.storing or item.state not in OPEN:
+            return None
+        until = min(max(now + PROGRESS_GRACE, item.until), item.cap)
+        item.until = until
+        self._push(item)
+        self.effects.progress(jid, host, until)
+        return until
+
+    def check_result(self, jid: str, host: str) -> Verdict:
+        """What a result from `host` for `jid` would be; changes nothing (asked
+        before the result is opened, which costs more)."""
+        item = self._open.get((jid, host))
+        if item is not None:
+            return Verdict.DUPLICATE if item.storing else Verdict.NEW
+        stored = self.effects.stored_state(jid, host)
+        if stored is None:
+            return Verdict.UNKNOWN
+        if stored is State.NO_RESPONSE:
+            return Verdict.LATE
+        return Verdict.DUPLICATE if stored is State.DONE else Verdict.NEW
+
+    def result(self, jid: str, host: str, now: float) -> Verdict:
+        """A result that answers the job arrived and is about to be stored
+        (NEW or LATE): it is stored once, and nothing is published any more.
+        The caller stores it, then calls result_stored() or result_lost()."""
+        verdict = self.check_result(jid, host)
+        if verdict is Verdict.NEW or verdict is Verdict.LATE:
+            item = self._open.get((jid, host))
+            if item is None:  # late: kept while it is stored, to see duplicates
+                item = self._add(jid, host, State.NO_RESPONSE, now, count=False)
+            item.storing = True
+            item.publishing = False
+            self._push(item)
+        return verdict
+
+    def result_stored(self, jid: str, host: str, now: float, result: dict[str, Any]) -> None:
+        """The result taken by result() is stored: the host is done."""
+        item = self._open.get((jid, host))
+        if item is None or not item.storing:
+            return
+        if item.state is State.NO_RESPONSE:  # late: the CLI heard "no response" already
+            self._drop(item)
+        else:
+            self._close(item, result)
+        self._ask()
+
+    def result_lost(self, jid: str, host: str, now: float) -> None:
+        """The result taken by result() could not be stored: the minion sends
+        it again, as it was not confirmed."""
+        item = self._open.get((jid, host))
+        if item is None or not item.storing:
+            return
+        if item.state is State.NO_RESPONSE:
+            self._drop(item)
+            return
+        item.storing = False
+        self._push(item)
+        self._ask()
+
+    def forget_host(self, host: str) -> None:
+        """The host's key is no longer accepted: nothing more is published to
+        it. Its jobs still end, in a result or "no response"."""
+        for jid in self._by_host.get(host, ()):
+            item = self._open[(jid, host)]
+            if item.publishing:
+                item.publishing = False
+                self._push(item)
+        self._ask()
+
+    # ---- inside ----
+
+    def _add(
+        self, jid: str, host: str, state: State, deadline: float, *, count: bool = True
+    ) -> HostJob:
+        if (jid, host) in self._open:
+            raise ValueError(f"job {jid} is already open for {host}")
+        item = HostJob(jid, host, state, deadline, deadline, deadline + MAX_DEADLINE_EXTENSION)
+        if count:
+            self._by_job[jid] = self._by_job.get(jid, 0) + 1
+        else:  # a late result: the job is over, the pair is here only while stored
+            item.until = math.inf
+            item.publishing = False
+        self._open[(jid, host)] = item
+        self._by_host.setdefault(host, set()).add(jid)
+        return item
+
+    def _publish(self, item: HostJob, now: float) -> None:
+        self.effects.publish(item.jid, item.host)
+        item.sent(now)
+        self._push(item)
+
+    def _push(self, item: HostJob) -> None:
+        """Queue the pair's next wake-up, if it moved; the old entry goes stale."""
+        due = item.due()
+        if due != item.queued:
+            item.queued = due
+            if due < math.inf:
+                heapq.heappush(self._heap, (due, next(self._seq), item.jid, item.host))
+
+    def _ask(self) -> None:
+        """Ask for a wake-up when the earliest pair is due, unless one at that
+        time or earlier is asked for already."""
+        while self._heap and self._stale(self._heap[0]):
+            heapq.heappop(self._heap)
+        if not self._heap:
+            return
+        when = max(self._heap[0][0], self._hold_until)
+        if self._asked is None or when < self._asked:
+            self._asked = when
+            self.effects.wake_at(when)
+
+    def _stale(self, entry: tuple[float, int, str, str]) -> bool:
+        item = self._open.get((entry[2], entry[3]))
+        return item is None or item.queued != entry[0]
+
+    def _close(self, item: HostJob, result: dict[str, Any] | None) -> None:
+        """The host's final word: tell the CLI, and the job if it was the last."""
+        self._drop(item)
+        self.effects.answered(item.jid, item.host, result)
+        left = self._by_job[item.jid] - 1
+        if left:
+            self._by_job[item.jid] = left
+        else:
+            del self._by_job[item.jid]
+            self.effects.finished(item.jid)
+
+    def _drop(self, item: HostJob) -> None:
+        del self._open[(item.jid, item.host)]
+        jids = self._by_host[item.host]
+        jids.discard(item.jid)
+        if not jids:
+            del self._by_host[item.host]

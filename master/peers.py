@@ -1,0 +1,149 @@
+"""Who is at the other end of the master's network sockets.
+
+The connection tables of the three network sockets (master/transport.py),
+which connections to cut, the accepted minions' public keys as objects, and
+their presence. Presence comes only from authenticated heartbeats: a minion
+counts as connected while its heartbeats keep coming, never because of an
+address. Shared by the parts of the daemon that face the network
+(master/publish.py, master/intake.py, master/keys.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import zmq
+
+from safcm.common.crypto import PublicKeys
+from safcm.common.errors import SafcmError
+from safcm.common.loop import Loop
+from safcm.common.ratelimit import PeerLog
+from safcm.master.keystore import KeyStore, MinionKey
+from safcm.master.transport import (
+    HANDSHAKE_IVL_MS,
+    KEY_PORT_IDLE,
+    UNKNOWN_IDLE,
+    ZMTP_HEARTBEAT_IVL_MS,
+    ZMTP_HEARTBEAT_TIMEOUT_MS,
+    ConnectionTable,
+    Monitor,
+    curve_server,
+)
+
+log = logging.getLogger("safcm-master")
+
+# A minion counts as connected while its last heartbeat is younger than this
+# many of its heartbeat intervals (it reports its interval in each heartbeat).
+LIVENESS = 3
+
+
+@dataclass
+class Presence:
+    last_seen: float  # monotonic
+    interval: float  # the minion's heartbeat interval, seconds (at most MAX_HEARTBEAT_INTERVAL)
+    busy: str | None = None  # the job it said it is applying
+
+
+class Peers:
+    def __init__(self, ctx: zmq.Context, loop: Loop, keystore: KeyStore, peer_log: PeerLog) -> None:
+        self.ctx = ctx
+        self.loop = loop
+        self.keystore = keystore
+        self.peer_log = peer_log
+        self.public: dict[str, PublicKeys] = {}  # accepted minions' keys, as objects
+        self.presence: dict[str, Presence] = {}
+        self.tables: dict[str, ConnectionTable] = {}
+        self.monitors: list[Monitor] = []
+
+    def close(self) -> None:
+        for monitor in self.monitors:
+            monitor.close()
+
+    def bind(
+        self,
+        kind: int,
+        address: str,
+        max_in: int,
+        cap: int,
+        domain: str,
+        curve_secret: bytes | None,
+    ) -> zmq.Socket:
+        """A socket bound to `address`, with its connection table and monitor;
+        a CURVE server under `domain` unless `curve_secret` is None (plain)."""
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_in)
+        if curve_secret is not None:
+            curve_server(sock, curve_secret, domain)
+        else:
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+        idle = KEY_PORT_IDLE if curve_secret is None else UNKNOWN_IDLE
+        table = self.tables[domain] = ConnectionTable(cap, idle)
+        self.monitors.append(
+            Monitor(sock, table, self.loop, domain, self.loop.clock, self.peer_log)
+        )
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as e:
+            sock.close(0)
+            raise SafcmError(f"cannot listen on {address}: {e.strerror}") from e
+        return sock
+
+    def minion_keys(self, sender: str) -> PublicKeys | None:
+        """The keys a sealed message from `sender` must be signed with: accepted ones only."""
+        keys = self.public.get(sender)
+        if keys is None:
+            key = self.keystore.accepted(sender)
+            if key is None or key.public is None:
+                return None
+            keys = self.public[sender] = key.public
+        return keys
+
+    def connected(self, host: str) -> bool:
+        seen = self.presence.get(host)
+        return seen is not None and self.loop.clock() - seen.last_seen < LIVENESS * seen.interval
+
+    def forget(self, key: MinionKey) -> None:
+        """A key stopped being accepted: drop what was kept for it, and cut its connections."""
+        self.public.pop(key.id, None)
+        self.presence.pop(key.id, None)
+        self.cut_key(key)
+
+    def cut_stale(self) -> None:
+        now = self.loop.clock()
+        for monitor in self.monitors:
+            for conn in monitor.table.stale(now):
+                monitor.cut(conn, "idle, or never said who it is")
+
+    def cut_key(self, key: MinionKey) -> None:
+        """Close every connection of a key that is no longer accepted."""
+        if key.curve_pub is None:
+            return
+        for monitor in self.monitors:
+            for conn in monitor.table.forget_key(key.curve_pub.hex()):
+                monitor.cut(conn, f"the key of {key.id} is no longer accepted")
+
+    def cut_fd(self, domain: str, fd: int, reason: str) -> None:
+        for monitor in self.monitors:
+            conn = monitor.table.conns.get(fd)
+            if monitor.name == domain and conn is not None:
+                monitor.cut(conn, reason)
+
+    def noted(self, domain: str, frame: zmq.Frame, known: bool) -> str | None:
+        """The transport key (hex) that sent `frame`, noted in the socket's
+        table; None if the connection must go (and it was cut)."""
+        key = user_id(frame)
+        fd = frame.get(zmq.SRCFD)
+        if self.tables[domain].active(fd, key, known, self.loop.clock()):
+            self.cut_fd(domain, fd, "its key holds too many connections")
+            return None
+        return key
+
+
+def user_id(frame: zmq.Frame) -> str:
+    """The User-Id our ZAP handler gave the frame's connection: the peer's
+    transport key, in hex. (Named as bytes, the property is typed str.)"""
+    return frame.get(b"User-Id")

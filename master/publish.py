@@ -1,0 +1,189 @@
+"""Publishing jobs: the XPUB socket, the minions' subscriptions, sealing and
+(re-)publishing envelopes.
+
+    XPUB    publish_port, CURVE. Jobs, one sealed envelope per host, under that
+            host's topic. Only accepted minions complete the handshake (the
+            ZAP handler, master/transport.py), and each may subscribe to its
+            own topic only: XPUB_MANUAL hands us every subscription with the
+            User-Id of its connection, and we apply just the one that
+            matches. A (re)subscription gets the minion's undelivered
+            envelopes at once, at most once a second per envelope.
+
+When to publish an envelope (at once, again with backoff until its receipt,
+on a subscription) is decided by master/lifecycle.py; this module sends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from safcm.common.crypto import KeyPair, PublicKeys
+from safcm.common.errors import ConfigError, ProtocolError
+from safcm.common.protocol import MASTER_ID, MsgType, seal_message_at, topic_for
+from safcm.common.ratelimit import PeerLog
+from safcm.master.jobstore import JobStore
+from safcm.master.keystore import KeyStore
+from safcm.master.lifecycle import Lifecycles
+from safcm.master.peers import Peers, user_id
+from safcm.master.transport import DOMAIN_PUBLISH
+
+log = logging.getLogger("safcm-master")
+
+# Seconds added to a job's timeout for its envelope's lifetime, so an envelope
+# received just before the deadline can still be opened (clock skew).
+ENVELOPE_SLACK = 5
+# Messages ZeroMQ may queue per subscriber before it drops (then re-publish
+# helps). Each subscriber gets its own topic only, so this holds a few of one
+# host's envelopes: a stalled subscriber costs little.
+PUBLISH_HWM = 16
+PUBLISH_RCVHWM = 8
+# Seconds a key whose publish connection was cut for a subscription not its
+# own is refused at the handshake there. libzmq keeps every subscription it
+# reads (XPUB_MANUAL too) until the connection ends, and a SUB or XSUB
+# re-sends all of its subscriptions on each reconnect: without this, a
+# minion could refill that memory ten times a second. An honest minion never
+# sends such a subscription.
+PUBLISH_PENALTY = 60.0
+# Keys remembered in that penalty box at most (the oldest go first).
+MAX_PENALISED_KEYS = 10_000
+# Largest message the publish socket receives, in bytes. libzmq applies the
+# limit to the handshake's commands too, and a SUB's CURVE INITIATE is about
+# 290 bytes (measured: 256 fails, 300 works): the publish socket allows that
+# much, and on_xpub() refuses anything but the minion's own topic.
+PUBLISH_MAX_IN = 300
+
+
+def seal_job(
+    keys: KeyPair,
+    job: dict[str, Any],
+    *,
+    jid: str,
+    host: str,
+    recipient_keys: PublicKeys,
+    now: float,
+    timeout: float,
+) -> bytes:
+    """The envelope of a JOB for one host: readable by that host alone, and
+    valid until the job's deadline plus ENVELOPE_SLACK."""
+    try:
+        return seal_message_at(
+            MsgType.JOB,
+            job,
+            jid=jid,
+            sender=MASTER_ID,
+            sender_keys=keys,
+            recipient=host,
+            recipient_keys=recipient_keys,
+            now=now,
+            ttl=math.ceil(timeout) + ENVELOPE_SLACK,
+        )
+    except ProtocolError as e:
+        raise ConfigError(f"host {host}: its job cannot be sent: {e}") from e
+
+
+class Publisher:
+    def __init__(
+        self,
+        peers: Peers,
+        keystore: KeyStore,
+        jobs: JobStore,
+        lifecycle: Lifecycles,
+        clock: Callable[[], float],
+    ) -> None:
+        self.peers = peers
+        self.keystore = keystore
+        self.jobs = jobs
+        self.lifecycle = lifecycle
+        self.clock = clock
+        self.peer_log: PeerLog = peers.peer_log
+        self.xpub: zmq.Socket | None = None
+        self.penalised: dict[bytes, float] = {}  # transport key -> refused on publish until
+        # Envelopes of the job being started: published from here, not read
+        # back from the job store (master/runs.py fills it around start()).
+        self.fresh: dict[tuple[str, str], bytes] = {}
+
+    def open(self, address: str, cap: int, curve_secret: bytes) -> None:
+        self.xpub = xpub = self.peers.bind(
+            zmq.XPUB, address, PUBLISH_MAX_IN, cap, DOMAIN_PUBLISH, curve_secret
+        )
+        # Subscriptions are ours to apply (XPUB_MANUAL), each one reported (VERBOSE).
+        xpub.setsockopt(zmq.XPUB_MANUAL, 1)
+        xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        xpub.setsockopt(zmq.SNDHWM, PUBLISH_HWM)
+        # Subscriptions waiting to be read, per connection: an honest minion
+        # sends one; a flood stays in its own TCP buffers, not in our memory.
+        xpub.setsockopt(zmq.RCVHWM, PUBLISH_RCVHWM)
+        self.peers.loop.add_reader(xpub, self.on_xpub)
+
+    def close(self) -> None:
+        if self.xpub is not None:
+            self.peers.loop.remove_reader(self.xpub)
+            self.xpub.close(0)
+
+    def refused(self, curve_key: bytes) -> bool:
+        """Whether the publish socket refuses this transport key for now (PUBLISH_PENALTY)."""
+        return self.penalised.get(curve_key, 0.0) > self.peers.loop.clock()
+
+    def publish(self, jid: str, host: str) -> None:
+        """Publish one envelope (that of the job being started, or read from the job store)."""
+        envelope = self.fresh.get((jid, host)) or self.jobs.envelope(jid, host)
+        if envelope is None:  # received meanwhile
+            return
+        # A full subscriber queue drops the message; the next re-publish tries again.
+        with contextlib.suppress(zmq.Again):
+            _opened(self.xpub).send_multipart([topic_for(host), envelope], zmq.NOBLOCK)
+
+    def on_xpub(self) -> None:
+        """Subscriptions: each applied only if it is the topic of the accepted
+        minion whose connection sent it (XPUB_MANUAL applies a SUBSCRIBE to
+        the connection of the last message read)."""
+        xpub = _opened(self.xpub)
+        while True:
+            try:
+                frame = xpub.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            event = frame.bytes
+            if event[:1] != b"\x01":
+                continue  # an unsubscription; libzmq drops a closed connection's own
+            key = self.keystore.accepted_by_curve(bytes.fromhex(user_id(frame)))
+            if self.peers.noted(DOMAIN_PUBLISH, frame, known=key is not None) is None:
+                continue
+            topic = event[1:]
+            if key is None or topic != topic_for(key.id):
+                # libzmq keeps every subscription it hands us (XPUB_MANUAL), applied
+                # or not: a connection that sends one an honest minion never would
+                # is cut, so junk subscriptions cannot pile up in its memory.
+                who = "a key no longer accepted" if key is None else key.id
+                self.peer_log.warning(
+                    "refused a subscription of %s to a topic that is not its own; "
+                    "closing that connection",
+                    who,
+                )
+                self.peers.cut_fd(
+                    DOMAIN_PUBLISH, frame.get(zmq.SRCFD), "a subscription not its own"
+                )
+                self._penalise(bytes.fromhex(user_id(frame)))
+                continue
+            xpub.setsockopt(zmq.SUBSCRIBE, topic)
+            self.peer_log.log(logging.DEBUG, "subscription of %s applied", key.id)
+            self.lifecycle.subscribed(key.id, self.clock())
+
+    def _penalise(self, curve_key: bytes) -> None:
+        self.penalised.pop(curve_key, None)
+        self.penalised[curve_key] = self.peers.loop.clock() + PUBLISH_PENALTY
+        while len(self.penalised) > MAX_PENALISED_KEYS:
+            del self.penalised[next(iter(self.penalised))]
+
+
+def _opened(sock: zmq.Socket | None) -> zmq.Socket:
+    """The publish socket; RuntimeError before Publisher.open()."""
+    if sock is None:
+        raise RuntimeError("the publish socket is used before it is opened")
+    return sock

@@ -1,0 +1,252 @@
+"""Runs: the RUN control request, from the CLI's target to a started job, and
+the job's results streamed back to the CLI connections that wait for it.
+
+A job is compiled for every targeted host, sealed to each host alone, and
+stored with its envelopes (master/jobstore.py) before the first publish. The
+CLI then hears RUN_STARTED (with what the master knows that will delay a
+host), RUN_HOST_RESULT for each host as it answers or is "no response",
+RUN_PROGRESS when a host still working moves its deadline, and RUN_DONE. When
+each of these happens is decided by master/lifecycle.py (answered, progress,
+finished).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from safcm.common.crypto import KeyPair
+from safcm.common.errors import SafcmError, UsageError
+from safcm.common.protocol import NO_RESPONSE, Message, Module, MsgType, new_jid
+from safcm.master import repocache, targets
+from safcm.master.compiler import HostConfig, compile_hosts
+from safcm.master.control import ControlConnection
+from safcm.master.jobstore import JobRecord, JobStore, Plan
+from safcm.master.keystore import KeyState, KeyStore
+from safcm.master.lifecycle import Lifecycles
+from safcm.master.outcomes import outcome
+from safcm.master.peers import Peers
+from safcm.master.publish import Publisher, seal_job
+from safcm.master.render import Tally
+from safcm.master.settings import MasterSettings
+
+log = logging.getLogger("safcm-master")
+
+# Seconds `git rev-parse` may take to name the repository's commit.
+GIT_TIMEOUT = 5.0
+
+
+@dataclass
+class Run:
+    """A job some CLI waits on, and how its hosts have answered so far."""
+
+    jid: str
+    hosts: list[str]
+    watchers: list[ControlConnection] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+
+
+class Runs:
+    def __init__(
+        self,
+        settings: MasterSettings,
+        keys: KeyPair,
+        peers: Peers,
+        keystore: KeyStore,
+        jobs: JobStore,
+        publisher: Publisher,
+        lifecycle: Lifecycles,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.peers = peers
+        self.keystore = keystore
+        self.jobs = jobs
+        self.publisher = publisher
+        self.lifecycle = lifecycle
+        self.clock = clock
+        self.runs: dict[str, Run] = {}
+        self.last_jid = jobs.last_jid()
+
+    def on_run(self, conn: ControlConnection, msg: Message) -> None:
+        body = msg.body
+        module = body["module"]
+        dry_run = body["dry_run"]
+        timeout = body["timeout"] or self.settings.job_timeout
+        target = targets.normalise(body["target"], body["group"])
+        # ping sends no files: a problem in a group's files must not stop it.
+        repo = repocache.load(self.settings.config_dir, targets_only=module == Module.PING)
+        resolved = targets.resolve(
+            target,
+            hosts=repo.hosts,
+            group_members=_members(repo),
+            accepted={k.id for k in self.keystore.all() if k.state is KeyState.ACCEPTED},
+            key_states=lambda i: k.state if (k := self.keystore.get(i)) else None,
+        )
+        configs = compile_hosts(repo, resolved.hosts) if module == Module.FILES else {}
+
+        now = self.clock()
+        jid = new_jid(now, self.last_jid)
+        deadline = now + timeout
+        envelopes = {}
+        plans = {}
+        for host in resolved.hosts:
+            job = {"module": module, "dry_run": dry_run, "deadline": deadline}
+            job.update(_job_files(configs.get(host)))
+            plans[host] = Plan.of_job(job)
+            recipient_keys = self.peers.minion_keys(host)
+            if recipient_keys is None:  # accepted, but enrolled before CURVE
+                raise SafcmError(f"host {host}: its key has no transport key; it must enrol again")
+            envelopes[host] = seal_job(
+                self.keys,
+                job,
+                jid=jid,
+                host=host,
+                recipient_keys=recipient_keys,
+                now=now,
+                timeout=timeout,
+            )
+        record = JobRecord(
+            jid,
+            now,
+            deadline,
+            conn.user,
+            target,
+            module,
+            dry_run,
+            _git_commit(self.settings.config_dir),
+        )
+        self.jobs.create(record, envelopes, plans)  # stored before anything is published
+        self.last_jid = jid
+        log.info(
+            "job %s: %s%s on %s by %s",
+            jid,
+            module,
+            " (dry run)" if dry_run else "",
+            target,
+            conn.user,
+        )
+        conn.send(
+            MsgType.RUN_STARTED,
+            {
+                "jid": jid,
+                "hosts": resolved.hosts,
+                "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
+                "notes": [
+                    {"host": h, "note": note}
+                    for h in resolved.hosts
+                    if (note := self._host_note(h)) is not None
+                ],
+            },
+        )
+        run = Run(jid, resolved.hosts, [conn])
+        self.runs[jid] = run
+        conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
+        self.publisher.fresh = {(jid, host): envelope for host, envelope in envelopes.items()}
+        try:
+            self.lifecycle.start(jid, resolved.hosts, deadline, now)  # published at once
+        finally:
+            self.publisher.fresh = {}
+
+    def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
+        run = self.runs.get(jid)
+        if run is None:
+            return
+        run.tally.add(outcome(result))
+        status = NO_RESPONSE if result is None else result["status"]
+        for conn in list(run.watchers):
+            conn.send(
+                MsgType.RUN_HOST_RESULT,
+                {"jid": jid, "host": host, "status": status, "result": result},
+            )
+
+    def progress(self, jid: str, host: str, until: float) -> None:
+        run = self.runs.get(jid)
+        if run is not None:
+            for conn in list(run.watchers):
+                conn.send(MsgType.RUN_PROGRESS, {"jid": jid, "host": host, "until": until})
+
+    def finished(self, jid: str) -> None:
+        run = self.runs.pop(jid, None)
+        if run is None:
+            return
+        summary = {**run.tally.as_dict(), "targeted": len(run.hosts)}
+        for conn in list(run.watchers):
+            conn.send(MsgType.RUN_DONE, {"jid": jid, "summary": summary})
+            conn.finish()
+
+    def _host_note(self, host: str) -> str | None:
+        """What the master knows now that will delay or stop a job for `host`:
+        said at submit time, so an administrator need not wait for the
+        deadline to learn it (the job still waits for the host until then)."""
+        key = self.keystore.get(host)
+        claims = self.keystore.refused(host)
+        if key is not None and claims and (key.last_seen or 0.0) < claims[-1].last_seen:
+            return (
+                f"presents a new key ({claims[-1].fingerprint}): compare fingerprints, "
+                f"then 'safcm-master keys accept {host} --fingerprint FP'"
+            )
+        if not self.peers.connected(host):
+            seen = (
+                "never seen"
+                if key is None or key.last_seen is None
+                else (
+                    "last seen "
+                    + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(key.last_seen))
+                )
+            )
+            return f"not connected ({seen}); the job waits for it until its deadline"
+        busy = self.peers.presence[host].busy
+        if busy is not None:
+            return f"busy with job {busy}; this job is queued behind it"
+        return None
+
+
+def _members(repo: Any) -> Any:
+    def members(name: str) -> list[str]:
+        if not repo.has_group(name):
+            raise UsageError(f"unknown group {name!r} (groups: {', '.join(repo.group_names())})")
+        return repo.members(name)
+
+    return members
+
+
+def _git_commit(repo_dir: str) -> str | None:
+    """The repository's HEAD commit ("-dirty" if it has uncommitted changes), or
+    None if it is not a git repository (or git is missing)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(
+                ["git", "-C", repo_dir, *args],
+                capture_output=True,
+                text=True,
+                timeout=GIT_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "--quiet", "HEAD")
+    if not commit:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=normal")
+    return f"{commit}-dirty" if dirty else commit
+
+
+def _job_files(config: HostConfig | None) -> dict[str, Any]:
+    """The part of a JOB body that says what the host's files must be (none for ping)."""
+    if config is None:
+        return {"files": [], "absent": [], "purge": [], "secrets": []}
+    return {
+        "files": [spec.to_wire() for spec in config.specs()],
+        "absent": [a.to_wire() for a in config.absent],
+        "purge": list(config.purge),
+        "secrets": list(config.secrets),
+    }
