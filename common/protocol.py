@@ -160,6 +160,7 @@ __all__ = [
     "ResultStatus",
     "SeenJids",
     "VerifiedMessage",
+    "check_body",
     "check_jid",
     "check_minion_id",
     "claimed_spec",
@@ -940,6 +941,12 @@ class Message:
 
 def _spec_for(raw_type: object) -> MessageSpec:
     return SPECS[known_type(raw_type)]
+
+
+def check_body(msg_type: MsgType, body: Any) -> None:
+    """Check a body against its type's schema and rules, as sealing would;
+    ProtocolError if it does not fit (its size is not checked here)."""
+    _check_body(SPECS[msg_type], body, None)
 
 
 def _check_body(spec: MessageSpec, body: Any, jid: str | None) -> None:

@@ -101,7 +101,9 @@ class Master:
         self.lifecycle = Lifecycles(self)
         self._wake: Timer | None = None  # the lifecycle's next wake-up
         self._wake_when = math.inf  # its time, unix
-        self.publisher = Publisher(self.peers, self.keystore, self.jobs, self.lifecycle, clock)
+        self.publisher = Publisher(
+            self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
+        )
         self.intake = Intake(
             settings, self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
         )
@@ -284,6 +286,7 @@ class Master:
         self.runs.progress(jid, host, until)
 
     def finished(self, jid: str) -> None:
+        self.publisher.forget(jid)
         self.runs.finished(jid)
 
     def wake_at(self, when: float) -> None:

@@ -10,7 +10,11 @@
             envelopes at once, at most once a second per envelope.
 
 When to publish an envelope (at once, again with backoff until its receipt,
-on a subscription) is decided by master/lifecycle.py; this module sends it.
+on a subscription) is decided by master/lifecycle.py; this module seals and
+sends it. An envelope is sealed when it is published, from the job's parts
+(master/jobcontent.py: the host's manifest and the content it lacks), which
+are kept in memory while the job is open and read back from the job store
+after a restart.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from safcm.common.crypto import KeyPair, PublicKeys
 from safcm.common.errors import ConfigError, ProtocolError
 from safcm.common.protocol import MASTER_ID, MsgType, seal_message_at, topic_for
 from safcm.common.ratelimit import PeerLog
+from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobStore
 from safcm.master.keystore import KeyStore
 from safcm.master.lifecycle import Lifecycles
@@ -90,12 +95,14 @@ def seal_job(
 class Publisher:
     def __init__(
         self,
+        keys: KeyPair,
         peers: Peers,
         keystore: KeyStore,
         jobs: JobStore,
         lifecycle: Lifecycles,
         clock: Callable[[], float],
     ) -> None:
+        self.keys = keys
         self.peers = peers
         self.keystore = keystore
         self.jobs = jobs
@@ -104,9 +111,10 @@ class Publisher:
         self.peer_log: PeerLog = peers.peer_log
         self.xpub: zmq.Socket | None = None
         self.penalised: dict[bytes, float] = {}  # transport key -> refused on publish until
-        # Envelopes of the job being started: published from here, not read
-        # back from the job store (master/runs.py fills it around start()).
-        self.fresh: dict[tuple[str, str], bytes] = {}
+        # What the envelopes of open jobs are sealed from, by jid: put here by
+        # master/runs.py when a job starts, dropped when it finishes.
+        self.open_jobs: dict[str, JobParts] = {}
+        self.sent_bytes = 0  # envelope bytes published, for bench/fanout.py
 
     def open(self, address: str, cap: int, curve_secret: bytes) -> None:
         self.xpub = xpub = self.peers.bind(
@@ -131,13 +139,41 @@ class Publisher:
         return self.penalised.get(curve_key, 0.0) > self.peers.loop.clock()
 
     def publish(self, jid: str, host: str) -> None:
-        """Publish one envelope (that of the job being started, or read from the job store)."""
-        envelope = self.fresh.get((jid, host)) or self.jobs.envelope(jid, host)
+        """Seal and publish the envelope of (jid, host)."""
+        envelope = self._envelope(jid, host)
         if envelope is None:  # received meanwhile
             return
+        self.sent_bytes += len(envelope)
         # A full subscriber queue drops the message; the next re-publish tries again.
         with contextlib.suppress(zmq.Again):
             _opened(self.xpub).send_multipart([topic_for(host), envelope], zmq.NOBLOCK)
+
+    def forget(self, jid: str) -> None:
+        """The job is finished: nothing of it is published again."""
+        self.open_jobs.pop(jid, None)
+
+    def _envelope(self, jid: str, host: str) -> bytes | None:
+        parts = self.open_jobs.get(jid)
+        if parts is None:  # after a restart
+            parts = self.jobs.parts(jid)
+            if parts is None:  # a job stored before migration 4, sealed then
+                return self.jobs.envelope(jid, host)
+            self.open_jobs[jid] = parts
+        if host not in parts.hosts:
+            return None
+        recipient_keys = self.peers.minion_keys(host)
+        if recipient_keys is None:  # its key was deleted or replaced meanwhile
+            return None
+        now = self.clock()
+        return seal_job(
+            self.keys,
+            parts.body(host),
+            jid=jid,
+            host=host,
+            recipient_keys=recipient_keys,
+            now=now,
+            timeout=max(0.0, parts.deadline - now),
+        )
 
     def on_xpub(self) -> None:
         """Subscriptions: each applied only if it is the topic of the accepted
