@@ -49,9 +49,10 @@ How one apply works (apply_files):
    unlinkat(AT_REMOVEDIR)), never through a symlink (a directory is opened
    with O_NOFOLLOW, or openat2 with RESOLVE_NO_SYMLINKS) and never across a
    mount (RESOLVE_NO_XDEV, and a device check in any case).
-7. fsync every directory that was changed, once: at the end, or earlier if
-   its descriptor leaves the cache. The report is only sent after
-   apply_files returns, so no rename is reported before it is durable.
+7. fsync every directory that was changed, once: at the end (several at
+   once), or earlier if its descriptor leaves the cache. The report is only
+   sent after apply_files returns, so no rename is reported before it is
+   durable.
 8. Triggers. If no path failed: run the owed triggers and those of the
    changed paths, each command once, and clear the owed ones. If a path
    failed: run none (a reload must never meet a half-applied host), and add
@@ -570,19 +571,33 @@ class _Dirs:
             os.close(fd)
 
     def finish(self) -> ApplyFailure | None:
-        """fsync every changed directory and close them all; report the first error."""
-        problem = None
-        for rel in sorted(self._dirty):
-            fd = self.rootfd if not rel else self._fds[rel]
-            try:
-                _fsync_dir(fd, rel)
-            except FileOpError as e:
-                problem = problem or ApplyFailure(e.path, e.reason)
-        self._dirty.clear()
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-        return problem
+        """fsync every changed directory, several at once, and close them all;
+        report the first error."""
+        problems: list[ApplyFailure] = []
+
+        def note(result: None, error: BaseException | None) -> None:
+            if isinstance(error, FileOpError):
+                problems.append(ApplyFailure(error.path, error.reason))
+            elif error is not None:
+                raise error  # a bug, not a host problem
+
+        syncs: Pipeline[None] = Pipeline(FSYNC_WORKERS, PENDING_WRITES_MAX, "safcm-dirsync")
+        try:
+            for rel in sorted(self._dirty):
+                fd = self.rootfd if not rel else self._fds[rel]
+                syncs.submit(partial(_fsync_dir, fd, rel), note, _keep)
+            syncs.drain()
+        finally:
+            syncs.close()  # waits for every fsync before a descriptor is closed
+            self._dirty.clear()
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+        return problems[0] if problems else None
+
+
+def _keep(result: None) -> None:
+    """A directory's fsync holds nothing to release: its descriptor stays cached."""
 
 
 def _fsync_dir(fd: int, rel: str) -> None:

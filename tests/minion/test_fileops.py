@@ -2081,3 +2081,26 @@ def test_descriptors_stay_bounded_during_a_large_create(host: Host, engine_mode,
     bound = len(before) + 1 + ndirs + 1 + 1 + 1 + fileops.PENDING_WRITES_MAX
     assert peak <= bound, f"{peak} descriptors open at once, bound {bound}"
     assert open_fds() == before
+
+
+def test_a_directory_fsync_failure_is_reported_and_the_others_are_synced(host: Host, monkeypatch):
+    make(host.root, [D("/d1"), D("/d2")])
+    root, d1, d2 = (os.stat(host.root + p).st_ino for p in ("", "/d1", "/d2"))
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if st.st_ino == d2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced.append(st.st_ino)
+
+    monkeypatch.setattr(fileops.os, "fsync", fsync)
+    result = host.apply([spec("/d1/a", data=b"a"), spec("/d2/b", data=b"b"), spec("/d3", "dir")])
+    assert [(f.path, f.reason) for f in result.failures] == [
+        ("/d2", "fsync of the directory failed: Input/output error")
+    ]
+    assert sorted(synced) == sorted([root, d1, os.stat(host.root + "/d3").st_ino])
+    assert result.triggers == []
