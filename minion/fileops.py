@@ -151,11 +151,13 @@ DIR_CACHE_MAX = 128
 # to it, changes while we look.
 OBSERVE_ATTEMPTS = 3
 RESOLVE_ATTEMPTS = 3
-# Worker threads of one apply that write and fsync new file versions, so
-# that this many fsyncs can be in flight at once: ext4 and xfs commit the
-# fsyncs that wait together in one journal commit. On the 2-core ext4 test
-# machine 4 to 16 gave the same gain (about 2.5x over one at a time, see
-# bench/engine.py); more only adds threads. os.fsync releases the GIL.
+# Worker threads of one apply that create, write and fsync new file
+# versions, so that this many fsyncs can be in flight at once: with a
+# journal (ext4, xfs) the fsyncs that wait together share one commit;
+# without one, the disk takes their writes and cache flushes together. On
+# the 2-core test machine (ext4 without a journal) 4 to 16 gave about the
+# same gain, 1.5x to 2.5x on create (bench/engine.py --serial); more only
+# adds threads. os.fsync releases the GIL.
 FSYNC_WORKERS = 8
 # New file and symlink versions submitted but not yet renamed into place, at
 # most; the main thread waits for the oldest when it is this far ahead. Each

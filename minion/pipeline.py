@@ -2,10 +2,10 @@
 
 The file engine makes a new file version durable before it makes it
 visible: write, fsync, then rename. Done one file at a time, every file
-waits for its own journal commit. With several fsyncs in flight at once,
-the filesystem commits them together (ext4 and xfs fold the fsyncs that
-arrive during one journal commit into the next), so a thousand files cost
-far fewer commits.
+waits for its own trip to the disk. With several fsyncs in flight at once
+the trips are shared: a journaling filesystem (ext4, xfs) folds the fsyncs
+that arrive during one journal commit into the next, and without a journal
+the disk takes their writes and cache flushes together.
 
 A Pipeline holds jobs in the order they were submitted. Each job has an
 optional `work` callable, run on a bounded pool of worker threads, and a
