@@ -29,14 +29,15 @@ How one apply works (apply_files):
    chowned with AT_SYMLINK_NOFOLLOW and renamed. A directory is made 0700,
    opened without following, then chowned and chmodded. A type change removes
    the old file or empty directory; a non-empty directory is never removed.
-   New file versions are created, written and fsynced on a few worker
-   threads at once (minion/pipeline.py), so the filesystem commits their
-   fsyncs together, while the main thread observes and decides the next
-   files. A worker creates the temporary relative to the parent's held
-   descriptor (which stays open until the worker is done) and touches
-   nothing else. The main thread links and renames each one, in path order,
-   only once its own fsync has returned. Any other step first finishes every
-   earlier write, so the host changes in path order.
+   New file versions are created, written, fsynced and (an O_TMPFILE, only
+   then) linked to a temporary name on a few worker threads at once
+   (minion/pipeline.py), so their fsyncs share trips to the disk, while the
+   main thread observes and decides the next files. A worker works only
+   relative to the parent's held descriptor (which stays open until the
+   worker is done) and through the temporary's own descriptor. The main
+   thread renames each new version into place, in path order, only once its
+   own fsync has returned. Any other step first finishes every earlier
+   write, so the host changes in path order.
 5. One failure stops only what depends on it. A file that fails is recorded
    as failed, with the reason, and the apply goes on with the next path. A
    directory that fails blocks the paths below it: they are recorded as
@@ -87,7 +88,6 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import overload
 
@@ -160,12 +160,12 @@ RESOLVE_ATTEMPTS = 3
 # adds threads. os.fsync releases the GIL.
 FSYNC_WORKERS = 8
 # New file and symlink versions submitted but not yet renamed into place, at
-# most; the main thread waits for the oldest when it is this far ahead. Each
-# new file holds its temporary's descriptor until it is linked and renamed
-# (an O_TMPFILE has no name to reopen it by), so this bounds the descriptors
-# of an apply to DIR_CACHE_MAX + PENDING_WRITES_MAX + a few, far below the
-# default limit of 1024. Four per worker keeps the workers busy while the
-# oldest file's fsync holds up the renames behind it.
+# most; the main thread waits for the oldest when it is this far ahead. This
+# bounds the temporaries in the directories and the memory of an apply, and
+# its descriptors to DIR_CACHE_MAX + min(FSYNC_WORKERS, PENDING_WRITES_MAX)
+# + a few (a temporary's descriptor is open only while a worker writes it),
+# far below the default limit of 1024. Four per worker keeps the workers
+# busy while the oldest file's fsync holds up the renames behind it.
 PENDING_WRITES_MAX = 32
 # Directory levels below a path that is removed or purged, at most. Each
 # level holds one descriptor open while its entries go; a deeper tree is
@@ -298,7 +298,9 @@ def openat2_available() -> bool:
     return _openat2_works
 
 
-_empty_path_link_works = True  # until linkat(AT_EMPTY_PATH) says EPERM once
+# True until linkat(AT_EMPTY_PATH) says EPERM once. Pipeline workers may
+# race to clear it; they all clear it the same way.
+_empty_path_link_works = True
 
 
 def _link_tmpfile(fd: int, dirfd: int, name: str, proc: bool) -> None:
@@ -787,9 +789,7 @@ class _Apply:
             resolve = Resolve.OPENAT2 if openat2_available() else Resolve.WALK
         self.resolve = resolve
         # New file versions on their way: fsynced concurrently, renamed in order.
-        self.writes: Pipeline[_TempFile] = Pipeline(
-            FSYNC_WORKERS, PENDING_WRITES_MAX, "safcm-fsync"
-        )
+        self.writes: Pipeline[str] = Pipeline(FSYNC_WORKERS, PENDING_WRITES_MAX, "safcm-fsync")
         self.dirs = _Dirs(rootfd, resolve, before_close=self.writes.drain)
         self.temp = FORCE_TEMP or Temp.TMPFILE
         self.names = _Names()
@@ -1349,11 +1349,11 @@ class _Apply:
     ) -> None:
         """Write the new version of a file or symlink through the pipeline.
 
-        A file's temporary is created in the directory `pfd` and written,
-        chowned, chmodded and fsynced on a worker (_write_temp); it is named
-        and renamed over `base` on this thread, in path order, once that has
-        returned. A symlink has no data to sync: it is made and renamed in
-        its turn. A failure is recorded for this path only.
+        A file's temporary is made in the directory `pfd`, synced and named
+        on a worker (_write_temp); it is renamed over `base` on this thread,
+        in path order, once that has returned. A symlink has no data to
+        sync: it is made and renamed in its turn. A failure is recorded for
+        this path only.
         """
         if spec.type is FileType.SYMLINK:
             commit = partial(self._commit_symlink, pfd, rel, base, spec, owner)
@@ -1361,7 +1361,7 @@ class _Apply:
             commit = partial(self._commit_file, pfd, rel, base, spec)
         work = None
         if spec.type is FileType.FILE:
-            work = partial(_write_temp, pfd, base, spec, owner, self.temp is Temp.NAMED)
+            work = partial(_write_temp, pfd, base, spec, owner, self.temp)
         self.writes.submit(
             work, partial(self._finish, index, seq, spec.path, commit), partial(_drop_temp, pfd)
         )
@@ -1371,13 +1371,13 @@ class _Apply:
         index: int,
         seq: int,
         path: str,
-        commit: Callable[[_TempFile | None, BaseException | None], None],
-        temp: _TempFile | None,
+        commit: Callable[[str | None, BaseException | None], None],
+        tmp: str | None,
         error: BaseException | None,
     ) -> None:
         """Do the `commit` of a queued write; record its failure as this path's own."""
         try:
-            commit(temp, error)
+            commit(tmp, error)
         except (FileOpError, OSError) as e:
             self._fail(seq, path, e, index)
 
@@ -1387,16 +1387,16 @@ class _Apply:
         rel: str,
         base: str,
         spec: FileSpec,
-        temp: _TempFile | None,
+        tmp: str | None,
         error: BaseException | None,
     ) -> None:
-        """Name the temporary and rename it over `base`, now that its fsync
-        has returned; or, if writing it failed, raise that `error`."""
+        """Rename the temporary `tmp` over `base`, now that its fsync has
+        returned; or, if writing it failed, raise that `error`."""
         if error is not None:
             raise error
-        if temp is None:
+        if tmp is None:
             raise RuntimeError(f"no temporary file and no error for {spec.path}")
-        self._place(pfd, rel, base, spec, self._name_temp(pfd, base, spec, temp), Remove.NOTHING)
+        self._place(pfd, rel, base, spec, tmp, Remove.NOTHING)
 
     def _commit_symlink(
         self,
@@ -1405,11 +1405,11 @@ class _Apply:
         base: str,
         spec: FileSpec,
         owner: Owner,
-        temp: _TempFile | None,
+        tmp: str | None,
         error: BaseException | None,
     ) -> None:
         """Make the symlink under a temporary name and rename it over `base`
-        (a symlink has no work on a worker: `temp` and `error` are None)."""
+        (a symlink has no work on a worker: `tmp` and `error` are None)."""
         tmp = self._temp_symlink(pfd, base, spec, owner)
         self._place(pfd, rel, base, spec, tmp, Remove.NOTHING)
 
@@ -1421,8 +1421,7 @@ class _Apply:
         if spec.type is FileType.SYMLINK:
             tmp = self._temp_symlink(pfd, base, spec, owner)
         else:
-            temp = _write_temp(pfd, base, spec, owner, self.temp is Temp.NAMED)
-            tmp = self._name_temp(pfd, base, spec, temp)
+            tmp = _write_temp(pfd, base, spec, owner, self.temp)
         self._place(pfd, rel, base, spec, tmp, d.remove)
 
     def _place(
@@ -1454,26 +1453,6 @@ class _Apply:
                 os.unlink(tmp, dir_fd=pfd)
             raise
 
-    def _name_temp(self, pfd: int, base: str, spec: FileSpec, temp: _TempFile) -> str:
-        """The name of `temp`, complete and synced, in `pfd`; an O_TMPFILE is
-        linked in under a new temporary name now. Closes its descriptor."""
-        if temp.name is not None:
-            os.close(temp.fd)
-            return temp.name
-        try:
-            for _ in range(TEMP_ATTEMPTS):
-                name = temp_name(base, _token())
-                try:
-                    _link_tmpfile(temp.fd, pfd, name, proc=self.temp is Temp.TMPFILE_PROC)
-                    return name
-                except FileExistsError:
-                    continue
-                except OSError as e:
-                    raise FileOpError(spec.path, f"linking the new version: {e.strerror}") from e
-        finally:
-            os.close(temp.fd)
-        raise FileOpError(spec.path, "could not find a free temporary name")
-
     def _temp_symlink(self, pfd: int, base: str, spec: FileSpec, owner: Owner) -> str:
         for _ in range(TEMP_ATTEMPTS):
             name = temp_name(base, _token())
@@ -1494,37 +1473,35 @@ class _Apply:
         raise FileOpError(spec.path, "could not find a free temporary name")
 
 
-@dataclass(slots=True)
-class _TempFile:
-    """A new file version on its way: its open descriptor, and its name if it has one."""
+def _write_temp(pfd: int, base: str, spec: FileSpec, owner: Owner, temp: Temp) -> str:
+    """Write the new version of `base` to a temporary in `pfd`, synced; return its name.
 
-    fd: int
-    name: str | None  # None: an O_TMPFILE, linked in only once it is synced
-
-
-def _write_temp(pfd: int, base: str, spec: FileSpec, owner: Owner, named: bool) -> _TempFile:
-    """Create the temporary for a new version of `base` in `pfd` and fill it, synced.
-
-    Runs on a pipeline worker. It only creates the temporary relative to
-    `pfd` (which the main thread closes only after this has returned) and
-    writes through the temporary's own descriptor. On failure nothing is
-    left open or behind.
+    Runs on a pipeline worker. It works only relative to `pfd` (which the
+    main thread closes only after this has returned) and through the
+    temporary's own descriptor, which it closes. An O_TMPFILE is linked in
+    under a temporary name only once its fsync has returned. On failure
+    nothing is left open or behind.
     """
-    temp = _open_temp(pfd, base, spec, named)
+    fd, name = _open_temp(pfd, base, spec, named=temp is Temp.NAMED)
     try:
-        _fill(temp.fd, spec, owner)
+        _fill(fd, spec, owner)
+        if name is None:
+            name = _link_temp(fd, pfd, base, spec, proc=temp is Temp.TMPFILE_PROC)
     except BaseException:
-        _drop_temp(pfd, temp)
+        if name is not None:
+            _drop_temp(pfd, name)
         raise
-    return temp
+    finally:
+        os.close(fd)
+    return name
 
 
-def _open_temp(pfd: int, base: str, spec: FileSpec, named: bool) -> _TempFile:
+def _open_temp(pfd: int, base: str, spec: FileSpec, named: bool) -> tuple[int, str | None]:
     """Create the temporary for a new file version, empty and private, in `pfd`:
-    an O_TMPFILE unless `named`, or where the filesystem lacks it."""
+    an O_TMPFILE (no name yet) unless `named`, or where the filesystem lacks it."""
     if not named:
         try:
-            return _TempFile(os.open(".", _TMPFILE_FLAGS, _PRIVATE_FILE, dir_fd=pfd), None)
+            return os.open(".", _TMPFILE_FLAGS, _PRIVATE_FILE, dir_fd=pfd), None
         except OSError as e:
             if e.errno not in _NO_TMPFILE:
                 raise FileOpError(spec.path, f"creating a temporary file: {e.strerror}") from e
@@ -1536,7 +1513,21 @@ def _open_temp(pfd: int, base: str, spec: FileSpec, named: bool) -> _TempFile:
             continue
         except OSError as e:
             raise FileOpError(spec.path, f"creating a temporary file: {e.strerror}") from e
-        return _TempFile(fd, name)
+        return fd, name
+    raise FileOpError(spec.path, "could not find a free temporary name")
+
+
+def _link_temp(fd: int, pfd: int, base: str, spec: FileSpec, proc: bool) -> str:
+    """Link the O_TMPFILE `fd`, complete and synced, into `pfd` under a new temporary name."""
+    for _ in range(TEMP_ATTEMPTS):
+        name = temp_name(base, _token())
+        try:
+            _link_tmpfile(fd, pfd, name, proc=proc)
+            return name
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise FileOpError(spec.path, f"linking the new version: {e.strerror}") from e
     raise FileOpError(spec.path, "could not find a free temporary name")
 
 
@@ -1552,12 +1543,10 @@ def _fill(fd: int, spec: FileSpec, owner: Owner) -> None:
         os.fsync(fd)
 
 
-def _drop_temp(pfd: int, temp: _TempFile) -> None:
-    """Close a temporary that will not be renamed into place; remove its name if it has one."""
-    os.close(temp.fd)
-    if temp.name is not None:
-        with contextlib.suppress(OSError):  # a leftover is removed by the next apply
-            os.unlink(temp.name, dir_fd=pfd)
+def _drop_temp(pfd: int, name: str) -> None:
+    """Remove a temporary that will not be renamed into place."""
+    with contextlib.suppress(OSError):  # a leftover is removed by the next apply
+        os.unlink(name, dir_fd=pfd)
 
 
 def _token() -> str:

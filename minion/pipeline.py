@@ -47,7 +47,7 @@ class Pipeline(Generic[T]):
 
     At most `pending_max` jobs are held at once: submit() finishes the
     oldest (waiting for its work) before it takes one more. That bounds
-    what the jobs hold (the engine: one open temporary file each).
+    what the jobs hold (the engine: one temporary file each).
 
     A `work` that raises must release what it acquired; one that returns
     hands it to `finish` (or `drop`). Whatever `finish` raises propagates

@@ -2020,7 +2020,9 @@ def main_thread_waits_for_a_future() -> bool:
     )
 
 
-def test_descriptors_stay_bounded_during_a_large_create(host: Host, engine_mode, monkeypatch):
+def test_descriptors_and_temporaries_stay_bounded_during_a_large_create(
+    host: Host, engine_mode, monkeypatch
+):
     # The directories exist already: a directory to make would wait for the
     # writes before it, and so cut the test short.
     ndirs, per_dir = 3, 200
@@ -2031,41 +2033,35 @@ def test_descriptors_stay_bounded_during_a_large_create(host: Host, engine_mode,
         for i in range(per_dir)
     ]
     before = open_fds()
-    peak = 0
+    most_fds = most_temps = 0
     lock = threading.Lock()
     first: list[int] = []
     real_fsync, real_rename = os.fsync, os.rename
 
-    def count() -> None:
-        nonlocal peak
+    def count_fds() -> None:
+        nonlocal most_fds
         with lock:  # one count at a time: each opens one descriptor itself
-            peak = max(peak, len(os.listdir("/proc/self/fd")))
+            most_fds = max(most_fds, len(os.listdir("/proc/self/fd")))
 
     def fsync(fd: int) -> None:
-        count()
+        count_fds()
         with lock:
             held = not first
             first.append(fd)
         if held:
             # Hold the first fsync until the main thread waits for it: an
-            # engine that kept taking files meanwhile would hold a
-            # descriptor for each one whose write is done.
+            # engine that kept taking files meanwhile would pile up a
+            # temporary (and maybe a descriptor) for each one written.
             deadline = time.monotonic() + WAIT_SECONDS
             while not main_thread_waits_for_a_future() and time.monotonic() < deadline:
                 threading.Event().wait(0.001)
-            import traceback
-
-            print(
-                "RELEASED",
-                len(first),
-                "".join(
-                    traceback.format_stack(sys._current_frames()[threading.main_thread().ident])
-                ),
-            )
         real_fsync(fd)
 
     def rename(src, dst, **kw) -> None:
-        count()
+        nonlocal most_temps
+        count_fds()
+        temps = sum(is_temp_name(n) for d in range(ndirs) for n in os.listdir(f"{host.root}/d{d}"))
+        most_temps = max(most_temps, temps)
         real_rename(src, dst, **kw)
 
     monkeypatch.setattr(fileops.os, "fsync", fsync)
@@ -2077,10 +2073,13 @@ def test_descriptors_stay_bounded_during_a_large_create(host: Host, engine_mode,
     }
     # The root, each directory, the engine lock, a directory being listed
     # (scandir duplicates its descriptor), the count's own descriptor, and
-    # at most PENDING_WRITES_MAX temporaries on their way.
-    bound = len(before) + 1 + ndirs + 1 + 1 + 1 + fileops.PENDING_WRITES_MAX
-    assert peak <= bound, f"{peak} descriptors open at once, bound {bound}"
+    # a temporary for each file a worker is writing.
+    writing = min(fileops.FSYNC_WORKERS, fileops.PENDING_WRITES_MAX)
+    bound = len(before) + 1 + ndirs + 1 + 1 + 1 + writing
+    assert most_fds <= bound, f"{most_fds} descriptors open at once, bound {bound}"
     assert open_fds() == before
+    assert 0 < most_temps <= fileops.PENDING_WRITES_MAX
+    assert temp_names(host.root) == []
 
 
 def test_a_directory_fsync_failure_is_reported_and_the_others_are_synced(host: Host, monkeypatch):
