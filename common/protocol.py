@@ -176,7 +176,9 @@ __all__ = [
     "minion_id_problem",
     "new_jid",
     "open_message_at",
+    "pack_body",
     "seal_message_at",
+    "seal_packed_at",
     "topic_for",
     "verify_enrol_reply",
     "verify_enrol_request",
@@ -1037,6 +1039,43 @@ def seal_message_at(
         raise ProtocolError(f"{msg_type.name} is a plain message; it cannot be sealed")
     return seal_at(
         _pack_body(spec, body, jid),
+        version=PROTOCOL_VERSION,
+        msg_type=int(msg_type),
+        jid=jid,
+        sender=sender,
+        recipient=recipient,
+        sender_keys=sender_keys,
+        recipient_keys=recipient_keys,
+        now=now,
+        ttl=ttl,
+    )
+
+
+def pack_body(msg_type: MsgType, body: dict[str, Any]) -> bytes:
+    """Check `body` against its schema and pack it, for seal_packed_at(): one
+    body sealed to many recipients is checked and packed once."""
+    return _pack_body(SPECS[msg_type], body, None)
+
+
+def seal_packed_at(
+    msg_type: MsgType,
+    packed: bytes,
+    *,
+    jid: str,
+    sender: str,
+    sender_keys: KeyPair,
+    recipient: str,
+    recipient_keys: PublicKeys,
+    now: float,
+    ttl: int,
+) -> bytes:
+    """seal_message_at() of a body that pack_body() checked and packed."""
+    spec = SPECS[msg_type]
+    if not spec.sealed or spec.check is _check_receipt:
+        # a receipt-like body names its jid, which pack_body() cannot check
+        raise ProtocolError(f"{msg_type.name} cannot be sealed from a packed body")
+    return seal_at(
+        packed,
         version=PROTOCOL_VERSION,
         msg_type=int(msg_type),
         jid=jid,

@@ -286,7 +286,17 @@ class Master:
         self.runs.progress(jid, host, until)
 
     def finished(self, jid: str) -> None:
-        self.publisher.forget(jid)
+        envelopes, size = self.publisher.forget(jid)
+        held, where = self.loop.reset_longest_call()
+        log.info(
+            "job %s finished: %d envelopes, %d bytes published; the event loop was held "
+            "at most %.1f ms at a time since (%s)",
+            jid,
+            envelopes,
+            size,
+            held * 1000,
+            where or "-",
+        )
         self.runs.finished(jid)
 
     def wake_at(self, when: float) -> None:

@@ -71,7 +71,9 @@ def with_content(
 def pack_manifest(manifest: Mapping[str, Any]) -> tuple[str, bytes]:
     """(digest in hex, msgpack bytes) of a manifest: hosts with equal
     manifests share one stored copy."""
-    data = codec.canonical_pack(manifest)
+    # Manifests are built by one code path (FileSpec.to_wire() in the same
+    # order), so equal manifests pack to equal bytes without sorting keys.
+    data = codec.pack(manifest)
     return hashlib.sha256(data).hexdigest(), data
 
 
@@ -100,6 +102,8 @@ class JobParts:
     packed: dict[str, bytes] = field(default_factory=dict)  # digest -> msgpack of it
     content: dict[bytes, bytes] = field(default_factory=dict)  # digest -> data
     hosts: dict[str, HostPart] = field(default_factory=dict)
+    # manifest digest -> that manifest packed as a body (packed_body())
+    _bare: dict[str, bytes] = field(default_factory=dict)
 
     def add(
         self, host: str, body: dict[str, Any], known: Callable[[str], frozenset[bytes]]
@@ -120,6 +124,17 @@ class JobParts:
     def body(self, host: str) -> dict[str, Any]:
         part = self.hosts[host]
         return with_content(self.manifests[part.manifest], part.include, self.content)
+
+    def packed_body(self, host: str, pack: Callable[[dict[str, Any]], bytes]) -> bytes:
+        """body(host) packed by `pack`; a body without content (the host has it
+        all: a no-op run) is packed once for every host with that manifest."""
+        part = self.hosts[host]
+        if part.include:
+            return pack(self.body(host))
+        packed = self._bare.get(part.manifest)
+        if packed is None:
+            packed = self._bare[part.manifest] = pack(self.manifests[part.manifest])
+        return packed
 
     def size(self, host: str) -> int:
         part = self.hosts[host]

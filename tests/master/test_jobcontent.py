@@ -126,3 +126,20 @@ def test_the_store_keeps_content_once_and_learns_what_hosts_have(store):
     store.conn.execute("UPDATE job_hosts SET state = 'sent' WHERE jid = 'J1'")
     store.record([], [result("J1", "web1")], now=40)  # a late result of the older job
     assert store.known_content(["web1"])["web1"] == {sha(b"hello\n")}
+
+
+def test_a_body_without_content_is_packed_once_for_all_its_hosts():
+    parts = JobParts(100.0)
+    known = frozenset({sha(b"hello\n")})
+    for host in ("web1", "web2", "web3"):
+        parts.add(host, body(SHARED), lambda h: frozenset() if h == "web3" else known)
+    packs = []
+
+    def pack(b: dict) -> bytes:
+        packs.append(b)
+        return codec.pack(b)
+
+    assert parts.packed_body("web1", pack) == parts.packed_body("web2", pack)
+    assert len(packs) == 1 and packs[0]["files"][0]["data"] is None
+    assert codec.unpack(parts.packed_body("web3", pack), max_depth=16) == body(SHARED)
+    assert len(packs) == 2  # web3 lacks the content: its own body
