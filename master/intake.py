@@ -66,6 +66,9 @@ MESSAGE_TTL = 60
 # Messages read from the ROUTER per wake-up before results are committed:
 # results that arrive together share one fsync.
 ROUTER_BATCH = 512
+# Seconds spent reading the return socket in one go, at most (about: one
+# large result may take longer): the loop must not stall on a burst.
+ROUTER_SLICE = 0.02
 # Messages ZeroMQ may queue from one connection of the return socket before
 # it stops reading that connection (TCP then pushes back): at most this many
 # results of MAX_RESULT_BYTES wait in memory per peer.
@@ -181,7 +184,12 @@ class Intake:
 
     def on_router(self) -> None:
         router = _opened(self.router)
+        # What is left is read on the next turn (the poller reports the socket
+        # readable again), after timers and the other sockets had theirs.
+        until = self.loop.clock() + ROUTER_SLICE
         for _ in range(ROUTER_BATCH):
+            if self.loop.clock() >= until:
+                break
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
