@@ -39,6 +39,7 @@ import zmq
 
 from safcm.common import keyfile
 from safcm.common import log as safcm_log
+from safcm.common.daemonlock import lock_state_dir
 from safcm.common.errors import ConfigError, SafcmError, UsageError
 from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import Message, MsgType, new_jid
@@ -87,6 +88,7 @@ class Master:
         self.ctx = ctx
         self.clock = clock
         os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+        self.lock = lock_state_dir(settings.state_dir, "safcm-master")
         self.keys, created = keyfile.load_or_create(os.path.join(settings.state_dir, "keys"))
         if created:
             log.info("created the master key pair, fingerprint %s", self.keys.fingerprint())
@@ -185,6 +187,7 @@ class Master:
         if self.zap is not None:
             self.zap.close()
         self.db.close()
+        os.close(self.lock)
 
     # ---- the transport: who may connect ----
 

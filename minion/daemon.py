@@ -55,6 +55,7 @@ import zmq
 from safcm.common import atomicfile, codec, keyfile
 from safcm.common import log as safcm_log
 from safcm.common.crypto import DEFAULT_CLOCK_SKEW, MAX_ENVELOPE_OVERHEAD, PublicKeys
+from safcm.common.daemonlock import lock_state_dir
 from safcm.common.errors import EnvelopeError, ProtocolError, SafcmError, StateFileError
 from safcm.common.loop import Loop, Timer
 from safcm.common.model import AbsentSpec, FileSpec
@@ -207,6 +208,7 @@ class Minion:
         self.started = clock()  # local: only for the uptime
 
         os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+        self.lock = lock_state_dir(settings.state_dir, "safcm-minion")
         atomicfile.remove_temporaries(settings.state_dir)  # of a pin written when we crashed
         self.keys, created = keyfile.load_or_create(os.path.join(settings.state_dir, KEYS_DIR))
         if created:
@@ -291,6 +293,7 @@ class Minion:
         self.seen.close()
         self.spool.close()
         self.content.close()
+        os.close(self.lock)
 
     def _address(self, port: int) -> str:
         master = self.settings.master

@@ -228,6 +228,21 @@ def test_start_up_failures_are_one_line_and_exit_2(sandbox):
     assert "Traceback" not in result.stderr
 
 
+def test_a_second_daemon_on_one_state_directory_stops_at_once(sandbox):
+    # Two minions on one state directory would interleave their heartbeat
+    # numbers (the master then refuses one as replays) and share a spool.
+    enrol(sandbox, "web1")
+    result = sandbox.minion_cli("web1", "daemon")
+    assert result.returncode == 2, result.stderr
+    state_dir = sandbox.minions["web1"].settings["state_dir"]
+    assert f"another safcm-minion is running with state_dir {state_dir}" in result.stderr
+    result = sandbox.cli("daemon")
+    assert result.returncode == 2, result.stderr
+    assert "another safcm-master is running with state_dir" in result.stderr
+    # The first ones go on.
+    assert sandbox.cli("run", "web1", "ping").returncode == 0
+
+
 def test_old_jobs_are_removed_after_keep_jobs(sandbox):
     sandbox.configure_master(keep_jobs="2s")
     enrol(sandbox, "web1")
