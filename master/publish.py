@@ -219,7 +219,10 @@ class Publisher:
         minion whose connection sent it (XPUB_MANUAL applies a SUBSCRIBE to
         the connection of the last message read)."""
         xpub = _opened(self.xpub)
-        while True:
+        # A fleet reconnecting at once (a master restart) is read in slices;
+        # the rest waits for the next turn (the poller reports it again).
+        until = self.peers.loop.clock() + PUBLISH_SLICE
+        while self.peers.loop.clock() < until:
             try:
                 frame = xpub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
