@@ -1037,18 +1037,8 @@ def seal_message_at(
     spec = SPECS[msg_type]
     if not spec.sealed:
         raise ProtocolError(f"{msg_type.name} is a plain message; it cannot be sealed")
-    return seal_at(
-        _pack_body(spec, body, jid),
-        version=PROTOCOL_VERSION,
-        msg_type=int(msg_type),
-        jid=jid,
-        sender=sender,
-        recipient=recipient,
-        sender_keys=sender_keys,
-        recipient_keys=recipient_keys,
-        now=now,
-        ttl=ttl,
-    )
+    packed = _pack_body(spec, body, jid)
+    return _seal(msg_type, packed, jid, sender, sender_keys, recipient, recipient_keys, now, ttl)
 
 
 def pack_body(msg_type: MsgType, body: dict[str, Any]) -> bytes:
@@ -1074,6 +1064,20 @@ def seal_packed_at(
     if not spec.sealed or spec.check is _check_receipt:
         # a receipt-like body names its jid, which pack_body() cannot check
         raise ProtocolError(f"{msg_type.name} cannot be sealed from a packed body")
+    return _seal(msg_type, packed, jid, sender, sender_keys, recipient, recipient_keys, now, ttl)
+
+
+def _seal(
+    msg_type: MsgType,
+    packed: bytes,
+    jid: str,
+    sender: str,
+    sender_keys: KeyPair,
+    recipient: str,
+    recipient_keys: PublicKeys,
+    now: float,
+    ttl: int,
+) -> bytes:
     return seal_at(
         packed,
         version=PROTOCOL_VERSION,

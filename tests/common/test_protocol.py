@@ -53,7 +53,9 @@ from safcm.common.protocol import (
     make_key_reply,
     new_jid,
     open_message_at,
+    pack_body,
     seal_message_at,
+    seal_packed_at,
     verify_enrol_reply,
     verify_enrol_request,
 )
@@ -1155,3 +1157,18 @@ def test_a_heartbeat_declaring_a_long_interval_is_refused():
     body = {**SAMPLES[MsgType.HEARTBEAT], "interval": 3600.0}
     with pytest.raises(ProtocolError, match=r"HEARTBEAT body\.interval"):
         send(MsgType.HEARTBEAT, body)
+
+
+def test_a_body_packed_once_seals_like_the_message():
+    job = SAMPLES[MsgType.JOB]
+    packed = pack_body(MsgType.JOB, job)
+    frame = seal_packed_at(MsgType.JOB, packed, jid=JID, now=NOW, ttl=60, **_ends(MsgType.JOB))
+    assert open_(frame, MsgType.JOB).body == job
+    with pytest.raises(ProtocolError, match="does not match its digest"):
+        pack_body(MsgType.JOB, _job_with(data=b"other"))  # checked as sealing checks
+    # A body naming its jid cannot be checked without one: never sealed so.
+    receipt = pack_body(MsgType.RESULT_RECEIPT, {"jid": JID})
+    with pytest.raises(ProtocolError, match="cannot be sealed from a packed body"):
+        seal_packed_at(
+            MsgType.RESULT_RECEIPT, receipt, jid=JID, now=NOW, ttl=60, **_ends(MsgType.JOB)
+        )
