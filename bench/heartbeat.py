@@ -18,7 +18,8 @@ all threads, so libzmq's I/O thread and its CURVE work are included).
    window, divided by the heartbeats the fleet sent in it (the sum of the
    identities' heartbeat sequence numbers, which grow by one per heartbeat),
    is the figure. The idle load is not subtracted; it is printed beside.
-   A round in which some identity lost its master (it reconnects) or whose
+   A round in which some identity lost its master (it reconnects, and
+   enrols again, which costs the master a signature each) or whose
    heartbeat count falls short of the rate asked for is flagged: the figure
    then means less.
 
@@ -74,6 +75,19 @@ def cpu_seconds(pid: int) -> float:
         # The command name, field 2, may hold spaces; the fields after it do not.
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
+
+
+class Reconnects(logging.Handler):
+    """Counts the identities' "no reply from the master ... reconnecting"
+    lines: a round with any measured enrolments and key replies too."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("%s: no reply from the master"):
+            self.count += 1
 
 
 class Fleet:
@@ -134,6 +148,8 @@ def measure(args: argparse.Namespace) -> int:
     # The identities' own warnings (a first enrol reply that answers an
     # earlier request, say) are not what is measured here.
     logging.basicConfig(level=logging.ERROR)
+    reconnects = Reconnects()
+    logging.getLogger("safcm-minion").addHandler(reconnects)
     raise_fd_limit()
     base = tempfile.mkdtemp(prefix="safcm-heartbeat-", dir="/tmp")
     sb = Sandbox(base, str(REPO), heartbeat_interval=args.interval, log_level="info")
@@ -164,6 +180,7 @@ def measure(args: argparse.Namespace) -> int:
 
         figures = []
         for r in range(1, args.rounds + 1):
+            lost0 = reconnects.count
             cpu0, beats0, t0 = cpu_seconds(pid), fleet.heartbeats(), time.monotonic()
             fleet.run_for(args.window)
             cpu1, beats1, t1 = cpu_seconds(pid), fleet.heartbeats(), time.monotonic()
@@ -173,6 +190,8 @@ def measure(args: argparse.Namespace) -> int:
             flags = []
             if rate < FULL_ROUND * args.minions / args.interval:
                 flags.append("fewer heartbeats than asked")
+            if reconnects.count > lost0:
+                flags.append(f"{reconnects.count - lost0} reconnects")
             if fleet.answered() < args.minions:
                 flags.append(f"{args.minions - fleet.answered()} identities unanswered")
             figures.append(per_beat)
