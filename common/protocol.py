@@ -10,8 +10,10 @@ Network (ZeroMQ; PUB adds the minion's topic_for() as a first frame):
     sealed message   one envelope (common/crypto.py), whose plaintext is the
                      msgpack body; type, jid, sender, recipient and times are
                      in the envelope's signed header
-    plain message    msgpack array [version, type, body]; only enrolment,
-                     the one thing a peer without an accepted key may send
+    plain message    msgpack array [version, type, body]: enrolment, the one
+                     thing a peer without an accepted key may send, and the
+                     small messages that rely on the CURVE connection they
+                     travel on (form "curve" below)
 
 Control (the CLI and the master over a local AF_UNIX stream socket): plain
 messages, each framed as a 4-byte big-endian length and the message
@@ -22,34 +24,49 @@ needs neither the schemas nor the crypto); everything is re-exported here.
 Messages
 --------
 MsgType names every message; SPECS gives each one its channel (network or
-control), whether it must be sealed, its body schema, its size limit and
-any cross-field check. Adding a message type is a member of MsgType (in
-common/wire.py; a reply to the CLI also goes into CONTROL_REPLIES there) and
-its MessageSpec in _SPEC_LIST here (an import-time check refuses a type
-without a spec).
+control), its form, its body schema, its size limit and any cross-field
+check. Adding a message type is a member of MsgType (in common/wire.py; a
+reply to the CLI also goes into CONTROL_REPLIES there) and its MessageSpec
+in _SPEC_LIST here (an import-time check refuses a type without a spec).
 
-    type               channel  sealed  direction
-    KEY_REQUEST        key      no      minion -> master (before CURVE: which keys?)
-    KEY_REPLY          key      no      master -> minion (signed public keys)
-    ENROL_REQUEST      network  no      minion -> master
-    ENROL_REPLY        network  no      master -> minion
-    HEARTBEAT          network  yes     minion -> master
-    HEARTBEAT_REPLY    network  yes     master -> minion
-    JOB                network  yes     master -> minion (published)
-    JOB_RECEIPT        network  yes     minion -> master
-    RESULT             network  yes     minion -> master
-    RESULT_RECEIPT     network  yes     master -> minion
-    JOB_PROGRESS       network  yes     minion -> master (still working on a job)
-    CONTENT_REQUEST    network  yes     minion -> master (content a job left out)
-    CONTENT            network  yes     master -> minion (that content, as a reply)
-    RUN, KEYS, JOBS    control  no      CLI -> master
+The form says what proves who sent a message:
+
+    sealed   its envelope: signed by the sender, encrypted to the one
+             recipient, verifiable on its own (a stored result, a job)
+    curve    the connection: plain, and accepted only from a CurveZMQ
+             connection whose key the receiver authenticated (on the master,
+             an accepted minion's key, checked on every message; on a minion,
+             the pinned master's key). The sender is that key's owner, never
+             a name in the body (Message.peer). CURVE encrypts, authenticates
+             and orders every message of a connection, so no one else can
+             read, forge or replay one; heartbeats still carry a sequence
+             number, kept across connections and restarts
+    plain    nothing: anyone may send it (enrolment proves its key by a
+             signature in its body; the control socket is the local admin's)
+
+    type               channel  form    direction
+    KEY_REQUEST        key      plain   minion -> master (before CURVE: which keys?)
+    KEY_REPLY          key      plain   master -> minion (signed public keys)
+    ENROL_REQUEST      network  plain   minion -> master
+    ENROL_REPLY        network  plain   master -> minion
+    HEARTBEAT          network  curve   minion -> master
+    HEARTBEAT_REPLY    network  curve   master -> minion (the master's time)
+    JOB                network  sealed  master -> minion (published)
+    JOB_RECEIPT        network  curve   minion -> master
+    RESULT             network  sealed  minion -> master
+    RESULT_RECEIPT     network  curve   master -> minion
+    JOB_PROGRESS       network  curve   minion -> master (still working on a job)
+    CONTENT_REQUEST    network  sealed  minion -> master (content a job left out)
+    CONTENT            network  sealed  master -> minion (that content, as a reply)
+    RUN, KEYS, JOBS    control  plain   CLI -> master
     RUN_STARTED, RUN_HOST_RESULT, RUN_PROGRESS, RUN_DONE, KEYS_REPLY, JOBS_REPLY,
-    JOB_REPLY, ERROR   control  no      master -> CLI
+    JOB_REPLY, ERROR   control  plain   master -> CLI
 
 Decoding any bytes raises ProtocolError (or, for a sealed message,
 EnvelopeError) and nothing else. The Dispatcher routes a decoded message to
 its handler by an explicit table: a peer that has not proven its key reaches
-ENROL_REQUEST and nothing else.
+ENROL_REQUEST and nothing else; a curve message reaches its handler only
+with the peer its connection proved.
 """
 
 from __future__ import annotations
@@ -529,6 +546,9 @@ class MessageSpec:
     # Cross-field checks, run after the schema: (body, the envelope's jid or
     # None for a plain message) -> None, or raise ProtocolError.
     check: Callable[[dict[str, Any], str | None], None] | None = None
+    # Plain, but accepted only with the peer an authenticated CURVE
+    # connection proved (form "curve" in the module docstring).
+    curve: bool = False
 
 
 _SPEC_LIST = [
@@ -580,7 +600,8 @@ _SPEC_LIST = [
     MessageSpec(
         MsgType.HEARTBEAT,
         Channel.NETWORK,
-        sealed=True,
+        sealed=False,
+        curve=True,
         schema=Map(
             {
                 "version": _VERSION,
@@ -597,7 +618,8 @@ _SPEC_LIST = [
     MessageSpec(
         MsgType.HEARTBEAT_REPLY,
         Channel.NETWORK,
-        sealed=True,
+        sealed=False,
+        curve=True,
         schema=Map({"time": _TIME}),
         max_bytes=MAX_SMALL_BYTES,
     ),
@@ -622,7 +644,8 @@ _SPEC_LIST = [
     MessageSpec(
         MsgType.JOB_RECEIPT,
         Channel.NETWORK,
-        sealed=True,
+        sealed=False,
+        curve=True,
         schema=Map({"jid": _JID}),
         max_bytes=MAX_SMALL_BYTES,
         check=_check_receipt,
@@ -638,7 +661,8 @@ _SPEC_LIST = [
     MessageSpec(
         MsgType.RESULT_RECEIPT,
         Channel.NETWORK,
-        sealed=True,
+        sealed=False,
+        curve=True,
         schema=Map({"jid": _JID}),
         max_bytes=MAX_SMALL_BYTES,
         check=_check_receipt,
@@ -646,8 +670,8 @@ _SPEC_LIST = [
     MessageSpec(
         MsgType.JOB_PROGRESS,
         Channel.NETWORK,
-        sealed=True,
-        # sealed under the job's jid, like its receipt and its result
+        sealed=False,
+        curve=True,
         schema=Map({"jid": _JID, "elapsed": _DURATION}),  # seconds the job has run
         max_bytes=MAX_SMALL_BYTES,
         check=_check_receipt,
@@ -895,6 +919,8 @@ def _build_specs(specs: list[MessageSpec]) -> dict[MsgType, MessageSpec]:
             raise RuntimeError(f"{spec.type.name} has two specs")
         if spec.sealed and spec.channel is not Channel.NETWORK:
             raise RuntimeError(f"{spec.type.name}: only network messages are sealed")
+        if spec.curve and (spec.sealed or spec.channel is not Channel.NETWORK):
+            raise RuntimeError(f"{spec.type.name}: only plain network messages rely on CURVE")
         if spec.schema.depth > MAX_BODY_DEPTH:
             raise RuntimeError(f"{spec.type.name}: schema nests deeper than {MAX_BODY_DEPTH}")
         table[spec.type] = spec
@@ -912,14 +938,17 @@ class Message:
     """A decoded, schema-checked message.
 
     `header` is set exactly when the message came in a sealed envelope that
-    passed every check; only then is the message authenticated, and only
-    then are `sender` and `jid` known.
+    passed every check; `peer` exactly when it came plain on a CURVE
+    connection whose key the receiver authenticated, and then it names that
+    key's owner (set by the receiver, never read from the message). Only
+    with one of the two is the message authenticated and its sender known.
     """
 
     type: MsgType
     body: dict[str, Any]
     version: int = PROTOCOL_VERSION
     header: Header | None = None
+    peer: str | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -927,7 +956,7 @@ class Message:
 
     @property
     def sender(self) -> str | None:
-        return None if self.header is None else self.header.sender
+        return self.peer if self.header is None else self.header.sender
 
     @property
     def jid(self) -> str | None:
@@ -939,6 +968,13 @@ class Message:
         if self.header is None:
             raise ProtocolError(f"{self.type.name} came without an envelope")
         return self.header
+
+    def require_peer(self) -> str:
+        """Who sent a curve message, as its connection proved; ProtocolError
+        if no connection proved anyone."""
+        if self.peer is None:
+            raise ProtocolError(f"{self.type.name} came on a connection that proved no key")
+        return self.peer
 
 
 def _spec_for(raw_type: object) -> MessageSpec:
@@ -990,11 +1026,15 @@ _PLAIN_LIMITS = {
 }
 
 
-def decode_plain(frame: bytes, channel: Channel) -> Message:
+def decode_plain(frame: bytes, channel: Channel, *, peer: str | None = None) -> Message:
     """Decode a plain message that arrived on `channel`; ProtocolError for anything invalid.
 
     Sealed types and the other channel's types are refused here: a plain
-    JOB or a RUN from the network never becomes a Message.
+    JOB or a RUN from the network never becomes a Message. `peer` is who
+    the connection it came on proved its sender to be (Message.peer): the
+    accepted minion whose CURVE key the master's ZAP handler checked, or
+    MASTER_ID on a minion's connection to its pinned master; None if nothing
+    was proved.
     """
     version, raw_type, body = unpack_plain(frame, _PLAIN_LIMITS[channel], channel.value)
     spec = SPECS[raw_type]
@@ -1005,7 +1045,7 @@ def decode_plain(frame: bytes, channel: Channel) -> Message:
     if len(frame) > spec.max_bytes:
         raise ProtocolError(f"{spec.type.name} of {len(frame)} bytes exceeds {spec.max_bytes}")
     _check_body(spec, body, None)
-    return Message(spec.type, body, version=version)
+    return Message(spec.type, body, version=version, peer=peer)
 
 
 # ---- sealed messages ----
@@ -1329,9 +1369,11 @@ class Dispatcher:
     """Routes messages to handlers by an explicit table; nothing is looked up by name.
 
     Only types in `handlers` are reachable, and each only as its spec allows:
-    a sealed type only from an opened envelope (Message.authenticated), and
+    a sealed type only from an opened envelope (Message.authenticated), a
+    curve type only with the peer its connection proved (Message.peer), and
     only messages of this dispatcher's channel. With the network table
-    {ENROL_REQUEST: ..., RESULT: ...}, a stranger reaches ENROL_REQUEST only.
+    {ENROL_REQUEST: ..., HEARTBEAT: ..., RESULT: ...}, a stranger reaches
+    ENROL_REQUEST only.
     """
 
     def __init__(self, channel: Channel, handlers: Mapping[MsgType, Handler]) -> None:
@@ -1349,6 +1391,8 @@ class Dispatcher:
             raise ProtocolError(f"{msg.type.name} is not accepted here")
         if spec.sealed and not msg.authenticated:
             raise ProtocolError(f"{msg.type.name} from an unauthenticated peer is refused")
+        if spec.curve and msg.peer is None:
+            raise ProtocolError(f"{msg.type.name} from a connection that proved no key is refused")
         if not spec.sealed and msg.authenticated:
             raise ProtocolError(f"{msg.type.name} must come plain, not sealed")
         return handler(msg)

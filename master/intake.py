@@ -6,11 +6,20 @@
             decryption. Accepted minions send heartbeats, job receipts,
             progress and results; replies go back to the sender's routing id.
 
-A message is checked in order of cost: the transport key named by libzmq
-(User-Id), the frame's size against the limit of the type it claims, the
-claimed sender against that key, the signature, then the job's state for this
-host (a result already stored is confirmed again without being decrypted),
-and only then decryption and unpacking.
+Heartbeats, receipts and progress reports are plain messages that rely on
+the CURVE connection (form "curve" in common/protocol.py): one comes from
+the accepted minion whose transport key libzmq names (User-Id), looked up on
+every message, and from no one else, whatever its body says. They are
+checked in order of cost: that key, the frame's size, a per-key and
+per-connection rate, then decoding; a heartbeat's reply is a plain message
+on the same connection. So a heartbeat costs the master no signature, key
+agreement or AEAD of its own (bench/heartbeat.py).
+
+A sealed message (a result) is checked in order of cost: the transport key,
+the frame's size against the limit of the type it claims, the claimed sender
+against that key, the signature, then the job's state for this host (a
+result already stored is confirmed again without being decrypted), and only
+then decryption and unpacking.
 
 A result is checked against the job store (sent to that host, what the job
 sent, not already stored), stored, and only then acknowledged; receipts and
@@ -85,6 +94,15 @@ ENROL_BURST = 20.0
 ENROL_KEYS = 20_000
 ENROL_GLOBAL_RATE = 200.0
 ENROL_GLOBAL_BURST = 400.0
+# Plain messages of an accepted key (heartbeats, receipts, progress, an
+# enrolment hello): per key and per connection, per second and burst. An
+# honest minion sends at most 1 / MIN_HEARTBEAT_INTERVAL = 20 heartbeats a
+# second, a receipt per job (a burst of up to MAX_QUEUED_JOBS = 100 when
+# jobs pile up) and a progress report every few seconds; beyond this, a
+# flood from a key costs a bucket and a rate-limited log line per message.
+# A receipt dropped here costs at most a re-publish.
+CURVE_RATE = 100.0
+CURVE_BURST = 500.0
 # New pending keys per second and burst, for all ids together: each is a
 # database write, and MAX_PENDING_KEYS of them block every later newcomer, so
 # a flood of invented ids fills that table at this pace at most.
@@ -133,6 +151,8 @@ class Intake:
         self.enrol_by_key = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
         self.enrol_by_conn = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
         self.enrol_unknown = Bucket(ENROL_GLOBAL_RATE, ENROL_GLOBAL_BURST, now)
+        self.curve_by_key = Buckets(CURVE_RATE, CURVE_BURST, ENROL_KEYS)
+        self.curve_by_conn = Buckets(CURVE_RATE, CURVE_BURST, ENROL_KEYS)
         self.new_keys = Bucket(NEW_KEY_RATE, NEW_KEY_BURST, now)
         self.content_bytes = Buckets(CONTENT_RATE, CONTENT_BURST, ENROL_KEYS)
         self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
@@ -214,7 +234,7 @@ class Intake:
         who = key.id if key is not None else f"key {curve_key.hex()[:16]}"
         try:
             if not is_sealed(data):
-                self._plain(data, curve_key, frame.get(zmq.SRCFD), known=key is not None)
+                self._plain(data, curve_key, frame.get(zmq.SRCFD), key)
             elif key is None:
                 raise ProtocolError("a sealed message from a key that is not accepted")
             else:
@@ -232,19 +252,37 @@ class Intake:
                 logging.ERROR, "failed to handle a message from %s", who, exc_info=True
             )
 
-    def _plain(self, data: bytes, curve_key: bytes, fd: int, *, known: bool) -> None:
-        """Enrolment, the one plain message: rate-limited before anything is decoded."""
+    def _plain(self, data: bytes, curve_key: bytes, fd: int, key: MinionKey | None) -> None:
+        """A plain message: enrolment from any key, or a curve message from
+        the accepted minion `key`, whose transport key libzmq authenticated.
+        Its size and rate are checked before anything is decoded."""
+        if len(data) > MAX_PLAIN_NETWORK_BYTES:
+            raise ProtocolError(f"a plain message of {len(data)} bytes")
         now = self.loop.clock()
+        if key is None:
+            self._take_enrolment(curve_key, fd, now, known=False)
+            msg = decode_plain(data, Channel.NETWORK)
+            if msg.type is not MsgType.ENROL_REQUEST:
+                raise ProtocolError(f"{msg.type.name} from a key that is not accepted")
+            self.on_enrol_request(msg, curve_key)
+            return
+        if not (self.curve_by_key.take(key.id, now) and self.curve_by_conn.take(fd, now)):
+            raise ProtocolError("plain messages come faster than allowed for this key")
+        # The sender is the minion whose key the connection proved (Message.peer).
+        msg = decode_plain(data, Channel.NETWORK, peer=key.id)
+        if msg.type is MsgType.ENROL_REQUEST:
+            self._take_enrolment(curve_key, fd, now, known=True)
+            self.on_enrol_request(msg, curve_key)
+        else:
+            self.network.dispatch(msg)
+
+    def _take_enrolment(self, curve_key: bytes, fd: int, now: float, *, known: bool) -> None:
+        """Spend an enrolment's tokens (each costs a signature check, maybe a
+        database write); ProtocolError if there are none."""
         if not (self.enrol_by_key.take(curve_key, now) and self.enrol_by_conn.take(fd, now)):
             raise ProtocolError("enrolment requests come faster than allowed for this key")
         if not known and not self.enrol_unknown.take(now):
             raise ProtocolError("enrolment requests of unknown keys come faster than allowed")
-        if len(data) > MAX_PLAIN_NETWORK_BYTES:
-            raise ProtocolError(f"a plain message of {len(data)} bytes")
-        msg = decode_plain(data, Channel.NETWORK)
-        if msg.type is not MsgType.ENROL_REQUEST:
-            raise ProtocolError(f"{msg.type.name} is not accepted plain")
-        self.on_enrol_request(msg, curve_key)
 
     def _sealed(self, data: bytes, key: MinionKey) -> None:
         """A sealed message from the accepted minion `key`, whose transport
@@ -257,9 +295,6 @@ class Intake:
         )
         if verified.spec.type is MsgType.RESULT and not self._wants_result(verified, key.id):
             return
-        is_receipt = verified.spec.type is MsgType.JOB_RECEIPT
-        if is_receipt and not self.lifecycle.sent_to(verified.header.jid, key.id):
-            raise ProtocolError(f"receipt for job {verified.header.jid}, never sent to it")
         msg, self._plaintext = verified.open_with_plaintext(self.keys)
         try:
             self.network.dispatch(msg)
@@ -277,7 +312,7 @@ class Intake:
             self.peer_log.info(
                 "job %s: duplicate result from %s; already stored, confirming again", jid, minion
             )
-            self._reply_sealed(minion, MsgType.RESULT_RECEIPT, {"jid": jid}, jid=jid)
+            self._reply(encode_plain(MsgType.RESULT_RECEIPT, {"jid": jid}))
             return False
         return True
 
@@ -356,7 +391,10 @@ class Intake:
         self._reply(encode_plain(MsgType.ENROL_REPLY, reply))
 
     def on_heartbeat(self, msg: Message) -> None:
-        minion = msg.require_header().sender
+        """Presence, and the master's time in the reply. The sequence number
+        still refuses a heartbeat that is not newer than the last one taken
+        (CURVE alone orders messages within one connection only)."""
+        minion = msg.require_peer()
         key = self.keystore.accepted(minion)
         seq = msg.body["seq"]
         if key is None:
@@ -370,12 +408,15 @@ class Intake:
         self.peers.presence[minion] = Presence(
             self.loop.clock(), msg.body["interval"], msg.body["busy"]
         )
-        self.keystore.touch(minion, self.clock(), seq)
-        self._reply_sealed(minion, MsgType.HEARTBEAT_REPLY, {"time": self.clock()})
+        now = self.clock()
+        self.keystore.touch(minion, now, seq)
+        self._reply(encode_plain(MsgType.HEARTBEAT_REPLY, {"time": now}))
 
     def on_job_receipt(self, msg: Message) -> None:
-        header = msg.require_header()
-        self.lifecycle.receipt(header.jid, header.sender, self.clock())
+        minion, jid = msg.require_peer(), msg.body["jid"]
+        if not self.lifecycle.sent_to(jid, minion):
+            raise ProtocolError(f"receipt for job {jid}, never sent to it")
+        self.lifecycle.receipt(jid, minion, self.clock())
 
     def on_result(self, msg: Message) -> None:
         header = msg.require_header()
@@ -453,8 +494,7 @@ class Intake:
 
     def on_job_progress(self, msg: Message) -> None:
         """A minion is still working on a job: the lifecycle moves its deadline."""
-        header = msg.require_header()
-        minion, jid = header.sender, header.jid
+        minion, jid = msg.require_peer(), msg.body["jid"]
         if not self.lifecycle.sent_to(jid, minion):
             raise ProtocolError(f"progress from {minion} on job {jid}, which was never sent to it")
         if self.lifecycle.progress(jid, minion, self.clock()) is not None:
@@ -519,7 +559,7 @@ class Intake:
             return
         for peer, r in batch:
             self._peer = peer
-            self._reply_sealed(r.host, MsgType.RESULT_RECEIPT, {"jid": r.jid}, jid=r.jid)
+            self._reply(encode_plain(MsgType.RESULT_RECEIPT, {"jid": r.jid}))
             self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
             self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
 

@@ -12,7 +12,11 @@ Sockets (all connect out, so a minion behind NAT works):
             receipts back
 
 Both CURVE sockets use our transport key and the pinned master's, so a
-master without the pinned key cannot even complete the handshake.
+master without the pinned key cannot even complete the handshake. That is
+what heartbeats, receipts and progress reports rely on, both ways: they
+travel plain inside the CURVE connection (form "curve" in
+common/protocol.py), so a heartbeat reply, and the master's time in it, can
+only come from the pinned master. Results are sealed.
 
 States:
 
@@ -76,7 +80,6 @@ from safcm.common.protocol import (
     encode_plain,
     is_sealed,
     make_enrol_request,
-    new_jid,
     open_message_at,
     seal_message_at,
     topic_for,
@@ -104,8 +107,8 @@ BACKOFF_JITTER = 0.5
 # common case (a master restarting).
 RESULT_RETRY_MIN = 2.0
 RESULT_RETRY_MAX = 30.0
-# Lifetime of our sealed messages, in seconds. Heartbeats and receipts are
-# useless after a minute; a result is re-sealed for every send anyway.
+# Lifetime of our sealed messages, in seconds: a content request is useless
+# after a minute; a result is re-sealed for every send anyway.
 MESSAGE_TTL = 60
 RESULT_TTL = 300
 # Queued jobs a minion holds at most; more are refused (the master would see
@@ -199,8 +202,10 @@ class Minion:
         self.worker = worker
         # Times on the wire (envelope windows, job deadlines, result times)
         # are the master's: clock() is our wall clock plus the offset learnt
-        # from the master's signed replies, so a clock that steps does not cut
-        # the minion off (its heartbeats are ordered by a counter, not by time).
+        # from the master's signed key reply and its heartbeat replies (which
+        # only the pinned master can send on our CURVE connection), so a
+        # clock that steps does not cut the minion off (its heartbeats are
+        # ordered by a counter, not by time).
         self.local_clock = clock
         self.offset = 0.0
         self.id = settings.id
@@ -234,8 +239,6 @@ class Minion:
         self.queue: collections.deque[Job] = collections.deque()
         self.busy: str | None = None  # jid being applied
         self.progress: Timer | None = None  # the next JOB_PROGRESS of the busy job
-        # Id of our last own message (heartbeats): jids are unique and sortable.
-        self.last_id: str | None = None
         self.outgoing: dict[str, Outgoing] = {
             jid: Outgoing(0.0, RESULT_RETRY_MIN) for jid in self.spool.jids(Kind.RESULT)
         }
@@ -445,7 +448,7 @@ class Minion:
             self._reconnect()
             return
         if self.accepted:
-            self._send_sealed(
+            self._send_plain(
                 MsgType.HEARTBEAT,
                 {
                     "version": VERSION,
@@ -467,21 +470,20 @@ class Minion:
     def _send_enrol_request(self) -> None:
         self.nonce = os.urandom(ENROL_NONCE_LENGTH)
         body = make_enrol_request(self.id, self.keys, nonce=self.nonce, now=self.clock())
-        self._send(encode_plain(MsgType.ENROL_REQUEST, body))
+        self._send_plain(MsgType.ENROL_REQUEST, body)
+
+    def _send_plain(self, msg_type: MsgType, body: dict[str, Any]) -> None:
+        """A plain message to the master: an enrolment, or a curve message
+        (heartbeat, receipt, progress), which the master takes as ours
+        because it comes from our CURVE key."""
+        self._send(encode_plain(msg_type, body))
 
     def _send_sealed(
-        self,
-        msg_type: MsgType,
-        body: dict[str, Any],
-        *,
-        jid: str | None = None,
-        ttl: int = MESSAGE_TTL,
+        self, msg_type: MsgType, body: dict[str, Any], *, jid: str, ttl: int = MESSAGE_TTL
     ) -> None:
         if self.master_keys is None:
             return
         now = self.clock()
-        if jid is None:
-            jid = self.last_id = new_jid(now, self.last_id)
         frame = seal_message_at(
             msg_type,
             body,
@@ -556,7 +558,7 @@ class Minion:
                     "%s: dropped a message of %d frames from the master", self.id, len(frames)
                 )
                 continue
-            self._receive(frames[0], self.network)
+            self._receive(frames[0], self.network, peer=MASTER_ID)
 
     def on_sub(self) -> None:
         while self.sub is not None:
@@ -567,9 +569,12 @@ class Minion:
             if len(frames) != 2:
                 log.warning("%s: dropped a published message of %d frames", self.id, len(frames))
                 continue
-            self._receive(frames[1], self.published)
+            self._receive(frames[1], self.published, peer=None)
 
-    def _receive(self, frame: bytes, dispatcher: Dispatcher) -> None:
+    def _receive(self, frame: bytes, dispatcher: Dispatcher, *, peer: str | None) -> None:
+        """Decode a frame from the master and dispatch it. `peer` is MASTER_ID
+        on the return connection, whose CURVE handshake proved the pinned
+        master's key: the curve messages it carries are the master's."""
         try:
             if is_sealed(frame):
                 msg = open_message_at(
@@ -580,7 +585,7 @@ class Minion:
                     now=self.clock(),
                 )
             else:
-                msg = decode_plain(frame, Channel.NETWORK)
+                msg = decode_plain(frame, Channel.NETWORK, peer=peer)
             dispatcher.dispatch(msg)
         except EnvelopeError as e:
             log.warning(
@@ -664,7 +669,7 @@ class Minion:
             # A re-publish whose receipt got lost, or a replay: never applied
             # twice; the receipt again stops the master re-publishing.
             log.info("%s: job %s seen before; not applied again", self.id, jid)
-            self._send_sealed(MsgType.JOB_RECEIPT, {"jid": jid}, jid=jid)
+            self._send_plain(MsgType.JOB_RECEIPT, {"jid": jid})
             return
         if len(self.queue) >= MAX_QUEUED_JOBS:
             log.error("%s: %d jobs queued already; refusing job %s", self.id, len(self.queue), jid)
@@ -676,7 +681,7 @@ class Minion:
             header, keep_until=header.expires_at + DEFAULT_CLOCK_SKEW, now=self.clock()
         )
         self.spool.put(Kind.JOB, jid, codec.pack(msg.body))
-        self._send_sealed(MsgType.JOB_RECEIPT, {"jid": jid}, jid=jid)
+        self._send_plain(MsgType.JOB_RECEIPT, {"jid": jid})
         job = _job_from_body(jid, msg.body)
         log.info(
             "%s: job %s received (%s%s, %d files, %d contents carried)",
@@ -701,9 +706,7 @@ class Minion:
 
         def report() -> None:
             elapsed = self.loop.clock() - started
-            self._send_sealed(
-                MsgType.JOB_PROGRESS, {"jid": job.jid, "elapsed": elapsed}, jid=job.jid
-            )
+            self._send_plain(MsgType.JOB_PROGRESS, {"jid": job.jid, "elapsed": elapsed})
             self.progress = self.loop.call_later(PROGRESS_INTERVAL, report)
 
         self.progress = self.loop.call_later(PROGRESS_FIRST, report)

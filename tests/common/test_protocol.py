@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import math
 import os
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -71,7 +72,8 @@ MINION_LOOKUP = {"web1": WEB1.public, "web2": WEB2.public}.get
 
 PLAIN = [t for t in MsgType if not SPECS[t].sealed]
 SEALED = [t for t in MsgType if SPECS[t].sealed]
-TO_MINION = {MsgType.HEARTBEAT_REPLY, MsgType.JOB, MsgType.RESULT_RECEIPT}
+CURVE = [t for t in MsgType if SPECS[t].curve]
+TO_MINION = {MsgType.HEARTBEAT_REPLY, MsgType.JOB, MsgType.RESULT_RECEIPT, MsgType.CONTENT}
 
 
 def _spec(**kw: Any) -> dict[str, Any]:
@@ -245,6 +247,14 @@ def _ends(msg_type: MsgType) -> dict[str, Any]:
     return dict(sender="web1", sender_keys=WEB1, recipient=MASTER_ID, recipient_keys=MASTER.public)
 
 
+def _peer(msg_type: MsgType) -> str | None:
+    """Who the connection proves the sender of a curve message to be, as its
+    receiver decodes it (None for other plain messages)."""
+    if not SPECS[msg_type].curve:
+        return None
+    return MASTER_ID if msg_type in TO_MINION else "web1"
+
+
 def _receiver(msg_type: MsgType) -> dict[str, Any]:
     if msg_type in TO_MINION:
         return dict(me="web1", my_keys=WEB1, sender_keys=MASTER_LOOKUP)
@@ -281,16 +291,10 @@ def send(msg_type: MsgType, body: dict[str, Any]) -> Message:
     """Encode and decode one message the way its spec says it travels."""
     spec = SPECS[msg_type]
     if spec.sealed:
-        by_jid = (
-            MsgType.JOB_RECEIPT,
-            MsgType.RESULT_RECEIPT,
-            MsgType.JOB_PROGRESS,
-            MsgType.CONTENT_REQUEST,
-            MsgType.CONTENT,
-        )
+        by_jid = (MsgType.CONTENT_REQUEST, MsgType.CONTENT)
         jid = body["jid"] if msg_type in by_jid else JID
         return open_(seal(msg_type, body, jid=jid), msg_type)
-    return decode_plain(encode_plain(msg_type, body), spec.channel)
+    return decode_plain(encode_plain(msg_type, body), spec.channel, peer=_peer(msg_type))
 
 
 def send_unchecked(msg_type: MsgType, body: Any) -> Message:
@@ -298,7 +302,8 @@ def send_unchecked(msg_type: MsgType, body: Any) -> Message:
     spec = SPECS[msg_type]
     if spec.sealed:
         return open_(seal_raw(msg_type, codec.pack(body)), msg_type)
-    return decode_plain(codec.pack([PROTOCOL_VERSION, int(msg_type), body]), spec.channel)
+    frame = codec.pack([PROTOCOL_VERSION, int(msg_type), body])
+    return decode_plain(frame, spec.channel, peer=_peer(msg_type))
 
 
 # ---- the table of message types ----
@@ -309,10 +314,19 @@ def test_every_type_has_a_spec_and_sealed_types_are_network_only():
     for t, spec in SPECS.items():
         assert spec.type is t
         assert spec.schema.depth <= MAX_BODY_DEPTH
-        if spec.sealed:
+        if spec.sealed or spec.curve:
             assert spec.channel is Channel.NETWORK
-    network_plain = {t for t in PLAIN if SPECS[t].channel is Channel.NETWORK}
+        assert not (spec.sealed and spec.curve)
+    network_plain = {t for t in PLAIN if SPECS[t].channel is Channel.NETWORK and t not in CURVE}
     assert network_plain == {MsgType.ENROL_REQUEST, MsgType.ENROL_REPLY}
+    # What relies on the CURVE connection: small messages, none stored.
+    assert set(CURVE) == {
+        MsgType.HEARTBEAT,
+        MsgType.HEARTBEAT_REPLY,
+        MsgType.JOB_RECEIPT,
+        MsgType.RESULT_RECEIPT,
+        MsgType.JOB_PROGRESS,
+    }
 
 
 def test_a_table_missing_a_type_or_breaking_a_rule_is_refused_at_import():
@@ -326,6 +340,10 @@ def test_a_table_missing_a_type_or_breaking_a_rule_is_refused_at_import():
         protocol._build_specs([bad])
     with pytest.raises(RuntimeError, match="two specs"):
         protocol._build_specs([run, run])
+    heartbeat = SPECS[MsgType.HEARTBEAT]
+    for bad in (replace(run, curve=True), replace(heartbeat, sealed=True)):
+        with pytest.raises(RuntimeError, match="only plain network messages rely on CURVE"):
+            protocol._build_specs([bad])
 
 
 def test_samples_cover_every_type():
@@ -349,7 +367,7 @@ def test_round_trip_of_every_type(msg_type):
         assert msg.jid == (body.get("jid") or JID)
         assert msg.require_header() is msg.header
     else:
-        assert msg.sender is None and msg.jid is None
+        assert msg.sender == _peer(msg_type) and msg.jid is None
         with pytest.raises(ProtocolError, match="came without an envelope"):
             msg.require_header()
 
@@ -424,10 +442,18 @@ def test_too_many_files_are_refused():
 
 
 def test_a_body_over_its_size_limit_is_refused():
-    # A heartbeat is small; a peer that pads one is refused before msgpack sees it.
-    padded = codec.pack({"version": "x" * 5000, "uptime": 1.0, "busy": None})
+    # A content request is far smaller than a result; a peer that pads one is
+    # refused before msgpack sees it.
+    limit = SPECS[MsgType.CONTENT_REQUEST].max_bytes + crypto.MAX_ENVELOPE_OVERHEAD
+    padded = codec.pack({"jid": JID, "pad": b"\0" * limit})
     with pytest.raises(ProtocolError, match="larger than that type allows"):
-        open_(seal_raw(MsgType.HEARTBEAT, padded), MsgType.HEARTBEAT)
+        open_(seal_raw(MsgType.CONTENT_REQUEST, padded), MsgType.CONTENT_REQUEST)
+    # A heartbeat travels plain: one sealed is refused before its signature.
+    heartbeat = seal_raw(MsgType.HEARTBEAT, codec.pack(SAMPLES[MsgType.HEARTBEAT]))
+    with pytest.raises(ProtocolError, match="HEARTBEAT is a plain message; it arrived sealed"):
+        open_(heartbeat, MsgType.HEARTBEAT, sender_keys=lambda _: pytest.fail("verified"))
+    with pytest.raises(ProtocolError, match="HEARTBEAT is a plain message; it cannot be sealed"):
+        seal(MsgType.HEARTBEAT, SAMPLES[MsgType.HEARTBEAT])
     # A job whose every file is within limits can still be too large as a whole.
     chunk = b"\0" * (MAX_FILE_BYTES - 1024)
     files = [_spec(path=f"/srv/f{i}", data=chunk) for i in range(MAX_JOB_BYTES // len(chunk) + 1)]
@@ -635,7 +661,7 @@ def test_cross_field_checks_accept_the_consistent_forms():
 
 @pytest.mark.parametrize(
     "msg_type",
-    [MsgType.JOB_RECEIPT, MsgType.RESULT_RECEIPT, MsgType.JOB_PROGRESS],
+    [MsgType.CONTENT_REQUEST, MsgType.CONTENT],
     ids=lambda t: t.name,
 )
 def test_a_receipt_must_name_its_envelopes_jid(msg_type):
@@ -901,12 +927,13 @@ def test_a_forged_or_invalid_envelope_does_not_poison_the_store(tmp_path):
 def test_a_job_and_its_receipt_share_a_jid_without_clashing(tmp_path):
     with SeenJids(str(tmp_path / "seen.db")) as seen:
         open_(_job_frame(), MsgType.JOB, seen=seen)
-        receipt = seal(MsgType.RESULT_RECEIPT, {"jid": JID})
-        open_(receipt, MsgType.RESULT_RECEIPT, seen=seen)
+        content = seal(MsgType.CONTENT, {"jid": JID, "blobs": []})
+        open_(content, MsgType.CONTENT, seen=seen)
 
 
 def test_is_sealed_tells_envelopes_from_plain_messages():
-    assert is_sealed(seal(MsgType.HEARTBEAT, SAMPLES[MsgType.HEARTBEAT]))
+    assert is_sealed(seal(MsgType.RESULT, _RESULT))
+    assert not is_sealed(encode_plain(MsgType.HEARTBEAT, SAMPLES[MsgType.HEARTBEAT]))
     assert not is_sealed(encode_plain(MsgType.RUN, SAMPLES[MsgType.RUN]))
 
 
@@ -1099,6 +1126,22 @@ def test_an_unauthenticated_peer_reaches_no_sealed_type(msg_type):
     with pytest.raises(ProtocolError, match="unauthenticated peer is refused"):
         d.dispatch(forged)
     assert rec.events == []
+
+
+@pytest.mark.parametrize("msg_type", CURVE, ids=lambda t: t.name)
+def test_a_curve_type_is_reached_only_with_the_peer_its_connection_proved(msg_type):
+    rec = Recorder()
+    everything = {t: rec.handler(t.name) for t in MsgType if SPECS[t].channel is Channel.NETWORK}
+    d = Dispatcher(Channel.NETWORK, everything)
+    frame = encode_plain(msg_type, SAMPLES[msg_type])
+    with pytest.raises(ProtocolError, match="from a connection that proved no key is refused"):
+        d.dispatch(decode_plain(frame, Channel.NETWORK))
+    assert rec.events == []
+    with pytest.raises(ProtocolError, match="proved no key"):
+        Message(msg_type, SAMPLES[msg_type]).require_peer()
+    # The sender is the connection's: nothing in the body can name another.
+    assert d.dispatch(decode_plain(frame, Channel.NETWORK, peer="web2")) == msg_type.name
+    assert rec.events == [(msg_type.name, "web2")]
 
 
 def test_types_without_a_handler_are_not_reachable():

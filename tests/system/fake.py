@@ -1,6 +1,6 @@
 """A scriptable minion for attack tests: real keys, real sockets (CURVE, as a
-minion speaks it), real envelopes, but every step is the test's choice, so it
-can send what no honest minion would."""
+minion speaks it), real envelopes and curve messages, but every step is the
+test's choice, so it can send what no honest minion would."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from safcm.common.protocol import (
     verify_enrol_reply,
     verify_key_reply,
 )
+from safcm.common.wire import pack_plain
 from safcm.master.sandbox import Sandbox
 
 # Milliseconds a fake waits for one reply.
@@ -131,11 +132,19 @@ class FakeMinion:
             ttl=60,
         )
 
-    def heartbeat(self) -> bytes:
-        """Send a heartbeat with the next sequence number; returns its frame."""
+    def send_plain(self, msg_type: MsgType, body: dict) -> bytes:
+        """Send a plain message (a curve message, on this CURVE connection); returns its frame."""
+        frame = encode_plain(msg_type, body)
+        self.send_raw(frame)
+        return frame
+
+    def heartbeat(self, **fields: object) -> bytes:
+        """Send a heartbeat with the next sequence number, and any `fields`
+        in its body instead, unchecked (a test may send an invalid one);
+        returns its frame."""
         self.seq = min(self.seq + 1, MAX_SEQUENCE)
         body = {"version": "fake", "uptime": 1.0, "busy": None, "interval": 5.0, "seq": self.seq}
-        frame = self.seal(MsgType.HEARTBEAT, body)
+        frame = pack_plain(MsgType.HEARTBEAT, {**body, **fields})
         self.send_raw(frame)
         return frame
 
@@ -147,9 +156,12 @@ class FakeMinion:
         [frame] = self.dealer.recv_multipart()
         return frame
 
-    def recv_sealed(self, timeout_ms: int = RECV_TIMEOUT_MS) -> Message:
+    def recv(self, timeout_ms: int = RECV_TIMEOUT_MS) -> Message:
+        """The master's next message on the return connection: a curve
+        message (decoded as the master's, as a minion does) or an envelope."""
         frame = self.recv_frame(timeout_ms)
-        assert is_sealed(frame)
+        if not is_sealed(frame):
+            return decode_plain(frame, Channel.NETWORK, peer=MASTER_ID)
         return open_message_at(
             frame,
             me=self.id,

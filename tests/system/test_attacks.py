@@ -88,39 +88,46 @@ def test_duplicate_result_is_stored_once(sandbox, fake):
     sandbox.cli("keys", "accept", "web3")
     assert web3.enrol() == "accepted"
     web3.heartbeat()
-    assert web3.recv_sealed().type is MsgType.HEARTBEAT_REPLY
+    assert web3.recv().type is MsgType.HEARTBEAT_REPLY
     run = sandbox.spawn_cli("run", "web3", "ping", "--json", "--timeout", "20")
     _frame, job = web3.recv_job(10_000)
     first = ping_result(time.time())
     web3.send_raw(web3.seal(MsgType.RESULT, first, jid=job.jid))
-    receipt = web3.recv_sealed()
+    receipt = web3.recv()
     assert receipt.type is MsgType.RESULT_RECEIPT and receipt.body["jid"] == job.jid
     out, _ = run.communicate(timeout=30)
     assert by_host(schemas.loads(out, "run"))["web3"]["status"] == "ok"
     # The same result again, and one that says something else: neither is stored.
     web3.send_raw(web3.seal(MsgType.RESULT, first, jid=job.jid))
-    assert web3.recv_sealed().type is MsgType.RESULT_RECEIPT  # confirmed, so it stops resending
+    assert web3.recv().type is MsgType.RESULT_RECEIPT  # confirmed, so it stops resending
     other = {**first, "ping": {"version": "changed", "time": time.time()}}
     web3.send_raw(web3.seal(MsgType.RESULT, other, jid=job.jid))
-    assert web3.recv_sealed().type is MsgType.RESULT_RECEIPT
+    assert web3.recv().type is MsgType.RESULT_RECEIPT
     logged(sandbox.master, f"job {job.jid}: duplicate result from web3")
     [host] = jobs_show(sandbox, job.jid)["hosts"]
     assert host["result"]["ping"]["version"] == "fake"
     still_serving(sandbox)
 
 
-def test_unknown_minions_heartbeat_is_dropped(sandbox, fake):
+def test_a_heartbeat_from_a_key_that_is_not_accepted_is_dropped(sandbox, fake):
     enrol(sandbox, "web1")
     ghost = fake("ghost")
-    ghost.enrol()  # pending: it may ask, but it is not accepted
+    assert ghost.enrol() == "pending"  # it may ask, but it is not accepted
     ghost.heartbeat()
     assert ghost.silent()
-    # Dropped on the transport key alone, before its envelope is even verified.
-    logged(sandbox.master, "a sealed message from a key that is not accepted")
+    # Dropped on the transport key: from it, a plain message may only enrol.
+    logged(sandbox.master, "HEARTBEAT from a key that is not accepted")
+    stranger = fake("stranger")  # never enrolled
+    stranger.heartbeat()
+    assert stranger.silent()
     # Claiming an accepted minion's id does not help: the transport key decides.
     impostor = fake("web1")
+    assert impostor.enrol() == "claimed"
     impostor.heartbeat()
     assert impostor.silent()
+    listed = keys(sandbox)
+    assert not listed["ghost"]["connected"]
+    assert "stranger" not in listed
     still_serving(sandbox)
 
 
@@ -128,12 +135,12 @@ def test_replayed_heartbeat_is_refused_also_after_a_master_restart(sandbox, fake
     enrol(sandbox, "web1")
     web3 = accepted_fake(sandbox, fake, "web3")
     frame = web3.heartbeat()
-    assert web3.recv_sealed().type is MsgType.HEARTBEAT_REPLY
+    assert web3.recv().type is MsgType.HEARTBEAT_REPLY
     web3.send_raw(frame)
     assert web3.silent()
     logged(sandbox.master, "heartbeat 1 of web3 is not newer than its last, 1 (a replay)")
     newer = web3.heartbeat()
-    assert web3.recv_sealed().type is MsgType.HEARTBEAT_REPLY
+    assert web3.recv().type is MsgType.HEARTBEAT_REPLY
     # The master restarts (it keeps the last sequence number in its database);
     # a replay of the last heartbeat must not make web3 look connected.
     sandbox.stop(sandbox.master)

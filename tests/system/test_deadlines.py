@@ -79,10 +79,10 @@ def test_a_result_after_no_response_is_stored_as_late(sandbox, fake):
     enrol(sandbox, "web1")
     web3 = accepted_fake(sandbox, fake, "web3")
     web3.heartbeat()
-    assert web3.recv_sealed().type is MsgType.HEARTBEAT_REPLY
+    assert web3.recv().type is MsgType.HEARTBEAT_REPLY
     run = sandbox.spawn_cli("run", "web3", "ping", "--json", "--timeout", str(TIMEOUT))
     _frame, job = web3.recv_job(10_000)
-    web3.send_raw(web3.seal(MsgType.JOB_RECEIPT, {"jid": job.jid}, jid=job.jid))
+    web3.send_plain(MsgType.JOB_RECEIPT, {"jid": job.jid})
     out, _ = run.communicate(timeout=30)
     # The CLI heard "no response" at the deadline, once.
     assert by_host(schemas.loads(out, "run"))["web3"]["status"] == "no response"
@@ -91,15 +91,15 @@ def test_a_result_after_no_response_is_stored_as_late(sandbox, fake):
 
     # The truth of what happened on the host is still stored when it comes.
     web3.send_raw(web3.seal(MsgType.RESULT, ping_result(time.time()), jid=job.jid))
-    receipt = web3.recv_sealed()
+    receipt = web3.recv()
     assert receipt.type is MsgType.RESULT_RECEIPT and receipt.body["jid"] == job.jid
     logged(sandbox.master, f"job {job.jid}: late result from web3, stored after the deadline")
     [stored] = jobs_show(sandbox, job.jid)["hosts"]
     assert stored["status"] == "ok" and stored["result"]["ping"]["version"] == "fake"
     assert sandbox.master.log_text().count(f"job {job.jid}: no response from web3") == 1
     # Progress after the end changes nothing, and is not passed on.
-    web3.send_raw(web3.seal(MsgType.JOB_PROGRESS, {"jid": job.jid, "elapsed": 9.0}, jid=job.jid))
+    web3.send_plain(MsgType.JOB_PROGRESS, {"jid": job.jid, "elapsed": 9.0})
     web3.send_raw(web3.seal(MsgType.RESULT, ping_result(time.time()), jid=job.jid))
-    assert web3.recv_sealed().type is MsgType.RESULT_RECEIPT  # a duplicate, confirmed again
+    assert web3.recv().type is MsgType.RESULT_RECEIPT  # a duplicate, confirmed again
     logged(sandbox.master, f"job {job.jid}: duplicate result from web3")
     assert f"job {job.jid}: web3 still working" not in sandbox.master.log_text()

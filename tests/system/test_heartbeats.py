@@ -1,0 +1,159 @@
+"""Heartbeats, receipts and progress reports rely on the CURVE connection
+(form "curve" in common/protocol.py): plain messages, taken as the accepted
+minion's whose transport key sends them, and from no one else. Each test
+names the protection it checks; each fails when that protection is taken out."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+
+import zmq
+
+from safcm.common import codec
+from safcm.common.loop import Loop
+from safcm.common.protocol import MAX_PLAIN_NETWORK_BYTES, PROTOCOL_VERSION, MsgType
+from safcm.master.sandbox import Sandbox, wait_for
+from safcm.minion.daemon import Minion
+from safcm.minion.settings import MinionSettings
+from tests.system.conftest import (
+    HEARTBEAT,
+    SETTLE,
+    accepted_fake,
+    enrol,
+    jobs_show,
+    keys,
+    logged,
+    run_json,
+)
+
+# Heartbeats one flood sends from an accepted key: well beyond the burst the
+# master allows a key (master/intake.py CURVE_BURST).
+FLOOD = 3000
+# An hour: the step of a host's clock.
+HOUR = 3600.0
+
+
+def test_an_accepted_keys_heartbeat_is_answered_and_makes_it_present(sandbox, fake):
+    enrol(sandbox, "web1")
+    web3 = accepted_fake(sandbox, fake, "web3")
+    assert not keys(sandbox)["web3"]["connected"]  # enrolled, but no heartbeat yet
+    web3.heartbeat(busy=None, interval=30.0)
+    reply = web3.recv()
+    assert reply.type is MsgType.HEARTBEAT_REPLY
+    assert abs(reply.body["time"] - time.time()) < SETTLE  # the master's time
+    assert keys(sandbox)["web3"]["connected"]
+
+
+def test_a_heartbeat_counts_for_the_key_that_sent_it_whatever_its_body_says(sandbox, fake):
+    enrol(sandbox, "web1")
+    web3 = accepted_fake(sandbox, fake, "web3")
+    sandbox.stop(sandbox.minions["web1"])
+    wait_for(lambda: not keys(sandbox)["web1"]["connected"], SETTLE, "web1 to be gone")
+    # A body cannot name a sender: one that tries is not a heartbeat.
+    web3.heartbeat(id="web1", interval=30.0)
+    assert web3.silent()
+    logged(sandbox.master, "dropped a message from web3: HEARTBEAT body")
+    web3.heartbeat(interval=30.0)
+    assert web3.recv().type is MsgType.HEARTBEAT_REPLY
+    listed = keys(sandbox)
+    assert listed["web3"]["connected"] and not listed["web1"]["connected"]
+
+
+def test_an_oversized_or_malformed_heartbeat_is_dropped_before_it_is_decoded(sandbox, fake):
+    enrol(sandbox, "web1")
+    web3 = accepted_fake(sandbox, fake, "web3")
+    body = {"version": "x" * MAX_PLAIN_NETWORK_BYTES, "uptime": 1.0, "busy": None, "seq": 1}
+    oversized = codec.pack([PROTOCOL_VERSION, int(MsgType.HEARTBEAT), {**body, "interval": 5.0}])
+    web3.send_raw(oversized)
+    logged(sandbox.master, f"from web3: a plain message of {len(oversized)} bytes")
+    web3.send_raw(b"\x93\x01\x03\xc1")  # msgpack: 0xc1 is never used
+    web3.heartbeat(seq="1")  # a body against its schema
+    logged(sandbox.master, "dropped a message from web3: HEARTBEAT body.seq")
+    assert web3.silent()
+    assert not keys(sandbox)["web3"]["connected"]
+    web3.heartbeat()  # the connection still serves
+    assert web3.recv().type is MsgType.HEARTBEAT_REPLY
+
+
+def test_a_flood_of_heartbeats_from_an_accepted_key_is_rate_limited(sandbox, fake):
+    enrol(sandbox, "web1")
+    web3 = accepted_fake(sandbox, fake, "web3")
+    for _ in range(FLOOD):
+        web3.heartbeat()
+    answered = 0
+    while not web3.silent(2000):
+        assert web3.recv().type is MsgType.HEARTBEAT_REPLY
+        answered += 1
+    assert 0 < answered < FLOOD
+    logged(sandbox.master, "plain messages come faster than allowed for this key")
+    # Each dropped heartbeat may cost a log line only within the log's own rate.
+    lines = sandbox.master.log_text().count("faster than allowed for this key")
+    assert lines < (FLOOD - answered) // 2
+    code, _ = run_json(sandbox, "web1", "ping")
+    assert code == 0
+
+
+def test_a_receipt_counts_only_for_a_job_sent_to_its_sender(sandbox, fake):
+    enrol(sandbox, "web1")
+    web3 = accepted_fake(sandbox, fake, "web3")
+    _, doc = run_json(sandbox, "web1", "ping")
+    stored = jobs_show(sandbox, doc["jid"])
+    web3.send_plain(MsgType.JOB_RECEIPT, {"jid": doc["jid"]})
+    logged(sandbox.master, f"receipt for job {doc['jid']}, never sent to it")
+    web3.send_plain(MsgType.JOB_PROGRESS, {"jid": doc["jid"], "elapsed": 3.0})
+    logged(sandbox.master, f"progress from web3 on job {doc['jid']}, which was never sent to it")
+    assert jobs_show(sandbox, doc["jid"]) == stored
+
+
+def _in_process_minion(sb: Sandbox, minion_id: str, loop: Loop, ctx, worker, clock) -> Minion:
+    """A real Minion in this process, on `loop`, whose wall clock is `clock`."""
+    settings = sb.master.settings
+    root = os.path.join(sb.base, "roots", minion_id)
+    os.makedirs(root)
+    ms = MinionSettings(
+        id=minion_id,
+        master="127.0.0.1",
+        publish_port=settings["publish_port"],
+        return_port=settings["return_port"],
+        key_port=settings["key_port"],
+        master_fingerprint=sb.master_fingerprint(),
+        state_dir=os.path.join(sb.base, "minions", minion_id),
+        root=root,
+        heartbeat_interval=HEARTBEAT,
+    )
+    return Minion(ms, loop=loop, ctx=ctx, worker=worker, clock=clock)
+
+
+def test_a_minion_learns_the_masters_time_from_heartbeat_replies(sandbox):
+    sandbox.configure_master(auto_accept=True)
+    sandbox.start_master()
+    step = [0.0]  # what this host's wall clock is off by, in seconds
+    loop, ctx = Loop(), zmq.Context()
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    minion = _in_process_minion(
+        sandbox, "web7", loop, ctx, worker, clock=lambda: time.time() + step[0]
+    )
+
+    def run_until(done, what: str) -> None:
+        deadline = time.monotonic() + SETTLE
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            loop.run_once(0.05)
+
+    try:
+        minion.start()
+        run_until(lambda: minion.accepted and minion.seq >= 2, "heartbeats to be answered")
+        assert abs(minion.offset) < 1.0
+        # The host's clock steps back an hour while connected: there is no new
+        # key reply, so only the heartbeat replies can tell the minion.
+        step[0] = -HOUR
+        run_until(lambda: abs(minion.offset - HOUR) < SETTLE, "the master's time to be learnt")
+        assert abs(minion.clock() - time.time()) < SETTLE
+    finally:
+        worker.shutdown(wait=True)
+        minion.close()
+        loop.close()
+        ctx.term()
+    assert keys(sandbox)["web7"]["state"] == "accepted"
