@@ -8,6 +8,12 @@ host), RUN_HOST_RESULT for each host as it answers or is "no response",
 RUN_PROGRESS when a host still working moves its deadline, and RUN_DONE. When
 each of these happens is decided by master/lifecycle.py (answered, progress,
 finished).
+
+`run --batch` (master/batch.py decides which hosts start when): every host
+is compiled up front, then each batch is a job of its own, started by
+_start_job() as a whole run is, once every host of the batch before has
+answered. The CLI hears a RUN_STARTED per batch, the results as they come,
+and one RUN_DONE at the end over all batches, with the hosts not run.
 """
 
 from __future__ import annotations

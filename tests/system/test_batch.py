@@ -4,10 +4,13 @@ that leaves the rest not run; a CLI that leaves stops the rollout."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import signal
 import time
+
+import yaml
 
 from safcm.common.protocol import MsgType
 from tests import schemas
@@ -164,3 +167,22 @@ def test_usage_errors(sandbox):
         assert message in result.stderr and "daemon" not in result.stderr, result.stderr
         code, doc = run_json(sandbox, "*", "ping", *args)
         assert code == 2 and doc["error"]["kind"] == "usage"
+
+
+def test_every_batch_gets_the_configuration_compiled_at_the_start(sandbox):
+    # web1's trigger edits the repository while its batch runs: web2's batch,
+    # started after, still gets what was compiled before the first.
+    motd = os.path.join(sandbox.config_dir, "all", "files", "etc", "motd")
+    with open(os.path.join(sandbox.config_dir, "web1", "triggers.yaml"), "w") as f:
+        yaml.safe_dump({"/etc/app/feature-flags.conf": [f"echo edited mid-rollout >> {motd}"]}, f)
+    enrol(sandbox, "web1", "web2")
+    before = sandbox.cli("show", "web2", "--json")
+    [compiled] = [
+        f for f in schemas.loads(before.stdout, "show")["files"] if f["path"] == "/etc/motd"
+    ]
+    code, doc = run_json(sandbox, "web*", "files", "--batch", "1")
+    assert code == 0 and [b["hosts"] for b in doc["batches"]] == [["web1"], ["web2"]]
+    with open(motd) as f:
+        assert "edited mid-rollout" in f.read()  # the repository did change in between
+    with open(os.path.join(sandbox.root("web2"), "etc/motd"), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == compiled["sha256"]
