@@ -57,6 +57,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -153,6 +154,9 @@ class RunFigures:
     master_cpu: float = 0.0  # CPU seconds the master used during the run
     minions_cpu: float = 0.0  # CPU seconds of all minion processes together
     cli_cpu: float = 0.0  # CPU seconds of the CLI process
+    bytes_per_host: float | None = None  # envelope bytes the master published, per host
+    loop_max_ms: float | None = None  # longest the master's loop was held during the job
+    loop_max_where: str = ""  # and by what
     problems: list[str] = field(default_factory=list)
     profiles: dict[str, Profile] = field(default_factory=dict)
 
@@ -618,7 +622,25 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
     if doc.get("jid") is not None:
         figures.duplicates = fleet.duplicates(doc["jid"])
         add_breakdown(fleet, figures, doc["jid"], started_wall, started_wall + seconds)
+        add_master_figures(fleet, figures, doc["jid"])
     return figures, doc
+
+
+def add_master_figures(fleet: Fleet, figures: RunFigures, jid: str) -> None:
+    """Bytes published and the loop's longest hold, from the master's line
+    "job JID finished: N envelopes, B bytes published; the event loop was held
+    at most X ms at a time since (WHERE)"."""
+    found = re.search(
+        rf"job {jid} finished: \d+ envelopes, (\d+) bytes published; the event loop was "
+        r"held at most ([\d.]+) ms at a time since \((.*)\)",
+        fleet.sb.master.log_text(),
+    )
+    if found is None:
+        figures.problems.append(f"job {jid}: the master logged no figures at its end")
+        return
+    figures.bytes_per_host = int(found.group(1)) / max(1, figures.hosts)
+    figures.loop_max_ms = float(found.group(2))
+    figures.loop_max_where = found.group(3)
 
 
 def add_breakdown(
@@ -775,14 +797,16 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
     print()
     print(
         f"{'N':>5}  {'run':<13} {'CPU s: master':>13} {'minions':>8} {'cli':>6}   "
-        f"{'apply p50':>9} {'max':>6}   {'dup':>5}"
+        f"{'apply p50':>9} {'max':>6}   {'dup':>5}   {'B/host':>8} {'loop max ms':>11}  by"
     )
     for size in sizes:
         for r in size.runs:
+            per_host = "-" if r.bytes_per_host is None else f"{r.bytes_per_host:.0f}"
+            loop = "-" if r.loop_max_ms is None else f"{r.loop_max_ms:.1f}"
             print(
                 f"{size.n:>5}  {r.name:<13} {r.master_cpu:>13.2f} {r.minions_cpu:>8.2f} "
                 f"{r.cli_cpu:>6.2f}   {maybe(r.apply_median):>9} {maybe(r.apply_max):>6}   "
-                f"{r.duplicates:>5}"
+                f"{r.duplicates:>5}   {per_host:>8} {loop:>11}  {r.loop_max_where}"
             )
     print()
     print(
@@ -811,6 +835,9 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         "CPU s: CPU seconds used during the run by the master, all minion processes, the CLI.\n"
         "apply p50 / max: one host's job on its minion (its result's started..finished).\n"
         "dup: envelopes minions received again after taking the job (master re-publishes).\n"
+        "B/host: envelope bytes the master published for the job, per host.\n"
+        "loop max ms: the longest any one callback held the master's event loop from the\n"
+        "  job's submission to its end (nothing else was read or sent meanwhile), and which.\n"
         f"idle CPU: share of one core used over {IDLE_WINDOW:.0f} s with no job (heartbeats).\n"
         "MiB: peak RSS (VmHWM) of the master; of the swarms per identity (their sum over\n"
         "  identities, and the same less their RSS before the first identity); and of\n"

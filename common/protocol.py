@@ -162,6 +162,7 @@ __all__ = [
     "ResultStatus",
     "SeenJids",
     "VerifiedMessage",
+    "check_body",
     "check_jid",
     "check_minion_id",
     "claimed_spec",
@@ -177,7 +178,9 @@ __all__ = [
     "minion_id_problem",
     "new_jid",
     "open_message_at",
+    "pack_body",
     "seal_message_at",
+    "seal_packed_at",
     "topic_for",
     "verify_enrol_reply",
     "verify_enrol_request",
@@ -971,6 +974,12 @@ def _spec_for(raw_type: object) -> MessageSpec:
     return SPECS[known_type(raw_type)]
 
 
+def check_body(msg_type: MsgType, body: Any) -> None:
+    """Check a body against its type's schema and rules, as sealing would;
+    ProtocolError if it does not fit (its size is not checked here)."""
+    _check_body(SPECS[msg_type], body, None)
+
+
 def _check_body(spec: MessageSpec, body: Any, jid: str | None) -> None:
     validate(spec.schema, body, f"{spec.type.name} body")
     if spec.check is not None:
@@ -1059,6 +1068,43 @@ def seal_message_at(
         raise ProtocolError(f"{msg_type.name} is a plain message; it cannot be sealed")
     return seal_at(
         _pack_body(spec, body, jid),
+        version=PROTOCOL_VERSION,
+        msg_type=int(msg_type),
+        jid=jid,
+        sender=sender,
+        recipient=recipient,
+        sender_keys=sender_keys,
+        recipient_keys=recipient_keys,
+        now=now,
+        ttl=ttl,
+    )
+
+
+def pack_body(msg_type: MsgType, body: dict[str, Any]) -> bytes:
+    """Check `body` against its schema and pack it, for seal_packed_at(): one
+    body sealed to many recipients is checked and packed once."""
+    return _pack_body(SPECS[msg_type], body, None)
+
+
+def seal_packed_at(
+    msg_type: MsgType,
+    packed: bytes,
+    *,
+    jid: str,
+    sender: str,
+    sender_keys: KeyPair,
+    recipient: str,
+    recipient_keys: PublicKeys,
+    now: float,
+    ttl: int,
+) -> bytes:
+    """seal_message_at() of a body that pack_body() checked and packed."""
+    spec = SPECS[msg_type]
+    if not spec.sealed or spec.check is _check_receipt:
+        # a receipt-like body names its jid, which pack_body() cannot check
+        raise ProtocolError(f"{msg_type.name} cannot be sealed from a packed body")
+    return seal_at(
+        packed,
         version=PROTOCOL_VERSION,
         msg_type=int(msg_type),
         jid=jid,

@@ -101,7 +101,9 @@ class Master:
         self.lifecycle = Lifecycles(self)
         self._wake: Timer | None = None  # the lifecycle's next wake-up
         self._wake_when = math.inf  # its time, unix
-        self.publisher = Publisher(self.peers, self.keystore, self.jobs, self.lifecycle, clock)
+        self.publisher = Publisher(
+            self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
+        )
         self.intake = Intake(
             settings, self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
         )
@@ -285,6 +287,17 @@ class Master:
         self.runs.progress(jid, host, until)
 
     def finished(self, jid: str) -> None:
+        envelopes, size = self.publisher.forget(jid)
+        held, where = self.loop.reset_longest_call()
+        log.info(
+            "job %s finished: %d envelopes, %d bytes published; the event loop was held "
+            "at most %.1f ms at a time since (%s)",
+            jid,
+            envelopes,
+            size,
+            held * 1000,
+            where or "-",
+        )
         self.runs.finished(jid)
 
     def wake_at(self, when: float) -> None:

@@ -102,6 +102,31 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE job_hosts ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: a job's content stored once (master/jobcontent.py): one manifest per
+    # distinct host body, each distinct content once; each host row names its
+    # manifest and the content its envelope carries. Envelopes are sealed when
+    # published, so job_hosts.envelope is no longer written. host_content:
+    # the last files job each host completed, whose content it keeps.
+    """
+    CREATE TABLE job_manifests (
+        jid      TEXT NOT NULL REFERENCES jobs (jid) ON DELETE CASCADE,
+        digest   TEXT NOT NULL,
+        manifest BLOB NOT NULL,
+        PRIMARY KEY (jid, digest)
+    );
+    CREATE TABLE job_content (
+        jid    TEXT NOT NULL REFERENCES jobs (jid) ON DELETE CASCADE,
+        digest BLOB NOT NULL,
+        data   BLOB NOT NULL,
+        PRIMARY KEY (jid, digest)
+    );
+    ALTER TABLE job_hosts ADD COLUMN manifest TEXT;
+    ALTER TABLE job_hosts ADD COLUMN include BLOB;
+    CREATE TABLE host_content (
+        host TEXT PRIMARY KEY,
+        jid  TEXT NOT NULL
+    );
+    """,
 ]
 
 

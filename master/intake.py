@@ -32,6 +32,7 @@ from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair, peek_header
 from safcm.common.errors import EnvelopeError, ProtocolError
 from safcm.common.protocol import (
     MASTER_ID,
+    MAX_FILE_BYTES,
     MAX_PLAIN_NETWORK_BYTES,
     MAX_RESULT_BYTES,
     Channel,
@@ -50,7 +51,7 @@ from safcm.common.protocol import (
 )
 from safcm.common.protocol import KeyState as WireKeyState
 from safcm.common.ratelimit import Bucket, Buckets, PeerLog
-from safcm.master.jobstore import JobStore, StoredResult
+from safcm.master.jobstore import HostState, JobStore, StoredResult
 from safcm.master.keystore import KeyStore, MinionKey
 from safcm.master.lifecycle import Lifecycles, Verdict
 from safcm.master.outcomes import change_count, host_status
@@ -65,6 +66,9 @@ MESSAGE_TTL = 60
 # Messages read from the ROUTER per wake-up before results are committed:
 # results that arrive together share one fsync.
 ROUTER_BATCH = 512
+# Seconds spent reading the return socket in one go, at most (about: one
+# large result may take longer): the loop must not stall on a burst.
+ROUTER_SLICE = 0.02
 # Messages ZeroMQ may queue from one connection of the return socket before
 # it stops reading that connection (TCP then pushes back): at most this many
 # results of MAX_RESULT_BYTES wait in memory per peer.
@@ -89,6 +93,20 @@ NEW_KEY_BURST = 1000.0
 # Results read in one wake-up are stored together, up to this many bytes,
 # then committed: a burst of large results never piles up in memory.
 BATCH_BYTES = 16 * 1024 * 1024
+# Content a minion lacks (CONTENT_REQUEST, master/jobcontent.py): one reply
+# carries at most this many bytes of it, or one file's content if that is
+# larger; the minion asks again for the rest when the reply has come, so one
+# request is in flight per minion.
+CONTENT_REPLY_BYTES = 4 * 1024 * 1024
+# Bytes of content per minion, per second and burst (at least one reply of
+# the largest file): a minion that asks and never reads cannot make the
+# master read and queue content faster than this.
+CONTENT_RATE = 4 * 1024 * 1024
+CONTENT_BURST = 2 * MAX_FILE_BYTES
+# Replies queued for one peer of the return socket at most; more are dropped
+# (the minion asks again). Replies are small but for content: this bounds
+# what a minion that stops reading can hold in the master's memory.
+RETURN_SNDHWM = 8
 
 
 class Intake:
@@ -116,6 +134,7 @@ class Intake:
         self.enrol_by_conn = Buckets(ENROL_RATE, ENROL_BURST, ENROL_KEYS)
         self.enrol_unknown = Bucket(ENROL_GLOBAL_RATE, ENROL_GLOBAL_BURST, now)
         self.new_keys = Bucket(NEW_KEY_RATE, NEW_KEY_BURST, now)
+        self.content_bytes = Buckets(CONTENT_RATE, CONTENT_BURST, ENROL_KEYS)
         self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
         self.network = Dispatcher(
             Channel.NETWORK,
@@ -124,6 +143,7 @@ class Intake:
                 MsgType.JOB_RECEIPT: self.on_job_receipt,
                 MsgType.RESULT: self.on_result,
                 MsgType.JOB_PROGRESS: self.on_job_progress,
+                MsgType.CONTENT_REQUEST: self.on_content_request,
             },
         )
         self.router: zmq.Socket | None = None
@@ -147,6 +167,7 @@ class Intake:
         )
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         router.setsockopt(zmq.RCVHWM, RETURN_RCVHWM)
+        router.setsockopt(zmq.SNDHWM, RETURN_SNDHWM)
         self.loop.add_reader(router, self.on_router)
 
     def close(self) -> None:
@@ -163,7 +184,12 @@ class Intake:
 
     def on_router(self) -> None:
         router = _opened(self.router)
+        # What is left is read on the next turn (the poller reports the socket
+        # readable again), after timers and the other sockets had theirs.
+        until = self.loop.clock() + ROUTER_SLICE
         for _ in range(ROUTER_BATCH):
+            if self.loop.clock() >= until:
+                break
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -433,6 +459,39 @@ class Intake:
             raise ProtocolError(f"progress from {minion} on job {jid}, which was never sent to it")
         if self.lifecycle.progress(jid, minion, self.clock()) is not None:
             log.debug("job %s: %s still working after %.0f s", jid, minion, msg.body["elapsed"])
+
+    def on_content_request(self, msg: Message) -> None:
+        """A minion lacks content of a job it has: it gets it, but only content
+        its own job names, and at CONTENT_RATE at most."""
+        header = msg.require_header()
+        minion, jid = header.sender, header.jid
+        if self.jobs.host_state(jid, minion) not in (HostState.SENT, HostState.RECEIVED):
+            raise ProtocolError(f"content request from {minion} for job {jid}, not open for it")
+        allowed = self.jobs.manifest_digests(jid, minion)
+        if allowed is None:
+            raise ProtocolError(f"content request from {minion} for job {jid}, which has none")
+        asked = msg.body["digests"]
+        wanted = [d for d in asked if d in allowed]
+        if len(wanted) < len(asked):
+            self.peer_log.warning(
+                "job %s: %s asked for %d contents its job does not name; refused those",
+                jid,
+                minion,
+                len(asked) - len(wanted),
+            )
+        blobs: list[bytes] = []
+        size = 0
+        for data in self.jobs.content(jid, wanted).values():
+            if blobs and size + len(data) > CONTENT_REPLY_BYTES:
+                break  # the minion asks again for the rest
+            blobs.append(data)
+            size += len(data)
+        if not blobs:
+            return
+        if not self.content_bytes.take(minion, self.loop.clock(), cost=size):
+            raise ProtocolError(f"content requests of {minion} come faster than allowed")
+        log.info("job %s: sent %s %d contents it lacked", jid, minion, len(blobs))
+        self._reply_sealed(minion, MsgType.CONTENT, {"jid": jid, "blobs": blobs}, jid=jid)
 
     def store_batch(self) -> None:
         """Store the receipts and results read in one wake-up in one transaction

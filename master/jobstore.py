@@ -26,6 +26,7 @@ from safcm.common.ids import JID_FORMAT
 from safcm.common.model import is_below
 from safcm.common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
 from safcm.master.db import transaction
+from safcm.master.jobcontent import HostPart, JobParts, digests_of, unpack_manifest
 from safcm.master.lifecycle import OpenRow, State
 from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, HostStatus
 
@@ -158,11 +159,12 @@ class JobStore:
     def create(
         self,
         job: JobRecord,
-        envelopes: dict[str, bytes],
+        parts: JobParts,
         plans: dict[str, Plan] | None = None,
     ) -> None:
-        """Record a job, one sealed envelope per host and what each host was
-        sent (`plans`, shared between hosts with the same), in one transaction."""
+        """Record a job: its manifests and content, once each, what each host's
+        envelope carries (master/jobcontent.py), and what each host was sent
+        (`plans`, shared between hosts with the same), in one transaction."""
         digests: dict[str, str] = {}
         packed: dict[str, bytes] = {}
         for host, plan in (plans or {}).items():
@@ -190,13 +192,92 @@ class JobStore:
                 [(job.jid, digest, data) for digest, data in packed.items()],
             )
             self.conn.executemany(
-                "INSERT INTO job_hosts (jid, host, state, envelope, plan)"
-                " VALUES (?, ?, 'sent', ?, ?)",
+                "INSERT INTO job_manifests (jid, digest, manifest) VALUES (?, ?, ?)",
+                [(job.jid, digest, data) for digest, data in parts.packed.items()],
+            )
+            self.conn.executemany(
+                "INSERT INTO job_content (jid, digest, data) VALUES (?, ?, ?)",
+                [(job.jid, digest, data) for digest, data in parts.content.items()],
+            )
+            self.conn.executemany(
+                "INSERT INTO job_hosts (jid, host, state, plan, manifest, include)"
+                " VALUES (?, ?, 'sent', ?, ?, ?)",
                 [
-                    (job.jid, host, envelope, digests.get(host))
-                    for host, envelope in sorted(envelopes.items())
+                    (job.jid, host, digests.get(host), part.manifest, codec.pack(part.include))
+                    for host, part in sorted(parts.hosts.items())
                 ],
             )
+
+    def parts(self, jid: str) -> JobParts | None:
+        """What a job's envelopes are sealed from (after a restart: the hosts
+        still waiting for their receipt), or None if it has none stored (no
+        such job, or one stored before migration 4: see envelope())."""
+        job = self.get_job(jid)
+        if job is None:
+            return None
+        parts = JobParts(job.deadline)
+        rows = self.conn.execute(
+            "SELECT h.host, h.manifest, h.include, m.manifest AS packed FROM job_hosts h"
+            " JOIN job_manifests m ON m.jid = h.jid AND m.digest = h.manifest"
+            " WHERE h.jid = ? AND h.state = 'sent'",
+            (jid,),
+        ).fetchall()
+        if not rows:
+            return None
+        wanted: set[bytes] = set()
+        for r in rows:
+            include = codec.unpack(r["include"], max_depth=2)
+            parts.hosts[r["host"]] = HostPart(r["manifest"], include)
+            if r["manifest"] not in parts.manifests:
+                parts.packed[r["manifest"]] = r["packed"]
+                parts.manifests[r["manifest"]] = unpack_manifest(r["packed"])
+            wanted.update(include)
+        parts.content = self.content(jid, wanted)
+        return parts
+
+    def content(self, jid: str, digests: Collection[bytes]) -> dict[bytes, bytes]:
+        """The content of job `jid` with these digests (those it has)."""
+        found: dict[bytes, bytes] = {}
+        for digest in digests:
+            row = self.conn.execute(
+                "SELECT data FROM job_content WHERE jid = ? AND digest = ?", (jid, digest)
+            ).fetchone()
+            if row is not None:
+                found[digest] = row[0]
+        return found
+
+    def manifest_digests(self, jid: str, host: str) -> frozenset[bytes] | None:
+        """The content digests job `jid` names for `host`, or None if that job
+        has no manifest for it (never sent to it, or stored before migration 4)."""
+        row = self.conn.execute(
+            "SELECT m.manifest FROM job_hosts h JOIN job_manifests m"
+            " ON m.jid = h.jid AND m.digest = h.manifest WHERE h.jid = ? AND h.host = ?",
+            (jid, host),
+        ).fetchone()
+        return None if row is None else frozenset(digests_of(unpack_manifest(row[0])))
+
+    def known_content(self, hosts: Collection[str]) -> dict[str, frozenset[bytes]]:
+        """For each of `hosts`, the content it is taken to have: that of the
+        last files job it completed (master/jobcontent.py). Hosts whose last
+        jobs share a manifest share the work."""
+        by_manifest: dict[tuple[str, str], frozenset[bytes]] = {}
+        known: dict[str, frozenset[bytes]] = {}
+        for host in hosts:
+            row = self.conn.execute(
+                "SELECT h.jid, h.manifest, m.manifest AS packed FROM host_content c"
+                " JOIN job_hosts h ON h.jid = c.jid AND h.host = c.host"
+                " JOIN job_manifests m ON m.jid = h.jid AND m.digest = h.manifest"
+                " WHERE c.host = ?",
+                (host,),
+            ).fetchone()
+            if row is None:
+                known[host] = frozenset()
+                continue
+            key = (row["jid"], row["manifest"])
+            if key not in by_manifest:
+                by_manifest[key] = frozenset(digests_of(unpack_manifest(row["packed"])))
+            known[host] = by_manifest[key]
+        return known
 
     def plan(self, jid: str, host: str) -> Plan | None:
         """What job `jid` sent to `host`, or None if it recorded no plan."""
@@ -244,7 +325,9 @@ class JobStore:
         return [OpenRow(r[0], r[1], State(r[2]), r[3]) for r in rows]
 
     def envelope(self, jid: str, host: str) -> bytes | None:
-        """The sealed envelope of (jid, host), while it waits for its receipt."""
+        """The sealed envelope of (jid, host), while it waits for its receipt:
+        only jobs stored before migration 4 (since then envelopes are sealed
+        when published, from parts())."""
         row = self.conn.execute(
             "SELECT envelope FROM job_hosts WHERE jid = ? AND host = ? AND state = 'sent'",
             (jid, host),
@@ -290,6 +373,17 @@ class JobStore:
                         r.host,
                     )
                     for r in results
+                ],
+            )
+            # A files job that ran (not an error) had all its content on the
+            # host, which keeps it: the next job need not carry it again.
+            self.conn.executemany(
+                "INSERT INTO host_content (host, jid) VALUES (?, ?) ON CONFLICT (host)"
+                " DO UPDATE SET jid = excluded.jid WHERE excluded.jid > host_content.jid",
+                [
+                    (r.host, r.jid)
+                    for r in results
+                    if r.result.get("apply") is not None and r.result.get("status") != "error"
                 ],
             )
 

@@ -10,7 +10,11 @@
             envelopes at once, at most once a second per envelope.
 
 When to publish an envelope (at once, again with backoff until its receipt,
-on a subscription) is decided by master/lifecycle.py; this module sends it.
+on a subscription) is decided by master/lifecycle.py; this module seals and
+sends it. An envelope is sealed when it is published, from the job's parts
+(master/jobcontent.py: the host's manifest and the content it lacks), which
+are kept in memory while the job is open and read back from the job store
+after a restart.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from typing import Any
 import zmq
 
 from safcm.common.crypto import KeyPair, PublicKeys
-from safcm.common.errors import ConfigError, ProtocolError
-from safcm.common.protocol import MASTER_ID, MsgType, seal_message_at, topic_for
+from safcm.common.errors import ProtocolError
+from safcm.common.protocol import MASTER_ID, MsgType, pack_body, seal_packed_at, topic_for
 from safcm.common.ratelimit import PeerLog
+from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobStore
 from safcm.master.keystore import KeyStore
 from safcm.master.lifecycle import Lifecycles
@@ -59,9 +64,15 @@ MAX_PENALISED_KEYS = 10_000
 PUBLISH_MAX_IN = 300
 
 
+# Seconds of sealing and sending in one go: envelopes due together (a job's
+# start, a re-publish round) go out in slices of about this long, so the loop
+# reads heartbeats, receipts and results between them.
+PUBLISH_SLICE = 0.01
+
+
 def seal_job(
     keys: KeyPair,
-    job: dict[str, Any],
+    packed: bytes,
     *,
     jid: str,
     host: str,
@@ -69,33 +80,37 @@ def seal_job(
     now: float,
     timeout: float,
 ) -> bytes:
-    """The envelope of a JOB for one host: readable by that host alone, and
-    valid until the job's deadline plus ENVELOPE_SLACK."""
-    try:
-        return seal_message_at(
-            MsgType.JOB,
-            job,
-            jid=jid,
-            sender=MASTER_ID,
-            sender_keys=keys,
-            recipient=host,
-            recipient_keys=recipient_keys,
-            now=now,
-            ttl=math.ceil(timeout) + ENVELOPE_SLACK,
-        )
-    except ProtocolError as e:
-        raise ConfigError(f"host {host}: its job cannot be sent: {e}") from e
+    """The envelope of a JOB (its body packed by pack_body()) for one host:
+    readable by that host alone, and valid until the job's deadline plus
+    ENVELOPE_SLACK."""
+    return seal_packed_at(
+        MsgType.JOB,
+        packed,
+        jid=jid,
+        sender=MASTER_ID,
+        sender_keys=keys,
+        recipient=host,
+        recipient_keys=recipient_keys,
+        now=now,
+        ttl=math.ceil(timeout) + ENVELOPE_SLACK,
+    )
+
+
+def _pack_job(body: dict[str, Any]) -> bytes:
+    return pack_body(MsgType.JOB, body)
 
 
 class Publisher:
     def __init__(
         self,
+        keys: KeyPair,
         peers: Peers,
         keystore: KeyStore,
         jobs: JobStore,
         lifecycle: Lifecycles,
         clock: Callable[[], float],
     ) -> None:
+        self.keys = keys
         self.peers = peers
         self.keystore = keystore
         self.jobs = jobs
@@ -104,9 +119,14 @@ class Publisher:
         self.peer_log: PeerLog = peers.peer_log
         self.xpub: zmq.Socket | None = None
         self.penalised: dict[bytes, float] = {}  # transport key -> refused on publish until
-        # Envelopes of the job being started: published from here, not read
-        # back from the job store (master/runs.py fills it around start()).
-        self.fresh: dict[tuple[str, str], bytes] = {}
+        # What the envelopes of open jobs are sealed from, by jid: put here by
+        # master/runs.py when a job starts, dropped when it finishes.
+        self.open_jobs: dict[str, JobParts] = {}
+        # Envelopes and bytes published per open job (logged when it finishes).
+        self.sent: dict[str, tuple[int, int]] = {}
+        # (jid, host) due to be published, in order, each once (PUBLISH_SLICE).
+        self.due: dict[tuple[str, str], None] = {}
+        self.draining = False
 
     def open(self, address: str, cap: int, curve_secret: bytes) -> None:
         self.xpub = xpub = self.peers.bind(
@@ -131,13 +151,68 @@ class Publisher:
         return self.penalised.get(curve_key, 0.0) > self.peers.loop.clock()
 
     def publish(self, jid: str, host: str) -> None:
-        """Publish one envelope (that of the job being started, or read from the job store)."""
-        envelope = self.fresh.get((jid, host)) or self.jobs.envelope(jid, host)
+        """Publish the envelope of (jid, host) soon: sealed and sent in slices
+        of PUBLISH_SLICE, in the order asked."""
+        self.due[(jid, host)] = None
+        if not self.draining:
+            self.draining = True
+            self.peers.loop.call_later(0, self._drain)
+
+    def _drain(self) -> None:
+        loop = self.peers.loop
+        until = loop.clock() + PUBLISH_SLICE
+        while self.due and loop.clock() < until:
+            jid, host = next(iter(self.due))
+            del self.due[(jid, host)]
+            try:
+                self._send(jid, host)
+            except ProtocolError as e:  # checked when the job was submitted: a bug
+                log.error("job %s: the envelope of %s cannot be sealed: %s", jid, host, e)
+        if self.due:
+            loop.call_later(0, self._drain)
+        else:
+            self.draining = False
+
+    def _send(self, jid: str, host: str) -> None:
+        envelope = self._envelope(jid, host)
         if envelope is None:  # received meanwhile
             return
+        count, size = self.sent.get(jid, (0, 0))
+        self.sent[jid] = (count + 1, size + len(envelope))
         # A full subscriber queue drops the message; the next re-publish tries again.
         with contextlib.suppress(zmq.Again):
             _opened(self.xpub).send_multipart([topic_for(host), envelope], zmq.NOBLOCK)
+
+    def forget(self, jid: str) -> tuple[int, int]:
+        """The job is finished: nothing of it is published again. Returns the
+        envelopes and bytes it published."""
+        self.open_jobs.pop(jid, None)
+        for key in [k for k in self.due if k[0] == jid]:
+            del self.due[key]
+        return self.sent.pop(jid, (0, 0))
+
+    def _envelope(self, jid: str, host: str) -> bytes | None:
+        parts = self.open_jobs.get(jid)
+        if parts is None:  # after a restart
+            parts = self.jobs.parts(jid)
+            if parts is None:  # a job stored before migration 4, sealed then
+                return self.jobs.envelope(jid, host)
+            self.open_jobs[jid] = parts
+        if host not in parts.hosts:
+            return None
+        recipient_keys = self.peers.minion_keys(host)
+        if recipient_keys is None:  # its key was deleted or replaced meanwhile
+            return None
+        now = self.clock()
+        return seal_job(
+            self.keys,
+            parts.packed_body(host, _pack_job),
+            jid=jid,
+            host=host,
+            recipient_keys=recipient_keys,
+            now=now,
+            timeout=max(0.0, parts.deadline - now),
+        )
 
     def on_xpub(self) -> None:
         """Subscriptions: each applied only if it is the topic of the accepted

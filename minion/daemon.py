@@ -676,12 +676,13 @@ class Minion:
         self._send_sealed(MsgType.JOB_RECEIPT, {"jid": jid}, jid=jid)
         job = _job_from_body(jid, msg.body)
         log.info(
-            "%s: job %s received (%s%s, %d files)",
+            "%s: job %s received (%s%s, %d files, %d contents carried)",
             self.id,
             jid,
             job.module,
             ", dry run" if job.dry_run else "",
             len(job.files),
+            sum(1 for f in job.files if f["digest"] is not None and f["data"] is not None),
         )
         self.queue.append(job)
         self._next_job()
@@ -813,6 +814,11 @@ class Minion:
                 wait.blobs[digest] = blob
         if wait.wanted <= wait.blobs.keys():
             wait.done.set()
+            return
+        # One reply carries a few MiB at most: ask for the rest at once.
+        if wait.retry is not None:
+            wait.retry.cancel()
+        self._ask_content(wait)
 
     def _finish(self, jid: str, body: dict[str, Any]) -> None:
         """Spool the result, then drop the job: a crash between the two finds

@@ -9,7 +9,9 @@ from safcm.common import codec
 from safcm.common.crypto import PublicKeys
 from safcm.common.errors import StoreError, UsageError
 from safcm.common.ids import jid_time
+from safcm.common.model import FileSpec
 from safcm.master.db import DB_NAME, open_db
+from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import (
     HostState,
     HostStatus,
@@ -29,6 +31,23 @@ def conn(tmp_path):
     c.close()
 
 
+def parts(*hosts: str, files: tuple[FileSpec, ...] = ()) -> JobParts:
+    """A job's parts for `hosts`, each with the same `files`."""
+    job_parts = JobParts(100.0)
+    for host in hosts:
+        body = {
+            "module": "files",
+            "dry_run": False,
+            "deadline": 100.0,
+            "files": [f.to_wire() for f in files],
+            "absent": [],
+            "purge": [],
+            "secrets": [],
+        }
+        job_parts.add(host, body, lambda _host: frozenset())
+    return job_parts
+
+
 def job(jid, target="web*", deadline=100.0, dry_run=False):
     return JobRecord(jid, 10.0, deadline, "root", target, "files", dry_run, "abc123")
 
@@ -41,17 +60,17 @@ def test_database_is_private_and_wal(tmp_path, conn):
 
 def test_job_life_cycle(conn):
     store = JobStore(conn)
-    store.create(job("J1"), {"web1": b"env1", "web2": b"env2", "web3": b"env3"})
+    store.create(job("J1"), parts("web1", "web2", "web3"))
     assert store.last_jid() == "J1"
     assert store.open_hosts() == [
         OpenRow("J1", h, HostState.SENT, 100.0) for h in ("web1", "web2", "web3")
     ]
-    assert store.envelope("J1", "web2") == b"env2"
+    assert set(store.parts("J1").hosts) == {"web1", "web2", "web3"}
 
     store.record([("J1", "web1"), ("J1", "db1")], [], now=11)  # db1: never sent there
     store.record([("J1", "web1")], [], now=12)  # a second receipt changes nothing
     assert store.get_hosts("J1", "web1")[0].received == 11
-    assert store.envelope("J1", "web1") is None  # dropped once received
+    assert set(store.parts("J1").hosts) == {"web2", "web3"}  # web1 received it
     assert [(r.host, r.state) for r in store.open_hosts()] == [
         ("web1", HostState.RECEIVED),
         ("web2", HostState.SENT),
@@ -69,7 +88,7 @@ def test_job_life_cycle(conn):
 
     store.no_response([("J1", "web1"), ("J1", "web2"), ("J1", "web3")])  # web1 keeps its result
     assert store.open_hosts() == []
-    assert store.envelope("J1", "web2") is None
+    assert store.parts("J1") is None  # nothing left to publish
     # A late result is still stored; its host is no longer "no response".
     late = StoredResult(
         "J1", "web3", HostStatus.OK, 0, {"late": True}, 120.0, codec.pack({"late": True})
@@ -88,9 +107,9 @@ def test_job_life_cycle(conn):
 
 def test_list_filters_and_order(conn):
     store = JobStore(conn)
-    store.create(job("20260101T000000.000001Z", target="web*"), {"web1": b"", "web2": b""})
-    store.create(job("20260101T000000.000002Z", target="@db"), {"db1": b""})
-    store.create(job("20260101T000000.000003Z", target="web1"), {"web1": b""})
+    store.create(job("20260101T000000.000001Z", target="web*"), parts("web1", "web2"))
+    store.create(job("20260101T000000.000002Z", target="@db"), parts("db1"))
+    store.create(job("20260101T000000.000003Z", target="web1"), parts("web1"))
     jids = [s.job.jid[-3:] for s in store.list_jobs()]
     assert jids == ["03Z", "02Z", "01Z"]
     assert [s.job.jid[-3:] for s in store.list_jobs(host="web1")] == ["03Z", "01Z"]
@@ -104,7 +123,7 @@ def test_list_filters_and_order(conn):
 
 def test_history_survives_reopen(tmp_path):
     c = open_db(str(tmp_path))
-    JobStore(c).create(job("J9"), {"web1": b"x"})
+    JobStore(c).create(job("J9"), parts("web1"))
     c.close()
     c = open_db(str(tmp_path))
     assert JobStore(c).get_job("J9") == job("J9")
@@ -238,7 +257,7 @@ def test_a_result_stored_by_safcm_0_1_is_shown_in_todays_format(conn):
     from safcm.common.schema import validate
 
     store = JobStore(conn)
-    store.create(job("J1"), {"web1": b"envelope"})
+    store.create(job("J1"), parts("web1"))
     state = {"type": "file", "mode": 0o644, "uid": 0, "gid": 0, "user": "root", "group": "root"}
     old = {
         "module": "files",
@@ -276,7 +295,7 @@ def test_list_by_time_module_user_and_outcome(conn):
     t0 = jid_time("20260101T000000.000000Z")
 
     def make(jid, module="files", user="root"):
-        store.create(JobRecord(jid, 0.0, 100.0, user, "web*", module, False, None), {"web1": b""})
+        store.create(JobRecord(jid, 0.0, 100.0, user, "web*", module, False, None), parts("web1"))
 
     make("20260101T000000.000000Z")
     make("20260101T010000.000000Z", module="ping")

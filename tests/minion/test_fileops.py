@@ -10,14 +10,17 @@ give the real run's report while writing nothing.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
 import fcntl
 import hashlib
 import os
+import stat
 import struct
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -1857,3 +1860,246 @@ def test_owed_triggers_are_saved_through_the_durable_primitive(tmp_path, monkeyp
     owed.save(str(tmp_path), [])
     assert saved == [owed.OWED_NAME]
     assert owed.load(str(tmp_path)) == []
+
+
+# ---------------------------------------------------------------------------
+# Durable before visible, with several fsyncs in flight at once. Recording
+# wrappers around the real os.fsync, os.rename and the O_TMPFILE link (the
+# calls the engine makes them through) log, by inode, when each new file's
+# fsync returned and when it got a name.
+
+
+# Long enough never to end a wait in a passing run.
+WAIT_SECONDS = 30.0
+
+
+class SyncLog:
+    """Records fsyncs, links and renames; holds the first file's fsync until
+    another file's fsync has returned, so that fsyncs end out of order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._lock = threading.Lock()
+        self._first: int | None = None
+        self._other_synced = threading.Event()
+        self._real_fsync, self._real_rename = os.fsync, os.rename
+        self._real_link = fileops._link_tmpfile
+        monkeypatch.setattr(fileops.os, "fsync", self.fsync)
+        monkeypatch.setattr(fileops.os, "rename", self.rename)
+        monkeypatch.setattr(fileops, "_link_tmpfile", self.link)
+
+    def _add(self, *event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def fsync(self, fd: int) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            self._real_fsync(fd)
+            self._add("dir synced", st.st_ino)
+            return
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            first = self._first is None
+            if first:
+                self._first = st.st_ino
+        try:
+            # An engine that syncs one file at a time never gets here for a
+            # second file while the first waits: the wait then times out,
+            # and most_in_flight stays 1.
+            if first:
+                self._other_synced.wait(WAIT_SECONDS)
+            self._real_fsync(fd)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self.events.append(("synced", st.st_ino))
+        if not first:
+            self._other_synced.set()
+
+    def link(self, fd: int, dirfd: int, name: str, proc: bool) -> None:
+        self._add("linked", os.fstat(fd).st_ino)
+        self._real_link(fd, dirfd, name, proc)
+
+    def rename(self, src, dst, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+        ino = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_ino
+        self._add("renamed", ino, dst, os.fstat(dst_dir_fd).st_ino)
+        self._real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    def position(self, *event) -> int:
+        return self.events.index(event)
+
+
+def test_a_new_file_is_renamed_only_after_its_own_fsync_returned(
+    host: Host, engine_mode, monkeypatch
+):
+    make(host.root, [D("/d1"), F("/d1/f03", b"old\n")])
+    files = [spec("/d1", "dir")]
+    files += [spec(f"/d1/f{i:02}", data=b"d1 %d\n" % i) for i in range(10)]
+    files += [spec("/d2", "dir")]
+    files += [spec(f"/d2/f{i:02}", data=b"d2 %d\n" % i) for i in range(10, 20)]
+    log = SyncLog(monkeypatch)
+    result = host.apply(files)
+    assert result.failures == []
+    assert read_tree(host.root) == {e.path: e for e in entries_of(files)}
+    assert log.most_in_flight >= 2, "the fsyncs of new files never overlapped"
+    renames = [e for e in log.events if e[0] == "renamed"]
+    # In path order, and each only after its own file's fsync returned (the
+    # first file's returned after another's: its rename waited for it).
+    assert [name for _, _, name, _ in renames] == [f"f{i:02}" for i in range(20)]
+    for event in renames:
+        ino = event[1]
+        assert log.position("synced", ino) < log.position(*event), event
+        if ("linked", ino) in log.events:  # an O_TMPFILE gets a name only once synced
+            assert log.position("synced", ino) < log.position("linked", ino)
+    # Every directory that got a new name is synced after its last rename.
+    for dir_ino in {e[3] for e in renames}:
+        last = max(i for i, e in enumerate(log.events) if e[0] == "renamed" and e[3] == dir_ino)
+        synced = [i for i, e in enumerate(log.events) if e == ("dir synced", dir_ino)]
+        assert synced and max(synced) > last
+
+
+def test_an_fsync_failure_fails_only_its_own_path(host: Host, engine_mode, monkeypatch):
+    make(host.root, [D("/d"), F("/d/old", b"old\n")])
+    doomed = 777  # the size of each new version whose fsync fails
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size == doomed:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fileops.os, "fsync", fsync)
+    files = [
+        spec("/d", "dir"),
+        spec("/d/a", data=b"a\n"),
+        spec("/d/b", data=b"b" * doomed),  # new: never appears
+        spec("/d/c", data=b"c\n"),
+        spec("/d/l", "symlink", data=b"a"),
+        spec("/d/old", data=b"o" * doomed),  # replaced: keeps its old version
+        spec("/e", "dir"),
+        spec("/e/f", data=b"f\n"),
+    ]
+    result = host.apply(files)
+    reason = "syncing the new version to disk: Input/output error"
+    assert [(f.path, f.reason) for f in result.failures] == [("/d/b", reason), ("/d/old", reason)]
+    assert [(c.path, c.outcome, c.reason) for c in result.changes] == [
+        ("/d/a", Outcome.APPLIED, ""),
+        ("/d/b", Outcome.FAILED, reason),
+        ("/d/c", Outcome.APPLIED, ""),
+        ("/d/l", Outcome.APPLIED, ""),
+        ("/d/old", Outcome.FAILED, reason),
+        ("/e", Outcome.APPLIED, ""),
+        ("/e/f", Outcome.APPLIED, ""),
+    ]
+    assert read_tree(host.root) == {
+        "/d": D("/d"),
+        "/d/a": F("/d/a", b"a\n"),
+        "/d/c": F("/d/c", b"c\n"),
+        "/d/l": L("/d/l", b"a"),
+        "/d/old": F("/d/old", b"old\n"),
+        "/e": D("/e"),
+        "/e/f": F("/e/f", b"f\n"),
+    }
+    assert temp_names(host.root) == []
+
+
+def main_thread_waits_for_a_future() -> bool:
+    """True while the main thread is blocked waiting for a Future's result."""
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    return (
+        frame is not None
+        and frame.f_code.co_name == "wait"
+        and frame.f_code.co_filename == threading.__file__
+        and frame.f_back is not None
+        and frame.f_back.f_code.co_filename == concurrent.futures._base.__file__
+    )
+
+
+def test_descriptors_and_temporaries_stay_bounded_during_a_large_create(
+    host: Host, engine_mode, monkeypatch
+):
+    # The directories exist already: a directory to make would wait for the
+    # writes before it, and so cut the test short.
+    ndirs, per_dir = 3, 200
+    make(host.root, [D(f"/d{d}") for d in range(ndirs)])
+    files = [
+        spec(f"/d{d}/f{i:03}", data=b"%d %d\n" % (d, i))
+        for d in range(ndirs)
+        for i in range(per_dir)
+    ]
+    before = open_fds()
+    most_fds = most_temps = 0
+    lock = threading.Lock()
+    first: list[int] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def count_fds() -> None:
+        nonlocal most_fds
+        with lock:  # one count at a time: each opens one descriptor itself
+            most_fds = max(most_fds, len(os.listdir("/proc/self/fd")))
+
+    def fsync(fd: int) -> None:
+        count_fds()
+        with lock:
+            held = not first
+            first.append(fd)
+        if held:
+            # Hold the first fsync until the main thread waits for it: an
+            # engine that kept taking files meanwhile would pile up a
+            # temporary (and maybe a descriptor) for each one written.
+            deadline = time.monotonic() + WAIT_SECONDS
+            while not main_thread_waits_for_a_future() and time.monotonic() < deadline:
+                threading.Event().wait(0.001)
+        real_fsync(fd)
+
+    def rename(src, dst, **kw) -> None:
+        nonlocal most_temps
+        count_fds()
+        temps = sum(is_temp_name(n) for d in range(ndirs) for n in os.listdir(f"{host.root}/d{d}"))
+        most_temps = max(most_temps, temps)
+        real_rename(src, dst, **kw)
+
+    monkeypatch.setattr(fileops.os, "fsync", fsync)
+    monkeypatch.setattr(fileops.os, "rename", rename)
+    result = host.apply(files)
+    assert result.failures == []
+    assert read_tree(host.root) == {
+        e.path: e for e in [*entries_of(files), *map(D, ["/d0", "/d1", "/d2"])]
+    }
+    # The root, each directory, the engine lock, a directory being listed
+    # (scandir duplicates its descriptor), the count's own descriptor, and
+    # a temporary for each file a worker is writing.
+    writing = min(fileops.FSYNC_WORKERS, fileops.PENDING_WRITES_MAX)
+    bound = len(before) + 1 + ndirs + 1 + 1 + 1 + writing
+    assert most_fds <= bound, f"{most_fds} descriptors open at once, bound {bound}"
+    assert open_fds() == before
+    assert 0 < most_temps <= fileops.PENDING_WRITES_MAX
+    assert temp_names(host.root) == []
+
+
+def test_a_directory_fsync_failure_is_reported_and_the_others_are_synced(host: Host, monkeypatch):
+    make(host.root, [D("/d1"), D("/d2")])
+    root, d1, d2 = (os.stat(host.root + p).st_ino for p in ("", "/d1", "/d2"))
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if st.st_ino == d2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced.append(st.st_ino)
+
+    monkeypatch.setattr(fileops.os, "fsync", fsync)
+    result = host.apply([spec("/d1/a", data=b"a"), spec("/d2/b", data=b"b"), spec("/d3", "dir")])
+    assert [(f.path, f.reason) for f in result.failures] == [
+        ("/d2", "fsync of the directory failed: Input/output error")
+    ]
+    assert sorted(synced) == sorted([root, d1, os.stat(host.root + "/d3").st_ino])
+    assert result.triggers == []

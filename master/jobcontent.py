@@ -1,0 +1,147 @@
+"""A job's content, stored once, and what each host's envelope carries of it.
+
+A files job is, for each host, a JOB body: a manifest (every path with its
+type, mode, owners, triggers and, for a regular file, the SHA-256 of its
+content) and the content itself. Hosts share most content (a group's files),
+and a host that ran a job before has most of it already (the minion keeps
+what it received: minion/content.py). So the master keeps apart:
+
+    manifests   one per distinct host body, content left out (data None)
+    content     each distinct file content of the job, once, by digest
+    include     per host: the digests its envelope carries, those it lacks
+
+A host is taken to have the content of the last files job it completed
+(KnownContent: a result that was not an error means the minion had every
+content of that job, and its cache keeps it); everything else is included.
+If the host lacks more than the master thought (its cache was cleared), the
+minion asks for it (CONTENT_REQUEST), and gets only content of its own job.
+
+Envelopes are sealed from this when they are published (master/publish.py),
+not when the job is submitted: sealing is randomised anyway, so each
+publish of the same jid may be a fresh envelope. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from safcm.common import codec
+from safcm.common.model import FileType
+from safcm.common.protocol import MAX_BODY_DEPTH
+
+
+def manifest_of(body: dict[str, Any]) -> tuple[dict[str, Any], dict[bytes, bytes]]:
+    """Split a full JOB body into its manifest (regular files' data left out)
+    and its content by digest."""
+    manifest = dict(body)
+    content: dict[bytes, bytes] = {}
+    files = []
+    for f in body["files"]:
+        if f["type"] == FileType.FILE:
+            content[f["digest"]] = f["data"]
+            files.append({**f, "data": None})
+        else:
+            files.append(f)
+    manifest["files"] = files
+    return manifest, content
+
+
+def digests_of(manifest: Mapping[str, Any]) -> list[bytes]:
+    """The content digests a manifest names, each once, in file order."""
+    return list(dict.fromkeys(f["digest"] for f in manifest["files"] if f["digest"] is not None))
+
+
+def with_content(
+    manifest: Mapping[str, Any], include: Iterable[bytes], content: Mapping[bytes, bytes]
+) -> dict[str, Any]:
+    """The JOB body to seal for one host: the manifest, with the content of
+    the digests in `include` filled in."""
+    wanted = set(include)
+    body = dict(manifest)
+    body["files"] = [
+        {**f, "data": content[f["digest"]]} if f["digest"] in wanted else f
+        for f in manifest["files"]
+    ]
+    return body
+
+
+def pack_manifest(manifest: Mapping[str, Any]) -> tuple[str, bytes]:
+    """(digest in hex, msgpack bytes) of a manifest: hosts with equal
+    manifests share one stored copy."""
+    # Manifests are built by one code path (FileSpec.to_wire() in the same
+    # order), so equal manifests pack to equal bytes without sorting keys.
+    data = codec.pack(manifest)
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def body_bytes(
+    manifest_bytes: int, include: Iterable[bytes], content: Mapping[bytes, bytes]
+) -> int:
+    """About the packed size of the body with `include` filled in: the
+    manifest plus each content and its msgpack header (at most 5 bytes)."""
+    return manifest_bytes + sum(len(content[d]) + 5 for d in include)
+
+
+@dataclass
+class HostPart:
+    """What one host's envelope is made of."""
+
+    manifest: str  # digest of its manifest (JobParts.manifests)
+    include: list[bytes]  # content digests its envelope carries
+
+
+@dataclass
+class JobParts:
+    """One job, as stored and published."""
+
+    deadline: float
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)  # digest -> manifest
+    packed: dict[str, bytes] = field(default_factory=dict)  # digest -> msgpack of it
+    content: dict[bytes, bytes] = field(default_factory=dict)  # digest -> data
+    hosts: dict[str, HostPart] = field(default_factory=dict)
+    # manifest digest -> that manifest packed as a body (packed_body())
+    _bare: dict[str, bytes] = field(default_factory=dict)
+
+    def add(
+        self, host: str, body: dict[str, Any], known: Callable[[str], frozenset[bytes]]
+    ) -> HostPart:
+        """Add `host` with its full JOB body; `known(host)` names the content
+        it is taken to have."""
+        manifest, content = manifest_of(body)
+        digest, packed = pack_manifest(manifest)
+        if digest not in self.manifests:
+            self.manifests[digest] = manifest
+            self.packed[digest] = packed
+        self.content.update(content)
+        have = known(host)
+        part = HostPart(digest, [d for d in digests_of(manifest) if d not in have])
+        self.hosts[host] = part
+        return part
+
+    def body(self, host: str) -> dict[str, Any]:
+        part = self.hosts[host]
+        return with_content(self.manifests[part.manifest], part.include, self.content)
+
+    def packed_body(self, host: str, pack: Callable[[dict[str, Any]], bytes]) -> bytes:
+        """body(host) packed by `pack`; a body without content (the host has it
+        all: a no-op run) is packed once for every host with that manifest."""
+        part = self.hosts[host]
+        if part.include:
+            return pack(self.body(host))
+        packed = self._bare.get(part.manifest)
+        if packed is None:
+            packed = self._bare[part.manifest] = pack(self.manifests[part.manifest])
+        return packed
+
+    def size(self, host: str) -> int:
+        part = self.hosts[host]
+        return body_bytes(len(self.packed[part.manifest]), part.include, self.content)
+
+
+def unpack_manifest(data: bytes) -> dict[str, Any]:
+    """A stored manifest (pack_manifest()) back as a JOB body without content."""
+    manifest: dict[str, Any] = codec.unpack(data, max_depth=MAX_BODY_DEPTH)
+    return manifest

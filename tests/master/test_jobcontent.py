@@ -1,0 +1,145 @@
+"""master/jobcontent.py (pure) and how the job store keeps a job's content
+once and knows what each host has."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from safcm.common import codec
+from safcm.common.model import FileSpec, FileType
+from safcm.master.db import open_db
+from safcm.master.jobcontent import (
+    JobParts,
+    digests_of,
+    manifest_of,
+    unpack_manifest,
+    with_content,
+)
+from safcm.master.jobstore import JobRecord, JobStore, StoredResult
+from safcm.master.outcomes import HostStatus
+
+
+def spec(path: str, data: bytes = b"", type: FileType = FileType.FILE) -> FileSpec:
+    mode = 0o777 if type is FileType.SYMLINK else 0o644
+    return FileSpec(path=path, type=type, mode=mode, user="root", group="root", data=data)
+
+
+def body(*specs: FileSpec) -> dict:
+    return {
+        "module": "files",
+        "dry_run": False,
+        "deadline": 100.0,
+        "files": [s.to_wire() for s in specs],
+        "absent": [],
+        "purge": [],
+        "secrets": [],
+    }
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+SHARED = spec("/etc/motd", b"hello\n")
+ONLY_WEB1 = spec("/etc/web1.conf", b"web1 only\n")
+SAME_AS_MOTD = spec("/etc/issue", b"hello\n")
+DIR = spec("/etc/app", type=FileType.DIR)
+LINK = spec("/etc/l", b"/etc/motd", type=FileType.SYMLINK)
+
+
+def test_a_manifest_leaves_out_regular_files_content_only():
+    manifest, content = manifest_of(body(SHARED, DIR, LINK, SAME_AS_MOTD))
+    assert [f["data"] for f in manifest["files"]] == [None, b"", b"/etc/motd", None]
+    assert content == {sha(b"hello\n"): b"hello\n"}  # two files, one content
+    assert digests_of(manifest) == [sha(b"hello\n")]
+    full = with_content(manifest, [sha(b"hello\n")], content)
+    assert full == body(SHARED, DIR, LINK, SAME_AS_MOTD)
+    assert with_content(manifest, [], content) == manifest
+
+
+def test_parts_store_each_manifest_and_content_once_and_include_what_a_host_lacks():
+    parts = JobParts(100.0)
+    known = {"web2": frozenset({sha(b"hello\n")})}
+    parts.add("web1", body(SHARED, ONLY_WEB1), lambda h: known.get(h, frozenset()))
+    parts.add("web2", body(SHARED), lambda h: known.get(h, frozenset()))
+    parts.add("web3", body(SHARED), lambda h: known.get(h, frozenset()))
+    assert len(parts.manifests) == 2  # web2 and web3 share theirs
+    assert set(parts.content) == {sha(b"hello\n"), sha(b"web1 only\n")}
+    assert parts.hosts["web1"].include == [sha(b"hello\n"), sha(b"web1 only\n")]
+    assert parts.hosts["web2"].include == []  # it has the content already
+    assert parts.hosts["web3"].include == [sha(b"hello\n")]
+    assert parts.body("web1") == body(SHARED, ONLY_WEB1)
+    assert parts.body("web2")["files"][0]["data"] is None
+    assert parts.size("web2") < parts.size("web3") < parts.size("web1")
+    web1 = parts.hosts["web1"].manifest
+    assert unpack_manifest(parts.packed[web1]) == parts.manifests[web1]
+
+
+@pytest.fixture
+def store(tmp_path):
+    conn = open_db(str(tmp_path))
+    yield JobStore(conn)
+    conn.close()
+
+
+def record(jid: str) -> JobRecord:
+    return JobRecord(jid, 10.0, 100.0, "root", "web*", "files", False, None)
+
+
+def result(jid: str, host: str, status: str = "ok") -> StoredResult:
+    apply = None if status == "error" else {"dry_run": False, "changes": [], "failures": []}
+    result = {"module": "files", "status": status, "apply": apply}
+    return StoredResult(jid, host, HostStatus.OK, 0, result, 20.0, codec.pack(result))
+
+
+def test_the_store_keeps_content_once_and_learns_what_hosts_have(store):
+    first = JobParts(100.0)
+    for host in ("web1", "web2"):
+        first.add(host, body(SHARED, ONLY_WEB1 if host == "web1" else DIR), lambda h: frozenset())
+    store.create(record("J1"), first)
+    assert store.conn.execute("SELECT count(*) FROM job_content").fetchone()[0] == 2
+    assert store.manifest_digests("J1", "web2") == {sha(b"hello\n")}
+    assert store.manifest_digests("J1", "db1") is None
+    assert store.content("J1", [sha(b"web1 only\n"), sha(b"nothing")]) == {
+        sha(b"web1 only\n"): b"web1 only\n"
+    }
+    # Read back after a restart: what the hosts still waiting need.
+    loaded = store.parts("J1")
+    assert loaded.body("web1") == first.body("web1") and loaded.deadline == 100.0
+
+    # Nothing is known before a result; a result that ran teaches the job's
+    # content; an error result (the content may never have arrived) does not.
+    assert store.known_content(["web1", "web2"]) == {"web1": frozenset(), "web2": frozenset()}
+    store.record([], [result("J1", "web1"), result("J1", "web2", "error")], now=20)
+    known = store.known_content(["web1", "web2"])
+    assert known == {"web1": {sha(b"hello\n"), sha(b"web1 only\n")}, "web2": frozenset()}
+
+    # A later job teaches its own content; an older result never goes back.
+    second = JobParts(100.0)
+    second.add("web1", body(SHARED), lambda h: known[h])
+    assert second.hosts["web1"].include == []
+    store.create(record("J2"), second)
+    store.record([], [result("J2", "web1")], now=30)
+    assert store.known_content(["web1"])["web1"] == {sha(b"hello\n")}
+    store.conn.execute("UPDATE job_hosts SET state = 'sent' WHERE jid = 'J1'")
+    store.record([], [result("J1", "web1")], now=40)  # a late result of the older job
+    assert store.known_content(["web1"])["web1"] == {sha(b"hello\n")}
+
+
+def test_a_body_without_content_is_packed_once_for_all_its_hosts():
+    parts = JobParts(100.0)
+    known = frozenset({sha(b"hello\n")})
+    for host in ("web1", "web2", "web3"):
+        parts.add(host, body(SHARED), lambda h: frozenset() if h == "web3" else known)
+    packs = []
+
+    def pack(b: dict) -> bytes:
+        packs.append(b)
+        return codec.pack(b)
+
+    assert parts.packed_body("web1", pack) == parts.packed_body("web2", pack)
+    assert len(packs) == 1 and packs[0]["files"][0]["data"] is None
+    assert codec.unpack(parts.packed_body("web3", pack), max_depth=16) == body(SHARED)
+    assert len(packs) == 2  # web3 lacks the content: its own body

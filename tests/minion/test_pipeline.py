@@ -1,0 +1,176 @@
+"""The pipeline: work on worker threads, finishing in submission order, bounded.
+
+Jobs are driven with fakes that record what happens; work that must end
+out of order waits on an event another job's work sets, never on time.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import pytest
+
+from safcm.minion.pipeline import Pipeline
+
+# Long enough never to end a wait in a passing run: a wait that times out
+# means a job that should have run did not.
+WAIT = 30.0
+
+
+class Log:
+    """What the jobs did, in the order it happened."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+        self._lock = threading.Lock()
+
+    def add(self, *event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def finish(self, name: str, pipeline: Pipeline | None = None):
+        def finish(result, error):
+            held = None if pipeline is None else len(pipeline)
+            self.add("finish", name, result, error, held)
+
+        return finish
+
+    def drop(self, name: str):
+        return lambda result: self.add("drop", name, result)
+
+    def of(self, kind: str) -> list[tuple]:
+        return [e[1:] for e in self.events if e[0] == kind]
+
+
+def waits_for(event: threading.Event, result: str):
+    def work():
+        if not event.wait(WAIT):
+            raise TimeoutError("the other job's work never ran")
+        return result
+
+    return work
+
+
+def sets(event: threading.Event, result: str):
+    def work():
+        event.set()
+        return result
+
+    return work
+
+
+def test_work_ending_out_of_order_is_finished_in_submission_order():
+    log = Log()
+    second_done = threading.Event()
+    p: Pipeline[str] = Pipeline(workers=2, pending_max=8, name="test")
+    try:
+        # The first job's work ends only after the second's.
+        p.submit(waits_for(second_done, "one"), log.finish("1"), log.drop("1"))
+        p.submit(sets(second_done, "two"), log.finish("2"), log.drop("2"))
+        p.submit(None, log.finish("3"), log.drop("3"))  # no work: finished in its turn
+        p.drain()
+    finally:
+        p.close()
+    assert [e[:3] for e in log.of("finish")] == [
+        ("1", "one", None),
+        ("2", "two", None),
+        ("3", None, None),
+    ]
+    assert log.of("drop") == []
+    assert len(p) == 0
+
+
+def test_submit_finishes_the_oldest_before_it_holds_more_than_pending_max():
+    log = Log()
+    gate = threading.Event()
+    p: Pipeline[str] = Pipeline(workers=2, pending_max=2, name="test")
+    try:
+        p.submit(waits_for(gate, "one"), log.finish("1", p), log.drop("1"))
+        p.submit(waits_for(gate, "two"), log.finish("2", p), log.drop("2"))
+        assert log.of("finish") == [] and len(p) == 2
+        gate.set()
+        # Full: the first job is finished (its work awaited) before the
+        # third is taken, so the pipeline never holds more than two.
+        p.submit(lambda: "three", log.finish("3", p), log.drop("3"))
+        assert log.of("finish")[0] == ("1", "one", None, 1)
+        p.drain()
+    finally:
+        p.close()
+    assert [e[0] for e in log.of("finish")] == ["1", "2", "3"]
+
+
+def test_a_failed_work_reaches_its_own_finish_and_stops_nothing_else():
+    log = Log()
+    error = OSError(errno.EIO, "Input/output error")
+
+    def fails():
+        raise error
+
+    p: Pipeline[str] = Pipeline(workers=2, pending_max=4, name="test")
+    try:
+        p.submit(lambda: "one", log.finish("1"), log.drop("1"))
+        p.submit(fails, log.finish("2"), log.drop("2"))
+        p.submit(lambda: "three", log.finish("3"), log.drop("3"))
+        p.drain()
+    finally:
+        p.close()
+    assert [e[:3] for e in log.of("finish")] == [
+        ("1", "one", None),
+        ("2", None, error),
+        ("3", "three", None),
+    ]
+
+
+def test_an_error_in_finish_propagates_and_close_drops_what_the_rest_hold():
+    log = Log()
+    gate = threading.Event()
+
+    def broken(result, error):
+        raise RuntimeError("a bug")
+
+    def fails():
+        raise OSError(errno.EIO, "Input/output error")
+
+    p: Pipeline[str] = Pipeline(workers=2, pending_max=8, name="test")
+    p.submit(waits_for(gate, "one"), broken, log.drop("1"))
+    p.submit(lambda: "two", log.finish("2"), log.drop("2"))
+    p.submit(fails, log.finish("3"), log.drop("3"))
+    gate.set()
+    with pytest.raises(RuntimeError, match="a bug"):
+        p.drain()
+    p.close()
+    # The job whose finish raised releases its own; close() releases what
+    # the unfinished work returned, and nothing for work that failed.
+    assert log.of("drop") == [("2", "two")]
+    assert log.of("finish") == []
+    assert len(p) == 0
+
+
+def test_close_waits_for_running_work_before_dropping_it():
+    log = Log()
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow():
+        started.set()
+        if not release.wait(WAIT):
+            raise TimeoutError("never released")
+        log.add("work done")
+        return "slow"
+
+    p: Pipeline[str] = Pipeline(workers=1, pending_max=4, name="test")
+    p.submit(slow, log.finish("1"), log.drop("1"))
+    assert started.wait(WAIT)
+    closer = threading.Thread(target=p.close)
+    closer.start()
+    release.set()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert log.events == [("work done",), ("drop", "1", "slow")]
+
+
+@pytest.mark.parametrize("workers, pending_max", [(0, 1), (1, 0)])
+def test_a_pipeline_needs_a_worker_and_room_for_a_job(workers, pending_max):
+    with pytest.raises(ValueError):
+        Pipeline(workers, pending_max, "test")
