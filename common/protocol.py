@@ -128,6 +128,7 @@ from safcm.common.seen import SeenJids
 from safcm.common.wire import (
     FRAME_HEADER_BYTES,
     JOB_OUTCOMES,
+    MAX_BATCH_NUMBER,
     MAX_BODY_DEPTH,
     MAX_CONTROL_FRAME_BYTES,
     MAX_CONTROL_REQUEST_BYTES,
@@ -151,6 +152,7 @@ __all__ = [
     "FRAME_HEADER_BYTES",
     "JOB_OUTCOMES",
     "MASTER_ID",
+    "MAX_BATCH_NUMBER",
     "MAX_BODY_DEPTH",
     "MAX_CONTROL_FRAME_BYTES",
     "MAX_CONTROL_REQUEST_BYTES",
@@ -522,6 +524,14 @@ def _check_job_reply(body: dict[str, Any], jid: str | None) -> None:
                 raise ProtocolError(f"JOB_REPLY result of {host['host']}: {problem}")
 
 
+def _check_run(body: dict[str, Any], jid: str | None) -> None:
+    batch = body.get("batch")
+    if batch is None and body.get("batch_fail") is not None:
+        raise ProtocolError("RUN body.batch_fail: only with batch")
+    if batch is not None and batch["percent"] and batch["size"] > 100:
+        raise ProtocolError("RUN body.batch.size: a percentage is at most 100")
+
+
 def _check_run_host_result(body: dict[str, Any], jid: str | None) -> None:
     result = body["result"]
     if (body["status"] == NO_RESPONSE) != (result is None):
@@ -711,9 +721,19 @@ _SPEC_LIST = [
                 "module": _MODULE,
                 "dry_run": Bool(),
                 "timeout": Optional(Float(MIN_JOB_TIMEOUT, MAX_JOB_TIMEOUT)),  # null: default
-            }
+                # run --batch: the hosts in rolling batches of `size` hosts, or
+                # of `size` percent of them (rounded up); one job per batch
+                "batch": Optional(
+                    Map({"size": Int(1, MAX_BATCH_NUMBER), "percent": Bool()}),
+                ),
+                # run --batch-fail: start no further batch once this many
+                # hosts failed or did not respond
+                "batch_fail": Optional(Int(1, MAX_BATCH_NUMBER)),
+            },
+            optional={"batch", "batch_fail"},
         ),
         max_bytes=MAX_CONTROL_REQUEST_BYTES,
+        check=_check_run,
     ),
     MessageSpec(
         MsgType.KEYS,
@@ -745,8 +765,11 @@ _SPEC_LIST = [
                 # hosts the job goes to whose state the master already knows
                 # will delay or stop it (not connected, a new key, busy)
                 "notes": List(Map({"host": _MINION_ID, "note": _REASON}), MAX_HOSTS),
+                # run --batch: this job is batch `number` of `of`; each batch
+                # has its own RUN_STARTED (skipped: with the first only)
+                "batch": Map({"number": Int(1, MAX_HOSTS), "of": Int(1, MAX_HOSTS)}),
             },
-            optional={"notes"},
+            optional={"notes", "batch"},
         ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,
     ),
@@ -779,7 +802,7 @@ _SPEC_LIST = [
         sealed=False,
         schema=Map(
             {
-                "jid": _JID,
+                "jid": _JID,  # with --batch: the last batch's; the summary covers all
                 "summary": Map(
                     {
                         "targeted": Int(0, MAX_HOSTS),
@@ -787,9 +810,15 @@ _SPEC_LIST = [
                         "unchanged": Int(0, MAX_HOSTS),
                         "failed": Int(0, MAX_HOSTS),
                         "no_response": Int(0, MAX_HOSTS),
-                    }
+                        # run --batch: hosts of batches that never started
+                        "not_run": Int(0, MAX_HOSTS),
+                    },
+                    optional={"not_run"},
                 ),
-            }
+                # run --batch: the hosts not run, and why (the failure limit)
+                "not_run": List(Map({"host": _MINION_ID, "reason": _REASON}), MAX_HOSTS),
+            },
+            optional={"not_run"},
         ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,
     ),

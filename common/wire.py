@@ -86,6 +86,10 @@ CONTROL_REPLIES = frozenset(
     }
 )
 
+# Largest batch size or failure limit of `run --batch` (master/batch.py, the
+# RUN schema): more hosts than any one run can have (MAX_HOSTS is far smaller).
+MAX_BATCH_NUMBER = 1_000_000
+
 # In a RUN_HOST_RESULT: a host that never answered has no result.
 NO_RESPONSE = "no response"
 # How a host of a stored job fared, spelt as everywhere (master/jobstore.py

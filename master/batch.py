@@ -12,7 +12,8 @@ are reported as not run. Hosts already started always finish.
     Rollout(hosts, size, fail_limit)
     next_batch() -> hosts to start now ([] while a batch is running or when done)
     answered(host, ok) -> record one host's outcome
-    finished / stopped / not_run
+    halt() -> start no further batch (the operator's brake)
+    finished / stopped / halted / not_run
 """
 
 from __future__ import annotations
@@ -21,10 +22,7 @@ import math
 from dataclasses import dataclass
 
 from safcm.common.errors import UsageError
-
-# Largest batch size or failure limit a command line may give: more hosts
-# than any one run can have (protocol MAX_HOSTS is far smaller).
-MAX_BATCH_NUMBER = 1_000_000
+from safcm.common.wire import MAX_BATCH_NUMBER
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class BatchSize:
         """`N` (hosts) or `N%` (of the targeted hosts, rounded up)."""
         percent = text.endswith("%")
         digits = text[:-1] if percent else text
-        if not digits.isdigit() or not 1 <= int(digits) <= (100 if percent else MAX_BATCH_NUMBER):
+        if not _is_number(digits) or not 1 <= int(digits) <= (100 if percent else MAX_BATCH_NUMBER):
             raise UsageError(
                 f"--batch {text!r}: give a number of hosts (5) "
                 "or a percentage from 1% to 100% (10%)"
@@ -58,9 +56,14 @@ class BatchSize:
 
 def parse_fail_limit(text: str) -> int:
     """`--batch-fail K`: stop the rollout after K failed hosts (K >= 1)."""
-    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH_NUMBER:
+    if not _is_number(text) or not 1 <= int(text) <= MAX_BATCH_NUMBER:
         raise UsageError(f"--batch-fail {text!r}: give a number of failed hosts, at least 1")
     return int(text)
+
+
+def _is_number(text: str) -> bool:
+    """Plain ASCII digits: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 class Rollout:
@@ -75,11 +78,12 @@ class Rollout:
         self.started = 0  # batches started
         self.waiting: set[str] = set()  # hosts of the running batch without an answer
         self.stopped = False  # the failure limit was reached
+        self.halted = False  # halt(): no further batch, whatever the failures
 
     def next_batch(self) -> list[str]:
         """The hosts to start now: the next batch once the running one has
         fully answered, else nothing. Nothing, too, after a stop."""
-        if self.waiting or self.stopped or self.started == len(self.batches):
+        if self.waiting or self.stopped or self.halted or self.started == len(self.batches):
             return []
         batch = self.batches[self.started]
         self.started += 1
@@ -98,12 +102,20 @@ class Rollout:
             if self.fail_limit is not None and self.failed >= self.fail_limit:
                 self.stopped = True
 
+    def halt(self) -> None:
+        """Start no further batch (the operator's brake: every CLI watching the
+        run left). The running batch completes; the rest are not run."""
+        self.halted = True
+
     @property
     def finished(self) -> bool:
         """No host runs and none will start."""
-        return not self.waiting and (self.stopped or self.started == len(self.batches))
+        return not self.waiting and (
+            self.stopped or self.halted or self.started == len(self.batches)
+        )
 
     @property
     def not_run(self) -> list[str]:
-        """Hosts of batches that have not started (all of them stay so after a stop)."""
+        """Hosts of batches that have not started (all of them stay so after a
+        stop or a halt)."""
         return [h for batch in self.batches[self.started :] for h in batch]

@@ -3,8 +3,9 @@
 The one place that turns errors into messages and exit codes:
 
     0  every targeted host succeeded
-    1  a host failed or did not respond, or the daemon was lost after a run
-       was requested (the job may go on: `jobs show` tells)
+    1  a host failed, did not respond or was not run (run --batch-fail), or
+       the daemon was lost after a run was requested (the job may go on:
+       `jobs show` tells)
     2  nothing was done: bad usage, a configuration error, the daemon is not
        running or refused the request
 """
@@ -95,10 +96,12 @@ _COMMANDS: dict[str, tuple[str, str]] = {
                 "safcm-master run 'web*' files --dry-run",
                 "safcm-master run @web files --timeout 5m",
                 "safcm-master run web1,db1 files --json | jq '.summary'",
+                "safcm-master run '*' files --batch 25% --batch-fail 2",
             ],
             "exit codes:\n  0  every targeted host succeeded\n"
-            "  1  a host failed or did not respond, or the daemon was lost after the\n"
-            "     job was requested (the job may go on: see jobs show JID)\n" + _NOTHING_DONE,
+            "  1  a host failed, did not respond or was not run (--batch-fail), or the\n"
+            "     daemon was lost after the job was requested (the job may go on: see\n"
+            "     jobs show JID)\n" + _NOTHING_DONE,
         ),
     ),
     "jobs": (
@@ -175,8 +178,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 "safcm-master COMMAND --help   # each command's own examples",
             ],
             "exit codes:\n  0  success: every targeted host succeeded\n"
-            "  1  a host failed or did not respond, or the daemon was lost during a run\n"
-            + _NOTHING_DONE,
+            "  1  a host failed, did not respond or was not run, or the daemon was lost\n"
+            "     during a run\n" + _NOTHING_DONE,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -285,6 +288,17 @@ def _run_arguments(run: argparse.ArgumentParser, config: argparse.ArgumentParser
         type=_duration,
         metavar="DURATION",
         help="how long to wait for results: 90, 90s, 5m, 1h (default: job_timeout)",
+    )
+    run.add_argument(
+        "--batch",
+        metavar="N|N%",
+        help="rolling batches of N hosts, or N%% of them: each batch is a job that starts "
+        "when every host of the one before has answered",
+    )
+    run.add_argument(
+        "--batch-fail",
+        metavar="K",
+        help="with --batch: start no further batch once K hosts failed or did not respond",
     )
     run.add_argument("--json", action="store_true", help="print one JSON document at the end")
 
@@ -629,8 +643,6 @@ def run_command(
         raise UsageError(
             "TARGET is empty: give a glob ('web*'), a comma list ('web1,db1') or a group ('@web')"
         )
-    style = render.Style(not args.json and render.use_colour(out))
-    progress = Progress(err, enabled=not args.json and err.isatty())
     request = {
         "target": args.target,
         "group": args.group,
@@ -638,10 +650,18 @@ def run_command(
         "dry_run": args.dry_run,
         "timeout": args.timeout,
     }
-    started: dict[str, Any] = {}
+    request.update(_batch_request(args))
+    style = render.Style(not args.json and render.use_colour(out))
+    progress = Progress(err, enabled=not args.json and err.isatty())
+    # What RUN_STARTED said, over every batch: the first jid, the hosts sent
+    # the job, the hosts skipped, the notes.
+    started: dict[str, Any] = {"hosts": [], "skipped": [], "notes": []}
+    batches: list[dict[str, Any]] = []  # with --batch: {"jid", "hosts"} in order
     results: dict[str, dict[str, Any] | None] = {}  # by host; None: no response
     tally = render.Tally()
-    jid = None
+    jid = None  # the job running now (with --batch: the latest batch's)
+    batch_of = ""  # with --batch: "batch i of n" of that job
+    late_jid = None  # the latest job with a host that did not respond
     with ControlClient(settings.control_path) as client:
         client.send(MsgType.RUN, request)
         wait = (args.timeout or settings.job_timeout) + RUN_GRACE
@@ -651,15 +671,23 @@ def run_command(
                 body = msg.body
                 if msg.type is MsgType.RUN_STARTED:
                     jid = body["jid"]
-                    tally.targeted = len(body["hosts"])
-                    started = body
+                    started.setdefault("jid", jid)
+                    started["hosts"] += body["hosts"]
+                    started["skipped"] += body["skipped"]
+                    started["notes"] += body.get("notes", [])
+                    tally.targeted = len(started["hosts"])
+                    if "batch" in body:
+                        batches.append({"jid": jid, "hosts": body["hosts"]})
+                        batch_of = f"batch {body['batch']['number']} of {body['batch']['of']}"
                     if not args.json:
                         _print_started(out, style, body, args)
-                    progress.show(0, tally.targeted)
+                    progress.show(len(results), tally.targeted)
                 elif msg.type is MsgType.RUN_HOST_RESULT:
                     status = outcome(body["result"])
                     tally.add(status)
                     results[body["host"]] = body["result"]
+                    if body["result"] is None:
+                        late_jid = body["jid"]
                     progress.clear()
                     if not args.json:
                         print(
@@ -675,20 +703,33 @@ def run_command(
                     continue
                 elif msg.type is MsgType.RUN_DONE:
                     progress.clear()
+                    not_run = body.get("not_run", [])
+                    tally.targeted += len(not_run)
                     if args.json:
                         from safcm.master import jsonout
 
-                        write_json(jsonout.run_document(started, request, results), out)
+                        document = jsonout.run_document(
+                            started, request, results, batches if batches else None, not_run
+                        )
+                        write_json(document, out)
                     else:
                         print(
                             render.render_summary(tally, style, args.dry_run, args.module), file=out
                         )
-                        if tally.no_response:
-                            print(render.render_late_hint(str(jid), style), file=out)
-                    return EXIT_OK if tally.failed == tally.no_response == 0 else EXIT_FAILED
+                        if not_run:
+                            print(_not_run_line(not_run, args, style), file=out)
+                        if late_jid is not None:
+                            print(render.render_late_hint(late_jid, style), file=out)
+                    ok = tally.failed == tally.no_response == len(not_run) == 0
+                    return EXIT_OK if ok else EXIT_FAILED
         except KeyboardInterrupt:
             progress.clear()
-            if jid is not None:
+            if jid is not None and batch_of:
+                _error(
+                    f"interrupted; job {jid} ({batch_of}) goes on, no further batch starts. "
+                    f"See: safcm-master jobs show {jid}"
+                )
+            elif jid is not None:
                 _error(f"interrupted; job {jid} goes on. See: safcm-master jobs show {jid}")
             raise
         except RemoteError as e:
@@ -714,17 +755,47 @@ def run_command(
     return EXIT_FAILED
 
 
+def _batch_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The RUN request's batch fields from --batch and --batch-fail, checked
+    here so that a mistake is said in the user's words (UsageError)."""
+    from safcm.master.batch import BatchSize, parse_fail_limit
+
+    if args.batch is None:
+        if args.batch_fail is not None:
+            raise UsageError("--batch-fail needs --batch: it stops a rollout in batches")
+        return {}
+    size = BatchSize.parse(args.batch)
+    fields: dict[str, Any] = {"batch": {"size": size.value, "percent": size.percent}}
+    if args.batch_fail is not None:
+        fields["batch_fail"] = parse_fail_limit(args.batch_fail)
+    return fields
+
+
+def _not_run_line(
+    not_run: list[dict[str, Any]], args: argparse.Namespace, style: render.Style
+) -> str:
+    """After a rollout stopped by --batch-fail: which hosts were not run."""
+    hosts = ", ".join(escape(h["host"]) for h in not_run)
+    if args.batch_fail is None:  # the master's own reason
+        why = escape(not_run[0]["reason"])
+    else:
+        limit = int(args.batch_fail)
+        why = f"stopped after {limit} failure{'s' if limit != 1 else ''}"
+    return style.red(f"{len(not_run)} not run: {why}: {hosts}")
+
+
 def _print_started(
     out: TextIO, style: render.Style, body: dict[str, Any], args: argparse.Namespace
 ) -> None:
     hosts = body["hosts"]
     what = f"{args.module}{' (dry run)' if args.dry_run else ''}"
-    print(
-        style.bold(
-            f"job {body['jid']}: {what} on {len(hosts)} host{'s' if len(hosts) != 1 else ''}"
-        ),
-        file=out,
-    )
+    on = f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}"
+    if "batch" in body:
+        batch = body["batch"]
+        header = f"batch {batch['number']} of {batch['of']}: job {body['jid']} on {on}: {what}"
+    else:
+        header = f"job {body['jid']}: {what} on {on}"
+    print(style.bold(header), file=out)
     for skipped in body["skipped"]:
         print(
             style.yellow(f"skipped {escape(skipped['host'])}: {escape(skipped['reason'])}"),

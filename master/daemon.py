@@ -119,6 +119,7 @@ class Master:
             self.publisher,
             self.lifecycle,
             clock,
+            lambda callback: self.loop.call_later(0.0, callback),
         )
         self.history = History(self.jobs)
         self.control_handlers: dict[MsgType, Callable[[ControlConnection, Message], None]] = {

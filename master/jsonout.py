@@ -33,6 +33,8 @@ from safcm.master.outcomes import OUTCOMES, PENDING, outcome
 FORMAT = "safcm/1"
 # A host the target matched that the job did not go to (run only).
 SKIPPED = "skipped"
+# run --batch: the skipped hosts of batches that never started (a summary count).
+NOT_RUN = "not run"
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -100,11 +102,20 @@ def _job_fields(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_document(
-    started: dict[str, Any], request: dict[str, Any], results: dict[str, dict[str, Any] | None]
+    started: dict[str, Any],
+    request: dict[str, Any],
+    results: dict[str, dict[str, Any] | None],
+    batches: list[dict[str, Any]] | None = None,
+    not_run: Iterable[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """`run --json`: the RUN_STARTED body, the RUN request and every host's
     result (None: no response), by host. The job went to started["hosts"];
-    a host of it without an entry in `results` is still pending."""
+    a host of it without an entry in `results` is still pending.
+
+    With --batch, `started` gathers the RUN_STARTED bodies of every batch (its
+    jid the first batch's), `batches` lists each batch's {"jid", "hosts"}, and
+    `not_run` the hosts of batches that never started, with the reason
+    (RUN_DONE): those are "skipped", and counted as "not run" too."""
     hosts: list[dict[str, Any]] = []
     notes = {n["host"]: n["note"] for n in started.get("notes", [])}
     for host in started["hosts"]:
@@ -117,10 +128,11 @@ def run_document(
             entry["note"] = notes[host]
         hosts.append(entry)
     summary = counts(h["status"] for h in hosts)
-    for skipped in started["skipped"]:
+    not_run = list(not_run)
+    for skipped in [*started["skipped"], *not_run]:
         hosts.append({"host": skipped["host"], "status": SKIPPED, "reason": skipped["reason"]})
     hosts.sort(key=lambda h: h["host"])
-    return {
+    document = {
         "format": FORMAT,
         "jid": started["jid"],
         "target": request["target"],
@@ -128,8 +140,12 @@ def run_document(
         "module": request["module"],
         "dry_run": request["dry_run"],
         "hosts": hosts,
-        "summary": {**summary, SKIPPED: len(started["skipped"])},
+        "summary": {**summary, SKIPPED: len(started["skipped"]) + len(not_run)},
     }
+    if batches is not None:
+        document["batches"] = [{"jid": b["jid"], "hosts": list(b["hosts"])} for b in batches]
+        document["summary"][NOT_RUN] = len(not_run)
+    return document
 
 
 def jobs_list_document(body: dict[str, Any]) -> dict[str, Any]:

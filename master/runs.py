@@ -8,11 +8,18 @@ host), RUN_HOST_RESULT for each host as it answers or is "no response",
 RUN_PROGRESS when a host still working moves its deadline, and RUN_DONE. When
 each of these happens is decided by master/lifecycle.py (answered, progress,
 finished).
+
+`run --batch` (master/batch.py decides which hosts start when): every host
+is compiled up front, then each batch is a job of its own, started by
+_start_job() as a whole run is, once every host of the batch before has
+answered. The CLI hears a RUN_STARTED per batch, the results as they come,
+and one RUN_DONE at the end over all batches, with the hosts not run.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -31,13 +38,14 @@ from safcm.common.protocol import (
     new_jid,
 )
 from safcm.master import repocache, targets
+from safcm.master.batch import BatchSize, Rollout
 from safcm.master.compiler import HostConfig, compile_hosts
 from safcm.master.control import ControlConnection
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobRecord, JobStore, Plan
 from safcm.master.keystore import KeyState, KeyStore
 from safcm.master.lifecycle import Lifecycles
-from safcm.master.outcomes import outcome
+from safcm.master.outcomes import HostStatus, outcome
 from safcm.master.peers import Peers
 from safcm.master.publish import Publisher
 from safcm.master.render import Tally
@@ -45,8 +53,42 @@ from safcm.master.settings import MasterSettings
 
 log = logging.getLogger("safcm-master")
 
+# The outcomes that count towards --batch-fail.
+FAILURES = (HostStatus.FAILED, NO_RESPONSE)
+# Why a host of a rolling run was not run (RUN_DONE "not_run").
+NOT_RUN_FAILURE_LIMIT = "not run: the batch failure limit was reached"
+
 # Seconds `git rev-parse` may take to name the repository's commit.
 GIT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class JobOrder:
+    """What a RUN asks for, compiled: the same for each batch of a run."""
+
+    module: str
+    dry_run: bool
+    timeout: float  # seconds, from each job's start
+    target: str  # normalised, as the history keeps it
+    configs: dict[str, HostConfig]  # by host; empty for ping
+    git_commit: str | None  # the repository's, when it was compiled
+
+
+@dataclass
+class Rolling:
+    """A run in rolling batches (`run --batch`): one job per batch, one CLI
+    for all of them. Its CLI leaving is the operator's brake: the running
+    batch completes, no further one starts."""
+
+    conn: ControlConnection
+    order: JobOrder
+    rollout: Rollout
+    jids: list[str] = field(default_factory=list)  # of the batches started
+    tally: Tally = field(default_factory=Tally)  # over every batch
+
+    def numbering(self) -> dict[str, int]:
+        """RUN_STARTED's "batch": which batch of how many has just started."""
+        return {"number": self.rollout.started, "of": len(self.rollout.batches)}
 
 
 @dataclass
@@ -57,6 +99,7 @@ class Run:
     hosts: list[str]
     watchers: list[ControlConnection] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
+    batch: Rolling | None = None  # the rollout this job is one batch of
 
 
 class Runs:
@@ -70,6 +113,7 @@ class Runs:
         publisher: Publisher,
         lifecycle: Lifecycles,
         clock: Callable[[], float],
+        defer: Callable[[Callable[[], None]], object],
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -79,6 +123,7 @@ class Runs:
         self.publisher = publisher
         self.lifecycle = lifecycle
         self.clock = clock
+        self.defer = defer  # call it soon, from the loop, not from inside this call
         self.runs: dict[str, Run] = {}
         self.last_jid = jobs.last_jid()
 
@@ -101,7 +146,32 @@ class Runs:
             key_states=lambda i: k.state if (k := self.keystore.get(i)) else None,
         )
         configs = compile_hosts(repo, resolved.hosts) if module == Module.FILES else {}
+        order = JobOrder(
+            module, dry_run, timeout, target, configs, _git_commit(self.settings.config_dir)
+        )
+        batch = body.get("batch")
+        if batch is None:
+            self._start_job(conn, order, resolved)
+            return
+        # Every host is compiled above, before any batch starts: a repository
+        # error stops the run untouched, and every batch gets this configuration.
+        size = BatchSize(batch["size"], batch["percent"]).hosts(len(resolved.hosts))
+        rolling = Rolling(conn, order, Rollout(resolved.hosts, size, body.get("batch_fail")))
+        self._next_batch(rolling, resolved.skipped)  # a failure here is the RUN's
+        conn.on_close.append(lambda c: self._braked(rolling))
 
+    def _start_job(
+        self,
+        conn: ControlConnection,
+        order: JobOrder,
+        resolved: targets.Resolved,
+        batch: Rolling | None = None,
+    ) -> str:
+        """Create, store and publish one job of `order` to `resolved.hosts`,
+        and tell `conn` (RUN_STARTED): a whole run, or one batch of one."""
+        # The same names as when this was the tail of on_run.
+        module, dry_run, timeout, target = order.module, order.dry_run, order.timeout, order.target
+        configs = order.configs
         now = self.clock()
         jid = new_jid(now, self.last_jid)
         deadline = now + timeout
@@ -134,7 +204,7 @@ class Runs:
             target,
             module,
             dry_run,
-            _git_commit(self.settings.config_dir),
+            order.git_commit,
         )
         self.jobs.create(record, parts, plans)  # stored before anything is published
         self.last_jid = jid
@@ -157,19 +227,25 @@ class Runs:
                     for h in resolved.hosts
                     if (note := self._host_note(h)) is not None
                 ],
+                **({} if batch is None else {"batch": batch.numbering()}),
             },
         )
-        run = Run(jid, resolved.hosts, [conn])
+        run = Run(jid, resolved.hosts, [conn], batch=batch)
         self.runs[jid] = run
         conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
         self.publisher.open_jobs[jid] = parts
         self.lifecycle.start(jid, resolved.hosts, deadline, now)  # published at once
+        return jid
 
     def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
         run = self.runs.get(jid)
         if run is None:
             return
         run.tally.add(outcome(result))
+        if run.batch is not None:
+            run.batch.tally.add(outcome(result))
+            # A failed result and no response both count towards --batch-fail.
+            run.batch.rollout.answered(host, outcome(result) not in FAILURES)
         status = NO_RESPONSE if result is None else result["status"]
         for conn in list(run.watchers):
             conn.send(
@@ -187,10 +263,106 @@ class Runs:
         run = self.runs.pop(jid, None)
         if run is None:
             return
+        if run.batch is not None:
+            # Not from inside the lifecycle's call: the next batch is a new job.
+            rolling = run.batch
+            self.defer(lambda: self._next_batch(rolling))
+            return
         summary = {**run.tally.as_dict(), "targeted": len(run.hosts)}
         for conn in list(run.watchers):
             conn.send(MsgType.RUN_DONE, {"jid": jid, "summary": summary})
             conn.finish()
+
+    # ---- rolling batches ----
+
+    def _next_batch(self, rolling: Rolling, skipped: dict[str, str] | None = None) -> None:
+        """Start the rollout's next batch, or end the run when none is left
+        to start. `skipped`: the hosts the target matched but that are not
+        accepted, told with the first batch."""
+        rollout = rolling.rollout
+        hosts = rollout.next_batch()
+        if hosts:
+            try:
+                jid = self._start_job(
+                    rolling.conn, rolling.order, targets.Resolved(hosts, skipped or {}), rolling
+                )
+            except Exception as e:
+                if rollout.started == 1:  # nothing started: the RUN fails (on_control)
+                    raise
+                self._batch_failed(rolling, hosts, e)
+                return
+            rolling.jids.append(jid)
+            return
+        if not rollout.finished:
+            return
+        not_run = rollout.not_run
+        if rolling.conn.closed:
+            if not_run:
+                log.info(
+                    "run of jobs %s: stopped, as no CLI watches it; %d hosts not run",
+                    ", ".join(rolling.jids),
+                    len(not_run),
+                )
+            return
+        if not_run:
+            log.info(
+                "run of jobs %s: stopped after %d failed hosts (--batch-fail %s); %d hosts not run",
+                ", ".join(rolling.jids),
+                rollout.failed,
+                rollout.fail_limit,
+                len(not_run),
+            )
+        summary = {
+            **rolling.tally.as_dict(),
+            "targeted": sum(len(b) for b in rollout.batches),
+            "not_run": len(not_run),
+        }
+        rolling.conn.send(
+            MsgType.RUN_DONE,
+            {
+                "jid": rolling.jids[-1],
+                "summary": summary,
+                "not_run": [{"host": h, "reason": NOT_RUN_FAILURE_LIMIT} for h in not_run],
+            },
+        )
+        rolling.conn.finish()
+
+    def _braked(self, rolling: Rolling) -> None:
+        """The rollout's CLI left (Ctrl-C): the running batch completes, and
+        no further batch starts."""
+        rollout = rolling.rollout
+        if rollout.finished or rollout.halted:
+            return
+        rollout.halt()
+        if not rollout.not_run:
+            return  # the last batch runs: nothing is held back
+        log.info(
+            "run of jobs %s: its CLI left; batch %d of %d completes, %d hosts will not be run",
+            ", ".join(rolling.jids),
+            rollout.started,
+            len(rollout.batches),
+            len(rollout.not_run),
+        )
+
+    def _batch_failed(self, rolling: Rolling, hosts: list[str], error: Exception) -> None:
+        """A batch after the first could not start (a database error, a host
+        whose key changed): the run ends there, and says so."""
+        rollout = rolling.rollout
+        rollout.halt()
+        log.error(
+            "run of jobs %s: batch %d of %d could not start: %s; %d hosts not run",
+            ", ".join(rolling.jids),
+            rollout.started,
+            len(rollout.batches),
+            error,
+            len(hosts) + len(rollout.not_run),
+            exc_info=not isinstance(error, SafcmError | sqlite3.Error),  # a bug: its trace
+        )
+        rolling.conn.error(
+            "failed",
+            f"batch {rollout.started} of {len(rollout.batches)} could not start ({error}); "
+            "it and the batches after it were not run",
+        )
 
     def _host_note(self, host: str) -> str | None:
         """What the master knows now that will delay or stop a job for `host`:

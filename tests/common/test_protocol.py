@@ -372,6 +372,27 @@ def test_round_trip_of_every_type(msg_type):
             msg.require_header()
 
 
+@pytest.mark.parametrize(
+    ("msg_type", "extra"),
+    [
+        (MsgType.RUN, {"batch": {"size": 25, "percent": True}, "batch_fail": 2}),
+        (MsgType.RUN, {"batch": {"size": 100, "percent": False}}),
+        (MsgType.RUN_STARTED, {"batch": {"number": 2, "of": 3}}),
+        (
+            MsgType.RUN_DONE,
+            {
+                "summary": {**SAMPLES[MsgType.RUN_DONE]["summary"], "not_run": 1},
+                "not_run": [{"host": "web4", "reason": "not run: the failure limit"}],
+            },
+        ),
+    ],
+    ids=lambda v: v.name if isinstance(v, MsgType) else "",
+)
+def test_the_batch_fields_of_run_messages(msg_type, extra):
+    body = {**SAMPLES[msg_type], **extra}
+    assert send(msg_type, body).body == body
+
+
 @pytest.mark.parametrize("msg_type", list(MsgType), ids=lambda t: t.name)
 @given(data=st.data())
 @fuzz(0.25)
@@ -613,6 +634,12 @@ CROSS_FIELD = [
         MsgType.JOBS,
         {**SAMPLES[MsgType.JOBS], "since": 20.0, "until": 10.0},
         "until: before since",
+    ),
+    (MsgType.RUN, {**SAMPLES[MsgType.RUN], "batch_fail": 2}, "batch_fail: only with batch"),
+    (
+        MsgType.RUN,
+        {**SAMPLES[MsgType.RUN], "batch": {"size": 101, "percent": True}},
+        "a percentage is at most 100",
     ),
     (
         MsgType.JOB_REPLY,

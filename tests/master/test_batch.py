@@ -29,13 +29,15 @@ def test_batch_size(text, targeted, hosts):
     assert str(size) == text
 
 
-@pytest.mark.parametrize("text", ["0", "0%", "101%", "-1", "1.5", "%", "", "5x", "1000001"])
+@pytest.mark.parametrize(
+    "text", ["0", "0%", "101%", "-1", "1.5", "%", "", "5x", "1000001", "\u00b2", "\u00b2%"]
+)
 def test_invalid_batch_size(text):
     with pytest.raises(UsageError, match="--batch"):
         BatchSize.parse(text)
 
 
-@pytest.mark.parametrize("text", ["0", "-2", "x", ""])
+@pytest.mark.parametrize("text", ["0", "-2", "x", "", "\u00b2"])
 def test_invalid_fail_limit(text):
     with pytest.raises(UsageError, match="--batch-fail"):
         parse_fail_limit(text)
@@ -117,3 +119,16 @@ def test_invariants(hosts, size, limit, outcomes):
     if limit is not None:
         # No batch started once the limit was reached.
         assert all(before < limit for before in failures_before_batch)
+
+
+def test_a_halt_lets_the_running_batch_finish_and_starts_no_other():
+    rollout = Rollout(HOSTS, 3)
+    rollout.next_batch()
+    rollout.answered("web1", ok=True)
+    rollout.halt()
+    assert not rollout.finished and rollout.next_batch() == []
+    rollout.answered("web2", ok=True)
+    rollout.answered("web3", ok=True)
+    assert rollout.finished and rollout.halted and not rollout.stopped
+    assert rollout.next_batch() == []
+    assert rollout.not_run == ["web4", "web5", "web6", "web7"]
