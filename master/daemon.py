@@ -24,6 +24,7 @@ above feed it what arrives, and it asks for what must happen through the
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -110,6 +111,11 @@ class Master:
             settings, self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
         )
         self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
+        # Loading, targeting and compiling a run's job (master/runs.py): one
+        # thread, so runs are prepared in the order they came.
+        self.prepare_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="prepare"
+        )
         self.runs = Runs(
             settings,
             self.keys,
@@ -120,6 +126,8 @@ class Master:
             self.lifecycle,
             clock,
             lambda callback: self.loop.call_later(0.0, callback),
+            self.report,
+            self.prepare_pool,
         )
         self.history = History(self.jobs)
         self.control_handlers: dict[MsgType, Callable[[ControlConnection, Message], None]] = {
@@ -172,6 +180,7 @@ class Master:
         )
 
     def close(self) -> None:
+        self.prepare_pool.shutdown(wait=True, cancel_futures=True)
         for timer in self._timers:
             timer.cancel()
         if self._wake is not None:
@@ -246,21 +255,26 @@ class Master:
             return
         try:
             handler(conn, msg)
-        except ConfigError as e:
+        except Exception as e:  # a bug must cost one request, never the daemon
+            self.report(conn, msg.type.name, e)
+
+    def report(self, conn: ControlConnection, request: str, e: Exception) -> None:
+        """Answer a control request that failed with `e`: the error the CLI shows."""
+        if isinstance(e, ConfigError):
             conn.error(
                 "config",
                 "the configuration has errors; nothing was sent",
                 [{"file": p.file, "line": p.line, "message": p.message} for p in e.problems[:1000]],
             )
-        except UsageError as e:
+        elif isinstance(e, UsageError):
             conn.error("usage", str(e))
-        except SafcmError as e:
+        elif isinstance(e, SafcmError):
             conn.error("failed", str(e))
-        except sqlite3.Error as e:
-            log.error("control request %s failed: database error: %s", msg.type.name, e)
+        elif isinstance(e, sqlite3.Error):
+            log.error("control request %s failed: database error: %s", request, e)
             conn.error("failed", f"the master's database failed ({e}); nothing was changed")
-        except Exception as e:  # a bug must cost one request, never the daemon
-            log.exception("control request %s from %s failed", msg.type.name, conn.user)
+        else:
+            log.error("control request %s from %s failed", request, conn.user, exc_info=e)
             conn.error("internal", f"internal error in the master: {e!r}")
 
     # ---- lifecycle effects: what master/lifecycle.py asks for ----

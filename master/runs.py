@@ -18,6 +18,8 @@ and one RUN_DONE at the end over all batches, with the hosts not run.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
 import sqlite3
 import subprocess
@@ -114,6 +116,8 @@ class Runs:
         lifecycle: Lifecycles,
         clock: Callable[[], float],
         defer: Callable[[Callable[[], None]], object],
+        report: Callable[[ControlConnection, str, Exception], None],
+        pool: concurrent.futures.Executor,
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -124,36 +128,80 @@ class Runs:
         self.lifecycle = lifecycle
         self.clock = clock
         self.defer = defer  # call it soon, from the loop, not from inside this call
+        self.report = report  # a failed request's answer, as for any control request
+        self.pool = pool  # the prepare thread (on_run)
         self.runs: dict[str, Run] = {}
         self.last_jid = jobs.last_jid()
 
     def on_run(self, conn: ControlConnection, msg: Message) -> None:
+        """Loading, targeting and compiling run on the prepare thread, so the
+        loop goes on reading heartbeats, receipts and results meanwhile; the
+        job is stored and started back on the loop (_prepared())."""
         # The longest the loop is held from here to the job's end is logged
         # when it finishes (bench/fanout.py prints it); this call counts too.
         self.peers.loop.reset_longest_call()
         body = msg.body
-        module = body["module"]
-        dry_run = body["dry_run"]
-        timeout = body["timeout"] or self.settings.job_timeout
         target = targets.normalise(body["target"], body["group"])
+        # The key store is the loop's: the thread gets a snapshot of it.
+        states = {k.id: k.state for k in self.keystore.all()}
+        log.debug("preparing a run of %s for %s (by %s)", body["module"], target, conn.user)
+        future = self.pool.submit(self._prepare, body, target, states)
+        loop = self.peers.loop
+
+        def done(f: concurrent.futures.Future[tuple[targets.Resolved, JobOrder]]) -> None:
+            with contextlib.suppress(OSError, ValueError):  # the loop has closed: shutting down
+                loop.call_soon_threadsafe(lambda: self._prepared(conn, body, f))
+
+        future.add_done_callback(done)
+
+    def _prepare(
+        self, body: dict[str, Any], target: str, states: dict[str, KeyState]
+    ) -> tuple[targets.Resolved, JobOrder]:
+        """On the prepare thread: no database, no sockets."""
+        module = body["module"]
+        timeout = body["timeout"] or self.settings.job_timeout
         # ping sends no files: a problem in a group's files must not stop it.
         repo = repocache.load(self.settings.config_dir, targets_only=module == Module.PING)
         resolved = targets.resolve(
             target,
             hosts=repo.hosts,
             group_members=_members(repo),
-            accepted={k.id for k in self.keystore.all() if k.state is KeyState.ACCEPTED},
-            key_states=lambda i: k.state if (k := self.keystore.get(i)) else None,
+            accepted={i for i, state in states.items() if state is KeyState.ACCEPTED},
+            key_states=states.get,
         )
         configs = compile_hosts(repo, resolved.hosts) if module == Module.FILES else {}
-        order = JobOrder(
-            module, dry_run, timeout, target, configs, _git_commit(self.settings.config_dir)
-        )
+        git_commit = _git_commit(self.settings.config_dir)
+        return resolved, JobOrder(module, body["dry_run"], timeout, target, configs, git_commit)
+
+    def _prepared(
+        self,
+        conn: ControlConnection,
+        body: dict[str, Any],
+        future: concurrent.futures.Future[tuple[targets.Resolved, JobOrder]],
+    ) -> None:
+        """Back on the loop: store and start the prepared job, or report why not."""
+        if conn.closed:
+            log.info(
+                "a run by %s was withdrawn before its job started; nothing was sent", conn.user
+            )
+            return
+        try:
+            self._start(conn, body, *future.result())
+        except Exception as e:
+            self.report(conn, "RUN", e)
+
+    def _start(
+        self,
+        conn: ControlConnection,
+        body: dict[str, Any],
+        resolved: targets.Resolved,
+        order: JobOrder,
+    ) -> None:
         batch = body.get("batch")
         if batch is None:
             self._start_job(conn, order, resolved)
             return
-        # Every host is compiled above, before any batch starts: a repository
+        # Every host was compiled (_prepare), before any batch starts: a repository
         # error stops the run untouched, and every batch gets this configuration.
         size = BatchSize(batch["size"], batch["percent"]).hosts(len(resolved.hosts))
         rolling = Rolling(conn, order, Rollout(resolved.hosts, size, body.get("batch_fail")))

@@ -21,6 +21,7 @@ from tests.system.conftest import (
     enrol,
     jobs_list,
     jobs_show,
+    logged,
     run_json,
 )
 
@@ -405,3 +406,34 @@ def test_check_validates_settings_and_repository_without_a_daemon(sandbox):
     sandbox.add_minion("web2", heartbeat_interval="soon")
     result = sandbox.minion_cli("web2", "check")
     assert result.returncode == 2 and "heartbeat_interval" in result.stderr
+
+
+# A template that keeps the compiler busy for seconds (a million steps of
+# Jinja), and renders to one short line.
+SLOW_TEMPLATE = (
+    "{% set ns = namespace(n=0) %}{% for i in range(1000) %}{% for j in range(1000) %}"
+    "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}steps: {{ ns.n }}\n"
+)
+
+
+def test_the_master_serves_others_while_a_run_is_prepared(sandbox):
+    # Loading and compiling run off the event loop: while a slow compile goes
+    # on, another administrator's request is answered, and the job starts after.
+    enrol(sandbox, "web1")
+    with open(os.path.join(sandbox.config_dir, "all", "files", "etc", "motd"), "w") as f:
+        f.write(SLOW_TEMPLATE)
+    run = sandbox.spawn_cli("run", "web1", "files", "--json")
+    try:
+        logged(sandbox.master, "preparing a run of files for web1 (by root)")
+        listing = sandbox.cli("keys", "list")
+        assert listing.returncode == 0 and "web1" in listing.stdout
+        assert ": files on web1 by root" not in sandbox.master.log_text()  # not started yet
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, err
+    assert by_host(schemas.loads(out, "run"))["web1"]["status"] == "changed"
+    with open(os.path.join(sandbox.minions["web1"].settings["root"], "etc", "motd")) as f:
+        assert f.read() == "steps: 1000000\n"
