@@ -134,7 +134,7 @@ def ping_then_master_crash(sb, timeout: int) -> str:
     enrol(sb, "web1")
     sb.stop(sb.minions["web1"])
     proc = start_run(sb, "web1", "ping", "--timeout", str(timeout))
-    wait_for(lambda: "ping on web1" in sb.master.log_text(), SETTLE, "the job to start")
+    wait_for(lambda: ": ping on web1 by " in sb.master.log_text(), SETTLE, "the job to start")
     sb.kill(sb.master)
     proc.communicate(timeout=30)
     sb.start_master()
