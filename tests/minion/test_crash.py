@@ -75,16 +75,20 @@ def versions_on_disk(host: Host, old: int, new: int) -> dict[int, int]:
 def test_sigkill_at_random_points(host: Host, temp):
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    started = time.monotonic()
     child = start_child(host, 0, temp)  # version 0, complete: the starting point
+    started = time.monotonic()  # "go": the apply itself begins
     assert child.stdout.readline() == "done\n"
-    child.wait()
     apply_time = time.monotonic() - started
+    child.wait()
 
     mixed = leftovers = 0
     for version in range(1, ROUNDS + 1):
         child = start_child(host, version, temp)
-        time.sleep(rng.uniform(0, apply_time))
+        # One kill in each of ROUNDS equal stretches of the apply, at a random
+        # point of it: the middle stretches land among the renames whatever
+        # the machine's speed (a kill anywhere in the whole time often fell
+        # after a fast apply had ended).
+        time.sleep(apply_time * (version - 1 + rng.random()) / ROUNDS)
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
