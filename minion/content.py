@@ -30,18 +30,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from safcm.common.errors import StateFileError
+from safcm.common.protocol import MAX_FILE_BYTES
 
 CONTENT_DIR = "content"
 # Bytes a cache keeps by default: several times the managed content of a
 # large host (1000 files of a few KiB), small against a disk.
 DEFAULT_BUDGET = 256 * 1024 * 1024
-# Length of a SHA-256 digest, in bytes; entries are named by its 64 hex digits.
-DIGEST_BYTES = 32
 # Temporary entries start with this; a name of 64 hex digits is never one.
 _TEMP_PREFIX = ".new-"
-# Largest entry read back: the largest file a job may carry (protocol
-# MAX_FILE_BYTES), so a planted huge file cannot make a read unbounded.
-MAX_ENTRY_BYTES = 16 * 1024 * 1024
+# Largest entry read back: the largest file a job may carry, so a planted
+# huge file cannot make a read unbounded.
+MAX_ENTRY_BYTES = MAX_FILE_BYTES
 
 
 def digest_of(data: bytes) -> bytes:
