@@ -104,14 +104,18 @@ def wires() -> dict[str, ModuleWire]:
 
 def _check_table(table: Mapping[str, ModuleWire]) -> None:
     """Refuse, at the first use, modules whose fields or keys collide."""
-    owner: dict[str, str] = {}
+    job_keys: set[str] = set()  # a job body's, and a result's: apart
+    result_keys: set[str] = set()
     for wire in table.values():
         if wire.name == SYNC:
             raise RuntimeError(f"{SYNC} is the composite, not a module")
-        for key in [*wire.job_fields, *([wire.result_key] if wire.result_key else [])]:
-            if key in owner or key in _RESERVED:
+        keys = [(k, job_keys) for k in wire.job_fields]
+        if wire.result_key is not None:
+            keys.append((wire.result_key, result_keys))
+        for key, taken in keys:
+            if key in taken or key in _RESERVED:
                 raise RuntimeError(f"module {wire.name}: key {key!r} is taken")
-            owner[key] = wire.name
+            taken.add(key)
 
 
 # Keys of the common fields, never a module's.

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 REGISTERED = (
     "files",
     "ping",
+    "cmd",
 )
 
 

@@ -85,13 +85,13 @@ def test_a_job_carries_exactly_its_modules_fields():
     check_body(MsgType.JOB, job("sync", steps=["files"], **FILES))
     bad = [
         (job("ping", **FILES), "unexpected key 'files'"),
-        (job("files"), "missing key 'files'"),
+        (job("files"), "missing key '(files|absent|purge|secrets)'"),
         (job("sync", **FILES), "missing key 'steps'"),
         (job("sync", steps=[], **FILES), "expected a list of 1"),
         (job("sync", steps=["ping"]), r"steps\[0\]: expected one of"),
         (job("sync", steps=["files"]), "its step files lacks some of its fields"),
         (job("sync", steps=["files", "files"], **FILES), "not each once in sync order"),
-        (job("nosuch"), "module: expected one of files, ping, sync"),
+        (job("nosuch"), "module: expected one of cmd, files, ping, sync"),
         (
             job("sync", steps=["files"], **{**FILES, "files": [{**FILE, "data": b"x"}]}),
             "does not match its digest",
