@@ -93,12 +93,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         _epilog(
             [
                 "safcm-master run '*' ping",
-                "safcm-master run 'web*' cmd -- uptime",
-                "safcm-master run @db cmd --shell --timeout 5m -- 'df -h / | tail -1'",
-                "safcm-master run 'web*' sync --dry-run",
                 "safcm-master run 'web*' files --dry-run",
-                "safcm-master run @web files --timeout 5m",
-                "safcm-master run web1,db1 files --json | jq '.summary'",
+                "safcm-master run @db cmd --shell --timeout 5m -- 'df -h / | tail -1'",
+                "safcm-master run web1,db1 sync --json | jq '.summary'",
                 "safcm-master run '*' files --batch 25% --batch-fail 2",
             ],
             "exit codes:\n  0  every targeted host succeeded\n"
