@@ -23,6 +23,7 @@ import contextlib
 import logging
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,9 +44,10 @@ from safcm.master import repocache, targets
 from safcm.master.batch import BatchSize, Rollout
 from safcm.master.compiler import HostConfig, compile_hosts
 from safcm.master.control import ControlConnection
+from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, open_db
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobRecord, JobStore, Plan
-from safcm.master.keystore import KeyState, KeyStore
+from safcm.master.keystore import KeyState, KeyStore, RefusedKey
 from safcm.master.lifecycle import Lifecycles
 from safcm.master.outcomes import HostStatus, outcome
 from safcm.master.peers import Peers
@@ -62,6 +64,10 @@ NOT_RUN_FAILURE_LIMIT = "not run: the batch failure limit was reached"
 
 # Seconds `git rev-parse` may take to name the repository's commit.
 GIT_TIMEOUT = 5.0
+# Seconds the prepare thread waits for the loop to take its turn between two
+# transactions of a job's rows (_loop_turn()): a loop that does not answer
+# is stopping, or busy enough that waiting longer helps no one.
+LOOP_TURN_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,8 @@ class Runs:
         self.clock = clock
         self.defer = defer  # call it soon, from the loop, not from inside this call
         self.report = report  # a failed request's answer, as for any control request
-        self.pool = pool  # the prepare thread (on_run)
+        self.pool = pool  # the prepare thread (on_run, _store)
+        self.own_jobs: JobStore | None = None  # the prepare thread's (_own_jobs())
         self.runs: dict[str, Run] = {}
         self.last_jid = jobs.last_jid()
 
@@ -146,13 +153,7 @@ class Runs:
         states = {k.id: k.state for k in self.keystore.all()}
         log.debug("preparing a run of %s for %s (by %s)", body["module"], target, conn.user)
         future = self.pool.submit(self._prepare, body, target, states)
-        loop = self.peers.loop
-
-        def done(f: concurrent.futures.Future[tuple[targets.Resolved, JobOrder]]) -> None:
-            with contextlib.suppress(OSError, ValueError):  # the loop has closed: shutting down
-                loop.call_soon_threadsafe(lambda: self._prepared(conn, body, f))
-
-        future.add_done_callback(done)
+        self._post_back(future, lambda f: self._prepared(conn, body, f))
 
     def _prepare(
         self, body: dict[str, Any], target: str, states: dict[str, KeyState]
@@ -214,27 +215,64 @@ class Runs:
         order: JobOrder,
         resolved: targets.Resolved,
         batch: Rolling | None = None,
-    ) -> str:
+    ) -> None:
         """Create, store and publish one job of `order` to `resolved.hosts`,
-        and tell `conn` (RUN_STARTED): a whole run, or one batch of one."""
-        # The same names as when this was the tail of on_run.
-        module, dry_run, timeout, target = order.module, order.dry_run, order.timeout, order.target
-        configs = order.configs
+        and tell `conn` (RUN_STARTED): a whole run, or one batch of one.
+
+        Its jid and deadline are decided here, on the loop; its parts are
+        built and its rows written on the prepare thread (_store()), and it
+        starts back on the loop (_stored()), where a failure is answered."""
         now = self.clock()
-        jid = new_jid(now, self.last_jid)
-        deadline = now + timeout
+        jid = self.last_jid = new_jid(now, self.last_jid)
+        record = JobRecord(
+            jid,
+            now,
+            now + order.timeout,
+            conn.user,
+            order.target,
+            order.module,
+            order.dry_run,
+            order.git_commit,
+        )
+        # Accepted, but enrolled before CURVE: the thread gets this from the key store.
+        unsealable = self.keystore.without_transport_key()
+        log.debug("job %s: storing it for %d hosts", jid, len(resolved.hosts))
+        future = self.pool.submit(self._store, record, order, resolved.hosts, unsealable)
+        self._post_back(future, lambda f: self._stored(conn, record, resolved, batch, f))
+
+    def _post_back(
+        self, future: concurrent.futures.Future[Any], then: Callable[[Any], None]
+    ) -> None:
+        """Call then(future) on the loop once the prepare thread is done with it."""
+        loop = self.peers.loop
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            with contextlib.suppress(OSError, ValueError):  # the loop has closed: shutting down
+                loop.call_soon_threadsafe(lambda: then(f))
+
+        future.add_done_callback(done)
+
+    def _store(
+        self, record: JobRecord, order: JobOrder, hosts: list[str], unsealable: set[str]
+    ) -> tuple[JobParts, float, float]:
+        """On the prepare thread, with its own database connection: what each
+        host's envelope is sealed from, checked, and written, not yet started.
+        Returns the parts and the seconds spent building and writing them."""
+        started = time.monotonic()
+        for host in hosts:
+            if host in unsealable:
+                raise SafcmError(f"host {host}: its key has no transport key; it must enrol again")
+        jobs = self._own_jobs()
         # The content each host has already is left out of its envelope
         # (master/jobcontent.py); envelopes are sealed when published.
-        known = self.jobs.known_content(resolved.hosts) if module == Module.FILES else {}
-        parts = JobParts(deadline)
+        known = jobs.known_content(hosts) if order.module == Module.FILES else {}
+        parts = JobParts(record.deadline)
         plans = {}
         checked: set[str] = set()  # manifests whose full body was checked
-        for host in resolved.hosts:
-            job = {"module": module, "dry_run": dry_run, "deadline": deadline}
-            job.update(_job_files(configs.get(host)))
+        for host in hosts:
+            job = {"module": order.module, "dry_run": order.dry_run, "deadline": record.deadline}
+            job.update(_job_files(order.configs.get(host)))
             plans[host] = Plan.of_job(job)
-            if self.peers.minion_keys(host) is None:  # accepted, but enrolled before CURVE
-                raise SafcmError(f"host {host}: its key has no transport key; it must enrol again")
             part = parts.add(host, job, lambda h: known.get(h, frozenset()))
             if part.manifest not in checked:  # hosts with one manifest have one full body
                 _check_job(host, job)
@@ -244,46 +282,126 @@ class Runs:
                     f"host {host}: its job cannot be sent: about {size} bytes, more than "
                     f"{MAX_JOB_BYTES - MAX_ENVELOPE_OVERHEAD}"
                 )
-        record = JobRecord(
-            jid,
-            now,
-            deadline,
-            conn.user,
-            target,
-            module,
-            dry_run,
-            order.git_commit,
-        )
-        self.jobs.create(record, parts, plans)  # stored before anything is published
-        self.last_jid = jid
+        built = time.monotonic()
+        try:
+            jobs.store(record, parts, plans, between=self._loop_turn)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # else removed at the next start-up
+                jobs.discard(record.jid, hosts, between=self._loop_turn)
+            raise
+        return parts, built - started, time.monotonic() - built
+
+    def _own_jobs(self) -> JobStore:
+        """The prepare thread's job store, on a connection of its own (WAL:
+        the loop reads meanwhile, and writes between its transactions)."""
+        if self.own_jobs is None:
+            self.own_jobs = JobStore(
+                open_db(
+                    self.settings.state_dir,
+                    busy_timeout_ms=WORKER_BUSY_TIMEOUT_MS,
+                    any_thread=True,  # closed by close(), once the thread has ended
+                )
+            )
+        return self.own_jobs
+
+    def _loop_turn(self) -> None:
+        """Wait (on the prepare thread) until the loop has had a turn, so that
+        writes it waits to make get the database between two of ours."""
+        turned = threading.Event()
+        with contextlib.suppress(OSError, ValueError):  # the loop has closed: shutting down
+            self.peers.loop.call_soon_threadsafe(turned.set)
+            turned.wait(LOOP_TURN_TIMEOUT)
+
+    def _stored(
+        self,
+        conn: ControlConnection,
+        record: JobRecord,
+        resolved: targets.Resolved,
+        batch: Rolling | None,
+        future: concurrent.futures.Future[tuple[JobParts, float, float]],
+    ) -> None:
+        """Back on the loop: start the stored job, or answer why it could not be."""
+        jid, hosts = record.jid, resolved.hosts
+        try:
+            parts, building, storing = future.result()
+        except Exception as e:
+            self._not_started(conn, batch, hosts, e)
+            return
+        if conn.closed and (batch is None or batch.rollout.started == 1):
+            log.info(
+                "a run by %s was withdrawn before its job started; nothing was sent", conn.user
+            )
+            self._discard(jid, hosts)
+            return
+        try:
+            self.jobs.start(jid)  # from here the job is there for everyone: started below
+        except sqlite3.Error as e:
+            self._discard(jid, hosts)
+            self._not_started(conn, batch, hosts, e)
+            return
+        held, where = self.peers.loop.longest_call
         log.info(
-            "job %s: %s%s on %s by %s",
+            "job %s: %s%s on %s by %s; %d hosts, prepared in %.2f s, stored in %.2f s; the "
+            "event loop was held at most %.1f ms at a time since the request (%s)",
             jid,
-            module,
-            " (dry run)" if dry_run else "",
-            target,
+            record.module,
+            " (dry run)" if record.dry_run else "",
+            record.target,
             conn.user,
+            len(hosts),
+            building,
+            storing,
+            held * 1000,
+            where or "-",
         )
+        claims = {claim.id: claim for claim in self.keystore.refused()}  # the latest of each id
         conn.send(
             MsgType.RUN_STARTED,
             {
                 "jid": jid,
-                "hosts": resolved.hosts,
+                "hosts": hosts,
                 "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
                 "notes": [
                     {"host": h, "note": note}
-                    for h in resolved.hosts
-                    if (note := self._host_note(h)) is not None
+                    for h in hosts
+                    if (note := self._host_note(h, claims.get(h))) is not None
                 ],
                 **({} if batch is None else {"batch": batch.numbering()}),
             },
         )
-        run = Run(jid, resolved.hosts, [conn], batch=batch)
+        run = Run(jid, hosts, [conn], batch=batch)
         self.runs[jid] = run
         conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
         self.publisher.open_jobs[jid] = parts
-        self.lifecycle.start(jid, resolved.hosts, deadline, now)  # published at once
-        return jid
+        self.lifecycle.start(jid, hosts, record.deadline, self.clock())  # published at once
+        if batch is not None:
+            batch.jids.append(jid)
+
+    def _not_started(
+        self, conn: ControlConnection, batch: Rolling | None, hosts: list[str], error: Exception
+    ) -> None:
+        if batch is None or batch.rollout.started == 1:  # nothing started: the RUN fails
+            self.report(conn, "RUN", error)
+        else:
+            self._batch_failed(batch, hosts, error)
+
+    def _discard(self, jid: str, hosts: list[str]) -> None:
+        """Remove a stored job that will not start, on the prepare thread."""
+
+        def discard() -> None:
+            self._own_jobs().discard(jid, hosts, between=self._loop_turn)
+
+        def failed(f: concurrent.futures.Future[None]) -> None:
+            if (e := f.exception()) is not None:
+                log.error("job %s, never started, is removed at the next start: %s", jid, e)
+
+        self._post_back(self.pool.submit(discard), failed)
+
+    def close(self) -> None:
+        """After the prepare thread has ended: close its database connection."""
+        if self.own_jobs is not None:
+            self.own_jobs.conn.close()
+            self.own_jobs = None
 
     def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
         run = self.runs.get(jid)
@@ -329,17 +447,10 @@ class Runs:
         accepted, told with the first batch."""
         rollout = rolling.rollout
         hosts = rollout.next_batch()
-        if hosts:
-            try:
-                jid = self._start_job(
-                    rolling.conn, rolling.order, targets.Resolved(hosts, skipped or {}), rolling
-                )
-            except Exception as e:
-                if rollout.started == 1:  # nothing started: the RUN fails (on_control)
-                    raise
-                self._batch_failed(rolling, hosts, e)
-                return
-            rolling.jids.append(jid)
+        if hosts:  # a failure to start it is answered by _stored()
+            self._start_job(
+                rolling.conn, rolling.order, targets.Resolved(hosts, skipped or {}), rolling
+            )
             return
         if not rollout.finished:
             return
@@ -412,15 +523,15 @@ class Runs:
             "it and the batches after it were not run",
         )
 
-    def _host_note(self, host: str) -> str | None:
-        """What the master knows now that will delay or stop a job for `host`:
-        said at submit time, so an administrator need not wait for the
-        deadline to learn it (the job still waits for the host until then)."""
+    def _host_note(self, host: str, claim: RefusedKey | None) -> str | None:
+        """What the master knows now that will delay or stop a job for `host`
+        (`claim`: the latest other key that claimed its id): said at submit
+        time, so an administrator need not wait for the deadline to learn it
+        (the job still waits for the host until then)."""
         key = self.keystore.get(host)
-        claims = self.keystore.refused(host)
-        if key is not None and claims and (key.last_seen or 0.0) < claims[-1].last_seen:
+        if key is not None and claim is not None and (key.last_seen or 0.0) < claim.last_seen:
             return (
-                f"presents a new key ({claims[-1].fingerprint}): compare fingerprints, "
+                f"presents a new key ({claim.fingerprint}): compare fingerprints, "
                 f"then 'safcm-master keys accept {host} --fingerprint FP'"
             )
         if not self.peers.connected(host):
