@@ -38,6 +38,7 @@ from safcm.common.protocol import (
     Module,
     MsgType,
     check_body,
+    encode_plain,
     new_jid,
 )
 from safcm.master import repocache, targets
@@ -47,7 +48,7 @@ from safcm.master.control import ControlConnection
 from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, open_db
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobRecord, JobStore, Plan
-from safcm.master.keystore import KeyState, KeyStore, RefusedKey
+from safcm.master.keystore import KeyState, KeyStore, MinionKey, RefusedKey
 from safcm.master.lifecycle import Lifecycles
 from safcm.master.outcomes import HostStatus, outcome
 from safcm.master.peers import Peers
@@ -80,6 +81,17 @@ class JobOrder:
     target: str  # normalised, as the history keeps it
     configs: dict[str, HostConfig]  # by host; empty for ping
     git_commit: str | None  # the repository's, when it was compiled
+    compiling: float = 0.0  # seconds spent loading, targeting, compiling and in git
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A job built and written by the prepare thread, ready to start (_store())."""
+
+    parts: JobParts
+    started: bytes  # its RUN_STARTED, encoded
+    building: float  # seconds spent building its parts
+    storing: float  # and writing its rows
 
 
 @dataclass
@@ -159,6 +171,7 @@ class Runs:
         self, body: dict[str, Any], target: str, states: dict[str, KeyState]
     ) -> tuple[targets.Resolved, JobOrder]:
         """On the prepare thread: no database, no sockets."""
+        begun = time.monotonic()
         module = body["module"]
         timeout = body["timeout"] or self.settings.job_timeout
         # ping sends no files: a problem in a group's files must not stop it.
@@ -172,7 +185,10 @@ class Runs:
         )
         configs = compile_hosts(repo, resolved.hosts) if module == Module.FILES else {}
         git_commit = _git_commit(self.settings.config_dir)
-        return resolved, JobOrder(module, body["dry_run"], timeout, target, configs, git_commit)
+        compiling = time.monotonic() - begun
+        return resolved, JobOrder(
+            module, body["dry_run"], timeout, target, configs, git_commit, compiling
+        )
 
     def _prepared(
         self,
@@ -236,9 +252,21 @@ class Runs:
         )
         # Accepted, but enrolled before CURVE: the thread gets this from the key store.
         unsealable = self.keystore.without_transport_key()
-        log.debug("job %s: storing it for %d hosts", jid, len(resolved.hosts))
-        future = self.pool.submit(self._store, record, order, resolved.hosts, unsealable)
-        self._post_back(future, lambda f: self._stored(conn, record, resolved, batch, f))
+        hosts = resolved.hosts
+        started = {
+            "jid": jid,
+            "hosts": hosts,
+            "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
+            **({} if batch is None else {"batch": batch.numbering()}),
+        }
+        facts = HostFacts(
+            {h: self.keystore.get(h) for h in hosts},
+            {claim.id: claim for claim in self.keystore.refused()},  # the latest of each id
+            {h: p.busy for h, p in self.peers.presence.items() if self.peers.connected(h)},
+        )
+        log.debug("job %s: storing it for %d hosts", jid, len(hosts))
+        future = self.pool.submit(self._store, record, order, hosts, unsealable, started, facts)
+        self._post_back(future, lambda f: self._stored(conn, record, order, hosts, batch, f))
 
     def _post_back(
         self, future: concurrent.futures.Future[Any], then: Callable[[Any], None]
@@ -253,12 +281,18 @@ class Runs:
         future.add_done_callback(done)
 
     def _store(
-        self, record: JobRecord, order: JobOrder, hosts: list[str], unsealable: set[str]
-    ) -> tuple[JobParts, float, float]:
+        self,
+        record: JobRecord,
+        order: JobOrder,
+        hosts: list[str],
+        unsealable: set[str],
+        started: dict[str, Any],
+        facts: HostFacts,
+    ) -> Stored:
         """On the prepare thread, with its own database connection: what each
-        host's envelope is sealed from, checked, and written, not yet started.
-        Returns the parts and the seconds spent building and writing them."""
-        started = time.monotonic()
+        host's envelope is sealed from, checked, and written, not yet started;
+        and RUN_STARTED (`started`, with the notes from `facts`), encoded."""
+        begun = time.monotonic()
         for host in hosts:
             if host in unsealable:
                 raise SafcmError(f"host {host}: its key has no transport key; it must enrol again")
@@ -282,6 +316,8 @@ class Runs:
                     f"host {host}: its job cannot be sent: about {size} bytes, more than "
                     f"{MAX_JOB_BYTES - MAX_ENVELOPE_OVERHEAD}"
                 )
+        notes = [{"host": h, "note": n} for h in hosts if (n := host_note(h, facts)) is not None]
+        message = encode_plain(MsgType.RUN_STARTED, {**started, "notes": notes})
         built = time.monotonic()
         try:
             jobs.store(record, parts, plans, between=self._loop_turn)
@@ -289,7 +325,7 @@ class Runs:
             with contextlib.suppress(sqlite3.Error):  # else removed at the next start-up
                 jobs.discard(record.jid, hosts, between=self._loop_turn)
             raise
-        return parts, built - started, time.monotonic() - built
+        return Stored(parts, message, built - begun, time.monotonic() - built)
 
     def _own_jobs(self) -> JobStore:
         """The prepare thread's job store, on a connection of its own (WAL:
@@ -316,14 +352,15 @@ class Runs:
         self,
         conn: ControlConnection,
         record: JobRecord,
-        resolved: targets.Resolved,
+        order: JobOrder,
+        hosts: list[str],
         batch: Rolling | None,
-        future: concurrent.futures.Future[tuple[JobParts, float, float]],
+        future: concurrent.futures.Future[Stored],
     ) -> None:
         """Back on the loop: start the stored job, or answer why it could not be."""
-        jid, hosts = record.jid, resolved.hosts
+        jid = record.jid
         try:
-            parts, building, storing = future.result()
+            stored = future.result()
         except Exception as e:
             self._not_started(conn, batch, hosts, e)
             return
@@ -341,38 +378,25 @@ class Runs:
             return
         held, where = self.peers.loop.longest_call
         log.info(
-            "job %s: %s%s on %s by %s; %d hosts, prepared in %.2f s, stored in %.2f s; the "
-            "event loop was held at most %.1f ms at a time since the request (%s)",
+            "job %s: %s%s on %s by %s; %d hosts, compiled in %.2f s, built in %.2f s, stored "
+            "in %.2f s; the event loop was held at most %.1f ms at a time since the request (%s)",
             jid,
             record.module,
             " (dry run)" if record.dry_run else "",
             record.target,
             conn.user,
             len(hosts),
-            building,
-            storing,
+            order.compiling,
+            stored.building,
+            stored.storing,
             held * 1000,
             where or "-",
         )
-        claims = {claim.id: claim for claim in self.keystore.refused()}  # the latest of each id
-        conn.send(
-            MsgType.RUN_STARTED,
-            {
-                "jid": jid,
-                "hosts": hosts,
-                "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
-                "notes": [
-                    {"host": h, "note": note}
-                    for h in hosts
-                    if (note := self._host_note(h, claims.get(h))) is not None
-                ],
-                **({} if batch is None else {"batch": batch.numbering()}),
-            },
-        )
+        conn.send_encoded(stored.started)  # before any result of it
         run = Run(jid, hosts, [conn], batch=batch)
         self.runs[jid] = run
         conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
-        self.publisher.open_jobs[jid] = parts
+        self.publisher.open_jobs[jid] = stored.parts
         self.lifecycle.start(jid, hosts, record.deadline, self.clock())  # published at once
         if batch is not None:
             batch.jids.append(jid)
@@ -523,31 +547,39 @@ class Runs:
             "it and the batches after it were not run",
         )
 
-    def _host_note(self, host: str, claim: RefusedKey | None) -> str | None:
-        """What the master knows now that will delay or stop a job for `host`
-        (`claim`: the latest other key that claimed its id): said at submit
-        time, so an administrator need not wait for the deadline to learn it
-        (the job still waits for the host until then)."""
-        key = self.keystore.get(host)
-        if key is not None and claim is not None and (key.last_seen or 0.0) < claim.last_seen:
-            return (
-                f"presents a new key ({claim.fingerprint}): compare fingerprints, "
-                f"then 'safcm-master keys accept {host} --fingerprint FP'"
-            )
-        if not self.peers.connected(host):
-            seen = (
-                "never seen"
-                if key is None or key.last_seen is None
-                else (
-                    "last seen "
-                    + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(key.last_seen))
-                )
-            )
-            return f"not connected ({seen}); the job waits for it until its deadline"
-        busy = self.peers.presence[host].busy
-        if busy is not None:
-            return f"busy with job {busy}; this job is queued behind it"
-        return None
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the master knows of a job's hosts as it starts the job, taken on
+    the loop for the prepare thread (RUN_STARTED's notes, host_note())."""
+
+    keys: dict[str, MinionKey | None]
+    claims: dict[str, RefusedKey]  # the latest other key that claimed each id
+    connected: dict[str, str | None]  # connected hosts: the job each said it is busy with
+
+
+def host_note(host: str, facts: HostFacts) -> str | None:
+    """What the master knows that will delay or stop a job for `host`: said
+    at submit time, so an administrator need not wait for the deadline to
+    learn it (the job still waits for the host until then)."""
+    key = facts.keys.get(host)
+    claim = facts.claims.get(host)
+    if key is not None and claim is not None and (key.last_seen or 0.0) < claim.last_seen:
+        return (
+            f"presents a new key ({claim.fingerprint}): compare fingerprints, "
+            f"then 'safcm-master keys accept {host} --fingerprint FP'"
+        )
+    if host not in facts.connected:
+        seen = (
+            "never seen"
+            if key is None or key.last_seen is None
+            else "last seen " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(key.last_seen))
+        )
+        return f"not connected ({seen}); the job waits for it until its deadline"
+    busy = facts.connected[host]
+    if busy is not None:
+        return f"busy with job {busy}; this job is queued behind it"
+    return None
 
 
 def _members(repo: Any) -> Any:
