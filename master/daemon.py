@@ -184,6 +184,7 @@ class Master:
         )
 
     def close(self) -> None:
+        self.runs.stop()
         self.prepare_pool.shutdown(wait=True, cancel_futures=True)
         self.runs.close()
         for timer in self._timers:

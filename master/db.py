@@ -23,9 +23,10 @@ DB_NAME = "master.db"
 # so it waits little, fails that one operation, and retries it later.
 BUSY_TIMEOUT_MS = 200
 # Milliseconds a worker thread's connection (master/runs.py: a job's rows are
-# written there) waits for the lock: the loop's writes come between its
-# transactions, and the loop never waits on the worker, so it may wait.
-WORKER_BUSY_TIMEOUT_MS = 30_000
+# written there) waits for the lock: the loop does not wait on the worker, so
+# a job may wait out a short hold by another process; a longer one fails the
+# RUN with a database error, as it did when the loop wrote the job.
+WORKER_BUSY_TIMEOUT_MS = 10_000
 
 MIGRATIONS: list[str] = [
     # 1: keys and job history

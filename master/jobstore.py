@@ -1,9 +1,12 @@
 """The job history: every job, the hosts it went to, and each host's full result.
 
-A job is written, with one row per expected host holding that host's sealed
-envelope, before anything is published (DESIGN section 1, "nothing lost").
-The envelope stays in the row until the minion's receipt arrives, so a
-restarted master re-publishes exactly what it had not yet delivered. A host's
+A job is written, with one row per expected host, before anything is
+published (DESIGN section 1, "nothing lost"): by store(), off the daemon's
+loop and in several transactions, then made visible by start(), on the loop,
+in the same turn as its lifecycle starts; until then no read sees it.
+What a host's envelope is sealed from stays until the minion's receipt
+arrives, so a restarted master re-publishes exactly what it had not yet
+delivered. A host's
 row then moves through the states of master/lifecycle.py (sent, received,
 done, no_response), which decides every change; this module only stores them.
 
@@ -13,6 +16,7 @@ what happened on the host, even if the CLI has stopped waiting.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -191,7 +195,8 @@ class JobStore:
         host rows, with `between()` called after each, so that other writers
         (the daemon's loop) get their turn. Until start(), the job is there
         for no one (host_state(), get_job(), list_jobs()); a job that was
-        never started is removed by discard() or discard_unstarted()."""
+        never started is removed by discard() or discard_unstarted(); one
+        that fails to be stored removes itself, or is left unstarted."""
         digests: dict[str, str] = {}
         packed: dict[str, bytes] = {}
         for host, plan in (plans or {}).items():
@@ -240,14 +245,20 @@ class JobStore:
             )
             for host, part in sorted(parts.hosts.items())
         ]
-        for chunk in _chunks(rows, STORE_CHUNK):
-            between()
-            with transaction(self.conn):
-                self.conn.executemany(
-                    "INSERT INTO job_hosts (jid, host, state, plan, manifest, include)"
-                    " VALUES (?, ?, 'sent', ?, ?, ?)",
-                    chunk,
-                )
+        try:
+            for chunk in _chunks(rows, STORE_CHUNK):
+                between()
+                with transaction(self.conn):
+                    self.conn.executemany(
+                        "INSERT INTO job_hosts (jid, host, state, plan, manifest, include)"
+                        " VALUES (?, ?, 'sent', ?, ?, ?)",
+                        chunk,
+                    )
+        except BaseException:
+            # What was written goes again; if it cannot, discard_unstarted() takes it.
+            with contextlib.suppress(Exception):
+                self.discard(job.jid, [row[1] for row in rows], between=between)
+            raise
 
     def start(self, jid: str) -> None:
         """The job's rows are all stored: from now on it is there for everyone

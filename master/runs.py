@@ -1,8 +1,13 @@
 """Runs: the RUN control request, from the CLI's target to a started job, and
 the job's results streamed back to the CLI connections that wait for it.
 
-A job is compiled for every targeted host, sealed to each host alone, and
-stored with its envelopes (master/jobstore.py) before the first publish. The
+A job is compiled for every targeted host, built into the parts its
+envelopes are sealed from (master/jobcontent.py) and stored (master/jobstore.py)
+before the first publish: all of that on the prepare thread, with the
+database connection of its own, so the loop goes on reading heartbeats,
+receipts and results; the loop decides the job's jid and deadline before,
+and starts it after (_start_job(), _stored()). Until then the stored job is
+there for no one, so nothing about it can arrive and be misfiled. The
 CLI then hears RUN_STARTED (with what the master knows that will delay a
 host), RUN_HOST_RESULT for each host as it answers or is "no response",
 RUN_PROGRESS when a host still working moves its deadline, and RUN_DONE. When
@@ -149,6 +154,7 @@ class Runs:
         self.report = report  # a failed request's answer, as for any control request
         self.pool = pool  # the prepare thread (on_run, _store)
         self.own_jobs: JobStore | None = None  # the prepare thread's (_own_jobs())
+        self.stopping = threading.Event()  # the daemon is stopping: store nothing more
         self.runs: dict[str, Run] = {}
         self.last_jid = jobs.last_jid()
 
@@ -319,12 +325,7 @@ class Runs:
         notes = [{"host": h, "note": n} for h in hosts if (n := host_note(h, facts)) is not None]
         message = encode_plain(MsgType.RUN_STARTED, {**started, "notes": notes})
         built = time.monotonic()
-        try:
-            jobs.store(record, parts, plans, between=self._loop_turn)
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):  # else removed at the next start-up
-                jobs.discard(record.jid, hosts, between=self._loop_turn)
-            raise
+        jobs.store(record, parts, plans, between=self._loop_turn)
         return Stored(parts, message, built - begun, time.monotonic() - built)
 
     def _own_jobs(self) -> JobStore:
@@ -342,7 +343,10 @@ class Runs:
 
     def _loop_turn(self) -> None:
         """Wait (on the prepare thread) until the loop has had a turn, so that
-        writes it waits to make get the database between two of ours."""
+        writes it waits to make get the database between two of ours; a
+        SafcmError once the daemon stops (the loop takes no more turns)."""
+        if self.stopping.is_set():
+            raise SafcmError("the master is stopping; the job was not started")
         turned = threading.Event()
         with contextlib.suppress(OSError, ValueError):  # the loop has closed: shutting down
             self.peers.loop.call_soon_threadsafe(turned.set)
@@ -397,7 +401,8 @@ class Runs:
         self.runs[jid] = run
         conn.on_close.append(lambda c: run.watchers.remove(c) if c in run.watchers else None)
         self.publisher.open_jobs[jid] = stored.parts
-        self.lifecycle.start(jid, hosts, record.deadline, self.clock())  # published at once
+        # Published at once, START_SLICE hosts a loop turn (master/lifecycle.py).
+        self.lifecycle.start(jid, hosts, record.deadline, self.clock())
         if batch is not None:
             batch.jids.append(jid)
 
@@ -420,6 +425,11 @@ class Runs:
                 log.error("job %s, never started, is removed at the next start: %s", jid, e)
 
         self._post_back(self.pool.submit(discard), failed)
+
+    def stop(self) -> None:
+        """The daemon stops: a job being stored is left there unstarted (the
+        next start removes it), and the prepare thread ends soon."""
+        self.stopping.set()
 
     def close(self) -> None:
         """After the prepare thread has ended: close its database connection."""

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from safcm.common import codec
+from safcm.common.errors import SafcmError
 from safcm.common.model import FileSpec, FileType
 from safcm.master.db import open_db
 from safcm.master.jobcontent import (
@@ -216,3 +217,21 @@ def test_a_job_is_there_for_no_one_until_it_is_started(store):
     assert store.discard_unstarted() == 1
     assert [r[0] for r in store.conn.execute("SELECT DISTINCT jid FROM job_hosts")] == ["J1"]
     assert [r[0] for r in store.conn.execute("SELECT jid FROM jobs")] == ["J1"]
+
+
+def test_a_store_that_fails_midway_takes_back_what_it_wrote(store):
+    hosts = fleet(STORE_CHUNK * 2)
+    parts = JobParts(100.0)
+    for host in hosts:
+        parts.add(host, body(SHARED), lambda h: frozenset())
+    turns = []
+
+    def between() -> None:  # the daemon stops after the first chunk
+        turns.append(1)
+        if len(turns) == 2:
+            raise SafcmError("the master is stopping")
+
+    with pytest.raises(SafcmError):
+        store.store(record("J1"), parts, between=between)
+    assert store.conn.execute("SELECT count(*) FROM job_hosts").fetchone()[0] == 0
+    assert store.conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0

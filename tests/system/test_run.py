@@ -17,6 +17,7 @@ import subprocess
 import time
 
 from safcm.common.protocol import MsgType
+from safcm.master.control import ControlClient
 from safcm.master.db import DB_NAME
 from safcm.master.sandbox import wait_for
 from tests import schemas
@@ -468,8 +469,11 @@ def test_a_job_is_stored_off_the_loop_and_takes_no_result_before_it_starts(sandb
             SETTLE,
             "the job to be stored",
         ).group(1)
-        listing = sandbox.cli("keys", "list")
-        assert listing.returncode == 0 and "web3" in listing.stdout
+        # Quick steps from here to the COMMIT: the job waits for the lock
+        # only so long (WORKER_BUSY_TIMEOUT_MS), then fails.
+        with ControlClient(sandbox.control_path) as client:
+            listing = client.request(MsgType.KEYS, {"action": "list", "ids": []}).body
+        assert [k["id"] for k in listing["keys"]] == ["web3"]
         early = {**ping_result(time.time()), "ping": {"version": "early", "time": time.time()}}
         web3.send_raw(web3.seal(MsgType.RESULT, early, jid=jid))
         logged(sandbox.master, f"result for job {jid}, which was never sent to it")
