@@ -111,8 +111,9 @@ class Master:
             settings, self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
         )
         self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
-        # Loading, targeting and compiling a run's job (master/runs.py): one
-        # thread, so runs are prepared in the order they came.
+        # Loading, targeting and compiling a run's job, then building and
+        # storing it (master/runs.py): one thread, so runs are prepared and
+        # stored in the order they came.
         self.prepare_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="prepare"
         )
@@ -154,6 +155,9 @@ class Master:
         self.control = ControlServer(
             s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
         )
+        discarded = self.jobs.discard_unstarted()
+        if discarded:
+            log.info("removed %d jobs that were being stored when the master stopped", discarded)
         now = self.clock()
         rows = self.jobs.open_hosts()
         # Published again at the first wake-up; those past their deadline
@@ -180,7 +184,9 @@ class Master:
         )
 
     def close(self) -> None:
+        self.runs.stop()
         self.prepare_pool.shutdown(wait=True, cancel_futures=True)
+        self.runs.close()
         for timer in self._timers:
             timer.cancel()
         if self._wake is not None:

@@ -121,6 +121,14 @@ class KeyStore:
         key = self._keys.get(minion_id)
         return key if key is not None and key.state is KeyState.ACCEPTED else None
 
+    def without_transport_key(self) -> set[str]:
+        """Ids of the accepted keys enrolled before CURVE (they must enrol again)."""
+        return {
+            k.id
+            for k in self._keys.values()
+            if k.curve_pub is None and k.state is KeyState.ACCEPTED
+        }
+
     def all(self) -> list[MinionKey]:
         return sorted(self._keys.values(), key=lambda k: k.id)
 
