@@ -1467,8 +1467,12 @@ class _Apply:
                         ) from e
                     raise FileOpError(spec.path, f"removing the old directory: {e.strerror}") from e
                 self.dirs.forget(rel)
-            with _doing(spec.path, "renaming the new version into place"):
+            try:
                 os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+            except OSError as e:
+                raise FileOpError(
+                    spec.path, f"renaming the new version into place: {e.strerror or e}"
+                ) from e
         except BaseException:
             with contextlib.suppress(OSError):  # a leftover is removed by the next apply
                 os.unlink(tmp, dir_fd=pfd)
@@ -1552,20 +1556,26 @@ def _link_temp(fd: int, pfd: int, base: str, spec: FileSpec, proc: bool) -> str:
 
 def _fill(fd: int, spec: FileSpec, owner: Owner) -> None:
     """Write the content, then owner (before mode: chown clears setuid/setgid), mode."""
-    with _doing(spec.path, "writing the new version"):
-        view = memoryview(spec.data)
-        while view:
-            view = view[os.write(fd, view) :]
+    try:  # not _doing(): this runs for every new file, and try is cheaper
+        written = os.write(fd, spec.data)
+        if written < len(spec.data):
+            view = memoryview(spec.data)[written:]
+            while view:
+                view = view[os.write(fd, view) :]
         os.fchown(fd, owner.uid, owner.gid)
         os.fchmod(fd, spec.mode)
+    except OSError as e:
+        raise FileOpError(spec.path, f"writing the new version: {e.strerror or e}") from e
 
 
 def _sync_temp(fd: int, spec: FileSpec) -> None:
     """fsync the written temporary `fd`. Runs on a pipeline worker for a
     queued write: it uses only `fd`, which the main thread closes only after
     this has returned."""
-    with _doing(spec.path, "syncing the new version to disk"):
+    try:
         os.fsync(fd)
+    except OSError as e:
+        raise FileOpError(spec.path, f"syncing the new version to disk: {e.strerror or e}") from e
 
 
 def _drop_temp(pfd: int, name: str) -> None:
