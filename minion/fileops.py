@@ -36,7 +36,9 @@ How one apply works (apply_files):
    temporary's descriptor, which stays open until its fsync has returned.
    Then, in path order, the main thread links it (an O_TMPFILE) to a
    temporary name, closes it and renames it into place. Any other step
-   first finishes every earlier write, so the host changes in path order.
+   but the making of a new directory first finishes every earlier write,
+   so the host changes in path order (a new directory may appear before
+   the earlier files' renames).
 5. One failure stops only what depends on it. A file that fails is recorded
    as failed, with the reason, and the apply goes on with the next path. A
    directory that fails blocks the paths below it: they are recorded as
@@ -908,6 +910,12 @@ class _Apply:
     ) -> None:
         if pfd is not None and decision.step is Step.WRITE and decision.remove is Remove.NOTHING:
             self._queue_write(pfd, rel, base, spec, owner, index, seq)
+            return
+        if pfd is not None and decision.step is Step.MKDIR and decision.remove is Remove.NOTHING:
+            # A new directory need not wait for the writes before it: none
+            # of them is in it, and it changes nothing they depend on. So
+            # the fsyncs stay in flight across directories.
+            self._make_dir(pfd, rel, base, spec, owner, decision)
             return
         # Any other step waits until every earlier file is written, so the
         # host changes in path order.
