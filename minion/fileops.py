@@ -29,16 +29,18 @@ How one apply works (apply_files):
    chowned with AT_SYMLINK_NOFOLLOW and renamed. A directory is made 0700,
    opened without following, then chowned and chmodded. A type change removes
    the old file or empty directory; a non-empty directory is never removed.
-   New file versions are created and written on the main thread, and
-   fsynced on a few worker threads at once (minion/pipeline.py), in batches
-   of WRITE_BATCH, so their fsyncs share trips to the disk while the main
-   thread goes on with the next files. A worker touches only the
-   temporary's descriptor, which stays open until its fsync has returned.
-   Then, in path order, the main thread links it (an O_TMPFILE) to a
-   temporary name, closes it and renames it into place. Any other step
-   but the making of a new directory first finishes every earlier write,
-   so the host changes in path order (a new directory may appear before
-   the earlier files' renames).
+   New file versions are created, written, fsynced and (an O_TMPFILE, only
+   then) linked to a temporary name on a few worker threads at once
+   (minion/pipeline.py), handed over in batches of WRITE_BATCH, so their
+   fsyncs share trips to the disk and the kernel's work of creating them
+   runs on several cores, while the main thread observes and decides the
+   next files. A worker works only relative to the parent's held
+   descriptor (which stays open until the worker is done) and through the
+   temporary's own descriptor. The main thread renames each new version
+   into place, in path order, only once its own fsync has returned. Any
+   other step but the making of a new directory first finishes every
+   earlier write, so the host changes in path order (a new directory may
+   appear before the earlier files' renames).
 5. One failure stops only what depends on it. A file that fails is recorded
    as failed, with the reason, and the apply goes on with the next path. A
    directory that fails blocks the paths below it: they are recorded as
@@ -152,7 +154,7 @@ DIR_CACHE_MAX = 128
 # to it, changes while we look.
 OBSERVE_ATTEMPTS = 3
 RESOLVE_ATTEMPTS = 3
-# Worker threads of one apply that fsync new file
+# Worker threads of one apply that create, write and fsync new file
 # versions, so that this many fsyncs can be in flight at once: with a
 # journal (ext4, xfs) the fsyncs that wait together share one commit;
 # without one, the disk takes their writes and cache flushes together. On
@@ -163,12 +165,12 @@ FSYNC_WORKERS = 8
 # New file and symlink versions submitted but not yet renamed into place, at
 # most; the main thread waits for the oldest when it is this far ahead. This
 # bounds the temporaries in the directories and the memory of an apply, and
-# its descriptors to DIR_CACHE_MAX + PENDING_WRITES_MAX + a few (each new
-# version's descriptor is open from its write until it is named), far below
-# the default limit of 1024. Four per worker keeps the workers busy while
-# the oldest file's fsync holds up the renames behind it.
+# its descriptors to DIR_CACHE_MAX + min(FSYNC_WORKERS, PENDING_WRITES_MAX)
+# + a few (a temporary's descriptor is open only while a worker writes it),
+# far below the default limit of 1024. Four per worker keeps the workers
+# busy while the oldest file's fsync holds up the renames behind it.
 PENDING_WRITES_MAX = 32
-# New file versions whose fsyncs are handed to a worker at once, and run
+# New file versions handed to a worker at once, and written and fsynced
 # there one after another. Each handoff between threads costs about as much
 # as writing a small file (a wake-up and GIL switches, more on a busy
 # machine); in batches of 4, PENDING_WRITES_MAX still keeps FSYNC_WORKERS
@@ -606,7 +608,7 @@ class _Dirs:
         return problems[0] if problems else None
 
 
-def _keep() -> None:
+def _keep(result: object) -> None:
     """A directory's fsync holds nothing to release: its descriptor stays cached."""
 
 
@@ -795,7 +797,7 @@ class _Apply:
             resolve = Resolve.OPENAT2 if openat2_available() else Resolve.WALK
         self.resolve = resolve
         # New file versions on their way: fsynced concurrently, renamed in order.
-        self.writes: Pipeline[None] = Pipeline(
+        self.writes: Pipeline[str] = Pipeline(
             FSYNC_WORKERS, PENDING_WRITES_MAX, "safcm-fsync", batch=WRITE_BATCH
         )
         self.dirs = _Dirs(rootfd, resolve, before_close=self.writes.drain)
@@ -1363,30 +1365,27 @@ class _Apply:
     ) -> None:
         """Write the new version of a file or symlink through the pipeline.
 
-        A file's temporary is made and written in the directory `pfd` here
-        (_open_temp, _fill), synced on a worker (_sync_temp), and named and
-        renamed over `base` on this thread, in path order, once its fsync
-        has returned. Only the fsync, the one slow step, leaves this thread:
-        a worker then needs the GIL once per file, not once per syscall. A
-        symlink has no data to sync: it is made and renamed in its turn. A
-        failure is recorded for this path only.
+        A file's temporary is made in the directory `pfd`, written, synced
+        and named on a worker (_write_temp), so that the kernel's work of
+        creating files runs on several cores; it is renamed over `base` on
+        this thread, in path order, once that has returned. A symlink has
+        no data to sync: it is made and renamed in its turn. A failure is
+        recorded for this path only.
         """
         if spec.type is FileType.SYMLINK:
             commit = partial(self._commit_symlink, pfd, rel, base, spec, owner)
             self.writes.submit(None, partial(self._finish, index, seq, spec.path, commit), _keep)
             return
-        self.writes.make_room()  # before this temporary exists
-        fd, tmp = _open_temp(pfd, base, spec, named=self.temp is Temp.NAMED)
-        try:
-            _fill(fd, spec, owner)
-        except BaseException:
-            _drop_file(pfd, fd, tmp)
-            raise
-        commit = partial(self._commit_file, pfd, rel, base, spec, fd, tmp)
         self.writes.submit(
-            partial(_sync_temp, fd, spec),
-            partial(self._finish, index, seq, spec.path, commit),
-            partial(_drop_file, pfd, fd, tmp),
+            partial(_write_temp, pfd, base, spec, owner, self.temp),
+            partial(
+                self._finish,
+                index,
+                seq,
+                spec.path,
+                partial(self._commit_file, pfd, rel, base, spec),
+            ),
+            partial(_drop_named, pfd),
         )
 
     def _finish(
@@ -1394,13 +1393,13 @@ class _Apply:
         index: int,
         seq: int,
         path: str,
-        commit: Callable[[BaseException | None], None],
-        result: None,
+        commit: Callable[[str | None, BaseException | None], None],
+        result: str | None,
         error: BaseException | None,
     ) -> None:
         """Do the `commit` of a queued write; record its failure as this path's own."""
         try:
-            commit(error)
+            commit(result, error)
         except (FileOpError, OSError) as e:
             self._fail(seq, path, e, index)
 
@@ -1410,22 +1409,15 @@ class _Apply:
         rel: str,
         base: str,
         spec: FileSpec,
-        fd: int,
         tmp: str | None,
         error: BaseException | None,
     ) -> None:
-        """Name the temporary `fd` (an O_TMPFILE: only now that its fsync
-        has returned), close it, and rename it over `base`; or, if its fsync
-        failed, remove it and raise that `error`."""
-        try:
-            if error is not None:
-                raise error
-            if tmp is None:
-                tmp = _link_temp(fd, pfd, base, spec, proc=self.temp is Temp.TMPFILE_PROC)
-        except BaseException:
-            _drop_file(pfd, fd, tmp)
-            raise
-        os.close(fd)
+        """Rename the temporary `tmp` over `base`, now that its fsync has
+        returned; or, if writing it failed, raise that `error`."""
+        if error is not None:
+            raise error
+        if tmp is None:
+            raise RuntimeError(f"no temporary file and no error for {spec.path}")
         self._place(pfd, rel, base, spec, tmp, Remove.NOTHING)
 
     def _commit_symlink(
@@ -1435,10 +1427,11 @@ class _Apply:
         base: str,
         spec: FileSpec,
         owner: Owner,
+        tmp: str | None,
         error: BaseException | None,
     ) -> None:
         """Make the symlink under a temporary name and rename it over `base`
-        (a symlink has no work on a worker: `error` is None)."""
+        (a symlink has no work on a worker: `tmp` and `error` are None)."""
         tmp = self._temp_symlink(pfd, base, spec, owner)
         self._place(pfd, rel, base, spec, tmp, Remove.NOTHING)
 
@@ -1509,8 +1502,11 @@ class _Apply:
 def _write_temp(pfd: int, base: str, spec: FileSpec, owner: Owner, temp: Temp) -> str:
     """Write the new version of `base` to a temporary in `pfd`, synced; return its name.
 
-    An O_TMPFILE is linked in under a temporary name only once its fsync has
-    returned. On failure nothing is left open or behind.
+    Runs on a pipeline worker for a queued write. It works only relative to
+    `pfd` (which the main thread closes only after this has returned) and
+    through the temporary's own descriptor, which it closes. An O_TMPFILE is
+    linked in under a temporary name only once its fsync has returned. On
+    failure nothing is left open or behind.
     """
     fd, name = _open_temp(pfd, base, spec, named=temp is Temp.NAMED)
     try:
@@ -1577,9 +1573,7 @@ def _fill(fd: int, spec: FileSpec, owner: Owner) -> None:
 
 
 def _sync_temp(fd: int, spec: FileSpec) -> None:
-    """fsync the written temporary `fd`. Runs on a pipeline worker for a
-    queued write: it uses only `fd`, which the main thread closes only after
-    this has returned."""
+    """fsync the written temporary `fd`."""
     try:
         os.fsync(fd)
     except OSError as e:
@@ -1592,10 +1586,8 @@ def _drop_temp(pfd: int, name: str) -> None:
         os.unlink(name, dir_fd=pfd)
 
 
-def _drop_file(pfd: int, fd: int, name: str | None) -> None:
-    """Close a temporary that will not be renamed into place, and remove its
-    name if it has one (an O_TMPFILE without one vanishes when closed)."""
-    os.close(fd)
+def _drop_named(pfd: int, name: str | None) -> None:
+    """Remove the temporary a queued write made, if it made one."""
     if name is not None:
         _drop_temp(pfd, name)
 

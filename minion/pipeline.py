@@ -42,8 +42,9 @@ class _Job(Generic[T]):
     finish: Callable[[T | None, BaseException | None], None]
     # Called instead of `finish` when the pipeline is closed before the job
     # was finished (the apply is ending on an error), once its work (if it
-    # started) is done: release what the job holds.
-    drop: Callable[[], None]
+    # started) is done, with what the work returned (None if it never ran
+    # or raised): release what the job holds.
+    drop: Callable[[T | None], None]
     batch: _Batch[T] | None  # the batch its work runs in; None for a job without work
     # Set on the worker by the work, before the batch's future resolves.
     result: T | None = None
@@ -76,8 +77,8 @@ class Pipeline(Generic[T]):
     goes to the workers when it is full, or when a job in it must be
     finished.
 
-    What a job holds (the engine: a temporary file's descriptor) is
-    released by its `finish`, whatever the work did, or by its `drop`.
+    What a job holds (the engine: a temporary file) is released by its
+    `finish`, whatever the work did, or by its `drop`.
     Whatever `finish` raises propagates from the call that finished the job
     (submit or drain), so `finish` must release the job's resources itself.
     close() must be called in any case: it waits for the work still
@@ -103,7 +104,7 @@ class Pipeline(Generic[T]):
         self,
         work: Callable[[], T] | None,
         finish: Callable[[T | None, BaseException | None], None],
-        drop: Callable[[], None],
+        drop: Callable[[T | None], None],
     ) -> None:
         """Queue a job; first finish the oldest while the pipeline is full,
         and afterwards every leading job whose work is already done."""
@@ -161,7 +162,7 @@ class Pipeline(Generic[T]):
                 # Wait for the work: never release what a worker still uses.
                 if job.batch is not None and job.batch.future is not None:
                     _wait(job.batch)
-                job.drop()
+                job.drop(job.result)
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)

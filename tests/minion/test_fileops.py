@@ -2094,9 +2094,8 @@ def test_descriptors_and_temporaries_stay_bounded_during_a_large_create(
     }
     # The root, each directory, the engine lock, a directory being listed
     # (scandir duplicates its descriptor), the count's own descriptor, and
-    # a temporary for each new version on its way (written, being synced or
-    # waiting for its turn to be named).
-    writing = fileops.PENDING_WRITES_MAX
+    # a temporary for each file a worker is writing.
+    writing = min(fileops.FSYNC_WORKERS, fileops.PENDING_WRITES_MAX)
     bound = len(before) + 1 + ndirs + 1 + 1 + 1 + writing
     assert most_fds <= bound, f"{most_fds} descriptors open at once, bound {bound}"
     assert open_fds() == before

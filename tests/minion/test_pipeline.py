@@ -37,7 +37,7 @@ class Log:
         return finish
 
     def drop(self, name: str):
-        return lambda: self.add("drop", name)
+        return lambda result: self.add("drop", name, result)
 
     def of(self, kind: str) -> list[tuple]:
         return [e[1:] for e in self.events if e[0] == kind]
@@ -141,8 +141,8 @@ def test_an_error_in_finish_propagates_and_close_drops_what_the_rest_hold():
         p.drain()
     p.close()
     # The job whose finish raised releases its own; close() drops every
-    # unfinished job, whatever its work did.
-    assert log.of("drop") == [("2",), ("3",)]
+    # unfinished job, with what its work returned (None: it raised).
+    assert log.of("drop") == [("2", "two"), ("3", None)]
     assert log.of("finish") == []
     assert len(p) == 0
 
@@ -167,7 +167,7 @@ def test_close_waits_for_running_work_before_dropping_it():
     release.set()
     closer.join(WAIT)
     assert not closer.is_alive()
-    assert log.events == [("work done",), ("drop", "1")]
+    assert log.events == [("work done",), ("drop", "1", "slow")]
 
 
 @pytest.mark.parametrize("workers, pending_max, batch", [(0, 1, 1), (1, 0, 1), (1, 1, 0)])
@@ -234,4 +234,4 @@ def test_close_drops_the_jobs_of_a_batch_never_sent():
     p.submit(lambda: log.add("work") or "x", log.finish("1"), log.drop("1"))
     p.submit(None, log.finish("2"), log.drop("2"))
     p.close()
-    assert log.events == [("drop", "1"), ("drop", "2")]
+    assert log.events == [("drop", "1", None), ("drop", "2", None)]
