@@ -58,6 +58,9 @@ class _Batch(Generic[T]):
     jobs: list[_Job[T]] = field(default_factory=list)
     works: list[Callable[[], T]] = field(default_factory=list)
     future: Future[None] | None = None  # None until the batch goes to a worker
+    # Set by the worker once every work has run: a plain flag, which the
+    # main thread reads after each submit without taking the future's lock.
+    ran: bool = False
 
     def run(self) -> None:
         for job, work in zip(self.jobs, self.works, strict=True):
@@ -65,6 +68,7 @@ class _Batch(Generic[T]):
                 job.result = work()
             except BaseException as e:  # handed to the job's finish
                 job.error = e
+        self.ran = True
 
 
 class Pipeline(Generic[T]):
@@ -177,4 +181,4 @@ def _wait(batch: _Batch[T]) -> None:
 
 
 def _done(job: _Job[T]) -> bool:
-    return job.batch is None or (job.batch.future is not None and job.batch.future.done())
+    return job.batch is None or job.batch.ran
