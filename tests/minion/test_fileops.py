@@ -1884,6 +1884,9 @@ class SyncLog:
         self._lock = threading.Lock()
         self._first: int | None = None
         self._other_synced = threading.Event()
+        # Whether another file's fsync returned while the first one's was
+        # held (False: the hold ran out instead).
+        self.first_released = False
         self._real_fsync, self._real_rename = os.fsync, os.rename
         self._real_link = fileops._link_tmpfile
         monkeypatch.setattr(fileops.os, "fsync", self.fsync)
@@ -1911,7 +1914,7 @@ class SyncLog:
             # second file while the first waits: the wait then times out,
             # and most_in_flight stays 1.
             if first:
-                self._other_synced.wait(WAIT_SECONDS)
+                self.first_released = self._other_synced.wait(WAIT_SECONDS)
             self._real_fsync(fd)
         finally:
             with self._lock:
@@ -1960,6 +1963,24 @@ def test_a_new_file_is_renamed_only_after_its_own_fsync_returned(
         last = max(i for i, e in enumerate(log.events) if e[0] == "renamed" and e[3] == dir_ino)
         synced = [i for i, e in enumerate(log.events) if e == ("dir synced", dir_ino)]
         assert synced and max(synced) > last
+
+
+def test_a_new_directory_does_not_wait_for_the_writes_before_it(
+    host: Host, engine_mode, monkeypatch
+):
+    # The one new file in /d1 holds its fsync until another file's fsync
+    # has returned; those are all in /d2, made after it. An engine that
+    # waited for /d1's write before making /d2 would wait out the hold.
+    make(host.root, [D("/d1")])
+    files = [spec("/d1", "dir"), spec("/d1/f", data=b"d1\n"), spec("/d2", "dir")]
+    files += [spec(f"/d2/f{i}", data=b"d2 %d\n" % i) for i in range(8)]
+    log = SyncLog(monkeypatch)
+    result = host.apply(files)
+    assert result.failures == []
+    assert read_tree(host.root) == {e.path: e for e in entries_of(files)}
+    assert log.first_released, "the new directory waited for the write before it"
+    renames = [e[2] for e in log.events if e[0] == "renamed"]
+    assert renames == ["f", *[f"f{i}" for i in range(8)]]
 
 
 def test_an_fsync_failure_fails_only_its_own_path(host: Host, engine_mode, monkeypatch):
