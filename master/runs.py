@@ -43,6 +43,7 @@ from safcm.master import repocache, targets
 from safcm.master.batch import BatchSize, Rollout
 from safcm.master.compiler import HostConfig, compile_hosts
 from safcm.master.control import ControlConnection
+from safcm.master.facts import HostFacts
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobRecord, JobStore, Plan
 from safcm.master.keystore import KeyState, KeyStore
@@ -144,8 +145,9 @@ class Runs:
         target = targets.normalise(body["target"], body["group"])
         # The key store is the loop's: the thread gets a snapshot of it.
         states = {k.id: k.state for k in self.keystore.all()}
+        facts = dict(self.peers.facts)  # so are the hosts' facts (each value is never changed)
         log.debug("preparing a run of %s for %s (by %s)", body["module"], target, conn.user)
-        future = self.pool.submit(self._prepare, body, target, states)
+        future = self.pool.submit(self._prepare, body, target, states, facts)
         loop = self.peers.loop
 
         def done(f: concurrent.futures.Future[tuple[targets.Resolved, JobOrder]]) -> None:
@@ -155,7 +157,11 @@ class Runs:
         future.add_done_callback(done)
 
     def _prepare(
-        self, body: dict[str, Any], target: str, states: dict[str, KeyState]
+        self,
+        body: dict[str, Any],
+        target: str,
+        states: dict[str, KeyState],
+        facts: dict[str, HostFacts],
     ) -> tuple[targets.Resolved, JobOrder]:
         """On the prepare thread: no database, no sockets."""
         module = body["module"]
@@ -165,11 +171,11 @@ class Runs:
         resolved = targets.resolve(
             target,
             hosts=repo.hosts,
-            group_members=_members(repo),
+            group_members=_members(repo, facts),
             accepted={i for i, state in states.items() if state is KeyState.ACCEPTED},
             key_states=states.get,
         )
-        configs = compile_hosts(repo, resolved.hosts) if module == Module.FILES else {}
+        configs = compile_hosts(repo, resolved.hosts, facts) if module == Module.FILES else {}
         git_commit = _git_commit(self.settings.config_dir)
         return resolved, JobOrder(module, body["dry_run"], timeout, target, configs, git_commit)
 
@@ -439,11 +445,11 @@ class Runs:
         return None
 
 
-def _members(repo: Any) -> Any:
+def _members(repo: Any, facts: dict[str, HostFacts]) -> Any:
     def members(name: str) -> list[str]:
         if not repo.has_group(name):
             raise UsageError(f"unknown group {name!r} (groups: {', '.join(repo.group_names())})")
-        return repo.members(name)
+        return repo.members(name, facts)
 
     return members
 

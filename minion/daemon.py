@@ -80,6 +80,7 @@ from safcm.common.protocol import (
     encode_plain,
     is_sealed,
     make_enrol_request,
+    new_jid,
     open_message_at,
     seal_message_at,
     topic_for,
@@ -87,7 +88,7 @@ from safcm.common.protocol import (
     verify_key_reply,
 )
 from safcm.common.version import VERSION
-from safcm.minion import content, fileops, results
+from safcm.minion import content, facts, fileops, results
 from safcm.minion.content import ContentCache
 from safcm.minion.settings import MinionSettings
 from safcm.minion.spool import Kind, Spool
@@ -243,6 +244,9 @@ class Minion:
             jid: Outgoing(0.0, RESULT_RETRY_MIN) for jid in self.spool.jids(Kind.RESULT)
         }
         self._resume_jobs()
+        # The digest of the facts the master was last sent on this
+        # connection (None: not yet): sent on acceptance, then on change.
+        self.facts_sent: bytes | None = None
         self.timers: list[Timer] = []
         self.network = Dispatcher(
             Channel.NETWORK,
@@ -276,6 +280,7 @@ class Minion:
     def start(self) -> None:
         self._ask_keys()
         self.timers.append(self.loop.call_every(SEEN_PURGE_INTERVAL, self._purge_seen))
+        self.timers.append(self.loop.call_every(self.settings.facts_interval, self._report_facts))
         # The first hello goes out at a random point of the first interval, and
         # the heartbeats keep that phase, so minions started together (a fleet
         # reboot) neither speak at once nor stay in step afterwards.
@@ -465,6 +470,28 @@ class Minion:
     def _purge_seen(self) -> None:
         self.seen.purge(self.clock())
 
+    def _report_facts(self, *, again: bool = False) -> None:
+        """Look at the host's facts; send them, sealed, if the master has not
+        had them on this connection (`again`: it has had none) or they changed."""
+        if not self.accepted:
+            return
+        try:
+            found = facts.gather(self.settings.root)
+        except Exception:  # a bug must cost the facts, never the daemon
+            log.exception("%s: could not gather this host's facts", self.id)
+            return
+        digest = facts.digest(found)
+        if not again and digest == self.facts_sent:
+            return
+        try:
+            self._send_sealed(MsgType.FACTS, found, jid=new_jid(self.clock()))
+        except ProtocolError as e:
+            log.error("%s: this host's facts cannot be sent: %s", self.id, e)
+            return
+        if self.facts_sent is not None:
+            log.info("%s: this host's facts changed; sent them to the master", self.id)
+        self.facts_sent = digest
+
     # ---- sending ----
 
     def _send_enrol_request(self) -> None:
@@ -648,6 +675,7 @@ class Minion:
         if self.accepted and not was_accepted:
             self._subscribe()
             self._send_results(all_now=True)
+            self._report_facts(again=True)
         elif not self.accepted:
             self._unsubscribe()
 
