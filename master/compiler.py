@@ -113,6 +113,8 @@ class HostConfig:
     files: list[CompiledFile]
     # Those of `groups` detected from the host's own facts (show and check mark them).
     detected: list[str] = dataclasses.field(default_factory=list)
+    # The facts it was compiled with; None if the host reported none.
+    facts: HostFacts | None = None
     absent: list[AbsentSpec] = dataclasses.field(default_factory=list)  # by path
     purge: list[str] = dataclasses.field(default_factory=list)  # sorted
     secrets: list[str] = dataclasses.field(default_factory=list)  # sorted
@@ -240,6 +242,7 @@ def _compile(
         groups=groups,
         files=files,
         detected=[g for g in groups if g in repo.detected],
+        facts=facts if facts is not None and facts.reported else None,
         absent=[AbsentSpec(e.path, e.recursive) for e in absent.values()],
         purge=purge,
         secrets=secrets,
