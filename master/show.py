@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from safcm.common.errors import ConfigError
 from safcm.common.model import FileType, is_below
+from safcm.common.protocol import FACT_NAMES
 from safcm.common.text import escape
 from safcm.master import jsonout
 from safcm.master.compiler import CompiledFile, HostConfig, compile_host, load_repository
@@ -156,7 +157,10 @@ def to_document(config: HostConfig) -> dict[str, Any]:
         "host": config.host,
         "groups": list(config.groups),
         "detected": list(config.detected),
-        "facts": None if config.facts is None else dict(config.facts),
+        # every fact, null where the host could not tell (templates see those missing)
+        "facts": None
+        if config.facts is None
+        else {name: config.facts.get(name) for name in FACT_NAMES},
         "files": files,
         "absent": [a.to_wire() for a in config.absent],
         "purge": list(config.purge),
