@@ -59,8 +59,10 @@ def _is_secret(path: str, config: HostConfig) -> bool:
     return any(is_below(path, secret) for secret in config.secrets)
 
 
-def format_table(config: HostConfig) -> str:
-    """The human form: a header line, one row per file, its triggers below it."""
+def format_table(config: HostConfig, *, detecting: bool = False) -> str:
+    """The human form: a header line, one row per file, its triggers below it.
+    `detecting`: the repository has groups detected from facts (then a host
+    without facts is said to be in none)."""
     rows = []
     for f in config.files:
         spec = f.spec
@@ -86,7 +88,7 @@ def format_table(config: HostConfig) -> str:
         escape(g) + (DETECTED_NOTE if g in config.detected else "") for g in config.groups
     )
     out = [f"host {escape(config.host)}: groups {groups} (lowest priority first)"]
-    if config.facts is None:
+    if detecting and config.facts is None:
         out.append("facts: not reported yet (no detected group can hold this host)")
     out.append("")
     out.append(line(list(_HEADER)))
@@ -186,7 +188,8 @@ def show_host(
     """
     err = sys.stderr if err is None else err
     try:
-        config = compile_host(load_repository(repo_dir), host, facts)
+        repo = load_repository(repo_dir)
+        config = compile_host(repo, host, facts)
     except ConfigError as e:
         message = f"cannot show {host}: configuration error in {repo_dir}"
         print(f"safcm-master: {escape(message)}:", file=err)
@@ -199,7 +202,7 @@ def show_host(
     if as_json:
         _write_json(jsonout.show_document(to_document(config)), out)
     else:
-        out.write(format_table(config))
+        out.write(format_table(config, detecting=bool(repo.detected)))
     return EXIT_OK
 
 

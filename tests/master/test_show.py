@@ -230,3 +230,35 @@ def test_escape_text_is_printable_and_unambiguous(text):
     shown = escape(text)
     assert shown.isprintable()
     assert unescape(shown) == text
+
+
+DETECTED = ROOT / "tests" / "master" / "repos" / "detected"
+
+
+def test_show_marks_groups_detected_from_facts():
+    import io
+
+    from safcm.master.show import show_host
+    from tests.master.test_compiler import facts_of
+
+    facts = facts_of("detected")
+    out = io.StringIO()
+    assert (
+        show_host(str(DETECTED / "repo"), "web1", as_json=False, out=out, facts=facts["web1"]) == 0
+    )
+    header = out.getvalue().splitlines()[0]
+    assert header == (
+        "host web1: groups all, big (detected from facts), bookworm (detected from facts),"
+        " debian (detected from facts), web, debian12 (detected from facts), web1"
+        " (lowest priority first)"
+    )
+    out = io.StringIO()
+    assert show_host(str(DETECTED / "repo"), "new1", as_json=False, out=out) == 0
+    assert "facts: not reported yet (no detected group can hold this host)" in out.getvalue()
+    out = io.StringIO()
+    assert (
+        show_host(str(DETECTED / "repo"), "web2", as_json=True, out=out, facts=facts["web2"]) == 0
+    )
+    doc = schemas.loads(out.getvalue(), "show")
+    assert doc["detected"] == ["arm", "debian"]
+    assert doc["facts"]["os_codename"] is None and doc["facts"]["hostname"] == "db1"
