@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,7 +146,9 @@ def _memory(value: int) -> str:
     return f"{value / 2**30:.1f} GiB"
 
 
-def format_table(hosts: Iterable[str], stored: Mapping[str, Reported], format_time: Any) -> str:
+def format_table(
+    hosts: Iterable[str], stored: Mapping[str, Reported], format_time: Callable[[float], str]
+) -> str:
     """The human form: one row per host (every string from a host escaped);
     `format_time` writes a unix time for people."""
     rows = [["HOST", *(title for title, _ in _COLUMNS), "REPORTED"]]
@@ -178,7 +180,9 @@ def format_table(hosts: Iterable[str], stored: Mapping[str, Reported], format_ti
     return "\n".join(lines)
 
 
-def to_document(hosts: Iterable[str], stored: Mapping[str, Reported], iso_time: Any) -> list[Any]:
+def to_document(
+    hosts: Iterable[str], stored: Mapping[str, Reported], iso_time: Callable[[float], str]
+) -> list[dict[str, Any]]:
     """The hosts of the --json form (docs/schema/facts.json): each host's
     facts (null if it reported none), when they last arrived and last changed."""
     out = []

@@ -556,11 +556,12 @@ class Intake:
         self.peers.facts[minion] = HostFacts(msg.body)
         if changed:
             self.peer_log.info(
-                "facts of %s: %s %s, %s",
+                "facts of %s: os %s %s, %s, kernel %s",
                 minion,
-                msg.body["os_id"],
-                msg.body["os_version_id"],
+                msg.body["os_id"] or "unknown",
+                msg.body["os_version_id"] or "",
                 msg.body["architecture"],
+                msg.body["kernel"],
             )
 
     def store_batch(self) -> None:

@@ -115,6 +115,9 @@ class Peers:
         """A key stopped being accepted: drop what was kept for it, and cut its connections."""
         self.public.pop(key.id, None)
         self.presence.pop(key.id, None)
+        # Its facts too: what a key no longer accepted said is not used, and
+        # the minion states them again when it is accepted (again).
+        self.facts.pop(key.id, None)
         self.cut_key(key)
 
     def cut_stale(self) -> None:
