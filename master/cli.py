@@ -880,7 +880,11 @@ def facts_command(settings: MasterSettings, args: argparse.Namespace, out: TextI
     from safcm.common.ids import minion_id_problem
     from safcm.master import facts, jsonout
 
-    stored = facts.read_facts(settings.state_dir)
+    try:
+        stored = facts.read_facts(settings.state_dir)
+    except SafcmError as e:  # the database cannot be read: nothing was shown
+        _fail(args.json, "failed", str(e))
+        return EXIT_USAGE
     if not args.hosts:
         hosts = sorted(stored)
     else:

@@ -449,7 +449,13 @@ def _members(repo: Any, facts: dict[str, HostFacts]) -> Any:
     def members(name: str) -> list[str]:
         if not repo.has_group(name):
             raise UsageError(f"unknown group {name!r} (groups: {', '.join(repo.group_names())})")
-        return repo.members(name, facts)
+        hosts: list[str] = repo.members(name, facts)
+        if not hosts and name in repo.detected:
+            raise UsageError(
+                f"group {name!r} is detected from facts, and no host's reported facts match it"
+                " (see safcm-master facts)"
+            )
+        return hosts
 
     return members
 

@@ -262,3 +262,20 @@ def test_show_marks_groups_detected_from_facts():
     doc = schemas.loads(out.getvalue(), "show")
     assert doc["detected"] == ["arm", "debian"]
     assert doc["facts"]["os_codename"] is None and doc["facts"]["hostname"] == "db1"
+
+
+def test_facts_command_errors(tmp_path):
+    settings = tmp_path / "master.yaml"
+    settings.write_text(f"state_dir: {tmp_path / 'state'}\nconfig_dir: {EXAMPLE}\n")
+    result = run_cli("-c", str(settings), "facts", "--json")
+    assert result.returncode == 0, result.stderr
+    assert schemas.loads(result.stdout, "facts") == {"format": "safcm/1", "hosts": []}
+    result = run_cli("-c", str(settings), "facts", "web1")
+    assert (result.returncode, result.stdout) == (0, "web1: no facts reported yet\n")
+    result = run_cli("-c", str(settings), "facts", "Web 1", "--json")
+    assert result.returncode == 2
+    assert schemas.loads(result.stdout, "error")["error"]["kind"] == "usage"
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "master.db").write_text("not a database")
+    result = run_cli("-c", str(settings), "facts")
+    assert result.returncode == 2 and "cannot read the facts" in result.stderr
