@@ -142,6 +142,11 @@ CLOCK_OFFSET_TOLERANCE = 0.5
 # so a short job (nearly all) sends none; then every PROGRESS_INTERVAL.
 PROGRESS_FIRST = 0.5
 PROGRESS_INTERVAL = 5.0
+# Facts are sent when the master accepts us and when they change; also when
+# this many seconds passed since the last send, unchanged: FACTS has no
+# receipt, so a report the master lost (a full queue, a failed database
+# write) is made good within this time.
+FACTS_RESEND = 3600.0
 # Seconds before a CONTENT_REQUEST without an answer is sent again: the reply
 # may be lost when the connection drops; the job's deadline bounds the wait.
 CONTENT_RETRY = 5.0
@@ -247,6 +252,7 @@ class Minion:
         # The digest of the facts the master was last sent on this
         # connection (None: not yet): sent on acceptance, then on change.
         self.facts_sent: bytes | None = None
+        self.facts_sent_at = 0.0  # loop clock
         self.timers: list[Timer] = []
         self.network = Dispatcher(
             Channel.NETWORK,
@@ -472,7 +478,8 @@ class Minion:
 
     def _report_facts(self, *, again: bool = False) -> None:
         """Look at the host's facts; send them, sealed, if the master has not
-        had them on this connection (`again`: it has had none) or they changed."""
+        had them on this connection (`again`), if they changed, or if they
+        were last sent FACTS_RESEND ago."""
         if not self.accepted:
             return
         try:
@@ -481,16 +488,18 @@ class Minion:
             log.exception("%s: could not gather this host's facts", self.id)
             return
         digest = facts.digest(found)
-        if not again and digest == self.facts_sent:
+        due = self.loop.clock() - self.facts_sent_at >= FACTS_RESEND
+        if not again and not due and digest == self.facts_sent:
             return
         try:
             self._send_sealed(MsgType.FACTS, found, jid=new_jid(self.clock()))
         except ProtocolError as e:
             log.error("%s: this host's facts cannot be sent: %s", self.id, e)
             return
-        if self.facts_sent is not None:
+        if self.facts_sent is not None and digest != self.facts_sent:
             log.info("%s: this host's facts changed; sent them to the master", self.id)
         self.facts_sent = digest
+        self.facts_sent_at = self.loop.clock()
 
     # ---- sending ----
 
