@@ -71,11 +71,6 @@ def check(
         document = jsonout.check_document(settings.config_dir, targets, None, [])
         document.update({"detected": detected, "no_facts": no_facts})
         return _json(out, document)
-    print(
-        f"{escape(settings.config_dir)}: ok; {len(targets)} host"
-        f"{'' if len(targets) == 1 else 's'} compiled",
-        file=out,
-    )
     for name, members in detected.items():
         held = ", ".join(escape(h) for h in members) if members else "no host"
         print(f"group {escape(name)} (detected from facts): {held}", file=out)
@@ -84,6 +79,11 @@ def check(
             f"reported no facts yet, so in no detected group: {', '.join(map(escape, no_facts))}",
             file=out,
         )
+    print(
+        f"{escape(settings.config_dir)}: ok; {len(targets)} host"
+        f"{'' if len(targets) == 1 else 's'} compiled",
+        file=out,
+    )
     return EXIT_OK
 
 
