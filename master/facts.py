@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,9 @@ def read_facts(state_dir: str) -> dict[str, Reported]:
     if not os.path.exists(path):
         return {}
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        # A URI, for mode=ro; quoted, since a state_dir may hold "?" or "#".
+        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         try:
             conn.execute("PRAGMA query_only = ON")
             if conn.execute("PRAGMA user_version").fetchone()[0] < FACTS_SCHEMA_VERSION:
