@@ -859,9 +859,9 @@ class Progress:
 
 
 def _host_facts(config: str | None, host: str) -> Any:
-    """The facts `host` reported (HostFacts; one with none if it reported
-    none), for `show`; None, and a warning, if they cannot be read: then
-    its detected groups are left out."""
+    """The facts `host` reported (HostFacts), for `show`; None if it reported
+    none, or (with a warning) if they cannot be read: then it is in no
+    detected group."""
     from safcm.master import facts
 
     try:
@@ -869,7 +869,7 @@ def _host_facts(config: str | None, host: str) -> Any:
     except SafcmError as e:
         _error(f"warning: {escape(str(e))}; groups detected from facts are left out")
         return None
-    return facts.host_facts(stored).get(host, facts.HostFacts())
+    return facts.host_facts(stored).get(host)
 
 
 def facts_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO) -> int:

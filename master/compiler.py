@@ -217,7 +217,7 @@ def _compile(
     triggers = _collect_triggers(repo, host, groups, chosen, problems)
 
     files = []
-    context = _TemplateContext(repo, host, groups, facts if facts is not None else HostFacts())
+    context = _TemplateContext(repo, host, groups, facts if facts is not None else HostFacts(None))
     for path, cand in chosen.items():
         entry = cand.entry
         spec = entry.spec
@@ -242,7 +242,7 @@ def _compile(
         groups=groups,
         files=files,
         detected=[g for g in groups if g in repo.detected],
-        facts=facts if facts is not None and facts.reported else None,
+        facts=facts,
         absent=[AbsentSpec(e.path, e.recursive) for e in absent.values()],
         purge=purge,
         secrets=secrets,

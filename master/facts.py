@@ -44,13 +44,14 @@ class HostFacts(dict[str, Any]):
     template that uses it fails with missing_message(), and a detected group
     that asks for it does not take the host."""
 
-    def __init__(self, reported: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, reported: Mapping[str, Any] | None) -> None:
         super().__init__((k, v) for k, v in (reported or {}).items() if v is not None)
-        self.reported = reported is not None
+        # Private: a template reads facts.NAME, and the sandbox hides "_" names.
+        self._reported = reported is not None
 
     def missing_message(self, name: object) -> str:
         """Why a template cannot read fact `name` (repository.py's undefined)."""
-        if not self.reported:
+        if not self._reported:
             return f"no fact {name!r}: this host has not reported its facts yet"
         return f"no fact {name!r} in this host's facts (it reported: {', '.join(sorted(self))})"
 
