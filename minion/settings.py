@@ -11,7 +11,7 @@ from safcm.common import settings as s
 from safcm.common.crypto import fingerprint_problem, parse_fingerprint
 from safcm.common.errors import ConfigError, ConfigProblem
 from safcm.common.protocol import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
-from safcm.minion import fileops
+from safcm.minion import fileops, modules
 
 DEFAULT_CONFIG_PATH = "/etc/safcm/minion.yaml"
 # Default seconds between heartbeats; the master counts three missed ones as
@@ -44,6 +44,9 @@ class MinionSettings:
     trigger_timeout: float = TRIGGER_TIMEOUT
     facts_interval: float = FACTS_INTERVAL
     log_level: str = "info"
+    # The modules this minion runs (minion/modules/); a job of another is
+    # answered with an error result that says so. Default: every one.
+    modules: frozenset[str] = frozenset(modules.MODULES)
 
 
 def _minion_id(value: Any) -> str:
@@ -80,6 +83,18 @@ def _facts_interval(text: str) -> float:
     return seconds
 
 
+def _modules(text: str) -> frozenset[str]:
+    """`modules: files, ping`: names, separated by commas or spaces."""
+    names = [n for n in text.replace(",", " ").split() if n]
+    unknown = [n for n in names if n not in modules.MODULES]
+    if unknown or not names:
+        raise s.BadValue(
+            f"expected module names separated by commas, each one of "
+            f"{', '.join(modules.MODULES)}; got {text!r}"
+        )
+    return frozenset(names)
+
+
 def default_id() -> str:
     """The host's fully qualified name, lowercased, as minion ids are."""
     return socket.getfqdn().lower().rstrip(".")
@@ -99,6 +114,7 @@ _FIELDS = {
     "trigger_timeout": s.Field(s.duration, MinionSettings.trigger_timeout),
     "facts_interval": s.Field(_facts_interval, MinionSettings.facts_interval),
     "log_level": s.Field(s.log_level, MinionSettings.log_level),
+    "modules": s.Field(_modules, MinionSettings.modules),
 }
 
 
