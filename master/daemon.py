@@ -47,6 +47,7 @@ from safcm.common.protocol import Message, MsgType, new_jid
 from safcm.common.ratelimit import PeerLog
 from safcm.master.control import ControlConnection, ControlServer
 from safcm.master.db import open_db
+from safcm.master.facts import FactStore, host_facts
 from safcm.master.history import History
 from safcm.master.intake import Intake
 from safcm.master.jobstore import HostState, JobStore
@@ -98,6 +99,8 @@ class Master:
         self.keystore = KeyStore(self.db)
         self.peer_log = PeerLog(log, loop.clock)
         self.peers = Peers(ctx, loop, self.keystore, self.peer_log)
+        self.facts = FactStore(self.db)
+        self.peers.facts.update(host_facts(self.facts.all()))
         # Every open (job, host): what is published when, and when a host
         # becomes "no response"; it asks for that through the methods under
         # "lifecycle effects" below.
@@ -108,7 +111,14 @@ class Master:
             self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
         )
         self.intake = Intake(
-            settings, self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
+            settings,
+            self.keys,
+            self.peers,
+            self.keystore,
+            self.jobs,
+            self.lifecycle,
+            clock,
+            self.facts,
         )
         self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
         # Loading, targeting and compiling a run's job, then building and

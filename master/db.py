@@ -141,6 +141,18 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN started INTEGER NOT NULL DEFAULT 1;
     """,
+    # 6: the facts each minion reports about its host (master/facts.py), as
+    # it last sent them (msgpack, checked against the FACTS schema, so every
+    # value has a bounded length): one row per minion, written only from
+    # that minion's own signed FACTS message.
+    """
+    CREATE TABLE facts (
+        host     TEXT PRIMARY KEY,
+        facts    BLOB NOT NULL,
+        reported REAL NOT NULL,
+        changed  REAL NOT NULL
+    );
+    """,
 ]
 
 

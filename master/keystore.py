@@ -285,11 +285,14 @@ class KeyStore:
         )
 
     def delete(self, patterns: list[str]) -> list[MinionKey]:
-        """Forget the matching keys and their refused attempts; returns them."""
+        """Forget the matching keys, their refused attempts and the facts they
+        stated (master/facts.py: a host enrolled anew under the id must not
+        inherit them); returns them."""
         ids = self.match(patterns)
         with transaction(self.conn):
             self.conn.executemany("DELETE FROM minions WHERE id = ?", [(i,) for i in ids])
             self.conn.executemany("DELETE FROM refused_keys WHERE id = ?", [(i,) for i in ids])
+            self.conn.executemany("DELETE FROM facts WHERE host = ?", [(i,) for i in ids])
         deleted = [self._pop(i) for i in ids]
         self._dirty.difference_update(ids)
         return deleted

@@ -50,6 +50,7 @@ from safcm.master import modules, repocache, targets
 from safcm.master.batch import BatchSize, Rollout
 from safcm.master.control import ControlConnection
 from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, open_db
+from safcm.master.facts import HostFacts
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobRecord, JobStore, Plan
 from safcm.master.keystore import KeyState, KeyStore, MinionKey, RefusedKey
@@ -170,20 +171,30 @@ class Runs:
         target = targets.normalise(body["target"], body["group"])
         # The key store is the loop's: the thread gets a snapshot of it.
         states = {k.id: k.state for k in self.keystore.all()}
+        facts = dict(self.peers.facts)  # so are the hosts' facts (each value is never changed)
         log.debug("preparing a run of %s for %s (by %s)", body["module"], target, conn.user)
-        future = self.pool.submit(self._prepare, body, target, states)
+        future = self.pool.submit(self._prepare, body, target, states, facts)
         self._post_back(future, lambda f: self._prepared(conn, body, f))
 
     def _prepare(
-        self, body: dict[str, Any], target: str, states: dict[str, KeyState]
+        self,
+        body: dict[str, Any],
+        target: str,
+        states: dict[str, KeyState],
+        facts: dict[str, HostFacts],
     ) -> tuple[targets.Resolved, JobOrder]:
         """On the prepare thread: no database, no sockets."""
         begun = time.monotonic()
         with _collector_paused():
-            return self._compile(body, target, states, begun)
+            return self._compile(body, target, states, facts, begun)
 
     def _compile(
-        self, body: dict[str, Any], target: str, states: dict[str, KeyState], begun: float
+        self,
+        body: dict[str, Any],
+        target: str,
+        states: dict[str, KeyState],
+        facts: dict[str, HostFacts],
+        begun: float,
     ) -> tuple[targets.Resolved, JobOrder]:
         module = body["module"]
         options = body.get("options")
@@ -198,12 +209,12 @@ class Runs:
         resolved = targets.resolve(
             target,
             hosts=repo.hosts,
-            group_members=_members(repo),
+            group_members=_members(repo, facts),
             accepted={i for i, state in states.items() if state is KeyState.ACCEPTED},
             key_states=states.get,
         )
         fields: dict[str, dict[str, Any]] = {host: {} for host in resolved.hosts}
-        request = modules.Request(options, timeout, body["dry_run"])
+        request = modules.Request(options, timeout, body["dry_run"], facts)
         for part in parts:
             if part.compile is not None:
                 for host, host_fields in part.compile(repo, resolved.hosts, request).items():
@@ -293,13 +304,13 @@ class Runs:
             "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
             **({} if batch is None else {"batch": batch.numbering()}),
         }
-        facts = HostFacts(
+        snapshot = HostSnapshot(
             {h: self.keystore.get(h) for h in hosts},
             {claim.id: claim for claim in self.keystore.refused()},  # the latest of each id
             {h: p.busy for h, p in self.peers.presence.items() if self.peers.connected(h)},
         )
         log.debug("job %s: storing it for %d hosts", jid, len(hosts))
-        future = self.pool.submit(self._store, record, order, hosts, unsealable, started, facts)
+        future = self.pool.submit(self._store, record, order, hosts, unsealable, started, snapshot)
         # Not `order` itself: its last reference is the prepare thread's, which
         # then frees its configs (a million objects for 10,000 hosts x 100
         # files: a pause of its own), not the loop.
@@ -325,13 +336,13 @@ class Runs:
         hosts: list[str],
         unsealable: set[str],
         started: dict[str, Any],
-        facts: HostFacts,
+        snapshot: HostSnapshot,
     ) -> Stored:
         """On the prepare thread, with its own database connection: what each
         host's envelope is sealed from, checked, and written, not yet started;
-        and RUN_STARTED (`started`, with the notes from `facts`), encoded."""
+        and RUN_STARTED (`started`, with the notes from `snapshot`), encoded."""
         try:
-            return self._build_and_store(record, order, hosts, unsealable, started, facts)
+            return self._build_and_store(record, order, hosts, unsealable, started, snapshot)
         finally:
             gc.unfreeze()  # what _prepare() froze: its configs are freed by now
 
@@ -342,7 +353,7 @@ class Runs:
         hosts: list[str],
         unsealable: set[str],
         started: dict[str, Any],
-        facts: HostFacts,
+        snapshot: HostSnapshot,
     ) -> Stored:
         begun = time.monotonic()
         for host in hosts:
@@ -372,7 +383,7 @@ class Runs:
                     f"host {host}: its job cannot be sent: about {size} bytes, more than "
                     f"{MAX_JOB_BYTES - MAX_ENVELOPE_OVERHEAD}"
                 )
-        notes = [{"host": h, "note": n} for h in hosts if (n := host_note(h, facts)) is not None]
+        notes = [{"host": h, "note": n} for h in hosts if (n := host_note(h, snapshot)) is not None]
         message = encode_plain(MsgType.RUN_STARTED, {**started, "notes": notes})
         built = time.monotonic()
         jobs.store(record, parts, plans, between=self._loop_turn)
@@ -609,7 +620,7 @@ class Runs:
 
 
 @dataclass(frozen=True)
-class HostFacts:
+class HostSnapshot:
     """What the master knows of a job's hosts as it starts the job, taken on
     the loop for the prepare thread (RUN_STARTED's notes, host_note())."""
 
@@ -618,7 +629,7 @@ class HostFacts:
     connected: dict[str, str | None]  # connected hosts: the job each said it is busy with
 
 
-def host_note(host: str, facts: HostFacts) -> str | None:
+def host_note(host: str, facts: HostSnapshot) -> str | None:
     """What the master knows that will delay or stop a job for `host`: said
     at submit time, so an administrator need not wait for the deadline to
     learn it (the job still waits for the host until then)."""
@@ -662,11 +673,17 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _members(repo: Any) -> Any:
+def _members(repo: Any, facts: dict[str, HostFacts]) -> Any:
     def members(name: str) -> list[str]:
         if not repo.has_group(name):
             raise UsageError(f"unknown group {name!r} (groups: {', '.join(repo.group_names())})")
-        return repo.members(name)
+        hosts: list[str] = repo.members(name, facts)
+        if not hosts and name in repo.detected:
+            raise UsageError(
+                f"group {name!r} is detected from facts, and no host's reported facts match it"
+                " (see safcm-master facts)"
+            )
+        return hosts
 
     return members
 
