@@ -13,8 +13,10 @@ changes what others would see asks for `fresh_fleet` instead.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -110,3 +112,16 @@ def _logs_on_failure(request):
         return
     if "fleet" in request.fixturenames:
         print(request.getfixturevalue("fleet").logs())
+
+
+@pytest.fixture(scope="module")
+def booted(host_tree):
+    """One booted machine without a minion, for the module's tests."""
+    work = tempfile.mkdtemp(prefix="safcm-m-", dir="/tmp")
+    m = machine.Machine(machine.machine_name(99), work, hostname="solo")
+    try:
+        m.boot()
+        yield m
+    finally:
+        m.shutdown()
+        shutil.rmtree(work, ignore_errors=True)

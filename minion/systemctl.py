@@ -1,0 +1,211 @@
+"""The services module's only contact with systemd: systemctl and journalctl.
+
+NOTE: machine-readable output only. States come from `systemctl show
+--property=...` (key=value lines, one block per unit, documented as stable
+in systemctl(1) and org.freedesktop.systemd1(5)); a verb's success is its exit
+status. Nothing parses what systemctl prints for people. The one text read
+for people is the unit's own journal, passed on as it is, as the reason of a
+unit that failed.
+
+apply() is the whole run: ask systemd for every declared unit's state,
+reload its unit files first when something changed them (the files step of
+the same sync changed a file under a unit directory, or systemd says a
+unit's file changed on disk: NeedDaemonReload), plan (minion/svcplan.py,
+pure), run the plan, and ask again for the state after. A dry run stops
+after the plan and changes nothing, not even a daemon-reload.
+
+One unit's failure is that unit's: the others are still applied.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable
+
+from safcm.common.errors import SafcmError
+from safcm.common.services import (
+    MAX_UNIT_REASON_CHARS,
+    ServicesResult,
+    UnitChange,
+    UnitOutcome,
+    UnitSpec,
+    UnitState,
+)
+from safcm.minion import svcplan
+from safcm.minion.svcplan import Verb
+
+# The properties a UnitState is made of, and NeedDaemonReload.
+PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "UnitFileState", "Result")
+RELOAD_PROPERTY = "NeedDaemonReload"
+# Seconds a systemctl call may take. A start waits for the unit to start, and
+# systemd gives a unit 90 s by default (DefaultTimeoutStartSec) before it
+# fails the start itself; a few seconds more, so systemd's verdict comes first.
+SYSTEMCTL_TIMEOUT = 100.0
+# Lines of a failed unit's journal reported with its failure.
+JOURNAL_LINES = 10
+# Directories whose change makes systemd need a daemon-reload (the unit
+# search path of systemd.unit(5), the system manager's part).
+UNIT_DIRS = ("/etc/systemd/", "/run/systemd/", "/lib/systemd/", "/usr/lib/systemd/")
+# systemctl and journalctl in the C locale, never paged, never coloured.
+_ENV = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C",
+    "SYSTEMD_PAGER": "",
+    "SYSTEMD_COLORS": "0",
+}
+
+
+class SystemdError(SafcmError):
+    """systemd could not be asked at all (no systemctl, no running systemd):
+    the services module cannot run on this host."""
+
+
+def touches_units(paths: Iterable[str]) -> bool:
+    """Whether a change to any of `paths` needs a daemon-reload."""
+    return any(p.startswith(UNIT_DIRS) for p in paths)
+
+
+def apply(
+    specs: list[UnitSpec],
+    *,
+    dry_run: bool,
+    reload: bool = False,
+    delivered: frozenset[str] = frozenset(),
+) -> ServicesResult:
+    """Make the units as `specs` say (see the module docstring). `reload`:
+    unit files changed in this run; `delivered`: units whose file this run
+    delivers (a dry run plans them as new units). Raises SystemdError."""
+    units = [s.unit for s in specs]
+    states, need_reload = show(units)
+    reload = reload or need_reload
+    if reload and not dry_run:
+        daemon_reload()
+        states, _ = show(units)
+    plans = svcplan.plan(specs, states, delivered if dry_run else frozenset())
+    acting = [p for p in plans if p.acts]
+    if dry_run:
+        return ServicesResult(reload, tuple(_would(p) for p in acting))
+    errors: dict[str, str] = {}
+    for p in acting:
+        if p.refusal is not None:
+            errors[p.spec.unit] = p.refusal
+            continue
+        for verb in p.verbs:
+            error = _run_verb(verb, p.spec.unit)
+            if error is not None:
+                errors[p.spec.unit] = error
+                break
+    after, _ = show([p.spec.unit for p in acting]) if acting else ({}, False)
+    return ServicesResult(reload, tuple(_done(p, after[p.spec.unit], errors) for p in acting))
+
+
+def _would(p: svcplan.UnitPlan) -> UnitChange:
+    if p.refusal is not None:
+        return UnitChange(p.spec.unit, (), p.before, None, UnitOutcome.FAILED, p.refusal)
+    verbs = tuple(str(v) for v in p.verbs)
+    return UnitChange(p.spec.unit, verbs, p.before, None, UnitOutcome.WOULD_APPLY)
+
+
+def _done(p: svcplan.UnitPlan, after: UnitState, errors: dict[str, str]) -> UnitChange:
+    unit = p.spec.unit
+    started = Verb.START in p.verbs
+    problem = errors.get(unit) or svcplan.outcome_problem(p.spec, after, started)
+    verbs = tuple(str(v) for v in p.verbs)
+    if problem is None:
+        return UnitChange(unit, verbs, p.before, after, UnitOutcome.APPLIED)
+    if started and after.load != svcplan.NOT_FOUND:
+        problem = (
+            f"{problem}\nActiveState={after.active} SubState={after.sub} Result={after.result}"
+            f"\n{journal_tail(unit)}"
+        )
+    reason = problem.strip()[-MAX_UNIT_REASON_CHARS:]
+    return UnitChange(unit, verbs, p.before, after, UnitOutcome.FAILED, reason)
+
+
+def show(units: list[str]) -> tuple[dict[str, UnitState], bool]:
+    """Each unit's state, and whether systemd wants a daemon-reload for any
+    of them. One call: systemctl prints one block per unit, in order,
+    separated by an empty line."""
+    if not units:
+        return {}, False
+    properties = ",".join((*PROPERTIES, RELOAD_PROPERTY))
+    out = _systemctl("show", f"--property={properties}", "--", *units)
+    blocks = [b for b in out.split("\n\n") if b.strip()]
+    if len(blocks) != len(units):
+        raise SystemdError(f"systemctl show gave {len(blocks)} states for {len(units)} units")
+    states: dict[str, UnitState] = {}
+    need_reload = False
+    for unit, block in zip(units, blocks, strict=True):
+        values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        missing = [p for p in (*PROPERTIES, RELOAD_PROPERTY) if p not in values]
+        if missing:
+            raise SystemdError(f"systemctl show {unit}: no {', '.join(missing)} in its output")
+        states[unit] = UnitState(
+            load=values["LoadState"],
+            active=values["ActiveState"],
+            sub=values["SubState"],
+            file_state=values["UnitFileState"],
+            result=values["Result"],
+        )
+        need_reload = need_reload or values[RELOAD_PROPERTY] == "yes"
+    return states, need_reload
+
+
+def daemon_reload() -> None:
+    _systemctl("daemon-reload")
+
+
+def journal_tail(unit: str) -> str:
+    """The last lines of the unit's journal, as they were logged; "" if the
+    journal cannot be read."""
+    argv = ["journalctl", "--no-pager", "-o", "cat", "-n", str(JOURNAL_LINES), "-u", unit]
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, errors="replace", env=_ENV,
+            timeout=SYSTEMCTL_TIMEOUT, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip()
+
+
+def _run_verb(verb: Verb, unit: str) -> str | None:
+    """Run one verb; what went wrong, or None."""
+    try:
+        _systemctl(str(verb), "--", unit)
+    except SystemdError as e:
+        return str(e)
+    return None
+
+
+def _systemctl(*args: str) -> str:
+    argv = ["systemctl", "--no-ask-password", *args]
+    try:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            env=_ENV,
+            timeout=SYSTEMCTL_TIMEOUT,
+            check=False,
+        )
+    except FileNotFoundError as e:
+        raise SystemdError("systemctl is not installed on this host") from e
+    except subprocess.TimeoutExpired as e:
+        raise SystemdError(
+            f"systemctl {' '.join(args)}: no answer in {SYSTEMCTL_TIMEOUT:.0f} s"
+        ) from e
+    if result.returncode != 0:
+        message = result.stderr.strip() or f"exit status {result.returncode}"
+        raise SystemdError(f"systemctl {' '.join(args)}: {message}")
+    return result.stdout
+
+
+def environment_problem(root: str) -> str | None:
+    """Why the services module cannot run on this minion, or None: it manages
+    the running system's units, so only a minion whose root is / may."""
+    if os.path.realpath(root) != "/":
+        return f"services need root: / (this minion manages {root}, not the running system)"
+    return None
