@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from safcm.common.schema import Bool, List, Map, OneOf, Optional, Str
+
 # Unit types systemctl can enable or start.
 UNIT_SUFFIXES = (
     "service",
@@ -47,6 +49,14 @@ UNIT_NAME_MAX = 255
 DEFAULT_SUFFIX = ".service"
 # Longest reason a failed unit carries (systemctl's message and its journal).
 MAX_UNIT_REASON_CHARS = 8 * 1024
+# Most units one host's job may declare: far above any real host's few
+# dozen managed units, and it bounds a job and its result.
+MAX_UNITS = 1024
+# Longest state value systemd reports (ActiveState, UnitFileState, ...):
+# its longest today is "enabled-runtime" or "bad-setting"; room to grow.
+MAX_STATE_CHARS = 64
+# The systemctl verbs a change may name (minion/svcplan.py Verb).
+VERBS = ("stop", "unmask", "mask", "disable", "enable", "start")
 
 
 class Enablement(enum.StrEnum):
@@ -193,3 +203,36 @@ class ServicesResult:
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> ServicesResult:
         return cls(d["reloaded"], tuple(UnitChange.from_wire(c) for c in d["changes"]))
+
+
+# The wire: the services job field and result section (common/modules/services.py).
+_UNIT = Str(UNIT_NAME_MAX, min_len=1, problem=unit_name_problem)
+_STATE_VALUE = Str(MAX_STATE_CHARS)
+UNIT_SPEC = Map(
+    {
+        "unit": _UNIT,
+        "enablement": Optional(OneOf(Enablement)),
+        "running": Optional(Bool()),
+    }
+)
+UNIT_STATE = Map(
+    {
+        "load": _STATE_VALUE,
+        "active": _STATE_VALUE,
+        "sub": _STATE_VALUE,
+        "enablement": _STATE_VALUE,
+        "result": _STATE_VALUE,
+    }
+)
+UNIT_CHANGE = Map(
+    {
+        "unit": _UNIT,
+        "actions": List(OneOf(VERBS), len(VERBS)),
+        "before": UNIT_STATE,
+        "after": Optional(UNIT_STATE),
+        "outcome": OneOf(UnitOutcome),
+        "reason": Str(MAX_UNIT_REASON_CHARS),
+    }
+)
+SERVICES_JOB = List(UNIT_SPEC, MAX_UNITS)
+SERVICES_RESULT = Map({"reloaded": Bool(), "changes": List(UNIT_CHANGE, MAX_UNITS)})

@@ -75,6 +75,10 @@ class Fleet:
             host.machine.start()
         for host in self.hosts.values():
             host.machine.wait_booted()
+        self.start_minions()
+
+    def start_minions(self) -> None:
+        """Start the master, start and accept every minion, wait until connected."""
         self.sandbox.start_master()
         for host in self.hosts.values():
             self.install_minion(host)
