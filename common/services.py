@@ -47,11 +47,13 @@ UNIT_NAME_RE = re.compile(
 UNIT_NAME_MAX = 255
 # systemctl's own default for a name without a suffix.
 DEFAULT_SUFFIX = ".service"
-# Longest reason a failed unit carries (systemctl's message and its journal).
-MAX_UNIT_REASON_CHARS = 8 * 1024
-# Most units one host's job may declare: far above any real host's few
-# dozen managed units, and it bounds a job and its result.
-MAX_UNITS = 1024
+# Longest reason a failed unit carries (systemctl's message, the unit's
+# states and the last lines of its journal: about 1 KB in practice).
+MAX_UNIT_REASON_CHARS = 2048
+# Most units one host's job may declare: far above a host's few dozen
+# managed units. Every one failing with the longest reason, each character
+# 4 bytes of UTF-8, is 2 MB: within a result's MAX_RESULT_BYTES (4 MB).
+MAX_UNITS = 256
 # Longest state value systemd reports (ActiveState, UnitFileState, ...):
 # its longest today is "enabled-runtime" or "bad-setting"; room to grow.
 MAX_STATE_CHARS = 64

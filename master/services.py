@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from safcm.common.errors import ConfigError
-from safcm.common.services import Enablement, UnitSpec, unit_name, unit_name_problem
+from safcm.common.services import (
+    MAX_UNITS,
+    Enablement,
+    UnitSpec,
+    unit_name,
+    unit_name_problem,
+)
 from safcm.common.yamlfile import KIND_NAMES, Problems, YMap, YScalar, YSeq, kind_of, load_yaml_file
 
 SERVICES_FILE = "services.yaml"
@@ -150,4 +156,8 @@ def host_units(
             )
             continue
         units.append(winner[1].spec)
+    if len(units) > MAX_UNITS:
+        problems.add(
+            SERVICES_FILE, None, f"{host} has {len(units)} units; a host may have {MAX_UNITS}"
+        )
     return units

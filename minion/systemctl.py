@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterable
 
 from safcm.common.errors import SafcmError
@@ -42,6 +43,11 @@ RELOAD_PROPERTY = "NeedDaemonReload"
 # systemd gives a unit 90 s by default (DefaultTimeoutStartSec) before it
 # fails the start itself; a few seconds more, so systemd's verdict comes first.
 SYSTEMCTL_TIMEOUT = 100.0
+# Seconds before the job's deadline at which a verb stops waiting for
+# systemd, so that the result (that unit failed: no answer) still reaches
+# the master in time; and the least a verb is given all the same.
+DEADLINE_MARGIN = 5.0
+MIN_VERB_TIMEOUT = 1.0
 # Lines of a failed unit's journal reported with its failure.
 JOURNAL_LINES = 10
 # Directories whose change makes systemd need a daemon-reload (the unit
@@ -72,10 +78,13 @@ def apply(
     dry_run: bool,
     reload: bool = False,
     delivered: frozenset[str] = frozenset(),
+    deadline: float | None = None,
 ) -> ServicesResult:
     """Make the units as `specs` say (see the module docstring). `reload`:
     unit files changed in this run; `delivered`: units whose file this run
-    delivers (a dry run plans them as new units). Raises SystemdError."""
+    delivers (a dry run plans them as new units); `deadline`: the job's, in
+    time.time() seconds, which bounds how long a verb waits for systemd.
+    Raises SystemdError."""
     units = [s.unit for s in specs]
     states, need_reload = show(units)
     reload = reload or need_reload
@@ -92,7 +101,7 @@ def apply(
             errors[p.spec.unit] = p.refusal
             continue
         for verb in p.verbs:
-            error = _run_verb(verb, p.spec.unit)
+            error = _run_verb(verb, p.spec.unit, _verb_timeout(deadline))
             if error is not None:
                 errors[p.spec.unit] = error
                 break
@@ -119,8 +128,17 @@ def _done(p: svcplan.UnitPlan, after: UnitState, errors: dict[str, str]) -> Unit
             f"{problem}\nActiveState={after.active} SubState={after.sub} Result={after.result}"
             f"\n{journal_tail(unit)}"
         )
-    reason = problem.strip()[-MAX_UNIT_REASON_CHARS:]
-    return UnitChange(unit, verbs, p.before, after, UnitOutcome.FAILED, reason)
+    return UnitChange(unit, verbs, p.before, after, UnitOutcome.FAILED, _bounded(problem.strip()))
+
+
+def _bounded(reason: str) -> str:
+    """The reason within MAX_UNIT_REASON_CHARS: its start (what failed, the
+    unit's states) and its end (the journal's last lines) kept."""
+    if len(reason) <= MAX_UNIT_REASON_CHARS:
+        return reason
+    cut = "\n[...]\n"
+    head = MAX_UNIT_REASON_CHARS // 4
+    return reason[:head] + cut + reason[-(MAX_UNIT_REASON_CHARS - head - len(cut)) :]
 
 
 def show(units: list[str]) -> tuple[dict[str, UnitState], bool]:
@@ -170,16 +188,24 @@ def journal_tail(unit: str) -> str:
     return result.stdout.strip()
 
 
-def _run_verb(verb: Verb, unit: str) -> str | None:
-    """Run one verb; what went wrong, or None."""
+def _verb_timeout(deadline: float | None) -> float:
+    if deadline is None:
+        return SYSTEMCTL_TIMEOUT
+    left = deadline - time.time() - DEADLINE_MARGIN
+    return min(SYSTEMCTL_TIMEOUT, max(MIN_VERB_TIMEOUT, left))
+
+
+def _run_verb(verb: Verb, unit: str, timeout: float) -> str | None:
+    """Run one verb; what went wrong, or None. A verb that times out is
+    abandoned here; systemd goes on with its job."""
     try:
-        _systemctl(str(verb), "--", unit)
+        _systemctl(str(verb), "--", unit, timeout=timeout)
     except SystemdError as e:
         return str(e)
     return None
 
 
-def _systemctl(*args: str) -> str:
+def _systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT) -> str:
     argv = ["systemctl", "--no-ask-password", *args]
     try:
         result = subprocess.run(
@@ -188,7 +214,7 @@ def _systemctl(*args: str) -> str:
             text=True,
             errors="replace",
             env=_ENV,
-            timeout=SYSTEMCTL_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
     except FileNotFoundError as e:

@@ -118,7 +118,7 @@ def _logs_on_failure(request):
 def booted(host_tree):
     """One booted machine without a minion, for the module's tests."""
     work = tempfile.mkdtemp(prefix="safcm-m-", dir="/tmp")
-    m = machine.Machine(machine.machine_name(99), work, hostname="solo")
+    m = machine.Machine(machine.machine_name(), work, hostname="solo")
     try:
         m.boot()
         yield m

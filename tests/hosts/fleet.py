@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 
 import yaml
 
 from safcm.master.sandbox import Sandbox
-from tests.hosts.machine import Machine, MachineError, machine_name, wait_until
+from tests.hosts.machine import (
+    COMMAND_TIMEOUT,
+    Machine,
+    MachineError,
+    machine_name,
+    wait_until,
+)
 from tests.system.conftest import wait_state
 
 # Seconds between a minion's heartbeats: short, so enrolment and
@@ -64,8 +71,8 @@ class Fleet:
         )
         self.ids = ids
         self.hosts: dict[str, Host] = {}
-        for index, minion_id in enumerate(ids):
-            machine = Machine(machine_name(index), self.base, hostname=minion_id)
+        for minion_id in ids:
+            machine = Machine(machine_name(), self.base, hostname=minion_id)
             self.hosts[minion_id] = Host(minion_id, machine)
 
     def start(self) -> None:
@@ -80,8 +87,12 @@ class Fleet:
     def start_minions(self) -> None:
         """Start the master, start and accept every minion, wait until connected."""
         self.sandbox.start_master()
-        for host in self.hosts.values():
-            self.install_minion(host)
+        # All machines at once: each install waits for its systemd to start the unit.
+        installs = [(host, self.install_minion(host)) for host in self.hosts.values()]
+        for host, proc in installs:
+            out, _ = proc.communicate(timeout=COMMAND_TIMEOUT)
+            if proc.returncode != 0:
+                raise MachineError(f"{host.id}: installing the minion failed: {out}")
         for minion_id in self.ids:
             wait_state(self.sandbox, minion_id, "pending")
         result = self.sandbox.cli("keys", "accept", *self.ids)
@@ -90,8 +101,9 @@ class Fleet:
         for minion_id in self.ids:
             wait_state(self.sandbox, minion_id, "accepted", connected=True)
 
-    def install_minion(self, host: Host) -> None:
-        """Install minion.yaml and the shipped unit, and have systemd start it."""
+    def install_minion(self, host: Host) -> subprocess.Popen:
+        """Install minion.yaml and the shipped unit, and have systemd start
+        it; the install runs on when this returns (wait for the process)."""
         master = self.sandbox.master.settings
         settings = {
             "id": host.id,
@@ -106,9 +118,16 @@ class Fleet:
             "log_level": "debug",
         }
         host.machine.write(MINION_CONFIG, yaml.safe_dump(settings, sort_keys=False), 0o600)
-        host.run("cp", SHIPPED_UNIT, f"/etc/systemd/system/{MINION_UNIT}")
-        host.run("systemctl", "daemon-reload")
-        host.run("systemctl", "enable", "--now", MINION_UNIT)
+        script = (
+            f"cp {SHIPPED_UNIT} /etc/systemd/system/{MINION_UNIT}"
+            f" && systemctl daemon-reload && systemctl enable --now {MINION_UNIT}"
+        )
+        return subprocess.Popen(
+            host.machine.command("sh", "-c", script),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def repo(self, groups: dict[str, dict[str, object]], **config: object) -> None:
         """Make the master's repository exactly this (see write_repo)."""

@@ -25,6 +25,7 @@ process left when it was killed before its own teardown.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -310,5 +311,9 @@ def reap_stale() -> None:
                         _rmtree(f"/run/systemd/nspawn/propagate/{name}")
 
 
-def machine_name(index: int) -> str:
-    return f"{NAME_PREFIX}{os.getpid()}-{index}"
+_serial = itertools.count()
+
+
+def machine_name() -> str:
+    """A name no other machine of any test process has."""
+    return f"{NAME_PREFIX}{os.getpid()}-{next(_serial)}"
