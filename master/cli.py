@@ -30,7 +30,7 @@ from safcm.common.errors import (
 from safcm.common.text import escape
 from safcm.common.version import VERSION
 from safcm.common.wire import JOB_OUTCOMES, MsgType
-from safcm.master import render
+from safcm.master import modules, render
 from safcm.master.client import ControlClient, raise_for_error
 from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, outcome
 from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
@@ -89,7 +89,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ),
     ),
     "run": (
-        "run a module (files, ping) on the targeted minions",
+        "run a module (files, ping, sync) on the targeted minions",
         _epilog(
             [
                 "safcm-master run '*' ping",
@@ -276,8 +276,9 @@ def _run_arguments(run: argparse.ArgumentParser, config: argparse.ArgumentParser
     run.add_argument(
         "module",
         metavar="MODULE",
-        choices=("files", "ping"),
-        help="files: make the files as configured; ping: check the minions answer",
+        choices=modules.names(),
+        help="files: make the files as configured; ping: check the minions answer; "
+        "sync: every module that takes part in it, in order (files, then the triggers)",
     )
     run.add_argument("-G", "--group", action="store_true", help="TARGET is a group name")
     run.add_argument(
@@ -334,7 +335,7 @@ def _jobs_arguments(jobs: argparse.ArgumentParser, config: argparse.ArgumentPars
     )
     jl.add_argument("--since", metavar="WHEN", help=f"only jobs submitted at or after {when}")
     jl.add_argument("--until", metavar="WHEN", help="only jobs submitted at or before WHEN")
-    jl.add_argument("--module", choices=("files", "ping"), help="only jobs of this module")
+    jl.add_argument("--module", choices=modules.names(), help="only jobs of this module")
     jl.add_argument(
         "--status",
         choices=JOB_OUTCOMES,
