@@ -94,8 +94,10 @@ def apply(
     plans = svcplan.plan(specs, states, delivered if dry_run else frozenset())
     acting = [p for p in plans if p.acts]
     if dry_run:
-        return ServicesResult(reload, tuple(_would(p) for p in acting))
+        return ServicesResult(True, reload, tuple(_would(p) for p in acting))
     errors: dict[str, str] = {}
+    # The journal of a failed unit is read from here on: this run's lines.
+    since = int(time.time())
     for p in acting:
         if p.refusal is not None:
             errors[p.spec.unit] = p.refusal
@@ -106,7 +108,8 @@ def apply(
                 errors[p.spec.unit] = error
                 break
     after, _ = show([p.spec.unit for p in acting]) if acting else ({}, False)
-    return ServicesResult(reload, tuple(_done(p, after[p.spec.unit], errors) for p in acting))
+    changes = tuple(_done(p, after[p.spec.unit], errors, since) for p in acting)
+    return ServicesResult(False, reload, changes)
 
 
 def _would(p: svcplan.UnitPlan) -> UnitChange:
@@ -116,7 +119,7 @@ def _would(p: svcplan.UnitPlan) -> UnitChange:
     return UnitChange(p.spec.unit, verbs, p.before, None, UnitOutcome.WOULD_APPLY)
 
 
-def _done(p: svcplan.UnitPlan, after: UnitState, errors: dict[str, str]) -> UnitChange:
+def _done(p: svcplan.UnitPlan, after: UnitState, errors: dict[str, str], since: int) -> UnitChange:
     unit = p.spec.unit
     started = Verb.START in p.verbs
     problem = errors.get(unit) or svcplan.outcome_problem(p.spec, after, started)
@@ -126,7 +129,7 @@ def _done(p: svcplan.UnitPlan, after: UnitState, errors: dict[str, str]) -> Unit
     if started and after.load != svcplan.NOT_FOUND:
         problem = (
             f"{problem}\nActiveState={after.active} SubState={after.sub} Result={after.result}"
-            f"\n{journal_tail(unit)}"
+            f"\n{journal_tail(unit, since)}"
         )
     return UnitChange(unit, verbs, p.before, after, UnitOutcome.FAILED, _bounded(problem.strip()))
 
@@ -174,10 +177,11 @@ def daemon_reload() -> None:
     _systemctl("daemon-reload")
 
 
-def journal_tail(unit: str) -> str:
-    """The last lines of the unit's journal, as they were logged; "" if the
-    journal cannot be read."""
+def journal_tail(unit: str, since: int) -> str:
+    """The last lines of the unit's journal since `since` (epoch seconds),
+    as they were logged; "" if the journal cannot be read."""
     argv = ["journalctl", "--no-pager", "-o", "cat", "-n", str(JOURNAL_LINES), "-u", unit]
+    argv.append(f"--since=@{since}")
     try:
         result = subprocess.run(
             argv, capture_output=True, text=True, errors="replace", env=_ENV,

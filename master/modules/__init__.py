@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 REGISTERED = (
     "files",
     "ping",
+    "services",
 )
 
 
