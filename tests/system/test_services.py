@@ -28,3 +28,16 @@ def test_services_refused_by_a_minion_whose_root_is_not_slash(sandbox):
         "reloaded": False,
         "changes": [],
     }
+
+
+def test_check_and_run_stop_at_a_services_conflict(sandbox):
+    for group, wish in (("web", "enable"), ("monitored", "mask")):
+        with open(os.path.join(sandbox.config_dir, group, "services.yaml"), "w") as f:
+            f.write(f"{wish}: [ntp]\n")
+    result = sandbox.cli("check", "web1")
+    assert result.returncode == 0  # group_order ranks web above monitored
+    with open(os.path.join(sandbox.config_dir, "web", "services.yaml"), "w") as f:
+        f.write("enable: [ntp]\nstop: [ntp.service]\n")
+    result = sandbox.cli("check", "web1")
+    assert result.returncode == 2
+    assert "web/services.yaml:2: ntp.service is listed twice" in result.stderr
