@@ -233,3 +233,17 @@ def test_conflicting_groups_stop_the_run_before_any_host(fleet):
     assert result.returncode == 2
     assert "conflicted.service for host1" in result.stderr
     assert "base/services.yaml" in result.stderr and "web/services.yaml" in result.stderr
+
+
+def test_a_unit_file_changed_behind_systemds_back_is_reloaded_first(fleet):
+    host = fleet.hosts["host1"]
+    install_units(host, edited=unit_text(SLEEPER))
+    host.run("systemctl", "start", "edited.service")  # loaded: systemd sees its file change
+    host.machine.write(f"{UNIT_DIR}/edited.service", unit_text("ExecStart=/bin/sleep 4242"))
+    assert host.machine.show("edited.service", "NeedDaemonReload")["NeedDaemonReload"] == "yes"
+    fleet.repo({"all": {"services.yaml": {"enable": ["edited"]}}})
+    code, doc = run_json(fleet.sandbox, "host1", "services")
+    assert code == 0 and services(doc)["reloaded"]
+    shown = host.machine.show("edited.service", "ExecStart", "NeedDaemonReload", "ActiveState")
+    assert "4242" in shown["ExecStart"] and shown["NeedDaemonReload"] == "no"
+    assert shown["ActiveState"] == "active"
