@@ -189,9 +189,11 @@ class UnitChange:
 
 @dataclass(frozen=True, slots=True)
 class ServicesResult:
-    """A host's services section: whether systemd reloaded its unit files,
-    and every unit that was (or would be) changed or failed."""
+    """A host's services section: whether it was a dry run, whether systemd
+    reloaded (would reload) its unit files, and every unit that was (would
+    be) changed or failed."""
 
+    dry_run: bool
     reloaded: bool
     changes: tuple[UnitChange, ...]
 
@@ -200,15 +202,22 @@ class ServicesResult:
         return any(c.outcome is UnitOutcome.FAILED for c in self.changes)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"reloaded": self.reloaded, "changes": [c.to_wire() for c in self.changes]}
+        return {
+            "dry_run": self.dry_run,
+            "reloaded": self.reloaded,
+            "changes": [c.to_wire() for c in self.changes],
+        }
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> ServicesResult:
-        return cls(d["reloaded"], tuple(UnitChange.from_wire(c) for c in d["changes"]))
+        changes = tuple(UnitChange.from_wire(c) for c in d["changes"])
+        return cls(d["dry_run"], d["reloaded"], changes)
 
 
 # The wire: the services job field and result section (common/modules/services.py).
-_UNIT = Str(UNIT_NAME_MAX, min_len=1, problem=unit_name_problem)
+# The grammar alone (ASCII, so characters are bytes): it has no template
+# without its instance either.
+_UNIT = Str(UNIT_NAME_MAX, min_len=1, pattern=UNIT_NAME_RE.pattern)
 _STATE_VALUE = Str(MAX_STATE_CHARS)
 UNIT_SPEC = Map(
     {
@@ -237,4 +246,6 @@ UNIT_CHANGE = Map(
     }
 )
 SERVICES_JOB = List(UNIT_SPEC, MAX_UNITS)
-SERVICES_RESULT = Map({"reloaded": Bool(), "changes": List(UNIT_CHANGE, MAX_UNITS)})
+SERVICES_RESULT = Map(
+    {"dry_run": Bool(), "reloaded": Bool(), "changes": List(UNIT_CHANGE, MAX_UNITS)}
+)

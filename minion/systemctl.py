@@ -94,19 +94,23 @@ def apply(
     plans = svcplan.plan(specs, states, delivered if dry_run else frozenset())
     acting = [p for p in plans if p.acts]
     if dry_run:
-        return ServicesResult(reload, tuple(_would(p) for p in acting))
-    errors: dict[str, str] = {}
+        return ServicesResult(True, reload, tuple(_would(p) for p in acting))
+    # unit -> (the verb that failed, None for a refusal; what went wrong)
+    errors: dict[str, tuple[Verb | None, str]] = {}
+    # The journal of a failed unit is read from here on: this run's lines.
+    since = int(time.time())
     for p in acting:
         if p.refusal is not None:
-            errors[p.spec.unit] = p.refusal
+            errors[p.spec.unit] = (None, p.refusal)
             continue
         for verb in p.verbs:
             error = _run_verb(verb, p.spec.unit, _verb_timeout(deadline))
             if error is not None:
-                errors[p.spec.unit] = error
+                errors[p.spec.unit] = (verb, error)
                 break
     after, _ = show([p.spec.unit for p in acting]) if acting else ({}, False)
-    return ServicesResult(reload, tuple(_done(p, after[p.spec.unit], errors) for p in acting))
+    changes = tuple(_done(p, after[p.spec.unit], errors.get(p.spec.unit), since) for p in acting)
+    return ServicesResult(False, reload, changes)
 
 
 def _would(p: svcplan.UnitPlan) -> UnitChange:
@@ -116,18 +120,24 @@ def _would(p: svcplan.UnitPlan) -> UnitChange:
     return UnitChange(p.spec.unit, verbs, p.before, None, UnitOutcome.WOULD_APPLY)
 
 
-def _done(p: svcplan.UnitPlan, after: UnitState, errors: dict[str, str]) -> UnitChange:
+def _done(
+    p: svcplan.UnitPlan, after: UnitState, error: tuple[Verb | None, str] | None, since: int
+) -> UnitChange:
+    """The change of one unit that was acted on: applied, or failed with
+    systemd's reason (a failed start: the unit's states and its journal)."""
     unit = p.spec.unit
-    started = Verb.START in p.verbs
-    problem = errors.get(unit) or svcplan.outcome_problem(p.spec, after, started)
     verbs = tuple(str(v) for v in p.verbs)
+    failed_verb, problem = error if error is not None else (None, None)
+    # A start was tried: every verb before it succeeded, or the start itself failed.
+    started = Verb.START in p.verbs and (error is None or failed_verb is Verb.START)
     if problem is None:
-        return UnitChange(unit, verbs, p.before, after, UnitOutcome.APPLIED)
-    if started and after.load != svcplan.NOT_FOUND:
-        problem = (
-            f"{problem}\nActiveState={after.active} SubState={after.sub} Result={after.result}"
-            f"\n{journal_tail(unit)}"
-        )
+        problem = svcplan.outcome_problem(p.spec, after, started)
+        if problem is None:
+            return UnitChange(unit, verbs, p.before, after, UnitOutcome.APPLIED)
+    elif started:
+        problem += f"\nActiveState={after.active} SubState={after.sub} Result={after.result}"
+    if started:
+        problem += f"\n{journal_tail(unit, since)}"
     return UnitChange(unit, verbs, p.before, after, UnitOutcome.FAILED, _bounded(problem.strip()))
 
 
@@ -174,10 +184,11 @@ def daemon_reload() -> None:
     _systemctl("daemon-reload")
 
 
-def journal_tail(unit: str) -> str:
-    """The last lines of the unit's journal, as they were logged; "" if the
-    journal cannot be read."""
+def journal_tail(unit: str, since: int) -> str:
+    """The last lines of the unit's journal since `since` (epoch seconds),
+    as they were logged; "" if the journal cannot be read."""
     argv = ["journalctl", "--no-pager", "-o", "cat", "-n", str(JOURNAL_LINES), "-u", unit]
+    argv.append(f"--since=@{since}")
     try:
         result = subprocess.run(
             argv, capture_output=True, text=True, errors="replace", env=_ENV,

@@ -90,12 +90,16 @@ def unavailable() -> str | None:
     """Why this machine cannot boot test machines, or None if it can."""
     if os.geteuid() != 0:
         return "needs root (systemd-nspawn, cgroups, nsenter)"
-    for tool in ("systemd-nspawn", "nsenter", "debootstrap"):
-        if not any(os.access(os.path.join(d, tool), os.X_OK) for d in _path()):
+    for tool in ("systemd-nspawn", "nsenter"):
+        if not installed(tool):
             return f"{tool} is not installed (scripts/test.sh installs it)"
     if not cgroup_hierarchies():
         return f"no systemd or unified cgroup hierarchy under {CGROUP_ROOT}"
     return None
+
+
+def installed(tool: str) -> bool:
+    return any(os.access(os.path.join(d, tool), os.X_OK) for d in _path())
 
 
 def _path() -> list[str]:

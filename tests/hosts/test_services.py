@@ -13,6 +13,9 @@ from tests.system.conftest import by_host, run_json
 
 HOSTS = ["host1"]
 UNIT_DIR = "/etc/systemd/system"
+# Where a package's units are: a unit there can be masked (a mask is a link
+# in UNIT_DIR, which a unit file of the same name there would stand in for).
+PACKAGE_UNIT_DIR = "/usr/lib/systemd/system"
 
 
 def services(doc: dict, host: str = "host1") -> dict:
@@ -33,10 +36,10 @@ def is_enabled(host, unit: str) -> bool:
     return host.run("systemctl", "is-enabled", "--quiet", unit, check=False).returncode == 0
 
 
-def install_units(host, **units: str) -> None:
+def install_units(host, directory: str = UNIT_DIR, **units: str) -> None:
     """Unit files put in place by hand (not by safcm), loaded by systemd."""
     for name, text in units.items():
-        host.machine.write(f"{UNIT_DIR}/{name}.service", text)
+        host.machine.write(f"{directory}/{name}.service", text)
     host.run("systemctl", "daemon-reload")
 
 
@@ -59,10 +62,8 @@ def dry_then_real(fleet, target: str, module: str) -> tuple[int, dict, dict]:
 
 def test_enable_start_then_disable_stop_mask(fleet):
     host = fleet.hosts["host1"]
-    install_units(
-        host,
-        **{n: unit_text(SLEEPER) for n in ("svc-a", "svc-b", "svc-c", "svc-d")},
-    )
+    install_units(host, **{n: unit_text(SLEEPER) for n in ("svc-a", "svc-c")})
+    install_units(host, PACKAGE_UNIT_DIR, **{n: unit_text(SLEEPER) for n in ("svc-b", "svc-d")})
     host.run("systemctl", "enable", "--now", "svc-c.service", "svc-d.service")
     fleet.repo(
         {"all": {"services.yaml": {"enable": ["svc-a"], "start": ["svc-b"], "stop": ["svc-c"]}}}
@@ -118,6 +119,15 @@ def test_enable_start_then_disable_stop_mask(fleet):
     assert is_enabled(host, "svc-b.service") and state(host, "svc-b.service")["ActiveState"] == (
         "active"
     )
+
+    # A unit whose file is in /etc/systemd/system cannot be masked: systemd says why.
+    fleet.repo({"all": {"services.yaml": {"mask": ["svc-a"]}}})
+    code, doc = run_json(fleet.sandbox, "host1", "services")
+    assert code == 1
+    (change,) = services(doc)["changes"]
+    assert change["outcome"] == "failed" and change["actions"] == ["mask"]
+    assert "already exists" in change["reason"]
+    assert state(host, "svc-a.service")["UnitFileState"] == "disabled"
 
 
 def test_a_unit_that_fails_to_start_fails_the_host_with_systemds_reason(fleet):
@@ -223,3 +233,17 @@ def test_conflicting_groups_stop_the_run_before_any_host(fleet):
     assert result.returncode == 2
     assert "conflicted.service for host1" in result.stderr
     assert "base/services.yaml" in result.stderr and "web/services.yaml" in result.stderr
+
+
+def test_a_unit_file_changed_behind_systemds_back_is_reloaded_first(fleet):
+    host = fleet.hosts["host1"]
+    install_units(host, edited=unit_text(SLEEPER))
+    host.run("systemctl", "start", "edited.service")  # loaded: systemd sees its file change
+    host.machine.write(f"{UNIT_DIR}/edited.service", unit_text("ExecStart=/bin/sleep 4242"))
+    assert host.machine.show("edited.service", "NeedDaemonReload")["NeedDaemonReload"] == "yes"
+    fleet.repo({"all": {"services.yaml": {"enable": ["edited"]}}})
+    code, doc = run_json(fleet.sandbox, "host1", "services")
+    assert code == 0 and services(doc)["reloaded"]
+    shown = host.machine.show("edited.service", "ExecStart", "NeedDaemonReload", "ActiveState")
+    assert "4242" in shown["ExecStart"] and shown["NeedDaemonReload"] == "no"
+    assert shown["ActiveState"] == "active"

@@ -102,3 +102,49 @@ def test_the_hosts_own_group_wins_and_all_loses(tmp_path):
     assert units_of(tmp_path, groups, host="db1") == [
         UnitSpec("cron.service", Enablement.DISABLED, False)
     ]
+
+
+def _state(file_state: str, active: str) -> dict:
+    return {"load": "loaded", "active": active, "sub": "x", "enablement": file_state, "result": "r"}
+
+
+def test_render_says_what_was_done_with_the_states_and_escapes_the_reason():
+    from safcm.master.modules.services import render
+    from safcm.master.render import Style
+
+    def change(unit, actions, outcome, after, reason=""):
+        before = _state("disabled", "inactive")
+        return {"unit": unit, "actions": actions, "before": before, "after": after,
+                "outcome": outcome, "reason": reason}  # fmt: skip
+
+    section = {
+        "dry_run": False,
+        "reloaded": True,
+        "changes": [
+            change("a.service", ["enable", "start"], "applied", _state("enabled", "active")),
+            change(
+                "b.service",
+                ["start"],
+                "failed",
+                _state("disabled", "failed"),
+                "b.service did not start\nevil \x1b[2J line",
+            ),
+        ],
+    }
+    lines = render(section, Style(colour=False))
+    assert lines[0].strip() == "systemd: unit files reloaded (daemon-reload)"
+    assert (
+        lines[1].strip() == "enable, start a.service: disabled, inactive (x) -> enabled, active (x)"
+    )
+    assert lines[2].strip().startswith("FAILED start b.service")
+    assert lines[3].strip() == "b.service did not start"
+    assert "\x1b" not in "".join(lines) and "evil" in lines[4]
+    dry = {
+        **section,
+        "dry_run": True,
+        "changes": [change("a.service", ["enable"], "would apply", None)],
+    }
+    assert [line.strip() for line in render(dry, Style(colour=False))] == [
+        "systemd: unit files would reload (daemon-reload)",
+        "would enable a.service (now disabled, inactive (x))",
+    ]
