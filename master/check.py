@@ -5,8 +5,8 @@ file and line; exit 0 when there is none, 2 otherwise. With --json, one
 document on stdout (docs/schema/check.json) says the same.
 
 What it proves is what `run ... files` would prove before sending anything:
-the repository loads, and each host's file list compiles (templates
-rendered, conflicts ranked). Detected problems are the same objects the
+the repository loads, and each host's file list and units compile
+(templates rendered, conflicts ranked). Detected problems are the same objects the
 daemon reports (common/errors.py ConfigProblem), so the messages are too.
 
 Each host is compiled with the facts it last reported (read from the
@@ -25,6 +25,7 @@ from safcm.common.text import escape
 from safcm.master import facts, jsonout
 from safcm.master import settings as master_settings
 from safcm.master.compiler import compile_hosts
+from safcm.master.modules.services import compile_units
 from safcm.master.repository import load_repository
 
 EXIT_OK, EXIT_PROBLEMS = 0, 2
@@ -57,6 +58,7 @@ def check(
         repo = load_repository(settings.config_dir)
         targets = hosts or list(repo.hosts)
         configs = compile_hosts(repo, targets, host_facts)
+        compile_units(repo, targets, None)  # services.yaml
     except ConfigError as e:
         if as_json:
             document = jsonout.check_document(settings.config_dir, [], "repository", e.problems)

@@ -13,6 +13,7 @@ The repository (DESIGN.md section 6):
     <name>/absent.yaml         - /path  or  - {path: /path, recursive: true}
     <name>/purge.yaml          - /directory          (undeclared entries are removed)
     <name>/secrets.yaml        - /path               (content never shown or stored)
+    <name>/services.yaml       enable: [unit, ...]   (master/services.py reads it)
 
 <name> is a group from groups.yaml, the implicit group "all", or a host id
 (a host is a group of its own). load_repository() reads all of it once,
@@ -123,6 +124,7 @@ GROUP_DIR_ENTRIES = (
     ABSENT_FILE,
     PURGE_FILE,
     SECRETS_FILE,
+    "services.yaml",  # read by master/services.py
 )
 ABSENT_KEYS = ("path", "recursive")
 

@@ -789,6 +789,27 @@ def _mount_id(fd: int) -> int | None:
     return None
 
 
+def _on_mount_of(pfd: int, base: str) -> bool:
+    """Whether the non-directory `base` in `pfd` is on pfd's mount: not a
+    file bind-mounted over it.
+
+    Compared by mount id, not by device number: overlayfs (a container's
+    root, a volatile root) reports a regular file's st_dev from the layer it
+    lives in, which differs from the directory's st_dev when the layers are on
+    different filesystems, so a device check would take every lower-layer
+    file for a mount point. The device check stands alone only where /proc
+    does not give mount ids.
+    """
+    fd = os.open(base, os.O_PATH | os.O_NOFOLLOW, dir_fd=pfd)
+    try:
+        mine, parent = _mount_id(fd), _mount_id(pfd)
+        if mine is None or parent is None:
+            return os.fstat(fd).st_dev == os.fstat(pfd).st_dev
+        return mine == parent
+    finally:
+        os.close(fd)
+
+
 def _mount_error(path: str) -> MountPointError:
     return MountPointError(
         path,
@@ -1082,7 +1103,7 @@ class _Apply:
             if decision.refusal is not None:
                 raise decision.refusal
             if decision.step is Step.UNLINK:
-                if found.dev != os.fstat(pfd).st_dev:
+                if not _on_mount_of(pfd, base):
                     raise _mount_error(path)
                 if acting:
                     with _doing(path, "removing it"):

@@ -1698,6 +1698,44 @@ def test_a_mount_point_in_a_purged_or_absent_tree_is_not_crossed(
     assert not os.path.exists(host.root + "/p/stray")
 
 
+def test_a_file_bind_mounted_over_a_purged_file_is_not_removed(host: Host, resolve_mode, mounts):
+    """A mount point that is a file, with the same device number as its
+    directory: the mount id shows it."""
+    make(host.root, [D("/p"), F("/p/mounted", b"m\n")])
+    with open(host.outside + "/source", "wb") as f:
+        f.write(b"bound\n")
+    mounts(host.root + "/p/mounted", bind=host.outside + "/source")
+    result = host.apply([spec("/p", "dir")], purge=["/p"])
+    assert [f.path for f in result.failures] == ["/p/mounted"]
+    assert "never removes across a mount point" in result.failures[0].reason
+    with open(host.outside + "/source", "rb") as f:
+        assert f.read() == b"bound\n"
+
+
+def test_files_of_an_overlay_lower_layer_are_removed(host: Host, resolve_mode, mounts, tmp_path):
+    """overlayfs (a container's root) whose layers are on different
+    filesystems reports a file's device number from its layer, not the
+    overlay's: such a file is no mount point and absent and purge remove it."""
+    lower, layers = tmp_path / "lower", tmp_path / "layers"
+    os.makedirs(lower / "p")
+    (lower / "p" / "stale").write_bytes(b"lower layer\n")
+    (lower / "gone").write_bytes(b"lower layer\n")
+    os.makedirs(layers)
+    mounts(str(layers))  # upper and work on a tmpfs, the lower layer on /tmp's filesystem
+    os.makedirs(layers / "upper")
+    os.makedirs(layers / "work")
+    options = f"lowerdir={lower},upperdir={layers}/upper,workdir={layers}/work"
+    subprocess.run(["mount", "-t", "overlay", "-o", options, "overlay", host.root], check=True)
+    try:
+        assert os.stat(host.root + "/p/stale").st_dev != os.stat(host.root + "/p").st_dev
+        result = host.apply([spec("/p", "dir")], purge=["/p"], absent=[AbsentSpec("/gone")])
+        assert result.failures == []
+        assert os.listdir(host.root + "/p") == []
+        assert not os.path.lexists(host.root + "/gone")
+    finally:
+        subprocess.run(["umount", host.root], check=True)
+
+
 RACE_REMOVAL_SECONDS = 2.0  # wall time per resolution mode; bounded also by the count below
 RACE_REMOVAL_APPLIES = 20000
 
