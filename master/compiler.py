@@ -66,7 +66,9 @@ from safcm.common.errors import (
     UnknownHostError,
 )
 from safcm.common.model import AbsentSpec, FileSpec, FileType, is_below
+from safcm.common.packages import PackageSpec
 from safcm.common.yamlfile import Problems
+from safcm.master.packages import compile_packages
 from safcm.master.repository import (
     CONFIG_FILE,
     Entry,
@@ -108,6 +110,8 @@ class HostConfig:
     absent: list[AbsentSpec] = dataclasses.field(default_factory=list)  # by path
     purge: list[str] = dataclasses.field(default_factory=list)  # sorted
     secrets: list[str] = dataclasses.field(default_factory=list)  # sorted
+    # <group>/packages.yaml, settled between groups (master/packages.py), by name
+    packages: list[PackageSpec] = dataclasses.field(default_factory=list)
 
     def specs(self) -> list[FileSpec]:
         """The list the engine receives, in path order."""
@@ -198,6 +202,7 @@ def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
     _check_parents(chosen, problems)
     purge, secrets = _collect_lists(repo, groups, chosen, absent, problems)
     triggers = _collect_triggers(repo, host, groups, chosen, problems)
+    packages = compile_packages(repo, host, groups, problems)
 
     files = []
     context = _TemplateContext(repo, host, groups)
@@ -227,6 +232,7 @@ def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
         absent=[AbsentSpec(e.path, e.recursive) for e in absent.values()],
         purge=purge,
         secrets=secrets,
+        packages=packages,
     )
 
 
@@ -261,7 +267,7 @@ def _settle_absent(
             entry.file,
             entry.line,
             f"{path} is absent in group {group!r} but provided by {names},"
-            f" and {_unranked_where(repo)}; list them in group_order or keep the path"
+            f" and {unranked_where(repo)}; list them in group_order or keep the path"
             " in one group only",
         )
     for path, entry in absent.items():
@@ -297,7 +303,7 @@ def _pick_absent(
         entry.file,
         entry.line,
         f"{path} is absent in groups {others} with different 'recursive',"
-        f" and {_unranked_where(repo)}; list them in group_order or make them agree",
+        f" and {unranked_where(repo)}; list them in group_order or make them agree",
     )
     return None
 
@@ -388,12 +394,12 @@ def _conflict_message(repo: Repository, path: str, unranked: list[_Candidate]) -
     else:
         what = f"{path} is provided by groups {listed}"
     return (
-        f"{what}, and {_unranked_where(repo)};"
+        f"{what}, and {unranked_where(repo)};"
         " list them in group_order or provide the path from one group only"
     )
 
 
-def _unranked_where(repo: Repository) -> str:
+def unranked_where(repo: Repository) -> str:
     if repo.group_order_line is None:
         return f"no group_order in {CONFIG_FILE} ranks them"
     return f"group_order ({CONFIG_FILE}:{repo.group_order_line}) does not rank them"

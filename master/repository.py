@@ -12,6 +12,8 @@ The repository (DESIGN.md section 6):
     <name>/absent.yaml         - /path  or  - {path: /path, recursive: true}
     <name>/purge.yaml          - /directory          (undeclared entries are removed)
     <name>/secrets.yaml        - /path               (content never shown or stored)
+    <name>/packages.yaml       install: [name, name=version]  remove: [name]
+                               (master/packages.py)
 
 <name> is a group from groups.yaml, the implicit group "all", or a host id
 (a host is a group of its own). load_repository() reads all of it once,
@@ -86,6 +88,7 @@ from safcm.common.yamlfile import (
     load_yaml_file,
     read_regular_file,
 )
+from safcm.master.packages import PACKAGES_FILE, PackageEntry, read_packages
 
 # The node kinds _Loader._expect() checks for; a match narrows the node's type.
 _Kind = TypeVar("_Kind", YScalar, YSeq, YMap)
@@ -108,6 +111,7 @@ GROUP_DIR_ENTRIES = (
     ABSENT_FILE,
     PURGE_FILE,
     SECRETS_FILE,
+    PACKAGES_FILE,
 )
 ABSENT_KEYS = ("path", "recursive")
 
@@ -227,6 +231,7 @@ class Repository:
         entries: dict[str, dict[str, Entry]],
         triggers: dict[str, dict[str, TriggerEntry]],
         lists: dict[str, PathLists],
+        packages: dict[str, dict[str, PackageEntry]] | None = None,
     ) -> None:
         self.path = path
         self.hosts = hosts  # ids in hosts.yaml order
@@ -238,6 +243,8 @@ class Repository:
         self.triggers = triggers
         # group (or host) -> its absent.yaml, purge.yaml and secrets.yaml
         self.lists = lists
+        # group (or host) -> package name -> what its packages.yaml says
+        self.packages = packages if packages is not None else {}
         self._host_set = frozenset(hosts)
         self._members = members  # groups.yaml groups and "all"; hosts are implicit
         self._rank = {g: i for i, g in enumerate(group_order)}
@@ -342,6 +349,7 @@ class _Loader:
         self.removes: dict[str, _GroupDef] = {}
         self.groups_ok = True
         self.template_sources: dict[str, str] = {}
+        self.packages: dict[str, dict[str, PackageEntry]] = {}
         self.env = _template_environment(self.template_sources)
 
     def load(self, *, targets_only: bool = False) -> Repository:
@@ -366,6 +374,7 @@ class _Loader:
             entries=entries,
             triggers=triggers,
             lists=lists,
+            packages=self.packages,
         )
 
     # -- helpers for typed values ------------------------------------------
@@ -698,6 +707,9 @@ class _Loader:
                 if group_triggers:
                     triggers[name] = group_triggers
                 lists[name] = group_lists
+                group_packages = read_packages(self.root, name, self.problems)
+                if group_packages:
+                    self.packages[name] = group_packages
             elif (
                 stat.S_ISDIR(st.st_mode)
                 and self._looks_like_group_dir(full)

@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 . scripts/venv.sh
 safcm_venv "[dev]"
 # Debian tools the tests use: libfaketime (a minion whose wall clock is an
-# hour off) and systemd-analyze (the units are verified; systemd never boots).
+# hour off), systemd-analyze (the units are verified; systemd never boots)
+# and apt-ftparchive (the packages tests index a local apt repository of
+# .deb files they build with dpkg-deb, which dpkg itself provides).
 missing=()
 command -v faketime >/dev/null || missing+=(faketime)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v apt-ftparchive >/dev/null || missing+=(apt-utils)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi

@@ -59,6 +59,10 @@ def describe(config: HostConfig) -> dict:
         described["purge"] = config.purge
     if config.secrets:
         described["secrets"] = config.secrets
+    if config.packages:
+        described["packages"] = [
+            f"{p.want} {p.name}" + (f"={p.version}" if p.version else "") for p in config.packages
+        ]
     return described
 
 
