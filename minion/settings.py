@@ -20,6 +20,10 @@ HEARTBEAT_INTERVAL = 5.0
 # Default longest run of one trigger command, in seconds: the engine's, which
 # stays below the master's default job_timeout so a hung trigger is reported.
 TRIGGER_TIMEOUT = fileops.TRIGGER_TIMEOUT
+# Default longest run of apt-get in a packages job, in seconds: downloads and
+# maintainer scripts of a large install take minutes; a hung postinst must
+# still end in a result. The master waits for it (JOB_PROGRESS), up to an hour.
+APT_TIMEOUT = 900.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class MinionSettings:
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     trigger_timeout: float = TRIGGER_TIMEOUT
     log_level: str = "info"
+    apt_config: str | None = None  # APT_CONFIG for the packages module's apt runs
+    apt_timeout: float = APT_TIMEOUT
 
 
 def _minion_id(value: Any) -> str:
@@ -80,6 +86,8 @@ _FIELDS = {
     "heartbeat_interval": s.Field(_heartbeat_interval, MinionSettings.heartbeat_interval),
     "trigger_timeout": s.Field(s.duration, MinionSettings.trigger_timeout),
     "log_level": s.Field(s.log_level, MinionSettings.log_level),
+    "apt_config": s.Field(s.absolute_path, None),
+    "apt_timeout": s.Field(s.duration, MinionSettings.apt_timeout),
 }
 
 
