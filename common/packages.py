@@ -31,6 +31,17 @@ class Want(enum.StrEnum):
     REMOVE = "remove"
 
 
+class Action(enum.StrEnum):
+    """What a run did to one package (or, dry, would do)."""
+
+    INSTALLED = "installed"
+    UPGRADED = "upgraded"
+    DOWNGRADED = "downgraded"
+    REINSTALLED = "reinstalled"
+    REMOVED = "removed"
+    CONFIGURED = "configured"  # one dpkg had left unsettled, set up again
+
+
 @dataclass(frozen=True, slots=True)
 class PackageSpec:
     """One package a host must have installed (at `version`, if set) or removed."""

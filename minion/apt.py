@@ -71,8 +71,10 @@ KILL_GRACE = 10.0
 MAX_SIMULATION_BYTES = 4 * 1024 * 1024
 MAX_QUERY_BYTES = 16 * 1024 * 1024  # dpkg-query: about 100 000 packages
 OUTPUT_TAIL_BYTES = 64 * 1024
-# Lines of apt's output a failed result shows.
+# What a failed result shows of apt's output: its last lines, each cut to a
+# length, and its last error line as the reason.
 ERROR_LINES = 20
+MAX_LINE_CHARS = 500
 READ_CHUNK = 65536
 
 APT_OPTIONS = (
@@ -290,13 +292,13 @@ def _text(data: bytes) -> str:
 
 
 def _last_line(data: bytes) -> str:
-    lines = [line for line in _text(data).splitlines() if line.strip()]
+    lines = [line[:MAX_LINE_CHARS] for line in _text(data).splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
 
 
 def _failure(ran: _Ran) -> tuple[str, str]:
     """A failed apt-get: one line (its last error, "E: ...") and its last lines."""
-    lines = [line for line in _text(ran.output).splitlines() if line.strip()]
+    lines = [line[:MAX_LINE_CHARS] for line in _text(ran.output).splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("E: ")]
     reason = errors[-1] if errors else (lines[-1] if lines else "(no output)")
     return f"apt-get exited with status {ran.code}: {reason}", "\n".join(lines[-ERROR_LINES:])

@@ -25,12 +25,11 @@ run), the changes to report. Nothing here runs a process.
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from safcm.common.packages import PackageSpec, Want
+from safcm.common.packages import Action, PackageSpec, Want
 
 # dpkg's package states (dpkg-query(1), "Package states"). Two mean "not
 # installed"; two are settled and installed; the rest are an operation that
@@ -39,15 +38,6 @@ ABSENT_STATES = frozenset({"not-installed", "config-files"})
 SETTLED_STATES = frozenset({"installed"})
 # The error flag: "ok", or "reinstreq" when dpkg needs the package reinstalled.
 OK_FLAG = "ok"
-
-
-class Action(enum.StrEnum):
-    INSTALLED = "installed"
-    UPGRADED = "upgraded"
-    DOWNGRADED = "downgraded"
-    REINSTALLED = "reinstalled"
-    REMOVED = "removed"
-    CONFIGURED = "configured"  # an unsettled package that apt set up again
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 
 from safcm.common.packages import PackageSpec, Want
-from safcm.minion.apt import apply_packages
+from safcm.master.sandbox import wait_for
+from safcm.minion import apt
+from safcm.minion.apt import _run, _RunError, apply_packages
 from tests.aptrepo import PREFIX, AptRepo, installed_test_packages, purge_test_packages
 
 TIMEOUT = 300.0
@@ -124,3 +126,38 @@ def test_failing_postinst_leaves_a_half_configured_package_reported_on_every_run
     assert not later.ok
     assert [s.name for s in later.unsettled] == [PREFIX + "broken"]
     assert installed_test_packages()[PREFIX + "broken"] == "half-configured 1.0"
+
+
+def test_a_command_past_its_time_is_killed_with_its_children(tmp_path):
+    # The shell and its child both go, as dpkg's maintainer scripts under
+    # apt-get must.
+    pidfile = tmp_path / "child"
+    script = f"sleep 300 & echo $! > {pidfile}; wait"
+    with pytest.raises(_RunError, match="did not finish within 1 s and was killed"):
+        _run(["sh", "-c", script], {}, 1.0, keep=100)
+    child = int(pidfile.read_text())
+    wait_for(lambda: not _alive(child), 30.0, "the child to be killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_output_is_kept_within_its_bound():
+    head = _run(["head", "-c", "3000000", "/dev/zero"], {}, TIMEOUT, keep=1000)
+    assert head.code == 0 and head.truncated and len(head.output) == 1000
+    tail = _run(
+        ["sh", "-c", "head -c 3000000 /dev/zero; echo END"], {}, TIMEOUT, keep=10, tail=True
+    )
+    assert tail.truncated and tail.output == b"\0" * 6 + b"END\n"
+
+
+def test_a_missing_dpkg_query_is_one_line_not_a_traceback(monkeypatch):
+    monkeypatch.setattr(apt, "DPKG_QUERY", "/nonexistent/dpkg-query")
+    outcome = apt.apply_packages([install("app")], dry_run=True, timeout=TIMEOUT)
+    assert outcome.error == "cannot run /nonexistent/dpkg-query: No such file or directory"
+    assert not outcome.ok
