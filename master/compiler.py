@@ -66,9 +66,8 @@ from safcm.common.errors import (
     UnknownHostError,
 )
 from safcm.common.model import AbsentSpec, FileSpec, FileType, is_below
-from safcm.common.packages import PackageSpec
 from safcm.common.yamlfile import Problems
-from safcm.master.packages import compile_packages
+from safcm.master.packages import CompiledPackage, compile_packages
 from safcm.master.repository import (
     CONFIG_FILE,
     Entry,
@@ -111,7 +110,7 @@ class HostConfig:
     purge: list[str] = dataclasses.field(default_factory=list)  # sorted
     secrets: list[str] = dataclasses.field(default_factory=list)  # sorted
     # <group>/packages.yaml, settled between groups (master/packages.py), by name
-    packages: list[PackageSpec] = dataclasses.field(default_factory=list)
+    packages: list[CompiledPackage] = dataclasses.field(default_factory=list)
 
     def specs(self) -> list[FileSpec]:
         """The list the engine receives, in path order."""

@@ -37,6 +37,14 @@ PACKAGES_KEYS = ("install", "remove")
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledPackage:
+    """One package of a host's result, with the group whose packages.yaml won."""
+
+    spec: PackageSpec
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
 class PackageEntry:
     """One package one group's packages.yaml names."""
 
@@ -113,13 +121,13 @@ def _parse(item: YScalar, want: Want, file: str, problems: Problems) -> PackageS
 
 def compile_packages(
     repo: Repository, host: str, groups: list[str], problems: Problems
-) -> list[PackageSpec]:
+) -> list[CompiledPackage]:
     """The packages of `host` (in `groups`), sorted by name; a conflict is a problem."""
     named: dict[str, list[tuple[str, PackageEntry]]] = {}
     for group in groups:
         for name, entry in repo.packages.get(group, {}).items():
             named.setdefault(name, []).append((group, entry))
-    result: list[PackageSpec] = []
+    result: list[CompiledPackage] = []
     for name in sorted(named):
         cands = named[name]
         winner = next(
@@ -131,7 +139,7 @@ def compile_packages(
             None,
         )
         if winner is not None:
-            result.append(winner[1].spec)
+            result.append(CompiledPackage(winner[1].spec, winner[0]))
             continue
         # Imported here: the compiler imports the repository, which imports this module.
         from safcm.master.compiler import unranked_where

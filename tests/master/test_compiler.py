@@ -61,7 +61,8 @@ def describe(config: HostConfig) -> dict:
         described["secrets"] = config.secrets
     if config.packages:
         described["packages"] = [
-            f"{p.want} {p.name}" + (f"={p.version}" if p.version else "") for p in config.packages
+            f"{p.spec.want} {p.spec.name}" + (f"={p.spec.version}" if p.spec.version else "")
+            for p in config.packages
         ]
     return described
 
