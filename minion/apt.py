@@ -83,8 +83,6 @@ APT_OPTIONS = (
     "--no-install-recommends",
     "--allow-downgrades",
     "-o",
-    f"DPkg::Lock::Timeout={LOCK_TIMEOUT}",
-    "-o",
     "Dpkg::Options::=--force-confdef",
     "-o",
     "Dpkg::Options::=--force-confold",
@@ -150,6 +148,7 @@ def apply_packages(
     dry_run: bool,
     apt_config: str | None = None,
     timeout: float,
+    lock_timeout: int = LOCK_TIMEOUT,
 ) -> PackagesOutcome:
     """Make this host's packages what `specs` ask for (or, dry, say what that would do)."""
     begun = time.monotonic()
@@ -164,7 +163,7 @@ def apply_packages(
     todo = plan_mod.plan(specs, before)
     after = before
     if todo.args:
-        argv = [APT_GET, *APT_OPTIONS]
+        argv = [APT_GET, *APT_OPTIONS, "-o", f"DPkg::Lock::Timeout={lock_timeout}"]
         if dry_run:
             argv.append("-s")
         argv += ["install", *todo.args]

@@ -6,6 +6,8 @@ safcm-test-*), and purge them all again after each test, also on failure.
 
 from __future__ import annotations
 
+import fcntl
+
 import pytest
 
 from safcm.common.packages import PackageSpec, Want
@@ -161,3 +163,31 @@ def test_a_missing_dpkg_query_is_one_line_not_a_traceback(monkeypatch):
     outcome = apt.apply_packages([install("app")], dry_run=True, timeout=TIMEOUT)
     assert outcome.error == "cannot run /nonexistent/dpkg-query: No such file or directory"
     assert not outcome.ok
+
+
+def test_the_dpkg_lock_held_elsewhere_is_waited_for_then_reported(repo):
+    repo.add("app", "1.0")
+    repo.publish()
+    with open("/var/lib/dpkg/lock-frontend", "ab") as lock:
+        # apt and dpkg lock with fcntl record locks; one held here is another
+        # process's to the apt-get this starts.
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        try:
+            dry = apply_packages(
+                [install("app")], dry_run=True, apt_config=repo.apt_config, timeout=TIMEOUT
+            )
+            real = apply_packages(
+                [install("app")],
+                dry_run=False,
+                apt_config=repo.apt_config,
+                timeout=TIMEOUT,
+                lock_timeout=1,
+            )
+        finally:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+    assert dry.ok  # a simulation takes no lock
+    assert not real.ok and real.changes == []
+    assert real.error == (
+        "apt-get exited with status 100: E: Unable to acquire the dpkg frontend lock"
+        " (/var/lib/dpkg/lock-frontend), is another process using it?"
+    )
