@@ -12,7 +12,9 @@ read dpkg's state again. The changes reported are those dpkg's state shows
 included; both are named and versioned the same way, so a dry run reports
 what the real run then does. apt's failures (an unknown package, the dpkg
 lock held past its timeout, a postinst that fails) become a failed result
-with apt's last lines; packages dpkg left unsettled are always listed.
+with apt's last lines; packages dpkg left unsettled are always listed. A
+host without dpkg (not Debian) is fine as long as it is asked for no
+package, so that `sync` works there too.
 
 How apt is run, and why:
 - DEBIAN_FRONTEND=noninteractive, stdin /dev/null, `-y`: nobody is there to
@@ -43,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -153,6 +156,8 @@ def apply_packages(
     """Make this host's packages what `specs` ask for (or, dry, say what that would do)."""
     begun = time.monotonic()
     outcome = PackagesOutcome(dry_run)
+    if not specs and shutil.which(DPKG_QUERY) is None:
+        return outcome  # a host without dpkg that is asked for no package: nothing to say
     env = _environment(apt_config)
     try:
         before = _query(env)

@@ -191,3 +191,9 @@ def test_the_dpkg_lock_held_elsewhere_is_waited_for_then_reported(repo):
         "apt-get exited with status 100: E: Unable to acquire the dpkg frontend lock"
         " (/var/lib/dpkg/lock-frontend), is another process using it?"
     )
+
+
+def test_a_host_without_dpkg_asked_for_no_package_is_fine(monkeypatch):
+    monkeypatch.setattr(apt, "DPKG_QUERY", "/nonexistent/dpkg-query")
+    outcome = apt.apply_packages([], dry_run=False, timeout=TIMEOUT)
+    assert outcome.ok and outcome.changes == []
