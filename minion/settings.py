@@ -11,7 +11,7 @@ from safcm.common import settings as s
 from safcm.common.crypto import fingerprint_problem, parse_fingerprint
 from safcm.common.errors import ConfigError, ConfigProblem
 from safcm.common.protocol import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
-from safcm.minion import fileops
+from safcm.minion import fileops, modules
 
 DEFAULT_CONFIG_PATH = "/etc/safcm/minion.yaml"
 # Default seconds between heartbeats; the master counts three missed ones as
@@ -42,6 +42,9 @@ class MinionSettings:
     log_level: str = "info"
     apt_config: str | None = None  # APT_CONFIG for the packages module's apt runs
     apt_timeout: float = APT_TIMEOUT
+    # The modules this minion runs (minion/modules/); a job of another is
+    # answered with an error result that says so. Default: every one.
+    modules: frozenset[str] = frozenset(modules.MODULES)
 
 
 def _minion_id(value: Any) -> str:
@@ -68,6 +71,18 @@ def _heartbeat_interval(text: str) -> float:
     return seconds
 
 
+def _modules(text: str) -> frozenset[str]:
+    """`modules: files, ping`: names, separated by commas or spaces."""
+    names = [n for n in text.replace(",", " ").split() if n]
+    unknown = [n for n in names if n not in modules.MODULES]
+    if unknown or not names:
+        raise s.BadValue(
+            f"expected module names separated by commas, each one of "
+            f"{', '.join(modules.MODULES)}; got {text!r}"
+        )
+    return frozenset(names)
+
+
 def default_id() -> str:
     """The host's fully qualified name, lowercased, as minion ids are."""
     return socket.getfqdn().lower().rstrip(".")
@@ -88,6 +103,7 @@ _FIELDS = {
     "log_level": s.Field(s.log_level, MinionSettings.log_level),
     "apt_config": s.Field(s.absolute_path, None),
     "apt_timeout": s.Field(s.duration, MinionSettings.apt_timeout),
+    "modules": s.Field(_modules, MinionSettings.modules),
 }
 
 
