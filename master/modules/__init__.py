@@ -43,6 +43,7 @@ REGISTERED = (
     "files",
     "ping",
     "cmd",
+    "packages",
 )
 
 

@@ -1,5 +1,6 @@
 """`run TARGET sync` against real minions: the modules that take part in
-sync, in one job, step by step (today: files, then its triggers), and a
+sync, in one job, step by step (packages, files, then the triggers of
+files; the example repository's packages are all in place already), and a
 minion whose `modules:` leaves out a step refuses the sync whole."""
 
 from __future__ import annotations
@@ -7,6 +8,11 @@ from __future__ import annotations
 import os
 
 from tests.system.conftest import by_host, changed_paths, enrol, jobs_show, run_json
+
+STEPS_OK = [
+    {"module": "packages", "status": "ok", "error": None},
+    {"module": "files", "status": "ok", "error": None},
+]
 
 
 def test_sync_makes_the_files_and_runs_their_triggers_as_files_does(sandbox):
@@ -17,7 +23,7 @@ def test_sync_makes_the_files_and_runs_their_triggers_as_files_does(sandbox):
     assert code == 0
     result = by_host(dry)["web1"]["result"]
     assert result["module"] == "sync"
-    assert result["steps"] == [{"module": "files", "status": "ok", "error": None}]
+    assert result["steps"] == STEPS_OK
     assert os.listdir(sandbox.root("web1")) == []  # a dry run writes nothing
     # The dry run of sync reports what files' does.
     assert changed_paths(dry, "web1") == changed_paths(dry_files, "web1")
@@ -38,7 +44,7 @@ def test_sync_makes_the_files_and_runs_their_triggers_as_files_does(sandbox):
 
     # Stored as every job, and shown back.
     shown = by_host(jobs_show(sandbox, synced["jid"]))["web1"]["result"]
-    assert shown["steps"] == [{"module": "files", "status": "ok", "error": None}]
+    assert shown["steps"] == STEPS_OK
     human = sandbox.cli("jobs", "show", synced["jid"])
     assert human.returncode == 0
     assert "files: ok" in human.stdout and "created /etc/motd" in human.stdout
@@ -54,14 +60,14 @@ def test_a_minion_that_does_not_accept_a_step_refuses_the_sync_whole(sandbox):
     result = by_host(doc)["web1"]["result"]
     assert result["status"] == "error"
     assert result["error"].startswith(
-        "this minion does not accept module files (minion.yaml modules:)"
+        "this minion does not accept module packages (minion.yaml modules:)"
     )
     assert result["apply"] is None
     assert os.listdir(sandbox.root("web1")) == []
     code, doc = run_json(sandbox, "web1", "files")
     assert code == 1
     assert by_host(doc)["web1"]["result"]["error"] == (
-        "this minion does not accept module files (minion.yaml modules:)"
+        "this minion does not accept module packages (minion.yaml modules:)"
     )
     human = sandbox.cli("run", "web1", "files")
     assert human.returncode == 1
