@@ -38,6 +38,9 @@ that agree it is the one latest in Repository.groups_of() order.
 5. purge.yaml and secrets.yaml add up over the host's groups. A purged
    directory must not be provided as a file or symlink, nor be absent.
 
+6. packages.yaml: a package named by several groups is settled as a file
+   is (rule 1), whatever each group says of it (master/packages.py).
+
 Triggers are not part of the contest: every group of the host that names a
 path in its triggers.yaml adds its commands to that path (in groups_of()
 order, duplicates dropped), so a base group's "reload" still runs when a

@@ -67,7 +67,7 @@ def test_a_minion_that_does_not_accept_a_step_refuses_the_sync_whole(sandbox):
     code, doc = run_json(sandbox, "web1", "files")
     assert code == 1
     assert by_host(doc)["web1"]["result"]["error"] == (
-        "this minion does not accept module packages (minion.yaml modules:)"
+        "this minion does not accept module files (minion.yaml modules:)"
     )
     human = sandbox.cli("run", "web1", "files")
     assert human.returncode == 1
