@@ -196,6 +196,10 @@ class Map(Schema):
         if unknown:
             raise ValueError(f"optional keys {sorted(unknown)} are not fields")
         self.required = frozenset(self.fields.keys() - self.optional)
+        # Checked in field order, so that a body missing several keys is
+        # always reported by the same one (a frozenset's order follows the
+        # process's string hash seed).
+        self._required_in_order = tuple(k for k in self.fields if k in self.required)
         self.depth = 1 + max((s.depth for s in self.fields.values()), default=0)
 
     def check(self, value: Any) -> None:
@@ -206,8 +210,8 @@ class Map(Schema):
             if key not in fields:
                 # repr() escapes control characters; the slice bounds the log line.
                 raise _Invalid(f"unexpected key {repr(key)[:40]}")
-        for key in self.fields:  # in field order: the same key named on every run
-            if key not in value and key not in self.optional:
+        for key in self._required_in_order:
+            if key not in value:
                 raise _Invalid(f"missing key {key!r}")
         for key, item in value.items():
             try:

@@ -25,6 +25,7 @@ from safcm.common.text import escape
 from safcm.master import facts, jsonout
 from safcm.master import settings as master_settings
 from safcm.master.compiler import compile_hosts
+from safcm.master.modules import Request
 from safcm.master.modules.services import compile_units
 from safcm.master.repository import load_repository
 
@@ -58,7 +59,8 @@ def check(
         repo = load_repository(settings.config_dir)
         targets = hosts or list(repo.hosts)
         configs = compile_hosts(repo, targets, host_facts)
-        compile_units(repo, targets, None)  # services.yaml
+        # services.yaml, with the hosts' facts as a run compiles it
+        compile_units(repo, targets, Request(None, 0.0, False, host_facts))
     except ConfigError as e:
         if as_json:
             document = jsonout.check_document(settings.config_dir, [], "repository", e.problems)

@@ -89,7 +89,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ),
     ),
     "run": (
-        "run a module (files, ping, cmd, sync) on the targeted minions",
+        "run a module (files, packages, ping, cmd, sync) on the targeted minions",
         _epilog(
             [
                 "safcm-master run '*' ping",
@@ -291,9 +291,10 @@ def _run_arguments(run: argparse.ArgumentParser, config: argparse.ArgumentParser
         "module",
         metavar="MODULE",
         choices=modules.names(),
-        help="files: make the files as configured; ping: check the minions answer; "
-        "cmd: run COMMAND on each; "
-        "sync: every module that takes part in it, in order (files, then the triggers)",
+        help="files: make the files as configured; packages: install and remove packages"
+        " (apt); ping: check the minions answer; cmd: run COMMAND on each; "
+        "sync: every module that takes part in it, in order (packages, files, then the"
+        " triggers)",
     )
     run.add_argument(
         "argv",

@@ -43,6 +43,9 @@ that agree it is the one latest in Repository.groups_of() order.
 5. purge.yaml and secrets.yaml add up over the host's groups. A purged
    directory must not be provided as a file or symlink, nor be absent.
 
+6. packages.yaml: a package named by several groups is settled as a file
+   is (rule 1), whatever each group says of it (master/packages.py).
+
 Triggers are not part of the contest: every group of the host that names a
 path in its triggers.yaml adds its commands to that path (in groups_of()
 order, duplicates dropped), so a base group's "reload" still runs when a
@@ -73,6 +76,7 @@ from safcm.common.errors import (
 from safcm.common.model import AbsentSpec, FileSpec, FileType, is_below
 from safcm.common.yamlfile import Problems
 from safcm.master.facts import HostFacts
+from safcm.master.packages import CompiledPackage, compile_packages
 from safcm.master.repository import (
     CONFIG_FILE,
     Entry,
@@ -118,6 +122,8 @@ class HostConfig:
     absent: list[AbsentSpec] = dataclasses.field(default_factory=list)  # by path
     purge: list[str] = dataclasses.field(default_factory=list)  # sorted
     secrets: list[str] = dataclasses.field(default_factory=list)  # sorted
+    # <group>/packages.yaml, settled between groups (master/packages.py), by name
+    packages: list[CompiledPackage] = dataclasses.field(default_factory=list)
 
     def specs(self) -> list[FileSpec]:
         """The list the engine receives, in path order."""
@@ -215,6 +221,7 @@ def _compile(
     _check_parents(chosen, problems)
     purge, secrets = _collect_lists(repo, groups, chosen, absent, problems)
     triggers = _collect_triggers(repo, host, groups, chosen, problems)
+    packages = compile_packages(repo, host, groups, problems)
 
     files = []
     context = _TemplateContext(repo, host, groups, facts if facts is not None else HostFacts(None))
@@ -246,6 +253,7 @@ def _compile(
         absent=[AbsentSpec(e.path, e.recursive) for e in absent.values()],
         purge=purge,
         secrets=secrets,
+        packages=packages,
     )
 
 
@@ -280,7 +288,7 @@ def _settle_absent(
             entry.file,
             entry.line,
             f"{path} is absent in group {group!r} but provided by {names},"
-            f" and {_unranked_where(repo)}; list them in group_order or keep the path"
+            f" and {unranked_where(repo)}; list them in group_order or keep the path"
             " in one group only",
         )
     for path, entry in absent.items():
@@ -316,7 +324,7 @@ def _pick_absent(
         entry.file,
         entry.line,
         f"{path} is absent in groups {others} with different 'recursive',"
-        f" and {_unranked_where(repo)}; list them in group_order or make them agree",
+        f" and {unranked_where(repo)}; list them in group_order or make them agree",
     )
     return None
 
@@ -407,12 +415,12 @@ def _conflict_message(repo: Repository, path: str, unranked: list[_Candidate]) -
     else:
         what = f"{path} is provided by groups {listed}"
     return (
-        f"{what}, and {_unranked_where(repo)};"
+        f"{what}, and {unranked_where(repo)};"
         " list them in group_order or provide the path from one group only"
     )
 
 
-def _unranked_where(repo: Repository) -> str:
+def unranked_where(repo: Repository) -> str:
     if repo.group_order_line is None:
         return f"no group_order in {CONFIG_FILE} ranks them"
     return f"group_order ({CONFIG_FILE}:{repo.group_order_line}) does not rank them"

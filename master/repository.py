@@ -14,6 +14,8 @@ The repository (DESIGN.md section 6):
     <name>/purge.yaml          - /directory          (undeclared entries are removed)
     <name>/secrets.yaml        - /path               (content never shown or stored)
     <name>/services.yaml       enable: [unit, ...]   (master/services.py reads it)
+    <name>/packages.yaml       install: [name, name=version]  remove: [name]
+                               (master/packages.py)
 
 <name> is a group from groups.yaml, the implicit group "all", or a host id
 (a host is a group of its own). load_repository() reads all of it once,
@@ -102,6 +104,7 @@ from safcm.common.yamlfile import (
     read_regular_file,
 )
 from safcm.master.facts import HostFacts
+from safcm.master.packages import PACKAGES_FILE, PackageEntry, read_packages
 
 # The node kinds _Loader._expect() checks for; a match narrows the node's type.
 _Kind = TypeVar("_Kind", YScalar, YSeq, YMap)
@@ -124,6 +127,7 @@ GROUP_DIR_ENTRIES = (
     ABSENT_FILE,
     PURGE_FILE,
     SECRETS_FILE,
+    PACKAGES_FILE,
     "services.yaml",  # read by master/services.py
 )
 ABSENT_KEYS = ("path", "recursive")
@@ -278,6 +282,7 @@ class Repository:
         triggers: dict[str, dict[str, TriggerEntry]],
         lists: dict[str, PathLists],
         detected: dict[str, DetectedGroup] | None = None,
+        packages: dict[str, dict[str, PackageEntry]] | None = None,
     ) -> None:
         self.path = path
         self.hosts = hosts  # ids in hosts.yaml order
@@ -289,6 +294,8 @@ class Repository:
         self.triggers = triggers
         # group (or host) -> its absent.yaml, purge.yaml and secrets.yaml
         self.lists = lists
+        # group (or host) -> package name -> what its packages.yaml says
+        self.packages = packages if packages is not None else {}
         self._host_set = frozenset(hosts)
         self._members = members  # groups.yaml groups and "all"; hosts are implicit
         # groups.yaml groups detected from each host's own facts, by name
@@ -412,6 +419,7 @@ class _Loader:
         self.detected: dict[str, DetectedGroup] = {}
         self.groups_ok = True
         self.template_sources: dict[str, str] = {}
+        self.packages: dict[str, dict[str, PackageEntry]] = {}
         self.env = _template_environment(self.template_sources)
 
     def load(self, *, targets_only: bool = False) -> Repository:
@@ -437,6 +445,7 @@ class _Loader:
             triggers=triggers,
             lists=lists,
             detected=self.detected,
+            packages=self.packages,
         )
 
     # -- helpers for typed values ------------------------------------------
@@ -859,6 +868,9 @@ class _Loader:
                 if group_triggers:
                     triggers[name] = group_triggers
                 lists[name] = group_lists
+                group_packages = read_packages(self.root, name, self.problems)
+                if group_packages:
+                    self.packages[name] = group_packages
             elif (
                 stat.S_ISDIR(st.st_mode)
                 and self._looks_like_group_dir(full)

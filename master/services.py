@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from safcm.common.errors import ConfigError
 from safcm.common.services import (
@@ -116,18 +116,22 @@ class Ranking(Protocol):
 
     group_order_line: int | None
 
-    def groups_of(self, host: str) -> list[str]: ...
+    def groups_of(self, host: str, facts: Any = None) -> list[str]: ...
 
     def outranks(self, a: str, b: str, host: str) -> bool: ...
 
 
 def host_units(
-    declared: dict[str, dict[str, Declared]], repo: Ranking, host: str, problems: Problems
+    declared: dict[str, dict[str, Declared]],
+    repo: Ranking,
+    host: str,
+    problems: Problems,
+    facts: Any = None,
 ) -> list[UnitSpec]:
     """The host's units, by name: each settled among the host's groups.
     A conflict is added to `problems` and the unit left out."""
     by_unit: dict[str, list[tuple[str, Declared]]] = {}
-    for group in repo.groups_of(host):
+    for group in repo.groups_of(host, facts):
         for unit, d in declared.get(group, {}).items():
             by_unit.setdefault(unit, []).append((group, d))
     units: list[UnitSpec] = []

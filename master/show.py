@@ -95,12 +95,16 @@ def format_table(config: HostConfig, *, detecting: bool = False) -> str:
     for f, row in zip(config.files, rows, strict=True):
         out.append(line(row))
         out.extend(f"    trigger: {escape(c)}" for c in f.spec.triggers)
-    if config.absent or config.purge or config.secrets:
+    if config.absent or config.purge or config.secrets or config.packages:
         out.append("")
     for a in config.absent:
         out.append(f"absent: {escape(a.path)}{' (recursive)' if a.recursive else ''}")
     out.extend(f"purged: {escape(p)} (undeclared entries are removed)" for p in config.purge)
     out.extend(f"secret: {escape(p)}" for p in config.secrets)
+    out.extend(
+        f"{p.spec.want}: {escape(p.spec.arg().rstrip('-'))} (from {escape(p.group)})"
+        for p in config.packages
+    )
     out.append("")
     out.append(_summary(config))
     return "\n".join(out) + "\n"
@@ -167,6 +171,15 @@ def to_document(config: HostConfig) -> dict[str, Any]:
         "absent": [a.to_wire() for a in config.absent],
         "purge": list(config.purge),
         "secrets": list(config.secrets),
+        "packages": [
+            {
+                "name": p.spec.name,
+                "want": str(p.spec.want),
+                "version": p.spec.version,
+                "provider": p.group,
+            }
+            for p in config.packages
+        ],
     }
 
 

@@ -27,6 +27,10 @@ TRIGGER_TIMEOUT = fileops.TRIGGER_TIMEOUT
 FACTS_INTERVAL = 60.0
 MIN_FACTS_INTERVAL = 0.5
 MAX_FACTS_INTERVAL = 86400.0
+# Default longest run of apt-get in a packages job, in seconds: downloads and
+# maintainer scripts of a large install take minutes; a hung postinst must
+# still end in a result. The master waits for it (JOB_PROGRESS), up to an hour.
+APT_TIMEOUT = 900.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class MinionSettings:
     trigger_timeout: float = TRIGGER_TIMEOUT
     facts_interval: float = FACTS_INTERVAL
     log_level: str = "info"
+    apt_config: str | None = None  # APT_CONFIG for the packages module's apt runs
+    apt_timeout: float = APT_TIMEOUT
     # The modules this minion runs (minion/modules/); a job of another is
     # answered with an error result that says so. Default: every one.
     modules: frozenset[str] = frozenset(modules.MODULES)
@@ -114,6 +120,8 @@ _FIELDS = {
     "trigger_timeout": s.Field(s.duration, MinionSettings.trigger_timeout),
     "facts_interval": s.Field(_facts_interval, MinionSettings.facts_interval),
     "log_level": s.Field(s.log_level, MinionSettings.log_level),
+    "apt_config": s.Field(s.absolute_path, None),
+    "apt_timeout": s.Field(s.duration, MinionSettings.apt_timeout),
     "modules": s.Field(_modules, MinionSettings.modules),
 }
 

@@ -45,6 +45,7 @@ REGISTERED = (
     "files",
     "ping",
     "cmd",
+    "packages",
     "services",
 )
 

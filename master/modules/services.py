@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from safcm.master.render import Style
 
 
-def compile_units(repo: Any, hosts: list[str], options: Any) -> dict[str, dict[str, Any]]:
+def compile_units(repo: Any, hosts: list[str], request: Any) -> dict[str, dict[str, Any]]:
     """Each host's units; ConfigError naming every problem of every host."""
     from safcm.common.errors import ConfigError
     from safcm.common.yamlfile import Problems
@@ -21,7 +21,19 @@ def compile_units(repo: Any, hosts: list[str], options: Any) -> dict[str, dict[s
     declared = services.load_all(repo.path, [*repo.group_names(), *repo.hosts])
     problems = Problems()
     fields = {
-        host: {"units": [u.to_wire() for u in services.host_units(declared, repo, host, problems)]}
+        host: {
+            "units": [
+                u.to_wire()
+                for u in services.host_units(
+                    # Detected groups too (a host's own facts only, as files compiles).
+                    declared,
+                    repo,
+                    host,
+                    problems,
+                    request.facts.get(host) if request is not None else None,
+                )
+            ]
+        }
         for host in hosts
     }
     if problems:

@@ -52,6 +52,7 @@ REGISTERED = (
     "files",
     "ping",
     "cmd",
+    "packages",
     "services",
 )
 

@@ -65,6 +65,11 @@ def describe(config: HostConfig) -> dict:
         described["purge"] = config.purge
     if config.secrets:
         described["secrets"] = config.secrets
+    if config.packages:
+        described["packages"] = [
+            f"{p.spec.want} {p.spec.name}" + (f"={p.spec.version}" if p.spec.version else "")
+            for p in config.packages
+        ]
     return described
 
 

@@ -92,6 +92,17 @@ def test_show_table_through_the_cli():
     )
 
 
+def test_show_names_the_packages_and_their_groups():
+    proc = run_cli("show", "web1", "--repo", str(EXAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    assert "install: bash (from all)\n" in proc.stdout
+    assert "remove: telnetd (from all)\n" in proc.stdout
+    proc = run_cli("show", "web1", "--json", "--repo", str(EXAMPLE))
+    packages = schemas.loads(proc.stdout, "show")["packages"]
+    assert packages[0] == {"name": "bash", "want": "install", "version": None, "provider": "all"}
+    assert [p["name"] for p in packages] == ["bash", "coreutils", "rsh-server", "telnetd"]
+
+
 def test_show_json_through_the_cli():
     proc = run_cli("show", "db1", "--json", "--repo", str(EXAMPLE))
     assert proc.returncode == 0, proc.stderr

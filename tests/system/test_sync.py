@@ -1,5 +1,7 @@
 """`run TARGET sync` against real minions: the modules that take part in
-sync, in one job, step by step (today: files, services, then files' triggers), and a
+sync, in one job, step by step (packages, files, services, then the triggers
+of files; the example repository's packages are all in place already and it
+declares no unit), and a
 minion whose `modules:` leaves out a step refuses the sync whole."""
 
 from __future__ import annotations
@@ -7,6 +9,13 @@ from __future__ import annotations
 import os
 
 from tests.system.conftest import by_host, changed_paths, enrol, jobs_show, run_json
+
+# services has no unit to manage here (the example declares none): ok.
+STEPS_OK = [
+    {"module": "packages", "status": "ok", "error": None},
+    {"module": "files", "status": "ok", "error": None},
+    {"module": "services", "status": "ok", "error": None},
+]
 
 
 def test_sync_makes_the_files_and_runs_their_triggers_as_files_does(sandbox):
@@ -17,11 +26,7 @@ def test_sync_makes_the_files_and_runs_their_triggers_as_files_does(sandbox):
     assert code == 0
     result = by_host(dry)["web1"]["result"]
     assert result["module"] == "sync"
-    # services has no unit to manage here (the example declares none): ok.
-    assert result["steps"] == [
-        {"module": "files", "status": "ok", "error": None},
-        {"module": "services", "status": "ok", "error": None},
-    ]
+    assert result["steps"] == STEPS_OK
     assert os.listdir(sandbox.root("web1")) == []  # a dry run writes nothing
     # The dry run of sync reports what files' does.
     assert changed_paths(dry, "web1") == changed_paths(dry_files, "web1")
@@ -42,7 +47,7 @@ def test_sync_makes_the_files_and_runs_their_triggers_as_files_does(sandbox):
 
     # Stored as every job, and shown back.
     shown = by_host(jobs_show(sandbox, synced["jid"]))["web1"]["result"]
-    assert [s["module"] for s in shown["steps"]] == ["files", "services"]
+    assert shown["steps"] == STEPS_OK
     human = sandbox.cli("jobs", "show", synced["jid"])
     assert human.returncode == 0
     assert "files: ok" in human.stdout and "created /etc/motd" in human.stdout
@@ -58,7 +63,7 @@ def test_a_minion_that_does_not_accept_a_step_refuses_the_sync_whole(sandbox):
     result = by_host(doc)["web1"]["result"]
     assert result["status"] == "error"
     assert result["error"].startswith(
-        "this minion does not accept module files (minion.yaml modules:)"
+        "this minion does not accept module packages (minion.yaml modules:)"
     )
     assert result["apply"] is None
     assert os.listdir(sandbox.root("web1")) == []
