@@ -8,13 +8,16 @@ id, state directory (keys, seen-jid store, spool) and root directory:
 
     {"master": "127.0.0.1", "publish_port": 4505, "return_port": 4506,
      "heartbeat_interval": 2.0, "workers": 4, "log_level": "info",
-     "status": "/tmp/x/swarm-0.status",
+     "status": "/tmp/x/swarm-0.status", "fsync_workers": 8,
      "minions": [{"id": "m0002", "state_dir": "...", "root": "..."}, ...]}
 
 Every identity is a real minion/daemon.py Minion with its own keys and
 sockets; they share one event loop, one ZeroMQ context and one thread pool.
 That is the point of Minion taking those from its caller: hundreds of hosts
-on one machine without hundreds of interpreters. One job at a time per
+on one machine without hundreds of interpreters. "fsync_workers" (optional)
+sets minion/fileops.py's FSYNC_WORKERS for every identity of the process:
+a real host has its own disk and cores for its 8, here every identity
+that applies at once shares the machine's (--fsync-workers in fanout.py). One job at a time per
 identity still holds (each Minion keeps its own queue); the pool only bounds
 how many identities apply at once.
 
@@ -41,6 +44,7 @@ import zmq
 
 from safcm.common import log as safcm_log
 from safcm.common.loop import Loop
+from safcm.minion import fileops
 from safcm.minion.daemon import Minion
 from safcm.minion.settings import MinionSettings
 
@@ -86,6 +90,8 @@ def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     safcm_log.setup(spec.get("log_level", "info"))
+    if spec.get("fsync_workers") is not None:
+        fileops.FSYNC_WORKERS = spec["fsync_workers"]  # read by each apply when it starts
     fd_limit = raise_fd_limit()
     baseline = rss_kib()
 
