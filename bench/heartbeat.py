@@ -6,10 +6,11 @@
 A real master daemon (master/sandbox.py: a subprocess on 127.0.0.1, log
 level info, auto_accept so the fleet needs no `keys accept`), and --minions
 real minion identities in this process (minion/daemon.py Minion objects
-sharing one loop, ZeroMQ context and thread pool, as bench/swarm.py runs
-them), each heartbeating every --interval seconds. This process's CPU does
-not count: only the master's is read, from /proc/<pid>/stat (user + system,
-all threads, so libzmq's I/O thread and its CURVE work are included).
+sharing one loop (bench/swarm.py's SwarmLoop), ZeroMQ context and thread
+pool, as bench/swarm.py runs them), each heartbeating every --interval
+seconds. This process's CPU does not count: only the master's is read,
+from /proc/<pid>/stat (user + system, all threads, so libzmq's I/O thread
+and its CURVE work are included), and shown by thread.
 
 1. The master's idle load: CPU seconds a second with nothing connected.
 2. The fleet starts, enrols (auto-accepted) and connects; the benchmark
@@ -44,8 +45,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import zmq
 
-from bench.swarm import raise_fd_limit
-from safcm.common.loop import Loop
+from bench.swarm import SwarmContext, SwarmLoop, raise_fd_limit
 from safcm.master.sandbox import Sandbox
 from safcm.minion.daemon import Minion
 from safcm.minion.settings import MinionSettings
@@ -110,9 +110,9 @@ class Fleet:
     """The identities, on one loop in this process."""
 
     def __init__(self, sb: Sandbox, n: int, interval: float, base: str) -> None:
-        self.ctx = zmq.Context()
+        self.ctx = SwarmContext()
         self.ctx.set(zmq.MAX_SOCKETS, SOCKETS_PER_MINION * n + SOCKET_SLACK)
-        self.loop = Loop()
+        self.loop = self.ctx.loop = SwarmLoop()
         self.worker = concurrent.futures.ThreadPoolExecutor(max_workers=2)
         settings = sb.master.settings
         self.minions: list[Minion] = []
