@@ -79,7 +79,7 @@ MAX_CONNECTIONS_PER_KEY = 4
 UNKNOWN_SHARE = 0.25
 
 
-@dataclass
+@dataclass(slots=True)
 class Connection:
     fd: int
     peer: tuple[str, int] | None  # the remote address, to check before a cut
