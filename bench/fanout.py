@@ -1,8 +1,8 @@
 """Benchmark fan-out: a real master and N minions, `run '*' ping` and `run '*' files`.
 
     /work/venv/bin/python bench/fanout.py [--sizes 10,100,500] [--files 100]
-        [--swarms 2] [--workers 4] [--repeat 1] [--profile DIR] [--json]
-        [--keep] [--max-seconds 840]
+        [--swarms 2] [--workers 4] [--fsync-workers N] [--repeat 1] [--ping-only]
+        [--profile DIR] [--json] [--keep] [--max-seconds 840]
 
 For each N in --sizes, in a fresh temporary directory under /tmp:
 
@@ -73,7 +73,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import zmq
 
-from bench.swarm import rss_kib, write_json
+from bench.swarm import raise_fd_limit, rss_kib, write_json
 from safcm.common.protocol import MsgType
 from safcm.master.control import ControlClient
 from safcm.master.sandbox import Sandbox
@@ -118,6 +118,9 @@ PROFILE_STOP_TIMEOUT = 30.0
 PROFILE_TOP = 14
 PROFILE_ENTRY_SHARE = 0.95
 SAFCM_PACKAGES = ("common", "master", "minion", "bench", "swarm.py")
+# Largest --sizes: 10,000 minions hold 20,000 connections on the master, and
+# more than that needs a descriptor limit few machines give.
+MAX_SIZE = 20_000
 
 
 class BenchError(Exception):
@@ -175,6 +178,7 @@ class SizeFigures:
     swarm_identities: int = 0
     minion_hwm_kib: int = 0  # the one real minion daemon
     master_idle_load: float = 0.0  # share of a core with no job (heartbeats)
+    master_idle_rss_kib: int = 0  # the master's RSS with the fleet connected, before any job
     minions_idle_load: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -183,7 +187,7 @@ class SizeFigures:
 
 
 def host_id(i: int) -> str:
-    return f"m{i:04d}"
+    return f"m{i:04d}"  # m0001..m9999, then m10000...
 
 
 def file_content(n: int) -> bytes:
@@ -216,7 +220,14 @@ class Swarm:
     """One bench/swarm.py process and the identities it holds."""
 
     def __init__(
-        self, base: str, index: int, ids: list[str], sb: Sandbox, interval: float, workers: int
+        self,
+        base: str,
+        index: int,
+        ids: list[str],
+        sb: Sandbox,
+        interval: float,
+        workers: int,
+        fsync_workers: int | None,
     ) -> None:
         self.ids = ids
         self.status_path = os.path.join(base, f"swarm-{index}.status")
@@ -233,6 +244,7 @@ class Swarm:
                 "master_fingerprint": sb.master_fingerprint(),
                 "heartbeat_interval": interval,
                 "workers": workers,
+                "fsync_workers": fsync_workers,
                 "log_level": "info",
                 "status": self.status_path,
                 "minions": [
@@ -423,6 +435,7 @@ class Fleet:
         k = max(1, min(args.swarms, len(swarm_ids)))
         self.chunks = [swarm_ids[i::k] for i in range(k)] if swarm_ids else []
         self.workers = args.workers
+        self.fsync_workers = args.fsync_workers
         self.run_timeout = RUN_TIMEOUT_BASE + RUN_TIMEOUT_PER_MINION * n
         self.enrol_timeout = ENROL_TIMEOUT_BASE + ENROL_TIMEOUT_PER_MINION * n
         self.base = ""
@@ -459,7 +472,7 @@ class Fleet:
         sb.start_minion(REFERENCE_MINION)
         self.roots[REFERENCE_MINION] = sb.root(REFERENCE_MINION)
         self.swarms = [
-            Swarm(self.base, i, chunk, sb, self.interval, self.workers)
+            Swarm(self.base, i, chunk, sb, self.interval, self.workers, self.fsync_workers)
             for i, chunk in enumerate(self.chunks)
         ]
         for swarm in self.swarms:
@@ -535,6 +548,12 @@ class Fleet:
             with open(path, errors="replace") as f:
                 count += sum(1 for line in f if needle in line)
         return count
+
+    def master_rss_kib(self) -> int:
+        try:
+            return rss_kib("VmRSS", self.sb.master.proc.pid)
+        except OSError:
+            raise BenchError("the master exited; see the logs (--keep)") from None
 
     def memory(self, figures: SizeFigures) -> None:
         figures.master_hwm_kib = hwm_kib(self.sb.master.proc.pid)
@@ -683,7 +702,7 @@ def check_hosts(doc: dict, ids: list[str], figures: RunFigures) -> None:
         return
     hosts = _hosts(doc)
     missing = sorted(set(ids) - set(hosts))
-    if sorted(hosts) != ids:
+    if sorted(hosts) != sorted(ids):
         figures.problems.append(f"targeted {len(hosts)} hosts, not {len(ids)}")
     if missing:
         figures.problems.append(f"{len(missing)} hosts missing from the results: {missing[:5]}")
@@ -739,10 +758,9 @@ def check_noop(doc: dict, fleet: Fleet, figures: RunFigures) -> None:
 
 
 def bench_size(n: int, args: argparse.Namespace, budget: Budget) -> SizeFigures:
-    plan = [("ping", "ping", check_ping)] * args.repeat + [
-        ("files", "files create", check_create),
-        ("files", "files no-op", check_noop),
-    ]
+    plan = [("ping", "ping", check_ping)] * args.repeat
+    if not args.ping_only:
+        plan += [("files", "files create", check_create), ("files", "files no-op", check_noop)]
     fleet = Fleet(n, args, budget)
     figures = SizeFigures(n, fleet.interval, len(fleet.chunks))
     try:
@@ -752,6 +770,7 @@ def bench_size(n: int, args: argparse.Namespace, budget: Budget) -> SizeFigures:
             idle = fleet.idle_load()
             figures.master_idle_load = idle["master"]
             figures.minions_idle_load = idle["minions"]
+            figures.master_idle_rss_kib = fleet.master_rss_kib()
             for module, name, check in plan:
                 run, doc = timed_run(fleet, module, name, args.profile)
                 check(doc, fleet, run)
@@ -779,8 +798,12 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
     print(
         f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}); {args.files} files of "
-        f"{FILE_SIZE} B per host; {args.workers} apply threads per swarm"
+        f"{FILE_SIZE} B per host; {args.workers} apply threads per swarm, "
+        f"{args.fsync_workers or 'default'} fsync threads per apply"
     )
+    before = " ".join(f"{x:.2f}" for x in args.load_before)
+    after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average (1, 5, 15 min): {before} at the start, {after} at the end")
     print()
     print(
         f"{'N':>5}  {'run':<13} {'seconds':>8} {'results/s':>10} {'answered':>9}   "
@@ -796,7 +819,7 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
             )
     print()
     print(
-        f"{'N':>5}  {'run':<13} {'CPU s: master':>13} {'minions':>8} {'cli':>6}   "
+        f"{'N':>5}  {'run':<13} {'CPU s: master':>13} {'ms/host':>7} {'minions':>8} {'cli':>6}   "
         f"{'apply p50':>9} {'max':>6}   {'dup':>5}   {'B/host':>8} {'loop max ms':>11}  by"
     )
     for size in sizes:
@@ -804,7 +827,8 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
             per_host = "-" if r.bytes_per_host is None else f"{r.bytes_per_host:.0f}"
             loop = "-" if r.loop_max_ms is None else f"{r.loop_max_ms:.1f}"
             print(
-                f"{size.n:>5}  {r.name:<13} {r.master_cpu:>13.2f} {r.minions_cpu:>8.2f} "
+                f"{size.n:>5}  {r.name:<13} {r.master_cpu:>13.2f} "
+                f"{r.master_cpu / max(1, r.hosts) * 1000:>7.2f} {r.minions_cpu:>8.2f} "
                 f"{r.cli_cpu:>6.2f}   {maybe(r.apply_median):>9} {maybe(r.apply_max):>6}   "
                 f"{r.duplicates:>5}   {per_host:>8} {loop:>11}  {r.loop_max_where}"
             )
@@ -812,7 +836,7 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
     print(
         f"{'N':>5}  {'heartbeat':>9} {'enrol s':>8} {'accept→conn':>11}   "
         f"{'idle CPU: master':>16} {'minions':>8}   "
-        f"{'MiB: master':>11} {'minion/id':>9} {'marginal':>8} {'daemon':>7}"
+        f"{'MiB: master idle':>16} {'peak':>6} {'minion/id':>9} {'marginal':>8} {'daemon':>7}"
     )
     for size in sizes:
         ids = size.swarm_identities
@@ -823,7 +847,8 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         print(
             f"{size.n:>5}  {size.heartbeat:>8.1f}s {size.enrol_seconds:>8.1f} "
             f"{size.connect_seconds:>11.1f}   {size.master_idle_load * 100:>15.1f}% "
-            f"{size.minions_idle_load * 100:>7.1f}%   {mib(size.master_hwm_kib):>11} "
+            f"{size.minions_idle_load * 100:>7.1f}%   {mib(size.master_idle_rss_kib):>16} "
+            f"{mib(size.master_hwm_kib):>6} "
             f"{per_id:>9} {marginal:>8} {mib(size.minion_hwm_kib):>7}"
         )
     print()
@@ -832,14 +857,16 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         "cli→job: CLI start to the job's submission (start-up, repository load, compile);\n"
         "  →receipts / →results: submission to the last receipt / last stored result\n"
         "  (master clock); →exit: last stored result to the CLI's exit.\n"
-        "CPU s: CPU seconds used during the run by the master, all minion processes, the CLI.\n"
+        "CPU s: CPU seconds used during the run by the master (and its ms per host), all\n"
+        "  minion processes, the CLI.\n"
         "apply p50 / max: one host's job on its minion (its result's started..finished).\n"
         "dup: envelopes minions received again after taking the job (master re-publishes).\n"
         "B/host: envelope bytes the master published for the job, per host.\n"
         "loop max ms: the longest any one callback held the master's event loop from the\n"
         "  job's submission to its end (nothing else was read or sent meanwhile), and which.\n"
         f"idle CPU: share of one core used over {IDLE_WINDOW:.0f} s with no job (heartbeats).\n"
-        "MiB: peak RSS (VmHWM) of the master; of the swarms per identity (their sum over\n"
+        "MiB: the master's RSS with the fleet connected and idle, before the first job;\n"
+        "  peak RSS (VmHWM) of the master; of the swarms per identity (their sum over\n"
         "  identities, and the same less their RSS before the first identity); and of\n"
         f"  the one real minion daemon ({REFERENCE_MINION})."
     )
@@ -881,7 +908,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=4, help="apply threads per swarm (default: 4)"
     )
+    parser.add_argument(
+        "--fsync-workers",
+        type=int,
+        help="fsync threads of each apply in the swarms (default: the engine's FSYNC_WORKERS)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="ping runs per size (default: 1)")
+    parser.add_argument(
+        "--ping-only",
+        action="store_true",
+        help="no files runs: the fleet, its idle load and memory, and ping",
+    )
     parser.add_argument("--profile", metavar="DIR", help="py-spy the master and a swarm into DIR")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
@@ -896,10 +933,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         parser.error(f"--sizes: not a comma list of numbers: {args.sizes!r}")
-    if any(n < 1 or n > 9999 for n in args.sizes):
-        parser.error("--sizes: each size must be 1 to 9999 (ids are m0001..m9999)")
-    for name in ("files", "swarms", "workers", "repeat"):
-        if getattr(args, name) < 1:
+    if any(n < 1 or n > MAX_SIZE for n in args.sizes):
+        parser.error(f"--sizes: each size must be 1 to {MAX_SIZE}")
+    for name in ("files", "swarms", "workers", "repeat", "fsync_workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.files > FILES_PER_DIR * 100:
         parser.error(f"--files: at most {FILES_PER_DIR * 100}")
@@ -920,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     budget = Budget(args.max_seconds)
+    raise_fd_limit()  # the master inherits it: two connections per minion
+    args.load_before = os.getloadavg()
     sizes: list[SizeFigures] = []
     try:
         for n in args.sizes:

@@ -6,10 +6,11 @@
 A real master daemon (master/sandbox.py: a subprocess on 127.0.0.1, log
 level info, auto_accept so the fleet needs no `keys accept`), and --minions
 real minion identities in this process (minion/daemon.py Minion objects
-sharing one loop, ZeroMQ context and thread pool, as bench/swarm.py runs
-them), each heartbeating every --interval seconds. This process's CPU does
-not count: only the master's is read, from /proc/<pid>/stat (user + system,
-all threads, so libzmq's I/O thread and its CURVE work are included).
+sharing one loop (bench/swarm.py's SwarmLoop), ZeroMQ context and thread
+pool, as bench/swarm.py runs them), each heartbeating every --interval
+seconds. This process's CPU does not count: only the master's is read,
+from /proc/<pid>/stat (user + system, all threads, so libzmq's I/O thread
+and its CURVE work are included), and shown by thread.
 
 1. The master's idle load: CPU seconds a second with nothing connected.
 2. The fleet starts, enrols (auto-accepted) and connects; the benchmark
@@ -44,8 +45,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import zmq
 
-from bench.swarm import raise_fd_limit
-from safcm.common.loop import Loop
+from bench.swarm import SwarmContext, SwarmLoop, raise_fd_limit
 from safcm.master.sandbox import Sandbox
 from safcm.minion.daemon import Minion
 from safcm.minion.settings import MinionSettings
@@ -77,6 +77,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each of a process's threads, summed by thread name
+    (the loop's "python", libzmq's "ZMQbg/IO/0" and "ZMQbg/Reaper", pools')."""
+    threads: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rpartition(")")[2].split()
+        threads[name] = threads.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return threads
+
+
 class Reconnects(logging.Handler):
     """Counts the identities' "no reply from the master ... reconnecting"
     lines: a round with any measured enrolments and key replies too."""
@@ -94,9 +110,9 @@ class Fleet:
     """The identities, on one loop in this process."""
 
     def __init__(self, sb: Sandbox, n: int, interval: float, base: str) -> None:
-        self.ctx = zmq.Context()
+        self.ctx = SwarmContext()
         self.ctx.set(zmq.MAX_SOCKETS, SOCKETS_PER_MINION * n + SOCKET_SLACK)
-        self.loop = Loop()
+        self.loop = self.ctx.loop = SwarmLoop()
         self.worker = concurrent.futures.ThreadPoolExecutor(max_workers=2)
         settings = sb.master.settings
         self.minions: list[Minion] = []
@@ -181,9 +197,11 @@ def measure(args: argparse.Namespace) -> int:
         figures = []
         for r in range(1, args.rounds + 1):
             lost0 = reconnects.count
+            threads0 = thread_cpu(pid)
             cpu0, beats0, t0 = cpu_seconds(pid), fleet.heartbeats(), time.monotonic()
             fleet.run_for(args.window)
             cpu1, beats1, t1 = cpu_seconds(pid), fleet.heartbeats(), time.monotonic()
+            threads1 = thread_cpu(pid)
             beats = beats1 - beats0
             per_beat = (cpu1 - cpu0) / beats * 1e6 if beats else float("nan")
             rate = beats / (t1 - t0)
@@ -200,6 +218,13 @@ def measure(args: argparse.Namespace) -> int:
                 f"{cpu1 - cpu0:.3f} CPU s = {(cpu1 - cpu0) / (t1 - t0) * 100:.1f}% of a core; "
                 f"{per_beat:.1f} us per heartbeat" + (f"  [{'; '.join(flags)}]" if flags else "")
             )
+            if beats:
+                shares = ", ".join(
+                    f"{name} {(used - threads0.get(name, 0.0)) / beats * 1e6:.1f}"
+                    for name, used in sorted(threads1.items())
+                    if used > threads0.get(name, 0.0)
+                )
+                print(f"  us per heartbeat by thread: {shares}")
         print(
             f"master CPU per heartbeat: median {statistics.median(figures):.1f} us "
             f"(min {min(figures):.1f}, max {max(figures):.1f}) over {len(figures)} rounds"

@@ -35,6 +35,12 @@ MAX_POLL_SECONDS = 1.0
 SLOW_CALLBACK_WARNING = 1.0
 
 
+# The poll flags as plain ints: zmq's are enum.IntFlag members, and `|` on
+# those costs more than the rest of a (re-)registration.
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+
+
 def _key(sock: Any) -> Any:
     """What zmq.Poller.poll() reports for `sock`: the socket itself for ZeroMQ
     sockets, the file descriptor number for everything else."""
@@ -109,8 +115,8 @@ class Loop:
             self._register(key)
 
     def _register(self, sock: Any) -> None:
-        flags = (zmq.POLLIN if sock in self._readers else 0) | (
-            zmq.POLLOUT if sock in self._writers else 0
+        flags = (_POLLIN if sock in self._readers else 0) | (
+            _POLLOUT if sock in self._writers else 0
         )
         if flags:
             self._poller.register(sock, flags)
@@ -181,9 +187,9 @@ class Loop:
             wait = min(wait, max(0.0, self._timers[0][0] - now))
         for sock, flags in self._poller.poll(int(wait * 1000)):
             # A callback may have removed this socket or another one; look again.
-            if flags & zmq.POLLIN and sock in self._readers:
+            if flags & _POLLIN and sock in self._readers:
                 self._call(self._readers[sock])
-            if flags & zmq.POLLOUT and sock in self._writers:
+            if flags & _POLLOUT and sock in self._writers:
                 self._call(self._writers[sock])
         now = self.clock()
         while self._timers and self._timers[0][0] <= now:

@@ -39,6 +39,7 @@ import zmq
 from safcm.common import codec
 from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair, peek_header
 from safcm.common.errors import EnvelopeError, ProtocolError
+from safcm.common.loop import Timer
 from safcm.common.protocol import (
     MASTER_ID,
     MAX_FILE_BYTES,
@@ -60,6 +61,7 @@ from safcm.common.protocol import (
 )
 from safcm.common.protocol import KeyState as WireKeyState
 from safcm.common.ratelimit import Bucket, Buckets, PeerLog
+from safcm.common.wire import pack_plain
 from safcm.master.facts import FactStore, HostFacts
 from safcm.master.jobstore import HostState, JobStore, StoredResult
 from safcm.master.keystore import KeyStore, MinionKey
@@ -79,6 +81,12 @@ ROUTER_BATCH = 512
 # Seconds spent reading the return socket in one go, at most (about: one
 # large result may take longer): the loop must not stall on a burst.
 ROUTER_SLICE = 0.02
+# Seconds the return socket is left alone after it was read empty: what
+# comes meanwhile (a fleet's heartbeats, spread over their interval) is read
+# in one wake-up, and the replies go out in one burst. Each wake-up costs the
+# loop a poll and libzmq's I/O thread a context switch, more than handling
+# a heartbeat itself; this is the most a message waits for that.
+RETURN_COALESCE = 0.02
 # Messages ZeroMQ may queue from one connection of the return socket before
 # it stops reading that connection (TCP then pushes back): at most this many
 # results of MAX_RESULT_BYTES wait in memory per peer.
@@ -177,6 +185,7 @@ class Intake:
             },
         )
         self.router: zmq.Socket | None = None
+        self._resume: Timer | None = None  # while the return socket rests (RETURN_COALESCE)
         # Receipts and results read in this wake-up, stored together in one
         # transaction (store_batch); each result with the routing id its
         # confirmation goes back to.
@@ -187,6 +196,7 @@ class Intake:
         # Handlers take only the message (the Dispatcher's contract), so the
         # peer travels beside it.
         self._peer = b""
+        self._replies: list[tuple[bytes, bytes]] = []  # (routing id, frame), to send
         # The packed body of the sealed message being handled, as it came: a
         # result is stored as these bytes, not packed a second time.
         self._plaintext = b""
@@ -201,6 +211,8 @@ class Intake:
         self.loop.add_reader(router, self.on_router)
 
     def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
         if self.router is not None:
             self.loop.remove_reader(self.router)
             self.router.close(0)
@@ -213,17 +225,20 @@ class Intake:
         self._stored_bytes.clear()
 
     def on_router(self) -> None:
+        """Read what the return socket holds, within ROUTER_SLICE and
+        ROUTER_BATCH, then answer it all in one burst; after reading it
+        empty, rest for RETURN_COALESCE (read then by the timer, not the poller)."""
         router = _opened(self.router)
-        # What is left is read on the next turn (the poller reports the socket
-        # readable again), after timers and the other sockets had theirs.
         until = self.loop.clock() + ROUTER_SLICE
-        for _ in range(ROUTER_BATCH):
-            if self.loop.clock() >= until:
-                break
+        drained = False
+        read = 0
+        while read < ROUTER_BATCH and self.loop.clock() < until:
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                drained = True
                 break
+            read += 1
             if len(frames) != 2:
                 self.peer_log.warning(
                     "dropped a message of %d frames instead of one", len(frames) - 1
@@ -233,6 +248,22 @@ class Intake:
             if self._batch_bytes >= BATCH_BYTES:
                 self.store_batch()
         self.store_batch()
+        self._send_replies()
+        # Read empty after reading something: rest, and read again when the
+        # timer fires (_resume_reading).
+        if drained and read > 0 and self._resume is None:
+            self.loop.remove_reader(router)
+            self._resume = self.loop.call_later(RETURN_COALESCE, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        try:
+            self.on_router()
+        finally:
+            if self._resume is None:
+                # Nothing came while resting, or a limit stopped the read with
+                # more waiting (or the read failed): the poller watches again.
+                self.loop.add_reader(_opened(self.router), self.on_router)
 
     def _route(self, peer: bytes, frame: zmq.Frame) -> None:
         self._peer = peer
@@ -327,10 +358,21 @@ class Intake:
         return True
 
     def _reply(self, frame: bytes) -> None:
-        try:
-            _opened(self.router).send_multipart([self._peer, frame], zmq.NOBLOCK)
-        except zmq.Again:
-            log.debug("reply to %s dropped: its queue is full", self._peer.hex())
+        """Answer the message being handled; sent with the others of this
+        wake-up (_send_replies)."""
+        self._replies.append((self._peer, frame))
+
+    def _send_replies(self) -> None:
+        """Send the replies of one wake-up in one burst: libzmq's I/O thread,
+        woken by the first, finds more waiting, rather than being woken for
+        each (a wake-up of another thread costs more than a small reply)."""
+        replies, self._replies = self._replies, []
+        router = _opened(self.router)
+        for peer, frame in replies:
+            try:
+                router.send_multipart([peer, frame], zmq.NOBLOCK)
+            except zmq.Again:
+                log.debug("reply to %s dropped: its queue is full", peer.hex())
 
     def _reply_sealed(
         self, minion: str, msg_type: MsgType, body: dict[str, Any], jid: str | None = None
@@ -413,14 +455,19 @@ class Intake:
             raise ProtocolError(
                 f"heartbeat {seq} of {minion} is not newer than its last, {key.seq} (a replay)"
             )
-        if minion not in self.peers.presence:
+        presence = self.peers.presence.get(minion)
+        if presence is None:
             self.peer_log.info("minion %s is connected (version %s)", minion, msg.body["version"])
-        self.peers.presence[minion] = Presence(
-            self.loop.clock(), msg.body["interval"], msg.body["busy"]
-        )
+            presence = self.peers.presence[minion] = Presence(0.0, 0.0)
+        # Changed in place: a new object per heartbeat costs more than the rest.
+        presence.last_seen = self.loop.clock()
+        presence.interval = msg.body["interval"]
+        presence.busy = msg.body["busy"]
         now = self.clock()
         self.keystore.touch(minion, now, seq)
-        self._reply(encode_plain(MsgType.HEARTBEAT_REPLY, {"time": now}))
+        # Packed without encode_plain's schema check: the body is one float
+        # of our own clock, and the check would cost a fifth of a heartbeat.
+        self._reply(pack_plain(MsgType.HEARTBEAT_REPLY, {"time": now}))
 
     def on_job_receipt(self, msg: Message) -> None:
         minion, jid = msg.require_peer(), msg.body["jid"]
@@ -593,6 +640,7 @@ class Intake:
             self._reply(encode_plain(MsgType.RESULT_RECEIPT, {"jid": r.jid}))
             self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
             self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
+        self._send_replies()
 
 
 def _over_quota(body: dict[str, Any], size: int, used: int, quota: int) -> dict[str, Any]:

@@ -40,6 +40,17 @@ class KeyState(enum.StrEnum):
     REJECTED = "rejected"
 
 
+@dataclass(slots=True)
+class Seen:
+    """When a minion was last heard from, and its last heartbeat's sequence
+    number. Every heartbeat changes them, so they are changed in place, not
+    by replacing the whole (frozen) MinionKey, which costs more than the rest
+    of a heartbeat's handling; they reach the database in batches (flush)."""
+
+    last_seen: float | None
+    seq: int = 0  # the last heartbeat's sequence number
+
+
 @dataclass(frozen=True)
 class MinionKey:
     id: str
@@ -49,9 +60,16 @@ class MinionKey:
     curve_pub: bytes | None  # None for a key enrolled before CURVE: it must enrol again
     fingerprint: str
     first_seen: float
-    last_seen: float | None
     changed: float
-    seq: int = 0  # the last heartbeat's sequence number
+    seen: Seen  # shared by the replacements of this key (a new state keeps it)
+
+    @property
+    def last_seen(self) -> float | None:
+        return self.seen.last_seen
+
+    @property
+    def seq(self) -> int:
+        return self.seen.seq
 
     @property
     def public(self) -> PublicKeys | None:
@@ -85,9 +103,8 @@ class KeyStore:
                 curve_pub=row["curve_pub"],
                 fingerprint=row["fingerprint"],
                 first_seen=row["first_seen"],
-                last_seen=row["last_seen"],
                 changed=row["changed"],
-                seq=row["seq"],
+                seen=Seen(row["last_seen"], row["seq"]),
             )
             self._put(key)
 
@@ -201,7 +218,9 @@ class KeyStore:
             (minion_id, str(state), keys.sign, keys.kx, keys.curve, fingerprint, now, now),
         )
         self._put(
-            MinionKey(minion_id, state, keys.sign, keys.kx, keys.curve, fingerprint, now, None, now)
+            MinionKey(
+                minion_id, state, keys.sign, keys.kx, keys.curve, fingerprint, now, now, Seen(None)
+            )
         )
 
     def pending_count(self) -> int:
@@ -303,7 +322,9 @@ class KeyStore:
         kept in memory until flush()."""
         key = self._keys.get(minion_id)
         if key is not None:
-            self._keys[minion_id] = replace(key, last_seen=now, seq=key.seq if seq is None else seq)
+            key.seen.last_seen = now
+            if seq is not None:
+                key.seen.seq = seq
             self._dirty.add(minion_id)
 
     def dirty(self) -> bool:

@@ -39,7 +39,7 @@ log = logging.getLogger("safcm-master")
 LIVENESS = 3
 
 
-@dataclass
+@dataclass(slots=True)
 class Presence:
     last_seen: float  # monotonic
     interval: float  # the minion's heartbeat interval, seconds (at most MAX_HEARTBEAT_INTERVAL)

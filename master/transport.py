@@ -79,7 +79,7 @@ MAX_CONNECTIONS_PER_KEY = 4
 UNKNOWN_SHARE = 0.25
 
 
-@dataclass
+@dataclass(slots=True)
 class Connection:
     fd: int
     peer: tuple[str, int] | None  # the remote address, to check before a cut
@@ -96,6 +96,11 @@ class ConnectionTable:
     `idle_after` is how long, in seconds, a key that is not an accepted
     minion's may stay silent (UNKNOWN_IDLE; the key port's peers need one
     exchange, so less there).
+
+    The counts the decisions need (connections not chosen to be cut, those
+    of each key, those not an accepted minion's, those that never said who
+    they are) are kept as connections come, change and go: a fleet of
+    10,000 reconnecting at once must not cost 10,000 x 10,000 steps.
     """
 
     def __init__(self, cap: int, idle_after: float = UNKNOWN_IDLE) -> None:
@@ -103,31 +108,64 @@ class ConnectionTable:
         self.idle_after = idle_after
         self.unknown_cap = max(1, int(cap * UNKNOWN_SHARE))
         self.conns: dict[int, Connection] = {}  # in the order they were accepted
+        self._live = 0  # not chosen to be cut
+        self._unknown = 0  # not an accepted minion's
+        self._per_key: dict[str, int] = {}
+        # Not chosen to be cut and not identified yet, oldest first: the
+        # victims when the socket is over its cap.
+        self._silent: dict[int, Connection] = {}
 
     def __len__(self) -> int:
         return len(self.conns)
 
+    def _count(self, c: Connection, sign: int) -> None:
+        """Add a connection to the counts (sign 1) or take it out (-1)."""
+        if not c.cut:
+            self._live += sign
+            if c.key is None:
+                if sign > 0:
+                    self._silent[c.fd] = c
+                elif self._silent.get(c.fd) is c:
+                    del self._silent[c.fd]
+        if not c.known:
+            self._unknown += sign
+        if c.key is not None:
+            held = self._per_key.get(c.key, 0) + sign
+            if held:
+                self._per_key[c.key] = held
+            else:
+                del self._per_key[c.key]
+
+    def _mark_cut(self, c: Connection) -> None:
+        if not c.cut:
+            self._count(c, -1)
+            c.cut = True
+            self._count(c, 1)
+
     def opened(self, fd: int, peer: tuple[str, int] | None, now: float) -> Connection | None:
         """Record a new connection; returns the one to cut if the socket is over
         its cap: the oldest that has not said who it is, else this new one."""
-        self.conns.pop(fd, None)  # a reused number: the old connection is gone
+        self.closed(fd)  # a reused number: the old connection is gone
         new = self.conns[fd] = Connection(fd, peer, now, last_active=now)
-        if sum(1 for c in self.conns.values() if not c.cut) <= self.cap:
+        self._count(new, 1)
+        if self._live <= self.cap:
             return None
-        victim = next((c for c in self.conns.values() if c.key is None and not c.cut), new)
-        victim.cut = True
+        victim = next(iter(self._silent.values()), new)
+        self._mark_cut(victim)
         return victim
 
     def closed(self, fd: int) -> None:
-        self.conns.pop(fd, None)
+        old = self.conns.pop(fd, None)
+        if old is not None:
+            self._count(old, -1)
 
     def unknown(self) -> int:
         """Connections that are not (yet) an accepted minion's."""
-        return sum(1 for c in self.conns.values() if not c.known)
+        return self._unknown
 
     def room_for_unknown(self) -> bool:
         """May one more unknown key finish a handshake? (asked by the ZAP handler)"""
-        return self.unknown() < self.unknown_cap
+        return self._unknown < self.unknown_cap
 
     def active(self, fd: int, key: str, known: bool, now: float) -> bool:
         """A message or subscription came on `fd` from `key`; True if the
@@ -136,33 +174,33 @@ class ConnectionTable:
         if conn is None:  # its accept event is still on the way
             return False
         conn.last_active = now
-        if conn.key != key:
-            conn.key, conn.known = key, known
-            same = sum(1 for c in self.conns.values() if c.key == key)
-            return same > MAX_CONNECTIONS_PER_KEY
-        conn.known = known
-        return False
+        if conn.key == key and conn.known == known:
+            return False
+        self._count(conn, -1)
+        changed_key = conn.key != key
+        conn.key, conn.known = key, known
+        self._count(conn, 1)
+        return changed_key and self._per_key[key] > MAX_CONNECTIONS_PER_KEY
 
     def forget_key(self, key: str) -> list[Connection]:
         """The connections of a key that was rejected or deleted: to cut."""
-        return _cutting([c for c in self.conns.values() if c.key == key])
+        return self._cutting([c for c in self.conns.values() if c.key == key])
 
     def stale(self, now: float) -> list[Connection]:
         """Connections to cut now: never identified within IDENTIFY_GRACE, or
         an unknown key silent for idle_after."""
-        return _cutting([c for c in self.conns.values() if not c.cut and self._stale(c, now)])
+        return self._cutting([c for c in self.conns.values() if not c.cut and self._stale(c, now)])
 
     def _stale(self, c: Connection, now: float) -> bool:
         if c.key is None:
             return now - c.opened > IDENTIFY_GRACE
         return not c.known and now - c.last_active > self.idle_after
 
-
-def _cutting(conns: list[Connection]) -> list[Connection]:
-    """Mark connections as chosen to be cut, so none is chosen twice."""
-    for c in conns:
-        c.cut = True
-    return conns
+    def _cutting(self, conns: list[Connection]) -> list[Connection]:
+        """Mark connections as chosen to be cut, so none is chosen twice."""
+        for c in conns:
+            self._mark_cut(c)
+        return conns
 
 
 def cut(conn: Connection) -> bool:

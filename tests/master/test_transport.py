@@ -3,6 +3,8 @@ with time passed in."""
 
 from __future__ import annotations
 
+import random
+
 from safcm.master.transport import (
     IDENTIFY_GRACE,
     MAX_CONNECTIONS_PER_KEY,
@@ -85,3 +87,36 @@ def test_a_rejected_key_loses_every_connection():
     table.active(2, "aa", known=True, now=0.0)
     table.active(3, "bb", known=True, now=0.0)
     assert sorted(c.fd for c in table.forget_key("aa")) == [1, 2]
+
+
+def test_the_counts_kept_as_connections_change_match_a_recount():
+    """The table keeps its counts as events come (a recount per event costs a
+    fleet that reconnects at once its square); after any sequence of events
+    each decision is the one a recount gives."""
+    rng = random.Random(11)
+    table = ConnectionTable(cap=12)
+    keys = [f"k{i}" for i in range(5)]
+    for now in range(5000):
+        fd, key, op = rng.randrange(30), rng.choice(keys), rng.random()
+        conns = table.conns.values()
+        if op < 0.4:
+            victim = table.opened(fd, None, now)
+            if victim is not None:
+                first_silent = next(
+                    c for c in conns if c.key is None and (c is victim or not c.cut)
+                )
+                assert victim is first_silent
+        elif op < 0.55:
+            table.closed(fd)
+        elif op < 0.9:
+            conn = table.conns.get(fd)
+            same = sum(1 for c in conns if c.key == key) + 1
+            expected = conn is not None and conn.key != key and same > MAX_CONNECTIONS_PER_KEY
+            assert table.active(fd, key, rng.random() < 0.5, now) is expected
+        elif op < 0.95:
+            table.forget_key(key)
+        else:
+            table.stale(now + rng.choice([0.0, IDENTIFY_GRACE + 1, UNKNOWN_IDLE + 1]))
+        assert sum(1 for c in conns if not c.cut) <= table.cap
+        assert table.unknown() == sum(1 for c in conns if not c.known)
+        assert table.room_for_unknown() is (table.unknown() < table.unknown_cap)

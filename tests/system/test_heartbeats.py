@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import sqlite3
 import time
 
 import zmq
@@ -14,6 +15,7 @@ import zmq
 from safcm.common import codec
 from safcm.common.loop import Loop
 from safcm.common.protocol import MAX_PLAIN_NETWORK_BYTES, PROTOCOL_VERSION, MsgType
+from safcm.master.db import DB_NAME
 from safcm.master.sandbox import Sandbox, wait_for
 from safcm.minion.daemon import Minion
 from safcm.minion.settings import MinionSettings
@@ -75,6 +77,40 @@ def test_an_oversized_or_malformed_heartbeat_is_dropped_before_it_is_decoded(san
     assert not keys(sandbox)["web3"]["connected"]
     web3.heartbeat()  # the connection still serves
     assert web3.recv().type is MsgType.HEARTBEAT_REPLY
+
+
+def _stored(sb: Sandbox, minion_id: str) -> tuple[float | None, int] | None:
+    """A minion's last-seen time and heartbeat sequence number as the master's
+    database holds them (read beside the running master, as WAL allows)."""
+    path = os.path.join(sb.master.settings["state_dir"], DB_NAME)
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        row = conn.execute("SELECT last_seen, seq FROM minions WHERE id = ?", (minion_id,))
+        found = row.fetchone()
+    return None if found is None else (found[0], found[1])
+
+
+def test_last_seen_is_listed_at_once_and_stored_in_batches_that_survive_a_kill(sandbox, fake):
+    """A heartbeat's last-seen time and sequence number are kept in memory
+    (`keys list` shows them at once) and written back in one batch every
+    SEQ_FLUSH seconds (master/daemon.py), not once per heartbeat; with no
+    other write to carry them, the batch reaches the database on its own, so
+    a master killed with SIGKILL loses at most that last stretch."""
+    sandbox.start_master()
+    web3 = accepted_fake(sandbox, fake, "web3")
+    frame = web3.heartbeat(interval=30.0)
+    answered = web3.recv().body["time"]  # the time the master took it at
+    assert keys(sandbox)["web3"]["last_seen"] == answered
+    wait_for(
+        lambda: _stored(sandbox, "web3") == (answered, web3.seq), SETTLE, "the batch to be written"
+    )
+    sandbox.kill(sandbox.master)
+    sandbox.start_master()
+    listed = keys(sandbox)["web3"]
+    assert listed["last_seen"] == answered and not listed["connected"]
+    # The sequence number survived too: the same heartbeat again is a replay.
+    web3.send_raw(frame)
+    logged(sandbox.master, f"heartbeat {web3.seq} of web3 is not newer than its last")
+    assert web3.silent()
 
 
 def test_a_flood_of_heartbeats_from_an_accepted_key_is_rate_limited(sandbox, fake):
