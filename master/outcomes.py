@@ -12,10 +12,9 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from safcm.common.lightwire import DEFAULT_LIST_LIMIT  # noqa: F401  (re-exported)
 from safcm.common.wire import NO_RESPONSE
 
-# Most jobs `jobs list` prints when no --limit is given.
-DEFAULT_LIST_LIMIT = 20
 # A host that has neither a result nor reached its job's deadline (jobs show, --status).
 PENDING = "pending"
 
