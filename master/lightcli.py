@@ -299,7 +299,14 @@ def control_path(config: str | None) -> str | None:
             text = f.read(_MAX_PLAIN_SETTINGS_BYTES + 1).decode("ascii")
     except (OSError, UnicodeDecodeError):
         return None
-    if len(text) > _MAX_PLAIN_SETTINGS_BYTES or not text.replace("\n", "").isprintable():
+    if len(text) > _MAX_PLAIN_SETTINGS_BYTES:
+        return None
+    return plain_control_path(text)
+
+
+def plain_control_path(text: str) -> str | None:
+    """control_path() of settings already read: None unless sure."""
+    if not text.isascii() or not text.replace("\n", "").isprintable():
         return None
     values: dict[str, str] = {}
     for line in text.split("\n"):
