@@ -42,9 +42,12 @@ from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, outcome
 from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
 from safcm.master.tables import write_json
 
-# NOTE: every command imports this module, and the light ones (--version,
-# --help, keys list, jobs list) should cost little more than the interpreter
-# (issue 10; bench/cli.py measures it). So what only some commands use is
+# NOTE: safcm-master enters master/lightcli.py, which answers keys list, jobs
+# list and --version without this module (argparse alone costs them 10 ms)
+# and hands every other command line here, unchanged. The commands that
+# should still be light here (--help, completion, the light ones when the
+# shortcut declines) import this module too (issue 10; bench/cli.py measures
+# it). So what only some commands use is
 # imported where it is used: the JSON writer and format, the repository and
 # compiler (check, show), the daemon, the demo, the wire's schemas and crypto
 # (never: the daemon checks what the CLI sends). tests/system/test_cli.py
