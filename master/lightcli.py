@@ -118,11 +118,11 @@ def light_main(argv: list[str]) -> int | None:
     if line is None:
         return None
     config, command, options = line
-    path = control_path(config)
-    if path is None:
-        return None
     as_json = "--json" in options
     try:
+        path = control_path(config)
+        if path is None:
+            return None
         return _answer(path, command, options, as_json)
     except _Decline:
         return None
