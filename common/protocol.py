@@ -72,13 +72,12 @@ with the peer its connection proved.
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from safcm.common import codec
+from safcm.common import codec, modules
 from safcm.common.crypto import (
     DEFAULT_CLOCK_SKEW,
     MAX_ENVELOPE_BYTES,
@@ -112,6 +111,7 @@ from safcm.common.ids import (
     topic_for,
 )
 from safcm.common.model import MODE_MASK, PATH_MAX, FileType, Outcome, TriggerStatus
+from safcm.common.modules import MODULE_NAME, ModuleBody, ModuleOptions
 from safcm.common.schema import (
     Bool,
     Bytes,
@@ -174,7 +174,6 @@ __all__ = [
     "KeyState",
     "Message",
     "MessageSpec",
-    "Module",
     "MsgType",
     "ResultStatus",
     "SeenJids",
@@ -289,11 +288,6 @@ class Channel(enum.Enum):
     CONTROL = "control"  # the master's local control socket, for the CLI
 
 
-class Module(enum.StrEnum):
-    FILES = "files"
-    PING = "ping"
-
-
 class KeyState(enum.StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
@@ -318,12 +312,14 @@ _PUBLIC_KEYS = Map(
 )
 _NONCE = Bytes(ENROL_NONCE_LENGTH, min_len=ENROL_NONCE_LENGTH)
 _SIGNATURE = Bytes(SIGNATURE_LENGTH, min_len=SIGNATURE_LENGTH)
-_PATH = Str(PATH_MAX - 1, min_len=1)
+_PATH = PATH_SCHEMA = Str(PATH_MAX - 1, min_len=1)
 _NAME = Str(MAX_NAME_CHARS, min_len=1)
 _COMMAND = Str(MAX_COMMAND_CHARS, min_len=1)
 _REASON = Str(MAX_REASON_CHARS)
 _VERSION = Str(MAX_VERSION_CHARS)
-_MODULE = OneOf(Module)
+# A module's name (common/modules/: which names exist is checked with the
+# body a name comes in, ModuleBody).
+_MODULE = MODULE_NAME
 _FINGERPRINT = Str(128, problem=fingerprint_problem)
 # A minion id, or a glob over minion ids: the id grammar plus *, ?, [, ] and !.
 _MINION_PATTERN = Str(MINION_ID_MAX, min_len=1, pattern=r"[a-z0-9._*?\[\]!-]+")
@@ -403,18 +399,22 @@ REDUCED = Map(
     }
 )
 
-RESULT = Map(
+# A result: these fields, and the section of its module (each module's
+# result_key, common/modules/), or for sync, the steps and the section of
+# each step that ran. Results stored before the registry carry "apply" and
+# "ping" both, null for the module that did not run: still valid.
+RESULT = ModuleBody(
     {
         "module": _MODULE,
         "status": OneOf(ResultStatus),
         "started": _TIME,
         "finished": _TIME,
-        "apply": Optional(APPLY_RESULT),  # module files, unless status is error
-        "ping": Optional(PING_RESULT),  # module ping, unless status is error
         "error": Optional(_REASON),  # exactly when status is error
         "reduced": REDUCED,  # only when the minion had to leave details out
     },
-    optional=["reduced"],
+    "result",
+    # JOB_REPLY holds a result three levels down (hosts, a host, its result).
+    depth=MAX_BODY_DEPTH - 3,
 )
 
 # A job as the history keeps it (JOBS_REPLY, JOB_REPLY).
@@ -438,21 +438,9 @@ _JOB_COUNTS = {
 
 
 def _check_job(body: dict[str, Any], jid: str | None) -> None:
-    if body["module"] == Module.PING and (
-        body["files"] or body["absent"] or body["purge"] or body["secrets"]
-    ):
-        raise ProtocolError("JOB body: a ping job carries no files")
-    for f in body["files"]:
-        if (f["type"] == FileType.FILE) != (f["digest"] is not None):
-            raise ProtocolError(f"JOB body: {f['path']}: a digest is set exactly for a file")
-        if f["data"] is None and f["digest"] is None:
-            raise ProtocolError(f"JOB body: {f['path']}: a directory or symlink needs its data")
-        if (
-            f["data"] is not None
-            and f["digest"] is not None
-            and (hashlib.sha256(f["data"]).digest() != f["digest"])
-        ):
-            raise ProtocolError(f"JOB body: {f['path']}: the content does not match its digest")
+    problem = modules.job_problem(body)
+    if problem is not None:
+        raise ProtocolError(f"JOB body: {problem}")
 
 
 def _check_receipt(body: dict[str, Any], jid: str | None) -> None:
@@ -461,32 +449,14 @@ def _check_receipt(body: dict[str, Any], jid: str | None) -> None:
 
 
 def _result_problem(body: dict[str, Any]) -> str | None:
-    status, module = body["status"], body["module"]
+    status = body["status"]
     if (status == ResultStatus.ERROR) != (body["error"] is not None):
         return "error is set exactly when status is error"
     if body["finished"] < body["started"]:
         return "finished is before started"
-    expect_apply = status != ResultStatus.ERROR and module == Module.FILES
-    expect_ping = status != ResultStatus.ERROR and module == Module.PING
-    if (body["apply"] is not None) != expect_apply:
-        return "apply is set exactly for a files job that ran"
-    if (body["ping"] is not None) != expect_ping:
-        return "ping is set exactly for a ping job that ran"
-    reduced = body.get("reduced")
-    if reduced is not None and body["apply"] is None:
-        return "reduced is set only for a files job that ran"
-    if expect_apply:
-        apply = body["apply"]
-        ok = not apply["failures"] and all(
-            t["status"] in (TriggerStatus.OK, TriggerStatus.WOULD_RUN) for t in apply["triggers"]
-        )
-        # A failed trigger may be among the runs a reduced result left out.
-        hidden = reduced is not None and reduced["triggers_omitted"] > 0
-        if (ok and status != ResultStatus.OK and not hidden) or (
-            not ok and status == ResultStatus.OK
-        ):
-            return f"status {status} contradicts the apply result"
-    return None
+    if body.get("reduced") is not None and body.get("apply") is None:
+        return "reduced is set only for a files job or step that ran"
+    return modules.result_problem(body)
 
 
 def _check_result(body: dict[str, Any], jid: str | None) -> None:
@@ -511,6 +481,9 @@ def _check_jobs(body: dict[str, Any], jid: str | None) -> None:
         for name in ("target", *_JOBS_LIST_FILTERS):
             if body.get(name) is not None:
                 raise ProtocolError(f"JOBS body.{name}: only list filters by {name}")
+    module = body.get("module")
+    if module is not None and not modules.is_module(module):
+        raise ProtocolError(f"JOBS body.module: no module {module!r}")
     since, until = body.get("since"), body.get("until")
     if since is not None and until is not None and since > until:
         raise ProtocolError("JOBS body.until: before since")
@@ -530,6 +503,9 @@ def _check_run(body: dict[str, Any], jid: str | None) -> None:
         raise ProtocolError("RUN body.batch_fail: only with batch")
     if batch is not None and batch["percent"] and batch["size"] > 100:
         raise ProtocolError("RUN body.batch.size: a percentage is at most 100")
+    if not modules.is_module(body["module"]):
+        raise ProtocolError(f"RUN body.module: no module {body['module']!r}")
+    modules.check_options(body["module"], body.get("options"))
 
 
 def _check_run_host_result(body: dict[str, Any], jid: str | None) -> None:
@@ -551,7 +527,7 @@ class MessageSpec:
     type: MsgType
     channel: Channel
     sealed: bool  # must travel in an envelope; never accepted plain
-    schema: Map
+    schema: Map | ModuleBody  # ModuleBody: a body composed from the modules' wire
     max_bytes: int  # largest encoded body (sealed) or frame (plain)
     # Cross-field checks, run after the schema: (body, the envelope's jid or
     # None for a plain message) -> None, or raise ProtocolError.
@@ -637,16 +613,10 @@ _SPEC_LIST = [
         MsgType.JOB,
         Channel.NETWORK,
         sealed=True,
-        schema=Map(
-            {
-                "module": _MODULE,
-                "dry_run": Bool(),
-                "files": List(FILE_SPEC, MAX_FILES),
-                "absent": List(ABSENT_SPEC, MAX_FILES),  # paths that must not exist
-                "purge": List(_PATH, MAX_FILES),  # directories whose undeclared entries go
-                "secrets": List(_PATH, MAX_FILES),  # content never shown (paths and below)
-                "deadline": _TIME,
-            }
+        # module, dry_run and deadline, and the fields of its module
+        # (common/modules/); a sync job names its steps and carries theirs
+        schema=ModuleBody(
+            {"module": _MODULE, "dry_run": Bool(), "deadline": _TIME}, "job", depth=MAX_BODY_DEPTH
         ),
         max_bytes=MAX_JOB_BYTES,
         check=_check_job,
@@ -729,8 +699,11 @@ _SPEC_LIST = [
                 # run --batch-fail: start no further batch once this many
                 # hosts failed or did not respond
                 "batch_fail": Optional(Int(1, MAX_BATCH_NUMBER)),
+                # what the module takes beyond target and dry run (cmd: its
+                # argv), checked against the module's options schema
+                "options": Optional(ModuleOptions()),
             },
-            optional={"batch", "batch_fail"},
+            optional={"batch", "batch_fail", "options"},
         ),
         max_bytes=MAX_CONTROL_REQUEST_BYTES,
         check=_check_run,

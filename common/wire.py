@@ -88,6 +88,10 @@ CONTROL_REPLIES = frozenset(
 # RUN schema): more hosts than any one run can have (MAX_HOSTS is far smaller).
 MAX_BATCH_NUMBER = 1_000_000
 
+# The composite module (common/modules/): in one job, the modules that take
+# part in sync, in their order. Here, so that the CLI knows it without schemas.
+SYNC = "sync"
+
 
 def check_version(version: object) -> int:
     """`version` if this side speaks it; ProtocolError otherwise."""

@@ -31,7 +31,7 @@ from safcm.common.errors import (
 from safcm.common.text import escape
 from safcm.common.version import VERSION
 from safcm.common.wire import JOB_OUTCOMES, MsgType
-from safcm.master import render
+from safcm.master import modules, render
 from safcm.master.client import ControlClient, raise_for_error
 from safcm.master.lightcli import (  # noqa: F401  (parse_when: re-exported, cli.parse_when)
     REQUEST_TIMEOUT,
@@ -97,13 +97,13 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ),
     ),
     "run": (
-        "run a module (files, ping) on the targeted minions",
+        "run a module (files, ping, cmd, sync) on the targeted minions",
         _epilog(
             [
                 "safcm-master run '*' ping",
                 "safcm-master run 'web*' files --dry-run",
-                "safcm-master run @web files --timeout 5m",
-                "safcm-master run web1,db1 files --json | jq '.summary'",
+                "safcm-master run @db cmd --shell --timeout 5m -- 'df -h / | tail -1'",
+                "safcm-master run web1,db1 sync --json | jq '.summary'",
                 "safcm-master run '*' files --batch 25% --batch-fail 2",
             ],
             "exit codes:\n  0  every targeted host succeeded\n"
@@ -284,8 +284,23 @@ def _run_arguments(run: argparse.ArgumentParser, config: argparse.ArgumentParser
     run.add_argument(
         "module",
         metavar="MODULE",
-        choices=("files", "ping"),
-        help="files: make the files as configured; ping: check the minions answer",
+        choices=modules.names(),
+        help="files: make the files as configured; ping: check the minions answer; "
+        "cmd: run COMMAND on each; "
+        "sync: every module that takes part in it, in order (files, then the triggers)",
+    )
+    run.add_argument(
+        "argv",
+        nargs="*",
+        metavar="-- COMMAND [ARG...]",
+        help="cmd only: the command and its arguments, after '--' when they have options; "
+        "run without a shell, as root, in /, with stdin from /dev/null and only PATH, "
+        "LANG=C.UTF-8 and HOME set (minion.yaml root: does not apply)",
+    )
+    run.add_argument(
+        "--shell",
+        action="store_true",
+        help="cmd only: run the arguments, joined by spaces, with /bin/sh -c",
     )
     run.add_argument("-G", "--group", action="store_true", help="TARGET is a group name")
     run.add_argument(
@@ -295,7 +310,8 @@ def _run_arguments(run: argparse.ArgumentParser, config: argparse.ArgumentParser
         "--timeout",
         type=_duration,
         metavar="DURATION",
-        help="how long to wait for results: 90, 90s, 5m, 1h (default: job_timeout)",
+        help="how long to wait for results: 90, 90s, 5m, 1h (default: job_timeout); "
+        "cmd: the command is killed (its whole process group) at it, and reported as timed out",
     )
     run.add_argument(
         "--batch",
@@ -342,7 +358,7 @@ def _jobs_arguments(jobs: argparse.ArgumentParser, config: argparse.ArgumentPars
     )
     jl.add_argument("--since", metavar="WHEN", help=f"only jobs submitted at or after {when}")
     jl.add_argument("--until", metavar="WHEN", help="only jobs submitted at or before WHEN")
-    jl.add_argument("--module", choices=("files", "ping"), help="only jobs of this module")
+    jl.add_argument("--module", choices=modules.names(), help="only jobs of this module")
     jl.add_argument(
         "--status",
         choices=JOB_OUTCOMES,
@@ -458,12 +474,24 @@ def _duration(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_command_named(argv))
+    command = _command_named(argv)
+    parser = build_parser(command)
+    # `run TARGET cmd [OPTIONS] -- COMMAND [ARG...]`: what follows the first
+    # "--" is the command, whatever it looks like; argparse would give it to
+    # the first positional that still takes arguments, or refuse it.
+    after: list[str] | None = None
+    if command == "run" and "--" in argv:
+        cut = argv.index("--")
+        argv, after = argv[:cut], argv[cut + 1 :]
     # Under --json every failure is also a JSON document on stdout, with the
     # same exit code; the message still goes to stderr for the person watching.
     as_json = "--json" in argv
     try:
         args = parser.parse_args(argv)
+        if after is not None:
+            if args.argv:
+                parser.error("give the command after '--' only: run TARGET cmd -- COMMAND")
+            args.argv = after
     except _ArgumentError as e:
         if as_json:
             write_json(_error_document("usage", str(e)), sys.stdout)
@@ -651,6 +679,7 @@ def run_command(
         "timeout": args.timeout,
     }
     request.update(_batch_request(args))
+    request.update(_cmd_request(args))
     style = render.Style(not args.json and render.use_colour(out))
     progress = Progress(err, enabled=not args.json and err.isatty())
     # What RUN_STARTED said, over every batch: the first jid, the hosts sent
@@ -753,6 +782,18 @@ def run_command(
         write_json(_error_document("lost", message, jid=jid), out)
     _error(escape(message))
     return EXIT_FAILED
+
+
+def _cmd_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The RUN request's options of cmd: COMMAND [ARG...] and --shell."""
+    if args.module != "cmd":
+        if args.argv or args.shell:
+            what = "a command" if args.argv else "--shell"
+            raise UsageError(f"{what} is for cmd only, not for {args.module}")
+        return {}
+    if not args.argv or not args.argv[0]:
+        raise UsageError("cmd needs a command: safcm-master run TARGET cmd -- COMMAND [ARG...]")
+    return {"options": {"argv": list(args.argv), "shell": args.shell}}
 
 
 def _batch_request(args: argparse.Namespace) -> dict[str, Any]:

@@ -470,7 +470,7 @@ class Intake:
         module, dry_run = job
         if body["module"] != module:
             return f"it is a {body['module']} result, the job was {module}"
-        apply = body["apply"]
+        apply = body.get("apply")  # a files job, or a sync with files, that ran
         if apply is None:
             return None
         if apply["dry_run"] != dry_run:
@@ -572,8 +572,6 @@ def _over_quota(body: dict[str, Any], size: int, used: int, quota: int) -> dict[
         "status": "error",
         "started": body["started"],
         "finished": body["finished"],
-        "apply": None,
-        "ping": None,
         "error": (
             f"result of {size} bytes not stored: this minion's stored results take {used} "
             f"of its {quota} bytes (result_quota in master.yaml; older jobs free it as "

@@ -35,9 +35,11 @@ from safcm.common.protocol import MAX_BODY_DEPTH
 
 def manifest_of(body: dict[str, Any]) -> tuple[dict[str, Any], dict[bytes, bytes]]:
     """Split a full JOB body into its manifest (regular files' data left out)
-    and its content by digest."""
+    and its content by digest. A job without files (ping) is its own manifest."""
     manifest = dict(body)
     content: dict[bytes, bytes] = {}
+    if "files" not in body:
+        return manifest, content
     files = []
     for f in body["files"]:
         if f["type"] == FileType.FILE:
@@ -51,7 +53,8 @@ def manifest_of(body: dict[str, Any]) -> tuple[dict[str, Any], dict[bytes, bytes
 
 def digests_of(manifest: Mapping[str, Any]) -> list[bytes]:
     """The content digests a manifest names, each once, in file order."""
-    return list(dict.fromkeys(f["digest"] for f in manifest["files"] if f["digest"] is not None))
+    files = manifest.get("files", [])
+    return list(dict.fromkeys(f["digest"] for f in files if f["digest"] is not None))
 
 
 def with_content(
@@ -61,6 +64,8 @@ def with_content(
     the digests in `include` filled in."""
     wanted = set(include)
     body = dict(manifest)
+    if "files" not in manifest:
+        return body
     body["files"] = [
         {**f, "data": content[f["digest"]]} if f["digest"] in wanted else f
         for f in manifest["files"]

@@ -65,16 +65,15 @@ def result_document(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """A minion's RESULT body (common/protocol.py) with times and modes converted."""
     if result is None:
         return None
+    from safcm.master import modules
+
     doc = dict(result, started=iso_time(result["started"]), finished=iso_time(result["finished"]))
-    if result["ping"] is not None:
-        doc["ping"] = dict(result["ping"], time=iso_time(result["ping"]["time"]))
-    if result["apply"] is not None:
-        apply = result["apply"]
-        doc["apply"] = dict(apply, changes=[_change(c) for c in apply["changes"]])
+    doc.update(modules.result_json(result))  # each module's section (master/modules/)
     return doc
 
 
-def _change(change: dict[str, Any]) -> dict[str, Any]:
+def change_document(change: dict[str, Any]) -> dict[str, Any]:
+    """A file change (files module) with its modes as text."""
     return dict(change, old=_state(change["old"]), new=_state(change["new"]))
 
 

@@ -40,11 +40,9 @@ def host_status(result: dict[str, Any]) -> HostStatus:
 def change_count(result: dict[str, Any]) -> int:
     """How many paths a minion's RESULT body reports changed, also those a
     reduced result left out (minion/results.py fit())."""
-    if result["apply"] is None:
-        return 0
-    reduced = result.get("reduced")
-    omitted = 0 if reduced is None else reduced["changes_omitted"]
-    return len(result["apply"]["changes"]) + omitted
+    from safcm.master import modules  # not at the top: see the NOTE above
+
+    return modules.change_count(result)
 
 
 def outcome(result: dict[str, Any] | None) -> str:

@@ -84,12 +84,9 @@ def render_host(
         return "\n".join(lines)
     if body["error"]:
         lines.append(f"{INDENT}{style.red('error:')} {escape(body['error'])}")
-    if body["ping"]:
-        lines.append(f"{INDENT}pong from safcm-minion {escape(body['ping']['version'])}")
-    if body["apply"]:
-        from safcm.common.model import ApplyResult
+    from safcm.master import modules
 
-        lines.extend(render_apply(ApplyResult.from_wire(body["apply"]), style))
+    lines.extend(modules.render_result(body, style))
     if body.get("reduced"):
         lines.append(f"{INDENT}{style.yellow(render_reduced(body['reduced']))}")
     return "\n".join(lines)
@@ -252,11 +249,22 @@ class Tally:
         }
 
 
+def _reports_changes(module: str) -> bool:
+    """Whether a job of `module` (or sync) has hosts "unchanged" rather than "ok"."""
+    from safcm.master import modules
+
+    return any(
+        m.reports_changes
+        for name, m in modules.modules().items()
+        if name in modules.steps_of(module)
+    )
+
+
 def render_summary(tally: Tally, style: Style, dry_run: bool = False, module: str = "files") -> str:
     hosts = "host" if tally.targeted == 1 else "hosts"
     parts = [
         style.yellow(f"{tally.changed} {'would change' if dry_run else 'changed'}"),
-        style.green(f"{tally.ok} {'ok' if module == 'ping' else 'unchanged'}"),
+        style.green(f"{tally.ok} {'unchanged' if _reports_changes(module) else 'ok'}"),
         (style.red if tally.failed else str)(f"{tally.failed} failed"),
         (style.red if tally.no_response else str)(f"{tally.no_response} no response"),
     ]

@@ -34,14 +34,12 @@ from safcm.common.protocol import (
     MAX_JOB_BYTES,
     NO_RESPONSE,
     Message,
-    Module,
     MsgType,
     check_body,
     new_jid,
 )
-from safcm.master import repocache, targets
+from safcm.master import modules, repocache, targets
 from safcm.master.batch import BatchSize, Rollout
-from safcm.master.compiler import HostConfig, compile_hosts
 from safcm.master.control import ControlConnection
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobRecord, JobStore, Plan
@@ -72,7 +70,9 @@ class JobOrder:
     dry_run: bool
     timeout: float  # seconds, from each job's start
     target: str  # normalised, as the history keeps it
-    configs: dict[str, HostConfig]  # by host; empty for ping
+    steps: list[str]  # the modules it runs: itself, or sync's steps
+    options: Any  # the RUN's options for its module (cmd: the argv), or None
+    fields: dict[str, dict[str, Any]]  # by host: its modules' job fields
     git_commit: str | None  # the repository's, when it was compiled
 
 
@@ -159,9 +159,15 @@ class Runs:
     ) -> tuple[targets.Resolved, JobOrder]:
         """On the prepare thread: no database, no sockets."""
         module = body["module"]
+        options = body.get("options")
         timeout = body["timeout"] or self.settings.job_timeout
+        steps = modules.steps_of(module)
+        if not steps:
+            raise UsageError(f"{module}: no registered module takes part in it")
+        parts = [modules.modules()[name] for name in steps]
         # ping sends no files: a problem in a group's files must not stop it.
-        repo = repocache.load(self.settings.config_dir, targets_only=module == Module.PING)
+        targets_only = not any(part.reads_repository for part in parts)
+        repo = repocache.load(self.settings.config_dir, targets_only=targets_only)
         resolved = targets.resolve(
             target,
             hosts=repo.hosts,
@@ -169,9 +175,24 @@ class Runs:
             accepted={i for i, state in states.items() if state is KeyState.ACCEPTED},
             key_states=states.get,
         )
-        configs = compile_hosts(repo, resolved.hosts) if module == Module.FILES else {}
+        fields: dict[str, dict[str, Any]] = {host: {} for host in resolved.hosts}
+        request = modules.Request(options, timeout, body["dry_run"])
+        for part in parts:
+            if part.compile is not None:
+                for host, host_fields in part.compile(repo, resolved.hosts, request).items():
+                    fields[host].update(host_fields)
+        if module == modules.SYNC:
+            for host_fields in fields.values():
+                host_fields["steps"] = steps
         git_commit = _git_commit(self.settings.config_dir)
-        return resolved, JobOrder(module, body["dry_run"], timeout, target, configs, git_commit)
+        # A module may need longer than the timeout (cmd: to report a command
+        # killed at it); sync: the timeout.
+        run_module = modules.modules().get(module)
+        seconds = timeout if run_module is None else run_module.job_seconds(request)
+        order = JobOrder(
+            module, body["dry_run"], seconds, target, steps, options, fields, git_commit
+        )
+        return resolved, order
 
     def _prepared(
         self,
@@ -219,19 +240,19 @@ class Runs:
         and tell `conn` (RUN_STARTED): a whole run, or one batch of one."""
         # The same names as when this was the tail of on_run.
         module, dry_run, timeout, target = order.module, order.dry_run, order.timeout, order.target
-        configs = order.configs
         now = self.clock()
         jid = new_jid(now, self.last_jid)
         deadline = now + timeout
         # The content each host has already is left out of its envelope
         # (master/jobcontent.py); envelopes are sealed when published.
-        known = self.jobs.known_content(resolved.hosts) if module == Module.FILES else {}
+        files = "files" in order.steps
+        known = self.jobs.known_content(resolved.hosts) if files else {}
         parts = JobParts(deadline)
         plans = {}
         checked: set[str] = set()  # manifests whose full body was checked
         for host in resolved.hosts:
             job = {"module": module, "dry_run": dry_run, "deadline": deadline}
-            job.update(_job_files(configs.get(host)))
+            job.update(order.fields[host])
             plans[host] = Plan.of_job(job)
             if self.peers.minion_keys(host) is None:  # accepted, but enrolled before CURVE
                 raise SafcmError(f"host {host}: its key has no transport key; it must enrol again")
@@ -478,15 +499,3 @@ def _check_job(host: str, job: dict[str, Any]) -> None:
         check_body(MsgType.JOB, job)
     except ProtocolError as e:
         raise ConfigError(f"host {host}: its job cannot be sent: {e}") from e
-
-
-def _job_files(config: HostConfig | None) -> dict[str, Any]:
-    """The part of a JOB body that says what the host's files must be (none for ping)."""
-    if config is None:
-        return {"files": [], "absent": [], "purge": [], "secrets": []}
-    return {
-        "files": [spec.to_wire() for spec in config.specs()],
-        "absent": [a.to_wire() for a in config.absent],
-        "purge": list(config.purge),
-        "secrets": list(config.secrets),
-    }

@@ -58,11 +58,12 @@ import zmq
 
 from safcm.common import atomicfile, codec, keyfile
 from safcm.common import log as safcm_log
+from safcm.common import modules as wire
 from safcm.common.crypto import DEFAULT_CLOCK_SKEW, MAX_ENVELOPE_OVERHEAD, PublicKeys
 from safcm.common.daemonlock import lock_state_dir
 from safcm.common.errors import EnvelopeError, ProtocolError, SafcmError, StateFileError
 from safcm.common.loop import Loop, Timer
-from safcm.common.model import AbsentSpec, FileSpec
+from safcm.common.model import FileSpec
 from safcm.common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
@@ -73,9 +74,9 @@ from safcm.common.protocol import (
     Dispatcher,
     KeyState,
     Message,
-    Module,
     MsgType,
     SeenJids,
+    check_body,
     decode_plain,
     encode_plain,
     is_sealed,
@@ -87,7 +88,7 @@ from safcm.common.protocol import (
     verify_key_reply,
 )
 from safcm.common.version import VERSION
-from safcm.minion import content, fileops, results
+from safcm.minion import content, modules, results
 from safcm.minion.content import ContentCache
 from safcm.minion.settings import MinionSettings
 from safcm.minion.spool import Kind, Spool
@@ -157,13 +158,21 @@ MASTER_KEY_FILE_MAX = 4096
 @dataclass
 class Job:
     jid: str
-    module: str
-    dry_run: bool
-    files: list[dict[str, Any]]  # wire form: content may be left out (minion/content.py)
-    deadline: float
-    absent: list[AbsentSpec]
-    purge: list[str]
-    secrets: list[str]
+    # The JOB body (common/protocol.py), checked: its module's fields (a
+    # files job's content may be left out: minion/content.py).
+    body: dict[str, Any]
+
+    @property
+    def module(self) -> str:
+        return str(self.body["module"])
+
+    @property
+    def deadline(self) -> float:
+        return float(self.body["deadline"])
+
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        return list(self.body.get("files", []))
 
 
 @dataclass
@@ -688,7 +697,7 @@ class Minion:
             self.id,
             jid,
             job.module,
-            ", dry run" if job.dry_run else "",
+            ", dry run" if job.body["dry_run"] else "",
             len(job.files),
             sum(1 for f in job.files if f["digest"] is not None and f["data"] is not None),
         )
@@ -734,62 +743,52 @@ class Minion:
                 started=started,
                 finished=started,
             )
-        elif job.module == Module.PING:
-            body = results.ping_result(VERSION, started=started, finished=finished())
-        elif (files := self._resolve(job)) is None:
-            body = results.error_result(
-                job.module,
-                "the content of some files did not arrive from the master before the job's "
-                "deadline; nothing was applied",
-                started=started,
-                finished=finished(),
-            )
+        elif (refused := self._refusal(job)) is not None:
+            log.warning("%s: job %s refused: %s", self.id, job.jid, refused)
+            body = results.error_result(job.module, refused, started=started, finished=started)
         else:
-            try:
-                apply = fileops.apply_files(
-                    self.settings.root,
-                    files,
-                    dry_run=job.dry_run,
-                    state_dir=self.settings.state_dir,
-                    jid=job.jid,
-                    absent=job.absent,
-                    purge=job.purge,
-                    secrets=job.secrets,
-                    trigger_timeout=self.settings.trigger_timeout,
-                )
-            except SafcmError as e:  # the lock is held, or the root cannot be opened
-                body = results.error_result(
-                    job.module, str(e), started=started, finished=finished()
-                )
-            else:
-                body = results.files_result(apply, started=started, finished=finished())
+            ctx = modules.Context(
+                self.settings,
+                job.jid,
+                job.body["dry_run"],
+                job.deadline,
+                VERSION,
+                now=finished,
+                resolve_files=lambda files: self._resolve(job.jid, job.deadline, files),
+            )
+            body = {**modules.run(job.body, ctx), "started": started, "finished": finished()}
         self._finish(job.jid, body)
 
-    def _resolve(self, job: Job) -> list[FileSpec] | None:
+    def _refusal(self, job: Job) -> str | None:
+        return modules.refusal(job.module, job.body.get("steps", []), self.settings.modules)
+
+    def _resolve(
+        self, jid: str, deadline: float, files: list[dict[str, Any]]
+    ) -> list[FileSpec] | None:
         """In the worker: the job's files with all their content, from the job,
         the content cache or, for what is in neither, the master (one round
         trip, waited for until the job's deadline). None if it never came: a
         job is applied whole or not at all."""
-        missing = content.resolve(job.files, self.content)
+        missing = content.resolve(files, self.content)
         if missing:
             log.info(
                 "%s: job %s: asking the master for %d contents not cached here",
                 self.id,
-                job.jid,
+                jid,
                 len(missing),
             )
-            wait = ContentWait(job.jid, set(missing))
+            wait = ContentWait(jid, set(missing))
             self.loop.call_soon_threadsafe(lambda: self._ask_content(wait))
-            arrived = wait.done.wait(max(0.0, job.deadline - self.clock()))
+            arrived = wait.done.wait(max(0.0, deadline - self.clock()))
             self.loop.call_soon_threadsafe(lambda: self._stop_asking(wait))
             if not arrived:
                 return None
-            for f in job.files:
+            for f in files:
                 if f["data"] is None:
                     f["data"] = wait.blobs[f["digest"]]
             for blob in wait.blobs.values():
                 self.content.put(blob)
-        return [FileSpec.from_wire(f) for f in job.files]
+        return [FileSpec.from_wire(f) for f in files]
 
     def _ask_content(self, wait: ContentWait) -> None:
         """On the loop: send the CONTENT_REQUEST, and again every
@@ -842,7 +841,9 @@ class Minion:
             if data is None:
                 continue  # removed since it was listed: nothing to resume
             try:
-                job = _job_from_body(jid, codec.unpack(data, max_depth=16))
+                body = codec.unpack(data, max_depth=16)
+                check_body(MsgType.JOB, body)  # checked as a received job is
+                job = _job_from_body(jid, body)
             except (ProtocolError, KeyError, TypeError, ValueError) as e:
                 log.error("%s: spooled job %s is unreadable, dropping it: %s", self.id, jid, e)
                 self.spool.remove(Kind.JOB, jid)
@@ -940,7 +941,7 @@ def _unsendable(body: dict[str, Any], reason: str) -> dict[str, Any] | None:
     """An error result in place of a spooled one that fails the wire's checks,
     or None if not even its module is known."""
     module = body.get("module")
-    if module not in set(Module):
+    if not wire.is_module(module):
         return None
     when = body.get("started")
     when = when if isinstance(when, float) and when >= 0 else 0.0
@@ -953,16 +954,7 @@ def _unsendable(body: dict[str, Any], reason: str) -> dict[str, Any] | None:
 
 
 def _job_from_body(jid: str, body: dict[str, Any]) -> Job:
-    return Job(
-        jid,
-        body["module"],
-        body["dry_run"],
-        body["files"],
-        body["deadline"],
-        [AbsentSpec.from_wire(a) for a in body["absent"]],
-        body["purge"],
-        body["secrets"],
-    )
+    return Job(jid, body)
 
 
 def run(settings: MinionSettings) -> int:

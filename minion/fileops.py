@@ -108,6 +108,7 @@ from safcm.common.model import (
     FileSpec,
     FileType,
     Outcome,
+    TriggerRun,
     check_path,
 )
 from safcm.minion import owed, triggers
@@ -336,6 +337,7 @@ def apply_files(
     secrets: Sequence[str] = (),
     trigger_timeout: float = TRIGGER_TIMEOUT,
     lock_timeout: float = LOCK_TIMEOUT,
+    hold_triggers: bool = False,
 ) -> ApplyResult:
     """Make the files beneath `root` as declared, remove what must not exist, and report.
 
@@ -350,6 +352,12 @@ def apply_files(
     syscall on the host. Triggers run only if no path failed; otherwise they
     are owed (see the module docstring). A dry run writes nothing, not even
     the owed triggers, and lists the triggers as "would run".
+
+    `hold_triggers` (a sync job whose later steps must run before the
+    triggers, minion/modules/): after an apply without failure the
+    triggers are owed, durably, instead of run; run_owed_triggers() runs
+    them once the later steps succeeded. A dry run lists them as "would
+    run" all the same.
 
     Raises LockError if another apply holds the lock for longer than
     `lock_timeout` seconds, FileOpError naming `root` if the root directory
@@ -380,6 +388,10 @@ def apply_files(
             result.owed = owe(owed_before, applied, specs, jid)
             if not dry_run and result.owed != owed_before:
                 owed.save(state_dir, result.owed)
+        elif hold_triggers and not dry_run:
+            result.owed = owe(owed_before, applied, specs, jid)
+            if result.owed != owed_before:
+                owed.save(state_dir, result.owed)
         else:
             commands = due_commands(owed_before, trigger_commands(applied, specs))
             if dry_run:
@@ -395,6 +407,27 @@ def apply_files(
                 result.owed = []
     result.duration = time.monotonic() - started
     return result
+
+
+def run_owed_triggers(
+    root: str,
+    *,
+    state_dir: str,
+    trigger_timeout: float = TRIGGER_TIMEOUT,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> list[TriggerRun]:
+    """Run the owed triggers (those apply_files(hold_triggers=True) held),
+    each once, and owe none after: a failed one is reported, not owed again.
+
+    Raises LockError and StoreError as apply_files() does."""
+    with _engine_lock(state_dir, lock_timeout):
+        owed_before = owed.load(state_dir)
+        runs = triggers.run_triggers(
+            due_commands(owed_before, []), root=os.path.abspath(root), timeout=trigger_timeout
+        )
+        if owed_before:
+            owed.save(state_dir, [])
+    return runs
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from typing import Any
 
 from safcm.common import codec
 from safcm.common.model import ApplyResult
-from safcm.common.protocol import MAX_RESULT_BYTES, Module, ResultStatus
+from safcm.common.protocol import MAX_RESULT_BYTES, ResultStatus
 
 # Room kept below MAX_RESULT_BYTES for the envelope's header, nonce and tag.
 ENVELOPE_HEADROOM = 64 * 1024
@@ -32,38 +32,37 @@ OUTPUT_DROPPED = "(output omitted: the whole result was larger than the wire all
 
 
 def files_result(apply: ApplyResult, *, started: float, finished: float) -> dict[str, Any]:
+    """The result of a files job (as minion/modules/ builds it)."""
     return {
-        "module": str(Module.FILES),
+        "module": "files",
         "status": str(ResultStatus.OK if apply.ok else ResultStatus.FAILED),
         "started": started,
         "finished": finished,
         "apply": apply.to_wire(),
-        "ping": None,
         "error": None,
     }
 
 
 def ping_result(version: str, *, started: float, finished: float) -> dict[str, Any]:
+    """The result of a ping job (as minion/modules/ builds it)."""
     return {
-        "module": str(Module.PING),
+        "module": "ping",
         "status": str(ResultStatus.OK),
         "started": started,
         "finished": finished,
-        "apply": None,
         "ping": {"version": version, "time": finished},
         "error": None,
     }
 
 
 def error_result(module: str, reason: str, *, started: float, finished: float) -> dict[str, Any]:
-    """The job could not run at all (lock held, expired before it started, ...)."""
+    """The job could not run at all (lock held, expired before it started,
+    a module this minion does not accept, ...)."""
     return {
         "module": module,
         "status": str(ResultStatus.ERROR),
         "started": started,
         "finished": finished,
-        "apply": None,
-        "ping": None,
         "error": reason,
     }
 

@@ -11,7 +11,7 @@ from safcm.common import settings as s
 from safcm.common.crypto import fingerprint_problem, parse_fingerprint
 from safcm.common.errors import ConfigError, ConfigProblem
 from safcm.common.protocol import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
-from safcm.minion import fileops
+from safcm.minion import fileops, modules
 
 DEFAULT_CONFIG_PATH = "/etc/safcm/minion.yaml"
 # Default seconds between heartbeats; the master counts three missed ones as
@@ -36,6 +36,9 @@ class MinionSettings:
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     trigger_timeout: float = TRIGGER_TIMEOUT
     log_level: str = "info"
+    # The modules this minion runs (minion/modules/); a job of another is
+    # answered with an error result that says so. Default: every one.
+    modules: frozenset[str] = frozenset(modules.MODULES)
 
 
 def _minion_id(value: Any) -> str:
@@ -62,6 +65,18 @@ def _heartbeat_interval(text: str) -> float:
     return seconds
 
 
+def _modules(text: str) -> frozenset[str]:
+    """`modules: files, ping`: names, separated by commas or spaces."""
+    names = [n for n in text.replace(",", " ").split() if n]
+    unknown = [n for n in names if n not in modules.MODULES]
+    if unknown or not names:
+        raise s.BadValue(
+            f"expected module names separated by commas, each one of "
+            f"{', '.join(modules.MODULES)}; got {text!r}"
+        )
+    return frozenset(names)
+
+
 def default_id() -> str:
     """The host's fully qualified name, lowercased, as minion ids are."""
     return socket.getfqdn().lower().rstrip(".")
@@ -80,6 +95,7 @@ _FIELDS = {
     "heartbeat_interval": s.Field(_heartbeat_interval, MinionSettings.heartbeat_interval),
     "trigger_timeout": s.Field(s.duration, MinionSettings.trigger_timeout),
     "log_level": s.Field(s.log_level, MinionSettings.log_level),
+    "modules": s.Field(_modules, MinionSettings.modules),
 }
 
 

@@ -245,7 +245,7 @@ def test_unauthenticated_enrolment_is_bounded(conn, monkeypatch):
 
 def test_a_reduced_result_that_left_out_every_change_still_counts_as_changed():
     apply = {"dry_run": False, "changes": [], "triggers": [], "failure": None, "duration": 1.0}
-    result = {"status": "ok", "apply": apply}
+    result = {"module": "files", "status": "ok", "apply": apply}
     assert host_status(result) is HostStatus.OK
     reduced = {**result, "reduced": {"changes_omitted": 7}}
     assert host_status(reduced) is HostStatus.CHANGED

@@ -1,0 +1,53 @@
+"""The files module on the master: compile each host's files from the
+repository (master/compiler.py), and show what applying them did."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from safcm.master.modules import MasterModule, Request
+
+if TYPE_CHECKING:
+    from safcm.master.render import Style
+
+
+def compile_files(repo: Any, hosts: list[str], request: Request) -> dict[str, dict[str, Any]]:
+    """Each host's files, absent paths, purged directories and secrets;
+    ConfigError naming every problem of every host."""
+    from safcm.master.compiler import compile_hosts
+
+    return {
+        host: {
+            "files": [spec.to_wire() for spec in config.specs()],
+            "absent": [a.to_wire() for a in config.absent],
+            "purge": list(config.purge),
+            "secrets": list(config.secrets),
+        }
+        for host, config in compile_hosts(repo, hosts).items()
+    }
+
+
+def render(apply: Mapping[str, Any], style: Style) -> list[str]:
+    from safcm.common.model import ApplyResult
+    from safcm.master.render import render_apply
+
+    return render_apply(ApplyResult.from_wire(dict(apply)), style)
+
+
+def to_json(apply: Mapping[str, Any]) -> dict[str, Any]:
+    from safcm.master.jsonout import change_document
+
+    return dict(apply, changes=[change_document(c) for c in apply["changes"]])
+
+
+MODULE = MasterModule(
+    name="files",
+    summary="make the files as configured, then run their triggers",
+    compile=compile_files,
+    render=render,
+    to_json=to_json,
+    changes=lambda apply: len(apply["changes"]),
+    reads_repository=True,
+    reports_changes=True,
+)
