@@ -58,6 +58,7 @@ The form says what proves who sent a message:
     JOB_PROGRESS       network  curve   minion -> master (still working on a job)
     CONTENT_REQUEST    network  sealed  minion -> master (content a job left out)
     CONTENT            network  sealed  master -> minion (that content, as a reply)
+    FACTS              network  sealed  minion -> master (what the host says it is)
     RUN, KEYS, JOBS    control  plain   CLI -> master
     RUN_STARTED, RUN_HOST_RESULT, RUN_PROGRESS, RUN_DONE, KEYS_REPLY, JOBS_REPLY,
     JOB_REPLY, ERROR   control  plain   master -> CLI
@@ -149,6 +150,8 @@ from safcm.common.wire import (
 # re-exported here.
 __all__ = [
     "ENROL_NONCE_LENGTH",
+    "FACTS",
+    "FACT_NAMES",
     "FRAME_HEADER_BYTES",
     "JOB_OUTCOMES",
     "MASTER_ID",
@@ -156,6 +159,9 @@ __all__ = [
     "MAX_BODY_DEPTH",
     "MAX_CONTROL_FRAME_BYTES",
     "MAX_CONTROL_REQUEST_BYTES",
+    "MAX_CPU_COUNT",
+    "MAX_FACT_TEXT_CHARS",
+    "MAX_FACT_TOKEN_CHARS",
     "MAX_FILES",
     "MAX_FILE_BYTES",
     "MAX_FRAME_BYTES",
@@ -398,6 +404,38 @@ REDUCED = Map(
         "reason": _REASON,
     }
 )
+
+# ---- facts: what a minion says about its host (FACTS) ----
+# Claims of an untrusted host: the master stores and shows them, templates
+# read them, and detected groups (master/repository.py) match them, but a
+# fact never selects which host's configuration is compiled.
+#
+# os-release values (freedesktop's os-release(5)): ID, VERSION_ID and
+# VERSION_CODENAME are "lower-case ... 0-9, a-z, '.', '_' and '-'"; the
+# minion drops a value that is not (minion/facts.py).
+MAX_FACT_TOKEN_CHARS = 64
+_OS_TOKEN = Str(MAX_FACT_TOKEN_CHARS, min_len=1, pattern=r"[a-z0-9._-]+")
+# PRETTY_NAME, for people: the minion cuts it to this many characters.
+MAX_FACT_TEXT_CHARS = 256
+# uname(2) fields hold at most 64 characters (__NEW_UTS_LEN); printable
+# ASCII without spaces is all a kernel release or a node name uses.
+_UNAME_FIELD = Str(64, min_len=1, pattern=r"[!-~]+")
+# More CPUs than any machine Linux runs on (its NR_CPUS is at most 8192).
+MAX_CPU_COUNT = 1 << 16
+FACTS = Map(
+    {
+        "os_id": Optional(_OS_TOKEN),  # ID: debian, ubuntu; null without os-release
+        "os_version_id": Optional(_OS_TOKEN),  # VERSION_ID: "12", "24.04"
+        "os_codename": Optional(_OS_TOKEN),  # VERSION_CODENAME: bookworm
+        "os_name": Optional(Str(MAX_FACT_TEXT_CHARS, pattern=r"[^\x00-\x1f\x7f]*")),
+        "architecture": _UNAME_FIELD,  # uname -m: x86_64, aarch64
+        "kernel": _UNAME_FIELD,  # uname -r: the running kernel's release
+        "hostname": _UNAME_FIELD,  # uname -n: what the host calls itself
+        "cpu_count": Optional(Int(1, MAX_CPU_COUNT)),  # CPUs the minion may use
+        "memory_bytes": Optional(Int(0, 2**62)),  # MemTotal of /proc/meminfo
+    }
+)
+FACT_NAMES = tuple(FACTS.fields)
 
 # A result: these fields, and the section of its module (each module's
 # result_key, common/modules/), or for sync, the steps and the section of
@@ -679,6 +717,16 @@ _SPEC_LIST = [
         schema=Map({"jid": _JID, "blobs": List(Bytes(MAX_FILE_BYTES), MAX_FILES)}),
         max_bytes=MAX_JOB_BYTES,
         check=_check_receipt,
+    ),
+    MessageSpec(
+        MsgType.FACTS,
+        Channel.NETWORK,
+        sealed=True,
+        # Sealed like a result: the facts are the host's signed claim, and
+        # stored as coming from the envelope's sender, never from a name in
+        # the body. Sent when the minion is accepted and when they change.
+        schema=FACTS,
+        max_bytes=MAX_SMALL_BYTES,
     ),
     MessageSpec(
         MsgType.RUN,

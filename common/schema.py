@@ -206,8 +206,8 @@ class Map(Schema):
             if key not in fields:
                 # repr() escapes control characters; the slice bounds the log line.
                 raise _Invalid(f"unexpected key {repr(key)[:40]}")
-        for key in self.required:
-            if key not in value:
+        for key in self.fields:  # in field order: the same key named on every run
+            if key not in value and key not in self.optional:
                 raise _Invalid(f"missing key {key!r}")
         for key, item in value.items():
             try:

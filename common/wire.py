@@ -55,6 +55,7 @@ class MsgType(enum.IntEnum):
     JOB_PROGRESS = 11
     CONTENT_REQUEST = 12
     CONTENT = 13
+    FACTS = 14
     # Control: the CLI's requests and the master's replies.
     RUN = 101
     KEYS = 102

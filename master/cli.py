@@ -146,6 +146,20 @@ _COMMANDS: dict[str, tuple[str, str]] = {
             "exit codes:\n  0  no problems\n  2  problems, each printed with its file and line",
         ),
     ),
+    "facts": (
+        "print what each minion reports about its host (OS, kernel, CPUs, memory)",
+        _epilog(
+            [
+                "safcm-master facts",
+                "safcm-master facts web1 'db*'",
+                'safcm-master facts --json | jq -r \'.hosts[] | select(.facts.os_id == "debian")'
+                " | .host'",
+            ],
+            "exit codes:\n  0  printed (a host that reported no facts yet says so)\n"
+            "  2  bad usage, errors in the settings, or the master's database cannot be\n"
+            "     read (it is root's)",
+        ),
+    ),
     "demo": (
         "run a master and three sandboxed minions on 127.0.0.1",
         _epilog(
@@ -399,6 +413,13 @@ def _check_arguments(check: argparse.ArgumentParser, config: argparse.ArgumentPa
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
+def _facts_arguments(facts: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
+    facts.add_argument(
+        "hosts", nargs="*", metavar="HOST", help="minion ids or globs ('web*'; default: all)"
+    )
+    facts.add_argument("--json", action="store_true", help="print one JSON document")
+
+
 def _demo_arguments(demo: argparse.ArgumentParser, config: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--keep", action="store_true", help="leave the demo directory in place at the end"
@@ -421,6 +442,7 @@ _ARGUMENTS = {
     "jobs": _jobs_arguments,
     "show": _show_arguments,
     "check": _check_arguments,
+    "facts": _facts_arguments,
     "demo": _demo_arguments,
     "completion": _completion_arguments,
 }
@@ -596,7 +618,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "show" and args.repo is not None:
         from safcm.master.show import show_host
 
-        return show_host(args.repo, args.host, as_json=args.json, out=sys.stdout)
+        facts = _host_facts(args.config, args.host)
+        return show_host(args.repo, args.host, as_json=args.json, out=sys.stdout, facts=facts)
     if args.command == "completion":
         # Quiet, for Tab: bad settings only mean nothing to offer.
         try:
@@ -619,7 +642,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "show":
         from safcm.master.show import show_host
 
-        return show_host(settings.config_dir, args.host, as_json=args.json, out=sys.stdout)
+        facts = _host_facts(args.config, args.host)
+        return show_host(
+            settings.config_dir, args.host, as_json=args.json, out=sys.stdout, facts=facts
+        )
+    if args.command == "facts":
+        return facts_command(settings, args, sys.stdout)
     if args.command == "run":
         return run_command(settings, args, sys.stdout, sys.stderr)
     if args.command == "keys":
@@ -866,6 +894,58 @@ class Progress:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self.shown = False
+
+
+# ---- facts ----
+
+
+def _host_facts(config: str | None, host: str) -> Any:
+    """The facts `host` reported (HostFacts), for `show`; None if it reported
+    none, or (with a warning) if they cannot be read: then it is in no
+    detected group."""
+    from safcm.master import facts
+
+    try:
+        stored = facts.read_facts(_settings(config).state_dir)
+    except SafcmError as e:
+        _error(f"warning: {escape(str(e))}; groups detected from facts are left out")
+        return None
+    return facts.host_facts(stored).get(host)
+
+
+def facts_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO) -> int:
+    """`facts [HOST...]`: what the minions reported, read from the master's
+    database (so it works whether or not the daemon runs)."""
+    import fnmatch
+
+    from safcm.common.ids import minion_id_problem
+    from safcm.master import facts, jsonout
+
+    try:
+        stored = facts.read_facts(settings.state_dir)
+    except SafcmError as e:  # the database cannot be read: nothing was shown
+        _fail(args.json, "failed", str(e))
+        return EXIT_USAGE
+    if not args.hosts:
+        hosts = sorted(stored)
+    else:
+        chosen: set[str] = set()
+        for pattern in args.hosts:
+            if set(pattern) & set("*?["):
+                chosen.update(fnmatch.filter(stored, pattern))
+            elif problem := minion_id_problem(pattern):
+                raise UsageError(problem)
+            else:
+                chosen.add(pattern)
+        hosts = sorted(chosen)
+    if args.json:
+        write_json(
+            {"format": jsonout.FORMAT, "hosts": facts.to_document(hosts, stored, jsonout.iso_time)},
+            out,
+        )
+    else:
+        print(facts.format_table(hosts, stored, render.format_time), file=out)
+    return EXIT_OK
 
 
 # ---- keys ----

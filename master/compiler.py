@@ -1,8 +1,13 @@
 """Compile a loaded repository into each host's exact file list. Pure: no network, no writes.
 
     repo = load_repository("/etc/safcm/config")         # ConfigError: every problem
-    configs = compile_hosts(repo, ["web1", "db1"])       # ConfigError: every problem, all hosts
+    configs = compile_hosts(repo, ["web1", "db1"], facts)  # ConfigError: every problem, all hosts
     configs["web1"].specs()                              # list[FileSpec] for the engine
+
+`facts` maps each host to what it reported about itself (master/facts.py);
+a host is compiled from its own facts alone: they choose its detected
+groups (master/repository.py) and are its templates' `facts`. A host with
+none is in no detected group, and its templates see empty `facts`.
 
 A host gets the files of every group it is in ("all", its groups, its own
 directory). When several of those groups provide the same path, one wins:
@@ -53,7 +58,7 @@ A spec with rendered content or triggers is a new one, checked again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -67,6 +72,7 @@ from safcm.common.errors import (
 )
 from safcm.common.model import AbsentSpec, FileSpec, FileType, is_below
 from safcm.common.yamlfile import Problems
+from safcm.master.facts import HostFacts
 from safcm.master.repository import (
     CONFIG_FILE,
     Entry,
@@ -105,6 +111,10 @@ class HostConfig:
     host: str
     groups: list[str]  # Repository.groups_of(host): lowest priority first
     files: list[CompiledFile]
+    # Those of `groups` detected from the host's own facts (show and check mark them).
+    detected: list[str] = dataclasses.field(default_factory=list)
+    # The facts it was compiled with; None if the host reported none.
+    facts: HostFacts | None = None
     absent: list[AbsentSpec] = dataclasses.field(default_factory=list)  # by path
     purge: list[str] = dataclasses.field(default_factory=list)  # sorted
     secrets: list[str] = dataclasses.field(default_factory=list)  # sorted
@@ -114,19 +124,24 @@ class HostConfig:
         return [f.spec for f in self.files]
 
 
-def compile_host(repo: Repository, host: str) -> HostConfig:
-    """Compile one host. Raises UnknownHostError, or ConfigError with every problem."""
+def compile_host(repo: Repository, host: str, facts: HostFacts | None = None) -> HostConfig:
+    """Compile one host with the facts it reported (None: none yet). Raises
+    UnknownHostError, or ConfigError with every problem."""
     if not repo.has_host(host):
         raise UnknownHostError(host)
     problems = Problems()
-    config = _compile(repo, host, problems)
+    config = _compile(repo, host, facts, problems)
     if problems:
         raise ConfigError(problems)
     return config
 
 
-def compile_hosts(repo: Repository, hosts: Iterable[str]) -> dict[str, HostConfig]:
-    """Compile several hosts; a ConfigError carries every problem of every host.
+def compile_hosts(
+    repo: Repository, hosts: Iterable[str], facts: Mapping[str, HostFacts] | None = None
+) -> dict[str, HostConfig]:
+    """Compile several hosts, each with its own entry of `facts` (host -> what
+    it reported; a host without one has reported nothing); a ConfigError
+    carries every problem of every host.
 
     Call it before any job exists: either every host compiles or nothing is
     sent. A problem that several hosts share (a conflict between two groups)
@@ -143,7 +158,7 @@ def compile_hosts(repo: Repository, hosts: Iterable[str]) -> dict[str, HostConfi
             found.extend(UnknownHostError(host).problems)
             config = None
         else:
-            config = _compile(repo, host, found)
+            config = _compile(repo, host, (facts or {}).get(host), found)
         for problem in found:
             if problem not in seen:
                 seen.add(problem)
@@ -175,8 +190,10 @@ class _UnknownGroupInTemplate(Exception):
     """in_group() was asked about a name the repository does not know."""
 
 
-def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
-    groups = repo.groups_of(host)
+def _compile(
+    repo: Repository, host: str, facts: HostFacts | None, problems: Problems
+) -> HostConfig:
+    groups = repo.groups_of(host, facts)
     candidates: dict[str, list[_Candidate]] = {}
     for group in groups:
         for path, entry in repo.entries.get(group, {}).items():
@@ -200,7 +217,7 @@ def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
     triggers = _collect_triggers(repo, host, groups, chosen, problems)
 
     files = []
-    context = _TemplateContext(repo, host, groups)
+    context = _TemplateContext(repo, host, groups, facts if facts is not None else HostFacts(None))
     for path, cand in chosen.items():
         entry = cand.entry
         spec = entry.spec
@@ -224,6 +241,8 @@ def _compile(repo: Repository, host: str, problems: Problems) -> HostConfig:
         host=host,
         groups=groups,
         files=files,
+        detected=[g for g in groups if g in repo.detected],
+        facts=facts,
         absent=[AbsentSpec(e.path, e.recursive) for e in absent.values()],
         purge=purge,
         secrets=secrets,
@@ -442,13 +461,15 @@ def _collect_triggers(
 
 
 class _TemplateContext:
-    """Renders templates for one host: host, groups and in_group(), nothing else."""
+    """Renders templates for one host: host, groups, in_group() and its own
+    facts, nothing else."""
 
-    def __init__(self, repo: Repository, host: str, groups: list[str]) -> None:
+    def __init__(self, repo: Repository, host: str, groups: list[str], facts: HostFacts) -> None:
         self.repo = repo
         self.host = host
         self.groups = groups
         self.group_set = frozenset(groups)
+        self.facts = facts
 
     def in_group(self, name: object) -> bool:
         if not isinstance(name, str) or not self.repo.has_group(name):
@@ -460,7 +481,9 @@ class _TemplateContext:
         if template is None:
             return entry.spec.data
         try:
-            text = template.render(host=self.host, groups=list(self.groups), in_group=self.in_group)
+            text = template.render(
+                host=self.host, groups=list(self.groups), in_group=self.in_group, facts=self.facts
+            )
         # A template is the administrator's code: any exception in it (an
         # undefined name, a sandbox refusal, a TypeError in an expression,
         # an unknown group) is a problem of that template on this host.

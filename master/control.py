@@ -81,9 +81,13 @@ class ControlConnection:
         self.on_close: list[Callable[[ControlConnection], Any]] = []
 
     def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
+        self.send_encoded(encode_plain(msg_type, body))
+
+    def send_encoded(self, message: bytes) -> None:
+        """Send a message encode_plain() made (a large one is encoded off the loop)."""
         if self.closed:
             return
-        self.out += encode_frame(encode_plain(msg_type, body))
+        self.out += encode_frame(message)
         if len(self.out) > MAX_BACKLOG_BYTES:
             log.warning("control: %s does not read its replies; dropping the connection", self.user)
             self.close()

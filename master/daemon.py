@@ -47,6 +47,7 @@ from safcm.common.protocol import Message, MsgType, new_jid
 from safcm.common.ratelimit import PeerLog
 from safcm.master.control import ControlConnection, ControlServer
 from safcm.master.db import open_db
+from safcm.master.facts import FactStore, host_facts
 from safcm.master.history import History
 from safcm.master.intake import Intake
 from safcm.master.jobstore import HostState, JobStore
@@ -98,6 +99,8 @@ class Master:
         self.keystore = KeyStore(self.db)
         self.peer_log = PeerLog(log, loop.clock)
         self.peers = Peers(ctx, loop, self.keystore, self.peer_log)
+        self.facts = FactStore(self.db)
+        self.peers.facts.update(host_facts(self.facts.all()))
         # Every open (job, host): what is published when, and when a host
         # becomes "no response"; it asks for that through the methods under
         # "lifecycle effects" below.
@@ -108,11 +111,19 @@ class Master:
             self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
         )
         self.intake = Intake(
-            settings, self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
+            settings,
+            self.keys,
+            self.peers,
+            self.keystore,
+            self.jobs,
+            self.lifecycle,
+            clock,
+            self.facts,
         )
         self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
-        # Loading, targeting and compiling a run's job (master/runs.py): one
-        # thread, so runs are prepared in the order they came.
+        # Loading, targeting and compiling a run's job, then building and
+        # storing it (master/runs.py): one thread, so runs are prepared and
+        # stored in the order they came.
         self.prepare_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="prepare"
         )
@@ -154,6 +165,9 @@ class Master:
         self.control = ControlServer(
             s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
         )
+        discarded = self.jobs.discard_unstarted()
+        if discarded:
+            log.info("removed %d jobs that were being stored when the master stopped", discarded)
         now = self.clock()
         rows = self.jobs.open_hosts()
         # Published again at the first wake-up; those past their deadline
@@ -180,7 +194,9 @@ class Master:
         )
 
     def close(self) -> None:
+        self.runs.stop()
         self.prepare_pool.shutdown(wait=True, cancel_futures=True)
+        self.runs.close()
         for timer in self._timers:
             timer.cancel()
         if self._wake is not None:

@@ -22,6 +22,11 @@ DB_NAME = "master.db"
 # backup, an administrator's sqlite3 shell) must not stall the daemon's loop,
 # so it waits little, fails that one operation, and retries it later.
 BUSY_TIMEOUT_MS = 200
+# Milliseconds a worker thread's connection (master/runs.py: a job's rows are
+# written there) waits for the lock: the loop does not wait on the worker, so
+# a job may wait out a short hold by another process; a longer one fails the
+# RUN with a database error, as it did when the loop wrote the job.
+WORKER_BUSY_TIMEOUT_MS = 10_000
 
 MIGRATIONS: list[str] = [
     # 1: keys and job history
@@ -127,14 +132,44 @@ MIGRATIONS: list[str] = [
         jid  TEXT NOT NULL
     );
     """,
+    # 5: a job's rows are written off the event loop, in several transactions
+    # (master/jobstore.py store()); until the loop starts the job, started is
+    # 0 and the job is not there for anyone reading (a result for it is
+    # refused, `jobs list` does not show it). A master that stopped midway
+    # deletes such a job at start-up: nothing of it was published. A NULL
+    # job_hosts.include now means the whole of the host's manifest.
+    """
+    ALTER TABLE jobs ADD COLUMN started INTEGER NOT NULL DEFAULT 1;
+    """,
+    # 6: the facts each minion reports about its host (master/facts.py), as
+    # it last sent them (msgpack, checked against the FACTS schema, so every
+    # value has a bounded length): one row per minion, written only from
+    # that minion's own signed FACTS message.
+    """
+    CREATE TABLE facts (
+        host     TEXT PRIMARY KEY,
+        facts    BLOB NOT NULL,
+        reported REAL NOT NULL,
+        changed  REAL NOT NULL
+    );
+    """,
 ]
 
 
-def open_db(state_dir: str) -> sqlite3.Connection:
-    """Open (creating if needed) the master database and bring its schema up to date."""
+def open_db(
+    state_dir: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, any_thread: bool = False
+) -> sqlite3.Connection:
+    """Open (creating if needed) the master database and bring its schema up
+    to date. `any_thread`: the connection may be closed by another thread
+    than the one that uses it (a worker's, once the worker has ended)."""
     path = os.path.join(state_dir, DB_NAME)
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn = sqlite3.connect(
+            path,
+            timeout=busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=not any_thread,
+        )
         os.chmod(path, 0o600)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode = WAL")
@@ -142,7 +177,7 @@ def open_db(state_dir: str) -> sqlite3.Connection:
         # to the minion only after its commit, and the minion then drops its copy.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         migrate(conn)
     except (sqlite3.Error, OSError) as e:
         raise StoreError(f"cannot open the master database {path}: {e}") from e

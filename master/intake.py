@@ -60,6 +60,7 @@ from safcm.common.protocol import (
 )
 from safcm.common.protocol import KeyState as WireKeyState
 from safcm.common.ratelimit import Bucket, Buckets, PeerLog
+from safcm.master.facts import FactStore, HostFacts
 from safcm.master.jobstore import HostState, JobStore, StoredResult
 from safcm.master.keystore import KeyStore, MinionKey
 from safcm.master.lifecycle import Lifecycles, Verdict
@@ -125,6 +126,11 @@ CONTENT_BURST = 2 * MAX_FILE_BYTES
 # (the minion asks again). Replies are small but for content: this bounds
 # what a minion that stops reading can hold in the master's memory.
 RETURN_SNDHWM = 8
+# FACTS messages per minion, per second and burst: an honest minion sends
+# one per connection and one per change (at most one per facts_interval,
+# 0.5 s or more); each costs a database write.
+FACTS_RATE = 0.5
+FACTS_BURST = 5.0
 
 
 class Intake:
@@ -137,8 +143,10 @@ class Intake:
         jobs: JobStore,
         lifecycle: Lifecycles,
         clock: Callable[[], float],
+        facts: FactStore,
     ) -> None:
         self.settings = settings
+        self.facts = facts
         self.keys = keys
         self.peers = peers
         self.loop = peers.loop
@@ -155,6 +163,7 @@ class Intake:
         self.curve_by_conn = Buckets(CURVE_RATE, CURVE_BURST, ENROL_KEYS)
         self.new_keys = Bucket(NEW_KEY_RATE, NEW_KEY_BURST, now)
         self.content_bytes = Buckets(CONTENT_RATE, CONTENT_BURST, ENROL_KEYS)
+        self.facts_by_key = Buckets(FACTS_RATE, FACTS_BURST, ENROL_KEYS)
         self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
         self.network = Dispatcher(
             Channel.NETWORK,
@@ -164,6 +173,7 @@ class Intake:
                 MsgType.RESULT: self.on_result,
                 MsgType.JOB_PROGRESS: self.on_job_progress,
                 MsgType.CONTENT_REQUEST: self.on_content_request,
+                MsgType.FACTS: self.on_facts,
             },
         )
         self.router: zmq.Socket | None = None
@@ -532,6 +542,27 @@ class Intake:
             raise ProtocolError(f"content requests of {minion} come faster than allowed")
         log.info("job %s: sent %s %d contents it lacked", jid, minion, len(blobs))
         self._reply_sealed(minion, MsgType.CONTENT, {"jid": jid, "blobs": blobs}, jid=jid)
+
+    def on_facts(self, msg: Message) -> None:
+        """A minion's facts about its host: stored under the envelope's sender
+        (whose signature was checked, and who is the minion the connection
+        proved), so a minion can only ever state its own."""
+        minion = msg.require_header().sender
+        if self.keystore.accepted(minion) is None:
+            raise ProtocolError(f"facts from {minion}, whose key is not accepted")
+        if not self.facts_by_key.take(minion, self.loop.clock()):
+            raise ProtocolError(f"facts of {minion} come faster than allowed")
+        changed = self.facts.put(minion, msg.body, now=self.clock())
+        self.peers.facts[minion] = HostFacts(msg.body)
+        if changed:
+            self.peer_log.info(
+                "facts of %s: os %s %s, %s, kernel %s",
+                minion,
+                msg.body["os_id"] or "unknown",
+                msg.body["os_version_id"] or "",
+                msg.body["architecture"],
+                msg.body["kernel"],
+            )
 
     def store_batch(self) -> None:
         """Store the receipts and results read in one wake-up in one transaction

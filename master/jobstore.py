@@ -1,9 +1,12 @@
 """The job history: every job, the hosts it went to, and each host's full result.
 
-A job is written, with one row per expected host holding that host's sealed
-envelope, before anything is published (DESIGN section 1, "nothing lost").
-The envelope stays in the row until the minion's receipt arrives, so a
-restarted master re-publishes exactly what it had not yet delivered. A host's
+A job is written, with one row per expected host, before anything is
+published (DESIGN section 1, "nothing lost"): by store(), off the daemon's
+loop and in several transactions, then made visible by start(), on the loop,
+in the same turn as its lifecycle starts; until then no read sees it.
+What a host's envelope is sealed from stays until the minion's receipt
+arrives, so a restarted master re-publishes exactly what it had not yet
+delivered. A host's
 row then moves through the states of master/lifecycle.py (sent, received,
 done, no_response), which decides every change; this module only stores them.
 
@@ -13,13 +16,14 @@ what happened on the host, even if the CLI has stopped waiting.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from safcm.common import codec
 from safcm.common.ids import JID_FORMAT
@@ -35,11 +39,20 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _LAST_JID_TIME = 253402300799.0
 # Upper bound for --limit, so one request cannot make the daemon build a huge reply.
 MAX_LIST_LIMIT = 10_000
+# Host rows written (or deleted) per transaction of a job's store(): each
+# transaction holds the database's one write lock, which the loop's writes
+# (results, heartbeats) then wait for; about 5 ms each (bench/submit.py).
+STORE_CHUNK = 500
+# Values per IN (...) list: SQLite allows 32766 bound values since 3.32 and
+# 999 before; PostgreSQL 65535.
+IN_CHUNK = 500
 
 
 # The states of a job's host, as its row stores them: the lifecycle's
 # (master/lifecycle.py, which also says how they change).
 HostState = State
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -162,9 +175,28 @@ class JobStore:
         parts: JobParts,
         plans: dict[str, Plan] | None = None,
     ) -> None:
-        """Record a job: its manifests and content, once each, what each host's
-        envelope carries (master/jobcontent.py), and what each host was sent
-        (`plans`, shared between hosts with the same), in one transaction."""
+        """Record a job and start it at once (store(), then start())."""
+        self.store(job, parts, plans)
+        self.start(job.jid)
+
+    def store(
+        self,
+        job: JobRecord,
+        parts: JobParts,
+        plans: dict[str, Plan] | None = None,
+        *,
+        between: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Record a job, not yet started: its manifests and content, once each,
+        what each host's envelope carries (master/jobcontent.py), and what each
+        host was sent (`plans`, shared between hosts with the same).
+
+        A large job is written in several transactions of at most STORE_CHUNK
+        host rows, with `between()` called after each, so that other writers
+        (the daemon's loop) get their turn. Until start(), the job is there
+        for no one (host_state(), get_job(), list_jobs()); a job that was
+        never started is removed by discard() or discard_unstarted(); one
+        that fails to be stored removes itself, or is left unstarted."""
         digests: dict[str, str] = {}
         packed: dict[str, bytes] = {}
         for host, plan in (plans or {}).items():
@@ -175,7 +207,7 @@ class JobStore:
         with transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO jobs (jid, submitted, deadline, user, target, module, dry_run,"
-                " git_commit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " git_commit, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 (
                     job.jid,
                     job.submitted,
@@ -199,14 +231,61 @@ class JobStore:
                 "INSERT INTO job_content (jid, digest, data) VALUES (?, ?, ?)",
                 [(job.jid, digest, data) for digest, data in parts.content.items()],
             )
-            self.conn.executemany(
-                "INSERT INTO job_hosts (jid, host, state, plan, manifest, include)"
-                " VALUES (?, ?, 'sent', ?, ?, ?)",
-                [
-                    (job.jid, host, digests.get(host), part.manifest, codec.pack(part.include))
-                    for host, part in sorted(parts.hosts.items())
-                ],
+        # What a host's envelope carries is most often all its manifest names
+        # (a host new to the job's content) or nothing (a no-op): the first
+        # is stored as NULL, not as a copy of every digest per host.
+        whole = {digest: digests_of(m) for digest, m in parts.manifests.items()}
+        rows = [
+            (
+                job.jid,
+                host,
+                digests.get(host),
+                part.manifest,
+                None if part.include == whole[part.manifest] else codec.pack(part.include),
             )
+            for host, part in sorted(parts.hosts.items())
+        ]
+        try:
+            for chunk in _chunks(rows, STORE_CHUNK):
+                between()
+                with transaction(self.conn):
+                    self.conn.executemany(
+                        "INSERT INTO job_hosts (jid, host, state, plan, manifest, include)"
+                        " VALUES (?, ?, 'sent', ?, ?, ?)",
+                        chunk,
+                    )
+        except BaseException:
+            # What was written goes again; if it cannot, discard_unstarted() takes it.
+            with contextlib.suppress(Exception):
+                self.discard(job.jid, [row[1] for row in rows], between=between)
+            raise
+
+    def start(self, jid: str) -> None:
+        """The job's rows are all stored: from now on it is there for everyone
+        (one small write; the caller starts its lifecycle in the same turn)."""
+        self.conn.execute("UPDATE jobs SET started = 1 WHERE jid = ?", (jid,))
+
+    def discard(
+        self, jid: str, hosts: Collection[str], *, between: Callable[[], None] = lambda: None
+    ) -> None:
+        """Remove a job that was stored and never started (its CLI left, or a
+        later step failed), its host rows in transactions of STORE_CHUNK."""
+        for chunk in _chunks(sorted(hosts), STORE_CHUNK):
+            between()
+            with transaction(self.conn):
+                self.conn.executemany(
+                    "DELETE FROM job_hosts WHERE jid = ? AND host = ?",
+                    [(jid, host) for host in chunk],
+                )
+        with transaction(self.conn):
+            self.conn.execute("DELETE FROM jobs WHERE jid = ? AND started = 0", (jid,))
+
+    def discard_unstarted(self) -> int:
+        """Remove every job that was stored but never started (the master
+        stopped while storing it: nothing of it was published); at start-up."""
+        with transaction(self.conn):
+            cur = self.conn.execute("DELETE FROM jobs WHERE started = 0")
+        return cur.rowcount
 
     def parts(self, jid: str) -> JobParts | None:
         """What a job's envelopes are sealed from (after a restart: the hosts
@@ -226,11 +305,15 @@ class JobStore:
             return None
         wanted: set[bytes] = set()
         for r in rows:
-            include = codec.unpack(r["include"], max_depth=2)
-            parts.hosts[r["host"]] = HostPart(r["manifest"], include)
             if r["manifest"] not in parts.manifests:
                 parts.packed[r["manifest"]] = r["packed"]
                 parts.manifests[r["manifest"]] = unpack_manifest(r["packed"])
+            include = (
+                digests_of(parts.manifests[r["manifest"]])
+                if r["include"] is None  # the whole manifest (store())
+                else codec.unpack(r["include"], max_depth=2)
+            )
+            parts.hosts[r["host"]] = HostPart(r["manifest"], include)
             wanted.update(include)
         parts.content = self.content(jid, wanted)
         return parts
@@ -238,12 +321,13 @@ class JobStore:
     def content(self, jid: str, digests: Collection[bytes]) -> dict[bytes, bytes]:
         """The content of job `jid` with these digests (those it has)."""
         found: dict[bytes, bytes] = {}
-        for digest in digests:
-            row = self.conn.execute(
-                "SELECT data FROM job_content WHERE jid = ? AND digest = ?", (jid, digest)
-            ).fetchone()
-            if row is not None:
-                found[digest] = row[0]
+        for chunk in _chunks(list(dict.fromkeys(digests)), IN_CHUNK):
+            rows = self.conn.execute(
+                "SELECT digest, data FROM job_content"  # noqa: S608 - placeholders only
+                f" WHERE jid = ? AND digest IN ({_marks(chunk)})",
+                (jid, *chunk),
+            )
+            found.update((bytes(digest), data) for digest, data in rows)
         return found
 
     def manifest_digests(self, jid: str, host: str) -> frozenset[bytes] | None:
@@ -258,26 +342,27 @@ class JobStore:
 
     def known_content(self, hosts: Collection[str]) -> dict[str, frozenset[bytes]]:
         """For each of `hosts`, the content it is taken to have: that of the
-        last files job it completed (master/jobcontent.py). Hosts whose last
-        jobs share a manifest share the work."""
-        by_manifest: dict[tuple[str, str], frozenset[bytes]] = {}
-        known: dict[str, frozenset[bytes]] = {}
-        for host in hosts:
-            row = self.conn.execute(
-                "SELECT h.jid, h.manifest, m.manifest AS packed FROM host_content c"
+        last files job it completed (master/jobcontent.py). A few queries for
+        any number of hosts: their last jobs' manifests, IN_CHUNK hosts at a
+        time, and each distinct manifest once."""
+        last: dict[str, tuple[str, str]] = {}  # host -> (jid, manifest digest)
+        for chunk in _chunks(sorted(hosts), IN_CHUNK):
+            rows = self.conn.execute(
+                "SELECT c.host, h.jid, h.manifest FROM host_content c"  # noqa: S608 - placeholders
                 " JOIN job_hosts h ON h.jid = c.jid AND h.host = c.host"
-                " JOIN job_manifests m ON m.jid = h.jid AND m.digest = h.manifest"
-                " WHERE c.host = ?",
-                (host,),
+                f" WHERE c.host IN ({_marks(chunk)}) AND h.manifest IS NOT NULL",
+                chunk,
+            )
+            last.update((host, (jid, manifest)) for host, jid, manifest in rows)
+        by_manifest: dict[tuple[str, str], frozenset[bytes]] = {}
+        for jid, manifest in set(last.values()):
+            row = self.conn.execute(
+                "SELECT manifest FROM job_manifests WHERE jid = ? AND digest = ?", (jid, manifest)
             ).fetchone()
-            if row is None:
-                known[host] = frozenset()
-                continue
-            key = (row["jid"], row["manifest"])
-            if key not in by_manifest:
-                by_manifest[key] = frozenset(digests_of(unpack_manifest(row["packed"])))
-            known[host] = by_manifest[key]
-        return known
+            if row is not None:
+                by_manifest[(jid, manifest)] = frozenset(digests_of(unpack_manifest(row[0])))
+        empty: frozenset[bytes] = frozenset()
+        return {host: by_manifest.get(last.get(host, ("", "")), empty) for host in hosts}
 
     def plan(self, jid: str, host: str) -> Plan | None:
         """What job `jid` sent to `host`, or None if it recorded no plan."""
@@ -299,7 +384,9 @@ class JobStore:
 
     def module_of(self, jid: str) -> tuple[str, bool] | None:
         """(module, dry_run) of a job, or None if there is no such job."""
-        row = self.conn.execute("SELECT module, dry_run FROM jobs WHERE jid = ?", (jid,)).fetchone()
+        row = self.conn.execute(
+            "SELECT module, dry_run FROM jobs WHERE jid = ? AND started = 1", (jid,)
+        ).fetchone()
         return None if row is None else (row[0], bool(row[1]))
 
     def stored_bytes(self, host: str) -> int:
@@ -320,7 +407,7 @@ class JobStore:
         job's deadline: what a restarted master rebuilds its lifecycles from."""
         rows = self.conn.execute(
             "SELECT h.jid, h.host, h.state, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"
-            " WHERE h.state IN ('sent', 'received') ORDER BY h.jid, h.host"
+            " WHERE h.state IN ('sent', 'received') AND j.started = 1 ORDER BY h.jid, h.host"
         )
         return [OpenRow(r[0], r[1], State(r[2]), r[3]) for r in rows]
 
@@ -335,9 +422,12 @@ class JobStore:
         return None if row is None else row[0]
 
     def host_state(self, jid: str, host: str) -> HostState | None:
-        """The state of (jid, host), or None if that job was never sent to that host."""
+        """The state of (jid, host), or None if that job was never sent to that
+        host (or is not started yet: nothing of it was published)."""
         row = self.conn.execute(
-            "SELECT state FROM job_hosts WHERE jid = ? AND host = ?", (jid, host)
+            "SELECT h.state FROM job_hosts h JOIN jobs j USING (jid)"
+            " WHERE h.jid = ? AND h.host = ? AND j.started = 1",
+            (jid, host),
         ).fetchone()
         return None if row is None else HostState(row[0])
 
@@ -424,7 +514,7 @@ class JobStore:
         The time span is a range of jids (a jid is its submission time, and
         jids sort by time), so it walks the primary key; the other filters
         are checked per job along that walk, each on an index."""
-        where: list[str] = []
+        where: list[str] = ["started = 1"]
         args: list[Any] = []
         if since is not None:
             where.append("jid >= ?")
@@ -451,7 +541,7 @@ class JobStore:
                 f" AND {condition})"
             )
             args.extend(status_args)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause = f"WHERE {' AND '.join(where)}"
         limit = max(1, min(limit, MAX_LIST_LIMIT))
         jobs = self.conn.execute(
             f"SELECT * FROM jobs {clause} ORDER BY jid DESC LIMIT ?",  # noqa: S608 - fixed clauses
@@ -475,7 +565,9 @@ class JobStore:
         return summaries
 
     def get_job(self, jid: str) -> JobRecord | None:
-        row = self.conn.execute("SELECT * FROM jobs WHERE jid = ?", (jid,)).fetchone()
+        row = self.conn.execute(
+            "SELECT * FROM jobs WHERE jid = ? AND started = 1", (jid,)
+        ).fetchone()
         return None if row is None else _job(row)
 
     def get_hosts(self, jid: str, host: str | None = None) -> list[HostRecord]:
@@ -508,6 +600,16 @@ _STATUS_CONDITIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     NO_RESPONSE: ("h.state = 'no_response'", ()),
     PENDING: ("h.state IN ('sent', 'received')", ()),
 }
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(values: Sized) -> str:
+    """The placeholders of an IN list of len(values) values."""
+    return ", ".join("?" * len(values))
 
 
 def _jid_at(t: float) -> str:

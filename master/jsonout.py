@@ -236,6 +236,10 @@ def check_document(
         "stage": stage,
         "hosts": sorted(hosts),
         "problems": found,
+        # check adds them when it compiled: each detected group's hosts, and
+        # the hosts that reported no facts
+        "detected": {},
+        "no_facts": [],
     }
 
 

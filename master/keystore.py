@@ -121,6 +121,14 @@ class KeyStore:
         key = self._keys.get(minion_id)
         return key if key is not None and key.state is KeyState.ACCEPTED else None
 
+    def without_transport_key(self) -> set[str]:
+        """Ids of the accepted keys enrolled before CURVE (they must enrol again)."""
+        return {
+            k.id
+            for k in self._keys.values()
+            if k.curve_pub is None and k.state is KeyState.ACCEPTED
+        }
+
     def all(self) -> list[MinionKey]:
         return sorted(self._keys.values(), key=lambda k: k.id)
 
@@ -277,11 +285,14 @@ class KeyStore:
         )
 
     def delete(self, patterns: list[str]) -> list[MinionKey]:
-        """Forget the matching keys and their refused attempts; returns them."""
+        """Forget the matching keys, their refused attempts and the facts they
+        stated (master/facts.py: a host enrolled anew under the id must not
+        inherit them); returns them."""
         ids = self.match(patterns)
         with transaction(self.conn):
             self.conn.executemany("DELETE FROM minions WHERE id = ?", [(i,) for i in ids])
             self.conn.executemany("DELETE FROM refused_keys WHERE id = ?", [(i,) for i in ids])
+            self.conn.executemany("DELETE FROM facts WHERE host = ?", [(i,) for i in ids])
         deleted = [self._pop(i) for i in ids]
         self._dirty.difference_update(ids)
         return deleted

@@ -19,6 +19,7 @@ from safcm.common.crypto import PublicKeys
 from safcm.common.errors import SafcmError
 from safcm.common.loop import Loop
 from safcm.common.ratelimit import PeerLog
+from safcm.master.facts import HostFacts
 from safcm.master.keystore import KeyStore, MinionKey
 from safcm.master.transport import (
     HANDSHAKE_IVL_MS,
@@ -53,6 +54,10 @@ class Peers:
         self.peer_log = peer_log
         self.public: dict[str, PublicKeys] = {}  # accepted minions' keys, as objects
         self.presence: dict[str, Presence] = {}
+        # What each minion last reported about its host (master/facts.py):
+        # each value is replaced whole, never changed, so a run's prepare
+        # thread may keep a shallow copy.
+        self.facts: dict[str, HostFacts] = {}
         self.tables: dict[str, ConnectionTable] = {}
         self.monitors: list[Monitor] = []
 
@@ -110,6 +115,9 @@ class Peers:
         """A key stopped being accepted: drop what was kept for it, and cut its connections."""
         self.public.pop(key.id, None)
         self.presence.pop(key.id, None)
+        # Its facts too: what a key no longer accepted said is not used, and
+        # the minion states them again when it is accepted (again).
+        self.facts.pop(key.id, None)
         self.cut_key(key)
 
     def cut_stale(self) -> None:

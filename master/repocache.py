@@ -48,9 +48,8 @@ Not covered, on purpose:
   differently each time (Jinja2's `random` filter, `lipsum`), so a cached
   render would not be what compiling gives, and at fleet scale the results
   of every host would hold hosts x files objects. Compiling is CPU, not
-  repository I/O. (Templates see host, groups and in_group() only, all from
-  the repository; a cache of renders would have to be keyed by those, and
-  by any facts a template may read one day.)
+  repository I/O. (Templates see host, groups, in_group() and the host's
+  facts; a cache of renders would have to be keyed by all of them.)
 - A walk that fails (a directory that cannot be read, an entry that vanishes
   between listing and lstat) gives no fingerprint: the loader runs and
   reports what is wrong, and nothing is kept.

@@ -5,6 +5,7 @@ The repository (DESIGN.md section 6):
     config.yaml                group_order, default_user, default_group
     hosts.yaml                 - name: web1          (only these can be targeted)
     groups.yaml                web: ["web*"]  /  web_remove: [web3]
+                               debian12: {detect: {os_id: debian, os_version_id: "12"}}
     <name>/files/              the tree a member host gets, "/" mirrored
     <name>/permissions.yaml    /path: "MODE [USER [GROUP]]"
     <name>/templates.yaml      - /path               (Jinja2, rendered per host)
@@ -12,6 +13,7 @@ The repository (DESIGN.md section 6):
     <name>/absent.yaml         - /path  or  - {path: /path, recursive: true}
     <name>/purge.yaml          - /directory          (undeclared entries are removed)
     <name>/secrets.yaml        - /path               (content never shown or stored)
+    <name>/services.yaml       enable: [unit, ...]   (master/services.py reads it)
 
 <name> is a group from groups.yaml, the implicit group "all", or a host id
 (a host is a group of its own). load_repository() reads all of it once,
@@ -27,6 +29,18 @@ Groups:
   again (hosts, groups or globs), after X's own members are collected.
 - Nesting is allowed; a cycle is a problem that shows it ("a -> b -> a").
 - A host id is a group name too, so it may not also be defined in groups.yaml.
+- A detected group (`NAME: {detect: {FACT: VALUE or [VALUES], ...}}`) holds
+  the hosts whose own reported facts (master/facts.py) have each named fact
+  equal to its value, or to one of its values; a fact a host did not report
+  means "not a member". `NAME_remove` takes hosts out of it again. Facts
+  are the host's claim, so a detected group must never let a host claim its
+  way into a configuration meant for others: it is never a member of another
+  group nor removed from one (that group's files would follow the claim),
+  it has no members of its own, a host's own group is never detected (its
+  name is a host id), and it cannot match on `hostname`, a name the host
+  chooses (hosts are named by their authenticated minion id: use members).
+  What a detected group provides goes only to the hosts that claim its facts,
+  each compiled from its own facts alone.
 
 Group directories:
 - files/ itself is "/" and is managed like every directory in the tree (as
@@ -57,9 +71,9 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypeGuard, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import jinja2
 import jinja2.sandbox
@@ -74,6 +88,7 @@ from safcm.common.errors import (
 )
 from safcm.common.ids import minion_id_problem
 from safcm.common.model import SYMLINK_MODE, FileSpec, FileType, check_path, is_below
+from safcm.common.protocol import FACT_NAMES
 from safcm.common.yamlfile import (
     KIND_NAMES,
     Problems,
@@ -86,6 +101,7 @@ from safcm.common.yamlfile import (
     load_yaml_file,
     read_regular_file,
 )
+from safcm.master.facts import HostFacts
 
 # The node kinds _Loader._expect() checks for; a match narrows the node's type.
 _Kind = TypeVar("_Kind", YScalar, YSeq, YMap)
@@ -108,12 +124,21 @@ GROUP_DIR_ENTRIES = (
     ABSENT_FILE,
     PURGE_FILE,
     SECRETS_FILE,
+    "services.yaml",  # read by master/services.py
 )
 ABSENT_KEYS = ("path", "recursive")
 
 ALL = "all"  # the implicit group that holds every host
 REMOVE_SUFFIX = "_remove"  # groups.yaml: "web_remove" takes members out of "web"
 GLOB_CHARS = frozenset("*?[")  # a member with one of these is an fnmatch glob over host ids
+
+# groups.yaml: NAME: {detect: {FACT: VALUE or [VALUE, ...]}} is a detected group.
+DETECT_KEY = "detect"
+# The facts a detected group may match. Not "hostname": the host chooses it,
+# so matching it would hand a configuration meant for one host to any host
+# that names itself so; hosts are named by their minion id (members).
+UNDETECTABLE_FACTS = frozenset({"hostname"})
+DETECTABLE_FACTS = tuple(n for n in FACT_NAMES if n not in UNDETECTABLE_FACTS)
 
 CONFIG_KEYS = ("default_group", "default_user", "group_order")
 HOST_KEYS = ("name",)
@@ -210,6 +235,31 @@ class _GroupDef:
     members: list[YScalar]
 
 
+@dataclass(frozen=True, slots=True)
+class DetectedGroup:
+    """A group of groups.yaml whose hosts are those whose own facts match.
+
+    `conditions`: each named fact and the values it may have (as text, as
+    the YAML was written); `removed`: the hosts NAME_remove takes out.
+    """
+
+    name: str
+    line: int
+    conditions: tuple[tuple[str, frozenset[str]], ...]
+    removed: frozenset[str] = frozenset()
+
+    def takes(self, host: str, facts: Mapping[str, Any] | None) -> bool:
+        """Whether `host`, with the facts it reported (None: none yet), is in this group."""
+        if facts is None or host in self.removed:
+            return False
+        for name, values in self.conditions:
+            value = facts.get(name)
+            # bool before int: True is an int to Python, never a fact value.
+            if value is None or isinstance(value, bool) or str(value) not in values:
+                return False
+        return True
+
+
 class Repository:
     """A loaded, checked configuration repository. Build it with load_repository().
 
@@ -227,6 +277,7 @@ class Repository:
         entries: dict[str, dict[str, Entry]],
         triggers: dict[str, dict[str, TriggerEntry]],
         lists: dict[str, PathLists],
+        detected: dict[str, DetectedGroup] | None = None,
     ) -> None:
         self.path = path
         self.hosts = hosts  # ids in hosts.yaml order
@@ -240,6 +291,8 @@ class Repository:
         self.lists = lists
         self._host_set = frozenset(hosts)
         self._members = members  # groups.yaml groups and "all"; hosts are implicit
+        # groups.yaml groups detected from each host's own facts, by name
+        self.detected = detected or {}
         self._rank = {g: i for i, g in enumerate(group_order)}
         self._groups_of = {h: self._compute_groups_of(h) for h in hosts}
 
@@ -248,35 +301,50 @@ class Repository:
 
     def has_group(self, name: str) -> bool:
         """True for "all", a group from groups.yaml, or a host id (a group of its own)."""
-        return name in self._members or name in self._host_set
+        return name in self._members or name in self._host_set or name in self.detected
 
     def group_names(self) -> list[str]:
-        """Every group from groups.yaml plus "all", sorted; hosts not included."""
-        return sorted(self._members)
+        """Every group of groups.yaml (detected ones too) and "all", sorted; no hosts."""
+        return sorted([*self._members, *self.detected])
 
-    def members(self, group: str) -> list[str]:
-        """The hosts in `group`, in hosts.yaml order. Raises UnknownGroupError."""
+    def members(
+        self, group: str, facts: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> list[str]:
+        """The hosts in `group`, in hosts.yaml order; for a detected group, those
+        whose own entry in `facts` (host -> facts) matches. Raises UnknownGroupError."""
         if group in self._host_set:
             return [group]
+        detected = self.detected.get(group)
+        if detected is not None:
+            facts = facts or {}
+            return [h for h in self.hosts if detected.takes(h, facts.get(h))]
         hosts = self._members.get(group)
         if hosts is None:
             raise UnknownGroupError(group)
         return [h for h in self.hosts if h in hosts]
 
-    def groups_of(self, host: str) -> list[str]:
+    def groups_of(self, host: str, facts: Mapping[str, Any] | None = None) -> list[str]:
         """The groups `host` belongs to, lowest priority first: "all" first, the host last.
 
         Between them: the groups not in group_order, by name (they are not
         ranked against each other; the order is only for a stable display),
-        then the group_order groups in their order. Raises UnknownHostError.
+        then the group_order groups in their order. The detected groups are
+        those that `facts`, this host's own (None: it reported none), match.
+        Raises UnknownHostError.
         """
         groups = self._groups_of.get(host)
         if groups is None:
             raise UnknownHostError(host)
-        return list(groups)
+        detected = [d.name for d in self.detected.values() if d.takes(host, facts)]
+        if not detected:
+            return list(groups)
+        return self._ordered(host, [*groups[1:-1], *detected])
 
     def _compute_groups_of(self, host: str) -> list[str]:
         inside = [g for g, hosts in self._members.items() if g != ALL and host in hosts]
+        return self._ordered(host, inside)
+
+    def _ordered(self, host: str, inside: list[str]) -> list[str]:
         inside.sort(key=lambda g: (1, self._rank[g], "") if g in self._rank else (0, 0, g))
         return [ALL, *inside, host]
 
@@ -340,6 +408,8 @@ class _Loader:
         self.hosts_ok = True  # hosts.yaml parsed; else skip checks that need its ids
         self.groups: dict[str, _GroupDef] = {}
         self.removes: dict[str, _GroupDef] = {}
+        self.detected_defs: dict[str, tuple[int, tuple[tuple[str, frozenset[str]], ...]]] = {}
+        self.detected: dict[str, DetectedGroup] = {}
         self.groups_ok = True
         self.template_sources: dict[str, str] = {}
         self.env = _template_environment(self.template_sources)
@@ -366,6 +436,7 @@ class _Loader:
             entries=entries,
             triggers=triggers,
             lists=lists,
+            detected=self.detected,
         )
 
     # -- helpers for typed values ------------------------------------------
@@ -508,11 +579,18 @@ class _Loader:
                 self.reported_names.add(name)
                 self.problems.add(GROUPS_FILE, key.line, reason)
                 continue
+            if isinstance(value, YMap) and not name.endswith(REMOVE_SUFFIX):
+                conditions = self._read_detect(name, value)
+                if conditions is not None:
+                    self.detected_defs[name] = (key.line, conditions)
+                continue
             if not isinstance(value, YSeq):
                 self.problems.add(
                     GROUPS_FILE,
                     value.line,
-                    f"the members of {name!r} must be a list, not {kind_of(value)}",
+                    f"the members of {name!r} must be a list"
+                    f"{'' if name.endswith(REMOVE_SUFFIX) else ' (or a {detect: ...} mapping)'},"
+                    f" not {kind_of(value)}",
                 )
                 members: list[YScalar] = []
             else:
@@ -525,19 +603,22 @@ class _Loader:
                 self.removes[name.removesuffix(REMOVE_SUFFIX)] = definition
             else:
                 self.groups[name] = definition
-        for name, definition in self.groups.items():
+        lines = [(n, d.line) for n, d in self.groups.items()]
+        lines += [(n, line) for n, (line, _) in self.detected_defs.items()]
+        for name, line in lines:
             if name == ALL:
                 self.problems.add(
                     GROUPS_FILE,
-                    definition.line,
+                    line,
                     "'all' is implicit and always holds every host; it cannot be defined",
                 )
             elif name in self.host_lines:
                 self.problems.add(
                     GROUPS_FILE,
-                    definition.line,
+                    line,
                     f"group {name!r} has the name of a host (hosts.yaml:{self.host_lines[name]});"
-                    " a host is already a group of its own",
+                    " a host is already a group of its own"
+                    + (", and is never detected" if name in self.detected_defs else ""),
                 )
         for base, definition in self.removes.items():
             if base == ALL:
@@ -546,7 +627,7 @@ class _Loader:
                     definition.line,
                     "'all' always holds every host; nothing can be removed from it",
                 )
-            elif base not in self.groups:
+            elif base not in self.groups and base not in self.detected_defs:
                 self.problems.add(
                     GROUPS_FILE,
                     definition.line,
@@ -556,8 +637,72 @@ class _Loader:
         # Drop what was reported above so that nothing else trips over it.
         for name in [n for n in self.groups if n == ALL or n in self.host_lines]:
             del self.groups[name]
-        for base in [b for b in self.removes if b not in self.groups]:
+        for name in [n for n in self.detected_defs if n == ALL or n in self.host_lines]:
+            del self.detected_defs[name]
+        for base in [
+            b for b in self.removes if b not in self.groups and b not in self.detected_defs
+        ]:
             del self.removes[base]
+
+    def _read_detect(self, name: str, node: YMap) -> tuple[tuple[str, frozenset[str]], ...] | None:
+        """A detected group's {detect: {FACT: VALUE or [VALUE, ...]}}; None (and
+        problems) if it is not one."""
+        self._unknown_keys(node, (DETECT_KEY,), GROUPS_FILE, f"group {name!r}")
+        detect = next((v for k, v in node.items if k.text == DETECT_KEY), None)
+        if detect is None:
+            self.problems.add(
+                GROUPS_FILE,
+                node.line,
+                f"group {name!r} is a mapping, so it needs '{DETECT_KEY}' (the facts its hosts"
+                " report, e.g. {detect: {os_id: debian}}); a group of named hosts is a list",
+            )
+            return None
+        if not self._expect(detect, YMap, GROUPS_FILE, f"'{DETECT_KEY}' of {name!r}"):
+            return None
+        conditions = []
+        ok = True
+        for fact, value in detect.items:
+            if fact.text in UNDETECTABLE_FACTS:
+                self.problems.add(
+                    GROUPS_FILE,
+                    fact.line,
+                    f"group {name!r} cannot be detected from {fact.text!r}: a host names itself,"
+                    " so any host could claim it; list the hosts (their minion ids) as members"
+                    " of a group instead",
+                )
+                ok = False
+                continue
+            if fact.text not in DETECTABLE_FACTS:
+                self.problems.add(
+                    GROUPS_FILE,
+                    fact.line,
+                    f"unknown fact {fact.text!r} in '{DETECT_KEY}' of {name!r}"
+                    f" (facts: {', '.join(DETECTABLE_FACTS)})",
+                )
+                ok = False
+                continue
+            items = value.items if isinstance(value, YSeq) else [value]
+            values = []
+            for item in items:
+                if self._expect(item, YScalar, GROUPS_FILE, f"a value of {fact.text!r}"):
+                    values.append(item.text)
+                else:
+                    ok = False
+            if not values and ok:
+                self.problems.add(
+                    GROUPS_FILE, value.line, f"{fact.text!r} of {name!r} lists no value"
+                )
+                ok = False
+            conditions.append((fact.text, frozenset(values)))
+        if not detect.items:
+            self.problems.add(
+                GROUPS_FILE,
+                detect.line,
+                f"'{DETECT_KEY}' of {name!r} names no fact; it would hold every host that"
+                " reported facts",
+            )
+            ok = False
+        return tuple(conditions) if ok else None
 
     def _member_kind(self, member: YScalar, owner: str) -> str | None:
         """'glob', 'host' or 'group'; None (and a problem) for an unknown member."""
@@ -571,6 +716,15 @@ class _Loader:
             return "host"
         if text == ALL or text in self.groups:
             return "group"
+        if text in self.detected_defs:
+            self.problems.add(
+                GROUPS_FILE,
+                member.line,
+                f"{text!r} is a group detected from facts, which hosts claim about themselves;"
+                f" it cannot be named in {owner!r}: a host could then claim its way into (or"
+                " out of) another group's configuration. Name hosts, globs or groups of hosts",
+            )
+            return None
         if text in self.reported_names or not self.hosts_ok or not self.groups_ok:
             return None  # already reported where it was defined
         self.problems.add(
@@ -604,6 +758,8 @@ class _Loader:
             ]
             for name in self.groups
         }
+        # A detected group's removals name groups of hosts only, never one
+        # that depends on it: resolved after all of them, they need no order.
         order, cyclic = _topological_order(deps)
         for cycle in _find_cycles(deps, cyclic):
             first = self.groups[cycle[0]]
@@ -629,6 +785,11 @@ class _Loader:
             members[name] = frozenset(hosts)
         for name in cyclic:
             members[name] = frozenset()
+        for name, (line, conditions) in self.detected_defs.items():
+            gone: set[str] = set()
+            for kind, text in removed.get(name, []):
+                gone |= expand(kind, text)
+            self.detected[name] = DetectedGroup(name, line, conditions, frozenset(gone))
         return members
 
     # -- group_order -------------------------------------------------------
@@ -648,7 +809,7 @@ class _Loader:
                 reason = (
                     f"group {name!r} is listed twice in group_order (first at line {seen[name]})"
                 )
-            elif name not in self.groups:
+            elif name not in self.groups and name not in self.detected_defs:
                 if not self.groups_ok:
                     continue
                 reason = f"group_order names {name!r}, which groups.yaml does not define"
@@ -665,7 +826,7 @@ class _Loader:
     ) -> tuple[
         dict[str, dict[str, Entry]], dict[str, dict[str, TriggerEntry]], dict[str, PathLists]
     ]:
-        known = {ALL, *self.groups, *self.hosts}
+        known = {ALL, *self.groups, *self.detected_defs, *self.hosts}
         entries: dict[str, dict[str, Entry]] = {}
         triggers: dict[str, dict[str, TriggerEntry]] = {}
         lists: dict[str, PathLists] = {}
@@ -1237,6 +1398,20 @@ def _find_cycles(deps: dict[str, list[str]], left: list[str]) -> list[list[str]]
     return cycles
 
 
+class _Undefined(jinja2.StrictUndefined):
+    """StrictUndefined that names a missing fact as such: `facts.os_id` of a
+    host that did not report it says which fact, and what the host did report."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        holder = self._undefined_obj
+        if isinstance(holder, HostFacts) and self._undefined_hint is None:
+            return holder.missing_message(self._undefined_name)
+        return super()._undefined_message
+
+
 def _template_environment(sources: dict[str, str]) -> jinja2.Environment:
     """The Jinja2 environment all templates of one repository compile in.
 
@@ -1256,7 +1431,7 @@ def _template_environment(sources: dict[str, str]) -> jinja2.Environment:
 
     return jinja2.sandbox.ImmutableSandboxedEnvironment(
         loader=jinja2.FunctionLoader(load),
-        undefined=jinja2.StrictUndefined,
+        undefined=_Undefined,
         autoescape=False,
         keep_trailing_newline=True,
         auto_reload=False,

@@ -15,9 +15,11 @@ from typing import Any, TextIO
 
 from safcm.common.errors import ConfigError
 from safcm.common.model import FileType, is_below
+from safcm.common.protocol import FACT_NAMES
 from safcm.common.text import escape
 from safcm.master import jsonout
 from safcm.master.compiler import CompiledFile, HostConfig, compile_host, load_repository
+from safcm.master.facts import HostFacts
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2  # DESIGN.md section 7: bad usage or a configuration error
@@ -43,6 +45,8 @@ _HEADER = ("PATH", "TYPE", "MODE", "USER", "GROUP", "SIZE/TARGET", "FROM", "TEMP
 # A directory the repository only passes through: created when missing, never changed.
 PASSTHROUGH_NOTE = "pass-through (created if missing, never changed)"
 SECRET_NOTE = "secret (content never shown)"  # noqa: S105 (a label, not a password)
+# A group the host is in because of what it claims about itself (master/facts.py).
+DETECTED_NOTE = " (detected from facts)"
 
 
 def _notes(f: CompiledFile, secret: bool) -> str:
@@ -55,8 +59,10 @@ def _is_secret(path: str, config: HostConfig) -> bool:
     return any(is_below(path, secret) for secret in config.secrets)
 
 
-def format_table(config: HostConfig) -> str:
-    """The human form: a header line, one row per file, its triggers below it."""
+def format_table(config: HostConfig, *, detecting: bool = False) -> str:
+    """The human form: a header line, one row per file, its triggers below it.
+    `detecting`: the repository has groups detected from facts (then a host
+    without facts is said to be in none)."""
     rows = []
     for f in config.files:
         spec = f.spec
@@ -78,8 +84,13 @@ def format_table(config: HostConfig) -> str:
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    groups = ", ".join(escape(g) for g in config.groups)
-    out = [f"host {escape(config.host)}: groups {groups} (lowest priority first)", ""]
+    groups = ", ".join(
+        escape(g) + (DETECTED_NOTE if g in config.detected else "") for g in config.groups
+    )
+    out = [f"host {escape(config.host)}: groups {groups} (lowest priority first)"]
+    if detecting and config.facts is None:
+        out.append("facts: not reported yet (no detected group can hold this host)")
+    out.append("")
     out.append(line(list(_HEADER)))
     for f, row in zip(config.files, rows, strict=True):
         out.append(line(row))
@@ -147,6 +158,11 @@ def to_document(config: HostConfig) -> dict[str, Any]:
     return {
         "host": config.host,
         "groups": list(config.groups),
+        "detected": list(config.detected),
+        # every fact, null where the host could not tell (templates see those missing)
+        "facts": None
+        if config.facts is None
+        else {name: config.facts.get(name) for name in FACT_NAMES},
         "files": files,
         "absent": [a.to_wire() for a in config.absent],
         "purge": list(config.purge),
@@ -155,9 +171,16 @@ def to_document(config: HostConfig) -> dict[str, Any]:
 
 
 def show_host(
-    repo_dir: str, host: str, *, as_json: bool, out: TextIO, err: TextIO | None = None
+    repo_dir: str,
+    host: str,
+    *,
+    as_json: bool,
+    out: TextIO,
+    err: TextIO | None = None,
+    facts: HostFacts | None = None,
 ) -> int:
-    """Print `host`'s compiled files to `out`; the exit code for the CLI.
+    """Print `host`'s compiled files to `out`, compiled with the facts it
+    reported (`facts`; None: they could not be read); the exit code for the CLI.
 
     A configuration error or an unknown host: every problem on `err`
     (default stderr), exit code 2; with `as_json` also the error document
@@ -165,7 +188,8 @@ def show_host(
     """
     err = sys.stderr if err is None else err
     try:
-        config = compile_host(load_repository(repo_dir), host)
+        repo = load_repository(repo_dir)
+        config = compile_host(repo, host, facts)
     except ConfigError as e:
         message = f"cannot show {host}: configuration error in {repo_dir}"
         print(f"safcm-master: {escape(message)}:", file=err)
@@ -178,7 +202,7 @@ def show_host(
     if as_json:
         _write_json(jsonout.show_document(to_document(config)), out)
     else:
-        out.write(format_table(config))
+        out.write(format_table(config, detecting=bool(repo.detected)))
     return EXIT_OK
 
 

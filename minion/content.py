@@ -10,10 +10,11 @@ an entry whose content does not hash to its name (torn by a crash, damaged on
 disk, planted) is removed and reported missing, and the minion asks the
 master for it. A job is applied only once all its content is there.
 
-The cache is bounded by `budget` bytes. Every use of an entry refreshes its
-time, and when a write takes the cache over budget the least recently used
-entries go (plan_evictions(), pure). A job's own content is written as it
-arrives, so a budget smaller than one job's content only costs round trips.
+The cache is bounded by `budget` bytes. A use of an entry refreshes its
+time (at most once per TOUCH_INTERVAL), and when a write takes the cache
+over budget the least recently used entries go (plan_evictions(), pure).
+A job's own content is written as it arrives, so a budget smaller than one
+job's content only costs round trips.
 
 The cache is used from one thread at a time (the minion's apply worker).
 """
@@ -26,6 +27,7 @@ import hashlib
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -41,6 +43,11 @@ _TEMP_PREFIX = ".new-"
 # Largest entry read back: the largest file a job may carry, so a planted
 # huge file cannot make a read unbounded.
 MAX_ENTRY_BYTES = MAX_FILE_BYTES
+# Seconds: an entry's time (its mtime) is refreshed by a use only when it is
+# older than this. Refreshing on every use cost two syscalls per file of
+# every job; an hour is still fine grain for choosing what to evict from a
+# cache that holds the content of many jobs.
+TOUCH_INTERVAL = 3600.0
 
 
 def digest_of(data: bytes) -> bytes:
@@ -88,6 +95,7 @@ class ContentCache:
         self.path = path
         self.budget = budget
         self.entries: dict[str, Entry] = {}
+        self._total = 0  # bytes in `entries`, kept as they change
         for name in os.listdir(self.dir_fd):
             if name.startswith(_TEMP_PREFIX):  # a write a crash interrupted
                 with contextlib.suppress(FileNotFoundError):
@@ -96,17 +104,30 @@ class ContentCache:
             with contextlib.suppress(FileNotFoundError):
                 st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
-                    self.entries[name] = Entry(name, st.st_size, st.st_mtime)
+                    self._keep(Entry(name, st.st_size, st.st_mtime))
 
     @property
     def size(self) -> int:
-        return sum(e.size for e in self.entries.values())
+        return self._total
+
+    def _keep(self, entry: Entry) -> None:
+        old = self.entries.get(entry.name)
+        if old is not None:
+            self._total -= old.size
+        self.entries[entry.name] = entry
+        self._total += entry.size
+
+    def _forget(self, name: str) -> None:
+        old = self.entries.pop(name, None)
+        if old is not None:
+            self._total -= old.size
 
     def get(self, digest: bytes) -> bytes | None:
         """The content with this digest, or None (never cached, evicted, or
         damaged: a damaged entry is removed)."""
         name = digest.hex()
-        if name not in self.entries:
+        entry = self.entries.get(name)
+        if entry is None:
             return None
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
@@ -118,11 +139,13 @@ class ContentCache:
             if data is None or digest_of(data) != digest:
                 self._drop(name)
                 return None
-            os.utime(fd)  # used now: the last to be evicted
-            st = os.fstat(fd)
+            used = entry.used
+            if _stale(used):
+                os.utime(fd)  # used now: the last to be evicted
+                used = os.fstat(fd).st_mtime
         finally:
             os.close(fd)
-        self.entries[name] = Entry(name, len(data), st.st_mtime)
+        self._keep(Entry(name, len(data), used))
         return data
 
     def put(self, data: bytes) -> bytes:
@@ -130,14 +153,17 @@ class ContentCache:
         marked as used. Then evicts what no longer fits."""
         digest = digest_of(data)
         name = digest.hex()
-        if name in self.entries:
-            try:  # mark it used; its content is checked when it is read
+        entry = self.entries.get(name)
+        if entry is not None:
+            if not _stale(entry.used):
+                return digest  # its content is checked when it is read
+            try:  # mark it used
                 os.utime(name, dir_fd=self.dir_fd, follow_symlinks=False)
                 st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
             except FileNotFoundError:
-                self.entries.pop(name)
+                self._forget(name)
             else:
-                self.entries[name] = Entry(name, st.st_size, st.st_mtime)
+                self._keep(Entry(name, st.st_size, st.st_mtime))
                 return digest
         temp = _TEMP_PREFIX + secrets.token_hex(8)
         fd = os.open(
@@ -158,8 +184,9 @@ class ContentCache:
             raise
         os.close(fd)
         os.rename(temp, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        self.entries[name] = Entry(name, len(data), st.st_mtime)
-        self.evict()
+        self._keep(Entry(name, len(data), st.st_mtime))
+        if self._total > self.budget:
+            self.evict()
         return digest
 
     def evict(self) -> list[str]:
@@ -171,7 +198,7 @@ class ContentCache:
         return removed
 
     def _drop(self, name: str) -> None:
-        self.entries.pop(name, None)
+        self._forget(name)
         try:
             os.unlink(name, dir_fd=self.dir_fd)
         except OSError as e:
@@ -200,6 +227,11 @@ def resolve(files: list[dict[str, object]], cache: ContentCache) -> list[bytes]:
         else:
             missing[digest] = None
     return list(missing)
+
+
+def _stale(used: float) -> bool:
+    """True if an entry last stamped `used` should be stamped again."""
+    return time.time() - used >= TOUCH_INTERVAL
 
 
 def _read_at_most(fd: int, limit: int) -> bytes | None:

@@ -81,6 +81,7 @@ from safcm.common.protocol import (
     encode_plain,
     is_sealed,
     make_enrol_request,
+    new_jid,
     open_message_at,
     seal_message_at,
     topic_for,
@@ -88,7 +89,7 @@ from safcm.common.protocol import (
     verify_key_reply,
 )
 from safcm.common.version import VERSION
-from safcm.minion import content, modules, results
+from safcm.minion import content, facts, modules, results
 from safcm.minion.content import ContentCache
 from safcm.minion.settings import MinionSettings
 from safcm.minion.spool import Kind, Spool
@@ -142,6 +143,11 @@ CLOCK_OFFSET_TOLERANCE = 0.5
 # so a short job (nearly all) sends none; then every PROGRESS_INTERVAL.
 PROGRESS_FIRST = 0.5
 PROGRESS_INTERVAL = 5.0
+# Facts are sent when the master accepts us and when they change; also when
+# this many seconds passed since the last send, unchanged: FACTS has no
+# receipt, so a report the master lost (a full queue, a failed database
+# write) is made good within this time.
+FACTS_RESEND = 3600.0
 # Seconds before a CONTENT_REQUEST without an answer is sent again: the reply
 # may be lost when the connection drops; the job's deadline bounds the wait.
 CONTENT_RETRY = 5.0
@@ -252,6 +258,10 @@ class Minion:
             jid: Outgoing(0.0, RESULT_RETRY_MIN) for jid in self.spool.jids(Kind.RESULT)
         }
         self._resume_jobs()
+        # The digest of the facts the master was last sent on this
+        # connection (None: not yet): sent on acceptance, then on change.
+        self.facts_sent: bytes | None = None
+        self.facts_sent_at = 0.0  # loop clock
         self.timers: list[Timer] = []
         self.network = Dispatcher(
             Channel.NETWORK,
@@ -285,6 +295,7 @@ class Minion:
     def start(self) -> None:
         self._ask_keys()
         self.timers.append(self.loop.call_every(SEEN_PURGE_INTERVAL, self._purge_seen))
+        self.timers.append(self.loop.call_every(self.settings.facts_interval, self._report_facts))
         # The first hello goes out at a random point of the first interval, and
         # the heartbeats keep that phase, so minions started together (a fleet
         # reboot) neither speak at once nor stay in step afterwards.
@@ -474,6 +485,31 @@ class Minion:
     def _purge_seen(self) -> None:
         self.seen.purge(self.clock())
 
+    def _report_facts(self, *, again: bool = False) -> None:
+        """Look at the host's facts; send them, sealed, if the master has not
+        had them on this connection (`again`), if they changed, or if they
+        were last sent FACTS_RESEND ago."""
+        if not self.accepted:
+            return
+        try:
+            found = facts.gather(self.settings.root)
+        except Exception:  # a bug must cost the facts, never the daemon
+            log.exception("%s: could not gather this host's facts", self.id)
+            return
+        digest = facts.digest(found)
+        due = self.loop.clock() - self.facts_sent_at >= FACTS_RESEND
+        if not again and not due and digest == self.facts_sent:
+            return
+        try:
+            self._send_sealed(MsgType.FACTS, found, jid=new_jid(self.clock()))
+        except ProtocolError as e:
+            log.error("%s: this host's facts cannot be sent: %s", self.id, e)
+            return
+        if self.facts_sent is not None and digest != self.facts_sent:
+            log.info("%s: this host's facts changed; sent them to the master", self.id)
+        self.facts_sent = digest
+        self.facts_sent_at = self.loop.clock()
+
     # ---- sending ----
 
     def _send_enrol_request(self) -> None:
@@ -657,6 +693,7 @@ class Minion:
         if self.accepted and not was_accepted:
             self._subscribe()
             self._send_results(all_now=True)
+            self._report_facts(again=True)
         elif not self.accepted:
             self._unsubscribe()
 

@@ -101,6 +101,15 @@ def unified_diff(
     no content at all: it is empty and its header is /dev/null. Returns ""
     when there is nothing to show (an empty file created or removed).
     """
+    if old_missing != new_missing and not (old_link or new_link):
+        whole = _whole_side(
+            path,
+            new if old_missing else old,
+            len(new) if old_missing else old_size,
+            added=old_missing,
+        )
+        if whole is not None:
+            return whole
     a, a_placeholder = ([], False) if old_missing else _side(old, old_size, link=old_link)
     b, b_placeholder = ([], False) if new_missing else _side(new, len(new), link=new_link)
     if not a and not b:
@@ -109,10 +118,43 @@ def unified_diff(
     if a_placeholder or b_placeholder:
         # A placeholder stands for the whole side: never match it line by
         # line (two binary files of equal size have equal placeholders).
-        text = _whole_hunk(a, b, labels)
+        return _cap(_whole_hunk(a, b, labels))
+    return _cap(_line_diff(a, b, labels))
+
+
+def _line_diff(a: list[str], b: list[str], labels: tuple[str, str]) -> str:
+    """The unified diff of two lists of lines, matched line by line (difflib)."""
+    return "".join(_mark_no_newline(difflib.unified_diff(a, b, *labels, n=DIFF_CONTEXT)))
+
+
+def _whole_side(path: str, data: bytes | None, size: int, *, added: bool) -> str | None:
+    """The diff of file content that appears whole (`added`) or goes whole; None
+    when that side is a placeholder (not read, too large, binary).
+
+    The same text as _line_diff() against no lines, built with a few string
+    operations instead of difflib's matching, which has nothing to match
+    here: a create of many small files spent most of its time in it.
+    """
+    if data is None or size > DIFF_INPUT_MAX:
+        return None
+    text = as_text(data)
+    if text is None:
+        return None
+    if not text:
+        return ""
+    complete = text.endswith("\n")
+    count = text.count("\n") + (0 if complete else 1)
+    if count > DIFF_LINES_MAX:
+        return None
+    sign = "+" if added else "-"
+    body = sign + text.replace("\n", "\n" + sign)
+    # The replace left a sign after the last newline, or the last line lacks one.
+    body = body[:-1] if complete else body + "\n" + NO_NEWLINE
+    if added:
+        head = f"--- {NO_SIDE}\n+++ b{path}\n@@ -0,0 +{_range(count)} @@\n"
     else:
-        text = "".join(_mark_no_newline(difflib.unified_diff(a, b, *labels, n=DIFF_CONTEXT)))
-    return _cap(text)
+        head = f"--- a{path}\n+++ {NO_SIDE}\n@@ -{_range(count)} +0,0 @@\n"
+    return _cap(head + body)
 
 
 def secret_summary(

@@ -31,13 +31,16 @@ How one apply works (apply_files):
    the old file or empty directory; a non-empty directory is never removed.
    New file versions are created, written, fsynced and (an O_TMPFILE, only
    then) linked to a temporary name on a few worker threads at once
-   (minion/pipeline.py), so their fsyncs share trips to the disk, while the
-   main thread observes and decides the next files. A worker works only
-   relative to the parent's held descriptor (which stays open until the
-   worker is done) and through the temporary's own descriptor. The main
-   thread renames each new version into place, in path order, only once its
-   own fsync has returned. Any other step first finishes every earlier
-   write, so the host changes in path order.
+   (minion/pipeline.py), handed over in batches of WRITE_BATCH, so their
+   fsyncs share trips to the disk and the kernel's work of creating them
+   runs on several cores, while the main thread observes and decides the
+   next files. A worker works only relative to the parent's held
+   descriptor (which stays open until the worker is done) and through the
+   temporary's own descriptor. The main thread renames each new version
+   into place, in path order, only once its own fsync has returned. Any
+   other step but the making of a new directory first finishes every
+   earlier write, so the host changes in path order (a new directory may
+   appear before the earlier files' renames).
 5. One failure stops only what depends on it. A file that fails is recorded
    as failed, with the reason, and the apply goes on with the next path. A
    directory that fails blocks the paths below it: they are recorded as
@@ -168,6 +171,12 @@ FSYNC_WORKERS = 8
 # far below the default limit of 1024. Four per worker keeps the workers
 # busy while the oldest file's fsync holds up the renames behind it.
 PENDING_WRITES_MAX = 32
+# New file versions handed to a worker at once, and written and fsynced
+# there one after another. Each handoff between threads costs about as much
+# as writing a small file (a wake-up and GIL switches, more on a busy
+# machine); in batches of 4, PENDING_WRITES_MAX still keeps FSYNC_WORKERS
+# batches, so as many fsyncs, in flight.
+WRITE_BATCH = 4
 # Directory levels below a path that is removed or purged, at most. Each
 # level holds one descriptor open while its entries go; a deeper tree is
 # an error that asks for removal by hand.
@@ -299,8 +308,7 @@ def openat2_available() -> bool:
     return _openat2_works
 
 
-# True until linkat(AT_EMPTY_PATH) says EPERM once. Pipeline workers may
-# race to clear it; they all clear it the same way.
+# True until linkat(AT_EMPTY_PATH) says EPERM once.
 _empty_path_link_works = True
 
 
@@ -633,7 +641,7 @@ class _Dirs:
         return problems[0] if problems else None
 
 
-def _keep(result: None) -> None:
+def _keep(result: object) -> None:
     """A directory's fsync holds nothing to release: its descriptor stays cached."""
 
 
@@ -781,6 +789,27 @@ def _mount_id(fd: int) -> int | None:
     return None
 
 
+def _on_mount_of(pfd: int, base: str) -> bool:
+    """Whether the non-directory `base` in `pfd` is on pfd's mount: not a
+    file bind-mounted over it.
+
+    Compared by mount id, not by device number: overlayfs (a container's
+    root, a volatile root) reports a regular file's st_dev from the layer it
+    lives in, which differs from the directory's st_dev when the layers are on
+    different filesystems, so a device check would take every lower-layer
+    file for a mount point. The device check stands alone only where /proc
+    does not give mount ids.
+    """
+    fd = os.open(base, os.O_PATH | os.O_NOFOLLOW, dir_fd=pfd)
+    try:
+        mine, parent = _mount_id(fd), _mount_id(pfd)
+        if mine is None or parent is None:
+            return os.fstat(fd).st_dev == os.fstat(pfd).st_dev
+        return mine == parent
+    finally:
+        os.close(fd)
+
+
 def _mount_error(path: str) -> MountPointError:
     return MountPointError(
         path,
@@ -822,7 +851,9 @@ class _Apply:
             resolve = Resolve.OPENAT2 if openat2_available() else Resolve.WALK
         self.resolve = resolve
         # New file versions on their way: fsynced concurrently, renamed in order.
-        self.writes: Pipeline[str] = Pipeline(FSYNC_WORKERS, PENDING_WRITES_MAX, "safcm-fsync")
+        self.writes: Pipeline[str] = Pipeline(
+            FSYNC_WORKERS, PENDING_WRITES_MAX, "safcm-fsync", batch=WRITE_BATCH
+        )
         self.dirs = _Dirs(rootfd, resolve, before_close=self.writes.drain)
         self.temp = FORCE_TEMP or Temp.TMPFILE
         self.names = _Names()
@@ -935,6 +966,12 @@ class _Apply:
     ) -> None:
         if pfd is not None and decision.step is Step.WRITE and decision.remove is Remove.NOTHING:
             self._queue_write(pfd, rel, base, spec, owner, index, seq)
+            return
+        if pfd is not None and decision.step is Step.MKDIR and decision.remove is Remove.NOTHING:
+            # A new directory need not wait for the writes before it: none
+            # of them is in it, and it changes nothing they depend on. So
+            # the fsyncs stay in flight across directories.
+            self._make_dir(pfd, rel, base, spec, owner, decision)
             return
         # Any other step waits until every earlier file is written, so the
         # host changes in path order.
@@ -1066,7 +1103,7 @@ class _Apply:
             if decision.refusal is not None:
                 raise decision.refusal
             if decision.step is Step.UNLINK:
-                if found.dev != os.fstat(pfd).st_dev:
+                if not _on_mount_of(pfd, base):
                     raise _mount_error(path)
                 if acting:
                     with _doing(path, "removing it"):
@@ -1382,21 +1419,27 @@ class _Apply:
     ) -> None:
         """Write the new version of a file or symlink through the pipeline.
 
-        A file's temporary is made in the directory `pfd`, synced and named
-        on a worker (_write_temp); it is renamed over `base` on this thread,
-        in path order, once that has returned. A symlink has no data to
-        sync: it is made and renamed in its turn. A failure is recorded for
-        this path only.
+        A file's temporary is made in the directory `pfd`, written, synced
+        and named on a worker (_write_temp), so that the kernel's work of
+        creating files runs on several cores; it is renamed over `base` on
+        this thread, in path order, once that has returned. A symlink has
+        no data to sync: it is made and renamed in its turn. A failure is
+        recorded for this path only.
         """
         if spec.type is FileType.SYMLINK:
             commit = partial(self._commit_symlink, pfd, rel, base, spec, owner)
-        else:
-            commit = partial(self._commit_file, pfd, rel, base, spec)
-        work = None
-        if spec.type is FileType.FILE:
-            work = partial(_write_temp, pfd, base, spec, owner, self.temp)
+            self.writes.submit(None, partial(self._finish, index, seq, spec.path, commit), _keep)
+            return
         self.writes.submit(
-            work, partial(self._finish, index, seq, spec.path, commit), partial(_drop_temp, pfd)
+            partial(_write_temp, pfd, base, spec, owner, self.temp),
+            partial(
+                self._finish,
+                index,
+                seq,
+                spec.path,
+                partial(self._commit_file, pfd, rel, base, spec),
+            ),
+            partial(_drop_named, pfd),
         )
 
     def _finish(
@@ -1405,12 +1448,12 @@ class _Apply:
         seq: int,
         path: str,
         commit: Callable[[str | None, BaseException | None], None],
-        tmp: str | None,
+        result: str | None,
         error: BaseException | None,
     ) -> None:
         """Do the `commit` of a queued write; record its failure as this path's own."""
         try:
-            commit(tmp, error)
+            commit(result, error)
         except (FileOpError, OSError) as e:
             self._fail(seq, path, e, index)
 
@@ -1479,8 +1522,12 @@ class _Apply:
                         ) from e
                     raise FileOpError(spec.path, f"removing the old directory: {e.strerror}") from e
                 self.dirs.forget(rel)
-            with _doing(spec.path, "renaming the new version into place"):
+            try:
                 os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+            except OSError as e:
+                raise FileOpError(
+                    spec.path, f"renaming the new version into place: {e.strerror or e}"
+                ) from e
         except BaseException:
             with contextlib.suppress(OSError):  # a leftover is removed by the next apply
                 os.unlink(tmp, dir_fd=pfd)
@@ -1509,15 +1556,16 @@ class _Apply:
 def _write_temp(pfd: int, base: str, spec: FileSpec, owner: Owner, temp: Temp) -> str:
     """Write the new version of `base` to a temporary in `pfd`, synced; return its name.
 
-    Runs on a pipeline worker. It works only relative to `pfd` (which the
-    main thread closes only after this has returned) and through the
-    temporary's own descriptor, which it closes. An O_TMPFILE is linked in
-    under a temporary name only once its fsync has returned. On failure
-    nothing is left open or behind.
+    Runs on a pipeline worker for a queued write. It works only relative to
+    `pfd` (which the main thread closes only after this has returned) and
+    through the temporary's own descriptor, which it closes. An O_TMPFILE is
+    linked in under a temporary name only once its fsync has returned. On
+    failure nothing is left open or behind.
     """
     fd, name = _open_temp(pfd, base, spec, named=temp is Temp.NAMED)
     try:
         _fill(fd, spec, owner)
+        _sync_temp(fd, spec)
         if name is None:
             name = _link_temp(fd, pfd, base, spec, proc=temp is Temp.TMPFILE_PROC)
     except BaseException:
@@ -1565,21 +1613,37 @@ def _link_temp(fd: int, pfd: int, base: str, spec: FileSpec, proc: bool) -> str:
 
 
 def _fill(fd: int, spec: FileSpec, owner: Owner) -> None:
-    """Write the content, then owner (before mode: chown clears setuid/setgid), mode, fsync."""
-    with _doing(spec.path, "writing the new version"):
-        view = memoryview(spec.data)
-        while view:
-            view = view[os.write(fd, view) :]
+    """Write the content, then owner (before mode: chown clears setuid/setgid), mode."""
+    try:  # not _doing(): this runs for every new file, and try is cheaper
+        written = os.write(fd, spec.data)
+        if written < len(spec.data):
+            view = memoryview(spec.data)[written:]
+            while view:
+                view = view[os.write(fd, view) :]
         os.fchown(fd, owner.uid, owner.gid)
         os.fchmod(fd, spec.mode)
-    with _doing(spec.path, "syncing the new version to disk"):
+    except OSError as e:
+        raise FileOpError(spec.path, f"writing the new version: {e.strerror or e}") from e
+
+
+def _sync_temp(fd: int, spec: FileSpec) -> None:
+    """fsync the written temporary `fd`."""
+    try:
         os.fsync(fd)
+    except OSError as e:
+        raise FileOpError(spec.path, f"syncing the new version to disk: {e.strerror or e}") from e
 
 
 def _drop_temp(pfd: int, name: str) -> None:
     """Remove a temporary that will not be renamed into place."""
     with contextlib.suppress(OSError):  # a leftover is removed by the next apply
         os.unlink(name, dir_fd=pfd)
+
+
+def _drop_named(pfd: int, name: str | None) -> None:
+    """Remove the temporary a queued write made, if it made one."""
+    if name is not None:
+        _drop_temp(pfd, name)
 
 
 def _token() -> str:

@@ -81,7 +81,7 @@ def check_removals(
         if item.path in declared:
             raise FileOpError(item.path, "declared and absent at once")
     absent_paths = sorted({a.path for a in absent})
-    for spec in files:
+    for spec in files if absent_paths else ():
         above = next(_ancestors_in(spec.path, absent_paths), None)
         if above is not None:
             raise FileOpError(above, f"absent, but {spec.path} is declared below it")
@@ -361,6 +361,8 @@ def trigger_commands(changed: Iterable[str], specs: Mapping[str, FileSpec]) -> l
     a command already queued keeps its first place.
     """
     queued: dict[str, None] = {}  # an ordered set
+    if not any(spec.triggers for spec in specs.values()):
+        return []  # the common case, without a walk up from every changed path
     for path in changed:
         for above in ancestors(path):
             spec = specs.get(above)

@@ -20,6 +20,13 @@ HEARTBEAT_INTERVAL = 5.0
 # Default longest run of one trigger command, in seconds: the engine's, which
 # stays below the master's default job_timeout so a hung trigger is reported.
 TRIGGER_TIMEOUT = fileops.TRIGGER_TIMEOUT
+# Default seconds between two looks at the host's facts (minion/facts.py): a
+# look costs two small reads and uname(2), and a change (an upgrade to the
+# next OS release, memory added) reaches the master within this time. The
+# bounds keep the look from running in a busy loop, and from never coming.
+FACTS_INTERVAL = 60.0
+MIN_FACTS_INTERVAL = 0.5
+MAX_FACTS_INTERVAL = 86400.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class MinionSettings:
     trust_first_master: bool = False
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     trigger_timeout: float = TRIGGER_TIMEOUT
+    facts_interval: float = FACTS_INTERVAL
     log_level: str = "info"
     # The modules this minion runs (minion/modules/); a job of another is
     # answered with an error result that says so. Default: every one.
@@ -61,6 +69,16 @@ def _heartbeat_interval(text: str) -> float:
         raise s.BadValue(
             f"must be between {MIN_HEARTBEAT_INTERVAL} and {MAX_HEARTBEAT_INTERVAL:.0f} seconds "
             f"(the master counts a minion gone after three missed ones), got {text!r}"
+        )
+    return seconds
+
+
+def _facts_interval(text: str) -> float:
+    seconds = s.duration(text)
+    if not MIN_FACTS_INTERVAL <= seconds <= MAX_FACTS_INTERVAL:
+        raise s.BadValue(
+            f"must be between {MIN_FACTS_INTERVAL} seconds and {MAX_FACTS_INTERVAL / 3600:.0f}"
+            f" hours, got {text!r}"
         )
     return seconds
 
@@ -94,6 +112,7 @@ _FIELDS = {
     "trust_first_master": s.Field(s.boolean, MinionSettings.trust_first_master),
     "heartbeat_interval": s.Field(_heartbeat_interval, MinionSettings.heartbeat_interval),
     "trigger_timeout": s.Field(s.duration, MinionSettings.trigger_timeout),
+    "facts_interval": s.Field(_facts_interval, MinionSettings.facts_interval),
     "log_level": s.Field(s.log_level, MinionSettings.log_level),
     "modules": s.Field(_modules, MinionSettings.modules),
 }

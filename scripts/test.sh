@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 . scripts/venv.sh
 safcm_venv "[dev]"
 # Debian tools the tests use: libfaketime (a minion whose wall clock is an
-# hour off) and systemd-analyze (the units are verified; systemd never boots).
+# hour off), systemd-analyze (the units are verified), and systemd-nspawn
+# with debootstrap (tests/hosts/ boot Debian 12 with systemd as PID 1).
 missing=()
 command -v faketime >/dev/null || missing+=(faketime)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi

@@ -31,11 +31,13 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from safcm.common.wire import SYNC as SYNC  # re-exported
 
 if TYPE_CHECKING:
+    from safcm.master.facts import HostFacts
     from safcm.master.render import Style
 
 # The registration: one line per module, the name of its file here.
@@ -43,6 +45,7 @@ REGISTERED = (
     "files",
     "ping",
     "cmd",
+    "services",
 )
 
 
@@ -56,6 +59,9 @@ class Request(NamedTuple):
     options: Any  # the RUN's options for the module (cmd: its argv), or None
     timeout: float  # seconds: the run's --timeout, or master.yaml job_timeout
     dry_run: bool
+    # What each host last reported about itself (master/facts.py): the files
+    # module compiles each host with its own, and nothing else sees them.
+    facts: Mapping[str, HostFacts] = MappingProxyType({})
 
 
 class MasterModule(NamedTuple):

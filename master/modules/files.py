@@ -24,7 +24,7 @@ def compile_files(repo: Any, hosts: list[str], request: Request) -> dict[str, di
             "purge": list(config.purge),
             "secrets": list(config.secrets),
         }
-        for host, config in compile_hosts(repo, hosts).items()
+        for host, config in compile_hosts(repo, hosts, request.facts).items()
     }
 
 

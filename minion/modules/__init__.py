@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from safcm.common import modules as wire
@@ -52,6 +52,7 @@ REGISTERED = (
     "files",
     "ping",
     "cmd",
+    "services",
 )
 
 
@@ -68,6 +69,9 @@ class Context:
     # The files of a job with all their content (from the job, the cache or
     # the master); None if some never came before the deadline.
     resolve_files: Callable[[list[dict[str, Any]]], list[FileSpec] | None]
+    # The sections of the steps of this sync that ran before, by result key
+    # (services reads what files changed: a unit file means a daemon-reload).
+    sections: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,6 +160,7 @@ def run(
     for i, name in enumerate(names):
         done = execute(name, hold=i < len(names) - 1)
         ran.append((name, done))
+        ctx.sections.update(section(name, done))
         if not done.ok:
             break  # the steps after it are not run
     all_ok = all(done.ok for _, done in ran) and len(ran) == len(names)

@@ -91,7 +91,7 @@ def test_a_job_carries_exactly_its_modules_fields():
         (job("sync", steps=["ping"]), r"steps\[0\]: expected one of"),
         (job("sync", steps=["files"]), "its step files lacks some of its fields"),
         (job("sync", steps=["files", "files"], **FILES), "not each once in sync order"),
-        (job("nosuch"), "module: expected one of cmd, files, ping, sync"),
+        (job("nosuch"), "module: expected one of cmd, files, ping, services, sync"),
         (
             job("sync", steps=["files"], **{**FILES, "files": [{**FILE, "data": b"x"}]}),
             "does not match its digest",

@@ -143,6 +143,17 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
     MsgType.JOB_PROGRESS: {"jid": JID, "elapsed": 12.5},
     MsgType.CONTENT_REQUEST: {"jid": JID, "digests": [hashlib.sha256(b"x").digest()]},
     MsgType.CONTENT: {"jid": JID, "blobs": [b"x"]},
+    MsgType.FACTS: {
+        "os_id": "debian",
+        "os_version_id": "12",
+        "os_codename": "bookworm",
+        "os_name": "Debian GNU/Linux 12 (bookworm)",
+        "architecture": "x86_64",
+        "kernel": "6.1.0-18-amd64",
+        "hostname": "web1",
+        "cpu_count": 4,
+        "memory_bytes": 16 * 2**30,
+    },
     MsgType.RUN: {
         "target": "web*",
         "group": False,
@@ -537,7 +548,7 @@ def test_unsupported_versions_are_refused(version):
             open_(sealed, MsgType.RESULT)
 
 
-@pytest.mark.parametrize("raw_type", [0, 14, 100, 999, -1, "RUN", 1.0, 101.0, True, None])
+@pytest.mark.parametrize("raw_type", [0, 99, 100, 999, -1, "RUN", 1.0, 101.0, True, None])
 def test_unknown_types_are_refused(raw_type):
     with pytest.raises(ProtocolError, match="unknown message type"):
         decode_plain(codec.pack([PROTOCOL_VERSION, raw_type, {}]), Channel.CONTROL)

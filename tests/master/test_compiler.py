@@ -1,9 +1,11 @@
 """Data-driven compiler tests: one small repository per case under tests/master/repos/.
 
-A case is a directory holding `repo/` and either
-- `expected.yaml`: for every host of the repository, its groups and its
-  compiled files (see describe()); the whole result is compared, so a file
-  that leaks in or goes missing fails the case; or
+A case is a directory holding `repo/`, optionally `facts.yaml` (host -> the
+facts it reported, as a FACTS body; a host not in it reported none), and either
+- `expected.yaml`: for every host of the repository, its groups (and those
+  detected from its facts) and its compiled files (see describe()); the
+  whole result is compared, so a file that leaks in or goes missing fails
+  the case; or
 - `errors.txt` (cases named invalid_*): every problem that loading and
   compiling all hosts must report, one per line as "file:line: message", in
   the order reported.
@@ -19,7 +21,9 @@ import yaml
 
 from safcm.common.errors import ConfigError
 from safcm.common.model import FileType
+from safcm.common.protocol import MsgType, check_body
 from safcm.master.compiler import HostConfig, compile_hosts, load_repository
+from safcm.master.facts import HostFacts
 
 CASES_DIR = pathlib.Path(__file__).parent / "repos"
 CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "repo").is_dir())
@@ -51,6 +55,8 @@ def describe(config: HostConfig) -> dict:
             d["triggers"] = list(s.triggers)
         files.append(d)
     described = {"groups": config.groups, "files": files}
+    if config.detected:
+        described["detected"] = config.detected
     if config.absent:
         described["absent"] = [
             {"path": a.path, "recursive": True} if a.recursive else a.path for a in config.absent
@@ -62,10 +68,20 @@ def describe(config: HostConfig) -> dict:
     return described
 
 
+def facts_of(case: str) -> dict[str, HostFacts]:
+    path = CASES_DIR / case / "facts.yaml"
+    if not path.exists():
+        return {}
+    reported = yaml.safe_load(path.read_text())
+    for body in reported.values():
+        check_body(MsgType.FACTS, body)  # what a minion can send, no more
+    return {host: HostFacts(body) for host, body in reported.items()}
+
+
 def problems_of(case: str) -> list[str]:
     try:
         repo = load_repository(str(CASES_DIR / case / "repo"))
-        compile_hosts(repo, repo.hosts)
+        compile_hosts(repo, repo.hosts, facts_of(case))
     except ConfigError as e:
         return [str(p) for p in e.problems]
     return []
@@ -81,7 +97,7 @@ def test_valid_case(case):
     expected = yaml.safe_load((CASES_DIR / case / "expected.yaml").read_text())
     repo = load_repository(str(CASES_DIR / case / "repo"))
     assert repo.hosts == list(expected), "expected.yaml must list every host, in order"
-    configs = compile_hosts(repo, repo.hosts)
+    configs = compile_hosts(repo, repo.hosts, facts_of(case))
     for host, want in expected.items():
         got = describe(configs[host])
         assert got == want, host

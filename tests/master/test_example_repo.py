@@ -95,3 +95,14 @@ def test_nothing_of_another_host_leaks(repo, configs):
             if f.template:
                 for other in others:
                     assert other.encode() not in f.spec.data, (host, f.spec.path)
+
+
+def test_debian12_is_detected_from_each_hosts_own_facts(repo):
+    from safcm.master.facts import HostFacts
+
+    facts = {"web1": HostFacts({"os_id": "debian", "os_version_id": "12"})}
+    facts["web2"] = HostFacts({"os_id": "debian", "os_version_id": "11"})
+    configs = compile_hosts(repo, repo.hosts, facts)
+    path = "/etc/apt/apt.conf.d/50safcm"
+    assert [h for h, c in configs.items() if path in {f.spec.path for f in c.files}] == ["web1"]
+    assert configs["web1"].detected == ["debian12"] and configs["web2"].detected == []

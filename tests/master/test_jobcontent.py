@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from safcm.common import codec
+from safcm.common.errors import SafcmError
 from safcm.common.model import FileSpec, FileType
 from safcm.master.db import open_db
 from safcm.master.jobcontent import (
@@ -17,7 +18,7 @@ from safcm.master.jobcontent import (
     unpack_manifest,
     with_content,
 )
-from safcm.master.jobstore import JobRecord, JobStore, StoredResult
+from safcm.master.jobstore import IN_CHUNK, STORE_CHUNK, JobRecord, JobStore, StoredResult
 from safcm.master.outcomes import HostStatus
 
 
@@ -143,3 +144,94 @@ def test_a_body_without_content_is_packed_once_for_all_its_hosts():
     assert len(packs) == 1 and packs[0]["files"][0]["data"] is None
     assert codec.unpack(parts.packed_body("web3", pack), max_depth=16) == body(SHARED)
     assert len(packs) == 2  # web3 lacks the content: its own body
+
+
+def fleet(n: int) -> list[str]:
+    return [f"m{i:05d}" for i in range(n)]
+
+
+def test_many_hosts_are_stored_in_chunks_and_read_back_in_a_few_queries(store):
+    # More hosts and more contents than one chunk, one IN list: every row and
+    # every content comes back, and each host's knowledge is its own.
+    hosts = fleet(STORE_CHUNK * 2 + 7)
+    files = [spec(f"/srv/f{i}", f"file {i}\n".encode()) for i in range(IN_CHUNK + 3)]
+    first = JobParts(100.0)
+    for host in hosts:
+        first.add(host, body(*files), lambda h: frozenset())
+    turns = []
+    store.store(record("J1"), first, between=lambda: turns.append(1))
+    assert len(turns) == 3  # one turn for the loop before each chunk of host rows
+    # Hosts that lack all of their manifest's content store no list of it.
+    assert store.conn.execute("SELECT count(include) FROM job_hosts").fetchone()[0] == 0
+    store.start("J1")
+    assert store.parts("J1").hosts == first.hosts
+    digests = [sha(f"file {i}\n".encode()) for i in range(IN_CHUNK + 3)]
+    assert store.content("J1", [*digests, sha(b"nothing")]) == {
+        sha(f"file {i}\n".encode()): f"file {i}\n".encode() for i in range(IN_CHUNK + 3)
+    }
+
+    # Every other host completes J1; J2 gives the rest one file only, and all complete it.
+    store.record([], [result("J1", h) for h in hosts[::2]], now=20)
+    second = JobParts(100.0)
+    for host in hosts[1::2]:
+        second.add(host, body(files[0]), lambda h: frozenset())
+    store.create(record("J2"), second)
+    store.record([], [result("J2", h) for h in hosts[1::2]], now=30)
+    known = store.known_content([*hosts, "new1"])
+    assert known == {
+        **{h: frozenset(digests) for h in hosts[::2]},
+        **{h: frozenset(digests[:1]) for h in hosts[1::2]},
+        "new1": frozenset(),
+    }
+    # What a host has is not sent again; what it lacks is stored as its list.
+    third = JobParts(100.0)
+    for host in hosts:
+        third.add(host, body(*files[:2]), lambda h: known[h])
+    store.create(record("J3"), third)
+    loaded = store.parts("J3")
+    assert loaded.hosts == third.hosts
+    assert loaded.hosts[hosts[1]].include == [digests[1]] and loaded.hosts[hosts[0]].include == []
+
+
+def test_a_job_is_there_for_no_one_until_it_is_started(store):
+    hosts = fleet(STORE_CHUNK + 1)
+    parts = JobParts(100.0)
+    for host in hosts:
+        parts.add(host, body(SHARED), lambda h: frozenset())
+    store.store(record("J1"), parts)
+    # Its rows are written, but nothing of it was published: a result for it
+    # is for a job never sent, and neither `jobs list` nor a restart sees it.
+    assert store.host_state("J1", hosts[0]) is None
+    assert store.module_of("J1") is None and store.get_job("J1") is None
+    assert store.list_jobs() == [] and store.open_hosts() == []
+    store.start("J1")
+    assert store.host_state("J1", hosts[0]) == "sent"
+    assert [s.job.jid for s in store.list_jobs()] == ["J1"]
+    assert len(store.open_hosts()) == len(hosts)
+
+    # A job that will not start is removed, row by row; so is one a master
+    # that stopped while storing it left behind.
+    store.store(record("J2"), parts)
+    store.discard("J2", hosts)
+    store.store(record("J3"), parts)
+    assert store.discard_unstarted() == 1
+    assert [r[0] for r in store.conn.execute("SELECT DISTINCT jid FROM job_hosts")] == ["J1"]
+    assert [r[0] for r in store.conn.execute("SELECT jid FROM jobs")] == ["J1"]
+
+
+def test_a_store_that_fails_midway_takes_back_what_it_wrote(store):
+    hosts = fleet(STORE_CHUNK * 2)
+    parts = JobParts(100.0)
+    for host in hosts:
+        parts.add(host, body(SHARED), lambda h: frozenset())
+    turns = []
+
+    def between() -> None:  # the daemon stops after the first chunk
+        turns.append(1)
+        if len(turns) == 2:
+            raise SafcmError("the master is stopping")
+
+    with pytest.raises(SafcmError):
+        store.store(record("J1"), parts, between=between)
+    assert store.conn.execute("SELECT count(*) FROM job_hosts").fetchone()[0] == 0
+    assert store.conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0

@@ -16,6 +16,7 @@ from safcm.master.lifecycle import (
     REPUBLISH_FIRST,
     REPUBLISH_MAX,
     RESUBSCRIBE_MIN_INTERVAL,
+    START_SLICE,
     STORE_RETRY,
     Lifecycles,
     OpenRow,
@@ -467,3 +468,32 @@ class LifecycleSequences(RuleBasedStateMachine):
 
 LifecycleSequences.TestCase.settings = fuzz(0.5)
 test_sequences = LifecycleSequences.TestCase
+
+
+def test_a_large_job_starts_a_slice_of_hosts_per_wake_up_and_ends_with_its_last_host():
+    hosts = tuple(f"m{i:05d}" for i in range(START_SLICE * 2 + 1))
+    lc, fake = machine(hosts)
+    assert fake.take() == [("publish", "J1", h) for h in hosts[:START_SLICE]]
+    assert fake.wakes == [T0]  # the next slice: at once
+    # The stored job says "sent" for every host (Recorder.stored: the job
+    # store), but one not started yet was sent nothing: its receipt, progress
+    # or result is refused as for a job never sent, and taken once it starts.
+    last = hosts[-1]
+    fake.stored.update({("J1", h): State.SENT for h in hosts})
+    assert not lc.sent_to("J1", last) and lc.check_result("J1", last) is Verdict.UNKNOWN
+    assert lc.result("J1", last, T0) is Verdict.UNKNOWN
+    # Every started host answers before the rest start: the job goes on.
+    for host in hosts[:START_SLICE]:
+        del fake.stored[("J1", host)]
+        assert store_result(lc, fake, "J1", host, T0) is Verdict.NEW
+    assert ("finished", "J1") not in fake.take()
+    lc.wake(T0 + 0.001)
+    assert fake.take() == [("publish", "J1", h) for h in hosts[START_SLICE : START_SLICE * 2]]
+    lc.wake(T0 + 0.002)
+    assert fake.take() == [("publish", "J1", last)]
+    assert lc.sent_to("J1", last) and lc.check_result("J1", last) is Verdict.NEW
+    for host in hosts[START_SLICE:]:
+        del fake.stored[("J1", host)]
+        store_result(lc, fake, "J1", host, T0 + 1)
+    assert fake.take()[-1] == ("finished", "J1")
+    assert len(lc) == 0

@@ -230,3 +230,52 @@ def test_escape_text_is_printable_and_unambiguous(text):
     shown = escape(text)
     assert shown.isprintable()
     assert unescape(shown) == text
+
+
+DETECTED = ROOT / "tests" / "master" / "repos" / "detected"
+
+
+def test_show_marks_groups_detected_from_facts():
+    import io
+
+    from safcm.master.show import show_host
+    from tests.master.test_compiler import facts_of
+
+    facts = facts_of("detected")
+    out = io.StringIO()
+    assert (
+        show_host(str(DETECTED / "repo"), "web1", as_json=False, out=out, facts=facts["web1"]) == 0
+    )
+    header = out.getvalue().splitlines()[0]
+    assert header == (
+        "host web1: groups all, big (detected from facts), bookworm (detected from facts),"
+        " debian (detected from facts), web, debian12 (detected from facts), web1"
+        " (lowest priority first)"
+    )
+    out = io.StringIO()
+    assert show_host(str(DETECTED / "repo"), "new1", as_json=False, out=out) == 0
+    assert "facts: not reported yet (no detected group can hold this host)" in out.getvalue()
+    out = io.StringIO()
+    assert (
+        show_host(str(DETECTED / "repo"), "web2", as_json=True, out=out, facts=facts["web2"]) == 0
+    )
+    doc = schemas.loads(out.getvalue(), "show")
+    assert doc["detected"] == ["arm", "debian"]
+    assert doc["facts"]["os_codename"] is None and doc["facts"]["hostname"] == "db1"
+
+
+def test_facts_command_errors(tmp_path):
+    settings = tmp_path / "master.yaml"
+    settings.write_text(f"state_dir: {tmp_path / 'state'}\nconfig_dir: {EXAMPLE}\n")
+    result = run_cli("-c", str(settings), "facts", "--json")
+    assert result.returncode == 0, result.stderr
+    assert schemas.loads(result.stdout, "facts") == {"format": "safcm/1", "hosts": []}
+    result = run_cli("-c", str(settings), "facts", "web1")
+    assert (result.returncode, result.stdout) == (0, "web1: no facts reported yet\n")
+    result = run_cli("-c", str(settings), "facts", "Web 1", "--json")
+    assert result.returncode == 2
+    assert schemas.loads(result.stdout, "error")["error"]["kind"] == "usage"
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "master.db").write_text("not a database")
+    result = run_cli("-c", str(settings), "facts")
+    assert result.returncode == 2 and "cannot read the facts" in result.stderr

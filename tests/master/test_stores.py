@@ -11,6 +11,7 @@ from safcm.common.errors import StoreError, UsageError
 from safcm.common.ids import jid_time
 from safcm.common.model import FileSpec
 from safcm.master.db import DB_NAME, open_db
+from safcm.master.facts import FactStore
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import (
     HostState,
@@ -174,8 +175,12 @@ def test_keys(conn):
     keys.touch("web1", 6.0, seq=9)
     keys.flush()
     assert KeyStore(conn).get("web1").seq == 9  # a replay stays refused after a restart
+    facts = FactStore(conn)
+    facts.put("web1", {"os_id": "debian"}, now=6.0)
+    facts.put("web2", {"os_id": "debian"}, now=6.0)
     assert [k.id for k in keys.delete(["web1"])] == ["web1"]
     assert keys.refused() == []
+    assert list(facts.all()) == ["web2"]  # a new host under the id inherits no facts
     # After delete the id may enrol with new keys, and starts pending again.
     assert keys.enrol("web1", pub(b"X" * 32, b"k" * 32), **enrol) is KeyState.PENDING
 
@@ -328,3 +333,19 @@ def test_list_by_time_module_user_and_outcome(conn):
     assert hours(status="changed") == []
     assert hours(status="failed", user="root") == []
     assert hours(module="files", user="root", since=t0, until=t0) == [0]
+
+
+def test_facts_keep_when_they_were_reported_and_when_they_changed(tmp_path, conn):
+    from safcm.master.facts import read_facts
+
+    assert read_facts(str(tmp_path / "nowhere")) == {}  # no database yet: no facts
+    facts = FactStore(conn)
+    assert facts.put("web1", {"os_id": "debian", "os_version_id": "12"}, now=1.0)
+    assert not facts.put("web1", {"os_version_id": "12", "os_id": "debian"}, now=2.0)
+    stored = read_facts(str(tmp_path))  # as the CLI reads it, beside the daemon's connection
+    assert (stored["web1"].reported, stored["web1"].changed) == (2.0, 1.0)
+    assert facts.put("web1", {"os_id": "debian", "os_version_id": "13"}, now=3.0)
+    assert read_facts(str(tmp_path))["web1"].facts == {"os_id": "debian", "os_version_id": "13"}
+    assert facts.all()["web1"].changed == 3.0
+    conn.execute("PRAGMA user_version = 5")  # a database from before facts
+    assert read_facts(str(tmp_path)) == {}

@@ -10,6 +10,7 @@ from safcm.common.errors import StateFileError
 from safcm.minion.content import (
     CONTENT_DIR,
     MAX_ENTRY_BYTES,
+    TOUCH_INTERVAL,
     ContentCache,
     Entry,
     digest_of,
@@ -78,10 +79,41 @@ def test_least_recently_used_entries_go_first(tmp_path):
     a, b = cache.put(b"a" * 10), cache.put(b"b" * 10)
     os.utime(entry_path(cache, b"a" * 10), (1000, 1000))  # a: long unused
     os.utime(entry_path(cache, b"b" * 10), (2000, 2000))
-    cache.entries = ContentCache(str(tmp_path), budget=25).entries  # reload the times
+    cache.close()
+    cache = ContentCache(str(tmp_path), budget=25)  # with these times
     assert cache.get(a) == b"a" * 10  # a used now: b is the oldest
     cache.put(b"c" * 10)  # 30 bytes > 25: one entry goes
     assert cache.get(b) is None and cache.get(a) is not None and cache.size == 20
+    cache.close()
+
+
+def test_a_use_stamps_an_entry_only_when_its_time_is_older_than_the_interval(tmp_path):
+    cache = ContentCache(str(tmp_path))
+    fresh, old = cache.put(b"fresh"), cache.put(b"old")
+    recent = os.stat(entry_path(cache, b"fresh")).st_mtime - TOUCH_INTERVAL / 2
+    os.utime(entry_path(cache, b"fresh"), (recent, recent))
+    os.utime(entry_path(cache, b"old"), (1000, 1000))
+    cache.close()
+    cache = ContentCache(str(tmp_path))
+    assert cache.get(fresh) == b"fresh" and cache.get(old) == b"old"
+    assert cache.put(b"fresh") == fresh and cache.put(b"old") == old
+    # Stamped again only when stale: two syscalls per file and job saved.
+    assert os.stat(entry_path(cache, b"fresh")).st_mtime == recent
+    assert os.stat(entry_path(cache, b"old")).st_mtime > 1000
+    assert cache.entries[old.hex()].used > 1000
+    cache.close()
+
+
+def test_the_size_follows_every_put_drop_and_eviction(tmp_path):
+    cache = ContentCache(str(tmp_path), budget=35)
+    digests = [cache.put(bytes([i]) * 10) for i in range(5)]  # two go over budget
+    with open(entry_path(cache, bytes([4]) * 10), "wb") as f:
+        f.write(b"damaged!!!")
+    assert cache.get(digests[4]) is None  # damaged: dropped
+    cache.put(b"x" * 10)  # the same content again changes nothing
+    cache.put(b"x" * 10)
+    assert cache.size == sum(e.size for e in cache.entries.values()) == 30
+    assert cache.size == sum(os.path.getsize(os.path.join(cache.path, n)) for n in cache.entries)
     cache.close()
 
 

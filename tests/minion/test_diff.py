@@ -131,3 +131,35 @@ def test_property_patch_round_trip(a, b, a_nl, b_nl):
     else:
         assert text.startswith("--- a/f\n+++ b/f\n@@ ")
         assert apply_patch(old, text) == new
+
+
+texts = st.text(st.sampled_from(["a", "b", " ", "\n", "\r", "\x0c", "é", "\t"]), max_size=60)
+
+
+@given(texts)
+@settings(max_examples=400)
+def test_property_whole_side_is_the_line_diff_against_nothing(text):
+    # A created or removed file's diff is built without difflib; it must be
+    # the very text difflib gives for its lines against none.
+    data = text.encode()
+    lines = diff._split(text)
+    created = unified_diff("/f", None, 0, data, old_missing=True)
+    removed = unified_diff("/f", data, len(data), b"", new_missing=True)
+    if not lines:
+        assert created == removed == ""
+    else:
+        assert created == diff._line_diff([], lines, ("/dev/null", "b/f"))
+        assert removed == diff._line_diff(lines, [], ("a/f", "/dev/null"))
+
+
+def test_whole_side_placeholders_and_cap(monkeypatch):
+    monkeypatch.setattr(diff, "DIFF_LINES_MAX", 3)
+    assert unified_diff("/f", None, 0, b"1\n2\n3\n4\n", old_missing=True).splitlines()[3] == (
+        "+<content not diffed, 8 bytes: too large to diff>"
+    )
+    assert unified_diff("/f", b"\0", 1, b"", new_missing=True).splitlines()[3] == (
+        "-<binary content, 1 bytes>"
+    )
+    monkeypatch.setattr(diff, "DIFF_TEXT_MAX", 30)
+    text = unified_diff("/f", None, 0, b"x\n" * 3, old_missing=True)
+    assert text == "--- /dev/null\n+++ b/f\n[diff truncated: 25 of 47 characters not shown]\n"

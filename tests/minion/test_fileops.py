@@ -1698,6 +1698,44 @@ def test_a_mount_point_in_a_purged_or_absent_tree_is_not_crossed(
     assert not os.path.exists(host.root + "/p/stray")
 
 
+def test_a_file_bind_mounted_over_a_purged_file_is_not_removed(host: Host, resolve_mode, mounts):
+    """A mount point that is a file, with the same device number as its
+    directory: the mount id shows it."""
+    make(host.root, [D("/p"), F("/p/mounted", b"m\n")])
+    with open(host.outside + "/source", "wb") as f:
+        f.write(b"bound\n")
+    mounts(host.root + "/p/mounted", bind=host.outside + "/source")
+    result = host.apply([spec("/p", "dir")], purge=["/p"])
+    assert [f.path for f in result.failures] == ["/p/mounted"]
+    assert "never removes across a mount point" in result.failures[0].reason
+    with open(host.outside + "/source", "rb") as f:
+        assert f.read() == b"bound\n"
+
+
+def test_files_of_an_overlay_lower_layer_are_removed(host: Host, resolve_mode, mounts, tmp_path):
+    """overlayfs (a container's root) whose layers are on different
+    filesystems reports a file's device number from its layer, not the
+    overlay's: such a file is no mount point and absent and purge remove it."""
+    lower, layers = tmp_path / "lower", tmp_path / "layers"
+    os.makedirs(lower / "p")
+    (lower / "p" / "stale").write_bytes(b"lower layer\n")
+    (lower / "gone").write_bytes(b"lower layer\n")
+    os.makedirs(layers)
+    mounts(str(layers))  # upper and work on a tmpfs, the lower layer on /tmp's filesystem
+    os.makedirs(layers / "upper")
+    os.makedirs(layers / "work")
+    options = f"lowerdir={lower},upperdir={layers}/upper,workdir={layers}/work"
+    subprocess.run(["mount", "-t", "overlay", "-o", options, "overlay", host.root], check=True)
+    try:
+        assert os.stat(host.root + "/p/stale").st_dev != os.stat(host.root + "/p").st_dev
+        result = host.apply([spec("/p", "dir")], purge=["/p"], absent=[AbsentSpec("/gone")])
+        assert result.failures == []
+        assert os.listdir(host.root + "/p") == []
+        assert not os.path.lexists(host.root + "/gone")
+    finally:
+        subprocess.run(["umount", host.root], check=True)
+
+
 RACE_REMOVAL_SECONDS = 2.0  # wall time per resolution mode; bounded also by the count below
 RACE_REMOVAL_APPLIES = 20000
 
@@ -1884,6 +1922,9 @@ class SyncLog:
         self._lock = threading.Lock()
         self._first: int | None = None
         self._other_synced = threading.Event()
+        # Whether another file's fsync returned while the first one's was
+        # held (False: the hold ran out instead).
+        self.first_released = False
         self._real_fsync, self._real_rename = os.fsync, os.rename
         self._real_link = fileops._link_tmpfile
         monkeypatch.setattr(fileops.os, "fsync", self.fsync)
@@ -1911,7 +1952,7 @@ class SyncLog:
             # second file while the first waits: the wait then times out,
             # and most_in_flight stays 1.
             if first:
-                self._other_synced.wait(WAIT_SECONDS)
+                self.first_released = self._other_synced.wait(WAIT_SECONDS)
             self._real_fsync(fd)
         finally:
             with self._lock:
@@ -1960,6 +2001,24 @@ def test_a_new_file_is_renamed_only_after_its_own_fsync_returned(
         last = max(i for i, e in enumerate(log.events) if e[0] == "renamed" and e[3] == dir_ino)
         synced = [i for i, e in enumerate(log.events) if e == ("dir synced", dir_ino)]
         assert synced and max(synced) > last
+
+
+def test_a_new_directory_does_not_wait_for_the_writes_before_it(
+    host: Host, engine_mode, monkeypatch
+):
+    # The one new file in /d1 holds its fsync until another file's fsync
+    # has returned; those are all in /d2, made after it. An engine that
+    # waited for /d1's write before making /d2 would wait out the hold.
+    make(host.root, [D("/d1")])
+    files = [spec("/d1", "dir"), spec("/d1/f", data=b"d1\n"), spec("/d2", "dir")]
+    files += [spec(f"/d2/f{i}", data=b"d2 %d\n" % i) for i in range(8)]
+    log = SyncLog(monkeypatch)
+    result = host.apply(files)
+    assert result.failures == []
+    assert read_tree(host.root) == {e.path: e for e in entries_of(files)}
+    assert log.first_released, "the new directory waited for the write before it"
+    renames = [e[2] for e in log.events if e[0] == "renamed"]
+    assert renames == ["f", *[f"f{i}" for i in range(8)]]
 
 
 def test_an_fsync_failure_fails_only_its_own_path(host: Host, engine_mode, monkeypatch):

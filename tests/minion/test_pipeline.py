@@ -140,9 +140,9 @@ def test_an_error_in_finish_propagates_and_close_drops_what_the_rest_hold():
     with pytest.raises(RuntimeError, match="a bug"):
         p.drain()
     p.close()
-    # The job whose finish raised releases its own; close() releases what
-    # the unfinished work returned, and nothing for work that failed.
-    assert log.of("drop") == [("2", "two")]
+    # The job whose finish raised releases its own; close() drops every
+    # unfinished job, with what its work returned (None: it raised).
+    assert log.of("drop") == [("2", "two"), ("3", None)]
     assert log.of("finish") == []
     assert len(p) == 0
 
@@ -170,7 +170,68 @@ def test_close_waits_for_running_work_before_dropping_it():
     assert log.events == [("work done",), ("drop", "1", "slow")]
 
 
-@pytest.mark.parametrize("workers, pending_max", [(0, 1), (1, 0)])
-def test_a_pipeline_needs_a_worker_and_room_for_a_job(workers, pending_max):
+@pytest.mark.parametrize("workers, pending_max, batch", [(0, 1, 1), (1, 0, 1), (1, 1, 0)])
+def test_a_pipeline_needs_a_worker_room_for_a_job_and_batches(workers, pending_max, batch):
     with pytest.raises(ValueError):
-        Pipeline(workers, pending_max, "test")
+        Pipeline(workers, pending_max, "test", batch=batch)
+
+
+def test_a_batch_runs_on_one_worker_in_order_and_goes_when_full_or_needed():
+    log = Log()
+
+    def work(name: str):
+        def run():
+            log.add("work", name, threading.current_thread().name)
+            return name
+
+        return run
+
+    p: Pipeline[str] = Pipeline(workers=4, pending_max=16, name="test", batch=3)
+    try:
+        for name in "abc":  # a full batch: sent at once
+            p.submit(work(name), log.finish(name), log.drop(name))
+        p.submit(work("d"), log.finish("d"), log.drop("d"))
+        p.submit(None, log.finish("no work"), log.drop("no work"))
+        # "d" waits for two more; the job without work waits for "d".
+        assert [e[0] for e in log.of("finish") if e[0] in ("d", "no work")] == []
+        p.drain()  # sends the partial batch
+    finally:
+        p.close()
+    works = log.of("work")
+    assert [w[0] for w in works] == ["a", "b", "c", "d"]
+    assert works[0][1] == works[1][1] == works[2][1]  # one worker for the batch
+    assert [e[:3] for e in log.of("finish")] == [
+        *[(n, n, None) for n in "abcd"],
+        ("no work", None, None),
+    ]
+
+
+def test_a_failed_work_in_a_batch_fails_only_its_own_job():
+    log = Log()
+    error = OSError(errno.EIO, "Input/output error")
+
+    def fails():
+        raise error
+
+    p: Pipeline[str] = Pipeline(workers=1, pending_max=8, name="test", batch=3)
+    try:
+        p.submit(lambda: "one", log.finish("1"), log.drop("1"))
+        p.submit(fails, log.finish("2"), log.drop("2"))
+        p.submit(lambda: "three", log.finish("3"), log.drop("3"))
+        p.drain()
+    finally:
+        p.close()
+    assert [e[:3] for e in log.of("finish")] == [
+        ("1", "one", None),
+        ("2", None, error),
+        ("3", "three", None),
+    ]
+
+
+def test_close_drops_the_jobs_of_a_batch_never_sent():
+    log = Log()
+    p: Pipeline[str] = Pipeline(workers=1, pending_max=8, name="test", batch=4)
+    p.submit(lambda: log.add("work") or "x", log.finish("1"), log.drop("1"))
+    p.submit(None, log.finish("2"), log.drop("2"))
+    p.close()
+    assert log.events == [("drop", "1", None), ("drop", "2", None)]

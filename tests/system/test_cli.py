@@ -172,7 +172,7 @@ def test_bash_completion_of_safcm_master(enrolled, tmp_path):
         ["-c", str(dead), "jobs", "show", ""],
     ]
     assert complete(sb, tmp_path, "safcm-master", lines) == [
-        ["daemon", "keys", "run", "jobs", "show", "check", "demo", "completion"],
+        ["daemon", "keys", "run", "jobs", "show", "check", "facts", "demo", "completion"],
         ["keys"],
         ["list", "accept", "reject", "delete", "fingerprint"],
         ["web1"],

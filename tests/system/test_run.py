@@ -9,13 +9,22 @@ import json
 import os
 import pty
 import pwd
+import re
 import select
+import sqlite3
 import stat
 import subprocess
+import time
 
+from safcm.common.protocol import MsgType
+from safcm.master.control import ControlClient
+from safcm.master.db import DB_NAME
+from safcm.master.sandbox import wait_for
 from tests import schemas
 from tests.schemas import validate
 from tests.system.conftest import (
+    SETTLE,
+    accepted_fake,
     by_host,
     changed_paths,
     enrol,
@@ -24,6 +33,7 @@ from tests.system.conftest import (
     logged,
     run_json,
 )
+from tests.system.fake import ping_result
 
 SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Created by the example repository's trigger on /etc/app, not by the engine.
@@ -437,3 +447,49 @@ def test_the_master_serves_others_while_a_run_is_prepared(sandbox):
     assert by_host(schemas.loads(out, "run"))["web1"]["status"] == "changed"
     with open(os.path.join(sandbox.minions["web1"].settings["root"], "etc", "motd")) as f:
         assert f.read() == "steps: 1000000\n"
+
+
+def test_a_job_is_stored_off_the_loop_and_takes_no_result_before_it_starts(sandbox, fake):
+    # A job's rows are written off the event loop, and may wait there: here for
+    # another writer of the database (a backup, an sqlite3 shell). Meanwhile
+    # the master answers others, and a result for the job (none can be
+    # genuine: nothing was published) is refused, not filed; once the rows
+    # are in, the job starts and takes its host's real result.
+    sandbox.start_master()
+    web3 = accepted_fake(sandbox, fake, "web3")
+    web3.subscribe()
+    other_writer = sqlite3.connect(
+        os.path.join(sandbox.master.settings["state_dir"], DB_NAME), isolation_level=None
+    )
+    other_writer.execute("BEGIN IMMEDIATE")
+    run = sandbox.spawn_cli("run", "web3", "ping", "--json")
+    try:
+        jid = wait_for(
+            lambda: re.search(r"job (\S+): storing it for 1 hosts", sandbox.master.log_text()),
+            SETTLE,
+            "the job to be stored",
+        ).group(1)
+        # Quick steps from here to the COMMIT: the job waits for the lock
+        # only so long (WORKER_BUSY_TIMEOUT_MS), then fails.
+        with ControlClient(sandbox.control_path) as client:
+            listing = client.request(MsgType.KEYS, {"action": "list", "ids": []}).body
+        assert [k["id"] for k in listing["keys"]] == ["web3"]
+        early = {**ping_result(time.time()), "ping": {"version": "early", "time": time.time()}}
+        web3.send_raw(web3.seal(MsgType.RESULT, early, jid=jid))
+        logged(sandbox.master, f"result for job {jid}, which was never sent to it")
+        assert f"job {jid}: ping on web3" not in sandbox.master.log_text()  # not started yet
+        other_writer.execute("COMMIT")
+        _frame, job = web3.recv_job(int(SETTLE * 1000))
+        assert job.jid == jid
+        web3.send_raw(web3.seal(MsgType.RESULT, ping_result(time.time()), jid=jid))
+        assert web3.recv().type is MsgType.RESULT_RECEIPT
+        out, err = run.communicate(timeout=SETTLE)
+    finally:
+        other_writer.close()
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, err
+    assert by_host(schemas.loads(out, "run"))["web3"]["status"] == "ok"
+    [host] = jobs_show(sandbox, jid)["hosts"]
+    assert host["result"]["ping"]["version"] == "fake"

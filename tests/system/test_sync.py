@@ -1,5 +1,5 @@
 """`run TARGET sync` against real minions: the modules that take part in
-sync, in one job, step by step (today: files, then its triggers), and a
+sync, in one job, step by step (today: files, services, then files' triggers), and a
 minion whose `modules:` leaves out a step refuses the sync whole."""
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ def test_sync_makes_the_files_and_runs_their_triggers_as_files_does(sandbox):
     assert code == 0
     result = by_host(dry)["web1"]["result"]
     assert result["module"] == "sync"
-    assert result["steps"] == [{"module": "files", "status": "ok", "error": None}]
+    # services has no unit to manage here (the example declares none): ok.
+    assert result["steps"] == [
+        {"module": "files", "status": "ok", "error": None},
+        {"module": "services", "status": "ok", "error": None},
+    ]
     assert os.listdir(sandbox.root("web1")) == []  # a dry run writes nothing
     # The dry run of sync reports what files' does.
     assert changed_paths(dry, "web1") == changed_paths(dry_files, "web1")
@@ -38,7 +42,7 @@ def test_sync_makes_the_files_and_runs_their_triggers_as_files_does(sandbox):
 
     # Stored as every job, and shown back.
     shown = by_host(jobs_show(sandbox, synced["jid"]))["web1"]["result"]
-    assert shown["steps"] == [{"module": "files", "status": "ok", "error": None}]
+    assert [s["module"] for s in shown["steps"]] == ["files", "services"]
     human = sandbox.cli("jobs", "show", synced["jid"])
     assert human.returncode == 0
     assert "files: ok" in human.stdout and "created /etc/motd" in human.stdout
