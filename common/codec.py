@@ -15,7 +15,8 @@ works in two passes:
    strict_map_key=True and length limits, builds the objects.
 
 `pack()` is the inverse; `canonical_pack()` sorts map keys so that a value
-has exactly one encoding, for signing.
+has exactly one encoding, for signing. common/lightwire.py decodes the same
+way in plain Python, for the light commands, which must not load msgpack.
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ from typing import Any
 
 import msgpack
 
+from safcm.common import lightwire
 from safcm.common.errors import ProtocolError
 
-# Largest string or byte string the unpacker builds, in bytes. Fields have
-# smaller limits in their schemas; this only bounds what msgpack allocates.
-MAX_SCALAR_BYTES = 64 * 1024 * 1024
-# Most items in one list: a job of this many files is the largest we expect.
-MAX_LIST_ITEMS = 65536
-# Most entries in one map: every map on the wire has a fixed, small set of keys.
-MAX_MAP_ENTRIES = 64
+# The limits of what the unpacker builds (strings, lists, maps), shared with
+# the light commands' decoder, which makes the same checks.
+MAX_SCALAR_BYTES = lightwire.MAX_SCALAR_BYTES
+MAX_LIST_ITEMS = lightwire.MAX_LIST_ITEMS
+MAX_MAP_ENTRIES = lightwire.MAX_MAP_ENTRIES
 
 # Byte lengths of the fixed-size msgpack types in 0xc0..0xdf, header included:
 # nil, false, true, float32/64, uint8..64, int8..64.

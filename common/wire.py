@@ -7,7 +7,10 @@ socket, can speak the wire without loading the schemas and the crypto behind
 them (about 100 ms of imports for a command that should take 40 ms; see
 bench/cli.py). NOTE: import nothing here beyond the standard library's light
 modules, msgpack (common/codec.py) and common/errors.py;
-tests/system/test_cli.py checks what the light commands load.
+tests/system/test_cli.py checks what the light commands load. The lightest
+part, which `keys list` and `jobs list` use alone (master/lightcli.py), is
+common/lightwire.py: the version, the frame limits and the framing are
+defined there and re-exported here.
 
 The control socket's frames: a 4-byte big-endian length, then a plain
 message, the msgpack array [version, type, body] (encode_frame, FrameReader,
@@ -19,28 +22,23 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from safcm.common import codec
+from safcm.common import codec, lightwire
 from safcm.common.errors import ProtocolError
 
-# The version this code speaks, and the oldest it still accepts. A message
-# outside MIN..PROTOCOL_VERSION is refused with a message that says so.
-PROTOCOL_VERSION = 1
-MIN_PROTOCOL_VERSION = 1
+# The part the light commands use alone (common/lightwire.py), re-exported.
+PROTOCOL_VERSION = lightwire.PROTOCOL_VERSION
+MIN_PROTOCOL_VERSION = lightwire.MIN_PROTOCOL_VERSION
+MAX_CONTROL_FRAME_BYTES = lightwire.MAX_CONTROL_FRAME_BYTES
+MAX_BODY_DEPTH = lightwire.MAX_BODY_DEPTH
+FRAME_HEADER_BYTES = lightwire.FRAME_HEADER_BYTES
+NO_RESPONSE = lightwire.NO_RESPONSE
+JOB_OUTCOMES = lightwire.JOB_OUTCOMES
+FrameReader = lightwire.FrameReader
+encode_frame = lightwire.encode_frame
 
-# A control message, between the daemon and a local administrator's CLI: a
-# `jobs show` of a whole job carries every host's result. Not tied to
-# MAX_RESULT_BYTES (the bound on what one minion may send): 100 hosts of a
-# 1000-file job already make 12 MB. Jobs of thousands of hosts need the reply
-# streamed host by host (issue 11), not a larger frame.
-MAX_CONTROL_FRAME_BYTES = 256 * 1024 * 1024
 # A request from the CLI (RUN, KEYS, JOBS): its largest is a KEYS list of
 # MAX_HOSTS ids. What the daemon buffers for one client is bounded by this.
 MAX_CONTROL_REQUEST_BYTES = 32 * 1024 * 1024
-# Nesting of a message body: the deepest schema (RUN_HOST_RESULT, down to a
-# change's file state) has 6 levels; a little headroom for new fields.
-MAX_BODY_DEPTH = 8
-# The length prefix of a control frame: 4 bytes, big-endian.
-FRAME_HEADER_BYTES = 4
 
 
 class MsgType(enum.IntEnum):
@@ -94,12 +92,6 @@ MAX_BATCH_NUMBER = 1_000_000
 # The composite module (common/modules/): in one job, the modules that take
 # part in sync, in their order. Here, so that the CLI knows it without schemas.
 SYNC = "sync"
-
-# In a RUN_HOST_RESULT: a host that never answered has no result.
-NO_RESPONSE = "no response"
-# How a host of a stored job fared, spelt as everywhere (master/jobstore.py
-# outcome(), the JSON format): the JOBS request's status filter.
-JOB_OUTCOMES = ("changed", "ok", "failed", NO_RESPONSE, "pending")
 
 
 def check_version(version: object) -> int:
@@ -170,57 +162,3 @@ def decode_reply(frame: bytes) -> Reply:
     if type(body) is not dict:
         raise ProtocolError(f"{reply_type.name} body: expected a map")
     return Reply(reply_type, body, version)
-
-
-# ---- control socket framing ----
-
-
-def encode_frame(payload: bytes, *, max_bytes: int = MAX_CONTROL_FRAME_BYTES) -> bytes:
-    """`payload` with its length in front, for the control socket's byte stream."""
-    if len(payload) > max_bytes:
-        raise ProtocolError(f"frame of {len(payload)} bytes exceeds {max_bytes}")
-    return len(payload).to_bytes(FRAME_HEADER_BYTES, "big") + payload
-
-
-class FrameReader:
-    """Splits a byte stream into frames; refuses a frame longer than `max_bytes`.
-
-    Feed it whatever recv() returned; it returns the frames completed so far.
-    The length is checked as soon as the 4-byte prefix is in, before any of
-    the frame is buffered. At the end of the stream, call eof(): a partial
-    frame is an error there.
-    """
-
-    def __init__(self, max_bytes: int = MAX_CONTROL_FRAME_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._buffer = bytearray()
-        self._need: int | None = None  # payload length of the frame being read
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
-        frames = []
-        while True:
-            if self._need is None:
-                if len(self._buffer) < FRAME_HEADER_BYTES:
-                    break
-                need = int.from_bytes(self._buffer[:FRAME_HEADER_BYTES], "big")
-                if need > self.max_bytes:
-                    raise ProtocolError(f"frame of {need} bytes exceeds {self.max_bytes}")
-                del self._buffer[:FRAME_HEADER_BYTES]
-                self._need = need
-            if len(self._buffer) < self._need:
-                break
-            frames.append(bytes(self._buffer[: self._need]))
-            del self._buffer[: self._need]
-            self._need = None
-        return frames
-
-    @property
-    def pending(self) -> int:
-        """Bytes received that are not yet part of a complete frame."""
-        return len(self._buffer) + (0 if self._need is None else FRAME_HEADER_BYTES)
-
-    def eof(self) -> None:
-        """Raise ProtocolError if the stream ended inside a frame."""
-        if self.pending:
-            raise ProtocolError(f"stream ended inside a frame ({self.pending} bytes pending)")

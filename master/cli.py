@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn, TextIO
 
 from safcm.common.cliargs import add_verbosity
@@ -32,12 +33,21 @@ from safcm.common.version import VERSION
 from safcm.common.wire import JOB_OUTCOMES, MsgType
 from safcm.master import modules, render
 from safcm.master.client import ControlClient, raise_for_error
+from safcm.master.lightcli import (  # noqa: F401  (parse_when: re-exported, cli.parse_when)
+    REQUEST_TIMEOUT,
+    list_filters,
+    parse_when,
+)
 from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, outcome
 from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
+from safcm.master.tables import write_json
 
-# NOTE: every command imports this module, and the light ones (--version,
-# --help, keys list, jobs list) should cost little more than the interpreter
-# (issue 10; bench/cli.py measures it). So what only some commands use is
+# NOTE: safcm-master enters master/lightcli.py, which answers keys list, jobs
+# list and --version without this module (argparse alone costs them 10 ms)
+# and hands every other command line here, unchanged. The commands that
+# should still be light here (--help, completion, the light ones when the
+# shortcut declines) import this module too (issue 10; bench/cli.py measures
+# it). So what only some commands use is
 # imported where it is used: the JSON writer and format, the repository and
 # compiler (check, show), the daemon, the demo, the wire's schemas and crypto
 # (never: the daemon checks what the CLI sends). tests/system/test_cli.py
@@ -47,8 +57,6 @@ from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Seconds the CLI waits beyond a job's own timeout for the daemon's last word.
 RUN_GRACE = 30.0
-# Seconds the CLI waits for the answer to keys and jobs requests.
-REQUEST_TIMEOUT = 60.0
 
 
 # Exit codes, as each command's --help gives them (the module docstring has the rule).
@@ -516,9 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    as_json = getattr(args, "json", False)
+    return guarded(lambda: _dispatch(args), getattr(args, "json", False))
+
+
+def guarded(command: Callable[[], int], as_json: bool) -> int:
+    """Run `command` and turn its errors into messages and exit codes: the
+    one place that does (master/lightcli.py hands its errors here too)."""
     try:
-        return _dispatch(args)
+        return command()
     except BrokenPipeError:
         # The reader (head, a closed pager) went away; keep the final flush quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -641,19 +654,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return keys_command(settings, args, sys.stdout)
     return jobs_command(settings, args, sys.stdout)
-
-
-def write_json(document: Any, out: TextIO) -> None:
-    """One JSON document: indented on a terminal, compact otherwise (for jq and
-    scripts; the compact form uses the C encoder, which matters at thousands
-    of hosts)."""
-    import json
-
-    if out.isatty():
-        json.dump(document, out, indent=2, sort_keys=True)
-    else:
-        out.write(json.dumps(document, sort_keys=True, separators=(",", ":")))
-    out.write("\n")
 
 
 # ---- completion ----
@@ -1066,60 +1066,6 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         )
     print(render.render_summary(tally, style, job["dry_run"], job["module"]), file=out)
     return EXIT_OK
-
-
-def list_filters(args: argparse.Namespace, now: float) -> dict[str, Any]:
-    """The filters of `jobs list` as JOBS request fields: those given only."""
-    filters: dict[str, Any] = {}
-    for name in ("since", "until"):
-        text = getattr(args, name)
-        if text is not None:
-            try:
-                filters[name] = parse_when(text, now)
-            except ValueError as e:
-                raise UsageError(f"--{name}: {e}") from None
-    if "since" in filters and "until" in filters and filters["since"] > filters["until"]:
-        raise UsageError("--until is before --since")
-    for name in ("module", "status", "user"):
-        if getattr(args, name) is not None:
-            filters[name] = getattr(args, name)
-    return filters
-
-
-def parse_when(text: str, now: float) -> float:
-    """A point in time (unix time) from the command line, judged at `now`:
-
-    - a duration back from now, as in the settings files: 30m, 2h, 7d, 90 (seconds);
-    - a date and time, ISO 8601: 2026-12-02T01:00, 2026-12-02 01:00:30, 2026-12-02
-      (midnight); local time unless it ends in Z or an offset (+01:00);
-    - a time of day, today: 01:00, 13:45:10 (local, or with Z or an offset).
-
-    ValueError says what was expected.
-    """
-    import datetime
-
-    from safcm.common import settings as common_settings
-
-    text = text.strip()
-    try:
-        return now - common_settings.duration(text)
-    except common_settings.BadValue:
-        pass
-    try:
-        moment = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        try:
-            clock = datetime.time.fromisoformat(text)
-        except ValueError:
-            raise ValueError(
-                f"{text!r} is neither a time (2026-12-02T01:00, 01:00) nor a duration"
-                " back from now (30m, 2h, 7d)"
-            ) from None
-        # Today in the time's own zone, or the local one (then both are naive).
-        today = datetime.datetime.fromtimestamp(now, clock.tzinfo).date()
-        moment = datetime.datetime.combine(today, clock)
-    # A naive time is local (astimezone() takes it so); an aware one keeps its zone.
-    return moment.astimezone().timestamp() if moment.tzinfo is None else moment.timestamp()
 
 
 if __name__ == "__main__":

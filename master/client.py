@@ -19,10 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from safcm.common.errors import DaemonError, RemoteError
+from safcm.common.lightwire import CONNECT_TIMEOUT, NO_ANSWER
 from safcm.common.wire import FrameReader, MsgType, Reply, decode_reply, encode_frame, pack_plain
 
-# Seconds the CLI waits to connect, and for each reply frame by default.
-CONNECT_TIMEOUT = 5.0
 # Bytes read from the daemon per recv().
 READ_CHUNK = 256 * 1024
 
@@ -69,7 +68,7 @@ class ControlClient:
             try:
                 data = self.sock.recv(READ_CHUNK)
             except TimeoutError as e:
-                raise DaemonError("the master daemon did not answer in time") from e
+                raise DaemonError(NO_ANSWER) from e
             except ConnectionResetError:
                 data = b""
             if not data:

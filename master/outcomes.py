@@ -10,12 +10,16 @@ the job store's sqlite3 or the wire's schemas.
 from __future__ import annotations
 
 import enum
-from typing import Any
 
-from safcm.common.wire import NO_RESPONSE
+from safcm.common.lightwire import (
+    DEFAULT_LIST_LIMIT,  # noqa: F401  (re-exported)
+    NO_RESPONSE,
+)
 
-# Most jobs `jobs list` prints when no --limit is given.
-DEFAULT_LIST_LIMIT = 20
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (4 ms)
+if TYPE_CHECKING:
+    from typing import Any
+
 # A host that has neither a result nor reached its job's deadline (jobs show, --status).
 PENDING = "pending"
 

@@ -1,4 +1,4 @@
-"""Human output of `run` and `jobs`: pure functions from results to text.
+"""Human output of `run` and `jobs show`: pure functions from results to text.
 
 Every string that came from a minion (paths, diffs, trigger output, error
 messages, user and group names) passes through escape() before it is
@@ -8,23 +8,30 @@ cursor, retitle the terminal or hide lines with control sequences.
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from safcm.common.text import escape, escape_content
 from safcm.common.wire import NO_RESPONSE
 from safcm.master.outcomes import HostStatus
 
+# The light commands' part of the output (master/tables.py), re-exported:
+# callers use render.Style, render.render_keys, ...
+from safcm.master.tables import (  # noqa: F401
+    Style,
+    format_time,
+    render_jobs_table,
+    render_keys,
+    use_colour,
+)
+
 if TYPE_CHECKING:
     from safcm.common.model import ApplyResult, FileChange, FileState
 
 # NOTE: common/model.py (the result's types) is imported by the functions that
-# render a result, not here: `keys list` and `jobs list` print no result, and
-# the model's dataclasses cost them about 10 ms (bench/cli.py). For the same
-# reason Style and Tally are plain classes: the dataclasses module alone
-# costs 7 ms.
+# render a result, not here: `run` of a ping prints no file, and the model's
+# dataclasses cost about 10 ms (bench/cli.py). For the same reason Tally is
+# a plain class: the dataclasses module alone costs 7 ms. The tables of
+# `keys list` and `jobs list`, which must load even less, are master/tables.py.
 
 # Widest a path column is padded to before the details that follow it.
 PATH_COLUMN = 40
@@ -34,44 +41,6 @@ INDENT = "    "
 def escape_lines(text: str) -> list[str]:
     """Multi-line content (a diff, a trigger's output) as safe display lines."""
     return [escape_content(line) for line in text.splitlines()]
-
-
-def use_colour(stream: TextIO) -> bool:
-    """Colour on a terminal, unless NO_COLOR is set to anything non-empty (no-color.org)."""
-    if os.environ.get("NO_COLOR"):
-        return False
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
-class Style:
-    """How output looks: with colour (SGR escape sequences) or without."""
-
-    __slots__ = ("colour",)
-
-    def __init__(self, colour: bool) -> None:
-        self.colour = colour
-
-    def _sgr(self, code: str, text: str) -> str:
-        return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
-
-    def bold(self, text: str) -> str:
-        return self._sgr("1", text)
-
-    def red(self, text: str) -> str:
-        return self._sgr("31", text)
-
-    def green(self, text: str) -> str:
-        return self._sgr("32", text)
-
-    def yellow(self, text: str) -> str:
-        return self._sgr("33", text)
-
-    def cyan(self, text: str) -> str:
-        return self._sgr("36", text)
-
-    def dim(self, text: str) -> str:
-        return self._sgr("2", text)
 
 
 # A host's outcome (master/jobstore.py outcome()), as the summary counts it.
@@ -311,94 +280,6 @@ def render_late_hint(jid: str, style: Style) -> str:
     )
 
 
-def render_jobs_table(rows: Iterable[dict[str, Any]], style: Style) -> str:
-    """`jobs list`: one line per job, newest first."""
-    header = [
-        "JID",
-        "SUBMITTED",
-        "USER",
-        "TARGET",
-        "MODULE",
-        "HOSTS",
-        "CHANGED",
-        "FAILED",
-        "NO RESP",
-        "PENDING",
-    ]
-    table = [header]
-    for row in rows:
-        module = row["module"] + (" (dry run)" if row["dry_run"] else "")
-        table.append(
-            [
-                row["jid"],
-                format_time(row["submitted"]),
-                escape(row["user"]),
-                escape(row["target"]),
-                module,
-                str(row["hosts"]),
-                str(row["changed"]),
-                str(row["failed"]),
-                str(row["no_response"]),
-                str(row["pending"]),
-            ]
-        )
-    if len(table) == 1:
-        return "no jobs"
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table
-    ]
-    lines[0] = style.bold(lines[0])
-    return "\n".join(lines)
-
-
-def render_keys(body: dict[str, Any], style: Style) -> str:
-    """`keys list`: the master's fingerprint, every minion key, refused keys."""
-    lines = [f"master key fingerprint: {body['master']}", ""]
-    if not body["keys"]:
-        lines.append("no minion keys yet")
-    else:
-        # The REFUSED column (attempts by other keys under the id) only when there are any.
-        refused = bool(body.get("refused"))
-        table = [["ID", "STATE", "FINGERPRINT", "PRESENCE", *(["REFUSED"] if refused else [])]]
-        for key in body["keys"]:
-            if key["connected"]:
-                presence = "connected"
-            elif key["last_seen"]:
-                presence = f"last seen {format_time(key['last_seen'])}"
-            else:
-                presence = "never seen"
-            row = [escape(key["id"]), key["state"], key["fingerprint"], presence]
-            if refused:
-                attempts = sum(r["attempts"] for r in body["refused"] if r["id"] == key["id"])
-                row.append(str(attempts) if attempts else "-")
-            table.append(row)
-        lines.extend(_table(table, style))
-    if body.get("refused"):
-        lines += [
-            "",
-            style.red("refused keys: a known id presented another key (an impersonation,"),
-            style.red(
-                "or a reinstalled host: then 'safcm-master keys delete ID' and accept the new key)"
-            ),
-        ]
-        table = [["ID", "FINGERPRINT", "ATTEMPTS", "LAST ATTEMPT"]]
-        for r in body["refused"]:
-            table.append(
-                [escape(r["id"]), r["fingerprint"], str(r["attempts"]), format_time(r["last_seen"])]
-            )
-        lines.extend(_table(table, style))
-    return "\n".join(lines)
-
-
-def _table(rows: list[list[str]], style: Style) -> list[str]:
-    """Rows as aligned columns; the first row is the header."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines[0] = style.bold(lines[0])
-    return lines
-
-
 def render_job_header(job: dict[str, Any], style: Style) -> str:
     commit = job.get("git_commit") or "(not a git repository)"
     return "\n".join(
@@ -410,8 +291,3 @@ def render_job_header(job: dict[str, Any], style: Style) -> str:
             f"  config     {escape(commit)}",
         ]
     )
-
-
-def format_time(ts: float) -> str:
-    """A time for people: local, with its zone's name ("2026-12-02 01:50:11 UTC")."""
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))

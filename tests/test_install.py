@@ -66,6 +66,15 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_the_demo(tmp_path):
         assert os.access(opt / "bin" / command, os.X_OK), command
         version = run([str(opt / "bin" / command), "--version"], tmp_path, 60)
         assert version.stdout.startswith(f"{command} ")
+    # safcm-master is bin/safcm-master, whatever pip wrote the launchers: it
+    # loads neither re (as older pips' launchers do) nor argparse for --version.
+    launcher = str(opt / "bin" / "safcm-master")
+    importtime = run(
+        [str(opt / "bin" / "python"), "-X", "importtime", launcher, "--version"], tmp_path, 60
+    )
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in importtime.stderr.splitlines()}
+    assert "safcm.master.lightcli" in loaded
+    assert not {"re", "argparse", "enum", "typing", "msgpack"} & loaded
 
     # The README's way to find the shipped examples and units.
     found = run(
