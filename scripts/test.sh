@@ -11,6 +11,9 @@ safcm_venv "[dev]"
 missing=()
 command -v faketime >/dev/null || missing+=(faketime)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# PostgreSQL's server (tests/pgserver.py starts one as the postgres user in a
+# temporary directory; the machine's own clusters are never touched).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
