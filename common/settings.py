@@ -243,6 +243,23 @@ def group_name(text: str) -> str:
     return text
 
 
+def store(text: str) -> str:
+    """Where the master keeps keys and history: "sqlite", or a PostgreSQL URI
+    (postgresql://USER@HOST:PORT/DB) or libpq connection string (host=... dbname=...).
+    The string is checked fully when the master connects (master/pgdb.py)."""
+    text = text.strip()
+    if text == "sqlite":
+        return text
+    if text.startswith(("postgresql://", "postgres://")) or "=" in text:
+        if any(c in text for c in "\0\n\r"):
+            raise BadValue("must be one line")
+        return text
+    raise BadValue(
+        "must be sqlite, a PostgreSQL URI (postgresql://USER@HOST:PORT/DB) "
+        f"or a libpq connection string (host=... dbname=...), got {text!r}"
+    )
+
+
 def log_level(text: str) -> str:
     levels = ("debug", "info", "warning", "error")
     if text.lower() not in levels:

@@ -31,7 +31,6 @@ import math
 import os
 import resource
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,12 +40,12 @@ import zmq
 from safcm.common import keyfile
 from safcm.common import log as safcm_log
 from safcm.common.daemonlock import lock_state_dir
-from safcm.common.errors import ConfigError, SafcmError, UsageError
+from safcm.common.errors import ConfigError, SafcmError, StoreError, UsageError
 from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import Message, MsgType, new_jid
 from safcm.common.ratelimit import PeerLog
 from safcm.master.control import ControlConnection, ControlServer
-from safcm.master.db import open_db
+from safcm.master.db import open_store
 from safcm.master.history import History
 from safcm.master.intake import Intake
 from safcm.master.jobstore import HostState, JobStore
@@ -93,7 +92,7 @@ class Master:
         self.keys, created = keyfile.load_or_create(os.path.join(settings.state_dir, "keys"))
         if created:
             log.info("created the master key pair, fingerprint %s", self.keys.fingerprint())
-        self.db = open_db(settings.state_dir)
+        self.db = open_store(settings.state_dir, settings.store)
         self.jobs = JobStore(self.db)
         self.keystore = KeyStore(self.db)
         self.peer_log = PeerLog(log, loop.clock)
@@ -185,7 +184,7 @@ class Master:
             timer.cancel()
         if self._wake is not None:
             self._wake.cancel()
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(StoreError):
             self.intake.store_batch()
             self.keystore.flush()
         if self.control is not None:
@@ -268,11 +267,11 @@ class Master:
             )
         elif isinstance(e, UsageError):
             conn.error("usage", str(e))
+        elif isinstance(e, StoreError):
+            log.error("control request %s failed: %s", request, e)
+            conn.error("failed", f"the master's database failed ({e}); nothing was changed")
         elif isinstance(e, SafcmError):
             conn.error("failed", str(e))
-        elif isinstance(e, sqlite3.Error):
-            log.error("control request %s failed: database error: %s", request, e)
-            conn.error("failed", f"the master's database failed ({e}); nothing was changed")
         else:
             log.error("control request %s from %s failed", request, conn.user, exc_info=e)
             conn.error("internal", f"internal error in the master: {e!r}")

@@ -30,7 +30,6 @@ a result or a progress report changes is decided by master/lifecycle.py.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +37,7 @@ import zmq
 
 from safcm.common import codec
 from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair, peek_header
-from safcm.common.errors import EnvelopeError, ProtocolError
+from safcm.common.errors import EnvelopeError, ProtocolError, StoreError
 from safcm.common.protocol import (
     MASTER_ID,
     MAX_FILE_BYTES,
@@ -245,8 +244,8 @@ class Intake:
             )
         except ProtocolError as e:
             self.peer_log.warning("dropped a message from %s: %s", who, e)
-        except sqlite3.Error as e:
-            self.peer_log.error("message from %s not handled: database error: %s", who, e)
+        except StoreError as e:
+            self.peer_log.error("message from %s not handled: %s", who, e)
         except Exception:  # a bug must cost one message, never the daemon
             self.peer_log.log(
                 logging.ERROR, "failed to handle a message from %s", who, exc_info=True
@@ -544,7 +543,7 @@ class Intake:
         try:
             self.jobs.record(receipts, [r for _, r in batch], now=self.clock())
             self.keystore.flush()  # heartbeat sequence numbers share the commit
-        except sqlite3.Error as e:
+        except StoreError as e:
             # Not confirmed, so each minion keeps its result and sends it again;
             # a lost receipt costs at most a re-publish, which minions ignore.
             for _, r in batch:

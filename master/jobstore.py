@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import sqlite3
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from safcm.common import codec
 from safcm.common.ids import JID_FORMAT
 from safcm.common.model import is_below
 from safcm.common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
-from safcm.master.db import transaction
+from safcm.master.db import Database, transaction
 from safcm.master.jobcontent import HostPart, JobParts, digests_of, unpack_manifest
 from safcm.master.lifecycle import OpenRow, State
 from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, HostStatus
@@ -153,7 +152,7 @@ def _upgrade_v1_result(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class JobStore:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Database) -> None:
         self.conn = conn
 
     def create(
@@ -174,7 +173,7 @@ class JobStore:
             digests[host] = digest
         with transaction(self.conn):
             self.conn.execute(
-                "INSERT INTO jobs (jid, submitted, deadline, user, target, module, dry_run,"
+                'INSERT INTO jobs (jid, submitted, deadline, "user", target, module, dry_run,'
                 " git_commit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.jid,
@@ -360,7 +359,7 @@ class JobStore:
             self.conn.executemany(
                 "UPDATE job_hosts SET state = 'done', status = ?, changes = ?, result = ?,"
                 " result_bytes = ?, returned = ?, envelope = NULL,"
-                " late = (state = 'no_response')"
+                " late = CASE WHEN state = 'no_response' THEN 1 ELSE 0 END"
                 " WHERE jid = ? AND host = ? AND state != 'done'",
                 [
                     (
@@ -442,7 +441,7 @@ class JobStore:
             where.append("module = ?")
             args.append(module)
         if user is not None:
-            where.append("user = ?")
+            where.append('"user" = ?')
             args.append(user)
         if status is not None:
             condition, status_args = _STATUS_CONDITIONS[status]
@@ -517,7 +516,7 @@ def _jid_at(t: float) -> str:
     return (_EPOCH + datetime.timedelta(microseconds=us)).strftime(JID_FORMAT)
 
 
-def _job(row: sqlite3.Row) -> JobRecord:
+def _job(row: Any) -> JobRecord:
     return JobRecord(
         jid=row["jid"],
         submitted=row["submitted"],

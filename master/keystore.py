@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import sqlite3
 from dataclasses import dataclass, replace
 
 from safcm.common.crypto import PublicKeys, fingerprints_match
 from safcm.common.errors import UsageError
-from safcm.master.db import transaction
+from safcm.master.db import Database, transaction
 
 # Enrolment is the one thing an unauthenticated peer may do, so what it can
 # make us store is bounded: at most this many pending keys (new ids are
@@ -71,7 +70,7 @@ class RefusedKey:
 
 
 class KeyStore:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Database) -> None:
         self.conn = conn
         self._keys: dict[str, MinionKey] = {}
         self._by_curve: dict[bytes, str] = {}
@@ -174,7 +173,7 @@ class KeyStore:
             "INSERT INTO refused_keys (id, fingerprint, attempts, first_seen, last_seen,"
             " sign_pub, kx_pub, curve_pub) VALUES (?, ?, 1, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id, fingerprint)"
-            " DO UPDATE SET attempts = attempts + 1, last_seen = excluded.last_seen",
+            " DO UPDATE SET attempts = refused_keys.attempts + 1, last_seen = excluded.last_seen",
             (minion_id, fingerprint, now, now, keys.sign, keys.kx, keys.curve),
         )
         self.conn.execute(

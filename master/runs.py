@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -404,7 +403,7 @@ class Runs:
             len(rollout.batches),
             error,
             len(hosts) + len(rollout.not_run),
-            exc_info=not isinstance(error, SafcmError | sqlite3.Error),  # a bug: its trace
+            exc_info=not isinstance(error, SafcmError),  # a bug: its trace
         )
         rolling.conn.error(
             "failed",

@@ -1,0 +1,44 @@
+"""A master whose keys and history live in PostgreSQL (`store:` in master.yaml):
+real daemons, a real server (tests/pgserver.py)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.pgserver import free_port
+from tests.system.conftest import enrol, jobs_show, keys, run_json
+
+
+def test_a_master_on_postgresql_keeps_keys_and_history_across_a_restart(sandbox, pg_dsn):
+    sandbox.configure_master(store=pg_dsn)
+    enrol(sandbox, "web1", "web2")
+    code, doc = run_json(sandbox, "web*", "files")
+    assert code == 0 and doc["summary"]["changed"] == 2
+    jid = doc["jid"]
+
+    sandbox.stop(sandbox.master)
+    sandbox.start_master()
+    # The keys came back from the database, not from the state directory.
+    assert {k["id"]: k["state"] for k in keys(sandbox).values()} == {
+        "web1": "accepted",
+        "web2": "accepted",
+    }
+    shown = jobs_show(sandbox, jid)
+    assert [h["host"] for h in shown["hosts"]] == ["web1", "web2"]
+    assert {h["status"] for h in shown["hosts"]} == {"changed"}
+    listed = json.loads(sandbox.cli("jobs", "list", "--host", "web2", "--json").stdout)
+    assert [j["jid"] for j in listed["jobs"]] == [jid]
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(sandbox):
+    port = free_port()  # nothing listens there
+    sandbox.configure_master(store=f"postgresql://safcm:s3cret-pw@127.0.0.1:{port}/safcm")
+    result = sandbox.run(
+        [sandbox.python, "-m", "safcm.master.cli", "-c", sandbox.master.config, "daemon"]
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "did not start" in line]
+    assert f"cannot connect to postgresql://safcm@127.0.0.1:{port}/safcm: " in error
+    assert "Connection refused" in error
+    assert "s3cret-pw" not in result.stderr
