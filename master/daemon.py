@@ -45,12 +45,12 @@ from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import Message, MsgType, new_jid
 from safcm.common.ratelimit import PeerLog
 from safcm.master.control import ControlConnection, ControlServer
-from safcm.master.db import open_store
+from safcm.master.db import Listener, open_store
 from safcm.master.history import History
 from safcm.master.intake import Intake
 from safcm.master.jobstore import HostState, JobStore
 from safcm.master.keys import KeyService
-from safcm.master.keystore import KeyStore
+from safcm.master.keystore import KEYS_CHANNEL, KeyStore
 from safcm.master.lifecycle import Lifecycles
 from safcm.master.peers import Peers
 from safcm.master.publish import PUBLISH_PENALTY, Publisher
@@ -69,6 +69,9 @@ STALE_CHECK_INTERVAL = 5.0
 # no result commit carried them, in seconds: a replay of a heartbeat from the
 # last second before a crash is the most a restart can let through.
 SEQ_FLUSH = 1.0
+# Seconds between attempts to hear other masters again after the database
+# went away (a PostgreSQL restart or failover).
+LISTEN_RETRY = 2.0
 # Descriptors kept free of network connections: the database, the control
 # socket and its clients, libzmq's own.
 RESERVED_FDS = 256
@@ -137,6 +140,9 @@ class Master:
         self.zap: Zap | None = None
         self.control: ControlServer | None = None
         self._timers: list[Timer] = []
+        # Other masters' key changes, where the database is shared (PostgreSQL).
+        self.listener: Listener | None = None
+        self._listening_fd: int | None = None
 
     # ---- life cycle ----
 
@@ -153,6 +159,10 @@ class Master:
         self.control = ControlServer(
             s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
         )
+        self.listener = self.db.listener([KEYS_CHANNEL])
+        if self.listener is not None:
+            self._watch_listener()
+            self.key_service.shared = True
         now = self.clock()
         rows = self.jobs.open_hosts()
         # Published again at the first wake-up; those past their deadline
@@ -178,6 +188,51 @@ class Master:
             self.keys.fingerprint(),
         )
 
+    # ---- other masters (a cluster on one PostgreSQL database) ----
+
+    def _watch_listener(self) -> None:
+        assert self.listener is not None
+        if self._listening_fd is not None:
+            self.loop.remove_reader(self._listening_fd)
+        self._listening_fd = self.listener.fileno()
+        self.loop.add_reader(self._listening_fd, self.on_notifications)
+
+    def on_notifications(self) -> None:
+        """Another master changed keys: take its changes, and cut the
+        connections of keys no longer accepted, as if changed here."""
+        assert self.listener is not None
+        try:
+            pairs = self.listener.drain()
+            if pairs is None:  # the listener reconnected: some may be lost
+                self._watch_listener()
+                changes = self.keystore.reload_all()
+            else:
+                ids = sorted({payload for channel, payload in pairs if channel == KEYS_CHANNEL})
+                changes = [self.keystore.reload(minion_id) for minion_id in ids]
+        except StoreError as e:
+            # The database is away; the listener's socket stays readable, so
+            # stop watching it and try again shortly rather than spin.
+            log.error("cannot hear other masters' key changes: %s", e)
+            if self._listening_fd is not None:
+                self.loop.remove_reader(self._listening_fd)
+                self._listening_fd = None
+            self.loop.call_later(LISTEN_RETRY, self._retry_listener)
+            return
+        for old, new in changes:
+            self.key_service.changed_elsewhere(old, new)
+
+    def _retry_listener(self) -> None:
+        assert self.listener is not None
+        try:
+            self.listener.drain()  # reconnects if it must
+        except StoreError as e:
+            log.error("cannot hear other masters' key changes: %s", e)
+            self.loop.call_later(LISTEN_RETRY, self._retry_listener)
+            return
+        self._watch_listener()
+        for old, new in self.keystore.reload_all():
+            self.key_service.changed_elsewhere(old, new)
+
     def close(self) -> None:
         self.prepare_pool.shutdown(wait=True, cancel_futures=True)
         for timer in self._timers:
@@ -195,6 +250,8 @@ class Master:
         self.key_service.close()
         if self.zap is not None:
             self.zap.close()
+        if self.listener is not None:
+            self.listener.close()
         self.db.close()
         os.close(self.lock)
 

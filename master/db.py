@@ -179,6 +179,33 @@ class Database(Protocol):
         or none of them does."""
         ...
 
+    def notify(self, channel: str, payload: str) -> None:
+        """Tell the other masters sharing this database that `payload` changed
+        (delivered when the current transaction commits); nothing where no
+        other master can share the database."""
+        ...
+
+    def listener(self, channels: Sequence[str]) -> Listener | None:
+        """A Listener for other masters' notify() on `channels`, or None where
+        no other master can share the database."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Listener(Protocol):
+    """Notifications from other masters, for the event loop to watch."""
+
+    def fileno(self) -> int:
+        """Readable when notifications may have arrived."""
+        ...
+
+    def drain(self) -> list[tuple[str, str]] | None:
+        """The (channel, payload) pairs that arrived, without waiting; None
+        if the connection was lost and opened again, so that some may have
+        been missed (the caller then reloads what it keeps)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -214,6 +241,12 @@ class SqliteDatabase:
 
     def transaction(self) -> _SqliteTransaction:
         return _SqliteTransaction(self)
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Nothing: an SQLite file belongs to one master (its state_dir lock)."""
+
+    def listener(self, channels: Sequence[str]) -> None:
+        return None
 
     def close(self) -> None:
         self.conn.close()

@@ -456,21 +456,29 @@ class JobStore:
             f"SELECT * FROM jobs {clause} ORDER BY jid DESC LIMIT ?",  # noqa: S608 - fixed clauses
             (*args, limit),
         ).fetchall()
-        summaries = []
-        for row in jobs:
-            counts = dict.fromkeys(("changed", "ok", "failed", "no_response", "pending"), 0)
-            for state, status, n in self.conn.execute(
-                "SELECT state, status, count(*) FROM job_hosts WHERE jid = ?"
-                " GROUP BY state, status",
-                (row["jid"],),
+        # Every listed job's host counts in one query, not one per job: on a
+        # database across the network each query is a round trip.
+        counts: dict[str, dict[str, int]] = {
+            row["jid"]: dict.fromkeys(("changed", "ok", "failed", "no_response", "pending"), 0)
+            for row in jobs
+        }
+        if counts:
+            marks = ", ".join("?" * len(counts))
+            for jid, state, status, n in self.conn.execute(
+                f"SELECT jid, state, status, count(*) FROM job_hosts WHERE jid IN ({marks})"  # noqa: S608 - placeholders only
+                " GROUP BY jid, state, status",
+                list(counts),
             ):
                 if state == HostState.DONE:
-                    counts[status] += n
+                    counts[jid][status] += n
                 elif state == HostState.NO_RESPONSE:
-                    counts["no_response"] += n
+                    counts[jid]["no_response"] += n
                 else:
-                    counts["pending"] += n
-            summaries.append(JobSummary(job=_job(row), hosts=sum(counts.values()), **counts))
+                    counts[jid]["pending"] += n
+        summaries = [
+            JobSummary(job=_job(row), hosts=sum(counts[row["jid"]].values()), **counts[row["jid"]])
+            for row in jobs
+        ]
         return summaries
 
     def get_job(self, jid: str) -> JobRecord | None:

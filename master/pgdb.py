@@ -229,6 +229,55 @@ class PgDatabase:
     def transaction(self) -> _PgTransaction:
         return _PgTransaction(self)
 
+    def notify(self, channel: str, payload: str) -> None:
+        self.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def listener(self, channels: Sequence[str]) -> PgListener:
+        return PgListener(self.conninfo, self.where, channels)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PgListener:
+    """LISTEN on its own connection, so that notifications never wait behind
+    (or interleave with) the store's queries and transactions."""
+
+    def __init__(self, conninfo: str, where: str, channels: Sequence[str]) -> None:
+        self.conninfo = conninfo
+        self.where = where
+        self.channels = list(channels)
+        self.conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name="safcm-master listener",
+            )
+            for channel in self.channels:
+                conn.execute(f'LISTEN "{channel}"')
+        except psycopg.Error as e:
+            raise StoreError(f"cannot listen on {self.where}: {_reason(e)}") from e
+        return conn
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def drain(self) -> list[tuple[str, str]] | None:
+        try:
+            if self.conn.closed:
+                raise psycopg.OperationalError("the connection is closed")
+            return [(n.channel, n.payload) for n in self.conn.notifies(timeout=0)]
+        except psycopg.Error:
+            # Lost (a server restart, a failover): listen again. What was
+            # sent meanwhile is gone, which the caller makes good by reloading.
+            self.conn.close()
+            self.conn = self._connect()
+            return None
+
     def close(self) -> None:
         self.conn.close()
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import json
 
+from safcm.master.sandbox import Sandbox
 from tests.pgserver import free_port
-from tests.system.conftest import enrol, jobs_show, keys, run_json
+from tests.system.conftest import (
+    HEARTBEAT,
+    REPO,
+    enrol,
+    jobs_show,
+    keys,
+    run_json,
+    wait_state,
+)
 
 
 def test_a_master_on_postgresql_keeps_keys_and_history_across_a_restart(sandbox, pg_dsn):
@@ -42,3 +51,31 @@ def test_an_unreachable_database_is_one_line_without_the_password(sandbox):
     assert f"cannot connect to postgresql://safcm@127.0.0.1:{port}/safcm: " in error
     assert "Connection refused" in error
     assert "s3cret-pw" not in result.stderr
+
+
+def test_two_masters_on_one_database_share_keys_and_history(sandbox, pg_dsn, tmp_path):
+    """A key accepted or rejected on one master holds on the other at once
+    (LISTEN/NOTIFY), and both answer `jobs list` alike."""
+    other = Sandbox(str(tmp_path / "other"), REPO, heartbeat_interval=HEARTBEAT, store=pg_dsn)
+    try:
+        sandbox.configure_master(store=pg_dsn)
+        sandbox.start_master()
+        other.start_master()
+        sandbox.add_minion("web1")
+        sandbox.start_minion("web1")
+        wait_state(other, "web1", "pending")  # enrolled on the first, seen by the second
+
+        assert other.cli("keys", "accept", "web1").returncode == 0
+        wait_state(sandbox, "web1", "accepted", connected=True)
+        code, doc = run_json(sandbox, "web1", "ping")
+        assert code == 0
+        listed = json.loads(other.cli("jobs", "list", "--json").stdout)
+        assert [j["jid"] for j in listed["jobs"]] == [doc["jid"]]
+
+        assert other.cli("keys", "reject", "web1").returncode == 0
+        # The first master cuts the minion it served, and runs nothing more on it.
+        wait_state(sandbox, "web1", "rejected", connected=False)
+        code, doc = run_json(sandbox, "web1", "ping")
+        assert code != 0
+    finally:
+        other.close()
