@@ -142,6 +142,12 @@ MIGRATIONS: list[str] = [
         jid  TEXT NOT NULL
     );
     """,
+    # 5: `jobs list --status` asks of each job, newest first, whether one of
+    # its hosts has that outcome: with this index each question is one seek,
+    # not a read of all the job's host rows.
+    """
+    CREATE INDEX job_hosts_outcome ON job_hosts (jid, state, status);
+    """,
 ]
 
 

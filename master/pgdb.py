@@ -42,7 +42,7 @@ LOCK_TIMEOUT_MS = 2000
 MIGRATION_LOCK = 0x736166636D
 
 # The schema, in versions as master/db.py's MIGRATIONS. It starts at what the
-# SQLite schema had reached when PostgreSQL came (its version 4): there are no
+# SQLite schema had reached when PostgreSQL came (its version 5): there are no
 # older PostgreSQL databases to upgrade. Types: DOUBLE PRECISION for times
 # (REAL is 4 bytes in PostgreSQL, too coarse for unix times); BYTEA for
 # bytes; "user" is quoted (a reserved word).
@@ -103,6 +103,7 @@ PG_MIGRATIONS: list[str] = [
     );
     CREATE INDEX job_hosts_host ON job_hosts (host, jid);
     CREATE INDEX job_hosts_open ON job_hosts (state) WHERE state IN ('sent', 'received');
+    CREATE INDEX job_hosts_outcome ON job_hosts (jid, state, status);
     CREATE TABLE job_plans (
         jid    TEXT NOT NULL REFERENCES jobs (jid) ON DELETE CASCADE,
         digest TEXT NOT NULL,
