@@ -44,11 +44,12 @@ from safcm.common.errors import ConfigError, SafcmError, StoreError, UsageError
 from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import Message, MsgType, new_jid
 from safcm.common.ratelimit import PeerLog
+from safcm.master.cluster import LEASE_RENEW, Cluster, master_name
 from safcm.master.control import ControlConnection, ControlServer
 from safcm.master.db import Listener, open_store
 from safcm.master.history import History
 from safcm.master.intake import Intake
-from safcm.master.jobstore import HostState, JobStore
+from safcm.master.jobstore import RESULTS_CHANNEL, HostState, JobStore
 from safcm.master.keys import KeyService
 from safcm.master.keystore import KEYS_CHANNEL, KeyStore
 from safcm.master.lifecycle import Lifecycles
@@ -96,7 +97,11 @@ class Master:
         if created:
             log.info("created the master key pair, fingerprint %s", self.keys.fingerprint())
         self.db = open_store(settings.state_dir, settings.store)
-        self.jobs = JobStore(self.db)
+        # Where masters share the database, this one's name and lease.
+        self.cluster = (
+            Cluster(self.db, master_name(settings.return_port)) if self.db.shared else None
+        )
+        self.jobs = JobStore(self.db, None if self.cluster is None else self.cluster.name)
         self.keystore = KeyStore(self.db)
         self.peer_log = PeerLog(log, loop.clock)
         self.peers = Peers(ctx, loop, self.keystore, self.peer_log)
@@ -159,10 +164,13 @@ class Master:
         self.control = ControlServer(
             s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
         )
-        self.listener = self.db.listener([KEYS_CHANNEL])
+        self.listener = self.db.listener([KEYS_CHANNEL, RESULTS_CHANNEL])
         if self.listener is not None:
             self._watch_listener()
             self.key_service.shared = True
+        if self.cluster is not None:
+            self.cluster.renew()
+            self._timers.append(self.loop.call_every(LEASE_RENEW, self.keep_lease))
         now = self.clock()
         rows = self.jobs.open_hosts()
         # Published again at the first wake-up; those past their deadline
@@ -171,7 +179,7 @@ class Master:
         unreceived = sum(1 for r in rows if r.state is HostState.SENT and r.deadline > now)
         if unreceived:
             log.info("re-publishing %d envelopes of unfinished jobs", unreceived)
-        self._timers = [
+        self._timers += [
             self.loop.call_every(SEQ_FLUSH, self.keystore.flush),
             self.loop.call_every(STALE_CHECK_INTERVAL, self.peers.cut_stale),
             self.loop.call_every(RETENTION_INTERVAL, self.purge_old_jobs),
@@ -206,9 +214,16 @@ class Master:
             if pairs is None:  # the listener reconnected: some may be lost
                 self._watch_listener()
                 changes = self.keystore.reload_all()
+                pairs = []
             else:
                 ids = sorted({payload for channel, payload in pairs if channel == KEYS_CHANNEL})
                 changes = [self.keystore.reload(minion_id) for minion_id in ids]
+            for channel, payload in pairs:
+                if channel == RESULTS_CHANNEL:
+                    jid, _, host = payload.partition(" ")
+                    if self.lifecycle.state(jid, host) is not None:
+                        result = self.jobs.result_of(jid, host)
+                        self.lifecycle.stored_elsewhere(jid, host, result)
         except StoreError as e:
             # The database is away; the listener's socket stays readable, so
             # stop watching it and try again shortly rather than spin.
@@ -220,6 +235,26 @@ class Master:
             return
         for old, new in changes:
             self.key_service.changed_elsewhere(old, new)
+
+    def keep_lease(self) -> None:
+        """Renew this master's lease, and take over the open jobs of masters
+        whose leases ran out (master/cluster.py)."""
+        assert self.cluster is not None
+        try:
+            self.cluster.renew()
+            jids = self.cluster.take_over()
+            rows = self.jobs.open_hosts(jids) if jids else []
+        except StoreError as e:
+            log.error("cannot renew this master's lease: %s", e)
+            return
+        if jids:
+            log.info(
+                "took over %d open jobs (%d hosts) of masters that stopped: %s",
+                len(jids),
+                len(rows),
+                ", ".join(jids),
+            )
+            self.lifecycle.restore(rows, self.clock())
 
     def _retry_listener(self) -> None:
         assert self.listener is not None
@@ -242,6 +277,8 @@ class Master:
         with contextlib.suppress(StoreError):
             self.intake.store_batch()
             self.keystore.flush()
+            if self.cluster is not None:
+                self.cluster.release()
         if self.control is not None:
             self.control.close()
         self.peers.close()

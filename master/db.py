@@ -148,6 +148,16 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX job_hosts_outcome ON job_hosts (jid, state, status);
     """,
+    # 6: the master that runs each job, and the masters' leases (master/cluster.py).
+    # Used where several masters share a PostgreSQL database; an SQLite file
+    # has the same columns so that the stores' SQL is one.
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    CREATE TABLE masters (
+        name        TEXT PRIMARY KEY,
+        lease_until REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -175,6 +185,8 @@ class Database(Protocol):
     # Where the data lives, for messages: a path, or a connection string
     # without its password.
     where: str
+    # True if other masters may share the database (a cluster).
+    shared: bool
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
 
@@ -228,6 +240,9 @@ def open_store(state_dir: str, store: str | None = None) -> Database:
 
 
 class SqliteDatabase:
+    # The state_dir lock keeps an SQLite file to one master.
+    shared = False
+
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.conn = conn
         self.where = path

@@ -151,9 +151,17 @@ def _upgrade_v1_result(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+# The notification channel of stored results, between masters that share a
+# PostgreSQL database (payload "JID HOST"): the master that runs the job
+# hears of a result that another master received and stored.
+RESULTS_CHANNEL = "safcm_results"
+
+
 class JobStore:
-    def __init__(self, conn: Database) -> None:
+    def __init__(self, conn: Database, owner: str | None = None) -> None:
         self.conn = conn
+        # The master whose jobs this store creates (master/cluster.py).
+        self.owner = owner
 
     def create(
         self,
@@ -174,7 +182,7 @@ class JobStore:
         with transaction(self.conn):
             self.conn.execute(
                 'INSERT INTO jobs (jid, submitted, deadline, "user", target, module, dry_run,'
-                " git_commit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " git_commit, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.jid,
                     job.submitted,
@@ -184,6 +192,7 @@ class JobStore:
                     job.module,
                     int(job.dry_run),
                     job.git_commit,
+                    self.owner,
                 ),
             )
             self.conn.executemany(
@@ -314,14 +323,33 @@ class JobStore:
         row = self.conn.execute("SELECT max(jid) FROM jobs").fetchone()
         return row[0]
 
-    def open_hosts(self) -> list[OpenRow]:
+    def open_hosts(self, jids: Collection[str] | None = None) -> list[OpenRow]:
         """Every (job, host) without result or "no response" yet, with its
-        job's deadline: what a restarted master rebuilds its lifecycles from."""
+        job's deadline: what a restarted master rebuilds its lifecycles from.
+        Where masters share the database, only those of this store's owner's
+        jobs, or of `jids` (jobs it took over)."""
+        where = ""
+        args: tuple[Any, ...] = ()
+        if jids is not None:
+            where, args = f" AND h.jid IN ({', '.join('?' * len(jids))})", tuple(jids)
+            if not jids:
+                return []
+        elif self.conn.shared and self.owner is not None:
+            where, args = " AND j.owner = ?", (self.owner,)
         rows = self.conn.execute(
-            "SELECT h.jid, h.host, h.state, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"
-            " WHERE h.state IN ('sent', 'received') ORDER BY h.jid, h.host"
+            "SELECT h.jid, h.host, h.state, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"  # noqa: S608 - placeholders only
+            f" WHERE h.state IN ('sent', 'received'){where} ORDER BY h.jid, h.host",
+            args,
         )
         return [OpenRow(r[0], r[1], State(r[2]), r[3]) for r in rows]
+
+    def result_of(self, jid: str, host: str) -> dict[str, Any] | None:
+        """The stored result of (jid, host), or None if it has none."""
+        row = self.conn.execute(
+            "SELECT result FROM job_hosts WHERE jid = ? AND host = ? AND state = 'done'",
+            (jid, host),
+        ).fetchone()
+        return None if row is None or row[0] is None else _load_result(row[0])
 
     def envelope(self, jid: str, host: str) -> bytes | None:
         """The sealed envelope of (jid, host), while it waits for its receipt:
@@ -385,6 +413,9 @@ class JobStore:
                     if r.result.get("apply") is not None and r.result.get("status") != "error"
                 ],
             )
+            if self.conn.shared:  # the job's master may be another
+                for r in results:
+                    self.conn.notify(RESULTS_CHANNEL, f"{r.jid} {r.host}")
 
     def no_response(self, pairs: Collection[tuple[str, str]]) -> None:
         """Record (jid, host) pairs without result as "no response", in one

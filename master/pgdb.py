@@ -42,7 +42,7 @@ LOCK_TIMEOUT_MS = 2000
 MIGRATION_LOCK = 0x736166636D
 
 # The schema, in versions as master/db.py's MIGRATIONS. It starts at what the
-# SQLite schema had reached when PostgreSQL came (its version 5): there are no
+# SQLite schema had reached when PostgreSQL came (its version 6): there are no
 # older PostgreSQL databases to upgrade. Types: DOUBLE PRECISION for times
 # (REAL is 4 bytes in PostgreSQL, too coarse for unix times); BYTEA for
 # bytes; "user" is quoted (a reserved word).
@@ -80,7 +80,12 @@ PG_MIGRATIONS: list[str] = [
         target     TEXT NOT NULL,
         module     TEXT NOT NULL,
         dry_run    INTEGER NOT NULL,
-        git_commit TEXT
+        git_commit TEXT,
+        owner      TEXT
+    );
+    CREATE TABLE masters (
+        name        TEXT PRIMARY KEY,
+        lease_until DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX jobs_target ON jobs (target, jid);
     CREATE TABLE job_hosts (
@@ -176,6 +181,8 @@ def _adapt(sql: str) -> str:
 
 
 class PgDatabase:
+    shared = True
+
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
         self.where = redact(conninfo)

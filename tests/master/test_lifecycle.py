@@ -467,3 +467,23 @@ class LifecycleSequences(RuleBasedStateMachine):
 
 LifecycleSequences.TestCase.settings = fuzz(0.5)
 test_sequences = LifecycleSequences.TestCase
+
+
+def test_a_result_stored_by_another_master_ends_the_pair_here_once():
+    """A cluster: another master received and stored web1's result. This one,
+    which runs the job, tells the CLI, publishes nothing more and records no
+    "no response" for web1; a second notice changes nothing."""
+    lc, fake = machine(("web1", "web2"))
+    fake.take()
+    lc.stored_elsewhere("J1", "web1", RESULT)
+    lc.stored_elsewhere("J1", "web1", RESULT)
+    lc.stored_elsewhere("J1", "db1", RESULT)  # never sent there
+    assert fake.take() == [("answered", "J1", "web1", RESULT)]
+    for t in range(1, int(TIMEOUT) + 1):
+        lc.wake(T0 + t)
+    assert ("publish", "J1", "web1") not in fake.events
+    assert fake.take()[-3:] == [
+        ("store_no_response", [("J1", "web2")]),
+        ("answered", "J1", "web2", None),
+        ("finished", "J1"),
+    ]

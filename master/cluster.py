@@ -1,0 +1,86 @@
+"""Several masters on one PostgreSQL database: who runs which job, and taking
+over the jobs of a master that died.
+
+Every job has an owner, the master that created it (jobs.owner): it alone
+re-publishes the job's envelopes and records "no response" at the deadline.
+Each master holds a lease in the table `masters`, renewed every
+LEASE_RENEW seconds and valid for LEASE seconds. A master whose lease has
+run out is taken to be dead: any other master takes its open jobs over,
+in one transaction that locks the jobs' rows (SELECT ... FOR UPDATE SKIP
+LOCKED), so that two masters never take the same job, and then runs them
+as its own. The times are the database server's (clock_timestamp()), so
+the masters' own clocks may differ.
+
+A master that stops cleanly gives its lease up at once. A master that
+restarts under the same name (the host name and return port) takes its own
+jobs back at start, as a lone master does.
+
+Results are stored exactly once whichever master receives them: the store's
+update takes a (job, host) row only while it is open (master/jobstore.py
+record()), and then announces it (RESULTS_CHANNEL), so that the job's owner
+tells the CLI that waits for it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from safcm.master.db import Database, transaction
+
+# Seconds a master's lease lasts: a master silent this long is taken to be
+# dead and its open jobs are taken over. Long enough to ride out a loaded
+# database or a paused VM; short against a job's 60 s default timeout.
+LEASE = 15.0
+# Seconds between renewals of the lease, and between looks for dead masters'
+# jobs: a few renewals may fail before the lease runs out.
+LEASE_RENEW = 3.0
+
+# The database server's clock, in unix seconds.
+_NOW = "extract(epoch from clock_timestamp())"
+
+
+def master_name(return_port: int) -> str:
+    """This master's name in the cluster: host name and return port, stable
+    across restarts and distinct for masters sharing a host."""
+    return f"{socket.gethostname()}:{return_port}"
+
+
+class Cluster:
+    def __init__(self, db: Database, name: str) -> None:
+        self.db = db
+        self.name = name
+
+    def renew(self) -> None:
+        """Hold (or take up again) this master's lease for LEASE seconds."""
+        self.db.execute(
+            f"INSERT INTO masters (name, lease_until) VALUES (?, {_NOW} + ?)"  # noqa: S608 - constants
+            f" ON CONFLICT (name) DO UPDATE SET lease_until = {_NOW} + ?",
+            (self.name, LEASE, LEASE),
+        )
+
+    def release(self) -> None:
+        """Give the lease up (a clean stop): others take the open jobs over at once."""
+        self.db.execute("UPDATE masters SET lease_until = 0 WHERE name = ?", (self.name,))
+
+    def take_over(self) -> list[str]:
+        """Make this master the owner of every open job whose owner's lease
+        has run out; returns their jids (the caller restores them)."""
+        with transaction(self.db):
+            rows = self.db.execute(
+                "SELECT jid, owner FROM jobs j WHERE owner <> ? AND owner IN"  # noqa: S608 - constants
+                f" (SELECT name FROM masters WHERE lease_until < {_NOW})"
+                " AND EXISTS (SELECT 1 FROM job_hosts h WHERE h.jid = j.jid"
+                " AND h.state IN ('sent', 'received'))"
+                " ORDER BY jid FOR UPDATE SKIP LOCKED",
+                (self.name,),
+            ).fetchall()
+            jids = [r[0] for r in rows]
+            self.db.executemany(
+                "UPDATE jobs SET owner = ? WHERE jid = ?", [(self.name, j) for j in jids]
+            )
+        return jids
+
+    def owners(self) -> dict[str, float]:
+        """Each master's lease, in seconds from now (negative: run out)."""
+        rows = self.db.execute(f"SELECT name, lease_until - {_NOW} FROM masters ORDER BY name")  # noqa: S608 - constant
+        return {r[0]: float(r[1]) for r in rows}
