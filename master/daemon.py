@@ -44,7 +44,14 @@ from safcm.common.errors import ConfigError, SafcmError, StoreError, UsageError
 from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import Message, MsgType, new_jid
 from safcm.common.ratelimit import PeerLog
-from safcm.master.cluster import LEASE_RENEW, Cluster, master_name
+from safcm.master.cluster import (
+    LEASE_RENEW,
+    RELAY_CHANNEL,
+    Cluster,
+    Relay,
+    master_name,
+    parse_relay,
+)
 from safcm.master.control import ControlConnection, ControlServer
 from safcm.master.db import Listener, open_store
 from safcm.master.history import History
@@ -102,6 +109,7 @@ class Master:
             Cluster(self.db, master_name(settings.return_port)) if self.db.shared else None
         )
         self.jobs = JobStore(self.db, None if self.cluster is None else self.cluster.name)
+        self.relay: Relay | None = None
         self.keystore = KeyStore(self.db)
         self.peer_log = PeerLog(log, loop.clock)
         self.peers = Peers(ctx, loop, self.keystore, self.peer_log)
@@ -137,6 +145,10 @@ class Master:
             self.prepare_pool,
         )
         self.history = History(self.jobs)
+        if self.cluster is not None:
+            self.relay = Relay(self.db, self.cluster.name, self.peers.connected, self.loop.clock)
+            self.intake.relay = self.relay
+            self.publisher.relay = self.relay
         self.control_handlers: dict[MsgType, Callable[[ControlConnection, Message], None]] = {
             MsgType.RUN: self.runs.on_run,
             MsgType.KEYS: self.key_service.on_keys,
@@ -164,7 +176,7 @@ class Master:
         self.control = ControlServer(
             s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
         )
-        self.listener = self.db.listener([KEYS_CHANNEL, RESULTS_CHANNEL])
+        self.listener = self.db.listener([KEYS_CHANNEL, RESULTS_CHANNEL, RELAY_CHANNEL])
         if self.listener is not None:
             self._watch_listener()
             self.key_service.shared = True
@@ -221,9 +233,13 @@ class Master:
             for channel, payload in pairs:
                 if channel == RESULTS_CHANNEL:
                     jid, _, host = payload.partition(" ")
+                    if self.relay is not None:
+                        self.relay.forget(jid, host)
                     if self.lifecycle.state(jid, host) is not None:
                         result = self.jobs.result_of(jid, host)
                         self.lifecycle.stored_elsewhere(jid, host, result)
+                elif channel == RELAY_CHANNEL:
+                    self.on_relay(payload)
         except StoreError as e:
             # The database is away; the listener's socket stays readable, so
             # stop watching it and try again shortly rather than spin.
@@ -235,6 +251,30 @@ class Master:
             return
         for old, new in changes:
             self.key_service.changed_elsewhere(old, new)
+
+    def on_relay(self, payload: str) -> None:
+        """Work another master passed on (master/cluster.py Relay)."""
+        assert self.relay is not None
+        parsed = parse_relay(payload)
+        if parsed is None:
+            log.warning("ignored a malformed relay notice %r", payload[:200])
+            return
+        kind, jid, host, origin = parsed
+        if origin == self.relay.name:
+            return  # our own notice
+        now = self.clock()
+        if kind == "publish":
+            if self.relay.holds(host):
+                self.relay.published_for(jid, host)
+                self.publisher.publish(jid, host)
+        elif kind == "receipt":
+            if self.lifecycle.state(jid, host) is not None:
+                self.lifecycle.receipt(jid, host, now)
+        elif kind == "progress":
+            if self.lifecycle.state(jid, host) is not None:
+                self.lifecycle.progress(jid, host, now)
+        elif kind == "subscribed":
+            self.lifecycle.subscribed(host, now)
 
     def keep_lease(self) -> None:
         """Renew this master's lease, and take over the open jobs of masters
@@ -380,6 +420,14 @@ class Master:
         return self.jobs.host_state(jid, host)
 
     def publish(self, jid: str, host: str) -> None:
+        if self.relay is not None and not self.relay.holds(host):
+            # The minion is held by another master of the cluster, or by
+            # none: the one that holds it publishes (on_relay there).
+            try:
+                self.relay.send("publish", jid, host)
+            except StoreError as e:
+                log.error("job %s: cannot pass %s's envelope on: %s", jid, host, e)
+            return
         self.publisher.publish(jid, host)
 
     def store_receipt(self, jid: str, host: str) -> None:

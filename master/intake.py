@@ -59,6 +59,7 @@ from safcm.common.protocol import (
 )
 from safcm.common.protocol import KeyState as WireKeyState
 from safcm.common.ratelimit import Bucket, Buckets, PeerLog
+from safcm.master.cluster import Relay
 from safcm.master.jobstore import HostState, JobStore, StoredResult
 from safcm.master.keystore import KeyStore, MinionKey
 from safcm.master.lifecycle import Lifecycles, Verdict
@@ -144,6 +145,9 @@ class Intake:
         self.keystore = keystore
         self.jobs = jobs
         self.lifecycle = lifecycle
+        # Set where masters share the database (master/cluster.py): work
+        # passed to and from the other masters.
+        self.relay: Relay | None = None
         self.clock = clock
         self.peer_log: PeerLog = peers.peer_log
         now = self.loop.clock()
@@ -413,6 +417,12 @@ class Intake:
 
     def on_job_receipt(self, msg: Message) -> None:
         minion, jid = msg.require_peer(), msg.body["jid"]
+        if self.relay is not None and self.relay.relayed_to(jid, minion):
+            # Published here for another master's job: stored here, and that
+            # master told (master/cluster.py).
+            self.jobs.record([(jid, minion)], [], now=self.clock())
+            self.relay.send("receipt", jid, minion)
+            return
         if not self.lifecycle.sent_to(jid, minion):
             raise ProtocolError(f"receipt for job {jid}, never sent to it")
         self.lifecycle.receipt(jid, minion, self.clock())
@@ -494,6 +504,9 @@ class Intake:
     def on_job_progress(self, msg: Message) -> None:
         """A minion is still working on a job: the lifecycle moves its deadline."""
         minion, jid = msg.require_peer(), msg.body["jid"]
+        if self.relay is not None and self.relay.relayed_to(jid, minion):
+            self.relay.send("progress", jid, minion)
+            return
         if not self.lifecycle.sent_to(jid, minion):
             raise ProtocolError(f"progress from {minion} on job {jid}, which was never sent to it")
         if self.lifecycle.progress(jid, minion, self.clock()) is not None:

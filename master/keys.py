@@ -30,6 +30,7 @@ from safcm.common.protocol import (
     make_key_reply,
 )
 from safcm.common.ratelimit import Bucket, PeerLog
+from safcm.master.cluster import held_elsewhere
 from safcm.master.control import ControlConnection
 from safcm.master.keystore import KeyState, KeyStore, MinionKey
 from safcm.master.lifecycle import Lifecycles
@@ -155,7 +156,9 @@ class KeyService:
         conn.finish()
 
     def _key_row(self, key: MinionKey) -> dict[str, Any]:
-        connected = key.state is KeyState.ACCEPTED and self.peers.connected(key.id)
+        connected = key.state is KeyState.ACCEPTED and (
+            self.peers.connected(key.id) or (self.shared and held_elsewhere(key, self.clock()))
+        )
         return {
             "id": key.id,
             "state": str(key.state),

@@ -84,6 +84,8 @@ class KeyStore:
         self._keys: dict[str, MinionKey] = {}
         self._by_curve: dict[bytes, str] = {}
         self._dirty: set[str] = set()
+        # True if other masters share these keys (a cluster).
+        self.shared = conn.shared
         for row in conn.execute("SELECT * FROM minions"):
             self._put(_key(row))
 

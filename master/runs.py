@@ -40,11 +40,12 @@ from safcm.common.protocol import (
 )
 from safcm.master import repocache, targets
 from safcm.master.batch import BatchSize, Rollout
+from safcm.master.cluster import held_elsewhere
 from safcm.master.compiler import HostConfig, compile_hosts
 from safcm.master.control import ControlConnection
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobRecord, JobStore, Plan
-from safcm.master.keystore import KeyState, KeyStore
+from safcm.master.keystore import KeyState, KeyStore, MinionKey
 from safcm.master.lifecycle import Lifecycles
 from safcm.master.outcomes import HostStatus, outcome
 from safcm.master.peers import Peers
@@ -271,7 +272,7 @@ class Runs:
                 "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
                 "notes": [
                     {"host": h, "note": note}
-                    for h in resolved.hosts
+                    for h in self._refreshed(resolved.hosts)
                     if (note := self._host_note(h)) is not None
                 ],
                 **({} if batch is None else {"batch": batch.numbering()}),
@@ -411,6 +412,17 @@ class Runs:
             "it and the batches after it were not run",
         )
 
+    def _refreshed(self, hosts: list[str]) -> list[str]:
+        """`hosts`, after reading last-seen times other masters wrote."""
+        if self.keystore.shared:
+            self.keystore.refresh_seen()
+        return hosts
+
+    def _held_elsewhere(self, key: MinionKey | None) -> bool:
+        """True if another master of the cluster heard `key`'s minion lately
+        (its last-seen time, which every master writes, is recent)."""
+        return self.keystore.shared and held_elsewhere(key, self.clock())
+
     def _host_note(self, host: str) -> str | None:
         """What the master knows now that will delay or stop a job for `host`:
         said at submit time, so an administrator need not wait for the
@@ -422,7 +434,7 @@ class Runs:
                 f"presents a new key ({claims[-1].fingerprint}): compare fingerprints, "
                 f"then 'safcm-master keys accept {host} --fingerprint FP'"
             )
-        if not self.peers.connected(host):
+        if not self.peers.connected(host) and not self._held_elsewhere(key):
             seen = (
                 "never seen"
                 if key is None or key.last_seen is None
