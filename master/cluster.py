@@ -12,8 +12,8 @@ as its own. The times are the database server's (clock_timestamp()), so
 the masters' own clocks may differ.
 
 A master that stops cleanly gives its lease up at once. A master that
-restarts under the same name (the host name and return port) takes its own
-jobs back at start, as a lone master does.
+restarts under the same name (master_name()) takes its own jobs back at
+start, as a lone master does.
 
 Results are stored exactly once whichever master receives them: the store's
 update takes a (job, host) row only while it is open (master/jobstore.py
@@ -46,10 +46,10 @@ HELD_ELSEWHERE = 20.0
 _NOW = "extract(epoch from clock_timestamp())"
 
 
-def master_name(return_port: int) -> str:
-    """This master's name in the cluster: host name and return port, stable
-    across restarts and distinct for masters sharing a host."""
-    return f"{socket.gethostname()}:{return_port}"
+def master_name(interface: str, return_port: int) -> str:
+    """This master's name in the cluster: host name, address and return
+    port, stable across restarts and distinct for masters sharing a host."""
+    return f"{socket.gethostname()}/{interface}:{return_port}"
 
 
 def held_elsewhere(key: MinionKey | None, now: float) -> bool:

@@ -105,9 +105,8 @@ class Master:
             log.info("created the master key pair, fingerprint %s", self.keys.fingerprint())
         self.db = open_store(settings.state_dir, settings.store)
         # Where masters share the database, this one's name and lease.
-        self.cluster = (
-            Cluster(self.db, master_name(settings.return_port)) if self.db.shared else None
-        )
+        name = master_name(settings.interface, settings.return_port)
+        self.cluster = Cluster(self.db, name) if self.db.shared else None
         self.jobs = JobStore(self.db, None if self.cluster is None else self.cluster.name)
         self.relay: Relay | None = None
         self.keystore = KeyStore(self.db)

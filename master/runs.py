@@ -434,7 +434,9 @@ class Runs:
                 f"presents a new key ({claims[-1].fingerprint}): compare fingerprints, "
                 f"then 'safcm-master keys accept {host} --fingerprint FP'"
             )
-        if not self.peers.connected(host) and not self._held_elsewhere(key):
+        if not self.peers.connected(host):
+            if self._held_elsewhere(key):
+                return None  # another master of the cluster holds it
             seen = (
                 "never seen"
                 if key is None or key.last_seen is None
