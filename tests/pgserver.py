@@ -183,6 +183,24 @@ class PgServer:
         if done.returncode != 0:
             raise RuntimeError(f"creating database {name} failed: {done.stderr.strip()}")
 
+    def restart(self) -> None:
+        """Stop the server abruptly (its clients' connections break) and start it again."""
+        self._run(
+            "pg_ctl",
+            "-D",
+            self.data_dir,
+            "-l",
+            os.path.join(self.data_dir, "server.log"),
+            "-m",
+            "immediate",
+            "-w",
+            "-t",
+            str(PG_CTL_WAIT_S),
+            "-o",
+            f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1",
+            "restart",
+        )
+
     def log(self) -> str:
         try:
             with open(os.path.join(self.data_dir, "server.log")) as f:

@@ -60,14 +60,14 @@ def add_minions(first: Sandbox, *ids: str) -> None:
 
 def test_accept_on_one_master_run_on_the_other(cluster):
     first, second = cluster
-    add_minions(first, "web1", "web2")  # both connect to the first master
-    assert second.cli("keys", "accept", "web1", "web2").returncode == 0
-    wait_state(first, "web1", "accepted", connected=True)
-    wait_state(first, "web2", "accepted", connected=True)
+    add_minions(first, "web1", "web2", "web3")  # all connect to the first master
+    assert second.cli("keys", "accept", "web*").returncode == 0
+    for minion in ("web1", "web2", "web3"):
+        wait_state(first, minion, "accepted", connected=True)
     # The second master reaches them through the first (it holds them).
     code, doc = run_json(second, "web*", "files")
     assert code == 0, doc
-    assert doc["summary"]["changed"] == 2
+    assert doc["summary"]["changed"] == 3
     assert os.path.exists(os.path.join(first.root("web1"), "etc/motd"))
     # Both masters answer alike.
     assert keys(first)["web2"]["connected"] and keys(second)["web2"]["connected"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from safcm.master.sandbox import Sandbox
+from safcm.master.sandbox import Sandbox, wait_for
 from tests.pgserver import free_port
 from tests.system.conftest import (
     HEARTBEAT,
@@ -79,3 +79,25 @@ def test_two_masters_on_one_database_share_keys_and_history(sandbox, pg_dsn, tmp
         assert code != 0
     finally:
         other.close()
+
+
+def test_the_master_rides_out_a_database_restart(sandbox, pg_server, pg_dsn):
+    """The database restarts under a running master (its connections break):
+    what fails meanwhile fails with a clear error, never a traceback, and the
+    master connects again by itself."""
+    sandbox.configure_master(store=pg_dsn)
+    enrol(sandbox, "web1")
+    pg_server.restart()
+
+    def ping() -> bool:
+        code, doc = run_json(sandbox, "web1", "ping")
+        if code != 0:
+            assert "database" in doc["error"]["message"], doc
+        return code == 0
+
+    wait_for(ping, 60, "a ping after the database restart")
+    assert sandbox.master.running
+    # Key changes are heard again too: the listener connected anew.
+    assert sandbox.cli("keys", "reject", "web1").returncode == 0
+    wait_state(sandbox, "web1", "rejected", connected=False)
+    assert "Traceback" not in sandbox.master.log_text()
