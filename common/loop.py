@@ -21,6 +21,8 @@ from typing import Any
 
 import zmq
 
+from safcm.common.errors import SafcmError
+
 log = logging.getLogger("safcm")
 
 # Seconds between two log lines about the same failing callback, after the
@@ -47,6 +49,11 @@ def _key(sock: Any) -> Any:
     if isinstance(sock, zmq.Socket | int):
         return sock
     return sock.fileno()
+
+
+def _said(error: Exception) -> str:
+    """An error as a log line shows it: our own by its message, others with their type."""
+    return str(error) if isinstance(error, SafcmError) else repr(error)
 
 
 def _name(callback: Callable[[], Any]) -> str:
@@ -219,10 +226,13 @@ class Loop:
         count, logged = self._failures.get(name, (0, -ERROR_LOG_INTERVAL))
         now = self.clock()
         if count == 0:
-            log.error("%s failed; it will be retried: %r", name, error, exc_info=error)
+            # Our own errors (a database away, a full disk) say what happened
+            # in their message; a trace is for bugs.
+            trace = None if isinstance(error, SafcmError) else error
+            log.error("%s failed; it will be retried: %s", name, _said(error), exc_info=trace)
             logged = now
         elif now - logged >= ERROR_LOG_INTERVAL:
-            log.error("%s failed again (%d times so far): %r", name, count + 1, error)
+            log.error("%s failed again (%d times so far): %s", name, count + 1, _said(error))
             logged = now
         self._failures[name] = (count + 1, logged)
 

@@ -50,6 +50,9 @@ class Field(NamedTuple):
     parse: Callable[[Any], Any]
     default: Any = None
     required: bool = False
+    # The value may also be a YAML list of plain values: the parser then
+    # gets them joined with ", " (as if written on one line with commas).
+    many: bool = False
 
 
 def load_settings(path: str, fields: dict[str, Field]) -> dict[str, Any]:
@@ -84,8 +87,15 @@ def parse_settings(text: str, fields: dict[str, Field], name: str) -> dict[str, 
         if field is None:
             known = ", ".join(sorted(fields))
             problems.append(ConfigProblem(name, line, f"{key}: unknown key (known: {known})"))
+        elif value is None and field.many and kind.startswith(_LIST_OF_VALUES):
+            try:
+                result[key] = field.parse(kind[len(_LIST_OF_VALUES) :])
+            except BadValue as e:
+                problems.append(ConfigProblem(name, line, f"{key}: {e}"))
         elif value is None:
-            problems.append(ConfigProblem(name, line, f"{key}: must be a single value, not {kind}"))
+            shown = "a list" if kind.startswith(_LIST_OF_VALUES) else kind
+            message = f"{key}: must be a single value, not {shown}"
+            problems.append(ConfigProblem(name, line, message))
         elif value in _UNSET:
             continue  # "key:" or "key: null" leaves the default
         else:
@@ -110,6 +120,8 @@ def parse_settings(text: str, fields: dict[str, Field], name: str) -> dict[str, 
 # One entry of a settings file: the key, its line, the value as written, or
 # None and what the value is ("a list") if it is not a single value.
 _Entry = tuple[str, int, str | None, str]
+# The kind of a list of plain values, followed by them, joined with ", ".
+_LIST_OF_VALUES = "a list:"
 
 
 # The flat form the fast reader accepts: printable ASCII lines, each blank, a
@@ -155,9 +167,21 @@ def _yaml_entries(text: str, name: str) -> list[_Entry]:
     return [
         (key.text, key.line, value.text, "")
         if isinstance(value, YScalar)
-        else (key.text, key.line, None, kind_of(value))
+        else (key.text, key.line, None, _kind(value))
         for key, value in node.items
     ]
+
+
+def _kind(node: Any) -> str:
+    """What a value that is not a plain value is, for _Entry; a list of plain
+    values carries them (see _LIST_OF_VALUES)."""
+    from safcm.common.yamlfile import YScalar, YSeq, kind_of
+
+    if isinstance(node, YSeq) and node.items:
+        texts = [i.text for i in node.items if isinstance(i, YScalar)]
+        if len(texts) == len(node.items):
+            return _LIST_OF_VALUES + ", ".join(texts)
+    return kind_of(node)
 
 
 # Parsers. Each takes the value as written (quotes removed) and returns the
@@ -241,6 +265,23 @@ def group_name(text: str) -> str:
     if not _GROUP_NAME.match(text):
         raise BadValue(f"must be a Unix group name, got {text!r}")
     return text
+
+
+def store(text: str) -> str:
+    """Where the master keeps keys and history: "sqlite", or a PostgreSQL URI
+    (postgresql://USER@HOST:PORT/DB) or libpq connection string (host=... dbname=...).
+    The string is checked fully when the master connects (master/pgdb.py)."""
+    text = text.strip()
+    if text == "sqlite":
+        return text
+    if text.startswith(("postgresql://", "postgres://")) or "=" in text:
+        if any(c in text for c in "\0\n\r"):
+            raise BadValue("must be one line")
+        return text
+    raise BadValue(
+        "must be sqlite, a PostgreSQL URI (postgresql://USER@HOST:PORT/DB) "
+        f"or a libpq connection string (host=... dbname=...), got {text!r}"
+    )
 
 
 def log_level(text: str) -> str:

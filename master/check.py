@@ -48,7 +48,7 @@ def check(
             return _json(out, jsonout.check_document(None, [], "settings", e.problems))
         return _report(e.problems, err, "the settings have errors")
     try:
-        host_facts = facts.host_facts(facts.read_facts(settings.state_dir))
+        host_facts = facts.host_facts(facts.read_facts(settings.state_dir, settings.store))
     except SafcmError as e:
         print(
             f"safcm-master: warning: {escape(str(e))}; groups detected from facts are left out",

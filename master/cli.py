@@ -907,7 +907,7 @@ def _host_facts(config: str | None, host: str) -> Any:
     from safcm.master import facts
 
     try:
-        stored = facts.read_facts(_settings(config).state_dir)
+        stored = facts.read_facts(_settings(config).state_dir, _settings(config).store)
     except SafcmError as e:
         _error(f"warning: {escape(str(e))}; groups detected from facts are left out")
         return None
@@ -923,7 +923,7 @@ def facts_command(settings: MasterSettings, args: argparse.Namespace, out: TextI
     from safcm.master import facts, jsonout
 
     try:
-        stored = facts.read_facts(settings.state_dir)
+        stored = facts.read_facts(settings.state_dir, settings.store)
     except SafcmError as e:  # the database cannot be read: nothing was shown
         _fail(args.json, "failed", str(e))
         return EXIT_USAGE

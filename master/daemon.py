@@ -31,7 +31,6 @@ import math
 import os
 import resource
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,18 +40,26 @@ import zmq
 from safcm.common import keyfile
 from safcm.common import log as safcm_log
 from safcm.common.daemonlock import lock_state_dir
-from safcm.common.errors import ConfigError, SafcmError, UsageError
+from safcm.common.errors import ConfigError, SafcmError, StoreError, UsageError
 from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import Message, MsgType, new_jid
 from safcm.common.ratelimit import PeerLog
+from safcm.master.cluster import (
+    LEASE_RENEW,
+    RELAY_CHANNEL,
+    Cluster,
+    Relay,
+    master_name,
+    parse_relay,
+)
 from safcm.master.control import ControlConnection, ControlServer
-from safcm.master.db import open_db
+from safcm.master.db import Listener, open_store
 from safcm.master.facts import FactStore, host_facts
 from safcm.master.history import History
 from safcm.master.intake import Intake
-from safcm.master.jobstore import HostState, JobStore
+from safcm.master.jobstore import RESULTS_CHANNEL, HostState, JobStore
 from safcm.master.keys import KeyService
-from safcm.master.keystore import KeyStore
+from safcm.master.keystore import KEYS_CHANNEL, KeyStore
 from safcm.master.lifecycle import Lifecycles
 from safcm.master.peers import Peers
 from safcm.master.publish import PUBLISH_PENALTY, Publisher
@@ -71,6 +78,9 @@ STALE_CHECK_INTERVAL = 5.0
 # no result commit carried them, in seconds: a replay of a heartbeat from the
 # last second before a crash is the most a restart can let through.
 SEQ_FLUSH = 1.0
+# Seconds between attempts to hear other masters again after the database
+# went away (a PostgreSQL restart or failover).
+LISTEN_RETRY = 2.0
 # Descriptors kept free of network connections: the database, the control
 # socket and its clients, libzmq's own.
 RESERVED_FDS = 256
@@ -94,8 +104,12 @@ class Master:
         self.keys, created = keyfile.load_or_create(os.path.join(settings.state_dir, "keys"))
         if created:
             log.info("created the master key pair, fingerprint %s", self.keys.fingerprint())
-        self.db = open_db(settings.state_dir)
-        self.jobs = JobStore(self.db)
+        self.db = open_store(settings.state_dir, settings.store)
+        # Where masters share the database, this one's name and lease.
+        name = master_name(settings.interface, settings.return_port)
+        self.cluster = Cluster(self.db, name) if self.db.shared else None
+        self.jobs = JobStore(self.db, None if self.cluster is None else self.cluster.name)
+        self.relay: Relay | None = None
         self.keystore = KeyStore(self.db)
         self.peer_log = PeerLog(log, loop.clock)
         self.peers = Peers(ctx, loop, self.keystore, self.peer_log)
@@ -141,6 +155,10 @@ class Master:
             self.prepare_pool,
         )
         self.history = History(self.jobs)
+        if self.cluster is not None:
+            self.relay = Relay(self.db, self.cluster.name, self.peers.connected, self.loop.clock)
+            self.intake.relay = self.relay
+            self.publisher.relay = self.relay
         self.control_handlers: dict[MsgType, Callable[[ControlConnection, Message], None]] = {
             MsgType.RUN: self.runs.on_run,
             MsgType.KEYS: self.key_service.on_keys,
@@ -149,6 +167,9 @@ class Master:
         self.zap: Zap | None = None
         self.control: ControlServer | None = None
         self._timers: list[Timer] = []
+        # Other masters' key changes, where the database is shared (PostgreSQL).
+        self.listener: Listener | None = None
+        self._listening_fd: int | None = None
 
     # ---- life cycle ----
 
@@ -168,6 +189,13 @@ class Master:
         discarded = self.jobs.discard_unstarted()
         if discarded:
             log.info("removed %d jobs that were being stored when the master stopped", discarded)
+        self.listener = self.db.listener([KEYS_CHANNEL, RESULTS_CHANNEL, RELAY_CHANNEL])
+        if self.listener is not None:
+            self._watch_listener()
+            self.key_service.shared = True
+        if self.cluster is not None:
+            self.cluster.renew()
+            self._timers.append(self.loop.call_every(LEASE_RENEW, self.keep_lease))
         now = self.clock()
         rows = self.jobs.open_hosts()
         # Published again at the first wake-up; those past their deadline
@@ -176,7 +204,7 @@ class Master:
         unreceived = sum(1 for r in rows if r.state is HostState.SENT and r.deadline > now)
         if unreceived:
             log.info("re-publishing %d envelopes of unfinished jobs", unreceived)
-        self._timers = [
+        self._timers += [
             self.loop.call_every(SEQ_FLUSH, self.keystore.flush),
             self.loop.call_every(STALE_CHECK_INTERVAL, self.peers.cut_stale),
             self.loop.call_every(RETENTION_INTERVAL, self.purge_old_jobs),
@@ -193,6 +221,106 @@ class Master:
             self.keys.fingerprint(),
         )
 
+    # ---- other masters (a cluster on one PostgreSQL database) ----
+
+    def _watch_listener(self) -> None:
+        assert self.listener is not None
+        if self._listening_fd is not None:
+            self.loop.remove_reader(self._listening_fd)
+        self._listening_fd = self.listener.fileno()
+        self.loop.add_reader(self._listening_fd, self.on_notifications)
+
+    def on_notifications(self) -> None:
+        """Another master changed keys: take its changes, and cut the
+        connections of keys no longer accepted, as if changed here."""
+        assert self.listener is not None
+        try:
+            pairs = self.listener.drain()
+            if pairs is None:  # the listener reconnected: some may be lost
+                self._watch_listener()
+                changes = self.keystore.reload_all()
+                pairs = []
+            else:
+                ids = sorted({payload for channel, payload in pairs if channel == KEYS_CHANNEL})
+                changes = [self.keystore.reload(minion_id) for minion_id in ids]
+            for channel, payload in pairs:
+                if channel == RESULTS_CHANNEL:
+                    jid, _, host = payload.partition(" ")
+                    if self.relay is not None:
+                        self.relay.forget(jid, host)
+                    if self.lifecycle.state(jid, host) is not None:
+                        result = self.jobs.result_of(jid, host)
+                        self.lifecycle.stored_elsewhere(jid, host, result)
+                elif channel == RELAY_CHANNEL:
+                    self.on_relay(payload)
+        except StoreError as e:
+            # The database is away; the listener's socket stays readable, so
+            # stop watching it and try again shortly rather than spin.
+            log.error("cannot hear other masters' key changes: %s", e)
+            if self._listening_fd is not None:
+                self.loop.remove_reader(self._listening_fd)
+                self._listening_fd = None
+            self.loop.call_later(LISTEN_RETRY, self._retry_listener)
+            return
+        for old, new in changes:
+            self.key_service.changed_elsewhere(old, new)
+
+    def on_relay(self, payload: str) -> None:
+        """Work another master passed on (master/cluster.py Relay)."""
+        assert self.relay is not None
+        parsed = parse_relay(payload)
+        if parsed is None:
+            log.warning("ignored a malformed relay notice %r", payload[:200])
+            return
+        kind, jid, host, origin = parsed
+        if origin == self.relay.name:
+            return  # our own notice
+        now = self.clock()
+        if kind == "publish":
+            if self.relay.holds(host):
+                self.relay.published_for(jid, host)
+                self.publisher.publish(jid, host)
+        elif kind == "receipt":
+            if self.lifecycle.state(jid, host) is not None:
+                self.lifecycle.receipt(jid, host, now)
+        elif kind == "progress":
+            if self.lifecycle.state(jid, host) is not None:
+                self.lifecycle.progress(jid, host, now)
+        elif kind == "subscribed":
+            self.lifecycle.subscribed(host, now)
+
+    def keep_lease(self) -> None:
+        """Renew this master's lease, and take over the open jobs of masters
+        whose leases ran out (master/cluster.py)."""
+        assert self.cluster is not None
+        try:
+            self.cluster.renew()
+            jids = self.cluster.take_over()
+            rows = self.jobs.open_hosts(jids) if jids else []
+        except StoreError as e:
+            log.error("cannot renew this master's lease: %s", e)
+            return
+        if jids:
+            log.info(
+                "took over %d open jobs (%d hosts) of masters that stopped: %s",
+                len(jids),
+                len(rows),
+                ", ".join(jids),
+            )
+            self.lifecycle.restore(rows, self.clock())
+
+    def _retry_listener(self) -> None:
+        assert self.listener is not None
+        try:
+            self.listener.drain()  # reconnects if it must
+        except StoreError as e:
+            log.error("cannot hear other masters' key changes: %s", e)
+            self.loop.call_later(LISTEN_RETRY, self._retry_listener)
+            return
+        self._watch_listener()
+        for old, new in self.keystore.reload_all():
+            self.key_service.changed_elsewhere(old, new)
+
     def close(self) -> None:
         self.runs.stop()
         self.prepare_pool.shutdown(wait=True, cancel_futures=True)
@@ -201,9 +329,11 @@ class Master:
             timer.cancel()
         if self._wake is not None:
             self._wake.cancel()
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(StoreError):
             self.intake.store_batch()
             self.keystore.flush()
+            if self.cluster is not None:
+                self.cluster.release()
         if self.control is not None:
             self.control.close()
         self.peers.close()
@@ -212,6 +342,8 @@ class Master:
         self.key_service.close()
         if self.zap is not None:
             self.zap.close()
+        if self.listener is not None:
+            self.listener.close()
         self.db.close()
         os.close(self.lock)
 
@@ -284,11 +416,11 @@ class Master:
             )
         elif isinstance(e, UsageError):
             conn.error("usage", str(e))
+        elif isinstance(e, StoreError):
+            log.error("control request %s failed: %s", request, e)
+            conn.error("failed", f"the master's database failed ({e}); nothing was changed")
         elif isinstance(e, SafcmError):
             conn.error("failed", str(e))
-        elif isinstance(e, sqlite3.Error):
-            log.error("control request %s failed: database error: %s", request, e)
-            conn.error("failed", f"the master's database failed ({e}); nothing was changed")
         else:
             log.error("control request %s from %s failed", request, conn.user, exc_info=e)
             conn.error("internal", f"internal error in the master: {e!r}")
@@ -303,6 +435,14 @@ class Master:
         return self.jobs.host_state(jid, host)
 
     def publish(self, jid: str, host: str) -> None:
+        if self.relay is not None and not self.relay.holds(host):
+            # The minion is held by another master of the cluster, or by
+            # none: the one that holds it publishes (on_relay there).
+            try:
+                self.relay.send("publish", jid, host)
+            except StoreError as e:
+                log.error("job %s: cannot pass %s's envelope on: %s", jid, host, e)
+            return
         self.publisher.publish(jid, host)
 
     def store_receipt(self, jid: str, host: str) -> None:

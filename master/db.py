@@ -1,18 +1,33 @@
-"""The master's SQLite database: one file in the state directory, WAL mode.
+"""The master's database: keys (master/keystore.py) and job history
+(master/jobstore.py), behind one small interface, Database, with two
+implementations:
 
-It holds the minion keys (master/keystore.py) and the job history
-(master/jobstore.py). One file keeps backup and restore to one copy, and lets
-a job and its first host rows be committed in one transaction.
+- SQLite (the default): one file in the state directory, WAL mode. One file
+  keeps backup and restore to one copy, and lets a job and its first host
+  rows be committed in one transaction.
+- PostgreSQL (master/pgdb.py), selected by `store: postgresql://...` in
+  master.yaml: several masters on one database form a cluster (DESIGN
+  section 10).
 
-The schema is versioned with PRAGMA user_version; each entry of MIGRATIONS
-takes the database one version up, so an old state directory is upgraded in
-place on start-up and never needs a manual step.
+The stores write their SQL once, in the common subset of both (`?`
+placeholders, ON CONFLICT, no engine-specific functions); each Database
+adapts it and maps its driver's errors to StoreError, so no caller ever sees
+sqlite3's or psycopg's exceptions. Every result is read whole before
+execute() returns, for the same reason: a driver error cannot surface later,
+in the middle of a caller's loop.
+
+The schema is versioned; each entry of MIGRATIONS takes the database one
+version up, so an old state directory is upgraded in place on start-up and
+never needs a manual step. SQLite keeps the version in PRAGMA user_version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from safcm.common.errors import StoreError
 
@@ -153,15 +168,181 @@ MIGRATIONS: list[str] = [
         changed  REAL NOT NULL
     );
     """,
+    # 7: `jobs list --status` asks of each job, newest first, whether one of
+    # its hosts has that outcome: with this index each question is one seek,
+    # not a read of all the job's host rows.
+    """
+    CREATE INDEX job_hosts_outcome ON job_hosts (jid, state, status);
+    """,
+    # 8: the master that runs each job, and the masters' leases (master/cluster.py).
+    # Used where several masters share a PostgreSQL database; an SQLite file
+    # has the same columns so that the stores' SQL is one.
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    CREATE TABLE masters (
+        name        TEXT PRIMARY KEY,
+        lease_until REAL NOT NULL
+    );
+    """,
 ]
+
+
+class Rows:
+    """The rows a statement returned, read whole; rows are indexed by
+    position or by column name."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+
+class Database(Protocol):
+    """What the stores need of a database."""
+
+    # Where the data lives, for messages: a path, or a connection string
+    # without its password.
+    where: str
+    # True if other masters may share the database (a cluster).
+    shared: bool
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def transaction(self) -> Any:
+        """A context manager: the statements in its block commit together,
+        or none of them does."""
+        ...
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Tell the other masters sharing this database that `payload` changed
+        (delivered when the current transaction commits); nothing where no
+        other master can share the database."""
+        ...
+
+    def listener(self, channels: Sequence[str]) -> Listener | None:
+        """A Listener for other masters' notify() on `channels`, or None where
+        no other master can share the database."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Listener(Protocol):
+    """Notifications from other masters, for the event loop to watch."""
+
+    def fileno(self) -> int:
+        """Readable when notifications may have arrived."""
+        ...
+
+    def drain(self) -> list[tuple[str, str]] | None:
+        """The (channel, payload) pairs that arrived, without waiting; None
+        if the connection was lost and opened again, so that some may have
+        been missed (the caller then reloads what it keeps)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_store(
+    state_dir: str,
+    store: str | None = None,
+    *,
+    busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    any_thread: bool = False,
+) -> Database:
+    """The database `store` names (master.yaml's store:): None or "sqlite",
+    the SQLite file in `state_dir`; a PostgreSQL URI or connection string,
+    that database. Created and migrated as needed; StoreError if it cannot be."""
+    if store is None or store == "sqlite":
+        return open_db(state_dir, busy_timeout_ms=busy_timeout_ms, any_thread=any_thread)
+    # Imported here: psycopg is needed only by masters that use PostgreSQL.
+    from safcm.master.pgdb import open_pg
+
+    return open_pg(store)
+
+
+class SqliteDatabase:
+    # The state_dir lock keeps an SQLite file to one master.
+    shared = False
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.conn = conn
+        self.where = path
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        try:
+            cur = self.conn.execute(sql, params)
+            return Rows(cur.fetchall(), cur.rowcount)
+        except sqlite3.Error as e:
+            raise _store_error(self.where, e) from e
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            self.conn.executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise _store_error(self.where, e) from e
+
+    def transaction(self) -> _SqliteTransaction:
+        return _SqliteTransaction(self)
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Nothing: an SQLite file belongs to one master (its state_dir lock)."""
+
+    def listener(self, channels: Sequence[str]) -> None:
+        return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _store_error(where: str, error: Exception) -> StoreError:
+    return StoreError(f"database {where}: {error}")
+
+
+class _SqliteTransaction:
+    """BEGIN IMMEDIATE ... COMMIT. The connection is in autocommit mode
+    (isolation_level=None), so every multi-statement change states its
+    transaction explicitly; IMMEDIATE takes the write lock at once, so a
+    busy database fails the transaction at its start, not half-way."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    def __enter__(self) -> SqliteDatabase:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            # The block's own error is the one to report; a failed rollback
+            # (the connection is gone) adds nothing.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.conn.execute("ROLLBACK")
+
+
+def transaction(db: Database) -> Any:
+    """`with transaction(db):` runs the block in one transaction."""
+    return db.transaction()
 
 
 def open_db(
     state_dir: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, any_thread: bool = False
-) -> sqlite3.Connection:
-    """Open (creating if needed) the master database and bring its schema up
-    to date. `any_thread`: the connection may be closed by another thread
-    than the one that uses it (a worker's, once the worker has ended)."""
+) -> SqliteDatabase:
+    """Open (creating if needed) the master's SQLite database and bring its
+    schema up to date. `any_thread`: the connection may be closed by another
+    thread than the one that uses it (a worker's, once the worker has ended)."""
     path = os.path.join(state_dir, DB_NAME)
     try:
         conn = sqlite3.connect(
@@ -178,48 +359,32 @@ def open_db(
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        migrate(conn)
     except (sqlite3.Error, OSError) as e:
         raise StoreError(f"cannot open the master database {path}: {e}") from e
-    return conn
+    db = SqliteDatabase(conn, path)
+    try:
+        migrate(db)
+    except StoreError as e:
+        conn.close()
+        raise StoreError(f"cannot open the master database {path}: {e}") from e
+    return db
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+def migrate(db: SqliteDatabase) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise StoreError(
             f"database schema version {version} is newer than this safcm "
             f"({len(MIGRATIONS)}); upgrade safcm"
         )
     for number in range(version, len(MIGRATIONS)):
-        with transaction(conn):
-            for statement in _statements(MIGRATIONS[number]):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number + 1}")
+        with db.transaction():
+            for statement in statements(MIGRATIONS[number]):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number + 1}")
 
 
-def _statements(script: str) -> list[str]:
+def statements(script: str) -> list[str]:
     """Split a migration into statements (our migrations have no ';' in literals)."""
     body = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
     return [stmt.strip() for stmt in body.split(";") if stmt.strip()]
-
-
-class transaction:
-    """`with transaction(conn):` runs the block in BEGIN IMMEDIATE ... COMMIT.
-
-    The connection is in autocommit mode (isolation_level=None), so every
-    multi-statement change states its transaction explicitly.
-    """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")

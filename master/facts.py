@@ -29,7 +29,7 @@ from typing import Any
 from safcm.common import codec
 from safcm.common.errors import StoreError
 from safcm.common.text import escape
-from safcm.master.db import DB_NAME
+from safcm.master.db import DB_NAME, Database
 
 # The migration (master/db.py) that made the facts table: an older database
 # has no facts yet.
@@ -70,7 +70,7 @@ class Reported:
 class FactStore:
     """The facts table of the daemon's database."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Database) -> None:
         self.conn = conn
 
     def put(self, host: str, facts: dict[str, Any], *, now: float) -> bool:
@@ -94,11 +94,20 @@ class FactStore:
         return _rows(self.conn)
 
 
-def read_facts(state_dir: str) -> dict[str, Reported]:
+def read_facts(state_dir: str, store: str = "sqlite") -> dict[str, Reported]:
     """Every host's stored facts, read from the master's database without
     writing to it (the CLI's show, check and facts; the daemon may run).
     Nothing stored yet (no database, or one from before facts): {}.
-    StoreError if the database cannot be read (not root?)."""
+    StoreError if the database cannot be read (not root?). `store`:
+    master.yaml's; a PostgreSQL store is read through the store itself."""
+    if store != "sqlite":
+        from safcm.master.db import open_store
+
+        db = open_store(state_dir, store)
+        try:
+            return _rows(db)
+        finally:
+            db.close()
     path = os.path.join(state_dir, DB_NAME)
     if not os.path.exists(path):
         return {}
@@ -117,7 +126,8 @@ def read_facts(state_dir: str) -> dict[str, Reported]:
         raise StoreError(f"cannot read the facts in {path}: {e}") from e
 
 
-def _rows(conn: sqlite3.Connection) -> dict[str, Reported]:
+def _rows(conn: Any) -> dict[str, Reported]:
+    """The facts table's rows (`conn`: a Database or an sqlite3 connection)."""
     found = {}
     for host, packed, reported, changed in conn.execute(
         "SELECT host, facts, reported, changed FROM facts ORDER BY host"

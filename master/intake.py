@@ -30,7 +30,6 @@ a result or a progress report changes is decided by master/lifecycle.py.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +37,7 @@ import zmq
 
 from safcm.common import codec
 from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair, peek_header
-from safcm.common.errors import EnvelopeError, ProtocolError
+from safcm.common.errors import EnvelopeError, ProtocolError, StoreError
 from safcm.common.loop import Timer
 from safcm.common.protocol import (
     MASTER_ID,
@@ -62,6 +61,7 @@ from safcm.common.protocol import (
 from safcm.common.protocol import KeyState as WireKeyState
 from safcm.common.ratelimit import Bucket, Buckets, PeerLog
 from safcm.common.wire import pack_plain
+from safcm.master.cluster import Relay
 from safcm.master.facts import FactStore, HostFacts
 from safcm.master.jobstore import HostState, JobStore, StoredResult
 from safcm.master.keystore import KeyStore, MinionKey
@@ -161,6 +161,9 @@ class Intake:
         self.keystore = keystore
         self.jobs = jobs
         self.lifecycle = lifecycle
+        # Set where masters share the database (master/cluster.py): work
+        # passed to and from the other masters.
+        self.relay: Relay | None = None
         self.clock = clock
         self.peer_log: PeerLog = peers.peer_log
         now = self.loop.clock()
@@ -286,8 +289,8 @@ class Intake:
             )
         except ProtocolError as e:
             self.peer_log.warning("dropped a message from %s: %s", who, e)
-        except sqlite3.Error as e:
-            self.peer_log.error("message from %s not handled: database error: %s", who, e)
+        except StoreError as e:
+            self.peer_log.error("message from %s not handled: %s", who, e)
         except Exception:  # a bug must cost one message, never the daemon
             self.peer_log.log(
                 logging.ERROR, "failed to handle a message from %s", who, exc_info=True
@@ -471,6 +474,12 @@ class Intake:
 
     def on_job_receipt(self, msg: Message) -> None:
         minion, jid = msg.require_peer(), msg.body["jid"]
+        if self.relay is not None and self.relay.relayed_to(jid, minion):
+            # Published here for another master's job: stored here, and that
+            # master told (master/cluster.py).
+            self.jobs.record([(jid, minion)], [], now=self.clock())
+            self.relay.send("receipt", jid, minion)
+            return
         if not self.lifecycle.sent_to(jid, minion):
             raise ProtocolError(f"receipt for job {jid}, never sent to it")
         self.lifecycle.receipt(jid, minion, self.clock())
@@ -552,6 +561,9 @@ class Intake:
     def on_job_progress(self, msg: Message) -> None:
         """A minion is still working on a job: the lifecycle moves its deadline."""
         minion, jid = msg.require_peer(), msg.body["jid"]
+        if self.relay is not None and self.relay.relayed_to(jid, minion):
+            self.relay.send("progress", jid, minion)
+            return
         if not self.lifecycle.sent_to(jid, minion):
             raise ProtocolError(f"progress from {minion} on job {jid}, which was never sent to it")
         if self.lifecycle.progress(jid, minion, self.clock()) is not None:
@@ -622,7 +634,7 @@ class Intake:
         try:
             self.jobs.record(receipts, [r for _, r in batch], now=self.clock())
             self.keystore.flush()  # heartbeat sequence numbers share the commit
-        except sqlite3.Error as e:
+        except StoreError as e:
             # Not confirmed, so each minion keeps its result and sends it again;
             # a lost receipt costs at most a re-publish, which minions ignore.
             for _, r in batch:

@@ -20,7 +20,6 @@ import contextlib
 import datetime
 import hashlib
 import json
-import sqlite3
 from collections.abc import Callable, Collection, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +28,7 @@ from safcm.common import codec
 from safcm.common.ids import JID_FORMAT
 from safcm.common.model import is_below
 from safcm.common.protocol import MAX_BODY_DEPTH, NO_RESPONSE
-from safcm.master.db import transaction
+from safcm.master.db import Database, transaction
 from safcm.master.jobcontent import HostPart, JobParts, digests_of, unpack_manifest
 from safcm.master.lifecycle import OpenRow, State
 from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, HostStatus
@@ -165,9 +164,17 @@ def _upgrade_v1_result(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+# The notification channel of stored results, between masters that share a
+# PostgreSQL database (payload "JID HOST"): the master that runs the job
+# hears of a result that another master received and stored.
+RESULTS_CHANNEL = "safcm_results"
+
+
 class JobStore:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Database, owner: str | None = None) -> None:
         self.conn = conn
+        # The master whose jobs this store creates (master/cluster.py).
+        self.owner = owner
 
     def create(
         self,
@@ -206,8 +213,8 @@ class JobStore:
             digests[host] = digest
         with transaction(self.conn):
             self.conn.execute(
-                "INSERT INTO jobs (jid, submitted, deadline, user, target, module, dry_run,"
-                " git_commit, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                'INSERT INTO jobs (jid, submitted, deadline, "user", target, module, dry_run,'
+                " git_commit, started, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                 (
                     job.jid,
                     job.submitted,
@@ -217,6 +224,7 @@ class JobStore:
                     job.module,
                     int(job.dry_run),
                     job.git_commit,
+                    self.owner,
                 ),
             )
             self.conn.executemany(
@@ -282,9 +290,15 @@ class JobStore:
 
     def discard_unstarted(self) -> int:
         """Remove every job that was stored but never started (the master
-        stopped while storing it: nothing of it was published); at start-up."""
+        stopped while storing it: nothing of it was published); at start-up.
+        In a cluster, only this master's own: the others may be storing theirs."""
         with transaction(self.conn):
-            cur = self.conn.execute("DELETE FROM jobs WHERE started = 0")
+            if self.conn.shared and self.owner is not None:
+                cur = self.conn.execute(
+                    "DELETE FROM jobs WHERE started = 0 AND owner = ?", (self.owner,)
+                )
+            else:
+                cur = self.conn.execute("DELETE FROM jobs WHERE started = 0")
         return cur.rowcount
 
     def parts(self, jid: str) -> JobParts | None:
@@ -402,14 +416,34 @@ class JobStore:
         row = self.conn.execute("SELECT max(jid) FROM jobs").fetchone()
         return row[0]
 
-    def open_hosts(self) -> list[OpenRow]:
+    def open_hosts(self, jids: Collection[str] | None = None) -> list[OpenRow]:
         """Every (job, host) without result or "no response" yet, with its
-        job's deadline: what a restarted master rebuilds its lifecycles from."""
+        job's deadline: what a restarted master rebuilds its lifecycles from.
+        Where masters share the database, only those of this store's owner's
+        jobs, or of `jids` (jobs it took over)."""
+        where = ""
+        args: tuple[Any, ...] = ()
+        if jids is not None:
+            where, args = f" AND h.jid IN ({', '.join('?' * len(jids))})", tuple(jids)
+            if not jids:
+                return []
+        elif self.conn.shared and self.owner is not None:
+            where, args = " AND j.owner = ?", (self.owner,)
         rows = self.conn.execute(
-            "SELECT h.jid, h.host, h.state, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"
-            " WHERE h.state IN ('sent', 'received') AND j.started = 1 ORDER BY h.jid, h.host"
+            "SELECT h.jid, h.host, h.state, j.deadline FROM job_hosts h JOIN jobs j USING (jid)"  # noqa: S608 - placeholders only
+            f" WHERE h.state IN ('sent', 'received') AND j.started = 1{where}"
+            " ORDER BY h.jid, h.host",
+            args,
         )
         return [OpenRow(r[0], r[1], State(r[2]), r[3]) for r in rows]
+
+    def result_of(self, jid: str, host: str) -> dict[str, Any] | None:
+        """The stored result of (jid, host), or None if it has none."""
+        row = self.conn.execute(
+            "SELECT result FROM job_hosts WHERE jid = ? AND host = ? AND state = 'done'",
+            (jid, host),
+        ).fetchone()
+        return None if row is None or row[0] is None else _load_result(row[0])
 
     def envelope(self, jid: str, host: str) -> bytes | None:
         """The sealed envelope of (jid, host), while it waits for its receipt:
@@ -450,7 +484,7 @@ class JobStore:
             self.conn.executemany(
                 "UPDATE job_hosts SET state = 'done', status = ?, changes = ?, result = ?,"
                 " result_bytes = ?, returned = ?, envelope = NULL,"
-                " late = (state = 'no_response')"
+                " late = CASE WHEN state = 'no_response' THEN 1 ELSE 0 END"
                 " WHERE jid = ? AND host = ? AND state != 'done'",
                 [
                     (
@@ -476,6 +510,9 @@ class JobStore:
                     if r.result.get("apply") is not None and r.result.get("status") != "error"
                 ],
             )
+            if self.conn.shared:  # the job's master may be another
+                for r in results:
+                    self.conn.notify(RESULTS_CHANNEL, f"{r.jid} {r.host}")
 
     def no_response(self, pairs: Collection[tuple[str, str]]) -> None:
         """Record (jid, host) pairs without result as "no response", in one
@@ -532,7 +569,7 @@ class JobStore:
             where.append("module = ?")
             args.append(module)
         if user is not None:
-            where.append("user = ?")
+            where.append('"user" = ?')
             args.append(user)
         if status is not None:
             condition, status_args = _STATUS_CONDITIONS[status]
@@ -547,21 +584,29 @@ class JobStore:
             f"SELECT * FROM jobs {clause} ORDER BY jid DESC LIMIT ?",  # noqa: S608 - fixed clauses
             (*args, limit),
         ).fetchall()
-        summaries = []
-        for row in jobs:
-            counts = dict.fromkeys(("changed", "ok", "failed", "no_response", "pending"), 0)
-            for state, status, n in self.conn.execute(
-                "SELECT state, status, count(*) FROM job_hosts WHERE jid = ?"
-                " GROUP BY state, status",
-                (row["jid"],),
+        # Every listed job's host counts in one query, not one per job: on a
+        # database across the network each query is a round trip.
+        counts: dict[str, dict[str, int]] = {
+            row["jid"]: dict.fromkeys(("changed", "ok", "failed", "no_response", "pending"), 0)
+            for row in jobs
+        }
+        if counts:
+            marks = ", ".join("?" * len(counts))
+            for jid, state, status, n in self.conn.execute(
+                f"SELECT jid, state, status, count(*) FROM job_hosts WHERE jid IN ({marks})"  # noqa: S608 - placeholders only
+                " GROUP BY jid, state, status",
+                list(counts),
             ):
                 if state == HostState.DONE:
-                    counts[status] += n
+                    counts[jid][status] += n
                 elif state == HostState.NO_RESPONSE:
-                    counts["no_response"] += n
+                    counts[jid]["no_response"] += n
                 else:
-                    counts["pending"] += n
-            summaries.append(JobSummary(job=_job(row), hosts=sum(counts.values()), **counts))
+                    counts[jid]["pending"] += n
+        summaries = [
+            JobSummary(job=_job(row), hosts=sum(counts[row["jid"]].values()), **counts[row["jid"]])
+            for row in jobs
+        ]
         return summaries
 
     def get_job(self, jid: str) -> JobRecord | None:
@@ -619,7 +664,7 @@ def _jid_at(t: float) -> str:
     return (_EPOCH + datetime.timedelta(microseconds=us)).strftime(JID_FORMAT)
 
 
-def _job(row: sqlite3.Row) -> JobRecord:
+def _job(row: Any) -> JobRecord:
     return JobRecord(
         jid=row["jid"],
         submitted=row["submitted"],

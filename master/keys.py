@@ -30,6 +30,7 @@ from safcm.common.protocol import (
     make_key_reply,
 )
 from safcm.common.ratelimit import Bucket, PeerLog
+from safcm.master.cluster import held_elsewhere
 from safcm.master.control import ControlConnection
 from safcm.master.keystore import KeyState, KeyStore, MinionKey
 from safcm.master.lifecycle import Lifecycles
@@ -65,6 +66,9 @@ class KeyService:
         self.peer_log: PeerLog = peers.peer_log
         self.key_requests = Bucket(KEY_REQUEST_RATE, KEY_REQUEST_BURST, self.loop.clock())
         self.key_sock: zmq.Socket | None = None
+        # True when other masters share the key store (PostgreSQL): then
+        # last-seen times are read fresh for `keys list`.
+        self.shared = False
 
     def open(self, address: str, cap: int) -> None:
         self.key_sock = self.peers.bind(zmq.ROUTER, address, KEY_MAX_IN, cap, DOMAIN_KEY, None)
@@ -111,6 +115,8 @@ class KeyService:
         action, ids = msg.body["action"], msg.body["ids"]
         now = self.clock()
         if action == "list":
+            if self.shared:  # another master may have heard a minion later
+                self.keystore.refresh_seen()
             keys = [k for k in self.keystore.all() if not ids or k.id in ids]
         elif action == "delete":
             keys = self.keystore.delete(ids)
@@ -150,7 +156,9 @@ class KeyService:
         conn.finish()
 
     def _key_row(self, key: MinionKey) -> dict[str, Any]:
-        connected = key.state is KeyState.ACCEPTED and self.peers.connected(key.id)
+        connected = key.state is KeyState.ACCEPTED and (
+            self.peers.connected(key.id) or (self.shared and held_elsewhere(key, self.clock()))
+        )
         return {
             "id": key.id,
             "state": str(key.state),
@@ -159,11 +167,27 @@ class KeyService:
             "last_seen": key.last_seen,
         }
 
+    def changed_elsewhere(self, old: MinionKey | None, new: MinionKey | None) -> None:
+        """Another master of the cluster changed a key (master/keystore.py
+        reload()): what holds there holds here."""
+        if old is not None and old.state is KeyState.ACCEPTED and not _same_accepted(old, new):
+            self._forget(old)
+        if new is None:
+            if old is not None:
+                log.info("key of %s deleted on another master", old.id)
+        elif old is None or old.state is not new.state:
+            log.info("key of %s %s on another master (%s)", new.id, new.state, new.fingerprint)
+
     def _forget(self, key: MinionKey) -> None:
         """A key stopped being accepted: drop what was kept for it, cut its
         connections, and publish nothing more to it."""
         self.peers.forget(key)
         self.lifecycle.forget_host(key.id)
+
+
+def _same_accepted(old: MinionKey, new: MinionKey | None) -> bool:
+    """True if `new` is `old`'s key, still accepted."""
+    return new is not None and new.state is KeyState.ACCEPTED and new.public == old.public
 
 
 def _opened(sock: zmq.Socket | None) -> zmq.Socket:

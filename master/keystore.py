@@ -9,22 +9,28 @@ An id claimed by several keys is contested: `keys accept` then needs the
 fingerprint of the key to accept (accept(..., fingerprint=...)), which may
 also be one of the refused keys: the real minion may have come second.
 
-The daemon is the only writer; it keeps every row in memory, so checking a
-heartbeat's sender or a transport key costs no query. last_seen and the
-heartbeat sequence change with every heartbeat and are written back in
-batches (flush), not once per heartbeat.
+The daemon keeps every row in memory, so checking a heartbeat's sender or a
+transport key costs no query. last_seen and the heartbeat sequence change
+with every heartbeat and are written back in batches (flush), not once per
+heartbeat.
+
+Masters that share a PostgreSQL database (a cluster) share the keys: every
+change of a key's row is announced on KEYS_CHANNEL with the minion id, and
+each master reloads that row (reload()), so a key accepted, rejected or
+deleted on any master holds on all. last_seen is the exception: it changes
+too often to announce, so `keys list` reads it fresh (refresh_seen()).
 """
 
 from __future__ import annotations
 
 import enum
 import fnmatch
-import sqlite3
 from dataclasses import dataclass, replace
+from typing import Any
 
 from safcm.common.crypto import PublicKeys, fingerprints_match
 from safcm.common.errors import UsageError
-from safcm.master.db import transaction
+from safcm.master.db import Database, transaction
 
 # Enrolment is the one thing an unauthenticated peer may do, so what it can
 # make us store is bounded: at most this many pending keys (new ids are
@@ -32,6 +38,8 @@ from safcm.master.db import transaction
 # and this many refused keys remembered per known id (the oldest go first).
 MAX_PENDING_KEYS = 5000
 MAX_REFUSED_PER_ID = 10
+# The notification channel of key changes between masters (master/db.py notify()).
+KEYS_CHANNEL = "safcm_keys"
 
 
 class KeyState(enum.StrEnum):
@@ -89,24 +97,53 @@ class RefusedKey:
 
 
 class KeyStore:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Database) -> None:
         self.conn = conn
         self._keys: dict[str, MinionKey] = {}
         self._by_curve: dict[bytes, str] = {}
         self._dirty: set[str] = set()
+        # True if other masters share these keys (a cluster).
+        self.shared = conn.shared
         for row in conn.execute("SELECT * FROM minions"):
-            key = MinionKey(
-                id=row["id"],
-                state=KeyState(row["state"]),
-                sign_pub=row["sign_pub"],
-                kx_pub=row["kx_pub"],
-                curve_pub=row["curve_pub"],
-                fingerprint=row["fingerprint"],
-                first_seen=row["first_seen"],
-                changed=row["changed"],
-                seen=Seen(row["last_seen"], row["seq"]),
-            )
-            self._put(key)
+            self._put(_key(row))
+
+    def reload(self, minion_id: str) -> tuple[MinionKey | None, MinionKey | None]:
+        """Read `minion_id`'s row again (another master changed it); returns
+        the key as it was kept and as it is now (None: no such key)."""
+        old = self._keys.get(minion_id)
+        row = self.conn.execute("SELECT * FROM minions WHERE id = ?", (minion_id,)).fetchone()
+        if old is not None:
+            self._pop(minion_id)
+        new = None if row is None else _key(row)
+        if new is not None:
+            if old is not None and minion_id in self._dirty:
+                # Our own unflushed heartbeat news is newer than the row's.
+                new = replace(new, seen=Seen(old.last_seen, max(old.seq, new.seq)))
+            self._put(new)
+        else:
+            self._dirty.discard(minion_id)
+        return old, new
+
+    def reload_all(self) -> list[tuple[MinionKey | None, MinionKey | None]]:
+        """reload() every key, known here or in the database (after notifications
+        may have been missed); returns the (old, new) pairs that differ."""
+        ids = set(self._keys) | {
+            row[0] for row in self.conn.execute("SELECT id FROM minions").fetchall()
+        }
+        changed = []
+        for minion_id in sorted(ids):
+            old, new = self.reload(minion_id)
+            if old is None or new is None or _identity(old) != _identity(new):
+                changed.append((old, new))
+        return changed
+
+    def refresh_seen(self) -> None:
+        """Take last-seen times from the database where they are newer (another
+        master heard the minion more recently)."""
+        for minion_id, last_seen in self.conn.execute("SELECT id, last_seen FROM minions"):
+            key = self._keys.get(minion_id)
+            if key is not None and last_seen is not None and (key.last_seen or 0) < last_seen:
+                key.seen.last_seen = last_seen
 
     def _put(self, key: MinionKey) -> None:
         old = self._keys.get(key.id)
@@ -193,13 +230,14 @@ class KeyStore:
                 "UPDATE minions SET curve_pub = ?, fingerprint = ? WHERE id = ?",
                 (keys.curve, fingerprint, minion_id),
             )
+            self.conn.notify(KEYS_CHANNEL, minion_id)
             self._put(replace(key, curve_pub=keys.curve, fingerprint=fingerprint))
             return key.state
         self.conn.execute(
             "INSERT INTO refused_keys (id, fingerprint, attempts, first_seen, last_seen,"
             " sign_pub, kx_pub, curve_pub) VALUES (?, ?, 1, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id, fingerprint)"
-            " DO UPDATE SET attempts = attempts + 1, last_seen = excluded.last_seen",
+            " DO UPDATE SET attempts = refused_keys.attempts + 1, last_seen = excluded.last_seen",
             (minion_id, fingerprint, now, now, keys.sign, keys.kx, keys.curve),
         )
         self.conn.execute(
@@ -217,6 +255,7 @@ class KeyStore:
             " first_seen, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (minion_id, str(state), keys.sign, keys.kx, keys.curve, fingerprint, now, now),
         )
+        self.conn.notify(KEYS_CHANNEL, minion_id)
         self._put(
             MinionKey(
                 minion_id, state, keys.sign, keys.kx, keys.curve, fingerprint, now, now, Seen(None)
@@ -278,6 +317,8 @@ class KeyStore:
                 "UPDATE minions SET state = ?, changed = ? WHERE id = ?",
                 [(str(state), now, i) for i in changing],
             )
+            for i in changing:
+                self.conn.notify(KEYS_CHANNEL, i)
         for i in changing:
             self._put(replace(self._keys[i], state=state, changed=now))
         if state is KeyState.ACCEPTED:  # settled: forget the other claims
@@ -295,6 +336,7 @@ class KeyStore:
             if claim.public is not None and fingerprints_match(claim.fingerprint, fingerprint):
                 with transaction(self.conn):
                     self.conn.execute("DELETE FROM minions WHERE id = ?", (minion_id,))
+                    self.conn.notify(KEYS_CHANNEL, minion_id)
                     self._pop(minion_id)
                     self._insert(minion_id, KeyState.PENDING, claim.public, now)
                 return
@@ -312,6 +354,8 @@ class KeyStore:
             self.conn.executemany("DELETE FROM minions WHERE id = ?", [(i,) for i in ids])
             self.conn.executemany("DELETE FROM refused_keys WHERE id = ?", [(i,) for i in ids])
             self.conn.executemany("DELETE FROM facts WHERE host = ?", [(i,) for i in ids])
+            for i in ids:
+                self.conn.notify(KEYS_CHANNEL, i)
         deleted = [self._pop(i) for i in ids]
         self._dirty.difference_update(ids)
         return deleted
@@ -340,3 +384,23 @@ class KeyStore:
                 [(self._keys[i].last_seen, self._keys[i].seq, i) for i in sorted(self._dirty)],
             )
         self._dirty.clear()
+
+
+def _key(row: Any) -> MinionKey:
+    return MinionKey(
+        id=row["id"],
+        state=KeyState(row["state"]),
+        sign_pub=row["sign_pub"],
+        kx_pub=row["kx_pub"],
+        curve_pub=row["curve_pub"],
+        fingerprint=row["fingerprint"],
+        first_seen=row["first_seen"],
+        changed=row["changed"],
+        seen=Seen(row["last_seen"], row["seq"]),
+    )
+
+
+def _identity(key: MinionKey) -> tuple[object, ...]:
+    """The parts of a key whose change matters to the daemon: its state and
+    its public keys (not last_seen)."""
+    return (key.state, key.sign_pub, key.kx_pub, key.curve_pub)

@@ -20,6 +20,7 @@ master/jobstore.py keeps the same names):
                                     finished?                          (dropped)
     no_response   result            (caller stores it: LATE)           storing
     no_response   result_stored     -                                  done (dropped)
+    sent/recv.    stored_elsewhere  answered, finished?                done (dropped)
     done          result            (confirmed again: DUPLICATE)       done
 
 A host of a new job whose turn to be started has not come is not sent to
@@ -370,6 +371,16 @@ class Lifecycles:
             return
         item.storing = False
         self._push(item)
+        self._ask()
+
+    def stored_elsewhere(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
+        """Another master of the cluster received and stored the result of
+        (jid, host): the host is done here too (nothing more is published,
+        and no "no response" is recorded)."""
+        item = self._open.get((jid, host))
+        if item is None or item.storing or item.state not in OPEN:
+            return
+        self._close(item, result)
         self._ask()
 
     def forget_host(self, host: str) -> None:

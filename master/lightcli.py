@@ -428,6 +428,9 @@ _SURE: dict[str, Callable[[str], bool]] = {
     "max_connections": _positive_int,
     "result_quota": _size,
     "state_dir": _absolute_path,
+    # common/settings.py store(): sqlite or a PostgreSQL URI (the CLI's
+    # control socket does not depend on it)
+    "store": lambda v: v == "sqlite" or v.startswith(("postgresql://", "postgres://")),
     "config_dir": _absolute_path,
     "auto_accept": _one_of("true", "false"),
     "job_timeout": _duration,

@@ -31,6 +31,7 @@ from safcm.common.crypto import KeyPair, PublicKeys
 from safcm.common.errors import ProtocolError
 from safcm.common.protocol import MASTER_ID, MsgType, pack_body, seal_packed_at, topic_for
 from safcm.common.ratelimit import PeerLog
+from safcm.master.cluster import Relay
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobStore
 from safcm.master.keystore import KeyStore
@@ -115,6 +116,9 @@ class Publisher:
         self.keystore = keystore
         self.jobs = jobs
         self.lifecycle = lifecycle
+        # Set where masters share the database (master/cluster.py): work
+        # passed to and from the other masters.
+        self.relay: Relay | None = None
         self.clock = clock
         self.peer_log: PeerLog = peers.peer_log
         self.xpub: zmq.Socket | None = None
@@ -252,6 +256,8 @@ class Publisher:
             xpub.setsockopt(zmq.SUBSCRIBE, topic)
             self.peer_log.log(logging.DEBUG, "subscription of %s applied", key.id)
             self.lifecycle.subscribed(key.id, self.clock())
+            if self.relay is not None:  # the cluster's other masters publish through us
+                self.relay.subscribed(key.id)
 
     def _penalise(self, curve_key: bytes) -> None:
         self.penalised.pop(curve_key, None)

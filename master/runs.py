@@ -27,7 +27,6 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
-import sqlite3
 import subprocess
 import threading
 import time
@@ -36,7 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair
-from safcm.common.errors import ConfigError, ProtocolError, SafcmError, UsageError
+from safcm.common.errors import (
+    ConfigError,
+    ProtocolError,
+    SafcmError,
+    StoreError,
+    UsageError,
+)
 from safcm.common.protocol import (
     MAX_JOB_BYTES,
     NO_RESPONSE,
@@ -48,8 +53,9 @@ from safcm.common.protocol import (
 )
 from safcm.master import modules, repocache, targets
 from safcm.master.batch import BatchSize, Rollout
+from safcm.master.cluster import held_elsewhere
 from safcm.master.control import ControlConnection
-from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, open_db
+from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, open_store
 from safcm.master.facts import HostFacts
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import JobRecord, JobStore, Plan
@@ -304,10 +310,19 @@ class Runs:
             "skipped": [{"host": h, "reason": r} for h, r in resolved.skipped.items()],
             **({} if batch is None else {"batch": batch.numbering()}),
         }
+        connected = {h: p.busy for h, p in self.peers.presence.items() if self.peers.connected(h)}
+        if self.keystore.shared:
+            # A cluster: a minion another master heard lately is connected
+            # there (master/cluster.py), and reached through it.
+            self.keystore.refresh_seen()
+            now = self.clock()
+            for h in hosts:
+                if h not in connected and held_elsewhere(self.keystore.get(h), now):
+                    connected[h] = None
         snapshot = HostSnapshot(
             {h: self.keystore.get(h) for h in hosts},
             {claim.id: claim for claim in self.keystore.refused()},  # the latest of each id
-            {h: p.busy for h, p in self.peers.presence.items() if self.peers.connected(h)},
+            connected,
         )
         log.debug("job %s: storing it for %d hosts", jid, len(hosts))
         future = self.pool.submit(self._store, record, order, hosts, unsealable, started, snapshot)
@@ -394,11 +409,13 @@ class Runs:
         the loop reads meanwhile, and writes between its transactions)."""
         if self.own_jobs is None:
             self.own_jobs = JobStore(
-                open_db(
+                open_store(
                     self.settings.state_dir,
+                    self.settings.store,
                     busy_timeout_ms=WORKER_BUSY_TIMEOUT_MS,
                     any_thread=True,  # closed by close(), once the thread has ended
-                )
+                ),
+                self.jobs.owner,  # the daemon's: this master's name in a cluster
             )
         return self.own_jobs
 
@@ -437,7 +454,7 @@ class Runs:
             return
         try:
             self.jobs.start(jid)  # from here the job is there for everyone: started below
-        except sqlite3.Error as e:
+        except StoreError as e:
             self._discard(jid, hosts)
             self._not_started(conn, batch, hosts, e)
             return
@@ -610,7 +627,7 @@ class Runs:
             len(rollout.batches),
             error,
             len(hosts) + len(rollout.not_run),
-            exc_info=not isinstance(error, SafcmError | sqlite3.Error),  # a bug: its trace
+            exc_info=not isinstance(error, SafcmError),  # a bug: its trace
         )
         rolling.conn.error(
             "failed",

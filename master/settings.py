@@ -20,6 +20,9 @@ class MasterSettings(NamedTuple):
     return_port: int = 4506  # enrolment, heartbeats, receipts, results
     key_port: int = 4507  # the master's public keys, for a minion's first contact
     state_dir: str = "/var/lib/safcm-master"  # keys, job history, control socket
+    # Keys and job history: "sqlite" (a file in state_dir), or a PostgreSQL
+    # URI or libpq connection string (masters sharing one form a cluster).
+    store: str = "sqlite"
     config_dir: str = "/etc/safcm/config"  # the configuration repository
     auto_accept: bool = False  # accept every new minion key unseen; only for labs
     job_timeout: float = 60.0  # seconds a job waits for results before "no response"
@@ -44,6 +47,7 @@ _FIELDS = {
     "max_connections": s.Field(s.positive_int, _DEFAULTS.max_connections),
     "result_quota": s.Field(s.size, _DEFAULTS.result_quota),
     "state_dir": s.Field(s.absolute_path, _DEFAULTS.state_dir),
+    "store": s.Field(s.store, _DEFAULTS.store),
     "config_dir": s.Field(s.absolute_path, _DEFAULTS.config_dir),
     "auto_accept": s.Field(s.boolean, _DEFAULTS.auto_accept),
     "job_timeout": s.Field(s.duration, _DEFAULTS.job_timeout),

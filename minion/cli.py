@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 if settings.master_fingerprint
                 else "trusts the first master that answers"
             )
-            print(f"{args.config}: ok; minion {settings.id}, master {settings.master}, {pin}")
+            masters = ", ".join(settings.master)
+            print(f"{args.config}: ok; minion {settings.id}, master {masters}, {pin}")
             return EXIT_OK
         if args.command == "fingerprint":
             from safcm.common import keyfile

@@ -240,6 +240,8 @@ class Minion:
         self.content_waits: dict[str, ContentWait] = {}
         self.master_keys = self._load_master_keys()
 
+        # Which of the cluster's masters (settings.master) we talk to now.
+        self.current = 0
         self.accepted = False
         self.key_state: str | None = None
         self.nonce: bytes | None = None
@@ -318,8 +320,19 @@ class Minion:
         self.content.close()
         os.close(self.lock)
 
+    @property
+    def master(self) -> str:
+        """The master we talk to now."""
+        return self.settings.master[self.current]
+
+    def _next_master(self) -> None:
+        """Move on to the cluster's next master (settings.master), if there is one."""
+        if len(self.settings.master) > 1:
+            self.current = (self.current + 1) % len(self.settings.master)
+            log.warning("%s: trying master %s", self.id, self.master)
+
     def _address(self, port: int) -> str:
-        master = self.settings.master
+        master = self.master
         return f"tcp://[{master}]:{port}" if ":" in master else f"tcp://{master}:{port}"
 
     def _curve_socket(self, kind: int, max_in: int) -> zmq.Socket:
@@ -409,7 +422,7 @@ class Minion:
                 log.warning(
                     "%s: refused the key reply from %s: %s",
                     self.id,
-                    self.settings.master,
+                    self.master,
                     e.reason if isinstance(e, EnvelopeError) and e.reason else e,
                 )
                 continue
@@ -418,7 +431,7 @@ class Minion:
                     "%s: the master at %s now presents key %s, not the pinned %s; "
                     "not connecting. If its keys were replaced on purpose, remove %s",
                     self.id,
-                    self.settings.master,
+                    self.master,
                     keys.fingerprint(),
                     self.master_keys.fingerprint(),
                     os.path.join(self.settings.state_dir, MASTER_KEY_FILE),
@@ -447,7 +460,11 @@ class Minion:
         self._disconnect()
         self.accepted = False
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
-
+        # A cluster's next master is tried at once; the backoff grows for
+        # a master that stays away (one alone, or all of them in turn).
+        if len(self.settings.master) > 1:
+            self._next_master()
+            delay = min(delay, self.interval * jitter)
         self.loop.call_later(delay, self._ask_keys)
 
     # ---- periodic work ----
@@ -460,6 +477,7 @@ class Minion:
                     self.id,
                     self._address(self.settings.key_port),
                 )
+                self._next_master()
                 self._ask_keys()
             return
         if self.dealer is None:
@@ -1005,7 +1023,7 @@ def run(settings: MinionSettings) -> int:
     log.info(
         "%s: starting; master %s ports %d/%d, root %s, key %s",
         settings.id,
-        settings.master,
+        ", ".join(settings.master),
         settings.publish_port,
         settings.return_port,
         settings.root,

@@ -36,7 +36,10 @@ APT_TIMEOUT = 900.0
 @dataclass(frozen=True)
 class MinionSettings:
     id: str
-    master: str
+    # The masters of a cluster, in the order tried (master/cluster.py): the
+    # minion is connected to one at a time and moves to the next when it
+    # stops answering. One name for a lone master.
+    master: tuple[str, ...]
     publish_port: int = 4505
     return_port: int = 4506
     key_port: int = 4507
@@ -53,6 +56,10 @@ class MinionSettings:
     # The modules this minion runs (minion/modules/); a job of another is
     # answered with an error result that says so. Default: every one.
     modules: frozenset[str] = frozenset(modules.MODULES)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.master, str):  # one master, as code and tests give it
+            object.__setattr__(self, "master", (self.master,))
 
 
 def _minion_id(value: Any) -> str:
@@ -101,6 +108,17 @@ def _modules(text: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _masters(text: str) -> tuple[str, ...]:
+    """`master: cfg1.example.org` or a list (YAML, or separated by commas)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise s.BadValue("must name a master (a host name or IP address)")
+    hosts = tuple(s.host(n) for n in names)
+    if len(set(hosts)) != len(hosts):
+        raise s.BadValue(f"names a master twice: {text!r}")
+    return hosts
+
+
 def default_id() -> str:
     """The host's fully qualified name, lowercased, as minion ids are."""
     return socket.getfqdn().lower().rstrip(".")
@@ -108,7 +126,7 @@ def default_id() -> str:
 
 _FIELDS = {
     "id": s.Field(_minion_id, None),
-    "master": s.Field(s.host, required=True),
+    "master": s.Field(_masters, required=True, many=True),
     "publish_port": s.Field(s.port, MinionSettings.publish_port),
     "return_port": s.Field(s.port, MinionSettings.return_port),
     "key_port": s.Field(s.port, MinionSettings.key_port),

@@ -17,6 +17,9 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v apt-ftparchive >/dev/null || missing+=(apt-utils)
+# PostgreSQL's server (tests/pgserver.py starts one as the postgres user in a
+# temporary directory; the machine's own clusters are never touched).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi

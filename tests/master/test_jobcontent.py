@@ -10,7 +10,6 @@ import pytest
 from safcm.common import codec
 from safcm.common.errors import SafcmError
 from safcm.common.model import FileSpec, FileType
-from safcm.master.db import open_db
 from safcm.master.jobcontent import (
     JobParts,
     digests_of,
@@ -79,10 +78,8 @@ def test_parts_store_each_manifest_and_content_once_and_include_what_a_host_lack
 
 
 @pytest.fixture
-def store(tmp_path):
-    conn = open_db(str(tmp_path))
-    yield JobStore(conn)
-    conn.close()
+def store(conn):
+    return JobStore(conn)
 
 
 def record(jid: str) -> JobRecord:

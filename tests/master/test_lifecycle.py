@@ -497,3 +497,23 @@ def test_a_large_job_starts_a_slice_of_hosts_per_wake_up_and_ends_with_its_last_
         store_result(lc, fake, "J1", host, T0 + 1)
     assert fake.take()[-1] == ("finished", "J1")
     assert len(lc) == 0
+
+
+def test_a_result_stored_by_another_master_ends_the_pair_here_once():
+    """A cluster: another master received and stored web1's result. This one,
+    which runs the job, tells the CLI, publishes nothing more and records no
+    "no response" for web1; a second notice changes nothing."""
+    lc, fake = machine(("web1", "web2"))
+    fake.take()
+    lc.stored_elsewhere("J1", "web1", RESULT)
+    lc.stored_elsewhere("J1", "web1", RESULT)
+    lc.stored_elsewhere("J1", "db1", RESULT)  # never sent there
+    assert fake.take() == [("answered", "J1", "web1", RESULT)]
+    for t in range(1, int(TIMEOUT) + 1):
+        lc.wake(T0 + t)
+    assert ("publish", "J1", "web1") not in fake.events
+    assert fake.take()[-3:] == [
+        ("store_no_response", [("J1", "web2")]),
+        ("answered", "J1", "web2", None),
+        ("finished", "J1"),
+    ]

@@ -25,13 +25,6 @@ from safcm.master.lifecycle import OpenRow
 from safcm.master.outcomes import change_count, host_status
 
 
-@pytest.fixture
-def conn(tmp_path):
-    c = open_db(str(tmp_path))
-    yield c
-    c.close()
-
-
 def parts(*hosts: str, files: tuple[FileSpec, ...] = ()) -> JobParts:
     """A job's parts for `hosts`, each with the same `files`."""
     job_parts = JobParts(100.0)
@@ -53,7 +46,8 @@ def job(jid, target="web*", deadline=100.0, dry_run=False):
     return JobRecord(jid, 10.0, deadline, "root", target, "files", dry_run, "abc123")
 
 
-def test_database_is_private_and_wal(tmp_path, conn):
+def test_database_is_private_and_wal(tmp_path, sqlite_conn):
+    conn = sqlite_conn
     assert (tmp_path / DB_NAME).stat().st_mode & 0o777 == 0o600
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
@@ -257,7 +251,8 @@ def test_a_reduced_result_that_left_out_every_change_still_counts_as_changed():
     assert change_count(reduced) == 7
 
 
-def test_a_result_stored_by_safcm_0_1_is_shown_in_todays_format(conn):
+def test_a_result_stored_by_safcm_0_1_is_shown_in_todays_format(sqlite_conn):
+    conn = sqlite_conn
     from safcm.common.protocol import RESULT
     from safcm.common.schema import validate
 
@@ -335,8 +330,22 @@ def test_list_by_time_module_user_and_outcome(conn):
     assert hours(module="files", user="root", since=t0, until=t0) == [0]
 
 
-def test_facts_keep_when_they_were_reported_and_when_they_changed(tmp_path, conn):
+def test_facts_in_postgresql_are_read_through_the_store(tmp_path, pg_dsn):
+    from safcm.master.db import open_store
     from safcm.master.facts import read_facts
+
+    db = open_store(str(tmp_path), pg_dsn)
+    try:
+        assert FactStore(db).put("web1", {"os_id": "debian"}, now=1.0)
+    finally:
+        db.close()
+    assert read_facts(str(tmp_path), pg_dsn)["web1"].facts == {"os_id": "debian"}
+
+
+def test_facts_keep_when_they_were_reported_and_when_they_changed(tmp_path, sqlite_conn):
+    from safcm.master.facts import read_facts
+
+    conn = sqlite_conn
 
     assert read_facts(str(tmp_path / "nowhere")) == {}  # no database yet: no facts
     facts = FactStore(conn)

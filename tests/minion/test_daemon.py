@@ -107,7 +107,15 @@ def test_settings(tmp_path):
     pasted = fingerprint.upper().replace(" ", "-")  # as an administrator might paste it
     pinned = settings.parse(f"master: cfg.example.org\nid: db1\nmaster_fingerprint: {pasted}\n")
     assert pinned.master_fingerprint == fingerprint
+    assert pinned.master == ("cfg.example.org",)
+    # The masters of a cluster, as a YAML list or separated by commas, in order.
+    trusting = "id: a\ntrust_first_master: true\n"
+    listed = settings.parse(f"{trusting}master:\n  - cfg2.example.org\n  - 192.0.2.7\n")
+    assert listed.master == ("cfg2.example.org", "192.0.2.7")
+    assert settings.parse(f"{trusting}master: cfg1, cfg2\n").master == ("cfg1", "cfg2")
     for text, message in [
+        (f"{trusting}master: [cfg1, cfg1]\n", "master: names a master twice"),
+        (f"{trusting}master: cfg1\nroot: [/a, /b]\n", "root: must be a single value, not a list"),
         ("id: web1\n", "master: required key is missing"),
         ("master: x\nid: a\n", "master_fingerprint: required"),
         (
