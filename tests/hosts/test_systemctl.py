@@ -53,7 +53,8 @@ def test_a_unit_that_fails_to_start_fails_with_systemds_reason(booted, text, sai
     by_unit = {c.unit: c for c in result.changes}
     broken = by_unit[unit]
     assert broken.outcome is UnitOutcome.FAILED and broken.actions == ("enable", "start")
-    assert "Result=exit-code" in broken.reason and said in broken.reason
+    assert "Result=exit-code" in broken.reason, broken.reason
+    assert said in broken.reason, broken.reason
     assert broken.after.file_state == "enabled" and broken.after.active == "failed"
     # The other unit is applied all the same.
     assert by_unit[other].outcome is UnitOutcome.APPLIED

@@ -130,7 +130,7 @@ def test_sync_applies_packages_before_files(sandbox, apt_repo):
     code, doc = run_json(sandbox, "web1", "sync")
     assert code == 0, doc
     result = by_host(doc)["web1"]["result"]
-    assert [s["module"] for s in result["steps"]] == ["packages", "files"]
+    assert [s["module"] for s in result["steps"]] == ["packages", "files", "services"]
     assert changes(doc, "web1") == [("installed", APP, None, "1.0")]
     assert result["apply"]["changes"]  # the example repository's files
     assert installed_test_packages() == {APP: "installed 1.0"}
