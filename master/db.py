@@ -179,6 +179,7 @@ MIGRATIONS: list[str] = [
     # has the same columns so that the stores' SQL is one.
     """
     ALTER TABLE jobs ADD COLUMN owner TEXT;
+    CREATE INDEX jobs_owner ON jobs (owner);
     CREATE TABLE masters (
         name        TEXT PRIMARY KEY,
         lease_until REAL NOT NULL

@@ -84,6 +84,9 @@ PG_MIGRATIONS: list[str] = [
         started    INTEGER NOT NULL DEFAULT 1,
         owner      TEXT
     );
+    -- A look for a dead master's jobs (master/cluster.py take_over()),
+    -- every few seconds, must not read the whole history.
+    CREATE INDEX jobs_owner ON jobs (owner);
     CREATE TABLE masters (
         name        TEXT PRIMARY KEY,
         lease_until DOUBLE PRECISION NOT NULL
