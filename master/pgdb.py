@@ -37,6 +37,9 @@ CONNECT_TIMEOUT_S = 10
 # master before failing (the counterpart of SQLite's busy timeout): the loop
 # must not stall behind another master's long transaction.
 LOCK_TIMEOUT_MS = 2000
+# Statements kept adapted (`?` to `%s`), at most: the stores' fixed ones and
+# IN lists of the lengths seen.
+MAX_ADAPTED = 1000
 # The advisory lock that serialises migrations between masters (any fixed
 # number; this one spells "safcm" in ASCII).
 MIGRATION_LOCK = 0x736166636D
@@ -224,6 +227,8 @@ class PgDatabase:
     def _adapted(self, sql: str) -> str:
         adapted = self._sql.get(sql)
         if adapted is None:
+            if len(self._sql) >= MAX_ADAPTED:  # IN lists of every length: start again
+                self._sql.clear()
             adapted = self._sql[sql] = _adapt(sql)
         return adapted
 
