@@ -93,11 +93,6 @@ class Cluster:
             )
         return jids
 
-    def owners(self) -> dict[str, float]:
-        """Each master's lease, in seconds from now (negative: run out)."""
-        rows = self.db.execute(f"SELECT name, lease_until - {_NOW} FROM masters ORDER BY name")  # noqa: S608 - constant
-        return {r[0]: float(r[1]) for r in rows}
-
 
 # The notification channel of work passed between masters (payload
 # "KIND JID HOST ORIGIN", or "subscribed - HOST ORIGIN"): each minion is
