@@ -12,6 +12,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import os
 import signal
 import threading
@@ -192,7 +193,10 @@ class Loop:
         wait = max_wait
         if self._timers:
             wait = min(wait, max(0.0, self._timers[0][0] - now))
-        for sock, flags in self._poller.poll(int(wait * 1000)):
+        # Rounded up to the poller's milliseconds: rounded down, a timer due
+        # in under a millisecond makes the loop spin (polls that return at
+        # once) until it is due, a dozen system calls each time.
+        for sock, flags in self._poller.poll(math.ceil(wait * 1000)):
             # A callback may have removed this socket or another one; look again.
             if flags & _POLLIN and sock in self._readers:
                 self._call(self._readers[sock])

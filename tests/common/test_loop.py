@@ -126,3 +126,18 @@ def test_the_longest_call_is_measured_and_a_slow_one_logged(caplog):
     loop.run_once(max_wait=0)
     assert loop.longest_call[0] == pytest.approx(0.002)
     loop.close()
+
+
+def test_a_timer_due_within_a_millisecond_is_waited_for_not_spun_on():
+    # A wait shorter than the poller's millisecond is rounded up, not down to
+    # a poll that returns at once: the loop sleeps until the timer is due
+    # instead of polling again and again.
+    loop = Loop()
+    fired = []
+    loop.call_later(0.0009, lambda: fired.append(True))
+    turns = 0
+    while not fired:
+        loop.run_once()
+        turns += 1
+    loop.close()
+    assert turns == 1
