@@ -148,6 +148,37 @@ def unpack(data: bytes, *, max_depth: int) -> Any:
         raise ProtocolError(f"message is not valid msgpack: {type(e).__name__}") from None
 
 
+def unpack_flat(data: bytes, *, max_items: int) -> Any:
+    """Decode one msgpack object whose lists and maps hold at most `max_items`
+    items each; ProtocolError for anything else, as unpack().
+
+    For small messages of a known, nearly flat shape (a heartbeat), without
+    unpack()'s structural scan: with every container this small, what
+    msgpack preallocates is bounded by the bytes themselves, and msgpack
+    refuses ext types, bad bytes, truncation, trailing bytes and nesting
+    beyond its own stack. Deeper nesting than unpack() allows is the schema's
+    to refuse (a flat one does)."""
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"expected bytes, got {type(data).__name__}")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_refuse_ext,
+            max_str_len=MAX_SCALAR_BYTES,
+            max_bin_len=MAX_SCALAR_BYTES,
+            max_array_len=max_items,
+            max_map_len=max_items,
+            max_ext_len=0,
+        )
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as e:
+        raise ProtocolError(f"message is not valid msgpack: {type(e).__name__}") from None
+
+
 def pack(obj: Any) -> bytes:
     """Encode `obj` (str, bytes, int, float, bool, None, lists and str-keyed dicts)."""
     try:

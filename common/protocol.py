@@ -575,6 +575,20 @@ class MessageSpec:
     curve: bool = False
 
 
+# The master reads a heartbeat with heartbeat_body() first, which relies on
+# its body being flat (no list or map inside).
+_HEARTBEAT_BODY = Map(
+    {
+        "version": _VERSION,
+        "uptime": _DURATION,
+        "busy": Optional(_JID),  # the job being applied
+        "seq": Int(1, MAX_SEQUENCE),  # larger than the last: a replay is refused
+        # the minion's heartbeat interval: the master's liveness check
+        # (three missed heartbeats) follows each minion's own setting
+        "interval": Float(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL),
+    }
+)
+
 _SPEC_LIST = [
     MessageSpec(
         MsgType.KEY_REQUEST,
@@ -626,17 +640,7 @@ _SPEC_LIST = [
         Channel.NETWORK,
         sealed=False,
         curve=True,
-        schema=Map(
-            {
-                "version": _VERSION,
-                "uptime": _DURATION,
-                "busy": Optional(_JID),  # the job being applied
-                "seq": Int(1, MAX_SEQUENCE),  # larger than the last: a replay is refused
-                # the minion's heartbeat interval: the master's liveness check
-                # (three missed heartbeats) follows each minion's own setting
-                "interval": Float(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL),
-            }
-        ),
+        schema=_HEARTBEAT_BODY,
         max_bytes=MAX_SMALL_BYTES,
     ),
     MessageSpec(
@@ -1096,6 +1100,38 @@ def decode_plain(frame: bytes, channel: Channel, *, peer: str | None = None) -> 
         raise ProtocolError(f"{spec.type.name} of {len(frame)} bytes exceeds {spec.max_bytes}")
     _check_body(spec, body, None)
     return Message(spec.type, body, version=version, peer=peer)
+
+
+# The first bytes of a heartbeat as every minion packs it: a msgpack fixarray
+# of 3, then this protocol's version and the HEARTBEAT type, each a positive
+# fixint (msgpack's shortest form, which its packer always uses).
+_HEARTBEAT_HEAD = bytes([0x93, PROTOCOL_VERSION, MsgType.HEARTBEAT])
+_HEARTBEAT = SPECS[MsgType.HEARTBEAT]
+# Items in the largest list or map of a heartbeat: its body's fields.
+_HEARTBEAT_ITEMS = len(_HEARTBEAT_BODY.fields)
+
+
+def heartbeat_body(frame: bytes) -> dict[str, Any] | None:
+    """The body of a heartbeat that decode_plain() would accept, or None for
+    any other frame, valid or not: decode that one with decode_plain(), which
+    also says what is wrong with it.
+
+    The master reads a heartbeat from every minion every few seconds, so this
+    does for less what decode_plain() does: a heartbeat is recognised by its
+    first bytes, has a flat body (no structural scan, codec.unpack_flat) and
+    becomes no Message; its body gets the same checks (_check_body)."""
+    if frame[:3] != _HEARTBEAT_HEAD or len(frame) > min(
+        _HEARTBEAT.max_bytes, _PLAIN_LIMITS[Channel.NETWORK]
+    ):
+        return None
+    try:
+        # A list of 3: its head says so, and unpacking refuses trailing bytes.
+        body = codec.unpack_flat(frame, max_items=_HEARTBEAT_ITEMS)[2]
+        _check_body(_HEARTBEAT, body, None)
+    except ProtocolError:
+        return None
+    checked: dict[str, Any] = body
+    return checked
 
 
 # ---- sealed messages ----

@@ -51,6 +51,7 @@ from safcm.common.protocol import (
     VerifiedMessage,
     decode_plain,
     encode_plain,
+    heartbeat_body,
     is_sealed,
     make_enrol_reply,
     new_jid,
@@ -200,6 +201,8 @@ class Intake:
         # peer travels beside it.
         self._peer = b""
         self._replies: list[tuple[bytes, bytes]] = []  # (routing id, frame), to send
+        # The heartbeat reply of this wake-up, once packed: (the master's time, frame).
+        self._heartbeat_reply: tuple[float, bytes] | None = None
         # The packed body of the sealed message being handled, as it came: a
         # result is stored as these bytes, not packed a second time.
         self._plaintext = b""
@@ -235,19 +238,23 @@ class Intake:
         until = self.loop.clock() + ROUTER_SLICE
         drained = False
         read = 0
+        self._heartbeat_reply = None  # packed again in each wake-up
         while read < ROUTER_BATCH and self.loop.clock() < until:
+            # Frame by frame rather than recv_multipart(): a heartbeat is
+            # cheap enough that the list and the RCVMORE query count. The
+            # first frame is the routing id; the frames of one message all
+            # arrive together, so the rest never waits.
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                peer = router.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 drained = True
                 break
             read += 1
-            if len(frames) != 2:
-                self.peer_log.warning(
-                    "dropped a message of %d frames instead of one", len(frames) - 1
-                )
+            frame = router.recv(zmq.NOBLOCK, copy=False) if peer.more else None
+            if frame is None or frame.more:
+                self._drop_frames(router, frame)
                 continue
-            self._route(frames[0].bytes, frames[1])
+            self._route(peer.bytes, frame)
             if self._batch_bytes >= BATCH_BYTES:
                 self.store_batch()
         self.store_batch()
@@ -257,6 +264,15 @@ class Intake:
         if drained and read > 0 and self._resume is None:
             self.loop.remove_reader(router)
             self._resume = self.loop.call_later(RETURN_COALESCE, self._resume_reading)
+
+    def _drop_frames(self, router: zmq.Socket, frame: zmq.Frame | None) -> None:
+        """Read the rest of a message that is not one frame (`frame` is its
+        first, if any), and drop it."""
+        count = 0
+        while frame is not None:
+            count += 1
+            frame = router.recv(zmq.NOBLOCK, copy=False) if frame.more else None
+        self.peer_log.warning("dropped a message of %d frames instead of one", count)
 
     def _resume_reading(self) -> None:
         self._resume = None
@@ -270,15 +286,17 @@ class Intake:
 
     def _route(self, peer: bytes, frame: zmq.Frame) -> None:
         self._peer = peer
-        curve_key = bytes.fromhex(user_id(frame))
+        transport_key = user_id(frame)
+        fd = frame.get(zmq.SRCFD)
+        curve_key = bytes.fromhex(transport_key)
         key = self.keystore.accepted_by_curve(curve_key)
-        if self.peers.noted(DOMAIN_RETURN, frame, known=key is not None) is None:
+        if not self.peers.note(DOMAIN_RETURN, fd, transport_key, known=key is not None):
             return
         data = frame.bytes
-        who = key.id if key is not None else f"key {curve_key.hex()[:16]}"
+        who = key.id if key is not None else f"key {transport_key[:16]}"
         try:
             if not is_sealed(data):
-                self._plain(data, curve_key, frame.get(zmq.SRCFD), key)
+                self._plain(data, curve_key, fd, key)
             elif key is None:
                 raise ProtocolError("a sealed message from a key that is not accepted")
             else:
@@ -312,6 +330,12 @@ class Intake:
             return
         if not (self.curve_by_key.take(key.id, now) and self.curve_by_conn.take(fd, now)):
             raise ProtocolError("plain messages come faster than allowed for this key")
+        # Most of what comes is heartbeats: they are read for less (and any
+        # that heartbeat_body() does not take, decode_plain() reads).
+        body = heartbeat_body(data)
+        if body is not None:
+            self._heartbeat(key, body)
+            return
         # The sender is the minion whose key the connection proved (Message.peer).
         msg = decode_plain(data, Channel.NETWORK, peer=key.id)
         if msg.type is MsgType.ENROL_REQUEST:
@@ -373,7 +397,8 @@ class Intake:
         router = _opened(self.router)
         for peer, frame in replies:
             try:
-                router.send_multipart([peer, frame], zmq.NOBLOCK)
+                router.send(peer, zmq.NOBLOCK | zmq.SNDMORE)
+                router.send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 log.debug("reply to %s dropped: its queue is full", peer.hex())
 
@@ -446,31 +471,41 @@ class Intake:
         self._reply(encode_plain(MsgType.ENROL_REPLY, reply))
 
     def on_heartbeat(self, msg: Message) -> None:
-        """Presence, and the master's time in the reply. The sequence number
-        still refuses a heartbeat that is not newer than the last one taken
-        (CURVE alone orders messages within one connection only)."""
+        """A heartbeat that heartbeat_body() did not take (decode_plain() did)."""
         minion = msg.require_peer()
         key = self.keystore.accepted(minion)
-        seq = msg.body["seq"]
         if key is None:
             raise ProtocolError(f"heartbeat of {minion}, whose key is not accepted")
+        self._heartbeat(key, msg.body)
+
+    def _heartbeat(self, key: MinionKey, body: dict[str, Any]) -> None:
+        """Presence, and the master's time in the reply, for the accepted
+        minion `key` whose connection sent `body`. The sequence number still
+        refuses a heartbeat that is not newer than the last one taken (CURVE
+        alone orders messages within one connection only)."""
+        minion, seq = key.id, body["seq"]
         if seq <= key.seq:
             raise ProtocolError(
                 f"heartbeat {seq} of {minion} is not newer than its last, {key.seq} (a replay)"
             )
         presence = self.peers.presence.get(minion)
         if presence is None:
-            self.peer_log.info("minion %s is connected (version %s)", minion, msg.body["version"])
+            self.peer_log.info("minion %s is connected (version %s)", minion, body["version"])
             presence = self.peers.presence[minion] = Presence(0.0, 0.0)
         # Changed in place: a new object per heartbeat costs more than the rest.
         presence.last_seen = self.loop.clock()
-        presence.interval = msg.body["interval"]
-        presence.busy = msg.body["busy"]
-        now = self.clock()
+        presence.interval = body["interval"]
+        presence.busy = body["busy"]
+        if self._heartbeat_reply is None:
+            # One reply for the heartbeats of a wake-up (ROUTER_SLICE at most),
+            # packed without encode_plain's schema check: the body is one float
+            # of our own clock. A minion ignores a difference of its offset to
+            # that clock of up to CLOCK_OFFSET_TOLERANCE (0.5 s).
+            now = self.clock()
+            self._heartbeat_reply = (now, pack_plain(MsgType.HEARTBEAT_REPLY, {"time": now}))
+        now, reply = self._heartbeat_reply
         self.keystore.touch(minion, now, seq)
-        # Packed without encode_plain's schema check: the body is one float
-        # of our own clock, and the check would cost a fifth of a heartbeat.
-        self._reply(pack_plain(MsgType.HEARTBEAT_REPLY, {"time": now}))
+        self._reply(reply)
 
     def on_job_receipt(self, msg: Message) -> None:
         minion, jid = msg.require_peer(), msg.body["jid"]
@@ -631,6 +666,7 @@ class Intake:
         batch, self._batch = list(self._batch.values()), {}
         receipts, self._receipts = self._receipts, []
         self._batch_bytes = 0
+        self._heartbeat_reply = None  # storing takes time: the next reply tells a new one
         try:
             self.jobs.record(receipts, [r for _, r in batch], now=self.clock())
             self.keystore.flush()  # heartbeat sequence numbers share the commit

@@ -144,11 +144,16 @@ class Peers:
         """The transport key (hex) that sent `frame`, noted in the socket's
         table; None if the connection must go (and it was cut)."""
         key = user_id(frame)
-        fd = frame.get(zmq.SRCFD)
+        return key if self.note(domain, frame.get(zmq.SRCFD), key, known) else None
+
+    def note(self, domain: str, fd: int, key: str, known: bool) -> bool:
+        """A message came on connection `fd` of the socket from transport key
+        `key` (hex); noted in the socket's table. False if the connection
+        must go (and it was cut)."""
         if self.tables[domain].active(fd, key, known, self.loop.clock()):
             self.cut_fd(domain, fd, "its key holds too many connections")
-            return None
-        return key
+            return False
+        return True
 
 
 def user_id(frame: zmq.Frame) -> str:

@@ -35,6 +35,7 @@ from safcm.common.protocol import (
     MAX_FILES,
     MAX_JOB_BYTES,
     MAX_PLAIN_NETWORK_BYTES,
+    MAX_SMALL_BYTES,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     SPECS,
@@ -48,6 +49,7 @@ from safcm.common.protocol import (
     decode_plain,
     encode_frame,
     encode_plain,
+    heartbeat_body,
     is_sealed,
     make_enrol_reply,
     make_enrol_request,
@@ -60,7 +62,7 @@ from safcm.common.protocol import (
     verify_enrol_reply,
     verify_enrol_request,
 )
-from tests.common.strategies import apply_results, bodies, file_specs, fuzz
+from tests.common.strategies import apply_results, bodies, file_specs, fuzz, strategy_for
 
 NOW = 1_800_000_000.0
 JID = new_jid(NOW)
@@ -1245,3 +1247,98 @@ def test_a_body_packed_once_seals_like_the_message():
         seal_packed_at(
             MsgType.RESULT_RECEIPT, receipt, jid=JID, now=NOW, ttl=60, **_ends(MsgType.JOB)
         )
+
+
+# ---- heartbeat_body(): the master's cheaper read of a heartbeat ----
+
+_HEARTBEAT_SCHEMA = SPECS[MsgType.HEARTBEAT].schema
+assert isinstance(_HEARTBEAT_SCHEMA, S.Map)
+# How every minion's heartbeat begins: [version, type, ...] as fixints.
+_HEARTBEAT_HEAD = bytes([0x93, PROTOCOL_VERSION, MsgType.HEARTBEAT])
+# Any value msgpack carries, kept small: what a field of a forged heartbeat holds.
+_any_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6)
+    ),
+    max_leaves=12,
+)
+# Bodies near a heartbeat's: each field valid, forged or missing, and maybe more keys.
+_near_heartbeat_bodies = st.builds(
+    lambda fields, extra: {**extra, **fields},
+    st.fixed_dictionaries(
+        {},
+        optional={k: strategy_for(v) | _any_value for k, v in _HEARTBEAT_SCHEMA.fields.items()},
+    ),
+    st.dictionaries(
+        st.sampled_from(sorted(_HEARTBEAT_SCHEMA.fields)) | st.text(max_size=8),
+        _any_value,
+        max_size=2,
+    ),
+)
+_valid_heartbeats = strategy_for(_HEARTBEAT_SCHEMA).map(
+    lambda body: encode_plain(MsgType.HEARTBEAT, body)
+)
+
+
+@st.composite
+def _edited(draw: st.DrawFn, frames: st.SearchStrategy[bytes]) -> bytes:
+    """A frame with one byte changed, cut short or followed by more bytes."""
+    frame = draw(frames)
+    at = draw(st.integers(0, len(frame) - 1))
+    edit = draw(st.sampled_from(["byte", "cut", "more"]))
+    if edit == "byte":
+        return frame[:at] + bytes([draw(st.integers(0, 255))]) + frame[at + 1 :]
+    if edit == "cut":
+        return frame[:at]
+    return frame + draw(st.binary(min_size=1, max_size=8))
+
+
+_near_heartbeat_frames = st.one_of(
+    _valid_heartbeats,
+    st.builds(
+        lambda version, msg_type, body: codec.pack([version, msg_type, body]),
+        st.just(PROTOCOL_VERSION) | st.integers(-1, 300),
+        st.just(int(MsgType.HEARTBEAT)) | st.sampled_from([int(t) for t in MsgType]),
+        _near_heartbeat_bodies,
+    ),
+    _edited(_valid_heartbeats),
+    st.binary(max_size=80).map(lambda rest: _HEARTBEAT_HEAD + rest),
+)
+
+
+def _decoded_heartbeat(frame: bytes) -> dict[str, Any] | None:
+    """What decode_plain() makes of `frame`: a heartbeat's body, or None."""
+    try:
+        msg = decode_plain(frame, Channel.NETWORK, peer="web1")
+    except ProtocolError:
+        return None
+    return msg.body if msg.type is MsgType.HEARTBEAT else None
+
+
+@given(_near_heartbeat_frames)
+@fuzz(2)
+def test_heartbeat_body_takes_exactly_the_heartbeats_decode_plain_takes(frame):
+    fast = heartbeat_body(frame)
+    slow = _decoded_heartbeat(frame)
+    if fast is not None:
+        assert fast == slow  # never a frame decode_plain refuses, never another body
+    if frame.startswith(_HEARTBEAT_HEAD):
+        assert (fast is None) == (slow is None)  # and every heartbeat a minion packs
+
+
+def test_every_heartbeat_a_minion_packs_is_taken():
+    body = SAMPLES[MsgType.HEARTBEAT]
+    assert heartbeat_body(encode_plain(MsgType.HEARTBEAT, body)) == body
+    assert heartbeat_body(encode_plain(MsgType.HEARTBEAT, {**body, "busy": None})) is not None
+
+
+def test_heartbeat_body_refuses_an_oversized_frame_before_unpacking_it(monkeypatch):
+    oversized = _HEARTBEAT_HEAD + codec.pack({"version": "x" * MAX_SMALL_BYTES})
+    monkeypatch.setattr(codec, "unpack_flat", lambda *a, **k: pytest.fail("unpacked"))
+    assert heartbeat_body(oversized) is None

@@ -14,7 +14,7 @@ import zmq
 
 from safcm.common import codec
 from safcm.common.loop import Loop
-from safcm.common.protocol import MAX_PLAIN_NETWORK_BYTES, PROTOCOL_VERSION, MsgType
+from safcm.common.protocol import MAX_PLAIN_NETWORK_BYTES, PROTOCOL_VERSION, MsgType, pack_plain
 from safcm.master.db import DB_NAME
 from safcm.master.sandbox import Sandbox, wait_for
 from safcm.minion.daemon import Minion
@@ -76,6 +76,24 @@ def test_an_oversized_or_malformed_heartbeat_is_dropped_before_it_is_decoded(san
     assert web3.silent()
     assert not keys(sandbox)["web3"]["connected"]
     web3.heartbeat()  # the connection still serves
+    assert web3.recv().type is MsgType.HEARTBEAT_REPLY
+
+
+def test_a_message_of_several_frames_is_dropped_whole(sandbox, fake):
+    enrol(sandbox, "web1")
+    web3 = accepted_fake(sandbox, fake, "web3")
+    web3.heartbeat()
+    assert web3.recv().type is MsgType.HEARTBEAT_REPLY
+    # Valid heartbeats, each newer than the last, but as frames of one message:
+    # none of them is taken, and the next message is read from its start.
+    body = {"version": "fake", "uptime": 1.0, "busy": None, "interval": 5.0}
+    web3.send_raw(
+        *(pack_plain(MsgType.HEARTBEAT, {**body, "seq": web3.seq + i}) for i in (1, 2, 3))
+    )
+    logged(sandbox.master, "dropped a message of 3 frames instead of one")
+    assert web3.silent()
+    web3.seq += 3
+    web3.heartbeat()
     assert web3.recv().type is MsgType.HEARTBEAT_REPLY
 
 
