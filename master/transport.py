@@ -54,9 +54,13 @@ DOMAIN_KEY = "key"  # the plain key port: no ZAP, but a connection table like th
 
 # ZMTP heartbeats (libzmq's own PING/PONG, independent of ours): a connection
 # that answers no PING for HEARTBEAT_TIMEOUT is closed, so dead peers never
-# hold a descriptor for long. Milliseconds.
-ZMTP_HEARTBEAT_IVL_MS = 10_000
-ZMTP_HEARTBEAT_TIMEOUT_MS = 30_000
+# hold a descriptor for long (no longer than a silent unknown key holds one,
+# UNKNOWN_IDLE). Not more often: every PING and PONG costs libzmq's I/O
+# thread a wake-up and a CURVE box, about 20 us, and at 10 s the PINGs of
+# idle minions cost the master more than their heartbeats (bench/heartbeat.py
+# --interval 5). Milliseconds.
+ZMTP_HEARTBEAT_IVL_MS = 60_000
+ZMTP_HEARTBEAT_TIMEOUT_MS = 180_000
 # A CURVE handshake must finish within this many milliseconds, or libzmq
 # closes the connection: a peer that connects and says nothing is dropped.
 HANDSHAKE_IVL_MS = 10_000

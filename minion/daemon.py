@@ -123,10 +123,13 @@ SEEN_PURGE_INTERVAL = 3600.0
 # Largest message the return connection receives: the master's replies are
 # small sealed messages or an enrol reply.
 DEALER_MAX_IN = MAX_SMALL_BYTES + MAX_ENVELOPE_OVERHEAD
-# ZMTP heartbeats on our connections, in milliseconds: a master that vanished
-# without closing the TCP connection is noticed by libzmq too.
-ZMTP_HEARTBEAT_IVL_MS = 10_000
-ZMTP_HEARTBEAT_TIMEOUT_MS = 30_000
+# ZMTP heartbeats on the publish connection, in milliseconds: it carries only
+# jobs, so libzmq's PINGs are what notices a master (or a NAT entry) that
+# vanished without closing it. The return connection has none: our own
+# heartbeats and the master's replies are its liveness (LIVENESS), and each
+# PING would cost the master's I/O thread about what a heartbeat costs.
+ZMTP_HEARTBEAT_IVL_MS = 60_000
+ZMTP_HEARTBEAT_TIMEOUT_MS = 180_000
 # Heartbeat sequence numbers are reserved on disk this many at a time, so a
 # heartbeat costs no write, and a restart skips at most this many.
 SEQ_BLOCK = 1000
@@ -344,8 +347,6 @@ class Minion:
         sock.setsockopt(zmq.CURVE_SERVERKEY, self.master_keys.curve)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public.curve)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.curve_secret().reveal())
-        sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
         return sock
 
     def _connect(self) -> None:
@@ -362,6 +363,8 @@ class Minion:
         if self.sub is not None:
             return
         self.sub = self._curve_socket(zmq.SUB, MAX_FRAME_BYTES)
+        self.sub.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+        self.sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
         self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(self.id))
         self.sub.connect(self._address(self.settings.publish_port))
         self.loop.add_reader(self.sub, self.on_sub)
