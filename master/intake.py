@@ -135,6 +135,17 @@ CONTENT_BURST = 2 * MAX_FILE_BYTES
 # (the minion asks again). Replies are small but for content: this bounds
 # what a minion that stops reading can hold in the master's memory.
 RETURN_SNDHWM = 8
+# A heartbeat is answered only if its minion's last answer is at least this
+# many of its intervals old: every second one is, so the reply's cost (a
+# wake-up of libzmq's I/O thread, a CURVE box and a send, about what reading
+# the heartbeat costs) is paid half as often. A minion of any version
+# reconnects after three intervals without a reply (minion/daemon.py
+# LIVENESS); it then sees at most two, and the reply has one interval of
+# slack: a master that answers that much late looks gone...
+HEARTBEAT_REPLY_SPACING = 1.5
+# ...so that slack must be at least this many seconds: a minion with a
+# shorter interval has every heartbeat answered, as before.
+HEARTBEAT_REPLY_SLACK = 1.0
 # FACTS messages per minion, per second and burst: an honest minion sends
 # one per connection and one per change (at most one per facts_interval,
 # 0.5 s or more); each costs a database write.
@@ -479,8 +490,9 @@ class Intake:
         self._heartbeat(key, msg.body)
 
     def _heartbeat(self, key: MinionKey, body: dict[str, Any]) -> None:
-        """Presence, and the master's time in the reply, for the accepted
-        minion `key` whose connection sent `body`. The sequence number still
+        """Presence, and the master's time in the reply (for every second
+        heartbeat, HEARTBEAT_REPLY_SPACING), for the accepted minion `key`
+        whose connection sent `body`. The sequence number still
         refuses a heartbeat that is not newer than the last one taken (CURVE
         alone orders messages within one connection only)."""
         minion, seq = key.id, body["seq"]
@@ -493,8 +505,8 @@ class Intake:
             self.peer_log.info("minion %s is connected (version %s)", minion, body["version"])
             presence = self.peers.presence[minion] = Presence(0.0, 0.0)
         # Changed in place: a new object per heartbeat costs more than the rest.
-        presence.last_seen = self.loop.clock()
-        presence.interval = body["interval"]
+        presence.last_seen = seen = self.loop.clock()
+        presence.interval = interval = body["interval"]
         presence.busy = body["busy"]
         if self._heartbeat_reply is None:
             # One reply for the heartbeats of a wake-up (ROUTER_SLICE at most),
@@ -505,6 +517,12 @@ class Intake:
             self._heartbeat_reply = (now, pack_plain(MsgType.HEARTBEAT_REPLY, {"time": now}))
         now, reply = self._heartbeat_reply
         self.keystore.touch(minion, now, seq)
+        if (
+            interval >= HEARTBEAT_REPLY_SLACK
+            and seen - presence.answered < HEARTBEAT_REPLY_SPACING * interval
+        ):
+            return  # answered recently enough (HEARTBEAT_REPLY_SPACING)
+        presence.answered = seen
         self._reply(reply)
 
     def on_job_receipt(self, msg: Message) -> None:

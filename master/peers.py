@@ -11,6 +11,7 @@ address. Shared by the parts of the daemon that face the network
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import zmq
@@ -44,6 +45,7 @@ class Presence:
     last_seen: float  # monotonic
     interval: float  # the minion's heartbeat interval, seconds (at most MAX_HEARTBEAT_INTERVAL)
     busy: str | None = None  # the job it said it is applying
+    answered: float = -math.inf  # monotonic: when a heartbeat of it was last answered
 
 
 class Peers:

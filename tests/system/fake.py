@@ -143,7 +143,8 @@ class FakeMinion:
         in its body instead, unchecked (a test may send an invalid one);
         returns its frame."""
         self.seq = min(self.seq + 1, MAX_SEQUENCE)
-        body = {"version": "fake", "uptime": 1.0, "busy": None, "interval": 5.0, "seq": self.seq}
+        # The test minions' interval, below HEARTBEAT_REPLY_SLACK: each is answered.
+        body = {"version": "fake", "uptime": 1.0, "busy": None, "interval": 0.2, "seq": self.seq}
         frame = pack_plain(MsgType.HEARTBEAT, {**body, **fields})
         self.send_raw(frame)
         return frame

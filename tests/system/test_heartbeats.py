@@ -35,6 +35,11 @@ from tests.system.conftest import (
 FLOOD = 3000
 # An hour: the step of a host's clock.
 HOUR = 3600.0
+# A heartbeat interval, in seconds, at which the master answers every second
+# heartbeat (master/intake.py HEARTBEAT_REPLY_SLACK), and heartbeats a minion
+# sends at it in a test: several of its liveness windows.
+SPACED_INTERVAL = 1.0
+LONG_RUN = 8
 
 
 def test_an_accepted_keys_heartbeat_is_answered_and_makes_it_present(sandbox, fake):
@@ -77,6 +82,28 @@ def test_an_oversized_or_malformed_heartbeat_is_dropped_before_it_is_decoded(san
     assert not keys(sandbox)["web3"]["connected"]
     web3.heartbeat()  # the connection still serves
     assert web3.recv().type is MsgType.HEARTBEAT_REPLY
+
+
+def test_a_minion_with_a_long_interval_has_every_second_heartbeat_answered(sandbox, fake):
+    """A reply costs the master about what the heartbeat does, and a minion
+    needs one within three intervals (minion/daemon.py LIVENESS): one is
+    sent when the last is 1.5 intervals old (HEARTBEAT_REPLY_SPACING), where
+    that leaves a second of slack (HEARTBEAT_REPLY_SLACK)."""
+    enrol(sandbox, "web1")
+    web3 = accepted_fake(sandbox, fake, "web3")
+    web3.heartbeat(interval=30.0)
+    first = web3.recv()
+    assert first.type is MsgType.HEARTBEAT_REPLY
+    skipped = web3.heartbeat(interval=30.0)
+    assert web3.silent()
+    # Unanswered, but taken: its sequence number counts, and web3 is seen.
+    web3.send_raw(skipped)
+    logged(sandbox.master, f"heartbeat {web3.seq} of web3 is not newer than its last")
+    assert keys(sandbox)["web3"]["connected"]
+    # An interval with less slack than that: every heartbeat is answered.
+    for _ in range(3):
+        web3.heartbeat(interval=HEARTBEAT)
+        assert web3.recv().type is MsgType.HEARTBEAT_REPLY
 
 
 def test_a_message_of_several_frames_is_dropped_whole(sandbox, fake):
@@ -161,7 +188,9 @@ def test_a_receipt_counts_only_for_a_job_sent_to_its_sender(sandbox, fake):
     assert jobs_show(sandbox, doc["jid"]) == stored
 
 
-def _in_process_minion(sb: Sandbox, minion_id: str, loop: Loop, ctx, worker, clock) -> Minion:
+def _in_process_minion(
+    sb: Sandbox, minion_id: str, loop: Loop, ctx, worker, clock, interval: float = HEARTBEAT
+) -> Minion:
     """A real Minion in this process, on `loop`, whose wall clock is `clock`."""
     settings = sb.master.settings
     root = os.path.join(sb.base, "roots", minion_id)
@@ -175,7 +204,7 @@ def _in_process_minion(sb: Sandbox, minion_id: str, loop: Loop, ctx, worker, clo
         master_fingerprint=sb.master_fingerprint(),
         state_dir=os.path.join(sb.base, "minions", minion_id),
         root=root,
-        heartbeat_interval=HEARTBEAT,
+        heartbeat_interval=interval,
     )
     return Minion(ms, loop=loop, ctx=ctx, worker=worker, clock=clock)
 
@@ -211,3 +240,29 @@ def test_a_minion_learns_the_masters_time_from_heartbeat_replies(sandbox):
         loop.close()
         ctx.term()
     assert keys(sandbox)["web7"]["state"] == "accepted"
+
+
+def test_a_minion_answered_every_second_heartbeat_stays_connected(sandbox, caplog):
+    """With a long enough interval the master answers every second heartbeat
+    (HEARTBEAT_REPLY_SPACING); the minion's liveness check (three intervals
+    without a reply) must never take that for a master that went away."""
+    sandbox.configure_master(auto_accept=True)
+    sandbox.start_master()
+    loop, ctx = Loop(), zmq.Context()
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    minion = _in_process_minion(
+        sandbox, "web7", loop, ctx, worker, clock=time.time, interval=SPACED_INTERVAL
+    )
+    try:
+        minion.start()
+        deadline = time.monotonic() + SETTLE + LONG_RUN * SPACED_INTERVAL
+        while not (minion.accepted and minion.seq >= LONG_RUN):
+            assert time.monotonic() < deadline, "timed out waiting for the heartbeats"
+            loop.run_once(0.05)
+    finally:
+        worker.shutdown(wait=True)
+        minion.close()
+        loop.close()
+        ctx.term()
+    assert "no reply from the master" not in caplog.text
+    assert keys(sandbox)["web7"]["connected"]
