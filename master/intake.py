@@ -11,9 +11,11 @@ the CURVE connection (form "curve" in common/protocol.py): one comes from
 the accepted minion whose transport key libzmq names (User-Id), looked up on
 every message, and from no one else, whatever its body says. They are
 checked in order of cost: that key, the frame's size, a per-key and
-per-connection rate, then decoding; a heartbeat's reply is a plain message
-on the same connection. So a heartbeat costs the master no signature, key
-agreement or AEAD of its own (bench/heartbeat.py).
+per-connection rate, then decoding (a heartbeat by protocol.heartbeat_body,
+which takes what decode_plain would for less); a heartbeat's reply is a
+plain message on the same connection, for every second heartbeat where the
+minion's interval allows (HEARTBEAT_REPLY_SPACING). So a heartbeat costs the
+master no signature, key agreement or AEAD of its own (bench/heartbeat.py).
 
 A sealed message (a result) is checked in order of cost: the transport key,
 the frame's size against the limit of the type it claims, the claimed sender
