@@ -18,7 +18,8 @@ master/jobstore.py keeps the same names):
     sent/recv.    result            (caller stores it: NEW)            same, storing
     sent/recv.    result_stored     answered, finished?                done (dropped)
     sent/recv.    wake, deadline    store_no_response, answered,       no_response
-                                    finished?                          (dropped)
+                  (WAKE_SLICE a     finished?                          (dropped)
+                  wake-up)
     no_response   result            (caller stores it: LATE)           storing
     no_response   result_stored     -                                  done (dropped)
     sent/recv.    stored_elsewhere  answered, finished?                done (dropped)
@@ -92,6 +93,12 @@ STORE_RETRY = 0.25
 # 2-core machine; bench/submit.py). Until its turn, a host of the job is not
 # sent to: a receipt or result for it is refused, as for a job never sent.
 START_SLICE = 1000
+# (job, host) pairs whose time has come handled per wake-up at most: a job's
+# whole fleet that reaches its deadline together is recorded "no response"
+# and answered in slices, the next asked for at once, so the loop reads and
+# writes between them (10,000 at once would be one long transaction, then an
+# answer to the CLI for each, with nothing else read meanwhile).
+WAKE_SLICE = 500
 
 
 class State(enum.StrEnum):
@@ -258,7 +265,7 @@ class Lifecycles:
         self._asked = None
         self._start_some(now)
         due: list[HostJob] = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and len(due) < WAKE_SLICE:
             entry = heapq.heappop(self._heap)
             item = self._open.get((entry[2], entry[3]))
             if item is not None and item.queued == entry[0]:

@@ -19,6 +19,7 @@ from safcm.master.lifecycle import (
     RESUBSCRIBE_MIN_INTERVAL,
     START_SLICE,
     STORE_RETRY,
+    WAKE_SLICE,
     Lifecycles,
     OpenRow,
     State,
@@ -129,6 +130,25 @@ def test_an_envelope_its_subscriber_could_not_queue_is_published_again_soon():
     lc.queue_full("J1", "web1", T0 + TIMEOUT)  # at its deadline: nothing either
     lc.wake(T0 + 4)
     assert fake.take() == []
+
+
+def test_a_fleet_at_its_deadline_is_answered_in_slices_one_wake_up_each():
+    hosts = [f"m{i:05d}" for i in range(2 * WAKE_SLICE + 1)]
+    lc, fake = machine(tuple(hosts))
+    for _ in range(len(hosts) // START_SLICE + 1):
+        lc.wake(T0)  # every host started
+    lc.receipt("J1", hosts[0], T0 + 1)  # a receipt is not an answer
+    fake.take()
+    slices = []
+    now = T0 + TIMEOUT
+    while fake.timer is not None and fake.timer <= now:
+        fake.timer = None  # the daemon's timer fired
+        lc.wake(now)
+        events = fake.take()
+        [stored] = [e for e in events if e[0] == "store_no_response"]
+        slices.append(len(stored[1]))
+    assert slices == [WAKE_SLICE, WAKE_SLICE, 1]
+    assert events[-1] == ("finished", "J1") and len(lc) == 0
 
 
 def test_nothing_is_republished_after_the_receipt():
