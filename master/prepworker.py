@@ -297,6 +297,8 @@ def _portable(e: SafcmError) -> tuple[str, Any]:
         return "usage", str(e)
     if isinstance(e, StoreError):
         return "store", str(e)
+    if isinstance(e, WorkerError):
+        return "worker", str(e)
     return "safcm", str(e)
 
 
@@ -307,6 +309,8 @@ def _rebuilt(kind: str, content: Any) -> SafcmError:
         return UsageError(content)
     if kind == "store":
         return StoreError(content)
+    if kind == "worker":
+        return WorkerError(content)
     return SafcmError(content)
 
 
