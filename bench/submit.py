@@ -28,7 +28,7 @@ In a fresh temporary directory under /tmp:
    answered. The master's own figures, from its log line "job JID: ...
    compiled in A s, built in B s, stored in C s; the event loop was held at
    most D ms at a time since the request (WHERE)", where it logs one.
-5. The master's RSS now and its peak (VmHWM).
+5. The master's RSS now and its peak (VmHWM), and its prepare worker's.
 
 Nothing is timed in the tests; this prints figures. The job is not waited
 for to its deadline: the master and the minions are stopped at the end and
@@ -287,6 +287,10 @@ def bench(args: argparse.Namespace) -> None:
             f"after it {start_max * 1000:.1f} ms ({start_n} requests)"
         )
         print(f"  master RSS: {rss / 1024:.1f} MiB now, peak {hwm / 1024:.1f} MiB")
+        worker = re.findall(r"prepare worker \d+ started \(pid (\d+)\)", sb.master.log_text())
+        if worker:  # master/prepworker.py: the process that compiles and stores
+            w_rss, w_hwm = rss_kib("VmRSS", int(worker[-1])), rss_kib("VmHWM", int(worker[-1]))
+            print(f"  prepare worker RSS: {w_rss / 1024:.1f} MiB now, peak {w_hwm / 1024:.1f} MiB")
     finally:
         if sb is not None:
             sb.close()

@@ -4,16 +4,17 @@ daemon's loop never waits on that work, not even for the GIL (a thread of
 the daemon doing 10 to 20 s of pure Python for 10,000 hosts held the loop
 for hundreds of milliseconds at a time).
 
-It is spawned (never forked: the daemon has a ZeroMQ context and threads)
-when the daemon starts, and kept: repocache's load of the repository stays
+It is a fresh interpreter (never a fork: the daemon has a ZeroMQ context
+and threads), started when the daemon starts, and kept: repocache's load of the repository stays
 in it between runs (a no-op run does no repository I/O beyond the cache's
 check). It has a database connection of its own (SQLite WAL or PostgreSQL:
 both let it write while the loop reads and writes).
 
-The conversation, over one pipe, one request at a time, from the daemon's
-prepare thread (master/runs.py), pickled (both ends are this code):
+The conversation, over one socket pair, one request at a time, from the
+daemon's prepare thread (master/runs.py), pickled (both ends are this code):
 
     master                                    worker
+    (settings, owner, generation, level)  ->  first, once
     (PREPARE, body, target, keys, facts)  ->  load, resolve the target, compile;
                                           <-  (DONE, (Resolved, JobOrder)): the
                                               per-host job fields stay in the
@@ -42,10 +43,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import multiprocessing
 import multiprocessing.connection
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -80,6 +82,12 @@ GIT_TIMEOUT = 5.0
 # Seconds the worker gets to end after SIGTERM when the daemon stops (it
 # ends at once: it keeps no state that a kill would lose), then SIGKILL.
 STOP_TIMEOUT = 5.0
+# How the worker starts: a new interpreter (-P: not the daemon's working
+# directory first on sys.path) that imports this module by its name, so the
+# classes it pickles are safcm.master.prepworker's, not __main__'s.
+# (multiprocessing's spawn would also run the daemon's own main module again
+# in it, and an embedding script without a main guard would start itself.)
+BOOTSTRAP = "import sys; from safcm.master.prepworker import main; sys.exit(main(sys.argv[1:]))"
 
 # Requests, and the worker's answers.
 PREPARE, STORE, FORGET, DISCARD, TURNED = "prepare", "store", "forget", "discard", "turned"
@@ -104,14 +112,14 @@ class JobOrder:
 
 class PrepareWorker:
     """The daemon's side: the worker process, started again when it died.
-    request() is called from one thread (the prepare thread) at a time;
-    stop() from any."""
+    prepare(), store(), forget() and discard() are called from one thread
+    (the prepare thread); stop() from any."""
 
     def __init__(self, settings: MasterSettings, owner: str | None) -> None:
         self.settings = settings
         self.owner = owner  # the daemon's: this master's name in a cluster
         self.generation = 0  # counts the workers started
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         # The facts the running worker holds: only the hosts whose facts
         # changed since (a new HostFacts object) are sent with a PREPARE.
@@ -125,24 +133,26 @@ class PrepareWorker:
     def start(self) -> None:
         """Start a worker if none is running (at daemon start, so the first
         run does not wait for the interpreter to start and import)."""
-        if self._process is not None and self._process.is_alive():
+        if self._alive():
             return
         self._reap()
-        # Spawned: a fresh interpreter, with nothing of the daemon's sockets,
-        # threads or locks in it (a fork would copy them).
-        ctx = multiprocessing.get_context("spawn")
-        ours, theirs = ctx.Pipe()
+        ours, theirs = socket.socketpair()
         self.generation += 1
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        process = ctx.Process(
-            target=serve,
-            args=(theirs, self.settings, self.owner, self.generation, level),
-            name="safcm-master prepare worker",
-            daemon=True,  # ended by multiprocessing if the daemon exits without stop()
-        )
-        process.start()
-        theirs.close()
-        self._process, self._conn, self._facts = process, ours, {}
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-P", "-c", BOOTSTRAP, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,  # stderr: the daemon's, so one log
+                pass_fds=[theirs.fileno()],  # and no other descriptor of the daemon
+            )
+        except OSError as e:
+            ours.close()
+            raise WorkerError(f"cannot start the prepare worker: {e}") from e
+        finally:
+            theirs.close()
+        conn = multiprocessing.connection.Connection(ours.detach())
+        self._process, self._conn, self._facts = process, conn, {}
+        self._send((self.settings, self.owner, self.generation, level))
         log.info("prepare worker %d started (pid %d)", self.generation, process.pid)
 
     def prepare(
@@ -194,7 +204,7 @@ class PrepareWorker:
         """The daemon stops: end the worker now, even mid-request (the job
         it was storing is left unstarted: the next start removes it)."""
         self._stopping.set()
-        if self._process is not None and self._process.is_alive():
+        if self._process is not None and self._alive():
             with contextlib.suppress(OSError):
                 self._process.terminate()
 
@@ -203,7 +213,7 @@ class PrepareWorker:
         self._reap()
 
     def _alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        return self._process is not None and self._process.poll() is None
 
     def _check_same_worker(self, order: JobOrder) -> None:
         if order.worker != self.generation or not self._alive():
@@ -245,10 +255,11 @@ class PrepareWorker:
         """The worker ended under a request: what the RUN is answered."""
         process = self._process
         assert process is not None
-        process.join(STOP_TIMEOUT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(STOP_TIMEOUT)
         if self._stopping.is_set():
             return SafcmError("the master is stopping; the job was not started")
-        code = process.exitcode
+        code = process.returncode
         if code is None:
             why = "it closed its pipe"
         elif code < 0:
@@ -268,10 +279,11 @@ class PrepareWorker:
             self._conn.close()
             self._conn = None
         if self._process is not None:
-            self._process.join(STOP_TIMEOUT)
-            if self._process.is_alive():
+            try:
+                self._process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
                 self._process.kill()
-                self._process.join()
+                self._process.wait()
             self._process = None
 
 
@@ -317,6 +329,17 @@ def _rebuilt(kind: str, content: Any) -> SafcmError:
 # ---- the worker process ----
 
 
+def main(argv: list[str]) -> int:
+    """The worker process (BOOTSTRAP): its socket's descriptor is argv[0]."""
+    conn = multiprocessing.connection.Connection(int(argv[0]))
+    try:
+        settings, owner, generation, level = conn.recv()
+    except (EOFError, OSError):
+        return 0  # the daemon has gone already
+    serve(conn, settings, owner, generation, level)
+    return 0
+
+
 def serve(
     conn: multiprocessing.connection.Connection,
     settings: MasterSettings,
@@ -324,7 +347,7 @@ def serve(
     generation: int,
     level: str,
 ) -> None:
-    """The worker's main: answer requests until the daemon closes the pipe."""
+    """Answer requests until the daemon closes the socket."""
     # Ctrl-C on a foreground daemon reaches its whole process group: the
     # daemon decides when its worker ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
