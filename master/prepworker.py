@@ -140,6 +140,8 @@ class PrepareWorker:
         run does not wait for the interpreter to start and import)."""
         if self._alive():
             return
+        if self._stopping.is_set():
+            raise SafcmError("the master is stopping; the job was not started")
         self._reap()
         ours, theirs = socket.socketpair()
         self.generation += 1
@@ -181,20 +183,14 @@ class PrepareWorker:
         hosts: list[str],
         unsealable: set[str],
         turn: Callable[[], bool],
-        meanwhile: Callable[[], Any] = lambda: None,
-    ) -> tuple[JobParts, float, float, Any]:
+    ) -> tuple[JobParts, float, float]:
         """Build and store one job of `order` for `hosts`; `turn()` waits for
         the loop's turn between two transactions (False: the master stops).
-        Returns the parts, the seconds spent building and storing them, and
-        what `meanwhile()`, called while the worker works, returned."""
+        Returns the parts, and the seconds spent building and storing them."""
         self._check_same_worker(order)
-        assert self._conn is not None
-        self._send(
-            (STORE, order.kept, record, order.module, order.dry_run, order.steps, hosts, unsealable)
-        )
-        during = meanwhile()
-        parts, building, storing = self._answer(turn)
-        return parts, building, storing, during
+        request = (STORE, order.kept, record, order.module, order.dry_run, order.steps, hosts)
+        parts, building, storing = self._request((*request, unsealable), turn)
+        return parts, building, storing
 
     def forget(self, order: JobOrder) -> None:
         """The order's hosts not stored yet never will be: free them."""
@@ -243,11 +239,17 @@ class PrepareWorker:
         while True:
             try:
                 kind, *payload = self._conn.recv()
+                if kind == TURN:
+                    self._conn.send((TURNED, turn()))
+                    continue
             except (EOFError, OSError) as e:
                 raise self._died() from e
-            if kind == TURN:
-                self._send((TURNED, turn()))
-            elif kind == DONE:
+            except BaseException:
+                # Where the conversation stands is lost (a bug in turn()):
+                # the next request gets a new worker, not this one's answer.
+                self._abandon()
+                raise
+            if kind == DONE:
                 return payload[0]
             elif kind == FAILED:
                 raise _rebuilt(*payload)
@@ -278,6 +280,12 @@ class PrepareWorker:
         )
         log.error("%s", message)
         return WorkerError(message)
+
+    def _abandon(self) -> None:
+        if self._process is not None and self._alive():
+            with contextlib.suppress(OSError):
+                self._process.kill()
+        self._reap()
 
     def _reap(self) -> None:
         if self._conn is not None:

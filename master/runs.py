@@ -265,18 +265,13 @@ class Runs:
         started: dict[str, Any],
         snapshot: HostSnapshot,
     ) -> Stored:
-        """On the prepare thread: the worker builds, checks and writes the
-        job, not yet started, while this thread encodes its RUN_STARTED
-        (`started`, with the notes from `snapshot`)."""
-
-        def run_started() -> bytes:
-            notes = [
-                {"host": h, "note": n} for h in hosts if (n := host_note(h, snapshot)) is not None
-            ]
-            return encode_plain(MsgType.RUN_STARTED, {**started, "notes": notes})
-
-        parts, building, storing, message = self.worker.store(
-            order, record, hosts, unsealable, self._loop_turn, run_started
+        """On the prepare thread: RUN_STARTED (`started`, with the notes from
+        `snapshot`), encoded, then the worker builds, checks and writes the
+        job, not yet started."""
+        notes = [{"host": h, "note": n} for h in hosts if (n := host_note(h, snapshot)) is not None]
+        message = encode_plain(MsgType.RUN_STARTED, {**started, "notes": notes})
+        parts, building, storing = self.worker.store(
+            order, record, hosts, unsealable, self._loop_turn
         )
         return Stored(parts, message, building, storing)
 

@@ -101,8 +101,7 @@ def test_a_job_is_stored_by_the_worker_unstarted(settings, worker, tmp_path):
     resolved, order = w.prepare(body("*"), "*", ACCEPTED, {})
     assert resolved.hosts == sorted(HOSTS)
     record = JobRecord("20261202T120000.000001Z", 1.0, 61.0, "root", "*", "files", False, None)
-    parts, _, _, during = w.store(order, record, resolved.hosts, set(), lambda: True, lambda: 7)
-    assert during == 7
+    parts, _, _ = w.store(order, record, resolved.hosts, set(), lambda: True)
     assert sorted(parts.hosts) == sorted(HOSTS)
     jobs = JobStore(open_db(str(tmp_path)), None)
     assert jobs.get_job(record.jid) is None  # stored, not started: there for no one
@@ -141,3 +140,31 @@ def running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_failure_between_two_transactions_costs_that_worker_not_the_next_run(settings, worker):
+    w = worker(settings("detected"))
+    resolved, order = w.prepare(body("*"), "*", ACCEPTED, {})
+    record = JobRecord("20261202T120000.000003Z", 1.0, 61.0, "root", "*", "files", False, None)
+
+    def broken_turn() -> bool:
+        raise RuntimeError("a bug in the loop's turn")
+
+    with pytest.raises(RuntimeError):
+        w.store(order, record, resolved.hosts, set(), broken_turn)
+    # The worker waited for its turn: the next request goes to a new one,
+    # and is answered by it, not with the broken conversation's leftovers.
+    resolved, _ = w.prepare(body("web1"), "web1", ACCEPTED, {})
+    assert resolved.hosts == ["web1"] and w.generation == 2
+
+
+def test_no_worker_is_started_once_the_master_stops(settings, worker):
+    w = worker(settings("detected"))
+    w.start()
+    first = w.pid
+    assert first is not None
+    w.stop()
+    wait_for(lambda: not running(first), WAIT, "the worker to end")
+    with pytest.raises(SafcmError, match="the master is stopping"):
+        w.prepare(body("web1"), "web1", ACCEPTED, {})
+    assert w.generation == 1
