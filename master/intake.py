@@ -206,11 +206,15 @@ class Intake:
 
     def open(self, address: str, cap: int, curve_secret: bytes) -> None:
         self.router = router = self.peers.bind(
-            zmq.ROUTER, address, RETURN_MAX_IN, cap, DOMAIN_RETURN, curve_secret
+            zmq.ROUTER,
+            address,
+            RETURN_MAX_IN,
+            cap,
+            DOMAIN_RETURN,
+            curve_secret,
+            {zmq.RCVHWM: RETURN_RCVHWM, zmq.SNDHWM: RETURN_SNDHWM},
         )
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        router.setsockopt(zmq.RCVHWM, RETURN_RCVHWM)
-        router.setsockopt(zmq.SNDHWM, RETURN_SNDHWM)
         self.loop.add_reader(router, self.on_router)
 
     def close(self) -> None:

@@ -73,12 +73,18 @@ class Peers:
         cap: int,
         domain: str,
         curve_secret: bytes | None,
+        options: dict[int, int] | None = None,
     ) -> zmq.Socket:
         """A socket bound to `address`, with its connection table and monitor;
-        a CURVE server under `domain` unless `curve_secret` is None (plain)."""
+        a CURVE server under `domain` unless `curve_secret` is None (plain).
+        `options` are set before it binds: libzmq gives each connection it
+        accepts the options its listener had at bind time, so a queue limit
+        (SNDHWM, RCVHWM) set after bind() would never apply to any peer."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_in)
+        for option, value in (options or {}).items():
+            sock.setsockopt(option, value)
         if curve_secret is not None:
             curve_server(sock, curve_secret, domain)
         else:

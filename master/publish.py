@@ -133,16 +133,20 @@ class Publisher:
         self.draining = False
 
     def open(self, address: str, cap: int, curve_secret: bytes) -> None:
+        # Subscriptions waiting to be read, per connection (RCVHWM): an honest
+        # minion sends one; a flood stays in its own TCP buffers, not in our memory.
         self.xpub = xpub = self.peers.bind(
-            zmq.XPUB, address, PUBLISH_MAX_IN, cap, DOMAIN_PUBLISH, curve_secret
+            zmq.XPUB,
+            address,
+            PUBLISH_MAX_IN,
+            cap,
+            DOMAIN_PUBLISH,
+            curve_secret,
+            {zmq.SNDHWM: PUBLISH_HWM, zmq.RCVHWM: PUBLISH_RCVHWM},
         )
         # Subscriptions are ours to apply (XPUB_MANUAL), each one reported (VERBOSE).
         xpub.setsockopt(zmq.XPUB_MANUAL, 1)
         xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        xpub.setsockopt(zmq.SNDHWM, PUBLISH_HWM)
-        # Subscriptions waiting to be read, per connection: an honest minion
-        # sends one; a flood stays in its own TCP buffers, not in our memory.
-        xpub.setsockopt(zmq.RCVHWM, PUBLISH_RCVHWM)
         self.peers.loop.add_reader(xpub, self.on_xpub)
 
     def close(self) -> None:

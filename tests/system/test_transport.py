@@ -121,9 +121,12 @@ def test_enrolment_from_unknown_keys_is_rate_limited(sandbox):
         dealer.send(encode_plain(MsgType.ENROL_REQUEST, body))
     replies = received(dealer, 3000)
     dealer.close(0)
-    assert 0 < len(replies) < 60, len(replies)  # the burst, then the per-key rate
     logged(sandbox.master, "enrolment requests come faster than allowed")
-    assert len([k for k in keys(sandbox) if k.startswith("flood")]) == len(replies)
+    stored = [k for k in keys(sandbox) if k.startswith("flood")]
+    # The burst, then the per-key rate. Every reply answers a stored key; the
+    # master answers the burst at once, and what does not fit the return
+    # socket's queue for this peer (RETURN_SNDHWM) is dropped, not kept.
+    assert 0 < len(replies) <= len(stored) < 60, (len(replies), len(stored))
     code, _ = run_json(sandbox, "web1", "ping")
     assert code == 0
 
