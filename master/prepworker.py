@@ -5,10 +5,12 @@ the daemon doing 10 to 20 s of pure Python for 10,000 hosts held the loop
 for hundreds of milliseconds at a time).
 
 It is a fresh interpreter (never a fork: the daemon has a ZeroMQ context
-and threads), started when the daemon starts, and kept: repocache's load of the repository stays
-in it between runs (a no-op run does no repository I/O beyond the cache's
-check). It has a database connection of its own (SQLite WAL or PostgreSQL:
-both let it write while the loop reads and writes).
+and threads), started when the daemon starts, and kept: repocache's load of
+the repository stays in it between runs (a no-op run does no repository
+I/O beyond the cache's check). It has a database connection of its own
+(SQLite WAL or PostgreSQL: both let it write while the loop reads and
+writes). The daemon's stop ends it; a daemon that dies without stopping
+(SIGKILL) leaves it to end at its next read or write on its socket.
 
 The conversation, over one socket pair, one request at a time, from the
 daemon's prepare thread (master/runs.py), pickled (both ends are this code):
