@@ -84,3 +84,10 @@ def test_the_daemon_stop_ends_a_busy_worker(sandbox):
     assert not running(pid)
     out, _ = run.communicate(timeout=SETTLE)
     assert run.returncode != 0, out
+
+
+def test_a_worker_ends_with_a_daemon_that_was_killed(sandbox):
+    sandbox.start_master()
+    pid = worker_pid(sandbox, 1)
+    sandbox.kill(sandbox.master)  # SIGKILL: no stop, nothing ends the worker but its socket
+    wait_for(lambda: not running(pid), SETTLE, "the worker to end with its daemon")
