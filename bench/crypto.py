@@ -70,7 +70,15 @@ def job_body(files: int, size: int) -> dict:
         ).to_wire()
         for i in range(files)
     ]
-    return {"module": "files", "dry_run": False, "files": specs, "deadline": time.time() + 600}
+    return {
+        "module": "files",
+        "dry_run": False,
+        "files": specs,
+        "absent": [],
+        "purge": [],
+        "secrets": [],
+        "deadline": time.time() + 600,
+    }
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
     /work/venv/bin/python bench/fanout.py [--sizes 10,100,500] [--files 100]
         [--swarms 2] [--workers 4] [--fsync-workers N] [--repeat 1] [--ping-only]
+        [--swarm-dir DIR]
         [--profile DIR] [--json] [--keep] [--max-seconds 840]
 
 For each N in --sizes, in a fresh temporary directory under /tmp:
@@ -229,12 +230,13 @@ class Swarm:
         interval: float,
         workers: int,
         fsync_workers: int | None,
+        data: str,
     ) -> None:
         self.ids = ids
         self.status_path = os.path.join(base, f"swarm-{index}.status")
         self.log_path = os.path.join(base, "logs", f"swarm-{index}.log")
         self.spec_path = os.path.join(base, f"swarm-{index}.json")
-        self.roots = {i: os.path.join(base, "roots", i) for i in ids}
+        self.roots = {i: os.path.join(data, "roots", i) for i in ids}
         write_json(
             self.spec_path,
             {
@@ -249,7 +251,7 @@ class Swarm:
                 "log_level": "info",
                 "status": self.status_path,
                 "minions": [
-                    {"id": i, "state_dir": os.path.join(base, "minions", i), "root": self.roots[i]}
+                    {"id": i, "state_dir": os.path.join(data, "minions", i), "root": self.roots[i]}
                     for i in ids
                 ],
             },
@@ -450,7 +452,9 @@ class Fleet:
         self.fsync_workers = args.fsync_workers
         self.run_timeout = RUN_TIMEOUT_BASE + RUN_TIMEOUT_PER_MINION * n
         self.enrol_timeout = ENROL_TIMEOUT_BASE + ENROL_TIMEOUT_PER_MINION * n
+        self.swarm_dir = args.swarm_dir
         self.base = ""
+        self.data = ""  # the swarms' identities' state and roots: under base, or --swarm-dir
         self.sb: Sandbox | None = None
         self.swarms: list[Swarm] = []
         self.roots: dict[str, str] = {}
@@ -458,8 +462,10 @@ class Fleet:
         self.connect_seconds = 0.0
 
     def __enter__(self) -> Fleet:
-        self.base = tempfile.mkdtemp(prefix=f"safcm-fanout-{self.n}-", dir="/tmp")
+        self.base = self.data = tempfile.mkdtemp(prefix=f"safcm-fanout-{self.n}-", dir="/tmp")
         try:
+            if self.swarm_dir:
+                self.data = tempfile.mkdtemp(prefix=f"safcm-swarm-{self.n}-", dir=self.swarm_dir)
             self._start()
         except BaseException:
             self.close()
@@ -484,7 +490,9 @@ class Fleet:
         sb.start_minion(REFERENCE_MINION)
         self.roots[REFERENCE_MINION] = sb.root(REFERENCE_MINION)
         self.swarms = [
-            Swarm(self.base, i, chunk, sb, self.interval, self.workers, self.fsync_workers)
+            Swarm(
+                self.base, i, chunk, sb, self.interval, self.workers, self.fsync_workers, self.data
+            )
             for i, chunk in enumerate(self.chunks)
         ]
         for swarm in self.swarms:
@@ -583,12 +591,11 @@ class Fleet:
             swarm.stop()
         if self.sb is not None:
             self.sb.close()
-        if not self.base:
-            return
-        if self.keep:
-            print(f"kept {self.base}", file=sys.stderr)
-        else:
-            shutil.rmtree(self.base, ignore_errors=True)
+        for path in {self.base, self.data} - {""}:
+            if self.keep:
+                print(f"kept {path}", file=sys.stderr)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 # ---- one timed run ----
@@ -811,7 +818,8 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}); {args.files} files of "
         f"{FILE_SIZE} B per host; {args.workers} apply threads per swarm, "
-        f"{args.fsync_workers or 'default'} fsync threads per apply"
+        f"{args.fsync_workers or 'default'} fsync threads per apply; swarm identities in "
+        f"{args.swarm_dir or '/tmp'}"
     )
     before = " ".join(f"{x:.2f}" for x in args.load_before)
     after = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -926,6 +934,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fsync threads of each apply in the swarms (default: the engine's FSYNC_WORKERS)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="ping runs per size (default: 1)")
+    parser.add_argument(
+        "--swarm-dir",
+        metavar="DIR",
+        help="put the swarms' identities (state and roots) in a fresh directory in DIR, e.g."
+        " /dev/shm: their fsyncs then cost nothing, as in a real fleet where each host has a"
+        " disk of its own, rather than all of them waiting on this machine's one disk"
+        " (the master and the reference minion stay in /tmp)",
+    )
     parser.add_argument(
         "--ping-only",
         action="store_true",

@@ -171,6 +171,7 @@ class Master:
         self.zap: Zap | None = None
         self.control: ControlServer | None = None
         self._timers: list[Timer] = []
+        self._purging = False  # old jobs are being deleted, a chunk a loop turn
         # Other masters' key changes, where the database is shared (PostgreSQL).
         self.listener: Listener | None = None
         self._listening_fd: int | None = None
@@ -394,10 +395,25 @@ class Master:
     # ---- periodic work ----
 
     def purge_old_jobs(self) -> None:
-        cutoff = new_jid(self.clock() - self.settings.keep_jobs)
-        removed = self.jobs.purge_before(cutoff)
+        """Delete jobs older than keep_jobs, PURGE_CHUNK host rows a loop turn."""
+        if not self._purging:
+            self._purging = True
+            self._purge(new_jid(self.clock() - self.settings.keep_jobs), 0)
+
+    def _purge(self, cutoff: str, removed: int) -> None:
+        try:
+            jobs, more = self.jobs.purge_before(cutoff)
+        except StoreError:
+            self._purging = False  # tried again at the next RETENTION_INTERVAL
+            raise
+        # Results were deleted: each host's use of its quota is counted again.
+        self.intake.forget_quota()
+        removed += jobs
+        if more:
+            self.loop.call_later(0, lambda: self._purge(cutoff, removed))
+            return
+        self._purging = False
         if removed:
-            self.intake.forget_quota()
             log.info("removed %d jobs older than keep_jobs", removed)
 
     # ---- control ----

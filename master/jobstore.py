@@ -45,6 +45,11 @@ STORE_CHUNK = 500
 # Values per IN (...) list: SQLite allows 32766 bound values since 3.32 and
 # 999 before; PostgreSQL 65535.
 IN_CHUNK = 500
+# Host rows deleted per transaction when old jobs are purged (purge_before()):
+# a large history (a fleet's month, or a first purge after keep_jobs was
+# shortened) goes in short transactions a loop turn apart, not in one that
+# holds the loop for seconds.
+PURGE_CHUNK = 2000
 
 
 # The states of a job's host, as its row stores them: the lifecycle's
@@ -524,11 +529,23 @@ class JobStore:
                 list(pairs),
             )
 
-    def purge_before(self, jid: str) -> int:
-        """Delete jobs older than `jid` (jids sort by time); returns how many."""
+    def purge_before(self, jid: str, rows: int = PURGE_CHUNK) -> tuple[int, bool]:
+        """Delete part of the jobs older than `jid` (jids sort by time): at
+        most `rows` of their host rows, oldest first, and the jobs left
+        without any. Returns (jobs deleted, whether more may be left): the
+        caller goes on, a loop turn later, until nothing is."""
         with transaction(self.conn):
-            cur = self.conn.execute("DELETE FROM jobs WHERE jid < ?", (jid,))
-        return cur.rowcount
+            deleted = self.conn.execute(
+                "DELETE FROM job_hosts WHERE (jid, host) IN"
+                " (SELECT jid, host FROM job_hosts WHERE jid < ? ORDER BY jid, host LIMIT ?)",
+                (jid, rows),
+            ).rowcount
+            if deleted == rows:
+                return 0, True
+            # The old jobs have no host rows left: they go, with their plans,
+            # manifests and content (ON DELETE CASCADE), which are few per job.
+            jobs = self.conn.execute("DELETE FROM jobs WHERE jid < ?", (jid,)).rowcount
+        return jobs, False
 
     def list_jobs(
         self,

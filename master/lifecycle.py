@@ -12,12 +12,14 @@ master/jobstore.py keeps the same names):
     (new)         start             publish (START_SLICE a wake-up)    sent
     sent          wake, send due    publish (backoff, until deadline)  sent
     sent          subscribed        publish (at most once a second)    sent
+    sent          queue_full        publish (after QUEUE_FULL_RETRY)   sent
     sent          receipt           store_receipt                      received
     sent/recv.    progress          progress (deadline moves)          same
     sent/recv.    result            (caller stores it: NEW)            same, storing
     sent/recv.    result_stored     answered, finished?                done (dropped)
     sent/recv.    wake, deadline    store_no_response, answered,       no_response
-                                    finished?                          (dropped)
+                  (WAKE_SLICE a     finished?                          (dropped)
+                  wake-up)
     no_response   result            (caller stores it: LATE)           storing
     no_response   result_stored     -                                  done (dropped)
     sent/recv.    stored_elsewhere  answered, finished?                done (dropped)
@@ -52,12 +54,23 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 # Re-publishing an envelope without receipt: first after this many seconds,
-# then doubling up to REPUBLISH_MAX. A minion that (re)subscribes is served at
-# once (XPUB), so this only covers a message lost on a live subscription; an
-# early retry would mostly hit minions still busy with the first copy (the
-# fan-out benchmark saw hundreds of such duplicates at 0.5 s).
-REPUBLISH_FIRST = 5.0
-REPUBLISH_MAX = 30.0
+# then doubling up to REPUBLISH_MAX. Over ZeroMQ's TCP an envelope is lost on
+# a live subscription only when that subscriber's queue is full, which the
+# publish socket reports (XPUB_NODROP: queue_full() retries it soon), or when
+# the connection breaks, and then the minion subscribes again and is served
+# at once (subscribed()). So this timer only covers what the minion itself
+# dropped (its MAX_QUEUED_JOBS were full) or a lost receipt (its result comes
+# anyway). Minions under load take seconds to confirm: at 5 s, 1,000 swarmed
+# minions were sent 700-1,200 copies of one create job they already had
+# (bench/fanout.py), each sealed and sent for nothing, and more the busier
+# they were.
+REPUBLISH_FIRST = 20.0
+REPUBLISH_MAX = 60.0
+# Seconds until an envelope the publish socket could not queue (that
+# subscriber's queue was full) is tried again, doubling each time it is still
+# full, up to REPUBLISH_MAX: a subscriber that stopped reading costs a seal
+# now and then, not one a second.
+QUEUE_FULL_RETRY = 1.0
 # A subscription re-publishes the envelopes waiting for that minion, but one
 # envelope at most once per this many seconds: re-subscribing in a loop
 # costs the master nothing more.
@@ -80,6 +93,12 @@ STORE_RETRY = 0.25
 # 2-core machine; bench/submit.py). Until its turn, a host of the job is not
 # sent to: a receipt or result for it is refused, as for a job never sent.
 START_SLICE = 1000
+# (job, host) pairs whose time has come handled per wake-up at most: a job's
+# whole fleet that reaches its deadline together is recorded "no response"
+# and answered in slices, the next asked for at once, so the loop reads and
+# writes between them (10,000 at once would be one long transaction, then an
+# answer to the CLI for each, with nothing else read meanwhile).
+WAKE_SLICE = 500
 
 
 class State(enum.StrEnum):
@@ -172,6 +191,7 @@ class HostJob:
     publishing: bool = True  # re-published until a receipt (or the deadline)
     next_send: float = -math.inf
     delay: float = REPUBLISH_FIRST
+    full_delay: float = QUEUE_FULL_RETRY  # the next retry after its queue was full
     last_sent: float = -math.inf
     storing: bool = False  # its result is being stored
     queued: float = math.inf  # the time of its one live entry in the wake-up heap
@@ -245,7 +265,7 @@ class Lifecycles:
         self._asked = None
         self._start_some(now)
         due: list[HostJob] = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and len(due) < WAKE_SLICE:
             entry = heapq.heappop(self._heap)
             item = self._open.get((entry[2], entry[3]))
             if item is not None and item.queued == entry[0]:
@@ -287,6 +307,17 @@ class Lifecycles:
                 # Sent just now: the next wake-up sends it again soon, not each re-subscription.
                 item.next_send = item.last_sent + RESUBSCRIBE_MIN_INTERVAL
                 self._push(item)
+        self._ask()
+
+    def queue_full(self, jid: str, host: str, now: float) -> None:
+        """The envelope of (jid, host) was not queued (that subscriber's
+        queue is full): publish it again soon, not at the timer's next turn."""
+        item = self._open.get((jid, host))
+        if item is None or not item.publishing or now >= item.deadline:
+            return
+        item.next_send = min(item.next_send, now + item.full_delay)
+        item.full_delay = min(item.full_delay * 2, REPUBLISH_MAX)
+        self._push(item)
         self._ask()
 
     def sent_to(self, jid: str, host: str) -> bool:

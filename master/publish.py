@@ -19,7 +19,6 @@ after a restart.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -147,6 +146,10 @@ class Publisher:
         # Subscriptions are ours to apply (XPUB_MANUAL), each one reported (VERBOSE).
         xpub.setsockopt(zmq.XPUB_MANUAL, 1)
         xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        # A send to a subscriber whose queue is full fails (EAGAIN) rather
+        # than dropping the envelope unseen: the lifecycle then tries again
+        # soon, and need not re-publish on a timer what is on its way.
+        xpub.setsockopt(zmq.XPUB_NODROP, 1)
         self.peers.loop.add_reader(xpub, self.on_xpub)
 
     def close(self) -> None:
@@ -185,11 +188,13 @@ class Publisher:
         envelope = self._envelope(jid, host)
         if envelope is None:  # received meanwhile
             return
+        try:
+            _opened(self.xpub).send_multipart([topic_for(host), envelope], zmq.NOBLOCK)
+        except zmq.Again:  # its subscriber's queue is full (XPUB_NODROP): soon again
+            self.lifecycle.queue_full(jid, host, self.clock())
+            return
         count, size = self.sent.get(jid, (0, 0))
         self.sent[jid] = (count + 1, size + len(envelope))
-        # A full subscriber queue drops the message; the next re-publish tries again.
-        with contextlib.suppress(zmq.Again):
-            _opened(self.xpub).send_multipart([topic_for(host), envelope], zmq.NOBLOCK)
 
     def forget(self, jid: str) -> tuple[int, int]:
         """The job is finished: nothing of it is published again. Returns the

@@ -13,11 +13,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from safcm.master.lifecycle import (
     MAX_DEADLINE_EXTENSION,
     PROGRESS_GRACE,
+    QUEUE_FULL_RETRY,
     REPUBLISH_FIRST,
     REPUBLISH_MAX,
     RESUBSCRIBE_MIN_INTERVAL,
     START_SLICE,
     STORE_RETRY,
+    WAKE_SLICE,
     Lifecycles,
     OpenRow,
     State,
@@ -93,19 +95,60 @@ def store_result(lc: Lifecycles, fake: Recorder, jid: str, host: str, now: float
 
 
 def test_published_at_once_then_again_with_backoff_until_the_receipt():
-    lc, fake = machine()
+    fake = Recorder()
+    lc = Lifecycles(fake)
+    timeout = 300.0
+    lc.start("J1", ["web1"], T0 + timeout, now=T0)
     assert fake.take() == [("publish", "J1", "web1")]
     assert fake.wakes == [T0 + REPUBLISH_FIRST]
     sends = []
-    for tenth in range(1, 10 * int(TIMEOUT) - 50):  # woken often: only what is due happens
+    for tenth in range(1, 10 * int(timeout) - 50):  # woken often: only what is due happens
         lc.wake(T0 + tenth / 10)
         if fake.take() == [("publish", "J1", "web1")]:
             sends.append(tenth / 10)
-    # 5, 10, 20 and then at most REPUBLISH_MAX = 30 s apart.
-    assert sends == [5.0, 15.0, 35.0] and REPUBLISH_MAX == 30.0
-    lc.receipt("J1", "web1", T0 + 55)
+    # 20, 40, and then at most REPUBLISH_MAX = 60 s apart.
+    assert sends == [20.0, 60.0, 120.0, 180.0, 240.0] and REPUBLISH_MAX == 60.0
+    lc.receipt("J1", "web1", T0 + 255)
     assert fake.take() == [("store_receipt", "J1", "web1")]
     assert lc.state("J1", "web1") is State.RECEIVED
+
+
+def test_an_envelope_its_subscriber_could_not_queue_is_published_again_soon():
+    lc, fake = machine(("web1", "web2"))
+    fake.take()
+    lc.queue_full("J1", "web1", T0 + 0.1)  # web1's queue was full: not sent
+    assert fake.wakes[-1] == T0 + 0.1 + QUEUE_FULL_RETRY
+    lc.wake(T0 + 0.1 + QUEUE_FULL_RETRY)
+    assert fake.take() == [("publish", "J1", "web1")]  # web2's copy was queued: left alone
+    lc.wake(T0 + 0.1 + QUEUE_FULL_RETRY + REPUBLISH_FIRST / 2)
+    assert fake.take() == []  # then the usual schedule
+    lc.queue_full("J1", "web1", T0 + 12)  # full again: the retry waits twice as long
+    assert fake.wakes[-1] == T0 + 12 + 2 * QUEUE_FULL_RETRY
+    lc.receipt("J1", "web2", T0 + 2)
+    fake.take()
+    lc.queue_full("J1", "web2", T0 + 3)  # after its receipt: nothing to do
+    lc.queue_full("J1", "web1", T0 + TIMEOUT)  # at its deadline: nothing either
+    lc.wake(T0 + 4)
+    assert fake.take() == []
+
+
+def test_a_fleet_at_its_deadline_is_answered_in_slices_one_wake_up_each():
+    hosts = [f"m{i:05d}" for i in range(2 * WAKE_SLICE + 1)]
+    lc, fake = machine(tuple(hosts))
+    for _ in range(len(hosts) // START_SLICE + 1):
+        lc.wake(T0)  # every host started
+    lc.receipt("J1", hosts[0], T0 + 1)  # a receipt is not an answer
+    fake.take()
+    slices = []
+    now = T0 + TIMEOUT
+    while fake.timer is not None and fake.timer <= now:
+        fake.timer = None  # the daemon's timer fired
+        lc.wake(now)
+        events = fake.take()
+        [stored] = [e for e in events if e[0] == "store_no_response"]
+        slices.append(len(stored[1]))
+    assert slices == [WAKE_SLICE, WAKE_SLICE, 1]
+    assert events[-1] == ("finished", "J1") and len(lc) == 0
 
 
 def test_nothing_is_republished_after_the_receipt():
@@ -393,6 +436,10 @@ class LifecycleSequences(RuleBasedStateMachine):
     @rule(host=st.sampled_from(HOSTS))
     def subscribed(self, host: str) -> None:
         self.lc.subscribed(host, self.now)
+
+    @rule(jid=st.sampled_from(JOBS), host=st.sampled_from(HOSTS))
+    def queue_full(self, jid: str, host: str) -> None:
+        self.lc.queue_full(jid, host, self.now)
 
     @rule(jid=st.sampled_from(JOBS), host=st.sampled_from(HOSTS))
     def result(self, jid: str, host: str) -> None:

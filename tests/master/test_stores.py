@@ -110,10 +110,28 @@ def test_list_filters_and_order(conn):
     assert [s.job.jid[-3:] for s in store.list_jobs(host="web1")] == ["03Z", "01Z"]
     assert [s.job.jid[-3:] for s in store.list_jobs(target="@db")] == ["02Z"]
     assert [s.job.jid[-3:] for s in store.list_jobs(limit=1)] == ["03Z"]
-    assert store.purge_before("20260101T000000.000003Z") == 2
+    assert store.purge_before("20260101T000000.000003Z") == (2, False)
     assert [s.job.jid[-3:] for s in store.list_jobs()] == ["03Z"]
     # host rows went with their jobs
     assert conn.execute("SELECT count(*) FROM job_hosts").fetchone()[0] == 1
+
+
+def test_old_jobs_are_purged_a_chunk_of_host_rows_at_a_time(conn):
+    store = JobStore(conn)
+    store.create(job("20260101T000000.000001Z"), parts("web1", "web2", "web3"))
+    store.create(job("20260101T000000.000002Z"), parts("db1"))
+    store.create(job("20260101T000000.000003Z"), parts("web1"))
+    cutoff = "20260101T000000.000003Z"
+    steps = []
+    while True:
+        jobs, more = store.purge_before(cutoff, rows=2)
+        steps.append(jobs)
+        if not more:
+            break
+    assert steps == [0, 0, 2]  # four host rows two at a time, then the jobs themselves
+    assert [s.job.jid[-3:] for s in store.list_jobs()] == ["03Z"]
+    assert conn.execute("SELECT count(*) FROM job_hosts").fetchone()[0] == 1
+    assert store.purge_before(cutoff, rows=2) == (0, False)
 
 
 def test_history_survives_reopen(tmp_path):
