@@ -103,10 +103,14 @@ def test_a_job_is_stored_by_the_worker_unstarted(settings, worker, tmp_path):
     record = JobRecord("20261202T120000.000001Z", 1.0, 61.0, "root", "*", "files", False, None)
     parts, _, _ = w.store(order, record, resolved.hosts, set(), lambda: True)
     assert sorted(parts.hosts) == sorted(HOSTS)
-    jobs = JobStore(open_db(str(tmp_path)), None)
-    assert jobs.get_job(record.jid) is None  # stored, not started: there for no one
-    jobs.start(record.jid)
-    stored = jobs.parts(record.jid)
+    db = open_db(str(tmp_path))
+    try:
+        jobs = JobStore(db, None)
+        assert jobs.get_job(record.jid) is None  # stored, not started: there for no one
+        jobs.start(record.jid)
+        stored = jobs.parts(record.jid)
+    finally:
+        db.close()  # not left to the collector: other tests count descriptors
     assert stored is not None
     assert {h: p.manifest for h, p in stored.hosts.items()} == {
         h: p.manifest for h, p in parts.hosts.items()
