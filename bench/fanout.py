@@ -31,10 +31,11 @@ For each N in --sizes, in a fresh temporary directory under /tmp:
    the job's submission (CLI start-up, repository load and compile), then to
    the last receipt and the last stored result (master clock), then to the
    CLI's exit (streaming the results and printing the document). Also the
-   CPU seconds each side used during the run (/proc/<pid>/stat; the CLI's
-   from its rusage), each host's apply time on its minion (from its result),
-   and how many envelopes reached a minion again after it had taken the job
-   (the master re-published before the receipt came; from the minions' logs).
+   CPU seconds each side used during the run (/proc/<pid>/stat, the
+   master's with its prepare worker process; the CLI's from its rusage),
+   each host's apply time on its minion (from its result), and how many
+   envelopes reached a minion again after it had taken the job (the master
+   re-published before the receipt came; from the minions' logs).
 6. The load with no job: the share of a core the master and the minions use
    over IDLE_WINDOW seconds, which is the cost of heartbeats.
 7. Memory: the peak RSS (VmHWM) of the master; of each swarm process, given
@@ -319,6 +320,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds() of a process and of its children still running: the
+    master's, with its prepare worker (master/prepworker.py), which does
+    the master's compiling and storing."""
+    total = cpu_seconds(pid)
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            total += sum(cpu_seconds(int(child)) for child in f.read().split())
+    return total
+
+
 def children_cpu_seconds() -> float:
     """CPU time of this process's children that have exited and been waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -525,7 +537,7 @@ class Fleet:
         minions = [self.sb.minions[REFERENCE_MINION].proc.pid]
         minions += [s.proc.pid for s in self.swarms]
         return {
-            "master": cpu_seconds(self.sb.master.proc.pid),
+            "master": tree_cpu_seconds(self.sb.master.proc.pid),
             "minions": sum(cpu_seconds(pid) for pid in minions),
         }
 

@@ -14,16 +14,21 @@ In a fresh temporary directory under /tmp:
    down). The --live others are real minion daemons (master/sandbox.py),
    enrolled and accepted through the CLI, so the loop has live traffic
    (heartbeats, receipts, results) while the job is submitted.
-3. A probe thread asks the master for its newest job (JOBS list, limit 1)
-   over the control socket again and again, and notes each round trip:
-   while the loop is held, the probe waits. Its longest round trip before
-   the submission (idle) and during it are printed.
+3. A probe process asks the master for the jobs of a target no job has
+   (JOBS list, limit 1) over the control socket again and again, and notes each round trip:
+   while the loop is held, the probe waits. A process, not a thread of
+   this one: this one decodes the RUN_STARTED of 10,000 hosts (tens of ms
+   of Python), and a thread would wait for that, not for the master. Its
+   longest round trip before the submission (idle) and during it are
+   printed, the latter also apart until RUN_STARTED (the job prepared and
+   stored) and after it (its envelopes sealed and published, the live
+   hosts' results read).
 4. Timed: a RUN of `files` for '*' (as the CLI sends it), from the request
    to RUN_STARTED (prepare and store), and on until every live host has
    answered. The master's own figures, from its log line "job JID: ...
    compiled in A s, built in B s, stored in C s; the event loop was held at
    most D ms at a time since the request (WHERE)", where it logs one.
-5. The master's RSS now and its peak (VmHWM).
+5. The master's RSS now and its peak (VmHWM), and its prepare worker's.
 
 Nothing is timed in the tests; this prints figures. The job is not waited
 for to its deadline: the master and the minions are stopped at the end and
@@ -36,6 +41,7 @@ import argparse
 import os
 import pathlib
 import re
+import select
 import shlex
 import shutil
 import subprocess
@@ -67,6 +73,11 @@ RESULTS_TIMEOUT = 120.0
 # The job's --timeout, in seconds: longer than the benchmark, so no host
 # becomes "no response" while it is measured.
 JOB_TIMEOUT = 3600.0
+# The probe lists the jobs of a target no job has: a request that costs the
+# loop next to nothing itself (listing the newest job would count its
+# 10,000 hosts' states, ~8 ms of the loop's time for the probe's own sake),
+# so its round trip is the time the loop made it wait.
+PROBE_TARGET = "probe: no such target"
 # Seconds the probe waits between two requests, and the idle window before the RUN.
 PROBE_INTERVAL = 0.02
 IDLE_WINDOW = 2.0
@@ -81,36 +92,63 @@ class BenchError(Exception):
     """A step of the benchmark could not be done."""
 
 
-class Probe(threading.Thread):
-    """Round trips of a small control request, back to back, timed."""
+class Probe:
+    """Round trips of a small control request, back to back, timed in a
+    process of its own (probe_main(); CLOCK_MONOTONIC is the machine's, so
+    its times compare with ours)."""
 
     def __init__(self, control_path: str) -> None:
-        super().__init__(daemon=True)
         self.control_path = control_path
         self.samples: list[tuple[float, float]] = []  # (sent, seconds), monotonic
         self.failures: list[str] = []
-        self.stopping = threading.Event()
+        self.proc: subprocess.Popen[str] | None = None
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            sent = time.monotonic()
-            try:
-                with ControlClient(self.control_path, timeout=START_TIMEOUT) as client:
-                    client.request(
-                        MsgType.JOBS,
-                        {"action": "list", "host": None, "target": None, "limit": 1, "jid": None},
-                        START_TIMEOUT,
-                    )
-            except SafcmError as e:
-                self.failures.append(str(e))
-                return
-            self.samples.append((sent, time.monotonic() - sent))
-            time.sleep(PROBE_INTERVAL)
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--probe", self.control_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> None:
+        """Close its stdin (it stops there) and read what it measured."""
+        assert self.proc is not None
+        out, _ = self.proc.communicate(input="", timeout=START_TIMEOUT)
+        for line in out.splitlines():
+            if line.startswith("failed "):
+                self.failures.append(line[len("failed ") :])
+            else:
+                sent, rtt = line.split()
+                self.samples.append((float(sent), float(rtt)))
 
     def longest(self, start: float, end: float) -> tuple[float, int]:
         """The longest round trip that overlapped [start, end], and how many did."""
         overlapping = [rtt for sent, rtt in self.samples if sent <= end and sent + rtt >= start]
         return max(overlapping, default=0.0), len(overlapping)
+
+
+def probe_main(control_path: str) -> int:
+    """The probe process: round trips until stdin closes, then each on a line."""
+    samples: list[tuple[float, float]] = []
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        sent = time.monotonic()
+        try:
+            with ControlClient(control_path, timeout=START_TIMEOUT) as client:
+                client.request(
+                    MsgType.JOBS,
+                    {"action": "list", "host": None, "target": PROBE_TARGET, "limit": 1}
+                    | {"jid": None},
+                    START_TIMEOUT,
+                )
+        except SafcmError as e:
+            print(f"failed {e}")
+            return 1
+        samples.append((sent, time.monotonic() - sent))
+        time.sleep(PROBE_INTERVAL)
+    for sent, rtt in samples:
+        print(f"{sent!r} {rtt!r}")
+    return 0
 
 
 def fill_keystore(state_dir: str, ids: list[str]) -> None:
@@ -224,14 +262,18 @@ def bench(args: argparse.Namespace) -> None:
         idle_end = time.monotonic()
         figures = submit(sb, live)
         end = time.monotonic()
-        probe.stopping.set()
-        probe.join(START_TIMEOUT)
+        probe.stop()
         if probe.failures:
             raise BenchError(f"the probe failed: {probe.failures[0]}")
         pid = sb.master.proc.pid
         rss, hwm = rss_kib("VmRSS", pid), rss_kib("VmHWM", pid)
         idle_max, idle_n = probe.longest(idle_end - IDLE_WINDOW, idle_end)
-        busy_max, busy_n = probe.longest(float(figures["sent"]), end)
+        sent = float(figures["sent"])
+        busy_max, busy_n = probe.longest(sent, end)
+        # Apart: while the job is prepared and stored, and once it is
+        # started (its envelopes are sealed and published, results come in).
+        store_max, store_n = probe.longest(sent, sent + float(figures["started"]))
+        start_max, start_n = probe.longest(sent + float(figures["started"]), end)
         print("safcm submission benchmark")
         print(f"command: {shlex.join([sys.executable, *sys.argv])}")
         print(f"load before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
@@ -246,7 +288,15 @@ def bench(args: argparse.Namespace) -> None:
             f"  probe round trip, longest: idle {idle_max * 1000:.1f} ms ({idle_n} requests); "
             f"during the submission {busy_max * 1000:.1f} ms ({busy_n} requests)"
         )
+        print(
+            f"    of which: until RUN_STARTED {store_max * 1000:.1f} ms ({store_n} requests); "
+            f"after it {start_max * 1000:.1f} ms ({start_n} requests)"
+        )
         print(f"  master RSS: {rss / 1024:.1f} MiB now, peak {hwm / 1024:.1f} MiB")
+        worker = re.findall(r"prepare worker \d+ started \(pid (\d+)\)", sb.master.log_text())
+        if worker:  # master/prepworker.py: the process that compiles and stores
+            w_rss, w_hwm = rss_kib("VmRSS", int(worker[-1])), rss_kib("VmHWM", int(worker[-1]))
+            print(f"  prepare worker RSS: {w_rss / 1024:.1f} MiB now, peak {w_hwm / 1024:.1f} MiB")
     finally:
         if sb is not None:
             sb.close()
@@ -257,6 +307,9 @@ def bench(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["--probe"]:
+        return probe_main(args_in[1])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=10_000, help="hosts (default: 10000)")
     parser.add_argument("--files", type=int, default=100, help="files per host (default: 100)")

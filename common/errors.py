@@ -23,6 +23,7 @@ do next.
     ├── EnvelopeError           a sealed envelope failed to open (opaque on purpose; .reason)
     │   └── ReplayError             an authentic envelope whose jid was already seen
     ├── StoreError              a daemon's state database cannot be opened or written
+    ├── WorkerError             the master's prepare worker process died or lost a run
     └── DaemonError             the CLI cannot reach, or was refused by, a daemon
         └── RemoteError             the daemon answered a request with an ERROR (.code, .problems)
 """
@@ -199,6 +200,11 @@ class ReplayError(EnvelopeError):
 
 class StoreError(SafcmError):
     """A daemon's state database (seen jids, keys, jobs) cannot be opened or written."""
+
+
+class WorkerError(SafcmError):
+    """The master's prepare worker (master/prepworker.py) ended under a run,
+    or no longer holds what it compiled for it; the next run starts a new one."""
 
 
 class DaemonError(SafcmError):

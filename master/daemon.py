@@ -62,6 +62,7 @@ from safcm.master.keys import KeyService
 from safcm.master.keystore import KEYS_CHANNEL, KeyStore
 from safcm.master.lifecycle import Lifecycles
 from safcm.master.peers import Peers
+from safcm.master.prepworker import PrepareWorker
 from safcm.master.publish import PUBLISH_PENALTY, Publisher
 from safcm.master.runs import Runs
 from safcm.master.settings import MasterSettings
@@ -136,8 +137,10 @@ class Master:
         )
         self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
         # Loading, targeting and compiling a run's job, then building and
-        # storing it (master/runs.py): one thread, so runs are prepared and
-        # stored in the order they came.
+        # storing it (master/runs.py): in a worker process, so that the loop
+        # does not wait for the GIL either (master/prepworker.py), asked by
+        # one thread, so runs are prepared and stored in the order they came.
+        self.prepare_worker = PrepareWorker(settings, self.jobs.owner)
         self.prepare_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="prepare"
         )
@@ -153,6 +156,7 @@ class Master:
             lambda callback: self.loop.call_later(0.0, callback),
             self.report,
             self.prepare_pool,
+            self.prepare_worker,
         )
         self.history = History(self.jobs)
         if self.cluster is not None:
@@ -190,6 +194,8 @@ class Master:
         discarded = self.jobs.discard_unstarted()
         if discarded:
             log.info("removed %d jobs that were being stored when the master stopped", discarded)
+        # Now, not at the first run: that run does not wait for it to start.
+        self.prepare_worker.start()
         self.listener = self.db.listener([KEYS_CHANNEL, RESULTS_CHANNEL, RELAY_CHANNEL])
         if self.listener is not None:
             self._watch_listener()

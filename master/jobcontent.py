@@ -126,6 +126,15 @@ class JobParts:
         self.hosts[host] = part
         return part
 
+    def share(self) -> None:
+        """Hosts with one manifest and one include list share one HostPart,
+        so a 10,000-host job pickles (master/prepworker.py) as a few parts
+        and 10,000 names, not 10,000 lists of digests. Nothing changes a
+        HostPart once it is added."""
+        shared: dict[tuple[str, tuple[bytes, ...]], HostPart] = {}
+        for host, part in self.hosts.items():
+            self.hosts[host] = shared.setdefault((part.manifest, tuple(part.include)), part)
+
     def body(self, host: str) -> dict[str, Any]:
         part = self.hosts[host]
         return with_content(self.manifests[part.manifest], part.include, self.content)

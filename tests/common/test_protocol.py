@@ -709,7 +709,19 @@ def test_a_receipt_must_name_its_envelopes_jid(msg_type):
 # ---- fuzzing: structured mutations of valid messages ----
 
 _WRONG_TYPES = [42, -1, 1.5, "text", b"bytes", [], {}, True]
-_BAD_GRAMMAR = "Not Valid!"
+# Strings that break a string field's grammar: the first its pattern refuses
+# is used (a free-text field, such as FACTS os_name, takes the first and
+# refuses only control characters).
+_BAD_GRAMMARS = ("Not Valid!", "\x00")
+
+
+def _bad_grammar(schema: S.Str) -> str:
+    for value in _BAD_GRAMMARS:
+        try:
+            S.validate(schema, value, "probe")
+        except ProtocolError:
+            return value
+    raise AssertionError(f"{schema!r} takes every string this test knows to be malformed")
 
 
 def _too_long(n: int) -> bool:
@@ -733,7 +745,7 @@ def _invalid_values(schema: S.Schema, value: Any, optional: bool) -> list[tuple[
         if schema.min_len:
             out.append(("size", "x" * (schema.min_len - 1)))
         if schema.pattern is not None or schema.problem is not None:
-            out.append(("type", _BAD_GRAMMAR))
+            out.append(("type", _bad_grammar(schema)))
     elif isinstance(schema, S.Bytes):
         out += [("type", v) for v in _WRONG_TYPES if type(v) is not bytes]
         if not _too_long(schema.max_len):

@@ -4,6 +4,7 @@ once and knows what each host has."""
 from __future__ import annotations
 
 import hashlib
+import pickle
 
 import pytest
 
@@ -47,6 +48,23 @@ ONLY_WEB1 = spec("/etc/web1.conf", b"web1 only\n")
 SAME_AS_MOTD = spec("/etc/issue", b"hello\n")
 DIR = spec("/etc/app", type=FileType.DIR)
 LINK = spec("/etc/l", b"/etc/motd", type=FileType.SYMLINK)
+
+
+def test_hosts_alike_share_one_part_and_pickle_as_one():
+    """What the prepare worker sends back (master/prepworker.py): a thousand
+    hosts with one manifest and one include list are one HostPart and a
+    thousand names, not a thousand copies of the digests."""
+    parts = JobParts(100.0)
+    hosts = [f"web{i}" for i in range(1000)]
+    for host in hosts:
+        parts.add(host, body(SHARED, ONLY_WEB1), lambda h: frozenset())
+    parts.add("old", body(SHARED, ONLY_WEB1), lambda h: frozenset([sha(b"hello\n")]))
+    parts.share()
+    back = pickle.loads(pickle.dumps(parts))
+    assert len({id(p) for p in back.hosts.values()}) == 2  # all the webs, and "old"
+    assert back.hosts["web7"].include == [sha(b"hello\n"), sha(b"web1 only\n")]
+    assert back.hosts["old"].include == [sha(b"web1 only\n")]
+    assert [back.body(h) for h in ["web0", "old"]] == [parts.body(h) for h in ["web0", "old"]]
 
 
 def test_a_manifest_leaves_out_regular_files_content_only():

@@ -1,0 +1,174 @@
+"""The prepare worker (master/prepworker.py): a real spawned process, a real
+repository and database. Facts reach it as changes, its errors reach the
+daemon as they would have been raised in it, and a worker that ended is
+replaced by the next request."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+
+from safcm.common.errors import ConfigError, SafcmError, UsageError, WorkerError
+from safcm.master.db import open_db
+from safcm.master.facts import HostFacts
+from safcm.master.jobstore import JobRecord, JobStore
+from safcm.master.keystore import KeyState
+from safcm.master.prepworker import PrepareWorker, _Worker
+from safcm.master.sandbox import wait_for
+from safcm.master.settings import MasterSettings
+
+REPOS = os.path.join(os.path.dirname(__file__), "repos")
+HOSTS = ["web1", "web2", "db1", "new1"]  # the detected repository's
+ACCEPTED = dict.fromkeys(HOSTS, KeyState.ACCEPTED)
+WAIT = 30.0  # seconds for a killed process to be gone
+ARM = {"os_id": "debian", "architecture": "aarch64"}
+X86 = {"os_id": "debian", "architecture": "x86_64"}
+
+
+def body(target: str, module: str = "files", group: bool = False) -> dict:
+    return {"target": target, "group": group, "module": module, "dry_run": False, "timeout": 30}
+
+
+@pytest.fixture
+def settings(tmp_path):
+    def of(repo: str) -> MasterSettings:
+        config_dir = tmp_path / "repo"
+        shutil.copytree(os.path.join(REPOS, repo, "repo"), config_dir)
+        open_db(str(tmp_path)).close()  # created and migrated, as the daemon does
+        return MasterSettings(state_dir=str(tmp_path), config_dir=str(config_dir))
+
+    return of
+
+
+@pytest.fixture
+def worker(request):
+    made: list[PrepareWorker] = []
+
+    def start(settings: MasterSettings) -> PrepareWorker:
+        w = PrepareWorker(settings, None)
+        made.append(w)
+        return w
+
+    yield start
+    for w in made:
+        w.stop()
+        w.close()
+
+
+def test_facts_reach_the_worker_as_they_change(settings, worker):
+    w = worker(settings("detected"))
+    ping = body("@arm", "ping")  # targets only: no template sees the facts
+    resolved, _ = w.prepare(ping, "@arm", ACCEPTED, {"web2": HostFacts(ARM)})
+    assert resolved.hosts == ["web2"]
+    # web2's facts changed (a new object), web1 reported: both are sent.
+    facts = {"web1": HostFacts(ARM), "web2": HostFacts(X86)}
+    resolved, _ = w.prepare(ping, "@arm", ACCEPTED, facts)
+    assert resolved.hosts == ["web1"]
+    # web1's facts are gone (its key was deleted): the worker forgets them.
+    with pytest.raises(UsageError, match="no host's reported facts match it"):
+        w.prepare(ping, "@arm", ACCEPTED, {"web2": facts["web2"]})
+
+
+@pytest.mark.parametrize(
+    ("repo", "target"),
+    [
+        ("invalid_template_render", "*"),  # a ConfigError with file and line
+        ("invalid_many", "*"),  # several problems
+        ("detected", "@nosuchgroup"),  # a UsageError
+        ("detected", "nosuchhost*"),
+    ],
+)
+def test_errors_cross_the_pipe_as_they_were_raised(settings, worker, repo, target):
+    s = settings(repo)
+    with pytest.raises(SafcmError) as in_process:
+        _Worker(None, s, None, 1).prepare(body(target), target, ACCEPTED, {}, [])  # type: ignore[arg-type]
+    with pytest.raises(SafcmError) as crossed:
+        worker(s).prepare(body(target), target, ACCEPTED, {})
+    assert str(crossed.value) == str(in_process.value)
+    if isinstance(in_process.value, ConfigError):
+        assert isinstance(crossed.value, ConfigError)
+        assert crossed.value.problems == in_process.value.problems
+    else:
+        assert isinstance(crossed.value, UsageError)
+
+
+def test_a_job_is_stored_by_the_worker_unstarted(settings, worker, tmp_path):
+    s = settings("detected")
+    w = worker(s)
+    resolved, order = w.prepare(body("*"), "*", ACCEPTED, {})
+    assert resolved.hosts == sorted(HOSTS)
+    record = JobRecord("20261202T120000.000001Z", 1.0, 61.0, "root", "*", "files", False, None)
+    parts, _, _ = w.store(order, record, resolved.hosts, set(), lambda: True)
+    assert sorted(parts.hosts) == sorted(HOSTS)
+    db = open_db(str(tmp_path))
+    try:
+        jobs = JobStore(db, None)
+        assert jobs.get_job(record.jid) is None  # stored, not started: there for no one
+        jobs.start(record.jid)
+        stored = jobs.parts(record.jid)
+    finally:
+        db.close()  # not left to the collector: other tests count descriptors
+    assert stored is not None
+    assert {h: p.manifest for h, p in stored.hosts.items()} == {
+        h: p.manifest for h, p in parts.hosts.items()
+    }
+    # Every host is stored: the worker keeps nothing of the run.
+    with pytest.raises(WorkerError, match="gone from the prepare worker"):
+        w.store(order, record, resolved.hosts, set(), lambda: True)
+
+
+def test_a_worker_that_ended_is_replaced_by_the_next_request(settings, worker):
+    w = worker(settings("detected"))
+    _, old_order = w.prepare(body("*"), "*", ACCEPTED, {})
+    first = w.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not running(first), WAIT, "the worker to die")
+    # Killed while idle: the next request starts a new worker, and is answered.
+    resolved, order = w.prepare(body("web1"), "web1", ACCEPTED, {})
+    assert w.pid not in (None, first) and order.worker == w.generation == 2
+    assert resolved.hosts == ["web1"]
+    # What the dead one compiled went with it: said, not guessed at.
+    record = JobRecord("20261202T120000.000002Z", 1.0, 61.0, "root", "*", "files", False, None)
+    with pytest.raises(WorkerError, match="has ended since"):
+        w.store(old_order, record, ["web1"], set(), lambda: True)
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_failure_between_two_transactions_costs_that_worker_not_the_next_run(settings, worker):
+    w = worker(settings("detected"))
+    resolved, order = w.prepare(body("*"), "*", ACCEPTED, {})
+    record = JobRecord("20261202T120000.000003Z", 1.0, 61.0, "root", "*", "files", False, None)
+
+    def broken_turn() -> bool:
+        raise RuntimeError("a bug in the loop's turn")
+
+    with pytest.raises(RuntimeError):
+        w.store(order, record, resolved.hosts, set(), broken_turn)
+    # The worker waited for its turn: the next request goes to a new one,
+    # and is answered by it, not with the broken conversation's leftovers.
+    resolved, _ = w.prepare(body("web1"), "web1", ACCEPTED, {})
+    assert resolved.hosts == ["web1"] and w.generation == 2
+
+
+def test_no_worker_is_started_once_the_master_stops(settings, worker):
+    w = worker(settings("detected"))
+    w.start()
+    first = w.pid
+    assert first is not None
+    w.stop()
+    wait_for(lambda: not running(first), WAIT, "the worker to end")
+    with pytest.raises(SafcmError, match="the master is stopping"):
+        w.prepare(body("web1"), "web1", ACCEPTED, {})
+    assert w.generation == 1
