@@ -127,25 +127,7 @@ def unpack(data: bytes, *, max_depth: int) -> Any:
     if not isinstance(data, bytes):
         raise ProtocolError(f"expected bytes, got {type(data).__name__}")
     _scan(data, max_depth)
-    try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            ext_hook=_refuse_ext,
-            max_str_len=MAX_SCALAR_BYTES,
-            max_bin_len=MAX_SCALAR_BYTES,
-            max_array_len=MAX_LIST_ITEMS,
-            max_map_len=MAX_MAP_ENTRIES,
-            max_ext_len=0,
-        )
-    except ProtocolError:
-        raise
-    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as e:
-        # ValueError covers msgpack's limit, format and stack errors and
-        # UnicodeDecodeError; TypeError an unhashable map key.
-        raise ProtocolError(f"message is not valid msgpack: {type(e).__name__}") from None
+    return _unpackb(data, max_list=MAX_LIST_ITEMS, max_map=MAX_MAP_ENTRIES)
 
 
 def unpack_flat(data: bytes, *, max_items: int) -> Any:
@@ -160,6 +142,13 @@ def unpack_flat(data: bytes, *, max_items: int) -> Any:
     to refuse (a flat one does)."""
     if not isinstance(data, bytes):
         raise ProtocolError(f"expected bytes, got {type(data).__name__}")
+    return _unpackb(data, max_list=max_items, max_map=max_items)
+
+
+def _unpackb(data: bytes, *, max_list: int, max_map: int) -> Any:
+    """msgpack's decoding with our limits: no ext types, str map keys, scalars
+    of at most MAX_SCALAR_BYTES, lists and maps of at most `max_list` and
+    `max_map` items; every failure a ProtocolError."""
     try:
         return msgpack.unpackb(
             data,
@@ -169,13 +158,15 @@ def unpack_flat(data: bytes, *, max_items: int) -> Any:
             ext_hook=_refuse_ext,
             max_str_len=MAX_SCALAR_BYTES,
             max_bin_len=MAX_SCALAR_BYTES,
-            max_array_len=max_items,
-            max_map_len=max_items,
+            max_array_len=max_list,
+            max_map_len=max_map,
             max_ext_len=0,
         )
     except ProtocolError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as e:
+        # ValueError covers msgpack's limit, format and stack errors and
+        # UnicodeDecodeError; TypeError an unhashable map key.
         raise ProtocolError(f"message is not valid msgpack: {type(e).__name__}") from None
 
 

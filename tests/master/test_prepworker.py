@@ -19,6 +19,7 @@ from safcm.master.keystore import KeyState
 from safcm.master.prepworker import PrepareWorker, _Worker
 from safcm.master.sandbox import wait_for
 from safcm.master.settings import MasterSettings
+from tests.procs import alive
 
 REPOS = os.path.join(os.path.dirname(__file__), "repos")
 HOSTS = ["web1", "web2", "db1", "new1"]  # the detected repository's
@@ -126,7 +127,7 @@ def test_a_worker_that_ended_is_replaced_by_the_next_request(settings, worker):
     first = w.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    wait_for(lambda: not running(first), WAIT, "the worker to die")
+    wait_for(lambda: not alive(first), WAIT, "the worker to die")
     # Killed while idle: the next request starts a new worker, and is answered.
     resolved, order = w.prepare(body("web1"), "web1", ACCEPTED, {})
     assert w.pid not in (None, first) and order.worker == w.generation == 2
@@ -135,15 +136,6 @@ def test_a_worker_that_ended_is_replaced_by_the_next_request(settings, worker):
     record = JobRecord("20261202T120000.000002Z", 1.0, 61.0, "root", "*", "files", False, None)
     with pytest.raises(WorkerError, match="has ended since"):
         w.store(old_order, record, ["web1"], set(), lambda: True)
-
-
-def running(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_failure_between_two_transactions_costs_that_worker_not_the_next_run(settings, worker):
@@ -168,7 +160,7 @@ def test_no_worker_is_started_once_the_master_stops(settings, worker):
     first = w.pid
     assert first is not None
     w.stop()
-    wait_for(lambda: not running(first), WAIT, "the worker to end")
+    wait_for(lambda: not alive(first), WAIT, "the worker to end")
     with pytest.raises(SafcmError, match="the master is stopping"):
         w.prepare(body("web1"), "web1", ACCEPTED, {})
     assert w.generation == 1

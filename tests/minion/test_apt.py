@@ -15,6 +15,7 @@ from safcm.master.sandbox import wait_for
 from safcm.minion import apt
 from safcm.minion.apt import _run, _RunError, apply_packages
 from tests.aptrepo import PREFIX, AptRepo, installed_test_packages, purge_test_packages
+from tests.procs import alive
 
 TIMEOUT = 300.0
 
@@ -138,15 +139,7 @@ def test_a_command_past_its_time_is_killed_with_its_children(tmp_path):
     with pytest.raises(_RunError, match="did not finish within 1 s and was killed"):
         _run(["sh", "-c", script], {}, 1.0, keep=100)
     child = int(pidfile.read_text())
-    wait_for(lambda: not _alive(child), 30.0, "the child to be killed")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    wait_for(lambda: not alive(child), 30.0, "the child to be killed")
 
 
 def test_output_is_kept_within_its_bound():

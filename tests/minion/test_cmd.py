@@ -6,6 +6,7 @@ from __future__ import annotations
 from safcm.common.modules.cmd import OUTPUT_MAX, CmdStatus
 from safcm.master.sandbox import wait_for
 from safcm.minion.modules import cmd
+from tests.procs import alive
 
 
 def fields(*argv: str, shell: bool = False, timeout: float = 20.0) -> dict:
@@ -63,12 +64,3 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path):
     child = int(pidfile.read_text())
     # SIGKILL cannot be ignored; it may take a moment to land.
     wait_for(lambda: not alive(child), 10.0, f"process {child} to die")
-
-
-def alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie (killed, not yet reaped by init)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -11,6 +11,7 @@ import pytest
 from safcm.common.model import TriggerStatus
 from safcm.minion import triggers
 from safcm.minion.triggers import run_trigger, run_triggers, would_run
+from tests.procs import alive
 
 
 def test_ok_with_output_and_environment(tmp_path):
@@ -49,15 +50,6 @@ def test_killed_by_a_signal(tmp_path):
     assert run.output == "[killed by signal SIGTERM]\n"
 
 
-def process_gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie waiting for init counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.timeout(60)
 def test_timeout_kills_the_whole_process_group(tmp_path):
     pidfile = tmp_path / "pid"
@@ -69,10 +61,10 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert run.output == "started\n[killed after the trigger timeout of 0.5 s]\n"
     child = int(pidfile.read_text())
     for _ in range(100):  # up to 5 s for the kernel to finish the kill
-        if process_gone(child):
+        if not alive(child):
             break
         time.sleep(0.05)
-    assert process_gone(child)
+    assert not alive(child)
 
 
 @pytest.mark.timeout(60)
@@ -83,7 +75,7 @@ def test_a_daemon_holding_the_pipe_does_not_hold_us(tmp_path):
     )
     try:
         assert (run.status, run.exit_code, run.output) == (TriggerStatus.OK, 0, "early\n")
-        assert not process_gone(int(pidfile.read_text()))  # it was left running
+        assert alive(int(pidfile.read_text()))  # it was left running
     finally:
         os.kill(int(pidfile.read_text()), signal.SIGKILL)
 

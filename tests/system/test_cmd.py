@@ -9,16 +9,8 @@ import os
 from safcm.common.modules.cmd import OUTPUT_MAX
 from safcm.master.sandbox import wait_for
 from tests import schemas
+from tests.procs import alive
 from tests.system.conftest import by_host, enrol, jobs_show, run_json
-
-
-def alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie (killed, not yet reaped by init)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def cmd_json(sb, target: str, *args: str) -> tuple[int, dict]:

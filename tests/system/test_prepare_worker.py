@@ -11,6 +11,7 @@ import re
 import signal
 
 from safcm.master.sandbox import wait_for
+from tests.procs import alive
 from tests.system.conftest import SETTLE, enrol, logged, run_json
 
 # A template of web1 whose rendering does not end (each range is the
@@ -38,15 +39,6 @@ def worker_pid(sb, generation: int) -> int:
     return int(found.group(1))  # type: ignore[union-attr]
 
 
-def running(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def compiling(sb) -> None:
     """The worker has the run: it loaded the repository, and renders now."""
     logged(sb.master, f"repository {sb.config_dir} loaded")
@@ -71,7 +63,7 @@ def test_a_killed_worker_fails_its_run_and_the_next_run_starts_a_new_one(sandbox
     code, doc = run_json(sandbox, "web1", "files")
     assert code == 0, doc
     assert worker_pid(sandbox, 2) != pid
-    assert not running(pid)
+    assert not alive(pid)
 
 
 def test_the_daemon_stop_ends_a_busy_worker(sandbox):
@@ -81,7 +73,7 @@ def test_the_daemon_stop_ends_a_busy_worker(sandbox):
     run = sandbox.spawn_cli("run", "web1", "files", "--json")
     compiling(sandbox)
     assert sandbox.stop(sandbox.master) == 0  # in time, not killed
-    assert not running(pid)
+    assert not alive(pid)
     out, _ = run.communicate(timeout=SETTLE)
     assert run.returncode != 0, out
 
@@ -90,4 +82,4 @@ def test_a_worker_ends_with_a_daemon_that_was_killed(sandbox):
     sandbox.start_master()
     pid = worker_pid(sandbox, 1)
     sandbox.kill(sandbox.master)  # SIGKILL: no stop, nothing ends the worker but its socket
-    wait_for(lambda: not running(pid), SETTLE, "the worker to end with its daemon")
+    wait_for(lambda: not alive(pid), SETTLE, "the worker to end with its daemon")
