@@ -136,6 +136,11 @@ NEW_KEY_BURST = 1000.0
 # meanwhile waits in their queues). So a burst of large results never piles
 # up in memory: two batches at most, one being written and one gathered.
 BATCH_BYTES = 16 * 1024 * 1024
+# Seconds between two log lines about a batch of heartbeat rows alone (last-
+# seen times, sequence numbers) that could not be written: they stay unwritten
+# and go with the next batch or SEQ_FLUSH, so a database locked for a minute
+# says so every ten seconds, not every second.
+SEEN_ERROR_INTERVAL = 10.0
 # Content a minion lacks (CONTENT_REQUEST, master/jobcontent.py): one reply
 # carries at most this many bytes of it, or one file's content if that is
 # larger; the minion asks again for the rest when the reply has come, so one
@@ -252,6 +257,7 @@ class Intake:
         # The return socket is not read: the next batch is full (BATCH_BYTES)
         # while the writer is busy with this one.
         self._held = False
+        self._seen_error_logged = -SEEN_ERROR_INTERVAL  # loop clock of the last such line
         # Routing id of the ROUTER message being handled: _reply() answers it.
         # Handlers take only the message (the Dispatcher's contract), so the
         # peer travels beside it.
@@ -802,23 +808,36 @@ class Intake:
                     self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
                     self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
             else:
-                for arrival in flight.arrivals.values():
-                    r = arrival.result
-                    self._settle(r.host, len(r.packed), stored=False)
-                    self.lifecycle.result_lost(r.jid, r.host, self.clock())
-                log.error(
-                    "cannot store %d results and %d receipts, they will come again: %s",
-                    len(flight.arrivals),
-                    flight.receipts,
-                    error if isinstance(error, SafcmError) else repr(error),
-                    exc_info=None if isinstance(error, StoreError) else error,
-                )
+                self._not_written(flight, error)
         finally:
             self.commit()
             if self._held and self._batch_bytes < BATCH_BYTES:
                 self._held = False
                 self.loop.add_reader(_opened(self.router), self.on_router)
             self._send_replies()
+
+    def _not_written(self, flight: Flight, error: BaseException) -> None:
+        for arrival in flight.arrivals.values():
+            r = arrival.result
+            self._settle(r.host, len(r.packed), stored=False)
+            self.lifecycle.result_lost(r.jid, r.host, self.clock())
+        said = error if isinstance(error, SafcmError) else repr(error)
+        trace = None if isinstance(error, StoreError) else error  # a bug: its trace
+        if flight.arrivals or flight.receipts:
+            log.error(
+                "cannot store %d results and %d receipts, they will come again: %s",
+                len(flight.arrivals),
+                flight.receipts,
+                said,
+                exc_info=trace,
+            )
+            return
+        now = self.loop.clock()
+        if now - self._seen_error_logged >= SEEN_ERROR_INTERVAL:
+            self._seen_error_logged = now
+            log.error(
+                "cannot write minions' last-seen times, tried again later: %s", said, exc_info=trace
+            )
 
     def _settle(self, host: str, size: int, *, stored: bool) -> None:
         """A result of `host` of `size` bytes was stored, or was not (then it
