@@ -85,10 +85,10 @@ GIT_TIMEOUT = 5.0
 # ends at once: it keeps no state that a kill would lose), then SIGKILL.
 STOP_TIMEOUT = 5.0
 # Objects the collector counted at most since its last collection
-# (gc.get_count(), sampled after each request) beyond which the worker
-# collects when a run is done with: about 10 MiB at most of garbage waiting,
-# and no collection after each small run (a full one is about 5 ms of CPU,
-# and the one-host no-op run's CLI takes about 115 ms).
+# (Collections) beyond which the worker collects when a run is done with:
+# about 10 MiB at most of garbage waiting, and no collection after each
+# small run (a full one is about 5 ms of CPU, and the one-host no-op run's
+# CLI takes about 115 ms).
 COLLECT_AFTER_OBJECTS = 100_000
 # How the worker starts: a new interpreter (-P: not the daemon's working
 # directory first on sys.path) that imports this module by its name, so the
@@ -374,7 +374,7 @@ def serve(
     gc.disable()
     gc.freeze()  # what is there now (modules, classes) lives as long as the worker
     worker = _Worker(conn, settings, owner, generation)
-    made = 0  # the most objects the collector counted since it last collected
+    collections = Collections()
     try:
         while True:
             try:
@@ -391,21 +391,36 @@ def serve(
                 conn.send(reply)
             except OSError:
                 return  # the daemon has gone
-            # Sampled after each request: the collector counts objects made
-            # less those freed, high after a large PREPARE and low again once
-            # its STORE freed most of them, leaving their cycles behind.
-            made = max(made, gc.get_count()[0])
-            op, ok = request[0], reply[0] == DONE
-            # The reply holds the stored job's parts, which keep much of the
+            collect = collections.after(request[0], reply[0] == DONE, gc.get_count()[0])
+            # The reply holds the stored job's parts, which kept much of the
             # run reachable (790 of 875 MiB stayed after 10,000 hosts): not
             # kept alive through the collection.
             del request, reply
-            if (op != PREPARE or not ok) and made > COLLECT_AFTER_OBJECTS:
-                gc.collect()  # a run's objects are garbage now (or its failure's)
+            if collect:
+                gc.collect()
                 _give_back()
-                made = 0
     finally:
         worker.close()
+
+
+class Collections:
+    """When the worker collects: once a run is done with (its job stored, or
+    its failure answered), if the run made enough objects."""
+
+    def __init__(self) -> None:
+        self.made = 0  # the most objects the collector counted since it last collected
+
+    def after(self, request: str, done: bool, count: int) -> bool:
+        """Whether to collect after answering `request`, with the collector's
+        `count` (gc.get_count()[0]) now. That count is of objects made less
+        those freed: high after a large PREPARE, low again once its STORE
+        freed most of them, leaving their cycles behind. So the highest
+        count since the last collection decides."""
+        self.made = max(self.made, count)
+        if (request == PREPARE and done) or self.made <= COLLECT_AFTER_OBJECTS:
+            return False
+        self.made = 0
+        return True
 
 
 def _give_back() -> None:
