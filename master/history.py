@@ -15,9 +15,9 @@ from safcm.master.jobstore import HostRecord, HostState, JobRecord, JobStore
 # this), and reading and packing one takes the loop about 10 ms.
 SHOW_PART_BYTES = 1024 * 1024
 # Stored results a CLI from before streaming is sent in one JOB_REPLY at
-# most: all of them are unpacked and packed again at once, several times this
-# in memory, and the frame limit (MAX_CONTROL_FRAME_BYTES) is not far beyond.
-MAX_UNSTREAMED_BYTES = 32 * 1024 * 1024
+# most: they are unpacked, checked and packed again in one go on the loop,
+# about 10 ms per MiB, and held several times over in memory meanwhile.
+MAX_UNSTREAMED_BYTES = 4 * 1024 * 1024
 
 
 class History:
