@@ -519,6 +519,8 @@ def _check_jobs(body: dict[str, Any], jid: str | None) -> None:
         for name in ("target", *_JOBS_LIST_FILTERS):
             if body.get(name) is not None:
                 raise ProtocolError(f"JOBS body.{name}: only list filters by {name}")
+    elif "stream" in body:
+        raise ProtocolError("JOBS body.stream: only show is streamed")
     module = body.get("module")
     if module is not None and not modules.is_module(module):
         raise ProtocolError(f"JOBS body.module: no module {module!r}")
@@ -901,8 +903,13 @@ _SPEC_LIST = [
                 "module": Optional(_MODULE),
                 "user": Optional(Str(MAX_NAME_CHARS, min_len=1)),
                 "status": Optional(OneOf(JOB_OUTCOMES)),
+                # show only: the hosts in several JOB_REPLYs, each with a part
+                # of them, "more" set on all but the last. Absent (a CLI from
+                # before): one JOB_REPLY with every host, for a job whose
+                # results are small enough (master/history.py).
+                "stream": Bool(),
             },
-            optional={"since", "until", "module", "user", "status"},
+            optional={"since", "until", "module", "user", "status", "stream"},
         ),
         max_bytes=MAX_CONTROL_REQUEST_BYTES,
         check=_check_jobs,
@@ -935,7 +942,9 @@ _SPEC_LIST = [
                     ),
                     MAX_HOSTS,
                 ),
-            }
+                "more": Bool(),  # a streamed show: more hosts follow
+            },
+            optional={"more"},
         ),
         max_bytes=MAX_CONTROL_FRAME_BYTES,
         check=_check_job_reply,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TextIO
 
 from safcm.common.cliargs import add_verbosity
@@ -40,7 +40,7 @@ from safcm.master.lightcli import (  # noqa: F401  (parse_when: re-exported, cli
 )
 from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, outcome
 from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
-from safcm.master.tables import write_json
+from safcm.master.tables import write_json, write_json_streamed
 
 # NOTE: safcm-master enters master/lightcli.py, which answers keys list, jobs
 # list and --version without this module (argparse alone costs them 10 ms)
@@ -1046,26 +1046,72 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         jid = jobs[0]["jid"]
     from safcm.master import jsonout
 
-    request = {"action": "show", "host": args.host, "target": None, "limit": 1, "jid": jid}
+    request = {
+        "action": "show",
+        "host": args.host,
+        "target": None,
+        "limit": 1,
+        "jid": jid,
+        "stream": True,
+    }
     with ControlClient(settings.control_path) as client:
-        reply = client.request(MsgType.JOBS, request, REQUEST_TIMEOUT)
-    if args.json:
-        write_json(jsonout.job_show_document(reply.body), out)
-        return EXIT_OK
-    job, hosts = reply.body["job"], reply.body["hosts"]
-    print(render.render_job_header(job, style), file=out)
-    tally = render.Tally(targeted=len(hosts))
-    for host in hosts:
-        status = jsonout.host_outcome(host)
-        if status != PENDING:
-            tally.add(status)
-        late_at = host["returned"] if host["late"] else None
-        print(
-            render.render_host(host["host"], status, host["result"], style, late_at=late_at),
-            file=out,
-        )
-    print(render.render_summary(tally, style, job["dry_run"], job["module"]), file=out)
+        client.send(MsgType.JOBS, request)
+        parts = _job_parts(client)
+        first = next(parts)
+        job, hosts = first["job"], _hosts_of(first, parts)
+        if args.json:
+            tally: list[str] = []
+
+            def documents() -> Iterator[dict[str, Any]]:
+                for host in hosts:
+                    document = jsonout.job_show_host(host)
+                    tally.append(document["status"])
+                    yield document
+
+            write_json_streamed(
+                out,
+                jsonout.job_show_fields(job),
+                "hosts",
+                documents(),
+                lambda: {"summary": jsonout.counts(tally)},
+            )
+            return EXIT_OK
+        print(render.render_job_header(job, style), file=out)
+        summary = render.Tally(targeted=0)
+        for host in hosts:
+            summary.targeted += 1
+            status = jsonout.host_outcome(host)
+            if status != PENDING:
+                summary.add(status)
+            late_at = host["returned"] if host["late"] else None
+            print(
+                render.render_host(host["host"], status, host["result"], style, late_at=late_at),
+                file=out,
+            )
+    print(render.render_summary(summary, style, job["dry_run"], job["module"]), file=out)
     return EXIT_OK
+
+
+def _job_parts(client: ControlClient) -> Iterator[dict[str, Any]]:
+    """The JOB_REPLYs of a streamed `jobs show`, up to the last (the one
+    without "more"); DaemonError if the daemon stops sending before it."""
+    for reply in client.replies(REQUEST_TIMEOUT):
+        raise_for_error(reply)
+        if reply.type is not MsgType.JOB_REPLY:
+            raise ProtocolError(f"the master answered jobs show with {reply.type.name}")
+        yield reply.body
+        if not reply.body.get("more"):
+            return
+    raise DaemonError(
+        "the master daemon closed the connection before it had sent every host of the job"
+    )
+
+
+def _hosts_of(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The hosts of a streamed `jobs show`, part after part."""
+    yield from first["hosts"]
+    for part in rest:
+        yield from part["hosts"]
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ class ControlConnection:
         self.closed = False
         self.close_when_flushed = False
         self.on_close: list[Callable[[ControlConnection], Any]] = []
+        self._on_drained: Callable[[], Any] | None = None
 
     def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
         self.send_encoded(encode_plain(msg_type, body))
@@ -104,6 +105,22 @@ class ControlConnection:
         self.close_when_flushed = True
         self._flush()
 
+    def when_drained(self, callback: Callable[[], Any]) -> None:
+        """Call `callback` once everything queued has been written, on a later
+        loop turn: a long reply made a part at a time (`jobs show`) holds one
+        part in memory, and leaves the loop to others between two parts.
+        Never called if the connection closes first."""
+        if self.closed:
+            return
+        self._on_drained = callback
+        if not self.out:
+            self.server.loop.call_later(0.0, self._drained)
+
+    def _drained(self) -> None:
+        callback, self._on_drained = self._on_drained, None
+        if callback is not None and not self.closed:
+            callback()
+
     def _flush(self) -> None:
         while self.out and not self.closed:
             try:
@@ -119,11 +136,14 @@ class ControlConnection:
             self.server.loop.remove_writer(self.sock)
             if self.close_when_flushed:
                 self.close()
+            elif self._on_drained is not None:
+                self.server.loop.call_later(0.0, self._drained)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self._on_drained = None
         self.server.loop.remove_reader(self.sock)
         self.server.loop.remove_writer(self.sock)
         self.sock.close()

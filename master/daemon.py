@@ -169,7 +169,7 @@ class Master:
             self.prepare_pool,
             self.prepare_worker,
         )
-        self.history = History(self.jobs)
+        self.history = History(self.jobs, self.report)
         if self.cluster is not None:
             self.relay = Relay(self.db, self.cluster.name, self.peers.connected, self.loop.clock)
             self.intake.relay = self.relay

@@ -33,18 +33,27 @@ from safcm.common.model import FileType
 from safcm.common.protocol import MAX_BODY_DEPTH
 
 
-def manifest_of(body: dict[str, Any]) -> tuple[dict[str, Any], dict[bytes, bytes]]:
+def manifest_of(
+    body: dict[str, Any], bare: dict[int, tuple[Any, dict[str, Any]]] | None = None
+) -> tuple[dict[str, Any], dict[bytes, bytes]]:
     """Split a full JOB body into its manifest (regular files' data left out)
-    and its content by digest. A job without files (ping) is its own manifest."""
+    and its content by digest. A job without files (ping) is its own manifest.
+    `bare` keeps each file map's manifest form by id (with the map, so the id
+    stays its own): bodies that share file maps (master/modules/files.py)
+    share their manifest forms too."""
     manifest = dict(body)
     content: dict[bytes, bytes] = {}
     if "files" not in body:
         return manifest, content
+    bare = {} if bare is None else bare
     files = []
     for f in body["files"]:
         if f["type"] == FileType.FILE:
             content[f["digest"]] = f["data"]
-            files.append({**f, "data": None})
+            known = bare.get(id(f))
+            if known is None:
+                known = bare[id(f)] = (f, {**f, "data": None})
+            files.append(known[1])
         else:
             files.append(f)
     manifest["files"] = files
@@ -109,13 +118,15 @@ class JobParts:
     hosts: dict[str, HostPart] = field(default_factory=dict)
     # manifest digest -> that manifest packed as a body (packed_body())
     _bare: dict[str, bytes] = field(default_factory=dict)
+    # id of a body's file map -> (it, its manifest form), while hosts are added
+    _bare_files: dict[int, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
 
     def add(
         self, host: str, body: dict[str, Any], known: Callable[[str], frozenset[bytes]]
     ) -> HostPart:
         """Add `host` with its full JOB body; `known(host)` names the content
         it is taken to have."""
-        manifest, content = manifest_of(body)
+        manifest, content = manifest_of(body, self._bare_files)
         digest, packed = pack_manifest(manifest)
         if digest not in self.manifests:
             self.manifests[digest] = manifest
@@ -130,7 +141,9 @@ class JobParts:
         """Hosts with one manifest and one include list share one HostPart,
         so a 10,000-host job pickles (master/prepworker.py) as a few parts
         and 10,000 names, not 10,000 lists of digests. Nothing changes a
-        HostPart once it is added."""
+        HostPart once it is added. Called once every host is added: what
+        adding kept to share file maps goes (it would pickle content twice)."""
+        self._bare_files.clear()
         shared: dict[tuple[str, tuple[bytes, ...]], HostPart] = {}
         for host, part in self.hosts.items():
             self.hosts[host] = shared.setdefault((part.manifest, tuple(part.include)), part)

@@ -50,6 +50,10 @@ IN_CHUNK = 500
 # shortened) goes in short transactions a loop turn apart, not in one that
 # holds the loop for seconds.
 PURGE_CHUNK = 2000
+# Host rows read at most per part of a job's hosts (hosts_after()): hosts
+# without a result (pending, no response) weigh little each, so their count
+# bounds a part as the results' bytes bound the others.
+HOSTS_CHUNK = 500
 
 
 # The states of a job's host, as its row stores them: the lifecycle's
@@ -647,19 +651,55 @@ class JobStore:
             rows = self.conn.execute(
                 "SELECT * FROM job_hosts WHERE jid = ? AND host = ?", (jid, host)
             )
-        return [
-            HostRecord(
-                host=r["host"],
-                state=HostState(r["state"]),
-                status=None if r["status"] is None else HostStatus(r["status"]),
-                received=r["received"],
-                returned=r["returned"],
-                changes=r["changes"],
-                result=None if r["result"] is None else _load_result(r["result"]),
-                late=bool(r["late"]),
-            )
-            for r in rows
-        ]
+        return [_host_record(r) for r in rows]
+
+    def hosts_after(
+        self, jid: str, after: str, *, max_bytes: int, max_hosts: int | None = None
+    ) -> tuple[list[HostRecord], bool]:
+        """The next hosts of job `jid` by name, after `after` ("" for the
+        first): as many as have at most `max_bytes` of stored results together
+        (at least one) and at most `max_hosts`; and whether more follow. A
+        large job is read a part at a time, never all of its results at once."""
+        max_hosts = HOSTS_CHUNK if max_hosts is None else max_hosts
+        sizes = self.conn.execute(
+            "SELECT host, coalesce(result_bytes, length(result), 0) FROM job_hosts"
+            " WHERE jid = ? AND host > ? ORDER BY host LIMIT ?",
+            (jid, after, max_hosts + 1),  # one more: whether more follow
+        ).fetchall()
+        count, total = 0, 0
+        for _, size in sizes[:max_hosts]:
+            if count > 0 and total + size > max_bytes:
+                break
+            count, total = count + 1, total + size
+        if count == 0:
+            return [], False
+        rows = self.conn.execute(
+            "SELECT * FROM job_hosts WHERE jid = ? AND host > ? AND host <= ? ORDER BY host",
+            (jid, after, sizes[count - 1][0]),
+        )
+        return [_host_record(r) for r in rows], count < len(sizes)
+
+    def result_bytes(self, jid: str) -> int:
+        """Bytes of the results stored for job `jid`."""
+        row = self.conn.execute(
+            "SELECT coalesce(sum(coalesce(result_bytes, length(result))), 0) FROM job_hosts"
+            " WHERE jid = ? AND result IS NOT NULL",
+            (jid,),
+        ).fetchone()
+        return int(row[0])
+
+
+def _host_record(r: Any) -> HostRecord:
+    return HostRecord(
+        host=r["host"],
+        state=HostState(r["state"]),
+        status=None if r["status"] is None else HostStatus(r["status"]),
+        received=r["received"],
+        returned=r["returned"],
+        changes=r["changes"],
+        result=None if r["result"] is None else _load_result(r["result"]),
+        late=bool(r["late"]),
+    )
 
 
 # A host outcome (outcome()) as a condition on a job_hosts row `h`, for list_jobs(status=...).

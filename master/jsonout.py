@@ -177,23 +177,29 @@ def host_outcome(host: dict[str, Any]) -> str:
 
 
 def job_show_document(body: dict[str, Any]) -> dict[str, Any]:
-    """`jobs show --json`, from a JOB_REPLY body."""
-    hosts = [
-        {
-            "host": h["host"],
-            "status": host_outcome(h),
-            "received": _iso_or_none(h["received"]),
-            "returned": _iso_or_none(h["returned"]),
-            "late": h["late"],
-            "result": result_document(h["result"]),
-        }
-        for h in body["hosts"]
-    ]
+    """`jobs show --json`, from a JOB_REPLY body with every host."""
+    hosts = [job_show_host(h) for h in body["hosts"]]
     return {
-        "format": FORMAT,
-        **_job_fields(body["job"]),
+        **job_show_fields(body["job"]),
         "hosts": hosts,
         "summary": counts(h["status"] for h in hosts),
+    }
+
+
+def job_show_fields(job: dict[str, Any]) -> dict[str, Any]:
+    """`jobs show --json` but its hosts and summary (written as the hosts come)."""
+    return {"format": FORMAT, **_job_fields(job)}
+
+
+def job_show_host(host: dict[str, Any]) -> dict[str, Any]:
+    """One host of `jobs show --json`, from one of a JOB_REPLY."""
+    return {
+        "host": host["host"],
+        "status": host_outcome(host),
+        "received": _iso_or_none(host["received"]),
+        "returned": _iso_or_none(host["returned"]),
+        "late": host["late"],
+        "result": result_document(host["result"]),
     }
 
 

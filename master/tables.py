@@ -20,7 +20,7 @@ from safcm.common.text import escape
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (4 ms)
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any, TextIO
 
 
@@ -166,3 +166,50 @@ def write_json(document: Any, out: TextIO) -> None:
     else:
         out.write(json.dumps(document, sort_keys=True, separators=(",", ":")))
     out.write("\n")
+
+
+def write_json_streamed(
+    out: TextIO,
+    fields: dict[str, Any],
+    key: str,
+    items: Iterable[Any],
+    later: Callable[[], dict[str, Any]],
+) -> None:
+    """The document write_json() writes for `fields` with `key` set to the list
+    of `items` and the fields `later()` returns once they are written, written
+    as the items come: one at a time in memory, not the whole list. Every
+    field of `later()` must sort after `key` (keys are written sorted)."""
+    import json
+
+    tty = out.isatty()
+
+    def text(value: Any, level: int) -> str:
+        if tty:
+            return json.dumps(value, indent=2, sort_keys=True).replace("\n", "\n" + "  " * level)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    pad, colon = ("\n  ", ": ") if tty else ("", ":")
+    written = 0
+
+    def member(name: str, value_text: str) -> None:
+        nonlocal written
+        out.write(("," if written else "") + pad + json.dumps(name) + colon + value_text)
+        written += 1
+
+    out.write("{")
+    for name in sorted(n for n in fields if n < key):
+        member(name, text(fields[name], 1))
+    member(key, "[")
+    count = 0
+    for item in items:
+        out.write(("," if count else "") + ("\n    " if tty else "") + text(item, 2))
+        count += 1
+    out.write(("\n  " if tty and count else "") + "]")
+    rest = {n: v for n, v in fields.items() if n > key}
+    for name, value in later().items():
+        if name <= key:
+            raise ValueError(f"{name!r} sorts before {key!r}: it cannot come after the items")
+        rest[name] = value
+    for name in sorted(rest):
+        member(name, text(rest[name], 1))
+    out.write(("\n" if tty else "") + "}\n")

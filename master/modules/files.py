@@ -17,14 +17,29 @@ def compile_files(repo: Any, hosts: list[str], request: Request) -> dict[str, di
     ConfigError naming every problem of every host."""
     from safcm.master.compiler import compile_hosts
 
+    configs = compile_hosts(repo, hosts, request.facts)
+    # A spec that several hosts get (the compiler shares the repository's
+    # spec unless a template or trigger changes it) has one wire form, shared:
+    # 10,000 hosts with the same 100 files hash 100 files and make 100 maps,
+    # not a million. Nothing changes a job's file maps once built (the job
+    # store's manifest_of() and with_content() copy them). By id(): the
+    # specs live in `configs` as long as this map.
+    wire: dict[int, dict[str, Any]] = {}
+
+    def wire_of(spec: Any) -> dict[str, Any]:
+        found = wire.get(id(spec))
+        if found is None:
+            found = wire[id(spec)] = spec.to_wire()
+        return found
+
     return {
         host: {
-            "files": [spec.to_wire() for spec in config.specs()],
+            "files": [wire_of(spec) for spec in config.specs()],
             "absent": [a.to_wire() for a in config.absent],
             "purge": list(config.purge),
             "secrets": list(config.secrets),
         }
-        for host, config in compile_hosts(repo, hosts, request.facts).items()
+        for host, config in configs.items()
     }
 
 

@@ -650,6 +650,11 @@ CROSS_FIELD = [
         {**SAMPLES[MsgType.JOBS], "since": 20.0, "until": 10.0},
         "until: before since",
     ),
+    (
+        MsgType.JOBS,
+        {"action": "list", "host": None, "target": None, "limit": 1, "jid": None, "stream": True},
+        "only show is streamed",
+    ),
     (MsgType.RUN, {**SAMPLES[MsgType.RUN], "batch_fail": 2}, "batch_fail: only with batch"),
     (
         MsgType.RUN,

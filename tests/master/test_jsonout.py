@@ -4,14 +4,18 @@ the time arguments of `jobs list` (cli.parse_when)."""
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import time
 
 import jsonschema
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from safcm.common.model import ApplyResult, FileChange, FileState, FileType, Outcome
 from safcm.master import cli, jsonout
+from safcm.master.tables import write_json, write_json_streamed
 from tests import schemas
 
 ROOT_DIR = FileState(FileType.DIR, 0o755, 0, 0, "root", "root")
@@ -237,3 +241,37 @@ def test_a_naive_time_is_local(monkeypatch):
 def test_when_refuses_anything_else(text):
     with pytest.raises(ValueError, match="neither a time"):
         cli.parse_when(text, NOW)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    fields=st.dictionaries(st.sampled_from(["dry_run", "format", "jid", "user"]), JSON_VALUES),
+    items=st.lists(JSON_VALUES, max_size=4),
+    tty=st.booleans(),
+)
+def test_a_streamed_document_is_the_document_write_json_writes(fields, items, tty):
+    """`jobs show --json` writes its hosts as they come: the same text as the
+    whole document, on a terminal (indented) and not (compact)."""
+    whole, streamed = (Terminal(), Terminal()) if tty else (io.StringIO(), io.StringIO())
+    summary = {"hosts": len(items)}
+    write_json({**fields, "hosts": items, "summary": summary}, whole)
+    write_json_streamed(streamed, fields, "hosts", iter(items), lambda: {"summary": summary})
+    assert streamed.getvalue() == whole.getvalue()
+
+
+def test_a_late_field_must_sort_after_the_items():
+    with pytest.raises(ValueError, match="'a' sorts before 'hosts'"):
+        write_json_streamed(io.StringIO(), {}, "hosts", iter([]), lambda: {"a": 1})
