@@ -860,11 +860,12 @@ class Intake:
         self.commit()
         while self._flight is not None:
             flight = self._flight
-            log.info(
-                "stopping: waiting for %d results and %d receipts to be stored",
-                len(flight.arrivals),
-                flight.receipts,
-            )
+            if flight.arrivals or flight.receipts:
+                log.info(
+                    "stopping: waiting for %d results and %d receipts to be stored",
+                    len(flight.arrivals),
+                    flight.receipts,
+                )
             concurrent.futures.wait([flight.future])
             self._written(flight)  # hands over what is left, if anything
         self.writer.close()
