@@ -53,7 +53,7 @@ from safcm.master.cluster import (
     parse_relay,
 )
 from safcm.master.control import ControlConnection, ControlServer
-from safcm.master.db import Listener, open_store
+from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, Listener, open_store
 from safcm.master.facts import FactStore, host_facts
 from safcm.master.history import History
 from safcm.master.intake import Intake
@@ -64,6 +64,7 @@ from safcm.master.lifecycle import Lifecycles
 from safcm.master.peers import Peers
 from safcm.master.prepworker import PrepareWorker
 from safcm.master.publish import PUBLISH_PENALTY, Publisher
+from safcm.master.resultwriter import ResultWriter
 from safcm.master.runs import Runs
 from safcm.master.settings import MasterSettings
 from safcm.master.transport import DOMAIN_PUBLISH, DOMAIN_RETURN, Zap
@@ -77,7 +78,7 @@ RETENTION_INTERVAL = 3600.0
 STALE_CHECK_INTERVAL = 5.0
 # How often heartbeat sequence numbers and last-seen times are written when
 # no result commit carried them, in seconds: a replay of a heartbeat from the
-# last second before a crash is the most a restart can let through.
+# last second (and a commit) before a crash is the most a restart can let through.
 SEQ_FLUSH = 1.0
 # Seconds between attempts to hear other masters again after the database
 # went away (a PostgreSQL restart or failover).
@@ -125,6 +126,15 @@ class Master:
         self.publisher = Publisher(
             self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
         )
+        # Results, receipts and heartbeat rows are committed off the loop, on
+        # a connection of the writer's own (master/resultwriter.py), which
+        # may wait for the database as a worker does.
+        writer_db = open_store(
+            settings.state_dir,
+            settings.store,
+            busy_timeout_ms=WORKER_BUSY_TIMEOUT_MS,
+            any_thread=True,
+        )
         self.intake = Intake(
             settings,
             self.keys,
@@ -134,6 +144,7 @@ class Master:
             self.lifecycle,
             clock,
             self.facts,
+            ResultWriter(writer_db, loop),
         )
         self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
         # Loading, targeting and compiling a run's job, then building and
@@ -212,7 +223,7 @@ class Master:
         if unreceived:
             log.info("re-publishing %d envelopes of unfinished jobs", unreceived)
         self._timers += [
-            self.loop.call_every(SEQ_FLUSH, self.keystore.flush),
+            self.loop.call_every(SEQ_FLUSH, self.intake.flush),
             self.loop.call_every(STALE_CHECK_INTERVAL, self.peers.cut_stale),
             self.loop.call_every(RETENTION_INTERVAL, self.purge_old_jobs),
         ]
@@ -337,7 +348,9 @@ class Master:
         if self._wake is not None:
             self._wake.cancel()
         with contextlib.suppress(StoreError):
-            self.intake.store_batch()
+            # The result writer ends first: what it writes is confirmed (or
+            # not) before the database closes.
+            self.intake.finish_writing()
             self.keystore.flush()
             if self.cluster is not None:
                 self.cluster.release()

@@ -32,15 +32,20 @@ from typing import Any, Protocol
 from safcm.common.errors import StoreError
 
 DB_NAME = "master.db"
-# Milliseconds a connection waits for another writer before giving up. The
-# daemon is the only writer of its own; another process holding the lock (a
-# backup, an administrator's sqlite3 shell) must not stall the daemon's loop,
-# so it waits little, fails that one operation, and retries it later.
+# Milliseconds the loop's connection waits for another writer before giving
+# up. Besides the loop, the daemon writes from its workers (below), one
+# transaction at a time, each about one batch of results or a chunk of a
+# job's rows; another process holding the lock (a backup, an administrator's
+# sqlite3 shell) must not stall the daemon's loop, so it waits little, fails
+# that one operation, and retries it later.
 BUSY_TIMEOUT_MS = 200
-# Milliseconds a worker thread's connection (master/runs.py: a job's rows are
-# written there) waits for the lock: the loop does not wait on the worker, so
-# a job may wait out a short hold by another process; a longer one fails the
-# RUN with a database error, as it did when the loop wrote the job.
+# Milliseconds a worker's connection waits for the lock: the prepare worker's
+# (master/prepworker.py: a job's rows) and the result writer's
+# (master/resultwriter.py: results, receipts, heartbeat rows). The loop does
+# not wait on a worker, so a worker may wait out a short hold by another
+# process (or a large job's rows, written in many short transactions); a
+# longer one fails its work with a database error: the RUN, or the batch of
+# results, which minions then send again.
 WORKER_BUSY_TIMEOUT_MS = 10_000
 
 MIGRATIONS: list[str] = [

@@ -24,22 +24,30 @@ result already stored is confirmed again without being decrypted), and only
 then decryption and unpacking.
 
 A result is checked against the job store (sent to that host, what the job
-sent, not already stored), stored, and only then acknowledged; receipts and
-results that arrive together are stored in one transaction. What a receipt,
-a result or a progress report changes is decided by master/lifecycle.py.
+sent, not already stored), stored, and only then acknowledged. Results,
+receipts and heartbeat rows are gathered into a batch, committed in one
+transaction by the result writer (master/resultwriter.py) off the loop, one
+batch at a time: while one is written, the loop goes on reading and gathers
+the next; only once the commit is durable does the loop confirm each result
+(RESULT_RECEIPT) and tell the lifecycle. A copy of a result that comes while
+the first is being stored is confirmed with it, never before. What a
+receipt, a result or a progress report changes is decided by
+master/lifecycle.py.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from safcm.common import codec
 from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair, peek_header
-from safcm.common.errors import EnvelopeError, ProtocolError, StoreError
+from safcm.common.errors import EnvelopeError, ProtocolError, SafcmError, StoreError
 from safcm.common.loop import Timer
 from safcm.common.protocol import (
     MASTER_ID,
@@ -67,10 +75,11 @@ from safcm.common.wire import pack_plain
 from safcm.master.cluster import Relay
 from safcm.master.facts import FactStore, HostFacts
 from safcm.master.jobstore import HostState, JobStore, StoredResult
-from safcm.master.keystore import KeyStore, MinionKey
+from safcm.master.keystore import KeyStore, MinionKey, SeenRow
 from safcm.master.lifecycle import Lifecycles, Verdict
 from safcm.master.outcomes import change_count, host_status
 from safcm.master.peers import Peers, Presence, user_id
+from safcm.master.resultwriter import Batch, ResultWriter
 from safcm.master.settings import MasterSettings
 from safcm.master.transport import DOMAIN_RETURN
 
@@ -78,8 +87,9 @@ log = logging.getLogger("safcm-master")
 
 # Lifetime of the master's own small sealed messages, in seconds.
 MESSAGE_TTL = 60
-# Messages read from the ROUTER per wake-up before results are committed:
-# results that arrive together share one fsync.
+# Messages read from the ROUTER per wake-up, at most; what they bring is
+# handed to the result writer after each wake-up, so results that arrive
+# together share one fsync.
 ROUTER_BATCH = 512
 # Seconds spent reading the return socket in one go, at most (about: one
 # large result may take longer): the loop must not stall on a burst.
@@ -120,9 +130,17 @@ CURVE_BURST = 500.0
 # a flood of invented ids fills that table at this pace at most.
 NEW_KEY_RATE = 50.0
 NEW_KEY_BURST = 1000.0
-# Results read in one wake-up are stored together, up to this many bytes,
-# then committed: a burst of large results never piles up in memory.
+# Bytes of results in one batch at most: a batch this large is handed to the
+# result writer at once, and if the writer is still busy with the one before,
+# the return socket is not read until that one is written (what minions send
+# meanwhile waits in their queues). So a burst of large results never piles
+# up in memory: two batches at most, one being written and one gathered.
 BATCH_BYTES = 16 * 1024 * 1024
+# Seconds between two log lines about a batch of heartbeat rows alone (last-
+# seen times, sequence numbers) that could not be written: they stay unwritten
+# and go with the next batch or SEQ_FLUSH, so a database locked for a minute
+# says so every ten seconds, not every second.
+SEEN_ERROR_INTERVAL = 10.0
 # Content a minion lacks (CONTENT_REQUEST, master/jobcontent.py): one reply
 # carries at most this many bytes of it, or one file's content if that is
 # larger; the minion asks again for the rest when the reply has come, so one
@@ -155,6 +173,24 @@ FACTS_RATE = 0.5
 FACTS_BURST = 5.0
 
 
+@dataclass
+class Arrival:
+    """A result taken (lifecycle.result()) and not confirmed yet."""
+
+    result: StoredResult
+    peer: bytes  # the routing id its confirmation goes to: the last that sent it
+
+
+@dataclass
+class Flight:
+    """The batch the result writer is committing."""
+
+    arrivals: dict[tuple[str, str], Arrival]  # by (jid, host)
+    receipts: int
+    seen: list[SeenRow]
+    future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+
+
 class Intake:
     def __init__(
         self,
@@ -166,9 +202,11 @@ class Intake:
         lifecycle: Lifecycles,
         clock: Callable[[], float],
         facts: FactStore,
+        writer: ResultWriter,
     ) -> None:
         self.settings = settings
         self.facts = facts
+        self.writer = writer
         self.keys = keys
         self.peers = peers
         self.loop = peers.loop
@@ -189,7 +227,14 @@ class Intake:
         self.new_keys = Bucket(NEW_KEY_RATE, NEW_KEY_BURST, now)
         self.content_bytes = Buckets(CONTENT_RATE, CONTENT_BURST, ENROL_KEYS)
         self.facts_by_key = Buckets(FACTS_RATE, FACTS_BURST, ENROL_KEYS)
-        self._stored_bytes: dict[str, int] = {}  # per host, for result_quota; filled lazily
+        # Per host, for result_quota: bytes of its results stored or being
+        # stored, read from the database when first needed; how many of them
+        # are being stored (taken, not yet committed or lost); and the hosts
+        # whose count a purge made stale while some were (a count read then
+        # could not tell whether it holds those): counted again once they are.
+        self._stored_bytes: dict[str, int] = {}
+        self._unsettled: dict[str, int] = {}
+        self._stale: set[str] = set()
         self.network = Dispatcher(
             Channel.NETWORK,
             {
@@ -203,12 +248,16 @@ class Intake:
         )
         self.router: zmq.Socket | None = None
         self._resume: Timer | None = None  # while the return socket rests (RETURN_COALESCE)
-        # Receipts and results read in this wake-up, stored together in one
-        # transaction (store_batch); each result with the routing id its
-        # confirmation goes back to.
+        # Receipts and results read since the last batch was handed to the
+        # writer: the next batch (commit()).
         self._receipts: list[tuple[str, str]] = []
-        self._batch: dict[tuple[str, str], tuple[bytes, StoredResult]] = {}
+        self._batch: dict[tuple[str, str], Arrival] = {}
         self._batch_bytes = 0
+        self._flight: Flight | None = None  # the batch being written
+        # The return socket is not read: the next batch is full (BATCH_BYTES)
+        # while the writer is busy with this one.
+        self._held = False
+        self._seen_error_logged = -SEEN_ERROR_INTERVAL  # loop clock of the last such line
         # Routing id of the ROUTER message being handled: _reply() answers it.
         # Handlers take only the message (the Dispatcher's contract), so the
         # peer travels beside it.
@@ -241,11 +290,16 @@ class Intake:
             self.router.close(0)
 
     def store_receipt(self, jid: str, host: str) -> None:
-        self._receipts.append((jid, host))  # stored with this wake-up's batch
+        self._receipts.append((jid, host))  # stored with the next batch
 
     def forget_quota(self) -> None:
-        """Results were deleted: each host's use of its quota is counted again when needed."""
-        self._stored_bytes.clear()
+        """Results were deleted: each host's use of its quota is counted again
+        when needed, or, if some of its results are being stored, once they are."""
+        for host in list(self._stored_bytes):
+            if host in self._unsettled:
+                self._stale.add(host)
+            else:
+                del self._stored_bytes[host]
 
     def on_router(self) -> None:
         """Read what the return socket holds, within ROUTER_SLICE and
@@ -273,8 +327,15 @@ class Intake:
                 continue
             self._route(peer.bytes, frame)
             if self._batch_bytes >= BATCH_BYTES:
-                self.store_batch()
-        self.store_batch()
+                self.commit()
+                if self._flight is not None and self._batch_bytes >= BATCH_BYTES:
+                    # The writer is busy with the batch before: read nothing
+                    # more until it is done (_written()).
+                    self._held = True
+                    self.loop.remove_reader(router)
+                    log.debug("the return socket waits for the result writer")
+                    break
+        self.commit()
         self._send_replies()
         # Read empty after reading something: rest, and read again when the
         # timer fires (_resume_reading).
@@ -296,7 +357,7 @@ class Intake:
         try:
             self.on_router()
         finally:
-            if self._resume is None:
+            if self._resume is None and not self._held:
                 # Nothing came while resting, or a limit stopped the read with
                 # more waiting (or the read failed): the poller watches again.
                 self.loop.add_reader(_opened(self.router), self.on_router)
@@ -394,12 +455,31 @@ class Intake:
         if verdict is Verdict.UNKNOWN:
             raise ProtocolError(f"result for job {jid}, which was never sent to it")
         if verdict is Verdict.DUPLICATE:
+            arrival = self._storing(jid, minion)
+            if arrival is not None:
+                # Not durable yet: confirmed with the first, on the
+                # connection this copy came on (the minion's latest).
+                arrival.peer = self._peer
+                self.peer_log.info(
+                    "job %s: duplicate result from %s while its first is being stored; "
+                    "confirmed once it is",
+                    jid,
+                    minion,
+                )
+                return False
             self.peer_log.info(
                 "job %s: duplicate result from %s; already stored, confirming again", jid, minion
             )
             self._reply(encode_plain(MsgType.RESULT_RECEIPT, {"jid": jid}))
             return False
         return True
+
+    def _storing(self, jid: str, minion: str) -> Arrival | None:
+        """The result of (jid, minion) in the next batch or the one being written, if any."""
+        arrival = self._batch.get((jid, minion))
+        if arrival is None and self._flight is not None:
+            arrival = self._flight.arrivals.get((jid, minion))
+        return arrival
 
     def _reply(self, frame: bytes) -> None:
         """Answer the message being handled; sent with the others of this
@@ -534,9 +614,10 @@ class Intake:
     def on_job_receipt(self, msg: Message) -> None:
         minion, jid = msg.require_peer(), msg.body["jid"]
         if self.relay is not None and self.relay.relayed_to(jid, minion):
-            # Published here for another master's job: stored here, and that
-            # master told (master/cluster.py).
-            self.jobs.record([(jid, minion)], [], now=self.clock())
+            # Published here for another master's job: stored here, with the
+            # next batch, and that master told (master/cluster.py), which
+            # stores it too.
+            self.store_receipt(jid, minion)
             self.relay.send("receipt", jid, minion)
             return
         if not self.lifecycle.sent_to(jid, minion):
@@ -578,7 +659,8 @@ class Intake:
                 "job %s: late result from %s, stored after the deadline", jid, minion
             )
         self._stored_bytes[minion] = used + len(packed)
-        self._batch[(jid, minion)] = (self._peer, result)
+        self._unsettled[minion] = self._unsettled.get(minion, 0) + 1
+        self._batch[(jid, minion)] = Arrival(result, self._peer)
         self._batch_bytes += len(packed)
 
     def _quota_used(self, minion: str) -> int:
@@ -682,37 +764,111 @@ class Intake:
                 msg.body["kernel"],
             )
 
-    def store_batch(self) -> None:
-        """Store the receipts and results read in one wake-up in one transaction
-        (one fsync), then confirm the results."""
-        if not self._batch and not self._receipts:
+    def commit(self) -> None:
+        """Hand the receipts and results gathered so far, with the heartbeat
+        rows not written yet, to the result writer as one batch; unless it is
+        writing one (then _written() hands them over when it is done)."""
+        if self._batch or self._receipts:
+            self._hand_over()
+
+    def flush(self) -> None:
+        """commit(), and heartbeat rows with nothing else (SEQ_FLUSH)."""
+        if self._batch or self._receipts or self.keystore.dirty():
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._flight is not None:
             return
-        batch, self._batch = list(self._batch.values()), {}
+        arrivals, self._batch = self._batch, {}
         receipts, self._receipts = self._receipts, []
         self._batch_bytes = 0
-        self._heartbeat_reply = None  # storing takes time: the next reply tells a new one
+        seen = self.keystore.unwritten_seen()
+        batch = Batch(receipts, [a.result for a in arrivals.values()], seen, self.clock())
+        flight = self._flight = Flight(arrivals, len(receipts), seen)
+        flight.future = self.writer.write(batch, lambda _: self._written(flight))
+
+    def _written(self, flight: Flight) -> None:
+        """Back on the loop: the batch is durable, and each result is confirmed
+        to its minion (which then deletes its copy); or it failed, and nothing
+        of it is confirmed: each minion keeps its result and sends it again
+        (a lost receipt costs at most a re-publish, which minions ignore).
+        Then the next batch goes to the writer, and reading goes on."""
+        if self._flight is not flight:
+            return  # done already (finish_writing())
+        self._flight = None
+        error = flight.future.exception()
         try:
-            self.jobs.record(receipts, [r for _, r in batch], now=self.clock())
-            self.keystore.flush()  # heartbeat sequence numbers share the commit
-        except StoreError as e:
-            # Not confirmed, so each minion keeps its result and sends it again;
-            # a lost receipt costs at most a re-publish, which minions ignore.
-            for _, r in batch:
-                self._stored_bytes.pop(r.host, None)
-                self.lifecycle.result_lost(r.jid, r.host, self.clock())
+            if error is None:
+                self.keystore.seen_written(flight.seen)
+                for arrival in flight.arrivals.values():
+                    r = arrival.result
+                    self._settle(r.host, len(r.packed), stored=True)
+                    self._peer = arrival.peer
+                    self._reply(encode_plain(MsgType.RESULT_RECEIPT, {"jid": r.jid}))
+                    self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
+                    self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
+            else:
+                self._not_written(flight, error)
+        finally:
+            self.commit()
+            if self._held and self._batch_bytes < BATCH_BYTES:
+                self._held = False
+                self.loop.add_reader(_opened(self.router), self.on_router)
+            self._send_replies()
+
+    def _not_written(self, flight: Flight, error: BaseException) -> None:
+        for arrival in flight.arrivals.values():
+            r = arrival.result
+            self._settle(r.host, len(r.packed), stored=False)
+            self.lifecycle.result_lost(r.jid, r.host, self.clock())
+        said = error if isinstance(error, SafcmError) else repr(error)
+        trace = None if isinstance(error, StoreError) else error  # a bug: its trace
+        if flight.arrivals or flight.receipts:
             log.error(
                 "cannot store %d results and %d receipts, they will come again: %s",
-                len(batch),
-                len(receipts),
-                e,
+                len(flight.arrivals),
+                flight.receipts,
+                said,
+                exc_info=trace,
             )
             return
-        for peer, r in batch:
-            self._peer = peer
-            self._reply(encode_plain(MsgType.RESULT_RECEIPT, {"jid": r.jid}))
-            self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
-            self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
-        self._send_replies()
+        now = self.loop.clock()
+        if now - self._seen_error_logged >= SEEN_ERROR_INTERVAL:
+            self._seen_error_logged = now
+            log.error(
+                "cannot write minions' last-seen times, tried again later: %s", said, exc_info=trace
+            )
+
+    def _settle(self, host: str, size: int, *, stored: bool) -> None:
+        """A result of `host` of `size` bytes was stored, or was not (then it
+        no longer counts towards the host's quota)."""
+        if not stored:
+            self._stored_bytes[host] -= size
+        left = self._unsettled[host] - 1
+        if left:
+            self._unsettled[host] = left
+            return
+        del self._unsettled[host]
+        if host in self._stale:
+            self._stale.discard(host)
+            del self._stored_bytes[host]
+
+    def finish_writing(self) -> None:
+        """The daemon stops, reading no more: write what was read and is not
+        stored yet, waiting for the batch being written, and end the writer.
+        A batch that fails is not confirmed, so its minions send it again."""
+        self.commit()
+        while self._flight is not None:
+            flight = self._flight
+            if flight.arrivals or flight.receipts:
+                log.info(
+                    "stopping: waiting for %d results and %d receipts to be stored",
+                    len(flight.arrivals),
+                    flight.receipts,
+                )
+            concurrent.futures.wait([flight.future])
+            self._written(flight)  # hands over what is left, if anything
+        self.writer.close()
 
 
 def _over_quota(body: dict[str, Any], size: int, used: int, quota: int) -> dict[str, Any]:

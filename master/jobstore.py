@@ -485,43 +485,51 @@ class JobStore:
         and is not done.
         """
         with transaction(self.conn):
-            self.conn.executemany(
-                "UPDATE job_hosts SET state = 'received', received = ?, envelope = NULL"
-                " WHERE jid = ? AND host = ? AND state = 'sent'",
-                [(now, jid, host) for jid, host in receipts],
-            )
-            self.conn.executemany(
-                "UPDATE job_hosts SET state = 'done', status = ?, changes = ?, result = ?,"
-                " result_bytes = ?, returned = ?, envelope = NULL,"
-                " late = CASE WHEN state = 'no_response' THEN 1 ELSE 0 END"
-                " WHERE jid = ? AND host = ? AND state != 'done'",
-                [
-                    (
-                        str(r.status),
-                        r.changes,
-                        r.packed,
-                        len(r.packed),
-                        r.returned,
-                        r.jid,
-                        r.host,
-                    )
-                    for r in results
-                ],
-            )
-            # A files job that ran (not an error) had all its content on the
-            # host, which keeps it: the next job need not carry it again.
-            self.conn.executemany(
-                "INSERT INTO host_content (host, jid) VALUES (?, ?) ON CONFLICT (host)"
-                " DO UPDATE SET jid = excluded.jid WHERE excluded.jid > host_content.jid",
-                [
-                    (r.host, r.jid)
-                    for r in results
-                    if r.result.get("apply") is not None and r.result.get("status") != "error"
-                ],
-            )
-            if self.conn.shared:  # the job's master may be another
-                for r in results:
-                    self.conn.notify(RESULTS_CHANNEL, f"{r.jid} {r.host}")
+            self.record_rows(receipts, results, now=now)
+
+    def record_rows(
+        self, receipts: list[tuple[str, str]], results: list[StoredResult], *, now: float
+    ) -> None:
+        """The writes of record(), inside a transaction the caller holds, so
+        that it can commit other rows with them (master/resultwriter.py: the
+        heartbeat rows, in the same fsync)."""
+        self.conn.executemany(
+            "UPDATE job_hosts SET state = 'received', received = ?, envelope = NULL"
+            " WHERE jid = ? AND host = ? AND state = 'sent'",
+            [(now, jid, host) for jid, host in receipts],
+        )
+        self.conn.executemany(
+            "UPDATE job_hosts SET state = 'done', status = ?, changes = ?, result = ?,"
+            " result_bytes = ?, returned = ?, envelope = NULL,"
+            " late = CASE WHEN state = 'no_response' THEN 1 ELSE 0 END"
+            " WHERE jid = ? AND host = ? AND state != 'done'",
+            [
+                (
+                    str(r.status),
+                    r.changes,
+                    r.packed,
+                    len(r.packed),
+                    r.returned,
+                    r.jid,
+                    r.host,
+                )
+                for r in results
+            ],
+        )
+        # A files job that ran (not an error) had all its content on the
+        # host, which keeps it: the next job need not carry it again.
+        self.conn.executemany(
+            "INSERT INTO host_content (host, jid) VALUES (?, ?) ON CONFLICT (host)"
+            " DO UPDATE SET jid = excluded.jid WHERE excluded.jid > host_content.jid",
+            [
+                (r.host, r.jid)
+                for r in results
+                if r.result.get("apply") is not None and r.result.get("status") != "error"
+            ],
+        )
+        if self.conn.shared:  # the job's master may be another
+            for r in results:
+                self.conn.notify(RESULTS_CHANNEL, f"{r.jid} {r.host}")
 
     def no_response(self, pairs: Collection[tuple[str, str]]) -> None:
         """Record (jid, host) pairs without result as "no response", in one

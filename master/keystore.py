@@ -59,6 +59,11 @@ class Seen:
     seq: int = 0  # the last heartbeat's sequence number
 
 
+# A minion's last-seen time and heartbeat sequence number, as written back:
+# (last_seen, seq, id, fingerprint of its key).
+SeenRow = tuple[float | None, int, str, str]
+
+
 @dataclass(frozen=True)
 class MinionKey:
     id: str
@@ -374,16 +379,41 @@ class KeyStore:
     def dirty(self) -> bool:
         return bool(self._dirty)
 
+    def unwritten_seen(self) -> list[SeenRow]:
+        """The last-seen times and heartbeat sequence numbers not written yet,
+        as write_seen() writes them; they stay unwritten (reload() keeps them)
+        until seen_written() is told they were."""
+        keys = [self._keys[i] for i in sorted(self._dirty)]
+        return [(k.last_seen, k.seq, k.id, k.fingerprint) for k in keys]
+
+    def seen_written(self, rows: list[SeenRow]) -> None:
+        """`rows` of unwritten_seen() were committed: their minions are written
+        back, unless a heartbeat changed them since."""
+        for last_seen, seq, minion_id, _ in rows:
+            key = self._keys.get(minion_id)
+            if key is None or (key.last_seen, key.seq) == (last_seen, seq):
+                self._dirty.discard(minion_id)
+
     def flush(self) -> None:
-        """Write last-seen times and heartbeat sequence numbers back."""
-        if not self._dirty:
+        """Write last-seen times and heartbeat sequence numbers back. (The
+        daemon's result writer writes them with each batch of results:
+        master/intake.py; this is for the rest.)"""
+        rows = self.unwritten_seen()
+        if not rows:
             return
         with transaction(self.conn):
-            self.conn.executemany(
-                "UPDATE minions SET last_seen = ?, seq = ? WHERE id = ?",
-                [(self._keys[i].last_seen, self._keys[i].seq, i) for i in sorted(self._dirty)],
-            )
-        self._dirty.clear()
+            write_seen(self.conn, rows)
+        self.seen_written(rows)
+
+
+def write_seen(conn: Database, rows: list[SeenRow]) -> None:
+    """Write rows of KeyStore.unwritten_seen(), in the caller's transaction.
+    Only to the key they were read from: a row written late (off the loop)
+    never lends its sequence number to a key that replaced it meanwhile (a
+    minion deleted and enrolled again), whose heartbeats it would refuse."""
+    conn.executemany(
+        "UPDATE minions SET last_seen = ?, seq = ? WHERE id = ? AND fingerprint = ?", rows
+    )
 
 
 def _key(row: Any) -> MinionKey:

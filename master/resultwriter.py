@@ -1,0 +1,81 @@
+"""The result writer: the commit of what minions return, off the event loop.
+
+NOTE: a result is confirmed to its minion (RESULT_RECEIPT), which then
+deletes its copy, only once the commit that holds it is durable; that is
+the intake's side (master/intake.py), which hears it here.
+
+The loop reads the return socket and gathers what arrives into a Batch:
+results, receipts, and the heartbeat rows of the key store, taken on the
+loop so that they still share the one commit (one fsync). It hands the
+batch here and goes on reading; the writer commits it on a thread of its
+own with a database connection of its own (an SQLite connection may not
+cross threads, and the loop's must stay free), then posts the outcome back
+to the loop (call_soon_threadsafe). One batch is written at a time: the next
+is gathered meanwhile, and handed over when this one is done.
+
+The one lock SQLite has for writing is shared with the loop's own writes (a
+"no response", a key change, a purge) and the prepare worker's (a job's
+rows): the writer holds it for one transaction per batch, and waits for it
+up to WORKER_BUSY_TIMEOUT_MS (master/db.py); the loop waits for it at most
+BUSY_TIMEOUT_MS, as for any other writer. PostgreSQL works the same, with
+row locks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from safcm.common.loop import Loop
+from safcm.master.db import Database, transaction
+from safcm.master.jobstore import JobStore, StoredResult
+from safcm.master.keystore import SeenRow, write_seen
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What arrived since the last commit, written in one transaction."""
+
+    receipts: list[tuple[str, str]]  # (jid, host)
+    results: list[StoredResult]
+    seen: list[SeenRow]  # heartbeat rows (KeyStore.unwritten_seen())
+    now: float  # unix time: when the receipts count as received
+
+
+class ResultWriter:
+    def __init__(self, db: Database, loop: Loop) -> None:
+        """`db`: a connection of the writer's own, that any thread may close
+        (master/db.py open_store(..., any_thread=True))."""
+        self.db = db
+        self.jobs = JobStore(db)
+        self.loop = loop
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="results"
+        )
+
+    def write(
+        self, batch: Batch, then: Callable[[concurrent.futures.Future[None]], None]
+    ) -> concurrent.futures.Future[None]:
+        """Commit `batch` on the writer's thread, then call then(future) on the
+        loop: future.exception() is None once the batch is durable, else why
+        nothing of it was stored. The caller writes one batch at a time."""
+        future = self._pool.submit(self._commit, batch)
+
+        def done(f: concurrent.futures.Future[None]) -> None:
+            with contextlib.suppress(OSError, ValueError):  # the loop has closed: stopping
+                self.loop.call_soon_threadsafe(lambda: then(f))
+
+        future.add_done_callback(done)
+        return future
+
+    def _commit(self, batch: Batch) -> None:
+        with transaction(self.db):
+            self.jobs.record_rows(batch.receipts, batch.results, now=batch.now)
+            write_seen(self.db, batch.seen)
+
+    def close(self) -> None:
+        """Wait for the batch being written, if any, then close the connection."""
+        self._pool.shutdown(wait=True)
+        self.db.close()

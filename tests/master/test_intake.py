@@ -1,0 +1,373 @@
+"""Results are committed off the loop (master/intake.py, master/resultwriter.py)
+and confirmed only once durable: on a real master daemon run in this process
+(its loop in a thread of its own, as master/daemon.py run() runs it), with its
+real sockets and database, the real CLI, and a scriptable minion
+(tests/system/fake.py). In this process a test can hold the database's write
+lock, as another process may (a backup, an sqlite3 shell), to keep a commit
+waiting, and shrink a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from safcm.common import codec
+from safcm.common.loop import Loop
+from safcm.common.protocol import MsgType
+from safcm.master import daemon, intake
+from safcm.master.daemon import Master
+from safcm.master.db import DB_NAME
+from safcm.master.sandbox import Sandbox, wait_for
+from safcm.master.settings import load
+from tests.system.fake import FakeMinion, ping_result
+
+REPO = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "repo")
+# Seconds a test waits for the daemon to reach a state.
+SETTLE = 30.0
+# Milliseconds the result writer waits for the database's lock where a test
+# holds it to keep a commit waiting: longer than any test holds it.
+HELD_MS = 120_000
+# ...where a test holds it to make the commit fail...
+FAIL_MS = 100
+# ...and to make it fail while the daemon stops: long enough that the stop
+# begins while the commit still waits.
+FAIL_AT_STOP_MS = 3000
+
+
+class InProcess:
+    """A master daemon whose loop runs in a thread of this process. Its
+    state is touched only on that thread (call())."""
+
+    def __init__(self, sb: Sandbox, **settings: Any) -> None:
+        self.sb = sb
+        self.settings = load(sb.master.config)._replace(**settings)
+        self.state_dir = self.settings.state_dir
+        self.loop = Loop()
+        self.master: Master | None = None
+        self.failed: BaseException | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="master")
+        self.thread.start()
+        if not self._ready.wait(SETTLE) or self.master is None:
+            raise RuntimeError(f"the master did not start: {self.failed!r}")
+
+    def _serve(self) -> None:
+        ctx = zmq.Context()
+        try:
+            # Made here: its SQLite connection belongs to this thread.
+            master = Master(self.settings, loop=self.loop, ctx=ctx)
+            try:
+                master.start()
+                self.master = master
+                self._ready.set()
+                self.loop.run()
+            finally:
+                master.close()
+        except BaseException as e:
+            self.failed = e
+            raise
+        finally:
+            self._ready.set()
+            self.loop.close()
+            ctx.term()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """fn() on the loop's thread, between two of its callbacks."""
+        done = threading.Event()
+        outcome: list[tuple[bool, Any]] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, fn()))
+            except BaseException as e:
+                outcome.append((False, e))
+            finally:
+                done.set()
+
+        self.loop.call_soon_threadsafe(run)
+        if not done.wait(SETTLE):
+            raise TimeoutError("the master's loop did not take its turn")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        """As on SIGTERM: the loop stops, then the daemon closes (Master.close())."""
+        if self.thread.is_alive():
+            self.loop.stop()
+            self.thread.join(SETTLE)
+        assert not self.thread.is_alive(), "the master did not stop"
+
+
+@pytest.fixture
+def sandbox():
+    base = tempfile.mkdtemp(prefix="safcm-t-", dir="/tmp")  # short: the control socket's path
+    sb = Sandbox(base, REPO, heartbeat_interval=0.2, job_timeout=20)
+    yield sb
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def master(sandbox, caplog):
+    """start(**settings): a master in this process, stopped at the end of the test."""
+    caplog.set_level(logging.DEBUG, logger="safcm-master")
+    started: list[InProcess] = []
+
+    def start(**settings: Any) -> InProcess:
+        m = InProcess(sandbox, **settings)
+        started.append(m)
+        return m
+
+    yield start
+    for m in started:
+        m.stop()
+
+
+@pytest.fixture
+def fake(sandbox):
+    fakes: list[FakeMinion] = []
+
+    def make(minion_id: str) -> FakeMinion:
+        f = FakeMinion(sandbox, minion_id)
+        fakes.append(f)
+        return f
+
+    yield make
+    for f in fakes:
+        f.close()
+
+
+@pytest.fixture
+def runs():
+    """spawn(sb, *args): a CLI in the background; any still running is killed at the end."""
+    spawned: list[subprocess.Popen] = []
+
+    def spawn(sb: Sandbox, *args: str) -> subprocess.Popen:
+        proc = sb.spawn_cli(*args)
+        spawned.append(proc)
+        return proc
+
+    yield spawn
+    for proc in spawned:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def logged(caplog, text: str) -> None:
+    wait_for(lambda: text in caplog.text, SETTLE, f"the master to log {text!r}")
+
+
+def accepted(sb: Sandbox, fake, minion_id: str) -> FakeMinion:
+    """A scriptable minion that enrolled and that the administrator accepted."""
+    f = fake(minion_id)
+    assert f.enrol() == "pending"
+    assert sb.cli("keys", "accept", minion_id).returncode == 0
+    assert f.enrol() == "accepted"
+    return f
+
+
+def start_job(sb: Sandbox, runs, minion: FakeMinion) -> tuple[subprocess.Popen, str]:
+    """`run ID ping` started: its CLI and the jid the minion received."""
+    proc = runs(sb, "run", minion.id, "ping", "--json")
+    _frame, job = minion.recv_job(int(SETTLE * 1000))
+    return proc, job.jid
+
+
+def send_result(minion: FakeMinion, jid: str) -> None:
+    """The minion's result of a ping job (sent again: a new envelope of it)."""
+    minion.send_raw(minion.seal(MsgType.RESULT, ping_result(time.time()), jid=jid))
+
+
+def answered(minion: FakeMinion) -> bool:
+    """A heartbeat is answered: the master's loop reads and replies. The
+    reply comes after anything the master sent before it."""
+    minion.heartbeat()
+    return minion.recv(int(SETTLE * 1000)).type is MsgType.HEARTBEAT_REPLY
+
+
+@contextlib.contextmanager
+def write_lock(m: InProcess) -> Iterator[sqlite3.Connection]:
+    """The database's write lock, held as another process would hold it;
+    released at the end, or earlier by lock.execute("ROLLBACK")."""
+    lock = sqlite3.connect(os.path.join(m.state_dir, DB_NAME), isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        yield lock
+    finally:
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+
+
+def stored(m: InProcess, jid: str, host: str) -> tuple[str, str | None, bytes | None]:
+    """(state, status, result) of (jid, host), as committed (read beside the daemon)."""
+    with contextlib.closing(sqlite3.connect(os.path.join(m.state_dir, DB_NAME))) as c:
+        return c.execute(
+            "SELECT state, status, result FROM job_hosts WHERE jid = ? AND host = ?", (jid, host)
+        ).fetchone()
+
+
+def test_a_result_is_confirmed_once_durable_and_its_copy_with_it(
+    sandbox, master, fake, runs, caplog, monkeypatch
+):
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
+    m = master()
+    web3 = accepted(sandbox, fake, "web3")
+    run, jid = start_job(sandbox, runs, web3)
+    with write_lock(m) as lock:  # the commit waits for it
+        send_result(web3, jid)
+        send_result(web3, jid)  # the minion's retry, while the first is stored
+        logged(caplog, f"job {jid}: duplicate result from web3 while its first is being stored")
+        # The loop goes on serving, and has confirmed neither copy.
+        assert answered(web3)
+        assert stored(m, jid, "web3")[0] == "sent"
+        lock.execute("ROLLBACK")
+        receipt = web3.recv(int(SETTLE * 1000))
+    assert receipt.type is MsgType.RESULT_RECEIPT and receipt.body["jid"] == jid
+    assert stored(m, jid, "web3")[:2] == ("done", "ok")
+    assert answered(web3)  # one confirmation for both copies
+    _out, err = run.communicate(timeout=SETTLE)
+    assert run.returncode == 0, err
+    assert caplog.text.count(f"job {jid}: result from web3: ok") == 1
+
+
+def test_a_result_that_cannot_be_stored_is_not_confirmed_and_is_taken_again(
+    sandbox, master, fake, runs, caplog, monkeypatch
+):
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", FAIL_MS)
+    size = len(codec.pack(ping_result(time.time())))
+    m = master(result_quota=size * 3 // 2)  # one result fits, two would not
+    web3 = accepted(sandbox, fake, "web3")
+    run, jid = start_job(sandbox, runs, web3)
+    with write_lock(m):
+        send_result(web3, jid)
+        logged(caplog, "cannot store 1 results and 0 receipts, they will come again: database")
+        assert answered(web3)  # not confirmed
+    send_result(web3, jid)  # the minion sends it again, as it was not confirmed
+    receipt = web3.recv(int(SETTLE * 1000))
+    assert receipt.type is MsgType.RESULT_RECEIPT and receipt.body["jid"] == jid
+    # Taken as new (not a duplicate of a result never stored), within the
+    # quota (the lost copy no longer counts).
+    assert stored(m, jid, "web3")[:2] == ("done", "ok")
+    assert "duplicate result" not in caplog.text
+    _out, err = run.communicate(timeout=SETTLE)
+    assert run.returncode == 0, err
+
+
+# Seconds the return socket rests after a read (RETURN_COALESCE): the second
+# result comes while it rests, and is read by its timer (_resume_reading);
+# with no rest, the poller reads it.
+LONG_REST = 2.0
+
+
+@pytest.mark.parametrize("rest", [0.0, LONG_REST], ids=["read-when-readable", "read-after-a-rest"])
+def test_reading_stops_while_a_full_batch_waits_for_the_writer(
+    sandbox, master, fake, runs, caplog, monkeypatch, rest
+):
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
+    monkeypatch.setattr(intake, "BATCH_BYTES", 1)  # every result fills a batch
+    # No batch of heartbeat rows alone is written meanwhile: the first
+    # result's batch is the one the writer is busy with.
+    monkeypatch.setattr(daemon, "SEQ_FLUSH", 3600.0)
+    monkeypatch.setattr(intake, "RETURN_COALESCE", rest)
+    m = master()
+    web3 = accepted(sandbox, fake, "web3")
+    _, first = start_job(sandbox, runs, web3)
+    _, second = start_job(sandbox, runs, web3)
+
+    def unread() -> bool:
+        """Something waits on the return socket, not read (on the loop's thread)."""
+        assert m.master is not None and m.master.intake.router is not None
+        return bool(m.master.intake.router.get(zmq.EVENTS) & zmq.POLLIN)
+
+    with write_lock(m) as lock:
+        send_result(web3, first)
+        assert answered(web3)  # read, and being written: the writer waits for the lock
+        send_result(web3, second)  # the next batch, full
+        logged(caplog, "the return socket waits for the result writer")
+        web3.heartbeat()
+        wait_for(lambda: m.call(unread), SETTLE, "the heartbeat to reach the master")
+        assert m.call(unread)  # a loop turn later: a reader would have taken it
+        lock.execute("ROLLBACK")
+        # Reading goes on: the heartbeat is answered, and both results confirmed.
+        replies = [web3.recv(int(SETTLE * 1000)) for _ in range(3)]
+    replies = {(r.type, r.body.get("jid")) for r in replies}
+    assert replies == {
+        (MsgType.RESULT_RECEIPT, first),
+        (MsgType.HEARTBEAT_REPLY, None),
+        (MsgType.RESULT_RECEIPT, second),
+    }
+    assert stored(m, second, "web3")[:2] == ("done", "ok")
+
+
+def test_a_purge_while_results_are_stored_keeps_counting_them_in_the_quota(
+    sandbox, master, fake, runs, monkeypatch
+):
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
+    size = len(codec.pack(ping_result(time.time())))
+    m = master(result_quota=size * 3 // 2)  # one result fits, two do not
+    web3 = accepted(sandbox, fake, "web3")
+    _, first = start_job(sandbox, runs, web3)
+    _, second = start_job(sandbox, runs, web3)
+    with write_lock(m) as lock:
+        send_result(web3, first)
+        assert answered(web3)  # read, and being written
+        assert m.master is not None
+        m.call(m.master.intake.forget_quota)  # what a purge does once it deleted old results
+        send_result(web3, second)
+        assert answered(web3)
+        lock.execute("ROLLBACK")
+        receipts = {web3.recv(int(SETTLE * 1000)).body["jid"] for _ in range(2)}
+    assert receipts == {first, second}
+    assert stored(m, first, "web3")[:2] == ("done", "ok")
+    state, status, result = stored(m, second, "web3")
+    assert (state, status) == ("done", "failed")
+    assert result is not None and b"result_quota" in result
+
+
+@pytest.mark.parametrize("commits", [True, False], ids=["commits", "fails"])
+def test_a_stopping_master_finishes_the_batch_being_written(
+    sandbox, master, fake, runs, caplog, monkeypatch, commits
+):
+    # A commit that ends while the daemon stops (the lock is released) is
+    # durable; one that fails is not confirmed, and its result is taken
+    # when the minion sends it again to the restarted master.
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS if commits else FAIL_AT_STOP_MS)
+    m = master()
+    web3 = accepted(sandbox, fake, "web3")
+    _, jid = start_job(sandbox, runs, web3)
+    with write_lock(m) as lock:
+        send_result(web3, jid)
+        assert answered(web3)  # read, and being written
+        m.loop.stop()
+        logged(caplog, "stopping: waiting for 1 results and 0 receipts to be stored")
+        if commits:
+            lock.execute("ROLLBACK")
+        m.stop()
+    assert m.failed is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("results")]
+    if commits:
+        assert stored(m, jid, "web3")[:2] == ("done", "ok")
+        return
+    logged(caplog, "cannot store 1 results and 0 receipts, they will come again")
+    assert stored(m, jid, "web3")[0] == "sent"
+    master()
+    send_result(web3, jid)  # the minion sends it again to the restarted master
+    receipt = web3.recv(int(SETTLE * 1000))
+    assert receipt.type is MsgType.RESULT_RECEIPT and receipt.body["jid"] == jid
+    assert stored(m, jid, "web3")[:2] == ("done", "ok")
