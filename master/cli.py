@@ -1068,13 +1068,19 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
                     tally.append(document["status"])
                     yield document
 
-            write_json_streamed(
-                out,
-                jsonout.job_show_fields(job),
-                "hosts",
-                documents(),
-                lambda: {"summary": jsonout.counts(tally)},
-            )
+            try:
+                write_json_streamed(
+                    out,
+                    jsonout.job_show_fields(job),
+                    "hosts",
+                    documents(),
+                    lambda: {"summary": jsonout.counts(tally)},
+                )
+            except SafcmError:
+                # The daemon stopped sending (or failed) midway: the error
+                # document goes on a line of its own after what was written.
+                out.write("\n")
+                raise
             return EXIT_OK
         print(render.render_job_header(job, style), file=out)
         summary = render.Tally(targeted=0)

@@ -300,3 +300,55 @@ def test_the_cli_tells_a_job_cut_short_from_a_whole_one(tmp_path, sqlite_conn):
         ["web00000", "web00001", "web00002"],
         "the master daemon closed the connection before it had sent every host of the job",
     ]
+
+
+def test_jobs_show_json_cut_short_ends_its_line_and_fails(tmp_path, sqlite_conn):
+    """`jobs show --json` writes hosts as they come: if the daemon stops
+    midway, what was written is left on its line, the error follows on a
+    line of its own, and the command fails."""
+    import argparse
+    import io
+    import json
+    import threading
+
+    from safcm.common.errors import DaemonError
+    from safcm.master import cli
+    from safcm.master.settings import MasterSettings
+
+    store = stored_job(sqlite_conn, 3, answered=3)
+    server = Server(tmp_path, store)
+    whole = History(store, fail)
+
+    def cut_short(conn, msg):
+        hosts, _ = store.hosts_after(JID, "", max_bytes=1)
+        conn.send(MsgType.JOB_REPLY, history._job_reply(store.get_job(JID), hosts, more=True))
+        conn.finish()
+
+    settings = MasterSettings(state_dir=str(tmp_path), control_socket=server.path)
+    args = argparse.Namespace(action="show", jid=JID, host=None, json=True)
+    outputs, errors = [], []
+
+    def show():
+        out = io.StringIO()
+        try:
+            cli.jobs_command(settings, args, out)
+        except DaemonError as e:
+            errors.append(str(e))
+        outputs.append(out.getvalue())
+
+    for handler in (whole.on_jobs, cut_short):
+        server.server.handle = handler
+        thread = threading.Thread(target=show)
+        thread.start()
+        server.until(lambda t=thread: not t.is_alive(), "the CLI to finish")
+    server.close()
+    document = json.loads(outputs[0])
+    assert [h["host"] for h in document["hosts"]] == ["web00000", "web00001", "web00002"]
+    assert document["summary"]["hosts"] == 3
+    # One host, then the line ends (the error document, under --json, is
+    # written by cli.main() after it).
+    assert outputs[1].startswith('{"deadline":') and outputs[1].endswith('"ok"}\n')
+    assert outputs[1].count("\n") == 1 and outputs[1].count('"host":') == 1
+    assert errors == [
+        "the master daemon closed the connection before it had sent every host of the job"
+    ]
