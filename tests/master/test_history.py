@@ -4,6 +4,7 @@ sent a part at a time, each part once the one before has been written."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -79,6 +80,13 @@ class Server:
         while not condition():
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             self.loop.run_once(0.01)
+
+    def cli(self, handler, run) -> None:
+        """Answer requests with `handler` while `run()`, a CLI, runs in a thread."""
+        self.server.handle = handler
+        thread = threading.Thread(target=run)
+        thread.start()
+        self.until(lambda: not thread.is_alive(), "the CLI to finish")
 
     def close(self) -> None:
         self.server.close()
@@ -254,8 +262,6 @@ def test_a_connection_closed_before_its_turn_sends_no_more(tmp_path, sqlite_conn
 def test_the_cli_tells_a_job_cut_short_from_a_whole_one(tmp_path, sqlite_conn):
     """The CLI reads parts up to the one without "more"; a daemon that stops
     before it (killed, or a bug) is an error, not a shorter job."""
-    import threading
-
     from safcm.common.errors import DaemonError
     from safcm.master import cli
     from safcm.master.client import ControlClient
@@ -291,10 +297,7 @@ def test_the_cli_tells_a_job_cut_short_from_a_whole_one(tmp_path, sqlite_conn):
                 outcomes.append(str(e))
 
     for handler in (whole.on_jobs, cut_short):
-        server.server.handle = handler
-        thread = threading.Thread(target=read)
-        thread.start()
-        server.until(lambda t=thread: not t.is_alive(), "the CLI to finish")
+        server.cli(handler, read)
     server.close()
     assert outcomes == [
         ["web00000", "web00001", "web00002"],
@@ -309,7 +312,6 @@ def test_jobs_show_json_cut_short_ends_its_line_and_fails(tmp_path, sqlite_conn)
     import argparse
     import io
     import json
-    import threading
 
     from safcm.common.errors import DaemonError
     from safcm.master import cli
@@ -337,10 +339,7 @@ def test_jobs_show_json_cut_short_ends_its_line_and_fails(tmp_path, sqlite_conn)
         outputs.append(out.getvalue())
 
     for handler in (whole.on_jobs, cut_short):
-        server.server.handle = handler
-        thread = threading.Thread(target=show)
-        thread.start()
-        server.until(lambda t=thread: not t.is_alive(), "the CLI to finish")
+        server.cli(handler, show)
     server.close()
     document = json.loads(outputs[0])
     assert [h["host"] for h in document["hosts"]] == ["web00000", "web00001", "web00002"]
