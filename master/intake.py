@@ -37,6 +37,7 @@ master/lifecycle.py.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 from collections.abc import Callable
@@ -136,6 +137,10 @@ NEW_KEY_BURST = 1000.0
 # meanwhile waits in their queues). So a burst of large results never piles
 # up in memory: two batches at most, one being written and one gathered.
 BATCH_BYTES = 16 * 1024 * 1024
+# Seconds spent confirming stored results in one go, at most (about: one
+# result's confirmation may take longer): a large batch gathered during a
+# slow commit is confirmed over several loop turns, not in one.
+CONFIRM_SLICE = 0.01
 # Seconds between two log lines about a batch of heartbeat rows alone (last-
 # seen times, sequence numbers) that could not be written: they stay unwritten
 # and go with the next batch or SEQ_FLUSH, so a database locked for a minute
@@ -257,6 +262,9 @@ class Intake:
         # The return socket is not read: the next batch is full (BATCH_BYTES)
         # while the writer is busy with this one.
         self._held = False
+        # Results durable and not confirmed yet (_confirm()), oldest first.
+        self._durable: collections.deque[Arrival] = collections.deque()
+        self._confirming: Timer | None = None  # the next slice of them, if due
         self._seen_error_logged = -SEEN_ERROR_INTERVAL  # loop clock of the last such line
         # Routing id of the ROUTER message being handled: _reply() answers it.
         # Handlers take only the message (the Dispatcher's contract), so the
@@ -800,13 +808,8 @@ class Intake:
         try:
             if error is None:
                 self.keystore.seen_written(flight.seen)
-                for arrival in flight.arrivals.values():
-                    r = arrival.result
-                    self._settle(r.host, len(r.packed), stored=True)
-                    self._peer = arrival.peer
-                    self._reply(encode_plain(MsgType.RESULT_RECEIPT, {"jid": r.jid}))
-                    self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
-                    self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
+                self._durable.extend(flight.arrivals.values())
+                self._confirm()
             else:
                 self._not_written(flight, error)
         finally:
@@ -814,6 +817,34 @@ class Intake:
             if self._held and self._batch_bytes < BATCH_BYTES:
                 self._held = False
                 self.loop.add_reader(_opened(self.router), self.on_router)
+            self._send_replies()
+
+    def _confirm(self) -> None:
+        """Confirm durable results to their minions, for CONFIRM_SLICE at most:
+        each is a receipt, a log line and the lifecycle's result_stored()
+        (which sends the result to a CLI that waits for it), and a batch
+        gathered during a slow commit may hold hundreds. The rest a loop turn
+        later. A copy of a result that arrives meanwhile is confirmed at once:
+        it is durable (_wants_result())."""
+        until = self.loop.clock() + CONFIRM_SLICE
+        while self._durable:
+            arrival = self._durable.popleft()
+            r = arrival.result
+            self._settle(r.host, len(r.packed), stored=True)
+            self._peer = arrival.peer
+            self._reply(encode_plain(MsgType.RESULT_RECEIPT, {"jid": r.jid}))
+            self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
+            self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
+            if self.loop.clock() >= until:
+                break
+        if self._durable and self._confirming is None:
+            self._confirming = self.loop.call_later(0.0, self._confirm_more)
+
+    def _confirm_more(self) -> None:
+        self._confirming = None
+        try:
+            self._confirm()
+        finally:
             self._send_replies()
 
     def _not_written(self, flight: Flight, error: BaseException) -> None:
@@ -868,6 +899,9 @@ class Intake:
                 )
             concurrent.futures.wait([flight.future])
             self._written(flight)  # hands over what is left, if anything
+        while self._durable:  # no more loop turns: confirmed now
+            self._confirm()
+            self._send_replies()
         self.writer.close()
 
 

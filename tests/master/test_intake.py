@@ -371,3 +371,41 @@ def test_a_stopping_master_finishes_the_batch_being_written(
     receipt = web3.recv(int(SETTLE * 1000))
     assert receipt.type is MsgType.RESULT_RECEIPT and receipt.body["jid"] == jid
     assert stored(m, jid, "web3")[:2] == ("done", "ok")
+
+
+def test_a_large_batch_is_confirmed_over_several_loop_turns(
+    sandbox, master, fake, runs, monkeypatch
+):
+    """Each confirmation costs the loop a receipt, a log line and a result
+    sent to the waiting CLI: a batch gathered during a slow commit is
+    confirmed CONFIRM_SLICE at a time, a loop turn apart, not in one go."""
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
+    monkeypatch.setattr(intake, "CONFIRM_SLICE", 0.0)  # one result a turn
+    more_turns = []
+    confirm_more = intake.Intake._confirm_more
+
+    def counted(self):
+        more_turns.append(len(self._durable))
+        confirm_more(self)
+
+    monkeypatch.setattr(intake.Intake, "_confirm_more", counted)
+    m = master()
+    web3 = accepted(sandbox, fake, "web3")
+    jids = [start_job(sandbox, runs, web3)[1] for _ in range(4)]
+    with write_lock(m) as lock:
+        send_result(web3, jids[0])  # being written: waits for the lock
+        assert answered(web3)
+        for jid in jids[1:]:  # gathered into the next batch meanwhile
+            send_result(web3, jid)
+        wait_for(
+            lambda: m.call(lambda: len(m.master.intake._batch)) == 3,
+            SETTLE,
+            "the next batch to gather three results",
+        )
+        lock.execute("ROLLBACK")
+        receipts = [web3.recv(int(SETTLE * 1000)) for _ in range(4)]
+    assert {(r.type, r.body["jid"]) for r in receipts} == {
+        (MsgType.RESULT_RECEIPT, jid) for jid in jids
+    }
+    assert more_turns == [2, 1]  # the second batch: one confirmed, then one a turn
+    assert all(stored(m, jid, "web3")[:2] == ("done", "ok") for jid in jids)
