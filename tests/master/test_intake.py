@@ -32,6 +32,7 @@ from safcm.master.daemon import Master
 from safcm.master.db import DB_NAME
 from safcm.master.sandbox import Sandbox, wait_for
 from safcm.master.settings import load
+from tests.system.conftest import accepted_fake
 from tests.system.fake import FakeMinion, ping_result
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "repo")
@@ -172,15 +173,6 @@ def logged(caplog, text: str) -> None:
     wait_for(lambda: text in caplog.text, SETTLE, f"the master to log {text!r}")
 
 
-def accepted(sb: Sandbox, fake, minion_id: str) -> FakeMinion:
-    """A scriptable minion that enrolled and that the administrator accepted."""
-    f = fake(minion_id)
-    assert f.enrol() == "pending"
-    assert sb.cli("keys", "accept", minion_id).returncode == 0
-    assert f.enrol() == "accepted"
-    return f
-
-
 def start_job(sb: Sandbox, runs, minion: FakeMinion) -> tuple[subprocess.Popen, str]:
     """`run ID ping` started: its CLI and the jid the minion received."""
     proc = runs(sb, "run", minion.id, "ping", "--json")
@@ -227,7 +219,7 @@ def test_a_result_is_confirmed_once_durable_and_its_copy_with_it(
 ):
     monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
     m = master()
-    web3 = accepted(sandbox, fake, "web3")
+    web3 = accepted_fake(sandbox, fake, "web3")
     run, jid = start_job(sandbox, runs, web3)
     with write_lock(m) as lock:  # the commit waits for it
         send_result(web3, jid)
@@ -252,7 +244,7 @@ def test_a_result_that_cannot_be_stored_is_not_confirmed_and_is_taken_again(
     monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", FAIL_MS)
     size = len(codec.pack(ping_result(time.time())))
     m = master(result_quota=size * 3 // 2)  # one result fits, two would not
-    web3 = accepted(sandbox, fake, "web3")
+    web3 = accepted_fake(sandbox, fake, "web3")
     run, jid = start_job(sandbox, runs, web3)
     with write_lock(m):
         send_result(web3, jid)
@@ -286,7 +278,7 @@ def test_reading_stops_while_a_full_batch_waits_for_the_writer(
     monkeypatch.setattr(daemon, "SEQ_FLUSH", 3600.0)
     monkeypatch.setattr(intake, "RETURN_COALESCE", rest)
     m = master()
-    web3 = accepted(sandbox, fake, "web3")
+    web3 = accepted_fake(sandbox, fake, "web3")
     _, first = start_job(sandbox, runs, web3)
     _, second = start_job(sandbox, runs, web3)
 
@@ -321,7 +313,7 @@ def test_a_purge_while_results_are_stored_keeps_counting_them_in_the_quota(
     monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
     size = len(codec.pack(ping_result(time.time())))
     m = master(result_quota=size * 3 // 2)  # one result fits, two do not
-    web3 = accepted(sandbox, fake, "web3")
+    web3 = accepted_fake(sandbox, fake, "web3")
     _, first = start_job(sandbox, runs, web3)
     _, second = start_job(sandbox, runs, web3)
     with write_lock(m) as lock:
@@ -349,7 +341,7 @@ def test_a_stopping_master_finishes_the_batch_being_written(
     # when the minion sends it again to the restarted master.
     monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS if commits else FAIL_AT_STOP_MS)
     m = master()
-    web3 = accepted(sandbox, fake, "web3")
+    web3 = accepted_fake(sandbox, fake, "web3")
     _, jid = start_job(sandbox, runs, web3)
     with write_lock(m) as lock:
         send_result(web3, jid)
@@ -390,7 +382,7 @@ def test_a_large_batch_is_confirmed_over_several_loop_turns(
 
     monkeypatch.setattr(intake.Intake, "_confirm_more", counted)
     m = master()
-    web3 = accepted(sandbox, fake, "web3")
+    web3 = accepted_fake(sandbox, fake, "web3")
     jids = [start_job(sandbox, runs, web3)[1] for _ in range(4)]
     with write_lock(m) as lock:
         send_result(web3, jids[0])  # being written: waits for the lock
