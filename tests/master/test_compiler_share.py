@@ -65,6 +65,34 @@ def test_hosts_of_one_key_share_its_files_but_not_their_templates(tmp_path):
     assert configs["h3"].groups == ["all", "db", "web", "h3"]
 
 
+def test_hosts_of_one_key_get_lists_of_their_own(tmp_path):
+    write(
+        tmp_path,
+        {
+            "hosts.yaml": "- name: h1\n- name: h2\n",
+            "groups.yaml": "web: [h1, h2]\n",
+            "web/files/etc/app/conf": "plain\n",
+            "web/absent.yaml": "- /etc/old\n",
+            "web/purge.yaml": "- /etc/app\n",
+            "web/secrets.yaml": "- /etc/app/conf\n",
+            "web/packages.yaml": "install: [curl]\n",
+        },
+    )
+    repo = load_repository(str(tmp_path))
+    configs = compile_hosts(repo, ["h1", "h2"])
+    h1, h2 = configs["h1"], configs["h2"]
+
+    def lists(config: HostConfig) -> list[list]:
+        return [config.files, config.absent, config.purge, config.secrets, config.packages]
+
+    before = [list(found) for found in lists(h2)]
+    assert all(before)
+    # What a caller does to one host's result leaves the other's alone.
+    for found in lists(h1):
+        found.clear()
+    assert lists(h2) == before
+
+
 def test_a_host_with_a_directory_of_its_own_has_a_contest_of_its_own(tmp_path):
     write(
         tmp_path,
