@@ -44,6 +44,7 @@ from safcm.common.errors import ConfigError, SafcmError, StoreError, UsageError
 from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import Message, MsgType, new_jid
 from safcm.common.ratelimit import PeerLog
+from safcm.common.stallwatch import StallWatch
 from safcm.master.cluster import (
     LEASE_RENEW,
     RELAY_CHANNEL,
@@ -546,11 +547,16 @@ def run(settings: MasterSettings) -> int:
     loop = Loop()
     loop.stop_on_signals(signal.SIGTERM, signal.SIGINT)
     master = Master(settings, loop=loop, ctx=ctx)
+    # The log line of a job's end and of a slow callback name where the
+    # longest hold of the loop was spent, not only the callback.
+    watch = StallWatch(loop)
+    watch.start()
     try:
         master.start()
         loop.run()
     finally:
         log.info("stopping")
+        watch.stop()
         master.close()
         loop.close()
         ctx.term()

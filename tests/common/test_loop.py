@@ -5,11 +5,14 @@ import os
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 import zmq
 
 from safcm.common.loop import Loop
+from safcm.common.stallwatch import StallWatch
 
 
 def test_timers_fire_in_order_and_cancel():
@@ -141,3 +144,69 @@ def test_a_timer_due_within_a_millisecond_is_waited_for_not_spun_on():
         turns += 1
     loop.close()
     assert turns == 1
+
+
+def test_a_long_call_is_named_with_where_the_watch_saw_it_spend_its_time():
+    # A real watch thread, sampling every millisecond once a call has held the
+    # loop 5 ms; the callback holds the loop until the watch has seen it.
+    loop = Loop()
+    watch = StallWatch(loop, after=0.005, every=0.001)
+    watch.start()
+
+    def held_until_seen() -> None:
+        seq = loop.current_call[0]
+        deadline = time.monotonic() + 30
+        while not watch.place(seq) and time.monotonic() < deadline:
+            time.sleep(0.001)  # our code stalled in a system call, as fsync would
+
+    try:
+        loop.call_later(0, held_until_seen)
+        loop.run_once(max_wait=0)
+    finally:
+        watch.stop()
+        loop.close()
+    name = loop.longest_call[1]
+    assert name.startswith("test_a_long_call_is_named_with_where_the_watch_saw_it_spend_its_time")
+    # Our innermost frames (the loop calling, and running a turn), then the
+    # leaf, which is not ours.
+    assert ", at common/loop.py:" in name and " in _call < common/loop.py:" in name
+    assert " in run_once, in " in name
+    assert name.endswith(" in held_until_seen")
+    assert loop.stall_watch is None
+
+
+def test_the_watch_samples_only_a_call_held_past_its_threshold_and_only_that_call():
+    now = [100.0]
+    loop = Loop(clock=lambda: now[0])
+    watch = StallWatch(loop, after=0.05, every=3600)  # the thread never samples by itself
+    watch.start()
+    places: list[str] = []
+
+    def sampled_from_another_thread(advance: float) -> Callable[[], None]:
+        def callback() -> None:
+            now[0] += advance
+            # The watch reads the loop thread's stack from its own thread.
+            sampler = threading.Thread(target=watch.sample)
+            sampler.start()
+            sampler.join()
+            places.append(watch.place(loop.current_call[0]))
+
+        return callback
+
+    try:
+        loop.call_later(0, sampled_from_another_thread(0.04))  # short of the threshold
+        loop.run_once(max_wait=0)
+        loop.call_later(0, sampled_from_another_thread(0.06))
+        loop.run_once(max_wait=0)
+        # Between calls nothing is sampled, and a later call has no place of its own.
+        watch.sample()
+        assert watch.place(loop.current_call[0] + 1) == ""
+    finally:
+        watch.stop()
+        loop.close()
+    assert places[0] == ""
+    # Our innermost frame (the loop calling the callback), then the leaf:
+    # join() waiting on the sampler.
+    assert places[1].startswith("at common/loop.py:")
+    assert "/threading.py:" in places[1] and places[1].endswith(" in wait")
+    assert loop.longest_call[1].endswith(", " + places[1])
