@@ -13,6 +13,9 @@ seen most often in that call beside the callback's name:
     loop.longest_call             # (0.28, "Publisher.on_xpub, at master/jobcontent.py:88 ...")
     watch.stop()
 
+Each sample also says what the kernel saw the thread do (kernel_state):
+running or waiting for a core, asleep on a lock, or waiting on the disk.
+
 Reading another thread's frames needs the GIL, which a callback blocked in a
 system call (fsync, a lock wait) has released: those are the stalls the watch
 sees best. One held by pure Python code is seen after the interpreter's switch
@@ -62,6 +65,7 @@ class StallWatch:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop_thread = 0
+        self._loop_task = ""
         # The samples of one call only, the latest sampled: (seq, places seen).
         # Written by the watch thread, read by the loop thread; a swap of one
         # tuple under the GIL, so each side sees a whole one.
@@ -69,6 +73,7 @@ class StallWatch:
 
     def start(self) -> None:
         self._loop_thread = threading.get_ident()
+        self._loop_task = f"/proc/self/task/{threading.get_native_id()}"
         self.loop.stall_watch = self
         self._thread = threading.Thread(target=self._watch, name="stall-watch", daemon=True)
         self._thread.start()
@@ -99,7 +104,7 @@ class StallWatch:
         frame = sys._current_frames().get(self._loop_thread)
         if frame is None:
             return
-        place = where(frame)
+        place = where(frame) + kernel_state(self._loop_task)
         if self.loop.current_call[0] != seq:
             return  # that call ended while we looked: the stack is another's
         sampled, places = self._samples
@@ -126,6 +131,20 @@ def where(frame: FrameType) -> str:
     if not frame.f_code.co_filename.startswith(_OUR_DIRS):
         place += f", in {_frame_name(frame)}"
     return place
+
+
+def kernel_state(task: str) -> str:
+    """What the kernel says the thread at /proc/self/task/TID is doing: " [R]"
+    running or waiting for a core, " [S futex_do_wait]" asleep on a lock (the
+    GIL's too), " [D ...]" waiting on the disk; "" if /proc cannot tell."""
+    try:
+        with open(f"{task}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"{task}/wchan") as f:
+            wchan = f.read().strip()
+    except (OSError, IndexError):
+        return ""
+    return f" [{state}]" if wchan in ("", "0") else f" [{state} {wchan}]"
 
 
 def _frame_name(frame: FrameType) -> str:

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -12,7 +13,7 @@ import pytest
 import zmq
 
 from safcm.common.loop import Loop
-from safcm.common.stallwatch import StallWatch
+from safcm.common.stallwatch import StallWatch, kernel_state
 
 
 def test_timers_fire_in_order_and_cancel():
@@ -171,7 +172,8 @@ def test_a_long_call_is_named_with_where_the_watch_saw_it_spend_its_time():
     # leaf, which is not ours.
     assert ", at common/loop.py:" in name and " in _call < common/loop.py:" in name
     assert " in run_once, in " in name
-    assert name.endswith(" in held_until_seen")
+    # And what the kernel saw the thread do: asleep, or running between sleeps.
+    assert re.search(r" in held_until_seen \[[RS]( \S+)?\]$", name), name
     assert loop.stall_watch is None
 
 
@@ -208,5 +210,31 @@ def test_the_watch_samples_only_a_call_held_past_its_threshold_and_only_that_cal
     # Our innermost frame (the loop calling the callback), then the leaf:
     # join() waiting on the sampler.
     assert places[1].startswith("at common/loop.py:")
-    assert "/threading.py:" in places[1] and places[1].endswith(" in wait")
+    # The loop thread was in join(): asleep, or about to be, when the sampler looked.
+    assert "/threading.py:" in places[1] and re.search(r" in wait \[[RS]( \S+)?\]$", places[1])
     assert loop.longest_call[1].endswith(", " + places[1])
+
+
+def test_the_kernel_state_of_a_thread_is_read_from_proc():
+    asleep = threading.Event()
+    task: list[str] = []
+
+    def sleeper() -> None:
+        task.append(f"/proc/self/task/{threading.get_native_id()}")
+        asleep.wait(30)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    try:
+        while not task:
+            time.sleep(0.001)
+        # Asleep on its event's lock once the kernel has put it to sleep.
+        deadline = time.monotonic() + 30
+        while not kernel_state(task[0]).startswith(" [S") and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert re.fullmatch(r" \[S( \S+)?\]", kernel_state(task[0]))
+    finally:
+        asleep.set()
+        thread.join()
+    assert kernel_state(f"/proc/self/task/{threading.get_native_id()}") == " [R]"
+    assert kernel_state(task[0]) == ""  # gone
