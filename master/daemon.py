@@ -116,8 +116,7 @@ class Master:
         self.keystore = KeyStore(self.db)
         self.peer_log = PeerLog(log, loop.clock)
         self.peers = Peers(ctx, loop, self.keystore, self.peer_log)
-        self.facts = FactStore(self.db)
-        self.peers.facts.update(host_facts(self.facts.all()))
+        self.peers.facts.update(host_facts(FactStore(self.db).all()))
         # Every open (job, host): what is published when, and when a host
         # becomes "no response"; it asks for that through the methods under
         # "lifecycle effects" below.
@@ -144,7 +143,6 @@ class Master:
             self.jobs,
             self.lifecycle,
             clock,
-            self.facts,
             ResultWriter(writer_db, loop),
         )
         self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
