@@ -134,14 +134,14 @@ class Digest:
         return False
 
 
-def scripted_run(replies: list, options: list[str], out, then: str = "close") -> int:
+def scripted_run(replies: list, options: list[str], out) -> int:
     """`run` (run_command(), as cli.main calls it) against a FakeDaemon that
-    sends `replies`; its exit code."""
+    sends `replies` and closes; its exit code."""
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "control.sock")
         settings = MasterSettings(state_dir=directory, control_socket=path, job_timeout=1)
         args = cli.build_parser("run").parse_args(["run", "web*", "files", *options])
-        fake = FakeDaemon(path, replies, then)
+        fake = FakeDaemon(path, replies, "close")
         try:
             return cli.run_command(settings, args, out, io.StringIO())
         finally:
@@ -358,3 +358,22 @@ def test_no_temporary_file_is_nothing_done(tmp_path, capsys, monkeypatch):
     assert json.loads(captured.out)["error"]["kind"] == "usage"
     assert f"cannot make a temporary file for the results in {tmp_path}/missing" in captured.err
     assert "set TMPDIR" in captured.err
+
+
+def test_a_result_that_cannot_be_read_back_ends_the_written_part_first(daemon, capsys, monkeypatch):
+    """The document is cut short where the result could not be read back
+    (its file truncated); the error document follows on a line of its own."""
+
+    class Truncated(resultspool.ResultSpool):
+        def statuses(self) -> dict[str, str]:
+            self.file.truncate(0)  # as the document starts
+            return super().statuses()
+
+    monkeypatch.setattr(resultspool, "ResultSpool", Truncated)
+    done = (MsgType.RUN_DONE, {"jid": JID, "summary": {**SUMMARY, "no_response": 1}})
+    assert cli.main([*daemon([STARTED, RESULT, done], "close"), "--json"]) == cli.EXIT_FAILED
+    written, error = capsys.readouterr().out.splitlines()
+    assert written.startswith('{"dry_run":false,"format":"safcm/1","group":false,"hosts":[')
+    doc = json.loads(error)
+    assert (doc["error"]["kind"], doc["jid"]) == ("failed", JID)
+    assert "the result of web1 was cut short in the temporary file" in doc["error"]["message"]
