@@ -18,11 +18,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from safcm.common.errors import SafcmError
+
+if TYPE_CHECKING:
+    from safcm.common.stallwatch import StallWatch
 
 log = logging.getLogger("safcm")
 
@@ -86,6 +89,12 @@ class Loop:
         # The longest any one callback held the loop, in seconds, and its name:
         # everything else waited that long (bench/fanout.py prints it).
         self.longest_call: tuple[float, str] = (0.0, "")
+        # The call running now, for a StallWatch's thread: (its number, when it
+        # started), or (number, None) between calls. One tuple, swapped whole.
+        self.current_call: tuple[int, float | None] = (0, None)
+        self._calls = 0
+        # Names where a long call spent its time (common/stallwatch.py), if started.
+        self.stall_watch: StallWatch | None = None
         self._poller = zmq.Poller()
         self._readers: dict[Any, Callable[[], Any]] = {}
         self._writers: dict[Any, Callable[[], Any]] = {}
@@ -210,15 +219,26 @@ class Loop:
 
     def _call(self, callback: Callable[[], Any]) -> None:
         started = self.clock()
+        outer = self.current_call  # _drain_wake calls the posted callbacks inside its own
+        self._calls += 1
+        seq = self._calls
+        self.current_call = (seq, started)
         try:
             callback()
         except Exception as e:
             self._failed(callback, e)
+        finally:
+            self.current_call = outer
         held = self.clock() - started
-        if held > self.longest_call[0]:
-            self.longest_call = (held, _name(callback))
-        if held > SLOW_CALLBACK_WARNING:
-            log.warning("%s held the event loop for %.1f s", _name(callback), held)
+        if held > self.longest_call[0] or held > SLOW_CALLBACK_WARNING:
+            name = _name(callback)
+            place = self.stall_watch.place(seq) if self.stall_watch is not None else ""
+            if place:
+                name = f"{name}, {place}"
+            if held > self.longest_call[0]:
+                self.longest_call = (held, name)
+            if held > SLOW_CALLBACK_WARNING:
+                log.warning("%s held the event loop for %.1f s", name, held)
 
     def reset_longest_call(self) -> tuple[float, str]:
         """The longest call so far (seconds, name), and start measuring afresh."""

@@ -74,7 +74,7 @@ from safcm.common.protocol import KeyState as WireKeyState
 from safcm.common.ratelimit import Bucket, Buckets, PeerLog
 from safcm.common.wire import pack_plain
 from safcm.master.cluster import Relay
-from safcm.master.facts import FactStore, HostFacts
+from safcm.master.facts import HostFacts
 from safcm.master.jobstore import HostState, JobStore, StoredResult
 from safcm.master.keystore import KeyStore, MinionKey, SeenRow
 from safcm.master.lifecycle import Lifecycles, Verdict
@@ -193,6 +193,7 @@ class Flight:
     arrivals: dict[tuple[str, str], Arrival]  # by (jid, host)
     receipts: int
     seen: list[SeenRow]
+    facts: dict[str, tuple[dict[str, Any], float]]  # by host: (facts, when)
     future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 
@@ -206,11 +207,9 @@ class Intake:
         jobs: JobStore,
         lifecycle: Lifecycles,
         clock: Callable[[], float],
-        facts: FactStore,
         writer: ResultWriter,
     ) -> None:
         self.settings = settings
-        self.facts = facts
         self.writer = writer
         self.keys = keys
         self.peers = peers
@@ -258,6 +257,11 @@ class Intake:
         self._receipts: list[tuple[str, str]] = []
         self._batch: dict[tuple[str, str], Arrival] = {}
         self._batch_bytes = 0
+        # Facts that arrived since (the latest of each host), and those of a
+        # batch that failed: sent again with the next batch or flush(), not at
+        # once, so a locked database is not asked again and again.
+        self._facts: dict[str, tuple[dict[str, Any], float]] = {}
+        self._facts_again: dict[str, tuple[dict[str, Any], float]] = {}
         self._flight: Flight | None = None  # the batch being written
         # The return socket is not read: the next batch is full (BATCH_BYTES)
         # while the writer is busy with this one.
@@ -760,8 +764,14 @@ class Intake:
             raise ProtocolError(f"facts from {minion}, whose key is not accepted")
         if not self.facts_by_key.take(minion, self.loop.clock()):
             raise ProtocolError(f"facts of {minion} come faster than allowed")
-        changed = self.facts.put(minion, msg.body, now=self.clock())
-        self.peers.facts[minion] = HostFacts(msg.body)
+        # Stored by the result writer with the next batch: on the loop, the
+        # write would wait behind the writer's commit for the lock (up to
+        # BUSY_TIMEOUT_MS, and 185-207 ms were seen under disk load).
+        # Compiles read them from memory at once.
+        facts = HostFacts(msg.body)
+        changed = self.peers.facts.get(minion) != facts
+        self.peers.facts[minion] = facts
+        self._facts[minion] = (msg.body, self.clock())
         if changed:
             self.peer_log.info(
                 "facts of %s: os %s %s, %s, kernel %s",
@@ -776,12 +786,14 @@ class Intake:
         """Hand the receipts and results gathered so far, with the heartbeat
         rows not written yet, to the result writer as one batch; unless it is
         writing one (then _written() hands them over when it is done)."""
-        if self._batch or self._receipts:
+        if self._batch or self._receipts or self._facts:
             self._hand_over()
 
     def flush(self) -> None:
-        """commit(), and heartbeat rows with nothing else (SEQ_FLUSH)."""
-        if self._batch or self._receipts or self.keystore.dirty():
+        """commit(), and heartbeat rows and facts not written before with
+        nothing else (SEQ_FLUSH)."""
+        unwritten = self._facts or self._facts_again or self.keystore.dirty()
+        if self._batch or self._receipts or unwritten:
             self._hand_over()
 
     def _hand_over(self) -> None:
@@ -790,9 +802,17 @@ class Intake:
         arrivals, self._batch = self._batch, {}
         receipts, self._receipts = self._receipts, []
         self._batch_bytes = 0
+        facts = self._facts_again | self._facts  # a newer report wins
+        self._facts, self._facts_again = {}, {}
         seen = self.keystore.unwritten_seen()
-        batch = Batch(receipts, [a.result for a in arrivals.values()], seen, self.clock())
-        flight = self._flight = Flight(arrivals, len(receipts), seen)
+        batch = Batch(
+            receipts,
+            [a.result for a in arrivals.values()],
+            seen,
+            self.clock(),
+            [(host, body, when) for host, (body, when) in facts.items()],
+        )
+        flight = self._flight = Flight(arrivals, len(receipts), seen, facts)
         flight.future = self.writer.write(batch, lambda _: self._written(flight))
 
     def _written(self, flight: Flight) -> None:
@@ -852,6 +872,8 @@ class Intake:
             r = arrival.result
             self._settle(r.host, len(r.packed), stored=False)
             self.lifecycle.result_lost(r.jid, r.host, self.clock())
+        for host, reported in flight.facts.items():
+            self._facts_again.setdefault(host, reported)  # unless newer ones came meanwhile
         said = error if isinstance(error, SafcmError) else repr(error)
         trace = None if isinstance(error, StoreError) else error  # a bug: its trace
         if flight.arrivals or flight.receipts:
@@ -867,7 +889,9 @@ class Intake:
         if now - self._seen_error_logged >= SEEN_ERROR_INTERVAL:
             self._seen_error_logged = now
             log.error(
-                "cannot write minions' last-seen times, tried again later: %s", said, exc_info=trace
+                "cannot write minions' last-seen times or facts, tried again later: %s",
+                said,
+                exc_info=trace,
             )
 
     def _settle(self, host: str, size: int, *, stored: bool) -> None:

@@ -5,8 +5,8 @@ deletes its copy, only once the commit that holds it is durable; that is
 the intake's side (master/intake.py), which hears it here.
 
 The loop reads the return socket and gathers what arrives into a Batch:
-results, receipts, and the heartbeat rows of the key store, taken on the
-loop so that they still share the one commit (one fsync). It hands the
+results, receipts, hosts' facts, and the heartbeat rows of the key store,
+taken on the loop so that they still share the one commit (one fsync). It hands the
 batch here and goes on reading; the writer commits it on a thread of its
 own with a database connection of its own (an SQLite connection may not
 cross threads, and the loop's must stay free), then posts the outcome back
@@ -26,10 +26,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from safcm.common.loop import Loop
 from safcm.master.db import Database, transaction
+from safcm.master.facts import FactStore
 from safcm.master.jobstore import JobStore, StoredResult
 from safcm.master.keystore import SeenRow, write_seen
 
@@ -42,6 +44,8 @@ class Batch:
     results: list[StoredResult]
     seen: list[SeenRow]  # heartbeat rows (KeyStore.unwritten_seen())
     now: float  # unix time: when the receipts count as received
+    # Hosts' facts: (host, facts as reported, unix time they arrived).
+    facts: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
 
 
 class ResultWriter:
@@ -50,6 +54,7 @@ class ResultWriter:
         (master/db.py open_store(..., any_thread=True))."""
         self.db = db
         self.jobs = JobStore(db)
+        self.facts = FactStore(db)
         self.loop = loop
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="results"
@@ -74,6 +79,8 @@ class ResultWriter:
         with transaction(self.db):
             self.jobs.record_rows(batch.receipts, batch.results, now=batch.now)
             write_seen(self.db, batch.seen)
+            for host, facts, when in batch.facts:
+                self.facts.put(host, facts, now=when)
 
     def close(self) -> None:
         """Wait for the batch being written, if any, then close the connection."""

@@ -2,14 +2,18 @@
 
 import logging
 import os
+import re
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 import zmq
 
 from safcm.common.loop import Loop
+from safcm.common.stallwatch import StallWatch, kernel_state
 
 
 def test_timers_fire_in_order_and_cancel():
@@ -141,3 +145,96 @@ def test_a_timer_due_within_a_millisecond_is_waited_for_not_spun_on():
         turns += 1
     loop.close()
     assert turns == 1
+
+
+def test_a_long_call_is_named_with_where_the_watch_saw_it_spend_its_time():
+    # A real watch thread, sampling every millisecond once a call has held the
+    # loop 5 ms; the callback holds the loop until the watch has seen it.
+    loop = Loop()
+    watch = StallWatch(loop, after=0.005, every=0.001)
+    watch.start()
+
+    def held_until_seen() -> None:
+        seq = loop.current_call[0]
+        deadline = time.monotonic() + 30
+        while not watch.place(seq) and time.monotonic() < deadline:
+            time.sleep(0.001)  # our code stalled in a system call, as fsync would
+
+    try:
+        loop.call_later(0, held_until_seen)
+        loop.run_once(max_wait=0)
+    finally:
+        watch.stop()
+        loop.close()
+    name = loop.longest_call[1]
+    assert name.startswith("test_a_long_call_is_named_with_where_the_watch_saw_it_spend_its_time")
+    # Our innermost frames (the loop calling, and running a turn), then the
+    # leaf, which is not ours.
+    assert ", at common/loop.py:" in name and " in _call < common/loop.py:" in name
+    assert " in run_once, in " in name
+    # And what the kernel saw the thread do: asleep, or running between sleeps.
+    assert re.search(r" in held_until_seen \[[RS]( \S+)?\]$", name), name
+    assert loop.stall_watch is None
+
+
+def test_the_watch_samples_only_a_call_held_past_its_threshold_and_only_that_call():
+    now = [100.0]
+    loop = Loop(clock=lambda: now[0])
+    watch = StallWatch(loop, after=0.05, every=3600)  # the thread never samples by itself
+    watch.start()
+    places: list[str] = []
+
+    def sampled_from_another_thread(advance: float) -> Callable[[], None]:
+        def callback() -> None:
+            now[0] += advance
+            # The watch reads the loop thread's stack from its own thread.
+            sampler = threading.Thread(target=watch.sample)
+            sampler.start()
+            sampler.join()
+            places.append(watch.place(loop.current_call[0]))
+
+        return callback
+
+    try:
+        loop.call_later(0, sampled_from_another_thread(0.04))  # short of the threshold
+        loop.run_once(max_wait=0)
+        loop.call_later(0, sampled_from_another_thread(0.06))
+        loop.run_once(max_wait=0)
+        # Between calls nothing is sampled, and a later call has no place of its own.
+        watch.sample()
+        assert watch.place(loop.current_call[0] + 1) == ""
+    finally:
+        watch.stop()
+        loop.close()
+    assert places[0] == ""
+    # Our innermost frame (the loop calling the callback), then the leaf:
+    # join() waiting on the sampler.
+    assert places[1].startswith("at common/loop.py:")
+    # The loop thread was in join(): asleep, or about to be, when the sampler looked.
+    assert "/threading.py:" in places[1] and re.search(r" in wait \[[RS]( \S+)?\]$", places[1])
+    assert loop.longest_call[1].endswith(", " + places[1])
+
+
+def test_the_kernel_state_of_a_thread_is_read_from_proc():
+    asleep = threading.Event()
+    task: list[str] = []
+
+    def sleeper() -> None:
+        task.append(f"/proc/self/task/{threading.get_native_id()}")
+        asleep.wait(30)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    try:
+        while not task:
+            time.sleep(0.001)
+        # Asleep on its event's lock once the kernel has put it to sleep.
+        deadline = time.monotonic() + 30
+        while not kernel_state(task[0]).startswith(" [S") and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert re.fullmatch(r" \[S( \S+)?\]", kernel_state(task[0]))
+    finally:
+        asleep.set()
+        thread.join()
+    assert kernel_state(f"/proc/self/task/{threading.get_native_id()}") == " [R]"
+    assert kernel_state(task[0]) == ""  # gone

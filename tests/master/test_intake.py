@@ -30,8 +30,10 @@ from safcm.common.protocol import MsgType
 from safcm.master import daemon, intake
 from safcm.master.daemon import Master
 from safcm.master.db import DB_NAME
+from safcm.master.facts import read_facts
 from safcm.master.sandbox import Sandbox, wait_for
 from safcm.master.settings import load
+from safcm.minion import facts as minion_facts
 from tests.system.conftest import accepted_fake
 from tests.system.fake import FakeMinion, ping_result
 
@@ -401,3 +403,29 @@ def test_a_large_batch_is_confirmed_over_several_loop_turns(
     }
     assert more_turns == [2, 1]  # the second batch: one confirmed, then one a turn
     assert all(stored(m, jid, "web3")[:2] == ("done", "ok") for jid in jids)
+
+
+def test_facts_are_stored_by_the_writer_and_taken_again_when_it_fails(
+    sandbox, master, fake, caplog, monkeypatch
+):
+    # On the loop, the facts' write would wait for the lock (BUSY_TIMEOUT_MS)
+    # and then fail, and the facts would be lost until the next report.
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", FAIL_MS)
+    m = master()
+    web3 = accepted_fake(sandbox, fake, "web3")
+    reported = {**minion_facts.gather("/"), "os_id": "plan9"}
+    with write_lock(m):
+        web3.send_raw(web3.seal(MsgType.FACTS, reported))
+        logged(caplog, "cannot write minions' last-seen times or facts, tried again later")
+        assert answered(web3)
+        # Compiles use them at once; the database has none yet.
+        assert m.call(lambda: m.master.peers.facts["web3"]["os_id"]) == "plan9"
+        assert stored_facts(m) == {}
+    # Written again with the next flush (SEQ_FLUSH), once the lock is free.
+    wait_for(lambda: "web3" in stored_facts(m), SETTLE, "web3's facts in the database")
+    assert stored_facts(m)["web3"].facts == reported
+    logged(caplog, "facts of web3: os plan9")
+
+
+def stored_facts(m: InProcess) -> dict[str, Any]:
+    return read_facts(m.state_dir)

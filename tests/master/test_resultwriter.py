@@ -14,6 +14,7 @@ from safcm.common import codec
 from safcm.common.errors import StoreError
 from safcm.common.loop import Loop
 from safcm.master.db import open_db, open_store
+from safcm.master.facts import FactStore
 from safcm.master.jobstore import HostState, HostStatus, JobStore, StoredResult
 from safcm.master.keystore import KeyStore, write_seen
 from safcm.master.resultwriter import Batch, ResultWriter
@@ -73,9 +74,10 @@ def test_results_receipts_and_heartbeat_rows_share_one_commit(writing):
     keys.touch("web1", 5.0, seq=7)
     seen = keys.unwritten_seen()
 
-    assert (
-        written(writer, loop, Batch([("J1", "web2")], [result("J1", "web1")], seen, 12.0)) is None
-    )
+    facts = [("web1", {"os_id": "debian"}, 11.0)]
+    batch = Batch([("J1", "web2")], [result("J1", "web1")], seen, 12.0, facts)
+    assert written(writer, loop, batch) is None
+    assert FactStore(conn).all()["web1"].facts == {"os_id": "debian"}
     assert jobs.host_state("J1", "web1") is HostState.DONE
     assert jobs.result_of("J1", "web1") == {"module": "ping", "status": "ok"}
     assert jobs.host_state("J1", "web2") is HostState.RECEIVED
@@ -100,8 +102,10 @@ def test_a_batch_that_fails_stores_nothing_of_it(writing):
         [result("J1", "web1"), result("J1", "web3", "bogus")],
         keys.unwritten_seen(),
         12.0,
+        [("web1", {"os_id": "debian"}, 11.0)],
     )
     assert isinstance(written(writer, loop, batch), StoreError)
+    assert FactStore(conn).all() == {}
     assert [jobs.host_state("J1", h) for h in ("web1", "web2", "web3")] == [HostState.SENT] * 3
     assert KeyStore(conn).get("web1").seq == 0
     assert keys.dirty()  # written with a later batch
