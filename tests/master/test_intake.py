@@ -26,8 +26,14 @@ import zmq
 
 from safcm.common import codec
 from safcm.common.loop import Loop
-from safcm.common.protocol import MsgType
-from safcm.master import daemon, intake
+from safcm.common.protocol import (
+    ENROL_NONCE_LENGTH,
+    Channel,
+    MsgType,
+    decode_plain,
+    encode_plain,
+)
+from safcm.master import daemon, intake, keys
 from safcm.master.daemon import Master
 from safcm.master.db import DB_NAME
 from safcm.master.facts import read_facts
@@ -429,3 +435,48 @@ def test_facts_are_stored_by_the_writer_and_taken_again_when_it_fails(
 
 def stored_facts(m: InProcess) -> dict[str, Any]:
     return read_facts(m.state_dir)
+
+
+def test_key_requests_queued_together_are_answered_a_slice_at_a_time(sandbox, master, monkeypatch):
+    # A fleet that reconnects at once, or a stranger's flood: each request is
+    # a signature, and the loop reads other sockets between slices.
+    monkeypatch.setattr(keys, "KEY_SLICE", 0.0)  # one request a call
+    per_call: list[int] = []
+    answer = keys.KeyService._answer
+    on_key_request = keys.KeyService.on_key_request
+
+    def counted_answer(self, *args):
+        per_call[-1] += 1
+        answer(self, *args)
+
+    def counted_call(self):
+        per_call.append(0)
+        on_key_request(self)
+
+    monkeypatch.setattr(keys.KeyService, "_answer", counted_answer)
+    monkeypatch.setattr(keys.KeyService, "on_key_request", counted_call)
+    m = master()
+    requests = 20
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(f"tcp://127.0.0.1:{m.settings.key_port}")
+    sent = threading.Event()
+
+    def held() -> None:  # the loop waits while the requests arrive together
+        sent.wait(SETTLE)
+        m.master.key_service.key_sock.poll(int(SETTLE * 1000))
+
+    try:
+        loop_held = threading.Thread(target=m.call, args=(held,))
+        loop_held.start()
+        for _ in range(requests):
+            nonce = os.urandom(ENROL_NONCE_LENGTH)
+            dealer.send(encode_plain(MsgType.KEY_REQUEST, {"nonce": nonce}))
+        sent.set()
+        loop_held.join()
+        for _ in range(requests):
+            assert dealer.poll(int(SETTLE * 1000)), "a key request was not answered"
+            assert decode_plain(dealer.recv(), Channel.KEY).type is MsgType.KEY_REPLY
+    finally:
+        dealer.close(0)
+    assert sum(per_call) == requests and max(per_call) == 1
