@@ -136,6 +136,7 @@ class Master:
             busy_timeout_ms=WORKER_BUSY_TIMEOUT_MS,
             any_thread=True,
         )
+        self.writer = ResultWriter(writer_db, loop)
         self.intake = Intake(
             settings,
             self.keys,
@@ -144,7 +145,7 @@ class Master:
             self.jobs,
             self.lifecycle,
             clock,
-            ResultWriter(writer_db, loop),
+            self.writer,
         )
         self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
         # Loading, targeting and compiling a run's job, then building and
@@ -168,6 +169,7 @@ class Master:
             self.report,
             self.prepare_pool,
             self.prepare_worker,
+            self.writer,
         )
         self.history = History(self.jobs, self.report)
         if self.cluster is not None:

@@ -480,3 +480,44 @@ def test_key_requests_queued_together_are_answered_a_slice_at_a_time(sandbox, ma
     finally:
         dealer.close(0)
     assert sum(per_call) == requests and max(per_call) == 1
+
+
+def test_a_job_starts_without_the_loop_waiting_for_the_lock(
+    sandbox, master, fake, runs, monkeypatch
+):
+    # The job is stored; then, before its start is written, another process
+    # takes the write lock. On the loop, the start would wait BUSY_TIMEOUT_MS
+    # for it and then fail the run.
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
+    taken = threading.Event()
+    locks: list[sqlite3.Connection] = []
+    stored = daemon.Runs._stored
+
+    def lock_then_stored(self, *args):
+        lock = sqlite3.connect(
+            os.path.join(self.settings.state_dir, DB_NAME),
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        lock.execute("BEGIN IMMEDIATE")
+        locks.append(lock)
+        taken.set()
+        stored(self, *args)
+
+    monkeypatch.setattr(daemon.Runs, "_stored", lock_then_stored)
+    m = master()
+    web3 = accepted_fake(sandbox, fake, "web3")
+    run = runs(sandbox, "run", "web3", "ping", "--json")
+    try:
+        assert taken.wait(SETTLE), "the job was never stored"
+        assert answered(web3)  # the loop serves while the start waits for the lock
+        # Not published before its start is written.
+        assert m.call(lambda: list(m.master.publisher.open_jobs)) == []
+    finally:
+        for lock in locks:
+            lock.execute("ROLLBACK")
+            lock.close()
+    _frame, job = web3.recv_job(int(SETTLE * 1000))
+    send_result(web3, job.jid)
+    _out, err = run.communicate(timeout=SETTLE)
+    assert run.returncode == 0, err
