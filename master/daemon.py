@@ -62,7 +62,7 @@ from safcm.master.intake import Intake
 from safcm.master.jobstore import RESULTS_CHANNEL, HostState, JobStore
 from safcm.master.keys import KeyService
 from safcm.master.keystore import KEYS_CHANNEL, KeyStore
-from safcm.master.lifecycle import Lifecycles
+from safcm.master.lifecycle import STORE_RETRY, Lifecycles
 from safcm.master.peers import Peers
 from safcm.master.prepworker import PrepareWorker
 from safcm.master.publish import PUBLISH_PENALTY, Publisher
@@ -489,7 +489,26 @@ class Master:
         self.intake.store_receipt(jid, host)
 
     def store_no_response(self, pairs: list[tuple[str, str]]) -> None:
-        self.jobs.no_response(pairs)
+        # Written by the result writer: on the loop, the write would wait for
+        # the lock behind a batch's commit. The hosts are answered "no
+        # response" at once (a late result still wins: it is written after).
+        self.writer.call(
+            lambda jobs: jobs.no_response(pairs), lambda f: self._no_response_written(pairs, f)
+        )
+
+    def _no_response_written(
+        self, pairs: list[tuple[str, str]], future: concurrent.futures.Future[None]
+    ) -> None:
+        error = future.exception()
+        if error is None:
+            return
+        log.error(
+            'cannot record %d hosts as "no response", tried again in %.2f s: %s',
+            len(pairs),
+            STORE_RETRY,
+            error if isinstance(error, SafcmError) else repr(error),
+        )
+        self.loop.call_later(STORE_RETRY, lambda: self.store_no_response(pairs))
 
     def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
         if result is None:

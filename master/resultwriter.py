@@ -13,8 +13,9 @@ cross threads, and the loop's must stay free), then posts the outcome back
 to the loop (call_soon_threadsafe). One batch is written at a time: the next
 is gathered meanwhile, and handed over when this one is done.
 
-A job's start (JobStore.start()) is written here too, in turn with the batches
-(call()), so that the loop never waits for the lock to start a job.
+A job's start (JobStore.start()) and "no response" (JobStore.no_response())
+are written here too, in turn with the batches (call()), so that the loop
+never waits for the lock.
 
 The one lock SQLite has for writing is shared with the loop's own writes (a
 "no response", a key change, a purge) and the prepare worker's (a job's
@@ -76,15 +77,11 @@ class ResultWriter:
         write: Callable[[JobStore], None],
         then: Callable[[concurrent.futures.Future[None]], None],
     ) -> concurrent.futures.Future[None]:
-        """A small write of the loop's (a job's start), in a transaction of
-        its own on the writer's thread, in turn with the batches; then
-        then(future) on the loop, as for write()."""
-
-        def commit() -> None:
-            with transaction(self.db):
-                write(self.jobs)
-
-        return self._submit(commit, then)
+        """A small write of the loop's (a job's start, "no response") on the
+        writer's thread, in turn with the batches: write(jobs) states its own
+        transaction where it has several statements. Then then(future) on
+        the loop, as for write()."""
+        return self._submit(lambda: write(self.jobs), then)
 
     def _submit(
         self, work: Callable[[], None], then: Callable[[concurrent.futures.Future[None]], None]

@@ -10,6 +10,7 @@ waiting, and shrink a bound.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -521,3 +522,21 @@ def test_a_job_starts_without_the_loop_waiting_for_the_lock(
     send_result(web3, job.jid)
     _out, err = run.communicate(timeout=SETTLE)
     assert run.returncode == 0, err
+
+
+def test_no_response_is_answered_while_its_write_waits_for_the_lock(
+    sandbox, master, fake, runs, monkeypatch
+):
+    # On the loop, the write would wait BUSY_TIMEOUT_MS for the lock and
+    # fail, again and again, and the CLI would not hear until it was free.
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
+    m = master()
+    web3 = accepted_fake(sandbox, fake, "web3")
+    run = runs(sandbox, "run", "web3", "ping", "--json", "--timeout", "3")
+    _frame, job = web3.recv_job(int(SETTLE * 1000))  # and it never answers
+    with write_lock(m):
+        out, err = run.communicate(timeout=SETTLE)
+        assert run.returncode == 1, err
+        assert json.loads(out)["hosts"][0]["status"] == "no response"
+        assert stored(m, job.jid, "web3")[0] == "sent"
+    wait_for(lambda: stored(m, job.jid, "web3")[0] == "no_response", SETTLE, "no response written")
