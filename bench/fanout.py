@@ -32,7 +32,8 @@ For each N in --sizes, in a fresh temporary directory under /tmp:
    the last receipt and the last stored result (master clock), then to the
    CLI's exit (streaming the results and printing the document). Also the
    CPU seconds each side used during the run (/proc/<pid>/stat, the
-   master's with its prepare worker process; the CLI's from its rusage),
+   master's with its prepare worker process; the CLI's from its rusage,
+   with its peak RSS),
    each host's apply time on its minion (from its result), and how many
    envelopes reached a minion again after it had taken the job (the master
    re-published before the receipt came; from the minions' logs).
@@ -60,7 +61,6 @@ import os
 import pathlib
 import platform
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -75,7 +75,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import zmq
 
-from bench.swarm import raise_fd_limit, rss_kib, write_json
+from bench.swarm import measured_argv, raise_fd_limit, read_measured, rss_kib, write_json
 from safcm.common.protocol import MsgType
 from safcm.master.control import ControlClient
 from safcm.master.sandbox import Sandbox
@@ -159,6 +159,7 @@ class RunFigures:
     master_cpu: float = 0.0  # CPU seconds the master used during the run
     minions_cpu: float = 0.0  # CPU seconds of all minion processes together
     cli_cpu: float = 0.0  # CPU seconds of the CLI process
+    cli_peak_kib: int = 0  # the CLI's peak RSS
     bytes_per_host: float | None = None  # envelope bytes the master published, per host
     loop_max_ms: float | None = None  # longest the master's loop was held during the job
     loop_max_where: str = ""  # and by what
@@ -331,12 +332,6 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def children_cpu_seconds() -> float:
-    """CPU time of this process's children that have exited and been waited for."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 class Profiler:
     """py-spy record on some processes while one run goes on (--profile)."""
 
@@ -345,7 +340,11 @@ class Profiler:
         self.tag = tag
         self.procs: dict[str, tuple[subprocess.Popen, str]] = {}
 
-    def attach(self, targets: dict[str, int], *, settle: bool = True) -> None:
+    def attach(
+        self, targets: dict[str, int], *, settle: bool = True, subprocesses: bool = False
+    ) -> None:
+        """py-spy on each of `targets` (name: pid), and with `subprocesses` on
+        their children too."""
         if self.directory is None:
             return
         spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
@@ -353,6 +352,7 @@ class Profiler:
             out = os.path.join(self.directory, f"{self.tag}-{name}.txt")
             argv = [spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE)]
             argv += ["--format", "raw", "--output", out, "--nonblocking"]
+            argv += ["--subprocesses"] if subprocesses else []
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
@@ -607,10 +607,12 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
     tag = f"n{fleet.n}-{name.replace(' ', '-')}"
     profiler = Profiler(profile, tag)
     profiler.attach(fleet.pids())
-    argv = fleet.cli_argv("run", "*", module, "--json", "--timeout", str(max(1, round(timeout))))
+    cli = fleet.cli_argv("run", "*", module, "--json", "--timeout", str(max(1, round(timeout))))
+    # The CLI's CPU seconds and peak RSS, its own (bench/swarm.py measured_argv()).
+    report = os.path.join(fleet.base, f"{tag}.cli-usage")
+    argv = measured_argv(cli, report)
     env = dict(os.environ, PYTHONPATH=str(SOURCE_DIR))
     cpu_before = fleet.cpu()
-    cpu_before["cli"] = children_cpu_seconds()
     started_wall = time.time()
     started = time.perf_counter()
     try:
@@ -621,13 +623,13 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
             stderr=subprocess.PIPE,
             env=env,
             cwd=SOURCE_DIR,
+            start_new_session=True,  # a group, to stop the CLI with its measuring parent
         ) as proc:
-            profiler.attach({"cli": proc.pid}, settle=False)
+            profiler.attach({"cli": proc.pid}, settle=False, subprocesses=True)
             try:
                 out, err = proc.communicate(timeout=timeout + CLI_SLACK)
-                cli_cpu = children_cpu_seconds() - cpu_before["cli"]
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
                 limit = timeout + CLI_SLACK
                 raise BenchError(f"{name}: the CLI did not exit in {limit:.0f} s") from None
@@ -638,7 +640,7 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
     figures = RunFigures(name, seconds, fleet.n, 0, 0.0, profiles=tops)
     figures.master_cpu = cpu_after["master"] - cpu_before["master"]
     figures.minions_cpu = cpu_after["minions"] - cpu_before["minions"]
-    figures.cli_cpu = cli_cpu
+    figures.cli_cpu, figures.cli_peak_kib = read_measured(report)
     try:
         doc = json.loads(out)
     except json.JSONDecodeError:
@@ -839,7 +841,8 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
             )
     print()
     print(
-        f"{'N':>5}  {'run':<13} {'CPU s: master':>13} {'ms/host':>7} {'minions':>8} {'cli':>6}   "
+        f"{'N':>5}  {'run':<13} {'CPU s: master':>13} {'ms/host':>7} {'minions':>8} {'cli':>6} "
+        f"{'cli MiB':>7}   "
         f"{'apply p50':>9} {'max':>6}   {'dup':>5}   {'B/host':>8} {'loop max ms':>11}  by"
     )
     for size in sizes:
@@ -849,7 +852,8 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
             print(
                 f"{size.n:>5}  {r.name:<13} {r.master_cpu:>13.2f} "
                 f"{r.master_cpu / max(1, r.hosts) * 1000:>7.2f} {r.minions_cpu:>8.2f} "
-                f"{r.cli_cpu:>6.2f}   {maybe(r.apply_median):>9} {maybe(r.apply_max):>6}   "
+                f"{r.cli_cpu:>6.2f} {mib(r.cli_peak_kib):>7}   "
+                f"{maybe(r.apply_median):>9} {maybe(r.apply_max):>6}   "
                 f"{r.duplicates:>5}   {per_host:>8} {loop:>11}  {r.loop_max_where}"
             )
     print()
@@ -878,7 +882,7 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         "  →receipts / →results: submission to the last receipt / last stored result\n"
         "  (master clock); →exit: last stored result to the CLI's exit.\n"
         "CPU s: CPU seconds used during the run by the master (and its ms per host), all\n"
-        "  minion processes, the CLI.\n"
+        "  minion processes, the CLI; cli MiB: the CLI's peak RSS.\n"
         "apply p50 / max: one host's job on its minion (its result's started..finished).\n"
         "dup: envelopes minions received again after taking the job (master re-publishes).\n"
         "B/host: envelope bytes the master published for the job, per host.\n"

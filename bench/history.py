@@ -29,7 +29,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.fanout import generate_repo
-from bench.swarm import rss_kib
+from bench.swarm import measured_argv, read_measured, rss_kib
 from safcm.common import codec
 from safcm.common.model import ApplyResult, FileChange, FileState, FileType, Outcome
 from safcm.master.db import open_db
@@ -102,17 +102,19 @@ def fill(state_dir: str, hosts: list[str], files: int) -> int:
 def show(sb: Sandbox, args: list[str], out: str) -> tuple[float, int, int]:
     """Run the CLI: (seconds, its peak RSS in KiB, bytes written)."""
     command = [sb.python, "-m", "safcm.master.cli", "-c", sb.master.config, *args]
+    # Its peak RSS, its own (bench/swarm.py measured_argv(): this process is larger).
+    report = os.path.join(sb.base, "cli-usage")
     with open(out, "wb") as stdout:
         started = time.monotonic()
-        proc = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(
+            measured_argv(command, report), stdout=stdout, stderr=subprocess.PIPE
+        )
+        _, error = proc.communicate(timeout=CLI_TIMEOUT)
         seconds = time.monotonic() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        error = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"{shlex.join(args)} failed: {error.strip()}")
+        raise SystemExit(f"{shlex.join(args)} failed: {error.decode().strip()}")
     written = os.path.getsize(out) if out != os.devnull else 0
-    return seconds, usage.ru_maxrss, written
+    return seconds, read_measured(report)[1], written
 
 
 def main() -> int:

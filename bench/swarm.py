@@ -196,6 +196,44 @@ def rss_kib(field: str = "VmRSS", pid: int | str = "self") -> int:
     raise LookupError(f"no {field} in /proc/{pid}/status")
 
 
+# The interpreter measured_argv() puts before a command: it runs the command
+# as its child and writes that child's CPU seconds and peak RSS (KiB) to the
+# file named first, then exits with its exit code.
+_MEASURE = """\
+import os, signal, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}")
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.WEXITSTATUS(status))
+"""
+
+
+def measured_argv(argv: list[str], report: str) -> list[str]:
+    """`argv`, run by a small interpreter that writes to the file `report`
+    the CPU seconds and peak RSS of that command alone (read_measured()).
+
+    Not simply wait4() on the command: Linux carries the peak RSS of the
+    process a command is forked from across the exec into the command's
+    ru_maxrss, and a benchmark's process can be far larger than the command
+    it measures (it has parsed the last run's JSON). The interpreter between
+    them is small, so the peak is the command's own. Kill its process group
+    (start it with start_new_session) to stop the command too."""
+    return [sys.executable, "-c", _MEASURE, report, *argv]
+
+
+def read_measured(report: str) -> tuple[float, int]:
+    """What measured_argv() wrote: (CPU seconds, peak RSS in KiB)."""
+    with open(report) as f:
+        cpu, peak = f.read().split()
+    return float(cpu), int(peak)
+
+
 def raise_fd_limit() -> int:
     """Lift the soft open-file limit to the hard one: each identity holds about
     eight descriptors (two TCP connections, two ZeroMQ mailboxes, SQLite's

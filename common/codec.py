@@ -15,8 +15,10 @@ works in two passes:
    strict_map_key=True and length limits, builds the objects.
 
 `pack()` is the inverse; `canonical_pack()` sorts map keys so that a value
-has exactly one encoding, for signing. common/lightwire.py decodes the same
-way in plain Python, for the light commands, which must not load msgpack.
+has exactly one encoding, for signing. `unpack_own()` reads back what
+pack() wrote to a file of this process's own (master/resultspool.py).
+common/lightwire.py decodes the same way in plain Python, for the light
+commands, which must not load msgpack.
 """
 
 from __future__ import annotations
@@ -178,6 +180,15 @@ def pack(obj: Any) -> bytes:
     except (TypeError, ValueError, OverflowError) as e:
         # ValueError includes UnicodeEncodeError from a str with a lone surrogate.
         raise ProtocolError(f"value cannot be encoded as msgpack: {e}") from None
+
+
+def unpack_own(data: bytes) -> Any:
+    """Decode what pack() wrote, read back from a file only this process can
+    reach: msgpack's decoding as unpack() does it (str, bytes, lists, str
+    keys), so a value comes back equal to the one packed, without
+    unpack()'s scan and limits, which are for bytes from a peer (the scan
+    costs twice the decoding)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
 
 
 def _sorted(obj: Any) -> Any:

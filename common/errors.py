@@ -19,6 +19,7 @@ do next.
     ├── LockError               another apply holds the host's engine lock
     ├── KeyFileError            a key file is missing, malformed or unsafe (.path, .reason)
     ├── StateFileError          a daemon's own state file cannot be written or read (.path, .reason)
+    ├── ScratchFileError        the CLI's temporary file cannot be made, written or read
     ├── ProtocolError           bytes that are not a valid message of the wire protocol
     ├── EnvelopeError           a sealed envelope failed to open (opaque on purpose; .reason)
     │   └── ReplayError             an authentic envelope whose jid was already seen
@@ -164,6 +165,11 @@ class StateFileError(SafcmError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class ScratchFileError(SafcmError):
+    """A temporary file the CLI keeps data in (run --json's results,
+    master/resultspool.py) cannot be made, written or read."""
 
 
 class ProtocolError(SafcmError):

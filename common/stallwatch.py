@@ -10,7 +10,8 @@ seen most often in that call beside the callback's name:
     watch = StallWatch(loop)      # from the loop's own thread
     watch.start()
     ...
-    loop.longest_call             # (0.28, "Publisher.on_xpub, at master/jobcontent.py:88 ...")
+    loop.longest_call
+    # (0.28, "Publisher.on_xpub, at master/db.py:290 in execute < ... [S], 9 of 11 samples")
     watch.stop()
 
 Each sample also says what the kernel saw the thread do (kernel_state):
@@ -90,7 +91,8 @@ class StallWatch:
         sampled, places = self._samples
         if sampled != seq or not places:
             return ""
-        return places.most_common(1)[0][0]
+        place, count = places.most_common(1)[0]
+        return f"{place}, {count} of {places.total()} samples"
 
     def _watch(self) -> None:
         while not self._stopped.wait(self.every):

@@ -13,10 +13,11 @@ The one place that turns errors into messages and exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from safcm.common.cliargs import add_verbosity
 from safcm.common.errors import (
@@ -26,6 +27,7 @@ from safcm.common.errors import (
     ProtocolError,
     RemoteError,
     SafcmError,
+    ScratchFileError,
     UsageError,
 )
 from safcm.common.text import escape
@@ -41,6 +43,9 @@ from safcm.master.lightcli import (  # noqa: F401  (parse_when: re-exported, cli
 from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, outcome
 from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
 from safcm.master.tables import write_json, write_json_streamed
+
+if TYPE_CHECKING:
+    from safcm.master.resultspool import ResultSpool
 
 # NOTE: safcm-master enters master/lightcli.py, which answers keys list, jobs
 # list and --version without this module (argparse alone costs them 10 ms)
@@ -715,12 +720,17 @@ def run_command(
     # the job, the hosts skipped, the notes.
     started: dict[str, Any] = {"hosts": [], "skipped": [], "notes": []}
     batches: list[dict[str, Any]] = []  # with --batch: {"jid", "hosts"} in order
-    results: dict[str, dict[str, Any] | None] = {}  # by host; None: no response
+    answered: set[str] = set()  # the hosts with a result or "no response"
     tally = render.Tally()
     jid = None  # the job running now (with --batch: the latest batch's)
     batch_of = ""  # with --batch: "batch i of n" of that job
     late_jid = None  # the latest job with a host that did not respond
-    with ControlClient(settings.control_path) as client:
+    kind = "lost"  # of the error document if the run is cut short
+    # Under --json, each host's result (None: no response) is kept in a
+    # temporary file for the document at the end; text prints it and keeps
+    # nothing of it. Made before the request: nothing is done without it.
+    spool = _result_spool() if args.json else contextlib.nullcontext()
+    with spool as results, ControlClient(settings.control_path) as client:
         client.send(MsgType.RUN, request)
         wait = (args.timeout or settings.job_timeout) + RUN_GRACE
         try:
@@ -739,21 +749,23 @@ def run_command(
                         batch_of = f"batch {body['batch']['number']} of {body['batch']['of']}"
                     if not args.json:
                         _print_started(out, style, body, args)
-                    progress.show(len(results), tally.targeted)
+                    progress.show(len(answered), tally.targeted)
                 elif msg.type is MsgType.RUN_HOST_RESULT:
                     status = outcome(body["result"])
                     tally.add(status)
-                    results[body["host"]] = body["result"]
+                    answered.add(body["host"])
                     if body["result"] is None:
                         late_jid = body["jid"]
                     progress.clear()
-                    if not args.json:
+                    if results is not None:
+                        results.add(body["host"], body["result"])
+                    else:
                         print(
                             render.render_host(body["host"], status, body["result"], style),
                             file=out,
                             flush=True,
                         )
-                    progress.show(len(results), tally.targeted)
+                    progress.show(len(answered), tally.targeted)
                 elif msg.type is MsgType.RUN_PROGRESS:
                     # A host is still working (its triggers outlast the
                     # timeout); its deadline moved, and hearing this keeps us
@@ -763,13 +775,10 @@ def run_command(
                     progress.clear()
                     not_run = body.get("not_run", [])
                     tally.targeted += len(not_run)
-                    if args.json:
-                        from safcm.master import jsonout
-
-                        document = jsonout.run_document(
-                            started, request, results, batches if batches else None, not_run
+                    if results is not None:
+                        _write_run_document(
+                            out, started, request, results, batches if batches else None, not_run
                         )
-                        write_json(document, out)
                     else:
                         print(
                             render.render_summary(tally, style, args.dry_run, args.module), file=out
@@ -794,6 +803,9 @@ def run_command(
             if jid is None:
                 raise  # the daemon refused the request: nothing was done
             lost = f"the master daemon failed during the run ({e})"
+        except ScratchFileError as e:
+            # Not the daemon: this side cannot keep the results for the document.
+            kind, lost = "failed", f"the results could not be kept for --json ({e})"
         except (DaemonError, ProtocolError, OSError) as e:
             lost = f"lost the master daemon during the run ({e})"
         else:
@@ -808,9 +820,48 @@ def run_command(
     else:
         message = f"{lost}; the job goes on: see safcm-master jobs show {jid}"
     if args.json:
-        write_json(_error_document("lost", message, jid=jid), out)
+        write_json(_error_document(kind, message, jid=jid), out)
     _error(escape(message))
     return EXIT_FAILED
+
+
+def _result_spool() -> ResultSpool:
+    """run --json's ResultSpool (master/resultspool.py); UsageError, nothing
+    done, if no temporary file can be made for it."""
+    from safcm.master.resultspool import ResultSpool
+
+    try:
+        return ResultSpool()
+    except ScratchFileError as e:
+        raise UsageError(f"--json: {e}; set TMPDIR to a directory you can write") from e
+
+
+def _write_run_document(
+    out: TextIO,
+    started: dict[str, Any],
+    request: dict[str, Any],
+    results: ResultSpool,
+    batches: list[dict[str, Any]] | None,
+    not_run: list[dict[str, Any]],
+) -> None:
+    """The `run --json` document (jsonout.run_document()), written a host at
+    a time, each result read back from `results`, the ResultSpool, as its
+    turn comes."""
+    from safcm.master import jsonout
+
+    try:
+        write_json_streamed(
+            out,
+            jsonout.run_fields(started, request, results.statuses(), batches, not_run),
+            "hosts",
+            jsonout.run_hosts(started, results, not_run),
+            dict,  # every field is known before the hosts
+        )
+    except ScratchFileError:
+        # A result could not be read back: the error document goes on a line
+        # of its own after what was written.
+        out.write("\n")
+        raise
 
 
 def _cmd_request(args: argparse.Namespace) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import zmq
 
 from safcm.common import keyfile
 from safcm.common import log as safcm_log
+from safcm.common import modules as module_wires
 from safcm.common.daemonlock import lock_state_dir
 from safcm.common.errors import ConfigError, SafcmError, StoreError, UsageError
 from safcm.common.loop import Loop, Timer
@@ -61,7 +62,7 @@ from safcm.master.intake import Intake
 from safcm.master.jobstore import RESULTS_CHANNEL, HostState, JobStore
 from safcm.master.keys import KeyService
 from safcm.master.keystore import KEYS_CHANNEL, KeyStore
-from safcm.master.lifecycle import Lifecycles
+from safcm.master.lifecycle import STORE_RETRY, Lifecycles
 from safcm.master.peers import Peers
 from safcm.master.prepworker import PrepareWorker
 from safcm.master.publish import PUBLISH_PENALTY, Publisher
@@ -135,6 +136,7 @@ class Master:
             busy_timeout_ms=WORKER_BUSY_TIMEOUT_MS,
             any_thread=True,
         )
+        self.writer = ResultWriter(writer_db, loop)
         self.intake = Intake(
             settings,
             self.keys,
@@ -143,7 +145,7 @@ class Master:
             self.jobs,
             self.lifecycle,
             clock,
-            ResultWriter(writer_db, loop),
+            self.writer,
         )
         self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
         # Loading, targeting and compiling a run's job, then building and
@@ -167,6 +169,7 @@ class Master:
             self.report,
             self.prepare_pool,
             self.prepare_worker,
+            self.writer,
         )
         self.history = History(self.jobs, self.report)
         if self.cluster is not None:
@@ -192,6 +195,9 @@ class Master:
         s = self.settings
         host = f"[{s.interface}]" if ":" in s.interface else s.interface
         cap = _connection_cap(s.max_connections)
+        # Every module's wire, found now: the first RUN would otherwise scan
+        # and import the modules package on the loop (80 ms seen under disk load).
+        module_wires.wires()
         # The ZAP handler first: libzmq lets every key in while none is bound.
         self.zap = Zap(self.ctx, self.loop, self.zap_decide)
         secret = self.keys.curve_secret().reveal()
@@ -483,7 +489,26 @@ class Master:
         self.intake.store_receipt(jid, host)
 
     def store_no_response(self, pairs: list[tuple[str, str]]) -> None:
-        self.jobs.no_response(pairs)
+        # Written by the result writer: on the loop, the write would wait for
+        # the lock behind a batch's commit. The hosts are answered "no
+        # response" at once (a late result still wins: it is written after).
+        self.writer.call(
+            lambda jobs: jobs.no_response(pairs), lambda f: self._no_response_written(pairs, f)
+        )
+
+    def _no_response_written(
+        self, pairs: list[tuple[str, str]], future: concurrent.futures.Future[None]
+    ) -> None:
+        error = future.exception()
+        if error is None:
+            return
+        log.error(
+            'cannot record %d hosts as "no response", tried again in %.2f s: %s',
+            len(pairs),
+            STORE_RETRY,
+            error if isinstance(error, SafcmError) else repr(error),
+        )
+        self.loop.call_later(STORE_RETRY, lambda: self.store_no_response(pairs))
 
     def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
         if result is None:

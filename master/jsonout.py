@@ -30,7 +30,7 @@ from safcm.master.outcomes import OUTCOMES, PENDING, outcome
 # module: typing and the wire's msgpack would cost them 7 ms.
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator, Mapping
     from typing import Any
 
 # The version of this format. A change that can break a reader (a field
@@ -108,7 +108,7 @@ def _job_fields(job: dict[str, Any]) -> dict[str, Any]:
 def run_document(
     started: dict[str, Any],
     request: dict[str, Any],
-    results: dict[str, dict[str, Any] | None],
+    results: Mapping[str, dict[str, Any] | None],
     batches: list[dict[str, Any]] | None = None,
     not_run: Iterable[dict[str, Any]] = (),
 ) -> dict[str, Any]:
@@ -119,23 +119,28 @@ def run_document(
     With --batch, `started` gathers the RUN_STARTED bodies of every batch (its
     jid the first batch's), `batches` lists each batch's {"jid", "hosts"}, and
     `not_run` the hosts of batches that never started, with the reason
-    (RUN_DONE): those are "skipped", and counted as "not run" too."""
-    hosts: list[dict[str, Any]] = []
-    notes = {n["host"]: n["note"] for n in started.get("notes", [])}
-    for host in started["hosts"]:
-        if host in results:
-            result = results[host]
-            entry = {"host": host, "status": outcome(result), "result": result_document(result)}
-        else:
-            entry = {"host": host, "status": PENDING, "result": None}
-        if host in notes:  # what the master knew at submit time (not connected, ...)
-            entry["note"] = notes[host]
-        hosts.append(entry)
-    summary = counts(h["status"] for h in hosts)
+    (RUN_DONE): those are "skipped", and counted as "not run" too.
+
+    The CLI writes this document a host at a time (run_fields(), run_hosts()
+    and tables.write_json_streamed()), its results read back from a file."""
     not_run = list(not_run)
-    for skipped in [*started["skipped"], *not_run]:
-        hosts.append({"host": skipped["host"], "status": SKIPPED, "reason": skipped["reason"]})
-    hosts.sort(key=lambda h: h["host"])
+    statuses = {host: outcome(result) for host, result in results.items()}
+    return {
+        **run_fields(started, request, statuses, batches, not_run),
+        "hosts": list(run_hosts(started, results, not_run)),
+    }
+
+
+def run_fields(
+    started: dict[str, Any],
+    request: dict[str, Any],
+    statuses: Mapping[str, str],
+    batches: list[dict[str, Any]] | None,
+    not_run: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """run_document() but its hosts: the summary counts `statuses`, the
+    outcome of each host that has an entry in its `results`."""
+    summary = counts(statuses.get(host, PENDING) for host in started["hosts"])
     document = {
         "format": FORMAT,
         "jid": started["jid"],
@@ -143,13 +148,43 @@ def run_document(
         "group": request["group"],
         "module": request["module"],
         "dry_run": request["dry_run"],
-        "hosts": hosts,
         "summary": {**summary, SKIPPED: len(started["skipped"]) + len(not_run)},
     }
     if batches is not None:
         document["batches"] = [{"jid": b["jid"], "hosts": list(b["hosts"])} for b in batches]
         document["summary"][NOT_RUN] = len(not_run)
     return document
+
+
+def run_hosts(
+    started: dict[str, Any],
+    results: Mapping[str, dict[str, Any] | None],
+    not_run: list[dict[str, Any]],
+) -> Iterator[dict[str, Any]]:
+    """The hosts of run_document(), sorted by host (in the order given where
+    a host comes twice), each made when its turn comes: a result is taken
+    from `results` only then, so a mapping that reads it back from a file
+    (master/resultspool.py) holds one at a time."""
+    notes = {n["host"]: n["note"] for n in started.get("notes", [])}
+    # (host, None) for a host the job went to, (host, its entry) for one skipped.
+    order: list[tuple[str, dict[str, Any] | None]] = [(host, None) for host in started["hosts"]]
+    order += [
+        (s["host"], {"host": s["host"], "status": SKIPPED, "reason": s["reason"]})
+        for s in [*started["skipped"], *not_run]
+    ]
+    order.sort(key=lambda item: item[0])
+    for host, skipped in order:
+        if skipped is not None:
+            yield skipped
+            continue
+        if host in results:
+            result = results[host]
+            entry = {"host": host, "status": outcome(result), "result": result_document(result)}
+        else:
+            entry = {"host": host, "status": PENDING, "result": None}
+        if host in notes:  # what the master knew at submit time (not connected, ...)
+            entry["note"] = notes[host]
+        yield entry
 
 
 def jobs_list_document(body: dict[str, Any]) -> dict[str, Any]:

@@ -146,7 +146,8 @@ class Effects(Protocol):
     def store_receipt(self, jid: str, host: str) -> None: ...
 
     def store_no_response(self, pairs: list[tuple[str, str]]) -> None:
-        """Record these (jid, host) pairs as "no response", all at once."""
+        """Record these (jid, host) pairs as "no response", all at once (the
+        daemon hands the write to its result writer, which retries it)."""
         ...
 
     def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:

@@ -6,12 +6,16 @@ the intake's side (master/intake.py), which hears it here.
 
 The loop reads the return socket and gathers what arrives into a Batch:
 results, receipts, hosts' facts, and the heartbeat rows of the key store,
-taken on the loop so that they still share the one commit (one fsync). It hands the
-batch here and goes on reading; the writer commits it on a thread of its
+taken on the loop so that they still share the one commit (one fsync). It
+hands the batch here and goes on reading; the writer commits it on a thread of its
 own with a database connection of its own (an SQLite connection may not
 cross threads, and the loop's must stay free), then posts the outcome back
 to the loop (call_soon_threadsafe). One batch is written at a time: the next
 is gathered meanwhile, and handed over when this one is done.
+
+A job's start (JobStore.start()) and "no response" (JobStore.no_response())
+are written here too, in turn with the batches (call()), so that the loop
+never waits for the lock.
 
 The one lock SQLite has for writing is shared with the loop's own writes (a
 "no response", a key change, a purge) and the prepare worker's (a job's
@@ -66,7 +70,23 @@ class ResultWriter:
         """Commit `batch` on the writer's thread, then call then(future) on the
         loop: future.exception() is None once the batch is durable, else why
         nothing of it was stored. The caller writes one batch at a time."""
-        future = self._pool.submit(self._commit, batch)
+        return self._submit(lambda: self._commit(batch), then)
+
+    def call(
+        self,
+        write: Callable[[JobStore], None],
+        then: Callable[[concurrent.futures.Future[None]], None],
+    ) -> concurrent.futures.Future[None]:
+        """A small write of the loop's (a job's start, "no response") on the
+        writer's thread, in turn with the batches: write(jobs) states its own
+        transaction where it has several statements. Then then(future) on
+        the loop, as for write()."""
+        return self._submit(lambda: write(self.jobs), then)
+
+    def _submit(
+        self, work: Callable[[], None], then: Callable[[concurrent.futures.Future[None]], None]
+    ) -> concurrent.futures.Future[None]:
+        future = self._pool.submit(work)
 
         def done(f: concurrent.futures.Future[None]) -> None:
             with contextlib.suppress(OSError, ValueError):  # the loop has closed: stopping

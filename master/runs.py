@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safcm.common.crypto import KeyPair
-from safcm.common.errors import SafcmError, StoreError
+from safcm.common.errors import SafcmError
 from safcm.common.protocol import NO_RESPONSE, Message, MsgType, encode_plain, new_jid
 from safcm.master import targets
 from safcm.master.batch import BatchSize, Rollout
@@ -49,6 +49,7 @@ from safcm.master.peers import Peers
 from safcm.master.prepworker import JobOrder, PrepareWorker
 from safcm.master.publish import Publisher
 from safcm.master.render import Tally
+from safcm.master.resultwriter import ResultWriter
 from safcm.master.settings import MasterSettings
 
 log = logging.getLogger("safcm-master")
@@ -117,6 +118,7 @@ class Runs:
         report: Callable[[ControlConnection, str, Exception], None],
         pool: concurrent.futures.Executor,
         worker: PrepareWorker,
+        writer: ResultWriter,
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -130,6 +132,7 @@ class Runs:
         self.report = report  # a failed request's answer, as for any control request
         self.pool = pool  # the prepare thread, which talks to the worker (one request at a time)
         self.worker = worker
+        self.writer = writer  # writes a job's start off the loop
         self.stopping = threading.Event()  # the daemon is stopping: store nothing more
         self.runs: dict[str, Run] = {}
         self.last_jid = jobs.last_jid()
@@ -310,11 +313,33 @@ class Runs:
             self._forget(order)
             self._discard(jid, hosts)
             return
-        try:
-            self.jobs.start(jid)  # from here the job is there for everyone: started below
-        except StoreError as e:
+        # From its start the job is there for everyone; it is published once
+        # that is written. Written by the result writer: on the loop, the
+        # write would wait for the lock behind a batch's commit.
+        self.writer.call(
+            lambda jobs: jobs.start(jid),
+            lambda f: self._started(conn, record, order, hosts, batch, stored, f),
+        )
+
+    def _started(
+        self,
+        conn: ControlConnection,
+        record: JobRecord,
+        order: JobOrder,
+        hosts: list[str],
+        batch: Rolling | None,
+        stored: Stored,
+        future: concurrent.futures.Future[None],
+    ) -> None:
+        """Back on the loop, the job's start written: publish it, or answer
+        why it could not start."""
+        jid = record.jid
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, Exception):
+                raise error
             self._discard(jid, hosts)
-            self._not_started(conn, order, batch, hosts, e)
+            self._not_started(conn, order, batch, hosts, error)
             return
         held, where = self.peers.loop.longest_call
         log.info(

@@ -173,7 +173,7 @@ def test_a_long_call_is_named_with_where_the_watch_saw_it_spend_its_time():
     assert ", at common/loop.py:" in name and " in _call < common/loop.py:" in name
     assert " in run_once, in " in name
     # And what the kernel saw the thread do: asleep, or running between sleeps.
-    assert re.search(r" in held_until_seen \[[RS]( \S+)?\]$", name), name
+    assert re.search(r" in held_until_seen \[[RS]( \S+)?\], \d+ of \d+ samples$", name), name
     assert loop.stall_watch is None
 
 
@@ -211,7 +211,8 @@ def test_the_watch_samples_only_a_call_held_past_its_threshold_and_only_that_cal
     # join() waiting on the sampler.
     assert places[1].startswith("at common/loop.py:")
     # The loop thread was in join(): asleep, or about to be, when the sampler looked.
-    assert "/threading.py:" in places[1] and re.search(r" in wait \[[RS]( \S+)?\]$", places[1])
+    assert "/threading.py:" in places[1]
+    assert re.search(r" in wait \[[RS]( \S+)?\], 1 of 1 samples$", places[1])
     assert loop.longest_call[1].endswith(", " + places[1])
 
 

@@ -10,6 +10,7 @@ waiting, and shrink a bound.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -26,8 +27,14 @@ import zmq
 
 from safcm.common import codec
 from safcm.common.loop import Loop
-from safcm.common.protocol import MsgType
-from safcm.master import daemon, intake
+from safcm.common.protocol import (
+    ENROL_NONCE_LENGTH,
+    Channel,
+    MsgType,
+    decode_plain,
+    encode_plain,
+)
+from safcm.master import daemon, intake, keys
 from safcm.master.daemon import Master
 from safcm.master.db import DB_NAME
 from safcm.master.facts import read_facts
@@ -429,3 +436,107 @@ def test_facts_are_stored_by_the_writer_and_taken_again_when_it_fails(
 
 def stored_facts(m: InProcess) -> dict[str, Any]:
     return read_facts(m.state_dir)
+
+
+def test_key_requests_queued_together_are_answered_a_slice_at_a_time(sandbox, master, monkeypatch):
+    # A fleet that reconnects at once, or a stranger's flood: each request is
+    # a signature, and the loop reads other sockets between slices.
+    monkeypatch.setattr(keys, "KEY_SLICE", 0.0)  # one request a call
+    per_call: list[int] = []
+    answer = keys.KeyService._answer
+    on_key_request = keys.KeyService.on_key_request
+
+    def counted_answer(self, *args):
+        per_call[-1] += 1
+        answer(self, *args)
+
+    def counted_call(self):
+        per_call.append(0)
+        on_key_request(self)
+
+    monkeypatch.setattr(keys.KeyService, "_answer", counted_answer)
+    monkeypatch.setattr(keys.KeyService, "on_key_request", counted_call)
+    m = master()
+    requests = 20
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(f"tcp://127.0.0.1:{m.settings.key_port}")
+    sent = threading.Event()
+
+    def held() -> None:  # the loop waits while the requests arrive together
+        sent.wait(SETTLE)
+        m.master.key_service.key_sock.poll(int(SETTLE * 1000))
+
+    try:
+        loop_held = threading.Thread(target=m.call, args=(held,))
+        loop_held.start()
+        for _ in range(requests):
+            nonce = os.urandom(ENROL_NONCE_LENGTH)
+            dealer.send(encode_plain(MsgType.KEY_REQUEST, {"nonce": nonce}))
+        sent.set()
+        loop_held.join()
+        for _ in range(requests):
+            assert dealer.poll(int(SETTLE * 1000)), "a key request was not answered"
+            assert decode_plain(dealer.recv(), Channel.KEY).type is MsgType.KEY_REPLY
+    finally:
+        dealer.close(0)
+    assert sum(per_call) == requests and max(per_call) == 1
+
+
+def test_a_job_starts_without_the_loop_waiting_for_the_lock(
+    sandbox, master, fake, runs, monkeypatch
+):
+    # The job is stored; then, before its start is written, another process
+    # takes the write lock. On the loop, the start would wait BUSY_TIMEOUT_MS
+    # for it and then fail the run.
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
+    taken = threading.Event()
+    locks: list[sqlite3.Connection] = []
+    stored = daemon.Runs._stored
+
+    def lock_then_stored(self, *args):
+        lock = sqlite3.connect(
+            os.path.join(self.settings.state_dir, DB_NAME),
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        lock.execute("BEGIN IMMEDIATE")
+        locks.append(lock)
+        taken.set()
+        stored(self, *args)
+
+    monkeypatch.setattr(daemon.Runs, "_stored", lock_then_stored)
+    m = master()
+    web3 = accepted_fake(sandbox, fake, "web3")
+    run = runs(sandbox, "run", "web3", "ping", "--json")
+    try:
+        assert taken.wait(SETTLE), "the job was never stored"
+        assert answered(web3)  # the loop serves while the start waits for the lock
+        # Not published before its start is written.
+        assert m.call(lambda: list(m.master.publisher.open_jobs)) == []
+    finally:
+        for lock in locks:
+            lock.execute("ROLLBACK")
+            lock.close()
+    _frame, job = web3.recv_job(int(SETTLE * 1000))
+    send_result(web3, job.jid)
+    _out, err = run.communicate(timeout=SETTLE)
+    assert run.returncode == 0, err
+
+
+def test_no_response_is_answered_while_its_write_waits_for_the_lock(
+    sandbox, master, fake, runs, monkeypatch
+):
+    # On the loop, the write would wait BUSY_TIMEOUT_MS for the lock and
+    # fail, again and again, and the CLI would not hear until it was free.
+    monkeypatch.setattr(daemon, "WORKER_BUSY_TIMEOUT_MS", HELD_MS)
+    m = master()
+    web3 = accepted_fake(sandbox, fake, "web3")
+    run = runs(sandbox, "run", "web3", "ping", "--json", "--timeout", "3")
+    _frame, job = web3.recv_job(int(SETTLE * 1000))  # and it never answers
+    with write_lock(m):
+        out, err = run.communicate(timeout=SETTLE)
+        assert run.returncode == 1, err
+        assert json.loads(out)["hosts"][0]["status"] == "no response"
+        assert stored(m, job.jid, "web3")[0] == "sent"
+    wait_for(lambda: stored(m, job.jid, "web3")[0] == "no_response", SETTLE, "no response written")

@@ -83,6 +83,27 @@ def test_run_document_lists_every_host_with_one_spelling_of_each_outcome():
     assert doc["format"] == "safcm/1"
 
 
+class Reads(dict):
+    """Results that count the reads of a result."""
+
+    reads = 0
+
+    def __getitem__(self, host):
+        self.reads += 1
+        return super().__getitem__(host)
+
+
+def test_run_hosts_reads_each_result_when_its_turn_comes():
+    """So that the CLI, whose results are in a file, holds one at a time."""
+    started = {"jid": "20261118T090640.250000Z", "hosts": ["c", "a", "b"], "skipped": []}
+    results = Reads(a=result(), b=None, c=result())
+    hosts = jsonout.run_hosts(started, results, [])
+    for count, name in enumerate("abc", 1):
+        assert next(hosts)["host"] == name
+        assert results.reads == count
+    assert next(hosts, None) is None
+
+
 def test_the_schemas_refuse_the_old_shapes():
     started = {"jid": "20261118T090640.250000Z", "hosts": ["web1"], "skipped": []}
     request = {"target": "web1", "group": False, "module": "files", "dry_run": False}

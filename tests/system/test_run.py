@@ -95,6 +95,11 @@ def test_files_on_three_minions_then_nothing_changes(sandbox):
         "pending": 0,
         "skipped": 0,
     }
+    # Each result was kept in the CLI's temporary file until the end: it
+    # comes back as the master stored it.
+    shown = by_host(jobs_show(sandbox, doc["jid"]))
+    for host in ("web1", "web2", "web3"):
+        assert by_host(doc)[host]["result"] == shown[host]["result"]
     motd = next(c for c in changed_paths_full(doc, "web1") if c["path"] == "/etc/motd")
     assert motd["new"]["mode"] == "0644"
     for host in ("web1", "web2", "web3"):
