@@ -9,8 +9,10 @@ id; the rest by explicit lists), with --files files of about 1 KiB spread
 evenly over the groups, --template-share of them Jinja2 templates using
 host, groups and in_group(). Every host is in three groups plus "all" and
 its own. It prints the time to load the repository, to compile every host
-(total and per host), the peak RSS of the process, and checks that content
-which is not a template is one shared bytes object per repository file.
+(total and per host), how many distinct group lists the hosts have (the
+compiler settles each once and renders templates per host), the peak RSS
+of the process, and checks that content which is not a template is one
+shared bytes object per repository file.
 
 Then the master's repository cache (master/repocache.py): once the tree is
 older than its racy window (the benchmark waits for that), the time of a
@@ -140,6 +142,7 @@ def main() -> int:
         cached_s, changed_s, walked = bench_cache(root, args.repeat)
 
     specs = sum(len(c.files) for c in configs.values())
+    group_lists = len({tuple(c.groups[:-1]) for c in configs.values()})
     rendered = sum(1 for c in configs.values() for f in c.files if f.template)
     static = [f for c in configs.values() for f in c.files if f.spec.type is FileType.FILE]
     static = [f for f in static if not f.template]
@@ -155,6 +158,7 @@ def main() -> int:
     )
     python = sys.version.split()[0]
     print(f"compiled: {specs} file specs, {rendered} template renders, python {python}")
+    print(f"group lists:     {group_lists} distinct among {args.hosts} hosts")
     print(f"load:            {load_s:.3f} s (median of {args.repeat})")
     print(f"compile all:     {compile_s:.3f} s (median of {args.repeat})")
     print(f"compile / host:  {compile_s / args.hosts * 1000:.2f} ms")

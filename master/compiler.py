@@ -56,6 +56,16 @@ Templates are rendered per host; content that is not a template is the very
 bytes object read at load, shared by every host's result. So is the (frozen)
 FileSpec of a path that a host adds nothing to: it was checked once at load.
 A spec with rendered content or triggers is a new one, checked again.
+
+The contest (rules 1-6 and the triggers) is run once per distinct key
+(_contest_key): the host's groups that have a directory, in groups_of()
+order, its own group among them only if it has one. Its outcome depends on
+nothing else, so compile_hosts() settles 10,000 hosts in ten distinct group
+lists ten times, and each host gets the contest's very CompiledFile objects. What
+is a host's own is done per host: its templates (its name, groups and
+facts), and the one message that names it (a trigger path it gets no file
+at). Each host's problems are the ones, in the order, that compiling it
+alone finds.
 """
 
 from __future__ import annotations
@@ -82,6 +92,7 @@ from safcm.master.repository import (
     Entry,
     PathEntry,
     Repository,
+    TriggerEntry,
     load_repository,
 )
 
@@ -136,7 +147,7 @@ def compile_host(repo: Repository, host: str, facts: HostFacts | None = None) ->
     if not repo.has_host(host):
         raise UnknownHostError(host)
     problems = Problems()
-    config = _compile(repo, host, facts, problems)
+    config = _compile(repo, host, facts, problems, {})
     if problems:
         raise ConfigError(problems)
     return config
@@ -156,6 +167,7 @@ def compile_hosts(
     results: dict[str, HostConfig] = {}
     problems: list[ConfigProblem] = []
     seen: set[ConfigProblem] = set()
+    contests: dict[_Key, _Contest] = {}  # one per distinct key: see _contest_key()
     for host in hosts:
         if host in results:
             continue
@@ -164,7 +176,7 @@ def compile_hosts(
             found.extend(UnknownHostError(host).problems)
             config = None
         else:
-            config = _compile(repo, host, (facts or {}).get(host), found)
+            config = _compile(repo, host, (facts or {}).get(host), found, contests)
         for problem in found:
             if problem not in seen:
                 seen.add(problem)
@@ -196,10 +208,135 @@ class _UnknownGroupInTemplate(Exception):
     """in_group() was asked about a name the repository does not know."""
 
 
+# What a contest depends on: the host's groups that have a directory (_contest_key).
+_Key = tuple[str, ...]
+
+
+def _contest_key(repo: Repository, groups: list[str]) -> _Key:
+    """The key of the contest of a host whose groups_of() is `groups`: those
+    of them that have a directory, in that order.
+
+    The contest (_run_contest) reads the repository and the groups, nothing
+    else of the host: its facts only through the detected groups they put
+    in `groups`, its name only to rank its own group (Repository.outranks)
+    against the others that provide the same path, and a group without a
+    directory provides nothing. So the key holds the host's own group only
+    if it has a directory, and hosts with the same key, whatever their
+    names, get the very same contest. No group is named as a host, so no
+    other host's name can be in a key.
+    """
+    return tuple(g for g in groups if repo.has_directory(g))
+
+
 def _compile(
-    repo: Repository, host: str, facts: HostFacts | None, problems: Problems
+    repo: Repository,
+    host: str,
+    facts: HostFacts | None,
+    problems: Problems,
+    contests: dict[_Key, _Contest],
 ) -> HostConfig:
+    """`host`'s result, from the contest of its key (run now if `contests`
+    has none yet) and what is its own: its templates and the messages that
+    name it. Its problems are added, in the order a contest of its own would
+    find them."""
     groups = repo.groups_of(host, facts)
+    key = _contest_key(repo, groups)
+    contest = contests.get(key)
+    if contest is None:
+        contest = contests[key] = _run_contest(repo, host, groups)
+    for problem in contest.problems:
+        problems.append(problem.for_host(host) if isinstance(problem, _Unserved) else problem)
+    if contest.files is not None:
+        files = list(contest.files)
+    else:
+        context = _TemplateContext(
+            repo, host, groups, facts if facts is not None else HostFacts(None)
+        )
+        files = []
+        for step in contest.steps:
+            if isinstance(step, _Render):
+                rendered = step.compile(context, problems)
+                if rendered is not None:
+                    files.append(rendered)
+            elif isinstance(step, ConfigProblem):
+                problems.append(step)
+            else:
+                files.append(step)
+    return HostConfig(
+        host=host,
+        groups=groups,
+        files=files,
+        detected=[g for g in groups if g in repo.detected],
+        facts=facts,
+        absent=list(contest.absent),
+        purge=list(contest.purge),
+        secrets=list(contest.secrets),
+        packages=list(contest.packages),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Unserved:
+    """A trigger path that a group of the host names and the host gets no file
+    at: a problem whose message names the host."""
+
+    trigger: TriggerEntry
+    group: str
+
+    def for_host(self, host: str) -> ConfigProblem:
+        return ConfigProblem(
+            self.trigger.file,
+            self.trigger.line,
+            f"{self.trigger.path} has triggers, but host {host} (in group {self.group!r})"
+            " gets no file at that path",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Render:
+    """A template that won its path: rendered for each host of the contest."""
+
+    group: str
+    entry: Entry
+    triggers: tuple[str, ...] | None  # those of its path, if any
+
+    def compile(self, context: _TemplateContext, problems: Problems) -> CompiledFile | None:
+        rendered = context.render(self.entry, problems)
+        if rendered is None:
+            return None
+        changes: _SpecChanges = {"data": rendered}
+        if self.triggers is not None:
+            changes["triggers"] = self.triggers
+        spec = dataclasses.replace(self.entry.spec, **changes)
+        try:
+            spec.check()
+        except FileOpError as e:
+            problems.add(self.entry.source, None, e.reason)
+            return None
+        return CompiledFile(spec, self.group, True, self.entry.source)
+
+
+@dataclass(frozen=True, slots=True)
+class _Contest:
+    """What the contest settled for one key: the same for every host that has it."""
+
+    # In the order a host finds them, before those of `steps`.
+    problems: list[ConfigProblem | _Unserved]
+    # Each winning path, in path order: its file, what renders it per host,
+    # or the problem that drops it.
+    steps: list[CompiledFile | _Render | ConfigProblem]
+    # `steps` when it holds files only: every host gets these very objects.
+    files: list[CompiledFile] | None
+    absent: list[AbsentSpec]
+    purge: list[str]
+    secrets: list[str]
+    packages: list[CompiledPackage]
+
+
+def _run_contest(repo: Repository, host: str, groups: list[str]) -> _Contest:
+    """Settle every path and package of `groups`, the groups of `host`
+    (rules 1-6 and the triggers). What it finds holds for every host with
+    the same key (_contest_key), so it reads nothing else of `host`."""
     candidates: dict[str, list[_Candidate]] = {}
     for group in groups:
         for path, entry in repo.entries.get(group, {}).items():
@@ -212,44 +349,41 @@ def _compile(
             for path, absent_entry in lists.absent.items():
                 absent_cands.setdefault(path, []).append((group, absent_entry))
 
+    found = Problems()
     chosen: dict[str, _Candidate] = {}
     for path in sorted(candidates):
-        winner = _pick(repo, host, path, candidates[path], problems)
+        winner = _pick(repo, host, path, candidates[path], found)
         if winner is not None:
             chosen[path] = winner
-    absent = _settle_absent(repo, host, absent_cands, candidates, chosen, problems)
-    _check_parents(chosen, problems)
-    purge, secrets = _collect_lists(repo, groups, chosen, absent, problems)
-    triggers = _collect_triggers(repo, host, groups, chosen, problems)
-    packages = compile_packages(repo, host, groups, problems)
+    absent = _settle_absent(repo, host, absent_cands, candidates, chosen, found)
+    _check_parents(chosen, found)
+    purge, secrets = _collect_lists(repo, groups, chosen, absent, found)
+    triggers, unserved = _collect_triggers(repo, groups, chosen)
+    problems: list[ConfigProblem | _Unserved] = [*found, *unserved]
+    found = Problems()
+    packages = compile_packages(repo, host, groups, found)
+    problems.extend(found)
 
-    files = []
-    context = _TemplateContext(repo, host, groups, facts if facts is not None else HostFacts(None))
+    steps: list[CompiledFile | _Render | ConfigProblem] = []
     for path, cand in chosen.items():
         entry = cand.entry
-        spec = entry.spec
-        changes: _SpecChanges = {}
         if entry.template is not None:
-            rendered = context.render(entry, problems)
-            if rendered is None:
-                continue
-            changes["data"] = rendered
+            steps.append(_Render(cand.group, entry, triggers.get(path)))
+            continue
+        spec = entry.spec
         if path in triggers:
-            changes["triggers"] = triggers[path]
-        if changes:
-            spec = dataclasses.replace(spec, **changes)
+            spec = dataclasses.replace(spec, triggers=triggers[path])
             try:
                 spec.check()
             except FileOpError as e:
-                problems.add(entry.source, None, e.reason)
+                steps.append(ConfigProblem(entry.source, None, e.reason))
                 continue
-        files.append(CompiledFile(spec, cand.group, entry.template is not None, entry.source))
-    return HostConfig(
-        host=host,
-        groups=groups,
-        files=files,
-        detected=[g for g in groups if g in repo.detected],
-        facts=facts,
+        steps.append(CompiledFile(spec, cand.group, False, entry.source))
+    plain = [step for step in steps if isinstance(step, CompiledFile)]
+    return _Contest(
+        problems=problems,
+        steps=steps,
+        files=plain if len(plain) == len(steps) else None,
         absent=[AbsentSpec(e.path, e.recursive) for e in absent.values()],
         purge=purge,
         secrets=secrets,
@@ -446,26 +580,19 @@ def _check_parents(chosen: dict[str, _Candidate], problems: Problems) -> None:
 
 
 def _collect_triggers(
-    repo: Repository,
-    host: str,
-    groups: list[str],
-    chosen: dict[str, _Candidate],
-    problems: Problems,
-) -> dict[str, tuple[str, ...]]:
+    repo: Repository, groups: list[str], chosen: dict[str, _Candidate]
+) -> tuple[dict[str, tuple[str, ...]], list[_Unserved]]:
+    """The commands of each chosen path, and the trigger paths that are not chosen."""
     triggers: dict[str, list[str]] = {}
+    unserved: list[_Unserved] = []
     for group in groups:
         for path, trigger in repo.triggers.get(group, {}).items():
             if path not in chosen:
-                problems.add(
-                    trigger.file,
-                    trigger.line,
-                    f"{path} has triggers, but host {host} (in group {group!r}) gets no file"
-                    " at that path",
-                )
+                unserved.append(_Unserved(trigger, group))
                 continue
             commands = triggers.setdefault(path, [])
             commands.extend(c for c in trigger.commands if c not in commands)
-    return {path: tuple(commands) for path, commands in triggers.items()}
+    return {path: tuple(commands) for path, commands in triggers.items()}, unserved
 
 
 class _TemplateContext:

@@ -301,6 +301,7 @@ class Repository:
         # groups.yaml groups detected from each host's own facts, by name
         self.detected = detected or {}
         self._rank = {g: i for i, g in enumerate(group_order)}
+        self._directories = frozenset([*entries, *triggers, *lists, *self.packages])
         self._groups_of = {h: self._compute_groups_of(h) for h in hosts}
 
     def has_host(self, host: str) -> bool:
@@ -309,6 +310,11 @@ class Repository:
     def has_group(self, name: str) -> bool:
         """True for "all", a group from groups.yaml, or a host id (a group of its own)."""
         return name in self._members or name in self._host_set or name in self.detected
+
+    def has_directory(self, name: str) -> bool:
+        """Whether group (or host) `name` has a directory: only then does it
+        provide anything (files, lists, triggers, packages)."""
+        return name in self._directories
 
     def group_names(self) -> list[str]:
         """Every group of groups.yaml (detected ones too) and "all", sorted; no hosts."""
