@@ -69,13 +69,14 @@ MAX_ALIAS_NODES = 100_000
 # - a byte order mark at the start of a later line: skipped by libyaml,
 #   part of the key for PyYAML;
 # - NEL, LS, PS or a CR alone: line breaks both, not always counted alike;
-# - "?" within a flow collection ends a plain scalar for PyYAML alone;
 # - a comment right after a block scalar's header ("|#c"), which PyYAML refuses;
 # - a tag ("!x", "!!str", "! "): handles of odd characters, and where an
 #   empty tagged value starts (the repository format uses no tags).
 # A document without a final newline goes there too: the two give an empty
-# value at the end of the stream different lines.
-_C_DIFFERS = re.compile("[\t\ufeff\x85\u2028\u2029?!]|\r(?!\n)|[|>][-+0-9]*#")
+# value at the end of the stream different lines. And one more, seen only in
+# the graph (see _misread_by_c): "?" within a plain scalar of a flow
+# collection ends the scalar for PyYAML alone ("[web?]" is an error there).
+_C_DIFFERS = re.compile("[\t\ufeff\x85\u2028\u2029!]|\r(?!\n)|[|>][-+0-9]*#")
 
 
 # libyaml's loader if PyYAML was built with it; None for the pure-Python one.
@@ -212,9 +213,12 @@ def _compose(text: str, file: str, problems: Problems) -> yaml.Node | None:
     """The node graph; None (after a problem) on a syntax error."""
     if _CLoader is not None and text.endswith("\n") and not _C_DIFFERS.search(text):
         try:
-            return _compose_c(_CLoader, text)
+            root = _compose_c(_CLoader, text)
         except (yaml.YAMLError, UnicodeEncodeError):
             pass  # parsed again below, for PyYAML's words and marks
+        else:
+            if "?" not in text or root is None or not _misread_by_c(root):
+                return root
     try:
         return _compose_python(text)
     except yaml.MarkedYAMLError as e:
@@ -232,6 +236,30 @@ def _compose(text: str, file: str, problems: Problems) -> yaml.Node | None:
     except yaml.YAMLError as e:
         problems.add(file, None, f"YAML error: {e}")
         return None
+
+
+def _misread_by_c(root: yaml.Node) -> bool:
+    """True if a plain scalar within a flow collection holds a "?": libyaml
+    reads `[web?, db?]` as two values, PyYAML refuses it. (Quoted, or in
+    block context, a "?" reads the same in both.)"""
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if not isinstance(node, yaml.CollectionNode) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+        )
+        if node.flow_style and any(
+            isinstance(n, yaml.ScalarNode) and not n.style and "?" in n.value for n in children
+        ):
+            return True
+        todo.extend(children)
+    return False
 
 
 def _count_nodes(root: yaml.Node) -> int:

@@ -49,7 +49,7 @@ def test_every_yaml_file_of_the_tests_reads_the_same_with_both_parsers(path):
 
 
 # Documents that libyaml reads otherwise than PyYAML, one for each rule of
-# yamlfile._C_DIFFERS: each goes to PyYAML's parser alone.
+# yamlfile._C_DIFFERS and _misread_by_c: each goes to PyYAML's parser alone.
 KNOWN_DIFFERENCES = [
     "a: b\t\n",  # libyaml takes the tab
     "[a,\n\ufeffb]\n",  # libyaml skips the byte order mark
@@ -58,6 +58,8 @@ KNOWN_DIFFERENCES = [
     "{a:\u2029}\n",
     "{a:\r}#c\n",
     "[a? b]\n",  # one scalar for libyaml, an error for PyYAML
+    "a: {b: [c, {d: e?}]}\n",
+    "{a?: b}\n",
     "- |#c\n",  # an empty block scalar for libyaml
     "!@! a\n",  # a tag for libyaml
     "? a",  # the empty value on line 2 for libyaml
@@ -75,7 +77,24 @@ def test_documents_libyaml_reads_otherwise_are_read_by_pyyaml(text):
 # them is mostly an error (which must be reported in the same words); a
 # document of lines (indentation, a lead, a value) mostly reads, and must
 # read the same, line by line.
-_WORDS = ["a", "key", "a b", "0644", "yes", "~", "é", "\u00a0", "-", ".", "@", "`", "%", "\\"]
+_WORDS = [
+    "a",
+    "key",
+    "a b",
+    "a?b",
+    "?a",
+    "0644",
+    "yes",
+    "~",
+    "é",
+    "\u00a0",
+    "-",
+    ".",
+    "@",
+    "`",
+    "%",
+    "\\",
+]
 _INDICATORS = ["- ", ": ", ":", "? ", ",", "[", "]", "{", "}", "#c", " # c", "<<: "]
 _ANCHORS = ["&x ", "*x", "&y ", "*y"]
 _TAGS = ["!!str ", "!t ", "! ", "!", "!@!", "!e!x ", "%TAG !e! tag:e,2000:\n"]
