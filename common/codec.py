@@ -23,6 +23,7 @@ commands, which must not load msgpack.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
@@ -180,6 +181,14 @@ def pack(obj: Any) -> bytes:
     except (TypeError, ValueError, OverflowError) as e:
         # ValueError includes UnicodeEncodeError from a str with a lone surrogate.
         raise ProtocolError(f"value cannot be encoded as msgpack: {e}") from None
+
+
+def pack_with(obj: Mapping[str, Any], key: str, packed: bytes) -> bytes:
+    """pack(obj), with the value of `key` given already packed (`packed` is
+    pack(obj[key])): a map's encoding is its header and then each key and
+    value in order, so a large value that many maps share is packed once."""
+    head: bytes = msgpack.Packer(use_bin_type=True, strict_types=False).pack_map_header(len(obj))
+    return head + b"".join(pack(k) + (packed if k == key else pack(v)) for k, v in obj.items())
 
 
 def unpack_own(data: bytes) -> Any:

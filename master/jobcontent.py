@@ -34,29 +34,34 @@ from safcm.common.protocol import MAX_BODY_DEPTH
 
 
 def manifest_of(
-    body: dict[str, Any], bare: dict[int, tuple[Any, dict[str, Any]]] | None = None
+    body: dict[str, Any], bare: dict[int, tuple[Any, Any]] | None = None
 ) -> tuple[dict[str, Any], dict[bytes, bytes]]:
     """Split a full JOB body into its manifest (regular files' data left out)
-    and its content by digest. A job without files (ping) is its own manifest.
-    `bare` keeps each file map's manifest form by id (with the map, so the id
-    stays its own): bodies that share file maps (master/modules/files.py)
-    share their manifest forms too."""
+    and its content by digest (shared by the bodies that share the list: not
+    to be changed). A job without files (ping) is its own manifest.
+    `bare` keeps the manifest form of each file map and of each list of them
+    by id (with the map or list, so the id stays its own): bodies that share
+    file maps or whole lists (master/modules/files.py) share their manifest
+    forms too."""
     manifest = dict(body)
     content: dict[bytes, bytes] = {}
     if "files" not in body:
         return manifest, content
     bare = {} if bare is None else bare
-    files = []
-    for f in body["files"]:
-        if f["type"] == FileType.FILE:
-            content[f["digest"]] = f["data"]
-            known = bare.get(id(f))
-            if known is None:
-                known = bare[id(f)] = (f, {**f, "data": None})
-            files.append(known[1])
-        else:
-            files.append(f)
-    manifest["files"] = files
+    known = bare.get(id(body["files"]))
+    if known is None:
+        files = []
+        for f in body["files"]:
+            if f["type"] == FileType.FILE:
+                content[f["digest"]] = f["data"]
+                form = bare.get(id(f))
+                if form is None:
+                    form = bare[id(f)] = (f, {**f, "data": None})
+                files.append(form[1])
+            else:
+                files.append(f)
+        known = bare[id(body["files"])] = (body["files"], (files, content))
+    manifest["files"], content = known[1]
     return manifest, content
 
 
@@ -82,12 +87,18 @@ def with_content(
     return body
 
 
-def pack_manifest(manifest: Mapping[str, Any]) -> tuple[str, bytes]:
+def pack_manifest(
+    manifest: Mapping[str, Any], packed_files: bytes | None = None
+) -> tuple[str, bytes]:
     """(digest in hex, msgpack bytes) of a manifest: hosts with equal
-    manifests share one stored copy."""
+    manifests share one stored copy. `packed_files`: its "files" packed
+    already (manifests that share the list pack it once)."""
     # Manifests are built by one code path (FileSpec.to_wire() in the same
     # order), so equal manifests pack to equal bytes without sorting keys.
-    data = codec.pack(manifest)
+    if packed_files is None:
+        data = codec.pack(manifest)
+    else:
+        data = codec.pack_with(manifest, "files", packed_files)
     return hashlib.sha256(data).hexdigest(), data
 
 
@@ -118,8 +129,12 @@ class JobParts:
     hosts: dict[str, HostPart] = field(default_factory=dict)
     # manifest digest -> that manifest packed as a body (packed_body())
     _bare: dict[str, bytes] = field(default_factory=dict)
-    # id of a body's file map -> (it, its manifest form), while hosts are added
-    _bare_files: dict[int, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+    # id of a body's file map or list of them -> (it, its manifest form), and
+    # id of a manifest's list of files -> (it, packed), while hosts are added
+    _bare_files: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    _packed_files: dict[int, tuple[Any, bytes]] = field(default_factory=dict)
+    # (id of such a list, the rest of the manifest packed) -> pack_manifest() of it
+    _manifest_of: dict[tuple[int, bytes], tuple[str, bytes]] = field(default_factory=dict)
 
     def add(
         self, host: str, body: dict[str, Any], known: Callable[[str], frozenset[bytes]]
@@ -127,7 +142,22 @@ class JobParts:
         """Add `host` with its full JOB body; `known(host)` names the content
         it is taken to have."""
         manifest, content = manifest_of(body, self._bare_files)
-        digest, packed = pack_manifest(manifest)
+        if "files" in manifest:
+            files = manifest["files"]
+            seen = self._packed_files.get(id(files))
+            if seen is None:
+                seen = self._packed_files[id(files)] = (files, codec.pack(files))
+            packed_files = seen[1]
+            # Hosts with one list of files mostly have one manifest: its
+            # digest is not computed again over the whole list for each.
+            # The rest as it is placed around the files (their place kept).
+            rest = codec.pack({k: None if k == "files" else v for k, v in manifest.items()})
+            same = self._manifest_of.get((id(files), rest))
+            if same is None:
+                same = self._manifest_of[(id(files), rest)] = pack_manifest(manifest, packed_files)
+            digest, packed = same
+        else:
+            digest, packed = pack_manifest(manifest)
         if digest not in self.manifests:
             self.manifests[digest] = manifest
             self.packed[digest] = packed
@@ -144,6 +174,8 @@ class JobParts:
         HostPart once it is added. Called once every host is added: what
         adding kept to share file maps goes (it would pickle content twice)."""
         self._bare_files.clear()
+        self._packed_files.clear()
+        self._manifest_of.clear()
         shared: dict[tuple[str, tuple[bytes, ...]], HostPart] = {}
         for host, part in self.hosts.items():
             self.hosts[host] = shared.setdefault((part.manifest, tuple(part.include)), part)

@@ -105,6 +105,7 @@ from safcm.common.yamlfile import (
 )
 from safcm.master.facts import HostFacts
 from safcm.master.packages import PACKAGES_FILE, PackageEntry, read_packages
+from safcm.master.services import ServicesRead, read_all_services
 
 # The node kinds _Loader._expect() checks for; a match narrows the node's type.
 _Kind = TypeVar("_Kind", YScalar, YSeq, YMap)
@@ -283,6 +284,7 @@ class Repository:
         lists: dict[str, PathLists],
         detected: dict[str, DetectedGroup] | None = None,
         packages: dict[str, dict[str, PackageEntry]] | None = None,
+        services: ServicesRead | None = None,
     ) -> None:
         self.path = path
         self.hosts = hosts  # ids in hosts.yaml order
@@ -296,6 +298,9 @@ class Repository:
         self.lists = lists
         # group (or host) -> package name -> what its packages.yaml says
         self.packages = packages if packages is not None else {}
+        # Every group's and host's services.yaml, read with the rest so that
+        # the cache covers them; None where the group directories were not read.
+        self.services = services
         self._host_set = frozenset(hosts)
         self._members = members  # groups.yaml groups and "all"; hosts are implicit
         # groups.yaml groups detected from each host's own facts, by name
@@ -438,9 +443,13 @@ class _Loader:
         entries: dict[str, dict[str, Entry]] = {}
         triggers: dict[str, dict[str, TriggerEntry]] = {}
         lists: dict[str, PathLists] = {}
+        services = None
         if not targets_only:
             entries, triggers, lists = self._read_group_dirs()
             self._check_trigger_paths(entries, triggers)
+            services = read_all_services(
+                self.root, [*sorted([*members, *self.detected]), *self.hosts]
+            )
         return Repository(
             path=self.root,
             hosts=self.hosts,
@@ -452,6 +461,7 @@ class _Loader:
             lists=lists,
             detected=self.detected,
             packages=self.packages,
+            services=services,
         )
 
     # -- helpers for typed values ------------------------------------------

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from safcm.common.errors import ConfigError
+from safcm.common.errors import ConfigError, ConfigProblem
 from safcm.common.services import (
     MAX_UNITS,
     Enablement,
@@ -102,13 +102,28 @@ def read_services(root: str, group: str, problems: Problems) -> dict[str, Declar
     return declared
 
 
+@dataclass(frozen=True)
+class ServicesRead:
+    """Every group's services.yaml, as the repository's load read them
+    (master/repository.py), and their problems: those stop only the runs
+    that compile units (services, sync), not the others."""
+
+    declared: dict[str, dict[str, Declared]]  # group (or host) -> unit -> what it says
+    problems: list[ConfigProblem]
+
+
+def read_all_services(root: str, groups: Iterable[str]) -> ServicesRead:
+    problems = Problems()
+    declared = {group: read_services(root, group, problems) for group in groups}
+    return ServicesRead(declared, problems.by_file())
+
+
 def load_all(root: str, groups: Iterable[str]) -> dict[str, dict[str, Declared]]:
     """Every group's services.yaml; raises ConfigError with every problem."""
-    problems = Problems()
-    result = {group: read_services(root, group, problems) for group in groups}
-    if problems:
-        raise ConfigError(problems.by_file())
-    return result
+    read = read_all_services(root, groups)
+    if read.problems:
+        raise ConfigError(read.problems)
+    return read.declared
 
 
 class Ranking(Protocol):

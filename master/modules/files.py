@@ -21,9 +21,9 @@ def compile_files(repo: Any, hosts: list[str], request: Request) -> dict[str, di
     # A spec that several hosts get (the compiler shares the repository's
     # spec unless a template or trigger changes it) has one wire form, shared:
     # 10,000 hosts with the same 100 files hash 100 files and make 100 maps,
-    # not a million. Nothing changes a job's file maps once built (the job
-    # store's manifest_of() and with_content() copy them). By id(): the
-    # specs live in `configs` as long as this map.
+    # not a million. Nothing changes a job's file maps or lists once built
+    # (the job store's manifest_of() and with_content() copy them). By id():
+    # the specs live in `configs` as long as these maps.
     wire: dict[int, dict[str, Any]] = {}
 
     def wire_of(spec: Any) -> dict[str, Any]:
@@ -32,9 +32,22 @@ def compile_files(repo: Any, hosts: list[str], request: Request) -> dict[str, di
             found = wire[id(spec)] = spec.to_wire()
         return found
 
+    # Hosts that get the very same specs (the compiler shares a contest's
+    # files among the hosts in the same groups) share one list of them too,
+    # so the job store packs it once (master/jobcontent.py).
+    lists: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+
+    def files_of(config: Any) -> list[dict[str, Any]]:
+        specs = config.specs()
+        key = tuple(map(id, specs))
+        found = lists.get(key)
+        if found is None:
+            found = lists[key] = [wire_of(spec) for spec in specs]
+        return found
+
     return {
         host: {
-            "files": [wire_of(spec) for spec in config.specs()],
+            "files": files_of(config),
             "absent": [a.to_wire() for a in config.absent],
             "purge": list(config.purge),
             "secrets": list(config.secrets),

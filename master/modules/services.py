@@ -18,7 +18,14 @@ def compile_units(repo: Any, hosts: list[str], request: Any) -> dict[str, dict[s
     from safcm.common.yamlfile import Problems
     from safcm.master import services
 
-    declared = services.load_all(repo.path, [*repo.group_names(), *repo.hosts])
+    # Read with the repository (and cached with it); read now for one that
+    # was loaded without its group directories.
+    read = repo.services
+    if read is None:
+        read = services.read_all_services(repo.path, [*repo.group_names(), *repo.hosts])
+    if read.problems:
+        raise ConfigError(read.problems)
+    declared = read.declared
     problems = Problems()
     fields = {
         host: {

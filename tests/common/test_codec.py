@@ -197,3 +197,22 @@ def test_anything_that_unpacks_packs_back_to_an_equal_value(value):
         return
     if not (isinstance(value, float) and math.isnan(value)):
         assert codec.pack(decoded) == raw
+
+
+_SMALL = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(max_size=6), _SMALL, min_size=1, max_size=6), st.data())
+def test_a_map_packed_with_one_value_packed_already_is_the_map_packed(obj, data):
+    key = data.draw(st.sampled_from(sorted(obj)))
+    assert codec.pack_with(obj, key, codec.pack(obj[key])) == codec.pack(obj)

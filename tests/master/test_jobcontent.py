@@ -290,3 +290,56 @@ def test_parts_pickle_only_what_they_are():
     parts.share()
     bare = JobParts(parts.deadline, parts.manifests, parts.packed, parts.content, parts.hosts)
     assert len(pickle.dumps(parts)) == len(pickle.dumps(bare))
+
+
+def test_hosts_in_the_same_groups_get_one_list_of_files(tmp_path):
+    """compile_files gives hosts with the very same specs one list, so the
+    job store packs and hashes it once; a host with other files has its own."""
+    from safcm.master.compiler import load_repository
+    from safcm.master.modules import Request
+    from safcm.master.modules.files import compile_files
+
+    (tmp_path / "hosts.yaml").write_text("- name: web1\n- name: web2\n- name: db1\n")
+    (tmp_path / "groups.yaml").write_text("web: [web1, web2]\n")
+    for path, text in (("all/files/etc/motd", "hello\n"), ("web/files/etc/web.conf", "w\n")):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    fields = compile_files(
+        load_repository(tmp_path), ["web1", "web2", "db1"], Request(None, 30.0, False)
+    )
+    assert fields["web1"]["files"] is fields["web2"]["files"]
+    assert [f["path"] for f in fields["web1"]["files"]] == [
+        "/",
+        "/etc",
+        "/etc/motd",
+        "/etc/web.conf",
+    ]
+    assert [f["path"] for f in fields["db1"]["files"]] == ["/", "/etc", "/etc/motd"]
+
+
+def test_a_shared_list_of_files_is_packed_once_and_each_manifest_as_alone():
+    """Hosts whose bodies share one list of files: the list is packed once,
+    and each host's manifest is exactly what packing it alone gives, its
+    digest that of those bytes; the rest of the body still tells manifests
+    apart, and so does where the files sit among its keys."""
+    files = body(SHARED, ONLY_WEB1)["files"]
+    bodies = {
+        "web1": {**body(), "files": files},
+        "web2": {**body(), "files": files},
+        "web3": {**body(), "files": files, "absent": [{"path": "/etc/old", "recursive": False}]},
+        # The same keys and values, the files first: other bytes.
+        "web4": {"files": files, **{k: v for k, v in body().items() if k != "files"}},
+    }
+    parts = JobParts(100.0)
+    packed = []
+    for host, b in bodies.items():
+        parts.add(host, b, lambda h: frozenset())
+        manifest, _content = manifest_of(b)
+        alone = codec.pack(manifest)
+        digest = parts.hosts[host].manifest
+        assert parts.packed[digest] == alone
+        assert digest == hashlib.sha256(alone).hexdigest()
+        packed.append(digest)
+    assert packed[0] == packed[1]
+    assert len(set(packed)) == 3
+    assert parts.content == {sha(b"hello\n"): b"hello\n", sha(b"web1 only\n"): b"web1 only\n"}

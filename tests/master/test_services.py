@@ -148,3 +148,24 @@ def test_render_says_what_was_done_with_the_states_and_escapes_the_reason():
         "systemd: unit files would reload (daemon-reload)",
         "would enable a.service (now disabled, inactive (x))",
     ]
+
+
+def test_services_yaml_is_read_with_the_repository_not_on_each_run(tmp_path):
+    """A repository that has not changed is not read again (master/repocache.py):
+    the units are compiled from what its load read, and a services.yaml
+    problem stops only what compiles units."""
+    from safcm.master.compiler import compile_hosts
+    from safcm.master.modules.services import compile_units
+
+    root = tmp_path / "repo"
+    write_repo(str(root), HOSTS, {"all": {"services.yaml": {"enable": ["nginx"]}}})
+    repo = load_repository(str(root))
+    (root / "all" / "services.yaml").unlink()  # a run reads no file
+    assert compile_units(repo, ["web1"], None)["web1"]["units"] == [
+        UnitSpec("nginx.service", Enablement.ENABLED, True).to_wire()
+    ]
+    (root / "all" / "services.yaml").write_text("enabled: [nginx]\n")
+    broken = load_repository(str(root))
+    assert compile_hosts(broken, ["web1"])["web1"].files is not None
+    with pytest.raises(ConfigError, match="unknown key 'enabled'"):
+        compile_units(broken, ["web1"], None)

@@ -1,0 +1,120 @@
+"""What libzmq costs the master when subscribers go: an XPUB with XPUB_MANUAL
+(as master/publish.py opens it), N subscribers each on a topic of its own,
+then half of them disconnecting at once (a network blip, a swarm of
+reconnecting minions). Each ended connection's subscriptions are removed
+from libzmq's subscription trie by a walk of the whole trie, inside the
+XPUB's next poll, recv or send: on the master's loop.
+
+    .venv/bin/python bench/xpubterm.py                 # 1000 subscribers, 3 runs each
+    .venv/bin/python bench/xpubterm.py --subscribers 500 --repeat 5
+
+Prints, per run (a fresh process each) and topic style, the CPU time of the
+XPUB's thread in the seconds after the disconnection (RUSAGE_THREAD), and
+the longest single poll or recv. "random" topics are 16 bytes of SHA-256,
+as common/ids.py topic_for makes them; "dense" are 8 decimal digits of a
+sequence number, which share their prefixes (a trie of about a tenth the
+nodes), for contrast. No safcm code is involved; everything is on 127.0.0.1
+and bounded by --subscribers (a process holds about 1,000 ZeroMQ sockets here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import time
+
+import zmq
+
+# Seconds the XPUB is read after the disconnection: libzmq ends a pipe in
+# several steps between its threads, each recv handles what has arrived.
+DRAIN_SECONDS = 3.0
+# Milliseconds one poll waits while draining.
+POLL_MS = 50
+# Seconds to wait for every subscription to arrive.
+SUBSCRIBE_TIMEOUT = 30.0
+TOPIC_BYTES = 16
+
+
+def topic(index: int, style: str) -> bytes:
+    if style == "dense":
+        return b"%08d" % index
+    return hashlib.sha256(b"%d" % index).digest()[:TOPIC_BYTES]
+
+
+def measure(subscribers: int, style: str) -> tuple[float, float]:
+    """(CPU seconds of this thread after half disconnected, longest poll or
+    recv in seconds)."""
+    ctx = zmq.Context()
+    ctx.setsockopt(zmq.MAX_SOCKETS, subscribers + 16)
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.XPUB_MANUAL, 1)
+    xpub.bind("tcp://127.0.0.1:0")
+    address = xpub.getsockopt(zmq.LAST_ENDPOINT).decode()
+    subs = []
+    try:
+        for i in range(subscribers):
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.connect(address)
+            sub.setsockopt(zmq.SUBSCRIBE, topic(i, style))
+            subs.append(sub)
+        applied = 0
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
+        while applied < subscribers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{applied} of {subscribers} subscriptions arrived")
+            xpub.poll(POLL_MS)
+            while xpub.poll(0):
+                event = xpub.recv()
+                if event[:1] == b"\x01":
+                    xpub.setsockopt(zmq.SUBSCRIBE, event[1:])  # as the master applies it
+                    applied += 1
+        for sub in subs[: subscribers // 2]:
+            sub.close(0)
+        longest = 0.0
+        began = time.thread_time()
+        end = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < end:
+            wall = time.monotonic()
+            xpub.poll(POLL_MS)
+            try:
+                while True:
+                    xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            # A poll that waited for nothing counts its wait too: an upper bound.
+            longest = max(longest, time.monotonic() - wall)
+        return time.thread_time() - began, longest
+    finally:
+        for sub in subs:
+            sub.close(0)
+        xpub.close(0)
+        ctx.term()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per style (default: 3)")
+    parser.add_argument("--one", metavar="STYLE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        cpu, longest = measure(args.subscribers, args.one)
+        print(f"{cpu} {longest}")
+        return
+    print(f"XPUB_MANUAL, {args.subscribers} subscribers, half of them gone at once")
+    for style in ("random", "dense"):
+        argv = [sys.executable, __file__, "--one", style, "--subscribers", str(args.subscribers)]
+        for run in range(1, args.repeat + 1):
+            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            cpu, longest = (float(x) for x in out.split())
+            print(
+                f"  {style:>6} topics, run {run}: CPU {cpu * 1000:8.1f} ms, "
+                f"longest poll or recv {longest * 1000:8.1f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
