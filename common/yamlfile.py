@@ -2,8 +2,7 @@
 
 PyYAML's constructor loses line numbers, lets a duplicate key silently win and
 guesses types (0644 becomes 420, `no` becomes False). So we stop at PyYAML's
-node graph (composed by a SafeLoader subclass, which records each node's start
-mark) and convert it ourselves:
+node graph (each node records its start mark) and convert it ourselves:
 
 - every scalar stays the exact text the administrator wrote (`YScalar.text`):
   a mode `0644`, a host `123` or a trigger `true` mean what they say;
@@ -14,11 +13,24 @@ mark) and convert it ourselves:
 
 Problems are appended to a caller's list (`Problems`); parsing goes on where it
 can, so one run reports everything wrong in a file.
+
+The node graph comes from libyaml's parser and composer (C) when PyYAML was
+built with it, else from PyYAML's pure-Python ones; both give the same graph
+(tag, text and line of every node) for every document the C parser takes.
+The C parser's words for a syntax error are not PyYAML's, so on any error
+the document is parsed again in Python, whose message is the one reported.
+Where the two parsers are known to disagree (tabs, a byte order mark after
+the start, ...), the document goes to the Python parser alone: see `_C_DIFFERS`.
+
+A hostile document is bounded the same way on both paths: nesting deeper
+than MAX_DEPTH and aliases that expand to more than MAX_ALIAS_NODES nodes
+refuse the whole document, with one problem.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -36,6 +48,41 @@ _SCALAR_TAGS = frozenset(
 )
 _SEQ_TAG = _STANDARD_TAG_PREFIX + "seq"
 _MAP_TAG = _STANDARD_TAG_PREFIX + "map"
+
+# Containers within containers, the document's root at depth 1. The
+# repository format nests at most 5 deep (groups.yaml: NAME -> detect -> FACT
+# -> list of values); 50 leaves room for any hand-written file and keeps the
+# pure-Python composer (3 stack frames per level) far from Python's recursion
+# limit, which a deeper document would hit as a RecursionError.
+MAX_DEPTH = 50
+
+# Nodes that aliases may add to a document, over the nodes it holds itself.
+# A 1 KiB "billion laughs" document (aliases of aliases) expands to 10**9
+# nodes; 100,000 takes well under a second to convert and still lets a
+# groups.yaml reuse a list of 5,000 hosts 20 times.
+MAX_ALIAS_NODES = 100_000
+
+# Where libyaml's parser takes a document PyYAML's refuses, or reads it
+# differently (found by tests/common/test_yamlfile_parity.py), the document
+# goes to the Python parser alone:
+# - a tab after a value or a colon ("a: b<TAB>"), which PyYAML refuses;
+# - a byte order mark at the start of a later line: skipped by libyaml,
+#   part of the key for PyYAML;
+# - NEL, LS, PS or a CR alone: line breaks both, not always counted alike;
+# - a comment right after a block scalar's header ("|#c"), which PyYAML refuses;
+# - a tag ("!x", "!!str", "! "): handles of odd characters, and where an
+#   empty tagged value starts (the repository format uses no tags).
+# A document without a final newline goes there too: the two give an empty
+# value at the end of the stream different lines. And one more, seen only in
+# the graph (see _misread_by_c): "?" within a plain scalar of a flow
+# collection ends the scalar for PyYAML alone ("[web?]" is an error there).
+_C_DIFFERS = re.compile("[\t\ufeff\x85\u2028\u2029!]|\r(?!\n)|[|>][-+0-9]*#")
+
+
+# libyaml's loader if PyYAML was built with it; None for the pure-Python one.
+_CLoader: type[yaml.CSafeLoader] | None = (
+    yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,19 +132,95 @@ class Problems(list[ConfigProblem]):
         return sorted(self, key=lambda p: (first[p.file], p.line or 0))
 
 
+class _Refused(Exception):
+    """The whole document is refused (too deep, aliases expand too far)."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(line, message)
+        self.line = line
+        self.message = message
+
+
+def _too_deep(line: int) -> _Refused:
+    return _Refused(line, f"YAML nested more than {MAX_DEPTH} deep")
+
+
 class _MarkedLoader(yaml.SafeLoader):
-    """A SafeLoader used only up to the composer: nodes carry their start marks."""
+    """A SafeLoader used only up to the composer: nodes carry their start marks.
+
+    Its composer recurses per level, so it refuses a document nested deeper
+    than MAX_DEPTH before Python's recursion limit does.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                # check_event() left the node's first event in current_event.
+                raise _too_deep(self.current_event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def parse_yaml(text: str, file: str, problems: Problems) -> YNode | None:
-    """Parse one YAML document; None for an empty document or on a syntax error."""
+def _compose_c(loader_class: type[yaml.CSafeLoader], text: str) -> yaml.Node | None:
+    """The document's node graph from libyaml; raises yaml.YAMLError (or
+    UnicodeEncodeError, for a lone surrogate) on any error."""
+    loader = loader_class(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _compose_python(text: str) -> yaml.Node | None:
+    """The document's node graph from PyYAML's parser; raises yaml.YAMLError
+    on a syntax error, _Refused for a document nested too deep."""
     loader = _MarkedLoader(text)
     try:
-        root = loader.get_single_node()
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def parse_yaml(text: str, file: str, problems: Problems) -> YNode | None:
+    """Parse one YAML document; None for an empty document, on a syntax error
+    or for a document refused as a whole."""
+    first = len(problems)
+    try:
+        root = _compose(text, file, problems)
+        if root is None:
+            return None
+        # The two limits are checked on the node graph, the same for both
+        # parsers: the C one composes a deeper document without complaint.
+        distinct = _count_nodes(root)
+        return _Converter(file, problems, distinct + MAX_ALIAS_NODES).convert(root, 1)
+    except _Refused as e:
+        del problems[first:]  # what was found before no longer matters
+        problems.add(file, e.line, e.message)
+        return None
+
+
+def _compose(text: str, file: str, problems: Problems) -> yaml.Node | None:
+    """The node graph; None (after a problem) on a syntax error."""
+    if _CLoader is not None and text.endswith("\n") and not _C_DIFFERS.search(text):
+        try:
+            root = _compose_c(_CLoader, text)
+        except (yaml.YAMLError, UnicodeEncodeError):
+            pass  # parsed again below, for PyYAML's words and marks
+        else:
+            if "?" not in text or root is None or not _misread_by_c(root):
+                return root
+    try:
+        return _compose_python(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = None if mark is None else mark.line + 1
@@ -113,61 +236,126 @@ def parse_yaml(text: str, file: str, problems: Problems) -> YNode | None:
     except yaml.YAMLError as e:
         problems.add(file, None, f"YAML error: {e}")
         return None
-    finally:
-        loader.dispose()
-    if root is None:
-        return None
-    return _convert(root, file, problems, set())
 
 
-def _convert(node: yaml.Node, file: str, problems: Problems, stack: set[int]) -> YNode | None:
-    """The node as a YNode; None (after a problem) for one that cannot be used at all."""
-    line = _line(node)
-    if id(node) in stack:
-        # `&a [*a]`: an alias inside its own anchor would recurse forever.
-        problems.add(file, line, "recursive YAML alias")
-        return None
-    if isinstance(node, yaml.ScalarNode):
-        if node.tag not in _SCALAR_TAGS:
-            problems.add(file, line, f"unsupported YAML tag {node.tag!r}")
-        return YScalar(node.value, line)
-    if node.tag not in (_SEQ_TAG, _MAP_TAG):
-        problems.add(file, line, f"unsupported YAML tag {node.tag!r}")
-    stack.add(id(node))
-    try:
-        if isinstance(node, yaml.SequenceNode):
-            items = [_convert(n, file, problems, stack) for n in node.value]
-            return YSeq([i for i in items if i is not None], line)
+def _misread_by_c(root: yaml.Node) -> bool:
+    """True if a plain scalar within a flow collection holds a "?": libyaml
+    reads `[web?, db?]` as two values, PyYAML refuses it. (Quoted, or in
+    block context, a "?" reads the same in both.)"""
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if not isinstance(node, yaml.CollectionNode) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+        )
+        if node.flow_style and any(
+            isinstance(n, yaml.ScalarNode) and not n.style and "?" in n.value for n in children
+        ):
+            return True
+        todo.extend(children)
+    return False
+
+
+def _count_nodes(root: yaml.Node) -> int:
+    """The distinct nodes of the graph; raises _Refused for nesting deeper
+    than MAX_DEPTH.
+
+    Nodes are visited depth first in document order and an alias follows its
+    anchor, so each node is first met where it is written: its depth there
+    is the depth the Python composer refuses, and the first one too deep is
+    the one it names.
+    """
+    seen: set[int] = set()
+    todo: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if id(node) in seen:
+            continue  # an alias, or `&a [*a]`
+        seen.add(id(node))
+        if depth > MAX_DEPTH:
+            raise _too_deep(_line(node))
         if isinstance(node, yaml.MappingNode):
-            return _convert_map(node, file, problems, stack)
-    finally:
-        stack.discard(id(node))
-    problems.add(file, line, f"unsupported YAML node {type(node).__name__}")
-    return None
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            continue
+        todo.extend((child, depth + 1) for child in reversed(children))
+    return len(seen)
 
 
-def _convert_map(node: yaml.MappingNode, file: str, problems: Problems, stack: set[int]) -> YMap:
-    items: list[tuple[YScalar, YNode]] = []
-    first_line: dict[str, int] = {}
-    for key_node, value_node in node.value:
-        key = _convert(key_node, file, problems, stack)
-        if key is None:
-            continue
-        if not isinstance(key, YScalar):
-            problems.add(file, key.line, f"a key must be a single value, not {kind_of(key)}")
-            continue
-        if key.text in first_line:
-            problems.add(
-                file,
-                key.line,
-                f"duplicate key {key.text!r} (first at line {first_line[key.text]})",
-            )
-            continue
-        first_line[key.text] = key.line
-        value = _convert(value_node, file, problems, stack)
-        if value is not None:
-            items.append((key, value))
-    return YMap(items, _line(node))
+class _Converter:
+    """Turns one document's node graph into YNodes, expanding its aliases."""
+
+    def __init__(self, file: str, problems: Problems, budget: int) -> None:
+        self.file = file
+        self.problems = problems
+        self.budget = budget  # nodes left to convert, aliases expanded
+        self.stack: set[int] = set()  # ids of the containers being converted
+
+    def convert(self, node: yaml.Node, depth: int) -> YNode | None:
+        """The node as a YNode; None (after a problem) for one that cannot be
+        used at all. Raises _Refused when aliases nest or expand too far."""
+        line = _line(node)
+        if id(node) in self.stack:
+            # `&a [*a]`: an alias inside its own anchor would recurse forever.
+            self.problems.add(self.file, line, "recursive YAML alias")
+            return None
+        self.budget -= 1
+        if self.budget < 0:
+            raise _Refused(line, f"YAML aliases expand to more than {MAX_ALIAS_NODES} nodes")
+        if depth > MAX_DEPTH:
+            # Only an alias gets here (_count_nodes checked where nodes are
+            # written): `&b [*a]`, `&c [*b]`, ... nest one level per anchor.
+            raise _too_deep(line)
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag not in _SCALAR_TAGS:
+                self.problems.add(self.file, line, f"unsupported YAML tag {node.tag!r}")
+            return YScalar(node.value, line)
+        if node.tag not in (_SEQ_TAG, _MAP_TAG):
+            self.problems.add(self.file, line, f"unsupported YAML tag {node.tag!r}")
+        self.stack.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                items = [self.convert(n, depth + 1) for n in node.value]
+                return YSeq([i for i in items if i is not None], line)
+            if isinstance(node, yaml.MappingNode):
+                return self._convert_map(node, depth)
+        finally:
+            self.stack.discard(id(node))
+        self.problems.add(self.file, line, f"unsupported YAML node {type(node).__name__}")
+        return None
+
+    def _convert_map(self, node: yaml.MappingNode, depth: int) -> YMap:
+        items: list[tuple[YScalar, YNode]] = []
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = self.convert(key_node, depth + 1)
+            if key is None:
+                continue
+            if not isinstance(key, YScalar):
+                self.problems.add(
+                    self.file, key.line, f"a key must be a single value, not {kind_of(key)}"
+                )
+                continue
+            if key.text in first_line:
+                self.problems.add(
+                    self.file,
+                    key.line,
+                    f"duplicate key {key.text!r} (first at line {first_line[key.text]})",
+                )
+                continue
+            first_line[key.text] = key.line
+            value = self.convert(value_node, depth + 1)
+            if value is not None:
+                items.append((key, value))
+        return YMap(items, _line(node))
 
 
 def read_regular_file(path: str, dir_fd: int | None = None) -> bytes:
