@@ -873,7 +873,8 @@ class Intake:
             self._settle(r.host, len(r.packed), stored=False)
             self.lifecycle.result_lost(r.jid, r.host, self.clock())
         for host, reported in flight.facts.items():
-            self._facts_again.setdefault(host, reported)  # unless newer ones came meanwhile
+            # Newer ones (in _facts) win when both are handed over.
+            self._facts_again.setdefault(host, reported)
         said = error if isinstance(error, SafcmError) else repr(error)
         trace = None if isinstance(error, StoreError) else error  # a bug: its trace
         if flight.arrivals or flight.receipts:
