@@ -299,8 +299,8 @@ class Repository:
         # group (or host) -> package name -> what its packages.yaml says
         self.packages = packages if packages is not None else {}
         # Every group's and host's services.yaml, read with the rest so that
-        # the cache covers them; None where the group directories were not read.
-        self.services = services
+        # the cache covers them.
+        self.services = services if services is not None else ServicesRead({}, [])
         self._host_set = frozenset(hosts)
         self._members = members  # groups.yaml groups and "all"; hosts are implicit
         # groups.yaml groups detected from each host's own facts, by name
@@ -443,13 +443,12 @@ class _Loader:
         entries: dict[str, dict[str, Entry]] = {}
         triggers: dict[str, dict[str, TriggerEntry]] = {}
         lists: dict[str, PathLists] = {}
-        services = None
         if not targets_only:
             entries, triggers, lists = self._read_group_dirs()
             self._check_trigger_paths(entries, triggers)
-            services = read_all_services(
-                self.root, [*sorted([*members, *self.detected]), *self.hosts]
-            )
+        # Read by both kinds of load (the services module needs no group's
+        # files); its problems stop only the runs that compile units.
+        services = read_all_services(self.root, [*sorted([*members, *self.detected]), *self.hosts])
         return Repository(
             path=self.root,
             hosts=self.hosts,

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from safcm.common.errors import ConfigError, ConfigProblem
+from safcm.common.errors import ConfigProblem
 from safcm.common.services import (
     MAX_UNITS,
     Enablement,
@@ -113,17 +113,10 @@ class ServicesRead:
 
 
 def read_all_services(root: str, groups: Iterable[str]) -> ServicesRead:
+    """Every group's services.yaml (master/repository.py's load calls it)."""
     problems = Problems()
     declared = {group: read_services(root, group, problems) for group in groups}
     return ServicesRead(declared, problems.by_file())
-
-
-def load_all(root: str, groups: Iterable[str]) -> dict[str, dict[str, Declared]]:
-    """Every group's services.yaml; raises ConfigError with every problem."""
-    read = read_all_services(root, groups)
-    if read.problems:
-        raise ConfigError(read.problems)
-    return read.declared
 
 
 class Ranking(Protocol):

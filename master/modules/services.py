@@ -18,14 +18,10 @@ def compile_units(repo: Any, hosts: list[str], request: Any) -> dict[str, dict[s
     from safcm.common.yamlfile import Problems
     from safcm.master import services
 
-    # Read with the repository (and cached with it); read now for one that
-    # was loaded without its group directories.
-    read = repo.services
-    if read is None:
-        read = services.read_all_services(repo.path, [*repo.group_names(), *repo.hosts])
-    if read.problems:
-        raise ConfigError(read.problems)
-    declared = read.declared
+    # Read with the repository, and cached with it (master/repocache.py).
+    if repo.services.problems:
+        raise ConfigError(repo.services.problems)
+    declared = repo.services.declared
     problems = Problems()
     fields = {
         host: {

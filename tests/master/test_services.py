@@ -9,7 +9,7 @@ from safcm.common.errors import ConfigError
 from safcm.common.services import Enablement, UnitSpec
 from safcm.common.yamlfile import Problems
 from safcm.master.repository import load_repository
-from safcm.master.services import host_units, load_all, read_services
+from safcm.master.services import host_units, read_services
 from tests.hosts.fleet import write_repo
 
 HOSTS = ["web1", "db1"]
@@ -19,7 +19,9 @@ def units_of(tmp_path, groups, host="web1", **config) -> list[UnitSpec]:
     root = str(tmp_path / "repo")
     write_repo(root, HOSTS, groups, **config)
     repo = load_repository(root)
-    declared = load_all(root, [*repo.group_names(), *repo.hosts])
+    if repo.services.problems:
+        raise ConfigError(repo.services.problems)
+    declared = repo.services.declared
     problems = Problems()
     units = host_units(declared, repo, host, problems)
     if problems:
@@ -159,11 +161,13 @@ def test_services_yaml_is_read_with_the_repository_not_on_each_run(tmp_path):
 
     root = tmp_path / "repo"
     write_repo(str(root), HOSTS, {"all": {"services.yaml": {"enable": ["nginx"]}}})
-    repo = load_repository(str(root))
+    # Both kinds of load: a services run alone loads only what targets need.
+    loads = [load_repository(str(root)), load_repository(str(root), targets_only=True)]
     (root / "all" / "services.yaml").unlink()  # a run reads no file
-    assert compile_units(repo, ["web1"], None)["web1"]["units"] == [
-        UnitSpec("nginx.service", Enablement.ENABLED, True).to_wire()
-    ]
+    for repo in loads:
+        assert compile_units(repo, ["web1"], None)["web1"]["units"] == [
+            UnitSpec("nginx.service", Enablement.ENABLED, True).to_wire()
+        ]
     (root / "all" / "services.yaml").write_text("enabled: [nginx]\n")
     broken = load_repository(str(root))
     assert compile_hosts(broken, ["web1"])["web1"].files is not None
