@@ -143,18 +143,17 @@ class JobParts:
         it is taken to have."""
         manifest, content = manifest_of(body, self._bare_files)
         if "files" in manifest:
+            # Hosts with one list of files mostly have one manifest: it is
+            # packed and hashed once, by the list and the rest of the body
+            # as it is placed around the files (their place kept).
             files = manifest["files"]
-            seen = self._packed_files.get(id(files))
-            if seen is None:
-                seen = self._packed_files[id(files)] = (files, codec.pack(files))
-            packed_files = seen[1]
-            # Hosts with one list of files mostly have one manifest: its
-            # digest is not computed again over the whole list for each.
-            # The rest as it is placed around the files (their place kept).
             rest = codec.pack({k: None if k == "files" else v for k, v in manifest.items()})
             same = self._manifest_of.get((id(files), rest))
             if same is None:
-                same = self._manifest_of[(id(files), rest)] = pack_manifest(manifest, packed_files)
+                seen = self._packed_files.get(id(files))
+                if seen is None:
+                    seen = self._packed_files[id(files)] = (files, codec.pack(files))
+                same = self._manifest_of[(id(files), rest)] = pack_manifest(manifest, seen[1])
             digest, packed = same
         else:
             digest, packed = pack_manifest(manifest)
