@@ -238,4 +238,9 @@ def test_the_kernel_state_of_a_thread_is_read_from_proc():
         asleep.set()
         thread.join()
     assert kernel_state(f"/proc/self/task/{threading.get_native_id()}") == " [R]"
+    # join() returns once the thread's Python code is done; the kernel task
+    # may still be exiting for a moment, so wait for it to go.
+    deadline = time.monotonic() + 30
+    while kernel_state(task[0]) != "" and time.monotonic() < deadline:
+        time.sleep(0.001)
     assert kernel_state(task[0]) == ""  # gone
