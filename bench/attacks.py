@@ -132,6 +132,7 @@ from safcm.common.protocol import (
     MASTER_ID,
     MAX_RESULT_BYTES,
     PROTOCOL_VERSION,
+    SUBSCRIPTION,
     Channel,
     MsgType,
     decode_plain,
@@ -140,10 +141,10 @@ from safcm.common.protocol import (
     new_jid,
     open_message_at,
     seal_message_at,
-    topic_for,
     verify_enrol_reply,
     verify_key_reply,
 )
+from safcm.master import publish
 from safcm.master.control import ControlClient, raise_for_error
 from safcm.master.sandbox import Sandbox, wait_for
 
@@ -777,7 +778,7 @@ def attack_baseline(lab: Lab, row: Row) -> None:
 
 
 def attack_resubscribe_stranger(lab: Lab, row: Row) -> None:
-    topic = b"\x01" + topic_for(HONEST)
+    topic = b"\x01" + SUBSCRIPTION  # as a minion subscribes
     opened = sent = 0
     with lab.window(row) as until:
         while time.monotonic() < until and opened < MAX_STRANGER_SOCKETS:
@@ -807,7 +808,7 @@ def attack_resubscribe_stranger(lab: Lab, row: Row) -> None:
                 sock.close(0)
     row.notes.append(
         f"{opened} stranger connections (half CURVE with random keys, half NULL), "
-        f"{sent} subscriptions to {HONEST}'s topic queued"
+        f"{sent} subscriptions queued"
     )
 
 
@@ -818,8 +819,9 @@ def attack_resubscribe_minion(lab: Lab, row: Row) -> None:
     runs = spawn_runs(lab, EVIL, "files", timeout, 1) + spawn_runs(lab, EVIL, "ping", timeout, 1)
     try:
         wait_new_jobs(lab, EVIL, before, 2)
-        own = topic_for(EVIL)
-        others = [topic_for(HONEST), b"", b"\x00" * len(own)]
+        own = SUBSCRIPTION
+        # Topics of its choosing: the master numbers minions from 1 (Topics).
+        others = [n.to_bytes(publish.TOPIC_BYTES, "big") for n in range(3)]
         socks = [evil.curve_socket(zmq.XSUB, "publish_port") for _ in range(SUB_CONNECTIONS)]
         for sock in socks:
             sock.setsockopt(zmq.RCVHWM, 1)

@@ -10,22 +10,31 @@ XPUB's next poll, recv or send: on the master's loop.
 
 Prints, per run (a fresh process each) and topic style, the CPU time of the
 XPUB's thread in the seconds after the disconnection (RUSAGE_THREAD), and
-the longest single poll or recv. "random" topics are 16 bytes of SHA-256,
-as common/ids.py topic_for makes them; "dense" are 8 decimal digits of a
-sequence number, which share their prefixes (a trie of about a tenth the
-nodes), for contrast. No safcm code is involved; everything is on 127.0.0.1
-and bounded by --subscribers (a process holds about 1,000 ZeroMQ sockets here).
+the longest single poll or recv. "random": each subscriber subscribes to 16
+bytes of SHA-256 of its own, as minions did before master/publish.py's
+Topics; "dense": to 8 decimal digits of a sequence number, which share their
+prefixes; "ours": each subscribes to everything and the XPUB applies a
+4-byte sequence number of its own instead (master/publish.py Topics), so
+libzmq's trie of the subscriptions as sent is a single node. Only the
+constants come from safcm; everything is on 127.0.0.1 and bounded by
+--subscribers (a process holds about 1,000 ZeroMQ sockets here).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import pathlib
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 import zmq
+
+from safcm.common.protocol import SUBSCRIPTION
+from safcm.master import publish
 
 # Seconds the XPUB is read after the disconnection: libzmq ends a pipe in
 # several steps between its threads, each recv handles what has arrived.
@@ -38,6 +47,8 @@ TOPIC_BYTES = 16
 
 
 def topic(index: int, style: str) -> bytes:
+    if style == "ours":
+        return (index + 1).to_bytes(publish.TOPIC_BYTES, "big")
     if style == "dense":
         return b"%08d" % index
     return hashlib.sha256(b"%d" % index).digest()[:TOPIC_BYTES]
@@ -58,7 +69,7 @@ def measure(subscribers: int, style: str) -> tuple[float, float]:
             sub = ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.connect(address)
-            sub.setsockopt(zmq.SUBSCRIBE, topic(i, style))
+            sub.setsockopt(zmq.SUBSCRIBE, SUBSCRIPTION if style == "ours" else topic(i, style))
             subs.append(sub)
         applied = 0
         deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
@@ -69,7 +80,9 @@ def measure(subscribers: int, style: str) -> tuple[float, float]:
             while xpub.poll(0):
                 event = xpub.recv()
                 if event[:1] == b"\x01":
-                    xpub.setsockopt(zmq.SUBSCRIBE, event[1:])  # as the master applies it
+                    # As the master applies it: its own number for "ours".
+                    given = topic(applied, style) if style == "ours" else event[1:]
+                    xpub.setsockopt(zmq.SUBSCRIBE, given)
                     applied += 1
         for sub in subs[: subscribers // 2]:
             sub.close(0)
@@ -105,7 +118,7 @@ def main() -> None:
         print(f"{cpu} {longest}")
         return
     print(f"XPUB_MANUAL, {args.subscribers} subscribers, half of them gone at once")
-    for style in ("random", "dense"):
+    for style in ("random", "dense", "ours"):
         argv = [sys.executable, __file__, "--one", style, "--subscribers", str(args.subscribers)]
         for run in range(1, args.repeat + 1):
             out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout

@@ -6,7 +6,8 @@
         [--malloc-arena-max N] [--max-seconds 110]
 
 The master holds two CurveZMQ connections per minion: its XPUB (publish;
-the minion's SUB subscribes to its own topic) and its ROUTER (return; the
+the minion's SUB subscribes to everything, the master applies a topic of
+its own) and its ROUTER (return; the
 minion's DEALER sends a heartbeat every few seconds and gets replies). This
 measures what libzmq itself costs per such pair, with no safcm code at all:
 
@@ -18,11 +19,12 @@ measures what libzmq itself costs per such pair, with no safcm code at all:
    handshake deadline, ZMTP heartbeats, XPUB_MANUAL/VERBOSE/NODROP,
    ROUTER_MANDATORY 0), and a ZAP handler that accepts every key with its
    hex as the User-Id, as the master's does. It answers each DEALER message
-   with a small reply, applies each subscription and publishes one message
-   to its topic (so the publish pipes have carried traffic, as the
+   with a small reply, applies a topic of its own to each subscription
+   (numbers in sequence, as master/publish.py Topics) and publishes one
+   message to it (so the publish pipes have carried traffic, as the
    master's do).
 2. --procs client processes holding --clients clients between them; a
-   client is a CURVE SUB subscribed to its own topic plus a CURVE DEALER
+   client is a CURVE SUB subscribed to everything plus a CURVE DEALER
    that sends a HEARTBEAT_BYTES message every --interval seconds.
 3. The server's VmRSS before any client, once every client has had a reply
    and its published message, after --settle seconds of heartbeats, and
@@ -79,7 +81,7 @@ PUBLISH_HWM, PUBLISH_RCVHWM = 16, 8  # master/publish.py
 RETURN_MAX_IN = 4 * 1024 * 1024 + 1024
 PUBLISH_MAX_IN = 300
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27
-TOPIC_LENGTH = 16  # bytes, as common/ids.py: topics of one length never prefix one another
+TOPIC_LENGTH = 4  # bytes, as master/publish.py TOPIC_BYTES: none prefixes another
 
 # Message sizes, bytes: a minion's heartbeat (sealed, about 150), the
 # master's heartbeat reply, and a small published envelope.
@@ -223,10 +225,11 @@ def server(spec: dict) -> None:
                 if frame[:1] == b"\x01":
                     # XPUB_MANUAL: a subscription applies once we set it,
                     # to the connection it came from (the last one read).
-                    xpub.setsockopt(zmq.SUBSCRIBE, frame[1:])
                     counts["subscriptions"] += 1
+                    given = topic(counts["subscriptions"])
+                    xpub.setsockopt(zmq.SUBSCRIBE, given)
                     try:
-                        xpub.send_multipart([frame[1:], published], zmq.NOBLOCK)
+                        xpub.send_multipart([given, published], zmq.NOBLOCK)
                     except zmq.Again:  # XPUB_NODROP and its queue is full: not published
                         counts["refused"] += 1
                     else:
@@ -309,7 +312,7 @@ def clients(spec: dict) -> None:
     dealers: list[zmq.Socket] = []
     poller = zmq.Poller()
     waiting: set[zmq.Socket] = set()  # sockets that have not received anything yet
-    for index in range(spec["first"], spec["first"] + spec["count"]):
+    for _ in range(spec["count"]):
         public, secret = zmq.curve_keypair() if server_key else (b"", b"")
         for kind, port in ((zmq.DEALER, spec.get("router")), (zmq.SUB, spec.get("xpub"))):
             if port is None:
@@ -323,7 +326,7 @@ def clients(spec: dict) -> None:
             sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
             if kind == zmq.SUB:
-                sock.setsockopt(zmq.SUBSCRIBE, topic(index))
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
             else:
                 dealers.append(sock)
             sock.connect(f"tcp://127.0.0.1:{port}")
@@ -455,7 +458,7 @@ def run(args: argparse.Namespace) -> None:
             children.append(
                 Child(
                     "clients",
-                    ports | {"first": first, "count": count, "interval": args.interval},
+                    ports | {"count": count, "interval": args.interval},
                 )
             )
         ready_by = time.monotonic() + READY_TIMEOUT_BASE + READY_TIMEOUT_PER_CLIENT * args.clients

@@ -20,7 +20,6 @@ not valid (or None), for callers that report problems in their own error type
 from __future__ import annotations
 
 import datetime
-import hashlib
 import math
 import re
 
@@ -44,11 +43,11 @@ _US_PER_S = 1_000_000
 _JID_MIN = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _JID_MAX = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC)
 
-# Bytes in a publish topic. All topics have the same length, so none is a
-# prefix of another and ZeroMQ's prefix matching is exact matching. 128 bits
-# of SHA-256 make a collision between two minion ids negligible.
-TOPIC_LENGTH = 16
-_TOPIC_LABEL = b"safcm publish topic v1\0"
+# What a minion subscribes to on the master's publish socket: everything the
+# master sends it. The master publishes each envelope under a topic it gives
+# the addressee's connections alone (master/publish.py, Topics), so this is
+# that minion's own envelopes and nothing else.
+SUBSCRIPTION = b""
 
 
 def minion_id_problem(value: object) -> str | None:
@@ -134,9 +133,3 @@ def new_jid(now: float, last: str | None = None) -> str:
     if not _JID_MIN <= t <= _JID_MAX:
         raise ProtocolError(f"time {now!r} cannot be written as a jid")
     return t.strftime(JID_FORMAT)
-
-
-def topic_for(minion_id: str) -> bytes:
-    """The publish topic of one minion: TOPIC_LENGTH bytes derived from its id."""
-    check_minion_id(minion_id)
-    return hashlib.sha256(_TOPIC_LABEL + minion_id.encode("ascii")).digest()[:TOPIC_LENGTH]

@@ -5,7 +5,7 @@ decode turn values into bytes and back, and never touch a socket.
 
 Frames
 ------
-Network (ZeroMQ; PUB adds the minion's topic_for() as a first frame):
+Network (ZeroMQ; PUB adds a topic the master gives the minion as a first frame):
 
     sealed message   one envelope (common/crypto.py), whose plaintext is the
                      msgpack body; type, jid, sender, recipient and times are
@@ -102,14 +102,13 @@ from safcm.common.ids import (
     JID_LENGTH,
     MASTER_ID,
     MINION_ID_MAX,
-    TOPIC_LENGTH,
+    SUBSCRIPTION,
     check_jid,
     check_minion_id,
     jid_problem,
     jid_time,
     minion_id_problem,
     new_jid,
-    topic_for,
 )
 from safcm.common.model import MODE_MASK, PATH_MAX, FileType, Outcome, TriggerStatus
 from safcm.common.modules import MODULE_NAME, ModuleBody, ModuleOptions
@@ -173,7 +172,7 @@ __all__ = [
     "NO_RESPONSE",
     "PROTOCOL_VERSION",
     "SPECS",
-    "TOPIC_LENGTH",
+    "SUBSCRIPTION",
     "Channel",
     "Dispatcher",
     "FrameReader",
@@ -203,7 +202,6 @@ __all__ = [
     "pack_body",
     "seal_message_at",
     "seal_packed_at",
-    "topic_for",
     "verify_enrol_reply",
     "verify_enrol_request",
     "verify_key_reply",

@@ -380,7 +380,7 @@ class Master:
         if domain == DOMAIN_PUBLISH and self.publisher.refused(curve_key):
             self.peer_log.warning(
                 "refused a connection from %s to the publish socket: its key sent "
-                "subscriptions not its own less than %.0f s ago",
+                "subscriptions of its choosing less than %.0f s ago",
                 address,
                 PUBLISH_PENALTY,
             )

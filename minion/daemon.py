@@ -6,7 +6,7 @@ Sockets (all connect out, so a minion behind NAT works):
     DEALER  key_port, plain, only until the master's keys are pinned: asks
             for them (KEY_REQUEST) and checks the signed answer against
             master_fingerprint (or, with trust_first_master, pins the first)
-    SUB     CURVE, jobs published under this minion's topic (protocol.topic_for)
+    SUB     CURVE, jobs published to this minion alone (protocol.SUBSCRIPTION)
     DEALER  CURVE, enrolment, heartbeats, job receipts and results to the
             master's ROUTER; enrol replies, heartbeat replies and result
             receipts back
@@ -70,6 +70,7 @@ from safcm.common.protocol import (
     MAX_FRAME_BYTES,
     MAX_KEY_PORT_BYTES,
     MAX_SMALL_BYTES,
+    SUBSCRIPTION,
     Channel,
     Dispatcher,
     KeyState,
@@ -84,7 +85,6 @@ from safcm.common.protocol import (
     new_jid,
     open_message_at,
     seal_message_at,
-    topic_for,
     verify_enrol_reply,
     verify_key_reply,
 )
@@ -365,7 +365,7 @@ class Minion:
         self.sub = self._curve_socket(zmq.SUB, MAX_FRAME_BYTES)
         self.sub.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
         self.sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
-        self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(self.id))
+        self.sub.setsockopt(zmq.SUBSCRIBE, SUBSCRIPTION)
         self.sub.connect(self._address(self.settings.publish_port))
         self.loop.add_reader(self.sub, self.on_sub)
 

@@ -1,4 +1,4 @@
-"""Minion ids, jids and publish topics: grammars, ordering, fixed-length topics."""
+"""Minion ids and jids: grammars and ordering."""
 
 import datetime
 
@@ -10,7 +10,6 @@ from safcm.common.errors import ProtocolError
 from safcm.common.ids import (
     JID_LENGTH,
     MASTER_ID,
-    TOPIC_LENGTH,
     check_jid,
     check_minion_id,
     jid_problem,
@@ -18,9 +17,8 @@ from safcm.common.ids import (
     minion_id_problem,
     new_jid,
     peer_id_problem,
-    topic_for,
 )
-from tests.common.strategies import fuzz, minion_ids
+from tests.common.strategies import fuzz
 
 GOOD_IDS = ["web1", "db-2.example.org", "a", "0", "x_y", "a" * 253, "1.2.3.4"]
 BAD_IDS = [
@@ -133,22 +131,3 @@ def test_new_jid_refuses_times_it_cannot_write():
     for bad in (float("nan"), float("inf"), "now", None):
         with pytest.raises(ProtocolError, match="cannot be written as a jid"):
             new_jid(bad)
-
-
-def test_topics_have_fixed_length_and_differ():
-    a, b, c = topic_for("web1"), topic_for("web10"), topic_for("web1.example.org")
-    assert {len(a), len(b), len(c)} == {TOPIC_LENGTH}
-    assert len({a, b, c}) == 3
-    assert topic_for("web1") == a
-
-
-@given(minion_ids, minion_ids)
-@fuzz(0.5)
-def test_no_topic_is_a_prefix_of_another(x, y):
-    if x != y:
-        assert not topic_for(y).startswith(topic_for(x))
-
-
-def test_topic_refuses_a_bad_id():
-    with pytest.raises(ProtocolError):
-        topic_for("Web1")

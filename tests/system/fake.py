@@ -15,6 +15,7 @@ from safcm.common.protocol import (
     ENROL_NONCE_LENGTH,
     MASTER_ID,
     MAX_SEQUENCE,
+    SUBSCRIPTION,
     Channel,
     Message,
     MsgType,
@@ -25,7 +26,6 @@ from safcm.common.protocol import (
     new_jid,
     open_message_at,
     seal_message_at,
-    topic_for,
     verify_enrol_reply,
     verify_key_reply,
 )
@@ -80,11 +80,12 @@ class FakeMinion:
     def address(self, which: str) -> str:
         return f"tcp://127.0.0.1:{self.sb.master.settings[which + '_port']}"
 
-    def subscribe(self, topic: bytes | None = None) -> zmq.Socket:
-        """Connect the SUB socket (as an accepted minion does) to `topic` (ours by default)."""
+    def subscribe(self, topic: bytes = SUBSCRIPTION) -> zmq.Socket:
+        """Connect the SUB socket (as an accepted minion does) and subscribe to
+        `topic` (what a minion subscribes to by default)."""
         if self.sub is None:
             self.sub = curve_socket(zmq.SUB, self.master_keys, self.keys, self.address("publish"))
-        self.sub.setsockopt(zmq.SUBSCRIBE, topic_for(self.id) if topic is None else topic)
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         return self.sub
 
     def close(self) -> None:

@@ -15,12 +15,13 @@ from zmq.utils.monitor import recv_monitor_message
 from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair
 from safcm.common.protocol import (
     SPECS,
+    SUBSCRIPTION,
     MsgType,
     encode_plain,
     make_enrol_request,
     new_jid,
-    topic_for,
 )
+from safcm.master.publish import TOPIC_BYTES
 from safcm.master.sandbox import wait_for
 from tests.system.conftest import SETTLE, accepted_fake, enrol, jobs_show, keys, logged, run_json
 from tests.system.fake import curve_socket, master_keys, ping_result
@@ -73,16 +74,24 @@ def test_strangers_and_pending_keys_receive_nothing_on_the_publish_socket(sandbo
         spy.close(0)
 
 
-def test_an_accepted_minion_receives_only_its_own_topic(sandbox, fake):
+def test_an_accepted_minion_receives_only_its_own_envelopes(sandbox, fake):
     enrol(sandbox, "web1")
     evil = accepted_fake(sandbox, fake, "web3")
-    sub = evil.subscribe(topic_for("web1"))
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    logged(sandbox.master, "refused a subscription of web3 to a topic that is not its own")
+    # It subscribes to everything, as a minion does; the master applies
+    # web3's topic to that connection, and publishes web1's job under web1's.
+    sub = evil.subscribe()
+    logged(sandbox.master, "subscription of web3 applied")
+    code, _ = run_json(sandbox, "web1", "files")
+    assert code == 0
+    assert received(sub) == []
+    # Topics are numbers from 1 in the order minions subscribe: web1's is 1.
+    # A subscription to a topic of its choosing is refused and cuts the connection.
+    sub.setsockopt(zmq.SUBSCRIBE, (1).to_bytes(TOPIC_BYTES, "big"))
+    logged(sandbox.master, "refused a subscription of web3 to a topic of its choosing")
     logged(sandbox.master, "closing that connection")
     # Its SUB reconnects at once (and would send every subscription again):
     # refused at the handshake for a while.
-    logged(sandbox.master, "its key sent subscriptions not its own")
+    logged(sandbox.master, "its key sent subscriptions of its choosing")
     code, _ = run_json(sandbox, "web1", "files")
     assert code == 0
     assert received(sub) == []
@@ -96,8 +105,8 @@ def test_resubscribing_does_not_multiply_publishes(sandbox, fake):
         evil.recv_job(10_000)  # its envelope now waits for a receipt that never comes
         sub = evil.sub
         for _ in range(200):  # each re-subscription asks for the waiting envelopes again
-            sub.setsockopt(zmq.UNSUBSCRIBE, topic_for("web3"))
-            sub.setsockopt(zmq.SUBSCRIBE, topic_for("web3"))
+            sub.setsockopt(zmq.UNSUBSCRIBE, SUBSCRIPTION)
+            sub.setsockopt(zmq.SUBSCRIBE, SUBSCRIPTION)
         copies = received(sub, 2000)
         # At most one re-publish per envelope a second (RESUBSCRIBE_MIN_INTERVAL),
         # plus the scheduled re-publish; without the limit, about 200 copies.
