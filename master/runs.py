@@ -66,6 +66,18 @@ LOOP_TURN_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
+class Submission:
+    """One job on its way from the RUN to its start (Runs.submit): who asked,
+    what it is and to whom it goes."""
+
+    conn: ControlConnection
+    record: JobRecord
+    order: JobOrder
+    hosts: list[str]
+    batch: Rolling | None  # the rollout it is one batch of
+
+
+@dataclass(frozen=True)
 class Stored:
     """A job built and written by the prepare worker, ready to start (_store())."""
 
@@ -245,7 +257,8 @@ class Runs:
         )
         log.debug("job %s: storing it for %d hosts", jid, len(hosts))
         future = self.pool.submit(self._store, record, order, hosts, unsealable, started, snapshot)
-        self._post_back(future, lambda f: self._stored(conn, record, order, hosts, batch, f))
+        submission = Submission(conn, record, order, hosts, batch)
+        self._post_back(future, lambda f: self._stored(submission, f))
 
     def _post_back(
         self, future: concurrent.futures.Future[Any], then: Callable[[Any], None]
@@ -290,56 +303,42 @@ class Runs:
             turned.wait(LOOP_TURN_TIMEOUT)
         return True
 
-    def _stored(
-        self,
-        conn: ControlConnection,
-        record: JobRecord,
-        order: JobOrder,
-        hosts: list[str],
-        batch: Rolling | None,
-        future: concurrent.futures.Future[Stored],
-    ) -> None:
+    def _stored(self, sub: Submission, future: concurrent.futures.Future[Stored]) -> None:
         """Back on the loop: start the stored job, or answer why it could not be."""
-        jid = record.jid
+        jid, batch = sub.record.jid, sub.batch
         try:
             stored = future.result()
         except Exception as e:
-            self._not_started(conn, order, batch, hosts, e)
+            self._not_started(sub, e)
             return
-        if conn.closed and (batch is None or batch.rollout.started == 1):
+        if sub.conn.closed and (batch is None or batch.rollout.started == 1):
             log.info(
-                "a run by %s was withdrawn before its job started; nothing was sent", conn.user
+                "a run by %s was withdrawn before its job started; nothing was sent", sub.conn.user
             )
-            self._forget(order)
-            self._discard(jid, hosts)
+            self._forget(sub.order)
+            self._discard(jid, sub.hosts)
             return
         # From its start the job is there for everyone; it is published once
         # that is written. Written by the result writer: on the loop, the
         # write would wait for the lock behind a batch's commit.
         self.writer.call(
             lambda jobs: jobs.start(jid),
-            lambda f: self._started(conn, record, order, hosts, batch, stored, f),
+            lambda f: self._started(sub, stored, f),
         )
 
     def _started(
-        self,
-        conn: ControlConnection,
-        record: JobRecord,
-        order: JobOrder,
-        hosts: list[str],
-        batch: Rolling | None,
-        stored: Stored,
-        future: concurrent.futures.Future[None],
+        self, sub: Submission, stored: Stored, future: concurrent.futures.Future[None]
     ) -> None:
         """Back on the loop, the job's start written: publish it, or answer
         why it could not start."""
+        conn, record, hosts, batch = sub.conn, sub.record, sub.hosts, sub.batch
         jid = record.jid
         error = future.exception()
         if error is not None:
             if not isinstance(error, Exception):
                 raise error
             self._discard(jid, hosts)
-            self._not_started(conn, order, batch, hosts, error)
+            self._not_started(sub, error)
             return
         held, where = self.peers.loop.longest_call
         log.info(
@@ -351,7 +350,7 @@ class Runs:
             record.target,
             conn.user,
             len(hosts),
-            order.compiling,
+            sub.order.compiling,
             stored.building,
             stored.storing,
             held * 1000,
@@ -367,19 +366,12 @@ class Runs:
         if batch is not None:
             batch.jids.append(jid)
 
-    def _not_started(
-        self,
-        conn: ControlConnection,
-        order: JobOrder,
-        batch: Rolling | None,
-        hosts: list[str],
-        error: Exception,
-    ) -> None:
-        self._forget(order)  # no further batch of it starts either
-        if batch is None or batch.rollout.started == 1:  # nothing started: the RUN fails
-            self.report(conn, "RUN", error)
+    def _not_started(self, sub: Submission, error: Exception) -> None:
+        self._forget(sub.order)  # no further batch of it starts either
+        if sub.batch is None or sub.batch.rollout.started == 1:  # nothing started: the RUN fails
+            self.report(sub.conn, "RUN", error)
         else:
-            self._batch_failed(batch, hosts, error)
+            self._batch_failed(sub.batch, sub.hosts, error)
 
     def _discard(self, jid: str, hosts: list[str]) -> None:
         """Remove a stored job that will not start, in the prepare worker."""
