@@ -97,7 +97,8 @@ from safcm.minion.spool import Kind, Spool
 log = logging.getLogger("safcm-minion")
 
 # Heartbeats without any reply after which the master counts as lost and the
-# connection is rebuilt (the zguide's Paranoid Pirate liveness).
+# connection is rebuilt (the zguide's Paranoid Pirate liveness): as many of
+# our own ticks as this, and as many heartbeat intervals (_master_silent()).
 LIVENESS = 3
 # Reconnect backoff, in seconds: starts at the heartbeat interval, doubles per
 # failed attempt up to this, and is jittered by +-BACKOFF_JITTER so a fleet
@@ -247,8 +248,14 @@ class Minion:
         self.current = 0
         self.accepted = False
         self.key_state: str | None = None
+        # The nonce of our enrolment request awaiting its answer, and of the
+        # last one answered.
         self.nonce: bytes | None = None
+        self.answered_nonce: bytes | None = None
         self.last_reply = loop.clock()
+        # Ticks since the master last answered: each sent a heartbeat, an
+        # enrolment or waited for the key port's answer.
+        self.unanswered = 0
         self.backoff = self.interval
         self.sub: zmq.Socket | None = None
         self.dealer: zmq.Socket | None = None
@@ -358,6 +365,7 @@ class Minion:
         self.dealer.connect(self._address(self.settings.return_port))
         self.loop.add_reader(self.dealer, self.on_dealer)
         self.last_reply = self.loop.clock()
+        self.unanswered = 0
 
     def _subscribe(self) -> None:
         if self.sub is not None:
@@ -396,6 +404,7 @@ class Minion:
         self.loop.add_reader(self.key_sock, self.on_key_reply)
         self.key_nonce = os.urandom(ENROL_NONCE_LENGTH)
         self.last_reply = self.loop.clock()
+        self.unanswered = 0
         self.key_asked = self.local_clock()
         with contextlib.suppress(zmq.Again):
             self.key_sock.send(
@@ -472,9 +481,21 @@ class Minion:
 
     # ---- periodic work ----
 
+    def _master_silent(self) -> bool:
+        """The master has not answered LIVENESS ticks of ours in a row, nor for
+        LIVENESS intervals. Time alone is not enough: a minion whose own loop
+        stood still (a disk taking seconds to sync, a starved machine) sent
+        no heartbeat meanwhile, and the replies to those before may wait
+        unread, so it would blame the master and reconnect, and a fleet on a
+        slow night would reconnect at once."""
+        return (
+            self.unanswered >= LIVENESS
+            and self.loop.clock() - self.last_reply > LIVENESS * self.interval
+        )
+
     def tick(self) -> None:
         if self.key_sock is not None:
-            if self.loop.clock() - self.last_reply > LIVENESS * self.interval:
+            if self._master_silent():
                 log.warning(
                     "%s: no answer from the key port of %s; asking again",
                     self.id,
@@ -482,12 +503,15 @@ class Minion:
                 )
                 self._next_master()
                 self._ask_keys()
+            else:
+                self.unanswered += 1
             return
         if self.dealer is None:
             return  # waiting to reconnect
-        if self.loop.clock() - self.last_reply > LIVENESS * self.interval:
+        if self._master_silent():
             self._reconnect()
             return
+        self.unanswered += 1
         if self.accepted:
             self._send_plain(
                 MsgType.HEARTBEAT,
@@ -534,7 +558,11 @@ class Minion:
     # ---- sending ----
 
     def _send_enrol_request(self) -> None:
-        self.nonce = os.urandom(ENROL_NONCE_LENGTH)
+        # Sent again each tick until answered, under the same nonce: a master
+        # slow to answer (a fleet enrolling at once) answers an earlier copy,
+        # and that answer must count.
+        if self.nonce is None:
+            self.nonce = os.urandom(ENROL_NONCE_LENGTH)
         body = make_enrol_request(self.id, self.keys, nonce=self.nonce, now=self.clock())
         self._send_plain(MsgType.ENROL_REQUEST, body)
 
@@ -669,18 +697,25 @@ class Minion:
 
     def _heard_from_master(self) -> None:
         self.last_reply = self.loop.clock()
+        self.unanswered = 0
         self.backoff = self.interval
 
     # ---- handlers ----
 
     def on_enrol_reply(self, msg: Message) -> None:
-        if self.nonce is None:
-            raise ProtocolError("an enrol reply we did not ask for")
         pinned = self.settings.master_fingerprint
         if pinned is None and self.master_keys is not None:
             pinned = self.master_keys.fingerprint()
+        if self.nonce is None:
+            if self.answered_nonce is None:
+                raise ProtocolError("an enrol reply we did not ask for")
+            # The answer to a copy of a request already answered: verified,
+            # then nothing to do.
+            verify_enrol_reply(msg, minion_id=self.id, nonce=self.answered_nonce, pinned=pinned)
+            log.debug("%s: another answer to an enrolment request already answered", self.id)
+            return
         keys = verify_enrol_reply(msg, minion_id=self.id, nonce=self.nonce, pinned=pinned)
-        self.nonce = None
+        self.answered_nonce, self.nonce = self.nonce, None
         self._heard_from_master()
         if self.master_keys is None or self.master_keys != keys:
             self._pin_master_keys(keys, first_use=self.settings.master_fingerprint is None)

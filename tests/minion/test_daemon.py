@@ -4,7 +4,10 @@ restart are applied after it, exactly once, and their results are spooled."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import logging
 import os
+import time
 
 import zmq
 
@@ -12,7 +15,16 @@ from safcm.common import codec
 from safcm.common.crypto import KeyPair
 from safcm.common.loop import Loop
 from safcm.common.model import FileSpec, FileType
-from safcm.common.protocol import RESULT
+from safcm.common.protocol import (
+    MASTER_ID,
+    RESULT,
+    Channel,
+    KeyState,
+    MsgType,
+    decode_plain,
+    encode_plain,
+    make_enrol_reply,
+)
 from safcm.common.schema import validate
 from safcm.master.sandbox import free_port
 from safcm.minion import daemon, results, settings
@@ -147,3 +159,68 @@ def test_a_spooled_result_the_wire_refuses_goes_as_an_error_result(tmp_path):
     validate(RESULT, replacement, "replacement")
     assert replacement["status"] == "error" and "finished is before started" in replacement["error"]
     assert _unsendable({"module": "nonsense"}, "bad") is None
+
+
+@contextlib.contextmanager
+def idle_minion(tmp_path, clock=time.monotonic):
+    """A minion that is not started: its handlers are called by the test."""
+    ctx = zmq.Context()
+    loop = Loop(clock)
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    minion = daemon.Minion(minion_settings(tmp_path), loop=loop, ctx=ctx, worker=worker)
+    try:
+        yield minion
+    finally:
+        worker.shutdown(wait=True)
+        minion.close()
+        loop.close()
+        ctx.term()
+
+
+def test_a_minion_whose_own_loop_stood_still_does_not_blame_the_master(tmp_path):
+    now = [1000.0]
+    with idle_minion(tmp_path, lambda: now[0]) as minion:
+        minion.dealer = minion.ctx.socket(zmq.DEALER)  # connected nowhere: sends are dropped
+        minion.dealer.setsockopt(zmq.LINGER, 0)
+        minion.accepted = True
+        minion.last_reply = now[0]
+        # The loop stood still far longer than LIVENESS intervals (a disk
+        # taking its time): one tick, one heartbeat, no verdict yet.
+        now[0] += 100 * minion.interval
+        minion.tick()
+        assert minion.dealer is not None
+        # Then the master stays silent for LIVENESS heartbeats of ours.
+        for _ in range(daemon.LIVENESS - 1):
+            now[0] += minion.interval
+            minion.tick()
+            assert minion.dealer is not None
+        now[0] += minion.interval
+        minion.tick()
+        assert minion.dealer is None and not minion.accepted  # reconnecting
+
+
+def test_an_enrolment_sent_again_keeps_its_nonce_and_any_copy_is_answered(tmp_path, caplog):
+    with idle_minion(tmp_path) as minion:
+        sent: list[bytes] = []
+        minion._send = sent.append  # type: ignore[method-assign]
+        minion._send_enrol_request()
+        minion._send_enrol_request()  # unanswered within a tick: sent again
+        first, again = (decode_plain(f, Channel.NETWORK) for f in sent)
+        assert first.body["nonce"] == again.body["nonce"]
+        master = KeyPair.generate()
+
+        def reply(nonce: bytes) -> bytes:
+            body = make_enrol_reply("web1", KeyState.PENDING, master, nonce=nonce, now=time.time())
+            return encode_plain(MsgType.ENROL_REPLY, body)
+
+        with caplog.at_level(logging.INFO, logger="safcm-minion"):
+            minion._receive(reply(first.body["nonce"]), minion.network, peer=MASTER_ID)
+            assert minion.key_state == KeyState.PENDING
+            # The answer to the other copy: taken quietly.
+            minion._receive(reply(first.body["nonce"]), minion.network, peer=MASTER_ID)
+            assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+            # The next request is a new one; an answer to no request of ours is refused.
+            minion._send_enrol_request()
+            assert decode_plain(sent[-1], Channel.NETWORK).body["nonce"] != first.body["nonce"]
+            minion._receive(reply(os.urandom(16)), minion.network, peer=MASTER_ID)
+        assert "does not answer our request (nonce differs)" in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import sqlite3
 import time
 
@@ -28,6 +29,7 @@ from tests.system.conftest import (
     keys,
     logged,
     run_json,
+    wait_state,
 )
 
 # Heartbeats one flood sends from an accepted key: well beyond the burst the
@@ -266,3 +268,21 @@ def test_a_minion_answered_every_second_heartbeat_stays_connected(sandbox, caplo
         ctx.term()
     assert "no reply from the master" not in caplog.text
     assert keys(sandbox)["web7"]["connected"]
+
+
+def test_a_minion_that_stood_still_keeps_its_connection(sandbox):
+    """A minion frozen for longer than LIVENESS heartbeat intervals (as a
+    loop waiting seconds on a slow disk is) sent no heartbeat meanwhile: it
+    does not blame the master for the silence, and keeps its connection."""
+    enrol(sandbox, "web1")
+    minion = sandbox.minions["web1"]
+    assert minion.proc is not None
+    os.kill(minion.proc.pid, signal.SIGSTOP)
+    try:
+        wait_state(sandbox, "web1", "accepted", connected=False)  # silent long enough
+    finally:
+        os.kill(minion.proc.pid, signal.SIGCONT)
+    wait_state(sandbox, "web1", "accepted", connected=True)
+    code, _ = run_json(sandbox, "web1", "ping")
+    assert code == 0
+    assert "no reply from the master" not in minion.log_text()
