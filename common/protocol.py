@@ -648,7 +648,8 @@ _SPEC_LIST = [
         Channel.NETWORK,
         sealed=False,
         curve=True,
-        schema=Map({"time": _TIME}),
+        # the master's time, and the seq of the heartbeat it answers
+        schema=Map({"time": _TIME, "seq": Int(1, MAX_SEQUENCE)}),
         max_bytes=MAX_SMALL_BYTES,
     ),
     MessageSpec(

@@ -275,8 +275,8 @@ class Intake:
         # peer travels beside it.
         self._peer = b""
         self._replies: list[tuple[bytes, bytes]] = []  # (routing id, frame), to send
-        # The heartbeat reply of this wake-up, once packed: (the master's time, frame).
-        self._heartbeat_reply: tuple[float, bytes] | None = None
+        # The master's time in the heartbeat replies of this wake-up, once read.
+        self._heartbeat_time: float | None = None
         # The packed body of the sealed message being handled, as it came: a
         # result is stored as these bytes, not packed a second time.
         self._plaintext = b""
@@ -321,7 +321,7 @@ class Intake:
         until = self.loop.clock() + ROUTER_SLICE
         drained = False
         read = 0
-        self._heartbeat_reply = None  # packed again in each wake-up
+        self._heartbeat_time = None  # read again in each wake-up
         while read < ROUTER_BATCH and self.loop.clock() < until:
             # Frame by frame rather than recv_multipart(): a heartbeat is
             # cheap enough that the list and the RCVMORE query count. The
@@ -606,14 +606,12 @@ class Intake:
         presence.last_seen = seen = self.loop.clock()
         presence.interval = interval = body["interval"]
         presence.busy = body["busy"]
-        if self._heartbeat_reply is None:
-            # One reply for the heartbeats of a wake-up (ROUTER_SLICE at most),
-            # packed without encode_plain's schema check: the body is one float
-            # of our own clock. A minion ignores a difference of its offset to
-            # that clock of up to CLOCK_OFFSET_TOLERANCE (0.5 s).
-            now = self.clock()
-            self._heartbeat_reply = (now, pack_plain(MsgType.HEARTBEAT_REPLY, {"time": now}))
-        now, reply = self._heartbeat_reply
+        if self._heartbeat_time is None:
+            # One time for the heartbeats of a wake-up (ROUTER_SLICE at most):
+            # a minion ignores a difference of its offset to our clock of up
+            # to CLOCK_OFFSET_TOLERANCE (0.5 s).
+            self._heartbeat_time = self.clock()
+        now = self._heartbeat_time
         self.keystore.touch(minion, now, seq)
         if (
             interval >= HEARTBEAT_REPLY_SLACK
@@ -621,7 +619,10 @@ class Intake:
         ):
             return  # answered recently enough (HEARTBEAT_REPLY_SPACING)
         presence.answered = seen
-        self._reply(reply)
+        # Packed without encode_plain's schema check: our own clock and the
+        # number the heartbeat carried, which tells the minion how long the
+        # answer took, so how far to trust the time in it.
+        self._reply(pack_plain(MsgType.HEARTBEAT_REPLY, {"time": now, "seq": seq}))
 
     def on_job_receipt(self, msg: Message) -> None:
         minion, jid = msg.require_peer(), msg.body["jid"]

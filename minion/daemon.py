@@ -256,6 +256,8 @@ class Minion:
         # Ticks since the master last answered: each sent a heartbeat, an
         # enrolment or waited for the key port's answer.
         self.unanswered = 0
+        # When our heartbeats still unanswered were sent (local clock), by seq.
+        self.heartbeats_sent: dict[int, float] = {}
         self.backoff = self.interval
         self.sub: zmq.Socket | None = None
         self.dealer: zmq.Socket | None = None
@@ -290,10 +292,19 @@ class Minion:
         """Now, in the master's time (see local_clock and offset)."""
         return self.local_clock() + self.offset
 
-    def _learn_offset(self, master_time: float, local: float) -> None:
-        offset = master_time - local
-        if abs(offset - self.offset) <= CLOCK_OFFSET_TOLERANCE:
+    def _learn_offset(self, master_time: float, asked: float, answered: float) -> None:
+        """The master read its clock, `master_time`, after we asked and before
+        its answer was read (`asked`, `answered`: our local clock), so the
+        offset to it is between master_time - answered and master_time -
+        asked. Ours is kept if it lies there, give or take
+        CLOCK_OFFSET_TOLERANCE; else it becomes the middle. An answer read
+        late (our loop stood still while it waited, or the master was slow)
+        spans a wide range and moves nothing: taken as read, it looked like
+        a clock off by as long as the wait."""
+        low, high = master_time - answered, master_time - asked
+        if low - CLOCK_OFFSET_TOLERANCE <= self.offset <= high + CLOCK_OFFSET_TOLERANCE:
             return  # network delay, not a step: keep the times we hand out steady
+        offset = (low + high) / 2
         if abs(offset - self.offset) > CLOCK_STEP_WARNING:
             log.warning(
                 "%s: this host's clock is %+.1f s off the master's; using the master's time",
@@ -451,7 +462,7 @@ class Minion:
                 continue
             self._close_key_sock()
             now = self.local_clock()
-            self._learn_offset(msg.body["issued_at"], (self.key_asked + now) / 2)
+            self._learn_offset(msg.body["issued_at"], self.key_asked, now)
             if self.master_keys is None:
                 self._pin_master_keys(keys, first_use=self.settings.master_fingerprint is None)
             self._connect()
@@ -513,6 +524,7 @@ class Minion:
             return
         self.unanswered += 1
         if self.accepted:
+            seq = self._next_seq()
             self._send_plain(
                 MsgType.HEARTBEAT,
                 {
@@ -520,9 +532,14 @@ class Minion:
                     "uptime": max(0.0, self.local_clock() - self.started),
                     "busy": self.busy,
                     "interval": self.interval,
-                    "seq": self._next_seq(),
+                    "seq": seq,
                 },
             )
+            self.heartbeats_sent[seq] = self.local_clock()
+            # The master answers only every second one at long intervals
+            # (master/intake.py HEARTBEAT_REPLY_SPACING): the oldest go.
+            if len(self.heartbeats_sent) > LIVENESS + 1:
+                del self.heartbeats_sent[next(iter(self.heartbeats_sent))]
             self._send_results()
         else:
             self._send_enrol_request()
@@ -755,7 +772,9 @@ class Minion:
 
     def on_heartbeat_reply(self, msg: Message) -> None:
         self._heard_from_master()
-        self._learn_offset(msg.body["time"], self.local_clock())
+        asked = self.heartbeats_sent.pop(msg.body["seq"], None)
+        if asked is not None:  # else one of a former connection's: how old, unknown
+            self._learn_offset(msg.body["time"], asked, self.local_clock())
 
     def on_result_receipt(self, msg: Message) -> None:
         self._heard_from_master()

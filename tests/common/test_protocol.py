@@ -123,7 +123,7 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
     },
     MsgType.KEY_REQUEST: {"nonce": b"n" * 16},
     MsgType.KEY_REPLY: make_key_reply(MASTER, nonce=b"n" * 16, now=NOW),
-    MsgType.HEARTBEAT_REPLY: {"time": NOW},
+    MsgType.HEARTBEAT_REPLY: {"time": NOW, "seq": 7},
     MsgType.JOB: {
         "module": "files",
         "dry_run": False,

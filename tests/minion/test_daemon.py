@@ -9,6 +9,7 @@ import logging
 import os
 import time
 
+import pytest
 import zmq
 
 from safcm.common import codec
@@ -32,6 +33,7 @@ from safcm.minion.spool import Kind, Spool
 
 JID = "20260101T000000.000001Z"
 JID2 = "20260101T000000.000002Z"
+HOUR = 3600.0
 
 
 def minion_settings(tmp_path) -> settings.MinionSettings:
@@ -162,12 +164,14 @@ def test_a_spooled_result_the_wire_refuses_goes_as_an_error_result(tmp_path):
 
 
 @contextlib.contextmanager
-def idle_minion(tmp_path, clock=time.monotonic):
+def idle_minion(tmp_path, clock=time.monotonic, local_clock=time.time):
     """A minion that is not started: its handlers are called by the test."""
     ctx = zmq.Context()
     loop = Loop(clock)
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    minion = daemon.Minion(minion_settings(tmp_path), loop=loop, ctx=ctx, worker=worker)
+    minion = daemon.Minion(
+        minion_settings(tmp_path), loop=loop, ctx=ctx, worker=worker, clock=local_clock
+    )
     try:
         yield minion
     finally:
@@ -224,3 +228,43 @@ def test_an_enrolment_sent_again_keeps_its_nonce_and_any_copy_is_answered(tmp_pa
             assert decode_plain(sent[-1], Channel.NETWORK).body["nonce"] != first.body["nonce"]
             minion._receive(reply(os.urandom(16)), minion.network, peer=MASTER_ID)
         assert "does not answer our request (nonce differs)" in caplog.text
+
+
+def test_the_offset_to_the_masters_clock_moves_only_on_what_an_answer_can_tell(tmp_path):
+    with idle_minion(tmp_path) as minion:
+        assert minion.offset == 0.0
+        # A prompt answer from a master an hour ahead: the offset is that hour.
+        minion._learn_offset(5000.0 + HOUR, 5000.0 - 0.01, 5000.0 + 0.01)
+        assert minion.offset == pytest.approx(HOUR)
+        # An answer read 8 s after we asked: the offset is somewhere in the
+        # 8 s before the hour, and the hour is in there.
+        minion._learn_offset(6000.0 + HOUR, 6000.0, 6008.0)
+        assert minion.offset == pytest.approx(HOUR)
+        # A prompt answer once the host's clock stepped back 2 s: followed.
+        minion._learn_offset(7000.0 + HOUR + 2, 7000.0, 7000.02)
+        assert minion.offset == pytest.approx(HOUR + 2, abs=0.02)
+        # A difference within CLOCK_OFFSET_TOLERANCE: kept steady.
+        minion._learn_offset(8000.0 + HOUR + 2.3, 8000.0, 8000.01)
+        assert minion.offset == pytest.approx(HOUR + 2, abs=0.02)
+
+
+def test_a_heartbeat_reply_read_late_does_not_look_like_a_clock_off(tmp_path, caplog):
+    """The master and the minion share a clock here. The minion's loop stands
+    still for 8 s between sending a heartbeat and reading its answer."""
+    now = [1_800_000_000.0]
+    with idle_minion(tmp_path, lambda: now[0], lambda: now[0]) as minion:
+        sent: list[bytes] = []
+        minion._send = sent.append  # type: ignore[method-assign]
+        minion.dealer = minion.ctx.socket(zmq.DEALER)  # connected: tick() sends
+        minion.dealer.setsockopt(zmq.LINGER, 0)
+        minion.accepted = True
+        minion.tick()
+        seq = decode_plain(sent[-1], Channel.NETWORK).body["seq"]
+        master_time = now[0] + 0.001
+        now[0] += 8.0
+        reply = encode_plain(MsgType.HEARTBEAT_REPLY, {"time": master_time, "seq": seq})
+        with caplog.at_level(logging.INFO, logger="safcm-minion"):
+            minion._receive(reply, minion.network, peer=MASTER_ID)
+        assert minion.offset == 0.0
+        assert "clock is" not in caplog.text
+        assert minion.heartbeats_sent == {}
