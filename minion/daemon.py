@@ -723,16 +723,18 @@ class Minion:
         pinned = self.settings.master_fingerprint
         if pinned is None and self.master_keys is not None:
             pinned = self.master_keys.fingerprint()
-        if self.nonce is None:
-            if self.answered_nonce is None:
-                raise ProtocolError("an enrol reply we did not ask for")
-            # The answer to a copy of a request already answered: verified,
-            # then nothing to do.
-            verify_enrol_reply(msg, minion_id=self.id, nonce=self.answered_nonce, pinned=pinned)
-            log.debug("%s: another answer to an enrolment request already answered", self.id)
-            return
-        keys = verify_enrol_reply(msg, minion_id=self.id, nonce=self.nonce, pinned=pinned)
-        self.answered_nonce, self.nonce = self.nonce, None
+        # An answer to the request awaited, or to another copy of the one
+        # answered last: replies come in order on one connection, so either
+        # is the master's latest word (an administrator may have accepted us
+        # between the two copies).
+        nonce = self.nonce
+        if self.answered_nonce is not None and msg.body["nonce"] == self.answered_nonce:
+            nonce = self.answered_nonce
+        if nonce is None:
+            raise ProtocolError("an enrol reply we did not ask for")
+        keys = verify_enrol_reply(msg, minion_id=self.id, nonce=nonce, pinned=pinned)
+        if nonce == self.nonce:
+            self.answered_nonce, self.nonce = self.nonce, None
         self._heard_from_master()
         if self.master_keys is None or self.master_keys != keys:
             self._pin_master_keys(keys, first_use=self.settings.master_fingerprint is None)

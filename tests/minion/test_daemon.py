@@ -213,15 +213,18 @@ def test_an_enrolment_sent_again_keeps_its_nonce_and_any_copy_is_answered(tmp_pa
         assert first.body["nonce"] == again.body["nonce"]
         master = KeyPair.generate()
 
-        def reply(nonce: bytes) -> bytes:
-            body = make_enrol_reply("web1", KeyState.PENDING, master, nonce=nonce, now=time.time())
+        def reply(nonce: bytes, state: KeyState = KeyState.PENDING) -> bytes:
+            body = make_enrol_reply("web1", state, master, nonce=nonce, now=time.time())
             return encode_plain(MsgType.ENROL_REPLY, body)
 
         with caplog.at_level(logging.INFO, logger="safcm-minion"):
             minion._receive(reply(first.body["nonce"]), minion.network, peer=MASTER_ID)
             assert minion.key_state == KeyState.PENDING
-            # The answer to the other copy: taken quietly.
-            minion._receive(reply(first.body["nonce"]), minion.network, peer=MASTER_ID)
+            # The answer to the other copy, after the administrator accepted us: taken.
+            minion._receive(
+                reply(first.body["nonce"], KeyState.ACCEPTED), minion.network, peer=MASTER_ID
+            )
+            assert minion.key_state == KeyState.ACCEPTED
             assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
             # The next request is a new one; an answer to no request of ours is refused.
             minion._send_enrol_request()
