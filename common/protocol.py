@@ -867,6 +867,9 @@ _SPEC_LIST = [
                     ),
                     MAX_HOSTS,
                 ),
+                # keys a pattern of accept or reject matched and left as they
+                # were: decided the other way (master/keystore.py left_by_patterns)
+                "left": List(Map({"id": _MINION_ID, "state": OneOf(KeyState)}), MAX_HOSTS),
                 # keys presented under the id of a known minion, and refused
                 "refused": List(
                     Map(

@@ -276,7 +276,13 @@ def _keys_arguments(keys: argparse.ArgumentParser, config: argparse.ArgumentPars
                 f"{_NOTHING_DONE}",
             ),
         )
-        p.add_argument("ids", nargs="+", metavar="ID", help="minion id or glob ('web*')")
+        p.add_argument(
+            "ids",
+            nargs="+",
+            metavar="ID",
+            help="minion id or glob ('web*')"
+            + ("" if action == "delete" else f"; a glob {action}s pending keys only"),
+        )
         if action == "accept":
             p.add_argument(
                 "--fingerprint",
@@ -1028,6 +1034,12 @@ def keys_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
     verb = {"accept": "accepted", "reject": "rejected", "delete": "deleted"}[action]
     for key in body["keys"]:
         print(f"{verb} {escape(key['id'])} ({key['fingerprint']})", file=out)
+    for key in body["left"]:
+        print(
+            f"left {escape(key['id'])} {key['state']}: a pattern {action}s pending keys "
+            f"only; name it to {action} it",
+            file=out,
+        )
     return EXIT_OK
 
 

@@ -123,6 +123,7 @@ class KeyService:
     def on_keys(self, conn: ControlConnection, msg: Message) -> None:
         action, ids = msg.body["action"], msg.body["ids"]
         now = self.clock()
+        left: list[MinionKey] = []  # matched by a pattern, decided otherwise: not changed
         if action == "list":
             if self.shared:  # another master may have heard a minion later
                 self.keystore.refresh_seen()
@@ -139,6 +140,7 @@ class KeyService:
             keys = self.keystore.set_state(
                 ids, state, now=now, fingerprint=msg.body.get("fingerprint")
             )
+            left = self.keystore.left_by_patterns(ids, state)
             for old in before:
                 new = self.keystore.get(old.id)
                 if new is None or new.state is not KeyState.ACCEPTED or new.public != old.public:
@@ -150,6 +152,7 @@ class KeyService:
             {
                 "master": self.keys.fingerprint(),
                 "keys": [self._key_row(k) for k in keys],
+                "left": [{"id": k.id, "state": str(k.state)} for k in left],
                 "refused": [
                     {
                         "id": r.id,

@@ -42,10 +42,17 @@ MAX_REFUSED_PER_ID = 10
 KEYS_CHANNEL = "safcm_keys"
 
 
+# What makes a key pattern a glob (fnmatch); minion ids have none of them.
+GLOB_CHARACTERS = "*?["
+
+
 class KeyState(enum.StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
     REJECTED = "rejected"
+
+
+_VERB = {KeyState.ACCEPTED: "accept", KeyState.REJECTED: "reject"}
 
 
 @dataclass(slots=True)
@@ -284,6 +291,20 @@ class KeyStore:
             raise UsageError(f"no minion key matches: {', '.join(unmatched)}")
         return sorted(matched)
 
+    def left_by_patterns(self, patterns: list[str], state: KeyState) -> list[MinionKey]:
+        """The keys that only a glob of `patterns` matches and that were decided
+        the other way (accepted or rejected): set_state(state) leaves them as
+        they are. A glob accepts or rejects pending keys, as salt-key's do:
+        `keys accept 'web*'` for new hosts must not accept the key rejected
+        last week, nor `keys reject 'web*'` cut a fleet. Naming a key
+        changes it from any state."""
+        named = {p for p in patterns if not any(c in p for c in GLOB_CHARACTERS)}
+        return [
+            self._keys[i]
+            for i in self.match(patterns)
+            if i not in named and self._keys[i].state not in (KeyState.PENDING, state)
+        ]
+
     def set_state(
         self,
         patterns: list[str],
@@ -292,14 +313,26 @@ class KeyStore:
         now: float,
         fingerprint: str | None = None,
     ) -> list[MinionKey]:
-        """Accept or reject the matching keys (from any other state); returns
-        those that changed. A pattern that matches nothing is a UsageError.
+        """Accept or reject the matching keys: pending ones, and any named (not
+        matched by a glob, left_by_patterns()); returns those that changed.
+        A pattern that matches nothing, or globs that match only keys decided
+        the other way, are a UsageError.
 
         Accepting an id that other keys have claimed (refused_keys) needs
         `fingerprint`, naming the one id's key to accept: the key it holds
         now, or one of those refused, which then takes its place.
         """
         ids = self.match(patterns)
+        if fingerprint is None:
+            left = {k.id: k.state for k in self.left_by_patterns(patterns, state)}
+            ids = [i for i in ids if i not in left]
+            if not ids:
+                raise UsageError(
+                    f"no pending key matches {', '.join(patterns)}, only "
+                    + ", ".join(f"{i} ({s})" for i, s in left.items())
+                    + f": a pattern {_VERB[state]}s pending keys only; name a key to "
+                    f"{_VERB[state]} it"
+                )
         if fingerprint is not None:
             if len(ids) != 1:
                 raise UsageError(

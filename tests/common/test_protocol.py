@@ -177,6 +177,7 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
     },
     MsgType.KEYS_REPLY: {
         "master": MASTER.fingerprint(),
+        "left": [{"id": "web3", "state": "rejected"}],
         "refused": [
             {"id": "web1", "fingerprint": WEB2.fingerprint(), "attempts": 3, "last_seen": NOW}
         ],

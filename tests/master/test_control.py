@@ -30,7 +30,7 @@ def reply_for(conn, msg, size: int = 0):
         }
         for i in range(size)
     ]
-    conn.send(MsgType.KEYS_REPLY, {"master": fingerprint, "keys": keys, "refused": []})
+    conn.send(MsgType.KEYS_REPLY, {"master": fingerprint, "keys": keys, "left": [], "refused": []})
     conn.finish()
 
 

@@ -210,6 +210,33 @@ def test_auto_accept(conn):
     )
 
 
+def test_a_glob_accepts_or_rejects_pending_keys_only(conn):
+    """As salt-key's globs: accepting the new 'web*' hosts must not accept the
+    key rejected last week, nor rejecting new ones cut the accepted fleet.
+    A key named changes from any state."""
+    keys = KeyStore(conn)
+    for i, minion in enumerate(("web1", "web2", "web3", "web4")):
+        keys.enrol(minion, pub(bytes([65 + i]) * 32), now=1.0, auto_accept=False)
+    keys.set_state(["web1"], KeyState.REJECTED, now=2.0)
+    keys.set_state(["web2"], KeyState.ACCEPTED, now=2.0)
+
+    assert [k.id for k in keys.left_by_patterns(["web*"], KeyState.ACCEPTED)] == ["web1"]
+    assert keys.left_by_patterns(["web*", "web1"], KeyState.ACCEPTED) == []  # named
+    changed = keys.set_state(["web*"], KeyState.ACCEPTED, now=3.0)
+    assert [k.id for k in changed] == ["web3", "web4"]
+    assert keys.get("web1").state is KeyState.REJECTED
+
+    assert keys.set_state(["web*"], KeyState.ACCEPTED, now=4.0) == []  # nothing pending
+    with pytest.raises(UsageError, match=r"no pending key matches web1\*, only web1 \(rejected\)"):
+        keys.set_state(["web1*"], KeyState.ACCEPTED, now=4.0)
+    with pytest.raises(UsageError, match=r"only web2 \(accepted\), web3 \(accepted\)"):
+        keys.set_state(["web[23]"], KeyState.REJECTED, now=4.0)
+    assert keys.accepted("web2") is not None
+
+    assert [k.id for k in keys.set_state(["web1"], KeyState.ACCEPTED, now=5.0)] == ["web1"]
+    assert [k.id for k in keys.set_state(["web2"], KeyState.REJECTED, now=5.0)] == ["web2"]
+
+
 def test_last_seen_is_flushed(conn):
     keys = KeyStore(conn)
     keys.enrol("web1", pub(b"s" * 32, b"k" * 32), now=1, auto_accept=True)

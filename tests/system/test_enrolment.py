@@ -140,3 +140,26 @@ def test_auto_accept_is_explicit(sandbox):
     sandbox.add_minion("web1")
     sandbox.start_minion("web1")
     wait_state(sandbox, "web1", "accepted", connected=True)
+
+
+def test_a_pattern_accepts_pending_keys_and_leaves_a_rejected_one(sandbox, fake):
+    enrol(sandbox, "web1")
+    assert fake("web2").enrol() == "pending"
+    assert fake("web3").enrol() == "pending"
+    assert sandbox.cli("keys", "reject", "web3").returncode == 0
+    # The new hosts: web2 is accepted, the key rejected earlier is left as it is.
+    result = sandbox.cli("keys", "accept", "web*")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^accepted web2 \(SHA256:", result.stdout, re.M), result.stdout
+    assert "left web3 rejected: a pattern accepts pending keys only" in result.stdout
+    assert "web1" not in result.stdout  # accepted already
+    states = {k: v["state"] for k, v in keys(sandbox).items()}
+    assert states == {"web1": "accepted", "web2": "accepted", "web3": "rejected"}
+    # A pattern that finds nothing pending changes nothing, and says why.
+    result = sandbox.cli("keys", "reject", "web[12]")
+    assert result.returncode == 2
+    assert "no pending key matches web[12], only web1 (accepted), web2 (accepted)" in result.stderr
+    wait_state(sandbox, "web1", "accepted", connected=True)  # not cut
+    # Named, a decided key changes.
+    result = sandbox.cli("keys", "accept", "web3")
+    assert result.returncode == 0 and "accepted web3" in result.stdout
