@@ -280,8 +280,9 @@ def _keys_arguments(keys: argparse.ArgumentParser, config: argparse.ArgumentPars
             "ids",
             nargs="+",
             metavar="ID",
-            help="minion id or glob ('web*')"
-            + ("" if action == "delete" else f"; a glob {action}s pending keys only"),
+            help="minion id or glob ('web*'); a glob "
+            + ("deletes pending and rejected" if action == "delete" else f"{action}s pending")
+            + " keys only, a key named changes from any state",
         )
         if action == "accept":
             p.add_argument(
@@ -1036,8 +1037,8 @@ def keys_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         print(f"{verb} {escape(key['id'])} ({key['fingerprint']})", file=out)
     for key in body["left"]:
         print(
-            f"left {escape(key['id'])} {key['state']}: a pattern {action}s pending keys "
-            f"only; name it to {action} it",
+            f"left {escape(key['id'])} {key['state']}: a pattern does not {action} a key "
+            f"{key['state']} already; name it to {action} it",
             file=out,
         )
     return EXIT_OK

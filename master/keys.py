@@ -32,7 +32,7 @@ from safcm.common.protocol import (
 from safcm.common.ratelimit import Bucket, PeerLog
 from safcm.master.cluster import held_elsewhere
 from safcm.master.control import ControlConnection
-from safcm.master.keystore import KeyState, KeyStore, MinionKey
+from safcm.master.keystore import Action, KeyState, KeyStore, MinionKey
 from safcm.master.lifecycle import Lifecycles
 from safcm.master.peers import Peers
 from safcm.master.transport import DOMAIN_KEY
@@ -129,6 +129,7 @@ class KeyService:
                 self.keystore.refresh_seen()
             keys = [k for k in self.keystore.all() if not ids or k.id in ids]
         elif action == "delete":
+            left = self.keystore.left_by_patterns(ids, Action.DELETE)
             keys = self.keystore.delete(ids)
             for k in keys:
                 self._forget(k)
@@ -137,10 +138,10 @@ class KeyService:
             state = KeyState.ACCEPTED if action == "accept" else KeyState.REJECTED
             matched = set(self.keystore.match(ids))
             before = [k for k in self.keystore.all() if k.id in matched]
-            keys = self.keystore.set_state(
-                ids, state, now=now, fingerprint=msg.body.get("fingerprint")
-            )
-            left = self.keystore.left_by_patterns(ids, state)
+            fingerprint = msg.body.get("fingerprint")
+            if fingerprint is None:  # with one, the one key matched is decided
+                left = self.keystore.left_by_patterns(ids, Action(action))
+            keys = self.keystore.set_state(ids, state, now=now, fingerprint=fingerprint)
             for old in before:
                 new = self.keystore.get(old.id)
                 if new is None or new.state is not KeyState.ACCEPTED or new.public != old.public:

@@ -52,7 +52,22 @@ class KeyState(enum.StrEnum):
     REJECTED = "rejected"
 
 
-_VERB = {KeyState.ACCEPTED: "accept", KeyState.REJECTED: "reject"}
+class Action(enum.StrEnum):
+    """What `keys accept|reject|delete` does to the keys it matches."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    DELETE = "delete"
+
+
+# The keys a glob may change, by action (left_by_patterns()): pending ones,
+# and those where the action would leave them anyway. Named, a key changes
+# from any state.
+_BY_PATTERN = {
+    Action.ACCEPT: (KeyState.PENDING, KeyState.ACCEPTED),
+    Action.REJECT: (KeyState.PENDING, KeyState.REJECTED),
+    Action.DELETE: (KeyState.PENDING, KeyState.REJECTED),
+}
 
 
 @dataclass(slots=True)
@@ -291,19 +306,35 @@ class KeyStore:
             raise UsageError(f"no minion key matches: {', '.join(unmatched)}")
         return sorted(matched)
 
-    def left_by_patterns(self, patterns: list[str], state: KeyState) -> list[MinionKey]:
-        """The keys that only a glob of `patterns` matches and that were decided
-        the other way (accepted or rejected): set_state(state) leaves them as
-        they are. A glob accepts or rejects pending keys, as salt-key's do:
-        `keys accept 'web*'` for new hosts must not accept the key rejected
-        last week, nor `keys reject 'web*'` cut a fleet. Naming a key
-        changes it from any state."""
+    def left_by_patterns(self, patterns: list[str], action: Action) -> list[MinionKey]:
+        """The keys that only a glob of `patterns` matches and that `action`
+        leaves as they are, since an administrator decided otherwise: a glob
+        accepts or rejects pending keys only (as salt-key's do), and deletes
+        pending and rejected ones. `keys accept 'web*'` for new hosts must not
+        accept the key rejected last week, nor `keys reject 'web*'` or `keys
+        delete '*'` (an enrolment flood cleared) cut a fleet. Named, a key
+        changes from any state."""
         named = {p for p in patterns if not any(c in p for c in GLOB_CHARACTERS)}
         return [
             self._keys[i]
             for i in self.match(patterns)
-            if i not in named and self._keys[i].state not in (KeyState.PENDING, state)
+            if i not in named and self._keys[i].state not in _BY_PATTERN[action]
         ]
+
+    def _by_patterns(self, patterns: list[str], action: Action) -> list[str]:
+        """The ids `action` changes: those `patterns` match less those left
+        (left_by_patterns()). UsageError if a pattern matches nothing, or if
+        they match only keys left."""
+        ids = self.match(patterns)
+        left = {k.id: k.state for k in self.left_by_patterns(patterns, action)}
+        ids = [i for i in ids if i not in left]
+        if not ids:
+            raise UsageError(
+                f"{', '.join(patterns)} match only keys a pattern does not {action}: "
+                + ", ".join(f"{i} ({s})" for i, s in left.items())
+                + f"; name a key to {action} it"
+            )
+        return ids
 
     def set_state(
         self,
@@ -313,33 +344,24 @@ class KeyStore:
         now: float,
         fingerprint: str | None = None,
     ) -> list[MinionKey]:
-        """Accept or reject the matching keys: pending ones, and any named (not
-        matched by a glob, left_by_patterns()); returns those that changed.
-        A pattern that matches nothing, or globs that match only keys decided
-        the other way, are a UsageError.
+        """Accept or reject the matching keys (those a glob may change,
+        left_by_patterns(), and any named); returns those that changed. A
+        pattern that matches nothing, or patterns that match only keys left,
+        are a UsageError.
 
         Accepting an id that other keys have claimed (refused_keys) needs
         `fingerprint`, naming the one id's key to accept: the key it holds
         now, or one of those refused, which then takes its place.
         """
-        ids = self.match(patterns)
-        if fingerprint is None:
-            left = {k.id: k.state for k in self.left_by_patterns(patterns, state)}
-            ids = [i for i in ids if i not in left]
-            if not ids:
-                raise UsageError(
-                    f"no pending key matches {', '.join(patterns)}, only "
-                    + ", ".join(f"{i} ({s})" for i, s in left.items())
-                    + f": a pattern {_VERB[state]}s pending keys only; name a key to "
-                    f"{_VERB[state]} it"
-                )
         if fingerprint is not None:
+            ids = self.match(patterns)
             if len(ids) != 1:
                 raise UsageError(
                     f"--fingerprint names one key, but the ids match {len(ids)} minions"
                 )
             self._choose_key(ids[0], fingerprint, now)
         elif state is KeyState.ACCEPTED:
+            ids = self._by_patterns(patterns, Action.ACCEPT)
             contested = [i for i in ids if self.refused(i)]
             if contested:
                 raise UsageError(
@@ -349,6 +371,8 @@ class KeyStore:
                     "run 'safcm-master keys accept ID --fingerprint FP' for each; "
                     "nothing was accepted"
                 )
+        else:
+            ids = self._by_patterns(patterns, Action.REJECT)
         changing = [i for i in ids if self._keys[i].state is not state]
         with transaction(self.conn):
             self.conn.executemany(
@@ -384,10 +408,11 @@ class KeyStore:
         )
 
     def delete(self, patterns: list[str]) -> list[MinionKey]:
-        """Forget the matching keys, their refused attempts and the facts they
+        """Forget the matching keys (an accepted one only when named,
+        left_by_patterns()), their refused attempts and the facts they
         stated (master/facts.py: a host enrolled anew under the id must not
         inherit them); returns them."""
-        ids = self.match(patterns)
+        ids = self._by_patterns(patterns, Action.DELETE)
         with transaction(self.conn):
             self.conn.executemany("DELETE FROM minions WHERE id = ?", [(i,) for i in ids])
             self.conn.executemany("DELETE FROM refused_keys WHERE id = ?", [(i,) for i in ids])

@@ -20,7 +20,7 @@ from safcm.master.jobstore import (
     JobStore,
     StoredResult,
 )
-from safcm.master.keystore import KeyState, KeyStore
+from safcm.master.keystore import Action, KeyState, KeyStore
 from safcm.master.lifecycle import OpenRow
 from safcm.master.outcomes import change_count, host_status
 
@@ -211,8 +211,8 @@ def test_auto_accept(conn):
 
 
 def test_a_glob_accepts_or_rejects_pending_keys_only(conn):
-    """As salt-key's globs: accepting the new 'web*' hosts must not accept the
-    key rejected last week, nor rejecting new ones cut the accepted fleet.
+    """Accepting the new 'web*' hosts must not accept the key rejected last
+    week, nor rejecting new ones or deleting a flood cut the accepted fleet.
     A key named changes from any state."""
     keys = KeyStore(conn)
     for i, minion in enumerate(("web1", "web2", "web3", "web4")):
@@ -220,21 +220,30 @@ def test_a_glob_accepts_or_rejects_pending_keys_only(conn):
     keys.set_state(["web1"], KeyState.REJECTED, now=2.0)
     keys.set_state(["web2"], KeyState.ACCEPTED, now=2.0)
 
-    assert [k.id for k in keys.left_by_patterns(["web*"], KeyState.ACCEPTED)] == ["web1"]
-    assert keys.left_by_patterns(["web*", "web1"], KeyState.ACCEPTED) == []  # named
+    assert [k.id for k in keys.left_by_patterns(["web*"], Action.ACCEPT)] == ["web1"]
+    assert keys.left_by_patterns(["web*", "web1"], Action.ACCEPT) == []  # named
     changed = keys.set_state(["web*"], KeyState.ACCEPTED, now=3.0)
     assert [k.id for k in changed] == ["web3", "web4"]
     assert keys.get("web1").state is KeyState.REJECTED
 
     assert keys.set_state(["web*"], KeyState.ACCEPTED, now=4.0) == []  # nothing pending
-    with pytest.raises(UsageError, match=r"no pending key matches web1\*, only web1 \(rejected\)"):
+    left = r"web1\* match only keys a pattern does not accept: web1 \(rejected\); name a key"
+    with pytest.raises(UsageError, match=left):
         keys.set_state(["web1*"], KeyState.ACCEPTED, now=4.0)
-    with pytest.raises(UsageError, match=r"only web2 \(accepted\), web3 \(accepted\)"):
+    with pytest.raises(UsageError, match=r"not reject: web2 \(accepted\), web3 \(accepted\)"):
         keys.set_state(["web[23]"], KeyState.REJECTED, now=4.0)
     assert keys.accepted("web2") is not None
 
     assert [k.id for k in keys.set_state(["web1"], KeyState.ACCEPTED, now=5.0)] == ["web1"]
     assert [k.id for k in keys.set_state(["web2"], KeyState.REJECTED, now=5.0)] == ["web2"]
+
+    # A glob deletes pending and rejected keys (an enrolment flood cleared), not accepted ones.
+    keys.enrol("flood1", pub(b"F" * 32), now=6.0, auto_accept=False)
+    assert [k.id for k in keys.delete(["*"])] == ["flood1", "web2"]
+    assert [k.id for k in keys.all()] == ["web1", "web3", "web4"]
+    with pytest.raises(UsageError, match=r"web\* match only keys a pattern does not delete"):
+        keys.delete(["web*"])
+    assert [k.id for k in keys.delete(["web1"])] == ["web1"]
 
 
 def test_last_seen_is_flushed(conn):

@@ -151,15 +151,26 @@ def test_a_pattern_accepts_pending_keys_and_leaves_a_rejected_one(sandbox, fake)
     result = sandbox.cli("keys", "accept", "web*")
     assert result.returncode == 0, result.stderr
     assert re.search(r"^accepted web2 \(SHA256:", result.stdout, re.M), result.stdout
-    assert "left web3 rejected: a pattern accepts pending keys only" in result.stdout
+    assert "left web3 rejected: a pattern does not accept a key rejected already" in result.stdout
     assert "web1" not in result.stdout  # accepted already
     states = {k: v["state"] for k, v in keys(sandbox).items()}
     assert states == {"web1": "accepted", "web2": "accepted", "web3": "rejected"}
     # A pattern that finds nothing pending changes nothing, and says why.
     result = sandbox.cli("keys", "reject", "web[12]")
     assert result.returncode == 2
-    assert "no pending key matches web[12], only web1 (accepted), web2 (accepted)" in result.stderr
+    assert (
+        "web[12] match only keys a pattern does not reject: web1 (accepted), web2 (accepted)"
+        in result.stderr
+    )
     wait_state(sandbox, "web1", "accepted", connected=True)  # not cut
     # Named, a decided key changes.
     result = sandbox.cli("keys", "accept", "web3")
     assert result.returncode == 0 and "accepted web3" in result.stdout
+    # An enrolment flood cleared with a glob: the accepted keys stay.
+    assert fake("flood1").enrol() == "pending"
+    result = sandbox.cli("keys", "delete", "*")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^deleted flood1 ", result.stdout, re.M), result.stdout
+    assert "left web1 accepted: a pattern does not delete a key accepted already" in result.stdout
+    assert sorted(keys(sandbox)) == ["web1", "web2", "web3"]
+    wait_state(sandbox, "web1", "accepted", connected=True)
