@@ -31,9 +31,22 @@ POLL_INTERVAL = 0.05
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    (port,) = free_ports(1)
+    return port
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different TCP ports on 127.0.0.1 that nothing listens on right
+    now. Each is held until all are chosen: a port let go at once may be
+    the kernel's next pick, and a master given one port twice refuses to
+    start (a CI run failed so)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
@@ -87,11 +100,12 @@ class Sandbox:
         self.config_dir = os.path.join(base, "config")
         if not os.path.exists(self.config_dir):
             shutil.copytree(repo, self.config_dir, symlinks=True)
+        publish_port, return_port, key_port = free_ports(3)
         settings = {
             "interface": "127.0.0.1",
-            "publish_port": free_port(),
-            "return_port": free_port(),
-            "key_port": free_port(),
+            "publish_port": publish_port,
+            "return_port": return_port,
+            "key_port": key_port,
             "state_dir": os.path.join(base, "master"),
             "config_dir": self.config_dir,
             "log_level": "debug",
