@@ -314,10 +314,14 @@ class KeyStore:
         accept the key rejected last week, nor `keys reject 'web*'` or `keys
         delete '*'` (an enrolment flood cleared) cut a fleet. Named, a key
         changes from any state."""
+        return self._left(patterns, self.match(patterns), action)
+
+    def _left(self, patterns: list[str], matched: list[str], action: Action) -> list[MinionKey]:
+        """left_by_patterns() of the ids `patterns` matched."""
         named = {p for p in patterns if not any(c in p for c in GLOB_CHARACTERS)}
         return [
             self._keys[i]
-            for i in self.match(patterns)
+            for i in matched
             if i not in named and self._keys[i].state not in _BY_PATTERN[action]
         ]
 
@@ -326,7 +330,7 @@ class KeyStore:
         (left_by_patterns()). UsageError if a pattern matches nothing, or if
         they match only keys left."""
         ids = self.match(patterns)
-        left = {k.id: k.state for k in self.left_by_patterns(patterns, action)}
+        left = {k.id: k.state for k in self._left(patterns, ids, action)}
         ids = [i for i in ids if i not in left]
         if not ids:
             raise UsageError(

@@ -375,8 +375,7 @@ class Minion:
         self.dealer.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.dealer.connect(self._address(self.settings.return_port))
         self.loop.add_reader(self.dealer, self.on_dealer)
-        self.last_reply = self.loop.clock()
-        self.unanswered = 0
+        self._wait_for_master()
 
     def _subscribe(self) -> None:
         if self.sub is not None:
@@ -414,8 +413,7 @@ class Minion:
         self.key_sock.connect(self._address(self.settings.key_port))
         self.loop.add_reader(self.key_sock, self.on_key_reply)
         self.key_nonce = os.urandom(ENROL_NONCE_LENGTH)
-        self.last_reply = self.loop.clock()
-        self.unanswered = 0
+        self._wait_for_master()
         self.key_asked = self.local_clock()
         with contextlib.suppress(zmq.Again):
             self.key_sock.send(
@@ -712,9 +710,13 @@ class Minion:
     def _master_lookup(self, sender: str) -> PublicKeys | None:
         return self.master_keys if sender == MASTER_ID else None
 
-    def _heard_from_master(self) -> None:
+    def _wait_for_master(self) -> None:
+        """The master's silence counts from now (_master_silent())."""
         self.last_reply = self.loop.clock()
         self.unanswered = 0
+
+    def _heard_from_master(self) -> None:
+        self._wait_for_master()
         self.backoff = self.interval
 
     # ---- handlers ----
