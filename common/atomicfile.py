@@ -7,7 +7,7 @@ directory, never a path.
     replace_file(directory, name, data)   name now holds data (old file replaced)
     create_file(directory, name, data)    the same, but never replaces: False if name exists
     read_file(directory, name)            the whole content, or None if there is no such file
-    remove_file(directory, name)          unlink, durably
+    remove_file(directory, name)          unlink, durably (or not: durable=False)
     remove_temporaries(directory)         clean up after a crash (call at start-up)
 
 `directory` is an open directory descriptor (the caller chose how to open
@@ -170,15 +170,21 @@ def read_file(
     return b"".join(chunks)
 
 
-def remove_file(directory: int | str, name: str) -> bool:
-    """Unlink `name` and fsync the directory; False if there was no such file."""
+def remove_file(directory: int | str, name: str, *, durable: bool = True) -> bool:
+    """Unlink `name` and fsync the directory; False if there was no such file.
+
+    With durable=False the directory is not synced: for a file whose return
+    after a crash is harmless (the caller says why), which saves a journal
+    commit the caller would otherwise wait on.
+    """
     _check_name(name)
     with _directory(directory) as dir_fd, _failing(name, "cannot remove"):
         try:
             os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             return False
-        os.fsync(dir_fd)
+        if durable:
+            os.fsync(dir_fd)
         return True
 
 

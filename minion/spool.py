@@ -3,7 +3,9 @@
 - A job is written here when its receipt is sent, and removed when its result
   is written, so a job acknowledged but not yet applied survives a restart.
 - A result is written here before it is first sent, and removed when the
-  master confirms it has stored it.
+  master confirms it has stored it. That removal need not be durable: a
+  result back after a crash is sent again, and the master, which has it,
+  answers with a receipt again.
 
 One file per item, named by its jid (whose grammar admits no '/' or '..')
 and a suffix for its kind. Every write and removal goes through
@@ -42,8 +44,8 @@ class Spool:
     def get(self, kind: Kind, jid: str) -> bytes | None:
         return atomicfile.read_file(self._dir_fd, check_jid(jid) + kind)
 
-    def remove(self, kind: Kind, jid: str) -> bool:
-        return atomicfile.remove_file(self._dir_fd, check_jid(jid) + kind)
+    def remove(self, kind: Kind, jid: str, *, durable: bool = True) -> bool:
+        return atomicfile.remove_file(self._dir_fd, check_jid(jid) + kind, durable=durable)
 
     def jids(self, kind: Kind) -> list[str]:
         """Jids with an item of this kind, oldest first."""

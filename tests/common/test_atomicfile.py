@@ -88,6 +88,25 @@ def test_remove_and_clean_up(tmp_path):
     assert names(tmp_path) == [".other"]
 
 
+def test_a_removal_syncs_the_directory_unless_told_it_need_not(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomicfile.os, "fsync", fsync)
+    atomicfile.replace_file(str(tmp_path), "kept", b"x")
+    atomicfile.replace_file(str(tmp_path), "dropped", b"x")
+    synced.clear()
+    assert atomicfile.remove_file(str(tmp_path), "kept")
+    assert len(synced) == 1  # the directory, so the unlink is on disk
+    assert atomicfile.remove_file(str(tmp_path), "dropped", durable=False)
+    assert len(synced) == 1
+    assert names(tmp_path) == []
+
+
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "x\0y", atomicfile.TEMP_PREFIX + "x"])
 def test_only_plain_names(tmp_path, name):
     with pytest.raises(ValueError, match="not a plain state file name"):

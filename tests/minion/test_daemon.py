@@ -27,7 +27,7 @@ from safcm.common.protocol import (
     make_enrol_reply,
 )
 from safcm.common.schema import validate
-from safcm.master.sandbox import free_port
+from safcm.master.sandbox import free_ports
 from safcm.minion import daemon, results, settings
 from safcm.minion.spool import Kind, Spool
 
@@ -39,9 +39,10 @@ HOUR = 3600.0
 def minion_settings(tmp_path) -> settings.MinionSettings:
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
+    publish_port, return_port = free_ports(2)
     return settings.parse(
-        f"id: web1\nmaster: 127.0.0.1\npublish_port: {free_port()}\n"
-        f"return_port: {free_port()}\nstate_dir: {tmp_path / 'state'}\nroot: {root}\n"
+        f"id: web1\nmaster: 127.0.0.1\npublish_port: {publish_port}\n"
+        f"return_port: {return_port}\nstate_dir: {tmp_path / 'state'}\nroot: {root}\n"
         "trust_first_master: true\n"
     )
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from safcm.common.protocol import jid_time
-from safcm.master.sandbox import free_port, wait_for
+from safcm.master.sandbox import free_ports, wait_for
 from tests.schemas import validate
 from tests.system.conftest import (
     SETTLE,
@@ -218,7 +218,11 @@ def test_start_up_failures_are_one_line_and_exit_2(sandbox):
     assert "the daemon did not start: cannot listen on tcp://127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
     # A state directory that cannot be made.
-    sandbox.configure_master(return_port=free_port(), state_dir="/proc/nope")
+    # A port free now may be one the stopped master was given for another
+    # socket; of three different ones, at least one is neither of those two.
+    taken_ports = {sandbox.master.settings["publish_port"], sandbox.master.settings["key_port"]}
+    port = next(p for p in free_ports(3) if p not in taken_ports)
+    sandbox.configure_master(return_port=port, state_dir="/proc/nope")
     result = sandbox.cli("daemon")
     assert result.returncode == 2, result.stderr
     assert "the daemon did not start: /proc/nope" in result.stderr
