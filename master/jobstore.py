@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from safcm.common import codec
 from safcm.common.ids import JID_FORMAT
@@ -414,12 +414,7 @@ class JobStore:
 
     def stored_bytes(self, host: str) -> int:
         """Bytes of results stored for `host` (its use of the result quota)."""
-        row = self.conn.execute(
-            "SELECT coalesce(sum(coalesce(result_bytes, length(result))), 0) FROM job_hosts"
-            " WHERE host = ? AND result IS NOT NULL",
-            (host,),
-        ).fetchone()
-        return int(row[0])
+        return self._result_bytes("host", host)
 
     def last_jid(self) -> str | None:
         row = self.conn.execute("SELECT max(jid) FROM jobs").fetchone()
@@ -681,10 +676,14 @@ class JobStore:
 
     def result_bytes(self, jid: str) -> int:
         """Bytes of the results stored for job `jid`."""
+        return self._result_bytes("jid", jid)
+
+    def _result_bytes(self, column: Literal["host", "jid"], value: str) -> int:
+        # Rows from before result_bytes was recorded count their result's length.
         row = self.conn.execute(
-            "SELECT coalesce(sum(coalesce(result_bytes, length(result))), 0) FROM job_hosts"
-            " WHERE jid = ? AND result IS NOT NULL",
-            (jid,),
+            "SELECT coalesce(sum(coalesce(result_bytes, length(result))), 0) FROM job_hosts"  # noqa: S608 - a fixed column
+            f" WHERE {column} = ? AND result IS NOT NULL",
+            (value,),
         ).fetchone()
         return int(row[0])
 
