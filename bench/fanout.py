@@ -40,7 +40,9 @@ For each N in --sizes, in a fresh temporary directory under /tmp:
    envelopes reached a minion again after it had taken the job (the master
    re-published before the receipt came; from the minions' logs).
 6. The load with no job: the share of a core the master and the minions use
-   over IDLE_WINDOW seconds, which is the cost of heartbeats.
+   over one heartbeat interval (at least IDLE_WINDOW seconds), after one
+   interval to settle: the cost of heartbeats. --profile samples the master
+   during that window too.
 7. Memory: the peak RSS (VmHWM) of the master; of each swarm process, given
    per identity both as total / identities and as (peak - RSS before the
    first identity) / identities; and of the real minion daemon.
@@ -191,6 +193,7 @@ class SizeFigures:
     master_idle_load: float = 0.0  # share of a core with no job (heartbeats)
     master_idle_rss_kib: int = 0  # the master's RSS with the fleet connected, before any job
     minions_idle_load: float = 0.0
+    idle_profiles: dict[str, Profile] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -586,12 +589,21 @@ class Fleet:
             "minions": sum(cpu_seconds(pid) for pid in minions),
         }
 
-    def idle_load(self) -> dict[str, float]:
-        """Share of one core the master and the minions use with no job: heartbeats."""
+    def idle_load(self, profile: str | None) -> tuple[dict[str, float], dict[str, Profile]]:
+        """Share of one core the master and the minions use with no job:
+        heartbeats. First one heartbeat interval passes, so the minions
+        connected last are done with what a connection starts (facts, first
+        heartbeats); then the window is at least one interval, so every
+        minion's heartbeat falls in it."""
+        time.sleep(self.budget.timeout(self.interval, "the fleet settles"))
+        window = max(IDLE_WINDOW, self.interval)
+        profiler = Profiler(profile, f"n{self.n}-idle")
+        profiler.attach({"master": self.sb.master.proc.pid})
         before = self.cpu()
-        time.sleep(IDLE_WINDOW)
+        time.sleep(self.budget.timeout(window, "the idle window"))
         after = self.cpu()
-        return {key: (after[key] - before[key]) / IDLE_WINDOW for key in before}
+        tops = profiler.finish()
+        return {key: (after[key] - before[key]) / window for key in before}, tops
 
     def pids(self) -> dict[str, int]:
         """The processes worth profiling: the master and the first swarm."""
@@ -833,7 +845,7 @@ def bench_size(n: int, args: argparse.Namespace, budget: Budget) -> SizeFigures:
         with fleet:
             figures.enrol_seconds = fleet.enrol_seconds
             figures.connect_seconds = fleet.connect_seconds
-            idle = fleet.idle_load()
+            idle, figures.idle_profiles = fleet.idle_load(args.profile)
             figures.master_idle_load = idle["master"]
             figures.minions_idle_load = idle["minions"]
             figures.master_idle_rss_kib = fleet.master_rss_kib()
@@ -933,17 +945,19 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         "B/host: envelope bytes the master published for the job, per host.\n"
         "loop max ms: the longest any one callback held the master's event loop from the\n"
         "  job's submission to its end (nothing else was read or sent meanwhile), and which.\n"
-        f"idle CPU: share of one core used over {IDLE_WINDOW:.0f} s with no job (heartbeats).\n"
+        "idle CPU: share of one core used with no job (heartbeats), over one heartbeat\n"
+        f"  interval (at least {IDLE_WINDOW:.0f} s) after one interval to settle.\n"
         "MiB: the master's RSS with the fleet connected and idle, before the first job;\n"
         "  peak RSS (VmHWM) of the master; of the swarms per identity (their sum over\n"
         "  identities, and the same less their RSS before the first identity); and of\n"
         f"  the one real minion daemon ({REFERENCE_MINION})."
     )
     for size in sizes:
-        for r in size.runs:
-            for name, profile in r.profiles.items():
+        profiled = [("idle", size.idle_profiles)] + [(r.name, r.profiles) for r in size.runs]
+        for what, profiles in profiled:
+            for name, profile in profiles.items():
                 print(
-                    f"\nprofile N={size.n} {r.name}, {name}: "
+                    f"\nprofile N={size.n} {what}, {name}: "
                     f"{profile.samples_seconds:.2f} thread-seconds sampled"
                 )
                 for frame, share in profile.functions:

@@ -12,8 +12,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from safcm.master.lifecycle import (
     MAX_DEADLINE_EXTENSION,
+    PATIENCE_MAX,
     PROGRESS_GRACE,
     QUEUE_FULL_RETRY,
+    RECEIPT_PATIENCE,
     REPUBLISH_FIRST,
     REPUBLISH_MAX,
     RESUBSCRIBE_MIN_INTERVAL,
@@ -111,6 +113,38 @@ def test_published_at_once_then_again_with_backoff_until_the_receipt():
     lc.receipt("J1", "web1", T0 + 255)
     assert fake.take() == [("store_receipt", "J1", "web1")]
     assert lc.state("J1", "web1") is State.RECEIVED
+
+
+def test_a_host_is_published_to_again_only_as_its_jobs_receipts_show_it_late():
+    fake = Recorder()
+    lc = Lifecycles(fake)
+    timeout = 1000.0
+    lc.start("J1", ["web1", "web2", "web3"], T0 + timeout, now=T0)
+    fake.take()
+    # web1 confirms after 15 s: web2 and web3 get until 2 x 15 = 30 s, not 20.
+    lc.receipt("J1", "web1", T0 + 15)
+    lc.wake(T0 + REPUBLISH_FIRST)
+    assert fake.take() == [("store_receipt", "J1", "web1")]
+    assert fake.wakes[-1] == T0 + RECEIPT_PATIENCE * 15
+    # web2 confirms after 28 s: web3 now waits until 56 s.
+    lc.receipt("J1", "web2", T0 + 28)
+    fake.take()
+    lc.wake(T0 + RECEIPT_PATIENCE * 15)
+    assert fake.take() == []
+    lc.wake(T0 + RECEIPT_PATIENCE * 28)
+    assert fake.take() == [("publish", "J1", "web3")]
+    # The patience counts from the last sending, and has a cap however slow
+    # a receipt was (one slow or hostile minion cannot hold back the others).
+    fake = Recorder()
+    lc = Lifecycles(fake)
+    lc.start("J2", ["web1", "web2"], T0 + timeout, now=T0)
+    lc.receipt("J2", "web1", T0 + 500)  # 500 s: web2 may wait PATIENCE_MAX, not 1,000
+    lc.wake(T0 + 500)
+    assert fake.take()[-1] == ("publish", "J2", "web2")  # 500 s since its sending
+    lc.wake(T0 + 500 + PATIENCE_MAX - 1)
+    assert fake.take() == []
+    lc.wake(T0 + 500 + PATIENCE_MAX)
+    assert fake.take() == [("publish", "J2", "web2")]
 
 
 def test_an_envelope_its_subscriber_could_not_queue_is_published_again_soon():
