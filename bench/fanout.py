@@ -343,6 +343,10 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def py_spy() -> str:
+    return shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+
+
 class Profiler:
     """py-spy record on some processes while one run goes on (--profile)."""
 
@@ -358,7 +362,7 @@ class Profiler:
         their children too."""
         if self.directory is None:
             return
-        spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        spy = py_spy()
         for name, pid in targets.items():
             out = os.path.join(self.directory, f"{self.tag}-{name}.txt")
             argv = [spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE)]
@@ -1032,6 +1036,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.files > FILES_PER_DIR * 100:
         parser.error(f"--files: at most {FILES_PER_DIR * 100}")
     if args.profile is not None:
+        if not os.path.exists(py_spy()):
+            parser.error(f"--profile needs py-spy ({py_spy()}): pip install py-spy")
         os.makedirs(args.profile, exist_ok=True)
     return args
 

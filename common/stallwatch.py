@@ -21,13 +21,21 @@ Reading another thread's frames needs the GIL, which a callback blocked in a
 system call (fsync, a lock wait) has released: those are the stalls the watch
 sees best. One held by pure Python code is seen after the interpreter's switch
 interval (5 ms), late enough for a stall of more than STALL_SAMPLE_AFTER.
+
+A garbage collection holds the GIL throughout, so the watch cannot sample
+it: the place named is wherever the collection happened to start. The watch
+therefore also times the collections on the loop thread (gc.callbacks) and
+names those of a call that took GC_NAMED_AFTER or more ("..., 140 ms in
+garbage collection of generation 2").
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
+import time
 from collections import Counter
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -42,6 +50,10 @@ STALL_SAMPLE_AFTER = 0.05
 # The watch thread wakes this often whatever the loop does, about 50 wake-ups
 # a second of a few microseconds each.
 STALL_SAMPLE_EVERY = 0.02
+# Seconds of garbage collection within one call worth naming: a young
+# generation's collection takes well under a millisecond, a full one of a
+# large heap tens to hundreds.
+GC_NAMED_AFTER = 0.01
 # Our own code: the package's directory (a checkout holds the virtualenv too,
 # so its subpackages are named, not the directory alone).
 _OUR_CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,11 +83,16 @@ class StallWatch:
         # Written by the watch thread, read by the loop thread; a swap of one
         # tuple under the GIL, so each side sees a whole one.
         self._samples: tuple[int, Counter[str]] = (0, Counter())
+        # Garbage collection on the loop thread: when the one under way began,
+        # and for the latest call that had any, (seq, seconds, oldest generation).
+        self._gc_began: float | None = None
+        self._gc: tuple[int, float, int] = (0, 0.0, 0)
 
     def start(self) -> None:
         self._loop_thread = threading.get_ident()
         self._loop_task = f"/proc/self/task/{threading.get_native_id()}"
         self.loop.stall_watch = self
+        gc.callbacks.append(self._gc_phase)
         self._thread = threading.Thread(target=self._watch, name="stall-watch", daemon=True)
         self._thread.start()
 
@@ -83,16 +100,44 @@ class StallWatch:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join()
+        if self._gc_phase in gc.callbacks:
+            gc.callbacks.remove(self._gc_phase)
         if self.loop.stall_watch is self:
             self.loop.stall_watch = None
 
     def place(self, seq: int) -> str:
-        """The place seen most often while call `seq` ran, or "" if it was not sampled."""
+        """The place seen most often while call `seq` ran, and its garbage
+        collection if that was long; "" if neither."""
+        named = []
         sampled, places = self._samples
-        if sampled != seq or not places:
-            return ""
-        place, count = places.most_common(1)[0]
-        return f"{place}, {count} of {places.total()} samples"
+        if sampled == seq and places:
+            place, count = places.most_common(1)[0]
+            named.append(f"{place}, {count} of {places.total()} samples")
+        gc_seq, gc_seconds, generation = self._gc
+        if gc_seq == seq and gc_seconds >= GC_NAMED_AFTER:
+            named.append(
+                f"{gc_seconds * 1000:.0f} ms in garbage collection of generation {generation}"
+            )
+        return ", ".join(named)
+
+    def _gc_phase(self, phase: str, info: dict[str, int]) -> None:
+        """gc.callbacks: time the collections the loop thread runs."""
+        if threading.get_ident() != self._loop_thread:
+            return
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+            return
+        if self._gc_began is None:
+            return
+        took = time.perf_counter() - self._gc_began
+        self._gc_began = None
+        seq, started = self.loop.current_call
+        if started is None:
+            return
+        gc_seq, seconds, generation = self._gc
+        if gc_seq != seq:
+            seconds, generation = 0.0, 0
+        self._gc = (seq, seconds + took, max(generation, info["generation"]))
 
     def _watch(self) -> None:
         while not self._stopped.wait(self.every):

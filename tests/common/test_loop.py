@@ -1,5 +1,6 @@
 """The event loop: timers in order, cancellation, readers, thread wake-ups, signals."""
 
+import gc
 import logging
 import os
 import re
@@ -214,6 +215,37 @@ def test_the_watch_samples_only_a_call_held_past_its_threshold_and_only_that_cal
     assert "/threading.py:" in places[1]
     assert re.search(r" in wait \[[RS]( \S+)?\], 1 of 1 samples$", places[1])
     assert loop.longest_call[1].endswith(", " + places[1])
+
+
+def test_a_long_garbage_collection_on_the_loop_thread_is_named():
+    # A collection holds the GIL, so the watch thread cannot sample it; the
+    # watch times it instead. A million small lists take a full collection
+    # well past GC_NAMED_AFTER (10 ms) on any machine.
+    heap = [[i] for i in range(1_000_000)]
+    loop = Loop()
+    watch = StallWatch(loop, every=3600)  # no sampling: the name is the GC's alone
+    watch.start()
+    names: list[str] = []
+
+    def collect_elsewhere() -> None:  # another thread's collection is not the loop's
+        collector = threading.Thread(target=gc.collect)
+        collector.start()
+        collector.join()
+        names.append(watch.place(loop.current_call[0]))
+
+    try:
+        loop.call_later(0, gc.collect)
+        loop.run_once(max_wait=0)
+        names.append(loop.reset_longest_call()[1])
+        loop.call_later(0, collect_elsewhere)
+        loop.run_once(max_wait=0)
+    finally:
+        watch.stop()
+        loop.close()
+    assert len(heap) == 1_000_000
+    assert re.fullmatch(r"collect, \d+ ms in garbage collection of generation 2", names[0])
+    assert names[1] == ""
+    assert watch._gc_phase not in gc.callbacks
 
 
 def test_the_kernel_state_of_a_thread_is_read_from_proc():
