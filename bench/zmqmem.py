@@ -70,8 +70,10 @@ import time
 import zmq
 
 # The master's options (see the module docstring for where each is set).
-ZMTP_HEARTBEAT_IVL_MS = 60_000  # master/transport.py
+ZMTP_HEARTBEAT_IVL_MS = 60_000  # minion/daemon.py: its SUB pings; the master does not
 ZMTP_HEARTBEAT_TIMEOUT_MS = 180_000
+DEAD_PEER_IDLE_S, DEAD_PEER_PROBE_S, DEAD_PEER_PROBES = 60, 30, 4  # master/transport.py
+DEAD_PEER_MS = 180_000
 HANDSHAKE_IVL_MS = 10_000
 RETURN_RCVHWM, RETURN_SNDHWM = 2, 8  # master/intake.py
 PUBLISH_HWM, PUBLISH_RCVHWM = 16, 8  # master/publish.py
@@ -281,8 +283,11 @@ def listener(ctx: zmq.Context, kind: int, max_in: int, domain: str, spec: dict) 
         if spec["zap"]:
             sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode("ascii"))
     sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, DEAD_PEER_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, DEAD_PEER_PROBE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, DEAD_PEER_PROBES)
+    sock.setsockopt(zmq.TCP_MAXRT, DEAD_PEER_MS)
     return sock
 
 
@@ -323,9 +328,9 @@ def clients(spec: dict) -> None:
                 sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
                 sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
                 sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
             if kind == zmq.SUB:
+                sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             else:
                 dealers.append(sock)

@@ -23,14 +23,12 @@ from safcm.common.ratelimit import PeerLog
 from safcm.master.facts import HostFacts
 from safcm.master.keystore import KeyStore, MinionKey
 from safcm.master.transport import (
-    HANDSHAKE_IVL_MS,
     KEY_PORT_IDLE,
     UNKNOWN_IDLE,
-    ZMTP_HEARTBEAT_IVL_MS,
-    ZMTP_HEARTBEAT_TIMEOUT_MS,
     ConnectionTable,
     Monitor,
     curve_server,
+    peer_deadlines,
 )
 
 log = logging.getLogger("safcm-master")
@@ -90,9 +88,7 @@ class Peers:
         if curve_secret is not None:
             curve_server(sock, curve_secret, domain)
         else:
-            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+            peer_deadlines(sock)
         idle = KEY_PORT_IDLE if curve_secret is None else UNKNOWN_IDLE
         table = self.tables[domain] = ConnectionTable(cap, idle)
         self.monitors.append(

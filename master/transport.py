@@ -52,15 +52,23 @@ DOMAIN_PUBLISH = "publish"
 DOMAIN_RETURN = "return"
 DOMAIN_KEY = "key"  # the plain key port: no ZAP, but a connection table like the others
 
-# ZMTP heartbeats (libzmq's own PING/PONG, independent of ours): a connection
-# that answers no PING for HEARTBEAT_TIMEOUT is closed, so dead peers never
-# hold a descriptor for long (no longer than a silent unknown key holds one,
-# UNKNOWN_IDLE). Not more often: every PING and PONG costs libzmq's I/O
-# thread a wake-up and a CURVE box, about 20 us, and at 10 s the PINGs of
-# idle minions cost the master more than their heartbeats (bench/heartbeat.py
-# --interval 5). Milliseconds.
-ZMTP_HEARTBEAT_IVL_MS = 60_000
-ZMTP_HEARTBEAT_TIMEOUT_MS = 180_000
+# A peer that is gone (its host crashed or was cut off, so no FIN came) is
+# found by the kernel, not by libzmq: TCP keepalive probes an idle
+# connection after DEAD_PEER_IDLE_S seconds, every DEAD_PEER_PROBE_S, and
+# closes it after DEAD_PEER_PROBES unanswered; data left unacknowledged for
+# DEAD_PEER_MS closes it too (TCP_USER_TIMEOUT, ZMQ_TCP_MAXRT). So a dead
+# peer holds a descriptor three minutes at most, as with ZMTP heartbeats at
+# 60 s before, without their cost: libzmq 4.3.5 cancels a connection's PING
+# timeout, at the first message after each PING, by walking every timer of
+# its I/O thread (poller_base_t::cancel_timer is O(n)), so the master's
+# PINGs cost the square of its connections. At 6,000 minions its I/O thread
+# used 13-31% of a core with the fleet idle (bench/fanout.py), against 2%
+# for all of our Python. The minions still send ZMTP PINGs; the master
+# answers them, which sets no timer (the minions ask no TTL).
+DEAD_PEER_IDLE_S = 60
+DEAD_PEER_PROBE_S = 30
+DEAD_PEER_PROBES = 4
+DEAD_PEER_MS = 180_000
 # A CURVE handshake must finish within this many milliseconds, or libzmq
 # closes the connection: a peer that connects and says nothing is dropped.
 HANDSHAKE_IVL_MS = 10_000
@@ -351,10 +359,18 @@ class Zap:
 
 def curve_server(sock: zmq.Socket, secret: bytes, domain: str) -> None:
     """Make `sock` a CURVE server that asks the ZAP handler under `domain`,
-    with ZMTP heartbeats and a handshake deadline."""
+    with the deadlines of every network socket (peer_deadlines)."""
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
     sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode("ascii"))
+    peer_deadlines(sock)
+
+
+def peer_deadlines(sock: zmq.Socket) -> None:
+    """A handshake deadline, and dead peers found by the kernel (DEAD_PEER_*)."""
     sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, DEAD_PEER_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, DEAD_PEER_PROBE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, DEAD_PEER_PROBES)
+    sock.setsockopt(zmq.TCP_MAXRT, DEAD_PEER_MS)

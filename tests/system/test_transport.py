@@ -5,8 +5,10 @@ fails when that protection is taken out."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
+import subprocess
 import time
 
 import zmq
@@ -226,6 +228,36 @@ def test_a_silent_tcp_connection_is_dropped(sandbox):
         while chunk := s.recv(4096):
             data += chunk
     assert data  # the greeting came, then the end of the stream
+
+
+def master_side_timers(sb, port: int) -> list[str]:
+    """The kernel's timer of each established connection the master holds on
+    `port` (ss: "keepalive", "on" for retransmission, or "" for none)."""
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    timers = (re.search(r"timer:\((\w+),", line) for line in out.splitlines())
+    return [m.group(1) if m else "" for m in timers]
+
+
+def test_a_dead_peer_is_left_to_the_kernels_keepalive_not_to_zmtp_pings(sandbox):
+    # The master sends no ZMTP PINGs (each cost a walk of all of libzmq's
+    # timers, so all of them the square of the fleet); the kernel probes
+    # idle connections instead, and closes those of a peer that is gone.
+    def probed(port: int) -> bool:
+        # A connection with data in flight shows its retransmission timer
+        # ("on") instead, for a moment.
+        timers = master_side_timers(sandbox, port)
+        return bool(timers) and all(timer == "keepalive" for timer in timers)
+
+    enrol(sandbox, "web1")
+    for name in ("publish_port", "return_port", "key_port"):
+        port = sandbox.master.settings[name]
+        with socket.create_connection(("127.0.0.1", port)):  # a stranger's, too
+            wait_for(lambda p=port: probed(p), 10, f"keepalive on every connection to {name}")
 
 
 def test_a_claimed_id_is_accepted_only_by_fingerprint(sandbox, fake):
