@@ -16,7 +16,7 @@ measures what libzmq itself costs per such pair, with no safcm code at all:
    bound on 127.0.0.1 with the options the master sets before bind
    (master/peers.py, master/intake.py, master/publish.py,
    master/transport.py: LINGER, MAXMSGSIZE, HWMs, CURVE server, ZAP domain,
-   handshake deadline, ZMTP heartbeats, XPUB_MANUAL/VERBOSE/NODROP,
+   handshake deadline, TCP keepalive, XPUB_MANUAL/VERBOSE/NODROP,
    ROUTER_MANDATORY 0), and a ZAP handler that accepts every key with its
    hex as the User-Id, as the master's does. It answers each DEALER message
    with a small reply, applies a topic of its own to each subscription
