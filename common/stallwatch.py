@@ -149,8 +149,8 @@ class StallWatch:
         if started is None or self.loop.clock() - started < self.after:
             return
         frame = sys._current_frames().get(self._loop_thread)
-        if frame is None:
-            return
+        if frame is None or frame.f_code is _GC_PHASE:
+            return  # a collection just ended: timed by _gc_phase, not sampled
         place = where(frame) + kernel_state(self._loop_task)
         if self.loop.current_call[0] != seq:
             return  # that call ended while we looked: the stack is another's
@@ -159,6 +159,9 @@ class StallWatch:
             places = Counter()
             self._samples = (seq, places)
         places[place] += 1
+
+
+_GC_PHASE = StallWatch._gc_phase.__code__
 
 
 def where(frame: FrameType) -> str:

@@ -350,8 +350,9 @@ class Lifecycles:
         its end, changes nothing)."""
         item = self._open.get((jid, host))
         if item is not None and item.state is State.SENT:
-            took = now - item.last_sent
-            self._slowest[jid] = max(self._slowest.get(jid, 0.0), took)
+            if item.last_sent > -math.inf:  # else sent before a restart: when, unknown
+                took = now - item.last_sent
+                self._slowest[jid] = max(self._slowest.get(jid, 0.0), took)
             item.state = State.RECEIVED
             item.publishing = False
             self.effects.store_receipt(jid, host)

@@ -145,6 +145,16 @@ def test_a_host_is_published_to_again_only_as_its_jobs_receipts_show_it_late():
     assert fake.take() == []
     lc.wake(T0 + 500 + PATIENCE_MAX)
     assert fake.take() == [("publish", "J2", "web2")]
+    # A receipt for an envelope sent before a restart says nothing of how
+    # long receipts take: the others keep the usual schedule.
+    fake = Recorder()
+    lc = Lifecycles(fake)
+    lc.restore([OpenRow("J3", h, State.SENT, T0 + timeout) for h in ("web1", "web2")], now=T0)
+    lc.receipt("J3", "web1", T0)
+    lc.wake(T0)
+    assert fake.take() == [("store_receipt", "J3", "web1"), ("publish", "J3", "web2")]
+    lc.wake(T0 + REPUBLISH_FIRST)
+    assert fake.take() == [("publish", "J3", "web2")]
 
 
 def test_an_envelope_its_subscriber_could_not_queue_is_published_again_soon():
