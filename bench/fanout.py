@@ -191,6 +191,7 @@ class SizeFigures:
     swarm_identities: int = 0
     minion_hwm_kib: int = 0  # the one real minion daemon
     master_idle_load: float = 0.0  # share of a core with no job (heartbeats)
+    master_idle_libzmq: float = 0.0  # the part of it in libzmq's I/O threads
     master_idle_rss_kib: int = 0  # the master's RSS with the fleet connected, before any job
     minions_idle_load: float = 0.0
     idle_profiles: dict[str, Profile] = field(default_factory=dict)
@@ -340,6 +341,23 @@ def tree_cpu_seconds(pid: int) -> float:
     for task in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{task}/children") as f:
             total += sum(cpu_seconds(int(child)) for child in f.read().split())
+    return total
+
+
+def libzmq_io_seconds(pid: int) -> float:
+    """CPU time libzmq's I/O threads ("ZMQbg/IO/N") of a process have used
+    so far: py-spy cannot see them, and at 6,000 minions they were most of
+    an idle master's CPU (master/transport.py DEAD_PEER_*)."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                name, _, rest = f.read().partition("(")[2].rpartition(")")
+        except OSError:
+            continue  # a thread that ended
+        if name.startswith("ZMQbg/IO"):
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return total
 
 
@@ -590,6 +608,7 @@ class Fleet:
         minions += [s.proc.pid for s in self.swarms]
         return {
             "master": tree_cpu_seconds(self.sb.master.proc.pid),
+            "master libzmq": libzmq_io_seconds(self.sb.master.proc.pid),
             "minions": sum(cpu_seconds(pid) for pid in minions),
         }
 
@@ -851,6 +870,7 @@ def bench_size(n: int, args: argparse.Namespace, budget: Budget) -> SizeFigures:
             figures.connect_seconds = fleet.connect_seconds
             idle, figures.idle_profiles = fleet.idle_load(args.profile)
             figures.master_idle_load = idle["master"]
+            figures.master_idle_libzmq = idle["master libzmq"]
             figures.minions_idle_load = idle["minions"]
             figures.master_idle_rss_kib = fleet.master_rss_kib()
             for module, name, check in plan:
@@ -950,7 +970,10 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         "loop max ms: the longest any one callback held the master's event loop from the\n"
         "  job's submission to its end (nothing else was read or sent meanwhile), and which.\n"
         "idle CPU: share of one core used with no job (heartbeats), over one heartbeat\n"
-        f"  interval (at least {IDLE_WINDOW:.0f} s) after one interval to settle.\n"
+        f"  interval (at least {IDLE_WINDOW:.0f} s) after one interval to settle; the\n"
+        "  master's, of it in libzmq's I/O threads: "
+        + ", ".join(f"N={z.n} {z.master_idle_libzmq * 100:.1f}%" for z in sizes)
+        + ".\n"
         "MiB: the master's RSS with the fleet connected and idle, before the first job;\n"
         "  peak RSS (VmHWM) of the master; of the swarms per identity (their sum over\n"
         "  identities, and the same less their RSS before the first identity); and of\n"

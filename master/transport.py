@@ -62,9 +62,10 @@ DOMAIN_KEY = "key"  # the plain key port: no ZAP, but a connection table like th
 # timeout, at the first message after each PING, by walking every timer of
 # its I/O thread (poller_base_t::cancel_timer is O(n)), so the master's
 # PINGs cost the square of its connections. At 6,000 minions its I/O thread
-# used 13-31% of a core with the fleet idle (bench/fanout.py), against 2%
-# for all of our Python. The minions still send ZMTP PINGs; the master
-# answers them, which sets no timer (the minions ask no TTL).
+# used 13-31% of a core with the fleet idle, against 2% for all of our
+# Python (bench/fanout.py prints the I/O threads' share of the idle
+# master). The minions still send ZMTP PINGs; the master answers them,
+# which sets no timer (the minions ask no TTL).
 DEAD_PEER_IDLE_S = 60
 DEAD_PEER_PROBE_S = 30
 DEAD_PEER_PROBES = 4

@@ -785,7 +785,7 @@ class Minion:
         jid = msg.body["jid"]
         # Not synced: a result back after a crash is only sent again, and the
         # master confirms a copy of one it stored. One fsync less per job,
-        # and not on the loop.
+        # and it was on the loop.
         if self.spool.remove(Kind.RESULT, jid, durable=False):
             log.info("%s: the master stored the result of job %s", self.id, jid)
         self.outgoing.pop(jid, None)
