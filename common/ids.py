@@ -88,10 +88,25 @@ def jid_problem(value: object) -> str | None:
     if len(value) != JID_LENGTH or _JID_RE.fullmatch(value) is None:
         return f"jid {value[:64]!r} is not of the form YYYYMMDDTHHMMSS.ffffffZ"
     try:
-        datetime.datetime.strptime(value, JID_FORMAT)
+        _jid_datetime(value)
     except ValueError:
         return f"jid {value!r} is not a real date and time"
     return None
+
+
+def _jid_datetime(jid: str) -> datetime.datetime:
+    """The naive UTC time of a jid of the right form (_JID_RE); ValueError
+    if it names no real date and time. By its fields rather than strptime(),
+    which costs 20 times as much, and every message names a jid."""
+    return datetime.datetime(
+        int(jid[0:4]),
+        int(jid[4:6]),
+        int(jid[6:8]),
+        int(jid[9:11]),
+        int(jid[11:13]),
+        int(jid[13:15]),
+        int(jid[16:22]),
+    )
 
 
 def check_jid(value: object) -> str:
@@ -108,7 +123,7 @@ def jid_time(jid: str) -> float:
 
 
 def _jid_us(jid: str) -> int:
-    t = datetime.datetime.strptime(jid, JID_FORMAT).replace(tzinfo=datetime.UTC)
+    t = _jid_datetime(jid).replace(tzinfo=datetime.UTC)
     delta = t - _JID_MIN
     return (delta.days * 86400 + delta.seconds) * _US_PER_S + delta.microseconds
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from safcm.common.errors import DaemonError, ProtocolError
-from safcm.common.loop import Loop
+from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import (
     MAX_CONTROL_REQUEST_BYTES,
     Channel,
@@ -80,6 +80,7 @@ class ControlConnection:
         self.close_when_flushed = False
         self.on_close: list[Callable[[ControlConnection], Any]] = []
         self._on_drained: Callable[[], Any] | None = None
+        self._flush_due: Timer | None = None
 
     def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
         self.send_encoded(encode_plain(msg_type, body))
@@ -93,7 +94,12 @@ class ControlConnection:
             log.warning("control: %s does not read its replies; dropping the connection", self.user)
             self.close()
             return
-        self._flush()
+        # Written at the end of this loop turn, with whatever else the turn
+        # sends: a job's results are confirmed a slice at a time, and one
+        # write for a slice costs the master (and wakes the CLI) once, not
+        # once per host.
+        if self._flush_due is None:
+            self._flush_due = self.server.loop.call_later(0.0, self._flush)
 
     def error(self, code: str, message: str, problems: list[dict[str, Any]] | None = None) -> None:
         """Send an ERROR and close once it is written."""
@@ -122,6 +128,9 @@ class ControlConnection:
             callback()
 
     def _flush(self) -> None:
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
         while self.out and not self.closed:
             try:
                 n = self.sock.send(self.out)
@@ -144,6 +153,8 @@ class ControlConnection:
             return
         self.closed = True
         self._on_drained = None
+        if self._flush_due is not None:
+            self._flush_due.cancel()
         self.server.loop.remove_reader(self.sock)
         self.server.loop.remove_writer(self.sock)
         self.sock.close()

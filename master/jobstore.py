@@ -54,6 +54,9 @@ PURGE_CHUNK = 2000
 # without a result (pending, no response) weigh little each, so their count
 # bounds a part as the results' bytes bound the others.
 HOSTS_CHUNK = 500
+# Jobs whose module and dry-run flag module_of() keeps: results come for the
+# few jobs running at once, so a handful would do; these are bytes each.
+MODULE_MEMO = 256
 
 
 # The states of a job's host, as its row stores them: the lifecycle's
@@ -184,6 +187,7 @@ class JobStore:
         self.conn = conn
         # The master whose jobs this store creates (master/cluster.py).
         self.owner = owner
+        self._modules: dict[str, tuple[str, bool]] = {}  # module_of()'s answers
 
     def create(
         self,
@@ -406,11 +410,22 @@ class JobStore:
         return frozenset(t for (data,) in rows for t in Plan.unpack(data).triggers)
 
     def module_of(self, jid: str) -> tuple[str, bool] | None:
-        """(module, dry_run) of a job, or None if there is no such job."""
+        """(module, dry_run) of a started job, or None if there is no such job.
+
+        Asked for every result on the loop: a started job's are kept
+        (they never change), for the latest MODULE_MEMO jobs asked about."""
+        known = self._modules.get(jid)
+        if known is not None:
+            return known
         row = self.conn.execute(
             "SELECT module, dry_run FROM jobs WHERE jid = ? AND started = 1", (jid,)
         ).fetchone()
-        return None if row is None else (row[0], bool(row[1]))
+        if row is None:
+            return None
+        if len(self._modules) >= MODULE_MEMO:
+            del self._modules[next(iter(self._modules))]  # the one asked about first
+        known = self._modules[jid] = (row[0], bool(row[1]))
+        return known
 
     def stored_bytes(self, host: str) -> int:
         """Bytes of results stored for `host` (its use of the result quota)."""
@@ -552,6 +567,7 @@ class JobStore:
             # The old jobs have no host rows left: they go, with their plans,
             # manifests and content (ON DELETE CASCADE), which are few per job.
             jobs = self.conn.execute("DELETE FROM jobs WHERE jid < ?", (jid,)).rowcount
+        self._modules = {k: v for k, v in self._modules.items() if k >= jid}
         return jobs, False
 
     def list_jobs(

@@ -151,3 +151,48 @@ def test_an_oversized_request_is_refused_before_it_is_read(tmp_path):
     server.close()
     assert handled == []
     assert b"exceeds" in answer[0], answer
+
+
+class CountingSocket:
+    """A connection's socket that counts its writes (everything else passes)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.writes = 0
+
+    def send(self, data):
+        self.writes += 1
+        return self.sock.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_what_one_loop_turn_sends_a_client_is_written_at_once(tmp_path):
+    """A job's results are confirmed many per loop turn: each written on its
+    own would cost the master a system call and wake the CLI, per host."""
+    path = str(tmp_path / "c.sock")
+    done = threading.Event()
+    got = []
+    counted = []
+
+    def handler(conn, msg):
+        conn.sock = CountingSocket(conn.sock)
+        counted.append(conn.sock)
+        body = {"master": "SHA256:" + "a" * 52, "keys": [], "left": [], "refused": []}
+        for _ in range(50):
+            conn.send(MsgType.KEYS_REPLY, body)
+        conn.server.loop.call_later(0.0, conn.finish)  # a turn later: the 50 went before
+
+    def client():
+        with ControlClient(path) as c:
+            c.send(MsgType.KEYS, LIST)
+            got.extend(r.type for r in c.replies(5))
+        done.set()
+
+    loop, server = serve(path, handler, done.is_set)
+    threading.Thread(target=client).start()
+    loop.run()
+    server.close()
+    assert got == [MsgType.KEYS_REPLY] * 50
+    assert counted[0].writes == 1

@@ -116,6 +116,24 @@ def test_list_filters_and_order(conn):
     assert conn.execute("SELECT count(*) FROM job_hosts").fetchone()[0] == 1
 
 
+def test_a_jobs_module_is_known_once_it_started_and_forgotten_when_purged(conn, monkeypatch):
+    monkeypatch.setattr("safcm.master.jobstore.MODULE_MEMO", 2)
+    store = JobStore(conn)
+    first, second, third = (f"20260101T000000.00000{i}Z" for i in (1, 2, 3))
+    store.store(job(first, dry_run=True), parts("web1"))
+    assert store.module_of(first) is None  # stored, not started: no result answers it
+    store.start(first)
+    assert store.module_of(first) == ("files", True)
+    store.create(job(second), parts("web1"))
+    store.create(job(third), parts("web1"))
+    assert store.module_of(second) == ("files", False)
+    assert store.module_of(third) == ("files", False)  # the memo drops the first
+    assert store.module_of(first) == ("files", True)  # read again
+    assert store.purge_before(third) == (2, False)
+    assert store.module_of(first) is None and store.module_of(second) is None
+    assert store.module_of(third) == ("files", False)
+
+
 def test_old_jobs_are_purged_a_chunk_of_host_rows_at_a_time(conn):
     store = JobStore(conn)
     store.create(job("20260101T000000.000001Z"), parts("web1", "web2", "web3"))
