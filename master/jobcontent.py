@@ -110,6 +110,13 @@ def body_bytes(
     return manifest_bytes + sum(len(content[d]) + 5 for d in include)
 
 
+# Bytes of packed bodies with content that a job keeps for the hosts to
+# come (JobParts.packed_body()): a first run's one body per group of hosts
+# is then checked and packed once, not once per host; the bound keeps a
+# large job's hosts that all differ from holding a body each.
+FULL_BODIES_BYTES = 32 * 1024 * 1024
+
+
 @dataclass
 class HostPart:
     """What one host's envelope is made of."""
@@ -129,6 +136,10 @@ class JobParts:
     hosts: dict[str, HostPart] = field(default_factory=dict)
     # manifest digest -> that manifest packed as a body (packed_body())
     _bare: dict[str, bytes] = field(default_factory=dict)
+    # (manifest digest, include) -> that body packed, the oldest first, and
+    # their bytes (packed_body())
+    _full: dict[tuple[str, tuple[bytes, ...]], bytes] = field(default_factory=dict)
+    _full_bytes: int = 0
     # id of a body's file map or list of them -> (it, its manifest form), and
     # id of a manifest's list of files -> (it, packed), while hosts are added
     _bare_files: dict[int, tuple[Any, Any]] = field(default_factory=dict)
@@ -184,14 +195,26 @@ class JobParts:
         return with_content(self.manifests[part.manifest], part.include, self.content)
 
     def packed_body(self, host: str, pack: Callable[[dict[str, Any]], bytes]) -> bytes:
-        """body(host) packed by `pack`; a body without content (the host has it
-        all: a no-op run) is packed once for every host with that manifest."""
+        """body(host) packed by `pack`. A body without content (the host has it
+        all: a no-op run) is packed once for every host with that manifest;
+        one with content once for the hosts with the same manifest and
+        content (a first run), while the latest such bodies, up to
+        FULL_BODIES_BYTES, are kept."""
         part = self.hosts[host]
-        if part.include:
-            return pack(self.body(host))
-        packed = self._bare.get(part.manifest)
+        if not part.include:
+            packed = self._bare.get(part.manifest)
+            if packed is None:
+                packed = self._bare[part.manifest] = pack(self.manifests[part.manifest])
+            return packed
+        key = (part.manifest, tuple(part.include))
+        packed = self._full.get(key)
         if packed is None:
-            packed = self._bare[part.manifest] = pack(self.manifests[part.manifest])
+            packed = pack(self.body(host))
+            while self._full and self._full_bytes + len(packed) > FULL_BODIES_BYTES:
+                self._full_bytes -= len(self._full.pop(next(iter(self._full))))
+            if len(packed) <= FULL_BODIES_BYTES:
+                self._full[key] = packed
+                self._full_bytes += len(packed)
         return packed
 
     def size(self, host: str) -> int:

@@ -11,6 +11,7 @@ import pytest
 from safcm.common import codec
 from safcm.common.errors import SafcmError
 from safcm.common.model import FileSpec, FileType
+from safcm.master import jobcontent
 from safcm.master.jobcontent import (
     JobParts,
     digests_of,
@@ -159,6 +160,37 @@ def test_a_body_without_content_is_packed_once_for_all_its_hosts():
     assert len(packs) == 1 and packs[0]["files"][0]["data"] is None
     assert codec.unpack(parts.packed_body("web3", pack), max_depth=16) == body(SHARED)
     assert len(packs) == 2  # web3 lacks the content: its own body
+
+
+def no_content(_host: str) -> frozenset[bytes]:
+    return frozenset()
+
+
+def test_a_body_with_content_is_packed_once_for_the_hosts_that_share_it(monkeypatch):
+    parts = JobParts(100.0)
+    for host in ("web1", "web2", "db1"):
+        parts.add(host, body(SHARED, ONLY_WEB1) if host != "db1" else body(SHARED), no_content)
+    packs = []
+
+    def pack(b: dict) -> bytes:
+        packs.append(b)
+        return codec.pack(b)
+
+    assert parts.packed_body("web1", pack) == parts.packed_body("web2", pack)
+    assert len(packs) == 1  # a first run: one body checked and packed for both
+    assert codec.unpack(parts.packed_body("db1", pack), max_depth=16) == body(SHARED)
+    assert codec.unpack(parts.packed_body("web2", pack), max_depth=16) == body(SHARED, ONLY_WEB1)
+    assert len(packs) == 2
+
+    # Kept up to a bound in bytes: here one body at a time.
+    monkeypatch.setattr(jobcontent, "FULL_BODIES_BYTES", len(codec.pack(body(SHARED, ONLY_WEB1))))
+    parts = JobParts(100.0)
+    for host in ("web1", "web2", "db1"):
+        parts.add(host, body(SHARED, ONLY_WEB1) if host != "db1" else body(SHARED), no_content)
+    packs.clear()
+    for host in ("web1", "db1", "web2", "web1"):
+        parts.packed_body(host, pack)
+    assert len(packs) == 3  # db1's body pushed web1's out; web2's stayed for web1
 
 
 def fleet(n: int) -> list[str]:
