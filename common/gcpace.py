@@ -12,8 +12,7 @@ A cycle of frozen objects that becomes garbage is not collected while
 frozen: every THAW_EVERY seconds the pacer thaws everything and collects
 once, one long pause at a time of its choosing instead of one per job.
 
-    pacer = GcPacer(now=loop.clock())
-    loop.call_every(FREEZE_EVERY, lambda: pacer.tick(loop.clock()))
+    pace_collections(loop)  # GcPacer(loop.clock()), ticked every FREEZE_EVERY
 
 The decisions are pure (time passed in); `collector` is the gc module, or a
 test's fake that records what it is asked.
@@ -23,6 +22,8 @@ from __future__ import annotations
 
 import gc
 from typing import Protocol
+
+from safcm.common.loop import Loop
 
 # Seconds between freezes: an object that has lived this long is likely to
 # live as long as the daemon; what is younger is still walked.
@@ -52,3 +53,10 @@ class GcPacer:
             self.collector.unfreeze()
             self.collector.collect()
         self.collector.freeze()
+
+
+def pace_collections(loop: Loop, collector: Collector = gc) -> GcPacer:
+    """Freeze the heap now and pace collections on `loop` from here on."""
+    pacer = GcPacer(loop.clock(), collector)
+    loop.call_every(FREEZE_EVERY, lambda: pacer.tick(loop.clock()))
+    return pacer

@@ -42,7 +42,7 @@ from safcm.common import log as safcm_log
 from safcm.common import modules as module_wires
 from safcm.common.daemonlock import lock_state_dir
 from safcm.common.errors import ConfigError, SafcmError, StoreError, UsageError
-from safcm.common.gcpace import FREEZE_EVERY, GcPacer
+from safcm.common.gcpace import pace_collections
 from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import Message, MsgType, new_jid
 from safcm.common.ratelimit import PeerLog
@@ -580,8 +580,7 @@ def run(settings: MasterSettings) -> int:
         # Full garbage collections walk only what is younger than a minute
         # (common/gcpace.py): the fleet's keys, connections and facts are not
         # walked at every job.
-        pacer = GcPacer(loop.clock())
-        loop.call_every(FREEZE_EVERY, lambda: pacer.tick(loop.clock()))
+        pace_collections(loop)
         loop.run()
     finally:
         log.info("stopping")

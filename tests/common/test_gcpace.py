@@ -5,7 +5,11 @@ from __future__ import annotations
 import gc
 import weakref
 
-from safcm.common.gcpace import FREEZE_EVERY, THAW_EVERY, GcPacer
+import pytest
+
+from safcm.common import gcpace
+from safcm.common.gcpace import FREEZE_EVERY, THAW_EVERY, GcPacer, pace_collections
+from safcm.common.loop import Loop
 
 
 class Recorder:
@@ -63,3 +67,15 @@ def test_a_frozen_cycle_is_kept_until_the_thaw_collects_it():
         assert gc.get_freeze_count() > 0  # and the survivors frozen again
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.timeout(30)
+def test_a_loop_paced_freezes_at_once_and_then_on_its_own(monkeypatch):
+    monkeypatch.setattr(gcpace, "FREEZE_EVERY", 0.01)
+    fake = Recorder()
+    loop = Loop()
+    pace_collections(loop, fake)
+    assert fake.calls == ["freeze"]
+    loop.call_every(0.005, lambda: fake.calls.count("freeze") >= 3 and loop.stop())
+    loop.run()
+    assert set(fake.calls) == {"freeze"}  # no thaw within the hour
