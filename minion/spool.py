@@ -2,6 +2,8 @@
 
 - A job is written here when its receipt is sent, and removed when its result
   is written, so a job acknowledged but not yet applied survives a restart.
+  That removal need not be durable: a job found with its result is one that
+  finished (the minion's _resume_jobs() drops it).
 - A result is written here before it is first sent, and removed when the
   master confirms it has stored it. That removal need not be durable: a
   result back after a crash is sent again, and the master, which has it,
