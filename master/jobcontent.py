@@ -112,9 +112,11 @@ def body_bytes(
 
 # Bytes of packed bodies with content that a job keeps for the hosts to
 # come (JobParts.packed_body()): a first run's one body per group of hosts
-# is then checked and packed once, not once per host; the bound keeps a
-# large job's hosts that all differ from holding a body each.
-FULL_BODIES_BYTES = 32 * 1024 * 1024
+# is then checked and packed once, not once per host. They copy content the
+# job holds anyway (JobParts.content), for as long as the job is open, so
+# the bound is small: a larger body's check and pack cost little beside
+# sealing it (bench/crypto.py: 1 MiB seals at about 240 a second).
+FULL_BODIES_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
