@@ -35,7 +35,14 @@ from typing import Any
 
 from safcm.common.crypto import KeyPair
 from safcm.common.errors import SafcmError
-from safcm.common.protocol import NO_RESPONSE, Message, MsgType, encode_plain, new_jid
+from safcm.common.protocol import (
+    NO_RESPONSE,
+    Message,
+    MsgType,
+    encode_host_result,
+    encode_plain,
+    new_jid,
+)
 from safcm.master import targets
 from safcm.master.batch import BatchSize, Rollout
 from safcm.master.cluster import held_elsewhere
@@ -424,12 +431,11 @@ class Runs:
             run.batch.tally.add(outcome(result))
             # A failed result and no response both count towards --batch-fail.
             run.batch.rollout.answered(host, outcome(result) not in FAILURES)
-        status = NO_RESPONSE if result is None else result["status"]
+        if not run.watchers:
+            return
+        message = encode_host_result(jid, host, result)
         for conn in list(run.watchers):
-            conn.send(
-                MsgType.RUN_HOST_RESULT,
-                {"jid": jid, "host": host, "status": status, "result": result},
-            )
+            conn.send_encoded(message)
 
     def progress(self, jid: str, host: str, until: float) -> None:
         run = self.runs.get(jid)

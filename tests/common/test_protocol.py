@@ -48,6 +48,7 @@ from safcm.common.protocol import (
     SeenJids,
     decode_plain,
     encode_frame,
+    encode_host_result,
     encode_plain,
     heartbeat_body,
     is_sealed,
@@ -1360,3 +1361,17 @@ def test_heartbeat_body_refuses_an_oversized_frame_before_unpacking_it(monkeypat
     oversized = _HEARTBEAT_HEAD + codec.pack({"version": "x" * MAX_SMALL_BYTES})
     monkeypatch.setattr(codec, "unpack_flat", lambda *a, **k: pytest.fail("unpacked"))
     assert heartbeat_body(oversized) is None
+
+
+def test_a_stored_result_goes_to_the_cli_as_encode_plain_would_send_it():
+    for result in (_RESULT, None):
+        status = "no response" if result is None else result["status"]
+        body = {"jid": JID, "host": "web1", "status": status, "result": result}
+        assert encode_host_result(JID, "web1", result) == encode_plain(
+            MsgType.RUN_HOST_RESULT, body
+        )
+    # What is around the result is still checked; the result was when it came.
+    with pytest.raises(ProtocolError, match="RUN_HOST_RESULT body.host"):
+        encode_host_result(JID, "Web 1", _RESULT)
+    with pytest.raises(ProtocolError, match="RUN_HOST_RESULT body.jid"):
+        encode_host_result("yesterday", "web1", _RESULT)
