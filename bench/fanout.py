@@ -52,8 +52,10 @@ first swarm and the CLI during each timed run and prints the functions that
 took the most samples. Only the thread holding the GIL is sampled (--gil):
 otherwise a thread waiting for it (the loop, while the result writer's
 thread holds it) looks busy where it waits, and a master's 0.8 CPU
-seconds showed as 1.4 seconds of samples. Everything is bounded: each wait has its own timeout, and
-the whole run stops at --max-seconds. All processes are stopped and the
+seconds showed as 1.4 seconds of samples.
+
+Everything is bounded: each wait has its own timeout, and the whole run
+stops at --max-seconds. All processes are stopped and the
 temporary directories removed at the end, on error, and on Ctrl-C (--keep
 leaves the directories for a look at the logs).
 """
