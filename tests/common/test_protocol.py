@@ -1371,7 +1371,7 @@ def test_a_stored_result_goes_to_the_cli_as_encode_plain_would_send_it():
             MsgType.RUN_HOST_RESULT, body
         )
     # What is around the result is still checked; the result was when it came.
-    with pytest.raises(ProtocolError, match="RUN_HOST_RESULT body.host"):
+    with pytest.raises(ProtocolError, match=r"RUN_HOST_RESULT body\.host"):
         encode_host_result(JID, "Web 1", _RESULT)
-    with pytest.raises(ProtocolError, match="RUN_HOST_RESULT body.jid"):
+    with pytest.raises(ProtocolError, match=r"RUN_HOST_RESULT body\.jid"):
         encode_host_result("yesterday", "web1", _RESULT)
