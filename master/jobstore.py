@@ -54,8 +54,9 @@ PURGE_CHUNK = 2000
 # without a result (pending, no response) weigh little each, so their count
 # bounds a part as the results' bytes bound the others.
 HOSTS_CHUNK = 500
-# Jobs whose module and dry-run flag module_of() keeps: results come for the
-# few jobs running at once, so a handful would do; these are bytes each.
+# Jobs whose module and dry-run flag module_of() keeps, the oldest dropped
+# first: results come for the few jobs running at once, so a handful would
+# do; an entry is a jid and a module name.
 MODULE_MEMO = 256
 
 
@@ -412,8 +413,8 @@ class JobStore:
     def module_of(self, jid: str) -> tuple[str, bool] | None:
         """(module, dry_run) of a started job, or None if there is no such job.
 
-        Asked for every result on the loop: a started job's are kept
-        (they never change), for the latest MODULE_MEMO jobs asked about."""
+        Asked for every result on the loop: a started job's are kept (they
+        never change), for the last MODULE_MEMO jobs read."""
         known = self._modules.get(jid)
         if known is not None:
             return known
