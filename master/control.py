@@ -201,6 +201,9 @@ class ControlServer:
 
     def close(self) -> None:
         for conn in list(self.connections):
+            # What the last loop turn queued (the daemon's stop confirms the
+            # results it still held), as far as the socket takes it now.
+            conn._flush()
             conn.close()
         self.loop.remove_reader(self.sock)
         self.sock.close()

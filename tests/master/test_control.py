@@ -196,3 +196,32 @@ def test_what_one_loop_turn_sends_a_client_is_written_at_once(tmp_path):
     server.close()
     assert got == [MsgType.KEYS_REPLY] * 50
     assert counted[0].writes == 1
+
+
+def test_what_is_queued_when_the_daemon_stops_is_still_sent(tmp_path):
+    """A stopping daemon confirms the results it still holds after its loop
+    has ended (Intake.finish_writing()): no loop turn flushes them then."""
+    path = str(tmp_path / "c.sock")
+    loop = Loop()
+    asked = []
+
+    def handler(conn, msg):
+        asked.append(conn)
+        loop.stop()
+
+    server = ControlServer(path, loop=loop, admin_group=None, handle=handler)
+    got = []
+
+    def client():
+        with ControlClient(path) as c:
+            c.send(MsgType.KEYS, LIST)
+            got.extend(r.type for r in c.replies(5))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    loop.run()
+    body = {"master": "SHA256:" + "a" * 52, "keys": [], "left": [], "refused": []}
+    asked[0].send(MsgType.KEYS_REPLY, body)  # after the loop's end
+    server.close()
+    thread.join(10)
+    assert got == [MsgType.KEYS_REPLY]
