@@ -12,6 +12,15 @@ after that the same envelope fails the time window as expired. So purging
 never opens a window for a replay, as long as the skew used for opening is
 never larger than the one used for keep_until.
 
+A minion also keeps here the jobs it accepted and has not finished
+(`keep`, kept(), drop()): written in the transaction that records the jid,
+so one commit, one fsync, makes both durable before the receipt goes out,
+and a crash can never leave a kept job whose jid a re-publish could pass
+with. A finished job's drop is synced too: it must be on disk before the
+job's result leaves the minion's spool (an unlink in another store, not
+synced), or a crash could bring the job back without its result, to be
+applied again.
+
 Durability: WAL with synchronous=FULL, so an accepted jid survives a power
 loss; a replay after a crash must still be refused. One connection, used
 from the thread that opened it (sqlite3's default check).
@@ -32,7 +41,13 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (msg_type, jid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_keep_until ON seen (keep_until);
+CREATE TABLE IF NOT EXISTS kept_jobs (
+    jid  TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+);
 """
+# SQLite's auto_vacuum mode FULL: free pages are returned at every commit.
+_AUTO_VACUUM_FULL = 1
 # How long, in milliseconds, to wait for a lock held by another connection
 # to the same file before giving up (only one daemon should use it).
 _BUSY_TIMEOUT_MS = 5000
@@ -46,16 +61,26 @@ class SeenJids:
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            # The file shrinks again when a large kept job is dropped (else it
+            # would keep the largest job's size for good). Set before the
+            # first table; a store made without it is converted once.
+            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _AUTO_VACUUM_FULL:
+                self._db.execute(f"PRAGMA auto_vacuum = {_AUTO_VACUUM_FULL}")
+                self._db.execute("VACUUM")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot open the seen-jid store: {e}") from None
 
-    def check_and_add(self, header: Header, *, keep_until: float, now: float) -> None:
+    def check_and_add(
+        self, header: Header, *, keep_until: float, now: float, keep: bytes | None = None
+    ) -> None:
         """Record an accepted envelope; ReplayError if its (type, jid) is already recorded.
 
-        Entries whose keep_until has passed are purged in the same transaction.
+        Entries whose keep_until has passed are purged in the same transaction,
+        and `keep` (a job's packed body) is kept under its jid until drop(),
+        unless the envelope is a replay.
         """
         try:
             with self._transaction():
@@ -65,6 +90,11 @@ class SeenJids:
                     (header.msg_type, header.jid, keep_until),
                 )
                 inserted = cursor.rowcount == 1
+                if inserted and keep is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO kept_jobs (jid, body) VALUES (?, ?)",
+                        (header.jid, keep),
+                    )
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot record jid {header.jid}: {e}") from None
         if not inserted:
@@ -78,6 +108,28 @@ class SeenJids:
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot read the seen-jid store: {e}") from None
         return row is not None
+
+    def kept(self) -> list[str]:
+        """The jids of the jobs kept and not dropped, oldest first."""
+        try:
+            return [jid for (jid,) in self._db.execute("SELECT jid FROM kept_jobs ORDER BY jid")]
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot read the kept jobs: {e}") from None
+
+    def kept_body(self, jid: str) -> bytes | None:
+        try:
+            row = self._db.execute("SELECT body FROM kept_jobs WHERE jid = ?", (jid,)).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot read kept job {jid}: {e}") from None
+        return None if row is None else bytes(row[0])
+
+    def drop(self, jid: str) -> None:
+        """Forget a kept job (durably: module docstring)."""
+        try:
+            with self._transaction():
+                self._db.execute("DELETE FROM kept_jobs WHERE jid = ?", (jid,))
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot drop kept job {jid}: {e}") from None
 
     def purge(self, now: float) -> int:
         """Forget entries whose keep_until is before `now`; return how many."""

@@ -30,10 +30,11 @@ serves as the "hello" after a reconnect, so a master that was restarted (or
 that deleted and re-learnt our key) tells us our state at once. Enrolment is
 idempotent for a known key, so reconnecting never means re-enrolling.
 
-A job is received, checked, recorded in the seen-jid store, acknowledged, and
-queued. A worker thread applies queued jobs one at a time; each result goes
-to the spool before it is first sent, and is sent again with backoff until
-the master's RESULT_RECEIPT arrives, across restarts of either side.
+A job is received, checked, recorded and kept in the seen-jid store (one
+commit), acknowledged, and queued. A worker thread applies queued jobs one
+at a time; each result goes to the spool, the job is dropped from the
+store, and the result is sent, and sent again with backoff until the
+master's RESULT_RECEIPT arrives, across restarts of either side.
 
 Minion takes its loop, ZeroMQ context and worker pool from the caller, so one
 process can run many minions on one loop (bench/fanout.py's swarm); main()
@@ -61,7 +62,13 @@ from safcm.common import log as safcm_log
 from safcm.common import modules as wire
 from safcm.common.crypto import DEFAULT_CLOCK_SKEW, MAX_ENVELOPE_OVERHEAD, PublicKeys
 from safcm.common.daemonlock import lock_state_dir
-from safcm.common.errors import EnvelopeError, ProtocolError, SafcmError, StateFileError
+from safcm.common.errors import (
+    EnvelopeError,
+    ProtocolError,
+    SafcmError,
+    StateFileError,
+    StoreError,
+)
 from safcm.common.loop import Loop, Timer
 from safcm.common.model import FileSpec
 from safcm.common.protocol import (
@@ -802,13 +809,16 @@ class Minion:
         if len(self.queue) >= MAX_QUEUED_JOBS:
             log.error("%s: %d jobs queued already; refusing job %s", self.id, len(self.queue), jid)
             return
-        # Seen first, then spooled, then acknowledged: once the master has the
-        # receipt it stops re-publishing, so the job must already be safe here,
-        # and a crash in between must not let a re-publish apply it twice.
+        # Seen and kept in one commit, then acknowledged: once the master has
+        # the receipt it stops re-publishing, so the job must already be safe
+        # here, and no crash may leave it kept but not seen, which would let
+        # a re-publish apply it twice (common/seen.py).
         self.seen.check_and_add(
-            header, keep_until=header.expires_at + DEFAULT_CLOCK_SKEW, now=self.clock()
+            header,
+            keep_until=header.expires_at + DEFAULT_CLOCK_SKEW,
+            now=self.clock(),
+            keep=codec.pack(msg.body),
         )
-        self.spool.put(Kind.JOB, jid, codec.pack(msg.body))
         self._send_plain(MsgType.JOB_RECEIPT, {"jid": jid})
         job = _job_from_body(jid, msg.body)
         log.info(
@@ -945,32 +955,57 @@ class Minion:
         self._ask_content(wait)
 
     def _finish(self, jid: str, body: dict[str, Any]) -> None:
-        """Spool the result, then drop the job: a crash between the two finds
-        both, and _resume_jobs() then keeps the result and skips the job. So
-        the job's removal need not be durable either (one directory fsync
-        less per job): a crash that undoes it is the same case."""
+        """Spool the result. The job is dropped after it, on the loop
+        (_job_done(), _drop_job()): a crash between the two finds both, and
+        _resume_jobs() then keeps the result and drops the job."""
         self.spool.put(Kind.RESULT, jid, results.fit(body))
-        self.spool.remove(Kind.JOB, jid, durable=False)
+
+    def _drop_job(self, jid: str) -> bool:
+        """Forget a finished job, durably, before its result is first sent
+        (common/seen.py says why); and the file of one an earlier minion
+        spooled (an unlink that finds nothing, for the others). False if it
+        could not: then its result must not be sent, for once the master had
+        it, the result would leave the spool, and a restart would find the
+        job alone and apply it again."""
+        try:
+            self.seen.drop(jid)
+            self.spool.remove(Kind.JOB, jid)
+        except (StoreError, StateFileError) as e:
+            log.error(
+                "%s: job %s: %s; its result waits in the spool for a start that can drop it",
+                self.id,
+                jid,
+                e,
+            )
+            return False
+        return True
 
     def _resume_jobs(self) -> None:
-        """Queue the jobs a previous run acknowledged but did not finish."""
+        """Queue the jobs a previous run acknowledged but did not finish: kept
+        with their seen jid, or spooled as files (where an earlier minion kept
+        them)."""
+        for jid in self.seen.kept():
+            self._resume(jid, self.seen.kept_body(jid))
         for jid in self.spool.jids(Kind.JOB):
-            if jid in self.outgoing:
-                self.spool.remove(Kind.JOB, jid)  # finished just before a crash
-                continue
-            data = self.spool.get(Kind.JOB, jid)
-            if data is None:
-                continue  # removed since it was listed: nothing to resume
-            try:
-                body = codec.unpack(data, max_depth=16)
-                check_body(MsgType.JOB, body)  # checked as a received job is
-                job = _job_from_body(jid, body)
-            except (ProtocolError, KeyError, TypeError, ValueError) as e:
-                log.error("%s: spooled job %s is unreadable, dropping it: %s", self.id, jid, e)
-                self.spool.remove(Kind.JOB, jid)
-                continue
-            log.info("%s: resuming job %s, received before a restart", self.id, jid)
-            self.queue.append(job)
+            self._resume(jid, self.spool.get(Kind.JOB, jid))
+
+    def _resume(self, jid: str, data: bytes | None) -> None:
+        if data is None:
+            return  # gone since it was listed: nothing to resume
+        if jid in self.outgoing:  # finished just before a crash
+            if not self._drop_job(jid):
+                del self.outgoing[jid]
+            return
+        try:
+            body = codec.unpack(data, max_depth=16)
+            check_body(MsgType.JOB, body)  # checked as a received job is
+            job = _job_from_body(jid, body)
+        except (ProtocolError, KeyError, TypeError, ValueError) as e:
+            log.error("%s: kept job %s is unreadable, dropping it: %s", self.id, jid, e)
+            self._drop_job(jid)
+            return
+        log.info("%s: resuming job %s, received before a restart", self.id, jid)
+        self.queue.append(job)
 
     def _job_done(self, job: Job, future: concurrent.futures.Future) -> None:
         self.busy = None
@@ -988,8 +1023,9 @@ class Minion:
             self._finish(job.jid, body)
         else:
             log.info("%s: job %s done", self.id, job.jid)
-        self.outgoing[job.jid] = Outgoing(0.0, RESULT_RETRY_MIN)
-        self._send_results()
+        if self._drop_job(job.jid):
+            self.outgoing[job.jid] = Outgoing(0.0, RESULT_RETRY_MIN)
+            self._send_results()
         self._next_job()
 
     # ---- the heartbeat sequence ----

@@ -1,9 +1,9 @@
 """The minion's spool: what it has promised the master, kept on disk.
 
-- A job is written here when its receipt is sent, and removed when its result
-  is written, so a job acknowledged but not yet applied survives a restart.
-  That removal need not be durable: a job found with its result is one that
-  finished (the minion's _resume_jobs() drops it).
+- Jobs are not written here any more: an accepted job is kept with its
+  seen jid (common/seen.py), one commit for both. A .job file is one an
+  earlier minion kept here; it is resumed, and removed once its result is
+  written.
 - A result is written here before it is first sent, and removed when the
   master confirms it has stored it. That removal need not be durable: a
   result back after a crash is sent again, and the master, which has it,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from safcm.common import codec, crypto
 from safcm.common import schema as S
-from safcm.common.crypto import KeyPair, PublicKeys
+from safcm.common.crypto import KeyPair, PublicKeys, peek_header
 from safcm.common.errors import EnvelopeError, ProtocolError, ReplayError
 from safcm.common.model import (
     ApplyFailure,
@@ -980,6 +980,31 @@ def test_a_job_and_its_receipt_share_a_jid_without_clashing(tmp_path):
         open_(_job_frame(), MsgType.JOB, seen=seen)
         content = seal(MsgType.CONTENT, {"jid": JID, "blobs": []})
         open_(content, MsgType.CONTENT, seen=seen)
+
+
+def test_an_accepted_job_is_kept_with_its_jid_until_dropped(tmp_path):
+    path = str(tmp_path / "seen.db")
+    header = peek_header(_job_frame())
+    with SeenJids(path) as seen:
+        seen.check_and_add(header, keep_until=NOW + 90, now=NOW, keep=b"the job")
+        with pytest.raises(ReplayError):  # a replay keeps nothing
+            seen.check_and_add(header, keep_until=NOW + 90, now=NOW, keep=b"another")
+    with SeenJids(path) as seen:  # a restart finds both, from one commit
+        assert seen.contains(int(MsgType.JOB), JID)
+        assert seen.kept() == [JID] and seen.kept_body(JID) == b"the job"
+        seen.drop(JID)
+        assert seen.kept() == [] and seen.kept_body(JID) is None
+        assert seen.contains(int(MsgType.JOB), JID)  # still refused as a replay
+
+
+def test_a_large_kept_job_leaves_no_room_taken_once_dropped(tmp_path):
+    path = str(tmp_path / "seen.db")
+    with SeenJids(path) as seen:
+        seen.check_and_add(
+            peek_header(_job_frame()), keep_until=NOW + 90, now=NOW, keep=bytes(8 << 20)
+        )
+        seen.drop(JID)
+    assert os.path.getsize(path) < 1 << 20  # closed: the log is folded in, the pages given back
 
 
 def test_is_sealed_tells_envelopes_from_plain_messages():

@@ -182,7 +182,8 @@ def test_what_one_loop_turn_sends_a_client_is_written_at_once(tmp_path):
         body = {"master": "SHA256:" + "a" * 52, "keys": [], "left": [], "refused": []}
         for _ in range(50):
             conn.send(MsgType.KEYS_REPLY, body)
-        conn.server.loop.call_later(0.0, conn.finish)  # a turn later: the 50 went before
+        # Due after the flush the first send asked for (timers run in order).
+        conn.server.loop.call_later(0.0, conn.finish)
 
     def client():
         with ControlClient(path) as c:

@@ -13,15 +13,18 @@ import pytest
 import zmq
 
 from safcm.common import codec
-from safcm.common.crypto import KeyPair
+from safcm.common.crypto import Header, KeyPair
+from safcm.common.errors import StoreError
 from safcm.common.loop import Loop
 from safcm.common.model import FileSpec, FileType
 from safcm.common.protocol import (
     MASTER_ID,
+    PROTOCOL_VERSION,
     RESULT,
     Channel,
     KeyState,
     MsgType,
+    SeenJids,
     decode_plain,
     encode_plain,
     make_enrol_reply,
@@ -33,6 +36,7 @@ from safcm.minion.spool import Kind, Spool
 
 JID = "20260101T000000.000001Z"
 JID2 = "20260101T000000.000002Z"
+JID3 = "20260101T000000.000003Z"
 HOUR = 3600.0
 
 
@@ -75,25 +79,41 @@ def run_minion(s: settings.MinionSettings, until) -> None:
     ctx.term()
 
 
-def test_spooled_jobs_resume_after_a_restart_and_run_once(tmp_path):
+def keep_job(s: settings.MinionSettings, jid: str, body: dict) -> None:
+    """A job accepted before a restart: its jid seen and the job kept, as
+    Minion.on_job() records them."""
+    header = Header(PROTOCOL_VERSION, int(MsgType.JOB), jid, MASTER_ID, "web1", 1, 2)
+    os.makedirs(s.state_dir, mode=0o700, exist_ok=True)
+    with SeenJids(os.path.join(s.state_dir, daemon.SEEN_DB)) as seen:
+        seen.check_and_add(header, keep_until=4e9, now=0.0, keep=codec.pack(body))
+
+
+def test_kept_jobs_resume_after_a_restart_and_run_once(tmp_path):
     s = minion_settings(tmp_path)
     spool = Spool(os.path.join(s.state_dir, daemon.SPOOL_DIR))
-    # Acknowledged before a restart: a job not yet applied, and one whose result
-    # was written just before the crash (its job file not yet removed).
-    spool.put(Kind.JOB, JID, codec.pack(job_body("/resumed")))
-    spool.put(Kind.JOB, JID2, codec.pack(job_body("/already-done")))
+    # Acknowledged before a restart: a job not yet applied; one whose result
+    # was written just before the crash (the job not yet dropped); and one an
+    # earlier minion spooled as a file.
+    keep_job(s, JID, job_body("/resumed"))
+    keep_job(s, JID2, job_body("/already-done"))
     earlier = codec.pack(results.ping_result("earlier", started=1.0, finished=1.0))
     spool.put(Kind.RESULT, JID2, earlier)
+    spool.put(Kind.JOB, JID3, codec.pack(job_body("/spooled")))
     spool.close()
 
-    run_minion(s, lambda m: not m.queue and m.busy is None and JID in m.outgoing)
+    run_minion(
+        s, lambda m: not m.queue and m.busy is None and JID in m.outgoing and JID3 in m.outgoing
+    )
 
-    with open(os.path.join(s.root, "resumed")) as f:
-        assert f.read() == "hello\n"
+    for name in ("resumed", "spooled"):
+        with open(os.path.join(s.root, name)) as f:
+            assert f.read() == "hello\n"
     assert not os.path.exists(os.path.join(s.root, "already-done"))  # not applied twice
+    with SeenJids(os.path.join(s.state_dir, daemon.SEEN_DB)) as seen:
+        assert seen.kept() == []  # each dropped once its result was spooled
     spool = Spool(os.path.join(s.state_dir, daemon.SPOOL_DIR))
     assert spool.jids(Kind.JOB) == []
-    assert spool.jids(Kind.RESULT) == [JID, JID2]
+    assert spool.jids(Kind.RESULT) == [JID, JID2, JID3]
     result = codec.unpack(spool.get(Kind.RESULT, JID), max_depth=16)
     assert result["status"] == "ok"
     assert [c["path"] for c in result["apply"]["changes"]] == ["/resumed"]
@@ -101,11 +121,41 @@ def test_spooled_jobs_resume_after_a_restart_and_run_once(tmp_path):
     spool.close()
 
 
+def test_a_result_is_not_sent_while_its_job_cannot_be_dropped(tmp_path, monkeypatch):
+    """Once the master had the result, the minion would delete it: a job
+    still kept then would be applied again by the next start."""
+    s = minion_settings(tmp_path)
+    keep_job(s, JID, job_body("/once"))
+    result_file = os.path.join(s.state_dir, daemon.SPOOL_DIR, JID + Kind.RESULT)
+
+    def cannot(self, jid):
+        raise StoreError(f"{self.path}: cannot drop kept job {jid}: disk I/O error")
+
+    sending = []
+
+    def done(minion) -> bool:
+        sending.append(JID in minion.outgoing)
+        return os.path.exists(result_file) and minion.busy is None
+
+    with monkeypatch.context() as m:
+        m.setattr(SeenJids, "drop", cannot)
+        run_minion(s, done)
+    assert not any(sending)  # its result was never to be sent
+    os.unlink(os.path.join(s.root, "once"))  # to see whether it is applied again
+    with SeenJids(os.path.join(s.state_dir, daemon.SEEN_DB)) as seen:
+        assert seen.kept() == [JID]
+
+    # A start that can drop it: the job is found beside its result, dropped, and
+    # the result sent; the job is not applied again.
+    run_minion(s, lambda minion: JID in minion.outgoing and minion.busy is None)
+    assert not os.path.exists(os.path.join(s.root, "once"))
+    with SeenJids(os.path.join(s.state_dir, daemon.SEEN_DB)) as seen:
+        assert seen.kept() == []
+
+
 def test_a_job_past_its_deadline_is_not_applied(tmp_path):
     s = minion_settings(tmp_path)
-    spool = Spool(os.path.join(s.state_dir, daemon.SPOOL_DIR))
-    spool.put(Kind.JOB, JID, codec.pack(job_body("/late", deadline=1.0)))
-    spool.close()
+    keep_job(s, JID, job_body("/late", deadline=1.0))
     run_minion(s, lambda m: JID in m.outgoing)
     assert not os.path.exists(os.path.join(s.root, "late"))
     spool = Spool(os.path.join(s.state_dir, daemon.SPOOL_DIR))
