@@ -327,15 +327,22 @@ def hwm_kib(pid: int) -> int:
         raise BenchError(f"process {pid} exited; see the logs (--keep)") from None
 
 
+def stat_cpu(path: str) -> tuple[str, float]:
+    """The name and the user plus system CPU seconds in a /proc stat file
+    (a process's: all its threads; or one thread's). OSError if it is gone."""
+    with open(path) as f:
+        # The command name, field 2, may hold spaces; the fields after it do not.
+        name, _, rest = f.read().partition("(")[2].rpartition(")")
+    fields = rest.split()
+    return name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: 14, 15
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process (all its threads) has used so far."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            # The command name, field 2, may hold spaces; the fields after it do not.
-            fields = f.read().rpartition(")")[2].split()
+        return stat_cpu(f"/proc/{pid}/stat")[1]
     except OSError:
         raise BenchError(f"process {pid} exited; see the logs (--keep)") from None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -356,13 +363,11 @@ def libzmq_io_seconds(pid: int) -> float:
     total = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                name, _, rest = f.read().partition("(")[2].rpartition(")")
+            name, seconds = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
         except OSError:
             continue  # a thread that ended
         if name.startswith("ZMQbg/IO"):
-            fields = rest.split()
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            total += seconds
     return total
 
 
@@ -469,6 +474,10 @@ def _frame_name(frame: str) -> str:
 # ---- the fleet ----
 
 
+def _connected(key: dict) -> bool:
+    return key["state"] == "accepted" and key["connected"]
+
+
 class Fleet:
     """A master, the reference minion daemon and the swarms, enrolled and connected.
 
@@ -552,7 +561,7 @@ class Fleet:
 
         started = time.monotonic()
         self.accept_pending()
-        self.wait_keys("connected", lambda key: key["state"] == "accepted" and key["connected"])
+        self.wait_keys("connected", _connected)
         self.connect_seconds = time.monotonic() - started
 
     def accept_pending(self) -> None:
@@ -564,45 +573,45 @@ class Fleet:
         """Accept what is pending, again and again, until every minion is
         connected: enrol s is until every key was pending or accepted,
         accept→conn from then until every minion is connected."""
-        timeout = self.budget.timeout(2 * self.enrol_timeout, "all minions are connected")
-        deadline = time.monotonic() + timeout
-        all_known: float | None = None
-        while True:
-            if not self.sb.master.running:
-                raise BenchError("the master exited while minions enrolled")
-            keys = self.list_keys()
-            pending = sum(1 for k in keys if k["state"] == "pending")
-            accepted = sum(1 for k in keys if k["state"] == "accepted")
-            connected = sum(1 for k in keys if k["state"] == "accepted" and k["connected"])
-            now = time.monotonic()
-            if all_known is None and pending + accepted >= self.n:
-                all_known = now
-                self.enrol_seconds = now - started
-            if connected >= self.n:
-                self.connect_seconds = now - (all_known or now)
-                return
-            if now > deadline:
-                raise BenchError(
-                    f"after {timeout:.0f} s only {connected} of {self.n} were connected"
-                )
-            if pending:
+
+        def accept(keys: list[dict]) -> None:
+            known = sum(1 for k in keys if k["state"] in ("pending", "accepted"))
+            if known >= self.n and not self.enrol_seconds:
+                self.enrol_seconds = time.monotonic() - started
+            if any(k["state"] == "pending" for k in keys):
                 self.accept_pending()
-            time.sleep(POLL_INTERVAL)
+
+        self.wait_keys("connected", _connected, each=accept, patience=2)
+        now = time.monotonic()
+        if not self.enrol_seconds:  # connected before a list showed every key
+            self.enrol_seconds = now - started
+        self.connect_seconds = now - started - self.enrol_seconds
 
     def list_keys(self) -> list[dict]:
         with ControlClient(self.sb.control_path) as client:
             return client.request(MsgType.KEYS, {"action": "list", "ids": []}).body["keys"]
 
-    def wait_keys(self, what: str, ok: Callable[[dict], bool]) -> None:
-        """Poll the master's key list until `ok` holds for every minion."""
-        timeout = self.budget.timeout(self.enrol_timeout, f"all minions are {what}")
+    def wait_keys(
+        self,
+        what: str,
+        ok: Callable[[dict], bool],
+        *,
+        each: Callable[[list[dict]], None] = lambda keys: None,
+        patience: float = 1.0,
+    ) -> None:
+        """Poll the master's key list until `ok` holds for every minion,
+        handing each list read to `each`, for `patience` times the
+        enrolment timeout at most."""
+        timeout = self.budget.timeout(patience * self.enrol_timeout, f"all minions are {what}")
         deadline = time.monotonic() + timeout
         while True:
             if not self.sb.master.running:
                 raise BenchError(f"the master exited while waiting for minions to be {what}")
-            count = sum(1 for k in self.list_keys() if ok(k))
+            keys = self.list_keys()
+            count = sum(1 for k in keys if ok(k))
             if count >= self.n:
                 return
+            each(keys)
             if time.monotonic() > deadline:
                 raise BenchError(f"after {timeout:.0f} s only {count} of {self.n} were {what}")
             time.sleep(POLL_INTERVAL)

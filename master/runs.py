@@ -426,11 +426,12 @@ class Runs:
         run = self.runs.get(jid)
         if run is None:
             return
-        run.tally.add(outcome(result))
+        counted = outcome(result)
+        run.tally.add(counted)
         if run.batch is not None:
-            run.batch.tally.add(outcome(result))
+            run.batch.tally.add(counted)
             # A failed result and no response both count towards --batch-fail.
-            run.batch.rollout.answered(host, outcome(result) not in FAILURES)
+            run.batch.rollout.answered(host, counted not in FAILURES)
         if not run.watchers:
             return
         message = encode_host_result(jid, host, result)
