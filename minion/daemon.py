@@ -210,6 +210,10 @@ class Outgoing:
 
     next_send: float
     delay: float
+    # The result as the worker packed it, until it is first sent: it is in
+    # the spool too, but reading it back is a file's open, read and close
+    # on the loop for every job.
+    packed: bytes | None = None
 
 
 class Minion:
@@ -278,6 +282,9 @@ class Minion:
         self.outgoing: dict[str, Outgoing] = {
             jid: Outgoing(0.0, RESULT_RETRY_MIN) for jid in self.spool.jids(Kind.RESULT)
         }
+        # The jobs an earlier minion spooled as files: only theirs are
+        # removed from the spool when they are done (_drop_job()).
+        self.spooled_jobs = set(self.spool.jids(Kind.JOB))
         self._resume_jobs()
         # The digest of the facts the master was last sent on this
         # connection (None: not yet): sent on acceptance, then on change.
@@ -627,7 +634,8 @@ class Minion:
         for jid, out in list(self.outgoing.items()):
             if not all_now and out.next_send > now:
                 continue
-            data = self.spool.get(Kind.RESULT, jid)
+            data = out.packed if out.packed is not None else self.spool.get(Kind.RESULT, jid)
+            out.packed = None
             if data is None:
                 del self.outgoing[jid]
                 continue
@@ -794,7 +802,7 @@ class Minion:
         # master confirms a copy of one it stored. One fsync less per job,
         # and it was on the loop.
         if self.spool.remove(Kind.RESULT, jid, durable=False):
-            log.info("%s: the master stored the result of job %s", self.id, jid)
+            log.debug("%s: the master stored the result of job %s", self.id, jid)
         self.outgoing.pop(jid, None)
 
     def on_job(self, msg: Message) -> None:
@@ -853,8 +861,8 @@ class Minion:
             lambda f: self.loop.call_soon_threadsafe(lambda: self._job_done(job, f))
         )
 
-    def _run_job(self, job: Job) -> None:
-        """In a worker thread: apply the job and spool its result.
+    def _run_job(self, job: Job) -> bytes:
+        """In a worker thread: apply the job, spool its result and return it packed.
 
         The finish time is the start time plus the monotonic time elapsed:
         the offset to the master's clock may be corrected while the job runs,
@@ -886,7 +894,7 @@ class Minion:
                 resolve_files=lambda files: self._resolve(job.jid, job.deadline, files),
             )
             body = {**modules.run(job.body, ctx), "started": started, "finished": finished()}
-        self._finish(job.jid, body)
+        return self._finish(job.jid, body)
 
     def _refusal(self, job: Job) -> str | None:
         return modules.refusal(job.module, job.body.get("steps", []), self.settings.modules)
@@ -954,22 +962,26 @@ class Minion:
             wait.retry.cancel()
         self._ask_content(wait)
 
-    def _finish(self, jid: str, body: dict[str, Any]) -> None:
-        """Spool the result. The job is dropped after it, on the loop
-        (_job_done(), _drop_job()): a crash between the two finds both, and
-        _resume_jobs() then keeps the result and drops the job."""
-        self.spool.put(Kind.RESULT, jid, results.fit(body))
+    def _finish(self, jid: str, body: dict[str, Any]) -> bytes:
+        """Spool the result and return it packed. The job is dropped after
+        it, on the loop (_job_done(), _drop_job()): a crash between the two
+        finds both, and _resume_jobs() then keeps the result and drops the job."""
+        packed = results.fit(body)
+        self.spool.put(Kind.RESULT, jid, packed)
+        return packed
 
     def _drop_job(self, jid: str) -> bool:
         """Forget a finished job, durably, before its result is first sent
-        (common/seen.py says why); and the file of one an earlier minion
-        spooled (an unlink that finds nothing, for the others). False if it
+        (common/seen.py says why), and the file of one an earlier minion
+        spooled (spooled_jobs; no unlink for the others). False if it
         could not: then its result must not be sent, for once the master had
         it, the result would leave the spool, and a restart would find the
         job alone and apply it again."""
         try:
             self.seen.drop(jid)
-            self.spool.remove(Kind.JOB, jid)
+            if jid in self.spooled_jobs:
+                self.spool.remove(Kind.JOB, jid)
+                self.spooled_jobs.discard(jid)
         except (StoreError, StateFileError) as e:
             log.error(
                 "%s: job %s: %s; its result waits in the spool for a start that can drop it",
@@ -986,7 +998,7 @@ class Minion:
         them)."""
         for jid in self.seen.kept():
             self._resume(jid, self.seen.kept_body(jid))
-        for jid in self.spool.jids(Kind.JOB):
+        for jid in self.spooled_jobs.copy():
             self._resume(jid, self.spool.get(Kind.JOB, jid))
 
     def _resume(self, jid: str, data: bytes | None) -> None:
@@ -1020,11 +1032,12 @@ class Minion:
             body = results.error_result(
                 job.module, f"internal error in the minion: {error!r}", started=now, finished=now
             )
-            self._finish(job.jid, body)
+            packed = self._finish(job.jid, body)
         else:
             log.info("%s: job %s done", self.id, job.jid)
+            packed = future.result()
         if self._drop_job(job.jid):
-            self.outgoing[job.jid] = Outgoing(0.0, RESULT_RETRY_MIN)
+            self.outgoing[job.jid] = Outgoing(0.0, RESULT_RETRY_MIN, packed)
             self._send_results()
         self._next_job()
 
