@@ -554,16 +554,33 @@ class Verified:
         return Opened(self.header, plaintext)
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An envelope whose header is parsed and NOT verified: the header is
+    only for checks that cost less than the signature and make no decision
+    in the sender's favour (the size limit of the claimed type, the sender
+    the transport named). verify_at() takes it, so the header a receiver
+    checked first is parsed once."""
+
+    header: Header
+    frame: bytes
+    header_end: int
+
+
+def claim(frame: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Claimed:
+    """The header `frame` claims (see Claimed). Raises EnvelopeError if the
+    frame is not an envelope or is larger than `max_bytes`."""
+    header, pos = _parse_unverified_header(frame, max_bytes)
+    return Claimed(header, frame, pos)
+
+
 def peek_header(frame: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Header:
-    """The header an envelope claims, NOT verified: only for checks that cost
-    less than the signature and make no decision in the sender's favour
-    (the size limit of the claimed type, the sender the transport named).
-    Raises EnvelopeError if the frame is not an envelope."""
+    """claim(frame).header: the claimed header alone."""
     return _parse_unverified_header(frame, max_bytes)[0]
 
 
 def verify_at(
-    frame: bytes,
+    frame: bytes | Claimed,
     *,
     me: str,
     sender_keys: Callable[[str], PublicKeys | None],
@@ -571,7 +588,8 @@ def verify_at(
     skew: float = DEFAULT_CLOCK_SKEW,
     max_bytes: int = MAX_ENVELOPE_BYTES,
 ) -> Verified:
-    """Check an envelope addressed to `me` at time `now`, without decrypting it.
+    """Check an envelope addressed to `me` at time `now`, without decrypting
+    it: a frame, or one claim() parsed already.
 
     `sender_keys(sender_id)` returns the public keys that sender id must have
     signed with (the pinned master's, an accepted minion's), or None if the
@@ -582,7 +600,15 @@ def verify_at(
     # and the time window would let everything through.
     if not (math.isfinite(now) and math.isfinite(skew) and skew >= 0):
         raise EnvelopeError(f"cannot judge the time window with now={now!r}, skew={skew!r}")
-    header, pos = _parse_unverified_header(frame, max_bytes)
+    if isinstance(frame, Claimed):
+        claimed = frame
+        if len(claimed.frame) > max_bytes:
+            raise EnvelopeError(
+                f"envelope of {len(claimed.frame)} bytes is larger than {max_bytes}"
+            )
+    else:
+        claimed = claim(frame, max_bytes)
+    header, frame, pos = claimed.header, claimed.frame, claimed.header_end
     keys = sender_keys(header.sender)
     if keys is None:
         raise EnvelopeError(f"unknown sender {header.sender!r}")

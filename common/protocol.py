@@ -85,13 +85,14 @@ from safcm.common.crypto import (
     MAX_ENVELOPE_OVERHEAD,
     MAX_ENVELOPE_TTL,
     SIGNATURE_LENGTH,
+    Claimed,
     Header,
     KeyPair,
     PublicKeys,
     Verified,
+    claim,
     fingerprint_problem,
     is_envelope,
-    peek_header,
     seal_at,
     sign_plain,
     verify_at,
@@ -1249,18 +1250,18 @@ def _seal(
     )
 
 
-def claimed_spec(frame: bytes) -> MessageSpec:
+def claimed_spec(claimed: Claimed) -> MessageSpec:
     """The spec of the sealed type an envelope claims, once its size fits that
     type: checked before the signature, so a forged 60 MiB "heartbeat" costs a
     length comparison, not a signature check. The claim is not trusted for
-    anything else. Raises EnvelopeError or ProtocolError."""
-    header = peek_header(frame)
-    spec = _spec_for(header.msg_type)
+    anything else. Raises ProtocolError."""
+    spec = _spec_for(claimed.header.msg_type)
     if not spec.sealed:
         raise ProtocolError(f"{spec.type.name} is a plain message; it arrived sealed")
-    if len(frame) > spec.max_bytes + MAX_ENVELOPE_OVERHEAD:
+    if len(claimed.frame) > spec.max_bytes + MAX_ENVELOPE_OVERHEAD:
         raise ProtocolError(
-            f"a sealed {spec.type.name} of {len(frame)} bytes is larger than that type allows"
+            f"a sealed {spec.type.name} of {len(claimed.frame)} bytes "
+            "is larger than that type allows"
         )
     return spec
 
@@ -1298,7 +1299,7 @@ class VerifiedMessage:
 
 
 def verify_message_at(
-    frame: bytes,
+    frame: bytes | Claimed,
     *,
     me: str,
     sender_keys: Callable[[str], PublicKeys | None],
@@ -1311,8 +1312,9 @@ def verify_message_at(
     the rest of crypto.verify_at(), then the version and type in the now
     verified header. Raises EnvelopeError or ProtocolError.
     """
-    claimed_spec(frame)
-    verified = verify_at(frame, me=me, sender_keys=sender_keys, now=now, skew=skew)
+    claimed = frame if isinstance(frame, Claimed) else claim(frame)
+    claimed_spec(claimed)
+    verified = verify_at(claimed, me=me, sender_keys=sender_keys, now=now, skew=skew)
     check_version(verified.header.version)
     spec = _spec_for(verified.header.msg_type)
     return VerifiedMessage(spec, verified)

@@ -47,7 +47,7 @@ from typing import Any
 import zmq
 
 from safcm.common import codec
-from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair, peek_header
+from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair, claim
 from safcm.common.errors import EnvelopeError, ProtocolError, SafcmError, StoreError
 from safcm.common.loop import Timer
 from safcm.common.protocol import (
@@ -445,11 +445,13 @@ class Intake:
     def _sealed(self, data: bytes, key: MinionKey) -> None:
         """A sealed message from the accepted minion `key`, whose transport
         key libzmq authenticated: checked in order of cost (module docstring)."""
-        claimed = peek_header(data).sender
-        if claimed != key.id:
-            raise ProtocolError(f"claims to be from {claimed!r} on the connection of {key.id}")
+        claimed = claim(data)
+        if claimed.header.sender != key.id:
+            raise ProtocolError(
+                f"claims to be from {claimed.header.sender!r} on the connection of {key.id}"
+            )
         verified = verify_message_at(
-            data, me=MASTER_ID, sender_keys=self.peers.minion_keys, now=self.clock()
+            claimed, me=MASTER_ID, sender_keys=self.peers.minion_keys, now=self.clock()
         )
         if verified.spec.type is MsgType.RESULT and not self._wants_result(verified, key.id):
             return

@@ -433,6 +433,22 @@ def test_oversized_envelope_is_refused_before_parsing():
     assert "larger than" in _refused(ENVELOPE, max_bytes=len(ENVELOPE) - 1)
 
 
+def test_a_claimed_envelope_is_verified_as_its_frame_is():
+    # A receiver that looked at the claimed header first hands verify_at()
+    # the claim, not the frame: parsed once, checked the same.
+    claimed = crypto.claim(ENVELOPE)
+    assert claimed.header == crypto.peek_header(ENVELOPE)
+    assert open_(claimed).plaintext == b"job body"
+    # The size limit still holds for a claim made with a larger one.
+    assert "larger than" in _refused(claimed, max_bytes=len(ENVELOPE) - 1)
+    # A claim of a changed frame is refused as that frame is.
+    mutated = bytearray(ENVELOPE)
+    mutated[-1] ^= 0x01
+    assert "bad signature" in _refused(crypto.claim(bytes(mutated)))
+    with pytest.raises(EnvelopeError):
+        crypto.claim(ENVELOPE[:20])
+
+
 @pytest.mark.parametrize(
     ("kw", "reason"),
     [
