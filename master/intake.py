@@ -659,11 +659,12 @@ class Intake:
             )
             body = _over_quota(body, len(packed), used, self.settings.result_quota)
             packed = codec.pack(body)
+        changes = change_count(body)
         result = StoredResult(
             jid,
             minion,
-            host_status(body),
-            change_count(body),
+            host_status(body, changes),
+            changes,
             body,
             self.clock(),
             packed,

@@ -30,11 +30,14 @@ class HostStatus(enum.StrEnum):
     FAILED = "failed"  # the minion reported a failure
 
 
-def host_status(result: dict[str, Any]) -> HostStatus:
-    """What a minion's RESULT body amounts to: failed, changed or ok."""
+def host_status(result: dict[str, Any], changes: int | None = None) -> HostStatus:
+    """What a minion's RESULT body amounts to: failed, changed or ok.
+    `changes`: its change_count(), if the caller has it already."""
     if result["status"] != "ok":
         return HostStatus.FAILED
-    return HostStatus.CHANGED if change_count(result) else HostStatus.OK
+    if changes is None:
+        changes = change_count(result)
+    return HostStatus.CHANGED if changes else HostStatus.OK
 
 
 def change_count(result: dict[str, Any]) -> int:

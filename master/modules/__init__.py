@@ -122,6 +122,7 @@ def steps_of(module: str) -> list[str]:
     return [module]
 
 
+@functools.cache  # called for every section of every result; the names are the modules'
 def result_key(name: str) -> str | None:
     from safcm.common import modules as wire
 
