@@ -21,9 +21,12 @@ test's fake that records what it is asked.
 from __future__ import annotations
 
 import gc
+import logging
 from typing import Protocol
 
 from safcm.common.loop import Loop
+
+log = logging.getLogger(__name__)
 
 # Seconds between freezes: an object that has lived this long is likely to
 # live as long as the daemon; what is younger is still walked.
@@ -59,4 +62,9 @@ def pace_collections(loop: Loop, collector: Collector = gc) -> GcPacer:
     """Freeze the heap now and pace collections on `loop` from here on."""
     pacer = GcPacer(loop.clock(), collector)
     loop.call_every(FREEZE_EVERY, lambda: pacer.tick(loop.clock()))
+    log.info(
+        "garbage collection paced: what lives %.0f s is frozen, all of it collected every %.0f s",
+        FREEZE_EVERY,
+        THAW_EVERY,
+    )
     return pacer

@@ -24,6 +24,7 @@ from tests.system.conftest import (
     jobs_list,
     jobs_show,
     keys,
+    logged,
     run_json,
     wait_state,
 )
@@ -334,3 +335,10 @@ def test_a_busy_minion_is_said_at_submit_time(sandbox):
         wait_for(said_busy, SETTLE, "a run to say that web1 is busy")
     finally:
         finish(proc)
+
+
+def test_the_master_paces_its_garbage_collections(sandbox):
+    # master/daemon.py run() starts the pacer (common/gcpace.py), whose
+    # freezing keeps full collections of a large fleet's heap off the loop.
+    sandbox.start_master()
+    logged(sandbox.master, "garbage collection paced: what lives 60 s is frozen")
