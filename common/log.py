@@ -56,8 +56,8 @@ def setup(level: str = "info") -> None:
     """Send all logging to stderr at `level` (debug, info, warning, error)."""
     # The lines name no source line, thread or process, so logging need not
     # find them for every record (the logging HOWTO's "Optimization"):
-    # finding the caller walks the stack, and it was most of a minion's
-    # logging, a fifth of its time for a ping.
+    # finding the caller walks the stack, a quarter of a record's cost
+    # (6.0 -> 4.6 us a line, timed with timeit).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)

@@ -998,7 +998,7 @@ class Minion:
         them)."""
         for jid in self.seen.kept():
             self._resume(jid, self.seen.kept_body(jid))
-        for jid in self.spooled_jobs.copy():
+        for jid in sorted(self.spooled_jobs):  # oldest first, as jids sort
             self._resume(jid, self.spool.get(Kind.JOB, jid))
 
     def _resume(self, jid: str, data: bytes | None) -> None:
