@@ -172,6 +172,7 @@ class RunFigures:
     apply_max: float | None = None
     duplicates: int = 0  # envelopes a minion got again after taking the job
     master_cpu: float = 0.0  # CPU seconds the master used during the run
+    master_parts: dict[str, float] = field(default_factory=dict)  # of it, master_parts_seconds()
     minions_cpu: float = 0.0  # CPU seconds of all minion processes together
     cli_cpu: float = 0.0  # CPU seconds of the CLI process
     cli_peak_kib: int = 0  # the CLI's peak RSS
@@ -354,6 +355,23 @@ def tree_cpu_seconds(pid: int) -> float:
         with open(f"/proc/{pid}/task/{task}/children") as f:
             total += sum(cpu_seconds(int(child)) for child in f.read().split())
     return total
+
+
+def master_parts_seconds(pid: int) -> dict[str, float]:
+    """CPU time the master has used so far, by part: its event loop (the
+    main thread), libzmq's threads, its other threads (the result writer,
+    the stall watch) and its child processes (the prepare worker)."""
+    parts = {"loop": 0.0, "libzmq": 0.0, "threads": 0.0, "worker": 0.0}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name, seconds = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                parts["worker"] += sum(cpu_seconds(int(child)) for child in f.read().split())
+        except OSError:
+            continue  # a thread that ended
+        part = "loop" if int(tid) == pid else "libzmq" if name.startswith("ZMQbg") else "threads"
+        parts[part] += seconds
+    return parts
 
 
 def libzmq_io_seconds(pid: int) -> float:
@@ -620,7 +638,9 @@ class Fleet:
         """CPU seconds used so far by the master, and by all minion processes together."""
         minions = [self.sb.minions[REFERENCE_MINION].proc.pid]
         minions += [s.proc.pid for s in self.swarms]
+        parts = master_parts_seconds(self.sb.master.proc.pid)
         return {
+            **{f"master part {part}": seconds for part, seconds in parts.items()},
             "master": tree_cpu_seconds(self.sb.master.proc.pid),
             "master libzmq": libzmq_io_seconds(self.sb.master.proc.pid),
             "minions": sum(cpu_seconds(pid) for pid in minions),
@@ -733,6 +753,11 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
         tops = profiler.finish()
     figures = RunFigures(name, seconds, fleet.n, 0, 0.0, profiles=tops)
     figures.master_cpu = cpu_after["master"] - cpu_before["master"]
+    figures.master_parts = {
+        key.removeprefix("master part "): cpu_after[key] - cpu_before[key]
+        for key in cpu_before
+        if key.startswith("master part ")
+    }
     figures.minions_cpu = cpu_after["minions"] - cpu_before["minions"]
     figures.cli_cpu, figures.cli_peak_kib = read_measured(report)
     try:
@@ -952,6 +977,15 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
                 f"{r.duplicates:>5}   {per_host:>8} {loop:>11}  {r.loop_max_where}"
             )
     print()
+    parts = ("loop", "libzmq", "threads", "worker")
+    print(
+        f"{'N':>5}  {'run':<13} {'master CPU s by part:':>21} " + " ".join(f"{p:>7}" for p in parts)
+    )
+    for size in sizes:
+        for r in size.runs:
+            split = " ".join(f"{r.master_parts.get(p, 0.0):>7.2f}" for p in parts)
+            print(f"{size.n:>5}  {r.name:<13} {'':>21} {split}")
+    print()
     print(
         f"{'N':>5}  {'heartbeat':>9} {'enrol s':>8} {'accept→conn':>11}   "
         f"{'idle CPU: master':>16} {'minions':>8}   "
@@ -978,6 +1012,9 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         "  (master clock); →exit: last stored result to the CLI's exit.\n"
         "CPU s: CPU seconds used during the run by the master (and its ms per host), all\n"
         "  minion processes, the CLI; cli MiB: the CLI's peak RSS.\n"
+        "master CPU s by part: the master's CPU seconds in its event loop (main thread),\n"
+        "  libzmq's threads, its other threads (result writer, stall watch) and its\n"
+        "  prepare worker process.\n"
         "apply p50 / max: one host's job on its minion (its result's started..finished).\n"
         "dup: envelopes minions received again after taking the job (master re-publishes).\n"
         "B/host: envelope bytes the master published for the job, per host.\n"
