@@ -346,15 +346,19 @@ def cpu_seconds(pid: int) -> float:
         raise BenchError(f"process {pid} exited; see the logs (--keep)") from None
 
 
+def children_cpu_seconds(pid: int, tid: int) -> float:
+    """cpu_seconds() of the children still running that thread `tid` of
+    process `pid` started. OSError if the thread is gone."""
+    with open(f"/proc/{pid}/task/{tid}/children") as f:
+        return sum(cpu_seconds(int(child)) for child in f.read().split())
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """cpu_seconds() of a process and of its children still running: the
     master's, with its prepare worker (master/prepworker.py), which does
     the master's compiling and storing."""
-    total = cpu_seconds(pid)
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            total += sum(cpu_seconds(int(child)) for child in f.read().split())
-    return total
+    tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    return cpu_seconds(pid) + sum(children_cpu_seconds(pid, tid) for tid in tids)
 
 
 def master_parts_seconds(pid: int) -> dict[str, float]:
@@ -362,14 +366,13 @@ def master_parts_seconds(pid: int) -> dict[str, float]:
     main thread), libzmq's threads, its other threads (the result writer,
     the stall watch) and its child processes (the prepare worker)."""
     parts = {"loop": 0.0, "libzmq": 0.0, "threads": 0.0, "worker": 0.0}
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
         try:
             name, seconds = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                parts["worker"] += sum(cpu_seconds(int(child)) for child in f.read().split())
+            parts["worker"] += children_cpu_seconds(pid, tid)
         except OSError:
             continue  # a thread that ended
-        part = "loop" if int(tid) == pid else "libzmq" if name.startswith("ZMQbg") else "threads"
+        part = "loop" if tid == pid else "libzmq" if name.startswith("ZMQbg") else "threads"
         parts[part] += seconds
     return parts
 

@@ -1082,11 +1082,10 @@ def encode_host_result(jid: str, host: str, result: dict[str, Any] | None) -> by
     The fields around it are checked as encode_plain() would."""
     spec = SPECS[MsgType.RUN_HOST_RESULT]
     status = NO_RESPONSE if result is None else result["status"]
-    head = {"jid": jid, "host": host, "status": status, "result": None}
-    validate(spec.schema, head, "RUN_HOST_RESULT body")
-    data = pack_plain(
-        MsgType.RUN_HOST_RESULT, {"jid": jid, "host": host, "status": status, "result": result}
-    )
+    body = {"jid": jid, "host": host, "status": status, "result": None}
+    validate(spec.schema, body, "RUN_HOST_RESULT body")
+    body["result"] = result
+    data = pack_plain(MsgType.RUN_HOST_RESULT, body)
     if len(data) > spec.max_bytes:
         raise ProtocolError(f"RUN_HOST_RESULT of {len(data)} bytes is larger than {spec.max_bytes}")
     return data
