@@ -931,11 +931,12 @@ class _Apply:
             found_dir = found is not None and found.type is FileType.DIR
             owner = self.names.owner(spec)
             decision = decide(spec, owner, found, secret=is_secret(spec.path, self.secrets))
-            if decision.change is None:
-                return
-            index = self._record(decision.change, skip)
+            if decision.change is not None:
+                index = self._record(decision.change, skip)
             if decision.refusal is not None:
                 raise decision.refusal
+            if decision.change is None:
+                return
             if skip is not None or self.dry_run:
                 if decision.step is Step.MKDIR:
                     self.pending.add(spec.path)

@@ -25,7 +25,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from safcm.common.errors import FileOpError, NonEmptyDirectoryError
+from safcm.common.errors import FileOpError, NonEmptyDirectoryError, SymlinkInPathError
 from safcm.common.model import (
     NAME_MAX,
     AbsentSpec,
@@ -206,8 +206,9 @@ class Decision:
     # FIX_DIR when both differ: first chmod to this (group and other closed,
     # setgid and sticky kept), so no moment has a mix of old and new access.
     interim_mode: int | None = None
-    # Set when the change must not be applied; the executor records the
-    # change, then raises this (in a dry run too, so both reports agree).
+    # Set when the change must not be applied, or the path not passed; the
+    # executor records the change (if any), then raises this (in a dry run
+    # too, so both reports agree).
     refusal: FileOpError | None = None
 
 
@@ -227,6 +228,11 @@ def decide(spec: FileSpec, owner: Owner, found: Found | None, *, secret: bool = 
         if spec.passthrough and found.type is FileType.DIR:
             # Only passed through: it exists, which is all the repository asks.
             return NO_CHANGE
+        if spec.passthrough and found.type is FileType.SYMLINK:
+            # A link to a directory (merged /usr's /lib -> usr/lib) is the
+            # host's layout: replacing it with an empty directory would cut
+            # off what is behind it, and the engine follows no symlink.
+            return Decision(None, Step.NONE, refusal=_passthrough_link(spec.path, found))
         type_changed = found.type is not spec.type
         mode_changed = found.mode != spec.mode
         owner_changed = found.uid != owner.uid or found.gid != owner.gid
@@ -269,6 +275,17 @@ def decide(spec: FileSpec, owner: Owner, found: Found | None, *, secret: bool = 
     # a new version renamed over the old one: readers never see a half-made
     # state, and a hard link at the path keeps its own content and mode.
     return Decision(change, Step.WRITE)
+
+
+def _passthrough_link(path: str, found: Found) -> SymlinkInPathError:
+    target = (found.data or b"").decode("utf-8", "backslashreplace")
+    return SymlinkInPathError(
+        path,
+        f"is a symlink on this host (to {target!r}), where the repository only passes "
+        "through a directory: it is never replaced, and no symlink is followed; declare "
+        "the files by the path it points to, or name it in permissions.yaml to have it "
+        "replaced by a directory",
+    )
 
 
 def decide_removal(path: str, found: Found, *, recursive: bool, secret: bool) -> Decision:

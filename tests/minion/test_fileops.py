@@ -965,6 +965,32 @@ CASES = [
             F("/usr/local/bin/tool", b"#!/bin/sh\n", 0o755),
         ],
     ),
+    Case(
+        "a pass-through directory that is a symlink is kept, and nothing below it is tried",
+        [D("/usr"), D("/usr/lib"), L("/lib", b"usr/lib"), D("/srv")],
+        [
+            PT("/lib"),
+            PT("/lib/systemd"),
+            spec("/lib/systemd/app.service", data=b"[Unit]\n"),
+            PT("/srv"),
+            spec("/srv/x", data=b"x"),
+        ],
+        [
+            as_(Outcome.SKIPPED, created("/lib/systemd", "dir", 0o755)),
+            as_(
+                Outcome.SKIPPED,
+                created(
+                    "/lib/systemd/app.service",
+                    "file",
+                    0o644,
+                    diff=NEW("/lib/systemd/app.service", "@@ -0,0 +1 @@", "+[Unit]"),
+                ),
+            ),
+            created("/srv/x", "file", 0o644, diff=NEW("/srv/x", "@@ -0,0 +1 @@", "+x", NO_NL)),
+        ],
+        failures=[("/lib", "is a symlink on this host (to 'usr/lib')")],
+        after=[D("/usr"), D("/usr/lib"), L("/lib", b"usr/lib"), D("/srv"), F("/srv/x", b"x")],
+    ),
     # --- secrets.yaml: never a byte of content ------------------------------------
     Case(
         "secret content is one line of short hashes, when created, changed or removed",
