@@ -57,12 +57,15 @@ How one apply works (apply_files):
    once), or earlier if its descriptor leaves the cache. The report is only
    sent after apply_files returns, so no rename is reported before it is
    durable.
-8. Triggers. If no path failed: run the owed triggers and those of the
-   changed paths, each command once, and clear the owed ones. If a path
-   failed: run none (a reload must never meet a half-applied host), and add
-   the triggers of the changes that were applied to the owed ones, durably,
-   so that the next apply without failure runs them. Every report shows
-   what is still owed.
+8. Triggers. Before a change is made, the triggers it fires are added to
+   the owed ones, durably (_Owing): a crash after the change would otherwise
+   lose them, for the next apply finds the path as declared. If no path
+   failed: run the owed triggers and those of the changed paths, each
+   command once, and clear the owed ones (a crash before that runs them
+   again: a trigger may run twice, never not at all). If a path failed: run
+   none (a reload must never meet a half-applied host); they stay owed, so
+   the next apply without failure runs them. Every report shows what is
+   still owed.
 
 What a crash (SIGKILL, power loss) can leave behind: only complete files,
 either the old or the new version, and sometimes a temporary file named
@@ -91,6 +94,7 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import overload
 
@@ -101,6 +105,7 @@ from safcm.common.errors import (
     MountPointError,
     NonEmptyDirectoryError,
     OwnerLookupError,
+    StoreError,
     SymlinkInPathError,
 )
 from safcm.common.model import (
@@ -111,6 +116,7 @@ from safcm.common.model import (
     FileSpec,
     FileType,
     Outcome,
+    OwedTrigger,
     TriggerRun,
     check_path,
 )
@@ -131,9 +137,11 @@ from safcm.minion.plan import (
     decide,
     decide_removal,
     due_commands,
+    has_triggers,
     is_secret,
     is_temp_name,
     owe,
+    owe_first,
     temp_name,
     trigger_commands,
     with_outcome,
@@ -370,7 +378,7 @@ def apply_files(
     Raises LockError if another apply holds the lock for longer than
     `lock_timeout` seconds, FileOpError naming `root` if the root directory
     cannot be opened at all, and StoreError if the owed triggers cannot be
-    read or recorded. Nothing else.
+    read. Nothing else: a failure to record them is one in the report.
     """
     started = time.monotonic()
     result = ApplyResult(dry_run=dry_run)
@@ -386,20 +394,22 @@ def apply_files(
             result.failures.append(ApplyFailure(e.path, e.reason))
             result.duration = time.monotonic() - started
             return result
+        specs = {spec.path: spec for spec in ordered}
+        owing = None
+        if not dry_run and has_triggers(specs):
+            owing = _Owing(state_dir, jid, specs, owed_before)
         rootfd = _open_root(root)
         try:
-            applied = _apply_all(rootfd, ordered, removals, purged, tuple(secrets), result)
+            applied = _apply_all(rootfd, ordered, removals, purged, tuple(secrets), result, owing)
         finally:
             os.close(rootfd)
-        specs = {spec.path: spec for spec in ordered}
-        if result.failures:
-            result.owed = owe(owed_before, applied, specs, jid)
-            if not dry_run and result.owed != owed_before:
-                owed.save(state_dir, result.owed)
-        elif hold_triggers and not dry_run:
-            result.owed = owe(owed_before, applied, specs, jid)
-            if result.owed != owed_before:
-                owed.save(state_dir, result.owed)
+        # What the owed-trigger file holds now: the changes' triggers were
+        # recorded in it before each change (_Owing).
+        recorded = owed_before if owing is None else owing.recorded
+        if result.failures or (hold_triggers and not dry_run):
+            # A real run has them on disk already: recorded holds the
+            # triggers of every change it made.
+            result.owed = owe(recorded, applied, specs, jid)
         else:
             commands = due_commands(owed_before, trigger_commands(applied, specs))
             if dry_run:
@@ -410,11 +420,47 @@ def apply_files(
                 )
                 # Ran, whatever their status: a failed trigger is reported
                 # as failed, not owed again.
-                if owed_before:
-                    owed.save(state_dir, [])
                 result.owed = []
+                if recorded:
+                    _clear_owed(state_dir, recorded, result)
     result.duration = time.monotonic() - started
     return result
+
+
+def _clear_owed(state_dir: str, ran: list[OwedTrigger], result: ApplyResult) -> None:
+    """Owe nothing once the triggers ran. If that cannot be written, the
+    report says so as a failure and lists them as still owed (they run
+    again after the next apply), keeping every change it made: the host
+    changed all the same."""
+    try:
+        owed.save(state_dir, [])
+    except StoreError as e:
+        result.failures.append(ApplyFailure("", f"ran the triggers, but cannot clear them: {e}"))
+        result.owed = ran
+
+
+@dataclass
+class _Owing:
+    """The owed-trigger file of a real apply whose files have triggers, and
+    what it holds (`recorded`): each change's triggers go in before it is made."""
+
+    state_dir: str
+    jid: str
+    specs: dict[str, FileSpec]
+    recorded: list[OwedTrigger]
+
+    def first(self, path: str) -> None:
+        """Record the triggers that the change at `path` fires, durably,
+        before it is made (plan.owe_first() says why); FileOpError, and the
+        path left as it is, if they cannot be."""
+        owing = owe_first(self.recorded, path, self.specs, self.jid)
+        if owing is None:
+            return
+        try:
+            owed.save(self.state_dir, owing)
+        except StoreError as e:
+            raise FileOpError(path, f"not changed: its triggers cannot be owed first: {e}") from e
+        self.recorded = owing
 
 
 def run_owed_triggers(
@@ -482,10 +528,11 @@ def _apply_all(
     purged: list[str],
     secrets: tuple[str, ...],
     result: ApplyResult,
+    owing: _Owing | None,
 ) -> list[str]:
     """Apply every file, then every removal; return the paths changed (in a dry
     run: that would change), for their triggers."""
-    run = _Apply(rootfd, result, secrets, ordered, purged)
+    run = _Apply(rootfd, result, secrets, ordered, purged, owing)
     try:
         for spec in ordered:
             run.apply(spec)
@@ -845,7 +892,9 @@ class _Apply:
         secrets: tuple[str, ...],
         files: list[FileSpec],
         purged: list[str],
+        owing: _Owing | None = None,
     ) -> None:
+        self.owing = owing  # None: a dry run, or no file has triggers
         resolve = FORCE_RESOLVE
         if resolve is None:
             resolve = Resolve.OPENAT2 if openat2_available() else Resolve.WALK
@@ -900,6 +949,10 @@ class _Apply:
             change = self.result.changes[index]
             self.result.changes[index] = with_outcome(change, Outcome.FAILED, failure.reason)
 
+    def _owe_first(self, path: str) -> None:
+        if self.owing is not None:
+            self.owing.first(path)
+
     def _blocker(self, path: str, *, itself: bool = False) -> str | None:
         """Why `path` must be skipped: a failed directory above it (or, with
         `itself`, at it); None if there is none."""
@@ -945,6 +998,7 @@ class _Apply:
                 # Never act without the parent's descriptor: an *at call with
                 # dir_fd=None would work relative to the daemon's directory.
                 raise FileOpError(spec.path, "its parent directory was not made; not applied")
+            self._owe_first(spec.path)
             self._act(spec, owner, decision, found, pfd, rel, base, index, seq)
         except (FileOpError, OSError) as e:
             self._fail(seq, spec.path, e, index)
@@ -1107,6 +1161,7 @@ class _Apply:
                 if not _on_mount_of(pfd, base):
                     raise _mount_error(path)
                 if acting:
+                    self._owe_first(path)
                     with _doing(path, "removing it"):
                         os.unlink(base, dir_fd=pfd)
                 return acting
@@ -1124,6 +1179,7 @@ class _Apply:
                     )
                     return False
             if acting:
+                self._owe_first(path)
                 self.dirs.forget(path[1:])
                 with _doing(path, "removing the directory"):
                     os.rmdir(base, dir_fd=pfd)

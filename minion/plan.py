@@ -10,8 +10,9 @@ Removal (absent.yaml, purge.yaml) works the same way: the executor observes
 each entry to remove, decide_removal() returns the record and the step.
 
 The other pure parts of an apply live here too: check_specs() checks the whole
-input before any syscall, trigger_commands() picks the triggers to run, owe()
-and due_commands() keep the triggers an apply with a failure could not run,
+input before any syscall, trigger_commands() picks the triggers to run, owe_first()
+records them before the change that fires them, owe() and due_commands()
+keep the triggers an apply with a failure could not run,
 and temp_name()/is_temp_name() define the names of our temporary files.
 """
 
@@ -378,15 +379,46 @@ def trigger_commands(changed: Iterable[str], specs: Mapping[str, FileSpec]) -> l
     a command already queued keeps its first place.
     """
     queued: dict[str, None] = {}  # an ordered set
-    if not any(spec.triggers for spec in specs.values()):
+    if not has_triggers(specs):
         return []  # the common case, without a walk up from every changed path
     for path in changed:
-        for above in ancestors(path):
-            spec = specs.get(above)
-            if spec is not None:
-                for command in spec.triggers:
-                    queued.setdefault(command)
+        for command in _triggers_of(path, specs):
+            queued.setdefault(command)
     return list(queued)
+
+
+def has_triggers(specs: Mapping[str, FileSpec]) -> bool:
+    return any(spec.triggers for spec in specs.values())
+
+
+def _triggers_of(path: str, specs: Mapping[str, FileSpec]) -> Iterator[str]:
+    """The triggers a change at `path` fires: its own and those of every
+    declared directory above it, from "/" down."""
+    for above in ancestors(path):
+        spec = specs.get(above)
+        if spec is not None:
+            yield from spec.triggers
+
+
+def owe_first(
+    owed: Sequence[OwedTrigger], path: str, specs: Mapping[str, FileSpec], jid: str
+) -> list[OwedTrigger] | None:
+    """The owed triggers to record before `path` of job `jid` changes: those
+    owed, and the triggers the change fires that are not owed yet. None if
+    it fires none that is not owed already (nothing to record).
+
+    Owed before the change, not after it: a crash between the change and the
+    triggers (a killed minion) must leave them owed. The apply that follows
+    finds the path as declared, changes nothing, and would otherwise never
+    run them. Owing one whose change then fails only runs it after the next
+    apply without failure, as a failed apply's triggers are."""
+    commands = {o.command for o in owed}
+    new = [
+        OwedTrigger(command, path, jid)
+        for command in dict.fromkeys(_triggers_of(path, specs))
+        if command not in commands
+    ]
+    return [*owed, *new] if new else None
 
 
 def owe(

@@ -1384,6 +1384,83 @@ def test_no_trigger_runs_after_a_failed_file(host: Host):
     assert not os.path.exists(marker)
 
 
+# A child that applies one file whose trigger kills the child (SIGKILL) the
+# first time it runs: the minion dies after the change and before its trigger
+# finished. argv: root, state dir, the trigger command.
+_KILLED_APPLY = """
+import sys
+from safcm.common.model import FileSpec, FileType
+from safcm.minion import fileops
+root, state, trigger = sys.argv[1:]
+f = FileSpec(
+    "/app.conf", FileType.FILE, 0o644, user="root", group="root", data=b"new\\n",
+    triggers=(trigger,),
+)
+result = fileops.apply_files(root, [f], dry_run=False, state_dir=state, jid=JID)
+sys.exit(f"the trigger did not kill this apply: {result}")
+"""
+
+
+def test_a_trigger_is_owed_before_its_change_so_a_kill_cannot_lose_it(host: Host):
+    # The next apply finds the file as declared and changes nothing: only
+    # the owed list, written before the change, still knows the trigger.
+    first, log = host.outside + "/first", host.outside + "/log"
+    trigger = f"if [ -e {first} ]; then echo ran >> {log}; else touch {first}; kill -KILL $PPID; fi"
+    script = _KILLED_APPLY.replace("JID", repr(JID))
+    child = subprocess.run(
+        [sys.executable, "-c", script, host.root, host.state, trigger], timeout=60, check=False
+    )
+    assert child.returncode == -9  # killed by its trigger
+    assert os.path.exists(first)
+    with open(host.root + "/app.conf", "rb") as f:
+        assert f.read() == b"new\n"
+
+    spec_ = spec("/app.conf", data=b"new\n", triggers=(trigger,))
+    again = host.apply([spec_], jid="20260101T000001.000000Z")
+    assert again.changes == []
+    assert [(t.command, t.status) for t in again.triggers] == [(trigger, TriggerStatus.OK)]
+    assert [o.jid for o in again.owed] == []
+    assert [o.jid for o in owed.load(host.state)] == []
+    with open(log) as f:
+        assert f.read() == "ran\n"
+
+
+def test_a_change_whose_trigger_cannot_be_owed_is_not_made(host: Host, immutable):
+    marker = host.outside + "/ran"
+    host.apply([])  # makes the lock file, which an immutable directory keeps
+    immutable(host.state)
+    result = host.apply(
+        [spec("/a", data=b"a", triggers=(f"touch {marker}",)), spec("/b", data=b"b")]
+    )
+    assert [(f.path, "its triggers cannot be owed first" in f.reason) for f in result.failures] == [
+        ("/a", True)
+    ]
+    assert [(c.path, c.outcome) for c in result.changes] == [
+        ("/a", Outcome.FAILED),
+        ("/b", Outcome.APPLIED),
+    ]
+    assert not os.path.exists(host.root + "/a")
+    assert os.path.exists(host.root + "/b")
+    assert result.triggers == []
+    assert not os.path.exists(marker)
+
+
+def test_triggers_that_ran_but_cannot_be_cleared_are_a_failure_not_a_lost_report(host: Host):
+    # The trigger makes the state directory refuse writes (as a full disk
+    # would) after it was owed: the report keeps the change and the run.
+    trigger = f"chattr +i {host.state}"
+    try:
+        result = host.apply([spec("/a", data=b"a", triggers=(trigger,))])
+    finally:
+        set_immutable(host.state, False)
+    assert [(c.path, c.outcome) for c in result.changes] == [("/a", Outcome.APPLIED)]
+    assert [(t.command, t.status) for t in result.triggers] == [(trigger, TriggerStatus.OK)]
+    assert [f.path for f in result.failures] == [""]
+    assert "ran the triggers, but cannot clear them" in result.failures[0].reason
+    assert [o.command for o in result.owed] == [trigger]
+    assert [o.command for o in owed.load(host.state)] == [trigger]
+
+
 def test_triggers_see_the_root_and_run_while_the_lock_is_held(host: Host):
     import sys
 

@@ -23,6 +23,7 @@ from safcm.minion.plan import (
     due_commands,
     is_temp_name,
     owe,
+    owe_first,
     temp_name,
     trigger_commands,
 )
@@ -295,6 +296,28 @@ def test_check_removals_orders_absent_deepest_first_and_purge_by_path():
     )
     assert [a.path for a in absent] == ["/a/b/c", "/a/b", "/a"]
     assert purge == ["/b", "/z"]
+
+
+def test_owe_first_adds_only_what_is_not_owed_yet_in_the_order_it_fires():
+    specs = {
+        "/etc/app": spec("/etc/app", "dir", triggers=("reload",)),
+        "/etc/app/a": spec("/etc/app/a", triggers=("check", "reload")),
+        "/etc/other": spec("/etc/other"),
+    }
+    earlier = [OwedTrigger("check", "/x", "J0")]
+    assert owe_first(earlier, "/etc/app/a", specs, "J1") == [
+        *earlier,
+        OwedTrigger("reload", "/etc/app/a", "J1"),
+    ]
+    assert owe_first(earlier, "/etc/app/gone", specs, "J1") == [
+        *earlier,
+        OwedTrigger("reload", "/etc/app/gone", "J1"),  # a removal below it
+    ]
+    assert owe_first(earlier, "/etc/other", specs, "J1") is None  # fires nothing
+    assert (
+        owe_first([*earlier, OwedTrigger("reload", "/etc/app", "J0")], "/etc/app/a", specs, "J1")
+        is None
+    )
 
 
 def test_owe_keeps_each_command_once_with_its_first_cause():
