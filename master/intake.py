@@ -75,7 +75,7 @@ from safcm.common.ratelimit import Bucket, Buckets, PeerLog
 from safcm.common.wire import pack_plain
 from safcm.master.cluster import Relay
 from safcm.master.facts import HostFacts
-from safcm.master.jobstore import HostState, JobStore, StoredResult
+from safcm.master.jobstore import OWED_JOBS_LOOKBACK, HostState, JobStore, StoredResult
 from safcm.master.keystore import KeyStore, MinionKey, SeenRow
 from safcm.master.lifecycle import Lifecycles, Verdict
 from safcm.master.outcomes import change_count, host_status
@@ -708,11 +708,22 @@ class Intake:
         for trigger in apply["triggers"]:
             if trigger["command"] in plan.triggers:
                 continue
-            # Owed by an earlier job that failed on this host (minion/triggers.py).
+            # Owed by an earlier job that failed on this host (minion/owed.py).
             if earlier is None:
                 earlier = self.jobs.recent_triggers(minion)
             if trigger["command"] not in earlier:
-                return f"it reports trigger {trigger['command']!r}, which no job sent"
+                # Owed longer than the look-back reaches (or by a job purged
+                # from the history): stored all the same, for refusing it
+                # would leave the host "no response" for good while its
+                # minion sends the result again and again.
+                self.peer_log.warning(
+                    "job %s: %s reports trigger %r, which none of its last %d jobs sent "
+                    "(owed by an older job?); stored as reported",
+                    jid,
+                    minion,
+                    trigger["command"],
+                    OWED_JOBS_LOOKBACK,
+                )
         return None
 
     def on_job_progress(self, msg: Message) -> None:
