@@ -1,4 +1,9 @@
-"""`safcm-master show HOST`: a host's compiled file list, without contacting the host.
+"""`safcm-master show HOST`: a host's compiled file list, packages and units,
+without contacting the host.
+
+The units are compiled as a run compiles them (master/modules/services.py
+compile_units, as check does too), so a services.yaml that would stop a run
+stops show, with the same problems.
 
 Two forms: a table for people (every string from the repository escaped, so a
 file name cannot put control sequences on the terminal) and one JSON
@@ -11,18 +16,53 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from safcm.common.errors import ConfigError
 from safcm.common.model import FileType, is_below
 from safcm.common.protocol import FACT_NAMES
+from safcm.common.services import UnitSpec
 from safcm.common.text import escape
 from safcm.master import jsonout
 from safcm.master.compiler import CompiledFile, HostConfig, compile_host, load_repository
 from safcm.master.facts import HostFacts
+from safcm.master.modules import Request
+from safcm.master.modules.services import compile_units
+from safcm.master.repository import Repository
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2  # DESIGN.md section 7: bad usage or a configuration error
+
+
+@dataclass(frozen=True, slots=True)
+class ShownUnit:
+    """One unit of the host, as a run sends it, with the host's groups whose
+    services.yaml declares it so (lowest priority first): groups that agree
+    share it, so each is named."""
+
+    spec: UnitSpec
+    declared_by: tuple[str, ...]
+
+
+def host_units(repo: Repository, config: HostConfig) -> list[ShownUnit]:
+    """`config`'s host's units, by name, compiled as a run compiles them (the
+    same facts as its files); ConfigError with every problem of services.yaml."""
+    facts = {} if config.facts is None else {config.host: config.facts}
+    fields = compile_units(repo, [config.host], Request(None, 0.0, False, facts))
+    units = []
+    for wire in fields[config.host]["units"]:
+        spec = UnitSpec.from_wire(wire)
+        by = tuple(g for g in config.groups if _declares(repo, g, spec))
+        units.append(ShownUnit(spec, by))
+    return units
+
+
+def _declares(repo: Repository, group: str, spec: UnitSpec) -> bool:
+    """Whether `group`'s services.yaml asks exactly `spec` of its unit."""
+    declared = repo.services.declared.get(group, {}).get(spec.unit)
+    return declared is not None and declared.spec == spec
+
 
 # Lone surrogates U+DC80..U+DCFF are how Python keeps undecodable bytes
 # (surrogateescape); they are shown as the byte they stand for.
@@ -59,8 +99,9 @@ def _is_secret(path: str, config: HostConfig) -> bool:
     return any(is_below(path, secret) for secret in config.secrets)
 
 
-def format_table(config: HostConfig, *, detecting: bool = False) -> str:
-    """The human form: a header line, one row per file, its triggers below it.
+def format_table(config: HostConfig, units: list[ShownUnit], *, detecting: bool = False) -> str:
+    """The human form: a header line, one row per file, its triggers below it;
+    then what must be absent, purged, secret, the packages and the units.
     `detecting`: the repository has groups detected from facts (then a host
     without facts is said to be in none)."""
     rows = []
@@ -95,7 +136,7 @@ def format_table(config: HostConfig, *, detecting: bool = False) -> str:
     for f, row in zip(config.files, rows, strict=True):
         out.append(line(row))
         out.extend(f"    trigger: {escape(c)}" for c in f.spec.triggers)
-    if config.absent or config.purge or config.secrets or config.packages:
+    if config.absent or config.purge or config.secrets or config.packages or units:
         out.append("")
     for a in config.absent:
         out.append(f"absent: {escape(a.path)}{' (recursive)' if a.recursive else ''}")
@@ -104,6 +145,11 @@ def format_table(config: HostConfig, *, detecting: bool = False) -> str:
     out.extend(
         f"{p.spec.want}: {escape(p.spec.arg().rstrip('-'))} (from {escape(p.group)})"
         for p in config.packages
+    )
+    out.extend(
+        f"{u.spec.describe()}: {escape(u.spec.unit)}"
+        f" (from {', '.join(escape(g) for g in u.declared_by)})"
+        for u in units
     )
     out.append("")
     out.append(_summary(config))
@@ -131,7 +177,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
-def to_document(config: HostConfig) -> dict[str, Any]:
+def to_document(config: HostConfig, units: list[ShownUnit]) -> dict[str, Any]:
     """The --json form: only str, int, bool, None, lists and dicts."""
     files = []
     for f in config.files:
@@ -180,6 +226,17 @@ def to_document(config: HostConfig) -> dict[str, Any]:
             }
             for p in config.packages
         ],
+        "services": [
+            {
+                "unit": u.spec.unit,
+                "wish": u.spec.describe(),  # as services.yaml says it
+                # what the job asks (common/services.py UnitSpec)
+                "enablement": None if u.spec.enablement is None else str(u.spec.enablement),
+                "running": u.spec.running,
+                "declared_by": list(u.declared_by),
+            }
+            for u in units
+        ],
     }
 
 
@@ -192,8 +249,9 @@ def show_host(
     err: TextIO | None = None,
     facts: HostFacts | None = None,
 ) -> int:
-    """Print `host`'s compiled files to `out`, compiled with the facts it
-    reported (`facts`; None: they could not be read); the exit code for the CLI.
+    """Print `host`'s compiled files, packages and units to `out`, compiled
+    with the facts it reported (`facts`; None: they could not be read); the
+    exit code for the CLI.
 
     A configuration error or an unknown host: every problem on `err`
     (default stderr), exit code 2; with `as_json` also the error document
@@ -203,6 +261,7 @@ def show_host(
     try:
         repo = load_repository(repo_dir)
         config = compile_host(repo, host, facts)
+        units = host_units(repo, config)
     except ConfigError as e:
         message = f"cannot show {host}: configuration error in {repo_dir}"
         print(f"safcm-master: {escape(message)}:", file=err)
@@ -213,9 +272,9 @@ def show_host(
             _write_json(jsonout.error_document("config", message, problems), out)
         return EXIT_CONFIG_ERROR
     if as_json:
-        _write_json(jsonout.show_document(to_document(config)), out)
+        _write_json(jsonout.show_document(to_document(config, units)), out)
     else:
-        out.write(format_table(config, detecting=bool(repo.detected)))
+        out.write(format_table(config, units, detecting=bool(repo.detected)))
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from safcm.common.text import escape
 from safcm.master import cli
 from tests import schemas
+from tests.hosts.fleet import write_repo
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "configs" / "repo"
@@ -101,6 +102,99 @@ def test_show_names_the_packages_and_their_groups():
     packages = schemas.loads(proc.stdout, "show")["packages"]
     assert packages[0] == {"name": "bash", "want": "install", "version": None, "provider": "all"}
     assert [p["name"] for p in packages] == ["bash", "coreutils", "rsh-server", "telnetd"]
+
+
+# web1's units: "all" and web agree on cron; web1 (the host's own group)
+# outranks "all" on ssh; the rest are each one group's.
+SERVICES = {
+    "all": {"services.yaml": {"enable": ["cron", "ssh"], "stop": ["debug-shell"]}},
+    "web": {"services.yaml": {"enable": ["cron", "nginx"], "mask": ["telnet.socket"]}},
+    "web1": {"services.yaml": {"disable": ["apache2"], "stop": ["ssh"]}},
+}
+
+
+def test_show_names_the_services_and_their_groups(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    write_repo(str(repo), ["web1", "db1"], SERVICES)
+    assert cli.main(["show", "web1", "--repo", str(repo)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # After the (empty) table, by unit name, and before the summary.
+    assert lines[-9:-1] == [
+        "",
+        "disable: apache2.service (from web1)",
+        "enable: cron.service (from all, web)",
+        "stop: debug-shell.service (from all)",
+        "enable: nginx.service (from web)",
+        "stop: ssh.service (from web1)",
+        "mask: telnet.socket (from web)",
+        "",
+    ]
+    assert cli.main(["show", "web1", "--json", "--repo", str(repo)]) == 0
+    services = schemas.loads(capsys.readouterr().out, "show")["services"]
+    assert [s["unit"] for s in services] == [
+        "apache2.service",
+        "cron.service",
+        "debug-shell.service",
+        "nginx.service",
+        "ssh.service",
+        "telnet.socket",
+    ]
+    assert services[1] == {
+        "unit": "cron.service",
+        "wish": "enable",
+        "enablement": "enabled",
+        "running": True,
+        "declared_by": ["all", "web"],
+    }
+    assert services[4] == {
+        "unit": "ssh.service",
+        "wish": "stop",
+        "enablement": None,
+        "running": False,
+        "declared_by": ["web1"],
+    }
+    assert services[5]["enablement"] == "masked" and services[5]["running"] is False
+    # db1 is in web too (write_repo), but not in web1.
+    assert cli.main(["show", "db1", "--json", "--repo", str(repo)]) == 0
+    services = schemas.loads(capsys.readouterr().out, "show")["services"]
+    assert {s["unit"]: s["wish"] for s in services}["ssh.service"] == "enable"
+
+
+@pytest.mark.parametrize(
+    ("groups", "problem"),
+    [
+        (
+            {"web": {"services.yaml": 'enable: ["../../etc/passwd"]\n'}},
+            "web/services.yaml:1: '../../etc/passwd.service' is not a valid unit name",
+        ),
+        (
+            {
+                "db": {"services.yaml": "stop: [nginx]\n"},
+                "web": {"services.yaml": "enable: [nginx]\n"},
+            },
+            "db/services.yaml:1: nginx.service for web1: stop in db/services.yaml:1 and"
+            " enable in web/services.yaml:1, and no group_order in config.yaml ranks them;"
+            " list the groups in group_order or make them agree",
+        ),
+    ],
+    ids=["invalid-unit-name", "unranked-conflict"],
+)
+def test_show_refuses_broken_services_as_check_does(tmp_path, groups, problem):
+    repo = tmp_path / "repo"
+    write_repo(str(repo), ["web1"], groups)
+    settings = tmp_path / "master.yaml"
+    settings.write_text(f"state_dir: {tmp_path / 'state'}\nconfig_dir: {repo}\n")
+    check = run_cli("-c", str(settings), "check")
+    show = run_cli("-c", str(settings), "show", "web1")
+    assert (check.returncode, show.returncode) == (2, 2)
+    assert show.stdout == ""
+    assert show.stderr.splitlines()[1:] == [f"  {problem}"]
+    assert [line for line in check.stderr.splitlines() if line.startswith("  ")] == [f"  {problem}"]
+    show = run_cli("-c", str(settings), "show", "web1", "--json")
+    assert show.returncode == 2
+    error = schemas.loads(show.stdout, "error")["error"]
+    [found] = error["problems"]
+    assert f"{found['file']}:{found['line']}: {found['message']}" == problem
 
 
 def test_show_json_through_the_cli():
