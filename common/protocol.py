@@ -78,12 +78,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from safcm.common import codec, modules
+from safcm.common import codec, lightwire, modules
 from safcm.common.crypto import (
     DEFAULT_CLOCK_SKEW,
     MAX_ENVELOPE_BYTES,
     MAX_ENVELOPE_OVERHEAD,
-    MAX_ENVELOPE_TTL,
     SIGNATURE_LENGTH,
     Claimed,
     Header,
@@ -110,6 +109,13 @@ from safcm.common.ids import (
     jid_time,
     minion_id_problem,
     new_jid,
+)
+from safcm.common.lightwire import (
+    ENVELOPE_SLACK,
+    MAX_JOBS_LISTED,
+    MAX_NAME_CHARS,
+    MAX_TARGET_CHARS,
+    MAX_TIME,
 )
 from safcm.common.model import MODE_MASK, PATH_MAX, FileType, Outcome, TriggerStatus
 from safcm.common.modules import MODULE_NAME, ModuleBody, ModuleOptions
@@ -150,6 +156,7 @@ from safcm.common.wire import (
 # re-exported here.
 __all__ = [
     "ENROL_NONCE_LENGTH",
+    "ENVELOPE_SLACK",
     "FACTS",
     "FACT_NAMES",
     "FRAME_HEADER_BYTES",
@@ -165,10 +172,13 @@ __all__ = [
     "MAX_FILES",
     "MAX_FILE_BYTES",
     "MAX_FRAME_BYTES",
+    "MAX_JOBS_LISTED",
     "MAX_JOB_BYTES",
     "MAX_KEY_PORT_BYTES",
+    "MAX_NAME_CHARS",
     "MAX_PLAIN_NETWORK_BYTES",
     "MAX_RESULT_BYTES",
+    "MAX_TARGET_CHARS",
     "MIN_PROTOCOL_VERSION",
     "NO_RESPONSE",
     "PROTOCOL_VERSION",
@@ -250,18 +260,12 @@ MAX_COMMAND_CHARS = 4096
 MAX_TRIGGER_RUNS = 4096
 # Longest captured trigger output in a result, in characters.
 MAX_TRIGGER_OUTPUT_CHARS = 4 * 1024 * 1024
-# Longest user or group name (Linux allows 32; some directories more).
-MAX_NAME_CHARS = 256
 # Longest error message or failure reason, in characters.
 MAX_REASON_CHARS = 64 * 1024
 # Most hosts in one run, one key listing or one request.
 MAX_HOSTS = 65536
-# Longest target expression on the command line, in characters.
-MAX_TARGET_CHARS = 4096
 # Longest version string a daemon reports, in characters.
 MAX_VERSION_CHARS = 64
-# Most jobs one `jobs list` returns.
-MAX_JOBS_LISTED = 10_000
 # A minion's heartbeat interval, in seconds (minion.yaml heartbeat_interval).
 # The master counts a minion as present for a few intervals after its last
 # heartbeat, so the upper bound is also how long a dead minion can look alive.
@@ -275,14 +279,15 @@ MAX_SEQUENCE = 2**63 - 1
 MAX_KEY_PORT_BYTES = 512
 # Most problems in one ERROR reply (the rest are summarised in its message).
 MAX_PROBLEMS = 1000
-# A job's timeout, in seconds: at least a second, at most an envelope's life.
-MIN_JOB_TIMEOUT = 1.0
-MAX_JOB_TIMEOUT = float(MAX_ENVELOPE_TTL)
+# A job's timeout, in seconds: at least a second, and short enough that its
+# envelope lives until the deadline plus ENVELOPE_SLACK (common/lightwire.py).
+MIN_JOB_TIMEOUT = float(lightwire.MIN_JOB_TIMEOUT)
+MAX_JOB_TIMEOUT = float(lightwire.MAX_JOB_TIMEOUT)
 # Random bytes an enrolment request carries and its reply echoes.
 ENROL_NONCE_LENGTH = 16
 
-# Seconds since the epoch, up to the year 36812: any sane clock fits.
-_TIME = Float(0, 2**40)
+# Seconds since the epoch, up to MAX_TIME (the year 36812): any sane clock fits.
+_TIME = Float(0, MAX_TIME)
 # A duration in seconds: up to about 31 years.
 _DURATION = Float(0, 1e9)
 _UID = Int(0, 2**32 - 1)
@@ -449,6 +454,10 @@ RESULT = ModuleBody(
         "finished": _TIME,
         "error": Optional(_REASON),  # exactly when status is error
         "reduced": REDUCED,  # only when the minion had to leave details out
+        # only when a restart of the minion interrupted the job while it
+        # changed the host, and it was finished after: the changes listed
+        # are those made after the restart
+        "resumed": Bool(),
     },
     "result",
     # JOB_REPLY holds a result three levels down (hosts, a host, its result).

@@ -13,7 +13,8 @@ never opens a window for a replay, as long as the skew used for opening is
 never larger than the one used for keep_until.
 
 A minion also keeps here the jobs it accepted and has not finished
-(`keep`, kept(), drop()): written in the transaction that records the jid,
+(`keep`, kept(), drop()), and marks those that began to change the host
+(mark_started(), started()): written in the transaction that records the jid,
 so one commit, one fsync, makes both durable before the receipt goes out,
 and a crash can never leave a kept job whose jid a re-publish could pass
 with. A finished job's drop is synced too: it must be on disk before the
@@ -42,10 +43,13 @@ CREATE TABLE IF NOT EXISTS seen (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_keep_until ON seen (keep_until);
 CREATE TABLE IF NOT EXISTS kept_jobs (
-    jid  TEXT PRIMARY KEY,
-    body BLOB NOT NULL
+    jid     TEXT PRIMARY KEY,
+    body    BLOB NOT NULL,
+    started INTEGER NOT NULL DEFAULT 0
 );
 """
+# A store made before kept jobs were marked started gets the column once.
+_ADD_STARTED = "ALTER TABLE kept_jobs ADD COLUMN started INTEGER NOT NULL DEFAULT 0"
 # SQLite's auto_vacuum mode FULL: free pages are returned at every commit.
 _AUTO_VACUUM_FULL = 1
 # How long, in milliseconds, to wait for a lock held by another connection
@@ -70,6 +74,9 @@ class SeenJids:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(kept_jobs)")}
+            if "started" not in columns:
+                self._db.execute(_ADD_STARTED)
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot open the seen-jid store: {e}") from None
 
@@ -122,6 +129,24 @@ class SeenJids:
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot read kept job {jid}: {e}") from None
         return None if row is None else bytes(row[0])
+
+    def mark_started(self, jid: str) -> None:
+        """Record, durably, that a kept job began to change the host: after a
+        crash it is resumed even past its deadline, for the host is half
+        way (a job never begun is not applied late)."""
+        try:
+            with self._transaction():
+                self._db.execute("UPDATE kept_jobs SET started = 1 WHERE jid = ?", (jid,))
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot mark kept job {jid} started: {e}") from None
+
+    def started(self) -> frozenset[str]:
+        """The kept jobs marked started."""
+        try:
+            rows = self._db.execute("SELECT jid FROM kept_jobs WHERE started = 1")
+            return frozenset(jid for (jid,) in rows)
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot read the kept jobs: {e}") from None
 
     def drop(self, jid: str) -> None:
         """Forget a kept job (durably: module docstring)."""

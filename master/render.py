@@ -89,7 +89,15 @@ def render_host(
     lines.extend(modules.render_result(body, style))
     if body.get("reduced"):
         lines.append(f"{INDENT}{style.yellow(render_reduced(body['reduced']))}")
+    if body.get("resumed"):
+        lines.append(f"{INDENT}{style.yellow(RESUMED_NOTE)}")
     return "\n".join(lines)
+
+
+RESUMED_NOTE = (
+    "resumed: the minion restarted while applying this job and finished it after; "
+    "changes made before the restart are not listed"
+)
 
 
 def render_reduced(reduced: dict[str, Any]) -> str:

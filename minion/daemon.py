@@ -52,7 +52,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
@@ -168,6 +168,13 @@ SEEN_DB = "seen.db"
 SPOOL_DIR = "spool"
 MASTER_KEY_FILE = "master.pub"
 SEQ_FILE = "heartbeat.seq"
+# Modules whose jobs change nothing on the host: not marked started, and
+# after a restart past their deadline simply not run (nothing is half done).
+READ_ONLY_MODULES = frozenset({"ping"})
+# Modules not run a second time when a restart interrupted them: a command
+# is not known to be idempotent (files, packages and services converge, so
+# they are finished instead, even past the deadline).
+RUN_ONCE_MODULES = frozenset({"cmd"})
 # The pinned master key file is about 80 bytes; anything much larger is not ours.
 MASTER_KEY_FILE_MAX = 4096
 
@@ -178,6 +185,11 @@ class Job:
     # The JOB body (common/protocol.py), checked: its module's fields (a
     # files job's content may be left out: minion/content.py).
     body: dict[str, Any]
+    # Resumed after a restart that interrupted it while it changed the host
+    # (common/seen.py mark_started()).
+    interrupted: bool = False
+    # Why it must not begin (the mark could not be written), if so.
+    cannot_start: str | None = None
 
     @property
     def module(self) -> str:
@@ -849,6 +861,13 @@ class Minion:
         job = self.queue.popleft()
         self.busy = job.jid
         started = self.loop.clock()
+        if _changes_host(job) and not job.interrupted:
+            try:
+                self.seen.mark_started(job.jid)
+            except StoreError as e:
+                # Not begun: a crash now could not tell a half-applied host
+                # from an untouched one after the deadline.
+                job = replace(job, cannot_start=str(e))
 
         def report() -> None:
             elapsed = self.loop.clock() - started
@@ -873,7 +892,23 @@ class Minion:
         def finished() -> float:
             return started + (time.monotonic() - begun)
 
-        if started > job.deadline:
+        if job.cannot_start is not None:
+            log.error("%s: job %s not applied: %s", self.id, job.jid, job.cannot_start)
+            body = results.error_result(
+                job.module,
+                f"not applied: {job.cannot_start}",
+                started=started,
+                finished=started,
+            )
+        elif job.interrupted and job.module in RUN_ONCE_MODULES:
+            body = results.error_result(
+                job.module,
+                "the minion restarted while this job ran: whether it finished is not "
+                "known, and it is not run again",
+                started=started,
+                finished=started,
+            )
+        elif started > job.deadline and not job.interrupted:
             body = results.error_result(
                 job.module,
                 "the job's deadline passed before it could start; not applied",
@@ -894,6 +929,8 @@ class Minion:
                 resolve_files=lambda files: self._resolve(job.jid, job.deadline, files),
             )
             body = {**modules.run(job.body, ctx), "started": started, "finished": finished()}
+            if job.interrupted:
+                body["resumed"] = True  # what changed before the restart is not listed
         return self._finish(job.jid, body)
 
     def _refusal(self, job: Job) -> str | None:
@@ -996,12 +1033,13 @@ class Minion:
         """Queue the jobs a previous run acknowledged but did not finish: kept
         with their seen jid, or spooled as files (where an earlier minion kept
         them)."""
+        interrupted = self.seen.started()
         for jid in self.seen.kept():
-            self._resume(jid, self.seen.kept_body(jid))
+            self._resume(jid, self.seen.kept_body(jid), interrupted=jid in interrupted)
         for jid in sorted(self.spooled_jobs):  # oldest first, as jids sort
             self._resume(jid, self.spool.get(Kind.JOB, jid))
 
-    def _resume(self, jid: str, data: bytes | None) -> None:
+    def _resume(self, jid: str, data: bytes | None, *, interrupted: bool = False) -> None:
         if data is None:
             return  # gone since it was listed: nothing to resume
         if jid in self.outgoing:  # finished just before a crash
@@ -1011,12 +1049,19 @@ class Minion:
         try:
             body = codec.unpack(data, max_depth=16)
             check_body(MsgType.JOB, body)  # checked as a received job is
-            job = _job_from_body(jid, body)
+            job = replace(_job_from_body(jid, body), interrupted=interrupted)
         except (ProtocolError, KeyError, TypeError, ValueError) as e:
             log.error("%s: kept job %s is unreadable, dropping it: %s", self.id, jid, e)
             self._drop_job(jid)
             return
-        log.info("%s: resuming job %s, received before a restart", self.id, jid)
+        if interrupted:
+            log.warning(
+                "%s: resuming job %s, which a restart interrupted while it changed the host",
+                self.id,
+                jid,
+            )
+        else:
+            log.info("%s: resuming job %s, received before a restart", self.id, jid)
         self.queue.append(job)
 
     def _job_done(self, job: Job, future: concurrent.futures.Future) -> None:
@@ -1121,6 +1166,11 @@ def _unsendable(body: dict[str, Any], reason: str) -> dict[str, Any] | None:
         started=when,
         finished=when,
     )
+
+
+def _changes_host(job: Job) -> bool:
+    """Whether applying `job` may change the host (marked started first)."""
+    return job.module not in READ_ONLY_MODULES and not job.body.get("dry_run", False)
 
 
 def _job_from_body(jid: str, body: dict[str, Any]) -> Job:

@@ -212,8 +212,8 @@ class ModuleOptions(Schema):
             Map({}).check(value)  # says "expected a map, got ..."
 
 
-# Common fields that may be absent (a result's "reduced").
-_OPTIONAL = frozenset(("reduced",))
+# Common fields that may be absent (a result's "reduced" and "resumed").
+_OPTIONAL = frozenset(("reduced", "resumed"))
 
 
 def job_problem(body: Mapping[str, Any]) -> str | None:

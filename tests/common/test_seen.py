@@ -89,3 +89,19 @@ def test_an_unusable_database_is_a_store_error(tmp_path):
         SeenJids(str(bad))
     with pytest.raises(StoreError, match="seen-jid store"):
         SeenJids(os.path.join(str(tmp_path), "missing-dir", "seen.db"))
+
+
+def test_a_store_from_before_the_started_mark_is_given_it(path):
+    # kept_jobs as minions before the mark made it: the kept job survives.
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE kept_jobs (jid TEXT PRIMARY KEY, body BLOB NOT NULL);")
+    db.execute("INSERT INTO kept_jobs VALUES ('J1', x'00')")
+    db.commit()
+    db.close()
+    with SeenJids(path) as seen:
+        assert seen.kept() == ["J1"] and seen.started() == frozenset()
+        seen.mark_started("J1")
+    with SeenJids(path) as seen:
+        assert seen.started() == {"J1"} and seen.kept_body("J1") == b"\x00"
+        seen.drop("J1")
+        assert seen.started() == frozenset()

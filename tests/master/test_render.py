@@ -237,3 +237,10 @@ def test_a_reduced_result_says_what_was_left_out():
         "(too large: 70000000 bytes\\x1b[2J)"
     ) in text.splitlines()
     assert "result reduced" not in render.render_host("web1", "ok", body(ApplyResult(False)), PLAIN)
+
+
+def test_a_resumed_result_says_the_changes_before_the_restart_are_not_listed():
+    resumed = {**body(ApplyResult(False)), "resumed": True}
+    lines = render.render_host("web1", "ok", resumed, PLAIN).splitlines()
+    assert f"    {render.RESUMED_NOTE}" in lines
+    assert "resumed" not in render.render_host("web1", "ok", body(ApplyResult(False)), PLAIN)

@@ -322,3 +322,79 @@ def test_a_heartbeat_reply_read_late_does_not_look_like_a_clock_off(tmp_path, ca
         assert minion.offset == 0.0
         assert "clock is" not in caplog.text
         assert minion.heartbeats_sent == {}
+
+
+def mark_started(s: settings.MinionSettings, jid: str) -> None:
+    """What Minion._next_job() records before a job changes the host."""
+    with SeenJids(os.path.join(s.state_dir, daemon.SEEN_DB)) as seen:
+        seen.mark_started(jid)
+
+
+def spooled_result(s: settings.MinionSettings, jid: str) -> dict:
+    spool = Spool(os.path.join(s.state_dir, daemon.SPOOL_DIR))
+    try:
+        result = codec.unpack(spool.get(Kind.RESULT, jid), max_depth=16)
+    finally:
+        spool.close()
+    validate(RESULT, result, "result")
+    return result
+
+
+def test_a_job_a_restart_interrupted_is_finished_past_its_deadline_and_says_so(tmp_path):
+    # Both jobs' deadlines passed while the minion was down. One had begun
+    # to change the host (half of a tree may be there): it is finished. The
+    # other never began: it is not applied late.
+    s = minion_settings(tmp_path)
+    keep_job(s, JID, job_body("/interrupted", deadline=1.0))
+    mark_started(s, JID)
+    keep_job(s, JID2, job_body("/never-begun", deadline=1.0))
+
+    run_minion(s, lambda m: JID in m.outgoing and JID2 in m.outgoing and m.busy is None)
+
+    finished = spooled_result(s, JID)
+    assert finished["status"] == "ok" and finished["resumed"] is True
+    with open(os.path.join(s.root, "interrupted")) as f:
+        assert f.read() == "hello\n"
+    late = spooled_result(s, JID2)
+    assert late["status"] == "error" and "resumed" not in late
+    assert "deadline passed before it could start" in late["error"]
+    assert not os.path.exists(os.path.join(s.root, "never-begun"))
+
+
+def test_a_command_a_restart_interrupted_is_not_run_again(tmp_path):
+    s = minion_settings(tmp_path)
+    marker = tmp_path / "ran"
+    body = {
+        "module": "cmd",
+        "dry_run": False,
+        "deadline": 4e9,
+        "cmd": {"argv": ["/usr/bin/touch", str(marker)], "shell": False, "timeout": 10.0},
+    }
+    keep_job(s, JID, body)
+    mark_started(s, JID)
+
+    run_minion(s, lambda m: JID in m.outgoing and m.busy is None)
+
+    result = spooled_result(s, JID)
+    assert result["status"] == "error"
+    assert "whether it finished is not known, and it is not run again" in result["error"]
+    assert not marker.exists()
+
+
+def test_a_job_is_marked_started_before_it_changes_the_host(tmp_path, monkeypatch):
+    s = minion_settings(tmp_path)
+    keep_job(s, JID, job_body("/marked"))
+    keep_job(s, JID2, {**job_body("/dry"), "dry_run": True})
+    seen_path = os.path.join(s.state_dir, daemon.SEEN_DB)
+    marked_when_run = {}
+    run = daemon.modules.run
+
+    def run_and_look(body, ctx):
+        with SeenJids(seen_path) as seen:  # its own connection, as after a crash
+            marked_when_run[ctx.jid] = ctx.jid in seen.started()
+        return run(body, ctx)
+
+    monkeypatch.setattr(daemon.modules, "run", run_and_look)
+    run_minion(s, lambda m: JID in m.outgoing and JID2 in m.outgoing and m.busy is None)
+    # A dry run changes nothing: never marked, so never finished late.
+    assert marked_when_run == {JID: True, JID2: False}
