@@ -1,0 +1,129 @@
+"""What a peer makes libzmq keep for the master, per connection, and when that
+is too much.
+
+libzmq keeps every frame of a multipart message until its last frame has
+come, and nothing bounds their count: ZMQ_MAXMSGSIZE limits one frame, and
+the queue limits (HWM) count whole messages. On the plain key port a
+stranger grew the master by 6.3 GiB in 8 s that way (the key port now reads
+its own bytes: master/zmtpnull.py). The return socket must let an unknown
+key finish its handshake, for it may enrol (DESIGN.md section 4), and so
+anyone with a key of their own can do the same there; an accepted minion is
+an untrusted host too.
+
+libzmq shows no queue of a connection, but the kernel shows what it read:
+the bytes received on the TCP connection (TCP_INFO's tcpi_bytes_received)
+less those still unread in its socket (SIOCINQ). Less the messages the
+master took from that connection, and the wire's own bytes (the handshake,
+each frame's header and box), the rest waits inside libzmq: waiting(). A
+connection whose waiting bytes pass its budget is cut: an accepted minion
+may have RETURN_RCVHWM whole results queued and one more on its way, a
+connection of any other key only enrolment requests.
+
+Reading a connection's counters is two syscalls (about 2 us): too many to
+read 10,000 connections often. The master's own size is one read of
+/proc/self/statm: BacklogWatch looks at it every WATCH_INTERVAL and reads
+every connection when it grew by GROWTH_TRIGGER, and every connection once
+each SWEEP_INTERVAL in any case. So a flood is cut within about
+WATCH_INTERVAL of growing the master by GROWTH_TRIGGER.
+
+The decisions are pure (time and sizes passed in); probe() and rss_bytes()
+are the two reads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+import termios
+from dataclasses import dataclass
+
+# Bytes of the wire a connection may have sent beyond its messages' bodies:
+# the greeting and a CURVE handshake (HELLO 200, WELCOME's reply INITIATE
+# with its metadata: about 1 KiB), with room.
+HANDSHAKE_BYTES = 4096
+# Bytes of the wire per message taken: a ZMTP frame header (at most 9) and
+# a CURVE MESSAGE command's name, nonce, flags and box (33).
+FRAME_OVERHEAD = 64
+# Bytes per second of connection age for what libzmq answers itself: a
+# minion's ZMTP PING (about 40 bytes each, every ZMTP_HEARTBEAT_IVL_MS = 60 s),
+# with room.
+QUIET_BYTES_PER_S = 8.0
+# Seconds between looks at the master's size, and the growth in bytes since
+# the last look that makes every connection be read at once.
+WATCH_INTERVAL = 0.1
+GROWTH_TRIGGER = 32 * 1024 * 1024
+# Seconds between reads of every connection whatever the size did.
+SWEEP_INTERVAL = 10.0
+
+# struct tcp_info (linux/tcp.h): tcpi_bytes_received is the u64 at this
+# offset (after the u8s, 24 u32s, pacing rates and tcpi_bytes_acked).
+_BYTES_RECEIVED_AT = 128
+_TCP_INFO_BYTES = _BYTES_RECEIVED_AT + 8
+
+
+@dataclass(slots=True)
+class Taken:
+    """What the master took from one connection as messages."""
+
+    opened: float  # the loop's clock when it was accepted
+    bytes: int = 0  # of the messages' frames
+    frames: int = 0
+
+
+def waiting(received: int, unread: int, taken: Taken, now: float) -> int:
+    """Bytes of a connection that libzmq holds and the master has not taken:
+    at most this many (the wire's own bytes are allowed for generously, so
+    an honest peer never counts against itself)."""
+    wire = HANDSHAKE_BYTES + taken.frames * FRAME_OVERHEAD
+    wire += int(max(0.0, now - taken.opened) * QUIET_BYTES_PER_S)
+    return received - unread - taken.bytes - wire
+
+
+def probe(fd: int) -> tuple[int, int] | None:
+    """(bytes received, bytes unread) of TCP connection `fd`; None if it is
+    gone or not a TCP socket. Never closes `fd`: libzmq owns it."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        unread = bytearray(4)
+        fcntl.ioctl(fd, termios.FIONREAD, unread)
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+    if len(info) < _TCP_INFO_BYTES:
+        return None  # a kernel older than 4.1 has no such counter
+    received = struct.unpack_from("<Q", info, _BYTES_RECEIVED_AT)[0]
+    return received, struct.unpack("<i", unread)[0]
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """The master's resident size: one read of /proc/self/statm."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+class BacklogWatch:
+    """When to read every connection: on a jump of the master's size, or
+    when SWEEP_INTERVAL passed. Pure: times and sizes are passed in."""
+
+    def __init__(self, now: float, size: int) -> None:
+        self.size = size  # at the last look
+        self.next_sweep = now + SWEEP_INTERVAL
+
+    def look(self, now: float, size: int) -> bool:
+        """The master's size now; True if every connection must be read."""
+        grew = size - self.size >= GROWTH_TRIGGER
+        self.size = size
+        if grew or now >= self.next_sweep:
+            self.next_sweep = now + SWEEP_INTERVAL
+            return True
+        return False
