@@ -136,10 +136,23 @@ def load_keys(directory: str) -> KeyPair:
     return keys
 
 
+def _exists(directory: str) -> bool:
+    """Whether anything is at `directory`. Not os.path.lexists(), which says
+    False for any error: a key directory that cannot be looked at (EACCES for
+    a user who is not root) is an error that says so, not a missing key."""
+    try:
+        os.lstat(directory)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise KeyFileError(directory, f"cannot look at key directory: {e.strerror}") from None
+    return True
+
+
 def _load(directory: str) -> KeyPair | None:
     """load_keys(), but None if the directory or the key file does not exist."""
     path = os.path.join(directory, KEY_FILE_NAME)
-    if not os.path.lexists(directory):
+    if not _exists(directory):
         return None
     dir_fd = _open_dir(directory)
     try:
@@ -215,7 +228,7 @@ def _save(directory: str, keys: KeyPair) -> bool:
 
 def _remove_temporaries(directory: str) -> None:
     """Remove what a save interrupted by a crash left; temporaries hold private keys."""
-    if not os.path.lexists(directory):
+    if not _exists(directory):
         return
     dir_fd = _open_dir(directory)
     try:

@@ -23,6 +23,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from safcm.common.errors import ConfigError, ConfigProblem
+from safcm.common.lightwire import (
+    ENVELOPE_SLACK,
+    MAX_ENVELOPE_TTL,
+    MAX_JOB_TIMEOUT,
+    MIN_JOB_TIMEOUT,
+)
 
 # Largest settings file we read, in bytes; a settings file is a few hundred bytes.
 MAX_SETTINGS_BYTES = 1 << 20
@@ -51,8 +57,13 @@ class Field(NamedTuple):
     default: Any = None
     required: bool = False
     # The value may also be a YAML list of plain values: the parser then
-    # gets them joined with ", " (as if written on one line with commas).
+    # gets them joined with ", " (as if written on one line with commas), and
+    # "" for an empty list.
     many: bool = False
+    # What an empty value ("key:", "key: ''", "key: null") is: None, the
+    # default; or a message that makes it an error, for a key where leaving
+    # the default by accident is dangerous (minion.yaml modules: all of them).
+    if_empty: str | None = None
 
 
 def load_settings(path: str, fields: dict[str, Field]) -> dict[str, Any]:
@@ -96,6 +107,8 @@ def parse_settings(text: str, fields: dict[str, Field], name: str) -> dict[str, 
             shown = "a list" if kind.startswith(_LIST_OF_VALUES) else kind
             message = f"{key}: must be a single value, not {shown}"
             problems.append(ConfigProblem(name, line, message))
+        elif value in _UNSET and field.if_empty is not None:
+            problems.append(ConfigProblem(name, line, f"{key}: {field.if_empty}"))
         elif value in _UNSET:
             continue  # "key:" or "key: null" leaves the default
         else:
@@ -177,7 +190,7 @@ def _kind(node: Any) -> str:
     values carries them (see _LIST_OF_VALUES)."""
     from safcm.common.yamlfile import YScalar, YSeq, kind_of
 
-    if isinstance(node, YSeq) and node.items:
+    if isinstance(node, YSeq):  # an empty one too: "key: []"
         texts = [i.text for i in node.items if isinstance(i, YScalar)]
         if len(texts) == len(node.items):
             return _LIST_OF_VALUES + ", ".join(texts)
@@ -208,6 +221,24 @@ def duration(text: str) -> float:
     seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     if seconds <= 0:
         raise BadValue(f"must be longer than zero, got {text!r}")
+    return seconds
+
+
+def job_timeout(text: str) -> float:
+    """A job's timeout, as a duration(): master.yaml job_timeout and `run
+    --timeout`. Bounded by how long the job's envelope may live
+    (common/lightwire.py MAX_JOB_TIMEOUT), so that a job is never accepted
+    that could not be sent."""
+    seconds = duration(text)
+    if not MIN_JOB_TIMEOUT <= seconds <= MAX_JOB_TIMEOUT:
+        longest = (
+            f"{MAX_JOB_TIMEOUT // 3600}h {MAX_JOB_TIMEOUT % 3600 // 60}m {MAX_JOB_TIMEOUT % 60}s"
+        )
+        raise BadValue(
+            f"must be from {MIN_JOB_TIMEOUT} s to {MAX_JOB_TIMEOUT} s ({longest}), got "
+            f"{text!r}: a job's envelope lives at most {MAX_ENVELOPE_TTL // 3600} hours, "
+            f"{ENVELOPE_SLACK} s of them past the job's deadline"
+        )
     return seconds
 
 

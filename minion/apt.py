@@ -55,6 +55,7 @@ from typing import IO, Any, cast
 
 from safcm.common.packages import PackageSpec
 from safcm.minion import packages as plan_mod
+from safcm.minion.children import CHILD_UMASK
 from safcm.minion.packages import Change, DpkgParseError, PkgState
 
 APT_GET = "apt-get"
@@ -241,6 +242,7 @@ def _run(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            umask=CHILD_UMASK,  # dpkg's files and maintainer scripts' (minion/children.py)
         )
     except OSError as e:
         raise _RunError(f"cannot run {argv[0]}: {e.strerror}") from None

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "check",
         parents=[config],
-        help="validate the settings file and exit (0 ok, 2 errors)",
+        help="validate the settings file and the root directory, print the minion's id, "
+        "masters and the modules it accepts, and exit (0 ok, 2 errors)",
         epilog=_epilog(
             ["safcm-minion check", "safcm-minion check -c ./minion.yaml"],
             f"  0  the settings are valid\n{_EXITS_CONFIG}",
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = minion_settings.load(args.config)
+        if args.command in ("check", "daemon"):
+            minion_settings.check_root(settings, args.config)
         if args.command == "check":
             pin = (
                 f"pins master {settings.master_fingerprint}"
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             masters = ", ".join(settings.master)
             print(f"{args.config}: ok; minion {settings.id}, master {masters}, {pin}")
+            print(f"  accepts modules: {_accepted(settings.modules)}")
             return EXIT_OK
         if args.command == "fingerprint":
             from safcm.common import keyfile
@@ -159,6 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     except SafcmError as e:
         print(f"safcm-minion: {escape(str(e))}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _accepted(accepted: frozenset[str]) -> str:
+    """minion.yaml `modules:` as `check` prints it, in the registry's order,
+    and what it means for sync (it is refused whole without one of its steps)."""
+    from safcm.common.modules import sync_steps
+    from safcm.minion.modules import MODULES
+
+    names = [name for name in MODULES if name in accepted]
+    missing = [name for name in sync_steps() if name not in accepted]
+    sync = f"sync is refused here: it needs {', '.join(missing)}" if missing else "sync runs here"
+    return f"{', '.join(names) or 'none'}; {sync}"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,15 +99,25 @@ def _facts_interval(text: str) -> float:
 
 
 def _modules(text: str) -> frozenset[str]:
-    """`modules: files, ping`: names, separated by commas or spaces."""
+    """`modules: [files, ping]` or `modules: files, ping`: names, separated by
+    commas or spaces; "" (`modules: []`) accepts none."""
     names = [n for n in text.replace(",", " ").split() if n]
     unknown = [n for n in names if n not in modules.MODULES]
-    if unknown or not names:
+    if unknown:
         raise s.BadValue(
             f"expected module names separated by commas, each one of "
             f"{', '.join(modules.MODULES)}; got {text!r}"
         )
     return frozenset(names)
+
+
+# Why `modules:` may not be empty: an empty value would leave the default,
+# every module, cmd included; a minion's administrator who wrote the key
+# meant to restrict it.
+_EMPTY_MODULES = (
+    "empty; list the modules this minion accepts (modules: [files, packages, services]), "
+    "write modules: [] to accept none, or leave the key out to accept every one"
+)
 
 
 def _masters(text: str) -> tuple[str, ...]:
@@ -119,9 +131,47 @@ def _masters(text: str) -> tuple[str, ...]:
     return hosts
 
 
-def default_id() -> str:
-    """The host's fully qualified name, lowercased, as minion ids are."""
-    return socket.getfqdn().lower().rstrip(".")
+# Names a host has for its own loopback address (Debian's and Red Hat's
+# /etc/hosts). getfqdn() gives one of them where /etc/hosts maps the host
+# name to 127.0.0.1 beside "localhost"; every such host would have the same
+# id, and the master would take them for one minion.
+LOOPBACK_NAMES = frozenset(
+    (
+        "localhost",
+        "localhost.localdomain",
+        "localhost4",
+        "localhost4.localdomain4",
+        "localhost6",
+        "localhost6.localdomain6",
+        "ip6-localhost",
+        "ip6-loopback",
+    )
+)
+
+
+def default_id(
+    getfqdn: Callable[[], str] | None = None, gethostname: Callable[[], str] | None = None
+) -> str:
+    """The id of a minion whose minion.yaml sets none: the host's fully
+    qualified name, else its host name, lowercased as minion ids are; never
+    a name of the loopback address or an empty one. BadValue if neither can
+    be used. The two look-ups are socket's unless a test gives its own."""
+    getfqdn = getfqdn or socket.getfqdn
+    gethostname = gethostname or socket.gethostname
+    tried = []
+    for name in (getfqdn(), gethostname()):
+        candidate = name.lower().rstrip(".")
+        problem = ids.minion_id_problem(candidate)
+        if problem is None and candidate in LOOPBACK_NAMES:
+            problem = "a name of the loopback address, which every host has"
+        if problem is None:
+            return candidate
+        tried.append(f"{name!r} ({problem})")
+    raise s.BadValue(
+        "not set, and this host's names cannot be used: fully qualified "
+        f"{tried[0]}, host name {tried[1]}; set id: in minion.yaml to this host's "
+        "name in the master's hosts.yaml"
+    )
 
 
 _FIELDS = {
@@ -140,8 +190,30 @@ _FIELDS = {
     "log_level": s.Field(s.log_level, MinionSettings.log_level),
     "apt_config": s.Field(s.absolute_path, None),
     "apt_timeout": s.Field(s.duration, MinionSettings.apt_timeout),
-    "modules": s.Field(_modules, MinionSettings.modules),
+    "modules": s.Field(_modules, MinionSettings.modules, many=True, if_empty=_EMPTY_MODULES),
 }
+
+
+def root_problem(root: str) -> str | None:
+    """Why the engine cannot use `root` now, or None. The daemon and `check`
+    ask at start-up, so that a root that is missing or not a directory stops
+    the daemon (exit 2) instead of failing every job later."""
+    # Opened as the engine opens it (minion/fileops.py, _open_root): the root
+    # is the administrator's setting, not a managed path, so a symlink to a
+    # directory is followed there and here; nothing beneath the root ever is.
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        return f"cannot open the root directory: {e.strerror}"
+    os.close(fd)
+    return None
+
+
+def check_root(settings: MinionSettings, name: str) -> None:
+    """ConfigError naming `name` (the settings file) if root_problem() has one."""
+    problem = root_problem(settings.root)
+    if problem is not None:
+        raise ConfigError(ConfigProblem(name, None, f"root: {settings.root}: {problem}"))
 
 
 def load(path: str) -> MinionSettings:
@@ -155,12 +227,10 @@ def parse(text: str, name: str = "minion.yaml") -> MinionSettings:
 
 def _build(values: dict[str, Any], name: str) -> MinionSettings:
     if values["id"] is None:
-        fqdn = default_id()
-        problem = ids.minion_id_problem(fqdn)
-        if problem is not None:
-            message = f"id: not set, and the host name cannot be used: {problem}"
-            raise ConfigError(ConfigProblem(name, None, message))
-        values["id"] = fqdn
+        try:
+            values["id"] = default_id()
+        except s.BadValue as e:
+            raise ConfigError(ConfigProblem(name, None, f"id: {e}")) from None
     if values["master_fingerprint"] is None and not values["trust_first_master"]:
         message = (
             "master_fingerprint: required (run 'safcm-master keys fingerprint' on the master "

@@ -34,6 +34,7 @@ from safcm.common.services import (
     UnitState,
 )
 from safcm.minion import svcplan
+from safcm.minion.children import CHILD_UMASK
 from safcm.minion.svcplan import Verb
 
 # The properties a UnitState is made of, and NeedDaemonReload.
@@ -204,11 +205,11 @@ def journal_tail(unit: str, since: int) -> str:
     try:
         subprocess.run(
             ["journalctl", "--sync"], capture_output=True, env=_ENV,
-            timeout=SYSTEMCTL_TIMEOUT, check=False,
+            timeout=SYSTEMCTL_TIMEOUT, check=False, umask=CHILD_UMASK,
         )  # fmt: skip
         result = subprocess.run(
             argv, capture_output=True, text=True, errors="replace", env=_ENV,
-            timeout=SYSTEMCTL_TIMEOUT, check=False,
+            timeout=SYSTEMCTL_TIMEOUT, check=False, umask=CHILD_UMASK,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return ""
@@ -243,6 +244,7 @@ def _systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT) -> str:
             env=_ENV,
             timeout=timeout,
             check=False,
+            umask=CHILD_UMASK,  # not the daemon's private one (minion/children.py)
         )
     except FileNotFoundError as e:
         raise SystemdError("systemctl is not installed on this host") from e

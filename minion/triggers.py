@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable
 
 from safcm.common.model import TriggerRun, TriggerStatus
+from safcm.minion.children import CHILD_UMASK
 
 # Seconds one trigger may run before its process group is killed. Below the
 # master's default job timeout (60 s), so a hung trigger still lets the
@@ -72,6 +73,7 @@ def run_trigger(command: str, *, root: str, timeout: float = TRIGGER_TIMEOUT) ->
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # its own process group, so a timeout kills it all
+            umask=CHILD_UMASK,  # not the daemon's private one (minion/children.py)
         )
     except OSError as e:
         return TriggerRun(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from safcm.common.modules.cmd import OUTPUT_MAX, WIRE, CmdStatus
+from safcm.minion.children import CHILD_UMASK
 from safcm.minion.modules import Context, Done, MinionModule
 from safcm.minion.triggers import SHELL, TRIGGER_PATH
 
@@ -95,6 +96,7 @@ def run_invocation(plan: Invocation) -> dict[str, Any]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: a timeout kills it all
+            umask=CHILD_UMASK,  # not the daemon's private one (minion/children.py)
         )
     except OSError as e:
         error = f"cannot run {plan.argv[0]}: {e.strerror or e}"

@@ -1,7 +1,9 @@
 """Key files on disk: modes, atomic no-clobber writes, refusal of unsafe files."""
 
 import os
+import shutil
 import stat
+import tempfile
 
 import pytest
 
@@ -174,6 +176,52 @@ MALFORMED = [
     GOOD.replace(b"x25519 ", b"x25519 AAAA"),
     b"x" * 5000,
 ]
+
+
+# A user who is not root, for a load that the kernel refuses (EACCES).
+NOBODY = 65534
+
+
+def load_as_nobody(directory: str) -> str:
+    """What load_keys(directory) raises in a child that runs as NOBODY."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            try:
+                load_keys(directory)
+                message = "loaded"
+            except KeyFileError as e:
+                message = str(e)
+            os.write(write, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        message = f.read().decode()
+    os.waitpid(pid, 0)
+    return message
+
+
+def test_a_key_directory_that_cannot_be_looked_at_says_so():
+    """As a user who is not root, the master's 0700 state_dir hides its keys:
+    the reason is EACCES, not a missing key file."""
+    base = tempfile.mkdtemp(prefix="safcm-keys-", dir="/tmp")  # 0700 pytest dirs above tmp_path
+    try:
+        os.chmod(base, 0o755)
+        state_dir = os.path.join(base, "state")
+        keys = os.path.join(state_dir, "keys")
+        save_keys(keys, KEYS)
+        os.chmod(state_dir, 0o700)
+        assert load_as_nobody(keys) == f"{keys}: cannot look at key directory: Permission denied"
+        os.chmod(state_dir, 0o755)  # the key directory itself is 0700: it cannot be opened
+        assert load_as_nobody(keys) == f"{keys}: cannot open key directory: Permission denied"
+    finally:
+        shutil.rmtree(base)
 
 
 @pytest.mark.parametrize("content", MALFORMED)
