@@ -1198,7 +1198,11 @@ def run(settings: MinionSettings) -> int:
     try:
         loop.run()
     finally:
-        log.info("%s: stopping", settings.id)
+        if minion.busy is not None:
+            # The unit gives it the longest job's time (KillMode=mixed).
+            log.info("%s: stopping after job %s finishes", settings.id, minion.busy)
+        else:
+            log.info("%s: stopping", settings.id)
         worker.shutdown(wait=True)
         loop.run_once(0)  # deliver the callbacks of a job that just finished
         minion.close()
