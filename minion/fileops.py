@@ -26,9 +26,14 @@ How one apply works (apply_files):
    O_EXCL|O_NOFOLLOW, mode 0600), then fchown (before fchmod, because chown
    clears the setuid and setgid bits), fchmod, fsync, linked to a temporary
    name and renamed over the target. A symlink is made under a temporary name,
-   chowned with AT_SYMLINK_NOFOLLOW and renamed. A directory is made 0700,
-   opened without following, then chowned and chmodded. A type change removes
-   the old file or empty directory; a non-empty directory is never removed.
+   chowned with AT_SYMLINK_NOFOLLOW and renamed. A new directory, too, is
+   made whole under a temporary name (mkdir 0700, opened without following,
+   fchown, fchmod) and only then renamed into place, with
+   renameat2(RENAME_NOREPLACE): it never appears at its path half-made,
+   which matters most for a directory passed through, never changed once it
+   exists (a 0700 /usr/local/bin would lock out every other user for good).
+   A type change removes the old file or empty directory; a non-empty
+   directory is never removed.
    New file versions are created, written, fsynced and (an O_TMPFILE, only
    then) linked to a temporary name on a few worker threads at once
    (minion/pipeline.py), handed over in batches of WRITE_BATCH, so their
@@ -52,7 +57,20 @@ How one apply works (apply_files):
    removed relative to a held descriptor of its directory (unlinkat,
    unlinkat(AT_REMOVEDIR)), never through a symlink (a directory is opened
    with O_NOFOLLOW, or openat2 with RESOLVE_NO_SYMLINKS) and never across a
-   mount (RESOLVE_NO_XDEV, and a device check in any case).
+   mount (RESOLVE_NO_XDEV, and a device check in any case). The names of
+   what is found there come from the host, not from the job: a Linux name
+   is any bytes, and one that is not UTF-8 cannot travel in a result. So
+   the report gives every such entry a path whose components below the
+   declared directory are in common/text.py's escape_name() form (a byte
+   that is not UTF-8 is \\xNN, a backslash \\\\), and the engine's own
+   decisions keep using the real name. The path still starts with the
+   declared directory's, as the master's plan check requires (Plan.covers
+   in master/jobstore.py). An entry whose path would be too long for the
+   wire even so is left in place, a failure of its directory. User and
+   group names from the host are escaped the same way, only when they are
+   not UTF-8; a diff shows content or a link target that is not UTF-8 as
+   binary (minion/diff.py). One odd name costs one escaped record, never
+   the whole result.
 7. fsync every directory that was changed, once: at the end (several at
    once), or earlier if its descriptor leaves the cache. The report is only
    sent after apply_files returns, so no rename is reported before it is
@@ -68,10 +86,11 @@ How one apply works (apply_files):
    still owed.
 
 What a crash (SIGKILL, power loss) can leave behind: only complete files,
-either the old or the new version, and sometimes a temporary file named
-".<name>.safcm-tmp-<hex>" (between linkat and renameat, or for the whole
-write of a named temporary or a temporary symlink). The next apply removes
-such names from every directory it resolves as a parent; see _Apply._clean.
+either the old or the new version, and complete directories; and sometimes
+a temporary named ".<name>.safcm-tmp-<hex>": a file (between linkat and
+renameat, or for the whole write of a named temporary), a symlink, or an
+empty directory (between mkdir and renameat2). The next apply removes such
+names from every directory it resolves as a parent; see _Apply._clean.
 These are the guarantees of common/atomicfile.py, which writes the daemons'
 own state; the engine keeps its own path for speed (concurrent fsyncs, cached
 directory descriptors, one directory fsync per apply) and for what managed
@@ -109,6 +128,7 @@ from safcm.common.errors import (
     SymlinkInPathError,
 )
 from safcm.common.model import (
+    PATH_MAX,
     AbsentSpec,
     ApplyFailure,
     ApplyResult,
@@ -120,6 +140,7 @@ from safcm.common.model import (
     TriggerRun,
     check_path,
 )
+from safcm.common.text import escape_name
 from safcm.minion import owed, triggers
 from safcm.minion.diff import DIFF_INPUT_MAX
 from safcm.minion.pipeline import Pipeline
@@ -215,6 +236,10 @@ _PRIVATE_FILE = 0o600
 _PRIVATE_DIR = 0o700
 # O_TMPFILE fails with these where the filesystem does not support it.
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+# A stale temporary that fails to go with these is left in place: gone
+# already, or (a directory so named) not empty, a mount point, or swapped
+# for a non-directory since we listed it.
+_KEEP_STALE = (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY, errno.ENOTDIR)
 
 
 class Resolve(enum.Enum):
@@ -239,13 +264,24 @@ FORCE_TEMP: Temp | None = None
 
 
 # ---------------------------------------------------------------------------
-# Syscalls Python's os module lacks: openat2(2) and linkat(2) with
-# AT_EMPTY_PATH. Called through ctypes; both release the GIL.
+# Syscalls Python's os module lacks: openat2(2), linkat(2) with
+# AT_EMPTY_PATH and renameat2(2). Called through ctypes; all release the GIL.
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
 _libc.linkat.restype = ctypes.c_int
+# glibc 2.28 and later (2018) wrap renameat2; without it we rename as below.
+_renameat2 = getattr(_libc, "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    _renameat2.restype = ctypes.c_int
 
 # openat2 is number 437 in the generic syscall table that these architectures
 # share; others (alpha, mips, ia64) number it differently and use the walk.
@@ -318,6 +354,37 @@ def openat2_available() -> bool:
 
 # True until linkat(AT_EMPTY_PATH) says EPERM once.
 _empty_path_link_works = True
+# From <linux/fs.h>: fail with EEXIST instead of replacing the target.
+_RENAME_NOREPLACE = 1
+# True until renameat2 is missing, or says ENOSYS (Linux < 3.15) or EINVAL
+# (a filesystem without RENAME_NOREPLACE) once.
+_noreplace_works = _renameat2 is not None
+
+
+def _rename_dir_noreplace(dirfd: int, tmp: str, name: str) -> None:
+    """Rename the new directory `tmp` in `dirfd` to `name`, which nothing
+    may hold; raises FileExistsError if something does, else OSError.
+
+    renameat2(RENAME_NOREPLACE) where the kernel and filesystem have it.
+    Else plain renameat, which fails as well on a file, symlink or
+    non-empty directory at `name` (ENOTDIR, ENOTEMPTY) and replaces only
+    an empty directory: one that appeared since we looked, in place of
+    which the declared one is as good.
+    """
+    global _noreplace_works
+    if _noreplace_works and _renameat2 is not None:
+        if _renameat2(dirfd, os.fsencode(tmp), dirfd, os.fsencode(name), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+        _noreplace_works = False
+    try:
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.ENOTEMPTY):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST)) from e
+        raise
 
 
 def _link_tmpfile(fd: int, dirfd: int, name: str, proc: bool) -> None:
@@ -803,7 +870,7 @@ class _Names:
         except KeyError:
             pass
         try:
-            name = pwd.getpwuid(uid).pw_name
+            name = _host_name(pwd.getpwuid(uid).pw_name)
         except KeyError:
             name = None
         self._user_of[uid] = name
@@ -816,11 +883,22 @@ class _Names:
         except KeyError:
             pass
         try:
-            name = grp.getgrgid(gid).gr_name
+            name = _host_name(grp.getgrgid(gid).gr_name)
         except KeyError:
             name = None
         self._group_of[gid] = name
         return name
+
+
+def _host_name(name: str) -> str:
+    """A user or group name from the host's databases, as a report carries it:
+    as it is, unless a byte of it is not UTF-8 (then escape_name(), so that
+    the result can be sent; the uid or gid beside it is what counts)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return escape_name(name)
+    return name
 
 
 def _mount_id(fd: int) -> int | None:
@@ -988,7 +1066,7 @@ class _Apply:
                 index = self._record(decision.change, skip)
             if decision.refusal is not None:
                 raise decision.refusal
-            if decision.change is None:
+            if index is None:  # no change: nothing to do
                 return
             if skip is not None or self.dry_run:
                 if decision.step is Step.MKDIR:
@@ -1055,7 +1133,7 @@ class _Apply:
             found = self._observe(pfd, base, item.path, None)
             if found is None:
                 return
-            if self._remove(pfd, item.path, base, found, item.recursive, skip, depth=0):
+            if self._remove(pfd, item.path, item.path, base, found, item.recursive, skip, 0):
                 self.dirs.mark_dirty(parent)
         except (FileOpError, OSError) as e:
             self._fail(self.seq, item.path, e, None)
@@ -1085,8 +1163,9 @@ class _Apply:
             return None
 
     def _purge_entries(self, fd: int, path: str, skip: str | None, depth: int) -> bool:
-        """Remove the undeclared entries of the directory `fd` (at `path`), and
-        of its declared subdirectories on the same filesystem; True if any went."""
+        """Remove the undeclared entries of the directory `fd` (at the declared
+        `path`), and of its declared subdirectories on the same filesystem;
+        True if any went."""
         removed = False
         dev = os.fstat(fd).st_dev
         for name in sorted(os.listdir(fd)):
@@ -1097,9 +1176,12 @@ class _Apply:
                 continue
             kind = self.declared.get(child)
             if kind is None:
-                found = self._observe(fd, name, child, None)
+                shown = self._shown_child(path, name)
+                if shown is None:
+                    continue
+                found = self._observe(fd, name, shown, None)
                 if found is not None:
-                    removed |= self._remove_entry(fd, child, name, found, skip, depth + 1)
+                    removed |= self._remove_entry(fd, child, shown, name, found, skip, depth + 1)
                 continue
             if kind is not FileType.DIR or child in self.purged:
                 continue  # a declared file; or a directory purged on its own
@@ -1113,22 +1195,43 @@ class _Apply:
                 os.close(sub)
         return removed
 
+    def _shown_child(self, shown: str, name: str) -> str | None:
+        """The path the report gives the entry `name` (read from the host) of
+        the directory it calls `shown`: `name` in escape_name()'s form. None,
+        with a failure recorded at `shown`, if that is too long for a report
+        (the wire's limit): the entry is then left in place."""
+        child = shown.rstrip("/") + "/" + escape_name(name)
+        if len(child) < PATH_MAX:
+            return child
+        self._fail(
+            self.seq,
+            shown,
+            FileOpError(
+                shown,
+                f"an entry in it is not removed: its path would be longer than {PATH_MAX - 1}"
+                " characters in the report; remove it by hand",
+            ),
+            None,
+        )
+        return None
+
     def _remove_entry(
-        self, pfd: int, path: str, base: str, found: Found, skip: str | None, depth: int
+        self, pfd: int, path: str, shown: str, base: str, found: Found, skip: str | None, depth: int
     ) -> bool:
         """_remove() one entry of a walk: its failure is recorded, not raised,
         so that its siblings are still removed. True if it was removed."""
         seq = self.seq
         try:
-            return self._remove(pfd, path, base, found, True, skip, depth)
+            return self._remove(pfd, path, shown, base, found, True, skip, depth)
         except (FileOpError, OSError) as e:
-            self._fail(seq, path, e, None)
+            self._fail(seq, shown, e, None)
             return False
 
     def _remove(
         self,
         pfd: int,
         path: str,
+        shown: str,
         base: str,
         found: Found,
         recursive: bool,
@@ -1138,19 +1241,24 @@ class _Apply:
         """Record and remove what is at `base` in `pfd`: a directory with
         everything below it when `recursive`. True if something was removed.
 
+        `path` is the path as the host has it, for every decision (a secret,
+        a cached directory); `shown` the same path as the report gives it,
+        with each component read from the host in escape_name()'s form (a
+        declared path is its own `shown`).
+
         Raises FileOpError (with the record marked failed) if the path
         itself cannot be removed. Failures below it are recorded as they
         happen; the directory is then skipped (it cannot be empty).
         """
         if depth > REMOVE_DEPTH_MAX:
             raise FileOpError(
-                path, f"more than {REMOVE_DEPTH_MAX} directory levels to remove; remove it by hand"
+                shown, f"more than {REMOVE_DEPTH_MAX} directory levels to remove; remove it by hand"
             )
         decision = decide_removal(
-            path, found, recursive=recursive, secret=is_secret(path, self.secrets)
+            shown, found, recursive=recursive, secret=is_secret(path, self.secrets)
         )
         if decision.change is None:
-            raise RuntimeError(f"decide_removal() gave no change to record for {path}")
+            raise RuntimeError(f"decide_removal() gave no change to record for {shown}")
         index = self._record(decision.change, skip)
         self.removal_recorded.add(path)
         acting = skip is None and not self.dry_run
@@ -1159,16 +1267,16 @@ class _Apply:
                 raise decision.refusal
             if decision.step is Step.UNLINK:
                 if not _on_mount_of(pfd, base):
-                    raise _mount_error(path)
+                    raise _mount_error(shown)
                 if acting:
-                    self._owe_first(path)
-                    with _doing(path, "removing it"):
+                    self._owe_first(shown)
+                    with _doing(shown, "removing it"):
                         os.unlink(base, dir_fd=pfd)
                 return acting
             if recursive:
-                fd = self._open_dir_below(pfd, base, path, os.fstat(pfd).st_dev, found)
+                fd = self._open_dir_below(pfd, base, shown, os.fstat(pfd).st_dev, found)
                 try:
-                    complete = self._remove_below(fd, path, skip, depth)
+                    complete = self._remove_below(fd, path, shown, skip, depth)
                 finally:
                     os.close(fd)
                 if not complete:
@@ -1179,36 +1287,42 @@ class _Apply:
                     )
                     return False
             if acting:
-                self._owe_first(path)
+                self._owe_first(shown)
                 self.dirs.forget(path[1:])
-                with _doing(path, "removing the directory"):
+                with _doing(shown, "removing the directory"):
                     os.rmdir(base, dir_fd=pfd)
             return acting
         except (FileOpError, OSError) as e:
             change = self.result.changes[index]
             self.result.changes[index] = with_outcome(
-                change, Outcome.FAILED, _failure(path, e).reason
+                change, Outcome.FAILED, _failure(shown, e).reason
             )
             raise
 
-    def _remove_below(self, fd: int, path: str, skip: str | None, depth: int) -> bool:
-        """Remove every entry of the directory `fd` (at `path`); True if all went
-        (in a dry run or a skip: if all would go)."""
+    def _remove_below(self, fd: int, path: str, shown: str, skip: str | None, depth: int) -> bool:
+        """Remove every entry of the directory `fd` (at `path`, `shown` in the
+        report: see _remove()); True if all went (in a dry run or a skip: if
+        all would go)."""
         complete = True
         removed = False
         for name in sorted(os.listdir(fd)):
-            child = path + "/" + name
-            found = self._observe(fd, name, child, None)
+            shown_child = self._shown_child(shown, name)
+            if shown_child is None:
+                complete = False
+                continue
+            found = self._observe(fd, name, shown_child, None)
             if found is None:
                 continue
             seq = self.seq
             try:
-                removed |= self._remove(fd, child, name, found, True, skip, depth + 1)
+                removed |= self._remove(
+                    fd, path + "/" + name, shown_child, name, found, True, skip, depth + 1
+                )
             except (FileOpError, OSError) as e:
-                self._fail(seq, child, e, None)
+                self._fail(seq, shown_child, e, None)
                 complete = False
         if removed:
-            _fsync_dir(fd, path[1:])
+            _fsync_dir(fd, shown[1:])
         return complete
 
     @overload
@@ -1292,22 +1406,32 @@ class _Apply:
         """Remove temporaries that a crashed apply left in directory `rel`.
 
         We hold the engine lock, so no other apply is writing a temporary
-        now: every name of ours here is stale. Only files and symlinks with
-        exactly our pattern are removed, never a directory, never other names.
+        now: every name of ours here is stale. Only names with exactly our
+        pattern are removed: a file or symlink (unlinkat), or an empty
+        directory (unlinkat(AT_REMOVEDIR), which never follows a symlink and
+        never removes a directory that holds anything: a new directory is
+        renamed into place before anything is put in it). A non-empty or
+        busy directory so named is left alone.
         """
+        removed = False
         with _doing("/" + rel, "looking for stale temporary files"):
             with os.scandir(fd) as entries:
                 stale = [
-                    entry.name
+                    (entry.name, entry.is_dir(follow_symlinks=False))
                     for entry in entries
-                    if TEMP_MARK in entry.name
-                    and is_temp_name(entry.name)
-                    and not entry.is_dir(follow_symlinks=False)
+                    if TEMP_MARK in entry.name and is_temp_name(entry.name)
                 ]
-            for name in stale:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=fd)
-        if stale:
+            for name, is_dir in stale:
+                try:
+                    if is_dir:
+                        os.rmdir(name, dir_fd=fd)
+                    else:
+                        os.unlink(name, dir_fd=fd)
+                    removed = True
+                except OSError as e:
+                    if e.errno not in _KEEP_STALE:
+                        raise
+        if removed:
             self.dirs.mark_dirty(rel)
 
     def _observe(self, pfd: int, base: str, path: str, spec: FileSpec | None) -> Found | None:
@@ -1453,23 +1577,74 @@ class _Apply:
     def _make_dir(
         self, pfd: int, rel: str, base: str, spec: FileSpec, owner: Owner, d: Decision
     ) -> None:
+        """Make the new directory whole under a temporary name (0700, then
+        owner, then mode), and only then rename it to `base`.
+
+        So a crash leaves nothing at `base` or the finished directory, never
+        one with the private mode: a directory passed through is never
+        changed once it exists (plan.decide()), so a 0700 one would stay so
+        for good. What a crash can leave besides is an empty directory with a
+        temporary name, which the next apply's _clean() removes.
+        """
         parent = rel.rpartition("/")[0]
-        if d.remove is Remove.NON_DIR:
-            with _doing(spec.path, "removing the old file"):
-                os.unlink(base, dir_fd=pfd)
-            self.dirs.mark_dirty(parent)
-        with _doing(spec.path, "creating the directory"):
-            os.mkdir(base, _PRIVATE_DIR, dir_fd=pfd)
-            self.dirs.mark_dirty(parent)
-            # Open what we made without following: should someone have
-            # swapped a symlink in, this fails instead of chmodding its target.
-            fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+        tmp, fd = self._temp_dir(pfd, base, spec)
+        self.dirs.mark_dirty(parent)  # the temporary's name is in it, for now
+        try:
+            made = os.fstat(fd)
+            with _doing(spec.path, "setting the new directory's owner and mode"):
+                os.fchown(fd, owner.uid, owner.gid)
+                os.fchmod(fd, spec.mode)  # after fchown, so setgid and sticky stick
+            if d.remove is Remove.NON_DIR:
+                with _doing(spec.path, "removing the old file"):
+                    os.unlink(base, dir_fd=pfd)
+            try:
+                _rename_dir_noreplace(pfd, tmp, base)
+            except FileExistsError as e:
+                raise FileOpError(
+                    spec.path, "something appeared at the path while safcm made it; apply again"
+                ) from e
+            except OSError as e:
+                raise FileOpError(
+                    spec.path, f"renaming the new directory into place: {e.strerror or e}"
+                ) from e
+            with _doing(spec.path, "checking the new directory"):
+                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino):
+                # Someone with write access to the parent swapped the
+                # temporary name: our directory is elsewhere, and never used.
+                raise FileOpError(
+                    spec.path, "it was replaced while safcm was making it; apply again"
+                )
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):  # gone already, or renamed into place
+                os.rmdir(tmp, dir_fd=pfd)
+            raise
         self.dirs.adopt(rel, fd)
         self.cleaned.add(rel)  # new and empty: nothing stale in it
-        with _doing(spec.path, "setting the new directory's owner and mode"):
-            os.fchown(fd, owner.uid, owner.gid)
-            os.fchmod(fd, spec.mode)  # after fchown, so setgid and sticky stick
         self.dirs.mark_dirty(rel)
+
+    def _temp_dir(self, pfd: int, base: str, spec: FileSpec) -> tuple[str, int]:
+        """mkdir a private directory under a new temporary name for `base`, and
+        open it; return its name and descriptor."""
+        for _ in range(TEMP_ATTEMPTS):
+            name = temp_name(base, _token())
+            try:
+                os.mkdir(name, _PRIVATE_DIR, dir_fd=pfd)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise FileOpError(spec.path, f"creating the directory: {e.strerror}") from e
+            try:
+                # Open what we made without following: should someone have
+                # swapped a symlink in, this fails instead of chmodding its target.
+                with _doing(spec.path, "opening the new directory"):
+                    return name, os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.rmdir(name, dir_fd=pfd)
+                raise
+        raise FileOpError(spec.path, "could not find a free temporary name")
 
     def _queue_write(
         self, pfd: int, rel: str, base: str, spec: FileSpec, owner: Owner, index: int, seq: int

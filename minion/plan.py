@@ -41,9 +41,10 @@ from safcm.common.model import (
 )
 from safcm.minion.diff import secret_summary, unified_diff
 
-# Temporary files are named ".<name>.safcm-tmp-<16 hex digits>": hidden, so
-# most tools ignore them, recognisable, so a later apply can remove the ones a
-# crash left behind, and never a name anyone else would choose.
+# Temporary files (and new directories until they are whole) are named
+# ".<name>.safcm-tmp-<16 hex digits>": hidden, so most tools ignore them,
+# recognisable, so a later apply can remove the ones a crash left behind,
+# and never a name anyone else would choose.
 TEMP_MARK = ".safcm-tmp-"
 TEMP_TOKEN_HEX = 16  # hex digits of randomness: 64 bits, a collision is an attack
 _TEMP_RE = re.compile(rf"\..*{re.escape(TEMP_MARK)}[0-9a-f]{{{TEMP_TOKEN_HEX}}}", re.DOTALL)
@@ -185,7 +186,9 @@ class Found:
 class Step(enum.Enum):
     NONE = "none"  # nothing to do
     WRITE = "write"  # a file or symlink under a temporary name, renamed over the path
-    MKDIR = "mkdir"  # a new directory: mkdir 0700, then chown and chmod
+    # A new directory: made 0700 under a temporary name, chowned, chmodded,
+    # then renamed into place (never seen at its path half-made).
+    MKDIR = "mkdir"
     FIX_DIR = "fix dir"  # chown and/or chmod an existing directory in place
     UNLINK = "unlink"  # remove a file, symlink, fifo, ... (absent, purge)
     RMDIR = "rmdir"  # remove a directory, after everything below it (absent, purge)

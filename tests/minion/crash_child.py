@@ -55,6 +55,18 @@ def tree(version: int) -> list[FileSpec]:
                     f"/d/s{s}/l{i}", FileType.SYMLINK, 0o777, user=user, group="root", data=target
                 )
             )
+        # A new directory each version, only passed through: never changed
+        # once it exists, so it must never appear half-made (0700).
+        files.append(
+            FileSpec(
+                f"/d/s{s}/p{version}",
+                FileType.DIR,
+                0o755,
+                user="root",
+                group="root",
+                passthrough=True,
+            )
+        )
     return files
 
 

@@ -1,5 +1,7 @@
 """Crash safety: an apply killed with SIGKILL at random points leaves every file
-wholly old or wholly new, and the next apply leaves no temporary file behind.
+wholly old or wholly new, and every new directory whole or not there; the next
+apply leaves no temporary behind. A kill at each point of making a directory
+(dir_crash_child.py) never leaves one half-made at its path.
 
 (SIGKILL keeps the page cache, so this tests atomicity and clean-up, not
 durability across a power cut; fsync ordering is reviewed in the code.)
@@ -10,16 +12,22 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
 
 import pytest
 
+from safcm.common.model import FileType
 from safcm.minion.fileops import Temp
+from safcm.minion.plan import is_temp_name
 
-from .conftest import Host
+from .conftest import Host, new_host
 from .crash_child import DIRS, FILES, LINKS, content, owner
+from .dir_crash_child import FILES as DIR_FILES
+from .dir_crash_child import NEW_DIRS
+from .dir_crash_child import POINTS as DIR_POINTS
 from .test_fileops import temp_names
 
 ROUNDS = 6  # killed applies per temporary-file method
@@ -70,6 +78,15 @@ def versions_on_disk(host: Host, old: int, new: int) -> dict[int, int]:
     return counts
 
 
+def odd_dirs(host: Host) -> list[tuple[str, str]]:
+    """Directories of the crash tree, temporaries aside, whose mode is not its 0755."""
+    return [
+        (d, oct(os.lstat(d).st_mode & 0o7777))
+        for d, _, _ in os.walk(host.root + "/d")
+        if not is_temp_name(os.path.basename(d)) and os.lstat(d).st_mode & 0o7777 != 0o755
+    ]
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("temp", [Temp.TMPFILE, Temp.NAMED], ids=["tmpfile", "named"])
 def test_sigkill_at_random_points(host: Host, temp):
@@ -96,6 +113,7 @@ def test_sigkill_at_random_points(host: Host, temp):
         counts = versions_on_disk(host, version - 1, version)
         mixed += all(counts.values())
         leftovers += len(temp_names(host.root))
+        assert odd_dirs(host) == []  # every directory (0755 all) is whole or not there
 
         # The next apply completes the version and removes every leftover.
         done = start_child(host, version, temp)
@@ -104,9 +122,62 @@ def test_sigkill_at_random_points(host: Host, temp):
         done.stdout.close()
         assert versions_on_disk(host, version - 1, version)[version] == DIRS * (FILES + LINKS)
         assert temp_names(host.root) == []
+        assert odd_dirs(host) == []
+        assert all(os.path.isdir(f"{host.root}/d/s{s}/p{version}") for s in range(DIRS))
 
     print(
         f"crash ({temp.value}, seed {seed}): {mixed} of {ROUNDS} kills mid-apply, "
         f"{leftovers} temporaries left by kills, all removed"
     )
     assert mixed > 0, f"no kill landed inside an apply (seed {seed})"
+
+
+# ---------------------------------------------------------------------------
+# A new directory killed half-made: at each point of making it, for each of
+# the tree's new directories (dir_crash_child.py).
+
+
+def run_dir_child(host: Host, point: str, nth: int) -> subprocess.CompletedProcess:
+    child = "tests.minion.dir_crash_child"
+    return subprocess.run(
+        [sys.executable, "-m", child, host.root, host.state, point, str(nth)],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def dir_modes(host: Host) -> dict[str, int]:
+    """The mode of every declared directory that is on the host."""
+    modes = {}
+    for spec in DIR_FILES:
+        p = host.root + spec.path
+        if spec.type is FileType.DIR and os.path.lexists(p):
+            st = os.lstat(p)
+            assert stat.S_ISDIR(st.st_mode), p
+            modes[spec.path] = st.st_mode & 0o7777
+    return modes
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("point", DIR_POINTS)
+def test_a_directory_is_never_left_half_made_by_a_kill(tmp_path, point):
+    declared = {s.path: s.mode for s in DIR_FILES if s.type is FileType.DIR}
+    for nth in range(1, NEW_DIRS + 1):
+        host = new_host(str(tmp_path / f"{nth}"))
+        killed = run_dir_child(host, point, nth)
+        assert killed.returncode == -signal.SIGKILL, (nth, killed.stdout, killed.stderr)
+        # Each directory is not there, or whole: never at its path with the
+        # private mode it is made with.
+        after_kill = dir_modes(host)
+        assert after_kill == {p: declared[p] for p in after_kill}, (point, nth)
+
+        # The next apply completes the tree; a directory passed through is
+        # never changed once it exists, so a half-made one would stay so.
+        done = run_dir_child(host, point, 0)
+        assert done.stdout == "done\n", done.stderr
+        assert dir_modes(host) == declared, (point, nth)
+        assert os.stat(host.root + "/srv/app").st_uid == 65534
+        assert temp_names(host.root) == []

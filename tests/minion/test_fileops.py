@@ -17,6 +17,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import pwd
 import stat
 import struct
 import subprocess
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from safcm.common import codec
 from safcm.common.errors import FileOpError, LockError, StoreError
 from safcm.common.model import (
     AbsentSpec,
@@ -37,7 +39,10 @@ from safcm.common.model import (
     OwedTrigger,
     TriggerStatus,
 )
-from safcm.minion import fileops, owed
+from safcm.common.protocol import SPECS, MsgType
+from safcm.common.schema import validate
+from safcm.master.jobstore import Plan
+from safcm.minion import fileops, owed, results
 from safcm.minion.fileops import Resolve, Temp
 from safcm.minion.plan import is_temp_name
 
@@ -932,6 +937,58 @@ CASES = [
         purge=["/p"],
     ),
     Case("purge of a missing directory does nothing", [], [], [], purge=["/none"]),
+    # Names that are not UTF-8 (surrogateescape keeps their bytes): removed as
+    # any other, reported with each such byte as \xNN and a backslash doubled,
+    # so the real name "caf\xe9.conf" (with a backslash) stays apart.
+    Case(
+        "purge removes names that are not UTF-8 and reports them escaped",
+        [
+            D("/p"),
+            F("/p/caf\udce9.conf", b"latin-1\n"),
+            F("/p/caf\\xe9.conf", b"backslash\n"),
+            D("/p/d\udcff"),
+            L("/p/d\udcff/l", b"\xfe\xff-target"),
+            F("/p/old.conf", b"old\n"),
+        ],
+        [spec("/p", "dir")],
+        [
+            removed("/p/caf\\\\xe9.conf", state("file", 0o644), SECRET(b"backslash\n", None)),
+            removed(
+                "/p/caf\\xe9.conf",
+                state("file", 0o644),
+                GONE("/p/caf\\xe9.conf", "@@ -1 +0,0 @@", "-latin-1"),
+            ),
+            removed("/p/d\\xff", state("dir", 0o755)),
+            removed(
+                "/p/d\\xff/l",
+                state("symlink", 0o777),
+                GONE("/p/d\\xff/l", "@@ -1 +0,0 @@", "-<binary content, 9 bytes>"),
+            ),
+            removed(
+                "/p/old.conf", state("file", 0o644), GONE("/p/old.conf", "@@ -1 +0,0 @@", "-old")
+            ),
+        ],
+        after=[D("/p")],
+        purge=["/p"],
+        # The real name is secret: its escaped report path is not what counts.
+        secrets=["/p/caf\\xe9.conf"],
+    ),
+    Case(
+        "absent tree with names that are not UTF-8 is removed and reported escaped",
+        [D("/t"), D("/t/\udce9t\udce9"), F("/t/\udce9t\udce9/f\\", b"f\n")],
+        [],
+        [
+            removed("/t", state("dir", 0o755)),
+            removed("/t/\\xe9t\\xe9", state("dir", 0o755)),
+            removed(
+                "/t/\\xe9t\\xe9/f\\\\",
+                state("file", 0o644),
+                GONE("/t/\\xe9t\\xe9/f\\\\", "@@ -1 +0,0 @@", "-f"),
+            ),
+        ],
+        after=[],
+        absent=[AbsentSpec("/t", recursive=True)],
+    ),
     # --- pass-through directories -------------------------------------------------
     Case(
         "pass-through directories are created when missing and never changed",
@@ -1232,7 +1289,8 @@ def test_stale_temporaries_are_removed_and_nothing_else(host: Host, resolve_mode
         ".x.safcm-tmp-0123456789abcdef.bak",  # something after the token
         "unrelated",
     ]
-    make(host.root, [D("/d"), D("/d/.dir.safcm-tmp-00000000aaaaaaaa")])
+    full = ".full.safcm-tmp-00000000aaaaaaaa"  # a directory with something in it
+    make(host.root, [D("/d"), D("/d/" + full), F(f"/d/{full}/x", b"keep")])
     make(host.root, [F("/d/" + n, b"stale") for n in stale[:1]])
     make(host.root, [L("/d/" + stale[1], b"/somewhere")])
     make(host.root, [F("/d/" + n, b"keep") for n in kept])
@@ -1245,7 +1303,28 @@ def test_stale_temporaries_are_removed_and_nothing_else(host: Host, resolve_mode
     result = host.apply(files)
     assert result.failures == []
     names = set(os.listdir(host.root + "/d"))
-    assert names == {*kept, "f", ".dir.safcm-tmp-00000000aaaaaaaa"}  # never a directory
+    assert names == {*kept, "f", full}  # never a directory that holds anything
+    assert os.listdir(f"{host.root}/d/{full}") == ["x"]
+
+
+def test_an_empty_temporary_directory_a_crash_left_is_removed(host: Host, resolve_mode):
+    # What a kill between mkdir and the rename into place leaves: an empty
+    # directory with a temporary name, 0700 (or its final mode already).
+    leftover = ".new.safcm-tmp-0123456789abcdef"
+    link = ".link.safcm-tmp-fedcba9876543210"  # a symlink to a directory: unlinked
+    os.makedirs(host.outside + "/victim")
+    make(host.root, [D("/d"), D("/d/" + leftover, 0o700), D("/d/.x.safcm-tmp-00000000000000ff")])
+    os.symlink(host.outside + "/victim", f"{host.root}/d/{link}")
+    outside = snapshot(host.outside)
+
+    dry = host.apply([spec("/d/f", data=b"x")], dry_run=True)
+    assert dry.failures == []
+    assert os.path.isdir(f"{host.root}/d/{leftover}")  # a dry run removes nothing
+
+    result = host.apply([spec("/d/f", data=b"x")])
+    assert result.failures == []
+    assert sorted(os.listdir(host.root + "/d")) == ["f"]
+    assert snapshot(host.outside) == outside  # the symlink's target is untouched
 
 
 def test_small_descriptor_cache_still_applies_everything(host: Host, engine_mode, monkeypatch):
@@ -1555,6 +1634,86 @@ def test_new_files_and_dirs_are_chowned_before_chmod(host: Host, monkeypatch, ki
     assert calls == [("chown", 1, 50), ("chmod", 0o6750)]
 
 
+# A new directory is made whole under a temporary name, then renamed into
+# place without replacing anything (renameat2(RENAME_NOREPLACE), or plain
+# rename where the kernel or filesystem lacks it).
+
+
+def test_a_new_directory_is_whole_before_it_appears_at_its_path(host: Host, monkeypatch):
+    seen = []
+    real = fileops._rename_dir_noreplace
+
+    def rename(dirfd: int, tmp: str, name: str) -> None:
+        st = os.stat(tmp, dir_fd=dirfd, follow_symlinks=False)
+        seen.append((is_temp_name(tmp), name, st.st_mode & 0o7777, st.st_uid, os.listdir(dirfd)))
+        real(dirfd, tmp, name)
+
+    monkeypatch.setattr(fileops, "_rename_dir_noreplace", rename)
+    result = host.apply([PT("/usr"), spec("/usr/srv", "dir", 0o2750, user="nobody")])
+    assert result.failures == []
+    assert [s[:4] for s in seen] == [(True, "usr", 0o755, 0), (True, "srv", 0o2750, 65534)]
+    assert "usr" not in seen[0][4]  # nothing at the path until it is whole
+
+
+@pytest.mark.parametrize("noreplace", [True, False], ids=["renameat2", "rename"])
+@pytest.mark.parametrize("kind", ["file", "symlink", "full-dir", "empty-dir"])
+def test_a_new_directory_never_replaces_what_appeared_at_its_name(
+    tmp_path, monkeypatch, noreplace, kind
+):
+    if noreplace and not fileops._noreplace_works:
+        pytest.skip("no renameat2(RENAME_NOREPLACE) here")
+    monkeypatch.setattr(fileops, "_noreplace_works", noreplace)
+    os.mkdir(tmp_path / ".x.safcm-tmp-0123456789abcdef")
+    target = tmp_path / "x"
+    if kind == "file":
+        target.write_bytes(b"there first")
+    elif kind == "symlink":
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.mkdir()
+        if kind == "full-dir":
+            (target / "f").write_bytes(b"there first")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if kind == "empty-dir" and not noreplace:
+            # Plain rename replaces an empty directory, and only that: the
+            # declared one is as good in its place.
+            fileops._rename_dir_noreplace(fd, ".x.safcm-tmp-0123456789abcdef", "x")
+            assert sorted(os.listdir(tmp_path)) == ["x"]
+            return
+        with pytest.raises(FileExistsError):
+            fileops._rename_dir_noreplace(fd, ".x.safcm-tmp-0123456789abcdef", "x")
+    finally:
+        os.close(fd)
+    assert os.path.isdir(tmp_path / ".x.safcm-tmp-0123456789abcdef")
+    if kind == "file":
+        assert target.read_bytes() == b"there first"
+    elif kind == "full-dir":
+        assert (target / "f").read_bytes() == b"there first"
+
+
+def test_a_name_taken_while_a_directory_is_made_fails_that_path_only(host: Host, monkeypatch):
+    real = fileops._rename_dir_noreplace
+
+    def rename(dirfd: int, tmp: str, name: str) -> None:
+        if name == "d":  # another program makes a file there first
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dirfd)
+            os.close(fd)
+        real(dirfd, tmp, name)
+
+    monkeypatch.setattr(fileops, "_rename_dir_noreplace", rename)
+    result = host.apply([spec("/d", "dir"), spec("/d/f", data=b"f"), spec("/e", "dir")])
+    assert [(f.path, f.reason) for f in result.failures] == [
+        ("/d", "something appeared at the path while safcm made it; apply again")
+    ]
+    assert [(c.path, c.outcome) for c in result.changes] == [
+        ("/d", Outcome.FAILED),
+        ("/d/f", Outcome.SKIPPED),
+        ("/e", Outcome.APPLIED),
+    ]
+    assert read_tree(host.root) == {"/d": F("/d"), "/e": D("/e")}  # no temporary left
+
+
 # ---------------------------------------------------------------------------
 # Real failures while acting: the immutable attribute makes the kernel refuse.
 
@@ -1749,6 +1908,105 @@ def test_a_purged_directory_reached_through_a_symlink_is_refused(host: Host, res
     ]
     assert result.changes == []
     assert snapshot(host.outside) == outside
+
+
+def travels(result, files: list[FileSpec], purge: list[str]) -> dict:
+    """Check `result` goes to the master as the minion sends it: it packs and
+    fits (results.fit), passes the wire's schema, and every change is one the
+    master's plan check accepts (Plan.covers). Return the body as sent."""
+    packed = results.fit(results.files_result(result, started=1.0, finished=2.0))
+    body = codec.unpack(packed, max_depth=16)
+    validate(SPECS[MsgType.RESULT].schema, body, "RESULT")
+    plan = Plan.of_job({"files": [f.to_wire() for f in files], "purge": purge, "absent": []})
+    assert [c["path"] for c in body["apply"]["changes"] if not plan.covers(c["path"])] == []
+    return body
+
+
+def test_names_that_are_not_utf8_cost_one_escaped_record_never_the_result(host: Host, monkeypatch):
+    # A Latin-1 tool made some names, and an owner's name, with bytes that
+    # are not UTF-8 (surrogateescape keeps them in a str, which msgpack
+    # refuses); one of those files cannot be removed (immutable).
+    real_getpwuid = pwd.getpwuid
+
+    def getpwuid(uid: int) -> pwd.struct_passwd:
+        if uid == NAMELESS_ID:
+            return pwd.struct_passwd(("m\udcfcller", "x", uid, uid, "", "/", "/bin/sh"))
+        return real_getpwuid(uid)
+
+    monkeypatch.setattr(fileops.pwd, "getpwuid", getpwuid)
+    log = host.outside + "/reloads"
+    files = [
+        spec("/etc", "dir"),
+        spec("/etc/app.d", "dir", triggers=(f"echo reload >> {log}",)),
+        spec("/etc/app.d/keep.conf", data=b"keep\n"),
+    ]
+    purge = ["/etc/app.d"]
+    make(
+        host.root,
+        [
+            D("/etc"),
+            D("/etc/app.d"),
+            F("/etc/app.d/caf\udce9.conf", b"x\n", uid=NAMELESS_ID),
+            F("/etc/app.d/keep.conf", b"keep\n"),
+            F("/etc/app.d/locked\udcfe", b"l\n"),
+            F("/etc/app.d/old.conf", b"old\n"),
+            D("/etc/app.d/sub\udcff"),
+            F("/etc/app.d/sub\udcff/f", b"f\n"),
+        ],
+    )
+    locked = host.root + "/etc/app.d/locked\udcfe"
+    set_immutable(locked, True)
+    try:
+        result = host.apply(files, purge=purge)
+    finally:
+        set_immutable(locked, False)
+
+    assert [(f.path, "Operation not permitted" in f.reason) for f in result.failures] == [
+        ("/etc/app.d/locked\\xfe", True)
+    ]
+    assert [(c.path, c.outcome) for c in result.changes] == [
+        ("/etc/app.d/caf\\xe9.conf", Outcome.APPLIED),
+        ("/etc/app.d/locked\\xfe", Outcome.FAILED),
+        ("/etc/app.d/old.conf", Outcome.APPLIED),
+        ("/etc/app.d/sub\\xff", Outcome.APPLIED),
+        ("/etc/app.d/sub\\xff/f", Outcome.APPLIED),
+    ]
+    assert result.changes[0].old.user == "m\\xfcller"
+    # The trigger is owed (a path failed), on disk and in the report, under
+    # the escaped path of the first change that fired it.
+    owing = [OwedTrigger(f"echo reload >> {log}", "/etc/app.d/caf\\xe9.conf", JID)]
+    assert result.owed == owing
+    assert owed.load(host.state) == owing
+    body = travels(result, files, purge)
+    assert body["apply"]["changes"][0]["path"] == "/etc/app.d/caf\\xe9.conf"
+    assert sorted(os.listdir(os.fsencode(host.root + "/etc/app.d"))) == [
+        b"keep.conf",
+        b"locked\xfe",
+    ]
+
+    again = host.apply(files, purge=purge)
+    assert again.failures == []
+    assert [c.path for c in again.changes] == ["/etc/app.d/locked\\xfe"]
+    assert [t.status for t in again.triggers] == [TriggerStatus.OK]
+    assert again.owed == []
+    travels(again, files, purge)
+    assert os.listdir(host.root + "/etc/app.d") == ["keep.conf"]
+
+
+def test_an_entry_whose_path_is_too_long_for_the_report_is_left_in_place(host: Host):
+    # A purged directory deep down (3765 characters), holding a name of 100
+    # bytes that are not UTF-8: 400 characters escaped, past the wire's limit
+    # of 4095 for a path, although the host's path is within PATH_MAX.
+    purged = "/" + "/".join(["a" * 250] * 15)
+    long_name = "\udce9" * 100
+    os.makedirs(host.root + purged)
+    make(host.root, [F(f"{purged}/{long_name}", b"x"), F(f"{purged}/ok", b"ok\n")])
+    result = host.apply([], purge=[purged])
+    assert [f.path for f in result.failures] == [purged]
+    assert "longer than 4095 characters" in result.failures[0].reason
+    assert [(c.path, c.outcome) for c in result.changes] == [(f"{purged}/ok", Outcome.APPLIED)]
+    travels(result, [], [purged])
+    assert os.listdir(host.root + purged) == [long_name]
 
 
 @pytest.fixture
