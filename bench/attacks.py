@@ -42,6 +42,16 @@ before its dash, e.g. `--only resubscribe`):
                           in the middle and the seconds until it answers a
                           ping are noted; the connections the master closed
                           are counted at the end and IDLE_RECHECK s after
+    burst                 BURST_CONNECTS bare TCP connects (no data) spread over
+                          the publish, return and key ports, as fast as they go
+                          (about 0.1 s), held to the window's end: the master
+                          reaches its descriptor limit; the master's log lines
+                          about failed accepts are counted
+    keyflood              KEY_FLOOD_CONNECTIONS plain DEALERs send KEY_REQUESTs
+                          to the key port as fast as they are taken (at most
+                          MAX_KEY_REQUESTS), while a new connection asks once
+                          every KEY_ASK_GAP s, as a minion does; its answered
+                          asks are counted
     enrol                 unknown keys (fresh KeyPairs, ENROL_BATCH connections
                           at a time) send signed ENROL_REQUESTs on CURVE DEALER
                           connections to the return port, as fast as they can,
@@ -185,6 +195,11 @@ TOPIC_BYTES = 6 * MiB
 MAX_TOPIC_LEN = 400
 RAW_CHUNK = 64 * 1024
 IDLE_CONNECTIONS = 1000
+BURST_CONNECTS = 3000
+KEY_FLOOD_CONNECTIONS = 8
+MAX_KEY_REQUESTS = 2_000_000
+KEY_ASK_GAP = 0.1  # seconds between two honest key requests
+KEY_ASK_TIMEOUT_MS = 1000  # an honest key request not answered within is counted lost
 # Seconds after the last idle connection was opened when they are counted
 # again (outside the window): beyond the master's HANDSHAKE_IVL of 10 s.
 IDLE_RECHECK = 15.0
@@ -978,6 +993,81 @@ def _closed_by_peer(s: socket.socket) -> bool:
         return True
 
 
+def attack_burst(lab: Lab, row: Row) -> None:
+    ports = [lab.sb.master.settings[p] for p in ("publish_port", "return_port", "key_port")]
+    conns: list[socket.socket] = []
+    log_before = lab.sb.master.log_text().count("accept failed")
+    try:
+        with lab.window(row) as until:
+            started = time.monotonic()
+            for i in range(BURST_CONNECTS):
+                if time.monotonic() >= until:
+                    break
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                conns.append(s)
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", ports[i % len(ports)]))
+            issued = time.monotonic() - started
+            while time.monotonic() < until:
+                time.sleep(0.1)
+    finally:
+        for s in conns:
+            s.close()
+    failed_accepts = lab.sb.master.log_text().count("accept failed") - log_before
+    row.notes.append(
+        f"{len(conns)} connects in {issued:.2f} s; master fds {row.fd_before} before, "
+        f"peak {row.fd_peak} (limit {lab.args.nofile or 'unchanged'}); "
+        f"{failed_accepts} 'accept failed' log lines"
+    )
+
+
+def attack_keyflood(lab: Lab, row: Row) -> None:
+    request = encode_plain(MsgType.KEY_REQUEST, {"nonce": b"\0" * ENROL_NONCE_LENGTH})
+    flooders = []
+    for _ in range(KEY_FLOOD_CONNECTIONS):
+        sock = lab.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.RCVHWM, 1)  # the answers are not read
+        sock.connect(address(lab.sb, "key_port"))
+        flooders.append(sock)
+    sent, asked, answered = 0, 0, 0
+    stop = threading.Event()
+
+    def flood() -> None:
+        nonlocal sent
+        while not stop.is_set() and sent < MAX_KEY_REQUESTS:
+            for sock in flooders:
+                with contextlib.suppress(zmq.Again):
+                    sock.send(request, zmq.NOBLOCK)
+                    sent += 1
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    try:
+        with lab.window(row) as until:
+            flooder.start()
+            while time.monotonic() < until:
+                honest = lab.ctx.socket(zmq.DEALER)
+                try:
+                    honest.connect(address(lab.sb, "key_port"))
+                    nonce = os.urandom(ENROL_NONCE_LENGTH)
+                    honest.send(encode_plain(MsgType.KEY_REQUEST, {"nonce": nonce}))
+                    asked += 1
+                    answered += bool(honest.poll(KEY_ASK_TIMEOUT_MS))
+                finally:
+                    honest.close(0)
+                time.sleep(KEY_ASK_GAP)
+            stop.set()
+            flooder.join()
+    finally:
+        stop.set()
+        for sock in flooders:
+            sock.close(0)
+    row.notes.append(
+        f"{sent} key requests from {KEY_FLOOD_CONNECTIONS} connections "
+        f"({sent / max(row.seconds, 1e-9):.0f}/s); honest key requests answered within "
+        f"{KEY_ASK_TIMEOUT_MS} ms: {answered}/{asked}"
+    )
+
+
 def attack_enrol(lab: Lab, row: Row) -> None:
     evil = lab.evil
     keys_sent = requests = replies = 0
@@ -1212,6 +1302,8 @@ ATTACKS = [
     Attack("topics-stranger", "stranger", attack_topics_stranger),
     Attack("topics-minion", "minion", attack_topics_minion),
     Attack("idle", "stranger", attack_idle),
+    Attack("burst", "stranger", attack_burst),
+    Attack("keyflood", "stranger", attack_keyflood),
     Attack("enrol", "stranger", attack_enrol),
     Attack("oversized", "minion", attack_oversized),
     Attack("late-results", "minion", attack_late_results),

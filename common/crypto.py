@@ -61,6 +61,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from safcm.common.errors import ConfigError, EnvelopeError, ProtocolError
 from safcm.common.ids import jid_problem, peer_id_problem
 
+# Longest an envelope may live, in seconds: defined with the job timeout it
+# bounds, in the light base of the wire that the CLI checks timeouts with.
+from safcm.common.lightwire import MAX_ENVELOPE_TTL as MAX_ENVELOPE_TTL
+
 # Raw sizes, in bytes, of Ed25519 and X25519 keys and of an Ed25519 signature.
 KEY_LENGTH = 32
 SIGNATURE_LENGTH = 64
@@ -83,10 +87,6 @@ _U64_MAX = 2**64 - 1
 # (common/protocol.py MAX_JOB_BYTES, 64 MiB) plus room for the header, key,
 # nonce, tag and signature. The sockets use the same limit.
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024 + 64 * 1024
-# Longest an envelope may live, in seconds, from issued-at to expires-at. A
-# job is re-published until its deadline, so this also bounds a job's
-# timeout, and it bounds how long the seen-jid store keeps an entry.
-MAX_ENVELOPE_TTL = 24 * 3600
 # How far, in seconds, the clocks of master and minion may disagree: an
 # envelope issued up to this far in the future, or expired up to this long
 # ago, is still accepted. NTP keeps hosts within milliseconds; a minute

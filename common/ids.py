@@ -29,6 +29,9 @@ from safcm.common.errors import ProtocolError
 # the id is always a valid directory name.
 MINION_ID_MAX = 253
 _MINION_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,252}")
+# A minion id or a glob over minion ids (`keys accept 'web*'`): the id's
+# characters and the glob's * ? [ ] !.
+_MINION_PATTERN_RE = re.compile(r"[a-z0-9._*?\[\]!-]+")
 
 # The master's id in envelope headers. It starts with "@", which the minion
 # grammar forbids, so no minion can be confused with the master.
@@ -62,6 +65,28 @@ def minion_id_problem(value: object) -> str | None:
         return (
             f"minion id {value!r} is not valid: use lowercase letters, digits, '.', '_' "
             "and '-', starting with a letter or digit"
+        )
+    return None
+
+
+def minion_pattern_problem(value: object) -> str | None:
+    """Why `value` is neither a minion id nor a glob over minion ids, or None."""
+    if not isinstance(value, str):
+        return f"a minion id or pattern must be a string, not {type(value).__name__}"
+    if not value:
+        return "a minion id or pattern cannot be empty"
+    if len(value) > MINION_ID_MAX:
+        return (
+            f"a minion id or pattern is at most {MINION_ID_MAX} characters, "
+            f"this one has {len(value)}"
+        )
+    if _MINION_PATTERN_RE.fullmatch(value) is None:
+        lower = value.lower()
+        if lower != value and _MINION_PATTERN_RE.fullmatch(lower) is not None:
+            return f"minion ids are lower case: did you mean {lower!r}?"
+        return (
+            f"{value!r} is not a minion id or pattern: use lowercase letters, digits, "
+            "'.', '_' and '-', and * ? [ ] ! for a glob"
         )
     return None
 

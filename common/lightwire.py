@@ -72,6 +72,34 @@ KEYS_REPLY = 114
 ERROR = 115
 JOBS_REPLY = 116
 
+# Longest an envelope may live, in seconds, from issued-at to expires-at
+# (common/crypto.py enforces it). A job is re-published until its deadline,
+# so this also bounds a job's timeout, and it bounds how long the seen-jid
+# store keeps an entry. Here, not in common/crypto.py, because the CLI and
+# the settings check a timeout against it without loading the crypto.
+MAX_ENVELOPE_TTL = 24 * 3600
+# Seconds a job's envelope lives beyond the job's deadline, so that one
+# received just before the deadline can still be opened (clock skew).
+ENVELOPE_SLACK = 5
+# A job's timeout, in whole seconds (run --timeout, job_timeout in
+# master.yaml): at least a second, and at most what lets its envelope live
+# until the deadline plus ENVELOPE_SLACK. One limit, checked by the CLI,
+# the RUN request's schema and the master's settings.
+MIN_JOB_TIMEOUT = 1
+MAX_JOB_TIMEOUT = MAX_ENVELOPE_TTL - ENVELOPE_SLACK
+
+# Limits of the control requests that the CLI checks before it sends them,
+# to say in the user's words what is wrong (common/protocol.py's schemas
+# use the same): the longest user name (Linux allows 32; some directories
+# more) and target expression, in characters, and the most jobs one
+# `jobs list` returns.
+MAX_NAME_CHARS = 256
+MAX_TARGET_CHARS = 4096
+MAX_JOBS_LISTED = 10_000
+# The latest time a request can name, in seconds since the epoch (the year
+# 36812): any sane clock fits.
+MAX_TIME = 2**40
+
 # Seconds the CLI waits for the control socket to accept it.
 CONNECT_TIMEOUT = 5.0
 # What the CLI says when a reply does not come in time.

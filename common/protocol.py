@@ -108,6 +108,7 @@ from safcm.common.ids import (
     jid_problem,
     jid_time,
     minion_id_problem,
+    minion_pattern_problem,
     new_jid,
 )
 from safcm.common.lightwire import (
@@ -333,7 +334,7 @@ _VERSION = Str(MAX_VERSION_CHARS)
 _MODULE = MODULE_NAME
 _FINGERPRINT = Str(128, problem=fingerprint_problem)
 # A minion id, or a glob over minion ids: the id grammar plus *, ?, [, ] and !.
-_MINION_PATTERN = Str(MINION_ID_MAX, min_len=1, pattern=r"[a-z0-9._*?\[\]!-]+")
+_MINION_PATTERN = Str(MINION_ID_MAX, min_len=1, problem=minion_pattern_problem)
 
 # common/model.py wire forms, field for field.
 FILE_SPEC = Map(

@@ -73,6 +73,11 @@ class Buckets:
 # were left out.
 PEER_LOG_RATE = 10.0
 PEER_LOG_BURST = 50.0
+# Lines about security events (PeerLog.security), per second and burst: a
+# budget of their own, so that a flood of junk, which empties the one above,
+# cannot hide them; a flood of these costs at most this much more.
+SECURITY_LOG_RATE = 2.0
+SECURITY_LOG_BURST = 20.0
 
 
 class PeerLog:
@@ -81,6 +86,7 @@ class PeerLog:
     Lines beyond the budget are counted, not written; the next line written
     after a suppression says how many were left out, and so does a line from
     flush() (called from a timer), so a flood that stops is still accounted for.
+    Security events (security()) have a budget of their own.
     """
 
     def __init__(
@@ -89,11 +95,15 @@ class PeerLog:
         clock: Callable[[], float],
         rate: float = PEER_LOG_RATE,
         burst: float = PEER_LOG_BURST,
+        security_rate: float = SECURITY_LOG_RATE,
+        security_burst: float = SECURITY_LOG_BURST,
     ) -> None:
         self.logger = logger
         self.clock = clock
         self.bucket = Bucket(rate, burst, clock())
+        self.security_bucket = Bucket(security_rate, security_burst, clock())
         self.suppressed = 0
+        self.security_suppressed = 0
 
     def log(self, level: int, message: str, *args: object, exc_info: bool = False) -> None:
         if not self.logger.isEnabledFor(level):
@@ -103,6 +113,17 @@ class PeerLog:
             return
         self.flush()
         self.logger.log(level, message, *args, exc_info=exc_info)
+
+    def security(self, message: str, *args: object) -> None:
+        """A warning about a security event (a key presenting an id another
+        key holds), from the security budget."""
+        if not self.logger.isEnabledFor(logging.WARNING):
+            return
+        if not self.security_bucket.take(self.clock()):
+            self.security_suppressed += 1
+            return
+        self.flush()
+        self.logger.warning(message, *args)
 
     def info(self, message: str, *args: object) -> None:
         self.log(logging.INFO, message, *args)
@@ -118,3 +139,8 @@ class PeerLog:
         if self.suppressed:
             count, self.suppressed = self.suppressed, 0
             self.logger.warning("%d more log lines about peers left out (rate limit)", count)
+        if self.security_suppressed:
+            count, self.security_suppressed = self.security_suppressed, 0
+            self.logger.warning(
+                "%d more log lines about security events left out (rate limit)", count
+            )

@@ -38,11 +38,13 @@ def check(
     """Check the settings at `settings_path` (None: the defaults), then their
     config_dir, compiling `hosts` (every host of hosts.yaml if empty)."""
     try:
-        settings = (
-            master_settings.MasterSettings()
-            if settings_path is None
-            else master_settings.load(settings_path)
-        )
+        if settings_path is None:
+            settings = master_settings.MasterSettings()
+            name = master_settings.DEFAULT_SETTINGS_NAME
+        else:
+            settings, name = master_settings.load(settings_path), settings_path
+        # What the daemon refuses at start-up, in the same words.
+        master_settings.check_startup(settings, name)
     except ConfigError as e:
         if as_json:
             return _json(out, jsonout.check_document(None, [], "settings", e.problems))

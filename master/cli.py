@@ -8,6 +8,8 @@ The one place that turns errors into messages and exit codes:
        `jobs show` tells)
     2  nothing was done: bad usage, a configuration error, the daemon is not
        running or refused the request
+  141  the output was closed early (`| head -1`): the command stopped quietly,
+       as a Unix tool that SIGPIPE ends (a run's job goes on)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from safcm.common.errors import (
     ScratchFileError,
     UsageError,
 )
+from safcm.common.lightwire import ENVELOPE_SLACK, MAX_JOB_TIMEOUT, MAX_TARGET_CHARS
 from safcm.common.text import escape
 from safcm.common.version import VERSION
 from safcm.common.wire import JOB_OUTCOMES, MsgType
@@ -37,14 +40,17 @@ from safcm.master import modules, render
 from safcm.master.client import ControlClient, raise_for_error
 from safcm.master.lightcli import (  # noqa: F401  (parse_when: re-exported, cli.parse_when)
     REQUEST_TIMEOUT,
+    check_list_arguments,
     list_filters,
     parse_when,
 )
 from safcm.master.outcomes import DEFAULT_LIST_LIMIT, PENDING, outcome
-from safcm.master.settings import DEFAULT_CONFIG_PATH, MasterSettings
+from safcm.master.settings import DEFAULT_CONFIG_PATH, DEFAULT_SETTINGS_NAME, MasterSettings
 from safcm.master.tables import write_json, write_json_streamed
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from safcm.master.resultspool import ResultSpool
 
 # NOTE: safcm-master enters master/lightcli.py, which answers keys list, jobs
@@ -60,6 +66,10 @@ if TYPE_CHECKING:
 # zmq, sqlite3 or the full protocol.
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# The output was closed early (`| head -1`): 128 + SIGPIPE, what a shell
+# reports for a tool that the closed pipe ended, so that `set -o pipefail`
+# sees the same as for any other tool.
+EXIT_PIPE = 141
 # Seconds the CLI waits beyond a job's own timeout for the daemon's last word.
 RUN_GRACE = 30.0
 
@@ -72,8 +82,22 @@ _NOTHING_DONE = (
 _EXITS_REQUEST = f"exit codes:\n  0  done\n{_NOTHING_DONE}"
 
 
-def _epilog(examples: list[str], exits: str) -> str:
-    return "examples:\n" + "".join(f"  {e}\n" for e in examples) + "\n" + exits
+# Every command that prints on stdout ends so when its reader goes away.
+_EXIT_PIPE = (
+    f"\n{EXIT_PIPE}  the output was closed early (| head -1): stopped quietly, as Unix tools do"
+)
+
+
+def _epilog(examples: list[str], exits: str, *, prints: bool = True) -> str:
+    """A command's --help epilog: its examples and exit codes (`prints`: it
+    writes on stdout, so it can end with EXIT_PIPE)."""
+    return (
+        "examples:\n"
+        + "".join(f"  {e}\n" for e in examples)
+        + "\n"
+        + exits
+        + (_EXIT_PIPE if prints else "")
+    )
 
 
 # Each command: its help line and its epilog (_ARGUMENTS adds its arguments).
@@ -87,6 +111,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
             ],
             "exit codes:\n  0  stopped by SIGTERM or SIGINT\n"
             "  2  it did not start: bad settings, an unusable state_dir, a port in use",
+            prints=False,
         ),
     ),
     "keys": (
@@ -102,7 +127,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         ),
     ),
     "run": (
-        "run a module (files, packages, ping, cmd, sync) on the targeted minions",
+        f"run a module ({', '.join(modules.names())}) on the targeted minions",
         _epilog(
             [
                 "safcm-master run '*' ping",
@@ -261,19 +286,23 @@ def _keys_arguments(keys: argparse.ArgumentParser, config: argparse.ArgumentPars
         "list",
         help="every key with its state, fingerprint and presence",
         epilog=_epilog(
-            ["safcm-master keys list", "safcm-master keys list --json | jq '.keys[].id'"],
+            ["safcm-master keys list", "safcm-master keys list --json | jq -r '.keys[].host'"],
             _EXITS_REQUEST,
         ),
     )
     kl.add_argument("--json", action="store_true", help="print one JSON document")
     for action, what in (("accept", "accept"), ("reject", "reject"), ("delete", "forget")):
+        done = f"{action}ed already" if action != "delete" else ""
         p = keys_sub.add_parser(
             action,
             help=f"{what} the keys of these minions",
             epilog=_epilog(
                 [f"safcm-master keys {action} web1", f"safcm-master keys {action} 'web*' db1"],
-                f"exit codes:\n  0  done (also when no key matched: 'nothing changed')\n"
-                f"{_NOTHING_DONE}",
+                "exit codes:\n  0  done"
+                + (f", also when the keys matched were {done} ('nothing changed')" if done else "")
+                + "\n  2  nothing was done: a pattern matches no key, or only keys a pattern"
+                " leaves\n     as they are (named, a key changes from any state); bad usage,"
+                " the daemon\n     is not running or refused the request",
             ),
         )
         p.add_argument(
@@ -311,10 +340,10 @@ def _run_arguments(run: argparse.ArgumentParser, config: argparse.ArgumentParser
         "module",
         metavar="MODULE",
         choices=modules.names(),
-        help="files: make the files as configured; packages: install and remove packages"
-        " (apt); ping: check the minions answer; cmd: run COMMAND on each; "
-        "sync: every module that takes part in it, in order (packages, files, then the"
-        " triggers)",
+        # argparse formats help with %: a module's line is taken as written
+        help="; ".join(
+            f"{name}: {line}".replace("%", "%%") for name, line in modules.summaries().items()
+        ),
     )
     run.add_argument(
         "argv",
@@ -335,9 +364,10 @@ def _run_arguments(run: argparse.ArgumentParser, config: argparse.ArgumentParser
     )
     run.add_argument(
         "--timeout",
-        type=_duration,
+        type=_job_timeout,
         metavar="DURATION",
-        help="how long to wait for results: 90, 90s, 5m, 1h (default: job_timeout); "
+        help="how long to wait for results: 90, 90s, 5m, 1h, up to "
+        f"{MAX_JOB_TIMEOUT} s (a day less {ENVELOPE_SLACK} s; default: job_timeout); "
         "cmd: the command is killed (its whole process group) at it, and reported as timed out",
     )
     run.add_argument(
@@ -474,6 +504,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise _ArgumentError(self, message)
 
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse drops a write that fails: a reader gone away (--help | head)
+        # must end the command as it ends any other (main(): EXIT_PIPE).
+        if message:
+            (file or sys.stderr).write(message)
+
 
 def _with_verbosity(settings: MasterSettings, args: argparse.Namespace) -> MasterSettings:
     level = getattr(args, "log_level", None)
@@ -497,12 +533,13 @@ class _ConfigSubparsers:
         )
 
 
-def _duration(text: str) -> float:
-    """A duration on the command line, as in the settings files (30, 30s, 5m, 1h)."""
+def _job_timeout(text: str) -> float:
+    """--timeout: a duration as in the settings files (30, 30s, 5m, 1h), within
+    the bounds of job_timeout (common/settings.py job_timeout())."""
     from safcm.common import settings as common_settings
 
     try:
-        return common_settings.duration(text)
+        return common_settings.job_timeout(text)
     except common_settings.BadValue as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -533,9 +570,18 @@ def main(argv: list[str] | None = None) -> int:
         e.parser.print_usage(sys.stderr)
         _error(escape(str(e)))
         return EXIT_USAGE
+    except SystemExit as e:  # --help or --version printed
+        code = EXIT_OK if e.code is None else int(e.code)
+        return guarded(lambda: code, as_json)  # which writes it out now
+    except BrokenPipeError:
+        return output_closed()
     if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
+
+        def usage() -> int:
+            parser.print_help()
+            return EXIT_USAGE
+
+        return guarded(usage, as_json)
     return guarded(lambda: _dispatch(args), getattr(args, "json", False))
 
 
@@ -543,11 +589,13 @@ def guarded(command: Callable[[], int], as_json: bool) -> int:
     """Run `command` and turn its errors into messages and exit codes: the
     one place that does (master/lightcli.py hands its errors here too)."""
     try:
-        return command()
+        code = command()
+        # What is still buffered is written now, so that a reader gone
+        # away is found here and not at exit (a traceback, exit 120).
+        sys.stdout.flush()
+        return code
     except BrokenPipeError:
-        # The reader (head, a closed pager) went away; keep the final flush quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED
+        return output_closed()
     except ConfigError as e:
         problems = [_problem(p) for p in e.problems]
         _fail(as_json, "config", "configuration error", problems)
@@ -573,6 +621,15 @@ def guarded(command: Callable[[], int], as_json: bool) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+def output_closed() -> int:
+    """The reader of stdout (head, a closed pager) went away: stop quietly,
+    as a Unix tool that SIGPIPE ends, with nothing more written (the
+    interpreter's last flush goes to /dev/null). The daemon's work goes on
+    (a run's job too: jobs show has it)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_PIPE
 
 
 def _problem(problem: ConfigProblem) -> dict[str, Any]:
@@ -603,15 +660,20 @@ def _error(message: str) -> None:
     print(f"safcm-master: {message}", file=sys.stderr)
 
 
+def _settings_path(path: str | None) -> str | None:
+    """The settings file: from -c, or the default file; None (the defaults)
+    if that does not exist."""
+    if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+        return DEFAULT_CONFIG_PATH
+    return path
+
+
 def _settings(path: str | None) -> MasterSettings:
     """The settings from -c, or from the default file; defaults if that does not exist."""
     from safcm.master import settings
 
-    if path is None:
-        if not os.path.exists(DEFAULT_CONFIG_PATH):
-            return MasterSettings()
-        path = DEFAULT_CONFIG_PATH
-    return settings.load(path)
+    path = _settings_path(path)
+    return MasterSettings() if path is None else settings.load(path)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -627,7 +689,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         from safcm.master.check import check
 
-        return check(args.config, args.hosts, sys.stdout, sys.stderr, as_json=args.json)
+        path = _settings_path(args.config)
+        return check(path, args.hosts, sys.stdout, sys.stderr, as_json=args.json)
     if args.command == "show" and args.repo is not None:
         from safcm.master.show import show_host
 
@@ -643,6 +706,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     if args.command == "daemon":
         from safcm.master import daemon
+        from safcm.master.settings import check_startup
+
+        # As `check` does: a ConfigError naming each setting, nothing started.
+        check_startup(settings, _settings_path(args.config) or DEFAULT_SETTINGS_NAME)
 
         try:
             return daemon.main(_with_verbosity(settings, args))
@@ -711,6 +778,11 @@ def run_command(
     if not args.target.strip():
         raise UsageError(
             "TARGET is empty: give a glob ('web*'), a comma list ('web1,db1') or a group ('@web')"
+        )
+    if len(args.target) > MAX_TARGET_CHARS:
+        raise UsageError(
+            f"TARGET is at most {MAX_TARGET_CHARS} characters, this one has {len(args.target)};"
+            " name a group (-G) instead of a long list"
         )
     request = {
         "target": args.target,
@@ -813,6 +885,12 @@ def run_command(
         except ScratchFileError as e:
             # Not the daemon: this side cannot keep the results for the document.
             kind, lost = "failed", f"the results could not be kept for --json ({e})"
+        except BrokenPipeError:
+            # Our reader went away (| head), not the daemon (ControlClient
+            # takes a broken connection as the end of the replies): guarded()
+            # ends the command quietly.
+            progress.clear()
+            raise
         except (DaemonError, ProtocolError, OSError) as e:
             lost = f"lost the master daemon during the run ({e})"
         else:
@@ -977,7 +1055,7 @@ def facts_command(settings: MasterSettings, args: argparse.Namespace, out: TextI
     database (so it works whether or not the daemon runs)."""
     import fnmatch
 
-    from safcm.common.ids import minion_id_problem
+    from safcm.common.ids import minion_id_problem, minion_pattern_problem
     from safcm.master import facts, jsonout
 
     try:
@@ -991,6 +1069,8 @@ def facts_command(settings: MasterSettings, args: argparse.Namespace, out: TextI
         chosen: set[str] = set()
         for pattern in args.hosts:
             if set(pattern) & set("*?["):
+                if problem := minion_pattern_problem(pattern):
+                    raise UsageError(problem)
                 chosen.update(fnmatch.filter(stored, pattern))
             elif problem := minion_id_problem(pattern):
                 raise UsageError(problem)
@@ -1016,8 +1096,15 @@ def keys_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
     if action == "fingerprint":
         print(f"master key fingerprint: {_master_fingerprint(settings)}", file=out)
         return EXIT_OK
+    ids = getattr(args, "ids", [])
+    if ids:  # checked here, to say in the user's words what the daemon would refuse
+        from safcm.common.ids import minion_pattern_problem
+
+        for pattern in ids:
+            if problem := minion_pattern_problem(pattern):
+                raise UsageError(problem)
     with ControlClient(settings.control_path) as client:
-        request = {"action": action, "ids": getattr(args, "ids", [])}
+        request = {"action": action, "ids": ids}
         if getattr(args, "fingerprint", None) is not None:
             request["fingerprint"] = args.fingerprint
         reply = client.request(MsgType.KEYS, request, REQUEST_TIMEOUT)
@@ -1079,8 +1166,7 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
         if problem := jid_problem(args.jid):
             raise UsageError(f"{problem} (or 'last' for the newest job)")
     if args.action == "list":
-        if args.limit < 1:
-            raise UsageError("--limit must be at least 1")
+        check_list_arguments(args.limit, args.target, args.user)
         request = {
             "action": "list",
             "host": args.host,

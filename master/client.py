@@ -15,6 +15,7 @@ from __future__ import annotations
 # AF_UNIX stream, and socket.py's enums cost every command 3 ms (bench/cli.py).
 import _socket
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,9 +44,7 @@ class ControlClient:
             ) from e
         except PermissionError as e:
             self.sock.close()
-            raise DaemonError(
-                f"permission denied on {path}: only root and the admin group may use the master"
-            ) from e
+            raise DaemonError(_denied(path)) from e
         except OSError as e:
             self.sock.close()
             raise DaemonError(f"cannot reach the master daemon at {path}: {e.strerror}") from e
@@ -92,6 +91,30 @@ class ControlClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _denied(path: str) -> str:
+    """Why the kernel refused to connect this user to the control socket at
+    `path` (EACCES): a directory on the way it may not pass through, or the
+    socket's own mode. (A refusal by the daemon itself is an ERROR it sends.)"""
+    directories = []
+    directory = os.path.dirname(path) or "."
+    while directory not in directories:
+        directories.append(directory)
+        directory = os.path.dirname(directory) or "."
+    for directory in reversed(directories):
+        if not os.access(directory, os.X_OK):
+            return (
+                f"permission denied on {directory}, a directory on the way to the control "
+                f"socket {path}: you may not pass through it. Root may, and the members of "
+                "admin_group (master.yaml) when the socket is in state_dir (log in again "
+                "after being added to the group)"
+            )
+    return (
+        f"permission denied on the control socket {path}: only root and the members of "
+        "its group may use the master (admin_group in master.yaml; after being added to "
+        "the group, log in again)"
+    )
 
 
 def raise_for_error(msg: Reply) -> None:

@@ -39,10 +39,12 @@ from safcm.common.protocol import (
     encode_frame,
     encode_plain,
 )
+from safcm.common.ratelimit import PeerLog
 
 # The CLI's side lives apart, light enough for every command to import; it is
 # re-exported here, where the daemon's side of the same socket is.
 from safcm.master.client import CONNECT_TIMEOUT, ControlClient, raise_for_error
+from safcm.master.settings import MAX_SOCKET_PATH
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -61,8 +63,16 @@ READ_CHUNK = 256 * 1024
 # Most bytes queued for a client that does not read; beyond, it is dropped
 # (a job it started goes on; `jobs show` finds its results later).
 MAX_BACKLOG_BYTES = 256 * 1024 * 1024
-# Longest path an AF_UNIX socket can bind to (sun_path is 108 bytes with NUL).
-MAX_SOCKET_PATH = 107
+# Seconds the control socket is not watched after an accept failed (at the
+# descriptor limit, most likely): poll reports a client waiting in the
+# backlog again at once, so retrying at once spins the loop (an audit saw
+# 638,182 failures logged in 10 s). Short: a CLI waits this long at most.
+ACCEPT_BACKOFF = 0.2
+# What a client accepted on the spare descriptor is told before it is closed.
+OUT_OF_DESCRIPTORS = (
+    "the master has no file descriptor free; it is at its limit (ulimit -n, "
+    "LimitNOFILE in its unit); try again, and see its log"
+)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -190,13 +200,21 @@ class ControlServer:
         loop: Loop,
         admin_group: str | None,
         handle: Callable[[ControlConnection, Message], Any],
+        peer_log: PeerLog | None = None,
     ) -> None:
         self.path = path
         self.loop = loop
         self.handle = handle
+        # Accept failures are logged through the daemon's limiter, if given.
+        self.peer_log = peer_log or PeerLog(log, loop.clock)
         self.admin_gid = None if admin_group is None else _group_id(admin_group)
         self.connections: set[ControlConnection] = set()
         self.sock = _listen(path, self.admin_gid)
+        # A descriptor held in reserve: at the descriptor limit it is given
+        # up to accept the waiting client, which is told why and closed, so
+        # the backlog drains instead of waiting for a free descriptor.
+        self._spare = _spare()
+        self._resume: Timer | None = None  # re-watches the socket after a failed accept
         loop.add_reader(self.sock, self._accept)
 
     def close(self) -> None:
@@ -205,8 +223,12 @@ class ControlServer:
             # results it still held), as far as the socket takes it now.
             conn._flush()
             conn.close()
+        if self._resume is not None:
+            self._resume.cancel()
         self.loop.remove_reader(self.sock)
         self.sock.close()
+        if self._spare is not None:
+            os.close(self._spare)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -217,7 +239,7 @@ class ControlServer:
             except BlockingIOError:
                 return
             except OSError as e:
-                log.warning("control: accept failed: %s", e)
+                self._accept_failed(e)
                 return
             sock.setblocking(False)
             _pid, uid, gid = _UCRED.unpack(
@@ -233,10 +255,40 @@ class ControlServer:
                 )
                 conn.error(
                     "permission",
-                    "permission denied: only root"
+                    f"permission denied by the master daemon to {user}: only root"
                     + ("" if self.admin_gid is None else " and the admin group")
                     + " may use the master",
                 )
+
+    def _accept_failed(self, error: OSError) -> None:
+        """Stop watching the socket for ACCEPT_BACKOFF; at the descriptor
+        limit, first turn the waiting client away on the spare descriptor."""
+        if error.errno in (errno.EMFILE, errno.ENFILE):
+            self._turn_away()
+        self.peer_log.warning(
+            "control: accept failed: %s; accepting again in %.1f s", error, ACCEPT_BACKOFF
+        )
+        self.loop.remove_reader(self.sock)
+        self._resume = self.loop.call_later(ACCEPT_BACKOFF, self._accept_again)
+
+    def _turn_away(self) -> None:
+        """Accept one client on the spare descriptor, tell it why, close it."""
+        if self._spare is not None:
+            os.close(self._spare)
+        with contextlib.suppress(OSError):  # libzmq may have taken the spare's number
+            sock, _ = self.sock.accept()
+            with sock:
+                sock.setblocking(False)
+                error = {"code": "failed", "message": OUT_OF_DESCRIPTORS, "problems": []}
+                with contextlib.suppress(OSError):
+                    sock.send(encode_frame(encode_plain(MsgType.ERROR, error)))
+        self._spare = _spare()
+
+    def _accept_again(self) -> None:
+        self._resume = None
+        if self._spare is None:
+            self._spare = _spare()
+        self.loop.add_reader(self.sock, self._accept)
 
     def _allowed(self, uid: int, gid: int) -> bool:
         if uid == 0:
@@ -250,6 +302,15 @@ class ControlServer:
         except KeyError:
             return False
         return self.admin_gid in os.getgrouplist(entry.pw_name, entry.pw_gid)
+
+
+def _spare() -> int | None:
+    """A descriptor to keep in reserve (ControlServer._turn_away); None if
+    none is free now."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _group_id(name: str) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import grp
 import logging
 import math
 import os
@@ -37,14 +38,14 @@ from typing import Any
 
 import zmq
 
-from safcm.common import keyfile
+from safcm.common import codec, keyfile
 from safcm.common import log as safcm_log
 from safcm.common import modules as module_wires
 from safcm.common.daemonlock import lock_state_dir
-from safcm.common.errors import ConfigError, SafcmError, StoreError, UsageError
+from safcm.common.errors import ConfigError, DaemonError, SafcmError, StoreError, UsageError
 from safcm.common.gcpace import pace_collections
 from safcm.common.loop import Loop, Timer
-from safcm.common.protocol import Message, MsgType, new_jid
+from safcm.common.protocol import Message, MsgType, ResultStatus, new_jid
 from safcm.common.ratelimit import PeerLog
 from safcm.common.stallwatch import StallWatch
 from safcm.master.cluster import (
@@ -60,10 +61,11 @@ from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, Listener, open_store
 from safcm.master.facts import FactStore, host_facts
 from safcm.master.history import History
 from safcm.master.intake import Intake
-from safcm.master.jobstore import RESULTS_CHANNEL, HostState, JobStore
+from safcm.master.jobstore import RESULTS_CHANNEL, HostState, JobStore, StoredResult
 from safcm.master.keys import KeyService
 from safcm.master.keystore import KEYS_CHANNEL, KeyStore
-from safcm.master.lifecycle import STORE_RETRY, Lifecycles
+from safcm.master.lifecycle import STORE_RETRY, Lifecycles, Verdict
+from safcm.master.outcomes import HostStatus
 from safcm.master.peers import Peers
 from safcm.master.prepworker import PrepareWorker
 from safcm.master.publish import PUBLISH_PENALTY, Publisher
@@ -87,8 +89,22 @@ SEQ_FLUSH = 1.0
 # went away (a PostgreSQL restart or failover).
 LISTEN_RETRY = 2.0
 # Descriptors kept free of network connections: the database, the control
-# socket and its clients, libzmq's own.
+# socket and its clients, libzmq's own (about 35 are open once started).
 RESERVED_FDS = 256
+# Descriptors each network socket may hold beyond its connection cap, as a
+# share of the cap. libzmq accepts a connection before its monitor event
+# reaches us and we cut it, so a burst of connects overshoots the caps for a
+# moment: by 350-480 descriptors over three caps of 170 (1,500 to 12,000
+# connects from 127.0.0.1 in 0.04-0.2 s). A 1024 limit thus gives caps of
+# 170 and room for most such bursts. No share stops a burst that outruns
+# our cuts, so the limit itself is made cheap to reach: a cut needs no
+# descriptor (master/transport.py) and the control socket pauses
+# (master/control.py); a burst to the limit costs about 0.1 CPU-s and one
+# log line (tests/system/test_transport.py).
+BURST_SHARE = 0.5
+# Fewest connections per network socket the master starts with; below, the
+# descriptor limit is a mistake to fix, not a size to run at.
+MIN_CONNECTIONS = 16
 
 
 class Master:
@@ -105,6 +121,7 @@ class Master:
         self.ctx = ctx
         self.clock = clock
         os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+        _open_state_dir(settings)
         self.lock = lock_state_dir(settings.state_dir, "safcm-master")
         self.keys, created = keyfile.load_or_create(os.path.join(settings.state_dir, "keys"))
         if created:
@@ -126,7 +143,7 @@ class Master:
         self._wake: Timer | None = None  # the lifecycle's next wake-up
         self._wake_when = math.inf  # its time, unix
         self.publisher = Publisher(
-            self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock
+            self.keys, self.peers, self.keystore, self.jobs, self.lifecycle, clock, self.unsendable
         )
         # Results, receipts and heartbeat rows are committed off the loop, on
         # a connection of the writer's own (master/resultwriter.py), which
@@ -206,7 +223,11 @@ class Master:
         self.intake.open(f"tcp://{host}:{s.return_port}", cap, secret)
         self.key_service.open(f"tcp://{host}:{s.key_port}", cap)
         self.control = ControlServer(
-            s.control_path, loop=self.loop, admin_group=s.admin_group, handle=self.on_control
+            s.control_path,
+            loop=self.loop,
+            admin_group=s.admin_group,
+            handle=self.on_control,
+            peer_log=self.peer_log,
         )
         discarded = self.jobs.discard_unstarted()
         if discarded:
@@ -244,6 +265,14 @@ class Master:
             cap,
             self.keys.fingerprint(),
         )
+        if not os.path.isdir(s.config_dir):
+            # Said now, not at the first run: a fresh install without one
+            # starts fine otherwise.
+            log.warning(
+                "config_dir %s is not a directory: every run fails until the "
+                "configuration repository is there",
+                s.config_dir,
+            )
 
     # ---- other masters (a cluster on one PostgreSQL database) ----
 
@@ -511,6 +540,50 @@ class Master:
         )
         self.loop.call_later(STORE_RETRY, lambda: self.store_no_response(pairs))
 
+    def unsendable(self, jid: str, host: str, reason: str) -> None:
+        """The envelope of (jid, host) cannot be sealed (master/publish.py):
+        answer the host now with an error result that says why, stored as
+        a minion's result is, rather than leave it pending until its
+        deadline (the run would wait with no word of the reason)."""
+        # Not open here (a job of another master of the cluster, relayed to
+        # us; its own master records "no response" at its deadline), or
+        # answered meanwhile.
+        if self.lifecycle.state(jid, host) is None:
+            return
+        known = self.jobs.module_of(jid)
+        now = self.clock()
+        if known is None or self.lifecycle.result(jid, host, now) is not Verdict.NEW:
+            return
+        result = {
+            "module": known[0],
+            "status": ResultStatus.ERROR.value,
+            "started": now,
+            "finished": now,
+            "error": reason,
+        }
+        stored = StoredResult(jid, host, HostStatus.FAILED, 0, result, now, codec.pack(result))
+        self.writer.call(
+            lambda jobs: jobs.record([], [stored], now=now),
+            lambda future: self._unsendable_written(stored, future),
+        )
+
+    def _unsendable_written(
+        self, stored: StoredResult, future: concurrent.futures.Future[None]
+    ) -> None:
+        error = future.exception()
+        if error is None:
+            self.lifecycle.result_stored(stored.jid, stored.host, self.clock(), stored.result)
+            return
+        # Nothing is published any more: the host becomes "no response" at
+        # the deadline, and the reason is in this log.
+        log.error(
+            "job %s: cannot record that the envelope of %s cannot be sealed: %s",
+            stored.jid,
+            stored.host,
+            error if isinstance(error, SafcmError) else repr(error),
+        )
+        self.lifecycle.result_lost(stored.jid, stored.host, self.clock())
+
     def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
         if result is None:
             log.info("job %s: no response from %s", jid, host)
@@ -544,23 +617,57 @@ class Master:
         self._wake_when = when
 
 
+def _open_state_dir(settings: MasterSettings) -> None:
+    """Who may pass through the state directory: root alone (0700); with
+    admin_group, when the control socket is in it (the default), that group
+    too (0710, group admin_group), or its members could never reach the
+    socket. The socket's own mode (0660 root:admin_group) and the peer's
+    credentials then decide (master/control.py). Passing through reads
+    nothing: the directory cannot be listed, and what is in it is root's
+    alone (the database and the lock 0600, the keys 0700 and 0600)."""
+    state_dir = os.path.normpath(settings.state_dir)
+    if settings.admin_group is not None and os.path.dirname(settings.control_path) == state_dir:
+        os.chown(state_dir, -1, grp.getgrnam(settings.admin_group).gr_gid)
+        os.chmod(state_dir, 0o710)  # noqa: S103 - search only, for the group: see above
+    else:
+        os.chmod(state_dir, 0o700)
+
+
 def _connection_cap(wanted: int) -> int:
-    """Connections per network socket: `wanted`, or fewer if the descriptor
-    limit cannot hold three sockets' worth plus RESERVED_FDS. The soft limit
-    is raised to the hard one first (systemd's default soft limit is 1024)."""
+    """Connections per network socket (fitting_cap), under the descriptor
+    limit raised first from soft to hard (systemd's default soft limit is 1024)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
-    room = max(3, (soft - RESERVED_FDS) // 3)
-    if room < wanted:
+    cap = fitting_cap(wanted, soft)
+    if cap < wanted:
         log.warning(
-            "max_connections %d does not fit the descriptor limit %d; using %d "
-            "(raise LimitNOFILE in the unit)",
+            "max_connections %d does not fit the descriptor limit %d (ulimit -n; "
+            "LimitNOFILE in the unit), which must hold %d + %g per connection on each "
+            "of 3 ports; using %d",
             wanted,
             soft,
-            room,
+            RESERVED_FDS,
+            1 + BURST_SHARE,
+            cap,
+        )
+    return cap
+
+
+def fitting_cap(wanted: int, limit: int) -> int:
+    """The most connections per network socket, at most `wanted`, for which
+    three sockets with their burst share (BURST_SHARE) and RESERVED_FDS fit
+    in `limit` descriptors. DaemonError if that is below MIN_CONNECTIONS."""
+    room = math.floor((limit - RESERVED_FDS) / (3 * (1 + BURST_SHARE)))
+    least = min(wanted, MIN_CONNECTIONS)
+    if room < least:
+        needed = RESERVED_FDS + math.ceil(3 * least * (1 + BURST_SHARE))
+        raise DaemonError(
+            f"the descriptor limit {limit} (ulimit -n; LimitNOFILE in the unit) is too "
+            f"low: {least} connections on each of 3 ports need {needed} descriptors "
+            f"({RESERVED_FDS} + {1 + BURST_SHARE:g} per connection); raise the limit"
         )
     return min(wanted, room)
 

@@ -547,7 +547,7 @@ class Intake:
         if state is None:
             known = self.keystore.get(minion)
             if known is not None:
-                self.peer_log.warning(
+                self.peer_log.security(
                     "refused minion %s presenting key %s: the id is claimed by key %s "
                     "(an impersonation, or a reinstalled host: compare fingerprints, then "
                     "'safcm-master keys accept %s --fingerprint FP' or 'keys delete %s')",

@@ -303,7 +303,13 @@ class KeyStore:
                 unmatched.append(pattern)
             matched.update(hits)
         if unmatched:
-            raise UsageError(f"no minion key matches: {', '.join(unmatched)}")
+            # Not "nothing changed" and exit 0, as salt-key does: a script
+            # that accepts a host before its minion has asked must not take
+            # the id as accepted, nor an administrator a typo.
+            raise UsageError(
+                f"no minion key matches: {', '.join(unmatched)}; nothing was changed "
+                "(safcm-master keys list shows the keys)"
+            )
         return sorted(matched)
 
     def left_by_patterns(self, patterns: list[str], action: Action) -> list[MinionKey]:

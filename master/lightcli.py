@@ -42,6 +42,12 @@ from safcm.common.lightwire import (
     JOBS_REPLY,
     KEYS,
     KEYS_REPLY,
+    MAX_JOB_TIMEOUT,
+    MAX_JOBS_LISTED,
+    MAX_NAME_CHARS,
+    MAX_TARGET_CHARS,
+    MAX_TIME,
+    MIN_JOB_TIMEOUT,
     NO_ANSWER,
     FrameReader,
     pack_request,
@@ -112,7 +118,11 @@ def light_main(argv: list[str]) -> int | None:
     """The exit code of a light command, after its output; None (having
     printed nothing) if master/cli.py must take the command line."""
     if argv == ["--version"]:
-        sys.stdout.write(f"safcm-master {VERSION}\n")
+        try:
+            sys.stdout.write(f"safcm-master {VERSION}\n")
+            sys.stdout.flush()
+        except BrokenPipeError as e:
+            return _report(e, False)
         return EXIT_OK
     line = read_command_line(argv)
     if line is None:
@@ -207,6 +217,11 @@ def _jobs_list_request(options: dict[str, str]) -> dict[str, Any]:
 
         if problem := minion_id_problem(host):
             raise UsageError(f"--host: {problem}")
+    check_list_arguments(
+        DEFAULT_LIST_LIMIT if limit is None else int(limit),
+        options.get("--target"),
+        options.get("--user"),
+    )
     args = _Arguments({name[2:]: options.get(name) for name in _COMMANDS[("jobs", "list")]})
     return {
         "action": "list",
@@ -225,6 +240,24 @@ class _Arguments:
         self.__dict__.update(values)
 
 
+def check_list_arguments(limit: int, target: str | None, user: str | None) -> None:
+    """UsageError, in the user's words, for a `jobs list` --limit, --target
+    or --user the daemon would refuse (common/protocol.py JOBS)."""
+    if not 1 <= limit <= MAX_JOBS_LISTED:
+        raise UsageError(
+            f"--limit must be from 1 to {MAX_JOBS_LISTED}, got {limit}; "
+            "--since, --until, --host and --status narrow the list"
+        )
+    for name, value, longest in (
+        ("target", target, MAX_TARGET_CHARS),
+        ("user", user, MAX_NAME_CHARS),
+    ):
+        if value is not None and not 1 <= len(value) <= longest:
+            raise UsageError(
+                f"--{name} must be 1 to {longest} characters, this one has {len(value)}"
+            )
+
+
 def list_filters(args: Any, now: float) -> dict[str, Any]:
     """The filters of `jobs list` as JOBS request fields: those given only.
     `args` has since, until, module, status and user (None: not given)."""
@@ -236,6 +269,8 @@ def list_filters(args: Any, now: float) -> dict[str, Any]:
                 filters[name] = parse_when(text, now)
             except ValueError as e:
                 raise UsageError(f"--{name}: {e}") from None
+            if not 0 <= filters[name] <= MAX_TIME:
+                raise UsageError(f"--{name}: {text!r} is before 1970 or too far ahead")
     if "since" in filters and "until" in filters and filters["since"] > filters["until"]:
         raise UsageError("--until is before --since")
     for name in ("module", "status", "user"):
@@ -385,10 +420,28 @@ def _absolute_path(v: str) -> bool:
     return v.startswith("/")
 
 
-def _duration(v: str) -> bool:
-    number = v[:-1] if v[-1] in "smhdw" else v
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _seconds(v: str) -> float | None:
+    """The seconds of a duration common/settings.py duration() surely
+    accepts, or None."""
+    unit = _DURATION_UNITS.get(v[-1], 1)
+    number = v[:-1] if v[-1] in _DURATION_UNITS else v
     whole, dot, fraction = number.partition(".")
-    return whole.isdigit() and (not dot or fraction.isdigit()) and float(number) > 0
+    if not (whole.isdigit() and (not dot or fraction.isdigit())):
+        return None
+    seconds = float(number) * unit
+    return seconds if seconds > 0 else None
+
+
+def _duration(v: str) -> bool:
+    return _seconds(v) is not None
+
+
+def _job_timeout(v: str) -> bool:
+    seconds = _seconds(v)
+    return seconds is not None and MIN_JOB_TIMEOUT <= seconds <= MAX_JOB_TIMEOUT
 
 
 _SIZE_UNITS = frozenset(
@@ -433,7 +486,7 @@ _SURE: dict[str, Callable[[str], bool]] = {
     "store": lambda v: v == "sqlite" or v.startswith(("postgresql://", "postgres://")),
     "config_dir": _absolute_path,
     "auto_accept": _one_of("true", "false"),
-    "job_timeout": _duration,
+    "job_timeout": _job_timeout,
     "keep_jobs": _duration,
     "admin_group": _group_name,
     "control_socket": _absolute_path,
@@ -460,6 +513,9 @@ def _answer(path: str, command: tuple[str, str], options: dict[str, str], as_jso
         style = Style(use_colour(out))
         out.write(render_keys(body, style) if keys else render_jobs_table(body["jobs"], style))
         out.write("\n")
+    # Now, not at exit: a reader gone away (| head) is then a BrokenPipeError
+    # that cli.guarded() reports as the full command line does.
+    out.flush()
     return EXIT_OK
 
 

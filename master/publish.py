@@ -31,6 +31,7 @@ import zmq
 from safcm.common.crypto import KeyPair, PublicKeys
 from safcm.common.errors import ProtocolError
 from safcm.common.protocol import (
+    ENVELOPE_SLACK,
     MASTER_ID,
     SUBSCRIPTION,
     MsgType,
@@ -48,9 +49,6 @@ from safcm.master.transport import DOMAIN_PUBLISH
 
 log = logging.getLogger("safcm-master")
 
-# Seconds added to a job's timeout for its envelope's lifetime, so an envelope
-# received just before the deadline can still be opened (clock skew).
-ENVELOPE_SLACK = 5
 # Messages ZeroMQ may queue per subscriber before it drops (then re-publish
 # helps). Each subscriber gets its own topic only, so this holds a few of one
 # host's envelopes: a stalled subscriber costs little.
@@ -149,7 +147,11 @@ class Publisher:
         jobs: JobStore,
         lifecycle: Lifecycles,
         clock: Callable[[], float],
+        unsendable: Callable[[str, str, str], None],
     ) -> None:
+        """`unsendable(jid, host, reason)` is called when the envelope of
+        (jid, host) cannot be sealed: the host must then be answered with
+        the reason, not left waiting for an envelope that never comes."""
         self.keys = keys
         self.peers = peers
         self.keystore = keystore
@@ -159,6 +161,7 @@ class Publisher:
         # passed to and from the other masters.
         self.relay: Relay | None = None
         self.clock = clock
+        self.unsendable = unsendable
         self.peer_log: PeerLog = peers.peer_log
         self.xpub: zmq.Socket | None = None
         self.penalised: dict[bytes, float] = {}  # transport key -> refused on publish until
@@ -218,8 +221,12 @@ class Publisher:
             del self.due[(jid, host)]
             try:
                 self._send(jid, host)
-            except ProtocolError as e:  # checked when the job was submitted: a bug
+            except ProtocolError as e:
+                # Checked when the job was submitted; still possible for a
+                # job an older master stored, or after the clock stepped
+                # back. It would fail again at every re-publish.
                 log.error("job %s: the envelope of %s cannot be sealed: %s", jid, host, e)
+                self.unsendable(jid, host, f"the master cannot seal this host's envelope: {e}")
         if self.due:
             loop.call_later(0, self._drain)
         else:

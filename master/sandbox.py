@@ -147,8 +147,10 @@ class Sandbox:
         configured = self.master.settings.get("control_socket")
         return configured or os.path.join(self.master.settings["state_dir"], "control.sock")
 
-    def start_master(self) -> None:
-        self._start(self.master)
+    def start_master(self, wrapper: list[str] | None = None) -> None:
+        """Start the master; `wrapper` is a command to run it under, as for
+        start_minion() (e.g. a shell that lowers `ulimit -n` first)."""
+        self._start(self.master, wrapper or [])
         wait_for(
             lambda: self._control_listens() or not self.master.running,
             30,

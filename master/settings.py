@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import NamedTuple
 
 from safcm.common import settings as s
 from safcm.common.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = "/etc/safcm/master.yaml"
+# What a problem of the default settings names as its file, when there is none.
+DEFAULT_SETTINGS_NAME = f"the default settings ({DEFAULT_CONFIG_PATH} does not exist)"
+# Longest path an AF_UNIX socket can bind to, in bytes (sun_path is 108
+# bytes with its NUL).
+MAX_SOCKET_PATH = 107
 
 
 class MasterSettings(NamedTuple):
@@ -50,7 +57,7 @@ _FIELDS = {
     "store": s.Field(s.store, _DEFAULTS.store),
     "config_dir": s.Field(s.absolute_path, _DEFAULTS.config_dir),
     "auto_accept": s.Field(s.boolean, _DEFAULTS.auto_accept),
-    "job_timeout": s.Field(s.duration, _DEFAULTS.job_timeout),
+    "job_timeout": s.Field(s.job_timeout, _DEFAULTS.job_timeout),
     "keep_jobs": s.Field(s.duration, _DEFAULTS.keep_jobs),
     "admin_group": s.Field(s.group_name, _DEFAULTS.admin_group),
     "control_socket": s.Field(s.absolute_path, _DEFAULTS.control_socket),
@@ -76,3 +83,70 @@ def _build(values: dict, name: str) -> MasterSettings:
             ConfigProblem(name, None, "publish_port, return_port and key_port must differ")
         )
     return settings
+
+
+def check_startup(settings: MasterSettings, name: str) -> None:
+    """Raise ConfigError naming every setting that parses but that the
+    daemon cannot start with on this host (startup_problems())."""
+    problems = startup_problems(settings, name)
+    if problems:
+        raise ConfigError(problems)
+
+
+def startup_problems(settings: MasterSettings, name: str) -> list[ConfigProblem]:
+    """What the daemon would refuse at start-up in settings that parse, as
+    this host stands: an admin group that does not exist, a control socket
+    that cannot be made, a state_dir that is not a directory. The daemon
+    checks this before it starts and `safcm-master check` reports it, so
+    that what check passes, the daemon runs. `name`: the settings file."""
+    import grp  # here: only the daemon and check pay for it
+
+    problems: list[ConfigProblem] = []
+
+    def add(message: str) -> None:
+        problems.append(ConfigProblem(name, None, message))
+
+    if settings.admin_group is not None:
+        try:
+            grp.getgrnam(settings.admin_group)
+        except KeyError:
+            add(
+                f"admin_group: there is no group {settings.admin_group!r} on this host; "
+                "create it (groupadd) or remove admin_group"
+            )
+    # The daemon makes state_dir if it is missing.
+    if (problem := _not_a_directory(settings.state_dir, missing_ok=True)) is not None:
+        add(f"state_dir: {problem}")
+    # The control socket: named by control_socket, or in state_dir.
+    path = settings.control_path
+    key = "state_dir" if settings.control_socket is None else "control_socket"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        add(
+            f"{key}: the control socket {path} is longer than {MAX_SOCKET_PATH} bytes, the "
+            "most a Unix socket's path may have; set control_socket to a shorter path"
+        )
+    if settings.control_socket is not None:
+        problem = _not_a_directory(os.path.dirname(path), missing_ok=False)
+        if problem is not None:
+            add(f"control_socket: {problem}; create it, or choose a path in a directory that does")
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            add(f"{key}: {path} exists and is not a socket; remove it or set control_socket")
+    except OSError:
+        pass  # absent, or not for us to see (the daemon runs as root)
+    return problems
+
+
+def _not_a_directory(path: str, *, missing_ok: bool) -> str | None:
+    """Why `path` is no directory, or None if it is one, if it is missing
+    and `missing_ok`, or if it cannot be told (a directory on the way that
+    only root may pass through)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None if missing_ok else f"the directory {path} does not exist"
+    except NotADirectoryError:
+        return f"{path} is not a directory: a component of it is a file"
+    except OSError:
+        return None
+    return None if stat.S_ISDIR(st.st_mode) else f"{path} exists and is not a directory"

@@ -16,13 +16,17 @@ for every connection, whatever its peer sends (the zguide's "Ironhouse").
   the cap the oldest that has not said who it is (so a minion that connects
   while strangers hold every slot still gets in, and says who it is at once),
   those above the per-key cap, those that never said who they are within a
-  grace period, and unknown keys that went idle. So a
-  stranger can hold neither descriptors nor memory for long, and the process
-  never reaches its descriptor limit (where libzmq's accept would spin).
+  grace period, and unknown keys that went idle. So a stranger can hold
+  neither descriptors nor memory for long. A burst of connects can still
+  reach the descriptor limit for a moment, libzmq accepting faster than we
+  cut (master/daemon.py BURST_SHARE); libzmq's accept spins there until our
+  cuts have freed descriptors, so cuts must work at the limit.
 - libzmq has no call to close one connection of a socket. cut() shuts the
-  TCP connection down through a duplicate of its descriptor, after checking
-  that the descriptor still belongs to the same peer (a descriptor number is
-  reused once closed); libzmq then sees the end of the stream and cleans up.
+  TCP connection down on libzmq's own descriptor, after checking that it
+  still belongs to the same peer (a descriptor number is reused once
+  closed); libzmq then sees the end of the stream and cleans up. NOTE: we
+  never duplicate (the descriptor limit is when cuts are needed most, and a
+  dup() fails there) and never close a descriptor of libzmq's (_borrowed).
 
 ConnectionTable is pure, with time passed in; Zap, Monitor and cut() are the
 thin I/O around it.
@@ -32,9 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import zmq
@@ -219,41 +222,45 @@ class ConnectionTable:
 def cut(conn: Connection) -> bool:
     """Shut one TCP connection of a libzmq socket down; True if it was done.
 
-    Works on a duplicate of the descriptor, and only if it still has the
-    peer address recorded when the connection was accepted: the number may
-    already belong to another connection or file.
+    Only if the descriptor still has the peer address recorded when the
+    connection was accepted: the number may already belong to another
+    connection or file. libzmq's I/O thread may close and reuse the number
+    between that check and the shutdown; the new connection would have to
+    come from the same address and port, which a closed connection's peer
+    does not reuse so soon.
     """
-    try:
-        dup = os.dup(conn.fd)
-    except OSError:
+    if conn.peer is None:
         return False
     try:
-        sock = socket.socket(fileno=dup)
-    except OSError:  # not a socket any more
-        os.close(dup)
-        return False
-    with sock:
-        try:
-            if conn.peer is None or sock.getpeername()[:2] != conn.peer:
+        with _borrowed(conn.fd) as sock:
+            if sock.getpeername()[:2] != conn.peer:
                 return False
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            return False
+    except OSError:  # closed, not a socket, or no longer connected
+        return False
     return True
 
 
 def peer_of(fd: int) -> tuple[str, int] | None:
     """The remote (address, port) of a connection's descriptor, or None."""
-    with contextlib.suppress(OSError):
-        dup = os.dup(fd)
-        try:
-            sock = socket.socket(fileno=dup)
-        except OSError:
-            os.close(dup)
-            return None
-        with sock:
+    try:
+        with _borrowed(fd) as sock:
             return sock.getpeername()[:2]
-    return None
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _borrowed(fd: int) -> Iterator[socket.socket]:
+    """A socket object on libzmq's descriptor `fd` itself, not on a duplicate:
+    it needs no free descriptor. detach() on the way out, so neither we nor
+    the garbage collector ever close it: the descriptor stays libzmq's.
+    OSError if `fd` is not an open socket."""
+    sock = socket.socket(fileno=fd)
+    try:
+        yield sock
+    finally:
+        sock.detach()
 
 
 class Monitor:

@@ -97,6 +97,24 @@ def names() -> list[str]:
     return [*REGISTERED, SYNC]
 
 
+# sync's line for `run --help`, as the minion runs it (minion/modules/
+# __init__.py run()): its steps in sync_order (common/modules/), which
+# tests/master/test_cli_parser.py holds this to.
+SYNC_SUMMARY = (
+    "packages, then files, then services, in one job (a step that fails stops"
+    " those after it); the triggers of files run last, only if every step succeeded"
+)
+
+
+def summaries() -> dict[str, str]:
+    """Each MODULE's line for `run --help`, sync's last. Light: loads each
+    module's file here (whose top is light), not its wire."""
+    lines = {
+        name: importlib.import_module(f"{__name__}.{name}").MODULE.summary for name in REGISTERED
+    }
+    return {**lines, SYNC: SYNC_SUMMARY}
+
+
 @functools.cache
 def modules() -> dict[str, MasterModule]:
     """Every registered module, by name, loaded on first use."""

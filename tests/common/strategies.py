@@ -18,7 +18,7 @@ from safcm.common import modules
 from safcm.common import schema as S
 from safcm.common.crypto import PublicKeys, fingerprint_problem
 from safcm.common.errors import ProtocolError
-from safcm.common.ids import jid_problem, minion_id_problem, new_jid
+from safcm.common.ids import jid_problem, minion_id_problem, minion_pattern_problem, new_jid
 from safcm.common.model import (
     AbsentSpec,
     ApplyFailure,
@@ -58,7 +58,13 @@ fingerprints = st.builds(
     st.binary(min_size=32, max_size=32),
     st.binary(min_size=32, max_size=32),
 )
-_GRAMMARS = {minion_id_problem: minion_ids, jid_problem: jids, fingerprint_problem: fingerprints}
+minion_patterns = st.from_regex(r"[a-z0-9._*?\[\]!-]{1,30}", fullmatch=True)
+_GRAMMARS = {
+    minion_id_problem: minion_ids,
+    minion_pattern_problem: minion_patterns,
+    jid_problem: jids,
+    fingerprint_problem: fingerprints,
+}
 
 
 def strategy_for(schema: S.Schema) -> st.SearchStrategy[Any]:

@@ -41,3 +41,30 @@ def test_peer_log_writes_its_burst_then_counts(caplog):
         plog.warning("again")
     messages = [r.getMessage() for r in caplog.records]
     assert messages[2:] == ["8 more log lines about peers left out (rate limit)", "again"]
+
+
+def test_security_lines_have_a_budget_of_their_own(caplog):
+    now = [0.0]
+    plog = PeerLog(
+        logging.getLogger("t"),
+        lambda: now[0],
+        rate=1.0,
+        burst=2.0,
+        security_rate=1.0,
+        security_burst=1.0,
+    )
+    with caplog.at_level(logging.INFO, logger="t"):
+        for i in range(10):  # junk empties the peer budget
+            plog.warning("junk %d", i)
+        plog.security("refused %s", "web1")
+        plog.security("refused %s", "web2")  # beyond its own budget
+        now[0] = 1.0
+        plog.security("refused %s", "web3")
+    assert [r.getMessage() for r in caplog.records] == [
+        "junk 0",
+        "junk 1",
+        "8 more log lines about peers left out (rate limit)",
+        "refused web1",
+        "1 more log lines about security events left out (rate limit)",
+        "refused web3",
+    ]

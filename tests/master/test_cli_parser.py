@@ -33,6 +33,24 @@ def test_every_help_has_examples_and_exit_codes(parser, command):
         assert exits.startswith("  0  "), path
 
 
+def test_run_help_names_every_module_and_sync_in_the_order_it_runs():
+    from safcm.common.modules import sync_steps
+    from safcm.master import modules
+
+    help_line, _ = cli._COMMANDS["run"]
+    assert help_line == f"run a module ({', '.join(modules.names())}) on the targeted minions"
+    parsers = dict(every_parser(cli.build_parser("run"), "safcm-master"))
+    [module] = [a for a in parsers["safcm-master run"]._actions if a.metavar == "MODULE"]
+    for name in modules.names():
+        assert f"{name}: " in module.help, name
+    # sync: its steps, named in the order the minion runs them, then the triggers.
+    sync = module.help.split("sync: ", 1)[1]
+    steps = sync_steps()
+    assert steps == ["packages", "files", "services"]
+    assert [sync.index(step) for step in steps] == sorted(sync.index(step) for step in steps)
+    assert sync.index(steps[-1]) < sync.index("triggers of files run last")
+
+
 def test_help_keeps_the_epilog_lines():
     text = cli.build_parser().format_help()
     assert "\n  safcm-master keys list\n  safcm-master run 'web*' files --dry-run\n" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
@@ -9,11 +10,12 @@ import threading
 
 import pytest
 
-from safcm.common.errors import DaemonError
+from safcm.common.errors import DaemonError, RemoteError
 from safcm.common.loop import Loop
 from safcm.common.protocol import MsgType
 from safcm.master import control
 from safcm.master.control import ControlClient, ControlServer
+from tests.procs import no_descriptor_free
 
 LIST = {"action": "list", "ids": []}
 
@@ -226,3 +228,37 @@ def test_what_is_queued_when_the_daemon_stops_is_still_sent(tmp_path):
     server.close()
     thread.join(10)
     assert got == [MsgType.KEYS_REPLY]
+
+
+def test_at_the_descriptor_limit_a_client_is_turned_away_and_accepting_pauses(tmp_path, caplog):
+    # A listener with a client waiting stays readable while accept() fails:
+    # retried at once, the loop would spin and log each failure.
+    path = str(tmp_path / "c.sock")
+    now = [0.0]
+    loop = Loop(clock=lambda: now[0])
+    served = []
+
+    def handler(conn, msg):
+        served.append(conn)
+        reply_for(conn, msg)
+
+    server = ControlServer(path, loop=loop, admin_group=None, handle=handler)
+    first, second = ControlClient(path, timeout=5), ControlClient(path, timeout=5)
+    for client in (first, second):
+        client.send(MsgType.KEYS, LIST)
+    with caplog.at_level(logging.WARNING, logger="safcm-master"), no_descriptor_free():
+        for _ in range(50):
+            loop.run_once(0)
+    failures = [r for r in caplog.records if "accept failed" in r.getMessage()]
+    assert len(failures) == 1, len(failures)
+    assert not served
+    # The first was accepted on the spare descriptor and told why.
+    with pytest.raises(RemoteError, match="LimitNOFILE"):
+        first.request(MsgType.KEYS, LIST, 5)
+    now[0] += control.ACCEPT_BACKOFF
+    while not (served and served[0].closed):  # accepted again, answered
+        loop.run_once(0)
+    assert [r.type for r in second.replies(5)] == [MsgType.KEYS_REPLY]
+    for client in (first, second):
+        client.close()
+    server.close()

@@ -37,6 +37,9 @@ def test_all_keys():
         ("\nauto_accept: yes please\n", "master.yaml:2: auto_accept: must be true or false"),
         ("job_timeout: soon\n", "job_timeout: must be a duration"),
         ("job_timeout: 0\n", "job_timeout: must be longer than zero"),
+        ("job_timeout: 0.5\n", "job_timeout: must be from 1 s to 86395 s"),
+        ("job_timeout: 24h\n", "job_timeout: must be from 1 s to 86395 s (23h 59m 55s)"),
+        ("job_timeout: 2d\n", "envelope lives at most 24 hours, 5 s of them past the job's"),
         ("state_dir: var/lib\n", "state_dir: must be an absolute path"),
         ("interface: example.org\n", "interface: must be an IP address"),
         ("admin_group: 'Bad Group'\n", "admin_group: must be a Unix group name"),
@@ -67,3 +70,36 @@ def test_load_missing_file(tmp_path):
 def test_empty_value_keeps_the_default():
     s = settings.parse("admin_group:\njob_timeout: null\n")
     assert s.admin_group is None and s.job_timeout == 60
+
+
+def test_the_longest_job_timeout_fits_an_envelope():
+    assert settings.parse("job_timeout: 86395\n").job_timeout == 86395
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("admin_group: nosuchgroup\n", "admin_group: there is no group 'nosuchgroup'"),
+        ("state_dir: {file}\n", "state_dir: {file} exists and is not a directory"),
+        ("state_dir: {file}/sub\n", "state_dir: {file}/sub is not a directory"),
+        ("state_dir: /{long}\n", "state_dir: the control socket /{long}/control.sock is longer"),
+        ("control_socket: {tmp}/none/c.sock\n", "control_socket: the directory {tmp}/none does"),
+        ("control_socket: {file}\n", "control_socket: {file} exists and is not a socket"),
+    ],
+)
+def test_what_the_daemon_cannot_start_with_is_named(tmp_path, text, message):
+    names = {"tmp": str(tmp_path), "file": str(tmp_path / "file"), "long": "x" * 100}
+    (tmp_path / "file").write_text("")
+    parsed = settings.parse(text.format(**names), "m.yaml")
+    with pytest.raises(ConfigError) as info:
+        settings.check_startup(parsed, "m.yaml")
+    [problem] = info.value.problems
+    assert (problem.file, problem.line) == ("m.yaml", None)
+    assert message.format(**names) in problem.message
+
+
+def test_settings_the_daemon_can_start_with_pass(tmp_path):
+    text = (
+        f"state_dir: {tmp_path}/new/state\ncontrol_socket: {tmp_path}/c.sock\nadmin_group: root\n"
+    )
+    assert settings.startup_problems(settings.parse(text), "m.yaml") == []

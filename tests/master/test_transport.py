@@ -1,16 +1,27 @@
 """The connection table (master/transport.py): which connections to cut. Pure,
-with time passed in."""
+with time passed in. Then cut() itself, on real TCP connections, and the caps
+that fit a descriptor limit (master/daemon.py)."""
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 
+import pytest
+
+from safcm.common.errors import DaemonError
+from safcm.master.daemon import fitting_cap
 from safcm.master.transport import (
     IDENTIFY_GRACE,
     MAX_CONNECTIONS_PER_KEY,
     UNKNOWN_IDLE,
+    Connection,
     ConnectionTable,
+    cut,
+    peer_of,
 )
+from tests.procs import no_descriptor_free
 
 PEER = ("127.0.0.1", 40000)
 
@@ -120,3 +131,65 @@ def test_the_counts_kept_as_connections_change_match_a_recount():
         assert sum(1 for c in conns if not c.cut) <= table.cap
         assert table.unknown() == sum(1 for c in conns if not c.known)
         assert table.room_for_unknown() is (table.unknown() < table.unknown_cap)
+
+
+def test_a_connection_is_cut_at_the_descriptor_limit():
+    # The limit is when cuts are needed most: no duplicate descriptor may be
+    # needed, and the descriptor itself (libzmq's) is only shut down.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with client, accepted:
+            with no_descriptor_free():
+                peer = peer_of(accepted.fileno())
+                done = cut(Connection(accepted.fileno(), peer, 0.0))
+            assert peer == client.getsockname()
+            assert done
+            client.settimeout(5)
+            assert client.recv(1) == b""  # the end of the stream
+            os.fstat(accepted.fileno())  # still open
+
+
+def test_a_descriptor_that_changed_hands_is_not_cut():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with client, accepted:
+            other_peer = ("127.0.0.1", client.getsockname()[1] ^ 1)
+            assert not cut(Connection(accepted.fileno(), other_peer, 0.0))
+            assert not cut(Connection(accepted.fileno(), None, 0.0))
+            client.setblocking(False)
+            with pytest.raises(BlockingIOError):  # still open: nothing sent, no end
+                client.recv(1)
+    r, w = os.pipe()
+    try:  # not a socket at all: left alone, and open
+        assert peer_of(r) is None
+        assert not cut(Connection(r, PEER, 0.0))
+        os.fstat(r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "limit", "cap"),
+    [
+        (10_000, 65_536, 10_000),  # the shipped unit's LimitNOFILE holds the default
+        (10_000, 1024, 170),  # systemd's default: 256 + 3 x 170 x 1.5 <= 1024
+        (10_000, 328, 16),
+        (8, 300, 8),  # a small max_connections needs less
+    ],
+)
+def test_the_caps_with_their_burst_share_fit_the_descriptor_limit(wanted, limit, cap):
+    assert fitting_cap(wanted, limit) == cap
+
+
+@pytest.mark.parametrize("limit", [327, 256, 64])
+def test_invalid_a_descriptor_limit_below_the_least_cap_is_refused(limit):
+    with pytest.raises(DaemonError) as e:
+        fitting_cap(10_000, limit)
+    assert str(e.value) == (
+        f"the descriptor limit {limit} (ulimit -n; LimitNOFILE in the unit) is too low: "
+        "16 connections on each of 3 ports need 328 descriptors (256 + 1.5 per "
+        "connection); raise the limit"
+    )

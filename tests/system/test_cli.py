@@ -3,14 +3,15 @@ the bash completion completes real command lines, with ids from the daemon."""
 
 from __future__ import annotations
 
+import json
 import stat
 import sys
 
 import pytest
 
 from safcm.master import modules
-from safcm.master.sandbox import Sandbox
-from tests.system.conftest import enrol, run_json
+from safcm.master.sandbox import Sandbox, wait_for
+from tests.system.conftest import SETTLE, enrol, jobs_show, run_json
 
 # Runs safcm-master as its console script does, and writes the names of the
 # modules loaded by the end (one a line) to the file named by its first argument.
@@ -224,3 +225,117 @@ def test_completion_queries_are_quiet_without_a_daemon(sandbox, tmp_path, what):
             [sys.executable, "-m", "safcm.master.cli", "-c", config, "completion", what]
         )
         assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+# ---- a closed output, arguments checked before sending, help examples ----
+
+# Runs the command in argv[2:] with its stdout a pipe whose reader is gone
+# already (as `| head -1` once it has its line), and exits with its code;
+# argv[1] "buffered": as Python writes to a pipe unless PYTHONUNBUFFERED
+# (set for the tests) says otherwise.
+CLOSED_PIPE = """
+import os, subprocess, sys
+read_end, write_end = os.pipe()
+os.close(read_end)
+env = dict(os.environ)
+if sys.argv[1] == "buffered":
+    env.pop("PYTHONUNBUFFERED", None)
+sys.exit(subprocess.run(sys.argv[2:], stdout=write_end, env=env).returncode)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["safcm.master.cli", "run", "web1", "ping"],
+        ["safcm.master.cli", "run", "web1", "ping", "--json"],
+        ["safcm.master.cli", "jobs", "show", "last"],
+        ["safcm.master.cli", "jobs", "list"],
+        ["safcm.master.cli", "keys", "list", "--json"],
+        ["safcm.master.cli", "facts"],
+        ["safcm.master.cli", "show", "web1"],
+        ["safcm.master.cli", "check"],
+        ["safcm.master.cli", "--help"],
+        ["safcm.master.cli", "run", "--help"],
+        # The console script's entry, which answers these itself.
+        ["safcm.master.lightcli", "keys", "list"],
+        ["safcm.master.lightcli", "jobs", "list", "--json"],
+        ["safcm.master.lightcli", "--version"],
+    ],
+)
+def test_a_closed_output_ends_the_command_quietly(enrolled, args):
+    sb, _ = enrolled
+    module, *words = args
+    command = [sys.executable, "-m", module, "-c", sb.master.config, *words]
+    if words == ["--version"]:
+        command = [sys.executable, "-m", module, *words]
+    for buffering in ("buffered", "unbuffered"):
+        result = sb.run([sys.executable, "-c", CLOSED_PIPE, buffering, *command])
+        assert (result.returncode, result.stderr) == (141, ""), (args, buffering)
+
+
+def test_a_run_whose_output_closed_goes_on(enrolled):
+    sb, first = enrolled
+    command = [sys.executable, "-m", "safcm.master.cli", "-c", sb.master.config]
+    result = sb.run(
+        [sys.executable, "-c", CLOSED_PIPE, "buffered", *command, "run", "web1", "ping"]
+    )
+    assert result.returncode == 141
+    jobs = sb.cli("jobs", "list", "--json")
+    [job, _] = json.loads(jobs.stdout)["jobs"]
+    assert job["jid"] > first
+    wait_for(lambda: jobs_show(sb, job["jid"])["hosts"][0]["status"] == "ok", SETTLE, "the job")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["keys", "accept", "Web1"], "minion ids are lower case: did you mean 'web1'?"),
+        (["keys", "delete", "web 1"], "'web 1' is not a minion id or pattern"),
+        (["facts", "Web*"], "minion ids are lower case: did you mean 'web*'?"),
+        (["run", "x" * 5000, "ping"], "TARGET is at most 4096 characters, this one has 5000"),
+        (["run", "web1", "ping", "--timeout", "90d"], "argument --timeout: must be from 1 s"),
+        (["jobs", "list", "--limit", "9" * 20], "--limit must be from 1 to 10000, got 9999"),
+        (["jobs", "list", "--limit", "0"], "--limit must be from 1 to 10000, got 0"),
+        (["jobs", "list", "--user", "u" * 300], "--user must be 1 to 256 characters"),
+        (["jobs", "list", "--target", "t" * 5000], "--target must be 1 to 4096 characters"),
+        (["jobs", "list", "--since", "100000w"], "--since: '100000w' is before 1970"),
+    ],
+)
+def test_bad_arguments_are_named_before_anything_is_sent(sandbox, args, message):
+    # No daemon runs: each is refused by the CLI itself, in words, whichever
+    # way the command line is read (the console script answers jobs list).
+    for module in ("safcm.master.cli", "safcm.master.lightcli"):
+        result = sandbox.run([sys.executable, "-m", module, "-c", sandbox.master.config, *args])
+        assert result.returncode == 2, (module, result)
+        assert message in result.stderr, (module, result.stderr)
+        assert "invalid request" not in result.stderr and "not running" not in result.stderr
+
+
+# The commands whose `--json | jq` examples run against the enrolled sandbox,
+# with what each prints there (None: anything but null).
+JQ_EXAMPLES = {
+    ("keys", "list"): "web1\n",
+    ("jobs", "show"): '"ok"\n',
+    ("show",): None,
+    ("check",): None,
+    ("facts",): None,
+}
+
+
+def test_the_json_examples_of_the_help_work(enrolled):
+    sb, _ = enrolled
+    examples = []
+    for words in JQ_EXAMPLES:
+        result = sb.run([sys.executable, "-m", "safcm.master.cli", *words, "--help"])
+        lines = [line.strip() for line in result.stdout.splitlines()]
+        examples += [(words, line) for line in lines if "--json | jq" in line]
+    assert {words for words, _ in examples} == set(JQ_EXAMPLES)
+    safcm_master = f"{sys.executable} -m safcm.master.cli -c {sb.master.config}"
+    for words, example in examples:
+        command = example.replace("safcm-master", safcm_master, 1)
+        result = sb.run(["bash", "-o", "pipefail", "-c", command])
+        assert result.returncode == 0, (example, result.stderr)
+        assert "null" not in result.stdout.splitlines(), example
+        if JQ_EXAMPLES[words] is not None:
+            assert result.stdout == JQ_EXAMPLES[words], example

@@ -57,6 +57,24 @@ def test_pending_accept_reject_delete(sandbox):
     assert unknown.returncode == 2 and "no minion key matches: nosuch*" in unknown.stderr
 
 
+def test_keys_exit_as_their_help_says(sandbox):
+    enrol(sandbox, "web1")
+    for action in ("accept", "reject", "delete"):
+        shown = sandbox.cli("keys", action, "--help").stdout
+        assert "\n  2  nothing was done: a pattern matches no key, or only keys a pattern" in shown
+        assert "no key matched" not in shown
+    # A pattern that matches no key: nothing changed, and a script can tell.
+    for pattern in ("nosuch", "x*"):
+        result = sandbox.cli("keys", "accept", pattern)
+        assert result.returncode == 2 and result.stdout == ""
+        assert f"no minion key matches: {pattern}; nothing was changed" in result.stderr
+    # A key that is so already: done.
+    shown = sandbox.cli("keys", "accept", "--help").stdout
+    assert "0  done, also when the keys matched were accepted already ('nothing changed')" in shown
+    again = sandbox.cli("keys", "accept", "web1")
+    assert (again.returncode, again.stdout) == (0, "nothing changed\n")
+
+
 def test_changed_key_for_known_id_is_refused(sandbox):
     enrol(sandbox, "web1")
     old = keys(sandbox)["web1"]["fingerprint"]

@@ -16,6 +16,8 @@ import stat
 import subprocess
 import time
 
+import pytest
+
 from safcm.common.protocol import MsgType
 from safcm.master.control import ControlClient
 from safcm.master.db import DB_NAME
@@ -421,6 +423,34 @@ def test_check_validates_settings_and_repository_without_a_daemon(sandbox):
     sandbox.add_minion("web2", heartbeat_interval="soon")
     result = sandbox.minion_cli("web2", "check")
     assert result.returncode == 2 and "heartbeat_interval" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (
+            {"admin_group": "nosuchgroup"},
+            "admin_group: there is no group 'nosuchgroup' on this host",
+        ),
+        (
+            {"control_socket": "/nonexistent-safcm/control.sock"},
+            "control_socket: the directory /nonexistent-safcm does not exist",
+        ),
+        # A job could not be sent: its envelope would outlive MAX_ENVELOPE_TTL.
+        ({"job_timeout": "2d"}, "job_timeout: must be from 1 s to 86395 s (23h 59m 55s)"),
+    ],
+)
+def test_check_refuses_what_the_daemon_refuses(sandbox, settings, problem):
+    sandbox.configure_master(**settings)
+    checked = sandbox.cli("check")
+    assert checked.returncode == 2, checked.stdout
+    assert f"{sandbox.master.config}" in checked.stderr and problem in checked.stderr
+    doc = validate(json.loads(sandbox.cli("check", "--json").stdout), "check")
+    assert doc["stage"] == "settings" and problem in doc["problems"][0]["message"]
+    # The daemon refuses to start with the same words, and changes nothing.
+    started = sandbox.cli("daemon", timeout=SETTLE)
+    assert started.returncode == 2 and problem in started.stderr
+    assert not os.path.exists(sandbox.master.settings["state_dir"])
 
 
 # A template that keeps the compiler busy for seconds (a million steps of
