@@ -1,9 +1,11 @@
 """Keys: the key port, where a minion first asks for the master's keys, and
 the KEYS control request (list, accept, reject, delete minion keys).
 
-    ROUTER  key_port, plain. A minion's first contact: KEY_REQUEST for the
+    STREAM  key_port, plain. A minion's first contact: KEY_REQUEST for the
             master's public keys (with the CURVE key), signed, which the
             minion checks against master_fingerprint before it connects.
+            The minion's DEALER speaks ZMTP; the master reads it itself
+            (master/zmtpnull.py), for libzmq bounds no multipart message.
 
 The keys themselves are kept by master/keystore.py; a key that stops being
 accepted loses its connections, and nothing more is published to it.
@@ -36,6 +38,7 @@ from safcm.master.keystore import Action, KeyState, KeyStore, MinionKey
 from safcm.master.lifecycle import Lifecycles
 from safcm.master.peers import Peers
 from safcm.master.transport import DOMAIN_KEY
+from safcm.master.zmtpnull import HELLO, NullConnection, ZmtpError, frame
 
 log = logging.getLogger("safcm-master")
 
@@ -90,6 +93,9 @@ class KeyService:
         # Per connection, made by open(): it knows the connection cap.
         self.connection_requests: Buckets | None = None
         self.key_sock: zmq.Socket | None = None
+        # The ZMTP read so far of each connection, by its routing id: at most
+        # one frame each, for the connections the port holds.
+        self.wires: dict[bytes, NullConnection] = {}
         # True when other masters share the key store (PostgreSQL): then
         # last-seen times are read fresh for `keys list`.
         self.shared = False
@@ -98,8 +104,10 @@ class KeyService:
         # A bucket for each connection the port may hold, and as many again
         # for those cut but not closed yet: connections beyond are cut at once.
         self.connection_requests = Buckets(KEY_REQUEST_CONN_RATE, KEY_REQUEST_CONN_BURST, 2 * cap)
+        # ZMQ_STREAM: libzmq hands over each read as it comes, and the
+        # ZMTP is read here (master/zmtpnull.py says why).
         self.key_sock = self.peers.bind(
-            zmq.ROUTER,
+            zmq.STREAM,
             address,
             KEY_MAX_IN,
             cap,
@@ -119,24 +127,45 @@ class KeyService:
         until = self.loop.clock() + KEY_SLICE
         while True:
             try:
-                parts = key_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                peer, data = key_sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._answer(key_sock, parts)
+            self._read(key_sock, peer.bytes, data)
             if self.loop.clock() >= until:
                 return  # the rest next turn: the poller reports the socket again
 
-    def _answer(self, key_sock: zmq.Socket, parts: list[zmq.Frame]) -> None:
-        if len(parts) != 2:
+    def _read(self, key_sock: zmq.Socket, peer: bytes, data: zmq.Frame) -> None:
+        """What came from connection `peer`: bytes of its ZMTP, or (empty) the
+        news that it opened or closed."""
+        conn = self.wires.get(peer)
+        if not data.bytes:
+            if conn is not None:  # closed
+                del self.wires[peer]
+            else:  # opened: the master's greeting and READY first
+                self.wires[peer] = NullConnection(KEY_MAX_IN)
+                with contextlib.suppress(zmq.Again):
+                    key_sock.send_multipart([peer, HELLO], zmq.NOBLOCK)
             return
+        if conn is None:
+            return  # of a connection ended already
+        try:
+            requests = conn.feed(data.bytes)
+        except ZmtpError as e:
+            self.peer_log.warning("key port: a connection ended: %s", e)
+            del self.wires[peer]
+            with contextlib.suppress(zmq.Again):
+                key_sock.send_multipart([peer, b""], zmq.NOBLOCK)  # closes it
+            return
+        for request in requests:
+            self._answer(key_sock, peer, data.get(zmq.SRCFD), request)
+
+    def _answer(self, key_sock: zmq.Socket, peer: bytes, fd: int, request: bytes) -> None:
         now = self.loop.clock()
-        fd = parts[1].get(zmq.SRCFD)
         # A connection that asked is no longer a silent one (what the cap evicts).
         self.peers.tables[DOMAIN_KEY].active(fd, "key port", False, now)
-        frames = [p.bytes for p in parts]
         # The connection: its descriptor, which the kernel gives, with its
         # routing id, which a reused descriptor does not keep.
-        connection = (fd, frames[0])
+        connection = (fd, peer)
         if not _opened(self.connection_requests).take(connection, now):
             self.peer_log.warning(
                 "key request dropped: a connection asks more than %g a second",
@@ -147,7 +176,7 @@ class KeyService:
             self.peer_log.warning("key request dropped: more than %d a second", KEY_REQUEST_RATE)
             return
         try:
-            msg = decode_plain(frames[1], Channel.KEY)
+            msg = decode_plain(request, Channel.KEY)
             if msg.type is not MsgType.KEY_REQUEST:
                 raise ProtocolError(f"{msg.type.name} is not a request")
         except ProtocolError as e:
@@ -157,7 +186,7 @@ class KeyService:
             MsgType.KEY_REPLY, make_key_reply(self.keys, nonce=msg.body["nonce"], now=self.clock())
         )
         with contextlib.suppress(zmq.Again):
-            key_sock.send_multipart([frames[0], reply], zmq.NOBLOCK)
+            key_sock.send_multipart([peer, frame(reply)], zmq.NOBLOCK)
 
     def on_keys(self, conn: ControlConnection, msg: Message) -> None:
         action, ids = msg.body["action"], msg.body["ids"]

@@ -435,3 +435,51 @@ def test_a_junk_flood_does_not_hide_an_impersonation(sandbox, fake):
     finally:
         stop.set()
         flood.join()
+
+
+# A stranger's endless multipart message on the key port: frames of this
+# many bytes, each marked "more", up to this many bytes in all. Before the
+# key port read its own ZMTP, libzmq kept every frame (the master grew by
+# 6.3 GiB from 3 GiB sent in 8 s); MULTIPART_GROWTH is far below what it kept.
+MULTIPART_FRAME = 200
+MULTIPART_BYTES = 256 * 1024 * 1024
+MULTIPART_SECONDS = 30.0
+MULTIPART_GROWTH = 64 * 1024 * 1024
+# A ZMTP 3.0 greeting with the NULL mechanism, and a DEALER's READY.
+ZMTP_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
+_READY_BODY = b"\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER"
+ZMTP_READY = bytes([0x04, len(_READY_BODY)]) + _READY_BODY
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_an_endless_multipart_message_on_the_key_port_costs_the_master_nothing(sandbox):
+    sandbox.start_master()
+    pid = sandbox.master.proc.pid
+    before = rss_bytes(pid)
+    chunk = (bytes([0x01, MULTIPART_FRAME]) + b"x" * MULTIPART_FRAME) * 1000
+    sent = 0
+    with socket.create_connection(("127.0.0.1", sandbox.master.settings["key_port"])) as s:
+        s.settimeout(MULTIPART_SECONDS)
+        s.sendall(ZMTP_GREETING)
+        # libzmq drops a peer that sends its READY before the greeting
+        # exchange is over: wait for the master's whole greeting.
+        greeting = b""
+        while len(greeting) < len(ZMTP_GREETING):
+            got = s.recv(len(ZMTP_GREETING) - len(greeting))
+            assert got, "the key port closed during the greeting"
+            greeting += got
+        s.sendall(ZMTP_READY)
+        deadline = time.monotonic() + MULTIPART_SECONDS
+        with contextlib.suppress(ConnectionError):  # the master ends it
+            while sent < MULTIPART_BYTES and time.monotonic() < deadline:
+                s.sendall(chunk)
+                sent += len(chunk)
+    grown = rss_bytes(pid) - before
+    assert sent < MULTIPART_BYTES, "the master kept reading an endless message"
+    assert grown < MULTIPART_GROWTH, grown
+    logged(sandbox.master, "key port: a connection ended: a multipart message")
+    master_keys(sandbox)  # the port answers a minion as before
