@@ -37,7 +37,8 @@ import os
 import socket
 import struct
 import termios
-from dataclasses import dataclass
+
+from safcm.master.transport import Connection
 
 # Bytes of the wire a connection may have sent beyond its messages' bodies:
 # the greeting and a CURVE handshake (HELLO 200, WELCOME's reply INITIATE
@@ -50,12 +51,20 @@ FRAME_OVERHEAD = 64
 # minion's ZMTP PING (about 40 bytes each, every ZMTP_HEARTBEAT_IVL_MS = 60 s),
 # with room.
 QUIET_BYTES_PER_S = 8.0
-# Seconds between looks at the master's size, and the growth in bytes since
-# the last look that makes every connection be read at once.
+# Seconds between looks at the master's size, and its growth in bytes since
+# the last read of every connection that makes them be read again at once.
 WATCH_INTERVAL = 0.1
 GROWTH_TRIGGER = 32 * 1024 * 1024
 # Seconds between reads of every connection whatever the size did.
 SWEEP_INTERVAL = 10.0
+# Bytes a connection of a key that is not accepted may have waiting once it
+# said who it is: it may only enrol, a request of a few hundred bytes.
+UNKNOWN_WAITING_MAX = 64 * 1024
+# Bytes all connections of a socket that are not an accepted minion's may
+# have waiting together (one that never said who it is may hold a result's
+# worth, for an accepted minion's first message may be one): beyond, the
+# largest are cut. A stranger's whole share of the master's memory.
+STRANGERS_WAITING_MAX = 256 * 1024 * 1024
 
 # struct tcp_info (linux/tcp.h): tcpi_bytes_received is the u64 at this
 # offset (after the u8s, 24 u32s, pacing rates and tcpi_bytes_acked).
@@ -63,22 +72,41 @@ _BYTES_RECEIVED_AT = 128
 _TCP_INFO_BYTES = _BYTES_RECEIVED_AT + 8
 
 
-@dataclass(slots=True)
-class Taken:
-    """What the master took from one connection as messages."""
+def waiting(received: int, unread: int, conn: Connection, now: float) -> int:
+    """Bytes of connection `conn` that libzmq holds and the master has not
+    taken: at most this many (the wire's own bytes are allowed for
+    generously, so an honest peer never counts against itself)."""
+    wire = HANDSHAKE_BYTES + conn.frames * FRAME_OVERHEAD
+    wire += int(max(0.0, now - conn.opened) * QUIET_BYTES_PER_S)
+    return received - unread - conn.taken - wire
 
-    opened: float  # the loop's clock when it was accepted
-    bytes: int = 0  # of the messages' frames
-    frames: int = 0
 
-
-def waiting(received: int, unread: int, taken: Taken, now: float) -> int:
-    """Bytes of a connection that libzmq holds and the master has not taken:
-    at most this many (the wire's own bytes are allowed for generously, so
-    an honest peer never counts against itself)."""
-    wire = HANDSHAKE_BYTES + taken.frames * FRAME_OVERHEAD
-    wire += int(max(0.0, now - taken.opened) * QUIET_BYTES_PER_S)
-    return received - unread - taken.bytes - wire
+def to_cut(held: list[tuple[Connection, int]], known_max: int) -> list[tuple[Connection, str]]:
+    """Which connections of a socket to cut, and why, from each one's bytes
+    waiting: an accepted minion's beyond `known_max`, another key's beyond
+    UNKNOWN_WAITING_MAX once it said who it is (else `known_max`), and the
+    largest of those not an accepted minion's while they hold more than
+    STRANGERS_WAITING_MAX together."""
+    cuts: list[tuple[Connection, str]] = []
+    strangers: list[tuple[int, Connection]] = []
+    for conn, held_bytes in held:
+        limit = known_max
+        if not conn.known and conn.key is not None:
+            limit = UNKNOWN_WAITING_MAX
+        if held_bytes > limit:
+            reason = f"{held_bytes} bytes of unfinished messages wait, more than {limit}"
+            cuts.append((conn, reason))
+        elif not conn.known and held_bytes > 0:
+            strangers.append((held_bytes, conn))
+    total = sum(n for n, _ in strangers)
+    for n, conn in sorted(strangers, key=lambda s: -s[0]):
+        if total <= STRANGERS_WAITING_MAX:
+            break
+        total -= n
+        cuts.append(
+            (conn, f"{n} bytes wait, and keys not accepted hold more than {STRANGERS_WAITING_MAX}")
+        )
+    return cuts
 
 
 def probe(fd: int) -> tuple[int, int] | None:
@@ -112,18 +140,19 @@ def rss_bytes() -> int:
 
 
 class BacklogWatch:
-    """When to read every connection: on a jump of the master's size, or
-    when SWEEP_INTERVAL passed. Pure: times and sizes are passed in."""
+    """When to read every connection: when the master grew by GROWTH_TRIGGER
+    since they were last read (or since its smallest size after that), or
+    SWEEP_INTERVAL passed. Pure: times and sizes are passed in."""
 
     def __init__(self, now: float, size: int) -> None:
-        self.size = size  # at the last look
+        self.base = size  # at the last read of every connection, or less since
         self.next_sweep = now + SWEEP_INTERVAL
 
     def look(self, now: float, size: int) -> bool:
         """The master's size now; True if every connection must be read."""
-        grew = size - self.size >= GROWTH_TRIGGER
-        self.size = size
-        if grew or now >= self.next_sweep:
+        if size - self.base >= GROWTH_TRIGGER or now >= self.next_sweep:
+            self.base = size
             self.next_sweep = now + SWEEP_INTERVAL
             return True
+        self.base = min(self.base, size)
         return False

@@ -48,6 +48,7 @@ from safcm.common.loop import Loop, Timer
 from safcm.common.protocol import Message, MsgType, ResultStatus, new_jid
 from safcm.common.ratelimit import PeerLog
 from safcm.common.stallwatch import StallWatch
+from safcm.master.backlog import UNKNOWN_WAITING_MAX, WATCH_INTERVAL, BacklogWatch, rss_bytes
 from safcm.master.cluster import (
     LEASE_RENEW,
     RELAY_CHANNEL,
@@ -60,7 +61,7 @@ from safcm.master.control import ControlConnection, ControlServer
 from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, Listener, open_store
 from safcm.master.facts import FactStore, host_facts
 from safcm.master.history import History
-from safcm.master.intake import Intake
+from safcm.master.intake import RETURN_MAX_IN, RETURN_RCVHWM, Intake
 from safcm.master.jobstore import RESULTS_CHANNEL, HostState, JobStore, StoredResult
 from safcm.master.keys import KeyService
 from safcm.master.keystore import KEYS_CHANNEL, KeyStore
@@ -91,6 +92,9 @@ LISTEN_RETRY = 2.0
 # Descriptors kept free of network connections: the database, the control
 # socket and its clients, libzmq's own (about 35 are open once started).
 RESERVED_FDS = 256
+# Bytes an accepted minion's connection to the return socket may make
+# libzmq hold: RETURN_RCVHWM whole results queued, and one on its way.
+RETURN_WAITING_MAX = (RETURN_RCVHWM + 1) * RETURN_MAX_IN
 # Descriptors each network socket may hold beyond its connection cap, as a
 # share of the cap. libzmq accepts a connection before its monitor event
 # reaches us and we cut it, so a burst of connects overshoots the caps for a
@@ -253,7 +257,9 @@ class Master:
             self.loop.call_every(SEQ_FLUSH, self.intake.flush),
             self.loop.call_every(STALE_CHECK_INTERVAL, self.peers.cut_stale),
             self.loop.call_every(RETENTION_INTERVAL, self.purge_old_jobs),
+            self.loop.call_every(WATCH_INTERVAL, self.watch_waiting),
         ]
+        self.waiting_watch = BacklogWatch(self.loop.clock(), rss_bytes())
         self.purge_old_jobs()
         log.info(
             "listening on %s ports %d (jobs), %d (returns) and %d (keys), at most %d "
@@ -441,6 +447,13 @@ class Master:
         return None
 
     # ---- periodic work ----
+
+    def watch_waiting(self) -> None:
+        """Cut the connections that make libzmq hold too much for us, when
+        the master grew or a while passed (master/backlog.py)."""
+        if self.waiting_watch.look(self.loop.clock(), rss_bytes()):
+            self.peers.cut_waiting(DOMAIN_RETURN, RETURN_WAITING_MAX)
+            self.peers.cut_waiting(DOMAIN_PUBLISH, UNKNOWN_WAITING_MAX)
 
     def purge_old_jobs(self) -> None:
         """Delete jobs older than keep_jobs, PURGE_CHUNK host rows a loop turn."""

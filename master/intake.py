@@ -82,7 +82,7 @@ from safcm.master.outcomes import change_count, host_status
 from safcm.master.peers import Peers, Presence, user_id
 from safcm.master.resultwriter import Batch, ResultWriter
 from safcm.master.settings import MasterSettings
-from safcm.master.transport import DOMAIN_RETURN
+from safcm.master.transport import DOMAIN_RETURN, ConnectionTable
 
 log = logging.getLogger("safcm-master")
 
@@ -251,6 +251,8 @@ class Intake:
             },
         )
         self.router: zmq.Socket | None = None
+        # The return socket's connections (its table, once open()).
+        self.returns = ConnectionTable(0)
         self._resume: Timer | None = None  # while the return socket rests (RETURN_COALESCE)
         # Receipts and results read since the last batch was handed to the
         # writer: the next batch (commit()).
@@ -292,6 +294,7 @@ class Intake:
             {zmq.RCVHWM: RETURN_RCVHWM, zmq.SNDHWM: RETURN_SNDHWM},
         )
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.returns = self.peers.tables[DOMAIN_RETURN]
         self.loop.add_reader(router, self.on_router)
 
     def close(self) -> None:
@@ -361,6 +364,7 @@ class Intake:
         count = 0
         while frame is not None:
             count += 1
+            self.returns.took(frame.get(zmq.SRCFD), len(frame))
             frame = router.recv(zmq.NOBLOCK, copy=False) if frame.more else None
         self.peer_log.warning("dropped a message of %d frames instead of one", count)
 
@@ -383,6 +387,7 @@ class Intake:
         if not self.peers.note(DOMAIN_RETURN, fd, transport_key, known=key is not None):
             return
         data = frame.bytes
+        self.returns.took(fd, len(data))
         who = key.id if key is not None else f"key {transport_key[:16]}"
         try:
             if not is_sealed(data):

@@ -20,6 +20,7 @@ from safcm.common.crypto import PublicKeys
 from safcm.common.errors import SafcmError
 from safcm.common.loop import Loop
 from safcm.common.ratelimit import PeerLog
+from safcm.master.backlog import probe, to_cut, waiting
 from safcm.master.facts import HostFacts
 from safcm.master.keystore import KeyStore, MinionKey
 from safcm.master.transport import (
@@ -129,6 +130,29 @@ class Peers:
         for monitor in self.monitors:
             for conn in monitor.table.stale(now):
                 monitor.cut(conn, "idle, or never said who it is")
+
+    def cut_waiting(self, domain: str, known_max: int) -> None:
+        """Cut the connections of socket `domain` that make libzmq hold more
+        than they may (master/backlog.py): bytes of unfinished messages."""
+        now = self.loop.clock()
+        for monitor in self.monitors:
+            if monitor.name != domain:
+                continue
+            held = []
+            for conn in monitor.table.conns.values():
+                got = None if conn.cut else probe(conn.fd)
+                if got is not None:
+                    held.append((conn, waiting(got[0], got[1], conn, now)))
+            for conn, reason in to_cut(held, known_max):
+                who = "a key not accepted" if not conn.known else f"key {conn.key}"
+                self.peer_log.warning(
+                    "cut a connection to the %s socket from %s (%s): %s",
+                    domain,
+                    conn.peer,
+                    who if conn.key is not None else "not identified yet",
+                    reason,
+                )
+                monitor.cut(conn, reason)
 
     def cut_key(self, key: MinionKey) -> None:
         """Close every connection of a key that is no longer accepted."""

@@ -104,6 +104,10 @@ class Connection:
     known: bool = False  # the key is an accepted minion's
     last_active: float = 0.0
     cut: bool = False  # chosen to be cut; it stays here until libzmq reports it closed
+    # What the master took from it as messages: the bytes of their frames,
+    # and how many (master/backlog.py tells from them what libzmq holds).
+    taken: int = 0
+    frames: int = 0
 
 
 class ConnectionTable:
@@ -197,6 +201,13 @@ class ConnectionTable:
         conn.key, conn.known = key, known
         self._count(conn, 1)
         return changed_key and self._per_key[key] > MAX_CONNECTIONS_PER_KEY
+
+    def took(self, fd: int, size: int) -> None:
+        """A frame of `size` bytes was read from connection `fd`."""
+        conn = self.conns.get(fd)
+        if conn is not None:
+            conn.taken += size
+            conn.frames += 1
 
     def forget_key(self, key: str) -> list[Connection]:
         """The connections of a key that was rejected or deleted: to cut."""

@@ -8,13 +8,16 @@ import time
 from safcm.master.backlog import (
     GROWTH_TRIGGER,
     HANDSHAKE_BYTES,
+    STRANGERS_WAITING_MAX,
     SWEEP_INTERVAL,
+    UNKNOWN_WAITING_MAX,
     BacklogWatch,
-    Taken,
     probe,
     rss_bytes,
+    to_cut,
     waiting,
 )
+from safcm.master.transport import Connection
 
 
 def wait_until_received(fd: int, n: int) -> tuple[int, int]:
@@ -50,24 +53,56 @@ def test_probe_reads_what_the_kernel_received_and_what_is_still_unread():
         w.close()
 
 
+def conn(fd: int = 7, *, key: str | None = "ab", known: bool = True, taken: int = 0) -> Connection:
+    return Connection(fd, None, opened=100.0, key=key, known=known, taken=taken, frames=10)
+
+
 def test_waiting_counts_what_was_not_taken_beyond_the_wires_own_bytes():
-    taken = Taken(opened=100.0, bytes=5_000, frames=10)
+    c = conn(taken=5_000)
     # All that came was taken, the wire's bytes within their allowance.
-    assert waiting(5_000 + 10 * 40 + 1_000, 0, taken, now=100.0) < 0
+    assert waiting(5_000 + 10 * 40 + 1_000, 0, c, now=100.0) < 0
     # An unfinished message of 1 MiB sits in libzmq.
-    held = waiting(5_000 + 1_048_576 + HANDSHAKE_BYTES + 640, 0, taken, now=100.0)
-    assert held == 1_048_576
+    sent = 5_000 + 1_048_576 + HANDSHAKE_BYTES + 640
+    assert waiting(sent, 0, c, now=100.0) == 1_048_576
     # Bytes still in the kernel are not libzmq's.
-    assert waiting(5_000 + 1_048_576 + HANDSHAKE_BYTES + 640, 1_048_576, taken, now=100.0) == 0
+    assert waiting(sent, 1_048_576, c, now=100.0) == 0
 
 
-def test_the_watch_reads_every_connection_on_a_jump_or_a_sweep():
+def test_who_is_cut_for_what_waits():
+    known_max = 10 * 1024 * 1024
+    minion, unknown, silent = conn(1), conn(2, known=False), conn(3, key=None, known=False)
+    # Within their limits: nobody.
+    assert (
+        to_cut([(minion, known_max), (unknown, UNKNOWN_WAITING_MAX), (silent, 1)], known_max) == []
+    )
+    # An accepted minion beyond a result's worth; a key that may only enrol
+    # beyond an enrolment's; one not identified yet beyond a result's worth.
+    cuts = to_cut(
+        [(minion, known_max + 1), (unknown, UNKNOWN_WAITING_MAX + 1), (silent, known_max + 1)],
+        known_max,
+    )
+    assert [c.fd for c, _ in cuts] == [1, 2, 3]
+    assert "more than 65536" in cuts[1][1]
+    # Strangers together: the largest go until the rest fit.
+    many = [(conn(10 + i, key=None, known=False), known_max) for i in range(40)]
+    many[5] = (many[5][0], known_max - 1)
+    cut = to_cut(many, known_max)
+    kept = sum(n for c, n in many) - sum(n for c, n in many if c in [x for x, _ in cut])
+    assert kept <= STRANGERS_WAITING_MAX < kept + known_max
+    assert many[5][0] not in [c for c, _ in cut]  # the smallest stays
+    assert all("keys not accepted hold more than" in why for _, why in cut)
+
+
+def test_the_watch_reads_every_connection_on_growth_or_a_sweep():
     watch = BacklogWatch(now=0.0, size=100 << 20)
-    assert not watch.look(0.1, (100 << 20) + GROWTH_TRIGGER - 1)
-    assert watch.look(0.2, (100 << 20) + 2 * GROWTH_TRIGGER)  # a jump since the last look
-    assert not watch.look(0.3, (100 << 20) + 2 * GROWTH_TRIGGER)
-    assert watch.look(0.2 + SWEEP_INTERVAL, 50 << 20)  # the sweep came due
-    assert not watch.look(0.3 + SWEEP_INTERVAL, 60 << 20)
+    # Slow growth adds up from the last read, not from the last look.
+    assert not watch.look(0.1, (100 << 20) + GROWTH_TRIGGER // 2)
+    assert watch.look(0.2, (100 << 20) + GROWTH_TRIGGER)
+    assert not watch.look(0.3, (100 << 20) + GROWTH_TRIGGER)
+    assert not watch.look(0.4, 90 << 20)  # it shrank: growth counts from here
+    assert watch.look(0.5, (90 << 20) + GROWTH_TRIGGER)
+    assert watch.look(0.5 + SWEEP_INTERVAL, 50 << 20)  # the sweep came due
+    assert not watch.look(0.6 + SWEEP_INTERVAL, 60 << 20)
 
 
 def test_rss_bytes_is_this_process_size():

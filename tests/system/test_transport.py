@@ -21,6 +21,7 @@ from zmq.utils.monitor import recv_monitor_message
 from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair
 from safcm.common.protocol import (
     ENROL_NONCE_LENGTH,
+    MAX_RESULT_BYTES,
     SPECS,
     SUBSCRIPTION,
     MsgType,
@@ -483,3 +484,88 @@ def test_an_endless_multipart_message_on_the_key_port_costs_the_master_nothing(s
     assert grown < MULTIPART_GROWTH, grown
     logged(sandbox.master, "key port: a connection ended: a multipart message")
     master_keys(sandbox)  # the port answers a minion as before
+
+
+# Connections of keys that are not accepted, each holding an unfinished
+# frame of a result's size in the master's libzmq (a relay writes it below
+# the CURVE socket, as a stranger's own CurveZMQ code would). Together more
+# than GROWTH_TRIGGER, so the master reads every connection at once.
+WAITING_CONNECTIONS = 10
+
+
+class Relay:
+    """A TCP relay between a local CURVE socket and the master's return port
+    that can stop forwarding and write bytes of its own upstream."""
+
+    def __init__(self, port: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.upstream = socket.create_connection(("127.0.0.1", port))
+        self.forwarding = True
+        self.threads = [threading.Thread(target=self._run, daemon=True)]
+        self.threads[0].start()
+
+    def _run(self) -> None:
+        down, _ = self.listener.accept()
+        back = threading.Thread(target=self._pump, args=(self.upstream, down, False), daemon=True)
+        back.start()
+        self._pump(down, self.upstream, True)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if up and not self.forwarding:
+                    continue
+                dst.sendall(data)
+
+    def write_unfinished_frame(self, size: int) -> None:
+        self.forwarding = False
+        self.upstream.sendall(bytes([0x02]) + size.to_bytes(8, "big") + bytes(size - 1))
+
+    def closed_by_master(self) -> bool:
+        self.upstream.setblocking(False)
+        try:
+            return self.upstream.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        for s in (self.upstream, self.listener):
+            s.close()
+
+
+def test_unfinished_messages_of_keys_not_accepted_are_cut_at_their_budget(sandbox):
+    sandbox.start_master()
+    port = sandbox.master.settings["return_port"]
+    keys_ = master_keys(sandbox)
+    relays, socks = [], []
+    try:
+        for _ in range(WAITING_CONNECTIONS):
+            relay = Relay(port)
+            sock = curve_socket(zmq.DEALER, keys_, None, f"tcp://127.0.0.1:{relay.port}")
+            sock.send(b"\x00junk")  # it says who it is: a key that may only enrol
+            relays.append(relay)
+            socks.append(sock)
+        wait_for(
+            lambda: (
+                sandbox.master.log_text().count("dropped a message from key") >= WAITING_CONNECTIONS
+            ),
+            SETTLE,
+            "the master to read each connection's message",
+        )
+        for relay in relays:
+            relay.write_unfinished_frame(MAX_RESULT_BYTES)
+        wait_for(
+            lambda: all(r.closed_by_master() for r in relays),
+            SETTLE,
+            "the master to cut every connection holding an unfinished frame",
+        )
+        assert "unfinished messages wait, more than 65536" in sandbox.master.log_text()
+        master_keys(sandbox)  # and it serves as before
+    finally:
+        for s in socks:
+            s.close(0)
+        for r in relays:
+            r.close()
