@@ -1184,7 +1184,7 @@ def jobs_command(settings: MasterSettings, args: argparse.Namespace, out: TextIO
 
             write_json(jsonout.jobs_list_document(reply.body), out)
         else:
-            print(render.render_jobs_table(reply.body["jobs"], style), file=out)
+            print(render.render_jobs_table(reply.body["jobs"], style, args.limit), file=out)
         return EXIT_OK
     jid = args.jid
     if show_last:

@@ -502,7 +502,8 @@ def _answer(path: str, command: tuple[str, str], options: dict[str, str], as_jso
     if keys:
         frame = pack_request(KEYS, {"action": "list", "ids": []})
     else:
-        frame = pack_request(JOBS, _jobs_list_request(options))
+        request = _jobs_list_request(options)
+        frame = pack_request(JOBS, request)
     body = _ask(path, frame, KEYS_REPLY if keys else JOBS_REPLY)
     out = sys.stdout
     if as_json:
@@ -511,7 +512,10 @@ def _answer(path: str, command: tuple[str, str], options: dict[str, str], as_jso
         write_json(jsonout.keys_document(body) if keys else jsonout.jobs_list_document(body), out)
     else:
         style = Style(use_colour(out))
-        out.write(render_keys(body, style) if keys else render_jobs_table(body["jobs"], style))
+        if keys:
+            out.write(render_keys(body, style))
+        else:
+            out.write(render_jobs_table(body["jobs"], style, request["limit"]))
         out.write("\n")
     # Now, not at exit: a reader gone away (| head) is then a BrokenPipeError
     # that cli.guarded() reports as the full command line does.

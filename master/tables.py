@@ -62,8 +62,11 @@ class Style:
         return self._sgr("2", text)
 
 
-def render_jobs_table(rows: Iterable[dict[str, Any]], style: Style) -> str:
-    """`jobs list`: one line per job, newest first."""
+def render_jobs_table(
+    rows: Iterable[dict[str, Any]], style: Style, limit: int | None = None
+) -> str:
+    """`jobs list`: one line per job, newest first; and a line saying so
+    when `limit` (the --limit asked) cut the list short, or may have."""
     header = [
         "JID",
         "SUBMITTED",
@@ -100,6 +103,8 @@ def render_jobs_table(rows: Iterable[dict[str, Any]], style: Style) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table
     ]
     lines[0] = style.bold(lines[0])
+    if limit is not None and len(table) - 1 >= limit:
+        lines.append(style.dim(f"(the newest {limit} that match; --limit N for more)"))
     return "\n".join(lines)
 
 

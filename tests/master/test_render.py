@@ -195,6 +195,10 @@ def test_tables():
     ]
     assert "files (dry run)" in table[1] and table[1].startswith(job["jid"])
     assert render.render_jobs_table([], PLAIN) == "no jobs"
+    # A list as long as --limit says there may be more.
+    assert len(render.render_jobs_table([job], PLAIN, limit=2).splitlines()) == 2
+    cut = render.render_jobs_table([job, job], PLAIN, limit=2).splitlines()
+    assert cut[-1] == "(the newest 2 that match; --limit N for more)"
     keys = {
         "master": "SHA256:m",
         "keys": [
