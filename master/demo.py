@@ -45,7 +45,7 @@ def main(*, keep: bool = False, repo: str = EXAMPLE_REPO) -> int:
     sandbox = Sandbox(base, repo, log_level="info")
     try:
         _git_init(sandbox.config_dir)
-        return _walk_through(sandbox)
+        return _walk_through(sandbox, keep)
     finally:
         sandbox.close()
         if keep:
@@ -54,7 +54,7 @@ def main(*, keep: bool = False, repo: str = EXAMPLE_REPO) -> int:
             shutil.rmtree(base, ignore_errors=True)
 
 
-def _walk_through(sb: Sandbox) -> int:
+def _walk_through(sb: Sandbox, keep: bool) -> int:
     step(
         "Start a master and three minions (web1, web2, db1) on 127.0.0.1",
         f"each minion's root is a directory under {sb.base}/roots",
@@ -100,7 +100,7 @@ def _walk_through(sb: Sandbox) -> int:
     show(sb, "jobs", "list")
     jid = _first_jid(sb)
     show(sb, "jobs", "show", jid, "--host", "web1")
-    step("Done; stopping the daemons and removing the demo directory")
+    step("Done; stopping the daemons" + ("" if keep else " and removing the demo directory"))
     return 0
 
 
