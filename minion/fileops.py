@@ -1004,6 +1004,9 @@ class _Apply:
         # absent path (that a dry run or a skip left in place) does not
         # record it twice, so a dry run reports what the real run does.
         self.removal_recorded: set[str] = set()
+        # Directories a removal left because of an entry below them: one
+        # more makes each directory above it incomplete too (_remove_below).
+        self.left_standing = 0
 
     def finish(self) -> ApplyFailure | None:
         return self.dirs.finish()
@@ -1285,6 +1288,7 @@ class _Apply:
                         Outcome.SKIPPED,
                         "not removed: an entry below it could not be removed",
                     )
+                    self.left_standing += 1
                     return False
             if acting:
                 self._owe_first(shown)
@@ -1314,12 +1318,15 @@ class _Apply:
             if found is None:
                 continue
             seq = self.seq
+            standing = self.left_standing
             try:
                 removed |= self._remove(
                     fd, path + "/" + name, shown_child, name, found, True, skip, depth + 1
                 )
             except (FileOpError, OSError) as e:
                 self._fail(seq, shown_child, e, None)
+                complete = False
+            if self.left_standing != standing:  # a directory below kept an entry
                 complete = False
         if removed:
             _fsync_dir(fd, shown[1:])

@@ -2523,3 +2523,26 @@ def test_a_directory_fsync_failure_is_reported_and_the_others_are_synced(host: H
     ]
     assert sorted(synced) == sorted([root, d1, os.stat(host.root + "/d3").st_ino])
     assert result.triggers == []
+
+
+def test_a_deep_entry_that_cannot_go_leaves_every_directory_above_it_skipped(
+    host: Host, engine_mode, immutable
+):
+    # /a/b/c refuses the unlink of its file: c, b and a stay, each "skipped"
+    # for what is below it (not "failed: Directory not empty"), and the
+    # one failure is the file's. The dry run says the same of the others.
+    make(host.root, [D("/a"), D("/a/b"), D("/a/b/c"), F("/a/b/c/f", b"f\n"), F("/a/x", b"x\n")])
+    immutable(host.root + "/a/b/c")
+    absent = [AbsentSpec("/a", recursive=True)]
+    result = host.apply([], absent=absent)
+    assert [(c.path, c.outcome) for c in result.changes] == [
+        ("/a", Outcome.SKIPPED),
+        ("/a/b", Outcome.SKIPPED),
+        ("/a/b/c", Outcome.SKIPPED),
+        ("/a/b/c/f", Outcome.FAILED),
+        ("/a/x", Outcome.APPLIED),
+    ]
+    assert [f.path for f in result.failures] == ["/a/b/c/f"]
+    assert {c.reason for c in result.changes if c.outcome is Outcome.SKIPPED} == {
+        "not removed: an entry below it could not be removed"
+    }
