@@ -3,9 +3,9 @@
 The one place that turns errors into messages and exit codes:
 
     0  every targeted host succeeded
-    1  a host failed, did not respond or was not run (run --batch-fail), or
-       the daemon was lost after a run was requested (the job may go on:
-       `jobs show` tells)
+    1  a host failed, did not respond or was not run (run --batch-fail, or
+       named in the target with a key not accepted), or the daemon was lost
+       after a run was requested (the job may go on: `jobs show` tells)
     2  nothing was done: bad usage, a configuration error, the daemon is not
        running or refused the request
   141  the output was closed early (`| head -1`): the command stopped quietly,
@@ -137,9 +137,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
                 "safcm-master run '*' files --batch 25% --batch-fail 2",
             ],
             "exit codes:\n  0  every targeted host succeeded\n"
-            "  1  a host failed, did not respond or was not run (--batch-fail), or the\n"
-            "     daemon was lost after the job was requested (the job may go on: see\n"
-            "     jobs show JID)\n" + _NOTHING_DONE,
+            "  1  a host failed, did not respond or was not run (--batch-fail, or named\n"
+            "     in TARGET with a key not accepted), or the daemon was lost after the\n"
+            "     job was requested (the job may go on: see jobs show JID)\n" + _NOTHING_DONE,
         ),
     ),
     "jobs": (
@@ -866,7 +866,15 @@ def run_command(
                             print(_not_run_line(not_run, args, style), file=out)
                         if late_jid is not None:
                             print(render.render_late_hint(late_jid, style), file=out)
-                    ok = tally.failed == tally.no_response == len(not_run) == 0
+                    named = (
+                        [] if args.group else _named_but_skipped(args.target, started["skipped"])
+                    )
+                    if named and results is None:
+                        print(
+                            style.yellow(f"not run on {', '.join(named)}, named in the target"),
+                            file=out,
+                        )
+                    ok = tally.failed == tally.no_response == len(not_run) == len(named) == 0
                     return EXIT_OK if ok else EXIT_FAILED
         except KeyboardInterrupt:
             progress.clear()
@@ -1010,6 +1018,13 @@ def _print_started(
     for note in body.get("notes", []):
         print(style.yellow(f"{escape(note['host'])}: {escape(note['note'])}"), file=out)
     out.flush()
+
+
+def _named_but_skipped(target: str, skipped: list[dict[str, Any]]) -> list[str]:
+    """The skipped hosts that the target names exactly (not by a pattern or
+    a group): a run asked to reach them did not, so it did not succeed."""
+    named = {item.strip() for item in target.split(",")}
+    return sorted(escape(s["host"]) for s in skipped if s["host"] in named)
 
 
 class Progress:

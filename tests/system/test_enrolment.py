@@ -192,3 +192,17 @@ def test_a_pattern_accepts_pending_keys_and_leaves_a_rejected_one(sandbox, fake)
     assert "left web1 accepted: a pattern does not delete a key accepted already" in result.stdout
     assert sorted(keys(sandbox)) == ["web1", "web2", "web3"]
     wait_state(sandbox, "web1", "accepted", connected=True)
+
+
+def test_a_host_named_in_the_target_but_not_run_fails_the_run(sandbox):
+    enrol(sandbox, "web1", "web2")
+    assert sandbox.cli("keys", "reject", "web2").returncode == 0
+    wait_state(sandbox, "web2", "rejected")
+    named = sandbox.cli("run", "web1,web2", "ping")
+    assert named.returncode == 1, named.stdout + named.stderr
+    assert "skipped web2: its key is rejected" in named.stdout
+    assert "not run on web2, named in the target" in named.stdout
+    # Matched by a pattern only: reported, and the run succeeds.
+    pattern = sandbox.cli("run", "web*", "ping")
+    assert pattern.returncode == 0, pattern.stdout + pattern.stderr
+    assert "skipped web2" in pattern.stdout and "named in the target" not in pattern.stdout
