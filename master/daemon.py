@@ -452,8 +452,9 @@ class Master:
         """Cut the connections that make libzmq hold too much for us, when
         the master grew or a while passed (master/backlog.py)."""
         if self.waiting_watch.look(self.loop.clock(), rss_bytes()):
-            self.peers.cut_waiting(DOMAIN_RETURN, RETURN_WAITING_MAX)
-            self.peers.cut_waiting(DOMAIN_PUBLISH, UNKNOWN_WAITING_MAX)
+            self.peers.cut_waiting(
+                {DOMAIN_RETURN: RETURN_WAITING_MAX, DOMAIN_PUBLISH: UNKNOWN_WAITING_MAX}
+            )
 
     def purge_old_jobs(self) -> None:
         """Delete jobs older than keep_jobs, PURGE_CHUNK host rows a loop turn."""

@@ -20,12 +20,13 @@ from safcm.common.crypto import PublicKeys
 from safcm.common.errors import SafcmError
 from safcm.common.loop import Loop
 from safcm.common.ratelimit import PeerLog
-from safcm.master.backlog import probe, to_cut, waiting
+from safcm.master.backlog import SWEEP_SLICE, probe, to_cut, waiting
 from safcm.master.facts import HostFacts
 from safcm.master.keystore import KeyStore, MinionKey
 from safcm.master.transport import (
     KEY_PORT_IDLE,
     UNKNOWN_IDLE,
+    Connection,
     ConnectionTable,
     Monitor,
     curve_server,
@@ -61,6 +62,7 @@ class Peers:
         self.facts: dict[str, HostFacts] = {}
         self.tables: dict[str, ConnectionTable] = {}
         self.monitors: list[Monitor] = []
+        self._sweeping = False  # a cut_waiting() reads connections
 
     def close(self) -> None:
         for monitor in self.monitors:
@@ -131,28 +133,51 @@ class Peers:
             for conn in monitor.table.stale(now):
                 monitor.cut(conn, "idle, or never said who it is")
 
-    def cut_waiting(self, domain: str, known_max: int) -> None:
-        """Cut the connections of socket `domain` that make libzmq hold more
-        than they may (master/backlog.py): bytes of unfinished messages."""
-        now = self.loop.clock()
-        for monitor in self.monitors:
-            if monitor.name != domain:
-                continue
-            held = []
-            for conn in monitor.table.conns.values():
+    def cut_waiting(self, budgets: dict[str, int]) -> None:
+        """Cut the connections that make libzmq hold more than they may
+        (master/backlog.py): of each socket named in `budgets`, with an
+        accepted minion's budget there. Read SWEEP_SLICE connections a loop
+        turn (10,000 minions hold 20,000, about 60 ms of reads); decided
+        once all are read. One sweep at a time."""
+        if self._sweeping:
+            return
+        self._sweeping = True
+        todo = [
+            (monitor, conn)
+            for monitor in self.monitors
+            if monitor.name in budgets
+            for conn in monitor.table.conns.values()
+        ]
+        held: dict[Monitor, list[tuple[Connection, int]]] = {}
+
+        def read(start: int) -> None:
+            now = self.loop.clock()
+            for monitor, conn in todo[start : start + SWEEP_SLICE]:
                 got = None if conn.cut else probe(conn.fd)
                 if got is not None:
-                    held.append((conn, waiting(got[0], got[1], conn, now)))
-            for conn, reason in to_cut(held, known_max):
-                who = "a key not accepted" if not conn.known else f"key {conn.key}"
-                self.peer_log.warning(
-                    "cut a connection to the %s socket from %s (%s): %s",
-                    domain,
-                    conn.peer,
-                    who if conn.key is not None else "not identified yet",
-                    reason,
-                )
-                monitor.cut(conn, reason)
+                    held.setdefault(monitor, []).append((conn, waiting(*got, conn, now)))
+            if start + SWEEP_SLICE < len(todo):
+                self.loop.call_later(0.0, lambda: read(start + SWEEP_SLICE))
+                return
+            self._sweeping = False
+            for monitor, found in held.items():
+                self._cut_held(monitor, to_cut(found, budgets[monitor.name]))
+
+        read(0)
+
+    def _cut_held(self, monitor: Monitor, cuts: list[tuple[Connection, str]]) -> None:
+        for conn, reason in cuts:
+            if conn.cut:
+                continue
+            who = "a key not accepted" if not conn.known else f"key {conn.key}"
+            self.peer_log.warning(
+                "cut a connection to the %s socket from %s (%s): %s",
+                monitor.name,
+                conn.peer,
+                who if conn.key is not None else "not identified yet",
+                reason,
+            )
+            monitor.cut(conn, reason)
 
     def cut_key(self, key: MinionKey) -> None:
         """Close every connection of a key that is no longer accepted."""
