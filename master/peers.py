@@ -19,8 +19,9 @@ import zmq
 from safcm.common.crypto import PublicKeys
 from safcm.common.errors import SafcmError
 from safcm.common.loop import Loop
+from safcm.common.memory import give_back
 from safcm.common.ratelimit import PeerLog
-from safcm.master.backlog import SWEEP_SLICE, probe, to_cut, waiting
+from safcm.master.backlog import GIVE_BACK_AFTER, SWEEP_SLICE, probe, to_cut, waiting
 from safcm.master.facts import HostFacts
 from safcm.master.keystore import KeyStore, MinionKey
 from safcm.master.transport import (
@@ -160,21 +161,31 @@ class Peers:
                 self.loop.call_later(0.0, lambda: read(start + SWEEP_SLICE))
                 return
             self._sweeping = False
+            now = self.loop.clock()
             for monitor, found in held.items():
-                self._cut_held(monitor, to_cut(found, budgets[monitor.name]))
+                self._cut_held(monitor, to_cut(found, budgets[monitor.name], now))
 
         read(0)
 
     def _cut_held(self, monitor: Monitor, cuts: list[tuple[Connection, str]]) -> None:
+        if cuts:
+            # libzmq frees what it held once its I/O thread closed them;
+            # then the heap gives it back (else glibc keeps it for good).
+            self.loop.call_later(GIVE_BACK_AFTER, give_back)
         for conn, reason in cuts:
             if conn.cut:
                 continue
-            who = "a key not accepted" if not conn.known else f"key {conn.key}"
+            if conn.handshaken is None:
+                who = "in its handshake"
+            elif conn.key is None:
+                who = "not identified yet"
+            else:
+                who = f"key {conn.key[:16]}" + ("" if conn.known else ", not accepted")
             self.peer_log.warning(
                 "cut a connection to the %s socket from %s (%s): %s",
                 monitor.name,
                 conn.peer,
-                who if conn.key is not None else "not identified yet",
+                who,
                 reason,
             )
             monitor.cut(conn, reason)

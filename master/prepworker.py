@@ -68,6 +68,7 @@ from safcm.common.errors import (
     UsageError,
     WorkerError,
 )
+from safcm.common.memory import give_back
 from safcm.common.protocol import MAX_JOB_BYTES, MsgType, check_body
 from safcm.master import modules, repocache, targets
 from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, open_store
@@ -398,7 +399,7 @@ def serve(
             del request, reply
             if collect:
                 gc.collect()
-                _give_back()
+                give_back()
     finally:
         worker.close()
 
@@ -421,16 +422,6 @@ class Collections:
             return False
         self.made = 0
         return True
-
-
-def _give_back() -> None:
-    """Return the C heap's free memory to the system (glibc's malloc_trim):
-    after a large run it holds memory only the next large run would use
-    (bench/submit.py, 10,000 hosts: the worker keeps 120 MiB without, 68 with)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: kept, as before
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class _Worker:

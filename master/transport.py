@@ -108,6 +108,9 @@ class Connection:
     # and how many (master/backlog.py tells from them what libzmq holds).
     taken: int = 0
     frames: int = 0
+    # The loop's clock when its CURVE handshake succeeded (None: not yet):
+    # before, a peer may send only the handshake's few hundred bytes.
+    handshaken: float | None = None
 
 
 class ConnectionTable:
@@ -202,6 +205,11 @@ class ConnectionTable:
         self._count(conn, 1)
         return changed_key and self._per_key[key] > MAX_CONNECTIONS_PER_KEY
 
+    def handshaken(self, fd: int, now: float) -> None:
+        conn = self.conns.get(fd)
+        if conn is not None:
+            conn.handshaken = now
+
     def took(self, fd: int, size: int) -> None:
         """A frame of `size` bytes was read from connection `fd`."""
         conn = self.conns.get(fd)
@@ -277,7 +285,12 @@ def _borrowed(fd: int) -> Iterator[socket.socket]:
 class Monitor:
     """Feeds one socket's monitor events (accepted, disconnected) into its table."""
 
-    EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
+    EVENTS = (
+        zmq.EVENT_ACCEPTED
+        | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        | zmq.EVENT_DISCONNECTED
+        | zmq.EVENT_CLOSED
+    )
 
     def __init__(
         self,
@@ -309,6 +322,8 @@ class Monitor:
                 victim = self.table.opened(fd, peer_of(fd), self.clock())
                 if victim is not None:
                     self.cut(victim, "the socket is at its connection cap")
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.table.handshaken(fd, self.clock())
             else:
                 self.table.closed(fd)
 

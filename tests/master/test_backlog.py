@@ -8,6 +8,7 @@ import time
 from safcm.master.backlog import (
     GROWTH_TRIGGER,
     HANDSHAKE_BYTES,
+    IDENTIFY_SOON,
     STRANGERS_WAITING_MAX,
     SWEEP_INTERVAL,
     UNKNOWN_WAITING_MAX,
@@ -53,8 +54,17 @@ def test_probe_reads_what_the_kernel_received_and_what_is_still_unread():
         w.close()
 
 
-def conn(fd: int = 7, *, key: str | None = "ab", known: bool = True, taken: int = 0) -> Connection:
-    return Connection(fd, None, opened=100.0, key=key, known=known, taken=taken, frames=10)
+def conn(
+    fd: int = 7,
+    *,
+    key: str | None = "ab",
+    known: bool = True,
+    taken: int = 0,
+    handshaken: float | None = 100.0,
+) -> Connection:
+    return Connection(
+        fd, None, 100.0, key=key, known=known, taken=taken, frames=10, handshaken=handshaken
+    )
 
 
 def test_waiting_counts_what_was_not_taken_beyond_the_wires_own_bytes():
@@ -68,29 +78,58 @@ def test_waiting_counts_what_was_not_taken_beyond_the_wires_own_bytes():
     assert waiting(sent, 1_048_576, c, now=100.0) == 0
 
 
-def test_who_is_cut_for_what_waits():
-    known_max = 10 * 1024 * 1024
-    minion, unknown, silent = conn(1), conn(2, known=False), conn(3, key=None, known=False)
-    # Within their limits: nobody.
+KNOWN_MAX = 10 * 1024 * 1024
+NOW = 200.0
+
+
+def test_each_connection_is_cut_beyond_what_it_may_have_waiting():
+    minion = conn(1)
+    unknown = conn(2, known=False)
+    quiet = conn(3, key=None, known=False)  # handshake done, not identified yet
+    greeting = conn(4, key=None, known=False, handshaken=None)  # in its handshake
     assert (
-        to_cut([(minion, known_max), (unknown, UNKNOWN_WAITING_MAX), (silent, 1)], known_max) == []
+        to_cut(
+            [(minion, KNOWN_MAX), (unknown, UNKNOWN_WAITING_MAX), (quiet, 1), (greeting, 1)],
+            KNOWN_MAX,
+            NOW,
+        )
+        == []
     )
-    # An accepted minion beyond a result's worth; a key that may only enrol
-    # beyond an enrolment's; one not identified yet beyond a result's worth.
     cuts = to_cut(
-        [(minion, known_max + 1), (unknown, UNKNOWN_WAITING_MAX + 1), (silent, known_max + 1)],
-        known_max,
+        [
+            (minion, KNOWN_MAX + 1),
+            (unknown, UNKNOWN_WAITING_MAX + 1),
+            (quiet, KNOWN_MAX + 1),
+            (greeting, UNKNOWN_WAITING_MAX + 1),
+        ],
+        KNOWN_MAX,
+        NOW,
     )
-    assert [c.fd for c, _ in cuts] == [1, 2, 3]
-    assert "more than 65536" in cuts[1][1]
-    # Strangers together: the largest go until the rest fit.
-    many = [(conn(10 + i, key=None, known=False), known_max) for i in range(40)]
-    many[5] = (many[5][0], known_max - 1)
-    cut = to_cut(many, known_max)
-    kept = sum(n for c, n in many) - sum(n for c, n in many if c in [x for x, _ in cut])
-    assert kept <= STRANGERS_WAITING_MAX < kept + known_max
-    assert many[5][0] not in [c for c, _ in cut]  # the smallest stays
-    assert all("keys not accepted hold more than" in why for _, why in cut)
+    assert [c.fd for c, _ in cuts] == [1, 2, 3, 4]
+    assert f"more than {UNKNOWN_WAITING_MAX}" in cuts[1][1]
+
+
+def test_strangers_together_are_cut_largest_first_beyond_their_share():
+    many = [(conn(10 + i, known=False), UNKNOWN_WAITING_MAX) for i in range(400)]
+    many[5] = (many[5][0], UNKNOWN_WAITING_MAX - 1)
+    cut = {c.fd for c, _ in to_cut(many, KNOWN_MAX, NOW)}
+    kept = sum(n for c, n in many if c.fd not in cut)
+    assert kept <= STRANGERS_WAITING_MAX < kept + UNKNOWN_WAITING_MAX
+    assert many[5][0].fd not in cut  # the smallest stays
+    # An accepted minion's bytes are not a stranger's.
+    minions = [(conn(1000 + i), KNOWN_MAX) for i in range(10)]
+    assert to_cut(minions, KNOWN_MAX, NOW) == []
+
+
+def test_a_connection_not_identified_yet_counts_as_a_stranger_only_after_a_while():
+    # Its first message (a minion's hello) may have a result right behind it.
+    fresh = [
+        (conn(i, key=None, known=False, handshaken=NOW - IDENTIFY_SOON / 2), KNOWN_MAX)
+        for i in range(4)
+    ]
+    assert to_cut(fresh, KNOWN_MAX, NOW) == []
+    later = NOW + IDENTIFY_SOON
+    assert len(to_cut(fresh, KNOWN_MAX, later)) == 3  # until what is left fits
 
 
 def test_the_watch_reads_every_connection_on_growth_or_a_sweep():
@@ -102,7 +141,7 @@ def test_the_watch_reads_every_connection_on_growth_or_a_sweep():
     assert not watch.look(0.4, 90 << 20)  # it shrank: growth counts from here
     assert watch.look(0.5, (90 << 20) + GROWTH_TRIGGER)
     assert watch.look(0.5 + SWEEP_INTERVAL, 50 << 20)  # the sweep came due
-    assert not watch.look(0.6 + SWEEP_INTERVAL, 60 << 20)
+    assert not watch.look(0.6 + SWEEP_INTERVAL, (50 << 20) + GROWTH_TRIGGER - 1)
 
 
 def test_rss_bytes_is_this_process_size():

@@ -569,3 +569,34 @@ def test_unfinished_messages_of_keys_not_accepted_are_cut_at_their_budget(sandbo
             s.close(0)
         for r in relays:
             r.close()
+
+
+# Strangers without a key: each connection claims CURVE and sends most of a
+# handshake frame of a result's size, which libzmq keeps until its deadline
+# (HANDSHAKE_IVL_MS). An audit's 64 such connections grew the master by 257 MiB.
+HANDSHAKE_FLOODERS = 8
+HANDSHAKE_FRAME = 2 * 1024 * 1024
+
+
+def test_a_handshake_frame_of_a_results_size_is_cut_at_once(sandbox):
+    sandbox.start_master()
+    port = sandbox.master.settings["return_port"]
+    greeting = ZMTP_GREETING.replace(b"NULL".ljust(20, b"\0"), b"CURVE".ljust(20, b"\0"))
+    conns = []
+    try:
+        for _ in range(HANDSHAKE_FLOODERS):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(greeting + bytes([0x06]) + HANDSHAKE_FRAME.to_bytes(8, "big"))
+            s.sendall(bytes(HANDSHAKE_FRAME - 1))  # never finished
+            conns.append(s)
+        # Cut by the master's reads of what waits (libzmq's own handshake
+        # deadline closes without a word).
+        wait_for(
+            lambda: sandbox.master.log_text().count("(in its handshake)") >= HANDSHAKE_FLOODERS,
+            SETTLE,
+            "the master to cut every connection in its handshake",
+        )
+        master_keys(sandbox)
+    finally:
+        for s in conns:
+            s.close()
