@@ -52,6 +52,14 @@ before its dash, e.g. `--only resubscribe`):
                           MAX_KEY_REQUESTS), while a new connection asks once
                           every KEY_ASK_GAP s, as a minion does; its answered
                           asks are counted
+    multipart-stranger    raw TCP to the key port: the greeting exchange, a
+                          READY, then MULTIPART_FRAME-byte frames each marked
+                          "more", without end (at most MULTIPART_LIMIT bytes),
+                          on a new connection whenever the master ends one
+    handshake-stranger    HANDSHAKE_CONNECTIONS raw TCP connections to the
+                          return port at a time, each a CURVE greeting and all
+                          but the last byte of a HANDSHAKE_FRAME handshake
+                          frame; again every 0.5 s
     enrol                 unknown keys (fresh KeyPairs, ENROL_BATCH connections
                           at a time) send signed ENROL_REQUESTs on CURVE DEALER
                           connections to the return port, as fast as they can,
@@ -120,6 +128,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -194,6 +203,14 @@ MAX_SUB_MESSAGES = 2_000_000
 TOPIC_BYTES = 6 * MiB
 MAX_TOPIC_LEN = 400
 RAW_CHUNK = 64 * 1024
+# multipart-stranger: frames of this many bytes, each marked "more", on the
+# plain key port, at most this many bytes in all.
+MULTIPART_FRAME = 200
+MULTIPART_LIMIT = 64 * 1024 * 1024 * 1024
+# handshake-stranger: connections at once, each with most of a handshake
+# frame of this size (the return socket's largest message).
+HANDSHAKE_CONNECTIONS = 64
+HANDSHAKE_FRAME = 4 * 1024 * 1024
 IDLE_CONNECTIONS = 1000
 BURST_CONNECTS = 3000
 KEY_FLOOD_CONNECTIONS = 8
@@ -1021,6 +1038,71 @@ def attack_burst(lab: Lab, row: Row) -> None:
     )
 
 
+def _key_port_ready(lab: Lab) -> socket.socket:
+    """A raw connection to the key port past the greeting exchange and READY."""
+    s = socket.create_connection(("127.0.0.1", lab.sb.master.settings["key_port"]), timeout=5)
+    greeting = zmtp_greeting(b"NULL")
+    s.sendall(greeting)
+    got = b""
+    while len(got) < len(greeting):  # libzmq drops a READY sent before it greeted
+        data = s.recv(len(greeting) - len(got))
+        if not data:
+            raise OSError("the key port closed during the greeting")
+        got += data
+    ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    s.sendall(bytes([0x04, len(ready)]) + ready)
+    return s
+
+
+def attack_multipart_stranger(lab: Lab, row: Row) -> None:
+    chunk = (bytes([0x01, MULTIPART_FRAME]) + b"x" * MULTIPART_FRAME) * 1000
+    sent, ended = 0, 0
+    with lab.window(row) as until:
+        while time.monotonic() < until and sent < MULTIPART_LIMIT:
+            s = _key_port_ready(lab)
+            try:
+                while time.monotonic() < until and sent < MULTIPART_LIMIT:
+                    s.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                ended += 1  # the master ended it: open another
+            finally:
+                s.close()
+    row.notes.append(
+        f"{sent / 2**20:.1f} MiB of {MULTIPART_FRAME}-byte 'more' frames sent to the key "
+        f"port; {ended} connections ended by the master"
+    )
+
+
+def attack_handshake_stranger(lab: Lab, row: Row) -> None:
+    port = lab.sb.master.settings["return_port"]
+    head = zmtp_greeting(b"CURVE") + bytes([0x06]) + struct.pack(">Q", HANDSHAKE_FRAME)
+    body = bytes(HANDSHAKE_FRAME - 1)
+    opened = cut = 0
+    with lab.window(row) as until:
+        while time.monotonic() < until:
+            conns = []
+            for _ in range(HANDSHAKE_CONNECTIONS):
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                opened += 1
+                try:
+                    s.sendall(head)
+                    s.sendall(body)
+                    conns.append(s)
+                except OSError:
+                    cut += 1
+                    s.close()
+            time.sleep(0.5)
+            for s in conns:
+                s.setblocking(False)
+                cut += _closed_by_peer(s)
+                s.close()
+    row.notes.append(
+        f"{opened} connections each sent most of a {HANDSHAKE_FRAME // 2**20} MiB "
+        f"handshake frame; {cut} cut by the master within 0.5 s"
+    )
+
+
 def attack_keyflood(lab: Lab, row: Row) -> None:
     request = encode_plain(MsgType.KEY_REQUEST, {"nonce": b"\0" * ENROL_NONCE_LENGTH})
     flooders = []
@@ -1304,6 +1386,8 @@ ATTACKS = [
     Attack("idle", "stranger", attack_idle),
     Attack("burst", "stranger", attack_burst),
     Attack("keyflood", "stranger", attack_keyflood),
+    Attack("multipart-stranger", "stranger", attack_multipart_stranger),
+    Attack("handshake-stranger", "stranger", attack_handshake_stranger),
     Attack("enrol", "stranger", attack_enrol),
     Attack("oversized", "minion", attack_oversized),
     Attack("late-results", "minion", attack_late_results),
