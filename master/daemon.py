@@ -45,6 +45,7 @@ from safcm.common.daemonlock import lock_state_dir
 from safcm.common.errors import ConfigError, DaemonError, SafcmError, StoreError, UsageError
 from safcm.common.gcpace import pace_collections
 from safcm.common.loop import Loop, Timer
+from safcm.common.memory import map_large_blocks
 from safcm.common.protocol import Message, MsgType, ResultStatus, new_jid
 from safcm.common.ratelimit import PeerLog
 from safcm.common.stallwatch import StallWatch
@@ -702,6 +703,7 @@ def run(settings: MasterSettings) -> int:
         # (common/gcpace.py): the fleet's keys, connections and facts are not
         # walked at every job.
         pace_collections(loop)
+        map_large_blocks()
         loop.run()
     finally:
         log.info("stopping")
