@@ -15,11 +15,13 @@ the bytes received on the TCP connection (TCP_INFO's tcpi_bytes_received)
 less those still unread in its socket (SIOCINQ). Less the messages the
 master took from that connection, and the wire's own bytes (the handshake,
 each frame's header and box), the rest waits inside libzmq: waiting(). A
-connection whose waiting bytes pass its budget is cut: an accepted minion
-may have RETURN_RCVHWM whole results queued and one more on its way, a
-connection of any other key only enrolment requests.
+connection whose waiting bytes pass its budget is cut (to_cut()): an
+accepted minion may have RETURN_RCVHWM whole results queued and one more on
+its way; a connection in its handshake only that, and one of any other key
+only enrolment requests; and all strangers together STRANGERS_WAITING_MAX.
 
-Reading a connection's counters is two syscalls (about 2 us): too many to
+Reading a connection's counters is two syscalls (about 3 us with the
+arithmetic): too many to
 read 10,000 connections often. The master's own size is one read of
 /proc/self/statm: BacklogWatch looks at it every WATCH_INTERVAL and reads
 every connection when it grew by GROWTH_TRIGGER, and every connection once
@@ -116,7 +118,9 @@ def to_cut(
             cuts.append((conn, reason))
         elif conn.known or held_bytes <= 0:
             continue
-        elif not unidentified or now - (conn.handshaken or now) >= IDENTIFY_SOON:
+        elif not unidentified or now - (conn.handshaken or 0.0) >= IDENTIFY_SOON:
+            # (one not identified yet counts after a while: its hello may
+            # have a result right behind it)
             strangers.append((held_bytes, conn))
     total = sum(n for n, _ in strangers)
     for n, conn in sorted(strangers, key=lambda s: -s[0]):
