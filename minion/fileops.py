@@ -115,7 +115,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import overload
+from typing import TypeVar, overload
 
 from safcm.common.errors import (
     FileOpError,
@@ -403,6 +403,8 @@ def _link_tmpfile(fd: int, dirfd: int, name: str, proc: bool) -> None:
         _empty_path_link_works = False
     os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dirfd, follow_symlinks=True)
 
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------
 # The public entry point.
@@ -1634,24 +1636,21 @@ class _Apply:
     def _temp_dir(self, pfd: int, base: str, spec: FileSpec) -> tuple[str, int]:
         """mkdir a private directory under a new temporary name for `base`, and
         open it; return its name and descriptor."""
-        for _ in range(TEMP_ATTEMPTS):
-            name = temp_name(base, _token())
-            try:
-                os.mkdir(name, _PRIVATE_DIR, dir_fd=pfd)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise FileOpError(spec.path, f"creating the directory: {e.strerror}") from e
-            try:
-                # Open what we made without following: should someone have
-                # swapped a symlink in, this fails instead of chmodding its target.
-                with _doing(spec.path, "opening the new directory"):
-                    return name, os.open(name, _DIR_FLAGS, dir_fd=pfd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.rmdir(name, dir_fd=pfd)
-                raise
-        raise FileOpError(spec.path, "could not find a free temporary name")
+        name, _ = _under_temp_name(
+            base,
+            spec,
+            "creating the directory",
+            lambda name: os.mkdir(name, _PRIVATE_DIR, dir_fd=pfd),
+        )
+        try:
+            # Open what we made without following: should someone have
+            # swapped a symlink in, this fails instead of chmodding its target.
+            with _doing(spec.path, "opening the new directory"):
+                return name, os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=pfd)
+            raise
 
     def _queue_write(
         self, pfd: int, rel: str, base: str, spec: FileSpec, owner: Owner, index: int, seq: int
@@ -1773,23 +1772,20 @@ class _Apply:
             raise
 
     def _temp_symlink(self, pfd: int, base: str, spec: FileSpec, owner: Owner) -> str:
-        for _ in range(TEMP_ATTEMPTS):
-            name = temp_name(base, _token())
-            try:
-                os.symlink(spec.data, name, dir_fd=pfd)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise FileOpError(spec.path, f"creating a temporary symlink: {e.strerror}") from e
-            try:
-                with _doing(spec.path, "setting the symlink's owner"):
-                    os.chown(name, owner.uid, owner.gid, dir_fd=pfd, follow_symlinks=False)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=pfd)
-                raise
-            return name
-        raise FileOpError(spec.path, "could not find a free temporary name")
+        name, _ = _under_temp_name(
+            base,
+            spec,
+            "creating a temporary symlink",
+            lambda name: os.symlink(spec.data, name, dir_fd=pfd),
+        )
+        try:
+            with _doing(spec.path, "setting the symlink's owner"):
+                os.chown(name, owner.uid, owner.gid, dir_fd=pfd, follow_symlinks=False)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=pfd)
+            raise
+        return name
 
 
 def _write_temp(pfd: int, base: str, spec: FileSpec, owner: Owner, temp: Temp) -> str:
@@ -1825,29 +1821,41 @@ def _open_temp(pfd: int, base: str, spec: FileSpec, named: bool) -> tuple[int, s
         except OSError as e:
             if e.errno not in _NO_TMPFILE:
                 raise FileOpError(spec.path, f"creating a temporary file: {e.strerror}") from e
-    for _ in range(TEMP_ATTEMPTS):
-        name = temp_name(base, _token())
-        try:
-            fd = os.open(name, _NAMED_TEMP_FLAGS, _PRIVATE_FILE, dir_fd=pfd)
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise FileOpError(spec.path, f"creating a temporary file: {e.strerror}") from e
-        return fd, name
-    raise FileOpError(spec.path, "could not find a free temporary name")
+    name, fd = _under_temp_name(
+        base,
+        spec,
+        "creating a temporary file",
+        lambda name: os.open(name, _NAMED_TEMP_FLAGS, _PRIVATE_FILE, dir_fd=pfd),
+    )
+    return fd, name
 
 
 def _link_temp(fd: int, pfd: int, base: str, spec: FileSpec, proc: bool) -> str:
     """Link the O_TMPFILE `fd`, complete and synced, into `pfd` under a new temporary name."""
+    name, _ = _under_temp_name(
+        base,
+        spec,
+        "linking the new version",
+        lambda name: _link_tmpfile(fd, pfd, name, proc=proc),
+    )
+    return name
+
+
+def _under_temp_name(
+    base: str, spec: FileSpec, doing: str, make: Callable[[str], T]
+) -> tuple[str, T]:
+    """make(name) under new temporary names for `base` until one is free
+    (FileExistsError: taken, try another); the name and what make returned.
+    FileOpError for `spec`, saying what it was `doing`, if make fails
+    otherwise or no name is free in TEMP_ATTEMPTS."""
     for _ in range(TEMP_ATTEMPTS):
         name = temp_name(base, _token())
         try:
-            _link_tmpfile(fd, pfd, name, proc=proc)
-            return name
+            return name, make(name)
         except FileExistsError:
             continue
         except OSError as e:
-            raise FileOpError(spec.path, f"linking the new version: {e.strerror}") from e
+            raise FileOpError(spec.path, f"{doing}: {e.strerror}") from e
     raise FileOpError(spec.path, "could not find a free temporary name")
 
 
