@@ -18,7 +18,8 @@ UTF-8; Python keeps the bytes that are not (surrogateescape), and such a
 str cannot be encoded as msgpack. escape_name() writes each of them as
 \\xNN and doubles the backslash, and keeps everything else: the result
 travels, and still says which bytes the name had (it can be decoded back).
-The display forms above escape it again, as any text.
+For display, master/render.py escape_reported() escapes it as escape() does
+but keeps its backslashes, so that the form shows once.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every string that came from a minion (paths, diffs, trigger output, error
 messages, user and group names) passes through escape() before it is
-printed: a managed host is untrusted and must not be able to move the
+printed (paths and user and group names through escape_reported(), which
+uses it): a managed host is untrusted and must not be able to move the
 cursor, retitle the terminal or hide lines with control sequences.
 """
 
@@ -41,6 +42,20 @@ INDENT = "    "
 def escape_lines(text: str) -> list[str]:
     """Multi-line content (a diff, a trigger's output) as safe display lines."""
     return [escape_content(line) for line in text.splitlines()]
+
+
+def escape_reported(name: str) -> str:
+    """A path, user or group name as the minion reports it, for display.
+
+    The minion sends what it read from the host in common/text.py's
+    escape_name() form: a byte that is not UTF-8 is already \\xNN and a
+    backslash already doubled. escape() would double those backslashes
+    again (caf\\\\xe9.conf), so here every backslash stays as it is and
+    each piece between them goes through escape(): a control character,
+    ANSI sequence or bidi override still reaches the terminal only as an
+    escape, and the escape_name() form shows once (caf\\xe9.conf).
+    """
+    return "\\".join(escape(part) for part in name.split("\\"))
 
 
 # A host's outcome (master/jobstore.py outcome()), as the summary counts it.
@@ -119,7 +134,7 @@ def render_apply(result: ApplyResult, style: Style) -> list[str]:
     for change in result.changes:
         lines.extend(render_change(change, result.dry_run, style))
     for failure in result.failures:
-        where = f"{escape(failure.path)}: " if failure.path else ""
+        where = f"{escape_reported(failure.path)}: " if failure.path else ""
         lines.append(f"{INDENT}{style.red('failed:')} {where}{escape(failure.reason)}")
     for run in result.triggers:
         status = {
@@ -135,7 +150,7 @@ def render_apply(result: ApplyResult, style: Style) -> list[str]:
     for owed in result.owed:
         lines.append(
             f"{INDENT}trigger {style.bold(escape(owed.command))}: {style.yellow('owed')}"
-            f" (since {escape(owed.path)} changed in job {escape(owed.jid)}; it runs after"
+            f" (since {escape_reported(owed.path)} changed in job {escape(owed.jid)}; it runs after"
             " the next run without failure)"
         )
     return lines
@@ -155,7 +170,7 @@ def render_change(change: FileChange, dry_run: bool, style: Style) -> list[str]:
     """One change: what it is, its outcome (never a claim of what did not happen), its diff."""
     from safcm.common.model import Outcome
 
-    path = escape(change.path)
+    path = escape_reported(change.path)
     old, new = change.old, change.new
     if new is None:
         kind, colour = "remove", style.red
@@ -212,8 +227,8 @@ def _mode(state: FileState) -> str:
 
 
 def _owner(state: FileState) -> str:
-    user = escape(state.user) if state.user else str(state.uid)
-    group = escape(state.group) if state.group else str(state.gid)
+    user = escape_reported(state.user) if state.user else str(state.uid)
+    group = escape_reported(state.group) if state.group else str(state.gid)
     return f"{user}:{group}"
 
 

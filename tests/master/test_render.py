@@ -136,6 +136,30 @@ def test_a_hostile_minion_cannot_reach_the_terminal():
     assert "error: bad\\x1b[31m" in error
 
 
+def test_names_the_minion_escaped_show_escaped_once_and_still_safe():
+    # As the minion reports them (common/text.py escape_name()): a byte that
+    # is not UTF-8 as \xNN, a real backslash doubled; other characters raw.
+    odd = FileState(FileType.FILE, 0o644, 1001, 1002, "us\\xe9r", "back\\\\slash")
+    result = ApplyResult(
+        dry_run=False,
+        changes=[
+            FileChange("/etc/monitor/caf\\xe9.conf", False, None, odd),
+            FileChange("/etc/monitor/a\\\\b\x1b[2J\u202e", False, None, ROOT),
+        ],
+        failures=[ApplyFailure("/etc/monitor/d\\xffir", "Permission denied")],
+        owed=[OwedTrigger("true", "/etc/monitor/caf\\xe9.conf", "20260101T000000.000000Z")],
+    )
+    text = render.render_host("web1", render.FAILED, body(result, status="failed"), PLAIN)
+    lines = [line.strip() for line in text.splitlines()]
+    assert "removed /etc/monitor/caf\\xe9.conf" in lines[1]
+    assert lines[1].endswith(" file 0644 us\\xe9r:back\\\\slash")
+    assert "removed /etc/monitor/a\\\\b\\x1b[2J\\u202e" in lines[2]
+    assert "failed: /etc/monitor/d\\xffir: Permission denied" in lines
+    assert "(since /etc/monitor/caf\\xe9.conf changed" in text
+    assert "\\\\x" not in text  # no escape shown with its backslash doubled
+    assert "\x1b" not in text and "\u202e" not in text
+
+
 def test_no_response_and_ping():
     assert render.render_host("db1", render.NO_RESPONSE, None, PLAIN) == "db1: no response"
     ping = body(None, module="ping", ping={"version": "0.1.0", "time": 1.0})

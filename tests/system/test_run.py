@@ -238,6 +238,31 @@ def test_human_output_escapes_and_colours(sandbox):
     assert "1 host targeted: 1 changed" in plain.stdout
 
 
+def test_a_host_name_that_is_not_utf8_shows_escaped_once(sandbox):
+    """The minion reports an entry it purges whose name is not UTF-8 in
+    escape_name() form (caf\\xe9.conf); the text output shows that form once,
+    a control character in a name only as an escape, and --json carries the
+    reported form as it is."""
+    monitor = os.path.join(sandbox.base, "roots", "db1", "etc", "monitor")  # db1's root
+    os.makedirs(monitor)
+    for name in (b"caf\xe9.conf", b"evil\x1b[2J.conf"):
+        with open(os.path.join(os.fsencode(monitor), name), "w") as f:
+            f.write("x\n")
+    enrol(sandbox, "db1")
+    code, doc = run_json(sandbox, "db1", "files", "--dry-run")
+    assert code == 0, doc
+    assert {"/etc/monitor/caf\\xe9.conf", "/etc/monitor/evil\x1b[2J.conf"} <= set(
+        changed_paths(doc, "db1")
+    )
+    for args in (("run", "db1", "files"), ("jobs", "show", "last")):
+        plain = sandbox.cli(*args, env={"NO_COLOR": "1"})
+        assert plain.returncode == 0, plain.stderr
+        assert "removed /etc/monitor/caf\\xe9.conf " in plain.stdout, args
+        assert "removed /etc/monitor/evil\\x1b[2J.conf " in plain.stdout, args
+        assert "\\\\x" not in plain.stdout and "\x1b" not in plain.stdout, args
+    assert not os.path.exists(os.path.join(os.fsencode(monitor), b"caf\xe9.conf"))
+
+
 def test_daemon_not_running_is_a_clear_error(sandbox):
     result = sandbox.cli("run", "*", "ping")
     assert result.returncode == 2
