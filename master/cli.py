@@ -186,8 +186,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
                 " | .host'",
             ],
             "exit codes:\n  0  printed (a host that reported no facts yet says so)\n"
-            "  2  bad usage, errors in the settings, or the master's database cannot be\n"
-            "     read (it is root's)",
+            "  2  a host the master does not know (no key, no facts), bad usage, errors\n"
+            "     in the settings, or the master's database cannot be read (it is root's)",
         ),
     ),
     "demo": (
@@ -1092,6 +1092,22 @@ def facts_command(settings: MasterSettings, args: argparse.Namespace, out: TextI
             else:
                 chosen.add(pattern)
         hosts = sorted(chosen)
+        # A named host without facts is one that has not reported yet only
+        # if the master holds its key; otherwise it is a typo or a host that
+        # never enrolled, and "no facts reported yet" would hide that.
+        named = {h for h in args.hosts if not set(h) & set("*?[")} - stored.keys()
+        if named:
+            try:
+                unknown = sorted(named - facts.read_key_ids(settings.state_dir, settings.store))
+            except SafcmError as e:
+                _fail(args.json, "failed", str(e))
+                return EXIT_USAGE
+            if unknown:
+                them = "it" if len(unknown) == 1 else "them"
+                raise UsageError(
+                    f"unknown host {', '.join(unknown)}: the master holds no key and no facts"
+                    f" for {them} (safcm-master keys list shows the minions it knows)"
+                )
     if args.json:
         write_json(
             {"format": jsonout.FORMAT, "hosts": facts.to_document(hosts, stored, jsonout.iso_time)},

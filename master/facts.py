@@ -24,7 +24,7 @@ import sqlite3
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from safcm.common import codec
 from safcm.common.errors import StoreError
@@ -36,6 +36,8 @@ from safcm.master.db import DB_NAME, Database
 FACTS_SCHEMA_VERSION = 6
 # Nesting of a stored facts body: a flat map.
 _FACTS_DEPTH = 2
+# What a read of the database (_read()) finds.
+_Found = TypeVar("_Found")
 
 
 class HostFacts(dict[str, Any]):
@@ -100,30 +102,55 @@ def read_facts(state_dir: str, store: str = "sqlite") -> dict[str, Reported]:
     Nothing stored yet (no database, or one from before facts): {}.
     StoreError if the database cannot be read (not root?). `store`:
     master.yaml's; a PostgreSQL store is read through the store itself."""
+    return _read(state_dir, store, "the facts", FACTS_SCHEMA_VERSION, _rows, {})
+
+
+def read_key_ids(state_dir: str, store: str = "sqlite") -> set[str]:
+    """Every minion id the master holds a key for (pending, accepted or
+    rejected), read as read_facts() reads: `facts` tells a host that has not
+    reported yet from one the master does not know."""
+    return _read(state_dir, store, "the keys", 1, _key_ids, set())
+
+
+def _read(
+    state_dir: str,
+    store: str,
+    what: str,
+    since: int,
+    query: Callable[[Any], _Found],
+    nothing: _Found,
+) -> _Found:
+    """`query` on the master's database, opened without writing to it;
+    `nothing` if there is no database yet or it is older than migration
+    `since` (master/db.py). StoreError, naming `what`, if it cannot be read."""
     if store != "sqlite":
         from safcm.master.db import open_store
 
         db = open_store(state_dir, store)
         try:
-            return _rows(db)
+            return query(db)
         finally:
             db.close()
     path = os.path.join(state_dir, DB_NAME)
     if not os.path.exists(path):
-        return {}
+        return nothing
     try:
         # A URI, for mode=ro; quoted, since a state_dir may hold "?" or "#".
         uri = f"file:{urllib.parse.quote(path)}?mode=ro"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         try:
             conn.execute("PRAGMA query_only = ON")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < FACTS_SCHEMA_VERSION:
-                return {}
-            return _rows(conn)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < since:
+                return nothing
+            return query(conn)
         finally:
             conn.close()
     except sqlite3.Error as e:
-        raise StoreError(f"cannot read the facts in {path}: {e}") from e
+        raise StoreError(f"cannot read {what} in {path}: {e}") from e
+
+
+def _key_ids(conn: Any) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT id FROM minions")}
 
 
 def _rows(conn: Any) -> dict[str, Reported]:

@@ -375,8 +375,9 @@ def test_facts_command_errors(tmp_path):
     result = run_cli("-c", str(settings), "facts", "--json")
     assert result.returncode == 0, result.stderr
     assert schemas.loads(result.stdout, "facts") == {"format": "safcm/1", "hosts": []}
-    result = run_cli("-c", str(settings), "facts", "web1")
-    assert (result.returncode, result.stdout) == (0, "web1: no facts reported yet\n")
+    result = run_cli("-c", str(settings), "facts", "web1")  # no database yet: no key, no facts
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "unknown host web1: the master holds no key and no facts for it" in result.stderr
     result = run_cli("-c", str(settings), "facts", "Web 1", "--json")
     assert result.returncode == 2
     assert schemas.loads(result.stdout, "error")["error"]["kind"] == "usage"

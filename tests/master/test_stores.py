@@ -404,14 +404,16 @@ def test_list_by_time_module_user_and_outcome(conn):
 
 def test_facts_in_postgresql_are_read_through_the_store(tmp_path, pg_dsn):
     from safcm.master.db import open_store
-    from safcm.master.facts import read_facts
+    from safcm.master.facts import read_facts, read_key_ids
 
     db = open_store(str(tmp_path), pg_dsn)
     try:
         assert FactStore(db).put("web1", {"os_id": "debian"}, now=1.0)
+        KeyStore(db).enrol("web2", pub(b"s" * 32), now=1.0, auto_accept=False)
     finally:
         db.close()
     assert read_facts(str(tmp_path), pg_dsn)["web1"].facts == {"os_id": "debian"}
+    assert read_key_ids(str(tmp_path), pg_dsn) == {"web2"}
 
 
 def test_facts_keep_when_they_were_reported_and_when_they_changed(tmp_path, sqlite_conn):
