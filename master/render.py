@@ -64,11 +64,23 @@ _TALLY_FIELDS = {CHANGED: "changed", OK: "ok", FAILED: "failed", NO_RESPONSE: "n
 
 
 def host_heading(host: str, status: str, body: dict[str, Any] | None, style: Style) -> str:
-    apply = body.get("apply") if body else None
-    dry = bool(apply and apply["dry_run"])
+    """The host's line: its name, its outcome and how long it took.
+
+    The outcome is worded as render_summary() counts it: "unchanged" for a
+    module that reports changes (files, packages, services, sync; "ok" for
+    ping and cmd), and "would change" when its sections say they were a dry
+    run. Taken from the body's module and sections, not from whether it has
+    a files section, so that a packages host is not "ok" in a summary of
+    "unchanged" hosts.
+    """
+    from safcm.master import modules
+
+    sections = modules.sections(body) if body else []
+    dry = any(section.get("dry_run") for _, section in sections)
+    reports_changes = body is not None and _reports_changes(body["module"])
     words = {
         CHANGED: style.yellow("would change" if dry else "changed"),
-        OK: style.green("unchanged" if apply is not None else "ok"),
+        OK: style.green("unchanged" if reports_changes else "ok"),
         FAILED: style.red("FAILED"),
         NO_RESPONSE: style.red("no response"),
     }

@@ -189,6 +189,34 @@ def test_summary_and_colour_switch(monkeypatch):
     assert render.use_colour(Tty())
 
 
+def test_a_packages_host_is_worded_as_the_summary_counts_it():
+    def packages(dry_run: bool, changes: list) -> dict:
+        section = {
+            "dry_run": dry_run,
+            "changes": changes,
+            "unsettled": [],
+            "error": None,
+            "output": "",
+            "duration": 0.5,
+        }
+        return body(None, module="packages", packages=section)
+
+    install = [{"name": "app", "action": "installed", "old": None, "new": "1.0"}]
+    cases = [
+        (render.OK, packages(False, []), "unchanged"),
+        (render.CHANGED, packages(False, install), "changed"),
+        (render.CHANGED, packages(True, install), "would change"),
+    ]
+    for status, result, word in cases:
+        tally = Tally(targeted=1)
+        tally.add(status)
+        dry = result["packages"]["dry_run"]
+        summary = render.render_summary(tally, PLAIN, dry, "packages")
+        assert f"1 {word}" in summary
+        heading = render.render_host("web1", status, result, PLAIN).splitlines()[0]
+        assert heading == f"web1: {word} (0.50 s)"
+
+
 def test_tables():
     job = {
         "jid": "20261121T193000.123456Z",

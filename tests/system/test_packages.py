@@ -73,6 +73,11 @@ def test_run_packages_install_upgrade_remove_with_dry_runs(sandbox, apt_repo):
     code, again = run_json(sandbox, "web1", "packages")
     assert code == 0 and by_host(again)["web1"]["status"] == "ok"
     assert changes(again, "web1") == []
+    # The host's line words it as the summary counts it.
+    human = sandbox.cli("run", "web1", "packages", env={"NO_COLOR": "1"})
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.splitlines()[1].startswith("web1: unchanged ("), human.stdout
+    assert "1 host targeted: 0 changed, 1 unchanged," in human.stdout
 
     apt_repo.add("app", "2.0", depends=LIB)
     apt_repo.publish()
@@ -80,6 +85,7 @@ def test_run_packages_install_upgrade_remove_with_dry_runs(sandbox, apt_repo):
     human = sandbox.cli("run", "web1", "packages", "--dry-run")
     assert human.returncode == 0, human.stderr
     assert f"would upgrade package {APP} 1.0 -> 2.0" in human.stdout
+    assert "web1: would change (" in human.stdout and "1 would change," in human.stdout
     human = sandbox.cli("run", "web1", "packages")
     assert human.returncode == 0, human.stderr
     assert f"upgraded package {APP} 1.0 -> 2.0" in human.stdout
