@@ -5,7 +5,9 @@ The one place that turns errors into messages and exit codes:
     0  every targeted host succeeded
     1  a host failed, did not respond or was not run (run --batch-fail, or
        named in the target with a key not accepted), or the daemon was lost
-       after a run was requested (the job may go on: `jobs show` tells)
+       after a run was requested (the job may go on: `jobs show` tells);
+       `daemon`: it did not start, its PostgreSQL store cannot be reached
+       (systemd starts it again)
     2  nothing was done: bad usage, a configuration error, the daemon is not
        running or refused the request
   141  the output was closed early (`| head -1`): the command stopped quietly,
@@ -30,6 +32,7 @@ from safcm.common.errors import (
     RemoteError,
     SafcmError,
     ScratchFileError,
+    StoreError,
     UsageError,
 )
 from safcm.common.lightwire import ENVELOPE_SLACK, MAX_JOB_TIMEOUT, MAX_TARGET_CHARS
@@ -110,6 +113,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
                 "safcm-master -c ./master.yaml daemon -v",
             ],
             "exit codes:\n  0  stopped by SIGTERM or SIGINT\n"
+            "  1  it did not start: its PostgreSQL store cannot be reached or used\n"
+            "     (the unit starts it again)\n"
             "  2  it did not start: bad settings, an unusable state_dir, a port in use",
             prints=False,
         ),
@@ -231,7 +236,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             ],
             "exit codes:\n  0  success: every targeted host succeeded\n"
             "  1  a host failed, did not respond or was not run, or the daemon was lost\n"
-            "     during a run\n" + _NOTHING_DONE,
+            "     during a run; daemon: its PostgreSQL store cannot be reached\n" + _NOTHING_DONE,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -718,6 +723,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             # nothing was done (a port in use, an unusable state_dir).
             reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) else str(e)
             _error(f"the daemon did not start: {escape(reason)}")
+            if isinstance(e, StoreError) and settings.store != "sqlite":
+                # A PostgreSQL store it cannot use is the database's trouble
+                # (down, restarting, failing over), not this master's: exit 1,
+                # which the unit restarts, so that a master of a cluster comes
+                # back with its database. 2 stops the restarts for good.
+                return EXIT_FAILED
             return EXIT_USAGE
     if args.command == "show":
         from safcm.master.show import show_host

@@ -56,9 +56,13 @@ def test_a_stopping_minion_finishes_its_job_before_systemd_kills_anything():
     assert duration(minion["TimeoutStopSec"]) >= MAX_JOB_TIMEOUT + MAX_DEADLINE_EXTENSION
 
 
-def test_bad_settings_are_not_restarted_forever():
-    # Exit 2: it did not start, and would not the next time.
-    assert directives("safcm-minion")["RestartPreventExitStatus"] == "2"
+@pytest.mark.parametrize("name", ["safcm-master", "safcm-minion"])
+def test_bad_settings_are_not_restarted_forever(name):
+    # Exit 2: it did not start, and would not the next time. Anything else
+    # (the master's exit 1: its PostgreSQL store cannot be reached) is restarted.
+    unit = directives(name)
+    assert unit["RestartPreventExitStatus"] == "2"
+    assert unit["Restart"] == "on-failure"
 
 
 def test_the_documentation_is_the_settings_file_the_readme_installs():

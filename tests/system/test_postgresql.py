@@ -4,7 +4,9 @@ real daemons, a real server (tests/pgserver.py)."""
 from __future__ import annotations
 
 import json
+import os
 
+from safcm.master.db import DB_NAME
 from safcm.master.sandbox import Sandbox, wait_for
 from tests.pgserver import free_port
 from tests.system.conftest import (
@@ -40,17 +42,26 @@ def test_a_master_on_postgresql_keeps_keys_and_history_across_a_restart(sandbox,
 
 
 def test_an_unreachable_database_is_one_line_without_the_password(sandbox):
+    """Exit 1, which the unit restarts (RestartPreventExitStatus=2 stops only
+    configuration errors): a master of a cluster comes back with its database."""
     port = free_port()  # nothing listens there
     sandbox.configure_master(store=f"postgresql://safcm:s3cret-pw@127.0.0.1:{port}/safcm")
     result = sandbox.run(
         [sandbox.python, "-m", "safcm.master.cli", "-c", sandbox.master.config, "daemon"]
     )
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     [error] = [line for line in result.stderr.splitlines() if "did not start" in line]
     assert f"cannot connect to postgresql://safcm@127.0.0.1:{port}/safcm: " in error
     assert "Connection refused" in error
     assert "s3cret-pw" not in result.stderr
+    # An SQLite store that cannot be opened is the master's own state_dir: 2.
+    sandbox.configure_master(store="sqlite")
+    with open(os.path.join(sandbox.master.settings["state_dir"], DB_NAME), "w") as f:
+        f.write("not a database")
+    result = sandbox.cli("daemon")
+    assert result.returncode == 2, result.stderr
+    assert "the daemon did not start: cannot open the master database" in result.stderr
 
 
 def test_two_masters_on_one_database_share_keys_and_history(sandbox, pg_dsn, tmp_path):
