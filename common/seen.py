@@ -23,7 +23,10 @@ synced), or a crash could bring the job back without its result, to be
 applied again.
 
 Durability: WAL with synchronous=FULL, so an accepted jid survives a power
-loss; a replay after a crash must still be refused. One connection, used
+loss; a replay after a crash must still be refused. A change of one
+statement is its own transaction (the connection autocommits): one commit,
+without a BEGIN and a COMMIT around it, each a call into SQLite that the
+minion pays for every job. One connection, used
 from the thread that opened it (sqlite3's default check).
 """
 
@@ -52,6 +55,10 @@ CREATE TABLE IF NOT EXISTS kept_jobs (
 _ADD_STARTED = "ALTER TABLE kept_jobs ADD COLUMN started INTEGER NOT NULL DEFAULT 0"
 # SQLite's auto_vacuum mode FULL: free pages are returned at every commit.
 _AUTO_VACUUM_FULL = 1
+# Seconds between purges of expired entries by check_and_add(): each purge is
+# a statement more in the transaction, and the table stays bounded by this
+# many seconds of envelopes anyway.
+PURGE_SPACING = 60.0
 # How long, in milliseconds, to wait for a lock held by another connection
 # to the same file before giving up (only one daemon should use it).
 _BUSY_TIMEOUT_MS = 5000
@@ -62,6 +69,7 @@ class SeenJids:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._next_purge = float("-inf")  # check_and_add()'s first purges
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -85,13 +93,15 @@ class SeenJids:
     ) -> None:
         """Record an accepted envelope; ReplayError if its (type, jid) is already recorded.
 
-        Entries whose keep_until has passed are purged in the same transaction,
-        and `keep` (a job's packed body) is kept under its jid until drop(),
-        unless the envelope is a replay.
+        Entries whose keep_until has passed are purged in the same transaction
+        (at most every PURGE_SPACING seconds of `now`), and `keep` (a job's
+        packed body) is kept under its jid until drop(), unless the envelope
+        is a replay.
         """
         try:
             with self._transaction():
-                self._db.execute("DELETE FROM seen WHERE keep_until < ?", (now,))
+                if now >= self._next_purge:
+                    self._db.execute("DELETE FROM seen WHERE keep_until < ?", (now,))
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO seen (msg_type, jid, keep_until) VALUES (?, ?, ?)",
                     (header.msg_type, header.jid, keep_until),
@@ -104,6 +114,8 @@ class SeenJids:
                     )
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot record jid {header.jid}: {e}") from None
+        if now >= self._next_purge:  # committed: the next purge may wait
+            self._next_purge = now + PURGE_SPACING
         if not inserted:
             raise ReplayError(f"replay of type {header.msg_type} jid {header.jid}", header)
 
@@ -135,8 +147,7 @@ class SeenJids:
         crash it is resumed even past its deadline, for the host is half
         way (a job never begun is not applied late)."""
         try:
-            with self._transaction():
-                self._db.execute("UPDATE kept_jobs SET started = 1 WHERE jid = ?", (jid,))
+            self._db.execute("UPDATE kept_jobs SET started = 1 WHERE jid = ?", (jid,))
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot mark kept job {jid} started: {e}") from None
 
@@ -151,16 +162,14 @@ class SeenJids:
     def drop(self, jid: str) -> None:
         """Forget a kept job (durably: module docstring)."""
         try:
-            with self._transaction():
-                self._db.execute("DELETE FROM kept_jobs WHERE jid = ?", (jid,))
+            self._db.execute("DELETE FROM kept_jobs WHERE jid = ?", (jid,))
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot drop kept job {jid}: {e}") from None
 
     def purge(self, now: float) -> int:
         """Forget entries whose keep_until is before `now`; return how many."""
         try:
-            with self._transaction():
-                return self._db.execute("DELETE FROM seen WHERE keep_until < ?", (now,)).rowcount
+            return self._db.execute("DELETE FROM seen WHERE keep_until < ?", (now,)).rowcount
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot purge the seen-jid store: {e}") from None
 
