@@ -432,7 +432,7 @@ class Master:
         if accepted:
             return curve_key.hex()
         if domain == DOMAIN_RETURN:
-            if self.peers.tables[DOMAIN_RETURN].room_for_unknown():
+            if self.peers.room_for_unknown(DOMAIN_RETURN):
                 return curve_key.hex()
             self.peer_log.warning(
                 "refused a connection from %s to the return socket: too many connections "

@@ -187,8 +187,11 @@ class ConnectionTable:
         return self._unknown
 
     def room_for_unknown(self) -> bool:
-        """May one more unknown key finish a handshake? (asked by the ZAP handler)"""
-        return self._unknown < self.unknown_cap
+        """May the connection asking finish its handshake under a key that is
+        not accepted? It is counted already: Peers.room_for_unknown() reads
+        the accept events first, which libzmq queues before the handshake
+        that leads to the ZAP request."""
+        return self._unknown <= self.unknown_cap
 
     def active(self, fd: int, key: str, known: bool, now: float) -> bool:
         """A message or subscription came on `fd` from `key`; True if the
