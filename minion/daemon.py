@@ -57,6 +57,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from safcm.common import atomicfile, codec, keyfile
 from safcm.common import log as safcm_log
@@ -114,6 +115,21 @@ LIVENESS = 3
 # that lost its master does not come back in lockstep.
 BACKOFF_MAX = 60.0
 BACKOFF_JITTER = 0.5
+# What the return socket's monitor reports when its CURVE handshake fails,
+# and why that happens. libzmq never connects again after a failed
+# handshake, so the minion reconnects itself, after the backoff, instead of
+# sitting on a dead socket until LIVENESS intervals of silence and then
+# blaming the silence.
+_NOT_PINNED = "the master there does not hold the key we pinned, or it is not a safcm master"
+HANDSHAKE_FAILED = {
+    # The master's ZAP handler said no: the return socket lets keys it has
+    # not accepted enrol, up to a share of its connections (a fleet
+    # enrolling at once fills it until the administrator accepts keys).
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "the master refused our connection (ZAP status {}): "
+    "it holds as many connections of keys not accepted yet as it allows",
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): _NOT_PINNED,
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): _NOT_PINNED,
+}
 # Seconds before a result is sent again without a receipt; doubles up to
 # RESULT_RETRY_MAX. The first retry comes soon, since a lost first send is the
 # common case (a master restarting).
@@ -291,6 +307,7 @@ class Minion:
         self.backoff = self.interval
         self.sub: zmq.Socket | None = None
         self.dealer: zmq.Socket | None = None
+        self.dealer_monitor: zmq.Socket | None = None  # HANDSHAKE_FAILED events
         self.key_sock: zmq.Socket | None = None  # only while asking for the master's keys
         self.key_nonce: bytes | None = None
         self.key_asked = 0.0  # local time of the last key request
@@ -406,6 +423,11 @@ class Minion:
         and libzmq does not retry a refused handshake."""
         self.dealer = self._curve_socket(zmq.DEALER, DEALER_MAX_IN)
         self.dealer.setsockopt(zmq.SNDHWM, SEND_HWM)
+        events = 0
+        for event in HANDSHAKE_FAILED:
+            events |= event
+        self.dealer_monitor = self.dealer.get_monitor_socket(events)
+        self.loop.add_reader(self.dealer_monitor, self.on_dealer_monitor)
         self.dealer.connect(self._address(self.settings.return_port))
         self.loop.add_reader(self.dealer, self.on_dealer)
         self._wait_for_master()
@@ -427,6 +449,10 @@ class Minion:
             self.sub = None
 
     def _disconnect(self) -> None:
+        if self.dealer_monitor is not None:
+            self.loop.remove_reader(self.dealer_monitor)
+            self.dealer_monitor.close(0)
+            self.dealer_monitor = None
         for sock in (self.sub, self.dealer):
             if sock is not None:
                 self.loop.remove_reader(sock)
@@ -500,17 +526,15 @@ class Minion:
             self.tick()
             return
 
-    def _reconnect(self) -> None:
-        """The master went quiet: drop both sockets (and whatever they queued),
-        then come back after a jittered backoff (the zguide's Lazy Pirate)."""
+    def _reconnect(self, why: str | None = None) -> None:
+        """The master went quiet, or refused us (`why`): drop both sockets
+        (and whatever they queued), then come back after a jittered backoff
+        (the zguide's Lazy Pirate)."""
         jitter = random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)  # noqa: S311 - not a secret
         delay = self.backoff * jitter
-        log.warning(
-            "%s: no reply from the master for %.0f s; reconnecting in %.1f s",
-            self.id,
-            LIVENESS * self.interval,
-            delay,
-        )
+        if why is None:
+            why = f"no reply from the master for {LIVENESS * self.interval:.0f} s"
+        log.warning("%s: %s; reconnecting in %.1f s", self.id, why, delay)
         self._disconnect()
         self.accepted = False
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
@@ -702,6 +726,18 @@ class Minion:
                 )
                 continue
             self._receive(frames[0], self.network, peer=MASTER_ID)
+
+    def on_dealer_monitor(self) -> None:
+        while self.dealer_monitor is not None:
+            try:
+                event = recv_monitor_message(self.dealer_monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            why = HANDSHAKE_FAILED.get(int(event["event"]))
+            if why is not None:
+                where = self._address(self.settings.return_port)
+                self._reconnect(f"handshake with {where} failed: {why.format(event['value'])}")
+                return
 
     def on_sub(self) -> None:
         while self.sub is not None:

@@ -34,7 +34,16 @@ from safcm.master.keys import KEY_REQUEST_BURST
 from safcm.master.publish import TOPIC_BYTES
 from safcm.master.sandbox import wait_for
 from tests.procs import cpu_seconds, descriptors
-from tests.system.conftest import SETTLE, accepted_fake, enrol, jobs_show, keys, logged, run_json
+from tests.system.conftest import (
+    SETTLE,
+    accepted_fake,
+    enrol,
+    jobs_show,
+    keys,
+    logged,
+    run_json,
+    wait_state,
+)
 from tests.system.fake import curve_socket, master_keys, ping_result
 
 
@@ -619,3 +628,55 @@ def test_a_handshake_frame_of_a_results_size_is_cut(sandbox):
     finally:
         for s in conns:
             s.close()
+
+
+# The return socket's room for connections of keys not accepted is a quarter
+# of max_connections (master/transport.py UNKNOWN_SHARE): 4 at the lowest cap.
+LOWEST_CAP = 16
+ROOM_FOR_UNKNOWN = 4
+# The minion's heartbeat interval here, in seconds: its first retry after a
+# refusal comes after about one (jittered), so the test waits seconds.
+REFUSED_HEARTBEAT = 2.0
+
+
+def handshaken(sock: zmq.Socket, monitor: zmq.Socket) -> bool:
+    while monitor.poll(0):
+        if recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return True
+    return False
+
+
+def test_a_minion_refused_for_want_of_room_says_so_and_tries_again(sandbox):
+    """A fleet enrolling at once fills the room the return socket keeps for
+    keys not accepted. The master refuses the handshake of the next, and
+    libzmq never connects again after that: the minion must see it, say
+    why, and come back by itself, not sit on a dead socket until its
+    heartbeats go unanswered (seen at 4,000 minions: 13 waited minutes)."""
+    sandbox.configure_master(max_connections=LOWEST_CAP)
+    sandbox.start_master()
+    keys_ = master_keys(sandbox)
+    address = f"tcp://127.0.0.1:{sandbox.master.settings['return_port']}"
+    hogs = []
+    try:
+        for _ in range(ROOM_FOR_UNKNOWN):
+            sock = curve_socket(zmq.DEALER, keys_, None, None)
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            sock.connect(address)
+            hogs.append((sock, monitor))
+            wait_for(lambda s=sock, m=monitor: handshaken(s, m), SETTLE, "a stranger's handshake")
+        sandbox.add_minion("web1", heartbeat_interval=REFUSED_HEARTBEAT)
+        sandbox.start_minion("web1")
+        wait_for(
+            lambda: (
+                "the master refused our connection (ZAP status 400)"
+                in sandbox.minions["web1"].log_text()
+            ),
+            SETTLE,
+            "the minion to say the master refused it",
+        )
+        assert "too many connections of keys that are not accepted" in sandbox.master.log_text()
+    finally:
+        for sock, monitor in hogs:
+            monitor.close(0)
+            sock.close(0)
+    wait_state(sandbox, "web1", "pending")
