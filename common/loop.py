@@ -155,7 +155,7 @@ class Loop:
             if handle.cancelled:
                 return
             self.call_later(interval, tick)  # first: a failing callback keeps its schedule
-            self._call(callback)
+            self._call(callback, again=interval)
 
         self.call_later(interval, tick)
         return handle
@@ -217,7 +217,9 @@ class Loop:
             if not timer.cancelled:
                 self._call(timer.callback)
 
-    def _call(self, callback: Callable[[], Any]) -> None:
+    def _call(self, callback: Callable[[], Any], again: float | None = None) -> None:
+        """Run one callback; a failure costs it, never the loop. `again`: the
+        seconds until a periodic callback runs again (for the error line)."""
         started = self.clock()
         outer = self.current_call  # _drain_wake calls the posted callbacks inside its own
         self._calls += 1
@@ -226,7 +228,7 @@ class Loop:
         try:
             callback()
         except Exception as e:
-            self._failed(callback, e)
+            self._failed(callback, e, again)
         finally:
             self.current_call = outer
         held = self.clock() - started
@@ -245,7 +247,7 @@ class Loop:
         longest, self.longest_call = self.longest_call, (0.0, "")
         return longest
 
-    def _failed(self, callback: Callable[[], Any], error: Exception) -> None:
+    def _failed(self, callback: Callable[[], Any], error: Exception, again: float | None) -> None:
         name = _name(callback)
         count, logged = self._failures.get(name, (0, -ERROR_LOG_INTERVAL))
         now = self.clock()
@@ -253,7 +255,10 @@ class Loop:
             # Our own errors (a database away, a full disk) say what happened
             # in their message; a trace is for bugs.
             trace = None if isinstance(error, SafcmError) else error
-            log.error("%s failed; it will be retried: %s", name, _said(error), exc_info=trace)
+            # Only a periodic callback is sure to run again: a one-shot timer's
+            # or a reader's failure must not be reported as if it would be.
+            then = "" if again is None else f"; it runs again every {again:g} s"
+            log.error("%s failed%s: %s", name, then, _said(error), exc_info=trace)
             logged = now
         elif now - logged >= ERROR_LOG_INTERVAL:
             log.error("%s failed again (%d times so far): %s", name, count + 1, _said(error))

@@ -276,3 +276,30 @@ def test_the_kernel_state_of_a_thread_is_read_from_proc():
     while kernel_state(task[0]) != "" and time.monotonic() < deadline:
         time.sleep(0.001)
     assert kernel_state(task[0]) == ""  # gone
+
+
+def test_a_failure_promises_another_run_only_of_a_periodic_callback(caplog):
+    # A one-shot timer that fails is not run again: its error line must not
+    # say it will be (a minion's reconnect once failed so, and said so).
+    now = [100.0]
+    loop = Loop(clock=lambda: now[0])
+
+    def once() -> None:
+        raise RuntimeError("no descriptor left")
+
+    def every() -> None:
+        raise RuntimeError("the disk is full")
+
+    loop.call_later(0, once)
+    loop.call_every(5, every)
+    with caplog.at_level(logging.ERROR, logger="safcm"):
+        loop.run_once(max_wait=0)
+        now[0] += 5
+        loop.run_once(max_wait=0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].endswith("once failed: RuntimeError('no descriptor left')")
+    assert lines[1].endswith(
+        "every failed; it runs again every 5 s: RuntimeError('the disk is full')"
+    )
+    loop.close()
