@@ -309,6 +309,9 @@ class Minion:
         self.dealer: zmq.Socket | None = None
         self.dealer_monitor: zmq.Socket | None = None  # HANDSHAKE_FAILED events
         self.key_sock: zmq.Socket | None = None  # only while asking for the master's keys
+        # The timer that will ask for the master's keys again after a
+        # reconnect's backoff; None when none is due (see tick()).
+        self.reconnect: Timer | None = None
         self.key_nonce: bytes | None = None
         self.key_asked = 0.0  # local time of the last key request
         self.seq, self.seq_reserved = self._load_seq()
@@ -384,6 +387,8 @@ class Minion:
     def close(self) -> None:
         for timer in self.timers:
             timer.cancel()
+        if self.reconnect is not None:
+            self.reconnect.cancel()
         self._disconnect()
         self._close_key_sock()
         self.seen.close()
@@ -465,6 +470,7 @@ class Minion:
         """Ask the key port for the master's keys, before every connection: the
         signed answer proves the master still holds the pinned keys (or names
         the one that does not), and tells the master's time."""
+        self.reconnect = None
         self._close_key_sock()
         self.key_sock = self.ctx.socket(zmq.DEALER)
         self.key_sock.setsockopt(zmq.LINGER, 0)
@@ -543,7 +549,7 @@ class Minion:
         if len(self.settings.master) > 1:
             self._next_master()
             delay = min(delay, self.interval * jitter)
-        self.loop.call_later(delay, self._ask_keys)
+        self.reconnect = self.loop.call_later(delay, self._ask_keys)
 
     # ---- periodic work ----
 
@@ -573,7 +579,12 @@ class Minion:
                 self.unanswered += 1
             return
         if self.dealer is None:
-            return  # waiting to reconnect
+            # Waiting to reconnect, unless the last try failed before it had
+            # a socket (no descriptor left, say): a one-shot timer is not
+            # run again, so the heartbeat's tick tries again.
+            if self.reconnect is None:
+                self._ask_keys()
+            return
         if self._master_silent():
             self._reconnect()
             return

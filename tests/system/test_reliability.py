@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -342,3 +343,30 @@ def test_the_master_paces_its_garbage_collections(sandbox):
     # freezing keeps full collections of a large fleet's heap off the loop.
     sandbox.start_master()
     logged(sandbox.master, "garbage collection paced: what lives 60 s is frozen")
+
+
+# A soft limit on open files below what the minion holds: every new socket
+# and file fails with EMFILE until the limit is raised again.
+NO_DESCRIPTORS_LEFT = 8
+
+
+def test_a_minion_whose_reconnect_failed_tries_again(sandbox):
+    """A reconnect that fails before it has a socket (no descriptor left, as
+    a swarm of 2,000 identities met) is a one-shot timer's failure: the
+    heartbeat's tick must try again, or the minion stays away for good."""
+    enrol(sandbox, "web1")
+    minion = sandbox.minions["web1"]
+    pid = minion.proc.pid
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (NO_DESCRIPTORS_LEFT, hard))
+    try:
+        sandbox.stop(sandbox.master)
+        wait_for(
+            lambda: "Minion._ask_keys failed: ZMQError('Too many open files')" in minion.log_text(),
+            SETTLE,
+            "the minion's reconnect to fail for want of a descriptor",
+        )
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    sandbox.start_master()
+    wait_state(sandbox, "web1", "accepted", connected=True)
