@@ -378,8 +378,10 @@ class Minion:
         first = random.uniform(0, self.interval)  # noqa: S311 - jitter, not a secret
 
         def begin() -> None:
-            self.tick()
+            # Scheduled first: a tick that fails (no descriptor left) must not
+            # leave the minion without its heartbeats for good.
             self.timers.append(self.loop.call_every(self.interval, self.tick))
+            self.tick()
 
         self.timers.append(self.loop.call_later(first, begin))
         self._next_job()  # jobs resumed from the spool
