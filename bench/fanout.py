@@ -14,7 +14,8 @@ For each N in --sizes, in a fresh temporary directory under /tmp:
 2. A real master daemon (master/sandbox.py: a subprocess on 127.0.0.1, free
    ports, log level info), one real minion daemon process (m0001, the
    reference for one minion's memory), and the other N-1 identities in
-   --swarms swarm processes (bench/swarm.py: real Minion objects sharing one
+   --swarms swarm processes, more if each would hold over
+   MAX_IDENTITIES_PER_SWARM (bench/swarm.py: real Minion objects sharing one
    loop, context and thread pool per process, each with its own keys, state
    directory and root). The heartbeat interval grows with N (1 s up to 200
    minions, then N/200 s), so heartbeats stay at about 200 a second.
@@ -108,6 +109,11 @@ ENROL_TIMEOUT_BASE, ENROL_TIMEOUT_PER_MINION = 60.0, 0.2
 # 20,000 descriptors. A larger fleet is accepted in waves, as an
 # administrator accepting what is pending would.
 ACCEPT_ALL_AT_ONCE_UP_TO = 1000
+# Identities one swarm process holds at most: about twelve descriptors each
+# while they reconnect (bench/swarm.py raise_fd_limit()) within the 20,000
+# this machine allows a process, with room to spare. More swarms are started
+# than --swarms asks for when the fleet needs them.
+MAX_IDENTITIES_PER_SWARM = 1200
 # Seconds a timed run may take before its hosts count as no response (the
 # job's --timeout); the CLI process itself gets CLI_SLACK more (the CLI waits
 # RUN_GRACE = 30 s beyond the job's timeout for the daemon's last word).
@@ -514,7 +520,7 @@ class Fleet:
         self.interval = max(MIN_HEARTBEAT, n / HEARTBEATS_PER_SECOND)
         self.ids = [host_id(i) for i in range(1, n + 1)]
         swarm_ids = [i for i in self.ids if i != REFERENCE_MINION]
-        k = max(1, min(args.swarms, len(swarm_ids)))
+        k = max(1, min(args.swarms, len(swarm_ids)), -(-len(swarm_ids) // MAX_IDENTITIES_PER_SWARM))
         self.chunks = [swarm_ids[i::k] for i in range(k)] if swarm_ids else []
         self.workers = args.workers
         self.fsync_workers = args.fsync_workers

@@ -178,8 +178,11 @@ class SwarmLoop(Loop):
         self._epoll.close()
 
 
-# ZeroMQ sockets each identity opens: SUB for jobs, DEALER for the rest.
-SOCKETS_PER_MINION = 2
+# ZeroMQ sockets each identity may hold at once: SUB for jobs, DEALER for the
+# rest, the DEALER's monitor (a PAIR at each end) and, while it reconnects,
+# the DEALER that asks the key port. Too few, and a minion's socket fails
+# with EMFILE as if the process were out of descriptors.
+SOCKETS_PER_MINION = 5
 # Sockets the context may hold beyond the minions' (ZeroMQ's own, slack); the
 # context's default maximum, 1023, would stop a swarm at about 500 identities.
 SOCKET_SLACK = 64
@@ -236,8 +239,9 @@ def read_measured(report: str) -> tuple[float, int]:
 
 def raise_fd_limit() -> int:
     """Lift the soft open-file limit to the hard one: each identity holds about
-    eight descriptors (two TCP connections, two ZeroMQ mailboxes, SQLite's
-    database, WAL and shm files, the spool directory)."""
+    ten descriptors (two TCP connections, four ZeroMQ mailboxes, SQLite's
+    database, WAL and shm files, the spool directory), twelve while it
+    reconnects (bench/fanout.py MAX_IDENTITIES_PER_SWARM)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
