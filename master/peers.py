@@ -149,8 +149,8 @@ class Peers:
         """Cut the connections that make libzmq hold more than they may
         (master/backlog.py): of each socket named in `budgets`, with an
         accepted minion's budget there. Read SWEEP_SLICE connections a loop
-        turn (10,000 minions hold 20,000, about 60 ms of reads); decided
-        once all are read. One sweep at a time."""
+        turn (10,000 minions hold 20,000, about 60 ms of reads in 20
+        turns); decided once all are read. One sweep at a time."""
         if self._sweeping:
             return
         self._sweeping = True
