@@ -191,8 +191,7 @@ SEQ_FILE = "heartbeat.seq"
 READ_ONLY_MODULES = frozenset({"ping"})
 # Modules run on the loop itself: a ping answers from memory in microseconds,
 # and a worker thread's hand-off, wake-up and fight for the GIL cost more
-# than the job (about 0.2 ms of the minion's 1.2 ms per ping in
-# bench/fanout.py). Its result is still spooled before it is sent.
+# than the job. Its result is still spooled before it is sent.
 INLINE_MODULES = frozenset({"ping"})
 # Modules not run a second time when a restart interrupted them: a command
 # is not known to be idempotent (files, packages and services converge, so
