@@ -157,6 +157,9 @@ class Loop:
             self.call_later(interval, tick)  # first: a failing callback keeps its schedule
             self._call(callback, again=interval)
 
+        # Named as what it runs: the longest call and a slow call's warning
+        # then name the periodic work, not this wrapper around it.
+        tick.__qualname__ = _name(callback)
         self.call_later(interval, tick)
         return handle
 
