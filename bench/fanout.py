@@ -109,11 +109,11 @@ ENROL_TIMEOUT_BASE, ENROL_TIMEOUT_PER_MINION = 60.0, 0.2
 # 20,000 descriptors. A larger fleet is accepted in waves, as an
 # administrator accepting what is pending would.
 ACCEPT_ALL_AT_ONCE_UP_TO = 1000
-# Identities one swarm process holds at most: about twelve descriptors each
+# Identities one swarm process holds at most: about fourteen descriptors each
 # while they reconnect (bench/swarm.py raise_fd_limit()) within the 20,000
 # this machine allows a process, with room to spare. More swarms are started
 # than --swarms asks for when the fleet needs them.
-MAX_IDENTITIES_PER_SWARM = 1200
+MAX_IDENTITIES_PER_SWARM = 1100
 # Seconds a timed run may take before its hosts count as no response (the
 # job's --timeout); the CLI process itself gets CLI_SLACK more (the CLI waits
 # RUN_GRACE = 30 s beyond the job's timeout for the daemon's last word).

@@ -179,10 +179,10 @@ class SwarmLoop(Loop):
 
 
 # ZeroMQ sockets each identity may hold at once: SUB for jobs, DEALER for the
-# rest, the DEALER's monitor (a PAIR at each end) and, while it reconnects,
+# rest, the monitor of each (a PAIR at each end) and, while it reconnects,
 # the DEALER that asks the key port. Too few, and a minion's socket fails
 # with EMFILE as if the process were out of descriptors.
-SOCKETS_PER_MINION = 5
+SOCKETS_PER_MINION = 7
 # Sockets the context may hold beyond the minions' (ZeroMQ's own, slack); the
 # context's default maximum, 1023, would stop a swarm at about 500 identities.
 SOCKET_SLACK = 64
@@ -239,8 +239,8 @@ def read_measured(report: str) -> tuple[float, int]:
 
 def raise_fd_limit() -> int:
     """Lift the soft open-file limit to the hard one: each identity holds about
-    ten descriptors (two TCP connections, four ZeroMQ mailboxes, SQLite's
-    database, WAL and shm files, the spool directory), twelve while it
+    twelve descriptors (two TCP connections, six ZeroMQ mailboxes, SQLite's
+    database, WAL and shm files, the spool directory), fourteen while it
     reconnects (bench/fanout.py MAX_IDENTITIES_PER_SWARM)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:

@@ -115,20 +115,32 @@ LIVENESS = 3
 # that lost its master does not come back in lockstep.
 BACKOFF_MAX = 60.0
 BACKOFF_JITTER = 0.5
-# What the return socket's monitor reports when its CURVE handshake fails,
-# and why that happens. libzmq never connects again after a failed
+# What a CURVE socket's monitor reports when its handshake fails, and why
+# that happens, by socket. libzmq never connects again after a failed
 # handshake, so the minion reconnects itself, after the backoff, instead of
-# sitting on a dead socket until LIVENESS intervals of silence and then
-# blaming the silence.
+# sitting on a dead socket: on the return socket until LIVENESS intervals of
+# silence, and then blaming the silence; on the publish socket for good,
+# heartbeats answered while no job ever came.
 _NOT_PINNED = "the master there does not hold the key we pinned, or it is not a safcm master"
-HANDSHAKE_FAILED = {
-    # The master's ZAP handler said no: the return socket lets keys it has
-    # not accepted enrol, up to a share of its connections (a fleet
-    # enrolling at once fills it until the administrator accepts keys).
-    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "the master refused our connection (ZAP status {}): "
-    "it holds as many connections of keys not accepted yet as it allows",
-    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): _NOT_PINNED,
-    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): _NOT_PINNED,
+HANDSHAKE_FAILED: dict[str, dict[int, str]] = {
+    "return": {
+        # The master's ZAP handler said no: the return socket lets keys it has
+        # not accepted enrol, up to a share of its connections (a fleet
+        # enrolling at once fills it until the administrator accepts keys).
+        int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "the master refused our connection (ZAP status {}): "
+        "it holds as many connections of keys not accepted yet as it allows",
+        int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): _NOT_PINNED,
+        int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): _NOT_PINNED,
+    },
+    "publish": {
+        # Only accepted keys get through there, and not for a while a key
+        # that subscribed to what is not its own (a copy of our key elsewhere,
+        # or our acceptance withdrawn between the enrol reply and this).
+        int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "the master refused our connection (ZAP status {}): "
+        "it does not count our key as accepted there now (its log says why)",
+        int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): _NOT_PINNED,
+        int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): _NOT_PINNED,
+    },
 }
 # Seconds before a result is sent again without a receipt; doubles up to
 # RESULT_RETRY_MAX. The first retry comes soon, since a lost first send is the
@@ -306,7 +318,8 @@ class Minion:
         self.backoff = self.interval
         self.sub: zmq.Socket | None = None
         self.dealer: zmq.Socket | None = None
-        self.dealer_monitor: zmq.Socket | None = None  # HANDSHAKE_FAILED events
+        # The CURVE sockets' monitors (HANDSHAKE_FAILED events), by socket name.
+        self.monitors: dict[str, zmq.Socket] = {}
         self.key_sock: zmq.Socket | None = None  # only while asking for the master's keys
         # The timer that will ask for the master's keys again after a
         # reconnect's backoff; None when none is due (see tick()).
@@ -429,11 +442,7 @@ class Minion:
         and libzmq does not retry a refused handshake."""
         self.dealer = self._curve_socket(zmq.DEALER, DEALER_MAX_IN)
         self.dealer.setsockopt(zmq.SNDHWM, SEND_HWM)
-        events = 0
-        for event in HANDSHAKE_FAILED:
-            events |= event
-        self.dealer_monitor = self.dealer.get_monitor_socket(events)
-        self.loop.add_reader(self.dealer_monitor, self.on_dealer_monitor)
+        self._watch_handshake(self.dealer, "return")
         self.dealer.connect(self._address(self.settings.return_port))
         self.loop.add_reader(self.dealer, self.on_dealer)
         self._wait_for_master()
@@ -445,25 +454,37 @@ class Minion:
         self.sub.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
         self.sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
         self.sub.setsockopt(zmq.SUBSCRIBE, SUBSCRIPTION)
+        self._watch_handshake(self.sub, "publish")
         self.sub.connect(self._address(self.settings.publish_port))
         self.loop.add_reader(self.sub, self.on_sub)
 
+    def _watch_handshake(self, sock: zmq.Socket, name: str) -> None:
+        """Read `sock`'s failed handshakes (on_monitor); `name` is its key in HANDSHAKE_FAILED."""
+        events = 0
+        for event in HANDSHAKE_FAILED[name]:
+            events |= event
+        self.monitors[name] = sock.get_monitor_socket(events)
+        self.loop.add_reader(self.monitors[name], lambda: self.on_monitor(name))
+
+    def _close(self, sock: zmq.Socket, name: str) -> None:
+        """Close the CURVE socket `name` and its monitor."""
+        monitor = self.monitors.pop(name, None)
+        if monitor is not None:
+            self.loop.remove_reader(monitor)
+            monitor.close(0)
+        self.loop.remove_reader(sock)
+        sock.close(0)
+
     def _unsubscribe(self) -> None:
         if self.sub is not None:
-            self.loop.remove_reader(self.sub)
-            self.sub.close(0)
+            self._close(self.sub, "publish")
             self.sub = None
 
     def _disconnect(self) -> None:
-        if self.dealer_monitor is not None:
-            self.loop.remove_reader(self.dealer_monitor)
-            self.dealer_monitor.close(0)
-            self.dealer_monitor = None
-        for sock in (self.sub, self.dealer):
-            if sock is not None:
-                self.loop.remove_reader(sock)
-                sock.close(0)
-        self.sub = self.dealer = None
+        self._unsubscribe()
+        if self.dealer is not None:
+            self._close(self.dealer, "return")
+            self.dealer = None
 
     # ---- first contact: the master's public keys ----
 
@@ -739,15 +760,16 @@ class Minion:
                 continue
             self._receive(frames[0], self.network, peer=MASTER_ID)
 
-    def on_dealer_monitor(self) -> None:
-        while self.dealer_monitor is not None:
+    def on_monitor(self, name: str) -> None:
+        while (monitor := self.monitors.get(name)) is not None:
             try:
-                event = recv_monitor_message(self.dealer_monitor, zmq.NOBLOCK)
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            why = HANDSHAKE_FAILED.get(int(event["event"]))
+            why = HANDSHAKE_FAILED[name].get(int(event["event"]))
             if why is not None:
-                where = self._address(self.settings.return_port)
+                port = self.settings.return_port if name == "return" else self.settings.publish_port
+                where = self._address(port)
                 self._reconnect(f"handshake with {where} failed: {why.format(event['value'])}")
                 return
 

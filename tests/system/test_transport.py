@@ -18,6 +18,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from safcm.common import keyfile
 from safcm.common.crypto import MAX_ENVELOPE_OVERHEAD, KeyPair
 from safcm.common.protocol import (
     ENROL_NONCE_LENGTH,
@@ -680,3 +681,37 @@ def test_a_minion_refused_for_want_of_room_says_so_and_tries_again(sandbox):
             monitor.close(0)
             sock.close(0)
     wait_state(sandbox, "web1", "pending")
+
+
+PUBLISH_REFUSED = (
+    "failed: the master refused our connection (ZAP status 400): "
+    "it does not count our key as accepted there now"
+)
+
+
+def test_a_minion_refused_on_the_publish_socket_says_so_and_tries_again(sandbox):
+    """The publish socket refuses a key for a while after a connection of
+    that key subscribed to a topic of its choosing (here a copy of web1's
+    key). libzmq never connects again after a refused handshake: without
+    its own reconnect, web1 would go on heartbeating, answered, and never
+    receive a job again, each reported as no response."""
+    enrol(sandbox, "web1", heartbeat_interval=REFUSED_HEARTBEAT)
+    minion = sandbox.minions["web1"]
+    sandbox.stop(minion)
+    copy = keyfile.load_keys(os.path.join(minion.settings["state_dir"], "keys"))
+    spy = curve_socket(zmq.SUB, master_keys(sandbox), copy, publish_address(sandbox))
+    try:
+        spy.setsockopt(zmq.SUBSCRIBE, (99).to_bytes(TOPIC_BYTES, "big"))
+        logged(sandbox.master, "its key sent subscriptions of its choosing")
+    finally:
+        spy.close(0)
+    sandbox.start_minion("web1")
+    # Refused, then back after its backoff and refused again while the
+    # penalty lasts: each time it says so.
+    wait_for(
+        lambda: minion.log_text().count(PUBLISH_REFUSED) >= 2,
+        SETTLE,
+        "the minion to say twice that the publish socket refused it",
+    )
+    where = f"handshake with {publish_address(sandbox)} {PUBLISH_REFUSED}"
+    assert where in minion.log_text()
