@@ -41,7 +41,7 @@ import collections
 import concurrent.futures
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -188,13 +188,17 @@ class Arrival:
 
 @dataclass
 class Flight:
-    """The batch the result writer is committing."""
+    """The batch the result writer is committing. Its future is the Intake's
+    (_writing), not its own: the future's done callback holds the flight,
+    and a flight holding its future would be a reference cycle, which only
+    a full garbage collection frees, with every result of the batch in it
+    (a files create on 1,000 hosts: its full collections held the loop
+    51-67 ms, 24-29 ms of it CPU, and found up to 350,000 such objects)."""
 
     arrivals: dict[tuple[str, str], Arrival]  # by (jid, host)
     receipts: int
     seen: list[SeenRow]
     facts: dict[str, tuple[dict[str, Any], float]]  # by host: (facts, when)
-    future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 
 class Intake:
@@ -265,6 +269,7 @@ class Intake:
         self._facts: dict[str, tuple[dict[str, Any], float]] = {}
         self._facts_again: dict[str, tuple[dict[str, Any], float]] = {}
         self._flight: Flight | None = None  # the batch being written
+        self._writing: concurrent.futures.Future[None] | None = None  # the writer's, of _flight
         # The return socket is not read: the next batch is full (BATCH_BYTES)
         # while the writer is busy with this one.
         self._held = False
@@ -833,9 +838,9 @@ class Intake:
             [(host, body, when) for host, (body, when) in facts.items()],
         )
         flight = self._flight = Flight(arrivals, len(receipts), seen, facts)
-        flight.future = self.writer.write(batch, lambda _: self._written(flight))
+        self._writing = self.writer.write(batch, lambda f: self._written(flight, f))
 
-    def _written(self, flight: Flight) -> None:
+    def _written(self, flight: Flight, future: concurrent.futures.Future[None]) -> None:
         """Back on the loop: the batch is durable, and each result is confirmed
         to its minion (which then deletes its copy); or it failed, and nothing
         of it is confirmed: each minion keeps its result and sends it again
@@ -843,8 +848,8 @@ class Intake:
         Then the next batch goes to the writer, and reading goes on."""
         if self._flight is not flight:
             return  # done already (finish_writing())
-        self._flight = None
-        error = flight.future.exception()
+        self._flight = self._writing = None
+        error = future.exception()
         try:
             if error is None:
                 self.keystore.seen_written(flight.seen)
@@ -942,8 +947,10 @@ class Intake:
                     len(flight.arrivals),
                     flight.receipts,
                 )
-            concurrent.futures.wait([flight.future])
-            self._written(flight)  # hands over what is left, if anything
+            future = self._writing
+            assert future is not None  # set with _flight
+            concurrent.futures.wait([future])
+            self._written(flight, future)  # hands over what is left, if anything
         while self._durable:  # no more loop turns: confirmed now
             self._confirm()
             self._send_replies()

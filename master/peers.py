@@ -160,23 +160,32 @@ class Peers:
             if monitor.name in budgets
             for conn in monitor.table.conns.values()
         ]
-        held: dict[Monitor, list[tuple[Connection, int]]] = {}
+        self._read_waiting(todo, budgets, {}, 0)
 
-        def read(start: int) -> None:
-            now = self.loop.clock()
-            for monitor, conn in todo[start : start + SWEEP_SLICE]:
-                got = None if conn.cut else probe(conn.fd)
-                if got is not None:
-                    held.setdefault(monitor, []).append((conn, waiting(*got, conn, now)))
-            if start + SWEEP_SLICE < len(todo):
-                self.loop.call_later(0.0, lambda: read(start + SWEEP_SLICE))
-                return
-            self._sweeping = False
-            now = self.loop.clock()
-            for monitor, found in held.items():
-                self._cut_held(monitor, to_cut(found, budgets[monitor.name], now))
-
-        read(0)
+    def _read_waiting(
+        self,
+        todo: list[tuple[Monitor, Connection]],
+        budgets: dict[str, int],
+        held: dict[Monitor, list[tuple[Connection, int]]],
+        start: int,
+    ) -> None:
+        """One slice of cut_waiting()'s sweep, from `start`; the next one a
+        loop turn later. A method, not a closure that schedules itself: that
+        closure was a reference cycle, which kept the list of every
+        connection until a full garbage collection."""
+        now = self.loop.clock()
+        for monitor, conn in todo[start : start + SWEEP_SLICE]:
+            got = None if conn.cut else probe(conn.fd)
+            if got is not None:
+                held.setdefault(monitor, []).append((conn, waiting(*got, conn, now)))
+        if start + SWEEP_SLICE < len(todo):
+            following = start + SWEEP_SLICE
+            self.loop.call_later(0.0, lambda: self._read_waiting(todo, budgets, held, following))
+            return
+        self._sweeping = False
+        now = self.loop.clock()
+        for monitor, found in held.items():
+            self._cut_held(monitor, to_cut(found, budgets[monitor.name], now))
 
     def _cut_held(self, monitor: Monitor, cuts: list[tuple[Connection, str]]) -> None:
         if cuts:
