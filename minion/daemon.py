@@ -947,18 +947,27 @@ class Minion:
                 # from an untouched one after the deadline.
                 job = replace(job, cannot_start=str(e))
 
-        def report() -> None:
-            elapsed = self.loop.clock() - started
-            self._send_plain(MsgType.JOB_PROGRESS, {"jid": job.jid, "elapsed": elapsed})
-            self.progress = self.loop.call_later(PROGRESS_INTERVAL, report)
-
         if job.module in INLINE_MODULES:
             self._job_done(job, _ran(self._run_job, job))
             return
-        self.progress = self.loop.call_later(PROGRESS_FIRST, report)
+        jid = job.jid  # not the job: a cancelled timer waits in the loop's heap until due
+        self.progress = self.loop.call_later(
+            PROGRESS_FIRST, lambda: self._report_progress(jid, started)
+        )
         future = self.worker.submit(self._run_job, job)
         future.add_done_callback(
             lambda f: self.loop.call_soon_threadsafe(lambda: self._job_done(job, f))
+        )
+
+    def _report_progress(self, jid: str, started: float) -> None:
+        """JOB_PROGRESS of the busy job `jid`, begun at `started` (loop clock),
+        then again every PROGRESS_INTERVAL until it is done. A method, not a
+        closure that schedules itself: that closure was a reference cycle,
+        which kept the job, content and all, until a full collection."""
+        elapsed = self.loop.clock() - started
+        self._send_plain(MsgType.JOB_PROGRESS, {"jid": jid, "elapsed": elapsed})
+        self.progress = self.loop.call_later(
+            PROGRESS_INTERVAL, lambda: self._report_progress(jid, started)
         )
 
     def _run_job(self, job: Job) -> bytes:

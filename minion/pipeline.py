@@ -151,10 +151,15 @@ class Pipeline(Generic[T]):
 
     def _finish_oldest(self) -> None:
         job = self._jobs.popleft()
-        if job.batch is not None:
-            if job.batch.future is None:
+        # Unlinked from its batch (which lists its jobs) as it leaves: a job
+        # and its batch would otherwise be a reference cycle, which only a
+        # full garbage collection frees, with all that the jobs' callables
+        # hold (a files create on 100 hosts: 180,000 objects in one swarm).
+        batch, job.batch = job.batch, None
+        if batch is not None:
+            if batch.future is None:
                 self._send()  # it is the batch being filled
-            _wait(job.batch)
+            _wait(batch)
         job.finish(job.result, job.error)
 
     def close(self) -> None:
@@ -163,9 +168,10 @@ class Pipeline(Generic[T]):
             self._open = None  # its work never started: it holds nothing
             while self._jobs:
                 job = self._jobs.popleft()
+                batch, job.batch = job.batch, None  # no cycle (_finish_oldest)
                 # Wait for the work: never release what a worker still uses.
-                if job.batch is not None and job.batch.future is not None:
-                    _wait(job.batch)
+                if batch is not None and batch.future is not None:
+                    _wait(batch)
                 job.drop(job.result)
         finally:
             if self._pool is not None:

@@ -10,7 +10,6 @@ waiting, and shrink a bound.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from safcm.master.sandbox import Sandbox, wait_for
 from safcm.master.settings import load
 from safcm.master.transport import DOMAIN_PUBLISH, DOMAIN_RETURN
 from safcm.minion import facts as minion_facts
+from tests.garbage import garbage_kept
 from tests.system.conftest import accepted_fake
 from tests.system.fake import FakeMinion, ping_result
 
@@ -548,25 +548,6 @@ def test_no_response_is_answered_while_its_write_waits_for_the_lock(
     wait_for(lambda: stored(m, job.jid, "web3")[0] == "no_response", SETTLE, "no response written")
 
 
-@contextlib.contextmanager
-def garbage_kept() -> Iterator[list[Any]]:
-    """What becomes cyclic garbage inside the block: collected at its end
-    into the list yielded (gc.DEBUG_SAVEALL), the collector off meanwhile,
-    so nothing is found and freed before."""
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    found: list[Any] = []
-    try:
-        yield found
-        gc.collect()
-        found.extend(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-
-
 def test_a_stored_batch_and_a_sweep_leave_no_garbage_cycles(
     sandbox, master, fake, runs, monkeypatch
 ):
@@ -580,7 +561,7 @@ def test_a_stored_batch_and_a_sweep_leave_no_garbage_cycles(
     m = master()
     web3 = accepted_fake(sandbox, fake, "web3")
     web3.subscribe()
-    with garbage_kept() as garbage:
+    with garbage_kept() as found:
         run, jid = start_job(sandbox, runs, web3)
         send_result(web3, jid)
         receipt = web3.recv(int(SETTLE * 1000))
@@ -590,5 +571,6 @@ def test_a_stored_batch_and_a_sweep_leave_no_garbage_cycles(
         everything = {DOMAIN_RETURN: 1 << 30, DOMAIN_PUBLISH: 1 << 30}  # nothing is cut
         m.call(lambda: m.master.peers.cut_waiting(everything))
         wait_for(lambda: not m.call(lambda: m.master.peers._sweeping), SETTLE, "the sweep's end")
+        garbage = found()
     assert not [o for o in garbage if isinstance(o, intake.Flight)]
     assert not [o for o in garbage if getattr(o, "__qualname__", "").startswith("Peers.")]

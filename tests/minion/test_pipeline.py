@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from safcm.minion.pipeline import Pipeline
+from tests.garbage import garbage_kept
 
 # Long enough never to end a wait in a passing run: a wait that times out
 # means a job that should have run did not.
@@ -235,3 +236,25 @@ def test_close_drops_the_jobs_of_a_batch_never_sent():
     p.submit(None, log.finish("2"), log.drop("2"))
     p.close()
     assert log.events == [("drop", "1", None), ("drop", "2", None)]
+
+
+def test_finished_and_dropped_jobs_leave_no_garbage_cycles():
+    # A job held its batch and the batch its jobs: a reference cycle that
+    # kept every job's callables (and what they hold: the engine's apply,
+    # its file specs) until a full collection. A files create on 100 hosts
+    # left 180,000 objects to it in one swarm of bench/fanout.py.
+    finished: list[int | None] = []
+    with garbage_kept() as found:
+        pipeline: Pipeline[int] = Pipeline(workers=2, pending_max=8, name="t", batch=3)
+        try:
+            for i in range(10):
+                pipeline.submit(lambda i=i: i, lambda r, _e: finished.append(r), lambda _r: None)
+            pipeline.drain()
+            for i in range(4):  # dropped by close(), the last batch never sent
+                pipeline.submit(lambda i=i: i, lambda r, _e: finished.append(r), lambda _r: None)
+        finally:
+            pipeline.close()
+        del pipeline
+        garbage = found()
+    assert finished == list(range(10))
+    assert not [o for o in garbage if type(o).__name__ in ("_Job", "_Batch")]
