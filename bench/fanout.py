@@ -2,7 +2,7 @@
 
     /work/venv/bin/python bench/fanout.py [--sizes 10,100,500] [--files 100]
         [--swarms 2] [--workers 4] [--fsync-workers N] [--repeat 1] [--ping-only]
-        [--swarm-dir DIR]
+        [--swarm-dir DIR] [--swarm-nice 10]
         [--profile DIR] [--json] [--keep] [--max-seconds 840]
 
 For each N in --sizes, in a fresh temporary directory under /tmp:
@@ -18,7 +18,12 @@ For each N in --sizes, in a fresh temporary directory under /tmp:
    MAX_IDENTITIES_PER_SWARM (bench/swarm.py: real Minion objects sharing one
    loop, context and thread pool per process, each with its own keys, state
    directory and root). The heartbeat interval grows with N (1 s up to 200
-   minions, then N/200 s), so heartbeats stay at about 200 a second.
+   minions, then N/200 s), so heartbeats stay at about 200 a second. The
+   swarms run at --swarm-nice: they stand in for hosts with CPUs of their
+   own, so they must not take a core from the master while its loop has
+   work (at the same priority, the master's loop waited up to 159 ms for a
+   core during a files create of 1,000 hosts, which its longest call then
+   showed; at nice 10, 23 ms). Their CPU still counts in every wall time.
 3. Enrolment: wait until N keys are pending, `keys accept '*'`, wait until
    every minion is connected (both timed, not part of the run figures).
    Beyond ACCEPT_ALL_AT_ONCE_UP_TO minions, pending keys are accepted in
@@ -114,6 +119,10 @@ ACCEPT_ALL_AT_ONCE_UP_TO = 1000
 # this machine allows a process, with room to spare. More swarms are started
 # than --swarms asks for when the fleet needs them.
 MAX_IDENTITIES_PER_SWARM = 1100
+# Niceness of the swarm processes (--swarm-nice): hosts of their own, which
+# never take a core from the master (module docstring, 2.).
+SWARM_NICE = 10
+MAX_NICE = 19  # nice(2)'s lowest priority
 # Seconds a timed run may take before its hosts count as no response (the
 # job's --timeout); the CLI process itself gets CLI_SLACK more (the CLI waits
 # RUN_GRACE = 30 s beyond the job's timeout for the daemon's last word).
@@ -255,6 +264,7 @@ class Swarm:
         interval: float,
         workers: int,
         fsync_workers: int | None,
+        nice: int,
         data: str,
     ) -> None:
         self.ids = ids
@@ -273,6 +283,7 @@ class Swarm:
                 "heartbeat_interval": interval,
                 "workers": workers,
                 "fsync_workers": fsync_workers,
+                "nice": nice,
                 "log_level": "info",
                 "status": self.status_path,
                 "minions": [
@@ -524,6 +535,7 @@ class Fleet:
         self.chunks = [swarm_ids[i::k] for i in range(k)] if swarm_ids else []
         self.workers = args.workers
         self.fsync_workers = args.fsync_workers
+        self.nice = args.swarm_nice
         self.run_timeout = RUN_TIMEOUT_BASE + RUN_TIMEOUT_PER_MINION * n
         self.enrol_timeout = ENROL_TIMEOUT_BASE + ENROL_TIMEOUT_PER_MINION * n
         self.swarm_dir = args.swarm_dir
@@ -565,7 +577,15 @@ class Fleet:
         self.roots[REFERENCE_MINION] = sb.root(REFERENCE_MINION)
         self.swarms = [
             Swarm(
-                self.base, i, chunk, sb, self.interval, self.workers, self.fsync_workers, self.data
+                self.base,
+                i,
+                chunk,
+                sb,
+                self.interval,
+                self.workers,
+                self.fsync_workers,
+                self.nice,
+                self.data,
             )
             for i, chunk in enumerate(self.chunks)
         ]
@@ -950,7 +970,7 @@ def print_report(sizes: list[SizeFigures], command: str, args: argparse.Namespac
         f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}); {args.files} files of "
         f"{FILE_SIZE} B per host; {args.workers} apply threads per swarm, "
         f"{args.fsync_workers or 'default'} fsync threads per apply; swarm identities in "
-        f"{args.swarm_dir or '/tmp'}"
+        f"{args.swarm_dir or '/tmp'}, swarms at nice {args.swarm_nice}"
     )
     before = " ".join(f"{x:.2f}" for x in args.load_before)
     after = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -1093,6 +1113,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " (the master and the reference minion stay in /tmp)",
     )
     parser.add_argument(
+        "--swarm-nice",
+        type=int,
+        default=SWARM_NICE,
+        help="the swarms' niceness (default: %(default)s; 0 runs them beside the master as equals)",
+    )
+    parser.add_argument(
         "--ping-only",
         action="store_true",
         help="no files runs: the fleet, its idle load and memory, and ping",
@@ -1116,6 +1142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("files", "swarms", "workers", "repeat", "fsync_workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if not 0 <= args.swarm_nice <= MAX_NICE:
+        parser.error(f"--swarm-nice: 0 to {MAX_NICE}")
     if args.files > FILES_PER_DIR * 100:
         parser.error(f"--files: at most {FILES_PER_DIR * 100}")
     if args.profile is not None:
@@ -1147,7 +1175,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted at N={n}; the figures of the sizes before:", file=sys.stderr)
     if args.json:
-        json.dump({"command": command, "sizes": [asdict(s) for s in sizes]}, sys.stdout, indent=2)
+        document = {
+            "command": command,
+            "swarm_nice": args.swarm_nice,
+            "sizes": [asdict(s) for s in sizes],
+        }
+        json.dump(document, sys.stdout, indent=2)
         print()
     else:
         print_report(sizes, command, args)

@@ -8,7 +8,7 @@ id, state directory (keys, seen-jid store, spool) and root directory:
 
     {"master": "127.0.0.1", "publish_port": 4505, "return_port": 4506,
      "heartbeat_interval": 2.0, "workers": 4, "log_level": "info",
-     "status": "/tmp/x/swarm-0.status", "fsync_workers": 8,
+     "status": "/tmp/x/swarm-0.status", "fsync_workers": 8, "nice": 10,
      "minions": [{"id": "m0002", "state_dir": "...", "root": "..."}, ...]}
 
 Every identity is a real minion/daemon.py Minion with its own keys and
@@ -19,7 +19,9 @@ sets minion/fileops.py's FSYNC_WORKERS for every identity of the process:
 a real host has its own disk and cores for its 8, here every identity
 that applies at once shares the machine's (--fsync-workers in fanout.py). One job at a time per
 identity still holds (each Minion keeps its own queue); the pool only bounds
-how many identities apply at once.
+how many identities apply at once. "nice" (optional) lowers the process's
+priority by that much (nice(2)): the identities stand in for hosts with
+CPUs of their own, which never take the master's.
 
 Once every identity has started, the status file is written (atomically):
 the process's RSS after its imports and before the first Minion, and the
@@ -263,6 +265,8 @@ def main(spec_path: str) -> int:
     if spec.get("fsync_workers") is not None:
         fileops.FSYNC_WORKERS = spec["fsync_workers"]  # read by each apply when it starts
     fd_limit = raise_fd_limit()
+    if spec.get("nice"):
+        os.nice(spec["nice"])
     baseline = rss_kib()
 
     ctx = SwarmContext()
