@@ -46,6 +46,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -142,6 +143,12 @@ HANDSHAKE_FAILED: dict[str, dict[int, str]] = {
         int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): _NOT_PINNED,
     },
 }
+# Numbers of the monitors' inproc endpoints, unique in the process. pyzmq's
+# default names the endpoint after the socket's descriptor, which the next
+# socket gets again at once, while libzmq may still hold the closed one's
+# endpoint: the bind then fails (EADDRINUSE). Seen at 4,000 minions, where
+# bench/fanout.py's swarms open and close thousands of sockets.
+_monitor_numbers = itertools.count()
 # Seconds before a result is sent again without a receipt; doubles up to
 # RESULT_RETRY_MAX. The first retry comes soon, since a lost first send is the
 # common case (a master restarting).
@@ -440,30 +447,42 @@ class Minion:
         """Connect the return socket; the publish socket follows once we are
         accepted (_subscribe), since the master refuses any other key there
         and libzmq does not retry a refused handshake."""
-        self.dealer = self._curve_socket(zmq.DEALER, DEALER_MAX_IN)
-        self.dealer.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self._watch_handshake(self.dealer, "return")
-        self.dealer.connect(self._address(self.settings.return_port))
+        try:
+            self.dealer = self._curve_socket(zmq.DEALER, DEALER_MAX_IN)
+            self.dealer.setsockopt(zmq.SNDHWM, SEND_HWM)
+            self._watch_handshake(self.dealer, "return")
+            self.dealer.connect(self._address(self.settings.return_port))
+        except zmq.ZMQError as e:  # out of descriptors: nothing half made stays
+            self._reconnect(f"cannot open the return socket: {e}")
+            return
         self.loop.add_reader(self.dealer, self.on_dealer)
         self._wait_for_master()
 
-    def _subscribe(self) -> None:
+    def _subscribe(self) -> bool:
+        """Connect the publish socket; False if it could not be made (then we
+        reconnect: a minion without it would never receive a job)."""
         if self.sub is not None:
-            return
-        self.sub = self._curve_socket(zmq.SUB, MAX_FRAME_BYTES)
-        self.sub.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
-        self.sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
-        self.sub.setsockopt(zmq.SUBSCRIBE, SUBSCRIPTION)
-        self._watch_handshake(self.sub, "publish")
-        self.sub.connect(self._address(self.settings.publish_port))
+            return True
+        try:
+            self.sub = self._curve_socket(zmq.SUB, MAX_FRAME_BYTES)
+            self.sub.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+            self.sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+            self.sub.setsockopt(zmq.SUBSCRIBE, SUBSCRIPTION)
+            self._watch_handshake(self.sub, "publish")
+            self.sub.connect(self._address(self.settings.publish_port))
+        except zmq.ZMQError as e:
+            self._reconnect(f"cannot open the publish socket: {e}")
+            return False
         self.loop.add_reader(self.sub, self.on_sub)
+        return True
 
     def _watch_handshake(self, sock: zmq.Socket, name: str) -> None:
         """Read `sock`'s failed handshakes (on_monitor); `name` is its key in HANDSHAKE_FAILED."""
         events = 0
         for event in HANDSHAKE_FAILED[name]:
             events |= event
-        self.monitors[name] = sock.get_monitor_socket(events)
+        address = f"inproc://safcm-monitor-{next(_monitor_numbers)}"
+        self.monitors[name] = sock.get_monitor_socket(events, address)
         self.loop.add_reader(self.monitors[name], lambda: self.on_monitor(name))
 
     def _close(self, sock: zmq.Socket, name: str) -> None:
@@ -872,7 +891,8 @@ class Minion:
             self.key_state = state
         was_accepted, self.accepted = self.accepted, state == KeyState.ACCEPTED
         if self.accepted and not was_accepted:
-            self._subscribe()
+            if not self._subscribe():
+                return
             self._send_results(all_now=True)
             self._report_facts(again=True)
         elif not self.accepted:

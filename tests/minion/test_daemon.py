@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -42,6 +43,9 @@ HOUR = 3600.0
 # Seconds until a job's first progress report: its timer, cancelled when the
 # job is done, is dropped by the loop once due.
 CANCELLED_TIMER_DUE = 0.2
+# Descriptor numbers above the highest open one whose pyzmq monitor
+# endpoint names a test takes too: the sockets it makes get numbers below.
+FDS_BEYOND = 64
 
 
 def minion_settings(tmp_path) -> settings.MinionSettings:
@@ -431,3 +435,48 @@ def test_jobs_leave_no_garbage_cycles(tmp_path, monkeypatch):
     assert finished and finished[-1] - finished[0] >= 2 * CANCELLED_TIMER_DUE  # looked
     assert not [o for o in garbage if isinstance(o, daemon.Job)]
     assert not [o for o in garbage if getattr(o, "__qualname__", "").startswith("Minion._next_job")]
+
+
+def test_a_monitor_endpoint_a_closed_socket_left_does_not_stop_the_next(tmp_path):
+    # pyzmq names a monitor's endpoint after its socket's descriptor, which
+    # the next socket gets again at once, while libzmq may still hold the
+    # closed socket's endpoint: 4 of 4,000 minions in bench/fanout.py could
+    # not watch their publish socket (EADDRINUSE) and never received a job.
+    # Here every such name is taken.
+    with idle_minion(tmp_path) as minion:
+        minion.master_keys = KeyPair.generate().public
+        # One socket (one descriptor of its own) takes every such name.
+        squatter = minion.ctx.socket(zmq.PAIR)
+        squatter.setsockopt(zmq.LINGER, 0)
+        try:
+            highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+            for fd in range(highest + FDS_BEYOND):
+                squatter.bind(f"inproc://monitor.s-{fd}")
+            minion._connect()
+            assert minion._subscribe()
+            assert minion.sub is not None and minion.dealer is not None
+            assert set(minion.monitors) == {"return", "publish"}
+        finally:
+            squatter.close(0)
+
+
+def test_a_publish_socket_that_cannot_be_made_is_a_reconnect_not_a_deaf_minion(
+    tmp_path, monkeypatch, caplog
+):
+    # Before, the error left the minion accepted, with a socket half made
+    # that _subscribe() never made again: heartbeats answered, no job ever.
+    with idle_minion(tmp_path) as minion:
+        minion.master_keys = KeyPair.generate().public
+        minion._connect()
+        made = minion._curve_socket
+
+        def no_sub(kind: int, max_in: int) -> zmq.Socket:
+            if kind == zmq.SUB:
+                raise zmq.ZMQError(errno.EMFILE)
+            return made(kind, max_in)
+
+        monkeypatch.setattr(minion, "_curve_socket", no_sub)
+        assert not minion._subscribe()
+        assert minion.sub is None and minion.dealer is None and not minion.monitors
+        assert minion.reconnect is not None  # asks for the master's keys again after the backoff
+        assert "cannot open the publish socket: Too many open files" in caplog.text
