@@ -79,7 +79,7 @@ from safcm.master.jobstore import OWED_JOBS_LOOKBACK, HostState, JobStore, Store
 from safcm.master.keystore import KeyStore, MinionKey, SeenRow
 from safcm.master.lifecycle import Lifecycles, Verdict
 from safcm.master.outcomes import change_count, host_status
-from safcm.master.peers import Peers, Presence, user_id
+from safcm.master.peers import LIVENESS, Peers, Presence, user_id
 from safcm.master.resultwriter import Batch, ResultWriter
 from safcm.master.settings import MasterSettings
 from safcm.master.transport import DOMAIN_RETURN, ConnectionTable
@@ -610,12 +610,15 @@ class Intake:
             raise ProtocolError(
                 f"heartbeat {seq} of {minion} is not newer than its last, {key.seq} (a replay)"
             )
+        seen = self.loop.clock()
         presence = self.peers.presence.get(minion)
         if presence is None:
             self.peer_log.info("minion %s is connected (version %s)", minion, body["version"])
-            presence = self.peers.presence[minion] = Presence(0.0, 0.0)
+            presence = self.peers.presence[minion] = Presence(0.0, 0.0, since=seen)
+        elif seen - presence.last_seen >= LIVENESS * presence.interval:
+            presence.since = seen  # back after a silence: connected since now (Peers.deaf())
         # Changed in place: a new object per heartbeat costs more than the rest.
-        presence.last_seen = seen = self.loop.clock()
+        presence.last_seen = seen
         presence.interval = interval = body["interval"]
         presence.busy = body["busy"]
         if self._heartbeat_time is None:

@@ -25,6 +25,7 @@ from safcm.master.backlog import GIVE_BACK_AFTER, SWEEP_SLICE, probe, to_cut, wa
 from safcm.master.facts import HostFacts
 from safcm.master.keystore import KeyStore, MinionKey
 from safcm.master.transport import (
+    DOMAIN_PUBLISH,
     KEY_PORT_IDLE,
     UNKNOWN_IDLE,
     Connection,
@@ -39,6 +40,11 @@ log = logging.getLogger("safcm-master")
 # A minion counts as connected while its last heartbeat is younger than this
 # many of its heartbeat intervals (it reports its interval in each heartbeat).
 LIVENESS = 3
+# Heartbeat intervals (the minion's) a connected minion may hold no
+# subscription on the publish socket before it counts as deaf (deaf()): it
+# subscribes as soon as its enrol reply says it is accepted, and reconnects
+# both sockets together.
+SUBSCRIBE_GRACE = 2
 
 
 @dataclass(slots=True)
@@ -47,6 +53,7 @@ class Presence:
     interval: float  # the minion's heartbeat interval, seconds (at most MAX_HEARTBEAT_INTERVAL)
     busy: str | None = None  # the job it said it is applying
     answered: float = -math.inf  # monotonic: when a heartbeat of it was last answered
+    since: float = -math.inf  # monotonic: its first heartbeat since it was last not connected
 
 
 class Peers:
@@ -125,6 +132,25 @@ class Peers:
                 return None
             keys = self.public[sender] = key.public
         return keys
+
+    def subscribed(self, host: str) -> bool:
+        """Whether the accepted minion `host` holds a connection to the publish
+        socket that subscribed: without one, no job reaches it."""
+        keys = self.minion_keys(host)
+        return keys is not None and self.tables[DOMAIN_PUBLISH].holds(keys.curve.hex())
+
+    def deaf(self, host: str) -> bool:
+        """Connected for SUBSCRIBE_GRACE heartbeat intervals or longer and
+        not subscribed: a minion that cannot reach the publish port (a
+        firewall that lets the return port through), or that failed to
+        open its socket there."""
+        seen = self.presence.get(host)
+        return (
+            seen is not None
+            and self.connected(host)
+            and self.loop.clock() - seen.since >= SUBSCRIBE_GRACE * seen.interval
+            and not self.subscribed(host)
+        )
 
     def connected(self, host: str) -> bool:
         seen = self.presence.get(host)

@@ -261,6 +261,8 @@ class Runs:
             {h: self.keystore.get(h) for h in hosts},
             {claim.id: claim for claim in self.keystore.refused()},  # the latest of each id
             connected,
+            frozenset(h for h in hosts if self.peers.deaf(h)),
+            self.settings.publish_port,
         )
         log.debug("job %s: storing it for %d hosts", jid, len(hosts))
         future = self.pool.submit(self._store, record, order, hosts, unsealable, started, snapshot)
@@ -552,6 +554,10 @@ class HostSnapshot:
     keys: dict[str, MinionKey | None]
     claims: dict[str, RefusedKey]  # the latest other key that claimed each id
     connected: dict[str, str | None]  # connected hosts: the job each said it is busy with
+    # Connected here, but without a subscription on the publish socket
+    # (Peers.deaf()), and that socket's port.
+    deaf: frozenset[str] = frozenset()
+    publish_port: int = 0
 
 
 def host_note(host: str, facts: HostSnapshot) -> str | None:
@@ -572,6 +578,12 @@ def host_note(host: str, facts: HostSnapshot) -> str | None:
             else "last seen " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(key.last_seen))
         )
         return f"not connected ({seen}); the job waits for it until its deadline"
+    if host in facts.deaf:
+        return (
+            f"connected, but not subscribed to the publish socket (port {facts.publish_port}): "
+            "no job reaches it until it is; can it reach that port? The job waits for it "
+            "until its deadline"
+        )
     busy = facts.connected[host]
     if busy is not None:
         return f"busy with job {busy}; this job is queued behind it"

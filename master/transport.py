@@ -208,6 +208,10 @@ class ConnectionTable:
         self._count(conn, 1)
         return changed_key and self._per_key[key] > MAX_CONNECTIONS_PER_KEY
 
+    def holds(self, key: str) -> bool:
+        """Whether transport key `key` (hex) has a connection here that said who it is."""
+        return self._per_key.get(key, 0) > 0
+
     def handshaken(self, fd: int, now: float) -> None:
         conn = self.conns.get(fd)
         if conn is not None:

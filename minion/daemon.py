@@ -143,6 +143,11 @@ HANDSHAKE_FAILED: dict[str, dict[int, str]] = {
         int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): _NOT_PINNED,
     },
 }
+# Heartbeat intervals the publish socket may go without a handshake, while
+# the return socket's goes on, before the minion says it cannot reach it:
+# libzmq keeps trying by itself, but no job reaches the minion meanwhile (a
+# firewall that lets the return port through and not the publish port, say).
+PUBLISH_UNREACHED_INTERVALS = LIVENESS
 # Numbers of the monitors' inproc endpoints, unique in the process. pyzmq's
 # default names the endpoint after the socket's descriptor, which the next
 # socket gets again at once, while libzmq may still hold the closed one's
@@ -327,6 +332,11 @@ class Minion:
         self.dealer: zmq.Socket | None = None
         # The CURVE sockets' monitors (HANDSHAKE_FAILED events), by socket name.
         self.monitors: dict[str, zmq.Socket] = {}
+        # When the publish socket was made (loop clock), and whether its
+        # handshake succeeded since; whether we said it did not.
+        self.sub_made = 0.0
+        self.sub_up = False
+        self.sub_unreached_said = False
         self.key_sock: zmq.Socket | None = None  # only while asking for the master's keys
         # The timer that will ask for the master's keys again after a
         # reconnect's backoff; None when none is due (see tick()).
@@ -474,11 +484,12 @@ class Minion:
             self._reconnect(f"cannot open the publish socket: {e}")
             return False
         self.loop.add_reader(self.sub, self.on_sub)
+        self.sub_made, self.sub_up = self.loop.clock(), False
         return True
 
     def _watch_handshake(self, sock: zmq.Socket, name: str) -> None:
         """Read `sock`'s failed handshakes (on_monitor); `name` is its key in HANDSHAKE_FAILED."""
-        events = 0
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED if name == "publish" else 0
         for event in HANDSHAKE_FAILED[name]:
             events |= event
         address = f"inproc://safcm-monitor-{next(_monitor_numbers)}"
@@ -643,6 +654,7 @@ class Minion:
                 },
             )
             self.heartbeats_sent[seq] = self.local_clock()
+            self._check_publish_reached()
             # The master answers only every second one at long intervals
             # (master/intake.py HEARTBEAT_REPLY_SPACING): the oldest go.
             if len(self.heartbeats_sent) > LIVENESS + 1:
@@ -785,12 +797,46 @@ class Minion:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._publish_reached()
+                continue
             why = HANDSHAKE_FAILED[name].get(int(event["event"]))
             if why is not None:
                 port = self.settings.return_port if name == "return" else self.settings.publish_port
                 where = self._address(port)
                 self._reconnect(f"handshake with {where} failed: {why.format(event['value'])}")
                 return
+
+    def _publish_reached(self) -> None:
+        self.sub_up = True
+        if self.sub_unreached_said:
+            self.sub_unreached_said = False
+            log.info(
+                "%s: reached the publish socket at %s",
+                self.id,
+                self._address(self.settings.publish_port),
+            )
+
+    def _check_publish_reached(self) -> None:
+        """Say once, when the publish socket has not completed a handshake for
+        PUBLISH_UNREACHED_INTERVALS heartbeat intervals while the return
+        socket is answered."""
+        if (
+            self.sub is None
+            or self.sub_up
+            or self.sub_unreached_said
+            or self.loop.clock() - self.sub_made < PUBLISH_UNREACHED_INTERVALS * self.interval
+        ):
+            return
+        self.sub_unreached_said = True
+        log.warning(
+            "%s: cannot reach the publish socket at %s for %.0f s, while the return "
+            "socket answers: no job reaches this minion until it can (is that port "
+            "open between here and the master?)",
+            self.id,
+            self._address(self.settings.publish_port),
+            self.loop.clock() - self.sub_made,
+        )
 
     def on_sub(self) -> None:
         while self.sub is not None:

@@ -64,6 +64,34 @@ def test_minion_started_after_the_publish_still_applies(sandbox):
     assert os.path.exists(os.path.join(sandbox.root("web2"), "etc/motd"))
 
 
+# The minion's heartbeat interval where its publish port is unreachable:
+# each side says so after a few of them.
+UNREACHED_HEARTBEAT = 0.5
+
+
+def test_a_minion_that_cannot_reach_the_publish_port_is_named_on_both_sides(sandbox):
+    """A firewall that lets the return port through and not the publish
+    port: the minion's heartbeats are answered, and no job ever reaches it.
+    Before, each run said only "no response", at its deadline, and the
+    minion's log nothing at all."""
+    [closed] = free_ports(1)  # nothing listens there
+    enrol(sandbox, "web1", heartbeat_interval=UNREACHED_HEARTBEAT, publish_port=closed)
+    minion = sandbox.minions["web1"]
+    wait_for(
+        lambda: f"cannot reach the publish socket at tcp://127.0.0.1:{closed}" in minion.log_text(),
+        SETTLE,
+        "the minion to say it cannot reach the publish port",
+    )
+    code, doc = run_json(sandbox, "web1", "ping", "--timeout", "2")
+    assert code == 1
+    web1 = by_host(doc)["web1"]
+    assert web1["status"] == "no response"
+    port = sandbox.master.settings["publish_port"]
+    assert web1["note"].startswith(
+        f"connected, but not subscribed to the publish socket (port {port})"
+    ), web1
+
+
 def test_stopped_minion_is_no_response(sandbox):
     enrol(sandbox, "web1", "web2")
     sandbox.stop(sandbox.minions["web2"])
