@@ -154,7 +154,8 @@ class Pipeline(Generic[T]):
         # Unlinked from its batch (which lists its jobs) as it leaves: a job
         # and its batch would otherwise be a reference cycle, which only a
         # full garbage collection frees, with all that the jobs' callables
-        # hold (a files create on 100 hosts: 180,000 objects in one swarm).
+        # hold (one run of bench/fanout.py --sizes 200: 180,000 objects in
+        # a swarm of 100 identities).
         batch, job.batch = job.batch, None
         if batch is not None:
             if batch.future is None:

@@ -411,8 +411,8 @@ def test_a_job_is_marked_started_before_it_changes_the_host(tmp_path, monkeypatc
 def test_jobs_leave_no_garbage_cycles(tmp_path, monkeypatch):
     # The progress report was a closure that scheduled itself, made for
     # every job (a ping too): a reference cycle that kept the job, its
-    # content with it, until a full collection. 170-260 of them per swarm
-    # of 500 identities in one run of bench/fanout.py.
+    # content with it, until a full collection. 170-260 of them in a swarm
+    # of 100 identities in one run of bench/fanout.py --sizes 200.
     monkeypatch.setattr(daemon, "PROGRESS_FIRST", CANCELLED_TIMER_DUE)
     s = minion_settings(tmp_path)
     keep_job(s, JID, job_body("/a"))

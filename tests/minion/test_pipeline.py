@@ -241,8 +241,8 @@ def test_close_drops_the_jobs_of_a_batch_never_sent():
 def test_finished_and_dropped_jobs_leave_no_garbage_cycles():
     # A job held its batch and the batch its jobs: a reference cycle that
     # kept every job's callables (and what they hold: the engine's apply,
-    # its file specs) until a full collection. A files create on 100 hosts
-    # left 180,000 objects to it in one swarm of bench/fanout.py.
+    # its file specs) until a full collection. One run of bench/fanout.py
+    # --sizes 200 left 180,000 objects to it in a swarm of 100 identities.
     finished: list[int | None] = []
     with garbage_kept() as found:
         pipeline: Pipeline[int] = Pipeline(workers=2, pending_max=8, name="t", batch=3)
