@@ -148,6 +148,8 @@ HANDSHAKE_FAILED: dict[str, dict[int, str]] = {
 # libzmq keeps trying by itself, but no job reaches the minion meanwhile (a
 # firewall that lets the return port through and not the publish port, say).
 PUBLISH_UNREACHED_INTERVALS = LIVENESS
+# The publish socket's monitor events that tell whether it is connected.
+PUBLISH_PRESENCE = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 # Numbers of the monitors' inproc endpoints, unique in the process. pyzmq's
 # default names the endpoint after the socket's descriptor, which the next
 # socket gets again at once, while libzmq may still hold the closed one's
@@ -332,9 +334,10 @@ class Minion:
         self.dealer: zmq.Socket | None = None
         # The CURVE sockets' monitors (HANDSHAKE_FAILED events), by socket name.
         self.monitors: dict[str, zmq.Socket] = {}
-        # When the publish socket was made (loop clock), and whether its
-        # handshake succeeded since; whether we said it did not.
-        self.sub_made = 0.0
+        # Since when the publish socket has had no connection (loop clock: it
+        # was made, or its connection ended), whether its handshake succeeded
+        # since, and whether we said it did not.
+        self.sub_unreached_since = 0.0
         self.sub_up = False
         self.sub_unreached_said = False
         self.key_sock: zmq.Socket | None = None  # only while asking for the master's keys
@@ -484,12 +487,13 @@ class Minion:
             self._reconnect(f"cannot open the publish socket: {e}")
             return False
         self.loop.add_reader(self.sub, self.on_sub)
-        self.sub_made, self.sub_up = self.loop.clock(), False
+        self.sub_unreached_since, self.sub_up = self.loop.clock(), False
         return True
 
     def _watch_handshake(self, sock: zmq.Socket, name: str) -> None:
         """Read `sock`'s failed handshakes (on_monitor); `name` is its key in HANDSHAKE_FAILED."""
-        events = zmq.EVENT_HANDSHAKE_SUCCEEDED if name == "publish" else 0
+        # The publish socket's connection comes and goes too (_check_publish_reached()).
+        events = PUBLISH_PRESENCE if name == "publish" else 0
         for event in HANDSHAKE_FAILED[name]:
             events |= event
         address = f"inproc://safcm-monitor-{next(_monitor_numbers)}"
@@ -800,6 +804,10 @@ class Minion:
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._publish_reached()
                 continue
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                # libzmq connects again by itself; unreached from now until then.
+                self.sub_unreached_since, self.sub_up = self.loop.clock(), False
+                continue
             why = HANDSHAKE_FAILED[name].get(int(event["event"]))
             if why is not None:
                 port = self.settings.return_port if name == "return" else self.settings.publish_port
@@ -825,7 +833,8 @@ class Minion:
             self.sub is None
             or self.sub_up
             or self.sub_unreached_said
-            or self.loop.clock() - self.sub_made < PUBLISH_UNREACHED_INTERVALS * self.interval
+            or self.loop.clock() - self.sub_unreached_since
+            < PUBLISH_UNREACHED_INTERVALS * self.interval
         ):
             return
         self.sub_unreached_said = True
@@ -835,7 +844,7 @@ class Minion:
             "open between here and the master?)",
             self.id,
             self._address(self.settings.publish_port),
-            self.loop.clock() - self.sub_made,
+            self.loop.clock() - self.sub_unreached_since,
         )
 
     def on_sub(self) -> None:

@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 import zmq
@@ -43,6 +44,8 @@ HOUR = 3600.0
 # Seconds until a job's first progress report: its timer, cancelled when the
 # job is done, is dropped by the loop once due.
 CANCELLED_TIMER_DUE = 0.2
+# Seconds a test waits for the minion's sockets to connect or disconnect.
+SETTLE_S = 20.0
 # Descriptor numbers above the highest open one whose pyzmq monitor
 # endpoint names a test takes too: the sockets it makes get numbers below.
 FDS_BEYOND = 64
@@ -480,3 +483,36 @@ def test_a_publish_socket_that_cannot_be_made_is_a_reconnect_not_a_deaf_minion(
         assert minion.sub is None and minion.dealer is None and not minion.monitors
         assert minion.reconnect is not None  # asks for the master's keys again after the backoff
         assert "cannot open the publish socket: Too many open files" in caplog.text
+
+
+def test_a_publish_connection_that_ends_counts_as_unreached_until_it_is_back(tmp_path, caplog):
+    # libzmq connects the publish socket again by itself, so a minion whose
+    # master lost that port (a firewall rule, another process on it) kept
+    # counting it as reached, and never said why no job came.
+    now = [1000.0]
+    master = KeyPair.generate()
+    with idle_minion(tmp_path, lambda: now[0]) as minion:
+        minion.master_keys = master.public
+        server = minion.ctx.socket(zmq.XPUB)
+        server.setsockopt(zmq.LINGER, 0)
+        server.curve_server = True
+        server.curve_secretkey = master.curve_secret().reveal()
+        server.bind(f"tcp://127.0.0.1:{minion.settings.publish_port}")
+        try:
+            assert minion._subscribe()
+            pump(minion, lambda: minion.sub_up, "the publish handshake")
+        finally:
+            server.close(0)
+        pump(minion, lambda: not minion.sub_up, "the publish connection's end")
+        minion.accepted = True
+        now[0] += daemon.PUBLISH_UNREACHED_INTERVALS * minion.interval
+        minion._check_publish_reached()
+        assert "cannot reach the publish socket at tcp://127.0.0.1:" in caplog.text
+
+
+def pump(minion: daemon.Minion, until: Callable[[], bool], what: str) -> None:
+    """Run the minion's loop (its monitors) until `until()`, for SETTLE_S at most."""
+    deadline = time.monotonic() + SETTLE_S
+    while not until():
+        assert time.monotonic() < deadline, f"waited {SETTLE_S} s for {what}"
+        minion.loop.run_once(max_wait=0.05)
