@@ -801,10 +801,10 @@ class Minion:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if name == "publish" and event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._publish_reached()
                 continue
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if name == "publish" and event["event"] == zmq.EVENT_DISCONNECTED:
                 # libzmq connects again by itself; unreached from now until then.
                 self.sub_unreached_since, self.sub_up = self.loop.clock(), False
                 continue
@@ -826,7 +826,7 @@ class Minion:
             )
 
     def _check_publish_reached(self) -> None:
-        """Say once, when the publish socket has not completed a handshake for
+        """Say once, when the publish socket has had no connection for
         PUBLISH_UNREACHED_INTERVALS heartbeat intervals while the return
         socket is answered."""
         if (
