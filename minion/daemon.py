@@ -561,24 +561,17 @@ class Minion:
                     msg, nonce=self.key_nonce, pinned=self.settings.master_fingerprint
                 )
             except (EnvelopeError, ProtocolError) as e:
-                log.warning(
-                    "%s: refused the key reply from %s: %s",
-                    self.id,
-                    self.master,
-                    e.reason if isinstance(e, EnvelopeError) and e.reason else e,
-                )
-                continue
+                reason = e.reason if isinstance(e, EnvelopeError) and e.reason else e
+                self._refuse_key_port(f"refused the key reply from {self.master}: {reason}")
+                return
             if self.master_keys is not None and keys != self.master_keys:
-                log.error(
-                    "%s: the master at %s now presents key %s, not the pinned %s; "
-                    "not connecting. If its keys were replaced on purpose, remove %s",
-                    self.id,
-                    self.master,
-                    keys.fingerprint(),
-                    self.master_keys.fingerprint(),
-                    os.path.join(self.settings.state_dir, MASTER_KEY_FILE),
+                self._refuse_key_port(
+                    f"the master at {self.master} now presents key {keys.fingerprint()}, "
+                    f"not the pinned {self.master_keys.fingerprint()}; not connecting. "
+                    "If its keys were replaced on purpose, remove "
+                    f"{os.path.join(self.settings.state_dir, MASTER_KEY_FILE)}"
                 )
-                continue
+                return
             self._close_key_sock()
             now = self.local_clock()
             self._learn_offset(msg.body["issued_at"], self.key_asked, now)
@@ -588,7 +581,15 @@ class Minion:
             self.tick()
             return
 
-    def _reconnect(self, why: str | None = None) -> None:
+    def _refuse_key_port(self, why: str) -> None:
+        """The key port answered with keys we do not trust (or not with keys):
+        whoever holds that address now answers every request alike, so ask
+        again after the reconnect's growing backoff, as for a refused
+        handshake, not at every heartbeat, and say why each time."""
+        self._close_key_sock()
+        self._reconnect(why, level=logging.ERROR)
+
+    def _reconnect(self, why: str | None = None, *, level: int = logging.WARNING) -> None:
         """The master went quiet, or refused us (`why`): drop both sockets
         (and whatever they queued), then come back after a jittered backoff
         (the zguide's Lazy Pirate)."""
@@ -596,7 +597,7 @@ class Minion:
         delay = self.backoff * jitter
         if why is None:
             why = f"no reply from the master for {LIVENESS * self.interval:.0f} s"
-        log.warning("%s: %s; reconnecting in %.1f s", self.id, why, delay)
+        log.log(level, "%s: %s; reconnecting in %.1f s", self.id, why, delay)
         self._disconnect()
         self.accepted = False
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)

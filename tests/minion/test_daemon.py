@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -30,6 +31,7 @@ from safcm.common.protocol import (
     decode_plain,
     encode_plain,
     make_enrol_reply,
+    make_key_reply,
 )
 from safcm.common.schema import validate
 from safcm.master.sandbox import free_ports
@@ -54,10 +56,11 @@ FDS_BEYOND = 64
 def minion_settings(tmp_path) -> settings.MinionSettings:
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
-    publish_port, return_port = free_ports(2)
+    publish_port, return_port, key_port = free_ports(3)
     return settings.parse(
         f"id: web1\nmaster: 127.0.0.1\npublish_port: {publish_port}\n"
-        f"return_port: {return_port}\nstate_dir: {tmp_path / 'state'}\nroot: {root}\n"
+        f"return_port: {return_port}\nkey_port: {key_port}\n"
+        f"state_dir: {tmp_path / 'state'}\nroot: {root}\n"
         "trust_first_master: true\n"
     )
 
@@ -508,6 +511,64 @@ def test_a_publish_connection_that_ends_counts_as_unreached_until_it_is_back(tmp
         now[0] += daemon.PUBLISH_UNREACHED_INTERVALS * minion.interval
         minion._check_publish_reached()
         assert "cannot reach the publish socket at tcp://127.0.0.1:" in caplog.text
+
+
+@pytest.mark.parametrize("refusal", ["pinned elsewhere", "not the fingerprint"])
+def test_a_key_port_that_answers_with_other_keys_is_asked_again_after_the_backoff(
+    tmp_path, caplog, refusal
+):
+    # Before, a refused key reply left the key socket open: each LIVENESS
+    # heartbeats the minion logged "no answer from the key port" (it had
+    # one) and asked again at once, forever, with no backoff.
+    now = [1000.0]
+    stranger = KeyPair.generate()
+    with idle_minion(tmp_path, lambda: now[0]) as minion:
+        if refusal == "pinned elsewhere":
+            minion.master_keys = KeyPair.generate().public
+            said = f"now presents key {stranger.fingerprint()}"
+        else:
+            minion.settings = dataclasses.replace(
+                minion.settings, master_fingerprint=KeyPair.generate().fingerprint()
+            )
+            said = f"master key {stranger.fingerprint()} does not match master_fingerprint"
+        keyport = minion.ctx.socket(zmq.ROUTER)
+        keyport.setsockopt(zmq.LINGER, 0)
+        keyport.bind(f"tcp://127.0.0.1:{minion.settings.key_port}")
+        asked = []
+
+        def answer() -> bool:
+            while keyport.poll(0):
+                peer, frame = keyport.recv_multipart()
+                nonce = decode_plain(frame, Channel.KEY).body["nonce"]
+                asked.append(nonce)
+                reply = make_key_reply(stranger, nonce=nonce, now=time.time())
+                keyport.send_multipart([peer, encode_plain(MsgType.KEY_REPLY, reply)])
+            return minion.key_sock is None
+
+        try:
+            with caplog.at_level(logging.INFO, logger="safcm-minion"):
+                minion._ask_keys()
+                pump(minion, answer, "the minion to refuse the key reply")
+                assert said in caplog.text and "reconnecting in" in caplog.text
+                assert minion.reconnect is not None and minion.dealer is None
+                assert minion.backoff == 2 * minion.interval  # grows with each refusal
+                # Heartbeats until then neither ask nor blame a silence.
+                for _ in range(daemon.LIVENESS + 1):
+                    now[0] += minion.interval / 2
+                    minion.tick()
+                assert minion.key_sock is None and len(asked) == 1
+                assert "no answer from the key port" not in caplog.text
+                # After the backoff it asks again, and is refused again.
+                now[0] += daemon.BACKOFF_MAX
+                minion.loop.run_once(max_wait=0)
+                assert minion.key_sock is not None
+                pump(minion, answer, "the second key request's refusal")
+                assert len(asked) == 2 and caplog.text.count(said) == 2
+                assert minion.master_keys is None or minion.master_keys.fingerprint() != (
+                    stranger.fingerprint()
+                )
+        finally:
+            keyport.close(0)
 
 
 def pump(minion: daemon.Minion, until: Callable[[], bool], what: str) -> None:
