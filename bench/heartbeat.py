@@ -45,7 +45,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import zmq
 
-from bench.swarm import SwarmContext, SwarmLoop, raise_fd_limit
+from bench.swarm import SOCKET_SLACK, SOCKETS_PER_MINION, SwarmContext, SwarmLoop, raise_fd_limit
 from safcm.master.sandbox import Sandbox
 from safcm.minion.daemon import Minion
 from safcm.minion.settings import MinionSettings
@@ -53,11 +53,6 @@ from safcm.minion.settings import MinionSettings
 SOURCE_DIR = pathlib.Path(__file__).resolve().parents[1]
 REPO = SOURCE_DIR / "configs" / "repo"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # units of /proc/<pid>/stat's CPU times, per second
-# Sockets each identity opens (SUB, DEALER, the key port's DEALER for a
-# moment), and slack for the context's own: its default maximum, 1023, would
-# stop the fleet at about 500 identities.
-SOCKETS_PER_MINION = 3
-SOCKET_SLACK = 64
 # Seconds the master is watched with nothing connected (its idle load).
 IDLE_WINDOW = 2.0
 # Seconds the whole fleet gets to enrol and have a heartbeat answered: a

@@ -867,6 +867,8 @@ _SPEC_LIST = [
         schema=Map(
             {
                 "master": _FINGERPRINT,  # the master's own key, to compare with minions
+                # where minions subscribe, named for those that do not
+                "publish_port": Int(1, 65535),
                 "keys": List(
                     Map(
                         {
@@ -874,6 +876,8 @@ _SPEC_LIST = [
                             "state": OneOf(KeyState),
                             "fingerprint": _FINGERPRINT,
                             "connected": Bool(),
+                            # connected, and no job reaches it (master/peers.py deaf())
+                            "not_subscribed": Bool(),
                             "last_seen": Optional(_TIME),
                         }
                     ),

@@ -170,7 +170,9 @@ class Master:
             clock,
             self.writer,
         )
-        self.key_service = KeyService(self.keys, self.peers, self.keystore, self.lifecycle, clock)
+        self.key_service = KeyService(
+            self.keys, self.peers, self.keystore, self.lifecycle, clock, settings.publish_port
+        )
         # Loading, targeting and compiling a run's job, then building and
         # storing it (master/runs.py): in a worker process, so that the loop
         # does not wait for the GIL either (master/prepworker.py), asked by

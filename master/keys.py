@@ -81,8 +81,10 @@ class KeyService:
         keystore: KeyStore,
         lifecycle: Lifecycles,
         clock: Callable[[], float],
+        publish_port: int,
     ) -> None:
         self.keys = keys
+        self.publish_port = publish_port
         self.peers = peers
         self.loop = peers.loop
         self.keystore = keystore
@@ -220,6 +222,7 @@ class KeyService:
             MsgType.KEYS_REPLY,
             {
                 "master": self.keys.fingerprint(),
+                "publish_port": self.publish_port,
                 "keys": [self._key_row(k) for k in keys],
                 "left": [{"id": k.id, "state": str(k.state)} for k in left],
                 "refused": [
@@ -245,6 +248,8 @@ class KeyService:
             "state": str(key.state),
             "fingerprint": key.fingerprint,
             "connected": connected,
+            # Known here only: another master of a cluster holds its own subscriptions.
+            "not_subscribed": key.state is KeyState.ACCEPTED and self.peers.deaf(key.id),
             "last_seen": key.last_seen,
         }
 

@@ -118,7 +118,9 @@ def render_keys(body: dict[str, Any], style: Style) -> str:
         refused = bool(body.get("refused"))
         table = [["ID", "STATE", "FINGERPRINT", "PRESENCE", *(["REFUSED"] if refused else [])]]
         for key in body["keys"]:
-            if key["connected"]:
+            if key["not_subscribed"]:
+                presence = "connected, NOT SUBSCRIBED"
+            elif key["connected"]:
                 presence = "connected"
             elif key["last_seen"]:
                 presence = f"last seen {format_time(key['last_seen'])}"
@@ -130,6 +132,17 @@ def render_keys(body: dict[str, Any], style: Style) -> str:
                 row.append(str(attempts) if attempts else "-")
             table.append(row)
         lines.extend(_table(table, style))
+    if any(key["not_subscribed"] for key in body["keys"]):
+        lines += [
+            "",
+            style.red(
+                "not subscribed: connected, but holding no subscription on the publish socket"
+            ),
+            style.red(
+                f"(port {body['publish_port']}), so no job reaches it; can it reach that port? "
+                "Its log says so too"
+            ),
+        ]
     if body.get("refused"):
         lines += [
             "",

@@ -528,10 +528,17 @@ class Minion:
         the one that does not), and tells the master's time."""
         self.reconnect = None
         self._close_key_sock()
-        self.key_sock = self.ctx.socket(zmq.DEALER)
-        self.key_sock.setsockopt(zmq.LINGER, 0)
-        self.key_sock.setsockopt(zmq.MAXMSGSIZE, MAX_KEY_PORT_BYTES)
-        self.key_sock.connect(self._address(self.settings.key_port))
+        try:
+            self.key_sock = self.ctx.socket(zmq.DEALER)
+            self.key_sock.setsockopt(zmq.LINGER, 0)
+            self.key_sock.setsockopt(zmq.MAXMSGSIZE, MAX_KEY_PORT_BYTES)
+            self.key_sock.connect(self._address(self.settings.key_port))
+        except zmq.ZMQError as e:
+            # Out of descriptors, say: a failure every heartbeat would
+            # neither wait nor say more than once why.
+            self._close_key_sock()
+            self._reconnect(f"cannot open a socket to the key port: {e}")
+            return
         self.loop.add_reader(self.key_sock, self.on_key_reply)
         self.key_nonce = os.urandom(ENROL_NONCE_LENGTH)
         self._wait_for_master()

@@ -28,11 +28,15 @@ def reply_for(conn, msg, size: int = 0):
             "state": "pending",
             "fingerprint": fingerprint,
             "connected": False,
+            "not_subscribed": False,
             "last_seen": None,
         }
         for i in range(size)
     ]
-    conn.send(MsgType.KEYS_REPLY, {"master": fingerprint, "keys": keys, "left": [], "refused": []})
+    conn.send(
+        MsgType.KEYS_REPLY,
+        {"master": fingerprint, "publish_port": 4506, "keys": keys, "left": [], "refused": []},
+    )
     conn.finish()
 
 
@@ -181,7 +185,13 @@ def test_what_one_loop_turn_sends_a_client_is_written_at_once(tmp_path):
     def handler(conn, msg):
         conn.sock = CountingSocket(conn.sock)
         counted.append(conn.sock)
-        body = {"master": "SHA256:" + "a" * 52, "keys": [], "left": [], "refused": []}
+        body = {
+            "master": "SHA256:" + "a" * 52,
+            "publish_port": 4506,
+            "keys": [],
+            "left": [],
+            "refused": [],
+        }
         for _ in range(50):
             conn.send(MsgType.KEYS_REPLY, body)
         # Due after the flush the first send asked for (timers run in order).
@@ -223,7 +233,13 @@ def test_what_is_queued_when_the_daemon_stops_is_still_sent(tmp_path):
     thread = threading.Thread(target=client)
     thread.start()
     loop.run()
-    body = {"master": "SHA256:" + "a" * 52, "keys": [], "left": [], "refused": []}
+    body = {
+        "master": "SHA256:" + "a" * 52,
+        "publish_port": 4506,
+        "keys": [],
+        "left": [],
+        "refused": [],
+    }
     asked[0].send(MsgType.KEYS_REPLY, body)  # after the loop's end
     server.close()
     thread.join(10)

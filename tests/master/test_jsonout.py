@@ -191,12 +191,14 @@ def test_jobs_documents_and_keys_and_errors_fit_their_schemas():
     assert shown["hosts"][0]["returned"] == "2026-11-18T09:06:42.250000Z"
     keys = {
         "master": "SHA256:m",
+        "publish_port": 4506,
         "keys": [
             {
                 "id": "web1",
                 "state": "accepted",
                 "fingerprint": "SHA256:a",
                 "connected": False,
+                "not_subscribed": False,
                 "last_seen": T0,
             }
         ],

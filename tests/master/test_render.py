@@ -253,12 +253,14 @@ def test_tables():
     assert cut[-1] == "(the newest 2 that match; --limit N for more)"
     keys = {
         "master": "SHA256:m",
+        "publish_port": 4506,
         "keys": [
             {
                 "id": "web1",
                 "state": "accepted",
                 "fingerprint": "SHA256:a",
                 "connected": True,
+                "not_subscribed": False,
                 "last_seen": 5.0,
             },
             {
@@ -266,6 +268,7 @@ def test_tables():
                 "state": "pending",
                 "fingerprint": "SHA256:b",
                 "connected": False,
+                "not_subscribed": False,
                 "last_seen": None,
             },
         ],
@@ -274,6 +277,12 @@ def test_tables():
     text = render.render_keys(keys, PLAIN)
     assert "master key fingerprint: SHA256:m" in text
     assert "connected" in text and "never seen" in text and "refused keys" in text
+    assert "NOT SUBSCRIBED" not in text and "port 4506" not in text
+    # A host no job reaches is named in its row, and why below the table.
+    keys["keys"][0]["not_subscribed"] = True
+    rows = render.render_keys(keys, PLAIN).splitlines()
+    assert next(r for r in rows if r.startswith("web1 ")).endswith("connected, NOT SUBSCRIBED  2")
+    assert any("(port 4506), so no job reaches it" in r for r in rows)
 
 
 def test_a_reduced_result_says_what_was_left_out():

@@ -488,6 +488,22 @@ def test_a_publish_socket_that_cannot_be_made_is_a_reconnect_not_a_deaf_minion(
         assert "cannot open the publish socket: Too many open files" in caplog.text
 
 
+def test_a_key_socket_that_cannot_be_made_waits_for_the_backoff(tmp_path, monkeypatch, caplog):
+    # Before, the error escaped _ask_keys() and the heartbeat's tick tried
+    # again at every heartbeat, each failure logged with its traceback.
+    with idle_minion(tmp_path) as minion:
+
+        def no_socket(kind: int) -> zmq.Socket:
+            raise zmq.ZMQError(errno.EMFILE)
+
+        monkeypatch.setattr(minion.ctx, "socket", no_socket)
+        minion._ask_keys()
+        assert minion.key_sock is None and minion.reconnect is not None
+        assert "cannot open a socket to the key port: Too many open files" in caplog.text
+        minion.tick()  # waits for the backoff: no second try, no second line
+        assert caplog.text.count("Too many open files") == 1
+
+
 def test_a_publish_connection_that_ends_counts_as_unreached_until_it_is_back(tmp_path, caplog):
     # libzmq connects the publish socket again by itself, so a minion whose
     # master lost that port (a firewall rule, another process on it) kept

@@ -90,12 +90,19 @@ def test_a_minion_that_cannot_reach_the_publish_port_is_named_on_both_sides(sand
     assert web1["note"].startswith(
         f"connected, but not subscribed to the publish socket (port {port})"
     ), web1
+    # And in `keys list`, where an administrator looks for who is there.
+    assert keys(sandbox)["web1"]["not_subscribed"] and keys(sandbox)["web1"]["connected"]
+    listed = sandbox.cli("keys", "list").stdout
+    assert "connected, NOT SUBSCRIBED" in listed and f"(port {port}), so no job" in listed, listed
 
 
 def test_stopped_minion_is_no_response(sandbox):
     enrol(sandbox, "web1", "web2")
     sandbox.stop(sandbox.minions["web2"])
     wait_for(lambda: not keys(sandbox)["web2"]["connected"], SETTLE, "web2 to count as gone")
+    listed = keys(sandbox)
+    assert listed["web1"]["connected"] and not listed["web1"]["not_subscribed"]
+    assert not listed["web2"]["not_subscribed"]
     # Said at submit time, not only at the deadline.
     human = sandbox.cli("run", "web2", "ping", "--timeout", "2")
     assert human.returncode == 1
