@@ -574,3 +574,40 @@ def test_a_stored_batch_and_a_sweep_leave_no_garbage_cycles(
         garbage = found()
     assert not [o for o in garbage if isinstance(o, intake.Flight)]
     assert not [o for o in garbage if getattr(o, "__qualname__", "").startswith("Peers.")]
+
+
+def test_a_minion_that_holds_no_subscription_counts_as_deaf_from_its_return_on(
+    sandbox, master, fake
+):
+    # Peers.deaf(): connected for SUBSCRIBE_GRACE of its heartbeat intervals
+    # without a subscription on the publish socket. A minion back after a
+    # silence is connected since its return, not since its first heartbeat
+    # ever: before, a minion that reconnected (both sockets anew) counted as
+    # deaf at once, before it had had the time to subscribe.
+    m = master()
+    web1 = accepted_fake(sandbox, fake, "web1")  # heartbeats; never subscribes
+
+    def presence() -> peers.Presence:
+        return m.call(lambda: m.master.peers.presence["web1"])
+
+    def deaf() -> bool:
+        web1.heartbeat()
+        return bool(m.call(lambda: m.master.peers.deaf("web1")))
+
+    wait_for(deaf, SETTLE, "web1 to count as deaf")
+    web2 = accepted_fake(sandbox, fake, "web2")
+    web2.subscribe()
+    wait_for(
+        lambda: m.call(lambda: m.master.peers.subscribed("web2")), SETTLE, "web2's subscription"
+    )
+    web2.heartbeat()
+    wait_for(lambda: "web2" in m.call(lambda: m.master.peers.presence), SETTLE, "web2's heartbeat")
+    assert not m.call(lambda: m.master.peers.deaf("web2"))
+
+    # web1 goes quiet until it counts as gone, then comes back.
+    before = presence().last_seen
+    wait_for(lambda: not m.call(lambda: m.master.peers.connected("web1")), SETTLE, "web1 gone")
+    assert not m.call(lambda: m.master.peers.deaf("web1"))  # not connected: not deaf
+    web1.heartbeat()
+    wait_for(lambda: presence().last_seen > before, SETTLE, "web1's return")
+    assert presence().since > before
