@@ -9,6 +9,8 @@ import stat
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from safcm.common.errors import DaemonError, RemoteError
 from safcm.common.loop import Loop
@@ -170,6 +172,10 @@ class CountingSocket:
         self.writes += 1
         return self.sock.send(data)
 
+    def sendmsg(self, buffers):
+        self.writes += 1
+        return self.sock.sendmsg(buffers)
+
     def __getattr__(self, name):
         return getattr(self.sock, name)
 
@@ -278,3 +284,33 @@ def test_at_the_descriptor_limit_a_client_is_turned_away_and_accepting_pauses(tm
     for client in (first, second):
         client.close()
     server.close()
+
+
+# Steps of the send-queue test: a piece queued, or that many bytes sent.
+QUEUE_STEPS = st.lists(
+    st.one_of(
+        st.binary(max_size=40).map(lambda b: ("put", b)),
+        st.integers(0, 100).map(lambda n: ("send", n)),
+    ),
+    max_size=60,
+)
+
+
+@given(QUEUE_STEPS)
+def test_the_send_queue_sends_what_was_queued_in_order_without_joining_it(steps):
+    queue, expected = control.SendQueue(), bytearray()
+    for step, value in steps:
+        if step == "put":
+            queue.put(value)
+            expected += value
+        else:  # the kernel takes up to `value` bytes of what front() offers
+            offered = b"".join(queue.front(3)) if queue else b""
+            assert expected.startswith(offered) and (offered or not expected)
+            count = min(value, len(offered))
+            queue.sent(count)
+            del expected[:count]
+        assert len(queue) == len(expected)
+        rest = b"".join(queue.front(len(steps) + 1)) if queue else b""
+        assert rest == bytes(expected)
+    # Kept as queued: nothing is copied into one buffer that grows.
+    assert all(type(piece) is bytes for piece in queue.pieces)
