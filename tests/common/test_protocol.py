@@ -178,6 +178,7 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
     },
     MsgType.KEYS_REPLY: {
         "master": MASTER.fingerprint(),
+        "publish_port": 4506,
         "left": [{"id": "web3", "state": "rejected"}],
         "refused": [
             {"id": "web1", "fingerprint": WEB2.fingerprint(), "attempts": 3, "last_seen": NOW}
@@ -188,6 +189,7 @@ SAMPLES: dict[MsgType, dict[str, Any]] = {
                 "state": "accepted",
                 "fingerprint": WEB1.fingerprint(),
                 "connected": True,
+                "not_subscribed": False,
                 "last_seen": NOW,
             }
         ],
