@@ -148,6 +148,19 @@ def unpack_flat(data: bytes, *, max_items: int) -> Any:
     return _unpackb(data, max_list=max_items, max_map=max_items)
 
 
+def unpack_unscanned(data: bytes) -> Any:
+    """unpack() without its structural scan, for what the CLI's own master
+    sends over the control socket (root's, or the admin group's): the scan
+    guards a daemon against a peer's lying counts and deep nesting, and costs
+    as much as the decoding (a files create's result of 122 KB: most of the
+    CLI's decoding, bench/runjson.py). msgpack's own limits still hold (no
+    ext types, scalar and container sizes, its stack), and every failure is
+    a ProtocolError."""
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"expected bytes, got {type(data).__name__}")
+    return _unpackb(data, max_list=MAX_LIST_ITEMS, max_map=MAX_MAP_ENTRIES)
+
+
 def _unpackb(data: bytes, *, max_list: int, max_map: int) -> Any:
     """msgpack's decoding with our limits: no ext types, str map keys, scalars
     of at most MAX_SCALAR_BYTES, lists and maps of at most `max_list` and

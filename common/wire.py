@@ -121,15 +121,21 @@ def pack_plain(msg_type: MsgType, body: dict[str, Any]) -> bytes:
     return codec.pack([PROTOCOL_VERSION, int(msg_type), body])
 
 
-def unpack_plain(frame: bytes, limit: int, what: str) -> tuple[int, MsgType, Any]:
+def unpack_plain(
+    frame: bytes, limit: int, what: str, *, scanned: bool = True
+) -> tuple[int, MsgType, Any]:
     """The version, type and (unchecked) body of a plain message of at most
     `limit` bytes; `what` names the channel in errors. ProtocolError for
-    anything that is not [supported version, known type, body]."""
+    anything that is not [supported version, known type, body]. `scanned`:
+    False for the CLI's own master's replies (codec.unpack_unscanned())."""
     if not isinstance(frame, bytes):
         raise ProtocolError(f"expected bytes, got {type(frame).__name__}")
     if len(frame) > limit:
         raise ProtocolError(f"plain {what} message of {len(frame)} bytes exceeds {limit}")
-    value = codec.unpack(frame, max_depth=MAX_BODY_DEPTH + 1)
+    if scanned:
+        value = codec.unpack(frame, max_depth=MAX_BODY_DEPTH + 1)
+    else:
+        value = codec.unpack_unscanned(frame)
     if type(value) is not list or len(value) != 3:
         raise ProtocolError("a plain message is an array of [version, type, body]")
     version = check_version(value[0])
@@ -156,7 +162,9 @@ def decode_reply(frame: bytes) -> Reply:
     the master checked them against the type's schema when it encoded the
     reply (protocol.encode_plain), and the socket reaches only that master
     (it is root's, or the admin group's). ProtocolError otherwise."""
-    version, reply_type, body = unpack_plain(frame, MAX_CONTROL_FRAME_BYTES, "control")
+    version, reply_type, body = unpack_plain(
+        frame, MAX_CONTROL_FRAME_BYTES, "control", scanned=False
+    )
     if reply_type not in CONTROL_REPLIES:
         raise ProtocolError(f"{reply_type.name} is not a reply to the CLI")
     if type(body) is not dict:
