@@ -20,6 +20,14 @@ from safcm.master.control import ControlClient, ControlServer
 from tests.procs import no_descriptor_free
 
 LIST = {"action": "list", "ids": []}
+# A KEYS_REPLY of a master with no minion keys.
+NO_KEYS = {
+    "master": "SHA256:" + "a" * 52,
+    "publish_port": 4506,
+    "keys": [],
+    "left": [],
+    "refused": [],
+}
 
 
 def reply_for(conn, msg, size: int = 0):
@@ -191,15 +199,8 @@ def test_what_one_loop_turn_sends_a_client_is_written_at_once(tmp_path):
     def handler(conn, msg):
         conn.sock = CountingSocket(conn.sock)
         counted.append(conn.sock)
-        body = {
-            "master": "SHA256:" + "a" * 52,
-            "publish_port": 4506,
-            "keys": [],
-            "left": [],
-            "refused": [],
-        }
         for _ in range(50):
-            conn.send(MsgType.KEYS_REPLY, body)
+            conn.send(MsgType.KEYS_REPLY, NO_KEYS)
         # Due after the flush the first send asked for (timers run in order).
         conn.server.loop.call_later(0.0, conn.finish)
 
@@ -239,14 +240,7 @@ def test_what_is_queued_when_the_daemon_stops_is_still_sent(tmp_path):
     thread = threading.Thread(target=client)
     thread.start()
     loop.run()
-    body = {
-        "master": "SHA256:" + "a" * 52,
-        "publish_port": 4506,
-        "keys": [],
-        "left": [],
-        "refused": [],
-    }
-    asked[0].send(MsgType.KEYS_REPLY, body)  # after the loop's end
+    asked[0].send(MsgType.KEYS_REPLY, NO_KEYS)  # after the loop's end
     server.close()
     thread.join(10)
     assert got == [MsgType.KEYS_REPLY]
