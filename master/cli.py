@@ -983,12 +983,12 @@ def _cmd_request(args: argparse.Namespace) -> dict[str, Any]:
 def _batch_request(args: argparse.Namespace) -> dict[str, Any]:
     """The RUN request's batch fields from --batch and --batch-fail, checked
     here so that a mistake is said in the user's words (UsageError)."""
-    from safcm.master.batch import BatchSize, parse_fail_limit
-
     if args.batch is None:
         if args.batch_fail is not None:
             raise UsageError("--batch-fail needs --batch: it stops a rollout in batches")
         return {}
+    from safcm.master.batch import BatchSize, parse_fail_limit  # dataclasses: 7 ms
+
     size = BatchSize.parse(args.batch)
     fields: dict[str, Any] = {"batch": {"size": size.value, "percent": size.percent}}
     if args.batch_fail is not None:

@@ -67,6 +67,11 @@ class Request(NamedTuple):
 
 class MasterModule(NamedTuple):
     name: str
+    # The key of its section in a RESULT body: its wire's result_key
+    # (common/modules/), said again here so that the CLI, which reads
+    # results, need not load the wires and the protocol behind them
+    # (tests/master/test_modules.py holds the two equal).
+    result_key: str
     # One line for `run --help` and the docs.
     summary: str
     # (the loaded repository, the targeted hosts, the request) -> the job
@@ -117,34 +122,25 @@ def summaries() -> dict[str, str]:
 
 @functools.cache
 def modules() -> dict[str, MasterModule]:
-    """Every registered module, by name, loaded on first use."""
-    from safcm.common import modules as wire
-
+    """Every registered module, by name, loaded on first use. Light: not
+    their wires (tests/master/test_modules.py checks each has one)."""
     table: dict[str, MasterModule] = {}
     for name in REGISTERED:
         module = importlib.import_module(f"{__name__}.{name}").MODULE
         if not isinstance(module, MasterModule) or module.name != name:
             raise RuntimeError(f"master/modules/{name}.py: its MODULE must be named {name}")
-        if name not in wire.wires():
-            raise RuntimeError(f"module {name} has no wire (common/modules/{name}.py)")
         table[name] = module
     return table
 
 
 def steps_of(module: str) -> list[str]:
-    """The registered modules a job of `module` runs: itself, or sync's steps."""
+    """The registered modules a job of `module` runs: itself, or sync's steps
+    (their order is the wires': loaded for sync only)."""
+    if module != SYNC:
+        return [module]
     from safcm.common import modules as wire
 
-    if module == SYNC:
-        return [name for name in wire.sync_steps() if name in modules()]
-    return [module]
-
-
-@functools.cache  # called for every section of every result; the names are the modules'
-def result_key(name: str) -> str | None:
-    from safcm.common import modules as wire
-
-    return wire.wires()[name].result_key
+    return [name for name in wire.sync_steps() if name in modules()]
 
 
 def sections(result: Mapping[str, Any]) -> list[tuple[MasterModule, Mapping[str, Any]]]:
@@ -156,9 +152,8 @@ def sections(result: Mapping[str, Any]) -> list[tuple[MasterModule, Mapping[str,
     found = []
     for name in order:
         module = modules().get(name)
-        key = result_key(name) if module is not None else None
-        if module is not None and key is not None and result.get(key) is not None:
-            found.append((module, result[key]))
+        if module is not None and result.get(module.result_key) is not None:
+            found.append((module, result[module.result_key]))
     return found
 
 
@@ -173,14 +168,15 @@ def change_count(result: Mapping[str, Any]) -> int:
 def render_result(result: Mapping[str, Any], style: Style) -> list[str]:
     """The lines of every section of a RESULT body; for sync, each step's
     status first (a step that failed, could not run, or did not run)."""
-    from safcm.common.modules import StepStatus
-    from safcm.common.text import escape
-    from safcm.master.render import INDENT
-
     if result["module"] != SYNC:
         return [
             line for module, section in sections(result) for line in module.render(section, style)
         ]
+    # Here, not at the top: a result of one module needs no wire (modules()).
+    from safcm.common.modules import StepStatus
+    from safcm.common.text import escape
+    from safcm.master.render import INDENT
+
     lines = []
     shown = dict(sections_by_name(result))
     for step in result.get("steps") or []:
@@ -209,14 +205,7 @@ def sections_by_name(
 def result_json(result: Mapping[str, Any]) -> dict[str, Any]:
     """A RESULT body's module sections as --json shows them: every module's
     key, null for those that did not run (so a reader finds each key)."""
-    from safcm.common import modules as wire
-
-    doc: dict[str, Any] = {}
-    for w in wire.wires().values():
-        if w.result_key is not None:
-            doc[w.result_key] = None
+    doc: dict[str, Any] = {module.result_key: None for module in modules().values()}
     for module, section in sections(result):
-        key = result_key(module.name)
-        if key is not None:
-            doc[key] = module.to_json(section)
+        doc[module.result_key] = module.to_json(section)
     return doc

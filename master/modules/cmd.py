@@ -80,6 +80,7 @@ def render(cmd: Mapping[str, Any], style: Style) -> list[str]:
 
 MODULE = MasterModule(
     name="cmd",
+    result_key="cmd",
     summary="run a command on every host: run TARGET cmd [--shell] -- COMMAND [ARG...]",
     compile=compile_cmd,
     render=render,

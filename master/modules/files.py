@@ -71,6 +71,7 @@ def to_json(apply: Mapping[str, Any]) -> dict[str, Any]:
 
 MODULE = MasterModule(
     name="files",
+    result_key="apply",
     summary="make the files as configured, then run their triggers",
     compile=compile_files,
     render=render,

@@ -74,6 +74,7 @@ def render(section: Mapping[str, Any], style: Style) -> list[str]:
 
 MODULE = MasterModule(
     name="packages",
+    result_key="packages",
     summary="install and remove packages as packages.yaml says (apt)",
     compile=compile_packages,
     render=render,

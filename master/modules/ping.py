@@ -26,6 +26,7 @@ def to_json(ping: Mapping[str, Any]) -> dict[str, Any]:
 
 MODULE = MasterModule(
     name="ping",
+    result_key="ping",
     summary="check that the minions answer",
     compile=None,
     render=render,

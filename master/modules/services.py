@@ -74,6 +74,7 @@ def render(section: Mapping[str, Any], style: Style) -> list[str]:
 
 MODULE = MasterModule(
     name="services",
+    result_key="services",
     summary="make systemd units enabled, started, disabled, stopped or masked as declared",
     compile=compile_units,
     render=render,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from safcm.common import modules as wire
 from safcm.common.model import ApplyResult, FileChange, FileState, FileType, Outcome
 from safcm.common.protocol import MsgType, check_body
 from safcm.master import jsonout, modules, render
@@ -39,6 +40,15 @@ def validated(body: dict) -> dict:
 def test_the_cli_knows_every_module_and_sync_without_loading_them():
     assert modules.names() == [*modules.REGISTERED, "sync"]
     assert set(modules.modules()) == set(modules.REGISTERED)
+
+
+def test_every_module_has_a_wire_and_the_same_result_key():
+    # The registry says each module's result key again, so that the CLI
+    # reads results without loading the wires (and the protocol behind them).
+    wires = wire.wires()
+    assert set(wires) == set(modules.REGISTERED)
+    for name, module in modules.modules().items():
+        assert module.result_key == wires[name].result_key, name
 
 
 @pytest.mark.parametrize("stored_before_the_registry", [False, True])

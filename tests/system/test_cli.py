@@ -89,6 +89,17 @@ def test_light_commands_load_no_heavy_module(enrolled, tmp_path):
     assert jid in loaded(sb, tmp_path, "jobs", "list")[1]
 
 
+def test_a_ping_run_loads_no_heavy_module(enrolled, tmp_path):
+    """`run` needs the modules' registry at its first result, not their
+    wires: before, that loaded the protocol and the crypto behind it, about
+    40 ms of a ping's CLI (common/modules' files import common/protocol)."""
+    sb, _ = enrolled
+    for args in (["run", "web1", "ping"], ["run", "web1", "ping", "--json"]):
+        modules, stdout = loaded(sb, tmp_path, *args)
+        assert "web1" in stdout, args
+        assert heavy(modules) == [], args
+
+
 def test_the_check_sees_a_heavy_command(enrolled, tmp_path):
     """The same check on `show`, which compiles the repository, finds YAML,
     Jinja2 and the model: the wrapper reports what a command loads."""
