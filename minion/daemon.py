@@ -424,7 +424,6 @@ class Minion:
         if self.reconnect is not None:
             self.reconnect.cancel()
         self._disconnect()
-        self._close_key_sock()
         self.seen.close()
         self.spool.close()
         self.content.close()
@@ -515,6 +514,8 @@ class Minion:
             self.sub = None
 
     def _disconnect(self) -> None:
+        """Drop every socket to the master, the key port's too."""
+        self._close_key_sock()
         self._unsubscribe()
         if self.dealer is not None:
             self._close(self.dealer, "return")
@@ -536,7 +537,6 @@ class Minion:
         except zmq.ZMQError as e:
             # Out of descriptors, say: a failure every heartbeat would
             # neither wait nor say more than once why.
-            self._close_key_sock()
             self._reconnect(f"cannot open a socket to the key port: {e}")
             return
         self.loop.add_reader(self.key_sock, self.on_key_reply)
@@ -569,14 +569,17 @@ class Minion:
                 )
             except (EnvelopeError, ProtocolError) as e:
                 reason = e.reason if isinstance(e, EnvelopeError) and e.reason else e
-                self._refuse_key_port(f"refused the key reply from {self.master}: {reason}")
+                self._reconnect(
+                    f"refused the key reply from {self.master}: {reason}", level=logging.ERROR
+                )
                 return
             if self.master_keys is not None and keys != self.master_keys:
-                self._refuse_key_port(
+                self._reconnect(
                     f"the master at {self.master} now presents key {keys.fingerprint()}, "
                     f"not the pinned {self.master_keys.fingerprint()}; not connecting. "
                     "If its keys were replaced on purpose, remove "
-                    f"{os.path.join(self.settings.state_dir, MASTER_KEY_FILE)}"
+                    f"{os.path.join(self.settings.state_dir, MASTER_KEY_FILE)}",
+                    level=logging.ERROR,
                 )
                 return
             self._close_key_sock()
@@ -588,18 +591,13 @@ class Minion:
             self.tick()
             return
 
-    def _refuse_key_port(self, why: str) -> None:
-        """The key port answered with keys we do not trust (or not with keys):
-        whoever holds that address now answers every request alike, so ask
-        again after the reconnect's growing backoff, as for a refused
-        handshake, not at every heartbeat, and say why each time."""
-        self._close_key_sock()
-        self._reconnect(why, level=logging.ERROR)
-
     def _reconnect(self, why: str | None = None, *, level: int = logging.WARNING) -> None:
-        """The master went quiet, or refused us (`why`): drop both sockets
+        """The master went quiet, or refused us (`why`): drop every socket
         (and whatever they queued), then come back after a jittered backoff
-        (the zguide's Lazy Pirate)."""
+        (the zguide's Lazy Pirate). A key port that answered with keys we do
+        not trust is one such refusal (`level` ERROR): whoever holds that
+        address answers every request alike, so it is asked again after the
+        growing backoff, not at every heartbeat."""
         jitter = random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)  # noqa: S311 - not a secret
         delay = self.backoff * jitter
         if why is None:
