@@ -550,8 +550,11 @@ class Intake:
             )
         minion = msg.body["id"]
         known_before = self.keystore.get(minion)
-        if known_before is None and not self.new_keys.take(self.loop.clock()):
-            raise ProtocolError(f"enrolment of new id {minion!r}: too many new keys a second")
+        if known_before is None:
+            if not self.new_keys.take(self.loop.clock()):
+                raise ProtocolError(f"enrolment of new id {minion!r}: too many new keys a second")
+            if not self.settings.auto_accept:
+                self._make_room(minion, now)
         state = self.keystore.enrol(minion, keys, now=now, auto_accept=self.settings.auto_accept)
         wire_state = WireKeyState.REJECTED
         if state is None:
@@ -590,6 +593,22 @@ class Intake:
                 self.peers.public.pop(minion, None)
         reply = make_enrol_reply(minion, wire_state, self.keys, nonce=msg.body["nonce"], now=now)
         self._reply(encode_plain(MsgType.ENROL_REPLY, reply))
+
+    def _make_room(self, minion: str, now: float) -> None:
+        """Drop the stalest pending key if there are MAX_PENDING_KEYS, to let
+        `minion`, a new id, enrol."""
+        dropped = self.keystore.make_room()
+        if dropped is not None:
+            self.peer_log.warning(
+                "pending keys are at their limit (%d): dropped the pending key of %s (%s), "
+                "last heard from %.0f s ago, to take %s's; a minion still running asks "
+                "again. Many new ids at once may be a flood: 'keys list' shows them",
+                self.keystore.pending_count() + 1,
+                dropped.id,
+                dropped.fingerprint,
+                max(0.0, now - dropped.heard),
+                minion,
+            )
 
     def on_heartbeat(self, msg: Message) -> None:
         """A heartbeat that heartbeat_body() did not take (decode_plain() did)."""

@@ -33,9 +33,12 @@ from safcm.common.errors import UsageError
 from safcm.master.db import Database, transaction
 
 # Enrolment is the one thing an unauthenticated peer may do, so what it can
-# make us store is bounded: at most this many pending keys (new ids are
-# refused beyond it until an administrator accepts, rejects or deletes some),
-# and this many refused keys remembered per known id (the oldest go first).
+# make us store is bounded: at most this many pending keys, and this many
+# refused keys remembered per known id (the oldest go first). At the limit a
+# new id takes the place of the pending key heard from longest ago
+# (make_room()), so a flood of invented ids cannot shut real hosts out until
+# an administrator clears it: a running minion asks again every heartbeat
+# interval, which keeps its key among the freshest.
 MAX_PENDING_KEYS = 5000
 MAX_REFUSED_PER_ID = 10
 # The notification channel of key changes between masters (master/db.py notify()).
@@ -107,6 +110,11 @@ class MinionKey:
         return self.seen.seq
 
     @property
+    def heard(self) -> float:
+        """When its minion was last heard from: its enrolment, if not since."""
+        return self.first_seen if self.last_seen is None else self.last_seen
+
+    @property
     def public(self) -> PublicKeys | None:
         if self.curve_pub is None:
             return None
@@ -128,6 +136,7 @@ class KeyStore:
         self.conn = conn
         self._keys: dict[str, MinionKey] = {}
         self._by_curve: dict[bytes, str] = {}
+        self._pending: set[str] = set()
         self._dirty: set[str] = set()
         # True if other masters share these keys (a cluster).
         self.shared = conn.shared
@@ -179,11 +188,16 @@ class KeyStore:
         self._keys[key.id] = key
         if key.curve_pub is not None:
             self._by_curve[key.curve_pub] = key.id
+        if key.state is KeyState.PENDING:
+            self._pending.add(key.id)
+        else:
+            self._pending.discard(key.id)
 
     def _pop(self, minion_id: str) -> MinionKey:
         key = self._keys.pop(minion_id)
         if key.curve_pub is not None:
             self._by_curve.pop(key.curve_pub, None)
+        self._pending.discard(minion_id)
         return key
 
     def get(self, minion_id: str) -> MinionKey | None:
@@ -290,7 +304,19 @@ class KeyStore:
         )
 
     def pending_count(self) -> int:
-        return sum(1 for k in self._keys.values() if k.state is KeyState.PENDING)
+        return len(self._pending)
+
+    def make_room(self) -> MinionKey | None:
+        """With MAX_PENDING_KEYS pending keys, forget the one heard from
+        longest ago (as delete() forgets it), so that a new id can enrol;
+        returns it. A real host that is still running asks again and enrols anew;
+        its id is not reserved meanwhile, so another key that claims it
+        first is pending and the host's key is refused, as for any id claimed
+        twice (the administrator then chooses by fingerprint)."""
+        if not self._pending or len(self._pending) < MAX_PENDING_KEYS:
+            return None
+        stalest = min(self._pending, key=lambda i: self._keys[i].heard)
+        return self._forget([stalest])[0]
 
     def match(self, patterns: list[str]) -> list[str]:
         """Ids matching any pattern (exact ids or globs); UsageError names a
@@ -422,16 +448,19 @@ class KeyStore:
         left_by_patterns()), their refused attempts and the facts they
         stated (master/facts.py: a host enrolled anew under the id must not
         inherit them); returns them."""
-        ids = self._by_patterns(patterns, Action.DELETE)
+        return self._forget(self._by_patterns(patterns, Action.DELETE))
+
+    def _forget(self, ids: list[str]) -> list[MinionKey]:
+        """Delete the keys `ids`, their refused attempts and their facts."""
         with transaction(self.conn):
             self.conn.executemany("DELETE FROM minions WHERE id = ?", [(i,) for i in ids])
             self.conn.executemany("DELETE FROM refused_keys WHERE id = ?", [(i,) for i in ids])
             self.conn.executemany("DELETE FROM facts WHERE host = ?", [(i,) for i in ids])
             for i in ids:
                 self.conn.notify(KEYS_CHANNEL, i)
-        deleted = [self._pop(i) for i in ids]
+        forgotten = [self._pop(i) for i in ids]
         self._dirty.difference_update(ids)
-        return deleted
+        return forgotten
 
     def touch(self, minion_id: str, now: float, seq: int | None = None) -> None:
         """Note a message from a minion (a heartbeat, or a pending minion's

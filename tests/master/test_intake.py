@@ -611,3 +611,29 @@ def test_a_minion_that_holds_no_subscription_counts_as_deaf_from_its_return_on(
     web1.heartbeat()
     wait_for(lambda: presence().last_seen > before, SETTLE, "web1's return")
     assert presence().since > before
+
+
+def test_at_the_pending_limit_a_new_minion_still_enrols_and_the_stalest_key_goes(
+    sandbox, master, fake, monkeypatch, caplog
+):
+    # Before, a full table of pending keys (a stranger's flood of invented
+    # ids) answered every new minion "rejected", until an administrator
+    # deleted the flood; now the key heard from longest ago makes room.
+    from safcm.master import keystore
+
+    monkeypatch.setattr(keystore, "MAX_PENDING_KEYS", 2)
+    m = master()
+    web1, web2, web3 = fake("web1"), fake("web2"), fake("web3")
+    assert web1.enrol() == "pending"
+    assert web2.enrol() == "pending"
+    assert web3.enrol() == "pending"
+
+    def pending() -> list[str]:
+        return m.call(lambda: sorted(k.id for k in m.master.keystore.all()))
+
+    assert pending() == ["web2", "web3"]
+    assert "dropped the pending key of web1" in caplog.text
+    assert web1.enrol() == "pending"  # still running: it asks again and is back
+    assert pending() == ["web1", "web3"]
+    listed = json.loads(sandbox.cli("keys", "list", "--json").stdout)
+    assert sorted(k["host"] for k in listed["keys"]) == ["web1", "web3"]

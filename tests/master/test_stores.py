@@ -314,6 +314,34 @@ def test_unauthenticated_enrolment_is_bounded(conn, monkeypatch):
     assert refused[-1].fingerprint == newest.fingerprint()  # newest kept
 
 
+def test_at_the_pending_limit_a_new_id_takes_the_place_of_the_key_heard_from_longest_ago(
+    conn, monkeypatch
+):
+    # A flood of invented ids must not shut real hosts out until an
+    # administrator clears it: before, the fourth id here was refused for good.
+    from safcm.master import keystore
+
+    monkeypatch.setattr(keystore, "MAX_PENDING_KEYS", 3)
+    keys = KeyStore(conn)
+    enrol = dict(auto_accept=False)
+    keys.enrol("old", pub(b"o" * 32), now=0, auto_accept=True)  # accepted: never dropped
+    for i, name in enumerate(["m0", "m1", "m2"]):
+        assert keys.enrol(name, pub(bytes([i]) * 32), now=1 + i, **enrol) is KeyState.PENDING
+    keys.enrol("m1", pub(b"x" * 32), now=4, **enrol)  # a claim on m1: refused, remembered
+    keys.touch("m0", 5)  # m0's minion asks again: heard from last; m1 now the stalest
+    keys.flush()
+    assert keys.make_room().id == "m1"
+    assert keys.make_room() is None  # room enough now
+    assert keys.enrol("m9", pub(b"9" * 32), now=6, **enrol) is KeyState.PENDING
+    assert keys.pending_count() == 3
+    assert keys.refused("m1") == []
+    again = KeyStore(conn)
+    assert [k.id for k in again.all()] == ["m0", "m2", "m9", "old"]
+    assert again.pending_count() == 3
+    assert again.make_room().id == "m2"  # never heard from since its enrolment at 3
+    assert again.accepted("old") is not None
+
+
 def test_a_reduced_result_that_left_out_every_change_still_counts_as_changed():
     apply = {"dry_run": False, "changes": [], "triggers": [], "failure": None, "duration": 1.0}
     result = {"module": "files", "status": "ok", "apply": apply}
