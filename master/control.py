@@ -62,8 +62,21 @@ LISTEN_BACKLOG = 64
 # Bytes read from a client per readable event.
 READ_CHUNK = 256 * 1024
 # Most bytes queued for a client that does not read; beyond, it is dropped
-# (a job it started goes on; `jobs show` finds its results later).
+# (a job it started goes on; `jobs show` finds its results later). A run's
+# results queue at most DEFER_BYTES + MAKE_BYTES and one result, far below.
 MAX_BACKLOG_BYTES = 256 * 1024 * 1024
+# Bytes queued for a client beyond which the replies that can be made again
+# later (a run's results: the job store holds them) wait as the means to
+# make them, not as bytes (send_later()): a CLI that reads slower than a
+# large run's results come (piped into a pager, a terminal stopped with
+# ^S, a slow ssh) holds about this much of the master's memory, and a
+# small record per host, instead of every result until it is dropped at
+# MAX_BACKLOG_BYTES (a files create of 10,000 hosts sends about 1.2 GB).
+DEFER_BYTES = 16 * 1024 * 1024
+# Bytes of replies made again in one loop turn at most, once the client has
+# read what was queued down to half of DEFER_BYTES: reading a result back and
+# packing it takes the loop about 10 ms per MiB.
+MAKE_BYTES = 1024 * 1024
 # Queued messages handed to the kernel in one sendmsg() at most: more than a
 # socket buffer's worth (a files create's result is about 120 KB), and far
 # below the kernel's IOV_MAX (1,024).
@@ -133,14 +146,40 @@ class ControlConnection:
         self.on_close: list[Callable[[ControlConnection], Any]] = []
         self._on_drained: Callable[[], Any] | None = None
         self._flush_due: Timer | None = None
+        # Replies held back while the client is behind (send_later()), in
+        # order: messages, and the means to make one.
+        self.later: deque[bytes | Callable[[], bytes]] = deque()
+        self.cut = False  # one of them could not be made: its ERROR is the last reply
 
     def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
         self.send_encoded(encode_plain(msg_type, body))
 
     def send_encoded(self, message: bytes) -> None:
         """Send a message encode_plain() made (a large one is encoded off the loop)."""
-        if self.closed:
+        if self.closed or self.cut:
             return
+        if self.later:  # after what is held back: the client reads replies in order
+            self.later.append(message)
+            return
+        self._queue(message)
+
+    def behind(self) -> bool:
+        """Whether the client is DEFER_BYTES behind, so that what send_later()
+        is given waits, and so does everything sent after it."""
+        return bool(self.later) or len(self.out) >= DEFER_BYTES
+
+    def send_later(self, make: Callable[[], bytes]) -> None:
+        """Send the message make() returns, made once the client is no longer
+        behind() (at the end of this loop turn if it is not). make() may read
+        the store: an exception it raises ends the request with an ERROR
+        that says it, and nothing is sent after that."""
+        if self.closed or self.cut:
+            return
+        self.later.append(make)
+        if self._flush_due is None:
+            self._flush_due = self.server.loop.call_later(0.0, self._flush)
+
+    def _queue(self, message: bytes) -> None:
         self.out.put(encode_frame(message))
         if len(self.out) > MAX_BACKLOG_BYTES:
             log.warning("control: %s does not read its replies; dropping the connection", self.user)
@@ -171,7 +210,7 @@ class ControlConnection:
         if self.closed:
             return
         self._on_drained = callback
-        if not self.out:
+        if not self.out and not self.later:
             self.server.loop.call_later(0.0, self._drained)
 
     def _drained(self) -> None:
@@ -183,7 +222,14 @@ class ControlConnection:
         if self._flush_due is not None:
             self._flush_due.cancel()
             self._flush_due = None
-        while self.out and not self.closed:
+        made = False
+        while not self.closed:
+            if self.later and not made and len(self.out) <= DEFER_BYTES // 2:
+                self._make_held_back()
+                made = True
+                continue
+            if not self.out:
+                break
             try:
                 n = self.sock.sendmsg(self.out.front(SEND_CHUNKS))
             except BlockingIOError:
@@ -193,18 +239,40 @@ class ControlConnection:
                 self.close()
                 return
             self.out.sent(n)
-        if not self.closed:
-            self.server.loop.remove_writer(self.sock)
-            if self.close_when_flushed:
-                self.close()
-            elif self._on_drained is not None:
-                self.server.loop.call_later(0.0, self._drained)
+        if self.closed:
+            return
+        self.server.loop.remove_writer(self.sock)
+        if self.later:  # more to make, on a later loop turn
+            if self._flush_due is None:
+                self._flush_due = self.server.loop.call_later(0.0, self._flush)
+        elif self.close_when_flushed:
+            self.close()
+        elif self._on_drained is not None:
+            self.server.loop.call_later(0.0, self._drained)
+
+    def _make_held_back(self) -> None:
+        """Queue what was held back, making MAKE_BYTES of replies at most."""
+        size = 0
+        while self.later and size < MAKE_BYTES:
+            item = self.later.popleft()
+            if not isinstance(item, bytes):
+                try:
+                    item = item()
+                except Exception as e:
+                    log.error("control: a reply to %s cannot be made: %s", self.user, e)
+                    self.later.clear()
+                    self.send(MsgType.ERROR, {"code": "failed", "message": str(e), "problems": []})
+                    self.cut = self.close_when_flushed = True
+                    return
+                size += len(item)
+            self._queue(item)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self._on_drained = None
+        self.later.clear()
         if self._flush_due is not None:
             self._flush_due.cancel()
         self.server.loop.remove_reader(self.sock)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safcm.common.crypto import KeyPair
-from safcm.common.errors import SafcmError
+from safcm.common.errors import SafcmError, StoreError
 from safcm.common.protocol import (
     NO_RESPONSE,
     Message,
@@ -434,17 +434,35 @@ class Runs:
             run.batch.tally.add(counted)
             # A failed result and no response both count towards --batch-fail.
             run.batch.rollout.answered(host, counted not in FAILURES)
-        if not run.watchers:
-            return
-        message = encode_host_result(jid, host, result)
+        message = None
         for conn in list(run.watchers):
+            if result is not None and conn.behind():
+                # Read back from the store when the CLI has caught up: what
+                # it has not read yet stays bounded (control.DEFER_BYTES).
+                conn.send_later(lambda: self._stored_result(jid, host))
+                continue
+            if message is None:
+                message = encode_host_result(jid, host, result)
             conn.send_encoded(message)
+
+    def _stored_result(self, jid: str, host: str) -> bytes:
+        """The RUN_HOST_RESULT of (jid, host), read back from the job store
+        (results are stored before they are answered)."""
+        result = self.jobs.result_of(jid, host)
+        if result is None:
+            raise StoreError(
+                f"job {jid}: the result of {host} is no longer in the job history "
+                "(keep_jobs removed it before this command read it)"
+            )
+        return encode_host_result(jid, host, result)
 
     def progress(self, jid: str, host: str, until: float) -> None:
         run = self.runs.get(jid)
         if run is not None:
             for conn in list(run.watchers):
-                conn.send(MsgType.RUN_PROGRESS, {"jid": jid, "host": host, "until": until})
+                # Only a wait's extension: a CLI behind has more to read.
+                if not conn.behind():
+                    conn.send(MsgType.RUN_PROGRESS, {"jid": jid, "host": host, "until": until})
 
     def finished(self, jid: str) -> None:
         run = self.runs.pop(jid, None)

@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 
 from safcm.common.errors import DaemonError, RemoteError
 from safcm.common.loop import Loop
-from safcm.common.protocol import MsgType
+from safcm.common.protocol import MsgType, new_jid
 from safcm.master import control
 from safcm.master.control import ControlClient, ControlServer
 from tests.procs import no_descriptor_free
 
 LIST = {"action": "list", "ids": []}
+JID = new_jid(1.0)
+SUMMARY = {"targeted": 0, "changed": 0, "unchanged": 0, "failed": 0, "no_response": 0}
 # A KEYS_REPLY of a master with no minion keys.
 NO_KEYS = {
     "master": "SHA256:" + "a" * 52,
@@ -308,3 +310,114 @@ def test_the_send_queue_sends_what_was_queued_in_order_without_joining_it(steps)
         assert rest == bytes(expected)
     # Kept as queued: nothing is copied into one buffer that grows.
     assert all(type(piece) is bytes for piece in queue.pieces)
+
+
+def _held_back_server(tmp_path, monkeypatch):
+    """A server in this thread, its one client connected with nothing read,
+    and the server's side of that connection with the smallest send buffer."""
+    path = str(tmp_path / "c.sock")
+    conns = []
+    loop, server = serve(path, lambda conn, msg: conns.append(conn), lambda: False)
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(path)
+    from safcm.common.protocol import encode_frame, encode_plain
+
+    client.sendall(encode_frame(encode_plain(MsgType.KEYS, LIST)))
+    while not conns:
+        loop.run_once(0.05)
+    conns[0].sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's least
+    return loop, server, client, conns[0]
+
+
+def _read_all(loop, client) -> list:
+    """What the client is sent until the server closes, the server's loop run
+    between reads."""
+    from safcm.common.wire import FrameReader, decode_reply
+
+    reader = FrameReader()
+    client.setblocking(False)
+    replies = []
+    while True:
+        loop.run_once(0.01)
+        try:
+            data = client.recv(65536)
+        except BlockingIOError:
+            continue
+        if not data:
+            return replies
+        replies += [decode_reply(f) for f in reader.feed(data)]
+
+
+@pytest.mark.timeout(60)
+def test_replies_made_later_wait_for_a_client_behind_and_keep_their_order(tmp_path, monkeypatch):
+    # A run's results for a CLI that reads slowly (a pager, ^S) are read back
+    # from the store once it has caught up: the master holds about
+    # DEFER_BYTES for it, never drops it. Before, every result was queued
+    # as bytes until MAX_BACKLOG_BYTES, and then the connection was dropped.
+    from safcm.common.protocol import encode_host_result
+    from tests.system.fake import ping_result
+
+    monkeypatch.setattr(control, "DEFER_BYTES", 16 * 1024)
+    monkeypatch.setattr(control, "MAKE_BYTES", 4 * 1024)
+    monkeypatch.setattr(control, "MAX_BACKLOG_BYTES", 64 * 1024)
+    loop, server, client, conn = _held_back_server(tmp_path, monkeypatch)
+    made: list[int] = []
+
+    def result(i: int) -> bytes:
+        return encode_host_result(JID, f"h{i:05d}", ping_result(1.0))
+
+    def make(i: int):
+        def again() -> bytes:
+            made.append(i)
+            return result(i)
+
+        return again
+
+    count, largest, sent_later = 1000, 0, 0  # about 190 KB: three times the old limit
+    for i in range(count):
+        if conn.behind():
+            conn.send_later(make(i))
+            sent_later += 1
+        else:
+            conn.send_encoded(result(i))
+        if i % 50 == 0:
+            conn.send(MsgType.RUN_PROGRESS, {"jid": JID, "host": "h", "until": 1.0})
+            loop.run_once(0.0)
+        largest = max(largest, len(conn.out))
+    for _ in range(10):
+        loop.run_once(0.01)
+        largest = max(largest, len(conn.out))
+    assert not conn.closed and sent_later > count // 2
+    assert made == []  # nothing read: nothing made again
+    assert largest < control.DEFER_BYTES + len(result(0)) + 100
+    conn.send(MsgType.RUN_DONE, {"jid": JID, "summary": SUMMARY})
+    conn.finish()
+    replies = _read_all(loop, client)
+    hosts = [r.body["host"] for r in replies if r.type is MsgType.RUN_HOST_RESULT]
+    assert hosts == [f"h{i:05d}" for i in range(count)]
+    assert replies[-1].type is MsgType.RUN_DONE
+    assert len(made) == sent_later and made == sorted(made)
+    server.close()
+    client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_reply_that_cannot_be_made_later_ends_the_request_with_an_error(tmp_path, monkeypatch):
+    from safcm.common.errors import StoreError
+
+    monkeypatch.setattr(control, "DEFER_BYTES", 1)
+    loop, server, client, conn = _held_back_server(tmp_path, monkeypatch)
+
+    def fails() -> bytes:
+        raise StoreError("job 1: the result of h1 is no longer in the job history")
+
+    conn.send(MsgType.RUN_PROGRESS, {"jid": JID, "host": "h", "until": 1.0})
+    conn.send_later(fails)
+    conn.send(MsgType.RUN_DONE, {"jid": JID, "summary": SUMMARY})  # not sent after the error
+    conn.send_later(fails)
+    replies = _read_all(loop, client)
+    assert [r.type for r in replies] == [MsgType.RUN_PROGRESS, MsgType.ERROR]
+    assert "the result of h1 is no longer in the job history" in replies[-1].body["message"]
+    assert conn.closed
+    server.close()
+    client.close()

@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -34,7 +36,7 @@ from safcm.common.protocol import (
     decode_plain,
     encode_plain,
 )
-from safcm.master import daemon, intake, keys, peers
+from safcm.master import control, daemon, intake, keys, peers
 from safcm.master.daemon import Master
 from safcm.master.db import DB_NAME
 from safcm.master.facts import read_facts
@@ -637,3 +639,49 @@ def test_at_the_pending_limit_a_new_minion_still_enrols_and_the_stalest_key_goes
     assert pending() == ["web1", "web3"]
     listed = json.loads(sandbox.cli("keys", "list", "--json").stdout)
     assert sorted(k["host"] for k in listed["keys"]) == ["web1", "web3"]
+
+
+def test_a_cli_that_stops_reading_gets_every_result_later_and_is_not_dropped(
+    sandbox, master, fake, runs, monkeypatch
+):
+    # A run's CLI piped into a pager, or its terminal stopped with ^S: its
+    # results are read back from the store once it reads again (Runs.answered()),
+    # so the master holds about DEFER_BYTES for it. Before, every result
+    # was queued until MAX_BACKLOG_BYTES, and then the CLI was dropped.
+    m = master()
+    hosts = [fake(f"slow{i:02d}") for i in range(100)]  # 16.6 KB of results
+    with open(os.path.join(sandbox.config_dir, "hosts.yaml"), "a") as f:
+        f.writelines(f"- name: {h.id}\n" for h in hosts)
+    for h in hosts:
+        assert h.enrol() == "pending"
+    assert sandbox.cli("keys", "accept", "slow*").returncode == 0
+    for h in hosts:
+        assert h.enrol() == "accepted"
+        h.subscribe()
+    wait_for(
+        lambda: all(m.call(lambda: [m.master.peers.subscribed(h.id) for h in hosts])),
+        SETTLE,
+        "every fake's subscription",
+    )
+    cli = runs(sandbox, "run", "slow*", "ping", "--json")
+    (jid,) = {h.recv_job(int(SETTLE * 1000))[1].jid for h in hosts}
+    monkeypatch.setattr(control, "DEFER_BYTES", 1024)
+    monkeypatch.setattr(control, "MAKE_BYTES", 1024)
+    monkeypatch.setattr(control, "MAX_BACKLOG_BYTES", 8192)
+    (conn,) = m.call(lambda: list(m.master.control.connections))
+    os.kill(cli.pid, signal.SIGSTOP)
+    try:
+        m.call(lambda: conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1))
+        for h in hosts:
+            send_result(h, jid)
+        wait_for(lambda: jid not in m.call(lambda: m.master.runs.runs), SETTLE, "every result")
+        held_back, queued = m.call(lambda: (len(conn.later), len(conn.out)))
+        assert not conn.closed and held_back > 0
+        assert queued < control.DEFER_BYTES + 1024
+    finally:
+        os.kill(cli.pid, signal.SIGCONT)
+    out, err = cli.communicate(timeout=SETTLE)
+    assert cli.returncode == 0, err
+    document = json.loads(out)
+    assert sorted(h["host"] for h in document["hosts"]) == sorted(h.id for h in hosts)
+    assert {h["status"] for h in document["hosts"]} == {"ok"}
