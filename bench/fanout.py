@@ -744,8 +744,35 @@ class Fleet:
 # ---- one timed run ----
 
 
-def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tuple[RunFigures, dict]:
-    """`run '*' MODULE --json` as a user runs it, timed from start to exit."""
+def stop_cli_during_job(
+    fleet: Fleet, proc: subprocess.Popen, logged_before: int, seconds: float
+) -> None:
+    """Stop the CLI (SIGSTOP, as ^Z or a terminal's ^S leave it) from its
+    job's start to its end, at most `seconds`, then let it go on: the
+    results all come while it reads nothing, and the master's peak RSS
+    shows what it holds for it."""
+    until = time.monotonic() + seconds
+    started = re.compile(r"job (\S+): \w+ on \* by ")
+    found = None
+    while found is None:
+        if proc.poll() is not None or time.monotonic() > until:
+            return
+        found = started.search(fleet.sb.master.log_text(), logged_before)
+        time.sleep(POLL_INTERVAL)
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        finished = f"job {found.group(1)} finished:"
+        while finished not in fleet.sb.master.log_text() and time.monotonic() < until:
+            time.sleep(POLL_INTERVAL)
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+
+
+def timed_run(
+    fleet: Fleet, module: str, name: str, profile: str | None, stop_cli: bool = False
+) -> tuple[RunFigures, dict]:
+    """`run '*' MODULE --json` as a user runs it, timed from start to exit;
+    with `stop_cli`, its CLI reads nothing while the job runs."""
     timeout = fleet.budget.timeout(fleet.run_timeout, name)
     tag = f"n{fleet.n}-{name.replace(' ', '-')}"
     profiler = Profiler(profile, tag)
@@ -756,6 +783,7 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
     argv = measured_argv(cli, report)
     env = dict(os.environ, PYTHONPATH=str(SOURCE_DIR))
     cpu_before = fleet.cpu()
+    logged_before = len(fleet.sb.master.log_text())
     started_wall = time.time()
     started = time.perf_counter()
     try:
@@ -769,6 +797,8 @@ def timed_run(fleet: Fleet, module: str, name: str, profile: str | None) -> tupl
             start_new_session=True,  # a group, to stop the CLI with its measuring parent
         ) as proc:
             profiler.attach({"cli": proc.pid}, settle=False, subprocesses=True)
+            if stop_cli:
+                stop_cli_during_job(fleet, proc, logged_before, timeout + CLI_SLACK)
             try:
                 out, err = proc.communicate(timeout=timeout + CLI_SLACK)
             except subprocess.TimeoutExpired:
@@ -942,7 +972,8 @@ def bench_size(n: int, args: argparse.Namespace, budget: Budget) -> SizeFigures:
             figures.minions_idle_load = idle["minions"]
             figures.master_idle_rss_kib = fleet.master_rss_kib()
             for module, name, check in plan:
-                run, doc = timed_run(fleet, module, name, args.profile)
+                stop_cli = args.stop_cli and name == "files create"
+                run, doc = timed_run(fleet, module, name, args.profile, stop_cli)
                 check(doc, fleet, run)
                 figures.runs.append(run)
             fleet.memory(figures)
@@ -1122,6 +1153,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ping-only",
         action="store_true",
         help="no files runs: the fleet, its idle load and memory, and ping",
+    )
+    parser.add_argument(
+        "--stop-cli",
+        action="store_true",
+        help="stop the create's CLI (SIGSTOP) while its job runs: the master's peak RSS then"
+        " shows what it holds for a CLI that reads nothing (a pager, ^S)",
     )
     parser.add_argument("--profile", metavar="DIR", help="py-spy the master and a swarm into DIR")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")

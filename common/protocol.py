@@ -78,6 +78,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from safcm.common import codec, lightwire, modules
 from safcm.common.crypto import (
     DEFAULT_CLOCK_SKEW,
@@ -149,6 +151,7 @@ from safcm.common.wire import (
     encode_frame,
     known_type,
     pack_plain,
+    pack_plain_with,
     unpack_plain,
 )
 
@@ -1103,6 +1106,34 @@ def encode_host_result(jid: str, host: str, result: dict[str, Any] | None) -> by
     if len(data) > spec.max_bytes:
         raise ProtocolError(f"RUN_HOST_RESULT of {len(data)} bytes is larger than {spec.max_bytes}")
     return data
+
+
+def encode_stored_host_result(jid: str, host: str, packed: bytes) -> bytes:
+    """encode_host_result() of a result as the master stored it, packed
+    (master/jobstore.py): its bytes go into the message as they are, not
+    unpacked and packed again, which costs the loop about 10 ms per MiB.
+    Only for the master's own store: the bytes are not checked."""
+    spec = SPECS[MsgType.RUN_HOST_RESULT]
+    body = {"jid": jid, "host": host, "status": _packed_status(packed), "result": None}
+    validate(spec.schema, body, "RUN_HOST_RESULT body")
+    data = pack_plain_with(MsgType.RUN_HOST_RESULT, body, "result", packed)
+    if len(data) > spec.max_bytes:
+        raise ProtocolError(f"RUN_HOST_RESULT of {len(data)} bytes is larger than {spec.max_bytes}")
+    return data
+
+
+def _packed_status(packed: bytes) -> Any:
+    """The "status" of a packed result, read without unpacking the rest."""
+    reader = msgpack.Unpacker(raw=False)
+    reader.feed(packed)
+    try:
+        for _ in range(reader.read_map_header()):
+            if reader.unpack() == "status":
+                return reader.unpack()
+            reader.skip()
+    except (ValueError, msgpack.OutOfData, msgpack.UnpackException) as e:
+        raise ProtocolError(f"a stored result is not a msgpack map: {e!r}") from None
+    raise ProtocolError("a stored result has no status")
 
 
 def encode_plain(msg_type: MsgType, body: dict[str, Any]) -> bytes:

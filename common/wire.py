@@ -121,6 +121,13 @@ def pack_plain(msg_type: MsgType, body: dict[str, Any]) -> bytes:
     return codec.pack([PROTOCOL_VERSION, int(msg_type), body])
 
 
+def pack_plain_with(msg_type: MsgType, body: dict[str, Any], key: str, packed: bytes) -> bytes:
+    """pack_plain(), with the value of the body's `key` given already packed
+    (codec.pack_with())."""
+    head = codec.pack([PROTOCOL_VERSION, int(msg_type), None])[:-1]  # without the nil
+    return head + codec.pack_with(body, key, packed)
+
+
 def unpack_plain(
     frame: bytes, limit: int, what: str, *, scanned: bool = True
 ) -> tuple[int, MsgType, Any]:

@@ -459,11 +459,23 @@ class JobStore:
 
     def result_of(self, jid: str, host: str) -> dict[str, Any] | None:
         """The stored result of (jid, host), or None if it has none."""
+        stored = self._stored_result(jid, host)
+        return None if stored is None else _load_result(stored)
+
+    def packed_result_of(self, jid: str, host: str) -> bytes | None:
+        """result_of(), as stored (msgpack), not unpacked; a result stored
+        as version 1's JSON text comes packed."""
+        stored = self._stored_result(jid, host)
+        if stored is None:
+            return None
+        return codec.pack(_load_result(stored)) if isinstance(stored, str) else bytes(stored)
+
+    def _stored_result(self, jid: str, host: str) -> bytes | str | None:
         row = self.conn.execute(
             "SELECT result FROM job_hosts WHERE jid = ? AND host = ? AND state = 'done'",
             (jid, host),
         ).fetchone()
-        return None if row is None or row[0] is None else _load_result(row[0])
+        return None if row is None else row[0]
 
     def envelope(self, jid: str, host: str) -> bytes | None:
         """The sealed envelope of (jid, host), while it waits for its receipt:

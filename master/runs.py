@@ -41,6 +41,7 @@ from safcm.common.protocol import (
     MsgType,
     encode_host_result,
     encode_plain,
+    encode_stored_host_result,
     new_jid,
 )
 from safcm.master import targets
@@ -448,13 +449,13 @@ class Runs:
     def _stored_result(self, jid: str, host: str) -> bytes:
         """The RUN_HOST_RESULT of (jid, host), read back from the job store
         (results are stored before they are answered)."""
-        result = self.jobs.result_of(jid, host)
-        if result is None:
+        packed = self.jobs.packed_result_of(jid, host)
+        if packed is None:
             raise StoreError(
                 f"job {jid}: the result of {host} is no longer in the job history "
                 "(keep_jobs removed it before this command read it)"
             )
-        return encode_host_result(jid, host, result)
+        return encode_stored_host_result(jid, host, packed)
 
     def progress(self, jid: str, host: str, until: float) -> None:
         run = self.runs.get(jid)

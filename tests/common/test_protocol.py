@@ -50,6 +50,7 @@ from safcm.common.protocol import (
     encode_frame,
     encode_host_result,
     encode_plain,
+    encode_stored_host_result,
     heartbeat_body,
     is_sealed,
     make_enrol_reply,
@@ -1402,3 +1403,21 @@ def test_a_stored_result_goes_to_the_cli_as_encode_plain_would_send_it():
         encode_host_result(JID, "Web 1", _RESULT)
     with pytest.raises(ProtocolError, match=r"RUN_HOST_RESULT body\.jid"):
         encode_host_result("yesterday", "web1", _RESULT)
+
+
+@given(bodies(MsgType.RESULT))
+def test_a_result_read_back_packed_goes_to_the_cli_as_the_unpacked_one_would(result):
+    # A CLI behind is sent results read back from the store (master/runs.py):
+    # the same bytes as encode_host_result(), without unpacking them.
+    packed = codec.pack(result)
+    assert encode_stored_host_result(JID, "web1", packed) == encode_host_result(JID, "web1", result)
+
+
+def test_a_packed_result_that_is_not_one_is_refused():
+    with pytest.raises(ProtocolError, match="has no status"):
+        encode_stored_host_result(JID, "web1", codec.pack({"module": "ping"}))
+    for junk in (codec.pack(["status", "ok"]), b"\x81\xa6status", b""):
+        with pytest.raises(ProtocolError, match="not a msgpack map"):
+            encode_stored_host_result(JID, "web1", junk)
+    with pytest.raises(ProtocolError, match=r"RUN_HOST_RESULT body\.status"):
+        encode_stored_host_result(JID, "web1", codec.pack({"status": 7}))
