@@ -34,7 +34,6 @@ import resource
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
@@ -63,7 +62,7 @@ from safcm.master.db import WORKER_BUSY_TIMEOUT_MS, Listener, open_store
 from safcm.master.facts import FactStore, host_facts
 from safcm.master.history import History
 from safcm.master.intake import RETURN_MAX_IN, RETURN_RCVHWM, Intake
-from safcm.master.jobstore import RESULTS_CHANNEL, HostState, JobStore, StoredResult
+from safcm.master.jobstore import RESULTS_CHANNEL, Answer, HostState, JobStore, StoredResult
 from safcm.master.keys import KeyService
 from safcm.master.keystore import KEYS_CHANNEL, KeyStore
 from safcm.master.lifecycle import STORE_RETRY, Lifecycles, Verdict
@@ -311,8 +310,8 @@ class Master:
                     if self.relay is not None:
                         self.relay.forget(jid, host)
                     if self.lifecycle.state(jid, host) is not None:
-                        result = self.jobs.result_of(jid, host)
-                        self.lifecycle.stored_elsewhere(jid, host, result)
+                        answer = self.jobs.answer_of(jid, host)
+                        self.lifecycle.stored_elsewhere(jid, host, answer)
                 elif channel == RELAY_CHANNEL:
                     self.on_relay(payload)
         except StoreError as e:
@@ -589,7 +588,7 @@ class Master:
     ) -> None:
         error = future.exception()
         if error is None:
-            self.lifecycle.result_stored(stored.jid, stored.host, self.clock(), stored.result)
+            self.lifecycle.result_stored(stored.jid, stored.host, self.clock(), stored.answer())
             return
         # Nothing is published any more: the host becomes "no response" at
         # the deadline, and the reason is in this log.
@@ -601,10 +600,10 @@ class Master:
         )
         self.lifecycle.result_lost(stored.jid, stored.host, self.clock())
 
-    def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
-        if result is None:
+    def answered(self, jid: str, host: str, answer: Answer | None) -> None:
+        if answer is None:
             log.info("job %s: no response from %s", jid, host)
-        self.runs.answered(jid, host, result)
+        self.runs.answered(jid, host, answer)
 
     def progress(self, jid: str, host: str, until: float) -> None:
         self.runs.progress(jid, host, until)

@@ -901,7 +901,7 @@ class Intake:
             self._peer = arrival.peer
             self._reply(encode_plain(MsgType.RESULT_RECEIPT, {"jid": r.jid}))
             self.peer_log.info("job %s: result from %s: %s", r.jid, r.host, r.status)
-            self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.result)
+            self.lifecycle.result_stored(r.jid, r.host, self.clock(), r.answer())
             if self.loop.clock() >= until:
                 break
         if self._durable and self._confirming is None:

@@ -112,6 +112,19 @@ class StoredResult:
     returned: float
     packed: bytes  # the result as stored: msgpack, about its size on the wire
 
+    def answer(self) -> Answer:
+        return Answer(self.status, self.packed)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A host's stored result as a CLI that waits for it is told it
+    (master/runs.py): its outcome for the tally, and its bytes as stored,
+    which go into the CLI's message as they are."""
+
+    status: HostStatus
+    packed: bytes
+
 
 # How many of a host's latest jobs may have left the triggers that a result
 # runs as owed (minion/triggers.py): a trigger owed longer is refused.
@@ -459,23 +472,26 @@ class JobStore:
 
     def result_of(self, jid: str, host: str) -> dict[str, Any] | None:
         """The stored result of (jid, host), or None if it has none."""
-        stored = self._stored_result(jid, host)
-        return None if stored is None else _load_result(stored)
+        row = self._stored_result(jid, host)
+        return None if row is None or row[1] is None else _load_result(row[1])
 
-    def packed_result_of(self, jid: str, host: str) -> bytes | None:
-        """result_of(), as stored (msgpack), not unpacked; a result stored
-        as version 1's JSON text comes packed."""
-        stored = self._stored_result(jid, host)
-        if stored is None:
+    def answer_of(self, jid: str, host: str) -> Answer | None:
+        """result_of(), as a CLI is told it: its outcome, and its bytes as
+        stored (msgpack, not unpacked; a result stored as version 1's JSON
+        text comes packed)."""
+        row = self._stored_result(jid, host)
+        if row is None or row[1] is None:
             return None
-        return codec.pack(_load_result(stored)) if isinstance(stored, str) else bytes(stored)
+        status, stored = row[0], row[1]
+        packed = codec.pack(_load_result(stored)) if isinstance(stored, str) else bytes(stored)
+        return Answer(HostStatus(status), packed)
 
-    def _stored_result(self, jid: str, host: str) -> bytes | str | None:
+    def _stored_result(self, jid: str, host: str) -> tuple[str, bytes | str | None] | None:
         row = self.conn.execute(
-            "SELECT result FROM job_hosts WHERE jid = ? AND host = ? AND state = 'done'",
+            "SELECT status, result FROM job_hosts WHERE jid = ? AND host = ? AND state = 'done'",
             (jid, host),
         ).fetchone()
-        return None if row is None else row[0]
+        return None if row is None else (row[0], row[1])
 
     def envelope(self, jid: str, host: str) -> bytes | None:
         """The sealed envelope of (jid, host), while it waits for its receipt:

@@ -52,7 +52,10 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from safcm.master.jobstore import Answer
 
 # Re-publishing an envelope without receipt: first after this many seconds,
 # then doubling up to REPUBLISH_MAX. Over ZeroMQ's TCP an envelope is lost on
@@ -161,7 +164,7 @@ class Effects(Protocol):
         daemon hands the write to its result writer, which retries it)."""
         ...
 
-    def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
+    def answered(self, jid: str, host: str, result: Answer | None) -> None:
         """The host's first final word on the job, for the CLI that waits:
         its stored result, or None for "no response". Once per (job, host)."""
         ...
@@ -401,7 +404,7 @@ class Lifecycles:
             self._push(item)
         return verdict
 
-    def result_stored(self, jid: str, host: str, now: float, result: dict[str, Any]) -> None:
+    def result_stored(self, jid: str, host: str, now: float, result: Answer) -> None:
         """The result taken by result() is stored: the host is done."""
         item = self._open.get((jid, host))
         if item is None or not item.storing:
@@ -425,7 +428,7 @@ class Lifecycles:
         self._push(item)
         self._ask()
 
-    def stored_elsewhere(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
+    def stored_elsewhere(self, jid: str, host: str, result: Answer | None) -> None:
         """Another master of the cluster received and stored the result of
         (jid, host): the host is done here too (nothing more is published,
         and no "no response" is recorded)."""
@@ -532,7 +535,7 @@ class Lifecycles:
         item = self._open.get((entry[2], entry[3]))
         return item is None or item.queued != entry[0]
 
-    def _close(self, item: HostJob, result: dict[str, Any] | None) -> None:
+    def _close(self, item: HostJob, result: Answer | None) -> None:
         """The host's final word: tell the CLI, and the job if it was the last."""
         self._drop(item)
         self.effects.answered(item.jid, item.host, result)

@@ -49,10 +49,10 @@ from safcm.master.batch import BatchSize, Rollout
 from safcm.master.cluster import held_elsewhere
 from safcm.master.control import ControlConnection
 from safcm.master.jobcontent import JobParts
-from safcm.master.jobstore import JobRecord, JobStore
+from safcm.master.jobstore import Answer, JobRecord, JobStore
 from safcm.master.keystore import KeyStore, MinionKey, RefusedKey
 from safcm.master.lifecycle import Lifecycles
-from safcm.master.outcomes import HostStatus, outcome
+from safcm.master.outcomes import HostStatus
 from safcm.master.peers import Peers
 from safcm.master.prepworker import JobOrder, PrepareWorker
 from safcm.master.publish import Publisher
@@ -425,11 +425,11 @@ class Runs:
         """After the prepare thread has ended: wait for the worker's end."""
         self.worker.close()
 
-    def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
+    def answered(self, jid: str, host: str, answer: Answer | None) -> None:
         run = self.runs.get(jid)
         if run is None:
             return
-        counted = outcome(result)
+        counted = NO_RESPONSE if answer is None else answer.status
         run.tally.add(counted)
         if run.batch is not None:
             run.batch.tally.add(counted)
@@ -437,25 +437,29 @@ class Runs:
             run.batch.rollout.answered(host, counted not in FAILURES)
         message = None
         for conn in list(run.watchers):
-            if result is not None and conn.behind():
+            if answer is not None and conn.behind():
                 # Read back from the store when the CLI has caught up: what
                 # it has not read yet stays bounded (control.DEFER_BYTES).
                 conn.send_later(lambda: self._stored_result(jid, host))
                 continue
             if message is None:
-                message = encode_host_result(jid, host, result)
+                message = (
+                    encode_host_result(jid, host, None)
+                    if answer is None
+                    else encode_stored_host_result(jid, host, answer.packed)
+                )
             conn.send_encoded(message)
 
     def _stored_result(self, jid: str, host: str) -> bytes:
         """The RUN_HOST_RESULT of (jid, host), read back from the job store
         (results are stored before they are answered)."""
-        packed = self.jobs.packed_result_of(jid, host)
-        if packed is None:
+        answer = self.jobs.answer_of(jid, host)
+        if answer is None:
             raise StoreError(
                 f"job {jid}: the result of {host} is no longer in the job history "
                 "(keep_jobs removed it before this command read it)"
             )
-        return encode_stored_host_result(jid, host, packed)
+        return encode_stored_host_result(jid, host, answer.packed)
 
     def progress(self, jid: str, host: str, until: float) -> None:
         run = self.runs.get(jid)

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from safcm.common import codec
+from safcm.master.jobstore import Answer, HostStatus
 from safcm.master.lifecycle import (
     MAX_DEADLINE_EXTENSION,
     PATIENCE_MAX,
@@ -31,7 +33,7 @@ from tests.common.strategies import fuzz
 
 T0 = 1_000_000.0  # unix time of the first event
 TIMEOUT = 60.0
-RESULT = {"status": "ok"}
+RESULT = Answer(HostStatus.OK, codec.pack({"status": "ok"}))
 
 
 class Recorder:
@@ -61,7 +63,7 @@ class Recorder:
         for pair in pairs:
             self.stored[pair] = State.NO_RESPONSE
 
-    def answered(self, jid: str, host: str, result: dict[str, Any] | None) -> None:
+    def answered(self, jid: str, host: str, result: Answer | None) -> None:
         self.events.append(("answered", jid, host, result))
 
     def progress(self, jid: str, host: str, until: float) -> None:

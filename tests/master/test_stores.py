@@ -14,6 +14,7 @@ from safcm.master.db import DB_NAME, open_db
 from safcm.master.facts import FactStore
 from safcm.master.jobcontent import JobParts
 from safcm.master.jobstore import (
+    Answer,
     HostState,
     HostStatus,
     JobRecord,
@@ -383,7 +384,7 @@ def test_a_result_stored_by_safcm_0_1_is_shown_in_todays_format(sqlite_conn):
     )
     [host] = store.get_hosts("J1")
     validate(RESULT, host.result, "stored result")
-    assert store.packed_result_of("J1", "web1") == codec.pack(host.result)
+    assert store.answer_of("J1", "web1") == Answer(HostStatus.FAILED, codec.pack(host.result))
     assert store.result_of("J1", "web1") == host.result
     apply = host.result["apply"]
     assert [c["outcome"] for c in apply["changes"]] == ["applied", "failed"]
