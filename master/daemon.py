@@ -561,14 +561,20 @@ class Master:
         answer the host now with an error result that says why, stored as
         a minion's result is, rather than leave it pending until its
         deadline (the run would wait with no word of the reason)."""
-        # Not open here (a job of another master of the cluster, relayed to
-        # us; its own master records "no response" at its deadline), or
-        # answered meanwhile.
-        if self.lifecycle.state(jid, host) is None:
-            return
+        own = self.lifecycle.state(jid, host) is not None
+        # Not open here: a job of another master of the cluster, relayed to
+        # us, is stored here as a result that came here is, and the store
+        # announces it to the job's master, whose run hears it
+        # (stored_elsewhere()); before, that master waited for the deadline
+        # and recorded "no response", the reason only in this master's log.
+        relayed = not own and self.relay is not None and self.relay.relayed_to(jid, host)
+        if not (own or relayed):
+            return  # or answered meanwhile
         known = self.jobs.module_of(jid)
+        if known is None:
+            return
         now = self.clock()
-        if known is None or self.lifecycle.result(jid, host, now) is not Verdict.NEW:
+        if own and self.lifecycle.result(jid, host, now) is not Verdict.NEW:
             return
         result = {
             "module": known[0],
@@ -580,15 +586,16 @@ class Master:
         stored = StoredResult(jid, host, HostStatus.FAILED, 0, result, now, codec.pack(result))
         self.writer.call(
             lambda jobs: jobs.record([], [stored], now=now),
-            lambda future: self._unsendable_written(stored, future),
+            lambda future: self._unsendable_written(stored, future, own),
         )
 
     def _unsendable_written(
-        self, stored: StoredResult, future: concurrent.futures.Future[None]
+        self, stored: StoredResult, future: concurrent.futures.Future[None], own: bool
     ) -> None:
         error = future.exception()
         if error is None:
-            self.lifecycle.result_stored(stored.jid, stored.host, self.clock(), stored.answer())
+            if own:
+                self.lifecycle.result_stored(stored.jid, stored.host, self.clock(), stored.answer())
             return
         # Nothing is published any more: the host becomes "no response" at
         # the deadline, and the reason is in this log.
@@ -598,7 +605,8 @@ class Master:
             stored.host,
             error if isinstance(error, SafcmError) else repr(error),
         )
-        self.lifecycle.result_lost(stored.jid, stored.host, self.clock())
+        if own:
+            self.lifecycle.result_lost(stored.jid, stored.host, self.clock())
 
     def answered(self, jid: str, host: str, answer: Answer | None) -> None:
         if answer is None:

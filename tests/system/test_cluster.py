@@ -5,6 +5,7 @@ PostgreSQL server."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -13,8 +14,17 @@ import signal
 import pytest
 import yaml
 
+from safcm.common.lightwire import MAX_JOB_TIMEOUT
 from safcm.master.sandbox import Sandbox, wait_for
-from tests.system.conftest import HEARTBEAT, REPO, jobs_show, keys, run_json, wait_state
+from tests.system.conftest import (
+    HEARTBEAT,
+    REPO,
+    jobs_show,
+    keys,
+    logged,
+    run_json,
+    wait_state,
+)
 
 # The two masters' addresses: one host, two loopback addresses, the same ports.
 FIRST, SECOND = "127.0.0.2", "127.0.0.3"
@@ -148,3 +158,44 @@ def test_the_job_of_a_killed_master_is_finished_by_the_other_exactly_once(cluste
     if after["web2"]["status"] != "no response":
         assert after["web2"]["late"] is True, after["web2"]
         assert "not applied" in after["web2"]["result"]["error"], after["web2"]
+
+
+def test_a_relayed_envelope_that_cannot_be_sealed_fails_the_host_on_its_jobs_master(
+    cluster, tmp_path
+):
+    # The first master holds web1, and its wall clock steps back five minutes
+    # (libfaketime) while the second master's job of the longest timeout
+    # waits for web1: the envelope relayed to the first would have to outlive
+    # MAX_ENVELOPE_TTL by its clock, so it cannot seal it. The second's run
+    # hears web1 failed, and why, at once. Before, the first only logged it,
+    # and the run waited for its deadline to say "no response".
+    first, second = cluster
+    offset = tmp_path / "offset"
+    offset.write_text("+0\n")
+    [library] = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    clock = [
+        "env",
+        f"LD_PRELOAD={library}",
+        f"FAKETIME_TIMESTAMP_FILE={offset}",
+        "FAKETIME_NO_CACHE=1",
+        "FAKETIME_DISABLE_SHM=1",
+    ]
+    first.stop(first.master)
+    first.start_master(wrapper=clock)
+    add_minions(first, "web1")
+    assert second.cli("keys", "accept", "web1").returncode == 0
+    wait_state(first, "web1", "accepted", connected=True)
+    first.stop(first.minions["web1"])
+    wait_state(first, "web1", "accepted", connected=False)
+    run = second.spawn_cli("run", "web1", "ping", "--timeout", str(MAX_JOB_TIMEOUT))
+    try:
+        logged(second.master, "ping on web1 by root")
+        offset.write_text("-300\n")
+        first.start_minion("web1")
+        out, err = run.communicate(timeout=TAKEOVER)
+    finally:
+        run.kill()
+    assert run.returncode == 1, err
+    assert "web1: FAILED" in out
+    assert "error: the master cannot seal this host's envelope: ttl must be" in out
+    assert "1 failed, 0 no response" in out
