@@ -1123,17 +1123,22 @@ def encode_stored_host_result(jid: str, host: str, packed: bytes) -> bytes:
 
 
 def _packed_status(packed: bytes) -> Any:
-    """The "status" of a packed result, read without unpacking the rest."""
+    """The "status" of a packed result, read without unpacking the rest: the
+    last one, as unpacking takes the last of a key a map holds twice."""
     reader = msgpack.Unpacker(raw=False)
     reader.feed(packed)
+    status = missing = object()
     try:
         for _ in range(reader.read_map_header()):
             if reader.unpack() == "status":
-                return reader.unpack()
-            reader.skip()
+                status = reader.unpack()
+            else:
+                reader.skip()
     except (ValueError, msgpack.OutOfData, msgpack.UnpackException) as e:
         raise ProtocolError(f"a stored result is not a msgpack map: {e!r}") from None
-    raise ProtocolError("a stored result has no status")
+    if status is missing:
+        raise ProtocolError("a stored result has no status")
+    return status
 
 
 def encode_plain(msg_type: MsgType, body: dict[str, Any]) -> bytes:

@@ -1421,3 +1421,8 @@ def test_a_packed_result_that_is_not_one_is_refused():
             encode_stored_host_result(JID, "web1", junk)
     with pytest.raises(ProtocolError, match=r"RUN_HOST_RESULT body\.status"):
         encode_stored_host_result(JID, "web1", codec.pack({"status": 7}))
+    # A map that holds "status" twice unpacks to its last: so does the message's.
+    twice = b"\x82" + codec.pack("status") + codec.pack("ok") + codec.pack("status")
+    twice += codec.pack("failed")
+    message = codec.unpack_unscanned(encode_stored_host_result(JID, "web1", twice))
+    assert message[2]["status"] == message[2]["result"]["status"] == "failed"
