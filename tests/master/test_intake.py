@@ -668,7 +668,7 @@ def test_a_cli_that_stops_reading_gets_every_result_later_and_is_not_dropped(
     monkeypatch.setattr(control, "DEFER_BYTES", 1024)
     monkeypatch.setattr(control, "MAKE_BYTES", 1024)
     monkeypatch.setattr(control, "MAX_BACKLOG_BYTES", 8192)
-    (conn,) = m.call(lambda: list(m.master.control.connections))
+    (conn,) = m.call(lambda: m.master.runs.runs[jid].watchers)
     os.kill(cli.pid, signal.SIGSTOP)
     try:
         m.call(lambda: conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1))
