@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pathlib
 import shutil
 import tempfile
 
 import pytest
 
 from safcm.common.crypto import KeyPair
+from safcm.common.lightwire import MAX_JOB_TIMEOUT
 from safcm.common.protocol import MsgType
 from safcm.master.control import ControlClient
 from safcm.master.sandbox import Sandbox, wait_for
@@ -134,3 +137,41 @@ def accepted_fake(sandbox: Sandbox, fake, minion_id: str) -> FakeMinion:
     assert sandbox.cli("keys", "accept", minion_id).returncode == 0
     assert f.enrol() == "accepted"
     return f
+
+
+def clock_from_file(offset: pathlib.Path) -> list[str]:
+    """A wrapper for a daemon whose wall clock is off by what `offset` says
+    (libfaketime's "+0", "-300": seconds), read again at every call, so a
+    test steps the clock by writing the file. Without libfaketime's shared
+    memory, which outlives the process."""
+    offset.write_text("+0\n")
+    [library] = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    return [
+        "env",
+        f"LD_PRELOAD={library}",
+        f"FAKETIME_TIMESTAMP_FILE={offset}",
+        "FAKETIME_NO_CACHE=1",
+        "FAKETIME_DISABLE_SHM=1",
+    ]
+
+
+def assert_unsealable_run_fails_at_once(
+    runner: Sandbox, holder: Sandbox, offset: pathlib.Path, timeout: float
+) -> None:
+    """With web1 stopped, `runner` runs a ping of the longest timeout on it;
+    then the wall clock of `holder`'s master (clock_from_file(offset)) steps
+    back five minutes and web1, a minion of `holder`, starts again. The
+    envelope would now have to outlive MAX_ENVELOPE_TTL by that clock: the
+    run must hear within `timeout` that web1 failed, and why."""
+    run = runner.spawn_cli("run", "web1", "ping", "--timeout", str(MAX_JOB_TIMEOUT))
+    try:
+        logged(runner.master, "ping on web1 by root")
+        offset.write_text("-300\n")
+        holder.start_minion("web1")
+        out, err = run.communicate(timeout=timeout)
+    finally:
+        run.kill()
+    assert run.returncode == 1, err
+    assert "web1: FAILED" in out
+    assert "error: the master cannot seal this host's envelope: ttl must be" in out
+    assert "1 failed, 0 no response" in out

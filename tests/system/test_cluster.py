@@ -5,7 +5,6 @@ PostgreSQL server."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -14,14 +13,14 @@ import signal
 import pytest
 import yaml
 
-from safcm.common.lightwire import MAX_JOB_TIMEOUT
 from safcm.master.sandbox import Sandbox, wait_for
 from tests.system.conftest import (
     HEARTBEAT,
     REPO,
+    assert_unsealable_run_fails_at_once,
+    clock_from_file,
     jobs_show,
     keys,
-    logged,
     run_json,
     wait_state,
 )
@@ -171,15 +170,7 @@ def test_a_relayed_envelope_that_cannot_be_sealed_fails_the_host_on_its_jobs_mas
     # and the run waited for its deadline to say "no response".
     first, second = cluster
     offset = tmp_path / "offset"
-    offset.write_text("+0\n")
-    [library] = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
-    clock = [
-        "env",
-        f"LD_PRELOAD={library}",
-        f"FAKETIME_TIMESTAMP_FILE={offset}",
-        "FAKETIME_NO_CACHE=1",
-        "FAKETIME_DISABLE_SHM=1",
-    ]
+    clock = clock_from_file(offset)
     first.stop(first.master)
     first.start_master(wrapper=clock)
     add_minions(first, "web1")
@@ -187,15 +178,4 @@ def test_a_relayed_envelope_that_cannot_be_sealed_fails_the_host_on_its_jobs_mas
     wait_state(first, "web1", "accepted", connected=True)
     first.stop(first.minions["web1"])
     wait_state(first, "web1", "accepted", connected=False)
-    run = second.spawn_cli("run", "web1", "ping", "--timeout", str(MAX_JOB_TIMEOUT))
-    try:
-        logged(second.master, "ping on web1 by root")
-        offset.write_text("-300\n")
-        first.start_minion("web1")
-        out, err = run.communicate(timeout=TAKEOVER)
-    finally:
-        run.kill()
-    assert run.returncode == 1, err
-    assert "web1: FAILED" in out
-    assert "error: the master cannot seal this host's envelope: ttl must be" in out
-    assert "1 failed, 0 no response" in out
+    assert_unsealable_run_fails_at_once(second, first, offset, TAKEOVER)

@@ -4,7 +4,6 @@ be sealed anyway is answered with the reason, not left pending."""
 
 from __future__ import annotations
 
-import glob
 import os
 import sqlite3
 
@@ -16,7 +15,14 @@ from safcm.common.protocol import MsgType
 from safcm.master.control import ControlClient
 from safcm.master.db import DB_NAME
 from safcm.master.sandbox import wait_for
-from tests.system.conftest import SETTLE, enrol, jobs_show, logged, wait_state
+from tests.system.conftest import (
+    SETTLE,
+    assert_unsealable_run_fails_at_once,
+    clock_from_file,
+    enrol,
+    jobs_show,
+    wait_state,
+)
 
 # Seconds a refused command may take: it must not wait for any job.
 REFUSED_IN = 30
@@ -90,28 +96,9 @@ def test_a_waiting_run_hears_why_an_envelope_cannot_be_sealed(sandbox, tmp_path)
     # web1: its envelope would now have to outlive MAX_ENVELOPE_TTL. The run
     # that waits hears web1 failed, and why, at once.
     offset = tmp_path / "offset"
-    offset.write_text("+0\n")
-    [library] = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
-    clock = [
-        "env",
-        f"LD_PRELOAD={library}",
-        f"FAKETIME_TIMESTAMP_FILE={offset}",
-        "FAKETIME_NO_CACHE=1",
-        "FAKETIME_DISABLE_SHM=1",
-    ]
+    clock = clock_from_file(offset)
     sandbox.start_master(wrapper=clock)
     enrol(sandbox, "web1")
     sandbox.stop(sandbox.minions["web1"])
     wait_state(sandbox, "web1", "accepted", connected=False)
-    run = sandbox.spawn_cli("run", "web1", "ping", "--timeout", str(MAX_JOB_TIMEOUT))
-    try:
-        logged(sandbox.master, "ping on web1 by root")
-        offset.write_text("-300\n")
-        sandbox.start_minion("web1")
-        out, err = run.communicate(timeout=SETTLE)
-    finally:
-        run.kill()
-    assert run.returncode == 1, err
-    assert "web1: FAILED" in out
-    assert "error: the master cannot seal this host's envelope: ttl must be" in out
-    assert "1 failed, 0 no response" in out
+    assert_unsealable_run_fails_at_once(sandbox, sandbox, offset, SETTLE)
