@@ -260,6 +260,8 @@ class ControlConnection:
                     item = item()
                 except Exception as e:
                     log.error("control: a reply to %s cannot be made: %s", self.user, e)
+                    # In this order: with nothing held back, send() queues the
+                    # ERROR at once; cut after it, it is the last reply.
                     self.later.clear()
                     self.send(MsgType.ERROR, {"code": "failed", "message": str(e), "problems": []})
                     self.cut = self.close_when_flushed = True

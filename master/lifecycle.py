@@ -164,7 +164,7 @@ class Effects(Protocol):
         daemon hands the write to its result writer, which retries it)."""
         ...
 
-    def answered(self, jid: str, host: str, result: Answer | None) -> None:
+    def answered(self, jid: str, host: str, answer: Answer | None) -> None:
         """The host's first final word on the job, for the CLI that waits:
         its stored result, or None for "no response". Once per (job, host)."""
         ...
@@ -404,7 +404,7 @@ class Lifecycles:
             self._push(item)
         return verdict
 
-    def result_stored(self, jid: str, host: str, now: float, result: Answer) -> None:
+    def result_stored(self, jid: str, host: str, now: float, answer: Answer) -> None:
         """The result taken by result() is stored: the host is done."""
         item = self._open.get((jid, host))
         if item is None or not item.storing:
@@ -412,7 +412,7 @@ class Lifecycles:
         if item.state is State.NO_RESPONSE:  # late: the CLI heard "no response" already
             self._drop(item)
         else:
-            self._close(item, result)
+            self._close(item, answer)
         self._ask()
 
     def result_lost(self, jid: str, host: str, now: float) -> None:
@@ -428,14 +428,14 @@ class Lifecycles:
         self._push(item)
         self._ask()
 
-    def stored_elsewhere(self, jid: str, host: str, result: Answer | None) -> None:
+    def stored_elsewhere(self, jid: str, host: str, answer: Answer | None) -> None:
         """Another master of the cluster received and stored the result of
         (jid, host): the host is done here too (nothing more is published,
         and no "no response" is recorded)."""
         item = self._open.get((jid, host))
         if item is None or item.storing or item.state not in OPEN:
             return
-        self._close(item, result)
+        self._close(item, answer)
         self._ask()
 
     def forget_host(self, host: str) -> None:
@@ -535,10 +535,10 @@ class Lifecycles:
         item = self._open.get((entry[2], entry[3]))
         return item is None or item.queued != entry[0]
 
-    def _close(self, item: HostJob, result: Answer | None) -> None:
+    def _close(self, item: HostJob, answer: Answer | None) -> None:
         """The host's final word: tell the CLI, and the job if it was the last."""
         self._drop(item)
-        self.effects.answered(item.jid, item.host, result)
+        self.effects.answered(item.jid, item.host, answer)
         left = self._by_job[item.jid] - 1
         if left:
             self._by_job[item.jid] = left
